@@ -24,6 +24,8 @@ mod trust;
 mod verify;
 
 pub use artifact::ArtifactVerifier;
+/// The ed25519 key types, re-exported so shells need not name ed25519-dalek.
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use envelope::{SignatureEntry, SignedRelease};
 pub use error::ReleaseError;
 pub use limits::Limits;
