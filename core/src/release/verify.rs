@@ -77,18 +77,18 @@ impl SignedRelease {
         if m.format_version != FORMAT_VERSION {
             return Err(ReleaseError::UnsupportedFormat(m.format_version));
         }
-        if let Some(expires) = m.expires {
-            if policy.now >= expires {
-                return Err(ReleaseError::Expired {
-                    expires,
-                    now: policy.now,
-                });
-            }
+        if let Some(expires) = m.expires
+            && policy.now >= expires
+        {
+            return Err(ReleaseError::Expired {
+                expires,
+                now: policy.now,
+            });
         }
-        if let Some(hw) = &policy.hardware_class {
-            if !m.hardware.iter().any(|h| h == hw) {
-                return Err(ReleaseError::IncompatibleHardware);
-            }
+        if let Some(hw) = &policy.hardware_class
+            && !m.hardware.iter().any(|h| h == hw)
+        {
+            return Err(ReleaseError::IncompatibleHardware);
         }
         if m.security_version < policy.security_floor {
             return Err(ReleaseError::Downgrade {

@@ -1,0 +1,501 @@
+//! Integration tests of the `ota` binary: keys, sign/verify/show, failure modes and openssl
+//! interop. Each test runs the built binary in its own temporary directory.
+
+mod util;
+
+use ota_core::digest::Digest;
+use ota_core::release::SignedRelease;
+use util::{Dir, key_id_line};
+
+// ---------------------------------------------------------------------------------------------
+// ota key
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(unix)]
+#[test]
+fn key_gen_writes_a_0600_private_key_and_a_public_key() {
+    let dir = Dir::new();
+    let id = dir.keygen("signer");
+    assert_eq!(id.len(), 32, "key id is 16 bytes of hex: {id}");
+    assert_eq!(util::mode(&dir.path("signer.key")), 0o600);
+    let private = String::from_utf8(dir.read("signer.key")).unwrap();
+    let public = String::from_utf8(dir.read("signer.pub")).unwrap();
+    assert!(private.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    // No temporary files are left behind.
+    assert_eq!(dir.files(), ["signer.key", "signer.pub"]);
+    // `ota key id` agrees, from either file.
+    assert_eq!(dir.ota(&["key", "id", "signer.pub"]).ok().trim(), id);
+    assert_eq!(dir.ota(&["key", "id", "signer.key"]).ok().trim(), id);
+}
+
+#[cfg(unix)]
+#[test]
+fn key_gen_refuses_to_overwrite_without_force() {
+    let dir = Dir::new();
+    let first = dir.keygen("k");
+    let before = dir.read("k.key");
+
+    let line = dir.ota(&["key", "gen", "--out", "k"]).fails(2).to_owned();
+    assert!(
+        line.contains("already exists") && line.contains("--force"),
+        "{line}"
+    );
+    assert_eq!(
+        dir.read("k.key"),
+        before,
+        "the existing key must be untouched"
+    );
+
+    // Only the .pub exists: still refused, and no .key is created.
+    std::fs::remove_file(dir.path("k.key")).unwrap();
+    dir.ota(&["key", "gen", "--out", "k"]).fails(2);
+    assert!(!dir.path("k.key").exists());
+
+    let second = key_id_line(dir.ota(&["key", "gen", "--out", "k", "--force"]).ok());
+    assert_ne!(first, second);
+    assert_eq!(util::mode(&dir.path("k.key")), 0o600);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ota release sign / verify
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn sign_then_verify_round_trip_with_artifact() {
+    let dir = Dir::new();
+    dir.keygen("a");
+    dir.artifact("fw.bin", 3 * 1024 * 1024 + 17);
+    dir.sign(&["a.key"], "fw.bin", "fw.release", &["--expires", "30d"])
+        .ok();
+    // The release is written atomically: no temporary files are left behind.
+    assert_eq!(dir.files(), ["a.key", "a.pub", "fw.bin", "fw.release"]);
+
+    let out = dir.verify(&["a.pub"], "fw.release", &[]).ok().to_owned();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with("ok: gateway-fw 2.4.1 security_version=7 signed by 1 of 1"),
+        "{out}"
+    );
+
+    let out = dir
+        .verify(
+            &["a.pub"],
+            "fw.release",
+            &["--artifact", "fw.bin", "--hw", "gw-b", "--floor", "7"],
+        )
+        .ok()
+        .to_owned();
+    let digest = Digest::of(&dir.read("fw.bin"));
+    assert!(out.contains(&digest.to_string()), "{out}");
+}
+
+#[test]
+fn verify_refuses_a_tampered_artifact() {
+    let dir = Dir::new();
+    dir.keygen("a");
+    dir.artifact("fw.bin", 100_000);
+    dir.sign(&["a.key"], "fw.bin", "fw.release", &[]).ok();
+    let mut bytes = dir.read("fw.bin");
+
+    // Same size, one bit flipped.
+    bytes[50_000] ^= 1;
+    dir.write("flipped.bin", &bytes);
+    let line = dir
+        .verify(&["a.pub"], "fw.release", &["--artifact", "flipped.bin"])
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("digest"), "{line}");
+
+    // One byte too many.
+    bytes[50_000] ^= 1;
+    bytes.push(0);
+    dir.write("longer.bin", &bytes);
+    let line = dir
+        .verify(&["a.pub"], "fw.release", &["--artifact", "longer.bin"])
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("artifact longer than signed"), "{line}");
+
+    // One byte too few.
+    bytes.truncate(bytes.len() - 2);
+    dir.write("shorter.bin", &bytes);
+    let line = dir
+        .verify(&["a.pub"], "fw.release", &["--artifact", "shorter.bin"])
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("size mismatch"), "{line}");
+}
+
+#[test]
+fn threshold_two_of_three() {
+    let dir = Dir::new();
+    for k in ["k1", "k2", "k3"] {
+        dir.keygen(k);
+    }
+    dir.artifact("fw.bin", 1000);
+    let trust = ["k1.pub", "k2.pub", "k3.pub"];
+
+    dir.sign(&["k1.key", "k3.key"], "fw.bin", "two.release", &[])
+        .ok();
+    let out = dir
+        .verify(&trust, "two.release", &["--threshold", "2"])
+        .ok()
+        .to_owned();
+    assert!(
+        out.contains("signed by 2 of 3 trusted keys (threshold 2)"),
+        "{out}"
+    );
+
+    let line = dir
+        .verify(&trust, "two.release", &["--threshold", "3"])
+        .fails(1)
+        .to_owned();
+    assert!(
+        line.contains("signature threshold not met: 2 valid of 3 required"),
+        "{line}"
+    );
+
+    dir.sign(&["k2.key"], "fw.bin", "one.release", &[]).ok();
+    let line = dir
+        .verify(&trust, "one.release", &["--threshold", "2"])
+        .fails(1)
+        .to_owned();
+    assert!(
+        line.contains("signature threshold not met: 1 valid of 2 required"),
+        "{line}"
+    );
+
+    // A threshold the trust set cannot meet is a usage error.
+    let line = dir
+        .verify(&trust, "two.release", &["--threshold", "4"])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("threshold 4"), "{line}");
+}
+
+#[test]
+fn verify_refuses_unknown_key_wrong_hardware_floor_and_expiry() {
+    let dir = Dir::new();
+    dir.keygen("a");
+    dir.keygen("stranger");
+    dir.artifact("fw.bin", 1000);
+    dir.sign(&["a.key"], "fw.bin", "fw.release", &[]).ok();
+
+    let line = dir
+        .verify(&["stranger.pub"], "fw.release", &[])
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("unknown key"), "{line}");
+
+    let line = dir
+        .verify(&["a.pub"], "fw.release", &["--hw", "gw-c"])
+        .fails(1)
+        .to_owned();
+    assert!(
+        line.contains("hardware class") && line.contains("gw-a, gw-b"),
+        "{line}"
+    );
+
+    let line = dir
+        .verify(&["a.pub"], "fw.release", &["--floor", "8"])
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("downgrade refused"), "{line}");
+
+    // Expires the second it is made: no sleeping needed.
+    dir.sign(&["a.key"], "fw.bin", "old.release", &["--expires", "0s"])
+        .ok();
+    let line = dir
+        .verify(&["a.pub"], "old.release", &[])
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("expired"), "{line}");
+}
+
+#[test]
+fn sign_refuses_fields_over_the_limits() {
+    let dir = Dir::new();
+    dir.keygen("a");
+    dir.artifact("fw.bin", 10);
+    let long = "v".repeat(65);
+    let line = dir
+        .ota(&[
+            "release",
+            "sign",
+            "--key",
+            "a.key",
+            "--artifact",
+            "fw.bin",
+            "--version",
+            &long,
+            "--security-version",
+            "1",
+            "--hw",
+            "x",
+            "--out",
+            "fw.release",
+        ])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("version is too long"), "{line}");
+    assert!(!dir.path("fw.release").exists());
+
+    let line = dir
+        .sign(&["a.key"], "fw.bin", "fw.release", &["--meta", "novalue"])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("KEY=VALUE"), "{line}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// ota release show
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn show_prints_text_and_json_without_trust_keys() {
+    let dir = Dir::new();
+    let id = dir.keygen("a");
+    dir.artifact("fw.bin", 4096);
+    dir.sign(
+        &["a.key"],
+        "fw.bin",
+        "fw.release",
+        &[
+            "--installer",
+            "files",
+            "--meta",
+            "build=42",
+            "--expires",
+            "1h",
+        ],
+    )
+    .ok();
+    let digest = Digest::of(&dir.read("fw.bin")).to_string();
+
+    let text = dir.ota(&["release", "show", "fw.release"]).ok().to_owned();
+    for needle in [
+        "(signatures not verified)",
+        "gateway-fw",
+        "2.4.1",
+        &digest,
+        "gw-a, gw-b",
+        "build = 42",
+        &id,
+        "Z, ",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+
+    let json = dir
+        .ota(&["release", "show", "--json", "fw.release"])
+        .ok()
+        .to_owned();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["signatures_verified"], false);
+    let m = &v["manifest"];
+    assert_eq!(m["version"], "2.4.1");
+    assert_eq!(m["product"], "gateway-fw");
+    assert_eq!(m["security_version"], 7);
+    assert_eq!(m["artifact_sha256"], digest.as_str());
+    assert_eq!(m["artifact_size"], 4096);
+    assert_eq!(m["hardware"], serde_json::json!(["gw-a", "gw-b"]));
+    assert_eq!(m["installer"], "files");
+    assert_eq!(m["metadata"]["build"], "42");
+    assert_eq!(
+        m["expires"].as_u64().unwrap() - m["created"].as_u64().unwrap(),
+        3600
+    );
+    assert_eq!(v["signatures"][0]["key_id"], id.as_str());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: one line on stderr, exit 1 for a bad release, exit 2 for usage and I/O
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn bad_inputs_give_one_line_and_the_documented_status() {
+    let dir = Dir::new();
+    dir.keygen("a");
+    dir.artifact("fw.bin", 100);
+    dir.sign(&["a.key"], "fw.bin", "fw.release", &[]).ok();
+    dir.write("garbage", b"\x00\xffthis is not a key nor a release\n");
+    dir.write(
+        "cert.pem",
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+
+    // Missing files: exit 2.
+    let line = dir
+        .verify(&["a.pub"], "missing.release", &[])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("missing.release"), "{line}");
+    dir.verify(&["missing.pub"], "fw.release", &[]).fails(2);
+    dir.verify(&["a.pub"], "fw.release", &["--artifact", "missing.bin"])
+        .fails(2);
+    dir.sign(&["missing.key"], "fw.bin", "x.release", &[])
+        .fails(2);
+    dir.sign(&["a.key"], "missing.bin", "x.release", &[])
+        .fails(2);
+    dir.ota(&["release", "show", "missing.release"]).fails(2);
+
+    // Garbage and wrong-kind key files: exit 2, naming the file.
+    let line = dir
+        .sign(&["garbage"], "fw.bin", "x.release", &[])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("garbage") && line.contains("PEM"), "{line}");
+    let line = dir
+        .verify(&["garbage"], "fw.release", &[])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("garbage"), "{line}");
+    let line = dir
+        .sign(&["a.pub"], "fw.bin", "x.release", &[])
+        .fails(2)
+        .to_owned();
+    assert!(
+        line.contains("public key") && line.contains("private key"),
+        "{line}"
+    );
+    let line = dir
+        .verify(&["a.key"], "fw.release", &[])
+        .fails(2)
+        .to_owned();
+    assert!(
+        line.contains("private key") && line.contains("public key"),
+        "{line}"
+    );
+    let line = dir
+        .sign(&["cert.pem"], "fw.bin", "x.release", &[])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("CERTIFICATE"), "{line}");
+    dir.ota(&["key", "id", "garbage"]).fails(2);
+    assert!(!dir.path("x.release").exists());
+
+    // A file that is not a release is a refused release: exit 1.
+    let line = dir.verify(&["a.pub"], "garbage", &[]).fails(1).to_owned();
+    assert!(line.contains("malformed release"), "{line}");
+    dir.ota(&["release", "show", "garbage"]).fails(1);
+    let mut truncated = dir.read("fw.release");
+    truncated.truncate(truncated.len() / 2);
+    dir.write("truncated.release", &truncated);
+    dir.verify(&["a.pub"], "truncated.release", &[]).fails(1);
+    dir.ota(&["release", "show", "--json", "truncated.release"])
+        .fails(1);
+
+    // Usage errors from clap are folded into one line too: exit 2.
+    dir.ota(&["release", "verify", "--release", "fw.release"])
+        .fails(2);
+    dir.ota(&["release", "sign", "--key", "a.key"]).fails(2);
+    dir.ota(&[
+        "release",
+        "verify",
+        "--trust",
+        "a.pub",
+        "--release",
+        "fw.release",
+        "--floor",
+        "-1",
+    ])
+    .fails(2);
+    dir.ota(&["no-such-command"]).fails(2);
+}
+
+#[test]
+fn every_command_has_help() {
+    let dir = Dir::new();
+    for cmd in [
+        &["--help"][..],
+        &["key", "--help"],
+        &["key", "gen", "--help"],
+        &["key", "id", "--help"],
+        &["release", "--help"],
+        &["release", "sign", "--help"],
+        &["release", "verify", "--help"],
+        &["release", "show", "--help"],
+    ] {
+        let out = dir.ota(cmd).ok().to_owned();
+        assert!(out.contains("Usage: ota"), "{cmd:?}: {out}");
+    }
+    let verify = dir.ota(&["release", "verify", "--help"]).ok().to_owned();
+    assert!(verify.contains("Exit status"), "{verify}");
+    let sign = dir.ota(&["release", "sign", "--help"]).ok().to_owned();
+    assert!(sign.contains("[default: default]"), "{sign}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// openssl interop, with the real /usr/bin/openssl
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn openssl_reads_our_key_files() {
+    let dir = Dir::new();
+    let id = dir.keygen("ours");
+    dir.openssl(&["pkey", "-in", "ours.key", "-noout"]).ok();
+    dir.openssl(&["pkey", "-pubin", "-in", "ours.pub", "-noout"])
+        .ok();
+    // openssl derives the same public key file from our private key.
+    let derived = dir
+        .openssl(&["pkey", "-in", "ours.key", "-pubout"])
+        .ok()
+        .to_owned();
+    assert_eq!(derived.as_bytes(), dir.read("ours.pub"));
+    dir.write("derived.pub", derived.as_bytes());
+    assert_eq!(dir.ota(&["key", "id", "derived.pub"]).ok().trim(), id);
+}
+
+#[test]
+fn openssl_made_keys_sign_and_verify() {
+    let dir = Dir::new();
+    dir.openssl(&["genpkey", "-algorithm", "ed25519", "-out", "k.pem"])
+        .ok();
+    dir.openssl(&["pkey", "-in", "k.pem", "-pubout", "-out", "k.pub"])
+        .ok();
+    let id = dir.ota(&["key", "id", "k.pem"]).ok().trim().to_owned();
+    assert_eq!(dir.ota(&["key", "id", "k.pub"]).ok().trim(), id);
+
+    dir.artifact("fw.bin", 5000);
+    dir.sign(&["k.pem"], "fw.bin", "fw.release", &[]).ok();
+    dir.verify(&["k.pub"], "fw.release", &["--artifact", "fw.bin"])
+        .ok();
+
+    // And openssl itself accepts the signature over the COSE Sig_structure.
+    let release = SignedRelease::decode(&dir.read("fw.release")).unwrap();
+    let entry = &release.signatures[0];
+    assert_eq!(hex::encode(&entry.kid), id);
+    dir.write("tbs.bin", &release.to_be_signed(&entry.protected));
+    dir.write("sig.bin", &entry.signature);
+    let run = dir.openssl(&[
+        "pkeyutl", "-verify", "-pubin", "-inkey", "k.pub", "-rawin", "-in", "tbs.bin", "-sigfile",
+        "sig.bin",
+    ]);
+    assert!(
+        run.ok().contains("Signature Verified Successfully"),
+        "{run:#?}"
+    );
+}
+
+#[test]
+fn openssl_key_mixed_with_ota_key_in_a_two_of_two_release() {
+    let dir = Dir::new();
+    dir.openssl(&["genpkey", "-algorithm", "ed25519", "-out", "ossl.pem"])
+        .ok();
+    dir.openssl(&["pkey", "-in", "ossl.pem", "-pubout", "-out", "ossl.pub"])
+        .ok();
+    dir.keygen("ours");
+    dir.artifact("fw.bin", 100);
+    dir.sign(&["ossl.pem", "ours.key"], "fw.bin", "fw.release", &[])
+        .ok();
+    let out = dir
+        .verify(
+            &["ours.pub", "ossl.pub"],
+            "fw.release",
+            &["--threshold", "2"],
+        )
+        .ok()
+        .to_owned();
+    assert!(out.contains("signed by 2 of 2"), "{out}");
+}
