@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 size_mib=${1:-1024}
 runs=${2:-3}
 cargo build --release --bin ota >/dev/null 2>&1
-ota=$PWD/target/release/ota
+ota=${CARGO_TARGET_DIR:-$PWD/target}/release/ota
 work=$(mktemp -d "${TMPDIR:-/tmp}/ota-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cd "$work"

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin ota
-ota=$PWD/target/release/ota
+ota=${CARGO_TARGET_DIR:-$PWD/target}/release/ota
 work=$(mktemp -d)
 cd "$work"
 head -c 65536 /dev/urandom > firmware.img
