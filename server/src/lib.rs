@@ -1,8 +1,42 @@
 //! `ota-server`: the fleet server library of ota.
 //!
-//! MQTT coordination with devices, release intake (verified against the fleet's public trust set:
-//! the server never holds a signing key), rollouts in health-gated waves, storage and the REST API.
-//! The server arrives with the fleet-server issue; today this crate only re-exports the release
-//! verification it will use on every upload.
+//! Release intake (verified against the fleet's public trust set: the server never holds a
+//! signing key), content-addressed artifact serving with HTTP Range, the device inventory, the
+//! audit log, storage, and the REST API. MQTT coordination with devices and rollouts in
+//! health-gated waves build on this foundation (see `docs/server.md`).
+//!
+//! # Layout
+//!
+//! - [`config`]: `server.toml` (every key is documented in `docs/server.md`).
+//! - [`db`]: the repository over SQLite or PostgreSQL (one code path through `sqlx::AnyPool`),
+//!   with embedded migrations for each dialect.
+//! - [`store`]: the artifact store (local files or S3) addressed by SHA-256, with verified,
+//!   all-or-nothing streaming uploads.
+//! - [`filter`]: the device filter language (`hw=gw-a and label:region=eu`).
+//! - [`http`]: the REST API, artifact serving and `/metrics` (axum); documented in
+//!   `docs/api.md`.
+//! - [`broker`]: the embedded MQTT broker (rumqttd, in-process, port 0 supported).
+//! - [`clock`]: the one place the server reads wall-clock time (replaceable in tests).
+//! - [`Server`] / [`RunningServer`]: start everything in-process, stop it gracefully.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ota_server::ServerError> {
+//! let config = ota_server::config::Config::load(std::path::Path::new("server.toml"))?;
+//! let running = ota_server::Server::start(config).await?;
+//! println!("listening on http://{}", running.http_addr());
+//! running.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod broker;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod filter;
+pub mod http;
+mod server;
+pub mod store;
 
 pub use ota_core::release;
+pub use server::{RunningServer, SHUTDOWN_GRACE, Server, ServerError, ShutdownHandle};

@@ -1,0 +1,668 @@
+//! `server.toml`: the fleet server's configuration.
+//!
+//! Every key, its default and an example file are in `docs/server.md`. Unknown keys are
+//! refused (a typo must not silently fall back to a default). Relative paths are resolved
+//! against the directory of the configuration file ([`Config::load`]) or the base directory
+//! given to [`Config::from_toml`].
+//!
+//! The server holds **no signing key**: the trust set is public keys and a threshold.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Component, Path, PathBuf};
+
+use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::pkcs8::DecodePublicKey;
+use ota_core::release::{TrustSet, TrustSetError};
+use serde::Deserialize;
+
+/// Default HTTP listen address.
+pub const DEFAULT_HTTP_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+/// Default port of the embedded MQTT broker (and of `mqtt://host` without a port).
+pub const DEFAULT_MQTT_PORT: u16 = 1883;
+/// Default MQTT listen address of the embedded broker.
+pub const DEFAULT_MQTT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, DEFAULT_MQTT_PORT));
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./ota-data";
+/// Shortest operator token accepted, in bytes.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Largest key file read, in bytes (a PEM ed25519 public key is about 113 bytes).
+const MAX_KEY_FILE: u64 = 16 * 1024;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A file (the configuration or a key) could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type (the message
+    /// names the key and line).
+    #[error("invalid server.toml: {0}")]
+    Parse(String),
+    /// A key has a value the server cannot use.
+    #[error("invalid server.toml: {key}: {reason}")]
+    Invalid {
+        /// The key, e.g. `database.url`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A trust-set key file is not an ed25519 SubjectPublicKeyInfo PEM public key.
+    #[error("trust key {path}: {reason}")]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The keys and threshold do not make a trust set.
+    #[error("trust set: {0}")]
+    TrustSet(#[from] TrustSetError),
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The whole `server.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// Where the default SQLite database and local artifact store live (`./ota-data`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The HTTP API and artifact server.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// MQTT: the embedded broker or an external one.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// The database.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// The artifact store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The fleet trust set: public keys and threshold (required).
+    pub trust: TrustConfig,
+    /// Operator bearer tokens.
+    #[serde(default)]
+    pub operators: Vec<OperatorConfig>,
+    /// Webhooks (reserved: parsed and validated, not delivered yet).
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// `base.join(path)` without `.` components (`/etc/ota` + `./data` is `/etc/ota/data`).
+fn join_clean(base: &Path, path: &Path) -> PathBuf {
+    let joined: PathBuf = base
+        .join(path)
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect();
+    if joined.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        joined
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+
+impl Config {
+    /// A configuration with every default, the given data directory and trust set, and no
+    /// operators (for `ota demo` and tests, which then adjust the public fields).
+    pub fn new(data_dir: impl Into<PathBuf>, trust: TrustConfig) -> Self {
+        Config {
+            data_dir: data_dir.into(),
+            http: HttpConfig::default(),
+            mqtt: MqttConfig::default(),
+            database: DatabaseConfig::default(),
+            store: StoreConfig::default(),
+            trust,
+            operators: Vec::new(),
+            webhooks: Vec::new(),
+        }
+    }
+
+    /// Reads and validates `path`; relative paths in it are relative to its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::from_toml(&text, base)
+    }
+
+    /// Parses and validates TOML text; relative paths are resolved against `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.resolve_paths(base_dir);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Makes the data directory and key paths absolute against `base_dir` (paths that are
+    /// already absolute are kept).
+    pub fn resolve_paths(&mut self, base_dir: &Path) {
+        self.data_dir = join_clean(base_dir, &self.data_dir);
+        for key in &mut self.trust.keys {
+            *key = join_clean(base_dir, key);
+        }
+    }
+
+    /// Checks every value that can be checked without touching the network or key files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.database_url()?;
+        self.store_location()?;
+        if let MqttConfig::External { host, .. } = &self.mqtt
+            && host.is_empty()
+        {
+            return Err(invalid("mqtt.url", "the host is empty"));
+        }
+        if self.trust.keys.is_empty() {
+            return Err(invalid("trust.keys", "at least one public key is needed"));
+        }
+        if self.trust.threshold == 0 || self.trust.threshold > self.trust.keys.len() {
+            return Err(invalid(
+                "trust.threshold",
+                format!("must be 1..={} (the number of keys)", self.trust.keys.len()),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut tokens = HashSet::new();
+        for op in &self.operators {
+            if op.name.trim().is_empty() {
+                return Err(invalid("operators.name", "an operator name is empty"));
+            }
+            if op.token.len() < MIN_TOKEN_LEN {
+                return Err(invalid(
+                    "operators.token",
+                    format!(
+                        "the token of operator {:?} is shorter than {MIN_TOKEN_LEN} bytes",
+                        op.name
+                    ),
+                ));
+            }
+            if !names.insert(op.name.as_str()) {
+                return Err(invalid(
+                    "operators.name",
+                    format!("operator {:?} is listed twice", op.name),
+                ));
+            }
+            if !tokens.insert(op.token.as_str()) {
+                return Err(invalid(
+                    "operators.token",
+                    format!("operator {:?} reuses another operator's token", op.name),
+                ));
+            }
+        }
+        for hook in &self.webhooks {
+            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                return Err(invalid(
+                    "webhooks.url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL: `database.url`, or a SQLite file `ota.db` under the data directory.
+    pub fn database_url(&self) -> Result<String, ConfigError> {
+        match &self.database.url {
+            None => Ok(format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("ota.db").display()
+            )),
+            Some(url)
+                if url.starts_with("sqlite:")
+                    || url.starts_with("postgres://")
+                    || url.starts_with("postgresql://") =>
+            {
+                Ok(url.clone())
+            }
+            Some(_) => Err(invalid(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            )),
+        }
+    }
+
+    /// Where artifacts are stored: `store.url` parsed, or `artifacts/` under the data directory.
+    pub fn store_location(&self) -> Result<StoreLocation, ConfigError> {
+        let Some(url) = &self.store.url else {
+            return Ok(StoreLocation::Local(self.data_dir.join("artifacts")));
+        };
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(invalid("store.url", "s3:// URL without a bucket"));
+            }
+            return Ok(StoreLocation::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+                region: self.store.region.clone(),
+                endpoint: self.store.endpoint.clone(),
+                allow_http: self.store.allow_http,
+            });
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(invalid("store.url", "file:// URLs need an absolute path"));
+            }
+            return Ok(StoreLocation::Local(PathBuf::from(path)));
+        }
+        Err(invalid("store.url", "must start with s3:// or file://"))
+    }
+}
+
+/// Where the artifact store lives, resolved from [`StoreConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreLocation {
+    /// Files under this directory.
+    Local(PathBuf),
+    /// An S3 (or S3-compatible) bucket; credentials come from the standard `AWS_*` environment
+    /// variables.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix inside the bucket (no leading or trailing `/`; may be empty).
+        prefix: String,
+        /// The region (`store.region`, else `AWS_REGION`).
+        region: Option<String>,
+        /// A custom endpoint for S3-compatible servers (`store.endpoint`).
+        endpoint: Option<String>,
+        /// Allow plain-HTTP endpoints (`store.allow_http`).
+        allow_http: bool,
+    },
+}
+
+/// `[http]`: the REST API and artifact server.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HttpConfig {
+    /// Listen address (`127.0.0.1:8080`); port 0 picks a free port.
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+    /// The base URL devices use to download artifacts (`https://ota.example.com`); defaults to
+    /// `http://` + the bound address.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+fn default_http_listen() -> SocketAddr {
+    DEFAULT_HTTP_LISTEN
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: DEFAULT_HTTP_LISTEN,
+            public_url: None,
+        }
+    }
+}
+
+/// `[mqtt]`: either the embedded broker (`listen`) or an external broker (`url`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawMqtt")]
+#[non_exhaustive]
+pub enum MqttConfig {
+    /// Run the embedded broker in-process on this address (port 0 picks a free port).
+    Embedded {
+        /// Listen address.
+        listen: SocketAddr,
+    },
+    /// Connect to an external broker (`mqtt://host:port`).
+    External {
+        /// Broker host name or address.
+        host: String,
+        /// Broker port.
+        port: u16,
+    },
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig::Embedded {
+            listen: DEFAULT_MQTT_LISTEN,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Parses an external broker URL `mqtt://host[:port]`.
+    pub fn external(url: &str) -> Result<Self, ConfigError> {
+        let rest = url
+            .strip_prefix("mqtt://")
+            .ok_or_else(|| invalid("mqtt.url", "must start with mqtt://"))?;
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('@') {
+            return Err(invalid(
+                "mqtt.url",
+                "must be mqtt://host[:port], without path or credentials",
+            ));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            // `[::1]:1883` or `host:1883`; a bare IPv6 address needs brackets.
+            Some((host, port)) if !host.is_empty() && !port.contains(']') => {
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| invalid("mqtt.url", format!("invalid port {port:?}")))?;
+                (host, port)
+            }
+            _ => (rest, DEFAULT_MQTT_PORT),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(invalid("mqtt.url", "the host is empty"));
+        }
+        Ok(MqttConfig::External {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    listen: Option<SocketAddr>,
+    url: Option<String>,
+}
+
+impl TryFrom<RawMqtt> for MqttConfig {
+    type Error = String;
+
+    fn try_from(raw: RawMqtt) -> Result<Self, Self::Error> {
+        match (raw.listen, raw.url) {
+            (Some(_), Some(_)) => Err(
+                "set either mqtt.listen (embedded broker) or mqtt.url (external broker), not both"
+                    .into(),
+            ),
+            (None, Some(url)) => MqttConfig::external(&url).map_err(|e| e.to_string()),
+            (listen, None) => Ok(MqttConfig::Embedded {
+                listen: listen.unwrap_or(DEFAULT_MQTT_LISTEN),
+            }),
+        }
+    }
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DatabaseConfig {
+    /// `sqlite://path?mode=rwc` or `postgres://user@host/db`; default: SQLite file
+    /// `<data_dir>/ota.db`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Most pooled connections (8).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    8
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// `[store]`: where artifacts live.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// `s3://bucket/prefix` or `file:///absolute/dir`; default: `<data_dir>/artifacts`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// S3 region (else `AWS_REGION` / `AWS_DEFAULT_REGION`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// S3-compatible endpoint URL (else `AWS_ENDPOINT`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Allow a plain-HTTP S3 endpoint (false).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+/// `[trust]`: the fleet trust set. Public keys only: the server holds no signing key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TrustConfig {
+    /// SubjectPublicKeyInfo PEM files of the trusted ed25519 keys (what `ota key gen` writes
+    /// as `NAME.pub`, or `openssl pkey -pubout`).
+    pub keys: Vec<PathBuf>,
+    /// How many distinct trusted keys must sign a release.
+    #[serde(default = "default_threshold")]
+    pub threshold: usize,
+}
+
+fn default_threshold() -> usize {
+    1
+}
+
+impl TrustConfig {
+    /// A trust configuration of these key files and threshold.
+    pub fn new(keys: Vec<PathBuf>, threshold: usize) -> Self {
+        TrustConfig { keys, threshold }
+    }
+
+    /// Reads the key files and builds the trust set.
+    pub fn load(&self) -> Result<TrustSet, ConfigError> {
+        let keys = self
+            .keys
+            .iter()
+            .map(|path| read_public_key(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrustSet::new(keys, self.threshold)?)
+    }
+}
+
+/// Reads one SPKI PEM ed25519 public key, refusing private keys explicitly.
+pub fn read_public_key(path: &Path) -> Result<VerifyingKey, ConfigError> {
+    let key_error = |reason: &str| ConfigError::KeyFile {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.len() > MAX_KEY_FILE {
+        return Err(key_error("too large to be a public key file"));
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if text.contains("PRIVATE KEY-----") {
+        return Err(key_error(
+            "is a private key: the server needs public keys only (NAME.pub)",
+        ));
+    }
+    VerifyingKey::from_public_key_pem(&text)
+        .map_err(|_| key_error("not an ed25519 SubjectPublicKeyInfo PEM public key"))
+}
+
+/// An operator role. Only `admin` exists today; finer roles come later.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Role {
+    /// May do everything.
+    #[default]
+    Admin,
+}
+
+/// `[[operators]]`: one operator and their bearer token.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OperatorConfig {
+    /// The operator's name, recorded as the `actor` of audit events.
+    pub name: String,
+    /// The bearer token (at least [`MIN_TOKEN_LEN`] bytes; keep the file private).
+    pub token: String,
+    /// The role (`admin`, the default).
+    #[serde(default)]
+    pub role: Role,
+}
+
+impl OperatorConfig {
+    /// An operator with the default role.
+    pub fn new(name: impl Into<String>, token: impl Into<String>) -> Self {
+        OperatorConfig {
+            name: name.into(),
+            token: token.into(),
+            role: Role::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for OperatorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorConfig")
+            .field("name", &self.name)
+            .field("token", &"<redacted>")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// `[[webhooks]]`: reserved for event delivery (parsed and validated, not delivered yet).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WebhookConfig {
+    /// Where to POST events.
+    pub url: String,
+    /// Event kinds to deliver; empty means all.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_has_defaults() {
+        let c = Config::from_toml("[trust]\nkeys = [\"a.pub\"]\n", Path::new("/etc/ota")).unwrap();
+        assert_eq!(c.data_dir, Path::new("/etc/ota/ota-data"));
+        assert_eq!(c.http.listen, DEFAULT_HTTP_LISTEN);
+        assert_eq!(c.mqtt, MqttConfig::default());
+        assert_eq!(c.trust.keys, vec![PathBuf::from("/etc/ota/a.pub")]);
+        assert_eq!(c.trust.threshold, 1);
+        assert!(
+            c.database_url()
+                .unwrap()
+                .starts_with("sqlite:///etc/ota/ota-data/ota.db")
+        );
+        assert_eq!(
+            c.store_location().unwrap(),
+            StoreLocation::Local(PathBuf::from("/etc/ota/ota-data/artifacts"))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e =
+            Config::from_toml("[trust]\nkeys=[\"a\"]\nthresold=1\n", Path::new("/")).unwrap_err();
+        assert!(e.to_string().contains("thresold"), "{e}");
+        let e =
+            Config::from_toml("colour = 1\n[trust]\nkeys=[\"a\"]\n", Path::new("/")).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse(_)));
+    }
+
+    #[test]
+    fn mqtt_external_and_embedded() {
+        let c = Config::from_toml(
+            "[mqtt]\nurl = \"mqtt://broker.example:1884\"\n[trust]\nkeys=[\"a\"]\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.mqtt,
+            MqttConfig::External {
+                host: "broker.example".into(),
+                port: 1884
+            }
+        );
+        assert_eq!(
+            MqttConfig::external("mqtt://[::1]").unwrap(),
+            MqttConfig::External {
+                host: "::1".into(),
+                port: 1883
+            }
+        );
+        assert!(MqttConfig::external("http://x").is_err());
+        assert!(MqttConfig::external("mqtt://x:99999").is_err());
+        let both = "[mqtt]\nurl = \"mqtt://b\"\nlisten = \"127.0.0.1:0\"\n[trust]\nkeys=[\"a\"]\n";
+        assert!(Config::from_toml(both, Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn store_and_database_urls() {
+        let c = Config::from_toml(
+            "[store]\nurl = \"s3://fleet/ota/artifacts/\"\n[database]\nurl = \"postgres://db/ota\"\n[trust]\nkeys=[\"a\"]\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.store_location().unwrap(),
+            StoreLocation::S3 {
+                bucket: "fleet".into(),
+                prefix: "ota/artifacts".into(),
+                region: None,
+                endpoint: None,
+                allow_http: false
+            }
+        );
+        assert_eq!(c.database_url().unwrap(), "postgres://db/ota");
+        let bad = "[database]\nurl = \"mysql://x\"\n[trust]\nkeys=[\"a\"]\n";
+        assert!(Config::from_toml(bad, Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn operators_are_validated() {
+        let ok =
+            "[trust]\nkeys=[\"a\"]\n[[operators]]\nname=\"alice\"\ntoken=\"0123456789abcdef\"\n";
+        let c = Config::from_toml(ok, Path::new("/")).unwrap();
+        assert_eq!(c.operators[0].role, Role::Admin);
+        assert!(!format!("{:?}", c.operators[0]).contains("0123456789abcdef"));
+        let short = "[trust]\nkeys=[\"a\"]\n[[operators]]\nname=\"alice\"\ntoken=\"short\"\n";
+        assert!(Config::from_toml(short, Path::new("/")).is_err());
+        let role = "[trust]\nkeys=[\"a\"]\n[[operators]]\nname=\"a\"\ntoken=\"0123456789abcdef\"\nrole=\"root\"\n";
+        assert!(Config::from_toml(role, Path::new("/")).is_err());
+    }
+}

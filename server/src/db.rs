@@ -1,0 +1,1045 @@
+//! The repository: releases, devices, rollouts and the audit log, on SQLite or PostgreSQL.
+//!
+//! One code path serves both databases through `sqlx::AnyPool`: the SQL is portable (`$N`
+//! placeholders, `ON CONFLICT ... DO UPDATE`, `RETURNING`), times are `BIGINT` unix seconds,
+//! booleans are `BIGINT` 0/1, JSON is `TEXT`. Only the schema differs (`BLOB`/`BYTEA`, identity
+//! columns), so each dialect has its own migrations, embedded in the binary:
+//! `server/migrations/` (SQLite) and `server/migrations-postgres/` (PostgreSQL), applied by
+//! [`Db::connect`].
+//!
+//! Every change that touches more than one row (a release and its audit event, a rollout state
+//! change and its events) runs in one transaction.
+//!
+//! # Tables
+//!
+//! | table | key | what |
+//! |---|---|---|
+//! | `releases` | artifact sha256 (hex) | verified releases: manifest fields, signers, the signed bytes |
+//! | `devices` | device id | last reported state, labels, `online`, `drifted`, `last_seen` |
+//! | `rollouts` | identity | release, device filter, spec (JSON), planner state (CBOR), status |
+//! | `events` | identity | the append-only audit log |
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use ota_core::digest::Digest;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::AnyConnection;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Row, SqlSafeStr};
+
+/// The embedded migrations: (version, description, SQLite SQL, PostgreSQL SQL).
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations-postgres/0001_init.sql"),
+)];
+
+/// Most events [`Db::list_events`] returns at once.
+pub const MAX_EVENT_PAGE: u32 = 1000;
+
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The URL names a database this build does not support.
+    #[error("unsupported database URL (use sqlite: or postgres://): {0}")]
+    UnsupportedUrl(String),
+    /// Connecting to the database failed.
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// Applying the schema migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] MigrateError),
+    /// A query failed.
+    #[error("database query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    /// A different release is already stored for this artifact digest (releases are
+    /// immutable).
+    #[error("a different release is already published for artifact {0}")]
+    ReleaseConflict(Digest),
+    /// The row to change does not exist.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// What was looked for (`device`, `rollout`).
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// A value does not fit the database (e.g. a size above `i64::MAX`).
+    #[error("value out of range for the database: {0}")]
+    OutOfRange(&'static str),
+    /// A stored value cannot be decoded (bad JSON or digest in a row).
+    #[error("corrupt database row: {0}")]
+    Corrupt(String),
+}
+
+/// Which database a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DbKind {
+    /// SQLite (a file, or memory).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl DbKind {
+    /// The kind a URL names.
+    pub fn from_url(url: &str) -> Result<Self, DbError> {
+        if url.starts_with("sqlite:") {
+            Ok(DbKind::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DbKind::Postgres)
+        } else {
+            Err(DbError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+}
+
+/// The URL without its password, for error messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A release as stored (metadata; the signed bytes are fetched with
+/// [`Db::get_release_bytes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ReleaseRecord {
+    /// The artifact's SHA-256: the release's name everywhere.
+    #[serde(serialize_with = "ser_digest")]
+    pub digest: Digest,
+    /// Product name.
+    pub product: String,
+    /// Human version string.
+    pub version: String,
+    /// Security version (anti-rollback).
+    pub security_version: u32,
+    /// Artifact size in bytes.
+    pub size: u64,
+    /// Compatible hardware classes.
+    pub hardware: Vec<String>,
+    /// Manifest creation time, unix seconds.
+    pub created: u64,
+    /// Manifest expiry, unix seconds.
+    pub expires: Option<u64>,
+    /// Installer hint.
+    pub installer: Option<String>,
+    /// Key ids (hex) whose signatures verified at intake.
+    pub signers: Vec<String>,
+    /// When it was published to this server, unix seconds.
+    pub created_at: i64,
+    /// The operator who published it.
+    pub published_by: String,
+}
+
+impl ReleaseRecord {
+    /// The record of a verified release, published at `created_at` by `published_by`.
+    pub fn from_verified(
+        verified: &ota_core::release::VerifiedRelease,
+        created_at: i64,
+        published_by: impl Into<String>,
+    ) -> Self {
+        let m = &verified.manifest;
+        ReleaseRecord {
+            digest: m.artifact_digest(),
+            product: m.product.clone(),
+            version: m.version.clone(),
+            security_version: m.security_version,
+            size: m.artifact_size,
+            hardware: m.hardware.clone(),
+            created: m.created,
+            expires: m.expires,
+            installer: m.installer.clone(),
+            signers: verified.signers.iter().map(|k| k.to_string()).collect(),
+            created_at,
+            published_by: published_by.into(),
+        }
+    }
+}
+
+/// What [`Db::insert_release`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InsertOutcome {
+    /// The row is new.
+    Inserted,
+    /// The identical release was already stored: nothing changed.
+    AlreadyPresent,
+}
+
+/// What a device reported: a full snapshot of its state (the MQTT layer maps the wire message
+/// to this).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceReport {
+    /// Hardware class (kept from earlier reports when `None`).
+    pub hardware_class: Option<String>,
+    /// Labels the device reports about itself.
+    pub labels: BTreeMap<String, String>,
+    /// Version string of the running release.
+    pub running_version: Option<String>,
+    /// Artifact digest of the running release.
+    pub running_digest: Option<Digest>,
+    /// Digest of the cached known-good release.
+    pub known_good_digest: Option<Digest>,
+    /// Digest of the last release the device committed.
+    pub last_committed_digest: Option<Digest>,
+    /// The outcome of the last update attempt (e.g. `committed`, `rolled-back`).
+    pub last_result: Option<String>,
+    /// Power state (battery, charger), as JSON.
+    pub power: Option<serde_json::Value>,
+    /// Inventory (OS, kernel, memory, disk), as JSON (kept from earlier reports when `None`).
+    pub inventory: Option<serde_json::Value>,
+    /// The reported-state message as received (kept for diagnosis).
+    pub reported: Option<Vec<u8>>,
+}
+
+/// A device as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct DeviceRecord {
+    /// Device id.
+    pub id: String,
+    /// Hardware class.
+    pub hardware_class: Option<String>,
+    /// Labels the device reports.
+    pub labels: BTreeMap<String, String>,
+    /// Labels set by operators; they win over reported labels of the same key.
+    pub server_labels: BTreeMap<String, String>,
+    /// Version string of the running release.
+    pub running_version: Option<String>,
+    /// Artifact digest of the running release.
+    #[serde(serialize_with = "ser_opt_digest")]
+    pub running_digest: Option<Digest>,
+    /// Digest of the cached known-good release.
+    #[serde(serialize_with = "ser_opt_digest")]
+    pub known_good_digest: Option<Digest>,
+    /// Digest of the last committed release.
+    #[serde(serialize_with = "ser_opt_digest")]
+    pub last_committed_digest: Option<Digest>,
+    /// Outcome of the last update attempt.
+    pub last_result: Option<String>,
+    /// Power state.
+    pub power: Option<serde_json::Value>,
+    /// Inventory.
+    pub inventory: Option<serde_json::Value>,
+    /// First time the server heard of the device, unix seconds.
+    pub first_seen: i64,
+    /// Last time the server heard of the device (report, connect, disconnect), unix seconds.
+    pub last_seen: i64,
+    /// Connected to the broker.
+    pub online: bool,
+    /// Its running release differs from the one it should run.
+    pub drifted: bool,
+}
+
+impl DeviceRecord {
+    /// The value of label `key`: the server label if set, else the reported one.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.server_labels
+            .get(key)
+            .or_else(|| self.labels.get(key))
+            .map(String::as_str)
+    }
+}
+
+/// Online and total device counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct DeviceCounts {
+    /// Devices known.
+    pub total: u64,
+    /// Devices online.
+    pub online: u64,
+}
+
+/// A rollout to create.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct NewRollout {
+    /// The release (artifact digest) to roll out; must be published.
+    pub release_digest: Digest,
+    /// The device filter (see [`crate::filter`]).
+    pub filter: String,
+    /// The rollout spec (cohorts, waves, gates), as JSON.
+    pub spec: serde_json::Value,
+    /// The planner's initial state blob.
+    pub state: Vec<u8>,
+    /// Initial status.
+    pub status: String,
+    /// The operator who created it.
+    pub created_by: String,
+}
+
+impl NewRollout {
+    /// A rollout of `release_digest` to the devices matching `filter`.
+    pub fn new(
+        release_digest: Digest,
+        filter: impl Into<String>,
+        spec: serde_json::Value,
+        state: Vec<u8>,
+        status: impl Into<String>,
+        created_by: impl Into<String>,
+    ) -> Self {
+        NewRollout {
+            release_digest,
+            filter: filter.into(),
+            spec,
+            state,
+            status: status.into(),
+            created_by: created_by.into(),
+        }
+    }
+}
+
+/// A rollout as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct RolloutRecord {
+    /// Rollout id.
+    pub id: i64,
+    /// The release rolled out.
+    #[serde(serialize_with = "ser_digest")]
+    pub release_digest: Digest,
+    /// The device filter.
+    pub filter: String,
+    /// The spec.
+    pub spec: serde_json::Value,
+    /// The planner's state blob (not serialized to JSON).
+    #[serde(skip)]
+    pub state: Vec<u8>,
+    /// Status.
+    pub status: String,
+    /// Who created it.
+    pub created_by: String,
+    /// Who approved it.
+    pub approved_by: Option<String>,
+    /// Creation time, unix seconds.
+    pub created_at: i64,
+    /// Last change, unix seconds.
+    pub updated_at: i64,
+}
+
+/// An audit event to append.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct NewEvent {
+    /// When, unix seconds.
+    pub at: i64,
+    /// Who: an operator name, `device:<id>` or `server`.
+    pub actor: String,
+    /// What, kebab-case (e.g. `release-published`, `release-rejected`).
+    pub kind: String,
+    /// The rollout it concerns.
+    pub rollout_id: Option<i64>,
+    /// The device it concerns.
+    pub device_id: Option<String>,
+    /// Details, a JSON object.
+    pub details: serde_json::Value,
+}
+
+impl NewEvent {
+    /// An event with no rollout or device and empty details.
+    pub fn new(at: i64, actor: impl Into<String>, kind: impl Into<String>) -> Self {
+        NewEvent {
+            at,
+            actor: actor.into(),
+            kind: kind.into(),
+            rollout_id: None,
+            device_id: None,
+            details: serde_json::Value::Object(serde_json::Map::new()),
+        }
+    }
+
+    /// Sets the rollout.
+    pub fn rollout(mut self, id: i64) -> Self {
+        self.rollout_id = Some(id);
+        self
+    }
+
+    /// Sets the device.
+    pub fn device(mut self, id: impl Into<String>) -> Self {
+        self.device_id = Some(id.into());
+        self
+    }
+
+    /// Sets the details.
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// An audit event as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct EventRecord {
+    /// Event id (increasing).
+    pub id: i64,
+    /// When, unix seconds.
+    pub at: i64,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub kind: String,
+    /// The rollout it concerns.
+    pub rollout_id: Option<i64>,
+    /// The device it concerns.
+    pub device_id: Option<String>,
+    /// Details.
+    pub details: serde_json::Value,
+}
+
+/// Which events [`Db::list_events`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventFilter {
+    /// Only events of this rollout.
+    pub rollout: Option<i64>,
+    /// Only events of this device.
+    pub device: Option<String>,
+    /// Only events of this kind.
+    pub kind: Option<String>,
+    /// Only events with an id above this one (the cursor for following the log); without it
+    /// the newest events are returned.
+    pub after: Option<i64>,
+    /// At most this many (0 means 100; capped at [`MAX_EVENT_PAGE`]).
+    pub limit: u32,
+}
+
+/// The repository over the server's database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    kind: DbKind,
+}
+
+impl Db {
+    /// Connects to `url` (`sqlite://path?mode=rwc`, `postgres://...`) with at most
+    /// `max_connections` pooled connections, and applies the migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let kind = DbKind::from_url(url)?;
+        // Each connection to an in-memory SQLite database is a different database.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let max = if kind == DbKind::Sqlite && in_memory {
+            1
+        } else {
+            max_connections.max(1)
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(url)
+            .await
+            .map_err(DbError::Connect)?;
+        migrator(kind).run(&pool).await?;
+        if kind == DbKind::Sqlite && !in_memory {
+            // Readers do not block the writer; persisted in the database file.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .fetch_optional(&pool)
+                .await?;
+        }
+        Ok(Db { pool, kind })
+    }
+
+    /// Which database this is.
+    pub fn kind(&self) -> DbKind {
+        self.kind
+    }
+
+    /// Closes every pooled connection (waits for checked-out ones).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ----- releases -----
+
+    /// Stores a verified release and, in the same transaction, `event`. Idempotent: the same
+    /// bytes again give [`InsertOutcome::AlreadyPresent`] (and no event); different bytes for
+    /// the same artifact digest give [`DbError::ReleaseConflict`].
+    pub async fn insert_release(
+        &self,
+        release: &ReleaseRecord,
+        bytes: &[u8],
+        event: Option<&NewEvent>,
+    ) -> Result<InsertOutcome, DbError> {
+        let digest = release.digest.to_string();
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO releases (digest, product, version, security_version, size, hardware, \
+             created, expires, installer, signers, release_bytes, created_at, published_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(&digest)
+        .bind(&release.product)
+        .bind(&release.version)
+        .bind(i64::from(release.security_version))
+        .bind(to_i64(release.size, "release size")?)
+        .bind(to_json(&release.hardware))
+        .bind(to_i64(release.created, "release created")?)
+        .bind(
+            release
+                .expires
+                .map(|e| to_i64(e, "release expires"))
+                .transpose()?,
+        )
+        .bind(release.installer.as_deref())
+        .bind(to_json(&release.signers))
+        .bind(bytes)
+        .bind(release.created_at)
+        .bind(&release.published_by)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let existing: Vec<u8> =
+                sqlx::query_scalar("SELECT release_bytes FROM releases WHERE digest = $1")
+                    .bind(&digest)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            tx.rollback().await?;
+            return if existing == bytes {
+                Ok(InsertOutcome::AlreadyPresent)
+            } else {
+                Err(DbError::ReleaseConflict(release.digest))
+            };
+        }
+        if let Some(event) = event {
+            insert_event(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(InsertOutcome::Inserted)
+    }
+
+    /// The release of artifact `digest`.
+    pub async fn get_release(&self, digest: &Digest) -> Result<Option<ReleaseRecord>, DbError> {
+        let row = sqlx::query(format_release_select("WHERE digest = $1"))
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(release_from_row).transpose()
+    }
+
+    /// The signed release bytes of artifact `digest`, exactly as uploaded.
+    pub async fn get_release_bytes(&self, digest: &Digest) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT release_bytes FROM releases WHERE digest = $1")
+                .bind(digest.to_string())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Every release, newest first.
+    pub async fn list_releases(&self) -> Result<Vec<ReleaseRecord>, DbError> {
+        let rows = sqlx::query(format_release_select(
+            "ORDER BY created_at DESC, created DESC, digest",
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(release_from_row).collect()
+    }
+
+    /// How many releases are published.
+    pub async fn count_releases(&self) -> Result<u64, DbError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM releases")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    // ----- devices -----
+
+    /// Records a device's reported state at `now` and marks it online (creating the device on
+    /// its first report). `hardware_class` and `inventory` keep their earlier values when the
+    /// report leaves them out; every other field is replaced.
+    pub async fn upsert_device_report(
+        &self,
+        id: &str,
+        report: &DeviceReport,
+        now: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO devices (id, hardware_class, labels, running_version, running_digest, \
+             known_good_digest, last_committed_digest, last_result, power, inventory, reported, \
+             first_seen, last_seen, online) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, 1) \
+             ON CONFLICT (id) DO UPDATE SET \
+             hardware_class = COALESCE(excluded.hardware_class, devices.hardware_class), \
+             labels = excluded.labels, \
+             running_version = excluded.running_version, \
+             running_digest = excluded.running_digest, \
+             known_good_digest = excluded.known_good_digest, \
+             last_committed_digest = excluded.last_committed_digest, \
+             last_result = excluded.last_result, \
+             power = excluded.power, \
+             inventory = COALESCE(excluded.inventory, devices.inventory), \
+             reported = excluded.reported, \
+             last_seen = excluded.last_seen, \
+             online = 1",
+        )
+        .bind(id)
+        .bind(report.hardware_class.as_deref())
+        .bind(to_json(&report.labels))
+        .bind(report.running_version.as_deref())
+        .bind(report.running_digest.map(|d| d.to_string()))
+        .bind(report.known_good_digest.map(|d| d.to_string()))
+        .bind(report.last_committed_digest.map(|d| d.to_string()))
+        .bind(report.last_result.as_deref())
+        .bind(report.power.as_ref().map(to_json))
+        .bind(report.inventory.as_ref().map(to_json))
+        .bind(report.reported.as_deref())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a device online or offline at `now` (creating it if the server never heard of
+    /// it: a connect can come before the first report).
+    pub async fn set_online(&self, id: &str, online: bool, now: i64) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO devices (id, first_seen, last_seen, online) VALUES ($1, $2, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET online = excluded.online, last_seen = excluded.last_seen",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(i64::from(online))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks every device offline (at server start: the broker's sessions are gone).
+    pub async fn set_all_offline(&self) -> Result<(), DbError> {
+        sqlx::query("UPDATE devices SET online = 0 WHERE online <> 0")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets whether a device runs something other than what it should.
+    pub async fn set_drifted(&self, id: &str, drifted: bool) -> Result<(), DbError> {
+        let n = sqlx::query("UPDATE devices SET drifted = $2 WHERE id = $1")
+            .bind(id)
+            .bind(i64::from(drifted))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        not_found_if_zero(n, "device", id)
+    }
+
+    /// Replaces a device's operator-set labels.
+    pub async fn set_server_labels(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), DbError> {
+        let n = sqlx::query("UPDATE devices SET server_labels = $2 WHERE id = $1")
+            .bind(id)
+            .bind(to_json(labels))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        not_found_if_zero(n, "device", id)
+    }
+
+    /// One device.
+    pub async fn get_device(&self, id: &str) -> Result<Option<DeviceRecord>, DbError> {
+        let row = sqlx::query(format_device_select("WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    /// The raw reported-state message a device last sent.
+    pub async fn get_device_reported(&self, id: &str) -> Result<Option<Vec<u8>>, DbError> {
+        let v: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT reported FROM devices WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.flatten())
+    }
+
+    /// Every device, by id.
+    pub async fn list_devices(&self) -> Result<Vec<DeviceRecord>, DbError> {
+        let rows = sqlx::query(format_device_select("ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    /// How many devices are known and online.
+    pub async fn device_counts(&self) -> Result<DeviceCounts, DbError> {
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices")
+            .fetch_one(&self.pool)
+            .await?;
+        let online: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE online <> 0")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(DeviceCounts {
+            total: u64::try_from(total).unwrap_or(0),
+            online: u64::try_from(online).unwrap_or(0),
+        })
+    }
+
+    // ----- rollouts -----
+
+    /// Creates a rollout at `now` and, in the same transaction, `event` (its `rollout_id` is
+    /// set to the new id). Returns the new id.
+    pub async fn insert_rollout(
+        &self,
+        rollout: &NewRollout,
+        now: i64,
+        event: Option<&NewEvent>,
+    ) -> Result<i64, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO rollouts (release_digest, device_filter, spec, planner_state, status, \
+             created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+             RETURNING id",
+        )
+        .bind(rollout.release_digest.to_string())
+        .bind(&rollout.filter)
+        .bind(to_json(&rollout.spec))
+        .bind(rollout.state.as_slice())
+        .bind(&rollout.status)
+        .bind(&rollout.created_by)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(event) = event {
+            let mut event = event.clone();
+            event.rollout_id = Some(id);
+            insert_event(&mut tx, &event).await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// One rollout.
+    pub async fn get_rollout(&self, id: i64) -> Result<Option<RolloutRecord>, DbError> {
+        let row = sqlx::query(format_rollout_select("WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rollout_from_row).transpose()
+    }
+
+    /// Every rollout, newest first.
+    pub async fn list_rollouts(&self) -> Result<Vec<RolloutRecord>, DbError> {
+        let rows = sqlx::query(format_rollout_select("ORDER BY id DESC"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rollout_from_row).collect()
+    }
+
+    /// Stores the planner's new state and status at `now`, and appends `events`, in one
+    /// transaction.
+    pub async fn update_rollout_state(
+        &self,
+        id: i64,
+        state: &[u8],
+        status: &str,
+        now: i64,
+        events: &[NewEvent],
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE rollouts SET planner_state = $2, status = $3, updated_at = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(status)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        not_found_if_zero(n, "rollout", &id.to_string())?;
+        for event in events {
+            insert_event(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records who approved a rollout, at `now`, with `event`, in one transaction.
+    pub async fn set_rollout_approved(
+        &self,
+        id: i64,
+        approved_by: &str,
+        now: i64,
+        event: Option<&NewEvent>,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("UPDATE rollouts SET approved_by = $2, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(approved_by)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        not_found_if_zero(n, "rollout", &id.to_string())?;
+        if let Some(event) = event {
+            insert_event(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ----- events -----
+
+    /// Appends one audit event; returns its id.
+    pub async fn append_event(&self, event: &NewEvent) -> Result<i64, DbError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_event(&mut conn, event).await
+    }
+
+    /// Events matching `filter`, in increasing id order: those after `filter.after`, or the
+    /// newest ones without it.
+    pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, DbError> {
+        let limit = match filter.limit {
+            0 => 100,
+            n => n.min(MAX_EVENT_PAGE),
+        };
+        const WHERE: &str = "WHERE ($1 IS NULL OR rollout_id = $1) \
+            AND ($2 IS NULL OR device_id = $2) AND ($3 IS NULL OR kind = $3) AND id > $4";
+        let sql = if filter.after.is_some() {
+            format!("{EVENT_SELECT} {WHERE} ORDER BY id ASC LIMIT $5")
+        } else {
+            format!("{EVENT_SELECT} {WHERE} ORDER BY id DESC LIMIT $5")
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(filter.rollout)
+            .bind(filter.device.as_deref())
+            .bind(filter.kind.as_deref())
+            .bind(filter.after.unwrap_or(i64::MIN))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        if filter.after.is_none() {
+            events.reverse();
+        }
+        Ok(events)
+    }
+}
+
+fn migrator(kind: DbKind) -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|&(version, description, sqlite, postgres)| {
+            let sql = match kind {
+                DbKind::Sqlite => sqlite,
+                DbKind::Postgres => postgres,
+            };
+            Migration::new(
+                version,
+                Cow::Borrowed(description),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    Migrator::with_migrations(migrations)
+}
+
+async fn insert_event(conn: &mut AnyConnection, event: &NewEvent) -> Result<i64, DbError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO events (at, actor, kind, rollout_id, device_id, details) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(event.at)
+    .bind(&event.actor)
+    .bind(&event.kind)
+    .bind(event.rollout_id)
+    .bind(event.device_id.as_deref())
+    .bind(to_json(&event.details))
+    .fetch_one(conn)
+    .await?)
+}
+
+fn not_found_if_zero(n: u64, what: &'static str, id: &str) -> Result<(), DbError> {
+    if n == 0 {
+        Err(DbError::NotFound {
+            what,
+            id: id.to_string(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+fn to_i64(v: u64, what: &'static str) -> Result<i64, DbError> {
+    i64::try_from(v).map_err(|_| DbError::OutOfRange(what))
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64, DbError> {
+    u64::try_from(v).map_err(|_| DbError::Corrupt(format!("negative {what}")))
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
+    // Serializing maps with string keys, strings and JSON values cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
+}
+
+fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, DbError> {
+    serde_json::from_str(text).map_err(|e| DbError::Corrupt(format!("{what}: {e}")))
+}
+
+fn parse_digest(text: &str, what: &str) -> Result<Digest, DbError> {
+    text.parse()
+        .map_err(|e| DbError::Corrupt(format!("{what}: {e}")))
+}
+
+fn opt_digest(text: Option<String>, what: &str) -> Result<Option<Digest>, DbError> {
+    text.map(|t| parse_digest(&t, what)).transpose()
+}
+
+const RELEASE_COLUMNS: &str = "digest, product, version, security_version, size, hardware, \
+    created, expires, installer, signers, created_at, published_by";
+
+fn format_release_select(tail: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("SELECT {RELEASE_COLUMNS} FROM releases {tail}"))
+}
+
+fn release_from_row(row: &AnyRow) -> Result<ReleaseRecord, DbError> {
+    let security_version: i64 = row.try_get("security_version")?;
+    Ok(ReleaseRecord {
+        digest: parse_digest(&row.try_get::<String, _>("digest")?, "release digest")?,
+        product: row.try_get("product")?,
+        version: row.try_get("version")?,
+        security_version: u32::try_from(security_version)
+            .map_err(|_| DbError::Corrupt("security_version out of range".into()))?,
+        size: to_u64(row.try_get("size")?, "size")?,
+        hardware: from_json(&row.try_get::<String, _>("hardware")?, "hardware")?,
+        created: to_u64(row.try_get("created")?, "created")?,
+        expires: row
+            .try_get::<Option<i64>, _>("expires")?
+            .map(|e| to_u64(e, "expires"))
+            .transpose()?,
+        installer: row.try_get("installer")?,
+        signers: from_json(&row.try_get::<String, _>("signers")?, "signers")?,
+        created_at: row.try_get("created_at")?,
+        published_by: row.try_get("published_by")?,
+    })
+}
+
+const DEVICE_COLUMNS: &str = "id, hardware_class, labels, server_labels, running_version, \
+    running_digest, known_good_digest, last_committed_digest, last_result, power, inventory, \
+    first_seen, last_seen, online, drifted";
+
+fn format_device_select(tail: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices {tail}"))
+}
+
+fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, DbError> {
+    let json_opt = |col: &str| -> Result<Option<serde_json::Value>, DbError> {
+        row.try_get::<Option<String>, _>(col)?
+            .map(|t| from_json(&t, col))
+            .transpose()
+    };
+    Ok(DeviceRecord {
+        id: row.try_get("id")?,
+        hardware_class: row.try_get("hardware_class")?,
+        labels: from_json(&row.try_get::<String, _>("labels")?, "labels")?,
+        server_labels: from_json(&row.try_get::<String, _>("server_labels")?, "server_labels")?,
+        running_version: row.try_get("running_version")?,
+        running_digest: opt_digest(row.try_get("running_digest")?, "running_digest")?,
+        known_good_digest: opt_digest(row.try_get("known_good_digest")?, "known_good_digest")?,
+        last_committed_digest: opt_digest(
+            row.try_get("last_committed_digest")?,
+            "last_committed_digest",
+        )?,
+        last_result: row.try_get("last_result")?,
+        power: json_opt("power")?,
+        inventory: json_opt("inventory")?,
+        first_seen: row.try_get("first_seen")?,
+        last_seen: row.try_get("last_seen")?,
+        online: row.try_get::<i64, _>("online")? != 0,
+        drifted: row.try_get::<i64, _>("drifted")? != 0,
+    })
+}
+
+const ROLLOUT_COLUMNS: &str = "id, release_digest, device_filter, spec, planner_state, status, \
+    created_by, approved_by, created_at, updated_at";
+
+fn format_rollout_select(tail: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts {tail}"))
+}
+
+fn rollout_from_row(row: &AnyRow) -> Result<RolloutRecord, DbError> {
+    Ok(RolloutRecord {
+        id: row.try_get("id")?,
+        release_digest: parse_digest(&row.try_get::<String, _>("release_digest")?, "release")?,
+        filter: row.try_get("device_filter")?,
+        spec: from_json(&row.try_get::<String, _>("spec")?, "spec")?,
+        state: row.try_get("planner_state")?,
+        status: row.try_get("status")?,
+        created_by: row.try_get("created_by")?,
+        approved_by: row.try_get("approved_by")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+const EVENT_SELECT: &str = "SELECT id, at, actor, kind, rollout_id, device_id, details FROM events";
+
+fn event_from_row(row: &AnyRow) -> Result<EventRecord, DbError> {
+    Ok(EventRecord {
+        id: row.try_get("id")?,
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        kind: row.try_get("kind")?,
+        rollout_id: row.try_get("rollout_id")?,
+        device_id: row.try_get("device_id")?,
+        details: from_json(&row.try_get::<String, _>("details")?, "details")?,
+    })
+}
+
+fn ser_digest<S: serde::Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(d)
+}
+
+fn ser_opt_digest<S: serde::Serializer>(d: &Option<Digest>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.collect_str(d),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://ota:s3cret@db:5432/ota"),
+            "postgres://ota:***@db:5432/ota"
+        );
+        assert_eq!(redact_url("postgres://ota@db/ota"), "postgres://ota@db/ota");
+        assert!(DbKind::from_url("mysql://x").is_err());
+    }
+}

@@ -1,0 +1,637 @@
+//! The device filter language: which devices a listing or a rollout is about.
+//!
+//! ```text
+//! hw=gw-a and label:region=eu
+//! version!=2.0.0 and (online or label:ring=canary)
+//! not drifted and id=gw-*
+//! ```
+//!
+//! # Grammar
+//!
+//! ```text
+//! filter  := or
+//! or      := and ( "or" and )*
+//! and     := unary ( "and" unary )*
+//! unary   := "not" unary | primary
+//! primary := "(" or ")" | flag | field ( "=" | "!=" ) value
+//! flag    := "online" | "drifted" | "all"
+//! field   := "id" | "hw" | "version" | "digest" | "result" | "label:" KEY
+//! value   := WORD | "quoted string"        (* in a value matches any run of characters *)
+//! ```
+//!
+//! Words are letters, digits and `_ . - : / + @ *`; anything else goes in double quotes (with
+//! `\"` and `\\` escapes). Keywords are lowercase. `not` binds tighter than `and`, which binds
+//! tighter than `or`. A field the device does not have never equals a value, so `!=` matches
+//! it. `label:KEY` looks at the operator's server label first, then the device's own.
+//!
+//! Hostile input cannot exhaust the parser: filters are at most [`MAX_FILTER_LEN`] bytes and
+//! nest at most [`MAX_DEPTH`] deep. Every error names its 1-based column.
+
+use std::fmt;
+
+use crate::db::DeviceRecord;
+
+/// Longest filter accepted, in bytes.
+pub const MAX_FILTER_LEN: usize = 4096;
+/// Deepest nesting of parentheses and `not` accepted.
+pub const MAX_DEPTH: usize = 32;
+
+/// Why a filter does not parse. Columns are 1-based character positions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FilterError {
+    /// The filter is empty (use `all` to mean every device).
+    #[error("empty filter (use `all` for every device)")]
+    Empty,
+    /// The filter is longer than [`MAX_FILTER_LEN`].
+    #[error("filter too long: at most {limit} bytes")]
+    TooLong {
+        /// The limit.
+        limit: usize,
+    },
+    /// A character that cannot start any token.
+    #[error("unexpected character {ch:?} at column {column}")]
+    InvalidCharacter {
+        /// The character.
+        ch: char,
+        /// Where.
+        column: usize,
+    },
+    /// A quoted string is not closed.
+    #[error("unterminated string starting at column {column}")]
+    UnterminatedString {
+        /// Where the string starts.
+        column: usize,
+    },
+    /// A token where something else was expected.
+    #[error("unexpected token '{token}' at column {column}, expected {expected}")]
+    UnexpectedToken {
+        /// The token found.
+        token: String,
+        /// Where.
+        column: usize,
+        /// What would have been valid.
+        expected: &'static str,
+    },
+    /// The filter ends where something else was expected.
+    #[error("unexpected end of filter at column {column}, expected {expected}")]
+    UnexpectedEnd {
+        /// The column just past the end.
+        column: usize,
+        /// What would have been valid.
+        expected: &'static str,
+    },
+    /// A field name this language does not know.
+    #[error(
+        "unknown field '{field}' at column {column} (fields: id, hw, version, digest, result, label:KEY; flags: online, drifted, all)"
+    )]
+    UnknownField {
+        /// The name.
+        field: String,
+        /// Where.
+        column: usize,
+    },
+    /// A flag (`online`, `drifted`, `all`) used with `=` or `!=`.
+    #[error("'{field}' at column {column} takes no value: write '{field}' or 'not {field}'")]
+    FlagWithValue {
+        /// The flag.
+        field: String,
+        /// Where.
+        column: usize,
+    },
+    /// A field used without `=` or `!=`.
+    #[error("field '{field}' at column {column} needs a value: '{field}=...' or '{field}!=...'")]
+    MissingComparison {
+        /// The field.
+        field: String,
+        /// Where.
+        column: usize,
+    },
+    /// Nesting deeper than [`MAX_DEPTH`].
+    #[error("filter nests too deeply at column {column} (at most {limit} levels)")]
+    TooDeep {
+        /// Where the limit was passed.
+        column: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// A device attribute compared with `=` / `!=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Field {
+    /// `id`: the device id.
+    Id,
+    /// `hw`: the hardware class.
+    Hardware,
+    /// `version`: the running version string.
+    Version,
+    /// `digest`: the running artifact digest (hex).
+    Digest,
+    /// `result`: the last update result.
+    Result,
+    /// `label:KEY`: a label (server label first, then reported).
+    Label(String),
+}
+
+/// A boolean device attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Flag {
+    /// Connected to the broker.
+    Online,
+    /// Runs something other than it should.
+    Drifted,
+    /// Every device.
+    All,
+}
+
+/// A parsed filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Filter {
+    /// A boolean attribute.
+    Flag(Flag),
+    /// `field = value` (or `!=` when `negated`); `*` in the value is a wildcard.
+    Compare {
+        /// The attribute.
+        field: Field,
+        /// `!=` rather than `=`.
+        negated: bool,
+        /// The value.
+        value: String,
+    },
+    /// `not f`.
+    Not(Box<Filter>),
+    /// `a and b`.
+    And(Box<Filter>, Box<Filter>),
+    /// `a or b`.
+    Or(Box<Filter>, Box<Filter>),
+}
+
+impl Filter {
+    /// Parses a filter.
+    pub fn parse(input: &str) -> Result<Self, FilterError> {
+        if input.len() > MAX_FILTER_LEN {
+            return Err(FilterError::TooLong {
+                limit: MAX_FILTER_LEN,
+            });
+        }
+        let tokens = lex(input)?;
+        if tokens.is_empty() {
+            return Err(FilterError::Empty);
+        }
+        let end = input.chars().count() + 1;
+        let mut p = Parser {
+            tokens,
+            pos: 0,
+            end,
+        };
+        let filter = p.or(0)?;
+        match p.peek() {
+            None => Ok(filter),
+            Some(t) => Err(t.unexpected("'and', 'or' or the end")),
+        }
+    }
+
+    /// Whether `device` matches.
+    pub fn matches(&self, device: &DeviceRecord) -> bool {
+        match self {
+            Filter::Flag(Flag::All) => true,
+            Filter::Flag(Flag::Online) => device.online,
+            Filter::Flag(Flag::Drifted) => device.drifted,
+            Filter::Compare {
+                field,
+                negated,
+                value,
+            } => {
+                let digest;
+                let actual: Option<&str> = match field {
+                    Field::Id => Some(&device.id),
+                    Field::Hardware => device.hardware_class.as_deref(),
+                    Field::Version => device.running_version.as_deref(),
+                    Field::Digest => {
+                        digest = device.running_digest.map(|d| d.to_string());
+                        digest.as_deref()
+                    }
+                    Field::Result => device.last_result.as_deref(),
+                    Field::Label(key) => device.label(key),
+                };
+                let equal = actual.is_some_and(|a| glob_match(value, a));
+                equal != *negated
+            }
+            Filter::Not(f) => !f.matches(device),
+            Filter::And(a, b) => a.matches(device) && b.matches(device),
+            Filter::Or(a, b) => a.matches(device) || b.matches(device),
+        }
+    }
+}
+
+impl fmt::Display for Filter {
+    /// The canonical form: fully parenthesized binary operators, values quoted when needed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Filter::Flag(Flag::All) => f.write_str("all"),
+            Filter::Flag(Flag::Online) => f.write_str("online"),
+            Filter::Flag(Flag::Drifted) => f.write_str("drifted"),
+            Filter::Compare {
+                field,
+                negated,
+                value,
+            } => {
+                match field {
+                    Field::Id => f.write_str("id")?,
+                    Field::Hardware => f.write_str("hw")?,
+                    Field::Version => f.write_str("version")?,
+                    Field::Digest => f.write_str("digest")?,
+                    Field::Result => f.write_str("result")?,
+                    Field::Label(key) => {
+                        f.write_str("label:")?;
+                        write_value(f, key)?;
+                    }
+                }
+                f.write_str(if *negated { "!=" } else { "=" })?;
+                write_value(f, value)
+            }
+            Filter::Not(inner) => write!(f, "not {inner}"),
+            Filter::And(a, b) => write!(f, "({a} and {b})"),
+            Filter::Or(a, b) => write!(f, "({a} or {b})"),
+        }
+    }
+}
+
+fn write_value(f: &mut fmt::Formatter<'_>, value: &str) -> fmt::Result {
+    if !value.is_empty() && value.chars().all(is_word_char) && !is_keyword(value) {
+        f.write_str(value)
+    } else {
+        f.write_str("\"")?;
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                f.write_str("\\")?;
+            }
+            write!(f, "{c}")?;
+        }
+        f.write_str("\"")
+    }
+}
+
+fn is_keyword(word: &str) -> bool {
+    matches!(word, "and" | "or" | "not")
+}
+
+/// `*` matches any run of characters (including none); everything else matches itself.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    if !pattern.contains('*') {
+        return pattern == text;
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    // Iterative wildcard matching with one backtrack point: O(len(p) * len(t)) worst case.
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match (p.get(pi), t.get(ti)) {
+            (Some('*'), _) => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            (Some(pc), Some(tc)) if pc == tc => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '/' | '+' | '@' | '*')
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tok {
+    LParen,
+    RParen,
+    Eq,
+    Ne,
+    Word(String),
+    Quoted(String),
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    tok: Tok,
+    column: usize,
+}
+
+impl Token {
+    fn text(&self) -> String {
+        match &self.tok {
+            Tok::LParen => "(".into(),
+            Tok::RParen => ")".into(),
+            Tok::Eq => "=".into(),
+            Tok::Ne => "!=".into(),
+            Tok::Word(w) => w.clone(),
+            Tok::Quoted(q) => format!("\"{q}\""),
+        }
+    }
+
+    fn unexpected(&self, expected: &'static str) -> FilterError {
+        FilterError::UnexpectedToken {
+            token: self.text(),
+            column: self.column,
+            expected,
+        }
+    }
+}
+
+fn lex(input: &str) -> Result<Vec<Token>, FilterError> {
+    let mut tokens = Vec::new();
+    let mut chars = input.chars().enumerate().peekable();
+    while let Some((i, c)) = chars.next() {
+        let column = i + 1;
+        let tok = match c {
+            c if c.is_whitespace() => continue,
+            '(' => Tok::LParen,
+            ')' => Tok::RParen,
+            '=' => Tok::Eq,
+            '!' => match chars.next() {
+                Some((_, '=')) => Tok::Ne,
+                _ => return Err(FilterError::InvalidCharacter { ch: '!', column }),
+            },
+            '"' => {
+                let mut s = String::new();
+                loop {
+                    match chars.next() {
+                        None => return Err(FilterError::UnterminatedString { column }),
+                        Some((_, '"')) => break,
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, e)) => s.push(e),
+                            None => return Err(FilterError::UnterminatedString { column }),
+                        },
+                        Some((_, c)) => s.push(c),
+                    }
+                }
+                Tok::Quoted(s)
+            }
+            c if is_word_char(c) => {
+                let mut s = String::from(c);
+                while let Some(&(_, c)) = chars.peek() {
+                    if !is_word_char(c) {
+                        break;
+                    }
+                    s.push(c);
+                    chars.next();
+                }
+                Tok::Word(s)
+            }
+            ch => return Err(FilterError::InvalidCharacter { ch, column }),
+        };
+        tokens.push(Token { tok, column });
+    }
+    Ok(tokens)
+}
+
+struct Parser {
+    tokens: Vec<Token>,
+    pos: usize,
+    /// The column just past the input, for "unexpected end" errors.
+    end: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.pos)
+    }
+
+    fn next(&mut self, expected: &'static str) -> Result<Token, FilterError> {
+        let t = self
+            .tokens
+            .get(self.pos)
+            .cloned()
+            .ok_or(FilterError::UnexpectedEnd {
+                column: self.end,
+                expected,
+            })?;
+        self.pos += 1;
+        Ok(t)
+    }
+
+    fn at_word(&self, word: &str) -> bool {
+        matches!(self.peek(), Some(Token { tok: Tok::Word(w), .. }) if w == word)
+    }
+
+    fn check_depth(depth: usize, column: usize) -> Result<(), FilterError> {
+        if depth > MAX_DEPTH {
+            return Err(FilterError::TooDeep {
+                column,
+                limit: MAX_DEPTH,
+            });
+        }
+        Ok(())
+    }
+
+    fn or(&mut self, depth: usize) -> Result<Filter, FilterError> {
+        let mut left = self.and(depth)?;
+        while self.at_word("or") {
+            self.pos += 1;
+            let right = self.and(depth)?;
+            left = Filter::Or(Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self, depth: usize) -> Result<Filter, FilterError> {
+        let mut left = self.unary(depth)?;
+        while self.at_word("and") {
+            self.pos += 1;
+            let right = self.unary(depth)?;
+            left = Filter::And(Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn unary(&mut self, depth: usize) -> Result<Filter, FilterError> {
+        if self.at_word("not") {
+            let column = self.peek().map_or(self.end, |t| t.column);
+            Self::check_depth(depth + 1, column)?;
+            self.pos += 1;
+            return Ok(Filter::Not(Box::new(self.unary(depth + 1)?)));
+        }
+        self.primary(depth)
+    }
+
+    fn primary(&mut self, depth: usize) -> Result<Filter, FilterError> {
+        const EXPECTED: &str = "a field, a flag, 'not' or '('";
+        let token = self.next(EXPECTED)?;
+        let word = match &token.tok {
+            Tok::LParen => {
+                Self::check_depth(depth + 1, token.column)?;
+                let inner = self.or(depth + 1)?;
+                let close = self.next("')'")?;
+                if close.tok != Tok::RParen {
+                    return Err(close.unexpected("')'"));
+                }
+                return Ok(inner);
+            }
+            Tok::Word(w) if !is_keyword(w) => w.clone(),
+            _ => return Err(token.unexpected(EXPECTED)),
+        };
+        let column = token.column;
+        let comparison = match self.peek().map(|t| &t.tok) {
+            Some(Tok::Eq) => Some(false),
+            Some(Tok::Ne) => Some(true),
+            _ => None,
+        };
+        let flag = match word.as_str() {
+            "online" => Some(Flag::Online),
+            "drifted" => Some(Flag::Drifted),
+            "all" | "*" => Some(Flag::All),
+            _ => None,
+        };
+        if let Some(flag) = flag {
+            if comparison.is_some() {
+                return Err(FilterError::FlagWithValue {
+                    field: word,
+                    column,
+                });
+            }
+            return Ok(Filter::Flag(flag));
+        }
+        let field = match word.as_str() {
+            "id" => Field::Id,
+            "hw" | "hardware" => Field::Hardware,
+            "version" => Field::Version,
+            "digest" => Field::Digest,
+            "result" => Field::Result,
+            w => match w.strip_prefix("label:") {
+                Some(key) if !key.is_empty() => Field::Label(key.to_string()),
+                _ => {
+                    // `label:"key with spaces"`: the key is the next token.
+                    if w == "label:"
+                        && let Some(Tok::Quoted(key)) = self.peek().map(|t| t.tok.clone())
+                    {
+                        self.pos += 1;
+                        return self.comparison(Field::Label(key), word, column);
+                    }
+                    return Err(FilterError::UnknownField {
+                        field: word,
+                        column,
+                    });
+                }
+            },
+        };
+        self.comparison(field, word, column)
+    }
+
+    fn comparison(
+        &mut self,
+        field: Field,
+        word: String,
+        column: usize,
+    ) -> Result<Filter, FilterError> {
+        let negated = match self.peek().map(|t| &t.tok) {
+            Some(Tok::Eq) => false,
+            Some(Tok::Ne) => true,
+            _ => {
+                return Err(FilterError::MissingComparison {
+                    field: word,
+                    column,
+                });
+            }
+        };
+        self.pos += 1;
+        let value = self.next("a value")?;
+        let value = match value.tok {
+            Tok::Word(w) => w,
+            Tok::Quoted(q) => q,
+            _ => return Err(value.unexpected("a value")),
+        };
+        Ok(Filter::Compare {
+            field,
+            negated,
+            value,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("gw-*", "gw-17"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("2.*.1", "2.4.1"));
+        assert!(!glob_match("2.*.1", "2.4.2"));
+        assert!(glob_match("a*b*c", "aXbYbZc"));
+        assert!(!glob_match("abc", "abcd"));
+    }
+
+    fn device() -> DeviceRecord {
+        DeviceRecord {
+            id: "gw-1".into(),
+            hardware_class: Some("gw-a".into()),
+            labels: [
+                ("region".to_string(), "eu".to_string()),
+                ("ring".to_string(), "beta".to_string()),
+            ]
+            .into(),
+            server_labels: [("region".to_string(), "us".to_string())].into(),
+            running_version: Some("2.0.0".into()),
+            running_digest: Some(ota_core::digest::Digest::of(b"fw")),
+            known_good_digest: None,
+            last_committed_digest: None,
+            last_result: None,
+            power: None,
+            inventory: None,
+            first_seen: 0,
+            last_seen: 0,
+            online: true,
+            drifted: false,
+        }
+    }
+
+    #[test]
+    fn matching() {
+        let d = device();
+        let m = |s: &str| Filter::parse(s).unwrap().matches(&d);
+        assert!(m("hw=gw-a and version=2.0.0"));
+        assert!(m("label:region=us"), "server labels win");
+        assert!(!m("label:region=eu"));
+        assert!(m("label:ring=beta"));
+        assert!(m("label:missing!=x"), "a missing field never equals");
+        assert!(!m("label:missing=*"));
+        assert!(m("result!=committed"));
+        assert!(m(&format!(
+            "digest={}",
+            ota_core::digest::Digest::of(b"fw")
+        )));
+        assert!(m("online and not drifted"));
+        assert!(m("drifted or id=gw-*"));
+        assert!(!m("not all"));
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "hw=gw-a and label:region=eu",
+            "not (online or drifted) and version!=\"2 0\"",
+            "label:\"my key\"=\"a\\\"b\"",
+        ] {
+            let f = Filter::parse(s).unwrap();
+            assert_eq!(Filter::parse(&f.to_string()).unwrap(), f, "{s} -> {f}");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The HTTP surface (axum): the operator REST API under `/api/v1` (bearer tokens), public
+//! content-addressed downloads, `/metrics` and `/healthz`. Every endpoint is documented in
+//! `docs/api.md`.
+//!
+//! | method | path | auth |
+//! |---|---|---|
+//! | `POST` | `/api/v1/releases` (multipart `release`, `artifact`) | operator |
+//! | `GET` | `/api/v1/releases`, `/api/v1/releases/{sha256}` | operator |
+//! | `GET` | `/api/v1/devices?filter=EXPR`, `/api/v1/devices/{id}` | operator |
+//! | `GET` | `/api/v1/events?rollout=&device=&kind=&after=&limit=` | operator |
+//! | `GET`, `HEAD` | `/artifacts/{sha256}` (Range, If-Range, ETag) | none |
+//! | `GET` | `/releases/{sha256}` (signed release bytes) | none |
+//! | `GET` | `/metrics` (Prometheus text), `/healthz` | none |
+//!
+//! Errors are `{ "error": "...", "cause": "..." }` with a stable `cause` ([`ApiError`]).
+//! Malformed paths, queries and bodies answer 400; unknown paths 404; nothing panics on input.
+
+mod artifacts;
+mod auth;
+mod error;
+mod releases;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Router, middleware};
+use ota_core::release::TrustSet;
+use serde::{Deserialize, Serialize};
+
+pub use auth::Operator;
+pub use error::{ApiError, release_cause};
+
+use crate::clock::Clock;
+use crate::config::OperatorConfig;
+use crate::db::{Db, DeviceRecord, EventFilter, EventRecord};
+use crate::filter::Filter;
+use crate::store::ArtifactStore;
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    db: Db,
+    store: ArtifactStore,
+    trust: TrustSet,
+    operators: Vec<OperatorConfig>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("db", &self.0.db)
+            .field("store", &self.0.store)
+            .field("operators", &self.0.operators.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The state of a server with these parts.
+    pub fn new(
+        db: Db,
+        store: ArtifactStore,
+        trust: TrustSet,
+        operators: Vec<OperatorConfig>,
+        clock: Clock,
+    ) -> Self {
+        AppState(Arc::new(Inner {
+            db,
+            store,
+            trust,
+            operators,
+            clock,
+        }))
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.0.db
+    }
+
+    /// The artifact store.
+    pub fn store(&self) -> &ArtifactStore {
+        &self.0.store
+    }
+
+    /// The fleet trust set.
+    pub fn trust(&self) -> &TrustSet {
+        &self.0.trust
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.0.clock
+    }
+
+    /// The operator a bearer token belongs to. Every configured token is compared, each in
+    /// constant time.
+    pub fn operator_for(&self, token: &str) -> Option<Operator> {
+        let mut found = None;
+        for op in &self.0.operators {
+            if auth::constant_time_eq(op.token.as_bytes(), token.as_bytes()) {
+                found = Some(Operator {
+                    name: op.name.clone(),
+                    role: op.role,
+                });
+            }
+        }
+        found
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route(
+            "/releases",
+            // Uploads are bounded by the signed size, not by a body limit.
+            post(releases::publish)
+                .layer(DefaultBodyLimit::disable())
+                .get(releases::list),
+        )
+        .route("/releases/{digest}", get(releases::get))
+        .route("/devices", get(list_devices))
+        .route("/devices/{id}", get(get_device))
+        .route("/events", get(list_events))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // `layer`, not `route_layer`: unknown /api/v1 paths need a token too.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_operator,
+        ));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/artifacts/{digest}", get(artifacts::get_artifact))
+        .route("/releases/{digest}", get(artifacts::get_release_bytes))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint (see docs/api.md)")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "method not allowed on this endpoint (see docs/api.md)",
+    )
+}
+
+/// A path parameter whose rejection is a JSON 400.
+pub(crate) struct PathParam(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| PathParam(p))
+            .map_err(|e| ApiError::bad_request("bad-path", e.body_text()))
+    }
+}
+
+fn bad_query(rejection: QueryRejection) -> ApiError {
+    ApiError::bad_request("bad-query", rejection.body_text())
+}
+
+/// Query of `GET /api/v1/devices`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicesQuery {
+    filter: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct DeviceList {
+    devices: Vec<DeviceRecord>,
+}
+
+async fn list_devices(
+    State(state): State<AppState>,
+    query: Result<Query<DevicesQuery>, QueryRejection>,
+) -> Result<Json<DeviceList>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let filter = match query.filter.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => Some(
+            Filter::parse(text).map_err(|e| ApiError::bad_request("bad-filter", e.to_string()))?,
+        ),
+    };
+    let devices = state
+        .db()
+        .list_devices()
+        .await?
+        .into_iter()
+        .filter(|d| filter.as_ref().is_none_or(|f| f.matches(d)))
+        .collect();
+    Ok(Json(DeviceList { devices }))
+}
+
+async fn get_device(
+    State(state): State<AppState>,
+    PathParam(id): PathParam,
+) -> Result<Json<DeviceRecord>, ApiError> {
+    state
+        .db()
+        .get_device(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("device {id:?} not found")))
+}
+
+/// Query of `GET /api/v1/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    rollout: Option<i64>,
+    device: Option<String>,
+    kind: Option<String>,
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct EventList {
+    events: Vec<EventRecord>,
+    /// Pass as `after` to get the events that follow (the last id returned, or `after`).
+    next_after: Option<i64>,
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<EventList>, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    let mut filter = EventFilter::default();
+    filter.rollout = q.rollout;
+    filter.device = q.device.filter(|d| !d.is_empty());
+    filter.kind = q.kind.filter(|k| !k.is_empty());
+    filter.after = q.after;
+    filter.limit = q.limit.unwrap_or(0);
+    let events = state.db().list_events(&filter).await?;
+    let next_after = events.last().map(|e| e.id).or(q.after);
+    Ok(Json(EventList { events, next_after }))
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let devices = state.db().device_counts().await?;
+    let releases = state.db().count_releases().await?;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name} {value}");
+    };
+    gauge("ota_devices", "Devices known to the server.", devices.total);
+    gauge(
+        "ota_devices_online",
+        "Devices connected to the broker.",
+        devices.online,
+    );
+    gauge("ota_releases", "Releases published.", releases);
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        out,
+    )
+        .into_response())
+}

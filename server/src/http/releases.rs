@@ -1,0 +1,224 @@
+//! Release intake and listing: `POST /api/v1/releases`, `GET /api/v1/releases[/{sha256}]`.
+//!
+//! A publish is one `multipart/form-data` request with two parts, in this order:
+//!
+//! 1. `release`: the signed release bytes (at most `Limits::MAX_RELEASE_BYTES`);
+//! 2. `artifact`: the artifact, streamed.
+//!
+//! The release is verified against the fleet trust set (signatures, format version, expiry; no
+//! hardware class or security floor: those are per device) before a byte of the artifact is
+//! read. The artifact is hashed while it streams into the store, refused at the first byte past
+//! the signed size, and made visible only when its size and SHA-256 match; only then is the
+//! release row committed (with its audit event). Every refusal is answered with
+//! `{ "error", "cause" }` and recorded as a `release-rejected` audit event.
+
+use axum::Json;
+use axum::extract::multipart::{Field, MultipartRejection};
+use axum::extract::{Extension, Multipart, State};
+use axum::http::StatusCode;
+use ota_core::digest::Digest;
+use ota_core::release::{ArtifactVerifier, Limits, Policy, SignedRelease};
+use serde::Serialize;
+use serde_json::json;
+
+use super::artifacts::parse_digest;
+use super::{ApiError, AppState, Operator, PathParam};
+use crate::db::{InsertOutcome, NewEvent, ReleaseRecord};
+use crate::store::{PutOutcome, UploadError};
+
+/// The answer to a successful publish.
+#[derive(Debug, Serialize)]
+pub(super) struct PublishResponse {
+    /// `published` or `already-present`.
+    status: &'static str,
+    /// The release.
+    release: ReleaseRecord,
+}
+
+/// `GET /api/v1/releases` body.
+#[derive(Debug, Serialize)]
+pub(super) struct ReleaseList {
+    releases: Vec<ReleaseRecord>,
+}
+
+/// `POST /api/v1/releases`.
+pub(super) async fn publish(
+    State(state): State<AppState>,
+    Extension(operator): Extension<Operator>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
+    let mut digest = None;
+    let result = match multipart {
+        Ok(mut multipart) => publish_inner(&state, &operator, &mut multipart, &mut digest).await,
+        Err(rejection) => Err(ApiError::bad_request(
+            "bad-multipart",
+            format!(
+                "expected multipart/form-data with parts `release` then `artifact`: {}",
+                rejection.body_text()
+            ),
+        )),
+    };
+    if let Err(error) = &result {
+        tracing::warn!(operator = %operator.name, cause = error.cause, "release refused: {}", error.message);
+        let mut details = json!({ "cause": error.cause, "error": error.message });
+        if let (Some(d), Some(map)) = (digest, details.as_object_mut()) {
+            map.insert("digest".into(), json!(d.to_string()));
+        }
+        let event = NewEvent::new(state.clock().now_i64(), &operator.name, "release-rejected")
+            .details(details);
+        if let Err(e) = state.db().append_event(&event).await {
+            tracing::error!("cannot record the release-rejected event: {e}");
+        }
+    }
+    result
+}
+
+async fn publish_inner(
+    state: &AppState,
+    operator: &Operator,
+    multipart: &mut Multipart,
+    digest_out: &mut Option<Digest>,
+) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
+    // Part 1: the signed release, bounded.
+    let field = next_field(multipart, "release").await?;
+    let bytes = read_bounded(field, Limits::MAX_RELEASE_BYTES).await?;
+    let signed = SignedRelease::decode(&bytes).map_err(|e| ApiError::from_release(&e))?;
+    *digest_out = Some(signed.manifest.artifact_digest());
+    let policy = Policy {
+        hardware_class: None,
+        security_floor: 0,
+        now: state.clock().now(),
+    };
+    let verified = signed
+        .verify(state.trust(), &policy)
+        .map_err(|e| ApiError::from_release(&e))?;
+    let digest = verified.manifest.artifact_digest();
+
+    // Refuse a conflicting release before reading the artifact.
+    if let Some(existing) = state.db().get_release_bytes(&digest).await?
+        && existing != bytes
+    {
+        return Err(crate::db::DbError::ReleaseConflict(digest).into());
+    }
+
+    // Part 2: the artifact, verified while it streams into the store.
+    let mut field = next_field(multipart, "artifact").await?;
+    let verifier = ArtifactVerifier::for_manifest(&verified.manifest);
+    let mut upload = state.store().begin_upload(verifier, digest).await?;
+    loop {
+        let chunk = match field.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                upload.abort().await;
+                return Err(UploadError::Body(e.body_text()).into());
+            }
+        };
+        if let Err(e) = upload.write(&chunk).await {
+            upload.abort().await;
+            return Err(e.into());
+        }
+    }
+    let stored = upload.finish().await?;
+
+    // The artifact checked out: commit the release row and its audit event together.
+    let now = state.clock().now_i64();
+    let record = ReleaseRecord::from_verified(&verified, now, &operator.name);
+    let event = NewEvent::new(now, &operator.name, "release-published").details(json!({
+        "digest": digest.to_string(),
+        "product": record.product,
+        "version": record.version,
+        "security_version": record.security_version,
+        "size": record.size,
+        "signers": record.signers,
+        "artifact": match stored { PutOutcome::Stored => "stored", _ => "already-present" },
+    }));
+    let outcome = state
+        .db()
+        .insert_release(&record, &bytes, Some(&event))
+        .await?;
+    let (status, text, record) = match outcome {
+        InsertOutcome::Inserted => {
+            tracing::info!(operator = %operator.name, %digest, version = %record.version, "release published");
+            (StatusCode::CREATED, "published", record)
+        }
+        _ => {
+            let stored = state.db().get_release(&digest).await?.unwrap_or(record);
+            (StatusCode::OK, "already-present", stored)
+        }
+    };
+    Ok((
+        status,
+        Json(PublishResponse {
+            status: text,
+            release: record,
+        }),
+    ))
+}
+
+async fn next_field<'m>(
+    multipart: &'m mut Multipart,
+    name: &'static str,
+) -> Result<Field<'m>, ApiError> {
+    let field = multipart.next_field().await.map_err(|e| {
+        ApiError::bad_request(
+            "bad-multipart",
+            format!("malformed multipart body: {}", e.body_text()),
+        )
+    })?;
+    match field {
+        Some(field) if field.name() == Some(name) => Ok(field),
+        Some(field) => Err(ApiError::bad_request(
+            "bad-multipart",
+            format!(
+                "expected the part `{name}`, got `{}` (send `release` first, then `artifact`)",
+                field.name().unwrap_or("")
+            ),
+        )),
+        None => Err(ApiError::bad_request(
+            "bad-multipart",
+            format!("the part `{name}` is missing (send `release` first, then `artifact`)"),
+        )),
+    }
+}
+
+async fn read_bounded(mut field: Field<'_>, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut bytes = Vec::new();
+    loop {
+        match field.chunk().await {
+            Ok(Some(chunk)) => {
+                if bytes.len() + chunk.len() > limit {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "release-too-large",
+                        format!("the signed release is larger than {limit} bytes"),
+                    ));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(bytes),
+            Err(e) => return Err(UploadError::Body(e.body_text()).into()),
+        }
+    }
+}
+
+/// `GET /api/v1/releases`.
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<ReleaseList>, ApiError> {
+    Ok(Json(ReleaseList {
+        releases: state.db().list_releases().await?,
+    }))
+}
+
+/// `GET /api/v1/releases/{sha256}`.
+pub(super) async fn get(
+    State(state): State<AppState>,
+    PathParam(digest): PathParam,
+) -> Result<Json<ReleaseRecord>, ApiError> {
+    let digest = parse_digest(&digest)?;
+    state
+        .db()
+        .get_release(&digest)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("release {digest} not found")))
+}

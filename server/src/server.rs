@@ -1,0 +1,264 @@
+//! Starting and stopping the whole server in-process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::broker::{BrokerError, EmbeddedBroker};
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError, MqttConfig};
+use crate::db::{Db, DbError, redact_url};
+use crate::http::{self, AppState};
+use crate::store::{ArtifactStore, StoreError};
+
+/// How long [`RunningServer::shutdown`] lets in-flight requests (long downloads) finish before
+/// cutting them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is invalid, or a trust key cannot be read.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database cannot be opened or migrated.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The artifact store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The HTTP listen address cannot be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The embedded MQTT broker could not start.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The HTTP server failed while running.
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    /// The HTTP server task panicked or was cut after [`SHUTDOWN_GRACE`].
+    #[error("HTTP server task ended abnormally: {0}")]
+    Task(String),
+}
+
+/// The fleet server. See [`Server::start`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Server;
+
+impl Server {
+    /// Starts the server described by `config` on the current tokio runtime, reading the
+    /// system clock: opens (and migrates) the database, opens the artifact store, loads the
+    /// trust set, binds the HTTP listener (port 0 picks a free port), starts the embedded MQTT
+    /// broker when `mqtt.listen` is configured (see [`crate::broker`]) and serves until
+    /// [`RunningServer::shutdown`].
+    pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+        Self::start_with_clock(config, Clock::system()).await
+    }
+
+    /// [`Server::start`] with a chosen clock (tests, fixtures with a fixed "now").
+    pub async fn start_with_clock(
+        config: Config,
+        clock: Clock,
+    ) -> Result<RunningServer, ServerError> {
+        config.validate()?;
+        let trust = config.trust.load()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let database_url = config.database_url()?;
+        let db = Db::connect(&database_url, config.database.max_connections).await?;
+        let store = ArtifactStore::open(&config.store_location()?)?;
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.http.listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.http.listen,
+            source,
+        })?;
+
+        let broker = match &config.mqtt {
+            MqttConfig::Embedded { listen } => Some(EmbeddedBroker::start(*listen).await?),
+            _ => None,
+        };
+
+        if config.operators.is_empty() {
+            tracing::warn!("no operators configured: every /api/v1 request will be refused");
+        }
+        if !config.webhooks.is_empty() {
+            tracing::warn!("webhooks are configured but not delivered yet");
+        }
+        tracing::info!(
+            %http_addr,
+            mqtt = ?broker.as_ref().map(EmbeddedBroker::addr),
+            database = %redact_url(&database_url),
+            store = store.describe(),
+            keys = trust.keys().count(),
+            threshold = trust.threshold(),
+            "ota server started"
+        );
+
+        let state = AppState::new(
+            db.clone(),
+            store.clone(),
+            trust,
+            config.operators.clone(),
+            clock,
+        );
+        let app = http::router(state.clone());
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    // Ends on a shutdown request or when every handle is dropped.
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        let public_url = config
+            .http
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
+        Ok(RunningServer {
+            http_addr,
+            public_url,
+            state,
+            broker,
+            stop: ShutdownHandle(Arc::new(stop_tx)),
+            task,
+        })
+    }
+}
+
+/// Asks a running server to stop; cheap to clone (e.g. into a Ctrl-C handler).
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+
+impl ShutdownHandle {
+    /// Requests a graceful shutdown: stop accepting, let in-flight requests finish.
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// A started server. Dropping it (and every [`ShutdownHandle`]) stops it.
+#[derive(Debug)]
+pub struct RunningServer {
+    http_addr: SocketAddr,
+    public_url: String,
+    state: AppState,
+    broker: Option<EmbeddedBroker>,
+    stop: ShutdownHandle,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// The bound HTTP address (the real port when the configuration said 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// `http://` + [`http_addr`](Self::http_addr), for in-process clients.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// The base URL devices download artifacts from (`http.public_url`, else
+    /// [`base_url`](Self::base_url)).
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    /// Where the embedded MQTT broker accepts local connections (`None` with an external
+    /// broker). The broker keeps running after [`shutdown`](Self::shutdown): rumqttd cannot be
+    /// stopped (upstream #771).
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.broker.as_ref().map(EmbeddedBroker::local_addr)
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        self.state.db()
+    }
+
+    /// The artifact store.
+    pub fn store(&self) -> &ArtifactStore {
+        self.state.store()
+    }
+
+    /// The handlers' shared state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// A handle that stops the server from elsewhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.stop.clone()
+    }
+
+    /// Stops gracefully: no new connections, in-flight requests get [`SHUTDOWN_GRACE`] to
+    /// finish, then the database pool is closed.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.stop.shutdown();
+        self.join().await
+    }
+
+    /// Serves until a [`ShutdownHandle`] asks to stop (or the server fails), then finishes
+    /// like [`shutdown`](Self::shutdown).
+    pub async fn wait(mut self) -> Result<(), ServerError> {
+        let mut rx = self.stop.0.subscribe();
+        tokio::select! {
+            _ = rx.wait_for(|stop| *stop) => self.join().await,
+            result = &mut self.task => {
+                self.state.db().close().await;
+                flatten(result)
+            }
+        }
+    }
+
+    async fn join(mut self) -> Result<(), ServerError> {
+        let result = match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
+            Ok(result) => flatten(result),
+            Err(_) => {
+                self.task.abort();
+                tracing::warn!("in-flight requests cut after the shutdown grace period");
+                Ok(())
+            }
+        };
+        self.state.db().close().await;
+        tracing::info!("ota server stopped");
+        result
+    }
+}
+
+fn flatten(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), ServerError> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ServerError::Serve(e)),
+        Err(e) => Err(ServerError::Task(e.to_string())),
+    }
+}

@@ -1,0 +1,27 @@
+//! Integration tests of `ota-server`: one binary, real components (SQLite files in temp
+//! directories, a real HTTP listener on port 0, reqwest as the client). Tests that need
+//! PostgreSQL are ignored unless run with `-- --include-ignored` and `OTA_TEST_DATABASE_URL`.
+
+// Tests may unwrap: a failing unwrap is a failing test (the helpers outside `#[test]` functions
+// are not covered by clippy.toml's allow-unwrap-in-tests).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "server/util.rs"]
+mod util;
+
+#[path = "server/api.rs"]
+mod api;
+#[path = "server/artifacts.rs"]
+mod artifacts;
+#[path = "server/auth.rs"]
+mod auth;
+#[path = "server/broker.rs"]
+mod broker;
+#[path = "server/db.rs"]
+mod db;
+#[path = "server/filter.rs"]
+mod filter;
+#[path = "server/releases.rs"]
+mod releases;
+#[path = "server/store.rs"]
+mod store;

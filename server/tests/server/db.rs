@@ -1,0 +1,312 @@
+//! Repository round trips, the same on SQLite (a real file) and PostgreSQL (ignored unless
+//! `OTA_TEST_DATABASE_URL` is set and ignored tests are included).
+
+use std::collections::BTreeMap;
+
+use ota_core::digest::Digest;
+use ota_core::release::{Policy, SignedRelease, TrustSet};
+use ota_server::db::{
+    Db, DbError, DbKind, DeviceReport, EventFilter, InsertOutcome, NewEvent, NewRollout,
+    ReleaseRecord,
+};
+use serde_json::json;
+
+use crate::util::{NOW, PgSchema, TestServer, artifact, key, release};
+
+fn verified(version: &str, art: &[u8], keys: &[u8]) -> (ReleaseRecord, Vec<u8>) {
+    let bytes = release(version, art, keys);
+    let trust = TrustSet::new(vec![key(1).verifying_key(), key(2).verifying_key()], 1).unwrap();
+    let policy = Policy {
+        hardware_class: None,
+        security_floor: 0,
+        now: NOW,
+    };
+    let v = SignedRelease::decode(&bytes)
+        .unwrap()
+        .verify(&trust, &policy)
+        .unwrap();
+    (ReleaseRecord::from_verified(&v, 100, "alice"), bytes)
+}
+
+async fn round_trip(db: &Db) {
+    // ----- releases -----
+    let art = artifact(1234, 1);
+    let (record, bytes) = verified("1.2.3", &art, &[1]);
+    let event = NewEvent::new(100, "alice", "release-published")
+        .details(json!({ "digest": record.digest.to_string() }));
+    assert_eq!(
+        db.insert_release(&record, &bytes, Some(&event))
+            .await
+            .unwrap(),
+        InsertOutcome::Inserted
+    );
+    assert_eq!(
+        db.insert_release(&record, &bytes, Some(&event))
+            .await
+            .unwrap(),
+        InsertOutcome::AlreadyPresent
+    );
+    let (_, other_bytes) = verified("1.2.3", &art, &[2]);
+    assert!(matches!(
+        db.insert_release(&record, &other_bytes, None).await,
+        Err(DbError::ReleaseConflict(d)) if d == record.digest
+    ));
+    assert_eq!(
+        db.get_release(&record.digest).await.unwrap().as_ref(),
+        Some(&record)
+    );
+    assert_eq!(
+        db.get_release_bytes(&record.digest).await.unwrap(),
+        Some(bytes)
+    );
+    assert_eq!(db.get_release(&Digest::of(b"x")).await.unwrap(), None);
+    let (record2, bytes2) = verified("1.2.4", &artifact(10, 2), &[1, 2]);
+    db.insert_release(&record2, &bytes2, None).await.unwrap();
+    assert_eq!(db.count_releases().await.unwrap(), 2);
+    let listed = db.list_releases().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&record) && listed.contains(&record2));
+    assert_eq!(record2.signers.len(), 2);
+
+    // ----- devices -----
+    let mut report = DeviceReport::default();
+    report.hardware_class = Some("gw-a".into());
+    report.labels = BTreeMap::from([
+        ("region".into(), "eu".into()),
+        ("ring".into(), "beta".into()),
+    ]);
+    report.running_version = Some("1.2.3".into());
+    report.running_digest = Some(record.digest);
+    report.known_good_digest = Some(record2.digest);
+    report.last_result = Some("committed".into());
+    report.power = Some(json!({ "battery": 80, "charging": true }));
+    report.inventory = Some(json!({ "kernel": "6.1" }));
+    report.reported = Some(vec![0xa1, 0x01, 0x02]);
+    db.upsert_device_report("dev-1", &report, 200)
+        .await
+        .unwrap();
+    let d = db.get_device("dev-1").await.unwrap().unwrap();
+    assert_eq!(d.hardware_class.as_deref(), Some("gw-a"));
+    assert_eq!(d.labels["region"], "eu");
+    assert_eq!(d.running_digest, Some(record.digest));
+    assert_eq!(d.known_good_digest, Some(record2.digest));
+    assert_eq!(d.last_committed_digest, None);
+    assert_eq!(d.power, report.power);
+    assert_eq!(
+        (d.first_seen, d.last_seen, d.online, d.drifted),
+        (200, 200, true, false)
+    );
+    assert_eq!(
+        db.get_device_reported("dev-1").await.unwrap(),
+        Some(vec![0xa1, 1, 2])
+    );
+
+    // A later report without hardware class or inventory keeps them; the rest is replaced.
+    let mut later = DeviceReport::default();
+    later.running_version = Some("1.2.4".into());
+    db.upsert_device_report("dev-1", &later, 300).await.unwrap();
+    let d = db.get_device("dev-1").await.unwrap().unwrap();
+    assert_eq!(d.hardware_class.as_deref(), Some("gw-a"));
+    assert_eq!(d.inventory, Some(json!({ "kernel": "6.1" })));
+    assert_eq!(d.running_version.as_deref(), Some("1.2.4"));
+    assert_eq!(d.running_digest, None);
+    assert!(d.labels.is_empty());
+    assert_eq!((d.first_seen, d.last_seen), (200, 300));
+
+    db.set_online("dev-1", false, 400).await.unwrap();
+    db.set_online("dev-2", true, 410).await.unwrap();
+    let d2 = db.get_device("dev-2").await.unwrap().unwrap();
+    assert!(d2.online && d2.hardware_class.is_none());
+    let counts = db.device_counts().await.unwrap();
+    assert_eq!((counts.total, counts.online), (2, 1));
+    db.set_server_labels("dev-2", &BTreeMap::from([("region".into(), "us".into())]))
+        .await
+        .unwrap();
+    db.set_drifted("dev-2", true).await.unwrap();
+    let d2 = db.get_device("dev-2").await.unwrap().unwrap();
+    assert_eq!(d2.label("region"), Some("us"));
+    assert!(d2.drifted);
+    assert!(matches!(
+        db.set_drifted("nope", true).await,
+        Err(DbError::NotFound { what: "device", .. })
+    ));
+    let ids: Vec<String> = db
+        .list_devices()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["dev-1", "dev-2"]);
+
+    // ----- rollouts -----
+    let rollout = NewRollout::new(
+        record.digest,
+        "hw=gw-a",
+        json!({ "waves": [1, 10, 100] }),
+        vec![1, 2, 3],
+        "pending",
+        "alice",
+    );
+    let created = NewEvent::new(500, "alice", "rollout-created");
+    let id = db
+        .insert_rollout(&rollout, 500, Some(&created))
+        .await
+        .unwrap();
+    let r = db.get_rollout(id).await.unwrap().unwrap();
+    assert_eq!(r.release_digest, record.digest);
+    assert_eq!(r.filter, "hw=gw-a");
+    assert_eq!(r.spec, json!({ "waves": [1, 10, 100] }));
+    assert_eq!(
+        (r.state.as_slice(), r.status.as_str()),
+        (&[1u8, 2, 3][..], "pending")
+    );
+    assert_eq!(
+        (r.created_at, r.updated_at, r.approved_by.as_deref()),
+        (500, 500, None)
+    );
+    db.set_rollout_approved(
+        id,
+        "bob",
+        510,
+        Some(&NewEvent::new(510, "bob", "rollout-approved").rollout(id)),
+    )
+    .await
+    .unwrap();
+    let wave = NewEvent::new(520, "server", "wave-started")
+        .rollout(id)
+        .device("dev-1");
+    db.update_rollout_state(id, &[9, 9], "running", 520, &[wave])
+        .await
+        .unwrap();
+    let r = db.get_rollout(id).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state.as_slice(), r.status.as_str()),
+        (&[9u8, 9][..], "running")
+    );
+    assert_eq!((r.approved_by.as_deref(), r.updated_at), (Some("bob"), 520));
+    assert!(matches!(
+        db.update_rollout_state(id + 1000, &[], "x", 1, &[]).await,
+        Err(DbError::NotFound {
+            what: "rollout",
+            ..
+        })
+    ));
+    // A rollout must name a published release.
+    let orphan = NewRollout::new(
+        Digest::of(b"unpublished"),
+        "all",
+        json!({}),
+        vec![],
+        "pending",
+        "alice",
+    );
+    assert!(db.insert_rollout(&orphan, 1, None).await.is_err());
+    assert_eq!(db.list_rollouts().await.unwrap().len(), 1);
+
+    // ----- events -----
+    let mut by_rollout = EventFilter::default();
+    by_rollout.rollout = Some(id);
+    let events = db.list_events(&by_rollout).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["rollout-created", "rollout-approved", "wave-started"]
+    );
+    let mut by_device = EventFilter::default();
+    by_device.device = Some("dev-1".into());
+    assert_eq!(db.list_events(&by_device).await.unwrap().len(), 1);
+
+    for i in 0..10 {
+        db.append_event(&NewEvent::new(600 + i, "server", "tick").details(json!({ "i": i })))
+            .await
+            .unwrap();
+    }
+    let mut ticks = EventFilter::default();
+    ticks.kind = Some("tick".into());
+    ticks.limit = 3;
+    // Without a cursor: the newest three, oldest first.
+    let newest = db.list_events(&ticks).await.unwrap();
+    let is: Vec<i64> = newest
+        .iter()
+        .map(|e| e.details["i"].as_i64().unwrap())
+        .collect();
+    assert_eq!(is, [7, 8, 9]);
+    // With a cursor: the three after it.
+    let all = db
+        .list_events(&{
+            let mut f = EventFilter::default();
+            f.kind = Some("tick".into());
+            f
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 10);
+    ticks.after = Some(all[1].id);
+    let page = db.list_events(&ticks).await.unwrap();
+    let is: Vec<i64> = page
+        .iter()
+        .map(|e| e.details["i"].as_i64().unwrap())
+        .collect();
+    assert_eq!(is, [2, 3, 4]);
+    assert!(page.windows(2).all(|w| w[0].id < w[1].id));
+}
+
+#[tokio::test]
+async fn sqlite_repository_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("ota.db").display());
+    let db = Db::connect(&url, 4).await.unwrap();
+    assert_eq!(db.kind(), DbKind::Sqlite);
+    round_trip(&db).await;
+    db.close().await;
+    // Reopening applies no migration twice and keeps the data.
+    let db = Db::connect(&url, 4).await.unwrap();
+    assert_eq!(db.count_releases().await.unwrap(), 2);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_works() {
+    let db = Db::connect("sqlite::memory:", 8).await.unwrap();
+    round_trip(&db).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set OTA_TEST_DATABASE_URL"]
+async fn postgres_repository_round_trip() {
+    let schema = PgSchema::create().await;
+    let db = Db::connect(&schema.url, 4).await.unwrap();
+    assert_eq!(db.kind(), DbKind::Postgres);
+    round_trip(&db).await;
+    db.close().await;
+    let db = Db::connect(&schema.url, 4).await.unwrap();
+    assert_eq!(db.count_releases().await.unwrap(), 2);
+    db.close().await;
+    schema.drop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set OTA_TEST_DATABASE_URL"]
+async fn postgres_server_publishes_and_lists() {
+    let schema = PgSchema::create().await;
+    let t = TestServer::start_with(1, Some(schema.url.clone())).await;
+    let art = artifact(2048, 3);
+    let rel = release("3.0.0", &art, &[1]);
+    assert_eq!(
+        t.publish(rel.clone(), art.clone()).await.status(),
+        reqwest::StatusCode::CREATED
+    );
+    assert_eq!(t.publish(rel, art).await.status(), reqwest::StatusCode::OK);
+    let list: serde_json::Value = t
+        .get("/api/v1/releases")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["releases"][0]["version"], "3.0.0");
+    t.server.shutdown().await.unwrap();
+    schema.drop().await;
+}

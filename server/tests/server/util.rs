@@ -1,0 +1,219 @@
+//! Fixture helpers: TEST-ONLY keys, releases, a server on port 0 in a temp directory.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use ed25519_dalek::pkcs8::EncodePublicKey;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ota_core::digest::Digest;
+use ota_core::release::{FORMAT_VERSION, Manifest, SigningKey, sign};
+use ota_server::clock::Clock;
+use ota_server::config::{Config, MqttConfig, OperatorConfig, TrustConfig};
+use ota_server::{RunningServer, Server};
+use reqwest::multipart::{Form, Part};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use tempfile::TempDir;
+
+/// The fixed "now" of every test server (unix seconds).
+pub(crate) const NOW: u64 = 1_750_000_000;
+/// Operator `alice`'s token.
+pub(crate) const TOKEN: &str = "alice-token-0123456789";
+/// Operator `bob`'s token.
+pub(crate) const BOB_TOKEN: &str = "bob-token-0123456789ab";
+
+/// TEST-ONLY signing key `n` (seed: SHA-256 of a public label; never trust it anywhere).
+pub(crate) fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&Digest::of(format!("ota-server TEST-ONLY key {n}").as_bytes()).0)
+}
+
+/// A deterministic artifact of `len` bytes.
+pub(crate) fn artifact(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 8) as u8))
+        .collect()
+}
+
+/// A manifest for `artifact`.
+pub(crate) fn manifest(version: &str, artifact: &[u8]) -> Manifest {
+    Manifest {
+        format_version: FORMAT_VERSION,
+        product: "gateway-fw".into(),
+        version: version.into(),
+        security_version: 1,
+        artifact_sha256: Digest::of(artifact).0,
+        artifact_size: artifact.len() as u64,
+        hardware: vec!["gw-a".into(), "gw-b".into()],
+        created: NOW - 1000,
+        expires: None,
+        installer: Some("files".into()),
+        metadata: BTreeMap::new(),
+    }
+}
+
+/// A release of `artifact` signed by `keys`.
+pub(crate) fn release(version: &str, artifact: &[u8], keys: &[u8]) -> Vec<u8> {
+    let keys: Vec<SigningKey> = keys.iter().map(|&n| key(n)).collect();
+    sign(&manifest(version, artifact), &keys)
+}
+
+/// A server on 127.0.0.1:0 in a temp directory, trusting keys 1, 2 and 3.
+pub(crate) struct TestServer {
+    /// Keeps the temp directory alive.
+    _dir: TempDir,
+    /// The server.
+    pub(crate) server: RunningServer,
+    /// An HTTP client.
+    pub(crate) client: reqwest::Client,
+}
+
+impl TestServer {
+    /// Threshold 1, SQLite.
+    pub(crate) async fn start() -> Self {
+        Self::start_with(1, None).await
+    }
+
+    /// Trust threshold `threshold`, database `database_url` (default SQLite under the temp dir).
+    pub(crate) async fn start_with(threshold: usize, database_url: Option<String>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<PathBuf> = [1u8, 2, 3]
+            .iter()
+            .map(|&n| {
+                let path = dir.path().join(format!("key{n}.pub"));
+                let pem = key(n)
+                    .verifying_key()
+                    .to_public_key_pem(LineEnding::LF)
+                    .unwrap();
+                std::fs::write(&path, pem).unwrap();
+                path
+            })
+            .collect();
+        let mut config = Config::new(dir.path().join("data"), TrustConfig::new(keys, threshold));
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        config.mqtt = MqttConfig::Embedded {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        };
+        config.operators = vec![
+            OperatorConfig::new("alice", TOKEN),
+            OperatorConfig::new("bob", BOB_TOKEN),
+        ];
+        config.database.url = database_url;
+        let server = Server::start_with_clock(config, Clock::fixed(NOW))
+            .await
+            .unwrap();
+        TestServer {
+            _dir: dir,
+            server,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// The absolute URL of `path`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{}", self.server.base_url(), path)
+    }
+
+    /// An authenticated GET.
+    pub(crate) fn get(&self, path: &str) -> RequestBuilder {
+        self.client.get(self.url(path)).bearer_auth(TOKEN)
+    }
+
+    /// Publishes `release` + `artifact` as alice.
+    pub(crate) async fn publish(&self, release: Vec<u8>, artifact: Vec<u8>) -> Response {
+        let form = Form::new()
+            .part("release", Part::bytes(release))
+            .part("artifact", Part::bytes(artifact));
+        self.publish_form(form).await
+    }
+
+    /// Publishes with the artifact streamed in `chunks` (chunked, no length given).
+    pub(crate) async fn publish_streamed(
+        &self,
+        release: Vec<u8>,
+        chunks: Vec<Vec<u8>>,
+    ) -> Response {
+        let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+        let form = Form::new()
+            .part("release", Part::bytes(release))
+            .part("artifact", Part::stream(reqwest::Body::wrap_stream(stream)));
+        self.publish_form(form).await
+    }
+
+    /// Posts a multipart form to the publish endpoint as alice.
+    pub(crate) async fn publish_form(&self, form: Form) -> Response {
+        self.client
+            .post(self.url("/api/v1/releases"))
+            .bearer_auth(TOKEN)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Events of `kind`, via the repository.
+    pub(crate) async fn events_of_kind(&self, kind: &str) -> Vec<ota_server::db::EventRecord> {
+        let mut filter = ota_server::db::EventFilter::default();
+        filter.kind = Some(kind.into());
+        self.server.db().list_events(&filter).await.unwrap()
+    }
+}
+
+/// The status and `cause` of a JSON error response (and checks its shape).
+pub(crate) async fn error_of(response: Response) -> (StatusCode, String) {
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let cause = body["cause"].as_str().unwrap().to_string();
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    (status, cause)
+}
+
+/// A fresh PostgreSQL schema for one test, from `OTA_TEST_DATABASE_URL`.
+pub(crate) struct PgSchema {
+    admin_url: String,
+    schema: String,
+    /// The URL whose connections use only this schema.
+    pub(crate) url: String,
+}
+
+impl PgSchema {
+    /// Creates the schema; panics with a clear message when the variable is missing.
+    pub(crate) async fn create() -> Self {
+        let admin_url = std::env::var("OTA_TEST_DATABASE_URL")
+            .expect("set OTA_TEST_DATABASE_URL=postgres://... to run the PostgreSQL tests");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let schema = format!("ota_test_{}_{}", std::process::id(), nanos);
+        let pool = sqlx::postgres::PgPool::connect(&admin_url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let sep = if admin_url.contains('?') { '&' } else { '?' };
+        let url = format!("{admin_url}{sep}options[search_path]={schema}");
+        PgSchema {
+            admin_url,
+            schema,
+            url,
+        }
+    }
+
+    /// Drops the schema.
+    pub(crate) async fn drop(self) {
+        let pool = sqlx::postgres::PgPool::connect(&self.admin_url)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA {} CASCADE",
+            self.schema
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+}
