@@ -275,10 +275,10 @@ proptest! {
         let mut bytes = sign(&m, &[key(1)]);
         let i = index.index(bytes.len());
         bytes[i] ^= xor;
-        if let Ok(decoded) = SignedRelease::decode(&bytes) {
-            if let Ok(verified) = decoded.verify(&trust(&[1], 1), &policy()) {
-                prop_assert_eq!(verified.manifest, m);
-            }
+        let verified = SignedRelease::decode(&bytes)
+            .and_then(|decoded| decoded.verify(&trust(&[1], 1), &policy()));
+        if let Ok(verified) = verified {
+            prop_assert_eq!(verified.manifest, m);
         }
     }
 
