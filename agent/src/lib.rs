@@ -2,7 +2,50 @@
 //!
 //! A tokio shell around the update machine of [`ota_core`]: it moves bytes between the MQTT
 //! connection, the HTTP downloader, the local cache, the journal and the installers, and lets
-//! the core make every decision. The update machine itself arrives with the agent issue; today
-//! this crate only re-exports the release verification the agent will use.
+//! the core make every decision. This crate holds the I/O modules that execute the machine's
+//! actions; each is small, has its own typed error and is tested on real files, processes and
+//! sockets.
+//!
+//! # Layout
+//!
+//! | module | executes | notes |
+//! |---|---|---|
+//! | [`storage`] | every disk write | [`storage::FsStorage`]; [`storage::FaultyStorage`] injects faults and power losses in tests |
+//! | [`journal`] | `Persist(bytes)` | atomic record with a `.prev` copy; boot counter |
+//! | [`cache`] | `HashCached`, `Evict` | content-addressed artifacts, partial downloads |
+//! | [`download`] | `Download` | HTTP(S) Range resume, hash while writing, error classes |
+//! | [`install`] | `Install` | files + `current` symlink, or a user command |
+//! | [`health`] | `RunProbe` | command, HTTP or heartbeat file |
+//! | [`power`] | `ReadPower` | sysfs power-supply tree |
+//! | [`inventory`] | `CheckDisk`, reports | sysinfo + statvfs |
+//! | [`config`] | start-up | the TOML configuration |
+//! | [`process`] | (shared) | how user commands run |
+//!
+//! # Data directory
+//!
+//! ```text
+//! <data_dir>/state, state.prev        the machine's journal (journal::Journal)
+//! <data_dir>/boot, boot.prev          the boot counter (journal::BootCounter)
+//! <data_dir>/cache/<sha256>           complete artifacts (cache::Cache)
+//! <data_dir>/cache/partial/<sha256>.part, .validator
+//! ```
+//!
+//! # Blocking
+//!
+//! The agent runs on a current-thread runtime. Disk writes go through the synchronous
+//! [`storage::Storage`] trait, one small operation at a time; long loops (hashing a cached
+//! artifact, copying, downloading) work in chunks and yield to the runtime between them, so the
+//! MQTT connection keeps being served.
+
+pub mod cache;
+pub mod config;
+pub mod download;
+pub mod health;
+pub mod install;
+pub mod inventory;
+pub mod journal;
+pub mod power;
+pub mod process;
+pub mod storage;
 
 pub use ota_core::release;

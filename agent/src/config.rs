@@ -1,0 +1,791 @@
+//! The agent's configuration file (TOML, default [`DEFAULT_CONFIG_PATH`]).
+//!
+//! `agent/examples/config.toml` is a documented example of every key. Unknown keys are
+//! refused, and every error names the key it is about ([`ConfigError`]). Durations are
+//! humantime strings (`"90s"`, `"10m"`, `"1h 30m"`). Relative paths of trust key files are
+//! resolved against the configuration file's directory.
+//!
+//! Loading checks the shape and the values; the trust keys themselves are read by
+//! [`AgentConfig::trust_set`] (so a configuration can be checked on a machine without the
+//! keys).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::pkcs8::DecodePublicKey;
+use ota_core::release::{TrustSet, TrustSetError};
+use serde::Deserialize;
+
+use crate::download::DownloadConfig;
+use crate::health::{HealthError, HealthProbe};
+use crate::install::{CommandInstaller, FilesInstaller, Installer};
+use crate::power::DEFAULT_POWER_SUPPLY_PATH;
+use crate::process::CommandSpec;
+use crate::storage::SharedStorage;
+
+/// Where the agent looks for its configuration unless told otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ota-agent/config.toml";
+/// The default data directory (journal, boot counter, cache).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/ota-agent";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or a key has the wrong type, is missing or is unknown.
+    #[error("configuration key `{key}`: {message}")]
+    Parse {
+        /// The dotted path of the key (`.` for the document itself).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A key's value is out of range or inconsistent with another key.
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid {
+        /// The dotted path of the key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A trust key file cannot be read.
+    #[error("configuration key `{key}`: cannot read {path}: {source}")]
+    KeyFile {
+        /// The key entry (`trust.keys[i]`).
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A trust key is not an ed25519 SPKI PEM public key.
+    #[error("configuration key `{key}`: not an ed25519 public key in SPKI PEM: {reason}")]
+    KeyPem {
+        /// The key entry (`trust.keys[i]`).
+        key: String,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The keys and threshold do not make a trust set.
+    #[error("configuration key `trust`: {0}")]
+    Trust(#[source] TrustSetError),
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Deserializes humantime durations (`"10m"`).
+mod human {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| D::Error::custom(format!("{e} in {s:?}")))
+    }
+
+    pub(super) fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration(d).map(Some)
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This device's id (its MQTT client id and topic segment).
+    pub device_id: String,
+    /// The hardware class releases must list to be installed here.
+    pub hardware_class: String,
+    /// Free-form labels the fleet server uses to form cohorts.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Journal, boot counter and cache live here.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// How many complete artifacts the cache keeps (the running one and the known-good one
+    /// included).
+    #[serde(default = "default_cache_size")]
+    pub cache_size: usize,
+    /// How long a new release may take to prove healthy before the agent rolls back.
+    #[serde(
+        default = "default_trial_timeout",
+        deserialize_with = "human::duration"
+    )]
+    pub trial_timeout: Duration,
+    /// Which keys sign releases.
+    pub trust: TrustConfig,
+    /// The MQTT broker.
+    pub broker: BrokerConfig,
+    /// When the battery allows an update.
+    #[serde(default)]
+    pub power: PowerConfig,
+    /// When the clock allows an update.
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
+    /// How releases are installed.
+    pub installer: InstallerConfig,
+    /// How a release in trial proves healthy (none: only the server heartbeat counts).
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    /// Downloader settings.
+    #[serde(default)]
+    pub download: DownloadSettings,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+fn default_cache_size() -> usize {
+    5
+}
+fn default_trial_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// Where a trust key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeySource {
+    /// A SPKI PEM file (`{ file = "release-1.pem" }`), relative to the config file.
+    File(PathBuf),
+    /// An inline SPKI PEM (`{ pem = """-----BEGIN PUBLIC KEY-----…""" }`).
+    Pem(String),
+}
+
+/// The release trust set: `threshold` of `keys` must sign.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// The trusted ed25519 public keys.
+    pub keys: Vec<KeySource>,
+    /// How many distinct keys must sign a release.
+    #[serde(default = "default_threshold")]
+    pub threshold: usize,
+}
+
+fn default_threshold() -> usize {
+    1
+}
+
+/// The MQTT broker connection. TLS and credentials are read by the MQTT shell.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// A PEM CA bundle to verify the broker with (`mqtts`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate (mutual TLS), with `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// MQTT user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// MQTT password (with `username`).
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// The battery gate (the core machine's `PowerPolicy`). Below `min_battery_percent` an update
+/// starts only while the battery is charging; below `require_charging_below_percent` a
+/// connected charger (charging, or external power online) is enough. Devices without a battery
+/// are never gated.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerConfig {
+    /// Below this charge (percent), update only while the battery is charging (default 20).
+    #[serde(default = "default_min_battery")]
+    pub min_battery_percent: u8,
+    /// Below this charge (percent), update only with a charger connected (default 0: never
+    /// required).
+    #[serde(default = "default_require_charging")]
+    pub require_charging_below_percent: u8,
+    /// The sysfs power-supply tree.
+    #[serde(default = "default_power_path")]
+    pub power_supply_path: PathBuf,
+    /// How often a deferred update re-reads the power state.
+    #[serde(default = "default_recheck", deserialize_with = "human::duration")]
+    pub recheck_interval: Duration,
+}
+
+fn default_min_battery() -> u8 {
+    20
+}
+fn default_require_charging() -> u8 {
+    0
+}
+fn default_power_path() -> PathBuf {
+    PathBuf::from(DEFAULT_POWER_SUPPLY_PATH)
+}
+fn default_recheck() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for PowerConfig {
+    fn default() -> Self {
+        PowerConfig {
+            min_battery_percent: default_min_battery(),
+            require_charging_below_percent: default_require_charging(),
+            power_supply_path: default_power_path(),
+            recheck_interval: default_recheck(),
+        }
+    }
+}
+
+/// A day of the week.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    /// Monday.
+    Mon,
+    /// Tuesday.
+    Tue,
+    /// Wednesday.
+    Wed,
+    /// Thursday.
+    Thu,
+    /// Friday.
+    Fri,
+    /// Saturday.
+    Sat,
+    /// Sunday.
+    Sun,
+}
+
+impl Weekday {
+    /// Every day, Monday first.
+    pub const ALL: [Weekday; 7] = [
+        Weekday::Mon,
+        Weekday::Tue,
+        Weekday::Wed,
+        Weekday::Thu,
+        Weekday::Fri,
+        Weekday::Sat,
+        Weekday::Sun,
+    ];
+}
+
+/// A local time of day, `"HH:MM"` from `00:00` to `24:00`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeOfDay(u16);
+
+impl TimeOfDay {
+    /// Minutes since midnight (0..=1440).
+    pub fn minutes(self) -> u16 {
+        self.0
+    }
+
+    /// Parses `"HH:MM"`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (h, m) = s.split_once(':')?;
+        if h.len() != 2 || m.len() != 2 {
+            return None;
+        }
+        let h: u16 = h.parse().ok()?;
+        let m: u16 = m.parse().ok()?;
+        if m >= 60 || h > 24 || (h == 24 && m != 0) {
+            return None;
+        }
+        Some(TimeOfDay(h * 60 + m))
+    }
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02}", self.0 / 60, self.0 % 60)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeOfDay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        TimeOfDay::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a time of day \"HH:MM\" (00:00-24:00)"
+            ))
+        })
+    }
+}
+
+/// A maintenance window: on each of `days`, from `start` to `end` local time. An `end` before
+/// `start` crosses midnight (it ends the next day); an `end` equal to `start` is a whole day
+/// (the core machine's `MaintenanceWindow`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    /// The days the window opens (default: every day).
+    #[serde(default = "all_days")]
+    pub days: Vec<Weekday>,
+    /// Opening time.
+    pub start: TimeOfDay,
+    /// Closing time.
+    pub end: TimeOfDay,
+}
+
+fn all_days() -> Vec<Weekday> {
+    Weekday::ALL.to_vec()
+}
+
+/// When updates may be installed. No window: any time.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Local time = UTC + this offset (minutes, -720..=840). Devices often lack a time zone
+    /// database, so the offset is explicit.
+    #[serde(default)]
+    pub utc_offset_minutes: i16,
+    /// The windows.
+    #[serde(default)]
+    pub windows: Vec<MaintenanceWindow>,
+}
+
+/// How releases are installed (`kind = "files"` or `kind = "command"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InstallerConfig {
+    /// Release files under `root` and a `current` symlink.
+    Files {
+        /// The directory holding `releases/` and `current`.
+        root: PathBuf,
+        /// A command (argv) run after the switch, e.g. `["systemctl", "restart", "app"]`.
+        #[serde(default)]
+        restart_command: Option<Vec<String>>,
+        /// Limit for the restart command.
+        #[serde(default, deserialize_with = "human::option")]
+        timeout: Option<Duration>,
+    },
+    /// A user command with `OTA_ARTIFACT`, `OTA_VERSION`, `OTA_DIGEST` in its environment.
+    Command {
+        /// The program.
+        program: String,
+        /// Its arguments.
+        #[serde(default)]
+        args: Vec<String>,
+        /// Limit for the command.
+        #[serde(default, deserialize_with = "human::option")]
+        timeout: Option<Duration>,
+    },
+}
+
+impl InstallerConfig {
+    /// The installer this configuration describes.
+    pub fn build(&self, storage: SharedStorage) -> Installer {
+        match self {
+            InstallerConfig::Files {
+                root,
+                restart_command,
+                timeout,
+            } => Installer::Files(
+                FilesInstaller::new(storage, root.clone())
+                    .with_restart_command(restart_command.as_deref().and_then(argv))
+                    .with_timeout(*timeout),
+            ),
+            InstallerConfig::Command {
+                program,
+                args,
+                timeout,
+            } => Installer::Command(
+                CommandInstaller::new(CommandSpec::new(program.clone()).with_args(args.clone()))
+                    .with_timeout(*timeout),
+            ),
+        }
+    }
+}
+
+fn argv(list: &[String]) -> Option<CommandSpec> {
+    let (program, args) = list.split_first()?;
+    Some(CommandSpec::new(program.clone()).with_args(args.iter().cloned()))
+}
+
+/// The health probe of the trial (`kind = "command"`, `"http"` or `"heartbeat"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HealthConfig {
+    /// A command that must exit 0.
+    Command {
+        /// The program.
+        program: String,
+        /// Its arguments.
+        #[serde(default)]
+        args: Vec<String>,
+        /// Limit for one run.
+        #[serde(
+            default = "default_probe_timeout",
+            deserialize_with = "human::duration"
+        )]
+        timeout: Duration,
+        /// Time between probes during the trial.
+        #[serde(
+            default = "default_probe_interval",
+            deserialize_with = "human::duration"
+        )]
+        interval: Duration,
+    },
+    /// A local URL that must answer 2xx.
+    Http {
+        /// The URL.
+        url: String,
+        /// Limit for one request.
+        #[serde(
+            default = "default_probe_timeout",
+            deserialize_with = "human::duration"
+        )]
+        timeout: Duration,
+        /// Time between probes during the trial.
+        #[serde(
+            default = "default_probe_interval",
+            deserialize_with = "human::duration"
+        )]
+        interval: Duration,
+    },
+    /// A file the application touches.
+    Heartbeat {
+        /// The file.
+        path: PathBuf,
+        /// How recent its modification must be.
+        #[serde(default = "default_freshness", deserialize_with = "human::duration")]
+        freshness: Duration,
+        /// Time between probes during the trial.
+        #[serde(
+            default = "default_probe_interval",
+            deserialize_with = "human::duration"
+        )]
+        interval: Duration,
+    },
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_freshness() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl HealthConfig {
+    /// Time between probes during the trial.
+    pub fn interval(&self) -> Duration {
+        match self {
+            HealthConfig::Command { interval, .. }
+            | HealthConfig::Http { interval, .. }
+            | HealthConfig::Heartbeat { interval, .. } => *interval,
+        }
+    }
+
+    /// The probe this configuration describes.
+    pub fn build(&self) -> Result<HealthProbe, HealthError> {
+        Ok(match self {
+            HealthConfig::Command {
+                program,
+                args,
+                timeout,
+                ..
+            } => HealthProbe::command(
+                CommandSpec::new(program.clone()).with_args(args.clone()),
+                *timeout,
+            ),
+            HealthConfig::Http { url, timeout, .. } => HealthProbe::http(url.clone(), *timeout)?,
+            HealthConfig::Heartbeat {
+                path, freshness, ..
+            } => HealthProbe::heartbeat(path.clone(), *freshness),
+        })
+    }
+}
+
+/// Downloader and retry settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadSettings {
+    /// Bytes per write to the partial file.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: usize,
+    /// Retries after a transient failure before the update is reported failed (default 8).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Wait before the first retry, doubled with each retry, with jitter (default 5 s).
+    #[serde(default = "default_backoff", deserialize_with = "human::duration")]
+    pub backoff: Duration,
+    /// Longest wait between attempts.
+    #[serde(default = "default_max_backoff", deserialize_with = "human::duration")]
+    pub max_backoff: Duration,
+    /// Limit for connecting.
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "human::duration"
+    )]
+    pub connect_timeout: Duration,
+    /// Limit for waiting on the next bytes.
+    #[serde(default = "default_read_timeout", deserialize_with = "human::duration")]
+    pub read_timeout: Duration,
+    /// An extra PEM trust anchor for HTTPS artifact servers.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_chunk_size() -> usize {
+    64 * 1024
+}
+fn default_retries() -> u32 {
+    8
+}
+fn default_backoff() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for DownloadSettings {
+    fn default() -> Self {
+        DownloadSettings {
+            chunk_size: default_chunk_size(),
+            retries: default_retries(),
+            backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
+            connect_timeout: default_connect_timeout(),
+            read_timeout: default_read_timeout(),
+            ca_file: None,
+        }
+    }
+}
+
+impl DownloadSettings {
+    /// The downloader's configuration.
+    pub fn downloader_config(&self) -> DownloadConfig {
+        let mut c = DownloadConfig::new()
+            .with_chunk_size(self.chunk_size)
+            .with_timeouts(self.connect_timeout, self.read_timeout);
+        if let Some(ca) = &self.ca_file {
+            c = c.with_ca_file(ca.clone());
+        }
+        c
+    }
+}
+
+/// The largest chunk size accepted (64 MiB).
+const MAX_CHUNK: usize = 64 << 20;
+
+impl AgentConfig {
+    /// Reads and checks the configuration file at `path`; relative key paths are resolved
+    /// against its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::from_toml_str(&text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for key in &mut config.trust.keys {
+            if let KeySource::File(p) = key
+                && p.is_relative()
+            {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks a configuration (relative key paths stay relative to the working
+    /// directory).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            key: ".".to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        let config: AgentConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Parse {
+                key,
+                message: e.into_inner().message().to_owned(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: ranges and consistency.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.device_id.is_empty()
+            || !self
+                .device_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid(
+                "device_id",
+                "must be non-empty ASCII letters, digits, '-', '_' or '.' (it is an MQTT topic segment)",
+            ));
+        }
+        if self.hardware_class.is_empty() {
+            return Err(invalid("hardware_class", "must not be empty"));
+        }
+        if self.cache_size == 0 {
+            return Err(invalid("cache_size", "must be at least 1"));
+        }
+        if self.trial_timeout.is_zero() {
+            return Err(invalid("trial_timeout", "must be longer than zero"));
+        }
+        if self.trust.keys.is_empty() {
+            return Err(invalid("trust.keys", "at least one key is needed"));
+        }
+        if self.trust.threshold == 0 || self.trust.threshold > self.trust.keys.len() {
+            return Err(invalid(
+                "trust.threshold",
+                format!(
+                    "must be between 1 and the number of keys ({})",
+                    self.trust.keys.len()
+                ),
+            ));
+        }
+        let b = &self.broker;
+        if !(b.url.starts_with("mqtt://") || b.url.starts_with("mqtts://"))
+            || b.url
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.is_empty())
+        {
+            return Err(invalid(
+                "broker.url",
+                "must be mqtt://host:port or mqtts://host:port",
+            ));
+        }
+        if b.client_cert.is_some() != b.client_key.is_some() {
+            return Err(invalid(
+                "broker.client_cert",
+                "client_cert and client_key go together",
+            ));
+        }
+        if b.password.is_some() && b.username.is_none() {
+            return Err(invalid("broker.password", "a password needs a username"));
+        }
+        let p = &self.power;
+        if p.min_battery_percent > 100 {
+            return Err(invalid("power.min_battery_percent", "must be 0..=100"));
+        }
+        if p.require_charging_below_percent > 100 {
+            return Err(invalid(
+                "power.require_charging_below_percent",
+                "must be 0..=100",
+            ));
+        }
+        if p.recheck_interval.is_zero() {
+            return Err(invalid(
+                "power.recheck_interval",
+                "must be longer than zero",
+            ));
+        }
+        let m = &self.maintenance;
+        if !(-720..=840).contains(&m.utc_offset_minutes) {
+            return Err(invalid(
+                "maintenance.utc_offset_minutes",
+                "must be between -720 and 840",
+            ));
+        }
+        for (i, w) in m.windows.iter().enumerate() {
+            if w.days.is_empty() {
+                return Err(invalid(
+                    format!("maintenance.windows[{i}].days"),
+                    "must list at least one day (omit it for every day)",
+                ));
+            }
+        }
+        match &self.installer {
+            InstallerConfig::Files {
+                restart_command: Some(argv),
+                ..
+            } if argv.first().is_none_or(String::is_empty) => {
+                return Err(invalid(
+                    "installer.restart_command",
+                    "must start with a program",
+                ));
+            }
+            InstallerConfig::Command { program, .. } if program.is_empty() => {
+                return Err(invalid("installer.program", "must not be empty"));
+            }
+            _ => {}
+        }
+        match &self.health {
+            Some(HealthConfig::Command { program, .. }) if program.is_empty() => {
+                return Err(invalid("health.program", "must not be empty"));
+            }
+            Some(HealthConfig::Http { url, .. })
+                if !(url.starts_with("http://") || url.starts_with("https://")) =>
+            {
+                return Err(invalid("health.url", "must be an http:// or https:// URL"));
+            }
+            Some(h) if h.interval().is_zero() => {
+                return Err(invalid("health.interval", "must be longer than zero"));
+            }
+            _ => {}
+        }
+        let d = &self.download;
+        if d.chunk_size == 0 || d.chunk_size > MAX_CHUNK {
+            return Err(invalid(
+                "download.chunk_size",
+                format!("must be between 1 and {MAX_CHUNK} bytes"),
+            ));
+        }
+        if d.backoff > d.max_backoff {
+            return Err(invalid(
+                "download.backoff",
+                "must not exceed download.max_backoff",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the trust keys and builds the trust set.
+    pub fn trust_set(&self) -> Result<TrustSet, ConfigError> {
+        let mut keys = Vec::with_capacity(self.trust.keys.len());
+        for (i, source) in self.trust.keys.iter().enumerate() {
+            let key = format!("trust.keys[{i}]");
+            let pem = match source {
+                KeySource::Pem(pem) => pem.clone(),
+                KeySource::File(path) => {
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+                        key: key.clone(),
+                        path: path.clone(),
+                        source,
+                    })?
+                }
+            };
+            let vk =
+                VerifyingKey::from_public_key_pem(pem.trim()).map_err(|e| ConfigError::KeyPem {
+                    key,
+                    reason: e.to_string(),
+                })?;
+            keys.push(vk);
+        }
+        TrustSet::new(keys, self.trust.threshold).map_err(ConfigError::Trust)
+    }
+}

@@ -1,0 +1,629 @@
+//! The resumable HTTP(S) artifact downloader.
+//!
+//! [`Downloader::download`] fetches one artifact into the [`Cache`]:
+//!
+//! 1. If a partial download exists, it is cut to [`DownloadRequest::resume_from`] (when given)
+//!    and re-hashed through an [`ArtifactVerifier`] (a partial longer than the signed size is
+//!    discarded).
+//! 2. The request asks for the rest: `Range: bytes=N-`, with `If-Range:` the validator of the
+//!    partial's first response (a strong ETag, else Last-Modified; kept beside the partial).
+//!    A `206` must start at `N` (`Content-Range`). A `200` means the server ignored the range
+//!    or the entity changed: the partial is truncated and the download restarts from zero. A
+//!    `416` means the partial does not fit the server's entity: it is discarded and the
+//!    download restarts from zero, once.
+//! 3. Body bytes are hashed, buffered to [`DownloadConfig::chunk_size`] and appended to the
+//!    partial. A byte past the signed size stops the download with
+//!    [`ReleaseError::ArtifactTooLong`]; nothing past the signed size is ever written.
+//! 4. At the end the verifier must accept size and digest; the partial is then fsynced and
+//!    renamed into the cache ([`Cache::insert_from_partial`]).
+//!
+//! When the connection breaks, the bytes received so far are written and fsynced before the
+//! error is returned, so a later call (from a new downloader, after an agent restart) resumes
+//! where this one stopped. A verification failure discards the partial: its bytes cannot be
+//! trusted as a prefix. Retrying is the core machine's decision; [`DownloadError::class`] tells
+//! it what kind of failure happened.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ota_core::digest::Digest;
+use ota_core::release::{ArtifactVerifier, ReleaseError};
+use reqwest::StatusCode;
+use reqwest::header::{
+    CONTENT_RANGE, ETAG, HeaderMap, HeaderValue, IF_RANGE, LAST_MODIFIED, RANGE,
+};
+
+use crate::cache::{Cache, CacheError};
+use crate::storage::for_each_chunk;
+
+/// Settings of the downloader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DownloadConfig {
+    /// Bytes buffered before each write to the partial file (and the read size when re-hashing
+    /// a partial). At most this much is lost (re-fetched) if the agent dies mid-download.
+    pub chunk_size: usize,
+    /// Limit for establishing a connection.
+    pub connect_timeout: Duration,
+    /// Limit for waiting on the next bytes of a response; a stalled transfer fails with
+    /// [`DownloadError::Timeout`] (retryable).
+    pub read_timeout: Duration,
+    /// An extra PEM trust anchor for HTTPS artifact servers (besides the system's roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            chunk_size: 64 * 1024,
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+            ca_file: None,
+        }
+    }
+}
+
+impl DownloadConfig {
+    /// The defaults: 64 KiB chunks, 30 s to connect, 60 s without bytes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With another chunk size (at least one byte).
+    pub fn with_chunk_size(mut self, chunk_size: usize) -> Self {
+        self.chunk_size = chunk_size.max(1);
+        self
+    }
+
+    /// With other timeouts.
+    pub fn with_timeouts(mut self, connect: Duration, read: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.read_timeout = read;
+        self
+    }
+
+    /// With an extra PEM trust anchor.
+    pub fn with_ca_file(mut self, ca_file: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(ca_file.into());
+        self
+    }
+}
+
+/// What to download: the URL and what the signed manifest says about the artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadRequest {
+    /// The artifact's URL (any mirror: the digest makes mirrors untrusted).
+    pub url: String,
+    /// The signed SHA-256 of the artifact.
+    pub digest: Digest,
+    /// The signed size of the artifact in bytes.
+    pub size: u64,
+    /// Keep at most this many bytes of the partial download (the rest is truncated) and resume
+    /// after them; `None` keeps the whole partial. This is the `resume_from` of the core
+    /// machine's `Download` action, which learnt the partial's length earlier.
+    pub resume_from: Option<u64>,
+}
+
+impl DownloadRequest {
+    /// A request that resumes from whatever partial download is on disk.
+    pub fn new(url: impl Into<String>, digest: Digest, size: u64) -> Self {
+        DownloadRequest {
+            url: url.into(),
+            digest,
+            size,
+            resume_from: None,
+        }
+    }
+
+    /// Keep at most `resume_from` bytes of the partial download.
+    pub fn with_resume_from(mut self, resume_from: u64) -> Self {
+        self.resume_from = Some(resume_from);
+        self
+    }
+}
+
+/// Download progress, reported after each write to the partial file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes of the artifact on disk and verified as a prefix so far.
+    pub done: u64,
+    /// The artifact's signed size.
+    pub total: u64,
+}
+
+/// A completed download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Downloaded {
+    /// The artifact's path in the cache.
+    pub path: PathBuf,
+    /// The offset the transfer (re)started from: the length of the verified partial kept from
+    /// earlier attempts (0 for a fresh download or after a restart from zero).
+    pub resumed_from: u64,
+    /// Body bytes received over the network by this call.
+    pub received: u64,
+}
+
+/// The kind of a [`DownloadError`], for the core machine's retry policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// Transient: connection refused or reset, timeout, 5xx, 408, 429. Retry later, resuming.
+    Retryable,
+    /// The bytes are not the signed artifact (digest, size, too long). The partial was
+    /// discarded; the release (or this mirror) is bad.
+    Verify,
+    /// Retrying the same request will not help: 4xx, a bad URL, a TLS setup error.
+    Fatal,
+    /// A local disk error (full, read-only, I/O error): not the server's fault.
+    Local,
+}
+
+/// Why a download failed. [`class`](Self::class) groups the causes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DownloadError {
+    /// The HTTP client could not be built (TLS setup).
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// The extra CA file could not be read.
+    #[error("cannot read the CA file {path}: {source}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The extra CA file holds no valid PEM certificate.
+    #[error("the CA file {path} holds no valid PEM certificate: {reason}")]
+    CaCert {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The request cannot be made (bad URL, unsupported scheme, redirect loop).
+    #[error("invalid download request: {0}")]
+    InvalidRequest(#[source] reqwest::Error),
+    /// No bytes arrived within the connect or read timeout.
+    #[error("download timed out: {0}")]
+    Timeout(#[source] reqwest::Error),
+    /// The connection failed or broke (refused, reset, closed mid-body).
+    #[error("download connection failed: {0}")]
+    Network(#[source] reqwest::Error),
+    /// The server answered with a transient error status (5xx, 408, 429).
+    #[error("server error: HTTP {0}")]
+    ServerStatus(u16),
+    /// The server refused the request (4xx other than a handled 416).
+    #[error("request refused: HTTP {0}")]
+    ClientStatus(u16),
+    /// The server answered with a status the downloader does not handle (1xx, 3xx, 204, a
+    /// 206 to a request without a range, a 416 twice).
+    #[error("unexpected HTTP status {0}")]
+    UnexpectedStatus(u16),
+    /// A 206 whose `Content-Range` is missing or does not start where the request asked.
+    #[error("bad Content-Range for a resume at {expected_start}: {header:?}")]
+    BadContentRange {
+        /// The offset asked for.
+        expected_start: u64,
+        /// The header received (empty when absent).
+        header: String,
+    },
+    /// The bytes are not the signed artifact (digest mismatch, size mismatch, too long).
+    #[error("artifact verification failed: {0}")]
+    Verify(#[source] ReleaseError),
+    /// A cache operation failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// Writing or reading the partial download failed.
+    #[error("download {op} {path}: {source}")]
+    Storage {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl DownloadError {
+    /// The kind of failure (see [`ErrorClass`]).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            DownloadError::Timeout(_)
+            | DownloadError::Network(_)
+            | DownloadError::ServerStatus(_)
+            | DownloadError::BadContentRange { .. } => ErrorClass::Retryable,
+            DownloadError::Verify(_) => ErrorClass::Verify,
+            DownloadError::Client(_)
+            | DownloadError::CaFile { .. }
+            | DownloadError::CaCert { .. }
+            | DownloadError::InvalidRequest(_)
+            | DownloadError::ClientStatus(_)
+            | DownloadError::UnexpectedStatus(_) => ErrorClass::Fatal,
+            DownloadError::Cache(_) | DownloadError::Storage { .. } => ErrorClass::Local,
+        }
+    }
+
+    /// Whether a later attempt may succeed without anything changing ([`ErrorClass::Retryable`]).
+    pub fn is_retryable(&self) -> bool {
+        self.class() == ErrorClass::Retryable
+    }
+
+    /// The verification failure, for [`ErrorClass::Verify`] errors (what the core machine's
+    /// `handle_download_failed` wants to know).
+    pub fn release_error(&self) -> Option<&ReleaseError> {
+        match self {
+            DownloadError::Verify(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn from_reqwest(e: reqwest::Error) -> Self {
+        if e.is_builder() || e.is_redirect() {
+            DownloadError::InvalidRequest(e)
+        } else if e.is_timeout() {
+            DownloadError::Timeout(e)
+        } else {
+            DownloadError::Network(e)
+        }
+    }
+}
+
+fn storage_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DownloadError + use<> {
+    let path = path.to_path_buf();
+    move |source| DownloadError::Storage { op, path, source }
+}
+
+/// Builds the HTTP client the agent uses (downloads and HTTP health probes).
+pub(crate) fn build_client(
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    ca_file: Option<&Path>,
+) -> Result<reqwest::Client, DownloadError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .read_timeout(read_timeout);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|source| DownloadError::CaFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| DownloadError::CaCert {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(DownloadError::CaCert {
+                path: path.to_path_buf(),
+                reason: "no certificate found".to_owned(),
+            });
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(DownloadError::Client)
+}
+
+/// Downloads artifacts into a [`Cache`], resuming partial downloads (see the
+/// [module documentation](self)).
+#[derive(Debug, Clone)]
+pub struct Downloader {
+    client: reqwest::Client,
+    cache: Cache,
+    chunk_size: usize,
+}
+
+/// Where a download stands: the verifier over the bytes on disk.
+struct Cursor {
+    verifier: ArtifactVerifier,
+    offset: u64,
+}
+
+impl Downloader {
+    /// A downloader writing into `cache`.
+    pub fn new(cache: Cache, config: &DownloadConfig) -> Result<Self, DownloadError> {
+        let client = build_client(
+            config.connect_timeout,
+            config.read_timeout,
+            config.ca_file.as_deref(),
+        )?;
+        Ok(Downloader {
+            client,
+            cache,
+            chunk_size: config.chunk_size.max(1),
+        })
+    }
+
+    /// The cache this downloader fills.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Downloads `req` into the cache, resuming a partial download, and returns the cached
+    /// artifact. `progress` is called with the bytes done after each write.
+    pub async fn download(
+        &self,
+        req: &DownloadRequest,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<Downloaded, DownloadError> {
+        let total = req.size;
+        let mut cursor = self.resume_point(req).await?;
+        let mut resumed_from = cursor.offset;
+        let mut received = 0u64;
+        let mut restarted = false;
+        progress(Progress {
+            done: cursor.offset,
+            total,
+        });
+
+        while cursor.offset < total {
+            let mut request = self.client.get(&req.url);
+            if cursor.offset > 0 {
+                request = request.header(RANGE, format!("bytes={}-", cursor.offset));
+                if let Some(validator) = self.read_validator(&req.digest) {
+                    request = request.header(IF_RANGE, validator);
+                }
+            }
+            let mut response = request.send().await.map_err(DownloadError::from_reqwest)?;
+            let status = response.status();
+            match status {
+                StatusCode::PARTIAL_CONTENT if cursor.offset > 0 => {
+                    check_content_range(response.headers(), cursor.offset)?;
+                }
+                StatusCode::OK => {
+                    if cursor.offset > 0 {
+                        tracing::info!(
+                            digest = %req.digest,
+                            offset = cursor.offset,
+                            "server sent the whole artifact: restarting from zero"
+                        );
+                    }
+                    self.start_partial(&req.digest, response.headers())?;
+                    cursor = Cursor {
+                        verifier: ArtifactVerifier::new(req.digest, total),
+                        offset: 0,
+                    };
+                    resumed_from = 0;
+                    progress(Progress { done: 0, total });
+                }
+                StatusCode::RANGE_NOT_SATISFIABLE if cursor.offset > 0 && !restarted => {
+                    tracing::info!(digest = %req.digest, "range not satisfiable: restarting from zero");
+                    self.cache.remove_partial(&req.digest)?;
+                    cursor = Cursor {
+                        verifier: ArtifactVerifier::new(req.digest, total),
+                        offset: 0,
+                    };
+                    resumed_from = 0;
+                    restarted = true;
+                    continue;
+                }
+                s if s.is_server_error()
+                    || s == StatusCode::REQUEST_TIMEOUT
+                    || s == StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    return Err(DownloadError::ServerStatus(s.as_u16()));
+                }
+                s if s.is_client_error() => return Err(DownloadError::ClientStatus(s.as_u16())),
+                s => return Err(DownloadError::UnexpectedStatus(s.as_u16())),
+            }
+            self.transfer(
+                req,
+                &mut response,
+                &mut cursor,
+                &mut received,
+                &mut progress,
+            )
+            .await?;
+            // A body that ended before the signed size is a short entity: the checks below
+            // report it (a retry would fetch the same bytes).
+            break;
+        }
+
+        let path = self.cache.partial_path(&req.digest);
+        let Cursor { verifier, .. } = cursor;
+        if let Err(e) = verifier.finish() {
+            self.cache.remove_partial(&req.digest)?;
+            return Err(DownloadError::Verify(e));
+        }
+        if self.cache.partial_len(&req.digest)?.is_none() {
+            // An empty artifact never got a partial file.
+            let st = self.cache.storage();
+            st.create(&path).map_err(storage_err("create", &path))?;
+        }
+        let path = self.cache.insert_from_partial(&req.digest)?;
+        Ok(Downloaded {
+            path,
+            resumed_from,
+            received,
+        })
+    }
+
+    /// Re-hashes the partial download (if any) and returns where to resume.
+    async fn resume_point(&self, req: &DownloadRequest) -> Result<Cursor, DownloadError> {
+        let mut verifier = ArtifactVerifier::new(req.digest, req.size);
+        let fresh = Cursor {
+            verifier: verifier.clone(),
+            offset: 0,
+        };
+        let len = match self.cache.partial_len(&req.digest)? {
+            None | Some(0) => return Ok(fresh),
+            Some(len) if len > req.size => {
+                tracing::warn!(digest = %req.digest, len, "partial longer than the artifact: discarded");
+                self.cache.remove_partial(&req.digest)?;
+                return Ok(fresh);
+            }
+            Some(len) => len,
+        };
+        let path = self.cache.partial_path(&req.digest);
+        let len = match req.resume_from {
+            Some(keep) if keep < len => {
+                let st = self.cache.storage();
+                st.truncate(&path, keep)
+                    .map_err(storage_err("truncate", &path))?;
+                keep
+            }
+            _ => len,
+        };
+        if len == 0 {
+            return Ok(fresh);
+        }
+        let read = for_each_chunk(
+            &**self.cache.storage(),
+            &path,
+            self.chunk_size,
+            Some(len),
+            |chunk| verifier.update(chunk).map_err(io::Error::other),
+        )
+        .await
+        .map_err(storage_err("read", &path))?;
+        if read != len {
+            // The file shrank under us: start over rather than trust it.
+            self.cache.remove_partial(&req.digest)?;
+            return Ok(fresh);
+        }
+        Ok(Cursor {
+            verifier,
+            offset: len,
+        })
+    }
+
+    /// Truncates (or creates) the partial file and records the response's validator.
+    fn start_partial(&self, digest: &Digest, headers: &HeaderMap) -> Result<(), DownloadError> {
+        let st = self.cache.storage();
+        let part = self.cache.partial_path(digest);
+        st.create(&part).map_err(storage_err("create", &part))?;
+        let vpath = self.cache.validator_path(digest);
+        match validator_of(headers) {
+            Some(v) => {
+                st.create(&vpath).map_err(storage_err("create", &vpath))?;
+                st.append(&vpath, v.as_bytes())
+                    .map_err(storage_err("write", &vpath))?;
+                st.sync_file(&vpath).map_err(storage_err("fsync", &vpath))?;
+            }
+            None => match st.remove_file(&vpath) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(storage_err("remove", &vpath)(e)),
+            },
+        }
+        Ok(())
+    }
+
+    /// The validator kept beside the partial, if any and well-formed.
+    fn read_validator(&self, digest: &Digest) -> Option<HeaderValue> {
+        let bytes = self
+            .cache
+            .storage()
+            .read(&self.cache.validator_path(digest))
+            .ok()?;
+        HeaderValue::from_bytes(&bytes).ok()
+    }
+
+    /// Streams the body into the partial file.
+    async fn transfer(
+        &self,
+        req: &DownloadRequest,
+        response: &mut reqwest::Response,
+        cursor: &mut Cursor,
+        received: &mut u64,
+        progress: &mut impl FnMut(Progress),
+    ) -> Result<(), DownloadError> {
+        let part = self.cache.partial_path(&req.digest);
+        let mut buf: Vec<u8> = Vec::with_capacity(self.chunk_size);
+        loop {
+            let bytes = match response.chunk().await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => break,
+                Err(e) => {
+                    // Keep what arrived: the next attempt resumes after it.
+                    self.flush(req, &part, &mut buf, cursor, progress)?;
+                    let st = self.cache.storage();
+                    st.sync_file(&part).map_err(storage_err("fsync", &part))?;
+                    return Err(DownloadError::from_reqwest(e));
+                }
+            };
+            *received += bytes.len() as u64;
+            let room = cursor.verifier.remaining() - buf.len() as u64;
+            if bytes.len() as u64 > room {
+                // More than signed: refuse, keep nothing.
+                self.cache.remove_partial(&req.digest)?;
+                return Err(DownloadError::Verify(ReleaseError::ArtifactTooLong {
+                    expected: req.size,
+                }));
+            }
+            let mut rest: &[u8] = &bytes;
+            while !rest.is_empty() {
+                let take = (self.chunk_size - buf.len()).min(rest.len());
+                let (head, tail) = rest.split_at(take);
+                buf.extend_from_slice(head);
+                rest = tail;
+                if buf.len() >= self.chunk_size {
+                    self.flush(req, &part, &mut buf, cursor, progress)?;
+                }
+            }
+        }
+        self.flush(req, &part, &mut buf, cursor, progress)
+    }
+
+    /// Hashes and appends the buffered bytes.
+    fn flush(
+        &self,
+        req: &DownloadRequest,
+        part: &Path,
+        buf: &mut Vec<u8>,
+        cursor: &mut Cursor,
+        progress: &mut impl FnMut(Progress),
+    ) -> Result<(), DownloadError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        cursor.verifier.update(buf).map_err(DownloadError::Verify)?;
+        self.cache
+            .storage()
+            .append(part, buf)
+            .map_err(storage_err("write", part))?;
+        cursor.offset += buf.len() as u64;
+        buf.clear();
+        progress(Progress {
+            done: cursor.offset,
+            total: req.size,
+        });
+        Ok(())
+    }
+}
+
+/// The validator to send back in `If-Range`: a strong ETag, else Last-Modified (a weak ETag
+/// must not be used for a range).
+fn validator_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    if let Some(etag) = headers.get(ETAG)
+        && !etag.as_bytes().starts_with(b"W/")
+    {
+        return Some(etag.clone());
+    }
+    headers.get(LAST_MODIFIED).cloned()
+}
+
+/// Checks that a 206 starts where the request asked (`Content-Range: bytes N-M/T`).
+fn check_content_range(headers: &HeaderMap, offset: u64) -> Result<(), DownloadError> {
+    let raw = headers.get(CONTENT_RANGE);
+    let text = raw.and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let start = text
+        .strip_prefix("bytes ")
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(start, _)| start.trim().parse::<u64>().ok());
+    if start == Some(offset) {
+        Ok(())
+    } else {
+        Err(DownloadError::BadContentRange {
+            expected_start: offset,
+            header: text.to_owned(),
+        })
+    }
+}

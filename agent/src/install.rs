@@ -1,0 +1,307 @@
+//! Installers: put a verified, cached artifact into service.
+//!
+//! - [`FilesInstaller`]: the artifact is hard-linked (or copied, across file systems) from the
+//!   cache to `<root>/releases/<digest>`, then the `<root>/current` symlink is switched
+//!   atomically to it (a temporary symlink renamed over `current`, then an fsync of `<root>`),
+//!   then an optional restart command runs. Rolling back is installing the known-good digest
+//!   again: its release file is still there, so only the symlink moves.
+//! - [`CommandInstaller`]: runs a user command with `OTA_ARTIFACT` (the cached file's path),
+//!   `OTA_VERSION` and `OTA_DIGEST` in its environment; a non-zero exit is an install failure
+//!   that carries the tail of its stderr.
+//!
+//! [`Installer`] is the configured one of the two. Commands run the same way for both (and for
+//! the restart command): without a shell, stdin closed, killed after an optional timeout.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ota_core::digest::Digest;
+
+use crate::process::{self, CommandSpec, Ended};
+use crate::storage::{SharedStorage, for_each_chunk};
+
+/// Why an install failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstallError {
+    /// A disk operation failed.
+    #[error("install {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A command could not be started (not found, not executable).
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The install command (or the restart command) exited unsuccessfully.
+    #[error("{program} failed ({status}): {stderr_tail}")]
+    CommandFailed {
+        /// The program.
+        program: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// The end of its stderr (at most [`process::STDERR_TAIL`] bytes).
+        stderr_tail: String,
+    },
+    /// The install command (or the restart command) ran past its timeout and was killed.
+    #[error("{program} timed out")]
+    CommandTimedOut {
+        /// The program.
+        program: String,
+    },
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> InstallError + use<> {
+    let path = path.to_path_buf();
+    move |source| InstallError::Io { op, path, source }
+}
+
+/// What to install.
+#[derive(Debug, Clone, Copy)]
+pub struct InstallRequest<'a> {
+    /// The verified artifact (its path in the cache).
+    pub artifact: &'a Path,
+    /// Its signed digest.
+    pub digest: Digest,
+    /// The release's version string.
+    pub version: &'a str,
+}
+
+impl InstallRequest<'_> {
+    fn env(&self) -> [(&'static str, String); 3] {
+        [
+            ("OTA_ARTIFACT", self.artifact.display().to_string()),
+            ("OTA_VERSION", self.version.to_owned()),
+            ("OTA_DIGEST", self.digest.to_string()),
+        ]
+    }
+}
+
+/// The result of a successful install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Installed {
+    /// Where the release now lives (`<root>/releases/<digest>` for the files installer, the
+    /// cached artifact for the command installer).
+    pub path: PathBuf,
+    /// What `current` pointed to before the switch (files installer only).
+    pub previous: Option<PathBuf>,
+}
+
+/// Runs `spec` with the request's environment; maps its failure to an [`InstallError`].
+async fn run_checked(
+    spec: &CommandSpec,
+    req: &InstallRequest<'_>,
+    timeout: Option<Duration>,
+) -> Result<(), InstallError> {
+    let env = req.env();
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+    match process::run(spec, &env, timeout).await {
+        Err(source) => Err(InstallError::Spawn {
+            program: spec.program.clone(),
+            source,
+        }),
+        Ok(Ended::TimedOut) => Err(InstallError::CommandTimedOut {
+            program: spec.program.clone(),
+        }),
+        Ok(Ended::Exited {
+            status,
+            stderr_tail,
+        }) => {
+            if status.success() {
+                Ok(())
+            } else {
+                Err(InstallError::CommandFailed {
+                    program: spec.program.clone(),
+                    status,
+                    stderr_tail,
+                })
+            }
+        }
+    }
+}
+
+/// Installs into `<root>/releases/<digest>` and switches `<root>/current` (see the
+/// [module documentation](self)).
+#[derive(Debug, Clone)]
+pub struct FilesInstaller {
+    storage: SharedStorage,
+    root: PathBuf,
+    restart: Option<CommandSpec>,
+    timeout: Option<Duration>,
+}
+
+/// The read and write size of a copy across file systems.
+const COPY_CHUNK: usize = 64 * 1024;
+
+impl FilesInstaller {
+    /// A files installer under `root`, writing through `storage`.
+    pub fn new(storage: SharedStorage, root: impl Into<PathBuf>) -> Self {
+        FilesInstaller {
+            storage,
+            root: root.into(),
+            restart: None,
+            timeout: None,
+        }
+    }
+
+    /// With a restart command, run after the switch.
+    pub fn with_restart_command(mut self, restart: Option<CommandSpec>) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    /// With a timeout for the restart command.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The `current` symlink.
+    pub fn current_link(&self) -> PathBuf {
+        self.root.join("current")
+    }
+
+    /// Where the release `digest` is (or would be) kept.
+    pub fn release_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("releases").join(digest.to_string())
+    }
+
+    /// What `current` points to, if it exists.
+    pub fn current(&self) -> Result<Option<PathBuf>, InstallError> {
+        let link = self.current_link();
+        self.storage
+            .read_link(&link)
+            .map_err(io_err("read link", &link))
+    }
+
+    /// Installs the artifact: release file, atomic switch of `current`, restart command.
+    pub async fn install(&self, req: &InstallRequest<'_>) -> Result<Installed, InstallError> {
+        let st = &self.storage;
+        let releases = self.root.join("releases");
+        st.create_dir_all(&releases)
+            .map_err(io_err("create directory", &releases))?;
+        let dest = self.release_path(&req.digest);
+        if st.len(&dest).map_err(io_err("stat", &dest))?.is_none() {
+            self.place(req.artifact, &dest, &releases).await?;
+        }
+
+        // Switch `current`: a fresh temporary symlink renamed over it.
+        let previous = self.current()?;
+        let link = self.current_link();
+        let tmp = self.root.join("current.tmp");
+        match st.remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &tmp)(e)),
+        }
+        let target = Path::new("releases").join(req.digest.to_string());
+        st.symlink(&target, &tmp).map_err(io_err("symlink", &tmp))?;
+        st.rename(&tmp, &link).map_err(io_err("rename", &tmp))?;
+        st.sync_dir(&self.root)
+            .map_err(io_err("fsync", &self.root))?;
+
+        if let Some(restart) = &self.restart {
+            run_checked(restart, req, self.timeout).await?;
+        }
+        Ok(Installed {
+            path: dest,
+            previous,
+        })
+    }
+
+    /// Puts the artifact at `dest`: a hard link, or a copy when linking fails (another file
+    /// system); written under a temporary name, fsynced, renamed, directory fsynced.
+    async fn place(&self, artifact: &Path, dest: &Path, dir: &Path) -> Result<(), InstallError> {
+        let st = &self.storage;
+        let tmp = dest.with_extension("tmp");
+        match st.remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &tmp)(e)),
+        }
+        if st.hard_link(artifact, &tmp).is_err() {
+            st.create(&tmp).map_err(io_err("create", &tmp))?;
+            let mut write_err = None;
+            for_each_chunk(&**st, artifact, COPY_CHUNK, None, |chunk| {
+                st.append(&tmp, chunk).inspect_err(|e| {
+                    write_err = Some(io::Error::new(e.kind(), e.to_string()));
+                })
+            })
+            .await
+            .map_err(|e| match write_err.take() {
+                Some(w) => io_err("write", &tmp)(w),
+                None => io_err("read", artifact)(e),
+            })?;
+        }
+        st.sync_file(&tmp).map_err(io_err("fsync", &tmp))?;
+        st.rename(&tmp, dest).map_err(io_err("rename", &tmp))?;
+        st.sync_dir(dir).map_err(io_err("fsync", dir))?;
+        Ok(())
+    }
+}
+
+/// Installs by running a user command (see the [module documentation](self)).
+#[derive(Debug, Clone)]
+pub struct CommandInstaller {
+    command: CommandSpec,
+    timeout: Option<Duration>,
+}
+
+impl CommandInstaller {
+    /// An installer running `command`.
+    pub fn new(command: CommandSpec) -> Self {
+        CommandInstaller {
+            command,
+            timeout: None,
+        }
+    }
+
+    /// With a timeout after which the command is killed and the install fails.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs the command; exit 0 is success.
+    pub async fn install(&self, req: &InstallRequest<'_>) -> Result<Installed, InstallError> {
+        run_checked(&self.command, req, self.timeout).await?;
+        Ok(Installed {
+            path: req.artifact.to_path_buf(),
+            previous: None,
+        })
+    }
+}
+
+/// The configured installer.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Installer {
+    /// Release files and a `current` symlink.
+    Files(FilesInstaller),
+    /// A user command.
+    Command(CommandInstaller),
+}
+
+impl Installer {
+    /// Installs the artifact with the configured installer.
+    pub async fn install(&self, req: &InstallRequest<'_>) -> Result<Installed, InstallError> {
+        match self {
+            Installer::Files(i) => i.install(req).await,
+            Installer::Command(i) => i.install(req).await,
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The integration tests of `ota-agent`: one binary, one module per agent module, on real
+//! files, processes and sockets (port 0 only).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+
+#[path = "agent/util.rs"]
+mod util;
+
+#[path = "agent/cache.rs"]
+mod cache;
+#[path = "agent/config.rs"]
+mod config;
+#[path = "agent/download.rs"]
+mod download;
+#[path = "agent/health.rs"]
+mod health;
+#[path = "agent/install.rs"]
+mod install;
+#[path = "agent/inventory.rs"]
+mod inventory;
+#[path = "agent/journal.rs"]
+mod journal;
+#[path = "agent/power.rs"]
+mod power;
+#[path = "agent/storage.rs"]
+mod storage;

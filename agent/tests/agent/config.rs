@@ -1,0 +1,257 @@
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePublicKey;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ota_agent::config::{
+    AgentConfig, ConfigError, HealthConfig, InstallerConfig, KeySource, TimeOfDay, Weekday,
+};
+use ota_agent::install::Installer;
+use ota_agent::storage::FsStorage;
+
+use crate::util::tempdir;
+
+const MINIMAL: &str = r#"
+device_id = "dev-1"
+hardware_class = "board-a"
+[trust]
+keys = [{ file = "k.pem" }]
+[broker]
+url = "mqtt://127.0.0.1:1883"
+[installer]
+kind = "command"
+program = "/bin/true"
+"#;
+
+fn example_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config.toml")
+}
+
+fn pem(seed: u8) -> String {
+    SigningKey::from_bytes(&[seed; 32])
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap()
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let c = AgentConfig::load(&example_path()).unwrap();
+    assert_eq!(c.device_id, "gateway-0042");
+    assert_eq!(c.labels.get("ring").map(String::as_str), Some("canary"));
+    assert_eq!(c.trial_timeout, Duration::from_secs(600));
+    assert_eq!(c.cache_size, 5);
+    // Key files are resolved against the config file's directory.
+    assert_eq!(
+        c.trust.keys,
+        vec![KeySource::File(
+            example_path().parent().unwrap().join("keys/release-1.pem")
+        )]
+    );
+    assert_eq!(c.maintenance.utc_offset_minutes, 60);
+    let w = &c.maintenance.windows;
+    assert_eq!(w.len(), 2);
+    assert_eq!(w[1].days, vec![Weekday::Sat, Weekday::Sun]);
+    assert_eq!(w[1].start, TimeOfDay::parse("22:00").unwrap());
+    assert_eq!(w[1].end.minutes(), 6 * 60);
+    assert!(matches!(
+        &c.installer,
+        InstallerConfig::Files { restart_command: Some(argv), timeout: Some(t), .. }
+            if argv[0] == "systemctl" && *t == Duration::from_secs(120)
+    ));
+    assert!(matches!(c.health, Some(HealthConfig::Http { .. })));
+    assert_eq!(
+        c.health.as_ref().unwrap().interval(),
+        Duration::from_secs(15)
+    );
+    assert_eq!(c.download.max_backoff, Duration::from_secs(600));
+    assert_eq!(c.download.downloader_config().chunk_size, 65536);
+    assert!(matches!(
+        c.installer.build(FsStorage::shared()),
+        Installer::Files(_)
+    ));
+    c.health.as_ref().unwrap().build().unwrap();
+}
+
+#[test]
+fn a_minimal_config_takes_the_defaults() {
+    let c = AgentConfig::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/var/lib/ota-agent"));
+    assert_eq!(c.cache_size, 5);
+    assert_eq!(c.trial_timeout, Duration::from_secs(600));
+    assert_eq!(c.trust.threshold, 1);
+    assert_eq!(c.power.min_battery_percent, 20);
+    assert_eq!(
+        c.power.power_supply_path,
+        PathBuf::from("/sys/class/power_supply")
+    );
+    assert!(c.maintenance.windows.is_empty());
+    assert!(c.health.is_none());
+    assert_eq!(c.download.retries, 8);
+    assert_eq!(c.power.require_charging_below_percent, 0);
+    assert!(matches!(
+        c.installer.build(Arc::new(FsStorage)),
+        Installer::Command(_)
+    ));
+}
+
+fn parse_err(toml: &str) -> ConfigError {
+    AgentConfig::from_toml_str(toml).unwrap_err()
+}
+
+fn key_of(e: &ConfigError) -> &str {
+    match e {
+        ConfigError::Parse { key, .. } | ConfigError::Invalid { key, .. } => key,
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases: &[(&str, &str)] = &[
+        ("cache_size = \"many\"", "cache_size"),
+        ("trial_timeout = \"soon\"", "trial_timeout"),
+        (
+            "[power]\nmin_battery_percent = 300",
+            "power.min_battery_percent",
+        ),
+        (
+            "[power]\nmin_battery_percent = 101",
+            "power.min_battery_percent",
+        ),
+        ("[download]\nchunk_size = 0", "download.chunk_size"),
+        ("[download]\nbackof = \"1s\"", "download.backof"),
+        (
+            "[maintenance]\n[[maintenance.windows]]\nstart = \"25:00\"\nend = \"01:00\"",
+            "maintenance.windows[0].start",
+        ),
+        (
+            "[maintenance]\n[[maintenance.windows]]\ndays = []\nstart = \"01:00\"\nend = \"02:00\"",
+            "maintenance.windows[0].days",
+        ),
+        (
+            "[maintenance]\n[[maintenance.windows]]\ndays = [\"someday\"]\nstart = \"01:00\"\nend = \"02:00\"",
+            "maintenance.windows[0].days[0]",
+        ),
+        ("cache_size = 0", "cache_size"),
+        ("colour = \"blue\"", "colour"),
+    ];
+    for (extra, key) in cases {
+        let e = parse_err(&format!("{extra}\n{MINIMAL}"));
+        // Tables must come after top-level keys: append tables after MINIMAL instead.
+        let e = if extra.starts_with('[') {
+            parse_err(&format!("{MINIMAL}\n{extra}"))
+        } else {
+            e
+        };
+        assert_eq!(key_of(&e), *key, "{extra}: {e}");
+    }
+    // The message says what is wrong.
+    let e = parse_err(&format!("{MINIMAL}\n[download]\nbackof = \"1s\""));
+    assert!(e.to_string().contains("backof"), "{e}");
+}
+
+#[test]
+fn inconsistent_values_are_refused() {
+    let with_threshold = MINIMAL.replace("[trust]", "[trust]\nthreshold = 2");
+    assert_eq!(key_of(&parse_err(&with_threshold)), "trust.threshold");
+    let bad_broker = MINIMAL.replace("mqtt://127.0.0.1:1883", "http://broker");
+    assert_eq!(key_of(&parse_err(&bad_broker)), "broker.url");
+    let bad_id = MINIMAL.replace("dev-1", "dev/1");
+    assert_eq!(key_of(&parse_err(&bad_id)), "device_id");
+    let cert_only = MINIMAL.replace("[broker]", "[broker]\nclient_cert = \"/etc/c.pem\"");
+    assert_eq!(key_of(&parse_err(&cert_only)), "broker.client_cert");
+    let bad_installer = MINIMAL.replace("kind = \"command\"", "kind = \"magic\"");
+    assert_eq!(key_of(&parse_err(&bad_installer)), "installer.kind");
+    let stray = MINIMAL.replace(
+        "program = \"/bin/true\"",
+        "program = \"/bin/true\"\nroot = \"/x\"",
+    );
+    assert_eq!(key_of(&parse_err(&stray)), "installer");
+    assert!(matches!(
+        parse_err("not toml at all ["),
+        ConfigError::Parse { .. }
+    ));
+}
+
+#[test]
+fn every_installer_and_probe_kind_parses() {
+    let files = MINIMAL.replace(
+        "kind = \"command\"\nprogram = \"/bin/true\"",
+        "kind = \"files\"\nroot = \"/opt/app\"",
+    );
+    let c = AgentConfig::from_toml_str(&files).unwrap();
+    assert_eq!(
+        c.installer,
+        InstallerConfig::Files {
+            root: "/opt/app".into(),
+            restart_command: None,
+            timeout: None
+        }
+    );
+    for (probe, interval) in [
+        ("kind = \"command\"\nprogram = \"/bin/true\"", 10),
+        (
+            "kind = \"http\"\nurl = \"http://127.0.0.1/h\"\ninterval = \"3s\"",
+            3,
+        ),
+        (
+            "kind = \"heartbeat\"\npath = \"/run/hb\"\nfreshness = \"20s\"",
+            10,
+        ),
+    ] {
+        let c = AgentConfig::from_toml_str(&format!("{MINIMAL}\n[health]\n{probe}")).unwrap();
+        let h = c.health.unwrap();
+        assert_eq!(h.interval(), Duration::from_secs(interval));
+        h.build().unwrap();
+    }
+}
+
+#[test]
+fn trust_keys_load_from_files_and_inline_pem() {
+    let dir = tempdir();
+    fs::write(dir.path().join("k.pem"), pem(1)).unwrap();
+    let inline = pem(2);
+    let text = MINIMAL.replace(
+        "keys = [{ file = \"k.pem\" }]",
+        &format!(
+            "threshold = 2\nkeys = [{{ file = \"k.pem\" }}, {{ pem = \"\"\"\n{inline}\"\"\" }}]"
+        ),
+    );
+    let path = dir.path().join("config.toml");
+    fs::write(&path, text).unwrap();
+    let c = AgentConfig::load(&path).unwrap();
+    let trust = c.trust_set().unwrap();
+    assert_eq!(trust.threshold(), 2);
+    assert_eq!(trust.keys().count(), 2);
+
+    // A missing file, a bad PEM, a duplicate key: typed errors naming the entry.
+    fs::remove_file(dir.path().join("k.pem")).unwrap();
+    assert!(matches!(
+        c.trust_set(),
+        Err(ConfigError::KeyFile { key, .. }) if key == "trust.keys[0]"
+    ));
+    fs::write(
+        dir.path().join("k.pem"),
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    assert!(matches!(
+        c.trust_set(),
+        Err(ConfigError::KeyPem { key, .. }) if key == "trust.keys[0]"
+    ));
+    fs::write(dir.path().join("k.pem"), &inline).unwrap();
+    assert!(matches!(c.trust_set(), Err(ConfigError::Trust(_))));
+}
+
+#[test]
+fn a_missing_file_is_a_read_error() {
+    let dir = tempdir();
+    assert!(matches!(
+        AgentConfig::load(&dir.path().join("none.toml")),
+        Err(ConfigError::Read { .. })
+    ));
+}
