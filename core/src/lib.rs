@@ -10,6 +10,15 @@
 //! - [`release`]: the signed release format (a COSE_Sign envelope over a CBOR manifest), the trust
 //!   set (ed25519 keys + threshold), verification against a device policy, and the streaming
 //!   artifact verifier.
+//! - [`wire`]: the MQTT protocol: versioned topics (`ota/v1/...`) and bounded CBOR payloads
+//!   (desired and reported state, events, heartbeats, status).
+//! - [`update`]: the agent's update machine: verify, gate (power, window, disk), download,
+//!   install, trial, commit or roll back, persisted write-ahead; `handle_*` in, `poll_*` out.
+//! - [`rollout`]: the fleet server's rollout planner: sticky hash cohorts, waves gated on
+//!   success ratio and bake time, rate limit, timeouts, abort with rollback (sans-IO, persisted
+//!   whole as CBOR).
+//! - [`time`]: [`time::Timestamp`], wall-clock time as data (unix milliseconds), passed in as
+//!   `now`.
 //!
 //! The crate is `#![no_std]` with `alloc`; the optional `std` feature only adds
 //! `std::error::Error` impls of dependencies. It never panics on input: hostile bytes give a
@@ -23,3 +32,7 @@ extern crate std;
 
 pub mod digest;
 pub mod release;
+pub mod rollout;
+pub mod time;
+pub mod update;
+pub mod wire;

@@ -1,7 +1,10 @@
 //! Release format: round trips, the signature threshold, the policy checks, bounded decoding and
 //! the streaming verifier, on releases built in memory (the fixture files are tested in
 //! `fixtures.rs`).
-#![allow(clippy::unwrap_used, reason = "test helpers unwrap: a failing unwrap is a failing test")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers unwrap: a failing unwrap is a failing test"
+)]
 
 use std::collections::BTreeMap;
 

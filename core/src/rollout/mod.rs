@@ -1,0 +1,94 @@
+//! The fleet server's rollout planner: cohorts, waves, gates, abort — pure and sans-IO.
+//!
+//! A [`Rollout`] decides which target devices get a release and when; the server persists its
+//! state ([`Rollout::to_cbor`]) and moves messages. It never reads a clock: every input takes
+//! `now` ([`Timestamp`], unix milliseconds). The full description, with examples, is in
+//! `docs/rollouts.md`.
+//!
+//! ```text
+//! server                                   planner
+//! ------                                   -------
+//! Rollout::new(spec, targets, now)  ---->  cohorts, deploys/redeploys, wave 0 starts
+//! device report / online / offline  ---->  handle_report / handle_device_online / _offline
+//! operator                          ---->  approve / pause / resume / abort / add_target
+//! sleep_until(poll_timeout())       ---->  handle_timeout(now)
+//! publish, audit, persist           <----  poll_action(): Notify, Rollback, Cancel, WaveStarted,
+//!                                          WaveAdvanced, WaveHeld, Completed, Aborted, StateChanged
+//! ```
+//!
+//! # Rollout states
+//!
+//! | from                          | event                                                      | to                                |
+//! |-------------------------------|------------------------------------------------------------|-----------------------------------|
+//! | (created)                     | `new`, dry run                                             | dry-run (final)                   |
+//! | (created)                     | `new`, forced reinstall                                    | awaiting-approval                 |
+//! | (created)                     | `new`                                                      | running(0, notifying)             |
+//! | awaiting-approval             | `approve(op)`, op ≠ creator                                | running(0, notifying)             |
+//! | awaiting-approval             | `approve(creator)`                                         | awaiting-approval (`SelfApproval`)|
+//! | running(i, notifying)         | every member of waves 0..=i settled, wave i executed ≥ 1   | running(i, baking until now+bake) |
+//! | running(i, notifying)         | every member settled, nobody in wave i executed            | running(i, baking until now)      |
+//! | running(i, baking)            | bake over, gate met, i < last                              | running(i+1, notifying)           |
+//! | running(i, baking)            | bake over, gate met, i = last                              | completed                         |
+//! | running(i, baking)            | bake over, gate not met                                    | running(i, held)                  |
+//! | running(i, held)              | a report makes the gate met                                | as from baking with gate met      |
+//! | running(i, baking \| held)     | a target added to waves 0..=i                              | running(i, notifying)             |
+//! | running(i, p)                 | `pause`                                                    | paused(i, p)                      |
+//! | paused(i, p)                  | `resume`                                                   | running(i, p), gates re-judged    |
+//! | running \| paused             | failures / executed > max-failure, executed ≥ min-executed | aborted(failure threshold)        |
+//! | awaiting-approval \| running \| paused | `abort(reason)`                                   | aborted(operator)                 |
+//!
+//! While paused, the phase may still go from notifying to baking (devices already notified
+//! carry on, timers run), but no device is notified and no gate is passed. Completed, aborted
+//! and dry-run are final; a completed rollout still notifies devices that come online late.
+//!
+//! # Device execution states
+//!
+//! The per-device state is [`crate::wire::ExecutionState`] (re-exported here), the same enum
+//! agents report: `queued` (planner only) → `notified` → `deferred-*` / `downloading` /
+//! `installing` / `trial` → `succeeded` | `skipped-identical` | `rejected` | `failed(phase)` |
+//! `rolled-back` | `timed-out` (planner only). Final states stick, except `succeeded` →
+//! `rolled-back` (a regression) and `timed-out` → anything (a late device). Identical reports
+//! are duplicates and change nothing; same-kind reports with newer details (download bytes)
+//! are progress.
+//!
+//! # Rules
+//!
+//! - **Cohorts** ([`cohort_point`]): a device is in wave `i` iff its hash fraction is below
+//!   wave `i`'s share; sticky under target-set changes; the first wave is never empty.
+//! - **Settled**: a device in a started wave is settled once it reached a final state, or once
+//!   it was deferred (or queued while offline) for `max_deferral`. A wave's phase leaves
+//!   notifying when all its members (cumulative) are settled; settled is for good.
+//! - **Gate**: after the bake, succeeded / executed over the wave's (cumulative) members ≥
+//!   `success_min`, where executed = succeeded + rejected + failed + rolled-back + timed-out.
+//!   Skipped-identical and deferred devices are no evidence; with no executed device the gate
+//!   is met at once, and a wave none of whose own members executed has no bake. A succeeded
+//!   device that later rolls back leaves the succeeded count, so the gate sees it.
+//! - **Abort**: failures / executed over the whole rollout > `max_failure` once executed ≥
+//!   `min(min_executed, devices that will install)`. Every notified device that took the
+//!   release (reached installing or later) gets [`PlannerAction::Rollback`] to its known-good
+//!   release; notified devices that never wrote it get [`PlannerAction::Cancel`] back to what
+//!   they run.
+//! - **Timeouts**: an in-flight device (notified, downloading, installing, trial) with no state
+//!   change or progress for `inactivity_timeout` becomes timed-out.
+//! - **Rate**: at most `rate_per_minute` notifications in any sliding 60 s window; queued
+//!   devices are notified in (wave, hash) order, online ones only.
+
+mod codec;
+mod cohort;
+mod counts;
+mod error;
+mod planner;
+mod spec;
+
+pub use cohort::{assign_cohorts, cohort_of, cohort_point, in_share};
+pub use counts::StateCounts;
+pub use error::RolloutError;
+pub use planner::{
+    AbortReason, PlannerAction, ReportOutcome, Rollout, RolloutState, Status, WavePhase, WaveStatus,
+};
+pub use spec::{DEFAULT_MIN_EXECUTED, MAX_WAVES, Ratio, RolloutSpec, Target};
+
+/// The per-device execution states, shared with the wire protocol.
+pub use crate::wire::{ExecutionState, FailurePhase};
+
+pub use crate::time::Timestamp;

@@ -1,0 +1,81 @@
+//! The update machine's configuration, fixed at construction.
+
+use alloc::string::String;
+use core::time::Duration;
+
+use super::{MaintenanceWindows, PowerPolicy, ReleaseInfo, RetryPolicy};
+use crate::release::TrustSet;
+use crate::wire::DeviceId;
+
+/// Everything the update machine needs to know about its device and its policies.
+///
+/// [`Config::new`] fills every policy with its default; change fields as needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The device's id (in events and the reported state).
+    pub device_id: DeviceId,
+    /// The device's hardware class (releases must list it).
+    pub hardware_class: String,
+    /// The keys and threshold releases are verified against.
+    pub trust: TrustSet,
+    /// How long a freshly installed release has to pass the health probe and reach the fleet
+    /// server before it is rolled back. Default 10 minutes.
+    pub trial_timeout: Duration,
+    /// How many reboots a trial survives (the trial goes on after a reboot only if the wall
+    /// clock is plausible; see `docs/update-machine.md`). Default 0: a reboot during a trial
+    /// rolls back.
+    pub trial_max_reboots: u32,
+    /// Pause between health probes that report "not yet". Default 10 seconds.
+    pub probe_interval: Duration,
+    /// Pause between heartbeats while connected. Default 30 seconds.
+    pub heartbeat_interval: Duration,
+    /// When an update may start, given the power supply.
+    pub power: PowerPolicy,
+    /// When an update may start, given the local time.
+    pub windows: MaintenanceWindows,
+    /// Free bytes required beyond the artifact's size before downloading. Default 16 MiB.
+    pub disk_margin_bytes: u64,
+    /// Pause between free-space checks while waiting for disk space. Default 5 minutes.
+    pub disk_recheck_interval: Duration,
+    /// Releases kept in the local cache (the running and known-good ones are never evicted,
+    /// even beyond it). Default 5.
+    pub cache_capacity: usize,
+    /// How downloads are retried.
+    pub retry: RetryPolicy,
+    /// Least time between two download progress events (one is also sent every
+    /// `progress_step_percent`). Default 1 second.
+    pub progress_interval: Duration,
+    /// Progress step that always deserves an event, in percent. Default 5.
+    pub progress_step_percent: u8,
+    /// Install attempts (the first plus redos after interruptions) before rolling back.
+    /// Default 2.
+    pub max_install_attempts: u32,
+    /// The release a factory-fresh device runs (known-good, and in the cache: the shell seeds
+    /// `cache/<digest>`), used only when there is no persisted state.
+    pub factory: Option<ReleaseInfo>,
+}
+
+impl Config {
+    /// A configuration with every policy at its default.
+    pub fn new(device_id: DeviceId, hardware_class: impl Into<String>, trust: TrustSet) -> Self {
+        Config {
+            device_id,
+            hardware_class: hardware_class.into(),
+            trust,
+            trial_timeout: Duration::from_secs(10 * 60),
+            trial_max_reboots: 0,
+            probe_interval: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(30),
+            power: PowerPolicy::default(),
+            windows: MaintenanceWindows::default(),
+            disk_margin_bytes: 16 * 1024 * 1024,
+            disk_recheck_interval: Duration::from_secs(5 * 60),
+            cache_capacity: 5,
+            retry: RetryPolicy::default(),
+            progress_interval: Duration::from_secs(1),
+            progress_step_percent: 5,
+            max_install_attempts: 2,
+            factory: None,
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The [`UpdateMachine`]: its state, the shell-facing inputs that are not specific to one phase,
+//! the outputs, and the bookkeeping every phase shares (persisting, reporting, concluding).
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::backoff::Jitter;
+use super::state::{Phase, Stage, TrialStatus};
+use super::timer::TimerTable;
+use super::{
+    Action, Config, PERSIST_VERSION, PersistedState, ReleaseInfo, Status, Timer, Timestamp,
+};
+use crate::digest::Digest;
+use crate::wire::{
+    DesiredState, Event, ExecutionState, Inventory, PROTOCOL_VERSION, PowerReading, ReportedState,
+    UpdateOutcome, WireError, WireMessage,
+};
+
+/// The agent's update machine: sans-IO and deterministic given (state, input, now).
+///
+/// Inputs go in through the `handle_*` methods, each taking `now`; what the shell must do
+/// comes out of [`poll_action`](Self::poll_action); the next deadline comes out of
+/// [`poll_timeout`](Self::poll_timeout), at which the shell calls
+/// [`handle_timeout`](Self::handle_timeout). Build it with [`recover`](Self::recover) (also
+/// for a factory-fresh device). The transition table is in the [module docs](super).
+#[derive(Debug, Clone)]
+pub struct UpdateMachine {
+    pub(super) config: Config,
+    pub(super) boot_count: u32,
+    // Persisted facts.
+    pub(super) floor: u32,
+    pub(super) running: Option<ReleaseInfo>,
+    pub(super) known_good: Option<ReleaseInfo>,
+    pub(super) cache: Vec<ReleaseInfo>,
+    pub(super) last_generation: u64,
+    pub(super) last_result: Option<UpdateOutcome>,
+    // Volatile state.
+    pub(super) phase: Phase,
+    pub(super) current: Option<UpdateOutcome>,
+    pub(super) queued: Option<DesiredState>,
+    pub(super) power: Option<PowerReading>,
+    pub(super) connected: bool,
+    pub(super) next_seq: u64,
+    pub(super) timers: TimerTable,
+    pub(super) jitter: Jitter,
+    pub(super) actions: VecDeque<Action>,
+}
+
+impl UpdateMachine {
+    /// A machine with nothing known yet (see [`recover`](Self::recover)).
+    pub(super) fn blank(config: Config, boot_count: u32) -> Self {
+        let jitter = Jitter::new(config.retry.jitter_seed, boot_count);
+        UpdateMachine {
+            config,
+            boot_count,
+            floor: 0,
+            running: None,
+            known_good: None,
+            cache: Vec::new(),
+            last_generation: 0,
+            last_result: None,
+            phase: Phase::Idle,
+            current: None,
+            queued: None,
+            power: None,
+            connected: false,
+            // Sequence numbers never repeat across boots, so a late ack from a previous boot
+            // cannot pass for a fresh one.
+            next_seq: u64::from(boot_count) << 32,
+            timers: TimerTable::default(),
+            jitter,
+            actions: VecDeque::new(),
+        }
+    }
+
+    // ---- outputs -------------------------------------------------------------------------
+
+    /// The next thing the shell must do, in order. Drain it after every input.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When the shell must call [`handle_timeout`](Self::handle_timeout) next.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.timers.next().map(|(_, at)| at)
+    }
+
+    /// Fires every timer due at `now` (each at most once per call).
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        for timer in Timer::ALL {
+            if self.timers.take_expired(timer, now) {
+                self.on_timer(timer, now);
+            }
+        }
+    }
+
+    fn on_timer(&mut self, timer: Timer, now: Timestamp) {
+        match timer {
+            Timer::PowerRecheck | Timer::WindowOpen | Timer::DiskRecheck => {
+                self.on_gate_timer(timer, now);
+            }
+            Timer::DownloadRetry => self.on_retry_timer(),
+            Timer::Probe => self.on_probe_timer(),
+            Timer::TrialDeadline => self.on_trial_deadline(now),
+            Timer::Heartbeat => {
+                if self.connected {
+                    self.send_heartbeat(now);
+                }
+            }
+        }
+    }
+
+    /// A snapshot for `ota-agent status`.
+    pub fn status(&self) -> Status {
+        Status {
+            stage: Stage::of(&self.phase),
+            job: self.phase.in_flight().map(|f| f.job().clone()),
+            running: self.running.clone(),
+            known_good: self.known_good.clone(),
+            security_floor: self.floor,
+            last_generation: self.last_generation,
+            queued_generation: self.queued.as_ref().map(|q| q.generation),
+            cache: self.cache.clone(),
+            current: self.current.clone(),
+            last_result: self.last_result.clone(),
+            trial: match &self.phase {
+                Phase::Trial(t) => Some(TrialStatus {
+                    release: t.job.release.clone(),
+                    deadline: t.deadline,
+                    probe_passed: t.probe_passed,
+                    last_probe_error: t.last_probe_error.clone(),
+                    server_reached: t.server_reached,
+                }),
+                _ => None,
+            },
+            power: self.power,
+            connected: self.connected,
+            next_timer: self.timers.next(),
+        }
+    }
+
+    /// The reported state, completed with the host facts only the shell knows.
+    pub fn reported_state(
+        &self,
+        agent_version: &str,
+        inventory: Inventory,
+        labels: BTreeMap<String, String>,
+    ) -> ReportedState {
+        ReportedState {
+            v: PROTOCOL_VERSION,
+            device_id: String::from(self.config.device_id.as_str()),
+            agent_version: String::from(agent_version),
+            hardware_class: self.config.hardware_class.clone(),
+            running: self.running.as_ref().map(ReleaseInfo::running),
+            known_good: self.known_good.as_ref().map(ReleaseInfo::running),
+            trial: match &self.phase {
+                Phase::Trial(t) => Some(t.job.release.running()),
+                _ => None,
+            },
+            cached: self.cache.iter().map(|r| r.digest).collect(),
+            last_result: self.current.clone().or_else(|| self.last_result.clone()),
+            power: self.power,
+            inventory,
+            labels,
+            generation: self.last_generation,
+            security_floor: self.floor,
+        }
+    }
+
+    /// The state as it would be persisted now.
+    pub fn persisted_state(&self) -> PersistedState {
+        PersistedState {
+            v: PERSIST_VERSION,
+            security_floor: self.floor,
+            running: self.running.clone(),
+            known_good: self.known_good.clone(),
+            cache: self.cache.clone(),
+            last_generation: self.last_generation,
+            in_flight: self.phase.in_flight(),
+            last_result: self.last_result.clone(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ---- inputs not tied to one phase ----------------------------------------------------
+
+    /// A desired state arrived (already decoded; see
+    /// [`handle_desired_bytes`](Self::handle_desired_bytes)).
+    ///
+    /// Idempotent: a generation at or below the last one acted on (or the one queued) is
+    /// ignored. During an install, trial or rollback it is queued (only the newest) and
+    /// offered when that ends; otherwise it supersedes whatever was being prepared.
+    pub fn handle_desired(&mut self, desired: DesiredState, now: Timestamp) {
+        if desired.generation <= self.last_generation {
+            return;
+        }
+        if self.phase.is_busy() {
+            if self
+                .queued
+                .as_ref()
+                .is_none_or(|q| desired.generation > q.generation)
+            {
+                self.queued = Some(desired);
+            }
+            return;
+        }
+        self.offer(desired, now);
+    }
+
+    /// Decodes a desired-state payload and hands it to
+    /// [`handle_desired`](Self::handle_desired). A payload that does not decode changes
+    /// nothing: the error is for the shell to log.
+    pub fn handle_desired_bytes(
+        &mut self,
+        payload: &[u8],
+        now: Timestamp,
+    ) -> Result<(), WireError> {
+        let desired = DesiredState::from_cbor(payload)?;
+        self.handle_desired(desired, now);
+        Ok(())
+    }
+
+    /// A power reading, answering [`Action::ReadPower`] or pushed by the shell whenever the
+    /// supply changes.
+    pub fn handle_power(&mut self, reading: PowerReading, now: Timestamp) {
+        self.power = Some(reading);
+        self.on_power(reading, now);
+    }
+
+    /// The MQTT connection is up (again): republish the reported state and send a heartbeat.
+    pub fn handle_connected(&mut self, now: Timestamp) {
+        self.connected = true;
+        self.push(Action::PublishReported);
+        self.send_heartbeat(now);
+    }
+
+    /// The MQTT connection is down: heartbeats stop; reports keep queuing in the shell.
+    pub fn handle_disconnected(&mut self, _now: Timestamp) {
+        self.connected = false;
+        self.timers.stop(Timer::Heartbeat);
+    }
+
+    // ---- shared bookkeeping --------------------------------------------------------------
+
+    pub(super) fn push(&mut self, action: Action) {
+        self.actions.push_back(action);
+    }
+
+    /// Queues the current state for persistence (before the side effects that follow).
+    pub(super) fn persist(&mut self) {
+        let state = self.persisted_state();
+        self.push(Action::Persist(Box::new(state)));
+    }
+
+    /// Publishes an execution state unless it repeats the current one. Progress updates get an
+    /// event only; every other state also republishes the reported state.
+    pub(super) fn announce(&mut self, outcome: UpdateOutcome) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.generation == outcome.generation && c.state == outcome.state)
+        {
+            return;
+        }
+        let progress = matches!(outcome.state, ExecutionState::Downloading { .. });
+        self.push(Action::PublishEvent(Event::from_outcome(
+            &self.config.device_id,
+            &outcome,
+        )));
+        self.current = Some(outcome);
+        if !progress {
+            self.push(Action::PublishReported);
+        }
+    }
+
+    /// Ends the job with a final outcome: back to idle, persisted with the outcome, then
+    /// `effects` (which the persisted state protects), then the report, then the queued
+    /// desired state if any.
+    pub(super) fn conclude(
+        &mut self,
+        outcome: UpdateOutcome,
+        effects: Vec<Action>,
+        now: Timestamp,
+    ) {
+        self.phase = Phase::Idle;
+        self.stop_job_timers();
+        self.last_result = Some(outcome.clone());
+        self.persist();
+        self.actions.extend(effects);
+        self.announce(outcome);
+        if let Some(next) = self.queued.take() {
+            self.handle_desired(next, now);
+        }
+    }
+
+    /// Disarms every timer that belongs to a job (not the heartbeat).
+    pub(super) fn stop_job_timers(&mut self) {
+        for t in Timer::ALL {
+            if t != Timer::Heartbeat {
+                self.timers.stop(t);
+            }
+        }
+    }
+
+    /// Evicts least recently used cache entries beyond the capacity, sparing the running and
+    /// known-good releases and `also`. The caller persists before pushing the returned
+    /// [`Action::Evict`]s.
+    pub(super) fn evict_over_capacity(&mut self, also: Option<Digest>) -> Vec<Action> {
+        let protected: Vec<Digest> = [&self.running, &self.known_good]
+            .into_iter()
+            .flatten()
+            .map(|r| r.digest)
+            .chain(also)
+            .collect();
+        super::cache::evict_over(&mut self.cache, self.config.cache_capacity, &protected)
+            .into_iter()
+            .map(|digest| Action::Evict { digest })
+            .collect()
+    }
+}

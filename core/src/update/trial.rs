@@ -1,0 +1,291 @@
+//! Install, trial, commit and rollback (rules 8 to 10).
+
+use alloc::format;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::cache;
+use super::machine::UpdateMachine;
+use super::offer::reason;
+use super::state::{Phase, TrialState};
+use super::{Action, InstallError, Job, ProbeResult, ReleaseInfo, Timer, Timestamp};
+use crate::digest::Digest;
+use crate::wire::{ExecutionState, FailurePhase, RollbackReason, WireLimits, truncate_text};
+
+impl UpdateMachine {
+    /// Rule 8: install the prepared (cached, verified) artifact.
+    pub(super) fn install(&mut self, now: Timestamp) {
+        let Phase::Preparing(p) = &self.phase else {
+            return;
+        };
+        let job = p.job.clone();
+        cache::touch(&mut self.cache, &job.release.digest);
+        self.install_attempt(job, 1, now);
+    }
+
+    /// Persists `Installing` (write-ahead), then asks the shell to install.
+    pub(super) fn install_attempt(&mut self, job: Job, attempt: u32, now: Timestamp) {
+        self.stop_job_timers();
+        let release = job.release.clone();
+        self.phase = Phase::Installing {
+            job: job.clone(),
+            attempt,
+        };
+        self.persist();
+        self.announce(job.outcome(ExecutionState::Installing, now.0));
+        self.push(Action::Install {
+            release,
+            rollback: false,
+        });
+    }
+
+    /// The installer finished, answering [`Action::Install`]. Success puts the release on
+    /// trial; failure reinstalls the known-good release (`failed{phase: install}`).
+    pub fn handle_install_done(
+        &mut self,
+        digest: Digest,
+        result: Result<(), InstallError>,
+        now: Timestamp,
+    ) {
+        match &self.phase {
+            Phase::Installing { job, .. } if job.release.digest == digest => {
+                let job = job.clone();
+                match result {
+                    Ok(()) => self.start_trial(job, now),
+                    Err(e) => {
+                        let state = ExecutionState::Failed {
+                            phase: FailurePhase::Install,
+                            reason: reason(&e),
+                        };
+                        self.roll_back(job, state, now);
+                    }
+                }
+            }
+            Phase::RollingBack {
+                job,
+                target,
+                outcome,
+            } if target.digest == digest => {
+                let (job, target, outcome) = (job.clone(), target.clone(), outcome.clone());
+                let state = match result {
+                    Ok(()) => {
+                        self.running = Some(target);
+                        outcome
+                    }
+                    Err(e) => {
+                        // The device runs something unknown now; the known-good release stays
+                        // recorded and cached, so the next desired state can still restore it.
+                        self.running = None;
+                        let why = format!("reinstalling known-good {} failed: {e}", target.version);
+                        ExecutionState::Failed {
+                            phase: FailurePhase::Install,
+                            reason: truncate_text(&why, WireLimits::MAX_TEXT_BYTES),
+                        }
+                    }
+                };
+                self.conclude(job.outcome(state, now.0), Vec::new(), now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Rule 9: the installed release runs on trial until the probe passes and the server acks
+    /// a heartbeat, or the deadline passes.
+    fn start_trial(&mut self, job: Job, now: Timestamp) {
+        self.running = Some(job.release.clone());
+        let trial = TrialState {
+            job,
+            started: now,
+            deadline: now.saturating_add(self.config.trial_timeout),
+            boot_count: self.boot_count,
+            reboots: 0,
+            probe_passed: false,
+            probe_running: false,
+            last_probe_error: None,
+            first_seq: None,
+            server_reached: false,
+        };
+        self.enter_trial(trial, now);
+    }
+
+    /// Enters (or, after a restart, resumes) a trial: persist, arm the deadline, probe, and
+    /// heartbeat if connected.
+    pub(super) fn enter_trial(&mut self, trial: TrialState, now: Timestamp) {
+        let job = trial.job.clone();
+        self.timers.set(Timer::TrialDeadline, trial.deadline);
+        self.phase = Phase::Trial(trial);
+        self.persist();
+        self.announce(job.outcome(ExecutionState::Trial, now.0));
+        self.run_probe();
+        if self.connected {
+            self.send_heartbeat(now);
+        }
+    }
+
+    fn run_probe(&mut self) {
+        if let Phase::Trial(t) = &mut self.phase {
+            t.probe_running = true;
+            let digest = t.job.release.digest;
+            self.timers.stop(Timer::Probe);
+            self.push(Action::RunProbe { digest });
+        }
+    }
+
+    pub(super) fn on_probe_timer(&mut self) {
+        if matches!(&self.phase, Phase::Trial(t) if !t.probe_passed && !t.probe_running) {
+            self.run_probe();
+        }
+    }
+
+    /// The health probe's answer, to [`Action::RunProbe`].
+    pub fn handle_probe(&mut self, result: ProbeResult, now: Timestamp) {
+        let Phase::Trial(t) = &mut self.phase else {
+            return;
+        };
+        if !t.probe_running {
+            return;
+        }
+        t.probe_running = false;
+        match result {
+            ProbeResult::Healthy => {
+                t.probe_passed = true;
+                t.last_probe_error = None;
+                self.try_commit(now);
+            }
+            ProbeResult::NotYet(why) => {
+                t.last_probe_error = Some(truncate_text(&why, WireLimits::MAX_TEXT_BYTES));
+                let at = now.saturating_add(self.config.probe_interval);
+                self.timers.set(Timer::Probe, at);
+            }
+            ProbeResult::Failed(why) => {
+                self.fail_trial(RollbackReason::ProbeFailed, &why, now);
+            }
+        }
+    }
+
+    /// Sends the next heartbeat and re-arms the heartbeat timer.
+    pub(super) fn send_heartbeat(&mut self, now: Timestamp) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Phase::Trial(t) = &mut self.phase {
+            t.first_seq.get_or_insert(seq);
+        }
+        self.push(Action::SendHeartbeat { seq });
+        let at = now.saturating_add(self.config.heartbeat_interval);
+        self.timers.set(Timer::Heartbeat, at);
+    }
+
+    /// The fleet server echoed heartbeat `seq`. During a trial, an ack of a heartbeat sent
+    /// during that trial proves the server is reachable from the new release.
+    pub fn handle_heartbeat_ack(&mut self, seq: u64, now: Timestamp) {
+        if seq >= self.next_seq {
+            return;
+        }
+        if let Phase::Trial(t) = &mut self.phase
+            && t.first_seq.is_some_and(|first| seq >= first)
+        {
+            t.server_reached = true;
+            self.try_commit(now);
+        }
+    }
+
+    /// Commits when both conditions hold: known-good = the release, the floor rises to its
+    /// security version, the cache is trimmed, `succeeded` is reported.
+    fn try_commit(&mut self, now: Timestamp) {
+        let Phase::Trial(t) = &self.phase else {
+            return;
+        };
+        if !(t.probe_passed && t.server_reached) {
+            return;
+        }
+        let job = t.job.clone();
+        let release = job.release.clone();
+        self.floor = self.floor.max(release.security_version);
+        self.running = Some(release.clone());
+        self.known_good = Some(release.clone());
+        let mut effects = vec![Action::Commit {
+            digest: release.digest,
+        }];
+        effects.extend(self.evict_over_capacity(None));
+        let outcome = job.outcome(ExecutionState::Succeeded, now.0);
+        self.conclude(outcome, effects, now);
+    }
+
+    pub(super) fn on_trial_deadline(&mut self, now: Timestamp) {
+        let Phase::Trial(t) = &self.phase else {
+            return;
+        };
+        let timeout = self.config.trial_timeout.as_secs();
+        let (why, detail) = if t.probe_passed {
+            (
+                RollbackReason::ServerUnreachable,
+                format!("no heartbeat ack from the fleet server within {timeout}s"),
+            )
+        } else {
+            let last = t.last_probe_error.as_deref().unwrap_or("no answer");
+            (
+                RollbackReason::ProbeTimeout,
+                format!("health probe did not pass within {timeout}s: {last}"),
+            )
+        };
+        self.fail_trial(why, &detail, now);
+    }
+
+    /// The trial failed: roll back and report `rolled-back`.
+    pub(super) fn fail_trial(&mut self, why: RollbackReason, detail: &str, now: Timestamp) {
+        let job = match &self.phase {
+            Phase::Trial(t) => t.job.clone(),
+            _ => return,
+        };
+        let state = ExecutionState::RolledBack {
+            reason: why,
+            detail: truncate_text(detail, WireLimits::MAX_TEXT_BYTES),
+        };
+        self.roll_back(job, state, now);
+    }
+
+    /// Reinstalls the known-good release from the cache (no network), then reports `outcome`.
+    /// Without a known-good release to go back to, `job` stays and the outcome becomes
+    /// `failed{phase: trial}` (or stays the install failure).
+    pub(super) fn roll_back(&mut self, job: Job, outcome: ExecutionState, now: Timestamp) {
+        match self.known_good.clone() {
+            Some(target) if target.digest != job.release.digest => {
+                self.begin_rollback(job, target, outcome);
+            }
+            _ => {
+                let state = match outcome {
+                    ExecutionState::RolledBack { detail, .. } => {
+                        let why = format!("no known-good release to roll back to: {detail}");
+                        ExecutionState::Failed {
+                            phase: FailurePhase::Trial,
+                            reason: truncate_text(&why, WireLimits::MAX_TEXT_BYTES),
+                        }
+                    }
+                    other => other,
+                };
+                self.conclude(job.outcome(state, now.0), Vec::new(), now);
+            }
+        }
+    }
+
+    /// Persists `RollingBack` (write-ahead), then asks for the known-good install.
+    pub(super) fn begin_rollback(
+        &mut self,
+        job: Job,
+        target: ReleaseInfo,
+        outcome: ExecutionState,
+    ) {
+        self.stop_job_timers();
+        let release = target.clone();
+        self.phase = Phase::RollingBack {
+            job,
+            target,
+            outcome,
+        };
+        self.persist();
+        self.push(Action::Install {
+            release,
+            rollback: true,
+        });
+    }
+}
