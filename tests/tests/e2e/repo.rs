@@ -8,7 +8,10 @@ fn cross_toml_names_the_gateway_targets() {
     let text = std::fs::read_to_string(workspace_root().join("cross.toml")).unwrap();
     let doc: toml::Table = text.parse().unwrap();
     let targets = doc["target"].as_table().unwrap();
-    for t in ["aarch64-unknown-linux-musl", "armv7-unknown-linux-musleabihf"] {
+    for t in [
+        "aarch64-unknown-linux-musl",
+        "armv7-unknown-linux-musleabihf",
+    ] {
         assert!(targets.contains_key(t), "cross.toml lacks target {t}");
     }
 }
