@@ -56,9 +56,17 @@ pub struct SignedRelease {
     pub signatures: Vec<SignatureEntry>,
 }
 
-impl SignedRelease {
-    /// Decodes a release, bounded by [`Limits`]: hostile bytes give an error, never a panic.
-    pub fn decode(bytes: &[u8]) -> Result<Self, ReleaseError> {
+/// A decoded COSE_Sign envelope, borrowing from the input: the shared part of a release and a
+/// trust-set update.
+pub(crate) struct Envelope<'a> {
+    pub(crate) body_protected: &'a [u8],
+    pub(crate) payload: &'a [u8],
+    pub(crate) signatures: Vec<SignatureEntry>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Decodes an envelope whose body names `content_type`, bounded by [`Limits`].
+    pub(crate) fn decode(bytes: &'a [u8], content_type: &str) -> Result<Self, ReleaseError> {
         if bytes.len() > Limits::MAX_RELEASE_BYTES {
             return Err(ReleaseError::LimitExceeded {
                 what: "release",
@@ -74,7 +82,7 @@ impl SignedRelease {
         }
         expect_array(&mut d, 4, "COSE_Sign is not an array of 4")?;
         let body_protected = d.bytes().map_err(|_| malformed("body protected header"))?;
-        check_body_header(body_protected)?;
+        check_body_header(body_protected, content_type)?;
         skip_header_map(&mut d)?;
         let payload = d
             .bytes()
@@ -94,37 +102,58 @@ impl SignedRelease {
         if rest != 0 {
             return Err(ReleaseError::TrailingData(rest));
         }
-        let manifest = Manifest::from_cbor(payload)?;
-        Ok(SignedRelease {
-            body_protected: body_protected.to_vec(),
-            payload: payload.to_vec(),
-            manifest,
+        Ok(Envelope {
+            body_protected,
+            payload,
             signatures,
+        })
+    }
+}
+
+/// Encodes a COSE_Sign envelope.
+pub(crate) fn encode_envelope(
+    body_protected: &[u8],
+    payload: &[u8],
+    signatures: &[SignatureEntry],
+) -> Vec<u8> {
+    let mut e = Encoder::new(Vec::new());
+    // Writing to a Vec is infallible; the results are ignored for that reason only.
+    let _ = e
+        .tag(Tag::new(COSE_SIGN_TAG))
+        .and_then(|e| e.array(4))
+        .and_then(|e| e.bytes(body_protected))
+        .and_then(|e| e.map(0))
+        .and_then(|e| e.bytes(payload))
+        .and_then(|e| e.array(signatures.len() as u64));
+    for s in signatures {
+        let _ = e
+            .array(3)
+            .and_then(|e| e.bytes(&s.protected))
+            .and_then(|e| e.map(1))
+            .and_then(|e| e.i64(HDR_KID))
+            .and_then(|e| e.bytes(&s.kid))
+            .and_then(|e| e.bytes(&s.signature));
+    }
+    e.into_writer()
+}
+
+impl SignedRelease {
+    /// Decodes a release, bounded by [`Limits`]: hostile bytes give an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ReleaseError> {
+        let envelope = Envelope::decode(bytes, CONTENT_TYPE)?;
+        let manifest = Manifest::from_cbor(envelope.payload)?;
+        Ok(SignedRelease {
+            body_protected: envelope.body_protected.to_vec(),
+            payload: envelope.payload.to_vec(),
+            manifest,
+            signatures: envelope.signatures,
         })
     }
 
     /// Encodes the release back to bytes (the same bytes it was decoded from, for a canonical
     /// release).
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::new(Vec::new());
-        // Writing to a Vec is infallible; the results are ignored for that reason only.
-        let _ = e
-            .tag(Tag::new(COSE_SIGN_TAG))
-            .and_then(|e| e.array(4))
-            .and_then(|e| e.bytes(&self.body_protected))
-            .and_then(|e| e.map(0))
-            .and_then(|e| e.bytes(&self.payload))
-            .and_then(|e| e.array(self.signatures.len() as u64));
-        for s in &self.signatures {
-            let _ = e
-                .array(3)
-                .and_then(|e| e.bytes(&s.protected))
-                .and_then(|e| e.map(1))
-                .and_then(|e| e.i64(HDR_KID))
-                .and_then(|e| e.bytes(&s.kid))
-                .and_then(|e| e.bytes(&s.signature));
-        }
-        e.into_writer()
+        encode_envelope(&self.body_protected, &self.payload, &self.signatures)
     }
 
     /// The bytes a signer signs and a verifier checks: the COSE `Sig_structure`
@@ -151,13 +180,13 @@ pub(crate) fn sig_structure(
     e.into_writer()
 }
 
-/// The serialized body protected header this build writes.
-pub(crate) fn body_protected_header() -> Vec<u8> {
+/// The serialized body protected header naming `content_type`.
+pub(crate) fn body_protected_header(content_type: &str) -> Vec<u8> {
     let mut e = Encoder::new(Vec::new());
     let _ = e
         .map(1)
         .and_then(|e| e.i64(HDR_CONTENT_TYPE))
-        .and_then(|e| e.str(CONTENT_TYPE));
+        .and_then(|e| e.str(content_type));
     e.into_writer()
 }
 
@@ -194,23 +223,32 @@ fn expect_array(d: &mut Decoder<'_>, n: u64, what: &'static str) -> Result<(), R
     }
 }
 
-/// Checks the body's protected header: a map (or empty), with no critical headers we would have
-/// to understand.
-fn check_body_header(bytes: &[u8]) -> Result<(), ReleaseError> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
+/// Checks the body's protected header: a map naming `content_type` (which separates releases
+/// from trust-set updates signed by the same keys), with no critical headers we would have to
+/// understand.
+fn check_body_header(bytes: &[u8], content_type: &str) -> Result<(), ReleaseError> {
     let mut d = Decoder::new(bytes);
     let n = definite(d.map(), "protected header is not a map")?;
+    let mut found = false;
     for _ in 0..n {
         let label = d.i64().map_err(|_| malformed("protected header label"))?;
-        if label == HDR_CRIT {
-            return Err(malformed("unsupported critical header"));
+        match label {
+            HDR_CRIT => return Err(malformed("unsupported critical header")),
+            HDR_CONTENT_TYPE => {
+                let named = d.str().map_err(|_| malformed("content type is not text"))?;
+                if named != content_type {
+                    return Err(malformed("wrong content type for this kind of document"));
+                }
+                found = true;
+            }
+            _ => d.skip().map_err(|_| malformed("protected header value"))?,
         }
-        d.skip().map_err(|_| malformed("protected header value"))?;
     }
     if d.position() != bytes.len() {
         return Err(malformed("bytes after the protected header"));
+    }
+    if !found {
+        return Err(malformed("protected header names no content type"));
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ mod envelope;
 mod error;
 mod limits;
 mod manifest;
+mod rotation;
 mod sign;
 mod trust;
 mod verify;
@@ -30,6 +31,10 @@ pub use envelope::{SignatureEntry, SignedRelease};
 pub use error::ReleaseError;
 pub use limits::Limits;
 pub use manifest::{FORMAT_VERSION, Manifest};
+pub use rotation::{
+    SignedTrustUpdate, TRUST_UPDATE_CONTENT_TYPE, TRUST_UPDATE_FORMAT_VERSION, TrustUpdate,
+    TrustUpdateError, sign_trust_update,
+};
 pub use sign::sign;
 pub use trust::{KeyId, TrustSet, TrustSetError};
 pub use verify::{Policy, VerifiedRelease};

@@ -5,7 +5,10 @@ use alloc::vec::Vec;
 
 use ed25519_dalek::Signature;
 
-use super::{FORMAT_VERSION, KeyId, Manifest, ReleaseError, SignedRelease, TrustSet};
+use super::envelope::sig_structure;
+use super::{
+    FORMAT_VERSION, KeyId, Manifest, ReleaseError, SignatureEntry, SignedRelease, TrustSet,
+};
 
 /// What the verifier checks beyond signatures. Time is an argument: the core never reads a clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,33 +39,7 @@ impl SignedRelease {
     /// trusted key fails, [`ReleaseError::UnknownKey`] if no signature is by a trusted key,
     /// otherwise [`ReleaseError::ThresholdNotMet`].
     pub fn verify_signatures(&self, trust: &TrustSet) -> Result<Vec<KeyId>, ReleaseError> {
-        let mut signers: Vec<KeyId> = Vec::new();
-        let mut bad = None;
-        for entry in &self.signatures {
-            let Some((id, key)) = trust.key(&entry.kid) else {
-                continue;
-            };
-            let message = self.to_be_signed(&entry.protected);
-            let signature = Signature::from_bytes(&entry.signature);
-            if key.verify_strict(&message, &signature).is_ok() {
-                if !signers.contains(&id) {
-                    signers.push(id);
-                }
-            } else if bad.is_none() {
-                bad = Some(id);
-            }
-        }
-        if signers.len() >= trust.threshold() {
-            return Ok(signers);
-        }
-        match bad {
-            Some(id) => Err(ReleaseError::BadSignature(id)),
-            None if signers.is_empty() => Err(ReleaseError::UnknownKey),
-            None => Err(ReleaseError::ThresholdNotMet {
-                valid: signers.len(),
-                required: trust.threshold(),
-            }),
-        }
+        verify_signers(&self.body_protected, &self.payload, &self.signatures, trust)
     }
 
     /// Verifies the signatures, then checks the manifest against `policy`: format version,
@@ -100,5 +77,42 @@ impl SignedRelease {
             manifest: m.clone(),
             signers,
         })
+    }
+}
+
+/// Counts the distinct trusted keys whose signatures over (`body_protected`, `payload`) verify
+/// with `verify_strict`; see [`SignedRelease::verify_signatures`] for the error precedence.
+pub(crate) fn verify_signers(
+    body_protected: &[u8],
+    payload: &[u8],
+    signatures: &[SignatureEntry],
+    trust: &TrustSet,
+) -> Result<Vec<KeyId>, ReleaseError> {
+    let mut signers: Vec<KeyId> = Vec::new();
+    let mut bad = None;
+    for entry in signatures {
+        let Some((id, key)) = trust.key(&entry.kid) else {
+            continue;
+        };
+        let message = sig_structure(body_protected, &entry.protected, payload);
+        let signature = Signature::from_bytes(&entry.signature);
+        if key.verify_strict(&message, &signature).is_ok() {
+            if !signers.contains(&id) {
+                signers.push(id);
+            }
+        } else if bad.is_none() {
+            bad = Some(id);
+        }
+    }
+    if signers.len() >= trust.threshold() {
+        return Ok(signers);
+    }
+    match bad {
+        Some(id) => Err(ReleaseError::BadSignature(id)),
+        None if signers.is_empty() => Err(ReleaseError::UnknownKey),
+        None => Err(ReleaseError::ThresholdNotMet {
+            valid: signers.len(),
+            required: trust.threshold(),
+        }),
     }
 }
