@@ -17,6 +17,9 @@
 //! - [`rollout`]: the fleet server's rollout planner: sticky hash cohorts, waves gated on
 //!   success ratio and bake time, rate limit, timeouts, abort with rollback (sans-IO, persisted
 //!   whole as CBOR).
+//! - [`flags`]: feature flags: definitions with ordered rules (server filter + sticky percent
+//!   cohort) and a kill switch, evaluation per device, the retained per-device payload
+//!   (`ota/v1/flags/devices/{id}`), the audit record, and the device's applier and flag file.
 //! - [`time`]: [`time::Timestamp`], wall-clock time as data (unix milliseconds), passed in as
 //!   `now`.
 //!
@@ -31,6 +34,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod digest;
+pub mod flags;
 pub mod release;
 pub mod rollout;
 pub mod time;
