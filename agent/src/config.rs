@@ -149,6 +149,35 @@ pub struct AgentConfig {
     /// Downloader settings.
     #[serde(default)]
     pub download: DownloadSettings,
+    /// Pause between heartbeats to the fleet server while connected (default 30 s).
+    #[serde(
+        default = "default_heartbeat_interval",
+        deserialize_with = "human::duration"
+    )]
+    pub heartbeat_interval: Duration,
+    /// How many reboots a trial survives (default 0: a reboot during a trial rolls back).
+    #[serde(default)]
+    pub trial_max_reboots: u32,
+    /// The release a factory-fresh device runs (optional).
+    #[serde(default)]
+    pub factory: Option<FactoryConfig>,
+}
+
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The release a factory-fresh device runs: its signed release file and its artifact. On the
+/// first start (no journal yet) the agent verifies the release's signatures, copies the
+/// artifact into its cache and records the release as running and known-good, so a first
+/// update that fails has something to roll back to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactoryConfig {
+    /// The signed release (COSE_Sign) of the factory image, relative to the config file.
+    pub release: PathBuf,
+    /// Its artifact, relative to the config file.
+    pub artifact: PathBuf,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -207,6 +236,32 @@ pub struct BrokerConfig {
     /// MQTT password (with `username`).
     #[serde(default)]
     pub password: Option<String>,
+    /// MQTT keep-alive (default 30 s, at least 5 s).
+    #[serde(default = "default_keep_alive", deserialize_with = "human::duration")]
+    pub keep_alive: Duration,
+    /// The first wait before reconnecting after the connection is lost; it doubles (with
+    /// jitter) after each failed attempt up to `max_reconnect_backoff` (defaults 1 s, 60 s).
+    #[serde(
+        default = "default_reconnect_backoff",
+        deserialize_with = "human::duration"
+    )]
+    pub reconnect_backoff: Duration,
+    /// The longest wait between reconnect attempts.
+    #[serde(
+        default = "default_max_reconnect_backoff",
+        deserialize_with = "human::duration"
+    )]
+    pub max_reconnect_backoff: Duration,
+}
+
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_reconnect_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_reconnect_backoff() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// The battery gate (the core machine's `PowerPolicy`). Below `min_battery_percent` an update
@@ -545,6 +600,14 @@ pub struct DownloadSettings {
     /// An extra PEM trust anchor for HTTPS artifact servers.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Free bytes required on the data directory's disk beyond the artifact's size before a
+    /// download starts (default 16 MiB).
+    #[serde(default = "default_disk_margin")]
+    pub disk_margin_bytes: u64,
+}
+
+fn default_disk_margin() -> u64 {
+    16 * 1024 * 1024
 }
 
 fn default_chunk_size() -> usize {
@@ -576,6 +639,7 @@ impl Default for DownloadSettings {
             connect_timeout: default_connect_timeout(),
             read_timeout: default_read_timeout(),
             ca_file: None,
+            disk_margin_bytes: default_disk_margin(),
         }
     }
 }
@@ -611,6 +675,13 @@ impl AgentConfig {
                 && p.is_relative()
             {
                 *p = base.join(&*p);
+            }
+        }
+        if let Some(f) = &mut config.factory {
+            for p in [&mut f.release, &mut f.artifact] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
             }
         }
         Ok(config)
@@ -687,6 +758,18 @@ impl AgentConfig {
         }
         if b.password.is_some() && b.username.is_none() {
             return Err(invalid("broker.password", "a password needs a username"));
+        }
+        if let Err(e) = crate::mqtt::parse_broker_url(&b.url) {
+            return Err(invalid("broker.url", e.to_string()));
+        }
+        if b.reconnect_backoff.is_zero() || b.reconnect_backoff > b.max_reconnect_backoff {
+            return Err(invalid(
+                "broker.reconnect_backoff",
+                "must be longer than zero and not exceed broker.max_reconnect_backoff",
+            ));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(invalid("heartbeat_interval", "must be longer than zero"));
         }
         let p = &self.power;
         if p.min_battery_percent > 100 {

@@ -223,6 +223,24 @@ impl FilesInstaller {
         })
     }
 
+    /// Removes the installed copy of `digest` (`<root>/releases/<digest>`) unless `current`
+    /// points to it; whether a file was removed. Cache eviction calls it: the release file is
+    /// a hard link to the cached artifact, so the space is freed only when both are gone.
+    pub fn remove_release(&self, digest: &Digest) -> Result<bool, InstallError> {
+        let rel = Path::new("releases").join(digest.to_string());
+        let path = self.release_path(digest);
+        if let Some(current) = self.current()?
+            && (current == rel || current == path)
+        {
+            return Ok(false);
+        }
+        match self.storage.remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("remove", &path)(e)),
+        }
+    }
+
     /// Puts the artifact at `dest`: a hard link, or a copy when linking fails (another file
     /// system); written under a temporary name, fsynced, renamed, directory fsynced.
     async fn place(&self, artifact: &Path, dest: &Path, dir: &Path) -> Result<(), InstallError> {
@@ -297,6 +315,15 @@ pub enum Installer {
 }
 
 impl Installer {
+    /// Removes what an install of `digest` left outside the cache, if anything (see
+    /// [`FilesInstaller::remove_release`]); whether something was removed.
+    pub fn remove_release(&self, digest: &Digest) -> Result<bool, InstallError> {
+        match self {
+            Installer::Files(i) => i.remove_release(digest),
+            Installer::Command(_) => Ok(false),
+        }
+    }
+
     /// Installs the artifact with the configured installer.
     pub async fn install(&self, req: &InstallRequest<'_>) -> Result<Installed, InstallError> {
         match self {

@@ -20,12 +20,18 @@
 //! | [`inventory`] | `CheckDisk`, reports | sysinfo + statvfs |
 //! | [`config`] | start-up | the TOML configuration |
 //! | [`process`] | (shared) | how user commands run |
+//! | [`mqtt`] | `Publish*`, `SendHeartbeat` | the MQTT link: poll task, outbox, reconnect backoff |
+//! | [`clock`] | (shared) | wall time on tokio's monotonic clock |
+//! | `shell` | every action | the loop: drains the machine's actions, waits on inputs and timers |
+//! | [`agent`] | start-up | [`Agent::start`], [`AgentHandle`], [`AgentOptions`] |
+//! | [`report`] | `ota-agent status`, `check-power` | read-only views of the journal and the power gate |
 //!
 //! # Data directory
 //!
 //! ```text
 //! <data_dir>/state, state.prev        the machine's journal (journal::Journal)
 //! <data_dir>/boot, boot.prev          the boot counter (journal::BootCounter)
+//! <data_dir>/boot_id, boot_id.prev    the boot id the counter was last incremented for
 //! <data_dir>/cache/<sha256>           complete artifacts (cache::Cache)
 //! <data_dir>/cache/partial/<sha256>.part, .validator
 //! ```
@@ -37,15 +43,22 @@
 //! artifact, copying, downloading) work in chunks and yield to the runtime between them, so the
 //! MQTT connection keeps being served.
 
+pub mod agent;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod download;
 pub mod health;
 pub mod install;
 pub mod inventory;
 pub mod journal;
+pub mod mqtt;
 pub mod power;
 pub mod process;
+pub mod report;
+mod shell;
 pub mod storage;
+
+pub use agent::{Agent, AgentError, AgentHandle, AgentOptions, AgentStatus};
 
 pub use ota_core::release;

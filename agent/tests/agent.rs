@@ -8,11 +8,15 @@
     unreachable_pub
 )]
 
+#[path = "agent/fleet.rs"]
+mod fleet;
 #[path = "agent/util.rs"]
 mod util;
 
 #[path = "agent/cache.rs"]
 mod cache;
+#[path = "agent/cli.rs"]
+mod cli;
 #[path = "agent/config.rs"]
 mod config;
 #[path = "agent/download.rs"]
@@ -25,7 +29,11 @@ mod install;
 mod inventory;
 #[path = "agent/journal.rs"]
 mod journal;
+#[path = "agent/mqtt.rs"]
+mod mqtt;
 #[path = "agent/power.rs"]
 mod power;
+#[path = "agent/shell.rs"]
+mod shell;
 #[path = "agent/storage.rs"]
 mod storage;

@@ -70,6 +70,7 @@ pub struct ServerState {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub state: Arc<ServerState>,
+    accept: tokio::task::JoinHandle<()>,
 }
 
 impl TestServer {
@@ -88,6 +89,10 @@ impl TestServer {
     pub fn sent(&self) -> u64 {
         self.state.sent.load(Ordering::SeqCst)
     }
+    /// Stops listening: new connections are refused (the artifact server is gone).
+    pub fn stop(&self) {
+        self.accept.abort();
+    }
 }
 
 /// Starts a server on 127.0.0.1:0 serving `body` at `/artifact`, `200 ok` at `/healthz` and
@@ -103,12 +108,16 @@ pub async fn serve(body: Vec<u8>, mode: Mode) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let st = state.clone();
-    tokio::spawn(async move {
+    let accept = tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             tokio::spawn(connection(socket, st.clone()));
         }
     });
-    TestServer { addr, state }
+    TestServer {
+        addr,
+        state,
+        accept,
+    }
 }
 
 /// A parsed request head.

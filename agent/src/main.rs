@@ -1,0 +1,136 @@
+//! `ota-agent`: the device daemon of ota.
+//!
+//! ```text
+//! ota-agent run [--config PATH]             run the agent (until SIGTERM / Ctrl-C)
+//! ota-agent status [--config PATH] [--json] what the journal says: running, known-good, trial, cache
+//! ota-agent check-power [--config PATH] [--json]  what the power gate sees now
+//! ```
+//!
+//! Logs go to stderr; `RUST_LOG` sets the level (`info` by default), optionally per target
+//! (`RUST_LOG=info,ota_agent=debug`). Errors are one line, exit status 1.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ota_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
+use ota_agent::report::{PowerReport, StateReport};
+use ota_agent::{Agent, AgentOptions};
+
+/// The ota device agent: verifies, downloads, installs and trials signed releases.
+#[derive(Debug, Parser)]
+#[command(name = "ota-agent", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent: connect to the broker, act on desired states, report (until SIGTERM).
+    Run {
+        /// The configuration file.
+        #[arg(long, short, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Show what the journal says: running, known-good, trial, cache, last result.
+    Status {
+        /// The configuration file (for the data directory).
+        #[arg(long, short, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the power gate sees now and whether an update would start.
+    CheckPower {
+        /// The configuration file (power policy and power-supply path).
+        #[arg(long, short, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logs() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let targets = spec
+        .parse::<Targets>()
+        .ok()
+        .filter(|_| !spec.trim().is_empty())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    tracing_subscriber::registry()
+        .with(layer.with_filter(targets))
+        .init();
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<AgentConfig> {
+    AgentConfig::load(path).with_context(|| format!("{}", path.display()))
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let device = config.device_id.clone();
+        let agent = Agent::start(config, AgentOptions::default()).await?;
+        tracing::info!(
+            device,
+            version = ota_agent::agent::AGENT_VERSION,
+            "agent started"
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+        tracing::info!("signal received: shutting down");
+        agent.shutdown().await?;
+        Ok(())
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => {
+            init_logs();
+            run(&config)
+        }
+        Command::Status { config, json } => load(&config).and_then(|c| {
+            let report = StateReport::read(&c)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(())
+        }),
+        Command::CheckPower { config, json } => load(&config).map(|c| {
+            let report = PowerReport::read(&c);
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

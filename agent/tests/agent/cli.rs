@@ -1,0 +1,118 @@
+//! The `ota-agent` binary: `status`, `check-power`, `--help`, one-line errors.
+
+use std::fs;
+use std::process::Command;
+
+use ota_agent::Agent;
+
+use crate::fleet::{Device, options, release};
+
+fn agent_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ota-agent"))
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["status", "--help"],
+        vec!["check-power", "--help"],
+    ] {
+        let out = agent_bin().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("Usage: ota-agent"), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn errors_are_one_line() {
+    let out = agent_bin()
+        .args(["status", "--config", "/nonexistent/ota-agent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains("/nonexistent/ota-agent.toml"), "{err}");
+}
+
+#[tokio::test]
+async fn status_reads_the_journal_and_check_power_reads_sysfs() {
+    let v1 = release("1.0.0", 1, 20_000);
+    // No broker listens there: the agent starts anyway and keeps trying to connect.
+    let extra = r#"
+[power]
+min_battery_percent = 30
+power_supply_path = "{root}/power"
+"#;
+    let dev = Device::new("cli", "mqtt://127.0.0.1:9", &v1, extra).await;
+    let config = dev.root().join("config.toml");
+
+    // Before the first start: no state.
+    let out = agent_bin()
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no agent state"));
+
+    let agent = Agent::start(dev.config.clone(), options()).await.unwrap();
+    agent.shutdown().await.unwrap();
+
+    let out = agent_bin()
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("running:     1.0.0"), "{text}");
+    assert!(text.contains("known-good:  1.0.0"), "{text}");
+    assert!(text.contains("trial:       none"), "{text}");
+
+    let out = agent_bin()
+        .args(["status", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest = v1.digest().to_string();
+    assert_eq!(json["running"]["version"], "1.0.0");
+    assert_eq!(json["known_good"]["digest"], digest.as_str());
+    assert_eq!(json["trial"], serde_json::Value::Null);
+    assert_eq!(json["cache"][0]["digest"], digest.as_str());
+    assert_eq!(json["cache"][0]["present"], true);
+    assert_eq!(json["security_floor"], 1);
+
+    // A battery at 25 %, discharging, below the policy's 30 %: the gate would defer.
+    let bat = dev.root().join("power/BAT0");
+    fs::create_dir_all(&bat).unwrap();
+    fs::write(bat.join("type"), "Battery\n").unwrap();
+    fs::write(bat.join("capacity"), "25\n").unwrap();
+    fs::write(bat.join("status"), "Discharging\n").unwrap();
+    let out = agent_bin()
+        .args(["check-power", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["battery_percent"], 25);
+    assert_eq!(json["charging"], false);
+    assert_eq!(json["would_proceed"], false);
+
+    fs::write(bat.join("status"), "Charging\n").unwrap();
+    let out = agent_bin()
+        .args(["check-power", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("battery:      25%"), "{text}");
+    assert!(text.contains("would proceed: yes"), "{text}");
+}
