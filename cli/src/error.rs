@@ -5,6 +5,10 @@
 //! | 0 | success (for `verify`: the release, and the artifact if given, are valid) |
 //! | 1 | the release or its artifact was refused (bad signature, wrong hardware, expired, digest mismatch, not a release at all, ...) |
 //! | 2 | usage, input/output or key-file problem: nothing could be decided |
+//! | 3 | the fleet server is unreachable or failed (5xx) |
+//!
+//! A fleet server's refusal of a request (4xx: unknown release, bad filter, conflict, no
+//! token, ...) is status 1, like a refused release.
 
 use std::io;
 use std::path::PathBuf;
@@ -15,6 +19,8 @@ use ota_core::release::{ReleaseError, TrustSetError};
 pub(crate) const EXIT_REJECTED: u8 = 1;
 /// Exit status for usage, input/output and key-file errors.
 pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit status when the fleet server cannot be reached or fails.
+pub(crate) const EXIT_SERVER: u8 = 3;
 
 /// Everything the `key` and `release` commands can fail with. Each variant displays as one line;
 /// the underlying cause, if any, is its [`std::error::Error::source`].
@@ -79,6 +85,22 @@ pub(crate) enum CliError {
     /// Writing to standard output failed.
     #[error("cannot write to standard output")]
     Stdout(#[source] io::Error),
+    /// The fleet server answered with an error.
+    #[error("{message} ({cause}, HTTP {status})")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The stable cause.
+        cause: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The fleet server could not be reached (or answered something unreadable).
+    #[error("fleet server: {0}")]
+    Http(String),
+    /// The fleet server failed to start or stopped with an error.
+    #[error("{0}")]
+    Server(String),
 }
 
 impl CliError {
@@ -86,6 +108,8 @@ impl CliError {
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
             CliError::Rejected { .. } => EXIT_REJECTED,
+            CliError::Api { status, .. } if *status < 500 => EXIT_REJECTED,
+            CliError::Api { .. } | CliError::Http(_) | CliError::Server(_) => EXIT_SERVER,
             _ => EXIT_USAGE,
         }
     }

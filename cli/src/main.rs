@@ -7,6 +7,9 @@
 //! - [`keys`]: `ota key ...` and loading key files (PKCS#8 / SPKI PEM, openssl-compatible).
 //! - [`release_cmd`]: `ota release sign | verify | show`.
 //! - [`view`]: the serde view `ota release show` prints.
+//! - [`server_cmd`]: `ota server` (the fleet server in the foreground).
+//! - [`fleet_cmd`]: the fleet server's clients: `ota release publish | list`, `ota devices`,
+//!   `ota rollout`, `ota events`; [`api`] is their REST client (`OTA_SERVER`, `OTA_TOKEN`).
 //! - [`files`], [`progress`]: atomic writes, bounded reads, streaming with a progress bar.
 //! - [`error`]: the typed error of the commands and its exit statuses.
 //!
@@ -19,11 +22,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod api;
 mod error;
 mod files;
+mod fleet_cmd;
 mod keys;
 mod progress;
 mod release_cmd;
+mod server_cmd;
 mod view;
 
 use error::{CliError, EXIT_USAGE};
@@ -32,8 +38,13 @@ use error::{CliError, EXIT_USAGE};
 const EXIT_HELP: &str = "\
 Exit status:
   0  success
-  1  a release or artifact was refused (verification failed, or not a release)
+  1  refused: a release or artifact failed verification, or the fleet server refused the
+     request (unknown release, bad filter, conflict, bad token, ...)
   2  usage, I/O or key-file error
+  3  the fleet server is unreachable or failed
+
+Fleet commands read the server URL and operator token from --server / OTA_SERVER
+(default http://127.0.0.1:8080) and --token / OTA_TOKEN.
 
 Errors are printed as one line `error: <cause>` on stderr.";
 
@@ -42,7 +53,7 @@ Errors are printed as one line `error: <cause>` on stderr.";
 #[command(
     name = "ota",
     version,
-    about = "Over-the-air updates for device fleets: keys, signed releases, and (soon) the fleet.",
+    about = "Over-the-air updates for device fleets: keys, signed releases, the fleet server, devices, rollouts.",
     after_help = EXIT_HELP,
     propagate_version = false
 )]
@@ -58,9 +69,19 @@ enum Command {
     /// Generate and inspect ed25519 signing keys.
     #[command(subcommand)]
     Key(keys::KeyCommand),
-    /// Sign, verify and show releases.
+    /// Sign, verify, show, publish and list releases.
     #[command(subcommand)]
     Release(release_cmd::ReleaseCommand),
+    /// Run the fleet server (embedded MQTT broker, SQLite and local files by default).
+    Server(server_cmd::ServerArgs),
+    /// List and show the devices of the fleet.
+    #[command(subcommand)]
+    Devices(fleet_cmd::DevicesCommand),
+    /// Create, watch and steer rollouts in health-gated waves.
+    #[command(subcommand)]
+    Rollout(fleet_cmd::RolloutCommand),
+    /// The audit log: who changed what, when.
+    Events(fleet_cmd::EventsArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +101,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Key(cmd) => keys::run(cmd)?,
         Command::Release(cmd) => release_cmd::run(cmd)?,
+        Command::Server(args) => server_cmd::run(args)?,
+        Command::Devices(cmd) => fleet_cmd::devices(cmd)?,
+        Command::Rollout(cmd) => fleet_cmd::rollout(cmd)?,
+        Command::Events(args) => fleet_cmd::events(&args)?,
     }
     Ok(())
 }

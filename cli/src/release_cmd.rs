@@ -1,4 +1,5 @@
-//! `ota release ...`: sign a release, verify it (and its artifact), show what it contains.
+//! `ota release ...`: sign a release, verify it (and its artifact), show what it contains;
+//! `publish` and `list` talk to a fleet server (`crate::fleet_cmd`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -64,6 +65,11 @@ pub(crate) enum ReleaseCommand {
     /// Show a release's manifest and signers, without verifying the signatures.
     #[command(after_help = SHOW_EXIT_HELP)]
     Show(ShowArgs),
+    /// Publish a release and its artifact to a fleet server (streaming upload). The server
+    /// verifies it against the fleet trust set and stores the artifact by sha256.
+    Publish(crate::fleet_cmd::PublishArgs),
+    /// List the releases published on a fleet server.
+    List(crate::fleet_cmd::ListReleasesArgs),
 }
 
 /// Arguments of `ota release sign`.
@@ -143,6 +149,8 @@ pub(crate) fn run(cmd: ReleaseCommand) -> Result<(), CliError> {
         ReleaseCommand::Sign(args) => sign(args),
         ReleaseCommand::Verify(args) => verify(&args),
         ReleaseCommand::Show(args) => show(&args),
+        ReleaseCommand::Publish(args) => crate::fleet_cmd::publish(&args),
+        ReleaseCommand::List(args) => crate::fleet_cmd::list_releases(&args),
     }
 }
 

@@ -23,6 +23,10 @@ use rumqttd::{Broker, ConnectionSettings, RouterConfig, ServerSettings};
 pub const MAX_PAYLOAD: usize = 256 * 1024;
 /// Most simultaneous MQTT connections.
 pub const MAX_CONNECTIONS: usize = 10_000;
+/// Size of one in-memory commit-log segment of a subscription filter.
+const SEGMENT_BYTES: usize = 2 * 1024 * 1024;
+/// Segments kept per subscription filter.
+const SEGMENTS: usize = 8;
 /// How many times [`EmbeddedBroker::start`] checks that the broker accepts connections.
 const READY_ATTEMPTS: u32 = 250;
 /// Pause between readiness checks (so at most about 5 s in all).
@@ -174,8 +178,12 @@ fn broker_config(addr: SocketAddr) -> rumqttd::Config {
     let router = RouterConfig {
         max_connections: MAX_CONNECTIONS,
         max_outgoing_packet_count: 200,
-        max_segment_size: 100 * 1024 * 1024,
-        max_segment_count: 10,
+        // Every subscription filter keeps a commit log of what it routed, in memory, until
+        // the oldest segment is dropped. 100 MB x 10 would keep a whole rollout's messages;
+        // 2 MiB x 8 bounds each filter to 16 MiB, still tens of thousands of messages behind
+        // the fastest consumer (the server drains its filters continuously).
+        max_segment_size: SEGMENT_BYTES,
+        max_segment_count: SEGMENTS,
         ..RouterConfig::default()
     };
     rumqttd::Config {

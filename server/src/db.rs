@@ -18,9 +18,15 @@
 //! | `devices` | device id | last reported state, labels, `online`, `drifted`, `last_seen` |
 //! | `rollouts` | identity | release, device filter, spec (JSON), planner state (CBOR), status |
 //! | `events` | identity | the append-only audit log |
+//! | `desired` | device id | the desired state last published to each device (generation, payload) |
+//!
+//! Batched writes (the fleet coordinator's device reports, planner states, desired states and
+//! their audit events) go through one [`DbTx`] per batch ([`Db::begin`]). Every committed audit
+//! event is also handed to the [`EventSink`] (webhooks), if one is installed.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ota_core::digest::Digest;
 use serde::Serialize;
@@ -31,12 +37,20 @@ use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
 /// The embedded migrations: (version, description, SQLite SQL, PostgreSQL SQL).
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/0001_init.sql"),
-    include_str!("../migrations-postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/0001_init.sql"),
+        include_str!("../migrations-postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "desired",
+        include_str!("../migrations/0002_desired.sql"),
+        include_str!("../migrations-postgres/0002_desired.sql"),
+    ),
+];
 
 /// Most events [`Db::list_events`] returns at once.
 pub const MAX_EVENT_PAGE: u32 = 1000;
@@ -245,6 +259,8 @@ pub struct DeviceRecord {
     pub online: bool,
     /// Its running release differs from the one it should run.
     pub drifted: bool,
+    /// The last desired-state generation the device reported acting on.
+    pub reported_generation: u64,
 }
 
 impl DeviceRecord {
@@ -421,11 +437,76 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
+/// The desired state last published to a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DesiredRecord {
+    /// The device.
+    pub device_id: String,
+    /// The desired state's generation.
+    pub generation: u64,
+    /// The rollout that published it.
+    pub rollout_id: Option<i64>,
+    /// The release's artifact digest.
+    pub digest: Digest,
+    /// `notify`, `rollback` or `cancel`.
+    pub kind: String,
+    /// The `DesiredState` CBOR as published.
+    pub payload: Vec<u8>,
+    /// When it was published, unix seconds.
+    pub updated_at: i64,
+}
+
+impl DesiredRecord {
+    /// A desired-state row.
+    pub fn new(
+        device_id: impl Into<String>,
+        generation: u64,
+        rollout_id: Option<i64>,
+        digest: Digest,
+        kind: impl Into<String>,
+        payload: Vec<u8>,
+        updated_at: i64,
+    ) -> Self {
+        DesiredRecord {
+            device_id: device_id.into(),
+            generation,
+            rollout_id,
+            digest,
+            kind: kind.into(),
+            payload,
+            updated_at,
+        }
+    }
+}
+
+/// Receives every audit event after its transaction committed (the webhook queue). It must
+/// not block.
+#[derive(Clone)]
+pub struct EventSink(Arc<dyn Fn(&EventRecord) + Send + Sync>);
+
+impl EventSink {
+    /// A sink calling `f` for every committed event.
+    pub fn new(f: impl Fn(&EventRecord) + Send + Sync + 'static) -> Self {
+        EventSink(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventSink")
+    }
+}
+
+/// Rollouts per status.
+pub type StatusCounts = BTreeMap<String, u64>;
+
 /// The repository over the server's database.
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
     kind: DbKind,
+    sink: Arc<std::sync::RwLock<Option<EventSink>>>,
 }
 
 impl Db {
@@ -453,7 +534,40 @@ impl Db {
                 .fetch_optional(&pool)
                 .await?;
         }
-        Ok(Db { pool, kind })
+        Ok(Db {
+            pool,
+            kind,
+            sink: Arc::new(std::sync::RwLock::new(None)),
+        })
+    }
+
+    /// Installs the sink that receives every audit event committed from now on.
+    pub fn set_event_sink(&self, sink: Option<EventSink>) {
+        if let Ok(mut slot) = self.sink.write() {
+            *slot = sink;
+        }
+    }
+
+    fn notify(&self, events: &[EventRecord]) {
+        if events.is_empty() {
+            return;
+        }
+        let sink = self.sink.read().ok().and_then(|s| s.clone());
+        if let Some(sink) = sink {
+            for e in events {
+                (sink.0)(e);
+            }
+        }
+    }
+
+    /// Starts a transaction for a batch of writes; nothing is visible until
+    /// [`DbTx::commit`].
+    pub async fn begin(&self) -> Result<DbTx, DbError> {
+        Ok(DbTx {
+            tx: self.pool.begin().await?,
+            events: Vec::new(),
+            db: self.clone(),
+        })
     }
 
     /// Which database this is.
@@ -519,10 +633,12 @@ impl Db {
                 Err(DbError::ReleaseConflict(release.digest))
             };
         }
+        let mut committed = Vec::new();
         if let Some(event) = event {
-            insert_event(&mut tx, event).await?;
+            committed.push(insert_event(&mut tx, event).await?);
         }
         tx.commit().await?;
+        self.notify(&committed);
         Ok(InsertOutcome::Inserted)
     }
 
@@ -725,12 +841,14 @@ impl Db {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
+        let mut committed = Vec::new();
         if let Some(event) = event {
             let mut event = event.clone();
             event.rollout_id = Some(id);
-            insert_event(&mut tx, &event).await?;
+            committed.push(insert_event(&mut tx, &event).await?);
         }
         tx.commit().await?;
+        self.notify(&committed);
         Ok(id)
     }
 
@@ -773,10 +891,12 @@ impl Db {
         .await?
         .rows_affected();
         not_found_if_zero(n, "rollout", &id.to_string())?;
+        let mut committed = Vec::new();
         for event in events {
-            insert_event(&mut tx, event).await?;
+            committed.push(insert_event(&mut tx, event).await?);
         }
         tx.commit().await?;
+        self.notify(&committed);
         Ok(())
     }
 
@@ -797,10 +917,12 @@ impl Db {
             .await?
             .rows_affected();
         not_found_if_zero(n, "rollout", &id.to_string())?;
+        let mut committed = Vec::new();
         if let Some(event) = event {
-            insert_event(&mut tx, event).await?;
+            committed.push(insert_event(&mut tx, event).await?);
         }
         tx.commit().await?;
+        self.notify(&committed);
         Ok(())
     }
 
@@ -809,7 +931,75 @@ impl Db {
     /// Appends one audit event; returns its id.
     pub async fn append_event(&self, event: &NewEvent) -> Result<i64, DbError> {
         let mut conn = self.pool.acquire().await?;
-        insert_event(&mut conn, event).await
+        let record = insert_event(&mut conn, event).await?;
+        let id = record.id;
+        self.notify(&[record]);
+        Ok(id)
+    }
+
+    // ----- coordination -----
+
+    /// Every desired-state row (republished at every broker (re)connect).
+    pub async fn list_desired(&self) -> Result<Vec<DesiredRecord>, DbError> {
+        let rows = sqlx::query(
+            "SELECT device_id, generation, rollout_id, digest, kind, payload, updated_at \
+             FROM desired ORDER BY device_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DesiredRecord {
+                    device_id: row.try_get("device_id")?,
+                    generation: to_u64(row.try_get("generation")?, "generation")?,
+                    rollout_id: row.try_get("rollout_id")?,
+                    digest: parse_digest(&row.try_get::<String, _>("digest")?, "desired digest")?,
+                    kind: row.try_get("kind")?,
+                    payload: row.try_get("payload")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Rollouts whose status is one of `statuses`, oldest first.
+    pub async fn rollouts_with_status(
+        &self,
+        statuses: &[&str],
+    ) -> Result<Vec<RolloutRecord>, DbError> {
+        let all = sqlx::query(format_rollout_select("ORDER BY id ASC"))
+            .fetch_all(&self.pool)
+            .await?;
+        // Status filtering in Rust keeps the SQL portable (no array binds in AnyPool).
+        let mut out = Vec::new();
+        for row in &all {
+            let status: String = row.try_get("status")?;
+            if statuses.contains(&status.as_str()) {
+                out.push(rollout_from_row(row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many rollouts are in each status.
+    pub async fn rollout_status_counts(&self) -> Result<StatusCounts, DbError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM rollouts GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = BTreeMap::new();
+        for row in &rows {
+            let n: i64 = row.try_get("n")?;
+            out.insert(row.try_get("status")?, u64::try_from(n).unwrap_or(0));
+        }
+        Ok(out)
+    }
+
+    /// How many devices are marked drifted.
+    pub async fn count_drifted(&self) -> Result<u64, DbError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE drifted <> 0")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Events matching `filter`, in increasing id order: those after `filter.after`, or the
@@ -865,8 +1055,8 @@ fn migrator(kind: DbKind) -> Migrator {
     Migrator::with_migrations(migrations)
 }
 
-async fn insert_event(conn: &mut AnyConnection, event: &NewEvent) -> Result<i64, DbError> {
-    Ok(sqlx::query_scalar(
+async fn insert_event(conn: &mut AnyConnection, event: &NewEvent) -> Result<EventRecord, DbError> {
+    let id: i64 = sqlx::query_scalar(
         "INSERT INTO events (at, actor, kind, rollout_id, device_id, details) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
@@ -877,7 +1067,217 @@ async fn insert_event(conn: &mut AnyConnection, event: &NewEvent) -> Result<i64,
     .bind(event.device_id.as_deref())
     .bind(to_json(&event.details))
     .fetch_one(conn)
-    .await?)
+    .await?;
+    Ok(EventRecord {
+        id,
+        at: event.at,
+        actor: event.actor.clone(),
+        kind: event.kind.clone(),
+        rollout_id: event.rollout_id,
+        device_id: event.device_id.clone(),
+        details: event.details.clone(),
+    })
+}
+
+/// One transaction of batched writes ([`Db::begin`]). Dropping it without
+/// [`commit`](Self::commit) rolls everything back.
+pub struct DbTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    events: Vec<EventRecord>,
+    db: Db,
+}
+
+impl std::fmt::Debug for DbTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbTx")
+            .field("events", &self.events.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DbTx {
+    /// Records a device's reported state at `now` (creating the device on its first report),
+    /// with the coordinator's view of `online`, `drifted`, the last committed release and the
+    /// reported generation. `hardware_class` and `inventory` keep earlier values when `None`.
+    pub async fn upsert_device(
+        &mut self,
+        id: &str,
+        report: &DeviceReport,
+        online: bool,
+        drifted: bool,
+        generation: u64,
+        now: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO devices (id, hardware_class, labels, running_version, running_digest, \
+             known_good_digest, last_committed_digest, last_result, power, inventory, reported, \
+             first_seen, last_seen, online, drifted, reported_generation) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15) \
+             ON CONFLICT (id) DO UPDATE SET \
+             hardware_class = COALESCE(excluded.hardware_class, devices.hardware_class), \
+             labels = excluded.labels, \
+             running_version = excluded.running_version, \
+             running_digest = excluded.running_digest, \
+             known_good_digest = excluded.known_good_digest, \
+             last_committed_digest = excluded.last_committed_digest, \
+             last_result = excluded.last_result, \
+             power = excluded.power, \
+             inventory = COALESCE(excluded.inventory, devices.inventory), \
+             reported = excluded.reported, \
+             last_seen = excluded.last_seen, \
+             online = excluded.online, \
+             drifted = excluded.drifted, \
+             reported_generation = excluded.reported_generation",
+        )
+        .bind(id)
+        .bind(report.hardware_class.as_deref())
+        .bind(to_json(&report.labels))
+        .bind(report.running_version.as_deref())
+        .bind(report.running_digest.map(|d| d.to_string()))
+        .bind(report.known_good_digest.map(|d| d.to_string()))
+        .bind(report.last_committed_digest.map(|d| d.to_string()))
+        .bind(report.last_result.as_deref())
+        .bind(report.power.as_ref().map(to_json))
+        .bind(report.inventory.as_ref().map(to_json))
+        .bind(report.reported.as_deref())
+        .bind(now)
+        .bind(i64::from(online))
+        .bind(i64::from(drifted))
+        .bind(to_i64(generation, "generation")?)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a device online or offline at `now` (creating it if unknown).
+    pub async fn set_online(&mut self, id: &str, online: bool, now: i64) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO devices (id, first_seen, last_seen, online) VALUES ($1, $2, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET online = excluded.online, last_seen = excluded.last_seen",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(i64::from(online))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets a device's drift flag (no-op for an unknown device).
+    pub async fn set_drifted(&mut self, id: &str, drifted: bool) -> Result<(), DbError> {
+        sqlx::query("UPDATE devices SET drifted = $2 WHERE id = $1")
+            .bind(id)
+            .bind(i64::from(drifted))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a rollout row at `now`; returns its id.
+    pub async fn insert_rollout(&mut self, rollout: &NewRollout, now: i64) -> Result<i64, DbError> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO rollouts (release_digest, device_filter, spec, planner_state, status, \
+             created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+             RETURNING id",
+        )
+        .bind(rollout.release_digest.to_string())
+        .bind(&rollout.filter)
+        .bind(to_json(&rollout.spec))
+        .bind(rollout.state.as_slice())
+        .bind(&rollout.status)
+        .bind(&rollout.created_by)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await?)
+    }
+
+    /// Stores a rollout's spec JSON (after the id is known).
+    pub async fn set_rollout_spec(
+        &mut self,
+        id: i64,
+        spec: &serde_json::Value,
+    ) -> Result<(), DbError> {
+        sqlx::query("UPDATE rollouts SET spec = $2 WHERE id = $1")
+            .bind(id)
+            .bind(to_json(spec))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a rollout's planner state and status at `now`.
+    pub async fn update_rollout(
+        &mut self,
+        id: i64,
+        state: &[u8],
+        status: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        let n = sqlx::query(
+            "UPDATE rollouts SET planner_state = $2, status = $3, updated_at = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(status)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        not_found_if_zero(n, "rollout", &id.to_string())
+    }
+
+    /// Records who approved a rollout.
+    pub async fn set_rollout_approved(
+        &mut self,
+        id: i64,
+        approved_by: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        let n = sqlx::query("UPDATE rollouts SET approved_by = $2, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(approved_by)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        not_found_if_zero(n, "rollout", &id.to_string())
+    }
+
+    /// Stores the desired state published to a device (replacing the previous one).
+    pub async fn put_desired(&mut self, d: &DesiredRecord) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO desired (device_id, generation, rollout_id, digest, kind, payload, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (device_id) DO UPDATE SET generation = excluded.generation, \
+             rollout_id = excluded.rollout_id, digest = excluded.digest, kind = excluded.kind, \
+             payload = excluded.payload, updated_at = excluded.updated_at",
+        )
+        .bind(&d.device_id)
+        .bind(to_i64(d.generation, "generation")?)
+        .bind(d.rollout_id)
+        .bind(d.digest.to_string())
+        .bind(&d.kind)
+        .bind(d.payload.as_slice())
+        .bind(d.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends an audit event; returns its id.
+    pub async fn append_event(&mut self, event: &NewEvent) -> Result<i64, DbError> {
+        let record = insert_event(&mut self.tx, event).await?;
+        let id = record.id;
+        self.events.push(record);
+        Ok(id)
+    }
+
+    /// Commits everything; the events go to the [`EventSink`]. Returns them.
+    pub async fn commit(self) -> Result<Vec<EventRecord>, DbError> {
+        self.tx.commit().await?;
+        self.db.notify(&self.events);
+        Ok(self.events)
+    }
 }
 
 fn not_found_if_zero(n: u64, what: &'static str, id: &str) -> Result<(), DbError> {
@@ -948,7 +1348,7 @@ fn release_from_row(row: &AnyRow) -> Result<ReleaseRecord, DbError> {
 
 const DEVICE_COLUMNS: &str = "id, hardware_class, labels, server_labels, running_version, \
     running_digest, known_good_digest, last_committed_digest, last_result, power, inventory, \
-    first_seen, last_seen, online, drifted";
+    first_seen, last_seen, online, drifted, reported_generation";
 
 fn format_device_select(tail: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices {tail}"))
@@ -979,6 +1379,7 @@ fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, DbError> {
         last_seen: row.try_get("last_seen")?,
         online: row.try_get::<i64, _>("online")? != 0,
         drifted: row.try_get::<i64, _>("drifted")? != 0,
+        reported_generation: to_u64(row.try_get("reported_generation")?, "reported_generation")?,
     })
 }
 

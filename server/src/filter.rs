@@ -600,6 +600,7 @@ mod tests {
             last_seen: 0,
             online: true,
             drifted: false,
+            reported_generation: 0,
         }
     }
 

@@ -2,8 +2,8 @@
 //!
 //! Release intake (verified against the fleet's public trust set: the server never holds a
 //! signing key), content-addressed artifact serving with HTTP Range, the device inventory, the
-//! audit log, storage, and the REST API. MQTT coordination with devices and rollouts in
-//! health-gated waves build on this foundation (see `docs/server.md`).
+//! audit log, storage, the REST API, MQTT coordination with devices and rollouts in
+//! health-gated waves (see `docs/server.md`).
 //!
 //! # Layout
 //!
@@ -16,6 +16,10 @@
 //! - [`http`]: the REST API, artifact serving and `/metrics` (axum); documented in
 //!   `docs/api.md`.
 //! - [`broker`]: the embedded MQTT broker (rumqttd, in-process, port 0 supported).
+//! - [`mqtt`]: the server's MQTT client (rumqttc, polled in its own task, reconnects).
+//! - [`fleet`]: the coordinator: device registry from MQTT, the rollout engine around
+//!   core's planner, desired states, drift, batching and persistence.
+//! - [`webhook`]: delivery of audit events to webhook URLs, with retries, never blocking.
 //! - [`clock`]: the one place the server reads wall-clock time (replaceable in tests).
 //! - [`Server`] / [`RunningServer`]: start everything in-process, stop it gracefully.
 //!
@@ -34,9 +38,12 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod filter;
+pub mod fleet;
 pub mod http;
+pub mod mqtt;
 mod server;
 pub mod store;
+pub mod webhook;
 
 pub use ota_core::release;
 pub use server::{RunningServer, SHUTDOWN_GRACE, Server, ServerError, ShutdownHandle};

@@ -11,6 +11,7 @@ use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, MqttConfig};
 use crate::db::{Db, DbError, redact_url};
+use crate::fleet::{FleetStartError, FleetTask, Shared};
 use crate::http::{self, AppState};
 use crate::store::{ArtifactStore, StoreError};
 
@@ -52,6 +53,9 @@ pub enum ServerError {
     /// The embedded MQTT broker could not start.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The fleet coordinator could not start (broker unreachable, state unreadable).
+    #[error(transparent)]
+    Fleet(#[from] FleetStartError),
     /// The HTTP server failed while running.
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
@@ -104,16 +108,44 @@ impl Server {
             MqttConfig::Embedded { listen } => Some(EmbeddedBroker::start(*listen).await?),
             _ => None,
         };
+        let (mqtt_host, mqtt_port) = match (&config.mqtt, &broker) {
+            (_, Some(b)) => (b.local_addr().ip().to_string(), b.local_addr().port()),
+            (MqttConfig::External { host, port }, None) => (host.clone(), *port),
+            (MqttConfig::Embedded { listen }, None) => (listen.ip().to_string(), listen.port()),
+        };
+        let public_url = config
+            .http
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
+        // The broker's sessions are gone or stale: presence comes back with the devices'
+        // (retained) status messages.
+        db.set_all_offline().await?;
+        let shared = Arc::new(Shared::default());
+        let webhooks = if config.webhooks.is_empty() {
+            Vec::new()
+        } else {
+            let (sink, tasks) = crate::webhook::start(config.webhooks.clone(), shared.clone());
+            db.set_event_sink(Some(sink));
+            tasks
+        };
+        let (fleet, fleet_task) = crate::fleet::start(
+            db.clone(),
+            clock.clone(),
+            &mqtt_host,
+            mqtt_port,
+            public_url.clone(),
+            shared,
+        )
+        .await?;
 
         if config.operators.is_empty() {
             tracing::warn!("no operators configured: every /api/v1 request will be refused");
         }
-        if !config.webhooks.is_empty() {
-            tracing::warn!("webhooks are configured but not delivered yet");
-        }
         tracing::info!(
             %http_addr,
-            mqtt = ?broker.as_ref().map(EmbeddedBroker::addr),
+            mqtt = %format!("{mqtt_host}:{mqtt_port}"),
+            embedded_broker = broker.is_some(),
             database = %redact_url(&database_url),
             store = store.describe(),
             keys = trust.keys().count(),
@@ -127,6 +159,7 @@ impl Server {
             trust,
             config.operators.clone(),
             clock,
+            fleet,
         );
         let app = http::router(state.clone());
         let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -138,16 +171,13 @@ impl Server {
                 })
                 .await
         });
-        let public_url = config
-            .http
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{http_addr}"));
         Ok(RunningServer {
             http_addr,
             public_url,
             state,
             broker,
+            fleet_task: Some(fleet_task),
+            webhooks,
             stop: ShutdownHandle(Arc::new(stop_tx)),
             task,
         })
@@ -172,6 +202,8 @@ pub struct RunningServer {
     public_url: String,
     state: AppState,
     broker: Option<EmbeddedBroker>,
+    fleet_task: Option<FleetTask>,
+    webhooks: Vec<JoinHandle<()>>,
     stop: ShutdownHandle,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -234,9 +266,24 @@ impl RunningServer {
         tokio::select! {
             _ = rx.wait_for(|stop| *stop) => self.join().await,
             result = &mut self.task => {
+                self.stop_background().await;
                 self.state.db().close().await;
                 flatten(result)
             }
+        }
+    }
+
+    /// The fleet coordinator handle.
+    pub fn fleet(&self) -> &crate::fleet::Fleet {
+        self.state.fleet()
+    }
+
+    async fn stop_background(&mut self) {
+        if let Some(fleet) = self.fleet_task.take() {
+            fleet.stop().await;
+        }
+        for hook in self.webhooks.drain(..) {
+            hook.abort();
         }
     }
 
@@ -249,6 +296,7 @@ impl RunningServer {
                 Ok(())
             }
         };
+        self.stop_background().await;
         self.state.db().close().await;
         tracing::info!("ota server stopped");
         result

@@ -9,6 +9,9 @@
 #[path = "server/util.rs"]
 mod util;
 
+#[path = "server/sim.rs"]
+mod sim;
+
 #[path = "server/api.rs"]
 mod api;
 #[path = "server/artifacts.rs"]
@@ -21,6 +24,8 @@ mod broker;
 mod db;
 #[path = "server/filter.rs"]
 mod filter;
+#[path = "server/fleet.rs"]
+mod fleet;
 #[path = "server/releases.rs"]
 mod releases;
 #[path = "server/store.rs"]

@@ -431,7 +431,7 @@ impl Rollout {
                 known_good: t.known_good,
                 cohort,
                 state: ExecutionState::Queued,
-                online: true,
+                online: t.online,
                 settled: false,
                 took_release: false,
                 notified: false,
@@ -476,6 +476,11 @@ impl Rollout {
     /// A device's execution state, if it is a target.
     pub fn device_state(&self, device: &DeviceId) -> Option<&ExecutionState> {
         self.device(device).map(|d| &d.state)
+    }
+
+    /// Every target device, in the order they were added.
+    pub fn devices(&self) -> impl Iterator<Item = &DeviceId> {
+        self.p.devices.iter().map(|d| &d.id)
     }
 
     /// A device's wave cohort (the first wave it is in), if it is a target.
@@ -678,7 +683,7 @@ impl Rollout {
             known_good: target.known_good,
             cohort,
             state: ExecutionState::Queued,
-            online: true,
+            online: target.online,
             settled: false,
             took_release: false,
             notified: false,
@@ -695,7 +700,17 @@ impl Rollout {
             c.redeploys += u32::from(redeploy);
             c.counts.add(&ExecutionState::Queued);
         }
-        self.queue.insert((cohort, point, idx));
+        if target.online {
+            self.queue.insert((cohort, point, idx));
+        } else {
+            self.offline += 1;
+            if self.current_wave().is_some_and(|w| cohort <= w)
+                && let Some(d) = self.p.devices.get_mut(idx as usize)
+            {
+                d.waiting_since = Some(now);
+            }
+            self.refresh_timer(idx);
+        }
         self.step(now);
         Ok(())
     }

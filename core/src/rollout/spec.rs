@@ -215,6 +215,9 @@ pub struct Target {
     pub running_digest: Digest,
     /// The device's last committed release, where an abort sends it back.
     pub known_good: Digest,
+    /// Whether the device is connected when the rollout is created (default `true`). An
+    /// offline target is not notified until [`crate::rollout::Rollout::handle_device_online`].
+    pub online: bool,
 }
 
 impl Target {
@@ -224,6 +227,13 @@ impl Target {
             device_id,
             running_digest,
             known_good,
+            online: true,
         }
+    }
+
+    /// The same target, connected or not when the rollout is created.
+    pub fn with_online(mut self, online: bool) -> Self {
+        self.online = online;
+        self
     }
 }

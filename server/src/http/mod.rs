@@ -8,6 +8,8 @@
 //! | `GET` | `/api/v1/releases`, `/api/v1/releases/{sha256}` | operator |
 //! | `GET` | `/api/v1/devices?filter=EXPR`, `/api/v1/devices/{id}` | operator |
 //! | `GET` | `/api/v1/events?rollout=&device=&kind=&after=&limit=` | operator |
+//! | `POST` | `/api/v1/rollouts` (JSON spec), `/api/v1/rollouts/{id}/approve\|pause\|resume\|abort` | operator |
+//! | `GET` | `/api/v1/rollouts`, `/api/v1/rollouts/{id}` | operator |
 //! | `GET`, `HEAD` | `/artifacts/{sha256}` (Range, If-Range, ETag) | none |
 //! | `GET` | `/releases/{sha256}` (signed release bytes) | none |
 //! | `GET` | `/metrics` (Prometheus text), `/healthz` | none |
@@ -19,6 +21,7 @@ mod artifacts;
 mod auth;
 mod error;
 mod releases;
+mod rollouts;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -41,6 +44,7 @@ use crate::clock::Clock;
 use crate::config::OperatorConfig;
 use crate::db::{Db, DeviceRecord, EventFilter, EventRecord};
 use crate::filter::Filter;
+use crate::fleet::Fleet;
 use crate::store::ArtifactStore;
 
 /// Everything a request handler needs; cheap to clone.
@@ -53,6 +57,7 @@ struct Inner {
     trust: TrustSet,
     operators: Vec<OperatorConfig>,
     clock: Clock,
+    fleet: Fleet,
 }
 
 impl std::fmt::Debug for AppState {
@@ -73,6 +78,7 @@ impl AppState {
         trust: TrustSet,
         operators: Vec<OperatorConfig>,
         clock: Clock,
+        fleet: Fleet,
     ) -> Self {
         AppState(Arc::new(Inner {
             db,
@@ -80,7 +86,13 @@ impl AppState {
             trust,
             operators,
             clock,
+            fleet,
         }))
+    }
+
+    /// The fleet coordinator.
+    pub fn fleet(&self) -> &Fleet {
+        &self.0.fleet
     }
 
     /// The database.
@@ -133,6 +145,12 @@ pub fn router(state: AppState) -> Router {
         .route("/devices", get(list_devices))
         .route("/devices/{id}", get(get_device))
         .route("/events", get(list_events))
+        .route("/rollouts", post(rollouts::create).get(rollouts::list))
+        .route("/rollouts/{id}", get(rollouts::get))
+        .route("/rollouts/{id}/approve", post(rollouts::approve))
+        .route("/rollouts/{id}/pause", post(rollouts::pause))
+        .route("/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/rollouts/{id}/abort", post(rollouts::abort))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // `layer`, not `route_layer`: unknown /api/v1 paths need a token too.
@@ -261,21 +279,151 @@ async fn list_events(
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
     let devices = state.db().device_counts().await?;
+    let drifted = state.db().count_drifted().await?;
     let releases = state.db().count_releases().await?;
+    let rollouts = state.db().rollout_status_counts().await?;
+    let shared = state.fleet().shared();
+    let snapshot = shared.snapshot();
+    let c = &snapshot.executions;
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: u64| {
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        let _ = writeln!(out, "{name} {value}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
     };
-    gauge("ota_devices", "Devices known to the server.", devices.total);
-    gauge(
-        "ota_devices_online",
-        "Devices connected to the broker.",
-        devices.online,
+    let one = |v: u64| vec![(String::new(), v)];
+    family(
+        "ota_devices",
+        "gauge",
+        "Devices known to the server.",
+        &one(devices.total),
     );
-    gauge("ota_releases", "Releases published.", releases);
+    family(
+        "ota_devices_online",
+        "gauge",
+        "Devices connected to the broker.",
+        &one(devices.online),
+    );
+    family(
+        "ota_devices_drifted",
+        "gauge",
+        "Devices running something other than the last release the server saw them commit, outside any rollout.",
+        &one(drifted),
+    );
+    family(
+        "ota_releases",
+        "gauge",
+        "Releases published.",
+        &one(releases),
+    );
+    let statuses = [
+        "dry-run",
+        "awaiting-approval",
+        "running",
+        "paused",
+        "completed",
+        "aborted",
+    ];
+    let by_state: Vec<(String, u64)> = statuses
+        .iter()
+        .map(|s| {
+            (
+                format!("{{state=\"{s}\"}}"),
+                rollouts.get(*s).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    family("ota_rollouts", "gauge", "Rollouts by state.", &by_state);
+    let states: [(&str, u32); 13] = [
+        ("queued", c.queued),
+        ("notified", c.notified),
+        ("deferred-power", c.deferred_power),
+        ("deferred-window", c.deferred_window),
+        ("deferred-disk", c.deferred_disk),
+        ("downloading", c.downloading),
+        ("installing", c.installing),
+        ("trial", c.trial),
+        ("succeeded", c.succeeded),
+        ("skipped-identical", c.skipped_identical),
+        ("rejected", c.rejected),
+        ("rolled-back", c.rolled_back),
+        ("timed-out", c.timed_out),
+    ];
+    let mut samples: Vec<(String, u64)> = states
+        .iter()
+        .map(|(s, v)| (format!("{{state=\"{s}\"}}"), u64::from(*v)))
+        .collect();
+    samples.push(("{state=\"failed\"}".into(), u64::from(c.failed())));
+    family(
+        "ota_executions",
+        "gauge",
+        "Device executions in active rollouts, by execution state.",
+        &samples,
+    );
+    let phases = [
+        ("download", c.failed_download),
+        ("verify", c.failed_verify),
+        ("install", c.failed_install),
+        ("trial", c.failed_trial),
+    ];
+    let samples: Vec<(String, u64)> = phases
+        .iter()
+        .map(|(p, v)| (format!("{{phase=\"{p}\"}}"), u64::from(*v)))
+        .collect();
+    family(
+        "ota_executions_failed",
+        "gauge",
+        "Failed device executions in active rollouts, by failure phase.",
+        &samples,
+    );
+    let counters = &shared.counters;
+    family(
+        "ota_mqtt_connected",
+        "gauge",
+        "Whether the server's MQTT client is connected.",
+        &one(u64::from(snapshot.mqtt_connected)),
+    );
+    family(
+        "ota_mqtt_messages_received_total",
+        "counter",
+        "MQTT messages received from devices.",
+        &one(counters.mqtt_received.load(Relaxed)),
+    );
+    family(
+        "ota_mqtt_messages_published_total",
+        "counter",
+        "MQTT messages published (desired states, heartbeat acks).",
+        &one(counters.mqtt_published.load(Relaxed)),
+    );
+    family(
+        "ota_mqtt_messages_rejected_total",
+        "counter",
+        "MQTT messages refused (malformed, unknown device, not a target).",
+        &one(counters.mqtt_rejected.load(Relaxed)),
+    );
+    family(
+        "ota_webhook_deliveries_total",
+        "counter",
+        "Webhook deliveries by outcome.",
+        &[
+            (
+                "{outcome=\"delivered\"}".into(),
+                counters.webhook_delivered.load(Relaxed),
+            ),
+            (
+                "{outcome=\"failed\"}".into(),
+                counters.webhook_failed.load(Relaxed),
+            ),
+            (
+                "{outcome=\"dropped\"}".into(),
+                counters.webhook_dropped.load(Relaxed),
+            ),
+        ],
+    );
     Ok((
         StatusCode::OK,
         [(

@@ -7,7 +7,7 @@ use ed25519_dalek::pkcs8::EncodePublicKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ota_core::digest::Digest;
 use ota_core::release::{FORMAT_VERSION, Manifest, SigningKey, sign};
-use ota_server::clock::Clock;
+use ota_server::clock::{Clock, ManualClock};
 use ota_server::config::{Config, MqttConfig, OperatorConfig, TrustConfig};
 use ota_server::{RunningServer, Server};
 use reqwest::multipart::{Form, Part};
@@ -56,6 +56,21 @@ pub(crate) fn release(version: &str, artifact: &[u8], keys: &[u8]) -> Vec<u8> {
     sign(&manifest(version, artifact), &keys)
 }
 
+/// How a test server is set up.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Options {
+    /// Trust threshold (1 when 0).
+    pub(crate) threshold: usize,
+    /// Database URL (default: SQLite under the temp dir).
+    pub(crate) database_url: Option<String>,
+    /// External broker `mqtt://host:port` (default: the embedded broker on port 0).
+    pub(crate) mqtt_url: Option<String>,
+    /// A hand-advanced clock instead of the fixed one.
+    pub(crate) manual_clock: bool,
+    /// Webhook URLs.
+    pub(crate) webhooks: Vec<String>,
+}
+
 /// A server on 127.0.0.1:0 in a temp directory, trusting keys 1, 2 and 3.
 pub(crate) struct TestServer {
     /// Keeps the temp directory alive.
@@ -64,6 +79,10 @@ pub(crate) struct TestServer {
     pub(crate) server: RunningServer,
     /// An HTTP client.
     pub(crate) client: reqwest::Client,
+    /// The hand-advanced clock, with [`Options::manual_clock`].
+    pub(crate) manual: Option<ManualClock>,
+    config: Config,
+    clock: Clock,
 }
 
 impl TestServer {
@@ -74,6 +93,18 @@ impl TestServer {
 
     /// Trust threshold `threshold`, database `database_url` (default SQLite under the temp dir).
     pub(crate) async fn start_with(threshold: usize, database_url: Option<String>) -> Self {
+        Self::start_opts(Options {
+            threshold,
+            database_url,
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// A server set up per `opts`.
+    pub(crate) async fn start_opts(opts: Options) -> Self {
+        let threshold = opts.threshold.max(1);
+        let database_url = opts.database_url.clone();
         let dir = tempfile::tempdir().unwrap();
         let keys: Vec<PathBuf> = [1u8, 2, 3]
             .iter()
@@ -97,14 +128,87 @@ impl TestServer {
             OperatorConfig::new("bob", BOB_TOKEN),
         ];
         config.database.url = database_url;
-        let server = Server::start_with_clock(config, Clock::fixed(NOW))
+        if let Some(url) = &opts.mqtt_url {
+            config.mqtt = MqttConfig::external(url).unwrap();
+        }
+        for url in &opts.webhooks {
+            let hook: ota_server::config::WebhookConfig =
+                toml::from_str(&format!("url = {url:?}")).unwrap();
+            config.webhooks.push(hook);
+        }
+        let (clock, manual) = if opts.manual_clock {
+            let (clock, manual) = Clock::manual(NOW);
+            (clock, Some(manual))
+        } else {
+            (Clock::fixed(NOW), None)
+        };
+        let server = Server::start_with_clock(config.clone(), clock.clone())
             .await
             .unwrap();
         TestServer {
             _dir: dir,
             server,
             client: reqwest::Client::new(),
+            manual,
+            config,
+            clock,
         }
+    }
+
+    /// Where the server's MQTT broker is: (host, port).
+    pub(crate) fn mqtt(&self) -> (String, u16) {
+        match (self.server.mqtt_addr(), &self.config.mqtt) {
+            (Some(addr), _) => (addr.ip().to_string(), addr.port()),
+            (None, MqttConfig::External { host, port }) => (host.clone(), *port),
+            _ => panic!("no broker"),
+        }
+    }
+
+    /// Stops the server and starts it again on the same data directory and database (and
+    /// the same broker: the embedded one cannot be stopped, so the new server connects to it
+    /// as an external broker).
+    pub(crate) async fn restart(self) -> Self {
+        let (host, port) = self.mqtt();
+        let TestServer {
+            _dir,
+            server,
+            client,
+            manual,
+            mut config,
+            clock,
+        } = self;
+        server.shutdown().await.unwrap();
+        config.mqtt = MqttConfig::External { host, port };
+        let server = Server::start_with_clock(config.clone(), clock.clone())
+            .await
+            .unwrap();
+        TestServer {
+            _dir,
+            server,
+            client,
+            manual,
+            config,
+            clock,
+        }
+    }
+
+    /// An authenticated POST with a JSON body, as `token`.
+    pub(crate) fn post_as(
+        &self,
+        token: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> RequestBuilder {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+    }
+
+    /// Advances the hand-driven clock by `d` and lets the coordinator fire its timers.
+    pub(crate) async fn advance(&self, d: std::time::Duration) {
+        self.manual.as_ref().expect("manual clock").advance(d);
+        self.server.fleet().tick().await.unwrap();
     }
 
     /// The absolute URL of `path`.

@@ -1,0 +1,127 @@
+//! The REST client behind the fleet commands: `--server` / `OTA_SERVER`, `--token` /
+//! `OTA_TOKEN`, JSON in and out, the server's `{ "error", "cause" }` as a [`CliError::Api`].
+
+use clap::Args;
+use reqwest::{Method, RequestBuilder, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::CliError;
+
+/// Where the fleet server is and who is asking.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServerArgs {
+    /// The fleet server's base URL.
+    #[arg(
+        long,
+        env = "OTA_SERVER",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub(crate) server: String,
+    /// The operator's bearer token (from `[[operators]]` in server.toml). Prefer the
+    /// environment variable: a flag is visible to other users in the process list.
+    #[arg(long, env = "OTA_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+}
+
+/// A client of one fleet server, with its own single-threaded runtime.
+pub(crate) struct Api {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Api {
+    /// A client for `args`; fails without a token.
+    pub(crate) fn new(args: &ServerArgs) -> Result<Self, CliError> {
+        let token = args
+            .token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                CliError::Usage(
+                "no operator token: set OTA_TOKEN (or pass --token) to a token from server.toml"
+                    .into(),
+            )
+            })?;
+        let base = args.server.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(CliError::Usage(format!(
+                "--server {base:?} must be an http:// or https:// URL"
+            )));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::Http(format!("cannot start the runtime: {e}")))?;
+        Ok(Api {
+            base,
+            token,
+            client: reqwest::Client::new(),
+            runtime,
+        })
+    }
+
+    /// A request to `path` (under the base URL) with the token.
+    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// Runs a future on the client's runtime.
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// GET `path`, as JSON.
+    pub(crate) fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, CliError> {
+        let request = self.request(Method::GET, path).query(query);
+        self.block_on(async { json_of(request.send().await).await })
+    }
+
+    /// POST `body` as JSON to `path`, answer as JSON.
+    pub(crate) fn post<T: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<Value, CliError> {
+        let request = self.request(Method::POST, path).json(body);
+        self.block_on(async { json_of(request.send().await).await })
+    }
+}
+
+/// The JSON body of a successful response, or the server's error as [`CliError::Api`].
+pub(crate) async fn json_of(response: reqwest::Result<Response>) -> Result<Value, CliError> {
+    let response = response.map_err(|e| CliError::Http(describe(&e)))?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| CliError::Http(format!("unreadable answer ({status}): {e}")))?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    Err(CliError::Api {
+        status: status.as_u16(),
+        cause: body["cause"].as_str().unwrap_or("unknown").to_string(),
+        message: body["error"]
+            .as_str()
+            .unwrap_or("the server refused the request")
+            .to_string(),
+    })
+}
+
+/// A transport error in one line (reqwest's Display omits the cause).
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,180 @@
+//! `ota server`: run the fleet server in the foreground until Ctrl-C / SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use ota_server::config::{Config, MqttConfig, TrustConfig};
+
+use crate::error::CliError;
+
+/// Arguments of `ota server`.
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// The configuration file (see docs/server.md). Default: ./server.toml if it exists.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Use this external MQTT broker (mqtt://host:port) instead of the embedded one.
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<String>,
+    /// Run the embedded MQTT broker on this address (default 127.0.0.1:1883; port 0 picks one).
+    #[arg(long, value_name = "ADDR", conflicts_with = "mqtt")]
+    mqtt_listen: Option<SocketAddr>,
+    /// The database: sqlite://PATH?mode=rwc or postgres://user@host/db
+    /// (default: SQLite under the data directory).
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// The artifact store: s3://bucket/prefix or file:///dir (default: files under the data
+    /// directory).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// The HTTP listen address (REST API, artifacts, /metrics).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The base URL devices download artifacts from (default: http:// + the listen address).
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// Where the default database and artifacts live.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// A trusted release public key (without --config; repeatable).
+    #[arg(long = "trust", value_name = "PUBKEY")]
+    trust: Vec<PathBuf>,
+    /// Distinct trusted signatures a release needs (without --config).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    threshold: usize,
+}
+
+/// `ota server`.
+pub(crate) fn run(args: ServerArgs) -> Result<(), CliError> {
+    let mut config = load(&args)?;
+    if let Some(url) = &args.mqtt {
+        config.mqtt = MqttConfig::external(url).map_err(|e| CliError::Usage(e.to_string()))?;
+    }
+    if let Some(listen) = args.mqtt_listen {
+        config.mqtt = MqttConfig::Embedded { listen };
+    }
+    if let Some(url) = &args.database {
+        config.database.url = Some(url.clone());
+    }
+    if let Some(url) = &args.store {
+        config.store.url = Some(url.clone());
+    }
+    if let Some(listen) = args.listen {
+        config.http.listen = listen;
+    }
+    if let Some(url) = &args.public_url {
+        config.http.public_url = Some(url.clone());
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    config
+        .validate()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    init_logs();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Server(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let running = ota_server::Server::start(config)
+            .await
+            .map_err(|e| CliError::Server(error_chain(&e)))?;
+        eprintln!(
+            "ota server: http://{} (artifacts for devices: {}/artifacts/), MQTT {}",
+            running.http_addr(),
+            running.public_url(),
+            running
+                .mqtt_addr()
+                .map_or_else(|| "external broker".to_string(), |a| a.to_string()),
+        );
+        let stop = running.shutdown_handle();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            stop.shutdown();
+        });
+        running
+            .wait()
+            .await
+            .map_err(|e| CliError::Server(error_chain(&e)))
+    })
+}
+
+fn load(args: &ServerArgs) -> Result<Config, CliError> {
+    let path = args.config.clone().or_else(|| {
+        let default = PathBuf::from("server.toml");
+        default.is_file().then_some(default)
+    });
+    if let Some(path) = path {
+        if !args.trust.is_empty() {
+            return Err(CliError::Usage(
+                "--trust is for running without --config; put keys in [trust] of server.toml"
+                    .into(),
+            ));
+        }
+        return Config::load(&path).map_err(|e| CliError::Usage(e.to_string()));
+    }
+    if args.trust.is_empty() {
+        return Err(CliError::Usage(
+            "no server.toml here: pass --config FILE, or at least one --trust PUBKEY (then no \
+             operator may use the API: operators and their tokens live in server.toml)"
+                .into(),
+        ));
+    }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(ota_server::config::DEFAULT_DATA_DIR));
+    Ok(Config::new(
+        data_dir,
+        TrustConfig::new(args.trust.clone(), args.threshold),
+    ))
+}
+
+/// Logs to stderr, filtered by `OTA_LOG` (e.g. `info`, `ota_server=debug,info`).
+fn init_logs() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("OTA_LOG")
+        .ok()
+        .and_then(|f| f.parse::<Targets>().ok())
+        .unwrap_or_else(|| {
+            Targets::new()
+                .with_default(tracing::Level::WARN)
+                .with_target("ota_server", tracing::Level::INFO)
+        });
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .try_init();
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,273 @@
+//! Fleet simulator for `scripts/bench-fleet.sh`: drives N simulated devices (the real MQTT
+//! protocol, many devices per connection) through a running `ota server`, creates a rollout
+//! and waits for it to finish; prints wall time and message rates.
+//!
+//! ```text
+//! fleet_sim --http http://127.0.0.1:8080 --token T --mqtt 127.0.0.1:1883 \
+//!           --old old.release --new-digest HEX --devices 10000 --connections 4 \
+//!           [--per-device-subscriptions] [--waves 1,5,25,100] [--prefix sim-]
+//! ```
+//!
+//! By default each connection subscribes once to every device's `desired` and
+//! `heartbeat/ack` topics (wildcard) and keeps its own devices' messages;
+//! `--per-device-subscriptions` makes every simulated device subscribe to its own two topics
+//! like a real agent (20 000 filters for 10 000 devices: rumqttd matches each new topic against
+//! every filter, see docs/server.md).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark tool: a failure ends the run"
+)]
+
+#[path = "../tests/server/sim.rs"]
+mod sim;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sim::{Behavior, Sim, device, running_of};
+
+struct Args {
+    http: String,
+    token: String,
+    mqtt: String,
+    old: String,
+    new_digest: String,
+    devices: usize,
+    connections: usize,
+    waves: Vec<f64>,
+    prefix: String,
+    per_device_subscriptions: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        http: "http://127.0.0.1:8080".into(),
+        token: std::env::var("OTA_TOKEN").unwrap_or_default(),
+        mqtt: "127.0.0.1:1883".into(),
+        old: String::new(),
+        new_digest: String::new(),
+        devices: 10_000,
+        connections: 20,
+        waves: vec![1.0, 5.0, 25.0, 100.0],
+        prefix: "sim-".into(),
+        per_device_subscriptions: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--http" => a.http = value(),
+            "--token" => a.token = value(),
+            "--mqtt" => a.mqtt = value(),
+            "--old" => a.old = value(),
+            "--new-digest" => a.new_digest = value(),
+            "--devices" => a.devices = value().parse().unwrap(),
+            "--connections" => a.connections = value().parse().unwrap(),
+            "--prefix" => a.prefix = value(),
+            "--per-device-subscriptions" => a.per_device_subscriptions = true,
+            "--waves" => {
+                a.waves = value()
+                    .split(',')
+                    .map(|w| w.trim_end_matches('%').parse().unwrap())
+                    .collect()
+            }
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let a = args();
+    let old = std::fs::read(&a.old).expect("--old release file");
+    let (host, port) = a.mqtt.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let http = reqwest::Client::new();
+
+    let t0 = Instant::now();
+    let per = a.devices.div_ceil(a.connections.max(1));
+    let mut sims = Vec::new();
+    for c in 0..a.connections.max(1) {
+        let sim = Sim::connect_with(
+            host,
+            port,
+            &format!("{}conn{c}", a.prefix),
+            !a.per_device_subscriptions,
+        )
+        .await;
+        let devices: Vec<sim::SimDevice> = (c * per..((c + 1) * per).min(a.devices))
+            .map(|i| {
+                device(
+                    &format!("{}{i:05}", a.prefix),
+                    "gw-a",
+                    Some(running_of(&old)),
+                    Behavior::Succeed,
+                )
+            })
+            .collect();
+        sims.push((sim, devices));
+    }
+    let mut joins = Vec::new();
+    for (sim, devices) in &sims {
+        let sim = sim.clone();
+        let devices = devices.clone();
+        joins.push(tokio::spawn(async move { sim.add_devices(devices).await }));
+    }
+    for j in joins {
+        j.await.unwrap();
+    }
+    // Wait on the gauge (a fresh server: every device is ours) rather than listing 10 000
+    // devices over and over.
+    loop {
+        let online = server_metric(&http, &a.http, "ota_devices_online").await;
+        if online >= a.devices as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Online comes first (status), the reported state (hardware class, running release)
+    // right after: wait until every device has reported.
+    let filter = format!("id={}* and hw=gw-a and online", a.prefix);
+    loop {
+        let v: Value = http
+            .get(format!("{}/api/v1/devices", a.http))
+            .query(&[("filter", filter.as_str())])
+            .bearer_auth(&a.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["devices"].as_array().map_or(0, Vec::len) >= a.devices {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let registered = t0.elapsed();
+    eprintln!(
+        "{} devices registered and online in {:.1} s",
+        a.devices,
+        registered.as_secs_f64()
+    );
+
+    let counters = |sims: &Vec<(Sim, Vec<sim::SimDevice>)>| {
+        sims.iter().fold((0u64, 0u64), |(p, r), (s, _)| {
+            (
+                p + s.published.load(std::sync::atomic::Ordering::Relaxed),
+                r + s.received.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+    };
+    let (p0, r0) = counters(&sims);
+    let server_before = server_counters(&http, &a.http).await;
+    let start = Instant::now();
+    let body = json!({
+        "release": a.new_digest,
+        "filter": format!("id={}*", a.prefix),
+        "waves": a.waves,
+        "bake_secs": 0,
+        "rate_per_minute": 1_000_000,
+        "inactivity_timeout_secs": 600,
+    });
+    let created: Value = http
+        .post(format!("{}/api/v1/rollouts", a.http))
+        .bearer_auth(&a.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["rollout"]["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("rollout not created: {created}"));
+    eprintln!(
+        "rollout {id}: {} targets, {} deploys, {} redeploys",
+        created["rollout"]["targets"],
+        created["rollout"]["deploys"],
+        created["rollout"]["redeploys"]
+    );
+    let mut last_wave = None;
+    let status = loop {
+        let v: Value = http
+            .get(format!("{}/api/v1/rollouts/{id}", a.http))
+            .bearer_auth(&a.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let r = &v["rollout"];
+        if r["current_wave"] != Value::Null && Some(r["current_wave"].clone()) != last_wave {
+            eprintln!(
+                "  {:>6.1} s: wave {} started",
+                start.elapsed().as_secs_f64(),
+                r["current_wave"]
+            );
+            last_wave = Some(r["current_wave"].clone());
+        }
+        if matches!(r["status"].as_str(), Some("completed" | "aborted")) {
+            break r.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let wall = start.elapsed().as_secs_f64();
+    let (p1, r1) = counters(&sims);
+    let server_after = server_counters(&http, &a.http).await;
+    let device_msgs = (p1 - p0) + (r1 - r0);
+    println!(
+        "rollout_status={}",
+        status["status"].as_str().unwrap_or("?")
+    );
+    println!("succeeded={}", status["totals"]["succeeded"]);
+    println!("failures={}", status["totals"]["failures"]);
+    println!("devices={}", a.devices);
+    println!("connections={}", a.connections);
+    println!("registration_s={:.2}", registered.as_secs_f64());
+    println!("rollout_wall_s={wall:.2}");
+    println!("device_messages={device_msgs}");
+    println!("device_messages_per_s={:.0}", device_msgs as f64 / wall);
+    println!(
+        "server_mqtt_received_total={}",
+        server_after.0 - server_before.0
+    );
+    println!(
+        "server_mqtt_published_total={}",
+        server_after.1 - server_before.1
+    );
+    if status["status"] != "completed" || status["totals"]["succeeded"] != a.devices {
+        std::process::exit(1);
+    }
+}
+
+/// One metric of the server's `/metrics` (0 if absent).
+async fn server_metric(http: &reqwest::Client, base: &str, name: &str) -> u64 {
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// The server's (received, published) MQTT message counters.
+async fn server_counters(http: &reqwest::Client, base: &str) -> (u64, u64) {
+    (
+        server_metric(http, base, "ota_mqtt_messages_received_total").await,
+        server_metric(http, base, "ota_mqtt_messages_published_total").await,
+    )
+}

@@ -1,0 +1,1355 @@
+//! The coordinator task: registry, rollout planners, batching, persistence, publishing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ota_core::digest::Digest;
+use ota_core::rollout::{
+    PlannerAction, ReportOutcome, Rollout, RolloutError, RolloutSpec, RolloutState, StateCounts,
+    Target,
+};
+use ota_core::wire::{
+    DesiredState, DeviceId, Event, ExecutionState, Heartbeat, HeartbeatAck, PROTOCOL_VERSION,
+    ReportedState, Status, TopicKind, UpdateOutcome, WireMessage, parse_device_topic,
+};
+use rumqttc::{AsyncClient, QoS, SubscribeFilter};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::view::{RolloutView, abort_json, counts_json};
+use super::{
+    Command, Counters, Fleet, FleetError, MAX_BATCH, Op, REJECT_EVENTS_PER_MINUTE, RolloutRequest,
+    Shared, Snapshot, percent,
+};
+use crate::clock::Clock;
+use crate::db::{
+    Db, DbError, DbTx, DesiredRecord, DeviceRecord, DeviceReport, NewEvent, NewRollout,
+    ReleaseRecord, RolloutRecord,
+};
+use crate::filter::Filter;
+use crate::mqtt::{Inbound, MqttLink};
+
+/// Rollout statuses the coordinator loads at start (completed ones only while some target
+/// is still queued: they notify late devices).
+const LOADED_STATUSES: &[&str] = &["awaiting-approval", "running", "paused", "completed"];
+/// The longest the coordinator sleeps without looking at its timers.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How long [`start`] waits for the broker to accept the subscriptions.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// The digest standing for "no release" (a device that never ran one).
+const NO_RELEASE: Digest = Digest([0; 32]);
+
+/// The running coordinator: stop it with [`FleetTask::stop`].
+#[derive(Debug)]
+pub struct FleetTask {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl FleetTask {
+    /// Finishes the batch in hand, disconnects from the broker and ends the task.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Loads the registry and every unfinished rollout from `db`, connects to the broker at
+/// `host:port` and starts the coordinator (counters and snapshots go to `shared`). Returns once the broker acknowledged the
+/// subscriptions (or fails after 15 s).
+pub async fn start(
+    db: Db,
+    clock: Clock,
+    host: &str,
+    port: u16,
+    public_url: String,
+    shared: Arc<Shared>,
+) -> Result<(Fleet, FleetTask), FleetStartError> {
+    let mut actor = Actor::new(db, clock, public_url, shared.clone());
+    actor.load().await?;
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let client_id = format!("ota-server-{}-{nanos:08x}", std::process::id());
+    let link = MqttLink::start(host, port, &client_id, in_tx);
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ready_tx, mut ready_rx) = watch::channel(false);
+    let client = link.client().clone();
+    let task = tokio::spawn(actor.run(client, link, in_rx, cmd_rx, stop_rx, ready_tx));
+    let ready = tokio::time::timeout(READY_TIMEOUT, ready_rx.wait_for(|r| *r)).await;
+    if !matches!(ready, Ok(Ok(_))) {
+        stop_tx.send_replace(true);
+        let _ = task.await;
+        return Err(FleetStartError::Broker(format!("{host}:{port}")));
+    }
+    Ok((
+        Fleet { tx: cmd_tx, shared },
+        FleetTask {
+            stop: stop_tx,
+            task,
+        },
+    ))
+}
+
+/// Why the coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetStartError {
+    /// Loading the registry or the rollouts failed.
+    #[error("cannot load the fleet state: {0}")]
+    Db(#[from] DbError),
+    /// A stored rollout cannot be decoded.
+    #[error("cannot load rollout {id}: {error}")]
+    Rollout {
+        /// The rollout.
+        id: i64,
+        /// Why.
+        error: RolloutError,
+    },
+    /// The MQTT broker did not accept the connection and subscriptions in time.
+    #[error("cannot connect and subscribe to the MQTT broker at {0} (is it running?)")]
+    Broker(String),
+}
+
+/// What the coordinator remembers of a device.
+#[derive(Debug, Clone, Default)]
+struct Memo {
+    online: bool,
+    drifted: bool,
+    registered: bool,
+    running: Option<Digest>,
+    last_committed: Option<Digest>,
+    on_trial: bool,
+    reported_generation: u64,
+    /// The newest (generation, device time) outcome seen.
+    last_outcome: Option<(u64, u64)>,
+}
+
+/// A rollout the coordinator drives.
+#[derive(Debug)]
+struct Loaded {
+    record: RolloutRecord,
+    planner: Rollout,
+    version: Option<String>,
+    dirty: bool,
+}
+
+/// Everything one batch writes, then publishes.
+#[derive(Debug, Default)]
+struct Batch {
+    reports: BTreeMap<String, DeviceReport>,
+    presence: BTreeSet<String>,
+    desired: Vec<DesiredRecord>,
+    events: Vec<NewEvent>,
+    /// Desired states, published after the commit.
+    publish: Vec<(String, Vec<u8>)>,
+    /// Heartbeat acks: published whatever happens.
+    acks: Vec<(String, Vec<u8>)>,
+    approved: Vec<(i64, String)>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.reports.is_empty()
+            && self.presence.is_empty()
+            && self.desired.is_empty()
+            && self.events.is_empty()
+            && self.approved.is_empty()
+    }
+}
+
+struct Actor {
+    db: Db,
+    clock: Clock,
+    public_url: String,
+    shared: Arc<Shared>,
+    rollouts: BTreeMap<i64, Loaded>,
+    /// Device → its active rollout.
+    owner: HashMap<String, i64>,
+    devices: HashMap<String, Memo>,
+    generations: HashMap<String, u64>,
+    releases: HashMap<Digest, Option<Arc<Vec<u8>>>>,
+    reject_window: (u64, u32),
+    connected: bool,
+}
+
+fn is_active(state: &RolloutState) -> bool {
+    matches!(
+        state,
+        RolloutState::AwaitingApproval | RolloutState::Running { .. } | RolloutState::Paused { .. }
+    )
+}
+
+impl Actor {
+    fn new(db: Db, clock: Clock, public_url: String, shared: Arc<Shared>) -> Self {
+        Actor {
+            db,
+            clock,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            shared,
+            rollouts: BTreeMap::new(),
+            owner: HashMap::new(),
+            devices: HashMap::new(),
+            generations: HashMap::new(),
+            releases: HashMap::new(),
+            reject_window: (0, 0),
+            connected: false,
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    // ----- loading -----
+
+    async fn load(&mut self) -> Result<(), FleetStartError> {
+        self.rollouts.clear();
+        self.owner.clear();
+        self.devices.clear();
+        self.generations.clear();
+        for d in self.db.list_devices().await? {
+            self.devices.insert(d.id.clone(), memo_of(&d));
+        }
+        for d in self.db.list_desired().await? {
+            self.generations.insert(d.device_id, d.generation);
+        }
+        for record in self.db.rollouts_with_status(LOADED_STATUSES).await? {
+            let id = record.id;
+            let planner = Rollout::from_cbor(&record.state)
+                .map_err(|error| FleetStartError::Rollout { id, error })?;
+            if *planner.state() == RolloutState::Completed && planner.status().totals.queued == 0 {
+                continue;
+            }
+            let version = self
+                .db
+                .get_release(&record.release_digest)
+                .await?
+                .map(|r| r.version);
+            self.insert_loaded(Loaded {
+                record: strip(record),
+                planner,
+                version,
+                dirty: false,
+            });
+        }
+        self.update_snapshot();
+        Ok(())
+    }
+
+    fn insert_loaded(&mut self, loaded: Loaded) {
+        let id = loaded.record.id;
+        if is_active(loaded.planner.state()) {
+            for d in loaded.planner.devices() {
+                self.owner.insert(d.as_str().to_string(), id);
+            }
+        }
+        self.rollouts.insert(id, loaded);
+    }
+
+    // ----- the loop -----
+
+    async fn run(
+        mut self,
+        client: AsyncClient,
+        link: MqttLink,
+        mut inbound: mpsc::UnboundedReceiver<Inbound>,
+        mut commands: mpsc::Receiver<Command>,
+        mut stop: watch::Receiver<bool>,
+        ready: watch::Sender<bool>,
+    ) {
+        loop {
+            let sleep = self.next_wakeup();
+            let mut batch = Batch::default();
+            let mut replies: Vec<Reply> = Vec::new();
+            let mut tx: Option<DbTx> = None;
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd, &mut batch, &mut tx, &mut replies).await,
+                    None => break,
+                },
+                msg = inbound.recv() => match msg {
+                    Some(msg) => {
+                        self.inbound(msg, &client, &ready, &mut batch).await;
+                        let mut n = 1;
+                        while n < MAX_BATCH {
+                            match inbound.try_recv() {
+                                Ok(msg) => self.inbound(msg, &client, &ready, &mut batch).await,
+                                Err(_) => break,
+                            }
+                            n += 1;
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            self.fire_timers();
+            self.drain("server", &mut batch).await;
+            let stored = self.commit(batch, tx, &client).await;
+            for reply in replies {
+                reply.send(stored);
+            }
+            self.update_snapshot();
+        }
+        link.stop().await;
+    }
+
+    fn next_wakeup(&self) -> Duration {
+        let now = self.clock.now_millis();
+        self.rollouts
+            .values()
+            .filter_map(|l| l.planner.poll_timeout())
+            .min()
+            .map(|t| Duration::from_millis(t.as_unix_millis().saturating_sub(now)).min(MAX_SLEEP))
+            .unwrap_or(Duration::from_secs(3600))
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.clock.timestamp();
+        for loaded in self.rollouts.values_mut() {
+            if loaded.planner.poll_timeout().is_some_and(|t| t <= now) {
+                loaded.planner.handle_timeout(now);
+                loaded.dirty = true;
+            }
+        }
+    }
+
+    // ----- MQTT input -----
+
+    async fn inbound(
+        &mut self,
+        msg: Inbound,
+        client: &AsyncClient,
+        ready: &watch::Sender<bool>,
+        batch: &mut Batch,
+    ) {
+        match msg {
+            Inbound::Connected => {
+                self.connected = true;
+                let filters = [
+                    TopicKind::Reported,
+                    TopicKind::Events,
+                    TopicKind::Status,
+                    TopicKind::Heartbeat,
+                ]
+                .map(|k| SubscribeFilter::new(k.fleet_filter(), QoS::AtLeastOnce));
+                if let Err(e) = client.subscribe_many(filters).await {
+                    tracing::error!("cannot subscribe: {e}");
+                }
+                self.republish_desired(client).await;
+            }
+            Inbound::Subscribed => {
+                ready.send_replace(true);
+                tracing::info!("subscribed to the fleet's MQTT topics");
+            }
+            Inbound::Disconnected(e) => {
+                self.connected = false;
+                tracing::debug!("MQTT disconnected: {e}");
+            }
+            Inbound::Message { topic, payload } => {
+                Counters::inc(&self.counters().mqtt_received);
+                self.message(&topic, payload, batch).await;
+            }
+        }
+    }
+
+    /// Publishes every stored desired state again (retained, same generation): after a
+    /// (re)connect, the broker may have lost them (the embedded broker keeps retained
+    /// messages in memory only), and devices ignore generations they acted on.
+    async fn republish_desired(&mut self, client: &AsyncClient) {
+        let rows = match self.db.list_desired().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!("cannot read desired states to republish: {e}");
+                return;
+            }
+        };
+        let Ok(n) = u64::try_from(rows.len()) else {
+            return;
+        };
+        for row in rows {
+            let Ok(id) = DeviceId::new(&row.device_id) else {
+                continue;
+            };
+            if let Err(e) = client
+                .publish(
+                    id.topic(TopicKind::Desired),
+                    QoS::AtLeastOnce,
+                    true,
+                    row.payload,
+                )
+                .await
+            {
+                tracing::error!("cannot republish a desired state: {e}");
+                return;
+            }
+        }
+        self.counters()
+            .mqtt_published
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn message(&mut self, topic: &str, payload: Bytes, batch: &mut Batch) {
+        let (id, kind) = match parse_device_topic(topic) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.reject(None, topic, &e.to_string(), batch);
+                return;
+            }
+        };
+        if payload.is_empty() {
+            // A cleared retained message (e.g. a decommissioned device): nothing to do.
+            return;
+        }
+        match kind {
+            TopicKind::Reported => match ReportedState::from_cbor(&payload) {
+                Ok(r) if r.device_id == id.as_str() => self.on_reported(&id, r, &payload, batch),
+                Ok(r) => self.reject(
+                    Some(&id),
+                    topic,
+                    &format!("reported state names device {:?}", r.device_id),
+                    batch,
+                ),
+                Err(e) => self.reject(Some(&id), topic, &e.to_string(), batch),
+            },
+            TopicKind::Events => match Event::from_cbor(&payload) {
+                Ok(e) if e.device_id == id.as_str() => {
+                    if self.is_known(&id).await {
+                        self.route(&id, &e.outcome(), topic, batch);
+                    } else {
+                        self.reject(Some(&id), topic, "event from an unknown device", batch);
+                    }
+                }
+                Ok(e) => self.reject(
+                    Some(&id),
+                    topic,
+                    &format!("event names device {:?}", e.device_id),
+                    batch,
+                ),
+                Err(e) => self.reject(Some(&id), topic, &e.to_string(), batch),
+            },
+            TopicKind::Status => match Status::from_cbor(&payload) {
+                Ok(s) => self.on_status(&id, s.online, batch),
+                Err(e) => self.reject(Some(&id), topic, &e.to_string(), batch),
+            },
+            TopicKind::Heartbeat => match Heartbeat::from_cbor(&payload) {
+                Ok(h) => {
+                    let ack = HeartbeatAck {
+                        v: PROTOCOL_VERSION,
+                        seq: h.seq,
+                    };
+                    batch
+                        .acks
+                        .push((id.topic(TopicKind::HeartbeatAck), ack.to_cbor()));
+                }
+                Err(e) => self.reject(Some(&id), topic, &e.to_string(), batch),
+            },
+            _ => {}
+        }
+    }
+
+    async fn is_known(&mut self, id: &DeviceId) -> bool {
+        if self.devices.get(id.as_str()).is_some_and(|m| m.registered) {
+            return true;
+        }
+        // Rows written behind the coordinator's back (e.g. by tools) count too.
+        match self.db.get_device(id.as_str()).await {
+            Ok(Some(d)) => {
+                let memo = memo_of(&d);
+                let known = memo.registered;
+                self.devices.insert(d.id, memo);
+                known
+            }
+            _ => false,
+        }
+    }
+
+    /// Records a refused message (rate-limited) and counts it.
+    fn reject(&mut self, device: Option<&DeviceId>, topic: &str, reason: &str, batch: &mut Batch) {
+        Counters::inc(&self.counters().mqtt_rejected);
+        tracing::debug!(topic, "MQTT message refused: {reason}");
+        let now = self.clock.now_millis();
+        if now.saturating_sub(self.reject_window.0) >= 60_000 {
+            self.reject_window = (now, 0);
+        }
+        if self.reject_window.1 >= REJECT_EVENTS_PER_MINUTE {
+            return;
+        }
+        self.reject_window.1 += 1;
+        let actor = device.map_or_else(|| "mqtt".to_string(), |d| format!("device:{d}"));
+        let mut event = NewEvent::new(self.clock.now_i64(), actor, "mqtt-rejected").details(
+            json!({ "topic": ota_core::wire::truncate_text(topic, 256), "reason": reason }),
+        );
+        if let Some(d) = device {
+            event = event.device(d.as_str());
+        }
+        batch.events.push(event);
+    }
+
+    fn on_status(&mut self, id: &DeviceId, online: bool, batch: &mut Batch) {
+        let memo = self.devices.entry(id.as_str().to_string()).or_default();
+        memo.online = online;
+        batch.presence.insert(id.as_str().to_string());
+        // Told every time (idempotent in the planner): after a restart the planner's view of
+        // presence may be older than the registry's.
+        let now = self.clock.timestamp();
+        for loaded in self.rollouts.values_mut() {
+            if loaded.planner.device_state(id).is_none() {
+                continue;
+            }
+            let result = if online {
+                loaded.planner.handle_device_online(id, now)
+            } else {
+                loaded.planner.handle_device_offline(id, now)
+            };
+            if result.is_ok() {
+                loaded.dirty = true;
+            }
+        }
+    }
+
+    fn on_reported(&mut self, id: &DeviceId, r: ReportedState, raw: &[u8], batch: &mut Batch) {
+        let key = id.as_str().to_string();
+        let owned = self.owner.contains_key(&key);
+        let now = self.clock.now_i64();
+        let memo = self.devices.entry(key.clone()).or_default();
+        let first = !memo.registered;
+        memo.registered = true;
+        let running = r.running.as_ref().map(|x| x.digest);
+        let known_good = r.known_good.as_ref().map(|x| x.digest);
+        match &r.last_result {
+            Some(UpdateOutcome {
+                state: ExecutionState::Succeeded,
+                digest: Some(d),
+                ..
+            }) => memo.last_committed = Some(*d),
+            _ if memo.last_committed.is_none() => memo.last_committed = known_good.or(running),
+            _ => {}
+        }
+        memo.running = running;
+        memo.on_trial = r.trial.is_some();
+        memo.reported_generation = memo.reported_generation.max(r.generation);
+        let drifted =
+            !owned && !memo.on_trial && running.is_some() && running != memo.last_committed;
+        let drift_changed = drifted != memo.drifted;
+        memo.drifted = drifted;
+        let last_committed = memo.last_committed;
+        if first {
+            batch.events.push(
+                NewEvent::new(now, format!("device:{id}"), "device-registered")
+                    .device(id.as_str())
+                    .details(json!({
+                        "hardware_class": r.hardware_class,
+                        "running": running.map(|d| d.to_string()),
+                        "agent_version": r.agent_version,
+                    })),
+            );
+        }
+        if drift_changed {
+            let kind = if drifted {
+                "device-drifted"
+            } else {
+                "device-drift-cleared"
+            };
+            batch.events.push(
+                NewEvent::new(now, "server", kind)
+                    .device(id.as_str())
+                    .details(json!({
+                        "running": running.map(|d| d.to_string()),
+                        "last_committed": last_committed.map(|d| d.to_string()),
+                    })),
+            );
+        }
+        let report = DeviceReport {
+            hardware_class: Some(r.hardware_class.clone()),
+            labels: r.labels.clone(),
+            running_version: r.running.as_ref().map(|x| x.version.clone()),
+            running_digest: running,
+            known_good_digest: known_good,
+            last_committed_digest: last_committed,
+            last_result: r.last_result.as_ref().map(|o| result_name(&o.state)),
+            power: r.power.map(|p| {
+                json!({
+                    "battery_percent": p.battery_percent,
+                    "charging": p.charging,
+                    "mains_online": p.mains_online,
+                })
+            }),
+            inventory: Some(json!({
+                "os": r.inventory.os,
+                "kernel": r.inventory.kernel,
+                "arch": r.inventory.arch,
+                "hostname": r.inventory.hostname,
+                "memory_total": r.inventory.memory_total,
+                "disk_free": r.inventory.disk_free,
+                "agent_version": r.agent_version,
+                "security_floor": r.security_floor,
+                "cached": r.cached.len(),
+            })),
+            reported: Some(raw.to_vec()),
+        };
+        batch.reports.insert(key, report);
+        if let Some(outcome) = &r.last_result {
+            let topic = id.topic(TopicKind::Reported);
+            self.route(id, outcome, &topic, batch);
+        }
+    }
+
+    /// Hands an execution report to the rollout it belongs to.
+    fn route(&mut self, id: &DeviceId, o: &UpdateOutcome, topic: &str, batch: &mut Batch) {
+        let Some(rid) = o.rollout_id.as_deref().and_then(|s| s.parse::<i64>().ok()) else {
+            return;
+        };
+        let Some(loaded) = self.rollouts.get_mut(&rid) else {
+            // A finished rollout (or a rollback's report): nothing to drive.
+            return;
+        };
+        if o.digest != Some(loaded.record.release_digest) {
+            return;
+        }
+        if let Some(memo) = self.devices.get_mut(id.as_str()) {
+            let key = (o.generation, o.at);
+            if memo.last_outcome.is_some_and(|seen| key < seen) {
+                return;
+            }
+            memo.last_outcome = Some(key);
+        }
+        match loaded
+            .planner
+            .handle_report(id, o.state.clone(), self.clock.timestamp())
+        {
+            Ok(ReportOutcome::Applied | ReportOutcome::Progress) => loaded.dirty = true,
+            Ok(_) => {}
+            Err(e) => {
+                let reason = format!("rollout {rid}: {e}");
+                self.reject(Some(id), topic, &reason, batch);
+            }
+        }
+    }
+
+    // ----- planner actions -----
+
+    /// Drains the actions of every changed planner into `batch`.
+    async fn drain(&mut self, actor: &str, batch: &mut Batch) {
+        let dirty: Vec<i64> = self
+            .rollouts
+            .iter()
+            .filter(|(_, l)| l.dirty)
+            .map(|(id, _)| *id)
+            .collect();
+        for rid in dirty {
+            let mut actions = Vec::new();
+            if let Some(loaded) = self.rollouts.get_mut(&rid) {
+                while let Some(a) = loaded.planner.poll_action() {
+                    actions.push(a);
+                }
+            }
+            for action in actions {
+                self.act(rid, action, actor, batch).await;
+            }
+        }
+    }
+
+    async fn act(&mut self, rid: i64, action: PlannerAction, actor: &str, batch: &mut Batch) {
+        let now = self.clock.now_i64();
+        let Some(loaded) = self.rollouts.get(&rid) else {
+            return;
+        };
+        let release = loaded.record.release_digest;
+        let force = loaded.planner.spec().force_reinstall;
+        let status = loaded.planner.status();
+        let success_min = loaded.planner.spec().success_min;
+        let event = |kind: &str| NewEvent::new(now, actor, kind).rollout(rid);
+        match action {
+            PlannerAction::Notify { device_id } => {
+                if self
+                    .owner
+                    .get(device_id.as_str())
+                    .is_some_and(|o| *o != rid)
+                {
+                    // A late device of a completed rollout, now in a newer one.
+                    return;
+                }
+                self.publish_desired(&device_id, rid, release, force, "notify", batch)
+                    .await;
+            }
+            PlannerAction::Rollback {
+                device_id,
+                to_digest,
+            } => {
+                batch.events.push(
+                    event("device-rollback")
+                        .device(device_id.as_str())
+                        .details(json!({ "to": to_digest.to_string() })),
+                );
+                self.publish_desired(&device_id, rid, to_digest, false, "rollback", batch)
+                    .await;
+            }
+            PlannerAction::Cancel {
+                device_id,
+                to_digest,
+            } => {
+                batch.events.push(
+                    event("device-cancel")
+                        .device(device_id.as_str())
+                        .details(json!({ "to": to_digest.to_string() })),
+                );
+                self.publish_desired(&device_id, rid, to_digest, false, "cancel", batch)
+                    .await;
+            }
+            PlannerAction::WaveStarted { index } => {
+                let members = status.waves.get(index).map_or(0, |w| w.cumulative_members);
+                batch.events.push(
+                    event("wave-started").details(json!({ "wave": index, "members": members })),
+                );
+            }
+            PlannerAction::WaveAdvanced { from, to } => {
+                batch
+                    .events
+                    .push(event("wave-advanced").details(json!({ "from": from, "to": to })));
+            }
+            PlannerAction::WaveHeld {
+                index,
+                succeeded,
+                executed,
+            } => {
+                batch.events.push(event("wave-held").details(json!({
+                    "wave": index, "succeeded": succeeded, "executed": executed,
+                    "success_min": success_min.to_string(),
+                })));
+            }
+            PlannerAction::Completed => {
+                let totals = status.totals;
+                batch.events.push(
+                    event("rollout-completed").details(json!({ "totals": counts_json(&totals) })),
+                );
+            }
+            PlannerAction::Aborted { reason } => {
+                batch.events.push(
+                    event("rollout-aborted").details(json!({ "reason": abort_json(&reason) })),
+                );
+            }
+            PlannerAction::StateChanged {
+                device_id,
+                old,
+                new,
+            } => {
+                let who = match new {
+                    ExecutionState::Notified | ExecutionState::TimedOut => "server".to_string(),
+                    _ => format!("device:{device_id}"),
+                };
+                let mut details = json!({ "from": old.name(), "to": new.name() });
+                if let Some(map) = details.as_object_mut() {
+                    match &new {
+                        ExecutionState::Failed { phase, reason } => {
+                            map.insert("phase".into(), json!(phase_name(*phase)));
+                            map.insert("reason".into(), json!(reason));
+                        }
+                        ExecutionState::Rejected { cause, detail } => {
+                            map.insert("cause".into(), json!(format!("{cause:?}")));
+                            map.insert("reason".into(), json!(detail));
+                        }
+                        ExecutionState::RolledBack { reason, detail } => {
+                            map.insert("cause".into(), json!(format!("{reason:?}")));
+                            map.insert("reason".into(), json!(detail));
+                        }
+                        _ => {}
+                    }
+                }
+                batch.events.push(
+                    NewEvent::new(now, who, "device-state-changed")
+                        .rollout(rid)
+                        .device(device_id.as_str())
+                        .details(details),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues the desired state "run `digest`" for `device` (a new generation), to be stored
+    /// and published with the batch. Without the release's bytes (never published here), an
+    /// event says so instead.
+    async fn publish_desired(
+        &mut self,
+        device: &DeviceId,
+        rid: i64,
+        digest: Digest,
+        force_reinstall: bool,
+        kind: &str,
+        batch: &mut Batch,
+    ) {
+        let now = self.clock.now_i64();
+        let Some(bytes) = self.release_bytes(&digest).await else {
+            batch.events.push(
+                NewEvent::new(now, "server", "desired-unavailable")
+                    .rollout(rid)
+                    .device(device.as_str())
+                    .details(json!({
+                        "kind": kind,
+                        "digest": digest.to_string(),
+                        "error": "the release is not published on this server: the device keeps its desired state",
+                    })),
+            );
+            return;
+        };
+        let reported = self
+            .devices
+            .get(device.as_str())
+            .map_or(0, |m| m.reported_generation);
+        let last = self.generations.get(device.as_str()).copied().unwrap_or(0);
+        let generation = last.max(reported).saturating_add(1);
+        self.generations
+            .insert(device.as_str().to_string(), generation);
+        let desired = DesiredState {
+            v: PROTOCOL_VERSION,
+            generation,
+            rollout_id: Some(rid.to_string()),
+            release: bytes.to_vec(),
+            artifact_urls: vec![format!("{}/artifacts/{digest}", self.public_url)],
+            force_reinstall,
+        };
+        let payload = desired.to_cbor();
+        batch.desired.push(DesiredRecord::new(
+            device.as_str(),
+            generation,
+            Some(rid),
+            digest,
+            kind,
+            payload.clone(),
+            now,
+        ));
+        batch
+            .publish
+            .push((device.topic(TopicKind::Desired), payload));
+    }
+
+    async fn release_bytes(&mut self, digest: &Digest) -> Option<Arc<Vec<u8>>> {
+        if *digest == NO_RELEASE {
+            return None;
+        }
+        if let Some(cached) = self.releases.get(digest) {
+            return cached.clone();
+        }
+        match self.db.get_release_bytes(digest).await {
+            Ok(found) => {
+                let found = found.map(Arc::new);
+                self.releases.insert(*digest, found.clone());
+                found
+            }
+            Err(e) => {
+                tracing::error!("cannot read release {digest}: {e}");
+                None
+            }
+        }
+    }
+
+    // ----- commit -----
+
+    /// Writes the batch in one transaction, then publishes; false if it could not be stored
+    /// (the in-memory state is then reloaded from the database).
+    async fn commit(&mut self, batch: Batch, tx: Option<DbTx>, client: &AsyncClient) -> bool {
+        let dirty = self.rollouts.values().any(|l| l.dirty);
+        let mut stored = true;
+        if !batch.is_empty() || dirty || tx.is_some() {
+            match self.write(&batch, tx).await {
+                Ok(()) => {
+                    for (topic, payload) in batch.publish {
+                        self.publish(client, topic, payload, true).await;
+                    }
+                }
+                Err(e) => {
+                    stored = false;
+                    tracing::error!("cannot store a batch, reloading the fleet state: {e}");
+                    if let Err(e) = self.load().await {
+                        tracing::error!("cannot reload the fleet state: {e}");
+                    }
+                }
+            }
+        }
+        for (topic, payload) in batch.acks {
+            self.publish(client, topic, payload, false).await;
+        }
+        self.unload_finished();
+        stored
+    }
+
+    async fn write(&mut self, batch: &Batch, tx: Option<DbTx>) -> Result<(), DbError> {
+        let now = self.clock.now_i64();
+        let mut tx = match tx {
+            Some(tx) => tx,
+            None => self.db.begin().await?,
+        };
+        for (id, report) in &batch.reports {
+            let m = self.devices.get(id).cloned().unwrap_or_default();
+            tx.upsert_device(id, report, m.online, m.drifted, m.reported_generation, now)
+                .await?;
+        }
+        for id in &batch.presence {
+            if batch.reports.contains_key(id) {
+                continue;
+            }
+            let online = self.devices.get(id).is_some_and(|m| m.online);
+            tx.set_online(id, online, now).await?;
+        }
+        for (id, by) in &batch.approved {
+            tx.set_rollout_approved(*id, by, now).await?;
+        }
+        for loaded in self.rollouts.values_mut() {
+            if loaded.dirty {
+                let status = loaded.planner.state().name();
+                tx.update_rollout(loaded.record.id, &loaded.planner.to_cbor(), status, now)
+                    .await?;
+                loaded.record.status = status.to_string();
+                loaded.record.updated_at = now;
+            }
+        }
+        for d in &batch.desired {
+            tx.put_desired(d).await?;
+        }
+        for e in &batch.events {
+            tx.append_event(e).await?;
+        }
+        tx.commit().await?;
+        for loaded in self.rollouts.values_mut() {
+            loaded.dirty = false;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, client: &AsyncClient, topic: String, payload: Vec<u8>, retain: bool) {
+        match client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+        {
+            Ok(()) => Counters::inc(&self.counters().mqtt_published),
+            Err(e) => tracing::error!("cannot publish: {e}"),
+        }
+    }
+
+    /// Forgets rollouts that need no more driving, and frees their devices.
+    fn unload_finished(&mut self) {
+        let done: Vec<i64> = self
+            .rollouts
+            .iter()
+            .filter(|(_, l)| {
+                let state = l.planner.state();
+                let late =
+                    *state == RolloutState::Completed && l.planner.status().totals.queued > 0;
+                !(is_active(state) || late)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &done {
+            self.rollouts.remove(id);
+        }
+        let active: HashSet<i64> = self
+            .rollouts
+            .iter()
+            .filter(|(_, l)| is_active(l.planner.state()))
+            .map(|(id, _)| *id)
+            .collect();
+        self.owner.retain(|_, rid| active.contains(rid));
+    }
+
+    fn update_snapshot(&self) {
+        let mut executions = StateCounts::default();
+        let mut active = 0;
+        for l in self.rollouts.values() {
+            if is_active(l.planner.state()) {
+                active += 1;
+                executions.merge(&l.planner.status().totals);
+            }
+        }
+        self.shared.set_snapshot(Snapshot {
+            executions,
+            mqtt_connected: self.connected,
+            active_rollouts: active,
+        });
+    }
+
+    // ----- operator commands -----
+
+    async fn command(
+        &mut self,
+        cmd: Command,
+        batch: &mut Batch,
+        tx: &mut Option<DbTx>,
+        replies: &mut Vec<Reply>,
+    ) {
+        match cmd {
+            Command::Tick { reply } => replies.push(Reply::Tick(reply)),
+            Command::Create {
+                request,
+                operator,
+                reply,
+            } => {
+                let result = self.create(request, &operator, batch, tx).await;
+                match result {
+                    Ok(id) => {
+                        self.drain(&operator, batch).await;
+                        replies.push(Reply::View(reply, Box::new(self.view_of(id, true))));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::Operate {
+                id,
+                op,
+                operator,
+                reply,
+            } => match self.operate(id, &op, &operator, batch).await {
+                Ok(()) => {
+                    self.drain(&operator, batch).await;
+                    replies.push(Reply::View(reply, Box::new(self.view_of(id, false))));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+        }
+    }
+
+    fn view_of(&self, id: i64, created: bool) -> Result<RolloutView, FleetError> {
+        let loaded = self
+            .rollouts
+            .get(&id)
+            .ok_or(FleetError::RolloutNotFound(id))?;
+        let mut view = RolloutView::new(&loaded.record, &loaded.planner, loaded.version.clone());
+        if created {
+            view.excluded = loaded.record.spec.get("excluded").cloned();
+        }
+        Ok(view)
+    }
+
+    async fn resolve_release(&self, wanted: &str) -> Result<(ReleaseRecord, Vec<u8>), FleetError> {
+        let wanted = wanted.trim();
+        let record = if let Ok(digest) = wanted.parse::<Digest>() {
+            self.db.get_release(&digest).await?
+        } else {
+            let matches: Vec<ReleaseRecord> = self
+                .db
+                .list_releases()
+                .await?
+                .into_iter()
+                .filter(|r| r.version == wanted)
+                .collect();
+            if matches.len() > 1 {
+                return Err(FleetError::AmbiguousRelease(wanted.to_string()));
+            }
+            matches.into_iter().next()
+        };
+        let record = record.ok_or_else(|| FleetError::ReleaseNotFound(wanted.to_string()))?;
+        let bytes = self
+            .db
+            .get_release_bytes(&record.digest)
+            .await?
+            .ok_or_else(|| FleetError::ReleaseNotFound(wanted.to_string()))?;
+        Ok((record, bytes))
+    }
+
+    async fn create(
+        &mut self,
+        req: RolloutRequest,
+        operator: &str,
+        batch: &mut Batch,
+        tx_slot: &mut Option<DbTx>,
+    ) -> Result<i64, FleetError> {
+        let (release, bytes) = self.resolve_release(&req.release).await?;
+        let filter_text = req.filter.trim();
+        let filter = Filter::parse(if filter_text.is_empty() {
+            "all"
+        } else {
+            filter_text
+        })
+        .map_err(|e| FleetError::BadFilter(e.to_string()))?;
+        let mut spec = RolloutSpec::new("0", release.digest, operator);
+        spec.waves = req
+            .waves
+            .iter()
+            .map(|w| percent(*w, "a wave"))
+            .collect::<Result<_, _>>()?;
+        spec.bake_time = Duration::from_secs(req.bake_secs);
+        spec.success_min = percent(req.success_min, "success-min")?;
+        spec.max_failure = percent(req.max_failure, "max-failure")?;
+        spec.min_executed = req.min_executed;
+        spec.rate_per_minute = req.rate_per_minute;
+        spec.inactivity_timeout = Duration::from_secs(req.inactivity_timeout_secs);
+        spec.max_deferral = Duration::from_secs(req.max_deferral_secs);
+        spec.force_reinstall = req.force_reinstall;
+        spec.dry_run = req.dry_run;
+        spec.validate()?;
+
+        let mut matched = 0usize;
+        let mut incompatible = 0usize;
+        let mut targets = Vec::new();
+        let mut conflicts = Vec::new();
+        for device in self.db.list_devices().await? {
+            if !filter.matches(&device) {
+                continue;
+            }
+            matched += 1;
+            let compatible = device
+                .hardware_class
+                .as_ref()
+                .is_some_and(|hw| release.hardware.contains(hw));
+            let Ok(id) = DeviceId::new(&device.id) else {
+                continue;
+            };
+            if !compatible {
+                incompatible += 1;
+                continue;
+            }
+            if let Some(other) = self.owner.get(&device.id) {
+                conflicts.push((device.id.clone(), *other));
+            }
+            let running = device.running_digest.unwrap_or(NO_RELEASE);
+            let known_good = device
+                .known_good_digest
+                .or(device.last_committed_digest)
+                .unwrap_or(running);
+            let online = self
+                .devices
+                .get(&device.id)
+                .map_or(device.online, |m| m.online);
+            targets.push(Target::new(id, running, known_good).with_online(online));
+        }
+        if targets.is_empty() {
+            return Err(FleetError::NoTargets {
+                matched,
+                incompatible,
+            });
+        }
+        if !conflicts.is_empty() {
+            return Err(FleetError::Conflict(conflicts));
+        }
+        let mut spec_json = serde_json::to_value(&req).unwrap_or_else(|_| json!({}));
+        if let Some(map) = spec_json.as_object_mut() {
+            map.insert("release".into(), json!(release.digest.to_string()));
+            map.insert(
+                "excluded".into(),
+                json!({ "incompatible_hardware": incompatible }),
+            );
+        }
+        let now = self.clock.now_i64();
+        let mut tx = self.db.begin().await?;
+        let new = NewRollout::new(
+            release.digest,
+            filter_text,
+            spec_json.clone(),
+            Vec::new(),
+            "created",
+            operator,
+        );
+        let id = tx.insert_rollout(&new, now).await?;
+        spec.id = id.to_string();
+        let planner = Rollout::new(spec, targets, self.clock.timestamp())?;
+        let status = planner.status();
+        let state = planner.state().name();
+        batch.events.push(
+            NewEvent::new(now, operator, "rollout-created")
+                .rollout(id)
+                .details(json!({
+                    "release": release.digest.to_string(),
+                    "version": release.version,
+                    "filter": filter_text,
+                    "targets": status.deploys + status.redeploys,
+                    "deploys": status.deploys,
+                    "redeploys": status.redeploys,
+                    "excluded_incompatible_hardware": incompatible,
+                    "dry_run": req.dry_run,
+                    "force_reinstall": req.force_reinstall,
+                    "state": state,
+                })),
+        );
+        if matches!(planner.state(), RolloutState::Running { .. }) {
+            batch.events.push(
+                NewEvent::new(now, operator, "rollout-started")
+                    .rollout(id)
+                    .details(json!({ "deploys": status.deploys, "redeploys": status.redeploys })),
+            );
+        }
+        let record = RolloutRecord {
+            id,
+            release_digest: release.digest,
+            filter: filter_text.to_string(),
+            spec: spec_json,
+            state: Vec::new(),
+            status: state.to_string(),
+            created_by: operator.to_string(),
+            approved_by: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.releases.insert(release.digest, Some(Arc::new(bytes)));
+        self.insert_loaded(Loaded {
+            record,
+            planner,
+            version: Some(release.version.clone()),
+            dirty: true,
+        });
+        *tx_slot = Some(tx);
+        Ok(id)
+    }
+
+    async fn operate(
+        &mut self,
+        id: i64,
+        op: &Op,
+        operator: &str,
+        batch: &mut Batch,
+    ) -> Result<(), FleetError> {
+        if !self.rollouts.contains_key(&id) {
+            let record = self
+                .db
+                .get_rollout(id)
+                .await?
+                .ok_or(FleetError::RolloutNotFound(id))?;
+            let planner = Rollout::from_cbor(&record.state)?;
+            let version = self
+                .db
+                .get_release(&record.release_digest)
+                .await?
+                .map(|r| r.version);
+            // Kept until the end of this batch (a finished rollout is unloaded again).
+            self.rollouts.insert(
+                id,
+                Loaded {
+                    record: strip(record),
+                    planner,
+                    version,
+                    dirty: false,
+                },
+            );
+        }
+        let now_ts = self.clock.timestamp();
+        let now = self.clock.now_i64();
+        let loaded = self
+            .rollouts
+            .get_mut(&id)
+            .ok_or(FleetError::RolloutNotFound(id))?;
+        let before = loaded.planner.state().clone();
+        let kind = match op {
+            Op::Approve => {
+                loaded.planner.approve(operator, now_ts)?;
+                batch.approved.push((id, operator.to_string()));
+                loaded.record.approved_by = Some(operator.to_string());
+                "rollout-approved"
+            }
+            Op::Pause => {
+                loaded.planner.pause(now_ts)?;
+                "rollout-paused"
+            }
+            Op::Resume => {
+                loaded.planner.resume(now_ts)?;
+                "rollout-resumed"
+            }
+            Op::Abort(reason) => {
+                let reason = if reason.trim().is_empty() {
+                    format!("aborted by {operator}")
+                } else {
+                    reason.clone()
+                };
+                loaded.planner.abort(reason, now_ts)?;
+                "rollout-abort-requested"
+            }
+        };
+        if *loaded.planner.state() == before {
+            // Idempotent repeat (pause of a paused rollout, ...): nothing to record.
+            return Ok(());
+        }
+        loaded.dirty = true;
+        batch.events.push(
+            NewEvent::new(now, operator, kind)
+                .rollout(id)
+                .details(json!({
+                    "from": before.name(),
+                    "to": loaded.planner.state().name(),
+                })),
+        );
+        if matches!(op, Op::Approve) {
+            let status = loaded.planner.status();
+            batch.events.push(
+                NewEvent::new(now, operator, "rollout-started")
+                    .rollout(id)
+                    .details(json!({ "deploys": status.deploys, "redeploys": status.redeploys })),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// An answer to send once the batch is stored.
+enum Reply {
+    Tick(oneshot::Sender<()>),
+    View(
+        oneshot::Sender<Result<RolloutView, FleetError>>,
+        Box<Result<RolloutView, FleetError>>,
+    ),
+}
+
+impl Reply {
+    fn send(self, stored: bool) {
+        match self {
+            Reply::Tick(tx) => {
+                let _ = tx.send(());
+            }
+            Reply::View(tx, result) => {
+                let result = if stored {
+                    *result
+                } else {
+                    Err(FleetError::NotStored)
+                };
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// The record without its (large) state blob.
+fn strip(mut record: RolloutRecord) -> RolloutRecord {
+    record.state = Vec::new();
+    record
+}
+
+fn memo_of(d: &DeviceRecord) -> Memo {
+    Memo {
+        online: d.online,
+        drifted: d.drifted,
+        registered: d.hardware_class.is_some() || d.running_digest.is_some(),
+        running: d.running_digest,
+        last_committed: d.last_committed_digest,
+        on_trial: false,
+        reported_generation: d.reported_generation,
+        last_outcome: None,
+    }
+}
+
+fn phase_name(p: ota_core::wire::FailurePhase) -> &'static str {
+    use ota_core::wire::FailurePhase;
+    match p {
+        FailurePhase::Download => "download",
+        FailurePhase::Verify => "verify",
+        FailurePhase::Install => "install",
+        FailurePhase::Trial => "trial",
+    }
+}
+
+/// `last_result` as stored: the state name, with the phase for failures.
+fn result_name(state: &ExecutionState) -> String {
+    match state {
+        ExecutionState::Failed { phase, .. } => format!("failed-{}", phase_name(*phase)),
+        other => other.name().to_string(),
+    }
+}

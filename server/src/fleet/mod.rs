@@ -1,0 +1,382 @@
+//! Fleet coordination: the MQTT device registry and the rollout engine.
+//!
+//! One coordinator task (the *actor*, `actor.rs`) owns everything that changes with device
+//! messages: the loaded rollout planners (core's pure [`ota_core::rollout::Rollout`]), the
+//! device registry's in-memory view, and the desired-state generations. It receives
+//!
+//! - MQTT messages from the polling task ([`crate::mqtt`]): reported state, events, status
+//!   (online/offline, last will) and heartbeats of every device;
+//! - operator commands from the REST API ([`Fleet`]): create, approve, pause, resume, abort;
+//! - its own timers (the planners' `poll_timeout()`).
+//!
+//! It handles inputs in batches (everything queued, up to [`MAX_BATCH`] messages), then writes
+//! the whole batch in **one transaction**: device rows, every changed planner state (CBOR),
+//! the desired states it is about to publish (with their generations) and the audit events.
+//! Only after the commit does it publish the desired states (retained, QoS 1) and heartbeat
+//! acks. So a crash loses nothing that was acted on: a restart loads every unfinished rollout
+//! exactly as committed and republishes every stored desired state (same generation, so
+//! devices ignore what they already acted on); device reports lost in between come back as the
+//! retained reported state.
+//!
+//! # Rules
+//!
+//! - A device is *registered* by its first reported state (`device-registered` event).
+//!   Events from a device the server never heard of, reports about a rollout the device is not
+//!   a target of, and malformed payloads are recorded as `mqtt-rejected` audit events (at most
+//!   [`REJECT_EVENTS_PER_MINUTE`] a minute; all are counted in `/metrics`) and dropped.
+//! - Reports are routed to a planner by the rollout id and release digest they carry; older
+//!   outcomes (by generation, then device time) than one already seen are dropped, so a
+//!   retained reported state cannot move a device backwards.
+//! - A device belongs to at most one *active* rollout (awaiting approval, running, paused):
+//!   a second rollout over it is refused (409).
+//! - Drift: a device whose running digest differs from the last release the server saw it
+//!   commit (or its first known-good), while not on trial and in no active rollout.
+
+mod actor;
+pub mod view;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ota_core::rollout::{Ratio, RolloutError, StateCounts};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+pub use actor::{FleetStartError, FleetTask, start};
+pub use view::RolloutView;
+
+use crate::db::DbError;
+
+/// Most MQTT messages handled in one batch (one database transaction).
+pub const MAX_BATCH: usize = 1024;
+/// Most `mqtt-rejected` audit events recorded per minute (the rest are only counted).
+pub const REJECT_EVENTS_PER_MINUTE: u32 = 100;
+
+/// Why a fleet operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// No published release matches.
+    #[error("no published release matches {0:?} (give its sha256 or its version)")]
+    ReleaseNotFound(String),
+    /// Several releases have this version.
+    #[error("several releases have version {0:?}: give the sha256")]
+    AmbiguousRelease(String),
+    /// The device filter does not parse.
+    #[error("{0}")]
+    BadFilter(String),
+    /// The rollout spec is invalid.
+    #[error("invalid rollout: {0}")]
+    BadSpec(String),
+    /// The filter matches no device that can take the release.
+    #[error(
+        "the filter matches no device that can take this release ({matched} matched, {incompatible} of them of another hardware class)"
+    )]
+    NoTargets {
+        /// Devices the filter matched.
+        matched: usize,
+        /// Of those, devices whose hardware class the release does not list.
+        incompatible: usize,
+    },
+    /// Some targets are already in an active rollout.
+    #[error("{} device(s) are already in an active rollout: {}", .0.len(), conflict_list(.0))]
+    Conflict(Vec<(String, i64)>),
+    /// No such rollout.
+    #[error("rollout {0} not found")]
+    RolloutNotFound(i64),
+    /// The creator of a forced reinstall tried to approve it.
+    #[error("a forced reinstall must be approved by an operator other than its creator")]
+    SelfApproval,
+    /// The operation is not possible in the rollout's state.
+    #[error("{0}")]
+    InvalidState(String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Stored planner state cannot be decoded.
+    #[error("corrupt rollout state: {0}")]
+    Corrupt(String),
+    /// The change could not be stored (database failure; see the server log): nothing
+    /// happened.
+    #[error("the change could not be stored (database failure, see the server log)")]
+    NotStored,
+    /// The coordinator is not running (the server is stopping).
+    #[error("the fleet coordinator is not running")]
+    Stopped,
+}
+
+fn conflict_list(list: &[(String, i64)]) -> String {
+    let mut s: Vec<String> = list
+        .iter()
+        .take(10)
+        .map(|(d, r)| format!("{d} (rollout {r})"))
+        .collect();
+    if list.len() > 10 {
+        s.push(format!("and {} more", list.len() - 10));
+    }
+    s.join(", ")
+}
+
+impl From<RolloutError> for FleetError {
+    fn from(e: RolloutError) -> Self {
+        match e {
+            RolloutError::SelfApproval => FleetError::SelfApproval,
+            RolloutError::InvalidOperation { .. } => FleetError::InvalidState(e.to_string()),
+            RolloutError::Corrupt(_) | RolloutError::UnsupportedVersion(_) => {
+                FleetError::Corrupt(e.to_string())
+            }
+            other => FleetError::BadSpec(other.to_string()),
+        }
+    }
+}
+
+fn default_waves() -> Vec<f64> {
+    vec![1.0, 5.0, 25.0, 100.0]
+}
+fn default_bake() -> u64 {
+    3600
+}
+fn default_success_min() -> f64 {
+    95.0
+}
+fn default_max_failure() -> f64 {
+    5.0
+}
+fn default_min_executed() -> u32 {
+    ota_core::rollout::DEFAULT_MIN_EXECUTED
+}
+fn default_rate() -> u32 {
+    200
+}
+fn default_inactivity() -> u64 {
+    30 * 60
+}
+fn default_max_deferral() -> u64 {
+    24 * 3600
+}
+
+/// A rollout as an operator asks for it (the body of `POST /api/v1/rollouts`). Percentages
+/// are numbers (`5` is 5 %, at most two decimals count); durations are seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RolloutRequest {
+    /// The release: its artifact sha256 (hex), or its version if only one release has it.
+    pub release: String,
+    /// The device filter (empty: every device).
+    #[serde(default)]
+    pub filter: String,
+    /// Cumulative wave sizes in percent, the last one 100.
+    #[serde(default = "default_waves")]
+    pub waves: Vec<f64>,
+    /// Bake time after a wave's last device settled, seconds.
+    #[serde(default = "default_bake")]
+    pub bake_secs: u64,
+    /// Least succeeded / executed share for a wave's gate, percent.
+    #[serde(default = "default_success_min")]
+    pub success_min: f64,
+    /// Largest failures / executed share before the rollout aborts, percent.
+    #[serde(default = "default_max_failure")]
+    pub max_failure: f64,
+    /// Executed devices needed before `max_failure` is judged.
+    #[serde(default = "default_min_executed")]
+    pub min_executed: u32,
+    /// Most devices notified per minute.
+    #[serde(default = "default_rate")]
+    pub rate_per_minute: u32,
+    /// A notified device silent this long becomes timed-out, seconds.
+    #[serde(default = "default_inactivity")]
+    pub inactivity_timeout_secs: u64,
+    /// A deferred or unreachable device stops blocking its wave after this, seconds.
+    #[serde(default = "default_max_deferral")]
+    pub max_deferral_secs: u64,
+    /// Reinstall on devices already running the release (needs a second operator's approval).
+    #[serde(default)]
+    pub force_reinstall: bool,
+    /// Plan only: show targets, waves, deploys and redeploys; notify nobody.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl RolloutRequest {
+    /// A request for `release` over `filter` with every default.
+    pub fn new(release: impl Into<String>, filter: impl Into<String>) -> Self {
+        RolloutRequest {
+            release: release.into(),
+            filter: filter.into(),
+            waves: default_waves(),
+            bake_secs: default_bake(),
+            success_min: default_success_min(),
+            max_failure: default_max_failure(),
+            min_executed: default_min_executed(),
+            rate_per_minute: default_rate(),
+            inactivity_timeout_secs: default_inactivity(),
+            max_deferral_secs: default_max_deferral(),
+            force_reinstall: false,
+            dry_run: false,
+        }
+    }
+}
+
+/// A percentage (0 to 100, two decimals) as a planner ratio.
+pub fn percent(p: f64, what: &str) -> Result<Ratio, FleetError> {
+    if !p.is_finite() || !(0.0..=100.0).contains(&p) {
+        return Err(FleetError::BadSpec(format!(
+            "{what} must be between 0 and 100 percent, got {p}"
+        )));
+    }
+    let bp = (p * 100.0).round();
+    // 0..=10_000 fits u16.
+    Ok(Ratio::basis_points(bp as u16))
+}
+
+/// Counters shown by `/metrics`.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Counters {
+    /// MQTT messages received.
+    pub mqtt_received: AtomicU64,
+    /// MQTT messages published.
+    pub mqtt_published: AtomicU64,
+    /// MQTT messages refused (malformed, unknown device, not a target).
+    pub mqtt_rejected: AtomicU64,
+    /// Webhook deliveries that succeeded.
+    pub webhook_delivered: AtomicU64,
+    /// Webhook deliveries given up after every retry.
+    pub webhook_failed: AtomicU64,
+    /// Events not queued for webhooks because the queue was full.
+    pub webhook_dropped: AtomicU64,
+}
+
+impl Counters {
+    /// Adds one to `counter`.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the coordinator last knew, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// Device executions per state, over active rollouts.
+    pub executions: StateCounts,
+    /// Whether the MQTT client is connected.
+    pub mqtt_connected: bool,
+    /// Rollouts the coordinator drives now.
+    pub active_rollouts: usize,
+}
+
+/// State shared between the coordinator and the HTTP handlers.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The counters.
+    pub counters: Counters,
+    snapshot: std::sync::RwLock<Snapshot>,
+}
+
+impl Shared {
+    /// The last snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn set_snapshot(&self, s: Snapshot) {
+        if let Ok(mut slot) = self.snapshot.write() {
+            *slot = s;
+        }
+    }
+}
+
+/// An operator command for the coordinator.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Create {
+        request: RolloutRequest,
+        operator: String,
+        reply: oneshot::Sender<Result<RolloutView, FleetError>>,
+    },
+    Operate {
+        id: i64,
+        op: Op,
+        operator: String,
+        reply: oneshot::Sender<Result<RolloutView, FleetError>>,
+    },
+    Tick {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// An operator operation on a rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Op {
+    /// Approve a forced reinstall.
+    Approve,
+    /// Pause.
+    Pause,
+    /// Resume.
+    Resume,
+    /// Abort with a reason.
+    Abort(String),
+}
+
+/// A handle to the fleet coordinator (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl Fleet {
+    /// Creates a rollout for `operator`.
+    pub async fn create_rollout(
+        &self,
+        request: RolloutRequest,
+        operator: &str,
+    ) -> Result<RolloutView, FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Create {
+            request,
+            operator: operator.to_string(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| FleetError::Stopped)?
+    }
+
+    /// Approves, pauses, resumes or aborts rollout `id` for `operator`.
+    pub async fn operate(
+        &self,
+        id: i64,
+        op: Op,
+        operator: &str,
+    ) -> Result<RolloutView, FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Operate {
+            id,
+            op,
+            operator: operator.to_string(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| FleetError::Stopped)?
+    }
+
+    /// Fires every timer that is due by the server's clock now, and returns once done (for
+    /// clocks advanced by hand; the coordinator also checks at least once a second).
+    pub async fn tick(&self) -> Result<(), FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Tick { reply }).await?;
+        rx.await.map_err(|_| FleetError::Stopped)
+    }
+
+    /// Shared counters and the last snapshot.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), FleetError> {
+        self.tx.send(cmd).await.map_err(|_| FleetError::Stopped)
+    }
+}

@@ -1,0 +1,196 @@
+//! The JSON view of a rollout (`GET /api/v1/rollouts/{id}` and every rollout command's
+//! answer), built from its row and its planner.
+
+use ota_core::rollout::{AbortReason, Rollout, RolloutState, StateCounts, WavePhase};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::db::RolloutRecord;
+
+/// A rollout: its row, its state and its counts per wave.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct RolloutView {
+    /// The rollout id.
+    pub id: i64,
+    /// The release's artifact sha256.
+    pub release: String,
+    /// The release's version, when known.
+    pub version: Option<String>,
+    /// The device filter.
+    pub filter: String,
+    /// `dry-run`, `awaiting-approval`, `running`, `paused`, `completed` or `aborted`.
+    pub status: String,
+    /// The current wave, while running or paused.
+    pub current_wave: Option<usize>,
+    /// `notifying`, `baking` or `held`, while running or paused.
+    pub phase: Option<String>,
+    /// When the bake ends (unix ms), while baking.
+    pub bake_until: Option<u64>,
+    /// Why it aborted.
+    pub abort_reason: Option<Value>,
+    /// Who created it.
+    pub created_by: String,
+    /// Who approved the forced reinstall.
+    pub approved_by: Option<String>,
+    /// Creation time, unix seconds.
+    pub created_at: i64,
+    /// Last change, unix seconds.
+    pub updated_at: i64,
+    /// The spec as requested (percentages, seconds).
+    pub spec: Value,
+    /// Target devices.
+    pub targets: u32,
+    /// Targets that install the release (another digest running).
+    pub deploys: u32,
+    /// Targets already running it (they report skipped-identical unless forced).
+    pub redeploys: u32,
+    /// Targets offline now.
+    pub offline: u32,
+    /// Counts per execution state over all targets.
+    pub totals: Value,
+    /// Per wave.
+    pub waves: Vec<WaveView>,
+    /// Devices the filter matched but that were left out, by reason (only when created).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<Value>,
+}
+
+/// One wave of a [`RolloutView`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct WaveView {
+    /// Index, from 0.
+    pub index: usize,
+    /// Cumulative share, percent.
+    pub share: f64,
+    /// Devices first joining in this wave.
+    pub members: u32,
+    /// Devices in this wave and the earlier ones.
+    pub cumulative_members: u32,
+    /// Members that install the release.
+    pub deploys: u32,
+    /// Members already running it.
+    pub redeploys: u32,
+    /// Members not settled yet.
+    pub unsettled: u32,
+    /// When it started (unix ms).
+    pub started_at: Option<u64>,
+    /// Counts per execution state of its members.
+    pub counts: Value,
+}
+
+/// Counts as JSON: one key per state; `failed` broken down by phase; `executed` and
+/// `failures` added.
+pub fn counts_json(c: &StateCounts) -> Value {
+    json!({
+        "queued": c.queued,
+        "notified": c.notified,
+        "deferred-power": c.deferred_power,
+        "deferred-window": c.deferred_window,
+        "deferred-disk": c.deferred_disk,
+        "downloading": c.downloading,
+        "installing": c.installing,
+        "trial": c.trial,
+        "succeeded": c.succeeded,
+        "skipped-identical": c.skipped_identical,
+        "rejected": c.rejected,
+        "failed": {
+            "download": c.failed_download,
+            "verify": c.failed_verify,
+            "install": c.failed_install,
+            "trial": c.failed_trial,
+        },
+        "rolled-back": c.rolled_back,
+        "timed-out": c.timed_out,
+        "executed": c.executed(),
+        "failures": c.failures(),
+    })
+}
+
+/// An abort reason as JSON.
+pub fn abort_json(reason: &AbortReason) -> Value {
+    match reason {
+        AbortReason::FailureThreshold {
+            failures,
+            executed,
+            max_failure,
+        } => json!({
+            "kind": "failure-threshold",
+            "failures": failures,
+            "executed": executed,
+            "max_failure": max_failure.to_string(),
+            "message": format!(
+                "{failures} of {executed} executed devices failed, above max-failure {max_failure}"
+            ),
+        }),
+        AbortReason::Operator { reason } => json!({
+            "kind": "operator",
+            "message": reason,
+        }),
+        _ => json!({ "kind": "other" }),
+    }
+}
+
+fn share_percent(bp: u16) -> f64 {
+    f64::from(bp) / 100.0
+}
+
+impl RolloutView {
+    /// The view of `record` whose planner is `planner`; `version` is the release's version.
+    pub fn new(record: &RolloutRecord, planner: &Rollout, version: Option<String>) -> Self {
+        let status = planner.status();
+        let (phase, bake_until) = match &status.state {
+            RolloutState::Running { phase, .. } | RolloutState::Paused { phase, .. } => match phase
+            {
+                WavePhase::Notifying => (Some("notifying"), None),
+                WavePhase::Baking { until } => (Some("baking"), Some(until.as_unix_millis())),
+                WavePhase::Held => (Some("held"), None),
+                _ => (None, None),
+            },
+            _ => (None, None),
+        };
+        let abort_reason = match &status.state {
+            RolloutState::Aborted { reason } => Some(abort_json(reason)),
+            _ => None,
+        };
+        let waves = status
+            .waves
+            .iter()
+            .map(|w| WaveView {
+                index: w.index,
+                share: share_percent(w.share.as_basis_points()),
+                members: w.members,
+                cumulative_members: w.cumulative_members,
+                deploys: w.deploys,
+                redeploys: w.redeploys,
+                unsettled: w.unsettled,
+                started_at: w.started_at.map(|t| t.as_unix_millis()),
+                counts: counts_json(&w.counts),
+            })
+            .collect();
+        RolloutView {
+            id: record.id,
+            release: record.release_digest.to_string(),
+            version,
+            filter: record.filter.clone(),
+            status: status.state.name().to_string(),
+            current_wave: status.current_wave,
+            phase: phase.map(str::to_string),
+            bake_until,
+            abort_reason,
+            created_by: record.created_by.clone(),
+            approved_by: status.approved_by.clone().or(record.approved_by.clone()),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            spec: record.spec.clone(),
+            targets: status.deploys + status.redeploys,
+            deploys: status.deploys,
+            redeploys: status.redeploys,
+            offline: status.offline,
+            totals: counts_json(&status.totals),
+            waves,
+            excluded: None,
+        }
+    }
+}

@@ -1,0 +1,884 @@
+//! MQTT coordination and rollouts, end to end: the server (embedded broker on port 0, or an
+//! external one) with simulated devices speaking the real protocol.
+//!
+//! Every scenario runs three ways: embedded broker + SQLite (always), Mosquitto
+//! (`OTA_TEST_MQTT_URL`) and PostgreSQL (`OTA_TEST_DATABASE_URL`), the last two `#[ignore]`d.
+//! Device ids carry a per-run prefix, so runs sharing an external broker never mix, and the
+//! simulator clears its retained messages at the end.
+
+use std::time::Duration;
+
+use ota_core::wire::{DeviceId, FailurePhase, TopicKind};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::sim::{Behavior, Sim, SimDevice, device, running_of};
+use crate::util::{BOB_TOKEN, Options, PgSchema, TOKEN, TestServer, artifact, error_of, release};
+
+/// Where a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Embedded,
+    Mosquitto,
+    Postgres,
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::Backend;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded_sqlite() {
+                super::$name(Backend::Embedded).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "needs Mosquitto: set OTA_TEST_MQTT_URL"]
+            async fn mosquitto() {
+                super::$name(Backend::Mosquitto).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "needs PostgreSQL: set OTA_TEST_DATABASE_URL"]
+            async fn postgres() {
+                super::$name(Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+
+suite!(
+    registry_and_heartbeats,
+    full_rollout_in_four_waves,
+    abort_past_max_failure_rolls_back,
+    inactivity_timeout,
+    rate_limit,
+    deferral,
+    forced_reinstall_needs_second_operator,
+    restart_mid_rollout,
+    bad_inputs,
+    drift,
+    webhooks,
+);
+
+/// A test fleet: server, simulator, releases 1.0.0 (running) and 2.0.0 (new), both published.
+struct World {
+    t: TestServer,
+    sim: Sim,
+    prefix: String,
+    old: Vec<u8>,
+    new: Vec<u8>,
+    pg: Option<PgSchema>,
+}
+
+fn unique_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("t{}x{:x}-", std::process::id(), nanos % 0xffff_ffff_ffff)
+}
+
+impl World {
+    async fn start(backend: Backend, mut opts: Options) -> World {
+        let pg = match backend {
+            Backend::Postgres => Some(PgSchema::create().await),
+            _ => None,
+        };
+        opts.database_url = pg.as_ref().map(|p| p.url.clone());
+        if backend == Backend::Mosquitto {
+            opts.mqtt_url = Some(
+                std::env::var("OTA_TEST_MQTT_URL")
+                    .expect("set OTA_TEST_MQTT_URL=mqtt://host:port to run the Mosquitto tests"),
+            );
+        }
+        let t = TestServer::start_opts(opts).await;
+        let prefix = unique_prefix();
+        let (host, port) = t.mqtt();
+        let sim = Sim::connect(&host, port, &format!("{prefix}sim")).await;
+        let old_art = artifact(3000, 1);
+        let new_art = artifact(4000, 2);
+        let old = release("1.0.0", &old_art, &[1]);
+        let new = release("2.0.0", &new_art, &[1]);
+        assert_eq!(t.publish(old.clone(), old_art).await.status(), 201);
+        assert_eq!(t.publish(new.clone(), new_art).await.status(), 201);
+        World {
+            t,
+            sim,
+            prefix,
+            old,
+            new,
+            pg,
+        }
+    }
+
+    fn id(&self, n: usize) -> String {
+        format!("{}d{n:03}", self.prefix)
+    }
+
+    fn filter(&self) -> String {
+        format!("id={}*", self.prefix)
+    }
+
+    fn new_digest(&self) -> String {
+        running_of(&self.new).digest.to_string()
+    }
+
+    fn old_digest(&self) -> String {
+        running_of(&self.old).digest.to_string()
+    }
+
+    /// `n` devices running 1.0.0 with `behavior(i)`.
+    fn sim_devices(&self, n: usize, behavior: impl Fn(usize) -> Behavior) -> Vec<SimDevice> {
+        (0..n)
+            .map(|i| {
+                device(
+                    &self.id(i),
+                    "gw-a",
+                    Some(running_of(&self.old)),
+                    behavior(i),
+                )
+            })
+            .collect()
+    }
+
+    /// Adds devices and waits until the server registered them all, online.
+    async fn add(&self, devices: Vec<SimDevice>) {
+        let n = devices.len();
+        self.sim.add_devices(devices).await;
+        let filter = format!("{} and online", self.filter());
+        wait_for("devices registered and online", || async {
+            self.devices(&filter).await.len() >= n
+        })
+        .await;
+    }
+
+    async fn devices(&self, filter: &str) -> Vec<Value> {
+        let r = self
+            .t
+            .get("/api/v1/devices")
+            .query(&[("filter", filter)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        body["devices"].as_array().unwrap().clone()
+    }
+
+    /// Creates a rollout of 2.0.0 over this world's devices with `spec` merged in.
+    async fn create(&self, token: &str, spec: Value) -> (StatusCode, Value) {
+        let mut body = json!({
+            "release": self.new_digest(),
+            "filter": self.filter(),
+            "waves": [100],
+            "bake_secs": 0,
+            "rate_per_minute": 10000,
+        });
+        for (k, v) in spec.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let r = self
+            .t
+            .post_as(token, "/api/v1/rollouts", &body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap())
+    }
+
+    async fn rollout(&self, id: i64) -> Value {
+        let r = self
+            .t
+            .get(&format!("/api/v1/rollouts/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        body["rollout"].clone()
+    }
+
+    async fn wait_status(&self, id: i64, status: &str) -> Value {
+        wait_for(&format!("rollout {id} {status}"), || async {
+            self.rollout(id).await["status"] == status
+        })
+        .await;
+        self.rollout(id).await
+    }
+
+    async fn op(&self, token: &str, id: i64, op: &str) -> (StatusCode, Value) {
+        let r = self
+            .t
+            .post_as(token, &format!("/api/v1/rollouts/{id}/{op}"), &json!({}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap())
+    }
+
+    async fn events(&self, query: &str) -> Vec<Value> {
+        let r = self
+            .t
+            .get(&format!("/api/v1/events?limit=1000&{query}"))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = r.json().await.unwrap();
+        body["events"].as_array().unwrap().clone()
+    }
+
+    async fn finish(self) {
+        self.sim.clear_retained().await;
+        self.t.server.shutdown().await.unwrap();
+        if let Some(pg) = self.pg {
+            pg.drop().await;
+        }
+    }
+}
+
+/// Polls `check` until it holds (panics after two minutes: a hung test, not a timing check).
+async fn wait_for<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..2400 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn count(v: &Value, state: &str) -> u64 {
+    v["totals"][state].as_u64().unwrap()
+}
+
+async fn registry_and_heartbeats(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    let mut d = device(
+        &w.id(0),
+        "gw-a",
+        Some(running_of(&w.old)),
+        Behavior::Succeed,
+    );
+    d.labels.insert("region".into(), "eu".into());
+    w.add(vec![d]).await;
+
+    let list = w.devices(&w.filter()).await;
+    assert_eq!(list.len(), 1);
+    let dev = &list[0];
+    assert_eq!(dev["hardware_class"], "gw-a");
+    assert_eq!(dev["running_version"], "1.0.0");
+    assert_eq!(dev["running_digest"], w.old_digest());
+    assert_eq!(dev["known_good_digest"], w.old_digest());
+    assert_eq!(dev["last_committed_digest"], w.old_digest());
+    assert_eq!(dev["labels"]["region"], "eu");
+    assert_eq!(dev["online"], true);
+    assert_eq!(dev["drifted"], false);
+    assert_eq!(dev["inventory"]["os"], "simOS");
+    assert_eq!(dev["power"]["mains_online"], true);
+
+    // The filter language sees reported labels.
+    assert_eq!(
+        w.devices(&format!("{} and label:region=eu", w.filter()))
+            .await
+            .len(),
+        1
+    );
+
+    // Heartbeats are echoed.
+    w.sim.heartbeat(&w.id(0), 42).await;
+    w.sim.heartbeat(&w.id(0), 43).await;
+    wait_for("heartbeat acks", || async {
+        w.sim.device(&w.id(0)).unwrap().acks.len() == 2
+    })
+    .await;
+    assert_eq!(w.sim.device(&w.id(0)).unwrap().acks, [42, 43]);
+
+    // The last will (offline status) is seen.
+    w.sim.set_online(&w.id(0), false).await;
+    let filter = format!("{} and not online", w.filter());
+    wait_for("device offline", || async {
+        w.devices(&filter).await.len() == 1
+    })
+    .await;
+    let registered = w
+        .events(&format!("device={}&kind=device-registered", w.id(0)))
+        .await;
+    assert_eq!(registered.len(), 1);
+    w.finish().await;
+}
+
+async fn full_rollout_in_four_waves(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    let n = 40;
+    let mut devices = w.sim_devices(n, |_| Behavior::Succeed);
+    // A few already run 2.0.0: redeploys, they report skipped-identical.
+    for d in devices.iter_mut().take(3) {
+        d.running = Some(running_of(&w.new));
+    }
+    // Some really download the artifact over HTTP (Range, digest checked).
+    for d in devices.iter_mut().skip(3).take(3) {
+        d.download = true;
+    }
+    w.add(devices).await;
+
+    // Dry run first: the plan, deploys vs redeploys, nobody notified.
+    let (status, body) = w
+        .create(TOKEN, json!({ "waves": [1, 5, 25, 100], "dry_run": true }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let dry = &body["rollout"];
+    assert_eq!(dry["status"], "dry-run");
+    assert_eq!(dry["targets"], n);
+    assert_eq!(dry["deploys"], n - 3);
+    assert_eq!(dry["redeploys"], 3);
+    assert_eq!(dry["waves"].as_array().unwrap().len(), 4);
+    assert_eq!(dry["waves"][3]["cumulative_members"], n);
+
+    let (status, body) = w.create(TOKEN, json!({ "waves": [1, 5, 25, 100] })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["rollout"]["deploys"], n - 3);
+    assert_eq!(body["rollout"]["redeploys"], 3);
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    let done = w.wait_status(id, "completed").await;
+    assert_eq!(count(&done, "succeeded"), (n - 3) as u64);
+    assert_eq!(count(&done, "skipped-identical"), 3);
+    assert_eq!(count(&done, "failures"), 0);
+
+    for i in 0..n {
+        let d = w.sim.device(&w.id(i)).unwrap();
+        assert_eq!(d.seen.len(), 1, "{} got one desired state", d.id);
+        assert_eq!(d.running.unwrap().digest.to_string(), w.new_digest());
+        assert_eq!(
+            d.seen[0].rollout_id.as_deref(),
+            Some(id.to_string().as_str())
+        );
+        assert!(d.seen[0].urls[0].ends_with(&format!("/artifacts/{}", w.new_digest())));
+    }
+    let started = w.events(&format!("rollout={id}&kind=wave-started")).await;
+    assert_eq!(started.len(), 4);
+    let advanced = w.events(&format!("rollout={id}&kind=wave-advanced")).await;
+    assert_eq!(advanced.len(), 3);
+    let changes = w
+        .events(&format!("rollout={id}&kind=device-state-changed"))
+        .await;
+    assert!(changes.iter().any(|e| e["details"]["to"] == "succeeded"));
+    let devices = w.devices(&w.filter()).await;
+    assert!(
+        devices
+            .iter()
+            .all(|d| d["running_digest"] == w.new_digest() && d["drifted"] == false)
+    );
+    // The completed rollout frees its devices: a new one may take them.
+    let (status, _) = w.create(TOKEN, json!({ "dry_run": true })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    w.finish().await;
+}
+
+async fn abort_past_max_failure_rolls_back(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    // 12 devices: 4 fail to install, 2 fail to download, 6 succeed.
+    let devices = w.sim_devices(12, |i| match i % 6 {
+        0 | 1 => Behavior::Fail(FailurePhase::Install),
+        2 => Behavior::Fail(FailurePhase::Download),
+        _ => Behavior::Succeed,
+    });
+    w.add(devices).await;
+    let (status, body) = w
+        .create(
+            TOKEN,
+            json!({ "max_failure": 5, "min_executed": 12, "success_min": 95 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    let aborted = w.wait_status(id, "aborted").await;
+    assert_eq!(aborted["abort_reason"]["kind"], "failure-threshold");
+    assert_eq!(aborted["totals"]["failed"]["install"], 4);
+    assert_eq!(aborted["totals"]["failed"]["download"], 2);
+    // Everyone who wrote the release (succeeded, failed in install) goes back to 1.0.0;
+    // the download failures are cancelled back to what they run (1.0.0 too).
+    wait_for("rollback desired states", || async {
+        (0..12).all(|i| w.sim.device(&w.id(i)).unwrap().seen.len() == 2)
+    })
+    .await;
+    for i in 0..12 {
+        let d = w.sim.device(&w.id(i)).unwrap();
+        assert_eq!(d.seen[1].digest.to_string(), w.old_digest(), "{}", d.id);
+        assert!(d.seen[1].generation > d.seen[0].generation);
+    }
+    wait_for("devices back on 1.0.0", || async {
+        (0..12).all(|i| {
+            w.sim
+                .device(&w.id(i))
+                .unwrap()
+                .running
+                .unwrap()
+                .digest
+                .to_string()
+                == w.old_digest()
+        })
+    })
+    .await;
+    let rollbacks = w
+        .events(&format!("rollout={id}&kind=device-rollback"))
+        .await;
+    let cancels = w.events(&format!("rollout={id}&kind=device-cancel")).await;
+    assert_eq!(rollbacks.len(), 10);
+    assert_eq!(cancels.len(), 2);
+    let abort = w
+        .events(&format!("rollout={id}&kind=rollout-aborted"))
+        .await;
+    assert_eq!(abort.len(), 1);
+    assert_eq!(abort[0]["details"]["reason"]["kind"], "failure-threshold");
+    w.finish().await;
+}
+
+async fn inactivity_timeout(backend: Backend) {
+    let w = World::start(
+        backend,
+        Options {
+            manual_clock: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let devices = w.sim_devices(4, |i| {
+        if i == 0 {
+            Behavior::Silent
+        } else {
+            Behavior::Succeed
+        }
+    });
+    w.add(devices).await;
+    let (status, body) = w
+        .create(
+            TOKEN,
+            json!({ "inactivity_timeout_secs": 600, "max_failure": 50, "success_min": 50 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    wait_for("three succeeded", || async {
+        count(&w.rollout(id).await, "succeeded") == 3
+    })
+    .await;
+    let r = w.rollout(id).await;
+    assert_eq!(r["status"], "running");
+    assert_eq!(count(&r, "notified"), 1);
+    w.t.advance(Duration::from_secs(599)).await;
+    assert_eq!(count(&w.rollout(id).await, "timed-out"), 0);
+    w.t.advance(Duration::from_secs(2)).await;
+    let r = w.wait_status(id, "completed").await;
+    assert_eq!(count(&r, "timed-out"), 1);
+    let changes = w
+        .events(&format!(
+            "rollout={id}&kind=device-state-changed&device={}",
+            w.id(0)
+        ))
+        .await;
+    assert!(changes.iter().any(|e| e["details"]["to"] == "timed-out"));
+    w.finish().await;
+}
+
+async fn rate_limit(backend: Backend) {
+    let w = World::start(
+        backend,
+        Options {
+            manual_clock: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    w.add(w.sim_devices(5, |_| Behavior::Succeed)).await;
+    let (status, body) = w.create(TOKEN, json!({ "rate_per_minute": 2 })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    let notified = || async {
+        (0..5)
+            .filter(|i| !w.sim.device(&w.id(*i)).unwrap().seen.is_empty())
+            .count()
+    };
+    wait_for("two succeeded", || async {
+        count(&w.rollout(id).await, "succeeded") == 2
+    })
+    .await;
+    assert_eq!(notified().await, 2);
+    assert_eq!(count(&w.rollout(id).await, "queued"), 3);
+    w.t.advance(Duration::from_secs(59)).await;
+    assert_eq!(count(&w.rollout(id).await, "queued"), 3);
+    w.t.advance(Duration::from_secs(1)).await;
+    wait_for("four succeeded", || async {
+        count(&w.rollout(id).await, "succeeded") == 4
+    })
+    .await;
+    assert_eq!(notified().await, 4);
+    w.t.advance(Duration::from_secs(60)).await;
+    w.wait_status(id, "completed").await;
+    assert_eq!(notified().await, 5);
+    w.finish().await;
+}
+
+async fn deferral(backend: Backend) {
+    let w = World::start(
+        backend,
+        Options {
+            manual_clock: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let devices = w.sim_devices(4, |i| {
+        if i == 0 {
+            Behavior::Defer
+        } else {
+            Behavior::Succeed
+        }
+    });
+    w.add(devices).await;
+    let (status, body) = w
+        .create(
+            TOKEN,
+            json!({ "max_deferral_secs": 3600, "waves": [50, 100] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    wait_for("deferred device", || async {
+        count(&w.rollout(id).await, "deferred-power") == 1
+    })
+    .await;
+    // The deferred device is no failure, but blocks its wave until max-deferral.
+    let r = w.rollout(id).await;
+    assert_eq!(count(&r, "failures"), 0);
+    let deferred_wave = (0..2)
+        .find(|i| r["waves"][i]["counts"]["deferred-power"] == 1)
+        .unwrap();
+    if deferred_wave == 0 {
+        assert_eq!(r["current_wave"], 0);
+    }
+    w.t.advance(Duration::from_secs(3601)).await;
+    let r = w.wait_status(id, "completed").await;
+    assert_eq!(count(&r, "deferred-power"), 1);
+    assert_eq!(count(&r, "succeeded"), 3);
+    w.finish().await;
+}
+
+async fn forced_reinstall_needs_second_operator(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    let mut devices = w.sim_devices(3, |_| Behavior::Succeed);
+    for d in &mut devices {
+        d.running = Some(running_of(&w.new));
+        d.known_good = Some(running_of(&w.new));
+    }
+    w.add(devices).await;
+    let (status, body) = w.create(TOKEN, json!({ "force_reinstall": true })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let r = &body["rollout"];
+    assert_eq!(r["status"], "awaiting-approval");
+    assert_eq!(r["redeploys"], 3);
+    assert_eq!(r["deploys"], 0);
+    let id = r["id"].as_i64().unwrap();
+    // Nobody is notified before the approval.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(w.sim.device(&w.id(0)).unwrap().seen.is_empty());
+
+    let (status, body) = w.op(TOKEN, id, "approve").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["cause"], "self-approval");
+    assert_eq!(w.rollout(id).await["status"], "awaiting-approval");
+
+    let (status, body) = w.op(BOB_TOKEN, id, "approve").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rollout"]["approved_by"], "bob");
+    let done = w.wait_status(id, "completed").await;
+    assert_eq!(count(&done, "succeeded"), 3);
+    for i in 0..3 {
+        assert!(w.sim.device(&w.id(i)).unwrap().seen[0].force);
+    }
+    let approved = w
+        .events(&format!("rollout={id}&kind=rollout-approved"))
+        .await;
+    assert_eq!(approved.len(), 1);
+    assert_eq!(approved[0]["actor"], "bob");
+    w.finish().await;
+}
+
+async fn restart_mid_rollout(backend: Backend) {
+    let mut w = World::start(
+        backend,
+        Options {
+            manual_clock: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let n = 30;
+    w.add(w.sim_devices(n, |_| Behavior::Succeed)).await;
+    let (status, body) = w
+        .create(TOKEN, json!({ "waves": [10, 50, 100], "bake_secs": 600 }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    wait_for("wave 0 baking", || async {
+        w.rollout(id).await["phase"] == "baking"
+    })
+    .await;
+    let before = w.rollout(id).await;
+    assert_eq!(before["current_wave"], 0);
+
+    w.t = w.t.restart().await;
+    let after = w.rollout(id).await;
+    assert_eq!(after["status"], "running");
+    assert_eq!(after["current_wave"], 0);
+    assert_eq!(after["totals"], before["totals"]);
+
+    w.t.advance(Duration::from_secs(601)).await;
+    wait_for("wave 1 baking", || async {
+        let r = w.rollout(id).await;
+        r["current_wave"] == 1 && r["phase"] == "baking"
+    })
+    .await;
+    // Restart again in the middle of wave 1's bake.
+    w.t = w.t.restart().await;
+    w.t.advance(Duration::from_secs(601)).await;
+    wait_for("wave 2 baking", || async {
+        let r = w.rollout(id).await;
+        r["current_wave"] == 2 && r["phase"] == "baking"
+    })
+    .await;
+    w.t.advance(Duration::from_secs(601)).await;
+    let done = w.wait_status(id, "completed").await;
+    assert_eq!(count(&done, "succeeded"), n as u64);
+
+    // Nothing lost, nothing duplicated: one desired state per device, one success each.
+    for i in 0..n {
+        let d = w.sim.device(&w.id(i)).unwrap();
+        assert_eq!(d.seen.len(), 1, "{}", d.id);
+    }
+    let events = w.events(&format!("rollout={id}")).await;
+    let of = |kind: &str| events.iter().filter(|e| e["kind"] == kind).count();
+    assert_eq!(of("wave-started"), 3);
+    assert_eq!(of("wave-advanced"), 2);
+    assert_eq!(of("rollout-completed"), 1);
+    let succeeded = events
+        .iter()
+        .filter(|e| e["kind"] == "device-state-changed" && e["details"]["to"] == "succeeded")
+        .count();
+    assert_eq!(succeeded, n);
+    w.finish().await;
+}
+
+async fn bad_inputs(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    w.add(w.sim_devices(3, |_| Behavior::Succeed)).await;
+    let d0 = DeviceId::new(&w.id(0)).unwrap();
+
+    // Malformed payloads on every device topic, an event from a device nobody knows, a
+    // reported state naming another device: recorded, and the server carries on.
+    for kind in [
+        TopicKind::Reported,
+        TopicKind::Events,
+        TopicKind::Status,
+        TopicKind::Heartbeat,
+    ] {
+        w.sim
+            .publish_raw(&d0.topic(kind), b"\xff\x00garbage".to_vec(), false)
+            .await;
+    }
+    let stranger = DeviceId::new(&format!("{}stranger", w.prefix)).unwrap();
+    let event = ota_core::wire::Event {
+        v: 1,
+        device_id: stranger.as_str().into(),
+        generation: 1,
+        rollout_id: Some("1".into()),
+        at: 1,
+        kind: ota_core::wire::ExecutionState::Succeeded,
+        digest: None,
+    };
+    use ota_core::wire::WireMessage;
+    w.sim
+        .publish_raw(&stranger.topic(TopicKind::Events), event.to_cbor(), false)
+        .await;
+    let filter = format!("kind=mqtt-rejected&device={}", w.id(0));
+    wait_for("malformed payloads recorded", || async {
+        w.events(&filter).await.len() >= 4
+    })
+    .await;
+    let filter = format!("kind=mqtt-rejected&device={stranger}");
+    wait_for("unknown device recorded", || async {
+        !w.events(&filter).await.is_empty()
+    })
+    .await;
+    assert!(
+        w.devices(&format!("id={stranger}")).await.is_empty(),
+        "an event does not register a device"
+    );
+
+    // Bad filter, unknown release, bad spec.
+    let (status, body) = w.create(TOKEN, json!({ "filter": "hw=gw-a and (" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["cause"], "bad-filter");
+    assert!(body["error"].as_str().unwrap().contains("column"));
+    let (status, body) = w.create(TOKEN, json!({ "release": "9.9.9" })).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = w.create(TOKEN, json!({ "waves": [50, 40, 100] })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["cause"], "bad-spec");
+    let (status, body) = w.create(TOKEN, json!({ "filter": "id=nobody-*" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["cause"], "no-targets");
+    let (status, body) = w.create(TOKEN, json!({ "colour": "blue" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // A second rollout over a device in a running rollout: 409, nothing written.
+    w.sim.set_behavior(&w.id(0), Behavior::Silent);
+    let (status, body) = w.create(TOKEN, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let first = body["rollout"]["id"].as_i64().unwrap();
+    let before = w.events("kind=rollout-created").await.len();
+    let (status, body) = w
+        .create(TOKEN, json!({ "filter": format!("id={}", w.id(0)) }))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["cause"], "rollout-conflict");
+    assert!(body["error"].as_str().unwrap().contains(&w.id(0)));
+    assert_eq!(w.events("kind=rollout-created").await.len(), before);
+
+    // Operator calls on a rollout in the wrong state; unknown rollouts.
+    let (status, body) = w.op(TOKEN, first, "resume").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "resume of a running rollout is a no-op: {body}"
+    );
+    let (status, body) = w.op(TOKEN, first, "approve").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["cause"], "invalid-state");
+    let (status, _) = w.op(TOKEN, 999_999, "pause").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = w.op(TOKEN, first, "pause").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["rollout"]["status"], "paused");
+    let (status, body) = w.op(TOKEN, first, "abort").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["rollout"]["status"], "aborted");
+    assert_eq!(body["rollout"]["abort_reason"]["kind"], "operator");
+
+    // No token, a wrong token: 401 on every rollout endpoint.
+    for path in ["/api/v1/rollouts", &format!("/api/v1/rollouts/{first}")] {
+        let r = w.t.client.get(w.t.url(path)).send().await.unwrap();
+        assert_eq!(
+            error_of(r).await,
+            (StatusCode::UNAUTHORIZED, "unauthorized".into())
+        );
+    }
+    let r =
+        w.t.client
+            .post(w.t.url(&format!("/api/v1/rollouts/{first}/abort")))
+            .bearer_auth("not-a-token-at-all-no")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Still serving, still coordinating.
+    w.sim.heartbeat(&w.id(1), 7).await;
+    wait_for("heartbeat ack after bad input", || async {
+        w.sim.device(&w.id(1)).unwrap().acks == [7]
+    })
+    .await;
+    let metrics = w.t.client.get(w.t.url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("ota_mqtt_messages_rejected_total"));
+    assert!(text.contains("ota_rollouts{state=\"aborted\"} 1"));
+    w.finish().await;
+}
+
+async fn drift(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    w.add(w.sim_devices(2, |_| Behavior::Succeed)).await;
+    // Someone installs 2.0.0 by hand on device 1.
+    w.sim.install_by_hand(&w.id(1), running_of(&w.new)).await;
+    let filter = format!("{} and drifted", w.filter());
+    wait_for("drift detected", || async {
+        w.devices(&filter).await.len() == 1
+    })
+    .await;
+    assert_eq!(w.devices(&filter).await[0]["id"], w.id(1));
+    let metrics = w.t.client.get(w.t.url("/metrics")).send().await.unwrap();
+    assert!(
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("ota_devices_drifted 1")
+    );
+    assert_eq!(
+        w.events(&format!("kind=device-drifted&device={}", w.id(1)))
+            .await
+            .len(),
+        1
+    );
+    // Putting the committed release back clears it.
+    w.sim.install_by_hand(&w.id(1), running_of(&w.old)).await;
+    wait_for("drift cleared", || async {
+        w.devices(&filter).await.is_empty()
+    })
+    .await;
+    w.finish().await;
+}
+
+async fn webhooks(backend: Backend) {
+    use std::sync::{Arc, Mutex};
+    // A receiver on port 0 collecting POSTed events, and a dead URL that always fails.
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/nobody", dead.local_addr().unwrap());
+    drop(dead);
+    let w = World::start(
+        backend,
+        Options {
+            webhooks: vec![dead_url, format!("http://{addr}/hook")],
+            ..Options::default()
+        },
+    )
+    .await;
+    w.add(w.sim_devices(3, |_| Behavior::Succeed)).await;
+    let (status, body) = w.create(TOKEN, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    // The failing webhook does not hold the rollout up.
+    w.wait_status(id, "completed").await;
+    wait_for("release-published delivered", || async {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "release-published")
+    })
+    .await;
+    let first = got.lock().unwrap()[0].clone();
+    assert!(first["id"].is_i64() && first["actor"].is_string() && first["at"].is_i64());
+    w.finish().await;
+}

@@ -1,0 +1,534 @@
+//! A simulated fleet speaking the real MQTT protocol (ota-core's wire messages): devices that
+//! answer desired states by reporting execution states per a script. Shared by the
+//! integration tests and the fleet benchmark (`examples/fleet_sim.rs`).
+//!
+//! Many devices share one MQTT connection (each subscribes to its own `desired` and
+//! `heartbeat/ack` topics; offline is published as the retained `Status` the last will would
+//! publish), so ten thousand devices do not need ten thousand sockets.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test and benchmark helper: a failure here is a failing test"
+)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ota_core::digest::Digest;
+use ota_core::release::SignedRelease;
+use ota_core::wire::{
+    DesiredState, DeviceId, Event, ExecutionState, FailurePhase, Heartbeat, HeartbeatAck,
+    Inventory, PROTOCOL_VERSION, PowerReading, RejectCause, ReportedState, RollbackReason,
+    RunningRelease, Status, TopicKind, UpdateOutcome, WireMessage,
+};
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, SubscribeFilter};
+use tokio::sync::mpsc;
+
+/// How a simulated device answers a desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Behavior {
+    /// notified, downloading, installing, trial, succeeded.
+    Succeed,
+    /// notified, downloading, (installing,) failed in this phase.
+    Fail(FailurePhase),
+    /// notified, downloading, installing, trial, rolled-back (probe failed).
+    RollBack,
+    /// notified, then deferred-power (waits for a charger forever).
+    Defer,
+    /// Refuses the release (bad signature, say).
+    Reject,
+    /// Receives the desired state and says nothing (a hung device).
+    Silent,
+}
+
+/// A desired state a device received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// Its generation.
+    pub generation: u64,
+    /// The rollout id it carried.
+    pub rollout_id: Option<String>,
+    /// The release's artifact digest.
+    pub digest: Digest,
+    /// Forced reinstall.
+    pub force: bool,
+    /// The artifact URLs.
+    pub urls: Vec<String>,
+}
+
+/// One simulated device's state.
+#[derive(Debug, Clone)]
+pub struct SimDevice {
+    /// Id.
+    pub id: DeviceId,
+    /// Hardware class.
+    pub hw: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Running release.
+    pub running: Option<RunningRelease>,
+    /// Known-good release.
+    pub known_good: Option<RunningRelease>,
+    /// Last generation acted on.
+    pub generation: u64,
+    /// Script.
+    pub behavior: Behavior,
+    /// Every distinct desired state acted on or ignored (by generation).
+    pub seen: Vec<Seen>,
+    /// Duplicate deliveries (same generation again).
+    pub duplicates: u32,
+    /// The last outcome.
+    pub last_result: Option<UpdateOutcome>,
+    /// Heartbeat acks received.
+    pub acks: Vec<u64>,
+    /// Whether it fetches the artifact over HTTP and checks its digest.
+    pub download: bool,
+}
+
+/// A simulated fleet on one MQTT connection.
+#[derive(Clone)]
+pub struct Sim {
+    client: AsyncClient,
+    wildcard: bool,
+    devices: Arc<Mutex<HashMap<String, SimDevice>>>,
+    clock: Arc<AtomicU64>,
+    /// Messages published by the simulated devices.
+    pub published: Arc<AtomicU64>,
+    /// Messages received by the simulated devices.
+    pub received: Arc<AtomicU64>,
+}
+
+impl Sim {
+    /// Connects to the broker at `host:port` as client `client_id`; each device subscribes to
+    /// its own topics.
+    pub async fn connect(host: &str, port: u16, client_id: &str) -> Sim {
+        Self::connect_with(host, port, client_id, false).await
+    }
+
+    /// Like [`connect`](Self::connect); with `wildcard` the connection subscribes once to every
+    /// device's `desired` and `heartbeat/ack` (`ota/v1/devices/+/...`) and keeps what is for its
+    /// devices, instead of two subscriptions per device (rumqttd matches every new topic against
+    /// every filter, which is slow with tens of thousands of filters).
+    pub async fn connect_with(host: &str, port: u16, client_id: &str, wildcard: bool) -> Sim {
+        let mut options = MqttOptions::new(client_id, host, port);
+        options
+            .set_keep_alive(Duration::from_secs(60))
+            .set_clean_session(true)
+            .set_max_packet_size(256 * 1024, 256 * 1024)
+            .set_inflight(500);
+        let (client, mut eventloop) = AsyncClient::new(options, 64 * 1024);
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, bytes::Bytes)>();
+        let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                        if tx.send((p.topic, p.payload)).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                        let _ = conn_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), conn_rx.recv())
+            .await
+            .expect("simulator connects to the broker");
+        if wildcard {
+            let filters = [TopicKind::Desired, TopicKind::HeartbeatAck]
+                .map(|k| SubscribeFilter::new(k.fleet_filter(), QoS::AtLeastOnce));
+            client.subscribe_many(filters).await.unwrap();
+        }
+        let sim = Sim {
+            client,
+            wildcard,
+            devices: Arc::new(Mutex::new(HashMap::new())),
+            clock: Arc::new(AtomicU64::new(1_750_000_000_000)),
+            published: Arc::new(AtomicU64::new(0)),
+            received: Arc::new(AtomicU64::new(0)),
+        };
+        let handler = sim.clone();
+        tokio::spawn(async move {
+            while let Some((topic, payload)) = rx.recv().await {
+                handler.received.fetch_add(1, Ordering::Relaxed);
+                handler.on_message(&topic, &payload).await;
+            }
+        });
+        sim
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+            .unwrap();
+    }
+
+    /// Publishes raw bytes on a topic (bad-input tests).
+    pub async fn publish_raw(&self, topic: &str, payload: Vec<u8>, retain: bool) {
+        self.publish(topic.to_string(), payload, retain).await;
+    }
+
+    /// Adds devices (subscribing to their topics) and brings them online: status online, then
+    /// the full reported state (as the agent does on connect).
+    pub async fn add_devices(&self, devices: Vec<SimDevice>) {
+        let per_device: &[SimDevice] = if self.wildcard { &[] } else { &devices };
+        for chunk in per_device.chunks(100) {
+            let filters: Vec<SubscribeFilter> = chunk
+                .iter()
+                .flat_map(|d| d.id.subscriptions())
+                .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
+                .collect();
+            self.client.subscribe_many(filters).await.unwrap();
+        }
+        {
+            let mut map = self.devices.lock().unwrap();
+            for d in &devices {
+                map.insert(d.id.as_str().to_string(), d.clone());
+            }
+        }
+        for d in &devices {
+            self.set_online(d.id.as_str(), true).await;
+            self.publish_reported(d.id.as_str()).await;
+        }
+    }
+
+    /// Publishes the device's retained status (offline is what its last will says).
+    pub async fn set_online(&self, id: &str, online: bool) {
+        let status = Status {
+            v: PROTOCOL_VERSION,
+            online,
+            at: self.now(),
+        };
+        let id = DeviceId::new(id).unwrap();
+        self.publish(id.topic(TopicKind::Status), status.to_cbor(), true)
+            .await;
+    }
+
+    /// Publishes the device's full reported state.
+    pub async fn publish_reported(&self, id: &str) {
+        let Some(d) = self.device(id) else { return };
+        let r = ReportedState {
+            v: PROTOCOL_VERSION,
+            device_id: id.to_string(),
+            agent_version: "sim-1".into(),
+            hardware_class: d.hw.clone(),
+            running: d.running.clone(),
+            known_good: d.known_good.clone(),
+            trial: None,
+            cached: Vec::new(),
+            last_result: d.last_result.clone(),
+            power: Some(PowerReading::MAINS),
+            inventory: Inventory {
+                os: "simOS".into(),
+                arch: "x86_64".into(),
+                hostname: id.to_string(),
+                ..Inventory::default()
+            },
+            labels: d.labels.clone(),
+            generation: d.generation,
+            security_floor: 0,
+        };
+        self.publish(d.id.topic(TopicKind::Reported), r.to_cbor(), true)
+            .await;
+    }
+
+    /// Sends a heartbeat with `seq`.
+    pub async fn heartbeat(&self, id: &str, seq: u64) {
+        let hb = Heartbeat {
+            v: PROTOCOL_VERSION,
+            seq,
+            at: self.now(),
+        };
+        let id = DeviceId::new(id).unwrap();
+        self.publish(id.topic(TopicKind::Heartbeat), hb.to_cbor(), false)
+            .await;
+    }
+
+    /// A copy of a device's state.
+    pub fn device(&self, id: &str) -> Option<SimDevice> {
+        self.devices.lock().unwrap().get(id).cloned()
+    }
+
+    /// Changes a device's script.
+    pub fn set_behavior(&self, id: &str, behavior: Behavior) {
+        if let Some(d) = self.devices.lock().unwrap().get_mut(id) {
+            d.behavior = behavior;
+        }
+    }
+
+    /// Changes what a device runs (by hand, outside any rollout: drift), and reports it.
+    pub async fn install_by_hand(&self, id: &str, release: RunningRelease) {
+        if let Some(d) = self.devices.lock().unwrap().get_mut(id) {
+            d.running = Some(release);
+        }
+        self.publish_reported(id).await;
+    }
+
+    /// Ids of every device.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.devices.lock().unwrap().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Clears every retained message of these devices (external brokers outlive tests).
+    pub async fn clear_retained(&self) {
+        for id in self.ids() {
+            let id = DeviceId::new(&id).unwrap();
+            for kind in [TopicKind::Desired, TopicKind::Reported, TopicKind::Status] {
+                self.client
+                    .publish(id.topic(kind), QoS::AtLeastOnce, true, Vec::new())
+                    .await
+                    .unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    async fn on_message(&self, topic: &str, payload: &[u8]) {
+        let Ok((id, kind)) = ota_core::wire::parse_device_topic(topic) else {
+            return;
+        };
+        match kind {
+            TopicKind::Desired if !payload.is_empty() => {
+                if let Ok(desired) = DesiredState::from_cbor(payload) {
+                    self.on_desired(&id, desired).await;
+                }
+            }
+            TopicKind::HeartbeatAck => {
+                if let Ok(ack) = HeartbeatAck::from_cbor(payload)
+                    && let Some(d) = self.devices.lock().unwrap().get_mut(id.as_str())
+                {
+                    d.acks.push(ack.seq);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_desired(&self, id: &DeviceId, desired: DesiredState) {
+        let Ok(release) = SignedRelease::decode(&desired.release) else {
+            return;
+        };
+        let m = &release.manifest;
+        let target = RunningRelease {
+            version: m.version.clone(),
+            digest: m.artifact_digest(),
+            security_version: m.security_version,
+        };
+        let seen = Seen {
+            generation: desired.generation,
+            rollout_id: desired.rollout_id.clone(),
+            digest: target.digest,
+            force: desired.force_reinstall,
+            urls: desired.artifact_urls.clone(),
+        };
+        let (behavior, identical, download) = {
+            let mut map = self.devices.lock().unwrap();
+            let Some(d) = map.get_mut(id.as_str()) else {
+                return;
+            };
+            if desired.generation <= d.generation {
+                d.duplicates += 1;
+                return;
+            }
+            d.generation = desired.generation;
+            d.seen.push(seen.clone());
+            let identical = d.running.as_ref().map(|r| r.digest) == Some(target.digest);
+            (d.behavior.clone(), identical, d.download)
+        };
+        let mut steps: Vec<ExecutionState> = Vec::new();
+        if identical && !desired.force_reinstall {
+            steps.push(ExecutionState::SkippedIdentical);
+        } else {
+            let size = m.artifact_size;
+            let downloading = |done| ExecutionState::Downloading { done, total: size };
+            match &behavior {
+                Behavior::Silent => return,
+                Behavior::Reject => steps.push(ExecutionState::Rejected {
+                    cause: RejectCause::BadSignature,
+                    detail: "simulated bad signature".into(),
+                }),
+                Behavior::Defer => {
+                    steps.push(ExecutionState::Notified);
+                    steps.push(ExecutionState::DeferredPower {
+                        reading: PowerReading {
+                            battery_percent: Some(5),
+                            charging: false,
+                            mains_online: false,
+                        },
+                    });
+                }
+                Behavior::Succeed | Behavior::RollBack | Behavior::Fail(_) => {
+                    steps.push(ExecutionState::Notified);
+                    steps.push(downloading(0));
+                    if download && !identical {
+                        match fetch(&seen.urls, &target.digest).await {
+                            Ok(()) => {}
+                            Err(e) => {
+                                steps.push(ExecutionState::Failed {
+                                    phase: FailurePhase::Download,
+                                    reason: e,
+                                });
+                                self.report(id, &desired, target.digest, steps, None).await;
+                                return;
+                            }
+                        }
+                    }
+                    match &behavior {
+                        Behavior::Fail(FailurePhase::Download) => {
+                            steps.push(ExecutionState::Failed {
+                                phase: FailurePhase::Download,
+                                reason: "simulated: mirror unreachable".into(),
+                            });
+                        }
+                        Behavior::Fail(FailurePhase::Verify) => {
+                            steps.push(downloading(size));
+                            steps.push(ExecutionState::Failed {
+                                phase: FailurePhase::Verify,
+                                reason: "simulated: digest mismatch".into(),
+                            });
+                        }
+                        Behavior::Fail(phase) => {
+                            steps.push(downloading(size));
+                            steps.push(ExecutionState::Installing);
+                            steps.push(ExecutionState::Failed {
+                                phase: *phase,
+                                reason: "simulated: installer exit 1".into(),
+                            });
+                        }
+                        Behavior::RollBack => {
+                            steps.push(downloading(size));
+                            steps.push(ExecutionState::Installing);
+                            steps.push(ExecutionState::Trial);
+                            steps.push(ExecutionState::RolledBack {
+                                reason: RollbackReason::ProbeFailed,
+                                detail: "simulated: probe failed".into(),
+                            });
+                        }
+                        _ => {
+                            steps.push(downloading(size));
+                            steps.push(ExecutionState::Installing);
+                            steps.push(ExecutionState::Trial);
+                            steps.push(ExecutionState::Succeeded);
+                        }
+                    }
+                }
+            }
+        }
+        let committed = matches!(steps.last(), Some(ExecutionState::Succeeded));
+        self.report(
+            id,
+            &desired,
+            target.digest,
+            steps,
+            committed.then_some(target),
+        )
+        .await;
+    }
+
+    /// Publishes each step as an event, then the reported state.
+    async fn report(
+        &self,
+        id: &DeviceId,
+        desired: &DesiredState,
+        digest: Digest,
+        steps: Vec<ExecutionState>,
+        committed: Option<RunningRelease>,
+    ) {
+        let mut last = None;
+        for state in steps {
+            let outcome = UpdateOutcome {
+                generation: desired.generation,
+                rollout_id: desired.rollout_id.clone(),
+                digest: Some(digest),
+                state,
+                at: self.now(),
+            };
+            let event = Event::from_outcome(id, &outcome);
+            self.publish(id.topic(TopicKind::Events), event.to_cbor(), false)
+                .await;
+            last = Some(outcome);
+        }
+        {
+            let mut map = self.devices.lock().unwrap();
+            if let Some(d) = map.get_mut(id.as_str()) {
+                if let Some(release) = committed {
+                    d.running = Some(release.clone());
+                    d.known_good = Some(release);
+                }
+                d.last_result = last;
+            }
+        }
+        self.publish_reported(id.as_str()).await;
+    }
+}
+
+/// Fetches the artifact from the first URL with a `Range` request for the whole body and
+/// checks its digest (what an agent does, minus resuming).
+async fn fetch(urls: &[String], digest: &Digest) -> Result<(), String> {
+    let url = urls.first().ok_or("no artifact URL")?;
+    let response = reqwest::Client::new()
+        .get(url)
+        .header("Range", "bytes=0-")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status().as_u16() != 206 {
+        return Err(format!("expected 206, got {}", response.status()));
+    }
+    let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+    if Digest::of(&bytes) != *digest {
+        return Err("artifact digest mismatch".into());
+    }
+    Ok(())
+}
+
+/// A device `id` of class `hw` running `running` (also its known-good), with `behavior`.
+pub fn device(
+    id: &str,
+    hw: &str,
+    running: Option<RunningRelease>,
+    behavior: Behavior,
+) -> SimDevice {
+    SimDevice {
+        id: DeviceId::new(id).unwrap(),
+        hw: hw.to_string(),
+        labels: BTreeMap::from([("ring".to_string(), "test".to_string())]),
+        known_good: running.clone(),
+        running,
+        generation: 0,
+        behavior,
+        seen: Vec::new(),
+        duplicates: 0,
+        last_result: None,
+        acks: Vec::new(),
+        download: false,
+    }
+}
+
+/// The `RunningRelease` a device reports for a signed release.
+pub fn running_of(release: &[u8]) -> RunningRelease {
+    let m = SignedRelease::decode(release).unwrap().manifest;
+    RunningRelease {
+        version: m.version.clone(),
+        digest: m.artifact_digest(),
+        security_version: m.security_version,
+    }
+}
