@@ -236,6 +236,21 @@ pub(crate) enum DevicesCommand {
     List(DevicesListArgs),
     /// Show one device.
     Show(DeviceShowArgs),
+    /// Set or remove server-side labels of a device (`KEY=VALUE` sets, `KEY=` removes); they
+    /// win over the labels the device reports, in filters (`label:KEY=VALUE`).
+    Label(DeviceLabelArgs),
+}
+
+/// Arguments of `ota devices label`.
+#[derive(Debug, Args)]
+pub(crate) struct DeviceLabelArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The device id.
+    id: String,
+    /// Labels: `KEY=VALUE` to set, `KEY=` to remove.
+    #[arg(value_name = "KEY=VALUE", required = true)]
+    labels: Vec<String>,
 }
 
 /// Arguments of `ota devices list`.
@@ -317,6 +332,34 @@ pub(crate) fn devices(cmd: DevicesCommand) -> Result<(), CliError> {
             out(&format!(
                 "{} device(s), {online} online, {drifted} drifted\n",
                 list.len()
+            ))
+        }
+        DevicesCommand::Label(args) => {
+            let api = Api::new(&args.server)?;
+            let path = format!("/api/v1/devices/{}", encode(&args.id));
+            let device = api.get(&path, &[])?;
+            let mut labels: serde_json::Map<String, Value> = device["server_labels"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            for l in &args.labels {
+                let (k, v) = l.split_once('=').ok_or_else(|| {
+                    CliError::Usage(format!("label {l:?}: expected KEY=VALUE or KEY="))
+                })?;
+                if v.is_empty() {
+                    labels.remove(k);
+                } else {
+                    labels.insert(k.to_string(), json!(v));
+                }
+            }
+            let request = api
+                .request(Method::PUT, &format!("{path}/labels"))
+                .json(&json!({ "labels": labels }));
+            let d = api.block_on(async { json_of(request.send().await).await })?;
+            out(&format!(
+                "{}: server labels {}\n",
+                s(&d["id"]),
+                d["server_labels"]
             ))
         }
         DevicesCommand::Show(args) => {
@@ -742,13 +785,17 @@ fn create(args: &CreateArgs) -> Result<(), CliError> {
     text.push_str(&headline);
     text.push('\n');
     text.push_str(&format!(
-        "release {} ({})\ntargets {}: {} deploy(s) (new digest), {} redeploy(s) (already running it: they report skipped-identical{})\n",
+        "release {} ({})\ntargets {}: {} deploy(s) (new digest), {} redeploy(s) (already running it: {})\n",
         s(&r["version"]),
         s(&r["release"]),
         s(&r["targets"]),
         s(&r["deploys"]),
         s(&r["redeploys"]),
-        if args.force_reinstall { ", reinstalled: forced" } else { "" },
+        if args.force_reinstall {
+            "reinstalled, forced"
+        } else {
+            "they report skipped-identical"
+        },
     ));
     if let Some(n) = r["excluded"]["incompatible_hardware"].as_u64()
         && n > 0
@@ -831,7 +878,7 @@ fn bar(done: u64, total: u64, width: usize) -> String {
     let filled = done
         .saturating_mul(width as u64)
         .checked_div(total)
-        .map_or(width, |f| usize::try_from(f).unwrap_or(width));
+        .map_or(width, |f| usize::try_from(f).unwrap_or(width).min(width));
     format!(
         "[{}{}]",
         "#".repeat(filled),

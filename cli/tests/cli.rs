@@ -499,3 +499,97 @@ fn openssl_key_mixed_with_ota_key_in_a_two_of_two_release() {
         .to_owned();
     assert!(out.contains("signed by 2 of 2"), "{out}");
 }
+
+/// Issue 4: the fleet commands against a real `ota server` (embedded broker and HTTP on port 0,
+/// SQLite under the temp dir): publish, list, devices, rollouts, events, and their errors.
+#[test]
+fn fleet_commands_against_a_running_server() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = Dir::new();
+    dir.keygen("fleet");
+    dir.artifact("fw.bin", 5000);
+    dir.sign(&["fleet.key"], "fw.bin", "fw.release", &[]).ok();
+    dir.write(
+        "server.toml",
+        b"data_dir = \"./data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\
+          [trust]\nkeys = [\"fleet.pub\"]\n\
+          [[operators]]\nname = \"alice\"\ntoken = \"alice-token-0123456789\"\n",
+    );
+    let mut server = Command::new(env!("CARGO_BIN_EXE_ota"))
+        .args(["server", "--config", "server.toml"])
+        .current_dir(dir.root())
+        .env("OTA_LOG", "error")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    let mut base = None;
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("ota server: ") {
+            base = rest.split_whitespace().next().map(str::to_string);
+            break;
+        }
+    }
+    let base = base.expect("ota server prints its address");
+    let env = [
+        ("OTA_SERVER", base.as_str()),
+        ("OTA_TOKEN", "alice-token-0123456789"),
+    ];
+    let run = |args: &[&str]| dir.ota_env(args, &env);
+
+    let out = run(&["release", "publish", "fw.release", "--artifact", "fw.bin"]);
+    assert!(out.ok().starts_with("published: "), "{out:?}");
+    let again = run(&["release", "publish", "fw.release", "--artifact", "fw.bin"]);
+    assert!(again.ok().starts_with("already-present: "));
+    assert!(run(&["release", "list"]).ok().contains("1.0.0"));
+    let json = run(&["release", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.ok()).unwrap();
+    assert_eq!(v["releases"][0]["version"], "1.0.0");
+
+    assert!(run(&["devices", "list"]).ok().contains("0 device(s)"));
+    let line = run(&["devices", "list", "--filter", "hw=("]).fails(1).to_string();
+    assert!(line.contains("bad-filter"), "{line}");
+    run(&["devices", "show", "nope"]).fails(1);
+
+    // No device yet: a rollout has no targets (refused by the server: exit 1).
+    let line = run(&["rollout", "create", "--release", "fw.release", "--dry-run"])
+        .fails(1)
+        .to_string();
+    assert!(line.contains("no-targets"), "{line}");
+    run(&["rollout", "create", "--release", "1.0.0", "--waves", "5%,1%"]).fails(1);
+    run(&["rollout", "create", "--release", "1.0.0", "--bake", "soon"]).fails(2);
+    run(&["rollout", "status", "42"]).fails(1);
+    assert!(run(&["rollout", "list"]).ok().starts_with("ID"));
+
+    let events = run(&["events", "--kind", "release-published"]);
+    assert!(events.ok().contains("release-published"), "{events:?}");
+    let json = run(&["events", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.ok()).unwrap();
+    assert!(v["events"].as_array().unwrap().len() >= 2);
+
+    // A wrong token is refused (1); no token is a usage error (2); no server is 3.
+    let line = dir
+        .ota_env(
+            &["rollout", "list"],
+            &[("OTA_SERVER", &base), ("OTA_TOKEN", "wrong-token-0123456789")],
+        )
+        .fails(1)
+        .to_string();
+    assert!(line.contains("unauthorized"), "{line}");
+    dir.ota_env(&["rollout", "list"], &[("OTA_SERVER", &base), ("OTA_TOKEN", "")])
+        .fails(2);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    dir.ota_env(
+        &["devices", "list"],
+        &[("OTA_SERVER", &dead_url), ("OTA_TOKEN", "alice-token-0123456789")],
+    )
+    .fails(3);
+
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -1346,3 +1346,33 @@ proptest! {
         }
     }
 }
+
+/// Issue 4: the server knows which targets are offline when it creates a rollout; they are
+/// not notified (nor counted as in flight) until they come online.
+#[test]
+fn offline_targets_wait_until_online() {
+    let targets: Vec<Target> = ids(3)
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| Target::new(d, old_release(), known_good()).with_online(i != 1))
+        .collect();
+    let mut r = Rollout::new(spec(&[100]), targets, T0).unwrap();
+    let mut notified = BTreeSet::new();
+    while let Some(a) = r.poll_action() {
+        if let PlannerAction::Notify { device_id } = a {
+            notified.insert(device_id);
+        }
+    }
+    assert_eq!(notified, BTreeSet::from([id(0), id(2)]));
+    assert_eq!(r.status().offline, 1);
+    assert_eq!(r.device_state(&id(1)), Some(&ExecutionState::Queued));
+    // Round trip keeps the presence.
+    let mut r = Rollout::from_cbor(&r.to_cbor()).unwrap();
+    assert_eq!(r.status().offline, 1);
+    r.handle_device_online(&id(1), at(mins(1))).unwrap();
+    let notify: Vec<_> = std::iter::from_fn(|| r.poll_action())
+        .filter(|a| matches!(a, PlannerAction::Notify { .. }))
+        .collect();
+    assert_eq!(notify, [PlannerAction::Notify { device_id: id(1) }]);
+    assert_eq!(r.devices().count(), 3);
+}

@@ -124,6 +124,19 @@ impl Dir {
         Run::from_output(output)
     }
 
+    /// Runs `ota ARGS` with extra environment variables.
+    pub(crate) fn ota_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        let output = Command::new(env!("CARGO_BIN_EXE_ota"))
+            .args(args)
+            .current_dir(self.root())
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        Run::from_output(output)
+    }
+
     /// Runs the real openssl with this directory as the working directory.
     pub(crate) fn openssl(&self, args: &[&str]) -> Run {
         assert!(

@@ -7,6 +7,7 @@
 //! | `POST` | `/api/v1/releases` (multipart `release`, `artifact`) | operator |
 //! | `GET` | `/api/v1/releases`, `/api/v1/releases/{sha256}` | operator |
 //! | `GET` | `/api/v1/devices?filter=EXPR`, `/api/v1/devices/{id}` | operator |
+//! | `PUT` | `/api/v1/devices/{id}/labels` (server labels) | operator |
 //! | `GET` | `/api/v1/events?rollout=&device=&kind=&after=&limit=` | operator |
 //! | `POST` | `/api/v1/rollouts` (JSON spec), `/api/v1/rollouts/{id}/approve\|pause\|resume\|abort` | operator |
 //! | `GET` | `/api/v1/rollouts`, `/api/v1/rollouts/{id}` | operator |
@@ -144,6 +145,7 @@ pub fn router(state: AppState) -> Router {
         .route("/releases/{digest}", get(releases::get))
         .route("/devices", get(list_devices))
         .route("/devices/{id}", get(get_device))
+        .route("/devices/{id}/labels", axum::routing::put(set_labels))
         .route("/events", get(list_events))
         .route("/rollouts", post(rollouts::create).get(rollouts::list))
         .route("/rollouts/{id}", get(rollouts::get))
@@ -236,6 +238,52 @@ async fn get_device(
     State(state): State<AppState>,
     PathParam(id): PathParam,
 ) -> Result<Json<DeviceRecord>, ApiError> {
+    state
+        .db()
+        .get_device(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("device {id:?} not found")))
+}
+
+/// Body of `PUT /api/v1/devices/{id}/labels`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelsBody {
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Most server labels per device, and their sizes (as the wire limits for reported labels).
+const MAX_LABELS: usize = 32;
+
+/// `PUT /api/v1/devices/{id}/labels`: replaces the operator-set labels (they win over the
+/// device's own in filters).
+async fn set_labels(
+    State(state): State<AppState>,
+    axum::extract::Extension(operator): axum::extract::Extension<Operator>,
+    PathParam(id): PathParam,
+    body: Result<Json<LabelsBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<DeviceRecord>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::bad_request("bad-body", e.body_text()))?;
+    if body.labels.len() > MAX_LABELS
+        || body
+            .labels
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 256)
+    {
+        return Err(ApiError::bad_request(
+            "bad-body",
+            format!("at most {MAX_LABELS} labels, keys 1-128 bytes, values at most 256 bytes"),
+        ));
+    }
+    state.db().set_server_labels(&id, &body.labels).await?;
+    let event =
+        crate::db::NewEvent::new(state.clock().now_i64(), &operator.name, "device-labels-set")
+            .device(&id)
+            .details(serde_json::json!({ "labels": body.labels }));
+    if let Err(e) = state.db().append_event(&event).await {
+        tracing::error!("cannot record the device-labels-set event: {e}");
+    }
     state
         .db()
         .get_device(&id)

@@ -292,6 +292,35 @@ async fn registry_and_heartbeats(backend: Backend) {
         1
     );
 
+    // Server-side labels win over reported ones in filters.
+    let r =
+        w.t.client
+            .put(w.t.url(&format!("/api/v1/devices/{}/labels", w.id(0))))
+            .bearer_auth(TOKEN)
+            .json(&json!({ "labels": { "region": "us", "ring": "canary" } }))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        w.devices(&format!(
+            "{} and label:region=us and label:ring=canary",
+            w.filter()
+        ))
+        .await
+        .len(),
+        1
+    );
+    let r =
+        w.t.client
+            .put(w.t.url("/api/v1/devices/nobody-here/labels"))
+            .bearer_auth(TOKEN)
+            .json(&json!({ "labels": {} }))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
     // Heartbeats are echoed.
     w.sim.heartbeat(&w.id(0), 42).await;
     w.sim.heartbeat(&w.id(0), 43).await;
