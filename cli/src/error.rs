@@ -3,9 +3,9 @@
 //! | status | meaning |
 //! |---|---|
 //! | 0 | success (for `verify`: the release, and the artifact if given, are valid) |
-//! | 1 | the release or its artifact was refused (bad signature, wrong hardware, expired, digest mismatch, not a release at all, ...) |
+//! | 1 | `ota demo`: a step did not behave as described; otherwise the release or its artifact was refused (bad signature, wrong hardware, expired, digest mismatch, not a release at all, ...) |
 //! | 2 | usage, input/output or key-file problem: nothing could be decided |
-//! | 3 | the fleet server is unreachable or failed (5xx) |
+//! | 3 | the fleet server is unreachable or failed (5xx); `ota demo` could not run its fleet |
 //!
 //! A fleet server's refusal of a request (4xx: unknown release, bad filter, conflict, no
 //! token, ...) is status 1, like a refused release.
@@ -101,15 +101,23 @@ pub(crate) enum CliError {
     /// The fleet server failed to start or stopped with an error.
     #[error("{0}")]
     Server(String),
+    /// `ota demo` could not set up or run its fleet.
+    #[error("demo: {0}")]
+    Demo(String),
+    /// `ota demo` ran, but a step did not behave as described.
+    #[error("demo: {0}")]
+    DemoDiffered(String),
 }
 
 impl CliError {
     /// The process exit status for this error.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
-            CliError::Rejected { .. } => EXIT_REJECTED,
+            CliError::Rejected { .. } | CliError::DemoDiffered(_) => EXIT_REJECTED,
             CliError::Api { status, .. } if *status < 500 => EXIT_REJECTED,
-            CliError::Api { .. } | CliError::Http(_) | CliError::Server(_) => EXIT_SERVER,
+            CliError::Api { .. } | CliError::Http(_) | CliError::Server(_) | CliError::Demo(_) => {
+                EXIT_SERVER
+            }
             _ => EXIT_USAGE,
         }
     }

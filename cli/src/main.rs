@@ -10,6 +10,8 @@
 //! - [`server_cmd`]: `ota server` (the fleet server in the foreground).
 //! - [`fleet_cmd`]: the fleet server's clients: `ota release publish | list`, `ota devices`,
 //!   `ota rollout`, `ota events`; [`api`] is their REST client (`OTA_SERVER`, `OTA_TOKEN`).
+//! - [`demo_cmd`]: `ota demo` (a fleet server and real agents in this process, the
+//!   `ota_demo` story).
 //! - [`files`], [`progress`]: atomic writes, bounded reads, streaming with a progress bar.
 //! - [`error`]: the typed error of the commands and its exit statuses.
 //!
@@ -23,6 +25,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod api;
+mod demo_cmd;
 mod error;
 mod files;
 mod fleet_cmd;
@@ -82,6 +85,8 @@ enum Command {
     Rollout(fleet_cmd::RolloutCommand),
     /// The audit log: who changed what, when.
     Events(fleet_cmd::EventsArgs),
+    /// The whole system in one process: a fleet server and real agents play a rollout story.
+    Demo(demo_cmd::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -105,6 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices(cmd) => fleet_cmd::devices(cmd)?,
         Command::Rollout(cmd) => fleet_cmd::rollout(cmd)?,
         Command::Events(args) => fleet_cmd::events(&args)?,
+        Command::Demo(args) => demo_cmd::run(&args)?,
     }
     Ok(())
 }

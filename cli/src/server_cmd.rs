@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ota_server::config::{Config, MqttConfig, TrustConfig};
+use tracing_subscriber::filter::Targets;
 
 use crate::error::CliError;
 
@@ -72,7 +73,11 @@ pub(crate) fn run(args: ServerArgs) -> Result<(), CliError> {
     config
         .validate()
         .map_err(|e| CliError::Usage(e.to_string()))?;
-    init_logs();
+    init_logs(
+        Targets::new()
+            .with_default(tracing::Level::WARN)
+            .with_target("ota_server", tracing::Level::INFO),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,18 +137,14 @@ fn load(args: &ServerArgs) -> Result<Config, CliError> {
     ))
 }
 
-/// Logs to stderr, filtered by `OTA_LOG` (e.g. `info`, `ota_server=debug,info`).
-fn init_logs() {
-    use tracing_subscriber::filter::Targets;
+/// Logs to stderr, filtered by `OTA_LOG` (e.g. `info`, `ota_server=debug,info`), else by
+/// `default`.
+pub(crate) fn init_logs(default: Targets) {
     use tracing_subscriber::prelude::*;
     let filter = std::env::var("OTA_LOG")
         .ok()
         .and_then(|f| f.parse::<Targets>().ok())
-        .unwrap_or_else(|| {
-            Targets::new()
-                .with_default(tracing::Level::WARN)
-                .with_target("ota_server", tracing::Level::INFO)
-        });
+        .unwrap_or(default);
     let _ = tracing_subscriber::registry()
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(filter)

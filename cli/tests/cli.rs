@@ -550,7 +550,9 @@ fn fleet_commands_against_a_running_server() {
     assert_eq!(v["releases"][0]["version"], "1.0.0");
 
     assert!(run(&["devices", "list"]).ok().contains("0 device(s)"));
-    let line = run(&["devices", "list", "--filter", "hw=("]).fails(1).to_string();
+    let line = run(&["devices", "list", "--filter", "hw=("])
+        .fails(1)
+        .to_string();
     assert!(line.contains("bad-filter"), "{line}");
     run(&["devices", "show", "nope"]).fails(1);
 
@@ -559,7 +561,15 @@ fn fleet_commands_against_a_running_server() {
         .fails(1)
         .to_string();
     assert!(line.contains("no-targets"), "{line}");
-    run(&["rollout", "create", "--release", "1.0.0", "--waves", "5%,1%"]).fails(1);
+    run(&[
+        "rollout",
+        "create",
+        "--release",
+        "1.0.0",
+        "--waves",
+        "5%,1%",
+    ])
+    .fails(1);
     run(&["rollout", "create", "--release", "1.0.0", "--bake", "soon"]).fails(2);
     run(&["rollout", "status", "42"]).fails(1);
     assert!(run(&["rollout", "list"]).ok().starts_with("ID"));
@@ -574,19 +584,28 @@ fn fleet_commands_against_a_running_server() {
     let line = dir
         .ota_env(
             &["rollout", "list"],
-            &[("OTA_SERVER", &base), ("OTA_TOKEN", "wrong-token-0123456789")],
+            &[
+                ("OTA_SERVER", &base),
+                ("OTA_TOKEN", "wrong-token-0123456789"),
+            ],
         )
         .fails(1)
         .to_string();
     assert!(line.contains("unauthorized"), "{line}");
-    dir.ota_env(&["rollout", "list"], &[("OTA_SERVER", &base), ("OTA_TOKEN", "")])
-        .fails(2);
+    dir.ota_env(
+        &["rollout", "list"],
+        &[("OTA_SERVER", &base), ("OTA_TOKEN", "")],
+    )
+    .fails(2);
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
     dir.ota_env(
         &["devices", "list"],
-        &[("OTA_SERVER", &dead_url), ("OTA_TOKEN", "alice-token-0123456789")],
+        &[
+            ("OTA_SERVER", &dead_url),
+            ("OTA_TOKEN", "alice-token-0123456789"),
+        ],
     )
     .fails(3);
 

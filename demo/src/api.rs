@@ -1,0 +1,143 @@
+//! A small client of the fleet server's REST API (`docs/api.md`), as an operator or a
+//! firmware team uses it: publish releases, create and steer rollouts, read devices and events.
+
+use std::time::Duration;
+
+use reqwest::multipart::{Form, Part};
+use reqwest::{Client, Method, RequestBuilder};
+use serde_json::Value;
+
+use crate::firmware::Build;
+
+/// A refused or failed API call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The server answered with an error (`docs/api.md`, "Errors").
+    #[error("{status} {code}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The error code (`no-targets`, `rollout-conflict`...).
+        code: String,
+        /// The message.
+        message: String,
+    },
+    /// The server could not be reached or answered something that is not JSON.
+    #[error("fleet server: {0}")]
+    Transport(String),
+}
+
+/// An operator's client of one server.
+#[derive(Debug, Clone)]
+pub struct Api {
+    client: Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    /// A client of the server at `base` (`http://host:port`) with `token`.
+    pub fn new(base: impl Into<String>, token: impl Into<String>) -> Self {
+        let client = Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        Api {
+            client,
+            base: base.into(),
+            token: token.into(),
+        }
+    }
+
+    /// The same server with another operator's token.
+    pub fn as_operator(&self, token: impl Into<String>) -> Self {
+        Api {
+            token: token.into(),
+            ..self.clone()
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    async fn call(&self, request: RequestBuilder) -> Result<Value, ApiError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| ApiError::Transport(format!("{status}: {e}")))?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let text = |k: &str| body["error"][k].as_str().unwrap_or_default().to_string();
+        Err(ApiError::Refused {
+            status: status.as_u16(),
+            code: text("code"),
+            message: text("message"),
+        })
+    }
+
+    /// Publishes a release and its artifact (`POST /api/v1/releases`).
+    pub async fn publish(&self, build: &Build) -> Result<Value, ApiError> {
+        let form = Form::new()
+            .part("release", Part::bytes(build.release.clone()))
+            .part("artifact", Part::bytes(build.image.clone()));
+        self.call(
+            self.request(Method::POST, "/api/v1/releases")
+                .multipart(form),
+        )
+        .await
+    }
+
+    /// Creates a rollout (`POST /api/v1/rollouts`, the JSON spec of `docs/api.md`); answers
+    /// the rollout view.
+    pub async fn create_rollout(&self, spec: &Value) -> Result<Value, ApiError> {
+        let v = self
+            .call(self.request(Method::POST, "/api/v1/rollouts").json(spec))
+            .await?;
+        Ok(v["rollout"].clone())
+    }
+
+    /// One rollout's view.
+    pub async fn rollout(&self, id: i64) -> Result<Value, ApiError> {
+        let v = self
+            .call(self.request(Method::GET, &format!("/api/v1/rollouts/{id}")))
+            .await?;
+        Ok(v["rollout"].clone())
+    }
+
+    /// `approve`, `pause`, `resume` or `abort` a rollout.
+    pub async fn operate(&self, id: i64, op: &str) -> Result<Value, ApiError> {
+        let v = self
+            .call(self.request(Method::POST, &format!("/api/v1/rollouts/{id}/{op}")))
+            .await?;
+        Ok(v["rollout"].clone())
+    }
+
+    /// The devices matching `filter` (empty: all).
+    pub async fn devices(&self, filter: &str) -> Result<Vec<Value>, ApiError> {
+        let v = self
+            .call(
+                self.request(Method::GET, "/api/v1/devices")
+                    .query(&[("filter", filter)]),
+            )
+            .await?;
+        Ok(v["devices"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Audit events matching `query` (`rollout=7&kind=...`).
+    pub async fn events(&self, query: &[(&str, &str)]) -> Result<Vec<Value>, ApiError> {
+        let v = self
+            .call(self.request(Method::GET, "/api/v1/events").query(query))
+            .await?;
+        Ok(v["events"].as_array().cloned().unwrap_or_default())
+    }
+}

@@ -1,0 +1,122 @@
+//! The demo's firmware team: a fresh signing key, application images that are healthy or
+//! broken, and releases signed over them.
+//!
+//! An image starts with one header line the simulated application reads on start
+//! ([`crate::app`]): `ota-demo app VERSION healthy` or `ota-demo app VERSION broken`, then
+//! deterministic filler up to the requested size, so downloads move real bytes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::pkcs8::EncodePublicKey;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ota_core::digest::Digest;
+use ota_core::release::{FORMAT_VERSION, Manifest, SigningKey, sign};
+
+use crate::LabError;
+
+/// The product name of the demo's releases.
+pub const PRODUCT: &str = "demo-gateway-app";
+/// The hardware class of the demo's devices and releases.
+pub const HARDWARE_CLASS: &str = "demo-gw";
+/// The header word of an image whose application stays healthy.
+pub const HEALTHY: &str = "healthy";
+/// The header word of an image whose application crashes on start (never healthy).
+pub const BROKEN: &str = "broken";
+
+/// An application image and the release signed over it.
+#[derive(Debug, Clone)]
+pub struct Build {
+    /// The version string.
+    pub version: String,
+    /// The image bytes.
+    pub image: Vec<u8>,
+    /// The signed release (COSE_Sign).
+    pub release: Vec<u8>,
+    /// The image's SHA-256.
+    pub digest: Digest,
+}
+
+/// The firmware team: one signing key, held only here (the server gets the public key).
+#[derive(Debug)]
+pub struct FirmwareTeam {
+    key: SigningKey,
+}
+
+impl FirmwareTeam {
+    /// A team with a fresh random key.
+    pub fn new() -> Result<Self, LabError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| LabError::Setup(format!("random key: {e}")))?;
+        Ok(FirmwareTeam {
+            key: SigningKey::from_bytes(&seed),
+        })
+    }
+
+    /// Writes the public key as SPKI PEM to `dir/release-key.pub` and returns its path.
+    pub fn write_public_key(&self, dir: &Path) -> Result<PathBuf, LabError> {
+        let pem = self
+            .key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| LabError::Setup(format!("encode public key: {e}")))?;
+        let path = dir.join("release-key.pub");
+        std::fs::write(&path, pem).map_err(|e| LabError::io("write", &path, e))?;
+        Ok(path)
+    }
+
+    /// Builds and signs `version` (`healthy` or not) with `size` bytes of image, created at
+    /// `now` (unix seconds).
+    pub fn build(&self, version: &str, healthy: bool, size: usize, now: u64) -> Build {
+        let salt = hex_prefix(self.key.verifying_key().as_bytes());
+        let image = image(version, healthy, size, &salt);
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            product: PRODUCT.into(),
+            version: version.into(),
+            security_version: 1,
+            artifact_sha256: Digest::of(&image).0,
+            artifact_size: image.len() as u64,
+            hardware: vec![HARDWARE_CLASS.into()],
+            created: now,
+            expires: None,
+            installer: Some("files".into()),
+            metadata: BTreeMap::new(),
+        };
+        let release = sign(&manifest, core::slice::from_ref(&self.key));
+        Build {
+            version: version.into(),
+            digest: Digest::of(&image),
+            image,
+            release,
+        }
+    }
+}
+
+/// The image of `version`: its header line, then filler up to `size` bytes (a counter hashed
+/// in blocks with `salt`, so every version's and every team's bytes differ: labs sharing a
+/// database never publish the same digest under two keys).
+pub fn image(version: &str, healthy: bool, size: usize, salt: &str) -> Vec<u8> {
+    let word = if healthy { HEALTHY } else { BROKEN };
+    let mut bytes = format!("ota-demo app {version} {word}\n").into_bytes();
+    let header = bytes.len();
+    let mut block = 0u64;
+    while bytes.len() < size {
+        let d = Digest::of(format!("{salt}/{version}/{block}").as_bytes());
+        bytes.extend_from_slice(d.as_bytes());
+        block += 1;
+    }
+    bytes.truncate(size.max(header));
+    bytes
+}
+
+/// The first 8 bytes of `bytes` in hex.
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether an image's header says its application is healthy.
+pub fn is_healthy(header: &[u8]) -> bool {
+    let line = header.split(|&b| b == b'\n').next().unwrap_or_default();
+    line.starts_with(b"ota-demo app ") && line.ends_with(HEALTHY.as_bytes())
+}

@@ -1,0 +1,295 @@
+//! The lab: a fleet server and N real agents in one process, in one temporary directory.
+//!
+//! ```text
+//! <dir>/release-key.pub        the firmware team's public key (server and agents trust it)
+//! <dir>/factory/v1.release     the release every device was built with, and its image
+//! <dir>/factory/v1.img
+//! <dir>/server/                the server's data dir (SQLite database, artifact store)
+//! <dir>/devices/<id>/          one directory per device (crate::device)
+//! ```
+//!
+//! By default the server runs on embedded defaults (in-process broker on a free port, SQLite,
+//! local files). [`LabOptions`] can point it at an external broker and database instead, and
+//! the agents at another broker address (a proxy that injects faults).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ota_server::config::{Config, MqttConfig, OperatorConfig, TrustConfig};
+use ota_server::{RunningServer, Server};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::LabError;
+use crate::api::Api;
+use crate::device::{Device, DeviceSpec};
+use crate::firmware::{Build, FirmwareTeam};
+
+/// The operator who creates rollouts.
+pub const OPERATOR: (&str, &str) = ("alice", "demo-alice-token-0123456789");
+/// A second operator (approvals).
+pub const APPROVER: (&str, &str) = ("bob", "demo-bob-token-0123456789ab");
+/// The version every device was built with.
+pub const FACTORY_VERSION: &str = "1.0.0";
+
+/// How a lab is set up.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// How many devices.
+    pub devices: usize,
+    /// The agents' trial timeout.
+    pub trial_timeout: Duration,
+    /// Size of every application image, bytes.
+    pub image_size: usize,
+    /// The agents' download chunk.
+    pub chunk_size: usize,
+    /// Battery (percent, plugged in) of device `i`.
+    pub battery: fn(usize) -> (u8, bool),
+    /// The server's broker: `None` runs the embedded one; `Some(url)` an external broker.
+    pub server_mqtt: Option<String>,
+    /// The broker URL the agents use (default: the server's broker).
+    pub agent_broker: Option<String>,
+    /// The database URL (default: SQLite in the lab directory).
+    pub database_url: Option<String>,
+    /// The base URL devices download artifacts from (default: the server itself).
+    pub public_url: Option<String>,
+    /// A prefix of the device ids (unique per lab when several share a broker).
+    pub id_prefix: String,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            devices: 50,
+            trial_timeout: Duration::from_secs(4),
+            image_size: 256 * 1024,
+            chunk_size: 64 * 1024,
+            battery: |_| (80, false),
+            server_mqtt: None,
+            agent_broker: None,
+            database_url: None,
+            public_url: None,
+            id_prefix: "demo".into(),
+        }
+    }
+}
+
+/// A server and its devices (see the [module documentation](self)).
+#[derive(Debug)]
+pub struct Lab {
+    dir: TempDir,
+    team: FirmwareTeam,
+    factory: Build,
+    config: Config,
+    server: Option<RunningServer>,
+    api: Api,
+    id_prefix: String,
+    devices: Vec<Device>,
+}
+
+impl Lab {
+    /// Starts the server, publishes the factory release and starts every device; returns once
+    /// every device is registered and online.
+    pub async fn start(opts: LabOptions) -> Result<Lab, LabError> {
+        let dir = tempfile::Builder::new()
+            .prefix("ota-demo.")
+            .tempdir()
+            .map_err(|e| LabError::io("create", Path::new("temp dir"), e))?;
+        let team = FirmwareTeam::new()?;
+        let key = team.write_public_key(dir.path())?;
+        let factory = team.build(FACTORY_VERSION, true, opts.image_size, unix_now());
+        let factory_dir = dir.path().join("factory");
+        std::fs::create_dir_all(&factory_dir)
+            .map_err(|e| LabError::io("create", &factory_dir, e))?;
+        let release_path = factory_dir.join("v1.release");
+        let image_path = factory_dir.join("v1.img");
+        write(&release_path, &factory.release)?;
+        write(&image_path, &factory.image)?;
+
+        let config = server_config(dir.path(), key.clone(), &opts)?;
+        let server = Server::start(config.clone())
+            .await
+            .map_err(|e| LabError::Server(e.to_string()))?;
+        // A restart must come back on the same port (desired states carry artifact URLs).
+        let mut config = config;
+        config.http.listen = server.http_addr();
+        let api = Api::new(server.base_url(), OPERATOR.1);
+        api.publish(&factory).await?;
+
+        let broker_url = match (&opts.agent_broker, &opts.server_mqtt, server.mqtt_addr()) {
+            (Some(url), _, _) => url.clone(),
+            (None, Some(url), _) => url.clone(),
+            (None, None, Some(addr)) => format!("mqtt://{addr}"),
+            (None, None, None) => return Err(LabError::Setup("no broker address".into())),
+        };
+        let mut lab = Lab {
+            dir,
+            team,
+            factory,
+            config,
+            server: Some(server),
+            api,
+            id_prefix: opts.id_prefix.clone(),
+            devices: Vec::new(),
+        };
+        for i in 0..opts.devices {
+            let id = format!("{}-{i:03}", opts.id_prefix);
+            let spec = DeviceSpec {
+                ring: if i % 10 == 0 { "canary" } else { "main" }.into(),
+                id: id.clone(),
+                broker_url: broker_url.clone(),
+                trust_key: key.clone(),
+                factory: (release_path.clone(), image_path.clone()),
+                trial_timeout: opts.trial_timeout,
+                battery: (opts.battery)(i),
+                chunk_size: opts.chunk_size,
+            };
+            let mut device = Device::create(&lab.dir.path().join("devices").join(&id), spec)?;
+            device.start().await?;
+            lab.devices.push(device);
+        }
+        lab.wait_registered(Duration::from_secs(60)).await?;
+        Ok(lab)
+    }
+
+    /// Waits until the server lists every device as online.
+    pub async fn wait_registered(&self, patience: Duration) -> Result<(), LabError> {
+        let want = self.devices.len();
+        let filter = self.filter();
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let online = self
+                .api
+                .devices(&filter)
+                .await?
+                .iter()
+                .filter(|d| d["online"] == Value::Bool(true))
+                .count();
+            if online >= want {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(LabError::Timeout(format!(
+                    "only {online} of {want} devices registered and online"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The lab's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Keeps the lab's directory after the lab ends, and returns its path.
+    pub fn keep_dir(self) -> PathBuf {
+        let Lab { dir, .. } = self;
+        dir.keep()
+    }
+
+    /// The firmware team (signs further releases).
+    pub fn team(&self) -> &FirmwareTeam {
+        &self.team
+    }
+
+    /// The release every device was built with.
+    pub fn factory(&self) -> &Build {
+        &self.factory
+    }
+
+    /// The operator's API client.
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    /// The device filter that selects this lab's devices.
+    pub fn filter(&self) -> String {
+        format!("id={}-*", self.id_prefix)
+    }
+
+    /// The devices.
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// The devices, to start, stop or kill them.
+    pub fn devices_mut(&mut self) -> &mut [Device] {
+        &mut self.devices
+    }
+
+    /// The running server.
+    pub fn server(&self) -> Option<&RunningServer> {
+        self.server.as_ref()
+    }
+
+    /// Artifact bytes downloaded by all devices so far.
+    pub fn bytes_downloaded(&self) -> u64 {
+        self.devices.iter().map(Device::bytes_downloaded).sum()
+    }
+
+    /// Stops the server gracefully and starts it again on the same addresses and data. Needs
+    /// an external broker ([`LabOptions::server_mqtt`]): the embedded one cannot be stopped.
+    pub async fn restart_server(&mut self) -> Result<(), LabError> {
+        if matches!(self.config.mqtt, MqttConfig::Embedded { .. }) {
+            return Err(LabError::Setup(
+                "the embedded broker cannot restart with the server: use an external broker".into(),
+            ));
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .shutdown()
+                .await
+                .map_err(|e| LabError::Server(e.to_string()))?;
+        }
+        let server = Server::start(self.config.clone())
+            .await
+            .map_err(|e| LabError::Server(e.to_string()))?;
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Stops every agent and the server.
+    pub async fn shutdown(&mut self) -> Result<(), LabError> {
+        for device in &mut self.devices {
+            device.stop().await?;
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .shutdown()
+                .await
+                .map_err(|e| LabError::Server(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The server's configuration for a lab in `dir`.
+fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, LabError> {
+    let mut config = Config::new(dir.join("server"), TrustConfig::new(vec![key], 1));
+    config.http.listen = ([127, 0, 0, 1], 0).into();
+    config.http.public_url.clone_from(&opts.public_url);
+    config.mqtt = match &opts.server_mqtt {
+        Some(url) => MqttConfig::external(url).map_err(|e| LabError::Setup(e.to_string()))?,
+        None => MqttConfig::Embedded {
+            listen: ([127, 0, 0, 1], 0).into(),
+        },
+    };
+    config.database.url.clone_from(&opts.database_url);
+    config.operators = vec![
+        OperatorConfig::new(OPERATOR.0, OPERATOR.1),
+        OperatorConfig::new(APPROVER.0, APPROVER.1),
+    ];
+    Ok(config)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
+    std::fs::write(path, bytes).map_err(|e| LabError::io("write", path, e))
+}
+
+/// Wall time, unix seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,179 @@
+//! Following a rollout: polls its view and shows it live — one progress bar per wave on a
+//! terminal (indicatif), one line per change otherwise.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+
+use crate::LabError;
+use crate::api::Api;
+
+/// How often a followed rollout is read.
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// The states shown in a wave's summary, in this order.
+const SHOWN: [&str; 11] = [
+    "queued",
+    "notified",
+    "deferred-power",
+    "downloading",
+    "installing",
+    "trial",
+    "succeeded",
+    "skipped-identical",
+    "rolled-back",
+    "timed-out",
+    "rejected",
+];
+
+/// Whether a rollout status is final.
+pub fn is_final(status: &str) -> bool {
+    matches!(status, "completed" | "aborted")
+}
+
+/// The non-zero counts of `counts` (a rollout view's `totals` or a wave's `counts`), as
+/// `succeeded 3, trial 2`; failures by phase as `failed:trial 1`.
+pub fn summary(counts: &Value) -> String {
+    let mut parts: Vec<String> = SHOWN
+        .iter()
+        .filter_map(|k| {
+            let n = counts[*k].as_u64().unwrap_or(0);
+            (n > 0).then(|| format!("{k} {n}"))
+        })
+        .collect();
+    if let Some(failed) = counts["failed"].as_object() {
+        for (phase, n) in failed {
+            let n = n.as_u64().unwrap_or(0);
+            if n > 0 {
+                parts.push(format!("failed:{phase} {n}"));
+            }
+        }
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The live view of one rollout.
+#[derive(Debug)]
+pub struct LiveView {
+    title: String,
+    bars: Option<(MultiProgress, ProgressBar, Vec<ProgressBar>)>,
+    last_line: String,
+    quiet: bool,
+}
+
+impl LiveView {
+    /// A view titled `title`: bars when stderr is a terminal (and not `quiet`), lines on
+    /// stdout otherwise (none when `quiet`).
+    pub fn new(title: impl Into<String>, quiet: bool) -> Self {
+        let bars = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let head = multi.add(ProgressBar::new_spinner());
+            head.enable_steady_tick(Duration::from_millis(120));
+            (multi, head, Vec::new())
+        });
+        LiveView {
+            title: title.into(),
+            bars,
+            last_line: String::new(),
+            quiet,
+        }
+    }
+
+    /// Shows the rollout view `r` (`GET /api/v1/rollouts/{id}`'s `rollout`).
+    pub fn update(&mut self, r: &Value) {
+        let status = r["status"].as_str().unwrap_or("?");
+        let wave = r["current_wave"]
+            .as_u64()
+            .map(|w| format!(" wave {}", w + 1))
+            .unwrap_or_default();
+        let phase = r["phase"]
+            .as_str()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
+        let head = format!(
+            "{}: rollout {} {status}{wave}{phase}: {}",
+            self.title,
+            r["id"],
+            summary(&r["totals"])
+        );
+        let waves = r["waves"].as_array().cloned().unwrap_or_default();
+        match &mut self.bars {
+            Some((multi, spinner, bars)) => {
+                spinner.set_message(head);
+                let style = ProgressStyle::with_template(
+                    "  {prefix:<18} [{bar:30.green/white}] {pos:>4}/{len:<4} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+                while bars.len() < waves.len() {
+                    let bar = multi.add(ProgressBar::new(0));
+                    bar.set_style(style.clone());
+                    bars.push(bar);
+                }
+                for (bar, w) in bars.iter().zip(&waves) {
+                    let members = w["cumulative_members"].as_u64().unwrap_or(0);
+                    let unsettled = w["unsettled"].as_u64().unwrap_or(0);
+                    bar.set_prefix(format!(
+                        "wave {} ({}%)",
+                        w["index"].as_u64().unwrap_or(0) + 1,
+                        w["share"]
+                    ));
+                    bar.set_length(members);
+                    bar.set_position(members.saturating_sub(unsettled));
+                    bar.set_message(if w["started_at"].is_null() {
+                        "not started".into()
+                    } else {
+                        summary(&w["counts"])
+                    });
+                }
+            }
+            None if !self.quiet && head != self.last_line => {
+                println!("{head}");
+                self.last_line = head;
+            }
+            None => {}
+        }
+    }
+
+    /// Ends the view (the bars stay on screen as they last were).
+    pub fn finish(&mut self) {
+        if let Some((_, spinner, bars)) = &self.bars {
+            spinner.finish();
+            for bar in bars {
+                bar.finish();
+            }
+        }
+    }
+}
+
+/// Reads rollout `id` every [`POLL`] and shows it in `view`, until `done` holds for its view
+/// or `patience` runs out; answers the last view.
+pub async fn follow(
+    api: &Api,
+    id: i64,
+    view: &mut LiveView,
+    patience: Duration,
+    mut done: impl FnMut(&Value) -> bool,
+) -> Result<Value, LabError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let r = api.rollout(id).await?;
+        view.update(&r);
+        if done(&r) {
+            return Ok(r);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(LabError::Timeout(format!(
+                "rollout {id} is still {} after {patience:?}",
+                r["status"]
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
