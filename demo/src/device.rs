@@ -40,6 +40,8 @@ pub struct DeviceSpec {
     pub battery: (u8, bool),
     /// Bytes per download chunk.
     pub chunk_size: usize,
+    /// The files installer's restart command (argv), run after every switch of `current`.
+    pub restart_command: Option<Vec<String>>,
 }
 
 /// A device: its directory, battery, application and (while running) agent.
@@ -214,6 +216,7 @@ recheck_interval = "1s"
 [installer]
 kind = "files"
 root = {app}
+{restart}
 
 [health]
 kind = "heartbeat"
@@ -244,6 +247,10 @@ artifact = {factory_image}
         broker = toml_string(&spec.broker_url),
         power = q(&root.join("power")),
         app = q(&root.join("app")),
+        restart = spec.restart_command.as_ref().map_or(String::new(), |argv| {
+            let list: Vec<String> = argv.iter().map(|a| toml_string(a)).collect();
+            format!("restart_command = [{}]", list.join(", "))
+        }),
         heartbeat = q(&crate::app::heartbeat_path(&root.join("app"))),
         chunk = spec.chunk_size,
         factory_release = q(&spec.factory.0),

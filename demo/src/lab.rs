@@ -55,6 +55,8 @@ pub struct LabOptions {
     pub public_url: Option<String>,
     /// A prefix of the device ids (unique per lab when several share a broker).
     pub id_prefix: String,
+    /// The files installer's restart command on every device (argv; default none).
+    pub restart_command: Option<Vec<String>>,
 }
 
 impl Default for LabOptions {
@@ -70,6 +72,7 @@ impl Default for LabOptions {
             database_url: None,
             public_url: None,
             id_prefix: "demo".into(),
+            restart_command: None,
         }
     }
 }
@@ -143,6 +146,7 @@ impl Lab {
                 trial_timeout: opts.trial_timeout,
                 battery: (opts.battery)(i),
                 chunk_size: opts.chunk_size,
+                restart_command: opts.restart_command.clone(),
             };
             let mut device = Device::create(&lab.dir.path().join("devices").join(&id), spec)?;
             device.start().await?;
@@ -206,6 +210,13 @@ impl Lab {
     /// The device filter that selects this lab's devices.
     pub fn filter(&self) -> String {
         format!("id={}-*", self.id_prefix)
+    }
+
+    /// The device filter that selects device `i` only.
+    pub fn filter_one(&self, i: usize) -> String {
+        self.devices
+            .get(i)
+            .map_or_else(|| "not all".into(), |d| format!("id={}", d.id()))
     }
 
     /// The devices.

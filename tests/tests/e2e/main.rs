@@ -1,3 +1,21 @@
 //! The one integration test binary of ota-e2e. Each module is a group of tests.
+//!
+//! - `repo`: checks of the repository itself.
+//! - `story`: the demo's story as assertions (real server, real agents, a real broker).
+//! - `faults`: the same system with faults injected (broker and server restarts, cut
+//!   downloads, killed agents, duplicates and replays, a malicious mirror, offline devices).
+//! - `world`, `proxy`: the fixture (a lab behind fault-injecting TCP proxies).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub,
+    reason = "tests: a failure here is a failing test"
+)]
+
+mod faults;
+mod proxy;
 mod repo;
+mod story;
+mod world;

@@ -1,0 +1,319 @@
+//! The e2e fixture: a lab (fleet server + real agents, `ota_demo::lab`) whose agents and
+//! server reach the broker through a fault-injecting [`Proxy`], and whose agents download
+//! artifacts through another one.
+//!
+//! Two backends: the embedded broker + SQLite (always), and Mosquitto + PostgreSQL
+//! (`OTA_TEST_MQTT_URL`, `OTA_TEST_DATABASE_URL`; the `#[ignore]`d variants `.ci/run` runs).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ota_core::digest::Digest;
+use ota_core::update::Stage;
+use ota_demo::device::Device;
+use ota_demo::firmware::Build;
+use ota_demo::lab::{Lab, LabOptions, unix_now};
+use ota_server::broker::EmbeddedBroker;
+use serde_json::{Value, json};
+
+use crate::proxy::Proxy;
+
+/// Generous bound on anything that takes seconds.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+/// Where a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded broker on a free port, SQLite in the lab directory.
+    Embedded,
+    /// Mosquitto (`OTA_TEST_MQTT_URL`) and PostgreSQL (`OTA_TEST_DATABASE_URL`).
+    Services,
+}
+
+/// Generates, for every scenario `fn name(Backend)`, a test on the embedded backend and an
+/// `#[ignore]`d one against Mosquitto and PostgreSQL.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::world::Backend;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded_sqlite() {
+                super::$name(Backend::Embedded).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "needs Mosquitto and PostgreSQL: set OTA_TEST_MQTT_URL and OTA_TEST_DATABASE_URL"]
+            async fn mosquitto_postgres() {
+                super::$name(Backend::Services).await;
+            }
+        }
+    )*};
+}
+pub(crate) use suite;
+
+/// A broker the world started (kept alive with the world).
+#[derive(Debug)]
+enum OwnBroker {
+    /// rumqttd in-process (it cannot be stopped: it lives until the test binary exits).
+    Embedded(#[allow(dead_code, reason = "kept for its lifetime")] EmbeddedBroker),
+    /// A private Mosquitto process.
+    Mosquitto(tokio::process::Child),
+}
+
+/// A lab behind fault-injecting proxies.
+#[derive(Debug)]
+pub struct World {
+    /// The server and the devices.
+    pub lab: Lab,
+    /// Between every MQTT client (agents and server) and the broker.
+    pub broker: Proxy,
+    /// Between the agents and the artifact server.
+    pub http: Proxy,
+    backend: Backend,
+    brokers: Vec<OwnBroker>,
+    /// The PostgreSQL schema of this world (services backend).
+    schema: Option<(String, String)>,
+}
+
+impl World {
+    /// A world of `devices` devices; `tweak` adjusts the lab's options.
+    pub async fn start(
+        backend: Backend,
+        devices: usize,
+        tweak: impl FnOnce(&mut LabOptions),
+    ) -> World {
+        let mut brokers = Vec::new();
+        let upstream = match backend {
+            Backend::Embedded => {
+                let (broker, addr) = fresh_broker(backend).await;
+                brokers.push(broker);
+                addr
+            }
+            Backend::Services => {
+                let url = std::env::var("OTA_TEST_MQTT_URL")
+                    .expect("set OTA_TEST_MQTT_URL=mqtt://host:port to run the Mosquitto tests");
+                resolve(url.trim_start_matches("mqtt://"))
+            }
+        };
+        // One fleet server per database: each world gets its own PostgreSQL schema, or the
+        // servers of parallel tests would drive each other's rollouts.
+        let schema = match backend {
+            Backend::Embedded => None,
+            Backend::Services => Some(create_schema().await),
+        };
+        let broker = Proxy::start(upstream).await;
+        // The artifact server's port is known only once it runs: the proxy starts first.
+        let http = Proxy::start(broker.addr()).await;
+        let mut opts = LabOptions {
+            devices,
+            image_size: 512 * 1024,
+            server_mqtt: Some(format!("mqtt://{}", broker.addr())),
+            public_url: Some(format!("http://{}", http.addr())),
+            id_prefix: unique_prefix(),
+            database_url: schema.as_ref().map(|(_, url)| url.clone()),
+            ..LabOptions::default()
+        };
+        tweak(&mut opts);
+        let lab = Lab::start(opts).await.unwrap();
+        http.switch(lab.server().unwrap().http_addr());
+        World {
+            lab,
+            broker,
+            http,
+            backend,
+            brokers,
+            schema,
+        }
+    }
+
+    /// Restarts the broker: every connection is cut and a fresh broker (no sessions, no
+    /// retained messages) takes over at the same address.
+    pub async fn restart_broker(&mut self) {
+        self.broker.refuse(true);
+        self.broker.cut();
+        let (broker, addr) = fresh_broker(self.backend).await;
+        self.broker.switch(addr);
+        self.brokers.push(broker);
+        self.broker.refuse(false);
+    }
+
+    /// Builds, signs and publishes `version` (healthy or not).
+    pub async fn release(&self, version: &str, healthy: bool) -> Build {
+        let size = self.lab.factory().image.len();
+        let build = self.lab.team().build(version, healthy, size, unix_now());
+        self.lab.api().publish(&build).await.unwrap();
+        build
+    }
+
+    /// Creates a rollout of `build` to every device of the lab in `waves`, with a 1 s bake,
+    /// the demo's gates and `extra` fields of the spec; answers its id.
+    pub async fn rollout(&self, build: &Build, waves: &[u32], extra: Value) -> i64 {
+        let mut spec = json!({
+            "release": build.digest.to_string(),
+            "filter": self.lab.filter(),
+            "waves": waves,
+            "bake_secs": 1,
+            "min_executed": 1,
+            "rate_per_minute": 60_000,
+            "max_deferral_secs": 600,
+        });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        let r = self.lab.api().create_rollout(&spec).await.unwrap();
+        r["id"].as_i64().unwrap()
+    }
+
+    /// Waits until rollout `id` is completed or aborted; answers its view.
+    pub async fn finished(&self, id: i64) -> Value {
+        self.wait_rollout(id, |r| {
+            matches!(r["status"].as_str(), Some("completed" | "aborted"))
+        })
+        .await
+    }
+
+    /// Waits until `pred` holds for rollout `id`'s view.
+    pub async fn wait_rollout(&self, id: i64, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            // The server may be restarting: retry.
+            if let Ok(r) = self.lab.api().rollout(id).await
+                && pred(&r)
+            {
+                return r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rollout {id}: condition not reached: {:#}",
+                self.lab.api().rollout(id).await.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every device runs `digest` and is idle.
+    pub async fn converged(&self, digest: &Digest) {
+        for d in self.lab.devices() {
+            wait_device(d, |d| {
+                d.status().is_some_and(|s| {
+                    s.machine.stage == Stage::Idle
+                        && s.machine.running.as_ref().map(|r| r.digest) == Some(*digest)
+                })
+            })
+            .await;
+        }
+    }
+
+    /// Stops every agent and the server.
+    pub async fn finish(mut self) {
+        self.lab.shutdown().await.unwrap();
+        for broker in &mut self.brokers {
+            if let OwnBroker::Mosquitto(child) = broker {
+                let _ = child.kill().await;
+            }
+        }
+        if let Some((schema, _)) = &self.schema {
+            let pool = sqlx::PgPool::connect(&admin_url()).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+/// Waits until `pred` holds for device `d` (its agent's status is published on every step).
+pub async fn wait_device(d: &Device, pred: impl Fn(&Device) -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !pred(d) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "device {}: condition not reached: {:?}",
+            d.id(),
+            d.status().map(|s| s.machine)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many times device `d` installed `digest` (not counting rollbacks).
+pub fn installs_of(d: &Device, digest: &Digest) -> usize {
+    d.status().map_or(0, |s| {
+        s.installs
+            .iter()
+            .filter(|(dg, rollback)| dg == digest && !rollback)
+            .count()
+    })
+}
+
+/// A fresh broker of the backend's kind on a free port, and its address.
+async fn fresh_broker(backend: Backend) -> (OwnBroker, SocketAddr) {
+    match backend {
+        Backend::Embedded => {
+            let broker = EmbeddedBroker::start(([127, 0, 0, 1], 0).into())
+                .await
+                .unwrap();
+            let addr = broker.local_addr();
+            (OwnBroker::Embedded(broker), addr)
+        }
+        Backend::Services => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = tokio::process::Command::new("mosquitto")
+                .args(["-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("the mosquitto binary (the broker-restart test starts private brokers)");
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (OwnBroker::Mosquitto(child), addr)
+        }
+    }
+}
+
+fn admin_url() -> String {
+    std::env::var("OTA_TEST_DATABASE_URL")
+        .expect("set OTA_TEST_DATABASE_URL=postgres://... to run the PostgreSQL tests")
+}
+
+/// Creates a fresh schema; answers its name and a URL whose connections use only it.
+async fn create_schema() -> (String, String) {
+    let admin = admin_url();
+    let schema = format!("ota_{}", unique_prefix());
+    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let sep = if admin.contains('?') { '&' } else { '?' };
+    let url = format!("{admin}{sep}options[search_path]={schema}");
+    (schema, url)
+}
+
+fn resolve(host_port: &str) -> SocketAddr {
+    use std::net::ToSocketAddrs;
+    host_port.to_socket_addrs().unwrap().next().unwrap()
+}
+
+/// Device ids unique to this lab (several labs share an external broker and database).
+fn unique_prefix() -> String {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).unwrap();
+    format!(
+        "e2e{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
