@@ -178,6 +178,10 @@ async fn deploy(lab: &mut Lab, opts: &StoryOptions, v2: &Build) -> Result<StepRe
         .count();
     let mut report = report_of("1 deploy v2 in waves", &last, 0, started);
     report.deferred = deferred_since.iter().filter(|d| d.is_some()).count() as u64;
+    view.note(&format!(
+        "{} low-battery device(s) reported deferred-power, were plugged in after {:?} and updated",
+        report.deferred, opts.plug_in_after
+    ));
     converge(lab, &v2.digest, opts.patience).await;
     report.bytes = lab.bytes_downloaded() - bytes_before;
     report.elapsed = started.elapsed();
@@ -369,8 +373,14 @@ async fn broken(
             took.len()
         ),
     );
-    // The planner stops counting at the abort; the devices' own word says how many fell back.
+    // The planner stops counting at the abort; the devices' own word says how many failed
+    // their trial and fell back.
     report.rolled_back = rolled_back as u64;
+    report.failed = report.failed.max(rolled_back as u64);
+    view.note(&format!(
+        "canary: {} device(s) took v3, {rolled_back} fell back to the cached v2 by themselves; no other device fetched v3",
+        took.len()
+    ));
     expect_running(lab, &mut report, &v2.digest, "2.0.0");
     let want = took.len() as u64 * v3.image.len() as u64;
     report.expect(report.bytes == want, format!("{} bytes downloaded; expected {want} (v3 once per canary device, rollbacks from the cache)", report.bytes));

@@ -125,11 +125,16 @@ impl LiveView {
                         w["share"]
                     ));
                     bar.set_length(members);
-                    bar.set_position(members.saturating_sub(unsettled));
-                    bar.set_message(if w["started_at"].is_null() {
-                        "not started".into()
+                    let started = !w["started_at"].is_null();
+                    bar.set_position(if started {
+                        members.saturating_sub(unsettled)
                     } else {
+                        0
+                    });
+                    bar.set_message(if started {
                         summary(&w["counts"])
+                    } else {
+                        "not started".into()
                     });
                 }
             }
@@ -137,6 +142,17 @@ impl LiveView {
                 println!("{head}");
                 self.last_line = head;
             }
+            None => {}
+        }
+    }
+
+    /// Prints a line of commentary below the view (nothing when quiet).
+    pub fn note(&self, line: &str) {
+        match &self.bars {
+            Some((multi, _, _)) => {
+                let _ = multi.println(format!("  {line}"));
+            }
+            None if !self.quiet => println!("  {line}"),
             None => {}
         }
     }
