@@ -612,3 +612,21 @@ fn fleet_commands_against_a_running_server() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Issue 5: `ota demo` plays the whole story with real agents and exits 0; `--json` reports
+/// every step.
+#[test]
+fn demo_plays_the_story_and_exits_0() {
+    let dir = Dir::new();
+    let run = dir.ota(&["demo", "--devices", "10", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(run.ok()).unwrap();
+    assert_eq!(v["ok"], true, "{v:#}");
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    assert_eq!(steps[1]["skipped_identical"], 10);
+    assert_eq!(steps[1]["bytes_downloaded"], 0);
+    assert_eq!(steps[2]["status"], "aborted");
+    // Bad flags are usage errors.
+    dir.ota(&["demo", "--devices", "3"]).fails(2);
+    dir.ota(&["demo", "--trial-timeout", "soon"]).fails(2);
+}

@@ -114,14 +114,7 @@ impl Dir {
 
     /// Runs `ota ARGS` with this directory as the working directory.
     pub(crate) fn ota(&self, args: &[&str]) -> Run {
-        let output = Command::new(env!("CARGO_BIN_EXE_ota"))
-            .args(args)
-            .current_dir(self.root())
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("RUST_LIB_BACKTRACE")
-            .output()
-            .unwrap();
-        Run::from_output(output)
+        self.ota_env(args, &[])
     }
 
     /// Runs `ota ARGS` with extra environment variables.
