@@ -19,7 +19,7 @@ use ed25519_dalek::pkcs8::DecodePublicKey;
 use ota_core::release::{TrustSet, TrustSetError};
 use serde::Deserialize;
 
-use crate::download::DownloadConfig;
+use crate::download::{DownloadConfig, MinRate};
 use crate::health::{HealthError, HealthProbe};
 use crate::install::{CommandInstaller, FilesInstaller, Installer};
 use crate::power::DEFAULT_POWER_SUPPLY_PATH;
@@ -604,6 +604,23 @@ pub struct DownloadSettings {
     /// download starts (default 16 MiB).
     #[serde(default = "default_disk_margin")]
     pub disk_margin_bytes: u64,
+    /// Slow-retrieval guard: least average bytes per second over `min_rate_window` before the
+    /// transfer is cut and retried (default 1024; 0 turns the guard off).
+    #[serde(default = "default_min_rate")]
+    pub min_bytes_per_second: u64,
+    /// The window the minimum rate is averaged over (default 60 s).
+    #[serde(
+        default = "default_min_rate_window",
+        deserialize_with = "human::duration"
+    )]
+    pub min_rate_window: Duration,
+}
+
+fn default_min_rate() -> u64 {
+    MinRate::DEFAULT.bytes_per_second
+}
+fn default_min_rate_window() -> Duration {
+    MinRate::DEFAULT.window
 }
 
 fn default_disk_margin() -> u64 {
@@ -640,6 +657,8 @@ impl Default for DownloadSettings {
             read_timeout: default_read_timeout(),
             ca_file: None,
             disk_margin_bytes: default_disk_margin(),
+            min_bytes_per_second: default_min_rate(),
+            min_rate_window: default_min_rate_window(),
         }
     }
 }
@@ -647,9 +666,15 @@ impl Default for DownloadSettings {
 impl DownloadSettings {
     /// The downloader's configuration.
     pub fn downloader_config(&self) -> DownloadConfig {
+        let min_rate =
+            (self.min_bytes_per_second > 0 && !self.min_rate_window.is_zero()).then(|| MinRate {
+                bytes_per_second: self.min_bytes_per_second,
+                window: self.min_rate_window,
+            });
         let mut c = DownloadConfig::new()
             .with_chunk_size(self.chunk_size)
-            .with_timeouts(self.connect_timeout, self.read_timeout);
+            .with_timeouts(self.connect_timeout, self.read_timeout)
+            .with_min_rate(min_rate);
         if let Some(ca) = &self.ca_file {
             c = c.with_ca_file(ca.clone());
         }

@@ -17,6 +17,10 @@
 //! 4. At the end the verifier must accept size and digest; the partial is then fsynced and
 //!    renamed into the cache ([`Cache::insert_from_partial`]).
 //!
+//! A transfer slower than [`DownloadConfig::min_rate`] on average over a whole window is cut
+//! with [`DownloadError::TooSlow`] (retryable), so a mirror cannot hold an update by trickling
+//! bytes just fast enough to beat the read timeout.
+//!
 //! When the connection breaks, the bytes received so far are written and fsynced before the
 //! error is returned, so a later call (from a new downloader, after an agent restart) resumes
 //! where this one stopped. A verification failure discards the partial: its bytes cannot be
@@ -51,6 +55,33 @@ pub struct DownloadConfig {
     pub read_timeout: Duration,
     /// An extra PEM trust anchor for HTTPS artifact servers (besides the system's roots).
     pub ca_file: Option<PathBuf>,
+    /// The slow-retrieval guard: a transfer slower than this is cut ([`DownloadError::TooSlow`],
+    /// retryable); `None` turns it off.
+    pub min_rate: Option<MinRate>,
+}
+
+/// A minimum transfer rate, judged over a window: a mirror that trickles bytes just fast
+/// enough to beat the read timeout cannot hold an update forever (TUF's slow-retrieval
+/// attack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    /// Least average body bytes per second over a window.
+    pub bytes_per_second: u64,
+    /// The window the average is taken over.
+    pub window: Duration,
+}
+
+impl MinRate {
+    /// The default guard: 1 KiB/s averaged over 60 s (a 2G cellular link does several KiB/s).
+    pub const DEFAULT: MinRate = MinRate {
+        bytes_per_second: 1024,
+        window: Duration::from_secs(60),
+    };
+
+    /// Whether `bytes` received over `elapsed` is below the rate.
+    fn too_slow(&self, bytes: u64, elapsed: Duration) -> bool {
+        u128::from(bytes) * 1000 < u128::from(self.bytes_per_second) * elapsed.as_millis()
+    }
 }
 
 impl Default for DownloadConfig {
@@ -60,12 +91,14 @@ impl Default for DownloadConfig {
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
             ca_file: None,
+            min_rate: Some(MinRate::DEFAULT),
         }
     }
 }
 
 impl DownloadConfig {
-    /// The defaults: 64 KiB chunks, 30 s to connect, 60 s without bytes.
+    /// The defaults: 64 KiB chunks, 30 s to connect, 60 s without bytes, at least 1 KiB/s
+    /// over 60 s.
     pub fn new() -> Self {
         Self::default()
     }
@@ -86,6 +119,12 @@ impl DownloadConfig {
     /// With an extra PEM trust anchor.
     pub fn with_ca_file(mut self, ca_file: impl Into<PathBuf>) -> Self {
         self.ca_file = Some(ca_file.into());
+        self
+    }
+
+    /// With another slow-retrieval guard (`None`: off).
+    pub fn with_min_rate(mut self, min_rate: Option<MinRate>) -> Self {
+        self.min_rate = min_rate;
         self
     }
 }
@@ -193,6 +232,20 @@ pub enum DownloadError {
     /// The connection failed or broke (refused, reset, closed mid-body).
     #[error("download connection failed: {0}")]
     Network(#[source] reqwest::Error),
+    /// The transfer was slower than the configured minimum rate over a whole window (a slow
+    /// or malicious mirror); the bytes received so far are kept for the retry.
+    #[error(
+        "download too slow: {bytes} bytes in {:.1} s, below the minimum of {min_bytes_per_second} bytes/s",
+        .elapsed.as_secs_f64()
+    )]
+    TooSlow {
+        /// Body bytes received in the window.
+        bytes: u64,
+        /// How long the window lasted.
+        elapsed: Duration,
+        /// The configured minimum.
+        min_bytes_per_second: u64,
+    },
     /// The server answered with a transient error status (5xx, 408, 429).
     #[error("server error: HTTP {0}")]
     ServerStatus(u16),
@@ -236,6 +289,7 @@ impl DownloadError {
         match self {
             DownloadError::Timeout(_)
             | DownloadError::Network(_)
+            | DownloadError::TooSlow { .. }
             | DownloadError::ServerStatus(_)
             | DownloadError::BadContentRange { .. } => ErrorClass::Retryable,
             DownloadError::Verify(_) => ErrorClass::Verify,
@@ -318,6 +372,7 @@ pub struct Downloader {
     client: reqwest::Client,
     cache: Cache,
     chunk_size: usize,
+    min_rate: Option<MinRate>,
 }
 
 /// Where a download stands: the verifier over the bytes on disk.
@@ -338,6 +393,9 @@ impl Downloader {
             client,
             cache,
             chunk_size: config.chunk_size.max(1),
+            min_rate: config
+                .min_rate
+                .filter(|r| r.bytes_per_second > 0 && !r.window.is_zero()),
         })
     }
 
@@ -537,16 +595,24 @@ impl Downloader {
     ) -> Result<(), DownloadError> {
         let part = self.cache.partial_path(&req.digest);
         let mut buf: Vec<u8> = Vec::with_capacity(self.chunk_size);
+        let mut window = RateWindow::start();
         loop {
-            let bytes = match response.chunk().await {
-                Ok(Some(bytes)) => bytes,
+            let failure = match response.chunk().await {
+                Ok(Some(bytes)) => match window.check(self.min_rate, bytes.len() as u64) {
+                    Ok(()) => Ok(bytes),
+                    Err(slow) => Err(slow),
+                },
                 Ok(None) => break,
+                Err(e) => Err(DownloadError::from_reqwest(e)),
+            };
+            let bytes = match failure {
+                Ok(bytes) => bytes,
                 Err(e) => {
                     // Keep what arrived: the next attempt resumes after it.
                     self.flush(req, &part, &mut buf, cursor, progress)?;
                     let st = self.cache.storage();
                     st.sync_file(&part).map_err(storage_err("fsync", &part))?;
-                    return Err(DownloadError::from_reqwest(e));
+                    return Err(e);
                 }
             };
             *received += bytes.len() as u64;
@@ -595,6 +661,44 @@ impl Downloader {
             done: cursor.offset,
             total: req.size,
         });
+        Ok(())
+    }
+}
+
+/// The bytes received since the current rate window started (tokio's clock, so tests with
+/// paused time cover it).
+struct RateWindow {
+    since: tokio::time::Instant,
+    bytes: u64,
+}
+
+impl RateWindow {
+    fn start() -> Self {
+        RateWindow {
+            since: tokio::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `bytes` just received; at the end of each window, fails if the window's average
+    /// is below `min`, else starts the next window.
+    fn check(&mut self, min: Option<MinRate>, bytes: u64) -> Result<(), DownloadError> {
+        let Some(min) = min else {
+            return Ok(());
+        };
+        self.bytes += bytes;
+        let elapsed = self.since.elapsed();
+        if elapsed < min.window {
+            return Ok(());
+        }
+        if min.too_slow(self.bytes, elapsed) {
+            return Err(DownloadError::TooSlow {
+                bytes: self.bytes,
+                elapsed,
+                min_bytes_per_second: min.bytes_per_second,
+            });
+        }
+        *self = RateWindow::start();
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ota_agent::cache::Cache;
 use ota_agent::download::{
-    DownloadConfig, DownloadError, DownloadRequest, Downloader, ErrorClass, Progress,
+    DownloadConfig, DownloadError, DownloadRequest, Downloader, ErrorClass, MinRate, Progress,
 };
 use ota_agent::release::ReleaseError;
 use ota_agent::storage::{Fault, FaultyStorage, FsStorage, SharedStorage};
@@ -327,6 +327,46 @@ async fn a_stalled_transfer_times_out_as_retryable() {
         .unwrap_err();
     assert!(matches!(err, DownloadError::Timeout(_)), "{err}");
     assert_eq!(err.class(), ErrorClass::Retryable);
+}
+
+/// Issue 7 (slow retrieval): a mirror that trickles bytes fast enough to beat the read
+/// timeout but below the minimum rate is cut, retryably, and what arrived is kept.
+#[tokio::test]
+async fn issue7_a_trickling_mirror_is_cut_for_the_minimum_rate() {
+    let body = artifact(200_000, 29);
+    let mode = Mode::Trickle {
+        after: 70_000,
+        bytes: 100,
+        every_ms: 20,
+    };
+    let server = serve(body.clone(), mode).await;
+    let dir = tempdir();
+    let cache = Cache::open(FsStorage::shared(), dir.path()).unwrap();
+    let config = DownloadConfig::new()
+        .with_chunk_size(CHUNK)
+        .with_timeouts(Duration::from_secs(5), Duration::from_secs(5))
+        .with_min_rate(Some(MinRate {
+            bytes_per_second: 50_000,
+            window: Duration::from_millis(400),
+        }));
+    let dl = Downloader::new(cache, &config).unwrap();
+    let req = request(server.url(), &body);
+    let err = dl.download(&req, |_| {}).await.unwrap_err();
+    assert!(matches!(err, DownloadError::TooSlow { .. }), "{err}");
+    assert_eq!(err.class(), ErrorClass::Retryable);
+    // The first full chunk was written: the retry resumes after it.
+    assert!(dl.cache().partial_len(&req.digest).unwrap().unwrap() >= CHUNK as u64);
+    // Without the guard the same mirror completes (5,000 bytes/s).
+    let dir = tempdir();
+    let cache = Cache::open(FsStorage::shared(), dir.path()).unwrap();
+    let patient = Downloader::new(cache, &config.clone().with_min_rate(None)).unwrap();
+    let small = artifact(72_000, 30);
+    let server = serve(small.clone(), mode).await;
+    let done = patient
+        .download(&request(server.url(), &small), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(fs::read(&done.path).unwrap(), small);
 }
 
 #[test]

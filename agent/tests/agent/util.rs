@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ota_core::digest::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,6 +39,13 @@ pub enum Mode {
     CutAfter(usize),
     /// Like Normal, but after this many body bytes the response stalls until the client leaves.
     StallAfter(usize),
+    /// Like Normal, but after `after` body bytes the rest trickles: `bytes` every `every_ms`
+    /// (fast enough to beat a read timeout, too slow for a minimum rate).
+    Trickle {
+        after: usize,
+        bytes: usize,
+        every_ms: u64,
+    },
     /// Ignores Range: always 200 with the whole body.
     IgnoreRange,
     /// Answers 416 to every ranged request.
@@ -249,11 +257,25 @@ async fn connection(mut socket: TcpStream, state: Arc<ServerState>) {
         headers.push(("Content-Range", format!("bytes {s}-{}/{total}", total - 1)));
     }
     let limit = match mode {
-        Mode::CutAfter(k) | Mode::StallAfter(k) => k.min(slice.len()),
+        Mode::CutAfter(k) | Mode::StallAfter(k) | Mode::Trickle { after: k, .. } => {
+            k.min(slice.len())
+        }
         _ => slice.len(),
     };
     respond(&mut socket, status, &headers, &slice[..limit]).await;
     state.sent.fetch_add(limit as u64, Ordering::SeqCst);
+    if let Mode::Trickle {
+        bytes, every_ms, ..
+    } = mode
+    {
+        for piece in slice[limit..].chunks(bytes.max(1)) {
+            tokio::time::sleep(Duration::from_millis(every_ms)).await;
+            if socket.write_all(piece).await.is_err() {
+                return;
+            }
+            state.sent.fetch_add(piece.len() as u64, Ordering::SeqCst);
+        }
+    }
     if matches!(mode, Mode::StallAfter(_)) {
         // Hold the connection open, sending nothing, until the client goes away.
         let mut sink = [0u8; 64];
