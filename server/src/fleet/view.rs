@@ -74,6 +74,8 @@ pub struct WaveView {
     pub redeploys: u32,
     /// Members not settled yet.
     pub unsettled: u32,
+    /// Succeeded members gone offline: they hold the gate until back (or max-deferral).
+    pub succeeded_offline: u32,
     /// When it started (unix ms).
     pub started_at: Option<u64>,
     /// Counts per execution state of its members.
@@ -165,6 +167,7 @@ impl RolloutView {
                 deploys: w.deploys,
                 redeploys: w.redeploys,
                 unsettled: w.unsettled,
+                succeeded_offline: w.succeeded_offline,
                 started_at: w.started_at.map(|t| t.as_unix_millis()),
                 counts: counts_json(&w.counts),
             })
