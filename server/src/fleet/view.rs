@@ -54,6 +54,10 @@ pub struct RolloutView {
     /// Devices the filter matched but that were left out, by reason (only when created).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub excluded: Option<Value>,
+    /// Only in a dry run's create answer: the targets already in another active rollout, as
+    /// `[{ "device": ID, "rollout": ID }]` (a real create over them is refused with 409).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<Value>,
 }
 
 /// One wave of a [`RolloutView`].
@@ -194,6 +198,7 @@ impl RolloutView {
             totals: counts_json(&status.totals),
             waves,
             excluded: None,
+            conflicts: None,
         }
     }
 }

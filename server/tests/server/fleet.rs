@@ -320,6 +320,24 @@ async fn registry_and_heartbeats(backend: Backend) {
             .await
             .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // One event for the device that exists (committed with its labels), none for the other.
+    let labelled = w.events("kind=device-labels-set").await;
+    let labelled: Vec<_> = labelled
+        .iter()
+        .filter(|e| e["device_id"].as_str().unwrap_or("").starts_with(&w.prefix))
+        .collect();
+    assert_eq!(labelled.len(), 1, "{labelled:?}");
+    assert_eq!(labelled[0]["device_id"], w.id(0).as_str());
+    assert_eq!(labelled[0]["details"]["labels"]["ring"], "canary");
+    assert!(w.events("device=nobody-here").await.is_empty());
+    assert!(
+        w.t.server
+            .db()
+            .get_device("nobody-here")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Heartbeats are echoed.
     w.sim.heartbeat(&w.id(0), 42).await;
@@ -370,6 +388,7 @@ async fn full_rollout_in_four_waves(backend: Backend) {
     assert_eq!(dry["redeploys"], 3);
     assert_eq!(dry["waves"].as_array().unwrap().len(), 4);
     assert_eq!(dry["waves"][3]["cumulative_members"], n);
+    assert_eq!(dry["conflicts"], json!([]));
 
     let (status, body) = w.create(TOKEN, json!({ "waves": [1, 5, 25, 100] })).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -780,6 +799,27 @@ async fn bad_inputs(backend: Backend) {
     assert_eq!(body["cause"], "rollout-conflict");
     assert!(body["error"].as_str().unwrap().contains(&w.id(0)));
     assert_eq!(w.events("kind=rollout-created").await.len(), before);
+    // A dry run over the same device is not refused: the plan, with the conflict listed.
+    let (status, body) = w
+        .create(
+            TOKEN,
+            json!({ "filter": format!("id={}", w.id(0)), "dry_run": true }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let dry = &body["rollout"];
+    assert_eq!(dry["status"], "dry-run");
+    assert_eq!(dry["targets"], 1);
+    assert_eq!(
+        dry["conflicts"],
+        json!([{ "device": w.id(0), "rollout": first }])
+    );
+    let created = w
+        .events(&format!("rollout={}&kind=rollout-created", dry["id"]))
+        .await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["details"]["conflicts"], 1);
+    assert_eq!(created[0]["details"]["dry_run"], true);
 
     // Operator calls on a rollout in the wrong state; unknown rollouts.
     let (status, body) = w.op(TOKEN, first, "resume").await;
