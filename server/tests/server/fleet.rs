@@ -978,7 +978,8 @@ async fn baking_wave0(w: &World) -> (i64, Vec<String>) {
         .map(|i| w.id(i))
         .filter(|d| !w.sim.device(d).unwrap().seen.is_empty())
         .collect();
-    assert!(!members.is_empty() && members.len() < 4, "{members:?}");
+    // The cohorts hash the random device prefix: wave 1 may have no member of its own.
+    assert!(!members.is_empty(), "wave 0 is never empty");
     (id, members)
 }
 
@@ -1040,12 +1041,10 @@ async fn offline_during_bake_holds_the_wave(backend: Backend) {
         1
     );
     w.sim.set_online(&members[0], true).await;
-    wait_for("wave 1 started", || async {
-        w.rollout(id).await["current_wave"] == 1
-    })
-    .await;
-    wait_for("wave 1 baking", || async {
-        w.rollout(id).await["phase"] == "baking"
+    // Wave 1 starts; with members of its own it bakes, without it completes at once.
+    wait_for("wave 1 baking or done", || async {
+        let r = w.rollout(id).await;
+        r["status"] == "completed" || (r["current_wave"] == 1 && r["phase"] == "baking")
     })
     .await;
     w.t.advance(Duration::from_secs(601)).await;
