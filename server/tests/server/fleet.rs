@@ -1161,23 +1161,24 @@ async fn webhook_retry(backend: Backend) {
             == 2
     })
     .await;
-    let log = log.lock().unwrap();
-    assert_eq!(log.refused.len(), 1);
-    let refused = &log.refused[0];
-    assert!(
-        refused["id"].is_i64() && refused["kind"].is_string(),
-        "{refused}"
-    );
-    assert_eq!(
-        log.got[0], *refused,
-        "the refused event is delivered on the retry"
-    );
-    let ids: Vec<i64> = log.got.iter().map(|e| e["id"].as_i64().unwrap()).collect();
-    assert!(
-        ids.windows(2).all(|p| p[0] < p[1]),
-        "in order, once: {ids:?}"
-    );
-    drop(log);
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(log.refused.len(), 1);
+        let refused = &log.refused[0];
+        assert!(
+            refused["id"].is_i64() && refused["kind"].is_string(),
+            "{refused}"
+        );
+        assert_eq!(
+            log.got[0], *refused,
+            "the refused event is delivered on the retry"
+        );
+        let ids: Vec<i64> = log.got.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+        assert!(
+            ids.windows(2).all(|p| p[0] < p[1]),
+            "in order, once: {ids:?}"
+        );
+    }
     w.finish().await;
 }
 
