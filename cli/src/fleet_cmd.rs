@@ -578,8 +578,8 @@ pub(crate) struct StatusArgs {
     server: ServerArgs,
     /// The rollout id.
     id: i64,
-    /// Keep watching (every 2 s) until the rollout completes or aborts; progress bars on a
-    /// terminal.
+    /// Keep watching (refreshed every second) until the rollout completes or aborts: progress
+    /// bars on a terminal, otherwise one block (or JSON line) per change.
     #[arg(long)]
     watch: bool,
     /// Print JSON (one object per line with --watch).
@@ -804,6 +804,21 @@ fn create(args: &CreateArgs) -> Result<(), CliError> {
             "left out: {n} matching device(s) of a hardware class the release does not list\n"
         ));
     }
+    if let Some(conflicts) = r["conflicts"].as_array()
+        && !conflicts.is_empty()
+    {
+        text.push_str(&format!(
+            "{} target(s) already in an active rollout (a real create is refused until it ends):\n",
+            conflicts.len()
+        ));
+        for c in conflicts {
+            text.push_str(&format!(
+                "  {} (rollout {})\n",
+                s(&c["device"]),
+                s(&c["rollout"])
+            ));
+        }
+    }
     let waves = r["waves"].as_array().map(Vec::as_slice).unwrap_or_default();
     let rows: Vec<Vec<String>> = waves
         .iter()
@@ -971,6 +986,19 @@ fn render(r: &Value, bars: bool) -> String {
     text
 }
 
+/// How often `status --watch` asks the server.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// One `status --watch` block off a terminal: the answer as one JSON line, or the full text
+/// status with its per-wave lines.
+fn watch_block(answer: &Value, json: bool) -> String {
+    if json {
+        format!("{answer}\n")
+    } else {
+        render(&answer["rollout"], true)
+    }
+}
+
 fn is_final(status: &Value) -> bool {
     matches!(status.as_str(), Some("completed" | "aborted" | "dry-run"))
 }
@@ -985,34 +1013,31 @@ fn status(args: &StatusArgs) -> Result<(), CliError> {
         }
         return out(&render(&answer["rollout"], true));
     }
+    // The bars are drawn on stdout (see `watch_bars`), so that is the stream to check.
     if args.json || !std::io::stdout().is_terminal() {
-        // Scripts: one line per change.
+        // Scripts and logs: one block per change.
         let mut last = String::new();
         loop {
             let answer = api.get(&path, &[])?;
-            let r = &answer["rollout"];
-            let line = if args.json {
-                format!("{answer}\n")
-            } else {
-                render(r, false)
-            };
-            if line != last {
-                out(&line)?;
-                last = line;
+            let block = watch_block(&answer, args.json);
+            if block != last {
+                out(&block)?;
+                last = block;
             }
-            if is_final(&r["status"]) {
+            if is_final(&answer["rollout"]["status"]) {
                 return Ok(());
             }
-            std::thread::sleep(Duration::from_secs(2));
+            std::thread::sleep(WATCH_EVERY);
         }
     }
     watch_bars(&api, &path)
 }
 
-/// `--watch` on a terminal: one indicatif bar per wave, the counts below.
+/// `--watch` on a terminal: one indicatif bar per wave, the counts below, drawn on stdout
+/// (the status is the command's output; indicatif would draw on stderr by default).
 fn watch_bars(api: &Api, path: &str) -> Result<(), CliError> {
-    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-    let multi = MultiProgress::new();
+    use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
     let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("#>.");
@@ -1060,7 +1085,7 @@ fn watch_bars(api: &Api, path: &str) -> Result<(), CliError> {
             footer.finish();
             return Ok(());
         }
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(WATCH_EVERY);
     }
 }
 
@@ -1085,5 +1110,30 @@ mod tests {
         assert!(parse_rate("3/fortnight").is_err());
         assert_eq!(bar(5, 10, 10), "[#####.....]");
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
+    }
+
+    /// Issue 4: `status --watch` off a terminal keeps the per-wave lines.
+    #[test]
+    fn watch_blocks_off_a_terminal_keep_the_waves() {
+        let counts = json!({ "succeeded": 3, "failures": 1, "queued": 6 });
+        let answer = json!({ "rollout": {
+            "id": 7, "version": "2.0.0", "release": "ab", "filter": "all",
+            "status": "running", "current_wave": 0, "phase": "baking",
+            "targets": 10, "deploys": 10, "redeploys": 0, "offline": 0, "created_by": "alice",
+            "totals": counts,
+            "waves": [
+                { "index": 0, "share": 50.0, "members": 4, "counts": counts,
+                  "started_at": 1 },
+                { "index": 1, "share": 100.0, "members": 6, "counts": { "queued": 6 },
+                  "started_at": null },
+            ],
+        }});
+        let text = watch_block(&answer, false);
+        let waves: Vec<&str> = text.lines().filter(|l| l.starts_with("wave ")).collect();
+        assert_eq!(waves.len(), 2, "{text}");
+        assert!(waves[1].ends_with("(not started)"), "{text}");
+        let line = watch_block(&answer, true);
+        assert_eq!(line.lines().count(), 1);
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), answer);
     }
 }

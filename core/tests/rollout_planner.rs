@@ -1376,3 +1376,131 @@ fn offline_targets_wait_until_online() {
     assert_eq!(notify, [PlannerAction::Notify { device_id: id(1) }]);
     assert_eq!(r.devices().count(), 3);
 }
+
+fn is_held(a: &PlannerAction) -> bool {
+    matches!(a, PlannerAction::WaveHeld { .. })
+}
+
+/// Issue 4: a wave of 40 devices, two waves, every device succeeds by +6 min; the bake of
+/// wave 0 ends at +16 min.
+fn baking_fleet(max_deferral: Duration) -> (Sim, Vec<DeviceId>) {
+    let mut s = spec(&[50, 100]);
+    s.max_deferral = max_deferral;
+    let mut sim = Sim::new(s, targets(40));
+    let wave0 = sim.members_of(0, 40);
+    sim.run_until(at(mins(8)));
+    assert!(matches!(
+        sim.r.state(),
+        RolloutState::Running {
+            wave: 0,
+            phase: WavePhase::Baking { .. }
+        }
+    ));
+    (sim, wave0)
+}
+
+/// Issue 4: "the devices that succeeded are still healthy (reporting, not rolled back)": a
+/// succeeded device that goes offline during the bake is no longer reporting, so it holds the
+/// gate until it is back.
+#[test]
+fn issue4_a_succeeded_device_offline_during_the_bake_holds_the_gate_until_it_is_back() {
+    let (mut sim, wave0) = baking_fleet(Duration::from_secs(24 * 3600));
+    let away = wave0[0].clone();
+    sim.r.handle_device_offline(&away, sim.now).unwrap();
+    sim.run_until(at(mins(30)));
+    assert_eq!(
+        sim.r.state(),
+        &RolloutState::Running {
+            wave: 0,
+            phase: WavePhase::Held
+        }
+    );
+    assert_eq!(sim.first_time(is_held), Some(at(mins(16))));
+    assert_eq!(sim.r.status().waves[0].succeeded_offline, 1);
+    assert_eq!(sim.r.device_state(&away), Some(&ExecutionState::Succeeded));
+    for d in sim.members_of(1, 40) {
+        assert_eq!(sim.r.device_state(&d), Some(&ExecutionState::Queued));
+    }
+    // A restart keeps the absence.
+    sim.r = Rollout::from_cbor(&sim.r.to_cbor()).unwrap();
+    assert_eq!(sim.r.status().waves[0].succeeded_offline, 1);
+
+    // Other presence changes do not release it; its return does, at once.
+    sim.r.handle_device_online(&wave0[1], sim.now).unwrap();
+    sim.drain();
+    assert_eq!(sim.first_time(is_advanced(0)), None);
+    sim.r.handle_device_online(&away, sim.now).unwrap();
+    sim.drain();
+    assert_eq!(sim.first_time(is_advanced(0)), Some(at(mins(30))));
+    assert_eq!(sim.r.status().waves[0].succeeded_offline, 0);
+    sim.run();
+    assert_eq!(sim.r.state(), &RolloutState::Completed);
+}
+
+/// Issue 4: a succeeded device away for good stops holding the gate after max-deferral, like
+/// a deferred device; it still counts as succeeded.
+#[test]
+fn issue4_a_succeeded_device_away_past_max_deferral_stops_holding_the_gate() {
+    let (mut sim, wave0) = baking_fleet(Duration::from_secs(3600));
+    sim.r.handle_device_offline(&wave0[0], sim.now).unwrap();
+    sim.run_until(at(mins(60)));
+    assert!(sim.first_time(is_held).is_some());
+    assert_eq!(sim.first_time(is_advanced(0)), None);
+    sim.run();
+    assert_eq!(
+        sim.first_time(is_advanced(0)),
+        Some(at(mins(8) + Duration::from_secs(3600)))
+    );
+    assert_eq!(sim.r.state(), &RolloutState::Completed);
+    assert_eq!(sim.r.status().totals.succeeded, 40);
+    assert_eq!(sim.r.status().waves[0].succeeded_offline, 0);
+}
+
+/// Issue 4: a succeeded device that rolls back while away is a failure, not away any more.
+#[test]
+fn issue4_an_away_device_that_rolls_back_counts_as_a_failure() {
+    let (mut sim, wave0) = baking_fleet(Duration::from_secs(24 * 3600));
+    sim.r.handle_device_offline(&wave0[0], sim.now).unwrap();
+    sim.r
+        .handle_report(&wave0[0], rolled_back(), sim.now)
+        .unwrap();
+    let status = sim.r.status();
+    assert_eq!(status.waves[0].succeeded_offline, 0);
+    assert_eq!(status.totals.rolled_back, 1);
+}
+
+/// Issue 4: a planner state written before succeeded devices could be away (by commit
+/// 0a5c515: `spec(&[100])` with max-deferral 1 h over `targets(3)`, all succeeded at +5 min,
+/// baking until +15 min). States still decode, re-encode to the same bytes, and continue with
+/// the new gate.
+const STATE_BEFORE_AWAY: &str = "a8000101ad006a726f6c6c6f75742d343201582035124b4e7639daa4ea09f22f5b32a86751347a1a032197f5208068d3ac1baabc0265616c6963650381192710041a000927c00519251c061901f4070a08192710091a001b77400a1a0036ee800bf40cf402820282008201811b00000197742e97a0031b000001977420dc0005811b000001977420dc000683aa00696465762d3030303030015820a047e0ee923ff6e212e917678e0eec2b6d372ec55cb24ede8df18ad099c9e7900258202ac2f807eac3521a32e76f079026709e49dba9e05eba400012594ef2c5c3e7ef0300048208a005f506f507f508f5091b0000019774256fe0aa00696465762d3030303031015820a047e0ee923ff6e212e917678e0eec2b6d372ec55cb24ede8df18ad099c9e7900258202ac2f807eac3521a32e76f079026709e49dba9e05eba400012594ef2c5c3e7ef0300048208a005f506f507f508f5091b0000019774256fe0aa00696465762d3030303032015820a047e0ee923ff6e212e917678e0eec2b6d372ec55cb24ede8df18ad099c9e7900258202ac2f807eac3521a32e76f079026709e49dba9e05eba400012594ef2c5c3e7ef0300048208a005f506f507f508f5091b0000019774256fe007800880";
+
+#[test]
+fn issue4_planner_states_written_before_the_away_field_still_decode() {
+    let bytes: Vec<u8> = (0..STATE_BEFORE_AWAY.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&STATE_BEFORE_AWAY[i..i + 2], 16).unwrap())
+        .collect();
+    let mut r = Rollout::from_cbor(&bytes).unwrap();
+    assert_eq!(r.to_cbor(), bytes);
+    assert_eq!(
+        r.state(),
+        &RolloutState::Running {
+            wave: 0,
+            phase: WavePhase::Baking {
+                until: at(mins(15))
+            }
+        }
+    );
+    r.handle_device_offline(&id(1), at(mins(10))).unwrap();
+    drive_until(&mut r, at(mins(20)));
+    assert_eq!(
+        r.state(),
+        &RolloutState::Running {
+            wave: 0,
+            phase: WavePhase::Held
+        }
+    );
+    r.handle_device_online(&id(1), at(mins(20))).unwrap();
+    assert_eq!(r.state(), &RolloutState::Completed);
+}

@@ -101,7 +101,8 @@ pub struct Config {
     /// Operator bearer tokens.
     #[serde(default)]
     pub operators: Vec<OperatorConfig>,
-    /// Webhooks (reserved: parsed and validated, not delivered yet).
+    /// Webhooks: every committed audit event is POSTed to each as JSON, with retries
+    /// ([`crate::webhook`]).
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
 }
@@ -559,7 +560,9 @@ impl std::fmt::Debug for OperatorConfig {
     }
 }
 
-/// `[[webhooks]]`: reserved for event delivery (parsed and validated, not delivered yet).
+/// `[[webhooks]]`: a URL that receives audit events as JSON (delivered in order by a
+/// background task per webhook, with retries; a failing webhook never blocks a rollout: see
+/// [`crate::webhook`]).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]

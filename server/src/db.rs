@@ -760,21 +760,6 @@ impl Db {
         not_found_if_zero(n, "device", id)
     }
 
-    /// Replaces a device's operator-set labels.
-    pub async fn set_server_labels(
-        &self,
-        id: &str,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<(), DbError> {
-        let n = sqlx::query("UPDATE devices SET server_labels = $2 WHERE id = $1")
-            .bind(id)
-            .bind(to_json(labels))
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        not_found_if_zero(n, "device", id)
-    }
-
     /// One device.
     pub async fn get_device(&self, id: &str) -> Result<Option<DeviceRecord>, DbError> {
         let row = sqlx::query(format_device_select("WHERE id = $1"))
@@ -1161,6 +1146,22 @@ impl DbTx {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    /// Replaces a device's operator-set labels; [`DbError::NotFound`] for an unknown device
+    /// (nothing written).
+    pub async fn set_server_labels(
+        &mut self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), DbError> {
+        let n = sqlx::query("UPDATE devices SET server_labels = $2 WHERE id = $1")
+            .bind(id)
+            .bind(to_json(labels))
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        not_found_if_zero(n, "device", id)
     }
 
     /// Sets a device's drift flag (no-op for an unknown device).

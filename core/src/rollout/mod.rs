@@ -30,7 +30,7 @@
 //! | running(i, baking)            | bake over, gate met, i < last                              | running(i+1, notifying)           |
 //! | running(i, baking)            | bake over, gate met, i = last                              | completed                         |
 //! | running(i, baking)            | bake over, gate not met                                    | running(i, held)                  |
-//! | running(i, held)              | a report makes the gate met                                | as from baking with gate met      |
+//! | running(i, held)              | a report, presence change or timer makes the gate met      | as from baking with gate met      |
 //! | running(i, baking \| held)     | a target added to waves 0..=i                              | running(i, notifying)             |
 //! | running(i, p)                 | `pause`                                                    | paused(i, p)                      |
 //! | paused(i, p)                  | `resume`                                                   | running(i, p), gates re-judged    |
@@ -62,7 +62,9 @@
 //!   `success_min`, where executed = succeeded + rejected + failed + rolled-back + timed-out.
 //!   Skipped-identical and deferred devices are no evidence; with no executed device the gate
 //!   is met at once, and a wave none of whose own members executed has no bake. A succeeded
-//!   device that later rolls back leaves the succeeded count, so the gate sees it.
+//!   device that later rolls back leaves the succeeded count, so the gate sees it. A succeeded
+//!   device that goes offline while running or paused is *away* and holds the gate (it is no
+//!   longer reporting) until it is back online or has been away for `max_deferral`.
 //! - **Abort**: failures / executed over the whole rollout > `max_failure` once executed ≥
 //!   `min(min_executed, devices that will install)`. Every notified device that took the
 //!   release (reached installing or later) gets [`PlannerAction::Rollback`] to its known-good

@@ -262,6 +262,10 @@ pub struct WaveStatus {
     pub counts: StateCounts,
     /// Members that have not settled yet (they block the gate once the wave started).
     pub unsettled: u32,
+    /// Succeeded members that went offline while the rollout ran: no longer reporting, they
+    /// hold the gate of this wave and later ones until they are back online or have been away
+    /// for max-deferral.
+    pub succeeded_offline: u32,
     /// When the wave started, if it did.
     pub started_at: Option<Timestamp>,
 }
@@ -323,6 +327,12 @@ struct Device {
     /// Since when it has been deferred, or unreachable in a started wave.
     #[n(10)]
     waiting_since: Option<Timestamp>,
+    /// Since when it has been offline after it succeeded, while running or paused: it holds
+    /// the gate until it is back online or this is max-deferral old. Optional, so states
+    /// written before the field existed decode (as `None`) and states without any such device
+    /// encode exactly as before.
+    #[n(11)]
+    away_since: Option<Timestamp>,
 }
 
 /// Everything that is persisted; the rest of [`Rollout`] is derived from it.
@@ -359,6 +369,8 @@ enum TimerKind {
     Inactivity,
     /// Deferred or unreachable for max-deferral: stops blocking the gate.
     Release,
+    /// Succeeded, then offline for max-deferral: stops holding the gate.
+    Away,
 }
 
 /// Per wave cohort aggregates, maintained incrementally.
@@ -369,6 +381,8 @@ struct Cohort {
     redeploys: u32,
     /// Members not settled.
     unsettled: u32,
+    /// Members with `away_since` set.
+    away: u32,
 }
 
 /// The fleet server's rollout planner for one rollout: sans-IO, deterministic given (state,
@@ -437,6 +451,7 @@ impl Rollout {
                 notified: false,
                 since: now,
                 waiting_since: None,
+                away_since: None,
             })
             .collect();
         let state = if spec.dry_run {
@@ -518,7 +533,8 @@ impl Rollout {
     }
 
     /// Fires every timer due at `now`: in-flight devices without progress become timed-out,
-    /// deferred or unreachable devices stop blocking the gate, bakes end, rate slots free up.
+    /// deferred or unreachable devices stop blocking the gate, succeeded devices away for
+    /// max-deferral stop holding it, bakes end, rate slots free up.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         while let Some(&(at, idx, kind)) = self.timers.first() {
             if at > now {
@@ -532,6 +548,10 @@ impl Rollout {
                 TimerKind::Inactivity => self.set_state(idx, ExecutionState::TimedOut, now),
                 TimerKind::Release => {
                     self.settle(idx);
+                    self.refresh_timer(idx);
+                }
+                TimerKind::Away => {
+                    self.clear_away(idx);
                     self.refresh_timer(idx);
                 }
             }
@@ -598,13 +618,15 @@ impl Rollout {
 
     /// The device connected (its status went online). Queued devices are only notified while
     /// online; an in-flight device's inactivity timer restarts (it now sees its desired
-    /// state). Idempotent.
+    /// state); a succeeded device stops holding the gate. Idempotent.
     pub fn handle_device_online(
         &mut self,
         device: &DeviceId,
         now: Timestamp,
     ) -> Result<(), RolloutError> {
         let idx = self.lookup(device)?;
+        // Only an offline device is away, so this is a no-op for a duplicate.
+        self.clear_away(idx);
         let point = self.point(idx);
         let aborted = matches!(
             self.p.state,
@@ -633,7 +655,8 @@ impl Rollout {
 
     /// The device disconnected (its last will). A queued device is not notified while
     /// offline; in a started wave it counts as unreachable and stops blocking the gate after
-    /// max-deferral. Idempotent.
+    /// max-deferral. A succeeded device of a running or paused rollout is no longer reporting
+    /// its health: it holds the gate until it is back online, or for max-deferral. Idempotent.
     pub fn handle_device_offline(
         &mut self,
         device: &DeviceId,
@@ -654,6 +677,11 @@ impl Rollout {
             self.queue.remove(&(dev.cohort, point, idx));
             if started.is_some_and(|w| dev.cohort <= w) && !dev.settled {
                 dev.waiting_since = Some(now);
+            }
+        } else if dev.state == ExecutionState::Succeeded && started.is_some() {
+            dev.away_since = Some(now);
+            if let Some(c) = self.cohorts.get_mut(dev.cohort) {
+                c.away += 1;
             }
         }
         self.refresh_timer(idx);
@@ -689,6 +717,7 @@ impl Rollout {
             notified: false,
             since: now,
             waiting_since: None,
+            away_since: None,
         });
         self.index.insert(target.device_id, idx);
         self.points.push(point);
@@ -801,6 +830,7 @@ impl Rollout {
                 redeploys: c.redeploys,
                 counts: c.counts,
                 unsettled: c.unsettled,
+                succeeded_offline: c.away,
                 started_at: self.p.wave_started.get(index).copied().flatten(),
             });
         }
@@ -885,6 +915,14 @@ impl Rollout {
             c.members += 1;
             c.redeploys += u32::from(d.running == rollout.p.spec.release);
             c.unsettled += u32::from(!d.settled);
+            if d.away_since.is_some() {
+                if d.online || d.state != ExecutionState::Succeeded {
+                    return Err(RolloutError::Corrupt(
+                        "an away device must be offline and succeeded",
+                    ));
+                }
+                c.away += 1;
+            }
             c.counts.add(&d.state);
             rollout.offline += u32::from(!d.online);
             if !aborted && d.online && d.state == ExecutionState::Queued {
@@ -1009,10 +1047,12 @@ impl Rollout {
         })
     }
 
-    /// The gate: success among executed members ≥ success-min (vacuous with none executed).
+    /// The gate: no succeeded member away (offline, not yet past max-deferral), and success
+    /// among executed members ≥ success-min (vacuous with none executed).
     fn gate_passes(&self, wave: usize) -> bool {
+        let away = self.through(wave).map(|c| c.away).sum::<u32>();
         let (succeeded, executed) = self.success(wave);
-        executed == 0 || self.p.spec.success_min.is_met_by(succeeded, executed)
+        away == 0 && (executed == 0 || self.p.spec.success_min.is_met_by(succeeded, executed))
     }
 
     fn failure_threshold_crossed(&self) -> Option<AbortReason> {
@@ -1146,6 +1186,8 @@ impl Rollout {
     /// and records the change for the audit log.
     fn set_state(&mut self, idx: u32, new: ExecutionState, now: Timestamp) {
         let point = self.point(idx);
+        // Away is only ever a succeeded device's condition.
+        self.clear_away(idx);
         let Some(d) = self.p.devices.get_mut(idx as usize) else {
             return;
         };
@@ -1191,6 +1233,16 @@ impl Rollout {
         }
     }
 
+    /// The device stops holding the gate as a succeeded device away.
+    fn clear_away(&mut self, idx: u32) {
+        if let Some(d) = self.p.devices.get_mut(idx as usize)
+            && d.away_since.take().is_some()
+            && let Some(c) = self.cohorts.get_mut(d.cohort)
+        {
+            c.away = c.away.saturating_sub(1);
+        }
+    }
+
     /// The current wave while running or paused.
     fn current_wave(&self) -> Option<usize> {
         self.p.state.wave()
@@ -1205,6 +1257,12 @@ impl Rollout {
             | RolloutState::Paused { .. }
             | RolloutState::Completed => {}
             _ => return None,
+        }
+        if let Some(since) = d.away_since {
+            return self
+                .current_wave()
+                .is_some()
+                .then(|| (since.saturating_add(spec.max_deferral), TimerKind::Away));
         }
         if is_in_flight(&d.state) {
             return Some((

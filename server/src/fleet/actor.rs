@@ -1029,6 +1029,7 @@ impl Actor {
         let mut view = RolloutView::new(&loaded.record, &loaded.planner, loaded.version.clone());
         if created {
             view.excluded = loaded.record.spec.get("excluded").cloned();
+            view.conflicts = loaded.record.spec.get("conflicts").cloned();
         }
         Ok(view)
     }
@@ -1131,7 +1132,9 @@ impl Actor {
                 incompatible,
             });
         }
-        if !conflicts.is_empty() {
+        // A dry run notifies nobody, so it may plan over devices another rollout holds: it
+        // answers the plan with the devices a real create would be refused for.
+        if !conflicts.is_empty() && !req.dry_run {
             return Err(FleetError::Conflict(conflicts));
         }
         let mut spec_json = serde_json::to_value(&req).unwrap_or_else(|_| json!({}));
@@ -1141,6 +1144,13 @@ impl Actor {
                 "excluded".into(),
                 json!({ "incompatible_hardware": incompatible }),
             );
+            if req.dry_run {
+                let list: Vec<_> = conflicts
+                    .iter()
+                    .map(|(device, rollout)| json!({ "device": device, "rollout": rollout }))
+                    .collect();
+                map.insert("conflicts".into(), json!(list));
+            }
         }
         let now = self.clock.now_i64();
         let mut tx = self.db.begin().await?;
@@ -1169,6 +1179,7 @@ impl Actor {
                     "redeploys": status.redeploys,
                     "excluded_incompatible_hardware": incompatible,
                     "dry_run": req.dry_run,
+                    "conflicts": conflicts.len(),
                     "force_reinstall": req.force_reinstall,
                     "state": state,
                 })),

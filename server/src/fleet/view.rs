@@ -54,6 +54,10 @@ pub struct RolloutView {
     /// Devices the filter matched but that were left out, by reason (only when created).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub excluded: Option<Value>,
+    /// Only in a dry run's create answer: the targets already in another active rollout, as
+    /// `[{ "device": ID, "rollout": ID }]` (a real create over them is refused with 409).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<Value>,
 }
 
 /// One wave of a [`RolloutView`].
@@ -74,6 +78,8 @@ pub struct WaveView {
     pub redeploys: u32,
     /// Members not settled yet.
     pub unsettled: u32,
+    /// Succeeded members gone offline: they hold the gate until back (or max-deferral).
+    pub succeeded_offline: u32,
     /// When it started (unix ms).
     pub started_at: Option<u64>,
     /// Counts per execution state of its members.
@@ -165,6 +171,7 @@ impl RolloutView {
                 deploys: w.deploys,
                 redeploys: w.redeploys,
                 unsettled: w.unsettled,
+                succeeded_offline: w.succeeded_offline,
                 started_at: w.started_at.map(|t| t.as_unix_millis()),
                 counts: counts_json(&w.counts),
             })
@@ -191,6 +198,7 @@ impl RolloutView {
             totals: counts_json(&status.totals),
             waves,
             excluded: None,
+            conflicts: None,
         }
     }
 }

@@ -276,14 +276,16 @@ async fn set_labels(
             format!("at most {MAX_LABELS} labels, keys 1-128 bytes, values at most 256 bytes"),
         ));
     }
-    state.db().set_server_labels(&id, &body.labels).await?;
+    // The labels and their event in one transaction: an unknown device is a 404 (the
+    // transaction is dropped, so nothing is written), and no labels change without their event.
+    let mut tx = state.db().begin().await?;
+    tx.set_server_labels(&id, &body.labels).await?;
     let event =
         crate::db::NewEvent::new(state.clock().now_i64(), &operator.name, "device-labels-set")
             .device(&id)
             .details(serde_json::json!({ "labels": body.labels }));
-    if let Err(e) = state.db().append_event(&event).await {
-        tracing::error!("cannot record the device-labels-set event: {e}");
-    }
+    tx.append_event(&event).await?;
+    tx.commit().await?;
     state
         .db()
         .get_device(&id)

@@ -119,9 +119,15 @@ async fn round_trip(db: &Db) {
     assert!(d2.online && d2.hardware_class.is_none());
     let counts = db.device_counts().await.unwrap();
     assert_eq!((counts.total, counts.online), (2, 1));
-    db.set_server_labels("dev-2", &BTreeMap::from([("region".into(), "us".into())]))
+    let mut tx = db.begin().await.unwrap();
+    tx.set_server_labels("dev-2", &BTreeMap::from([("region".into(), "us".into())]))
         .await
         .unwrap();
+    assert!(matches!(
+        tx.set_server_labels("nope", &BTreeMap::new()).await,
+        Err(DbError::NotFound { what: "device", .. })
+    ));
+    tx.commit().await.unwrap();
     db.set_drifted("dev-2", true).await.unwrap();
     let d2 = db.get_device("dev-2").await.unwrap().unwrap();
     assert_eq!(d2.label("region"), Some("us"));

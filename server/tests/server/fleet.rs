@@ -60,6 +60,11 @@ suite!(
     bad_inputs,
     drift,
     webhooks,
+    regression_during_bake_holds_the_wave,
+    offline_during_bake_holds_the_wave,
+    restart_while_notifying,
+    webhook_retry,
+    execution_metrics,
 );
 
 /// A test fleet: server, simulator, releases 1.0.0 (running) and 2.0.0 (new), both published.
@@ -320,6 +325,24 @@ async fn registry_and_heartbeats(backend: Backend) {
             .await
             .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // One event for the device that exists (committed with its labels), none for the other.
+    let labelled = w.events("kind=device-labels-set").await;
+    let labelled: Vec<_> = labelled
+        .iter()
+        .filter(|e| e["device_id"].as_str().unwrap_or("").starts_with(&w.prefix))
+        .collect();
+    assert_eq!(labelled.len(), 1, "{labelled:?}");
+    assert_eq!(labelled[0]["device_id"], w.id(0).as_str());
+    assert_eq!(labelled[0]["details"]["labels"]["ring"], "canary");
+    assert!(w.events("device=nobody-here").await.is_empty());
+    assert!(
+        w.t.server
+            .db()
+            .get_device("nobody-here")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Heartbeats are echoed.
     w.sim.heartbeat(&w.id(0), 42).await;
@@ -370,6 +393,7 @@ async fn full_rollout_in_four_waves(backend: Backend) {
     assert_eq!(dry["redeploys"], 3);
     assert_eq!(dry["waves"].as_array().unwrap().len(), 4);
     assert_eq!(dry["waves"][3]["cumulative_members"], n);
+    assert_eq!(dry["conflicts"], json!([]));
 
     let (status, body) = w.create(TOKEN, json!({ "waves": [1, 5, 25, 100] })).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -780,6 +804,27 @@ async fn bad_inputs(backend: Backend) {
     assert_eq!(body["cause"], "rollout-conflict");
     assert!(body["error"].as_str().unwrap().contains(&w.id(0)));
     assert_eq!(w.events("kind=rollout-created").await.len(), before);
+    // A dry run over the same device is not refused: the plan, with the conflict listed.
+    let (status, body) = w
+        .create(
+            TOKEN,
+            json!({ "filter": format!("id={}", w.id(0)), "dry_run": true }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let dry = &body["rollout"];
+    assert_eq!(dry["status"], "dry-run");
+    assert_eq!(dry["targets"], 1);
+    assert_eq!(
+        dry["conflicts"],
+        json!([{ "device": w.id(0), "rollout": first }])
+    );
+    let created = w
+        .events(&format!("rollout={}&kind=rollout-created", dry["id"]))
+        .await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["details"]["conflicts"], 1);
+    assert_eq!(created[0]["details"]["dry_run"], true);
 
     // Operator calls on a rollout in the wrong state; unknown rollouts.
     let (status, body) = w.op(TOKEN, first, "resume").await;
@@ -909,5 +954,288 @@ async fn webhooks(backend: Backend) {
     .await;
     let first = got.lock().unwrap()[0].clone();
     assert!(first["id"].is_i64() && first["actor"].is_string() && first["at"].is_i64());
+    w.finish().await;
+}
+
+/// Issue 4: 4 devices, waves 50 % and 100 %, a 10 min bake, on a hand-advanced clock: waits
+/// until wave 0 bakes and returns the rollout id and wave 0's members (the notified ones).
+async fn baking_wave0(w: &World) -> (i64, Vec<String>) {
+    w.add(w.sim_devices(4, |_| Behavior::Succeed)).await;
+    let (status, body) = w
+        .create(
+            TOKEN,
+            json!({ "waves": [50, 100], "bake_secs": 600, "max_failure": 50 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    wait_for("wave 0 baking", || async {
+        let r = w.rollout(id).await;
+        r["current_wave"] == 0 && r["phase"] == "baking"
+    })
+    .await;
+    let members: Vec<String> = (0..4)
+        .map(|i| w.id(i))
+        .filter(|d| !w.sim.device(d).unwrap().seen.is_empty())
+        .collect();
+    // The cohorts hash the random device prefix: wave 1 may have no member of its own.
+    assert!(!members.is_empty(), "wave 0 is never empty");
+    (id, members)
+}
+
+fn manual_clock() -> Options {
+    Options {
+        manual_clock: true,
+        ..Options::default()
+    }
+}
+
+/// Issue 4 gate, "the devices that succeeded are still healthy (not rolled back)": a device
+/// that succeeded and then rolls back during the bake holds the wave (`wave-held`).
+async fn regression_during_bake_holds_the_wave(backend: Backend) {
+    let w = World::start(backend, manual_clock()).await;
+    let (id, members) = baking_wave0(&w).await;
+    w.sim.regress(&members[0]).await;
+    wait_for("the regression recorded", || async {
+        count(&w.rollout(id).await, "rolled-back") == 1
+    })
+    .await;
+    w.t.advance(Duration::from_secs(601)).await;
+    let r = w.rollout(id).await;
+    assert_eq!(
+        (r["current_wave"].clone(), r["phase"].clone()),
+        (json!(0), json!("held"))
+    );
+    let held = w.events(&format!("rollout={id}&kind=wave-held")).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["details"]["wave"], 0);
+    let n = members.len() as u64;
+    assert_eq!(held[0]["details"]["executed"], n);
+    assert_eq!(held[0]["details"]["succeeded"], n - 1);
+    // Wave 1 waits.
+    for i in 0..4 {
+        let d = w.id(i);
+        if !members.contains(&d) {
+            assert!(w.sim.device(&d).unwrap().seen.is_empty(), "{d} notified");
+        }
+    }
+    w.finish().await;
+}
+
+/// Issue 4 gate, "still healthy (reporting)": a succeeded device that goes offline during the
+/// bake holds the wave until it is back online.
+async fn offline_during_bake_holds_the_wave(backend: Backend) {
+    let w = World::start(backend, manual_clock()).await;
+    let (id, members) = baking_wave0(&w).await;
+    w.sim.set_online(&members[0], false).await;
+    wait_for("the absence seen", || async {
+        w.rollout(id).await["waves"][0]["succeeded_offline"] == 1
+    })
+    .await;
+    w.t.advance(Duration::from_secs(601)).await;
+    assert_eq!(w.rollout(id).await["phase"], "held");
+    assert_eq!(
+        w.events(&format!("rollout={id}&kind=wave-held"))
+            .await
+            .len(),
+        1
+    );
+    w.sim.set_online(&members[0], true).await;
+    // Wave 1 starts; with members of its own it bakes, without it completes at once.
+    wait_for("wave 1 baking or done", || async {
+        let r = w.rollout(id).await;
+        r["status"] == "completed" || (r["current_wave"] == 1 && r["phase"] == "baking")
+    })
+    .await;
+    w.t.advance(Duration::from_secs(601)).await;
+    let done = w.wait_status(id, "completed").await;
+    assert_eq!(count(&done, "succeeded"), 4);
+    w.finish().await;
+}
+
+/// Issue 4, "restart the server mid-rollout: no lost or duplicated state", during the
+/// notifying phase: at 2 notifications a minute most of the devices are still queued.
+async fn restart_while_notifying(backend: Backend) {
+    let mut w = World::start(backend, manual_clock()).await;
+    let n = 6;
+    w.add(w.sim_devices(n, |_| Behavior::Succeed)).await;
+    let (status, body) = w.create(TOKEN, json!({ "rate_per_minute": 2 })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    wait_for("two succeeded", || async {
+        count(&w.rollout(id).await, "succeeded") == 2
+    })
+    .await;
+    let before = w.rollout(id).await;
+    assert_eq!(count(&before, "queued"), 4);
+    assert_eq!(before["phase"], "notifying");
+
+    w.t = w.t.restart().await;
+    let after = w.rollout(id).await;
+    assert_eq!(after["totals"], before["totals"]);
+    w.t.advance(Duration::from_secs(60)).await;
+    wait_for("four succeeded", || async {
+        count(&w.rollout(id).await, "succeeded") == 4
+    })
+    .await;
+    // Again, with the rate window half used.
+    w.t = w.t.restart().await;
+    assert_eq!(count(&w.rollout(id).await, "queued"), 2);
+    w.t.advance(Duration::from_secs(60)).await;
+    let done = w.wait_status(id, "completed").await;
+    assert_eq!(count(&done, "succeeded"), n as u64);
+
+    for i in 0..n {
+        let d = w.sim.device(&w.id(i)).unwrap();
+        assert_eq!(d.seen.len(), 1, "{} got one desired state", d.id);
+    }
+    let changes = w
+        .events(&format!("rollout={id}&kind=device-state-changed"))
+        .await;
+    let mut seen = std::collections::BTreeSet::new();
+    for e in &changes {
+        let key = (
+            e["device_id"].to_string(),
+            e["details"]["from"].to_string(),
+            e["details"]["to"].to_string(),
+        );
+        assert!(seen.insert(key.clone()), "duplicated state change {key:?}");
+    }
+    // queued → notified → ... → succeeded, for every device.
+    for i in 0..n {
+        let to_succeeded = changes
+            .iter()
+            .filter(|e| e["device_id"] == w.id(i).as_str() && e["details"]["to"] == "succeeded")
+            .count();
+        assert_eq!(to_succeeded, 1, "{}", w.id(i));
+    }
+    w.finish().await;
+}
+
+/// Issue 4, "webhooks … with retries": a receiver that answers 500 to its first POST gets
+/// that event on the retry (the first pause is 1 s), then the rest in order.
+async fn webhook_retry(backend: Backend) {
+    use std::sync::{Arc, Mutex};
+    #[derive(Default)]
+    struct Receiver {
+        refused: Vec<Value>,
+        got: Vec<Value>,
+    }
+    let log: Arc<Mutex<Receiver>> = Arc::default();
+    let sink = log.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                let mut log = sink.lock().unwrap();
+                if log.refused.is_empty() {
+                    log.refused.push(v);
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    log.got.push(v);
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let w = World::start(
+        backend,
+        Options {
+            webhooks: vec![format!("http://{addr}/hook")],
+            ..Options::default()
+        },
+    )
+    .await;
+    // World::start published two releases: two events (devices of other tests on a shared
+    // broker may add device-registered events).
+    wait_for("both release events delivered", || async {
+        let log = log.lock().unwrap();
+        log.got
+            .iter()
+            .filter(|e| e["kind"] == "release-published")
+            .count()
+            == 2
+    })
+    .await;
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(log.refused.len(), 1);
+        let refused = &log.refused[0];
+        assert!(
+            refused["id"].is_i64() && refused["kind"].is_string(),
+            "{refused}"
+        );
+        assert_eq!(
+            log.got[0], *refused,
+            "the refused event is delivered on the retry"
+        );
+        let ids: Vec<i64> = log.got.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+        assert!(
+            ids.windows(2).all(|p| p[0] < p[1]),
+            "in order, once: {ids:?}"
+        );
+    }
+    w.finish().await;
+}
+
+/// The `/metrics` samples as `name{labels}` → value.
+async fn metrics(w: &World) -> std::collections::BTreeMap<String, f64> {
+    let r = w.t.client.get(w.t.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.text()
+        .await
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Issue 4, "Prometheus /metrics: … executions by state and by failure phase", while a
+/// rollout runs: one device hung (notified), one failed in install, one succeeded.
+async fn execution_metrics(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    let devices = w.sim_devices(3, |i| match i {
+        0 => Behavior::Silent,
+        1 => Behavior::Fail(FailurePhase::Install),
+        _ => Behavior::Succeed,
+    });
+    w.add(devices).await;
+    let (status, body) = w
+        .create(TOKEN, json!({ "max_failure": 60, "success_min": 10 }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    wait_for("two finished", || async {
+        count(&w.rollout(id).await, "executed") == 2
+    })
+    .await;
+    wait_for("metrics updated", || async {
+        metrics(&w)
+            .await
+            .get("ota_executions{state=\"succeeded\"}")
+            .copied()
+            == Some(1.0)
+    })
+    .await;
+    let m = metrics(&w).await;
+    let get = |k: &str| {
+        m.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("no {k} in {m:?}"))
+    };
+    assert_eq!(get("ota_executions{state=\"notified\"}"), 1.0);
+    assert_eq!(get("ota_executions{state=\"failed\"}"), 1.0);
+    assert_eq!(get("ota_executions{state=\"queued\"}"), 0.0);
+    assert_eq!(get("ota_executions_failed{phase=\"install\"}"), 1.0);
+    assert_eq!(get("ota_executions_failed{phase=\"download\"}"), 0.0);
+    assert_eq!(w.rollout(id).await["status"], "running");
     w.finish().await;
 }

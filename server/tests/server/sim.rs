@@ -386,7 +386,7 @@ impl Sim {
                                     phase: FailurePhase::Download,
                                     reason: e,
                                 });
-                                self.report(id, &desired, target.digest, steps, None).await;
+                                self.report(id, &seen, steps, None).await;
                                 return;
                             }
                         }
@@ -433,31 +433,37 @@ impl Sim {
             }
         }
         let committed = matches!(steps.last(), Some(ExecutionState::Succeeded));
-        self.report(
-            id,
-            &desired,
-            target.digest,
-            steps,
-            committed.then_some(target),
-        )
-        .await;
+        self.report(id, &seen, steps, committed.then_some(target))
+            .await;
     }
 
-    /// Publishes each step as an event, then the reported state.
+    /// The device regresses after it committed the release of its last desired state: its
+    /// health probe fails and it reports `rolled-back` for that desired state (what it runs is
+    /// left as it is: the simulator keeps no release history).
+    pub async fn regress(&self, id: &str) {
+        let seen = self.device(id).unwrap().seen.last().cloned().unwrap();
+        let state = ExecutionState::RolledBack {
+            reason: RollbackReason::ProbeFailed,
+            detail: "simulated: probe failed after commit".into(),
+        };
+        self.report(&DeviceId::new(id).unwrap(), &seen, vec![state], None)
+            .await;
+    }
+
+    /// Publishes each step as an event about desired state `seen`, then the reported state.
     async fn report(
         &self,
         id: &DeviceId,
-        desired: &DesiredState,
-        digest: Digest,
+        seen: &Seen,
         steps: Vec<ExecutionState>,
         committed: Option<RunningRelease>,
     ) {
         let mut last = None;
         for state in steps {
             let outcome = UpdateOutcome {
-                generation: desired.generation,
-                rollout_id: desired.rollout_id.clone(),
-                digest: Some(digest),
+                generation: seen.generation,
+                rollout_id: seen.rollout_id.clone(),
+                digest: Some(seen.digest),
                 state,
                 at: self.now(),
             };
