@@ -82,6 +82,26 @@ pub enum ConfigError {
     /// The keys and threshold do not make a trust set.
     #[error("configuration key `trust`: {0}")]
     Trust(#[source] TrustSetError),
+    /// The configuration or a trust key file is writable by every user: anyone on the device
+    /// could make the agent trust their key. `chmod o-w` it.
+    #[error("{path} is world-writable: refusing to trust it (chmod o-w {path})")]
+    WorldWritable {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Refuses a file every user may write (the configuration, a trust key). A file that cannot
+/// be examined passes here: reading it reports why.
+fn refuse_world_writable(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let writable = std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o002 != 0);
+    if writable {
+        return Err(ConfigError::WorldWritable {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -666,15 +686,14 @@ impl Default for DownloadSettings {
 impl DownloadSettings {
     /// The downloader's configuration.
     pub fn downloader_config(&self) -> DownloadConfig {
-        let min_rate =
-            (self.min_bytes_per_second > 0 && !self.min_rate_window.is_zero()).then(|| MinRate {
-                bytes_per_second: self.min_bytes_per_second,
-                window: self.min_rate_window,
-            });
         let mut c = DownloadConfig::new()
             .with_chunk_size(self.chunk_size)
             .with_timeouts(self.connect_timeout, self.read_timeout)
-            .with_min_rate(min_rate);
+            // A zero rate or window turns the guard off (the downloader ignores it).
+            .with_min_rate(Some(MinRate {
+                bytes_per_second: self.min_bytes_per_second,
+                window: self.min_rate_window,
+            }));
         if let Some(ca) = &self.ca_file {
             c = c.with_ca_file(ca.clone());
         }
@@ -687,8 +706,9 @@ const MAX_CHUNK: usize = 64 << 20;
 
 impl AgentConfig {
     /// Reads and checks the configuration file at `path`; relative key paths are resolved
-    /// against its directory.
+    /// against its directory. A world-writable file is refused.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        refuse_world_writable(path)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -872,7 +892,7 @@ impl AgentConfig {
         Ok(())
     }
 
-    /// Reads the trust keys and builds the trust set.
+    /// Reads the trust keys and builds the trust set (a world-writable key file is refused).
     pub fn trust_set(&self) -> Result<TrustSet, ConfigError> {
         let mut keys = Vec::with_capacity(self.trust.keys.len());
         for (i, source) in self.trust.keys.iter().enumerate() {
@@ -880,6 +900,7 @@ impl AgentConfig {
             let pem = match source {
                 KeySource::Pem(pem) => pem.clone(),
                 KeySource::File(path) => {
+                    refuse_world_writable(path)?;
                     std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
                         key: key.clone(),
                         path: path.clone(),

@@ -66,31 +66,60 @@ impl FirmwareTeam {
     }
 
     /// Builds and signs `version` (`healthy` or not) with `size` bytes of image, created at
-    /// `now` (unix seconds).
+    /// `now` (unix seconds), security version 1, for the demo's hardware class.
     pub fn build(&self, version: &str, healthy: bool, size: usize, now: u64) -> Build {
+        self.build_with(&BuildSpec {
+            version,
+            healthy,
+            size,
+            created: now,
+            security_version: 1,
+            hardware: &[HARDWARE_CLASS],
+        })
+    }
+
+    /// Builds and signs the release `spec` describes.
+    pub fn build_with(&self, spec: &BuildSpec<'_>) -> Build {
         let salt = hex_prefix(self.key.verifying_key().as_bytes());
-        let image = image(version, healthy, size, &salt);
+        let image = image(spec.version, spec.healthy, spec.size, &salt);
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             product: PRODUCT.into(),
-            version: version.into(),
-            security_version: 1,
+            version: spec.version.into(),
+            security_version: spec.security_version,
             artifact_sha256: Digest::of(&image).0,
             artifact_size: image.len() as u64,
-            hardware: vec![HARDWARE_CLASS.into()],
-            created: now,
+            hardware: spec.hardware.iter().map(|h| (*h).to_string()).collect(),
+            created: spec.created,
             expires: None,
             installer: Some("files".into()),
             metadata: BTreeMap::new(),
         };
         let release = sign(&manifest, core::slice::from_ref(&self.key));
         Build {
-            version: version.into(),
+            version: spec.version.into(),
             digest: Digest::of(&image),
             image,
             release,
         }
     }
+}
+
+/// What [`FirmwareTeam::build_with`] builds.
+#[derive(Debug, Clone)]
+pub struct BuildSpec<'a> {
+    /// The version string.
+    pub version: &'a str,
+    /// Whether the application stays healthy.
+    pub healthy: bool,
+    /// Image size, bytes.
+    pub size: usize,
+    /// Creation time, unix seconds.
+    pub created: u64,
+    /// The anti-rollback security version.
+    pub security_version: u32,
+    /// The hardware classes the release is for.
+    pub hardware: &'a [&'a str],
 }
 
 /// The image of `version`: its header line, then filler up to `size` bytes (a counter hashed

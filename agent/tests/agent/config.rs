@@ -255,3 +255,31 @@ fn a_missing_file_is_a_read_error() {
         Err(ConfigError::Read { .. })
     ));
 }
+
+/// Issue 7: a world-writable configuration or trust key file is refused (anyone on the device
+/// could make the agent trust their key); fixing the mode makes it load.
+#[test]
+fn issue7_world_writable_config_and_trust_files_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let key = dir.path().join("k.pem");
+    fs::write(&key, pem(1)).unwrap();
+    let path = dir.path().join("config.toml");
+    fs::write(&path, MINIMAL).unwrap();
+    let mode = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+
+    mode(&path, 0o666);
+    assert!(matches!(
+        AgentConfig::load(&path),
+        Err(ConfigError::WorldWritable { path: p }) if p == path
+    ));
+    mode(&path, 0o644);
+    let c = AgentConfig::load(&path).unwrap();
+    mode(&key, 0o646);
+    assert!(matches!(
+        c.trust_set(),
+        Err(ConfigError::WorldWritable { path: p }) if p == key
+    ));
+    mode(&key, 0o644);
+    c.trust_set().unwrap();
+}

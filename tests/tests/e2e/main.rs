@@ -4,6 +4,8 @@
 //! - `story`: the demo's story as assertions (real server, real agents, a real broker).
 //! - `faults`: the same system with faults injected (broker and server restarts, cut
 //!   downloads, killed agents, duplicates and replays, a malicious mirror, offline devices).
+//! - `security`: threats of `docs/security.md` that need the whole system (a compromised
+//!   fleet server).
 //! - `world`, `proxy`: the fixture (a lab behind fault-injecting TCP proxies).
 
 #![allow(
@@ -17,5 +19,6 @@
 mod faults;
 mod proxy;
 mod repo;
+mod security;
 mod story;
 mod world;
