@@ -108,7 +108,8 @@ async fn flags_percent_widen_kill(backend: Backend) {
     let on = ids.iter().filter(|id| w.sim.flag(id, "new-ui")).count();
     let shown = show(&w, "new-ui").await;
     assert_eq!(shown["counts"]["on"], on as u64);
-    assert_eq!(shown["counts"]["devices"], n as u64);
+    // An external broker may hold other runs' devices: they count, but are outside the filter.
+    assert!(shown["counts"]["devices"].as_u64().unwrap() >= n as u64);
 
     // Kill: off on every device; a set on a killed flag keeps it off; revive restores it.
     let (status, killed) = flag_op(&w, "new-ui", "kill", json!({})).await;
@@ -224,7 +225,7 @@ async fn flags_survive_restart_and_follow_labels(backend: Backend) {
         &w,
         "canary-only",
         "set",
-        json!({ "on": true, "filter": "label:ring=canary" }),
+        json!({ "on": true, "filter": format!("{} and label:ring=canary", w.filter()) }),
     )
     .await;
     assert_eq!(body["changed"], true);
@@ -270,7 +271,13 @@ async fn flags_survive_restart_and_follow_labels(backend: Backend) {
     assert_eq!(after["flags"][0]["counts"]["on"], 1);
 
     // A change after the restart has a higher version, and devices apply it.
-    let (_, body) = flag_op(&w, "canary-only", "set", json!({ "on": true })).await;
+    let (_, body) = flag_op(
+        &w,
+        "canary-only",
+        "set",
+        json!({ "on": true, "filter": w.filter() }),
+    )
+    .await;
     assert!(body["version"].as_u64().unwrap() > after["version"].as_u64().unwrap());
     converge(&w.sim, &ids, "canary-only", |_| true).await;
     w.finish().await;
