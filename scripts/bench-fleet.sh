@@ -76,6 +76,13 @@ start=$(date +%s.%N)
   --new-digest "$new_digest" --devices "$devices" --connections "$connections" --prefix bench- ${extra[@]+"${extra[@]}"} \
   | tee sim.out
 end=$(date +%s.%N)
+if grep -q flag_kill_last_device_s sim.out; then
+  # scripts/bench-flags.sh: the kill switch, not a rollout.
+  printf 'flag kill: REST answer after %s s; last of %s devices applied it after %s s (goal <= 2 s)\n' \
+    "$(grep flag_kill_answered_s sim.out | cut -d= -f2)" "$devices" \
+    "$(grep flag_kill_last_device_s sim.out | cut -d= -f2)"
+  exit 0
+fi
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$server_pid/status")
 wall=$(grep rollout_wall_s sim.out | cut -d= -f2)

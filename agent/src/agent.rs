@@ -365,7 +365,9 @@ impl Agent {
             boot_count: boot32,
         };
         let (status_tx, status_rx) = watch::channel(initial);
+        let flags = crate::flags::FlagFile::open(storage.clone(), &data, device.clone());
         let shell = Shell::new(crate::shell::Parts {
+            flags,
             machine,
             clock,
             journal,

@@ -21,6 +21,7 @@
 //! | [`config`] | start-up | the TOML configuration |
 //! | [`process`] | (shared) | how user commands run |
 //! | [`mqtt`] | `Publish*`, `SendHeartbeat` | the MQTT link: poll task, outbox, reconnect backoff |
+//! | [`flags`] | the flags topic | the flag file applications read ([`Flags::load`]) |
 //! | [`clock`] | (shared) | wall time on tokio's monotonic clock |
 //! | `shell` | every action | the loop: drains the machine's actions, waits on inputs and timers |
 //! | [`agent`] | start-up | [`Agent::start`], [`AgentHandle`], [`AgentOptions`] |
@@ -34,6 +35,7 @@
 //! <data_dir>/boot_id, boot_id.prev    the boot id the counter was last incremented for
 //! <data_dir>/cache/<sha256>           complete artifacts (cache::Cache)
 //! <data_dir>/cache/partial/<sha256>.part, .validator
+//! <data_dir>/flags                    the evaluated feature flags applications read (flags::Flags)
 //! ```
 //!
 //! # Blocking
@@ -48,6 +50,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod download;
+pub mod flags;
 pub mod health;
 pub mod install;
 pub mod inventory;
@@ -60,5 +63,6 @@ mod shell;
 pub mod storage;
 
 pub use agent::{Agent, AgentError, AgentHandle, AgentOptions, AgentStatus};
+pub use flags::Flags;
 
 pub use ota_core::release;

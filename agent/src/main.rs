@@ -4,6 +4,8 @@
 //! ota-agent run [--config PATH]             run the agent (until SIGTERM / Ctrl-C)
 //! ota-agent status [--config PATH] [--json] what the journal says: running, known-good, trial, cache
 //! ota-agent check-power [--config PATH] [--json]  what the power gate sees now
+//! ota-agent flag NAME [--config PATH]       exit 0 if the feature flag is on, 1 if off, 2 on error
+//! ota-agent flags [--config PATH] [--json]  every feature flag of this device
 //! ```
 //!
 //! Logs go to stderr; `RUST_LOG` sets the level (`info` by default), optionally per target
@@ -16,7 +18,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ota_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
 use ota_agent::report::{PowerReport, StateReport};
-use ota_agent::{Agent, AgentOptions};
+use ota_agent::{Agent, AgentOptions, Flags};
 
 /// The ota device agent: verifies, downloads, installs and trials signed releases.
 #[derive(Debug, Parser)]
@@ -36,6 +38,24 @@ enum Command {
     },
     /// Show what the journal says: running, known-good, trial, cache, last result.
     Status {
+        /// The configuration file (for the data directory).
+        #[arg(long, short, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 if feature flag NAME is on for this device, 1 if it is off or unknown, 2 on an
+    /// error (no flag file yet, bad file). Reads `<data_dir>/flags`.
+    Flag {
+        /// The flag name.
+        name: String,
+        /// The configuration file (for the data directory).
+        #[arg(long, short, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Print this device's feature flags (`name=on|off` lines, or one line of JSON).
+    Flags {
         /// The configuration file (for the data directory).
         #[arg(long, short, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
@@ -101,9 +121,34 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     })
 }
 
+/// The device's flag file, as the configuration names it.
+fn flags_of(config: &std::path::Path) -> anyhow::Result<Flags> {
+    let c = load(config)?;
+    Ok(Flags::load(c.data_dir.join(ota_agent::flags::FILE_NAME))?)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Flag { name, config } => {
+            return match flags_of(&config) {
+                Ok(flags) if flags.is_enabled(&name) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Flags { config, json } => flags_of(&config).map(|flags| {
+            if json {
+                println!("{}", flags.to_json());
+            } else {
+                for (name, on) in flags.iter() {
+                    println!("{name}={}", if on { "on" } else { "off" });
+                }
+            }
+        }),
         Command::Run { config } => {
             init_logs();
             run(&config)

@@ -16,7 +16,7 @@
 //!
 //! Session: client id = device id; a retained last will `Status { online: false }` on
 //! `status`; a retained `Status { online: true }` published first on every connect; a
-//! subscription to `desired` and `heartbeat/ack` made on every connect.
+//! subscription to `desired`, `heartbeat/ack` and the device's flags topic made on every connect.
 //!
 //! The first connection of an agent process uses a clean session; every reconnect after it
 //! resumes a persistent session (`clean_session = false`: the broker keeps the subscriptions
@@ -213,6 +213,8 @@ pub(crate) enum LinkEvent {
     Desired(Delivery),
     /// A message on `heartbeat/ack` ([`Link::ack`] it too: acknowledgements go in order).
     HeartbeatAck(Delivery),
+    /// A message on the device's flags topic (`ota/v1/flags/devices/{id}`; ack it too).
+    Flags(Delivery),
     /// A message on a topic the agent does not use (acknowledged and ignored).
     Other(Delivery),
 }
@@ -592,6 +594,7 @@ impl Poller {
     async fn run(mut self) {
         let desired = self.device.topic(TopicKind::Desired);
         let ack = self.device.topic(TopicKind::HeartbeatAck);
+        let flags = ota_core::flags::topic(&self.device);
         let mut wait = self.backoff.initial;
         let mut failures = 0u32;
         let mut awaiting_suback = false;
@@ -623,6 +626,7 @@ impl Poller {
                         .device
                         .subscriptions()
                         .into_iter()
+                        .chain([flags.clone()])
                         .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
                     let filters: Vec<_> = filters.collect();
                     if self.client.try_subscribe_many(filters.clone()).is_err() {
@@ -650,6 +654,7 @@ impl Poller {
                     // it acted on them (a desired state: once its decision is journaled).
                     let is_desired = p.topic == desired;
                     let is_ack = p.topic == ack;
+                    let is_flags = p.topic == flags;
                     let delivery = Delivery {
                         payload: p.payload.to_vec(),
                         received: std::time::Instant::now(),
@@ -660,6 +665,8 @@ impl Poller {
                         LinkEvent::Desired(delivery)
                     } else if is_ack {
                         LinkEvent::HeartbeatAck(delivery)
+                    } else if is_flags {
+                        LinkEvent::Flags(delivery)
                     } else {
                         LinkEvent::Other(delivery)
                     };

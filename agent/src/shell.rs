@@ -53,6 +53,7 @@ use crate::agent::AgentStatus;
 use crate::cache::Cache;
 use crate::clock::ShellClock;
 use crate::download::{DownloadRequest, Downloader};
+use crate::flags::FlagFile;
 use crate::health::HealthProbe;
 use crate::install::{InstallRequest, Installer};
 use crate::inventory::{self, disk_space};
@@ -65,6 +66,7 @@ const MAX_PERSIST_RETRY: Duration = Duration::from_secs(60);
 
 /// Everything a [`Shell`] is built from.
 pub(crate) struct Parts {
+    pub(crate) flags: FlagFile,
     pub(crate) machine: UpdateMachine,
     pub(crate) clock: ShellClock,
     pub(crate) journal: Journal,
@@ -132,6 +134,8 @@ struct Host {
 
 /// The shell loop's state (see the [module documentation](self)).
 pub(crate) struct Shell {
+    /// The feature flags and their file (independent of the update machine).
+    flags: FlagFile,
     machine: UpdateMachine,
     clock: ShellClock,
     journal: Journal,
@@ -200,6 +204,7 @@ impl Shell {
         };
         let (tasks_tx, tasks_rx) = mpsc::unbounded_channel();
         Shell {
+            flags: p.flags,
             machine: p.machine,
             clock: p.clock,
             journal: p.journal,
@@ -650,6 +655,10 @@ impl Shell {
                         tracing::warn!("ignored a heartbeat ack that does not decode: {e}");
                     }
                 }
+                self.unacked.push(delivery);
+            }
+            LinkEvent::Flags(delivery) => {
+                self.flags.on_payload(&delivery.payload);
                 self.unacked.push(delivery);
             }
             LinkEvent::Other(delivery) => self.unacked.push(delivery),

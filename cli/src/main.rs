@@ -85,6 +85,9 @@ enum Command {
     Rollout(fleet_cmd::RolloutCommand),
     /// The audit log: who changed what, when.
     Events(fleet_cmd::EventsArgs),
+    /// Feature flags: deploy dark, turn on for a sticky percent, widen, kill in seconds.
+    #[command(subcommand)]
+    Flag(fleet_cmd::FlagCommand),
     /// The whole system in one process: a fleet server and real agents play a rollout story.
     Demo(demo_cmd::DemoArgs),
 }
@@ -110,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices(cmd) => fleet_cmd::devices(cmd)?,
         Command::Rollout(cmd) => fleet_cmd::rollout(cmd)?,
         Command::Events(args) => fleet_cmd::events(&args)?,
+        Command::Flag(cmd) => fleet_cmd::flag(cmd)?,
         Command::Demo(args) => demo_cmd::run(&args)?,
     }
     Ok(())

@@ -5,8 +5,12 @@
 //! ```text
 //! fleet_sim --http http://127.0.0.1:8080 --token T --mqtt 127.0.0.1:1883 \
 //!           --old old.release --new-digest HEX --devices 10000 --connections 4 \
-//!           [--per-device-subscriptions] [--waves 1,5,25,100] [--prefix sim-]
+//!           [--per-device-subscriptions] [--waves 1,5,25,100] [--prefix sim-] [--flag-kill]
 //! ```
+//!
+//! `--flag-kill` measures the feature-flag kill switch instead of a rollout
+//! (`scripts/bench-flags.sh`): a flag on for every device, then killed; prints the time from
+//! the kill request to the last device applying it.
 //!
 //! By default each connection subscribes once to every device's `desired` and
 //! `heartbeat/ack` topics (wildcard) and keeps its own devices' messages;
@@ -40,6 +44,7 @@ struct Args {
     waves: Vec<f64>,
     prefix: String,
     per_device_subscriptions: bool,
+    flag_kill: bool,
 }
 
 fn args() -> Args {
@@ -54,6 +59,7 @@ fn args() -> Args {
         waves: vec![1.0, 5.0, 25.0, 100.0],
         prefix: "sim-".into(),
         per_device_subscriptions: false,
+        flag_kill: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +74,7 @@ fn args() -> Args {
             "--connections" => a.connections = value().parse().unwrap(),
             "--prefix" => a.prefix = value(),
             "--per-device-subscriptions" => a.per_device_subscriptions = true,
+            "--flag-kill" => a.flag_kill = true,
             "--waves" => {
                 a.waves = value()
                     .split(',')
@@ -154,6 +161,11 @@ async fn main() {
         a.devices,
         registered.as_secs_f64()
     );
+
+    if a.flag_kill {
+        flag_kill(&http, &a, &sims).await;
+        return;
+    }
 
     let counters = |sims: &Vec<(Sim, Vec<sim::SimDevice>)>| {
         sims.iter().fold((0u64, 0u64), |(p, r), (s, _)| {
@@ -245,6 +257,57 @@ async fn main() {
     if status["status"] != "completed" || status["totals"]["succeeded"] != a.devices {
         std::process::exit(1);
     }
+}
+
+/// `--flag-kill`: turns flag `bench-kill` on for every simulated device, waits until all have
+/// applied it, then kills it and measures the time from the kill request (what `ota flag kill`
+/// sends) to the last device applying the kill.
+async fn flag_kill(http: &reqwest::Client, a: &Args, sims: &[(Sim, Vec<sim::SimDevice>)]) {
+    const FLAG: &str = "bench-kill";
+    let post = |op: &str, body: Value| {
+        http.post(format!("{}/api/v1/flags/{FLAG}/{op}", a.http))
+            .bearer_auth(&a.token)
+            .json(&body)
+            .send()
+    };
+    let all = |on: bool| {
+        sims.iter()
+            .all(|(s, devices)| devices.iter().all(|d| s.flag(d.id.as_str(), FLAG) == on))
+    };
+    let set: Value = post(
+        "set",
+        json!({ "on": true, "filter": format!("id={}*", a.prefix) }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(set["changed"], true, "{set}");
+    while !all(true) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("flag {FLAG} on for {} devices", a.devices);
+    let start = Instant::now();
+    let killed: Value = post("kill", json!({})).await.unwrap().json().await.unwrap();
+    let answered = start.elapsed();
+    assert_eq!(killed["changed"], true, "{killed}");
+    while !all(false) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = sims
+        .iter()
+        .flat_map(|(s, devices)| devices.iter().filter_map(|d| s.device(d.id.as_str())))
+        .filter_map(|d| d.flags_applied_at)
+        .max()
+        .unwrap();
+    println!("devices={}", a.devices);
+    println!("flag_kill_published={}", killed["published"]);
+    println!("flag_kill_answered_s={:.3}", answered.as_secs_f64());
+    println!(
+        "flag_kill_last_device_s={:.3}",
+        last.saturating_duration_since(start).as_secs_f64()
+    );
 }
 
 /// One metric of the server's `/metrics` (0 if absent).

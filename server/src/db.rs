@@ -19,6 +19,9 @@
 //! | `rollouts` | identity | release, device filter, spec (JSON), planner state (CBOR), status |
 //! | `events` | identity | the append-only audit log |
 //! | `desired` | device id | the desired state last published to each device (generation, payload) |
+//! | `flags` | flag name | feature flag definitions (CBOR `FlagDefinition`) |
+//! | `flag_state` | `1` | the fleet's flag-state version |
+//! | `flag_changes` | identity | the flag audit trail (CBOR `FlagChange`: who, when, old → new) |
 //!
 //! Batched writes (the fleet coordinator's device reports, planner states, desired states and
 //! their audit events) go through one [`DbTx`] per batch ([`Db::begin`]). Every committed audit
@@ -29,6 +32,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ota_core::digest::Digest;
+use ota_core::flags::{FlagChange, FlagDefinition, FlagSet};
+use ota_core::wire::WireMessage;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::AnyConnection;
@@ -49,6 +54,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "desired",
         include_str!("../migrations/0002_desired.sql"),
         include_str!("../migrations-postgres/0002_desired.sql"),
+    ),
+    (
+        3,
+        "flags",
+        include_str!("../migrations/0003_flags.sql"),
+        include_str!("../migrations-postgres/0003_flags.sql"),
     ),
 ];
 
@@ -1018,6 +1029,53 @@ impl Db {
         }
         Ok(events)
     }
+
+    /// The stored flag set (every definition and the fleet flag-state version), `None` if no
+    /// flag was ever changed.
+    pub async fn load_flag_set(&self) -> Result<Option<FlagSet>, DbError> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM flag_state WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(version) = version else {
+            return Ok(None);
+        };
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT definition FROM flags ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        let definitions = rows
+            .iter()
+            .map(|b| {
+                FlagDefinition::from_cbor(b).map_err(|e| DbError::Corrupt(format!("flag: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        FlagSet::from_definitions(to_u64(version, "flag version")?, definitions)
+            .map(Some)
+            .map_err(|e| DbError::Corrupt(format!("flag set: {e}")))
+    }
+
+    /// The newest `limit` audit records of flag `name`, oldest first.
+    pub async fn list_flag_changes(
+        &self,
+        name: &str,
+        limit: u32,
+    ) -> Result<Vec<FlagChange>, DbError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT record FROM flag_changes WHERE flag = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(name)
+        .bind(i64::from(limit.min(MAX_EVENT_PAGE)))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut changes = rows
+            .iter()
+            .map(|b| {
+                FlagChange::from_cbor(b).map_err(|e| DbError::Corrupt(format!("flag change: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        changes.reverse();
+        Ok(changes)
+    }
 }
 
 fn migrator(kind: DbKind) -> Migrator {
@@ -1260,6 +1318,69 @@ impl DbTx {
         .bind(&d.kind)
         .bind(d.payload.as_slice())
         .bind(d.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// One device, as this transaction sees it (its own writes included).
+    pub async fn get_device(&mut self, id: &str) -> Result<Option<DeviceRecord>, DbError> {
+        let row = sqlx::query(format_device_select("WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    /// Stores a flag definition at `now` (replacing the previous one of that name).
+    pub async fn put_flag(&mut self, def: &FlagDefinition, now: i64) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO flags (name, definition, version, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, \
+             version = excluded.version, updated_at = excluded.updated_at",
+        )
+        .bind(def.name.as_str())
+        .bind(def.to_cbor())
+        .bind(to_i64(def.version, "flag version")?)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a flag definition.
+    pub async fn delete_flag(&mut self, name: &str) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM flags WHERE name = $1")
+            .bind(name)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores the fleet flag-state version.
+    pub async fn set_flag_version(&mut self, version: u64) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO flag_state (id, version) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+        )
+        .bind(to_i64(version, "flag version")?)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends a flag audit record.
+    pub async fn append_flag_change(&mut self, change: &FlagChange) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO flag_changes (flag, version, at, actor, kind, record) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(change.flag.as_str())
+        .bind(to_i64(change.version, "flag version")?)
+        .bind(to_i64(change.at.as_unix_millis(), "flag change time")?)
+        .bind(&change.by)
+        .bind(change.kind().name())
+        .bind(change.to_cbor())
         .execute(&mut *self.tx)
         .await?;
         Ok(())

@@ -24,6 +24,8 @@ mod broker;
 mod db;
 #[path = "server/filter.rs"]
 mod filter;
+#[path = "server/flags.rs"]
+mod flags;
 #[path = "server/fleet.rs"]
 mod fleet;
 #[path = "server/releases.rs"]

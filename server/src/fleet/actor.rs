@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ota_core::digest::Digest;
+use ota_core::flags::{FlagChange, FlagEdit, FlagName};
 use ota_core::rollout::{
     PlannerAction, ReportOutcome, Rollout, RolloutError, RolloutSpec, RolloutState, StateCounts,
     Target,
@@ -19,6 +20,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
 use super::view::{RolloutView, abort_json, counts_json};
 use super::{
     Command, Counters, Fleet, FleetError, MAX_BATCH, Op, REJECT_EVENTS_PER_MINUTE, RolloutRequest,
@@ -152,6 +154,11 @@ struct Batch {
     /// Heartbeat acks: published whatever happens.
     acks: Vec<(String, Vec<u8>)>,
     approved: Vec<(i64, String)>,
+    /// Flag audit records: their definitions, the records and the fleet flag version are
+    /// stored with the batch (the devices' flags are in `publish`).
+    flag_changes: Vec<FlagChange>,
+    /// Devices whose flags are evaluated again once their rows are written.
+    flag_devices: BTreeSet<String>,
 }
 
 impl Batch {
@@ -161,6 +168,8 @@ impl Batch {
             && self.desired.is_empty()
             && self.events.is_empty()
             && self.approved.is_empty()
+            && self.flag_changes.is_empty()
+            && self.flag_devices.is_empty()
     }
 }
 
@@ -177,6 +186,7 @@ struct Actor {
     releases: HashMap<Digest, Option<Arc<Vec<u8>>>>,
     reject_window: (u64, u32),
     connected: bool,
+    flags: Flags,
 }
 
 fn is_active(state: &RolloutState) -> bool {
@@ -190,7 +200,6 @@ impl Actor {
     fn new(db: Db, clock: Clock, public_url: String, shared: Arc<Shared>) -> Self {
         Actor {
             db,
-            clock,
             public_url: public_url.trim_end_matches('/').to_string(),
             shared,
             rollouts: BTreeMap::new(),
@@ -200,6 +209,8 @@ impl Actor {
             releases: HashMap::new(),
             reject_window: (0, 0),
             connected: false,
+            flags: Flags::new(clock.timestamp()),
+            clock,
         }
     }
 
@@ -220,6 +231,7 @@ impl Actor {
         for d in self.db.list_desired().await? {
             self.generations.insert(d.device_id, d.generation);
         }
+        self.flags = Flags::load(&self.db, self.clock.timestamp()).await?;
         for record in self.db.rollouts_with_status(LOADED_STATUSES).await? {
             let id = record.id;
             let planner = Rollout::from_cbor(&record.state)
@@ -346,6 +358,9 @@ impl Actor {
                     tracing::error!("cannot subscribe: {e}");
                 }
                 self.republish_desired(client).await;
+                for (topic, payload) in self.flags.all() {
+                    self.publish(client, topic, payload, true).await;
+                }
             }
             Inbound::Subscribed => {
                 ready.send_replace(true);
@@ -597,6 +612,7 @@ impl Actor {
             })),
             reported: Some(raw.to_vec()),
         };
+        batch.flag_devices.insert(key.clone());
         batch.reports.insert(key, report);
         if let Some(outcome) = &r.last_result {
             let topic = id.topic(TopicKind::Reported);
@@ -862,8 +878,8 @@ impl Actor {
         let mut stored = true;
         if !batch.is_empty() || dirty || tx.is_some() {
             match self.write(&batch, tx).await {
-                Ok(()) => {
-                    for (topic, payload) in batch.publish {
+                Ok(flags) => {
+                    for (topic, payload) in batch.publish.into_iter().chain(flags) {
                         self.publish(client, topic, payload, true).await;
                     }
                 }
@@ -883,7 +899,9 @@ impl Actor {
         stored
     }
 
-    async fn write(&mut self, batch: &Batch, tx: Option<DbTx>) -> Result<(), DbError> {
+    /// Returns the flags of the devices evaluated again (see [`Batch::flag_devices`]), to
+    /// publish after the commit.
+    async fn write(&mut self, batch: &Batch, tx: Option<DbTx>) -> Result<Vec<Publish>, DbError> {
         let now = self.clock.now_i64();
         let mut tx = match tx {
             Some(tx) => tx,
@@ -916,6 +934,17 @@ impl Actor {
         for d in &batch.desired {
             tx.put_desired(d).await?;
         }
+        for change in &batch.flag_changes {
+            match &change.new {
+                Some(def) => tx.put_flag(def, now).await?,
+                None => tx.delete_flag(change.flag.as_str()).await?,
+            }
+            tx.append_flag_change(change).await?;
+        }
+        if !batch.flag_changes.is_empty() {
+            tx.set_flag_version(self.flags.version()).await?;
+        }
+        let flags = self.reevaluate_flags(&batch.flag_devices, &mut tx).await?;
         for e in &batch.events {
             tx.append_event(e).await?;
         }
@@ -923,7 +952,31 @@ impl Actor {
         for loaded in self.rollouts.values_mut() {
             loaded.dirty = false;
         }
-        Ok(())
+        Ok(flags)
+    }
+
+    /// Evaluates the flags of `devices` again from their rows as written in `tx`; renews the
+    /// fleet flag version (stored in `tx`) when a device already sent the current version
+    /// needs other flags.
+    async fn reevaluate_flags(
+        &mut self,
+        devices: &BTreeSet<String>,
+        tx: &mut DbTx,
+    ) -> Result<Vec<Publish>, DbError> {
+        let mut records = Vec::new();
+        for id in devices {
+            if let Some(record) = tx.get_device(id).await? {
+                records.push(record);
+            }
+        }
+        if records.iter().any(|r| self.flags.needs_renewal(r)) {
+            let version = self.flags.renew(self.clock.timestamp())?;
+            tx.set_flag_version(version).await?;
+        }
+        Ok(records
+            .iter()
+            .filter_map(|r| self.flags.reevaluate(r))
+            .collect())
     }
 
     async fn publish(&self, client: &AsyncClient, topic: String, payload: Vec<u8>, retain: bool) {
@@ -988,6 +1041,30 @@ impl Actor {
     ) {
         match cmd {
             Command::Tick { reply } => replies.push(Reply::Tick(reply)),
+            Command::Flag {
+                name,
+                edit,
+                operator,
+                reply,
+            } => match self.edit_flag(&name, edit, &operator, batch).await {
+                Ok(result) => replies.push(Reply::Flag(reply, Box::new(Ok(result)))),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::FlagList { reply } => {
+                let _ = reply.send(self.flags.list());
+            }
+            Command::FlagShow {
+                name,
+                device,
+                reply,
+            } => {
+                let _ = reply.send(self.show_flag(&name, device.as_deref()).await);
+            }
+            Command::DeviceChanged { id } => {
+                batch.flag_devices.insert(id);
+            }
             Command::Create {
                 request,
                 operator,
@@ -1019,6 +1096,76 @@ impl Actor {
                 }
             },
         }
+    }
+
+    /// Applies an operator's flag edit: the change, its audit record and event go into the
+    /// batch, and so do the flags of every device they change (published after the commit).
+    async fn edit_flag(
+        &mut self,
+        name: &FlagName,
+        edit: FlagEdit,
+        operator: &str,
+        batch: &mut Batch,
+    ) -> Result<FlagEditResult, FleetError> {
+        let records = if self.flags.needs_records(name.as_str(), &edit) {
+            Some(self.db.list_devices().await?)
+        } else {
+            None
+        };
+        let now = self.clock.timestamp();
+        let Some((change, publish)) =
+            self.flags
+                .apply(name, edit, operator, now, records.as_deref())?
+        else {
+            return Ok(FlagEditResult {
+                changed: false,
+                version: self.flags.version(),
+                flag: self.flags.view(name.as_str()),
+                published: 0,
+            });
+        };
+        let old = change.old.as_ref().map(FlagView::from);
+        let new = change.new.as_ref().map(FlagView::from);
+        batch.events.push(
+            NewEvent::new(
+                self.clock.now_i64(),
+                operator,
+                format!("flag-{}", change.kind().name()),
+            )
+            .details(json!({
+                "flag": name.as_str(),
+                "version": change.version,
+                "at_ms": change.at.as_unix_millis(),
+                "old": old,
+                "new": new,
+            })),
+        );
+        let result = FlagEditResult {
+            changed: true,
+            version: change.version,
+            flag: new,
+            published: publish.len() as u64,
+        };
+        batch.publish.extend(publish);
+        batch.flag_changes.push(change);
+        Ok(result)
+    }
+
+    async fn show_flag(
+        &mut self,
+        name: &str,
+        device: Option<&str>,
+    ) -> Result<FlagDetail, FleetError> {
+        let record = match device {
+            Some(id) => Some(
+                self.db
+                    .get_device(id)
+                    .await?
+                    .ok_or_else(|| FleetError::DeviceNotFound(id.to_string()))?,
+            ),
+            None => None,
+        };
+        self.flags.show(name, record.as_ref())
     }
 
     fn view_of(&self, id: i64, created: bool) -> Result<RolloutView, FleetError> {
@@ -1308,6 +1455,10 @@ enum Reply {
         oneshot::Sender<Result<RolloutView, FleetError>>,
         Box<Result<RolloutView, FleetError>>,
     ),
+    Flag(
+        oneshot::Sender<Result<FlagEditResult, FleetError>>,
+        Box<Result<FlagEditResult, FleetError>>,
+    ),
 }
 
 impl Reply {
@@ -1317,14 +1468,21 @@ impl Reply {
                 let _ = tx.send(());
             }
             Reply::View(tx, result) => {
-                let result = if stored {
-                    *result
-                } else {
-                    Err(FleetError::NotStored)
-                };
-                let _ = tx.send(result);
+                let _ = tx.send(stored_or(stored, *result));
+            }
+            Reply::Flag(tx, result) => {
+                let _ = tx.send(stored_or(stored, *result));
             }
         }
+    }
+}
+
+/// `result` if the batch was stored, else [`FleetError::NotStored`].
+fn stored_or<T>(stored: bool, result: Result<T, FleetError>) -> Result<T, FleetError> {
+    if stored {
+        result
+    } else {
+        Err(FleetError::NotStored)
     }
 }
 

@@ -33,16 +33,19 @@
 //!   commit (or its first known-good), while not on trial and in no active rollout.
 
 mod actor;
+pub mod flags;
 pub mod view;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use ota_core::flags::{FlagEdit, FlagName};
 use ota_core::rollout::{Ratio, RolloutError, StateCounts};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use actor::{FleetStartError, FleetTask, start};
+pub use flags::{FlagDetail, FlagEditResult, FlagList, FlagSetRequest};
 pub use view::RolloutView;
 
 use crate::db::DbError;
@@ -84,6 +87,12 @@ pub enum FleetError {
     /// No such rollout.
     #[error("rollout {0} not found")]
     RolloutNotFound(i64),
+    /// No such flag.
+    #[error("flag {0:?} not found")]
+    FlagNotFound(String),
+    /// No such device.
+    #[error("device {0:?} not found")]
+    DeviceNotFound(String),
     /// The creator of a forced reinstall tried to approve it.
     #[error("a forced reinstall must be approved by an operator other than its creator")]
     SelfApproval,
@@ -305,6 +314,23 @@ pub(crate) enum Command {
     Tick {
         reply: oneshot::Sender<()>,
     },
+    Flag {
+        name: FlagName,
+        edit: FlagEdit,
+        operator: String,
+        reply: oneshot::Sender<Result<FlagEditResult, FleetError>>,
+    },
+    FlagList {
+        reply: oneshot::Sender<FlagList>,
+    },
+    FlagShow {
+        name: String,
+        device: Option<String>,
+        reply: oneshot::Sender<Result<FlagDetail, FleetError>>,
+    },
+    DeviceChanged {
+        id: String,
+    },
 }
 
 /// An operator operation on a rollout.
@@ -369,6 +395,55 @@ impl Fleet {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Tick { reply }).await?;
         rx.await.map_err(|_| FleetError::Stopped)
+    }
+
+    /// Applies `edit` to flag `name` for `operator`; answers once the change, its audit record
+    /// and event are stored (the devices' flags are published right after).
+    pub async fn edit_flag(
+        &self,
+        name: FlagName,
+        edit: FlagEdit,
+        operator: &str,
+    ) -> Result<FlagEditResult, FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Flag {
+            name,
+            edit,
+            operator: operator.to_string(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| FleetError::Stopped)?
+    }
+
+    /// Every flag with its device counts.
+    pub async fn list_flags(&self) -> Result<FlagList, FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::FlagList { reply }).await?;
+        rx.await.map_err(|_| FleetError::Stopped)
+    }
+
+    /// Flag `name` with its device counts, and `device`'s evaluation (value and cause).
+    pub async fn show_flag(
+        &self,
+        name: &str,
+        device: Option<&str>,
+    ) -> Result<FlagDetail, FleetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::FlagShow {
+            name: name.to_string(),
+            device: device.map(str::to_string),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| FleetError::Stopped)?
+    }
+
+    /// Tells the coordinator that device `id`'s row changed outside it (server labels), so
+    /// its flags are evaluated again.
+    pub async fn device_changed(&self, id: &str) -> Result<(), FleetError> {
+        self.send(Command::DeviceChanged { id: id.to_string() })
+            .await
     }
 
     /// Shared counters and the last snapshot.

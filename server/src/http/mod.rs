@@ -11,6 +11,9 @@
 //! | `GET` | `/api/v1/events?rollout=&device=&kind=&after=&limit=` | operator |
 //! | `POST` | `/api/v1/rollouts` (JSON spec), `/api/v1/rollouts/{id}/approve\|pause\|resume\|abort` | operator |
 //! | `GET` | `/api/v1/rollouts`, `/api/v1/rollouts/{id}` | operator |
+//! | `GET` | `/api/v1/flags`, `/api/v1/flags/{name}?device=ID` | operator |
+//! | `POST` | `/api/v1/flags/{name}/set` (JSON), `/api/v1/flags/{name}/kill\|revive` | operator |
+//! | `DELETE` | `/api/v1/flags/{name}` | operator |
 //! | `GET`, `HEAD` | `/artifacts/{sha256}` (Range, If-Range, ETag) | none |
 //! | `GET` | `/releases/{sha256}` (signed release bytes) | none |
 //! | `GET` | `/metrics` (Prometheus text), `/healthz` | none |
@@ -21,6 +24,7 @@
 mod artifacts;
 mod auth;
 mod error;
+mod flags;
 mod releases;
 mod rollouts;
 
@@ -153,6 +157,11 @@ pub fn router(state: AppState) -> Router {
         .route("/rollouts/{id}/pause", post(rollouts::pause))
         .route("/rollouts/{id}/resume", post(rollouts::resume))
         .route("/rollouts/{id}/abort", post(rollouts::abort))
+        .route("/flags", get(flags::list))
+        .route("/flags/{name}", get(flags::show).delete(flags::delete))
+        .route("/flags/{name}/set", post(flags::set))
+        .route("/flags/{name}/kill", post(flags::kill))
+        .route("/flags/{name}/revive", post(flags::revive))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // `layer`, not `route_layer`: unknown /api/v1 paths need a token too.
@@ -286,6 +295,10 @@ async fn set_labels(
             .details(serde_json::json!({ "labels": body.labels }));
     tx.append_event(&event).await?;
     tx.commit().await?;
+    // Flag rules may filter on labels: the coordinator evaluates the device's flags again.
+    if let Err(e) = state.fleet().device_changed(&id).await {
+        tracing::error!("cannot re-evaluate the flags of device {id}: {e}");
+    }
     state
         .db()
         .get_device(&id)

@@ -38,9 +38,10 @@ impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> Self {
         let message = e.to_string();
         match e {
-            FleetError::ReleaseNotFound(_) | FleetError::RolloutNotFound(_) => {
-                ApiError::not_found(message)
-            }
+            FleetError::ReleaseNotFound(_)
+            | FleetError::RolloutNotFound(_)
+            | FleetError::FlagNotFound(_)
+            | FleetError::DeviceNotFound(_) => ApiError::not_found(message),
             FleetError::AmbiguousRelease(_) => ApiError::bad_request("ambiguous-release", message),
             FleetError::BadFilter(_) => ApiError::bad_request("bad-filter", message),
             FleetError::BadSpec(_) => ApiError::bad_request("bad-spec", message),

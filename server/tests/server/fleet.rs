@@ -47,6 +47,7 @@ macro_rules! suite {
         }
     )*};
 }
+pub(crate) use suite;
 
 suite!(
     registry_and_heartbeats,
@@ -68,10 +69,10 @@ suite!(
 );
 
 /// A test fleet: server, simulator, releases 1.0.0 (running) and 2.0.0 (new), both published.
-struct World {
-    t: TestServer,
-    sim: Sim,
-    prefix: String,
+pub(crate) struct World {
+    pub(crate) t: TestServer,
+    pub(crate) sim: Sim,
+    pub(crate) prefix: String,
     old: Vec<u8>,
     new: Vec<u8>,
     pg: Option<PgSchema>,
@@ -86,7 +87,7 @@ fn unique_prefix() -> String {
 }
 
 impl World {
-    async fn start(backend: Backend, mut opts: Options) -> World {
+    pub(crate) async fn start(backend: Backend, mut opts: Options) -> World {
         let pg = match backend {
             Backend::Postgres => Some(PgSchema::create().await),
             _ => None,
@@ -118,11 +119,11 @@ impl World {
         }
     }
 
-    fn id(&self, n: usize) -> String {
+    pub(crate) fn id(&self, n: usize) -> String {
         format!("{}d{n:03}", self.prefix)
     }
 
-    fn filter(&self) -> String {
+    pub(crate) fn filter(&self) -> String {
         format!("id={}*", self.prefix)
     }
 
@@ -135,7 +136,11 @@ impl World {
     }
 
     /// `n` devices running 1.0.0 with `behavior(i)`.
-    fn sim_devices(&self, n: usize, behavior: impl Fn(usize) -> Behavior) -> Vec<SimDevice> {
+    pub(crate) fn sim_devices(
+        &self,
+        n: usize,
+        behavior: impl Fn(usize) -> Behavior,
+    ) -> Vec<SimDevice> {
         (0..n)
             .map(|i| {
                 device(
@@ -149,7 +154,7 @@ impl World {
     }
 
     /// Adds devices and waits until the server registered them all, online.
-    async fn add(&self, devices: Vec<SimDevice>) {
+    pub(crate) async fn add(&self, devices: Vec<SimDevice>) {
         let n = devices.len();
         self.sim.add_devices(devices).await;
         let filter = format!("{} and online", self.filter());
@@ -159,7 +164,7 @@ impl World {
         .await;
     }
 
-    async fn devices(&self, filter: &str) -> Vec<Value> {
+    pub(crate) async fn devices(&self, filter: &str) -> Vec<Value> {
         let r = self
             .t
             .get("/api/v1/devices")
@@ -225,7 +230,7 @@ impl World {
         (status, r.json().await.unwrap())
     }
 
-    async fn events(&self, query: &str) -> Vec<Value> {
+    pub(crate) async fn events(&self, query: &str) -> Vec<Value> {
         let r = self
             .t
             .get(&format!("/api/v1/events?limit=1000&{query}"))
@@ -236,7 +241,7 @@ impl World {
         body["events"].as_array().unwrap().clone()
     }
 
-    async fn finish(self) {
+    pub(crate) async fn finish(self) {
         self.sim.clear_retained().await;
         self.t.server.shutdown().await.unwrap();
         if let Some(pg) = self.pg {
@@ -246,7 +251,7 @@ impl World {
 }
 
 /// Polls `check` until it holds (panics after two minutes: a hung test, not a timing check).
-async fn wait_for<F, Fut>(what: &str, check: F)
+pub(crate) async fn wait_for<F, Fut>(what: &str, check: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -18,9 +18,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ota_core::digest::Digest;
+use ota_core::flags::{DeviceFlags, FlagStore};
 use ota_core::release::SignedRelease;
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, FailurePhase, Heartbeat, HeartbeatAck,
@@ -89,6 +90,10 @@ pub struct SimDevice {
     pub acks: Vec<u64>,
     /// Whether it fetches the artifact over HTTP and checks its digest.
     pub download: bool,
+    /// Its feature flags, applied with core's device applier.
+    pub flags: FlagStore,
+    /// When it last applied new flags.
+    pub flags_applied_at: Option<Instant>,
 }
 
 /// A simulated fleet on one MQTT connection.
@@ -145,8 +150,12 @@ impl Sim {
             .await
             .expect("simulator connects to the broker");
         if wildcard {
-            let filters = [TopicKind::Desired, TopicKind::HeartbeatAck]
-                .map(|k| SubscribeFilter::new(k.fleet_filter(), QoS::AtLeastOnce));
+            let filters = [
+                TopicKind::Desired.fleet_filter(),
+                TopicKind::HeartbeatAck.fleet_filter(),
+                ota_core::flags::fleet_filter(),
+            ]
+            .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce));
             client.subscribe_many(filters).await.unwrap();
         }
         let sim = Sim {
@@ -191,7 +200,10 @@ impl Sim {
         for chunk in per_device.chunks(100) {
             let filters: Vec<SubscribeFilter> = chunk
                 .iter()
-                .flat_map(|d| d.id.subscriptions())
+                .flat_map(|d| {
+                    let [desired, ack] = d.id.subscriptions();
+                    [desired, ack, ota_core::flags::topic(&d.id)]
+                })
                 .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
                 .collect();
             self.client.subscribe_many(filters).await.unwrap();
@@ -287,10 +299,37 @@ impl Sim {
         ids
     }
 
+    /// Whether device `id` has flag `name` on (by the flags it applied).
+    pub fn flag(&self, id: &str, name: &str) -> bool {
+        self.device(id)
+            .and_then(|d| d.flags.current().map(|f| f.is_enabled(name)))
+            .unwrap_or(false)
+    }
+
+    /// The version of the flags device `id` applied (0: none).
+    pub fn flags_version(&self, id: &str) -> u64 {
+        self.device(id).map_or(0, |d| d.flags.version())
+    }
+
+    /// Disconnects from the broker (the devices stop receiving; use a new [`Sim`] to bring
+    /// them back).
+    pub async fn disconnect(&self) {
+        let _ = self.client.disconnect().await;
+    }
+
     /// Clears every retained message of these devices (external brokers outlive tests).
     pub async fn clear_retained(&self) {
         for id in self.ids() {
             let id = DeviceId::new(&id).unwrap();
+            self.client
+                .publish(
+                    ota_core::flags::topic(&id),
+                    QoS::AtLeastOnce,
+                    true,
+                    Vec::new(),
+                )
+                .await
+                .unwrap();
             for kind in [TopicKind::Desired, TopicKind::Reported, TopicKind::Status] {
                 self.client
                     .publish(id.topic(kind), QoS::AtLeastOnce, true, Vec::new())
@@ -302,6 +341,16 @@ impl Sim {
     }
 
     async fn on_message(&self, topic: &str, payload: &[u8]) {
+        if let Ok(id) = ota_core::flags::parse_topic(topic) {
+            if let Ok(flags) = DeviceFlags::from_cbor(payload)
+                && let Some(d) = self.devices.lock().unwrap().get_mut(id.as_str())
+                && let Ok(update) = d.flags.offer(flags)
+            {
+                d.flags.commit(update);
+                d.flags_applied_at = Some(Instant::now());
+            }
+            return;
+        }
         let Ok((id, kind)) = ota_core::wire::parse_device_topic(topic) else {
             return;
         };
@@ -526,6 +575,8 @@ pub fn device(
         last_result: None,
         acks: Vec::new(),
         download: false,
+        flags: FlagStore::new(DeviceId::new(id).unwrap()),
+        flags_applied_at: None,
     }
 }
 
