@@ -5,7 +5,7 @@
 //! and applications (`ota_demo::lab`), then plays the story of `ota_demo::story`: a rollout of
 //! v2 in four health-gated waves with low-battery devices deferring, an identical redeploy
 //! that downloads nothing, and a broken v3 that the canary rolls back and the failure
-//! threshold aborts. It ends with a summary table and exits 0 only if every step behaved as
+//! threshold aborts, and a feature flag turned on for 10 %, widened and killed. It ends with a summary table and exits 0 only if every step behaved as
 //! described.
 
 use std::time::{Duration, Instant};
@@ -112,7 +112,7 @@ async fn play(args: &DemoArgs) -> Result<(), CliError> {
                     "devices": r.devices, "deploys": r.deploys, "skipped_identical": r.skipped,
                     "deferred": r.deferred, "failed": r.failed, "rolled_back": r.rolled_back,
                     "bytes_downloaded": r.bytes, "seconds": r.elapsed.as_secs_f64(),
-                    "ok": r.ok(), "problems": r.problems,
+                    "ok": r.ok(), "problems": r.problems, "detail": r.detail,
                 })
             })
             .collect();

@@ -622,10 +622,11 @@ fn demo_plays_the_story_and_exits_0() {
     let v: serde_json::Value = serde_json::from_str(run.ok()).unwrap();
     assert_eq!(v["ok"], true, "{v:#}");
     let steps = v["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 3);
+    assert_eq!(steps.len(), 4);
     assert_eq!(steps[1]["skipped_identical"], 10);
     assert_eq!(steps[1]["bytes_downloaded"], 0);
     assert_eq!(steps[2]["status"], "aborted");
+    assert!(steps[3]["detail"].as_str().unwrap().contains("killed"));
     // Bad flags are usage errors.
     dir.ota(&["demo", "--devices", "3"]).fails(2);
     dir.ota(&["demo", "--trial-timeout", "soon"]).fails(2);

@@ -133,6 +133,38 @@ impl Api {
         Ok(v["devices"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Sets feature flag `name` on or off for `percent` % of the devices matching `filter`
+    /// (`POST /api/v1/flags/{name}/set`); answers the edit.
+    pub async fn flag_set(
+        &self,
+        name: &str,
+        on: bool,
+        percent: f64,
+        filter: &str,
+    ) -> Result<Value, ApiError> {
+        let body = serde_json::json!({ "on": on, "percent": percent, "filter": filter });
+        self.call(
+            self.request(Method::POST, &format!("/api/v1/flags/{name}/set"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Kills feature flag `name`: off on every device at once.
+    pub async fn flag_kill(&self, name: &str) -> Result<Value, ApiError> {
+        self.call(
+            self.request(Method::POST, &format!("/api/v1/flags/{name}/kill"))
+                .json(&serde_json::json!({})),
+        )
+        .await
+    }
+
+    /// One feature flag with its counts (`GET /api/v1/flags/{name}`).
+    pub async fn flag(&self, name: &str) -> Result<Value, ApiError> {
+        self.call(self.request(Method::GET, &format!("/api/v1/flags/{name}")))
+            .await
+    }
+
     /// Audit events matching `query` (`rollout=7&kind=...`).
     pub async fn events(&self, query: &[(&str, &str)]) -> Result<Vec<Value>, ApiError> {
         let v = self

@@ -153,6 +153,13 @@ impl Device {
         cache.join(&name).exists() || cache.join("partial").join(format!("{name}.part")).exists()
     }
 
+    /// Whether feature flag `name` is on, as the application reads it: from the flag file
+    /// the agent keeps (`<data>/flags`, `ota_agent::Flags`). No file yet: off.
+    pub fn flag_on(&self, name: &str) -> bool {
+        let path = self.root.join("data").join(ota_agent::flags::FILE_NAME);
+        ota_agent::Flags::load(path).is_ok_and(|f| f.is_enabled(name))
+    }
+
     /// Stops the agent gracefully (offline status published, downloads resume later).
     pub async fn stop(&mut self) -> Result<(), LabError> {
         if let Some(agent) = self.agent.take() {

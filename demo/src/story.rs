@@ -9,6 +9,11 @@
 //!    wave: trials time out, the devices fall back to the cached v2 by themselves, the failure
 //!    threshold aborts the rollout, and no device outside the canary downloads v3.
 //!
+//! 4. **feature flag**: the code ships dark; flag `new-ui` is turned on for 10 % of the
+//!    devices, widened to 50 % (the first 10 % stay on: sticky cohorts), then killed: off on
+//!    every device, no redeploy. Each device's state is read from the flag file its agent
+//!    keeps, as an application would.
+//!
 //! Every step answers a [`StepReport`]; its `problems` list what differed from the story
 //! (empty: the step behaved as described).
 
@@ -79,6 +84,8 @@ pub struct StepReport {
     pub elapsed: Duration,
     /// What differed from the story (empty: as described).
     pub problems: Vec<String>,
+    /// One line on what the step showed, beyond the table's columns.
+    pub detail: Option<String>,
 }
 
 impl StepReport {
@@ -104,7 +111,7 @@ pub fn battery(i: usize) -> (u8, bool) {
     }
 }
 
-/// Plays the three steps on `lab` (whose devices run the factory release) in order.
+/// Plays the four steps on `lab` (whose devices run the factory release) in order.
 pub async fn run(lab: &mut Lab, opts: &StoryOptions) -> Result<Vec<StepReport>, LabError> {
     let size = lab.factory().image.len();
     let v2 = lab.team().build("2.0.0", true, size, unix_now());
@@ -112,6 +119,7 @@ pub async fn run(lab: &mut Lab, opts: &StoryOptions) -> Result<Vec<StepReport>, 
     let mut reports = vec![deploy(lab, opts, &v2).await?];
     reports.push(redeploy(lab, opts, &v2).await?);
     reports.push(broken(lab, opts, &v3, &v2).await?);
+    reports.push(flag(lab, opts).await?);
     Ok(reports)
 }
 
@@ -147,6 +155,7 @@ fn report_of(name: &str, r: &Value, bytes: u64, started: Instant) -> StepReport 
         bytes,
         elapsed: started.elapsed(),
         problems: Vec::new(),
+        detail: None,
     }
 }
 
@@ -388,6 +397,105 @@ async fn broken(
     Ok(report)
 }
 
+/// The feature flag of step 4.
+pub const FLAG: &str = "new-ui";
+
+/// Step 4: flag `new-ui` on for 10 %, widened to 50 %, killed; counts from the devices' own
+/// flag files.
+async fn flag(lab: &mut Lab, opts: &StoryOptions) -> Result<StepReport, LabError> {
+    let started = Instant::now();
+    let bytes_before = lab.bytes_downloaded();
+    let installs_before = installs(lab);
+    let view = LiveView::new("4 feature flag", opts.quiet);
+    let n = lab.devices().len();
+    let filter = lab.filter();
+    let mut report = StepReport {
+        name: "4 flag on 10%, 50%, kill".into(),
+        status: "killed".into(),
+        devices: n as u64,
+        ..StepReport::default()
+    };
+    let mut on_counts = Vec::new();
+    let mut first_on: Vec<bool> = Vec::new();
+    for percent in [10.0, 50.0] {
+        lab.api().flag_set(FLAG, true, percent, &filter).await?;
+        let want = lab.api().flag(FLAG).await?["counts"]["on"]
+            .as_u64()
+            .unwrap_or(0) as usize;
+        let on = wait_flags(lab, opts.patience, |on| {
+            on.iter().filter(|b| **b).count() == want
+        })
+        .await;
+        let count = on.iter().filter(|b| **b).count();
+        view.note(&format!(
+            "flag {FLAG} on for {percent}%: {count} of {n} devices read it on"
+        ));
+        report.expect(
+            count == want,
+            format!("{count} devices have {FLAG} on; the server counts {want}"),
+        );
+        if first_on.is_empty() {
+            first_on = on;
+        } else {
+            let dropped = first_on
+                .iter()
+                .zip(&on)
+                .filter(|(was, is)| **was && !**is)
+                .count();
+            report.expect(
+                dropped == 0,
+                format!("{dropped} devices on at 10% went off when widened to 50%"),
+            );
+        }
+        on_counts.push(count);
+    }
+    let kill = Instant::now();
+    lab.api().flag_kill(FLAG).await?;
+    let on = wait_flags(lab, opts.patience, |on| on.iter().all(|b| !*b)).await;
+    let kill_time = kill.elapsed();
+    let still = on.iter().filter(|b| **b).count();
+    view.note(&format!(
+        "flag {FLAG} killed: off on every device after {:.0} ms",
+        kill_time.as_secs_f64() * 1000.0
+    ));
+    report.expect(
+        still == 0,
+        format!("{still} devices still have {FLAG} on after the kill"),
+    );
+    let (ten, fifty) = (
+        on_counts.first().copied().unwrap_or(0),
+        on_counts.get(1).copied().unwrap_or(0),
+    );
+    report.expect(
+        ten > 0 && ten < fifty && fifty < n,
+        format!("{ten} devices on at 10% and {fifty} at 50% of {n}"),
+    );
+    report.bytes = lab.bytes_downloaded() - bytes_before;
+    report.expect(
+        report.bytes == 0 && installs(lab) == installs_before,
+        "a flag change downloaded or installed something".into(),
+    );
+    report.detail = Some(format!(
+        "flag {FLAG}: on at 10% -> {ten} devices, at 50% -> {fifty} (the first {ten} still on), killed -> 0 on every device in {:.0} ms; no download, no install",
+        kill_time.as_secs_f64() * 1000.0
+    ));
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Reads every device's flag file until `done` holds for the list of "on" (or `patience`
+/// runs out); answers the last reading.
+async fn wait_flags(lab: &Lab, patience: Duration, done: impl Fn(&[bool]) -> bool) -> Vec<bool> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let on: Vec<bool> = lab.devices().iter().map(|d| d.flag_on(FLAG)).collect();
+        if done(&on) || Instant::now() > deadline {
+            return on;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (at most `patience`) until every device runs `digest` and is idle.
 async fn converge(lab: &Lab, digest: &Digest, patience: Duration) {
     let deadline = Instant::now() + patience;
@@ -487,6 +595,9 @@ pub fn table(reports: &[StepReport]) -> String {
                 format!("DIFFERED ({})", r.status)
             }
         );
+    }
+    for detail in reports.iter().filter_map(|r| r.detail.as_ref()) {
+        let _ = writeln!(out, "{detail}");
     }
     out
 }
