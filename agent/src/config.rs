@@ -17,6 +17,7 @@ use std::time::Duration;
 use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use ota_core::release::{TrustSet, TrustSetError};
+use ota_core::wire::{DeviceId, WireLimits};
 use serde::Deserialize;
 
 use crate::download::{DownloadConfig, MinRate};
@@ -763,8 +764,39 @@ impl AgentConfig {
                 "must be non-empty ASCII letters, digits, '-', '_' or '.' (it is an MQTT topic segment)",
             ));
         }
+        // The same id the agent builds at start-up ("." and "..", over-long ids): a config that
+        // parses must not fail later (the config_parse fuzz target's invariant, issue 7).
+        if let Err(e) = DeviceId::check(&self.device_id) {
+            return Err(invalid("device_id", e.to_string()));
+        }
         if self.hardware_class.is_empty() {
             return Err(invalid("hardware_class", "must not be empty"));
+        }
+        // The reported state carries the hardware class and the labels: beyond the wire limits
+        // the fleet server would refuse every report of this device.
+        if self.hardware_class.len() > WireLimits::MAX_NAME_BYTES {
+            return Err(invalid(
+                "hardware_class",
+                format!("must be at most {} bytes", WireLimits::MAX_NAME_BYTES),
+            ));
+        }
+        if self.labels.len() > WireLimits::MAX_LABELS {
+            return Err(invalid(
+                "labels",
+                format!("at most {} labels", WireLimits::MAX_LABELS),
+            ));
+        }
+        for (k, v) in &self.labels {
+            if k.len() > WireLimits::MAX_NAME_BYTES || v.len() > WireLimits::MAX_LABEL_VALUE_BYTES {
+                return Err(invalid(
+                    format!("labels.{k}"),
+                    format!(
+                        "keys are at most {} bytes, values at most {}",
+                        WireLimits::MAX_NAME_BYTES,
+                        WireLimits::MAX_LABEL_VALUE_BYTES
+                    ),
+                ));
+            }
         }
         if self.cache_size == 0 {
             return Err(invalid("cache_size", "must be at least 1"));

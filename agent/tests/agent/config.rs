@@ -283,3 +283,40 @@ fn issue7_world_writable_config_and_trust_files_are_refused() {
     mode(&key, 0o644);
     c.trust_set().unwrap();
 }
+
+/// The `config_parse` fuzz target's invariant (a config that parses is usable), checked by
+/// hand with its binary: `device_id = "."` parsed, then the agent refused it at start-up; an
+/// over-long hardware class or label parsed, then the fleet server refused every report.
+#[test]
+fn issue7_fuzz_config_invariant_dot_device_id_and_oversized_report_fields_are_refused() {
+    let with = |from: &str, to: &str| MINIMAL.replacen(from, to, 1);
+    let input: &[u8] = b"device_id = \".\"\nhardware_class = \"board-a\"\n[trust]\nkeys = [{ file = \"k.pem\" }]\n[broker]\nurl = \"mqtt://127.0.0.1:1883\"\n[installer]\nkind = \"command\"\nprogram = \"/bin/true\"\n";
+    let refused = |text: &str, key: &str| match AgentConfig::from_toml_str(text) {
+        Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+        other => panic!("{text}: {other:?}"),
+    };
+    refused(std::str::from_utf8(input).unwrap(), "device_id");
+    refused(&with("\"dev-1\"", "\"..\""), "device_id");
+    refused(
+        &with("\"dev-1\"", &format!("\"{}\"", "d".repeat(129))),
+        "device_id",
+    );
+    refused(
+        &with("\"board-a\"", &format!("\"{}\"", "b".repeat(129))),
+        "hardware_class",
+    );
+    let long_label = format!("{MINIMAL}[labels]\nsite = \"{}\"\n", "x".repeat(257));
+    refused(&long_label, "labels.site");
+    let many: String = (0..33).map(|i| format!("l{i} = \"v\"\n")).collect();
+    refused(&format!("{MINIMAL}[labels]\n{many}"), "labels");
+    // At the limits it still parses.
+    let ok = format!(
+        "{}[labels]\n{}\n",
+        with("\"board-a\"", &format!("\"{}\"", "b".repeat(128))),
+        (0..32)
+            .map(|i| format!("l{i} = \"{}\"", "v".repeat(256)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    AgentConfig::from_toml_str(&ok).unwrap();
+}

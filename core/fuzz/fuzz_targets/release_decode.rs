@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.as_ref(), Ok(&release));
         let key = ed25519_key();
         if let Ok(trust) = TrustSet::new(vec![key], 1) {
-            let policy = Policy { hardware_class: Some("gw-a".into()), security_floor: 0, now: 0 };
+            let policy = Policy {
+                hardware_class: Some("gw-a".into()),
+                security_floor: 0,
+                now: 0,
+            };
             let _ = release.verify(&trust, &policy);
         }
     }

@@ -155,17 +155,21 @@ pub trait WireMessage: Sized + Encode<()> + for<'b> Decode<'b, ()> {
 }
 
 /// Finds the version (key `0`) of a top-level CBOR map without decoding the rest.
+///
+/// The whole map is walked (skipping values) so that a repeated key `0` is refused as
+/// malformed: the typed decode keeps the *last* value of a repeated key, so a payload
+/// `{0: 1, …, 0: 0}` would otherwise pass this check as version 1 and decode as version 0
+/// (found by the `wire_decode` fuzz target, issue 7).
 fn peek_version(bytes: &[u8], what: &'static str) -> Result<u16, WireError> {
     let malformed = |_| WireError::Malformed(what);
     let mut d = Decoder::new(bytes);
     let len = d.map().map_err(malformed)?;
+    let mut version = None;
     let mut seen = 0u64;
     loop {
         match len {
-            Some(n) if seen >= n => return Err(WireError::MissingVersion(what)),
-            None if d.datatype().map_err(malformed)? == Type::Break => {
-                return Err(WireError::MissingVersion(what));
-            }
+            Some(n) if seen >= n => break,
+            None if d.datatype().map_err(malformed)? == Type::Break => break,
             _ => {}
         }
         seen += 1;
@@ -177,10 +181,15 @@ fn peek_version(bytes: &[u8], what: &'static str) -> Result<u16, WireError> {
             }
         };
         if is_version_key {
-            return d.u16().map_err(malformed);
+            let found = d.u16().map_err(malformed)?;
+            if version.replace(found).is_some() {
+                return Err(WireError::Malformed(what));
+            }
+        } else {
+            d.skip().map_err(malformed)?;
         }
-        d.skip().map_err(malformed)?;
     }
+    version.ok_or(WireError::MissingVersion(what))
 }
 
 /// Checks a length against a limit.
