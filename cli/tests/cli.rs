@@ -544,10 +544,11 @@ fn fleet_commands_against_a_running_server() {
     assert!(out.ok().starts_with("published: "), "{out:?}");
     let again = run(&["release", "publish", "fw.release", "--artifact", "fw.bin"]);
     assert!(again.ok().starts_with("already-present: "));
-    assert!(run(&["release", "list"]).ok().contains("1.0.0"));
+    let list = run(&["release", "list"]);
+    assert!(list.ok().contains("2.4.1"), "{list:?}");
     let json = run(&["release", "list", "--json"]);
     let v: serde_json::Value = serde_json::from_str(json.ok()).unwrap();
-    assert_eq!(v["releases"][0]["version"], "1.0.0");
+    assert_eq!(v["releases"][0]["version"], "2.4.1");
 
     assert!(run(&["devices", "list"]).ok().contains("0 device(s)"));
     let line = run(&["devices", "list", "--filter", "hw=("])
@@ -565,12 +566,12 @@ fn fleet_commands_against_a_running_server() {
         "rollout",
         "create",
         "--release",
-        "1.0.0",
+        "2.4.1",
         "--waves",
         "5%,1%",
     ])
     .fails(1);
-    run(&["rollout", "create", "--release", "1.0.0", "--bake", "soon"]).fails(2);
+    run(&["rollout", "create", "--release", "2.4.1", "--bake", "soon"]).fails(2);
     run(&["rollout", "status", "42"]).fails(1);
     assert!(run(&["rollout", "list"]).ok().starts_with("ID"));
 
@@ -578,7 +579,38 @@ fn fleet_commands_against_a_running_server() {
     assert!(events.ok().contains("release-published"), "{events:?}");
     let json = run(&["events", "--json"]);
     let v: serde_json::Value = serde_json::from_str(json.ok()).unwrap();
-    assert!(v["events"].as_array().unwrap().len() >= 2);
+    let kinds: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    // Publishing the same release again is a no-op: one event.
+    assert_eq!(kinds, ["release-published"], "{v:#}");
+
+    // Issue 6: feature flags from the command line (no device yet: counts are zero).
+    run(&[
+        "flag",
+        "set",
+        "new-ui",
+        "--on",
+        "--percent",
+        "10",
+        "--filter",
+        "hw=gw-a",
+    ])
+    .ok();
+    let v: serde_json::Value =
+        serde_json::from_str(run(&["flag", "show", "new-ui", "--json"]).ok()).unwrap();
+    assert_eq!(v["flag"]["rules"][0]["percent"], 10.0, "{v:#}");
+    assert_eq!(v["flag"]["killed"], false);
+    assert!(run(&["flag", "list"]).ok().contains("new-ui"));
+    run(&["flag", "kill", "new-ui"]).ok();
+    let v: serde_json::Value = serde_json::from_str(run(&["flag", "list", "--json"]).ok()).unwrap();
+    assert_eq!(v["flags"][0]["flag"]["killed"], true, "{v:#}");
+    run(&["flag", "show", "no-such-flag"]).fails(1);
+    run(&["flag", "set", "new-ui", "--on", "--filter", "hw=("]).fails(1);
+    run(&["flag", "set", "new-ui", "--on", "--percent", "150"]).fails(2);
 
     // A wrong token is refused (1); no token is a usage error (2); no server is 3.
     let line = dir

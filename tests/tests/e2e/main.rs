@@ -4,6 +4,7 @@
 //! - `story`: the demo's story as assertions (real server, real agents, a real broker).
 //! - `faults`: the same system with faults injected (broker and server restarts, cut
 //!   downloads, killed agents, duplicates and replays, a malicious mirror, offline devices).
+//! - `flags`: feature flags through restarts, deploys and offline periods (issue 6).
 //! - `security`: threats of `docs/security.md` that need the whole system (a compromised
 //!   fleet server).
 //! - `world`, `proxy`: the fixture (a lab behind fault-injecting TCP proxies).
@@ -17,6 +18,7 @@
 )]
 
 mod faults;
+mod flags;
 mod proxy;
 mod repo;
 mod security;
