@@ -466,8 +466,9 @@ async fn flag(lab: &mut Lab, opts: &StoryOptions) -> Result<StepReport, LabError
         on_counts.first().copied().unwrap_or(0),
         on_counts.get(1).copied().unwrap_or(0),
     );
+    // Cohorts are hash-based: a small fleet may have nobody in 10 %; widening never removes.
     report.expect(
-        ten > 0 && ten < fifty && fifty < n,
+        ten <= fifty && fifty <= n,
         format!("{ten} devices on at 10% and {fifty} at 50% of {n}"),
     );
     report.bytes = lab.bytes_downloaded() - bytes_before;
