@@ -116,3 +116,44 @@ power_supply_path = "{root}/power"
     assert!(text.contains("battery:      25%"), "{text}");
     assert!(text.contains("would proceed: yes"), "{text}");
 }
+
+/// Issue 6: `ota-agent flag NAME` answers by exit status (0 on, 1 off or unknown, 2 no flag
+/// file) and `ota-agent flags [--json]` lists them, from `<data_dir>/flags`.
+#[tokio::test]
+async fn issue6_flag_and_flags_read_the_flag_file() {
+    let v1 = release("1.0.0", 1, 20_000);
+    let dev = Device::new("flagcli", "mqtt://127.0.0.1:9", &v1, "").await;
+    let config = dev.root().join("config.toml");
+    let flag = |name: &str| {
+        agent_bin()
+            .args(["flag", name, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(flag("new-ui"), Some(2), "no flag file yet");
+    let c = ota_agent::config::AgentConfig::load(&config).unwrap();
+    let data = c.data_dir;
+    fs::create_dir_all(&data).unwrap();
+    let file = format!(
+        "OTA_FLAGS={}\nDEVICE={}\nVERSION=7\nnew-ui=on\nold-ui=off\n",
+        ota_core::flags::FILE_FORMAT,
+        c.device_id
+    );
+    fs::write(data.join(ota_agent::flags::FILE_NAME), file).unwrap();
+    assert_eq!(flag("new-ui"), Some(0));
+    assert_eq!(flag("old-ui"), Some(1));
+    assert_eq!(flag("never-heard-of"), Some(1));
+    let out = agent_bin()
+        .args(["flags", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], 7, "{v}");
+    assert_eq!(v["flags"]["new-ui"], true, "{v}");
+    assert_eq!(v["flags"]["old-ui"], false, "{v}");
+}
