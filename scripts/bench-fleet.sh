@@ -50,6 +50,7 @@ data_dir = "./data"
 listen = "127.0.0.1:$http_port"
 [mqtt]
 $(if [ -n "${OTA_BENCH_MQTT_PORT:-}" ]; then echo "url = \"mqtt://127.0.0.1:$OTA_BENCH_MQTT_PORT\""; else echo "listen = \"127.0.0.1:$mqtt_port\""; fi)
+$(if [ -n "${OTA_BENCH_DB_CONNECTIONS:-}" ]; then printf '[database]\nmax_connections = %s\n' "$OTA_BENCH_DB_CONNECTIONS"; fi)
 [trust]
 keys = ["fleet.pub"]
 [[operators]]

@@ -418,21 +418,27 @@ pub struct DatabaseConfig {
     /// `<data_dir>/ota.db`.
     #[serde(default)]
     pub url: Option<String>,
-    /// Most pooled connections (8).
-    #[serde(default = "default_max_connections")]
-    pub max_connections: u32,
-}
-
-fn default_max_connections() -> u32 {
-    8
+    /// Most pooled connections (default [`DatabaseConfig::pool_size`]).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: None,
-            max_connections: default_max_connections(),
+            max_connections: None,
         }
+    }
+}
+
+impl DatabaseConfig {
+    /// The pool size for `url`: `max_connections` if set, else 2 for SQLite (one writer at a
+    /// time anyway; each connection is a thread, and fewer threads keep the server's memory
+    /// down) and 8 for PostgreSQL.
+    pub fn pool_size(&self, url: &str) -> u32 {
+        self.max_connections
+            .unwrap_or(if url.starts_with("sqlite:") { 2 } else { 8 })
     }
 }
 

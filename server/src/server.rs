@@ -91,7 +91,7 @@ impl Server {
             source,
         })?;
         let database_url = config.database_url()?;
-        let db = Db::connect(&database_url, config.database.max_connections).await?;
+        let db = Db::connect(&database_url, config.database.pool_size(&database_url)).await?;
         let store = ArtifactStore::open(&config.store_location()?)?;
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
