@@ -231,6 +231,24 @@ async fn deploy(lab: &mut Lab, opts: &StoryOptions, v2: &Build) -> Result<StepRe
     Ok(report)
 }
 
+/// Creates the rollout `spec` and shows it in `view` until it completes or aborts (at most
+/// `patience`); answers its last view.
+async fn roll_to_end(
+    lab: &Lab,
+    spec: &Value,
+    view: &mut LiveView,
+    patience: Duration,
+) -> Result<Value, LabError> {
+    let r = lab.api().create_rollout(spec).await?;
+    let id = r["id"].as_i64().unwrap_or(0);
+    let last = follow(lab.api(), id, view, patience, |r| {
+        is_final(r["status"].as_str().unwrap_or_default())
+    })
+    .await;
+    view.finish();
+    last
+}
+
 /// Plugs in every device that has been deferred for power for `after`.
 fn plug_in_deferred(
     lab: &Lab,
@@ -258,18 +276,9 @@ async fn redeploy(lab: &mut Lab, opts: &StoryOptions, v2: &Build) -> Result<Step
     let bytes_before = lab.bytes_downloaded();
     let installs_before = installs(lab);
     let started = Instant::now();
-    let r = lab
-        .api()
-        .create_rollout(&spec(lab, v2, &[1, 5, 25, 100], opts, 10))
-        .await?;
-    let id = r["id"].as_i64().unwrap_or(0);
     let mut view = LiveView::new("2 redeploy v2", opts.quiet);
-    let last = follow(lab.api(), id, &mut view, opts.patience, |r| {
-        is_final(r["status"].as_str().unwrap_or_default())
-    })
-    .await;
-    view.finish();
-    let last = last?;
+    let spec = spec(lab, v2, &[1, 5, 25, 100], opts, 10);
+    let last = roll_to_end(lab, &spec, &mut view, opts.patience).await?;
     let mut report = report_of("2 redeploy v2 (identical)", &last, 0, started);
     report.bytes = lab.bytes_downloaded() - bytes_before;
     let n = lab.devices().len() as u64;
@@ -317,18 +326,9 @@ async fn broken(
     lab.api().publish(v3).await?;
     let bytes_before = lab.bytes_downloaded();
     let started = Instant::now();
-    let r = lab
-        .api()
-        .create_rollout(&spec(lab, v3, &[10, 50, 100], opts, 1))
-        .await?;
-    let id = r["id"].as_i64().unwrap_or(0);
     let mut view = LiveView::new("3 broken v3", opts.quiet);
-    let last = follow(lab.api(), id, &mut view, opts.patience, |r| {
-        is_final(r["status"].as_str().unwrap_or_default())
-    })
-    .await;
-    view.finish();
-    let last = last?;
+    let spec = spec(lab, v3, &[10, 50, 100], opts, 1);
+    let last = roll_to_end(lab, &spec, &mut view, opts.patience).await?;
     // Devices still on trial fall back (by timeout or the abort's rollback) shortly after.
     converge(lab, &v2.digest, opts.patience).await;
     let mut report = report_of("3 broken v3 on canary", &last, 0, started);

@@ -410,7 +410,7 @@ impl TryFrom<RawMqtt> for MqttConfig {
 }
 
 /// `[database]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct DatabaseConfig {
@@ -421,15 +421,6 @@ pub struct DatabaseConfig {
     /// Most pooled connections (default [`DatabaseConfig::pool_size`]).
     #[serde(default)]
     pub max_connections: Option<u32>,
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        DatabaseConfig {
-            url: None,
-            max_connections: None,
-        }
-    }
 }
 
 impl DatabaseConfig {
