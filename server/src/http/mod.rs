@@ -247,9 +247,14 @@ async fn get_device(
     State(state): State<AppState>,
     PathParam(id): PathParam,
 ) -> Result<Json<DeviceRecord>, ApiError> {
+    device_answer(&state, &id).await
+}
+
+/// One device as an answer, or 404.
+async fn device_answer(state: &AppState, id: &str) -> Result<Json<DeviceRecord>, ApiError> {
     state
         .db()
-        .get_device(&id)
+        .get_device(id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("device {id:?} not found")))
@@ -299,12 +304,7 @@ async fn set_labels(
     if let Err(e) = state.fleet().device_changed(&id).await {
         tracing::error!("cannot re-evaluate the flags of device {id}: {e}");
     }
-    state
-        .db()
-        .get_device(&id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("device {id:?} not found")))
+    device_answer(&state, &id).await
 }
 
 /// Query of `GET /api/v1/events`.
