@@ -1,9 +1,11 @@
-//! `ota server`: run the fleet server in the foreground until Ctrl-C / SIGTERM.
+//! `ota server`: run the fleet server in the foreground until Ctrl-C / SIGTERM;
+//! `ota server device-credential`: print a device's password for the embedded broker.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, Subcommand};
+use ota_server::broker::credentials::DeviceSecret;
 use ota_server::config::{Config, MqttConfig, TrustConfig};
 use tracing_subscriber::filter::Targets;
 
@@ -11,7 +13,11 @@ use crate::error::CliError;
 
 /// Arguments of `ota server`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct ServerArgs {
+    /// A tool instead of running the server.
+    #[command(subcommand)]
+    command: Option<ServerCommand>,
     /// The configuration file (see docs/server.md). Default: ./server.toml if it exists.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -46,14 +52,61 @@ pub(crate) struct ServerArgs {
     threshold: usize,
 }
 
+/// Tools of `ota server`.
+#[derive(Debug, Subcommand)]
+enum ServerCommand {
+    /// Print DEVICE's MQTT password for the embedded broker (derived from
+    /// mqtt.device_secret_file of server.toml, which is created if missing). The device logs in
+    /// with username = its device id and this password.
+    DeviceCredential(CredentialArgs),
+}
+
+/// Arguments of `ota server device-credential`.
+#[derive(Debug, Args)]
+struct CredentialArgs {
+    /// The server's configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// The device id.
+    #[arg(value_name = "DEVICE_ID")]
+    device: String,
+}
+
+/// `ota server device-credential`: the password on stdout, nothing else.
+fn device_credential(args: &CredentialArgs) -> Result<(), CliError> {
+    let config = Config::load(&args.config).map_err(|e| CliError::Usage(e.to_string()))?;
+    let device = ota_core::wire::DeviceId::new(&args.device)
+        .map_err(|e| CliError::Usage(format!("{:?}: {e}", args.device)))?;
+    let path = match &config.mqtt {
+        MqttConfig::Embedded { security, .. } => security.device_secret_file.clone(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        CliError::Usage(format!(
+            "{}: mqtt.device_secret_file is not set (device passwords derive from it)",
+            args.config.display()
+        ))
+    })?;
+    let secret = DeviceSecret::load_or_create(&path).map_err(|e| CliError::Usage(e.to_string()))?;
+    println!("{}", secret.password(&device));
+    Ok(())
+}
+
 /// `ota server`.
 pub(crate) fn run(args: ServerArgs) -> Result<(), CliError> {
+    if let Some(ServerCommand::DeviceCredential(cred)) = &args.command {
+        return device_credential(cred);
+    }
     let mut config = load(&args)?;
     if let Some(url) = &args.mqtt {
         config.mqtt = MqttConfig::external(url).map_err(|e| CliError::Usage(e.to_string()))?;
     }
     if let Some(listen) = args.mqtt_listen {
-        config.mqtt = MqttConfig::Embedded { listen };
+        // Keep the front door's TLS and authentication of server.toml.
+        config.mqtt = match config.mqtt {
+            MqttConfig::Embedded { security, .. } => MqttConfig::Embedded { listen, security },
+            _ => MqttConfig::embedded(listen),
+        };
     }
     if let Some(url) = &args.database {
         config.database.url = Some(url.clone());

@@ -282,9 +282,7 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
     config.http.public_url.clone_from(&opts.public_url);
     config.mqtt = match &opts.server_mqtt {
         Some(url) => MqttConfig::external(url).map_err(|e| LabError::Setup(e.to_string()))?,
-        None => MqttConfig::Embedded {
-            listen: ([127, 0, 0, 1], 0).into(),
-        },
+        None => MqttConfig::embedded(([127, 0, 0, 1], 0).into()),
     };
     config.database.url.clone_from(&opts.database_url);
     config.operators = vec![

@@ -21,6 +21,8 @@ pub const DEFAULT_HTTP_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
 /// Default port of the embedded MQTT broker (and of `mqtt://host` without a port).
 pub const DEFAULT_MQTT_PORT: u16 = 1883;
+/// Default port of `mqtts://host` without a port.
+pub const DEFAULT_MQTTS_PORT: u16 = 8883;
 /// Default MQTT listen address of the embedded broker.
 pub const DEFAULT_MQTT_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, DEFAULT_MQTT_PORT));
@@ -167,6 +169,7 @@ impl Config {
         for key in &mut self.trust.keys {
             *key = join_clean(base_dir, key);
         }
+        self.mqtt.resolve_paths(base_dir);
     }
 
     /// Checks every value that can be checked without touching the network or key files.
@@ -331,37 +334,101 @@ impl Default for HttpConfig {
 pub enum MqttConfig {
     /// Run the embedded broker in-process on this address (port 0 picks a free port).
     Embedded {
-        /// Listen address.
+        /// Listen address of the front door devices connect to.
         listen: SocketAddr,
+        /// TLS and device authentication of the front door.
+        security: BrokerSecurity,
     },
-    /// Connect to an external broker (`mqtt://host:port`).
+    /// Connect to an external broker (`mqtt://host:port` or `mqtts://host:port`).
     External {
         /// Broker host name or address.
         host: String,
         /// Broker port.
         port: u16,
+        /// TLS and credentials of the server's connection.
+        client: ClientSecurity,
     },
+}
+
+/// The embedded broker's front door: TLS and device authentication (`[mqtt]` keys next to
+/// `listen`). Authentication and the per-device ACL are on when `device_secret_file` or
+/// `tls_client_ca` is set; otherwise the broker is open (see `docs/security.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerSecurity {
+    /// `tls_cert`: the front door's certificate chain (PEM); TLS is on when set.
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key`: its private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// `tls_client_ca`: clients must present a certificate issued by this CA, whose CN is their
+    /// client id (device id).
+    pub tls_client_ca: Option<PathBuf>,
+    /// `device_secret_file`: the secret device passwords derive from (created 0600 if
+    /// missing); devices log in with username = device id and `ota server device-credential`.
+    pub device_secret_file: Option<PathBuf>,
+}
+
+impl BrokerSecurity {
+    /// Whether the front door authenticates devices and enforces the ACL.
+    pub fn authenticates(&self) -> bool {
+        self.tls_client_ca.is_some() || self.device_secret_file.is_some()
+    }
+}
+
+/// The server's connection to an external broker (`[mqtt]` keys next to `url`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientSecurity {
+    /// TLS (`mqtts://`).
+    pub tls: bool,
+    /// `ca_file`: verify the broker against this CA bundle only (pinned); default: the system
+    /// roots.
+    pub ca_file: Option<PathBuf>,
+    /// `client_cert`: a client certificate chain (PEM), with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// `client_key`: its private key (PEM).
+    pub client_key: Option<PathBuf>,
+    /// `username`.
+    pub username: Option<String>,
+    /// `password_file`: a file holding the password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for MqttConfig {
     fn default() -> Self {
-        MqttConfig::Embedded {
-            listen: DEFAULT_MQTT_LISTEN,
-        }
+        MqttConfig::embedded(DEFAULT_MQTT_LISTEN)
     }
 }
 
 impl MqttConfig {
-    /// Parses an external broker URL `mqtt://host[:port]`.
+    /// The embedded broker on `listen`, open (no TLS, no authentication).
+    pub fn embedded(listen: SocketAddr) -> Self {
+        MqttConfig::Embedded {
+            listen,
+            security: BrokerSecurity::default(),
+        }
+    }
+
+    /// Parses an external broker URL `mqtt://host[:port]` or `mqtts://host[:port]` (port 1883,
+    /// or 8883 with TLS); no TLS files or credentials.
     pub fn external(url: &str) -> Result<Self, ConfigError> {
-        let rest = url
-            .strip_prefix("mqtt://")
-            .ok_or_else(|| invalid("mqtt.url", "must start with mqtt://"))?;
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(invalid("mqtt.url", "must start with mqtt:// or mqtts://"));
+        };
+        let default_port = if tls {
+            DEFAULT_MQTTS_PORT
+        } else {
+            DEFAULT_MQTT_PORT
+        };
         let rest = rest.trim_end_matches('/');
         if rest.contains('/') || rest.contains('@') {
             return Err(invalid(
                 "mqtt.url",
-                "must be mqtt://host[:port], without path or credentials",
+                "must be mqtt[s]://host[:port], without path or credentials",
             ));
         }
         let (host, port) = match rest.rsplit_once(':') {
@@ -372,7 +439,7 @@ impl MqttConfig {
                     .map_err(|_| invalid("mqtt.url", format!("invalid port {port:?}")))?;
                 (host, port)
             }
-            _ => (rest, DEFAULT_MQTT_PORT),
+            _ => (rest, default_port),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
@@ -381,7 +448,37 @@ impl MqttConfig {
         Ok(MqttConfig::External {
             host: host.to_string(),
             port,
+            client: ClientSecurity {
+                tls,
+                ..ClientSecurity::default()
+            },
         })
+    }
+
+    fn resolve_paths(&mut self, base_dir: &Path) {
+        let paths: Vec<&mut PathBuf> = match self {
+            MqttConfig::Embedded { security: s, .. } => [
+                &mut s.tls_cert,
+                &mut s.tls_key,
+                &mut s.tls_client_ca,
+                &mut s.device_secret_file,
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            MqttConfig::External { client: c, .. } => [
+                &mut c.ca_file,
+                &mut c.client_cert,
+                &mut c.client_key,
+                &mut c.password_file,
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        };
+        for path in paths {
+            *path = join_clean(base_dir, path);
+        }
     }
 }
 
@@ -390,21 +487,82 @@ impl MqttConfig {
 struct RawMqtt {
     listen: Option<SocketAddr>,
     url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    device_secret_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 impl TryFrom<RawMqtt> for MqttConfig {
     type Error = String;
 
     fn try_from(raw: RawMqtt) -> Result<Self, Self::Error> {
+        let embedded_keys = raw.tls_cert.is_some()
+            || raw.tls_key.is_some()
+            || raw.tls_client_ca.is_some()
+            || raw.device_secret_file.is_some();
+        let external_keys = raw.ca_file.is_some()
+            || raw.client_cert.is_some()
+            || raw.client_key.is_some()
+            || raw.username.is_some()
+            || raw.password_file.is_some();
         match (raw.listen, raw.url) {
             (Some(_), Some(_)) => Err(
                 "set either mqtt.listen (embedded broker) or mqtt.url (external broker), not both"
                     .into(),
             ),
-            (None, Some(url)) => MqttConfig::external(&url).map_err(|e| e.to_string()),
-            (listen, None) => Ok(MqttConfig::Embedded {
-                listen: listen.unwrap_or(DEFAULT_MQTT_LISTEN),
-            }),
+            (None, Some(url)) => {
+                if embedded_keys {
+                    return Err("mqtt.tls_cert, tls_key, tls_client_ca and device_secret_file \
+                                configure the embedded broker: not with mqtt.url"
+                        .into());
+                }
+                let mut config = MqttConfig::external(&url).map_err(|e| e.to_string())?;
+                if let MqttConfig::External { client, .. } = &mut config {
+                    if !client.tls && (raw.ca_file.is_some() || raw.client_cert.is_some()) {
+                        return Err("mqtt.ca_file and client_cert need an mqtts:// URL".into());
+                    }
+                    if raw.client_cert.is_some() != raw.client_key.is_some() {
+                        return Err("mqtt.client_cert and client_key go together".into());
+                    }
+                    if raw.password_file.is_some() && raw.username.is_none() {
+                        return Err("mqtt.password_file needs mqtt.username".into());
+                    }
+                    client.ca_file = raw.ca_file;
+                    client.client_cert = raw.client_cert;
+                    client.client_key = raw.client_key;
+                    client.username = raw.username;
+                    client.password_file = raw.password_file;
+                }
+                Ok(config)
+            }
+            (listen, None) => {
+                if external_keys {
+                    return Err("mqtt.ca_file, client_cert, client_key, username and \
+                                password_file configure an external broker: they need mqtt.url"
+                        .into());
+                }
+                if raw.tls_cert.is_some() != raw.tls_key.is_some() {
+                    return Err("mqtt.tls_cert and tls_key go together".into());
+                }
+                if raw.tls_client_ca.is_some() && raw.tls_cert.is_none() {
+                    return Err("mqtt.tls_client_ca needs TLS (mqtt.tls_cert and tls_key)".into());
+                }
+                Ok(MqttConfig::Embedded {
+                    listen: listen.unwrap_or(DEFAULT_MQTT_LISTEN),
+                    security: BrokerSecurity {
+                        tls_cert: raw.tls_cert,
+                        tls_key: raw.tls_key,
+                        tls_client_ca: raw.tls_client_ca,
+                        device_secret_file: raw.device_secret_file,
+                    },
+                })
+            }
         }
     }
 }
@@ -615,20 +773,63 @@ mod tests {
             c.mqtt,
             MqttConfig::External {
                 host: "broker.example".into(),
-                port: 1884
+                port: 1884,
+                client: ClientSecurity::default(),
             }
         );
         assert_eq!(
             MqttConfig::external("mqtt://[::1]").unwrap(),
             MqttConfig::External {
                 host: "::1".into(),
-                port: 1883
+                port: 1883,
+                client: ClientSecurity::default(),
             }
         );
         assert!(MqttConfig::external("http://x").is_err());
         assert!(MqttConfig::external("mqtt://x:99999").is_err());
         let both = "[mqtt]\nurl = \"mqtt://b\"\nlisten = \"127.0.0.1:0\"\n[trust]\nkeys=[\"a\"]\n";
         assert!(Config::from_toml(both, Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn issue7_mqtt_tls_and_credentials_keys() {
+        let c = Config::from_toml(
+            "[mqtt]\nlisten = \"0.0.0.0:8883\"\ntls_cert = \"tls/broker.crt\"\ntls_key = \"tls/broker.key\"\ntls_client_ca = \"tls/devices-ca.pem\"\ndevice_secret_file = \"mqtt.secret\"\n[trust]\nkeys=[\"a\"]\n",
+            Path::new("/etc/ota"),
+        )
+        .unwrap();
+        let MqttConfig::Embedded { security, .. } = &c.mqtt else {
+            panic!("{:?}", c.mqtt)
+        };
+        assert_eq!(security.tls_cert.as_deref(), Some(Path::new("/etc/ota/tls/broker.crt")));
+        assert_eq!(
+            security.device_secret_file.as_deref(),
+            Some(Path::new("/etc/ota/mqtt.secret"))
+        );
+        assert!(security.authenticates());
+        let c = Config::from_toml(
+            "[mqtt]\nurl = \"mqtts://broker.example\"\nca_file = \"ca.pem\"\nusername = \"ota-server\"\npassword_file = \"mqtt.password\"\n[trust]\nkeys=[\"a\"]\n",
+            Path::new("/etc/ota"),
+        )
+        .unwrap();
+        let MqttConfig::External { port, client, .. } = &c.mqtt else {
+            panic!("{:?}", c.mqtt)
+        };
+        assert_eq!(*port, DEFAULT_MQTTS_PORT);
+        assert!(client.tls);
+        assert_eq!(client.ca_file.as_deref(), Some(Path::new("/etc/ota/ca.pem")));
+        for bad in [
+            "url = \"mqtt://b\"\nca_file = \"ca.pem\"",
+            "url = \"mqtts://b\"\nclient_cert = \"c.pem\"",
+            "url = \"mqtts://b\"\npassword_file = \"p\"",
+            "url = \"mqtts://b\"\ntls_cert = \"c.pem\"",
+            "listen = \"127.0.0.1:0\"\nusername = \"x\"",
+            "listen = \"127.0.0.1:0\"\ntls_cert = \"c.pem\"",
+            "listen = \"127.0.0.1:0\"\ntls_client_ca = \"ca.pem\"",
+        ] {
+            let text = format!("[mqtt]\n{bad}\n[trust]\nkeys=[\"a\"]\n");
+            assert!(Config::from_toml(&text, Path::new("/")).is_err(), "{bad}");
+        }
     }
 
     #[test]

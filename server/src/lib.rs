@@ -15,8 +15,11 @@
 //! - [`filter`]: the device filter language (`hw=gw-a and label:region=eu`).
 //! - [`http`]: the REST API, artifact serving and `/metrics` (axum); documented in
 //!   `docs/api.md`.
-//! - [`broker`]: the embedded MQTT broker (rumqttd, in-process, port 0 supported).
-//! - [`mqtt`]: the server's MQTT client (rumqttc, polled in its own task, reconnects).
+//! - [`broker`]: the embedded MQTT broker (rumqttd, in-process, port 0 supported) behind a
+//!   front door (TCP or TLS, device authentication, the per-device topic ACL).
+//! - [`mqtt`]: the server's MQTT client (rumqttc, polled in its own task, reconnects; TLS and
+//!   credentials for external brokers).
+//! - [`tls`]: rustls configurations of the MQTT side (PEM files, pinned CAs).
 //! - [`fleet`]: the coordinator: device registry from MQTT, the rollout engine around
 //!   core's planner, desired states, drift, batching and persistence.
 //! - [`webhook`]: delivery of audit events to webhook URLs, with retries, never blocking.
@@ -43,6 +46,7 @@ pub mod http;
 pub mod mqtt;
 mod server;
 pub mod store;
+pub mod tls;
 pub mod webhook;
 
 pub use ota_core::release;

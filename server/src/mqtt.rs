@@ -6,14 +6,19 @@
 //! which never waits on anyone: every incoming publish goes into an unbounded channel to the
 //! fleet coordinator, which publishes through the cloned [`AsyncClient`].
 //!
+//! The connection is plain TCP or TLS ([`MqttEndpoint::tls`], rustls with the aws-lc-rs
+//! provider), with optional username and password: the embedded broker's internal secret, or
+//! the credentials configured for an external broker.
+//!
 //! Connection errors are retried with exponential backoff (0.2 s doubling to 10 s). Sessions
 //! are clean, so the coordinator subscribes again after every `ConnAck`
 //! ([`Inbound::Connected`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -44,6 +49,47 @@ pub enum Inbound {
     },
 }
 
+/// Where and how the server's client connects. `Debug` hides the password.
+#[derive(Clone)]
+pub struct MqttEndpoint {
+    /// Broker host name or address (also the TLS server name).
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// TLS, when set.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Username and password, when set.
+    pub credentials: Option<(String, String)>,
+}
+
+impl MqttEndpoint {
+    /// Plain TCP, no credentials.
+    pub fn plain(host: impl Into<String>, port: u16) -> Self {
+        MqttEndpoint {
+            host: host.into(),
+            port,
+            tls: None,
+            credentials: None,
+        }
+    }
+}
+
+impl std::fmt::Display for MqttEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+impl std::fmt::Debug for MqttEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttEndpoint")
+            .field("url", &self.to_string())
+            .field("username", &self.credentials.as_ref().map(|(u, _)| u))
+            .finish_non_exhaustive()
+    }
+}
+
 /// The MQTT connection: a client handle plus its polling task.
 #[derive(Debug)]
 pub struct MqttLink {
@@ -53,15 +99,22 @@ pub struct MqttLink {
 }
 
 impl MqttLink {
-    /// Connects to `host:port` as `client_id` and starts polling; everything received goes to
+    /// Connects to `endpoint` as `client_id` and starts polling; everything received goes to
     /// `inbound`.
     pub fn start(
-        host: &str,
-        port: u16,
+        endpoint: &MqttEndpoint,
         client_id: &str,
         inbound: mpsc::UnboundedSender<Inbound>,
     ) -> Self {
-        let mut options = MqttOptions::new(client_id, host, port);
+        let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
+        if let Some((user, password)) = &endpoint.credentials {
+            options.set_credentials(user.clone(), password.clone());
+        }
+        if let Some(tls) = &endpoint.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
         options
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(true)

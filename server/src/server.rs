@@ -7,12 +7,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::broker::{BrokerError, EmbeddedBroker};
+use crate::broker::credentials::{DeviceSecret, SecretError};
+use crate::broker::{BrokerError, BrokerSettings, DoorAuth, EmbeddedBroker};
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError, MqttConfig};
+use crate::config::{BrokerSecurity, ClientSecurity, Config, ConfigError, MqttConfig};
 use crate::db::{Db, DbError, redact_url};
 use crate::fleet::{FleetStartError, FleetTask, Shared};
 use crate::http::{self, AppState};
+use crate::mqtt::MqttEndpoint;
+use crate::tls::TlsError;
 use crate::store::{ArtifactStore, StoreError};
 
 /// How long [`RunningServer::shutdown`] lets in-flight requests (long downloads) finish before
@@ -53,6 +56,12 @@ pub enum ServerError {
     /// The embedded MQTT broker could not start.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// An MQTT TLS file (certificate, key, CA) is unusable.
+    #[error("MQTT TLS: {0}")]
+    MqttTls(#[from] TlsError),
+    /// The broker's device secret file cannot be read or created.
+    #[error(transparent)]
+    DeviceSecret(#[from] SecretError),
     /// The fleet coordinator could not start (broker unreachable, state unreadable).
     #[error(transparent)]
     Fleet(#[from] FleetStartError),
@@ -104,14 +113,29 @@ impl Server {
             source,
         })?;
 
+        // Refusals by the broker's front door are counted with the fleet's counters.
+        let shared = Arc::new(Shared::default());
         let broker = match &config.mqtt {
-            MqttConfig::Embedded { listen } => Some(EmbeddedBroker::start(*listen).await?),
-            _ => None,
+            MqttConfig::Embedded { listen, security } => Some(
+                EmbeddedBroker::start_with(broker_settings(*listen, security)?, shared.clone())
+                    .await?,
+            ),
+            MqttConfig::External { .. } => None,
         };
-        let (mqtt_host, mqtt_port) = match (&config.mqtt, &broker) {
-            (_, Some(b)) => (b.local_addr().ip().to_string(), b.local_addr().port()),
-            (MqttConfig::External { host, port }, None) => (host.clone(), *port),
-            (MqttConfig::Embedded { listen }, None) => (listen.ip().to_string(), listen.port()),
+        let endpoint = match (&config.mqtt, &broker) {
+            (_, Some(b)) => {
+                let internal = b.internal();
+                MqttEndpoint {
+                    credentials: Some((internal.username.clone(), internal.password.clone())),
+                    ..MqttEndpoint::plain(internal.addr.ip().to_string(), internal.addr.port())
+                }
+            }
+            (MqttConfig::External { host, port, client }, None) => {
+                client_endpoint(host, *port, client)?
+            }
+            (MqttConfig::Embedded { listen, .. }, None) => {
+                MqttEndpoint::plain(listen.ip().to_string(), listen.port())
+            }
         };
         let public_url = config
             .http
@@ -121,7 +145,6 @@ impl Server {
         // The broker's sessions are gone or stale: presence comes back with the devices'
         // (retained) status messages.
         db.set_all_offline().await?;
-        let shared = Arc::new(Shared::default());
         let webhooks = if config.webhooks.is_empty() {
             Vec::new()
         } else {
@@ -132,8 +155,7 @@ impl Server {
         let (fleet, fleet_task) = crate::fleet::start(
             db.clone(),
             clock.clone(),
-            &mqtt_host,
-            mqtt_port,
+            &endpoint,
             public_url.clone(),
             shared,
         )
@@ -144,8 +166,10 @@ impl Server {
         }
         tracing::info!(
             %http_addr,
-            mqtt = %format!("{mqtt_host}:{mqtt_port}"),
-            embedded_broker = broker.is_some(),
+            mqtt = %broker.as_ref().map_or_else(|| endpoint.to_string(), |b| {
+                let scheme = if b.tls() { "mqtts" } else { "mqtt" };
+                format!("{scheme}://{} (embedded)", b.addr())
+            }),
             database = %redact_url(&database_url),
             store = store.describe(),
             keys = trust.keys().count(),
@@ -309,4 +333,55 @@ fn flatten(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> Resul
         Ok(Err(e)) => Err(ServerError::Serve(e)),
         Err(e) => Err(ServerError::Task(e.to_string())),
     }
+}
+
+/// The front door's settings from `[mqtt]` (reads the TLS files and the device secret).
+fn broker_settings(
+    listen: SocketAddr,
+    security: &BrokerSecurity,
+) -> Result<BrokerSettings, ServerError> {
+    let mut settings = BrokerSettings::open(listen);
+    if let (Some(cert), Some(key)) = (&security.tls_cert, &security.tls_key) {
+        settings = settings.with_tls(crate::tls::server_config(
+            cert,
+            key,
+            security.tls_client_ca.as_deref(),
+        )?);
+    }
+    if security.tls_client_ca.is_some() {
+        settings = settings.with_auth(DoorAuth::Certificate);
+    } else if let Some(path) = &security.device_secret_file {
+        settings = settings.with_auth(DoorAuth::Password(DeviceSecret::load_or_create(path)?));
+    }
+    Ok(settings)
+}
+
+/// The server's connection to an external broker (reads the TLS files and the password file).
+fn client_endpoint(
+    host: &str,
+    port: u16,
+    client: &ClientSecurity,
+) -> Result<MqttEndpoint, ServerError> {
+    let tls = if client.tls {
+        let pair = client.client_cert.as_deref().zip(client.client_key.as_deref());
+        Some(crate::tls::client_config(client.ca_file.as_deref(), pair)?)
+    } else {
+        None
+    };
+    let password = match &client.password_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        None => String::new(),
+    };
+    Ok(MqttEndpoint {
+        host: host.to_owned(),
+        port,
+        tls,
+        credentials: client.username.clone().map(|user| (user, password)),
+    })
 }

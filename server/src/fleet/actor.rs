@@ -32,7 +32,7 @@ use crate::db::{
     ReleaseRecord, RolloutRecord,
 };
 use crate::filter::Filter;
-use crate::mqtt::{Inbound, MqttLink};
+use crate::mqtt::{Inbound, MqttEndpoint, MqttLink};
 
 /// Rollout statuses the coordinator loads at start (completed ones only while some target
 /// is still queued: they notify late devices).
@@ -60,13 +60,12 @@ impl FleetTask {
 }
 
 /// Loads the registry and every unfinished rollout from `db`, connects to the broker at
-/// `host:port` and starts the coordinator (counters and snapshots go to `shared`). Returns once the broker acknowledged the
+/// `endpoint` and starts the coordinator (counters and snapshots go to `shared`). Returns once the broker acknowledged the
 /// subscriptions (or fails after 15 s).
 pub async fn start(
     db: Db,
     clock: Clock,
-    host: &str,
-    port: u16,
+    endpoint: &MqttEndpoint,
     public_url: String,
     shared: Arc<Shared>,
 ) -> Result<(Fleet, FleetTask), FleetStartError> {
@@ -78,7 +77,7 @@ pub async fn start(
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let client_id = format!("ota-server-{}-{nanos:08x}", std::process::id());
-    let link = MqttLink::start(host, port, &client_id, in_tx);
+    let link = MqttLink::start(endpoint, &client_id, in_tx);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = watch::channel(false);
@@ -88,7 +87,7 @@ pub async fn start(
     if !matches!(ready, Ok(Ok(_))) {
         stop_tx.send_replace(true);
         let _ = task.await;
-        return Err(FleetStartError::Broker(format!("{host}:{port}")));
+        return Err(FleetStartError::Broker(endpoint.to_string()));
     }
     Ok((
         Fleet { tx: cmd_tx, shared },

@@ -249,6 +249,12 @@ pub struct Counters {
     pub mqtt_published: AtomicU64,
     /// MQTT messages refused (malformed, unknown device, not a target).
     pub mqtt_rejected: AtomicU64,
+    /// MQTT connections the embedded broker's front door refused (bad password, certificate or
+    /// client id, failed TLS handshake).
+    pub mqtt_auth_refused: AtomicU64,
+    /// MQTT connections the front door closed for a publish, subscription or last will
+    /// outside the device's ACL.
+    pub mqtt_acl_denied: AtomicU64,
     /// Webhook deliveries that succeeded.
     pub webhook_delivered: AtomicU64,
     /// Webhook deliveries given up after every retry.

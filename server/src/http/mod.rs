@@ -469,6 +469,18 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         &one(counters.mqtt_rejected.load(Relaxed)),
     );
     family(
+        "ota_mqtt_connections_refused_total",
+        "counter",
+        "MQTT connections the embedded broker refused (authentication, TLS handshake).",
+        &one(counters.mqtt_auth_refused.load(Relaxed)),
+    );
+    family(
+        "ota_mqtt_acl_denied_total",
+        "counter",
+        "MQTT connections closed for a topic outside the device's ACL.",
+        &one(counters.mqtt_acl_denied.load(Relaxed)),
+    );
+    family(
         "ota_webhook_deliveries_total",
         "counter",
         "Webhook deliveries by outcome.",

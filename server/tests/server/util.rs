@@ -120,9 +120,7 @@ impl TestServer {
             .collect();
         let mut config = Config::new(dir.path().join("data"), TrustConfig::new(keys, threshold));
         config.http.listen = "127.0.0.1:0".parse().unwrap();
-        config.mqtt = MqttConfig::Embedded {
-            listen: "127.0.0.1:0".parse().unwrap(),
-        };
+        config.mqtt = MqttConfig::embedded("127.0.0.1:0".parse().unwrap());
         config.operators = vec![
             OperatorConfig::new("alice", TOKEN),
             OperatorConfig::new("bob", BOB_TOKEN),
@@ -159,7 +157,7 @@ impl TestServer {
     pub(crate) fn mqtt(&self) -> (String, u16) {
         match (self.server.mqtt_addr(), &self.config.mqtt) {
             (Some(addr), _) => (addr.ip().to_string(), addr.port()),
-            (None, MqttConfig::External { host, port }) => (host.clone(), *port),
+            (None, MqttConfig::External { host, port, .. }) => (host.clone(), *port),
             _ => panic!("no broker"),
         }
     }
@@ -178,7 +176,11 @@ impl TestServer {
             clock,
         } = self;
         server.shutdown().await.unwrap();
-        config.mqtt = MqttConfig::External { host, port };
+        config.mqtt = MqttConfig::External {
+            host,
+            port,
+            client: Default::default(),
+        };
         let server = Server::start_with_clock(config.clone(), clock.clone())
             .await
             .unwrap();
