@@ -234,6 +234,9 @@ pub struct AgentStatus {
     pub outbox: usize,
     /// The last local error (a journal write, a cache operation...), if any.
     pub last_error: Option<String>,
+    /// Why the last broker connection attempt failed or the connection was lost (a refused
+    /// TLS certificate, bad credentials, an unreachable broker); cleared on connect.
+    pub broker_error: Option<String>,
     /// The boot count this agent runs in.
     pub boot_count: u32,
 }
@@ -362,6 +365,7 @@ impl Agent {
             malformed_payloads: 0,
             outbox: 0,
             last_error: None,
+            broker_error: None,
             boot_count: boot32,
         };
         let (status_tx, status_rx) = watch::channel(initial);

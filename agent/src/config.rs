@@ -236,8 +236,9 @@ fn default_threshold() -> usize {
     1
 }
 
-/// The MQTT broker connection. TLS and credentials are read by the MQTT shell.
-#[derive(Debug, Clone, Deserialize)]
+/// The MQTT broker connection. TLS and credentials are read by the MQTT shell. `Debug` hides
+/// the password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     /// `mqtt://host:port` or `mqtts://host:port`.
@@ -257,6 +258,10 @@ pub struct BrokerConfig {
     /// MQTT password (with `username`).
     #[serde(default)]
     pub password: Option<String>,
+    /// A file holding the MQTT password (with `username`; trailing newline ignored): preferred
+    /// over `password`, so the configuration file can stay readable.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// MQTT keep-alive (default 30 s, at least 5 s).
     #[serde(default = "default_keep_alive", deserialize_with = "human::duration")]
     pub keep_alive: Duration,
@@ -273,6 +278,21 @@ pub struct BrokerConfig {
         deserialize_with = "human::duration"
     )]
     pub max_reconnect_backoff: Duration,
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("url", &self.url)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("keep_alive", &self.keep_alive)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_keep_alive() -> Duration {
@@ -833,8 +853,14 @@ impl AgentConfig {
                 "client_cert and client_key go together",
             ));
         }
-        if b.password.is_some() && b.username.is_none() {
+        if (b.password.is_some() || b.password_file.is_some()) && b.username.is_none() {
             return Err(invalid("broker.password", "a password needs a username"));
+        }
+        if b.password.is_some() && b.password_file.is_some() {
+            return Err(invalid(
+                "broker.password_file",
+                "set password or password_file, not both",
+            ));
         }
         if let Err(e) = crate::mqtt::parse_broker_url(&b.url) {
             return Err(invalid("broker.url", e.to_string()));

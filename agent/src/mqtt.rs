@@ -64,7 +64,7 @@ pub enum MqttError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// A TLS file (CA bundle, client certificate or key) cannot be read.
+    /// A TLS file (CA bundle, client certificate or key) or the password file cannot be read.
     #[error("cannot read {path}: {source}")]
     TlsFile {
         /// The file.
@@ -209,6 +209,9 @@ pub(crate) enum LinkEvent {
     Connected,
     /// The connection is lost (a reconnect is under way).
     Disconnected(String),
+    /// A connection attempt failed (TLS refused, bad credentials, broker unreachable); the
+    /// next attempt follows the backoff.
+    ConnectFailed(String),
     /// A message on `desired`: [`Link::ack`] it once acted on.
     Desired(Delivery),
     /// A message on `heartbeat/ack` ([`Link::ack`] it too: acknowledgements go in order).
@@ -371,7 +374,14 @@ impl LinkSettings {
             .set_inflight(32)
             .set_manual_acks(true);
         if let Some(user) = &broker.username {
-            options.set_credentials(user.clone(), broker.password.clone().unwrap_or_default());
+            let password = match &broker.password_file {
+                Some(path) => String::from_utf8(read_file(path)?)
+                    .map_err(|_| MqttError::Tls(format!("{}: not UTF-8", path.display())))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+                None => broker.password.clone().unwrap_or_default(),
+            };
+            options.set_credentials(user.clone(), password);
         }
         if tls {
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -685,6 +695,8 @@ impl Poller {
                     if was_connected {
                         let _ = self.connected.send(false);
                         let _ = self.events.send(LinkEvent::Disconnected(e.to_string()));
+                    } else {
+                        let _ = self.events.send(LinkEvent::ConnectFailed(e.to_string()));
                     }
                     if self.stopping.load(Ordering::SeqCst)
                         || matches!(e, ConnectionError::RequestsDone)

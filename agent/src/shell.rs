@@ -174,6 +174,7 @@ pub(crate) struct Shell {
     desired_received: u64,
     malformed_payloads: u64,
     last_error: Option<String>,
+    broker_error: Option<String>,
 }
 
 fn name(s: Option<String>) -> String {
@@ -240,6 +241,7 @@ impl Shell {
             desired_received: 0,
             malformed_payloads: 0,
             last_error: None,
+            broker_error: None,
         }
     }
 
@@ -293,6 +295,7 @@ impl Shell {
             malformed_payloads: self.malformed_payloads,
             outbox: self.link.queued(),
             last_error: self.last_error.clone(),
+            broker_error: self.broker_error.clone(),
             boot_count: self.boot_count,
         };
         self.status.send_if_modified(|s| {
@@ -634,11 +637,16 @@ impl Shell {
     fn on_link(&mut self, ev: LinkEvent) {
         let now = self.now();
         match ev {
-            LinkEvent::Connected => self.machine.handle_connected(now),
+            LinkEvent::Connected => {
+                self.broker_error = None;
+                self.machine.handle_connected(now);
+            }
             LinkEvent::Disconnected(why) => {
                 tracing::debug!("disconnected: {why}");
+                self.broker_error = Some(why);
                 self.machine.handle_disconnected(now);
             }
+            LinkEvent::ConnectFailed(why) => self.broker_error = Some(why),
             LinkEvent::Desired(delivery) => {
                 self.desired_received += 1;
                 self.decision_started = Some(delivery.received);

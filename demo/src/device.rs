@@ -30,6 +30,8 @@ pub struct DeviceSpec {
     pub ring: String,
     /// The broker URL the agent connects to.
     pub broker_url: String,
+    /// Extra TOML lines of the agent's `[broker]` section (TLS files, credentials).
+    pub broker_extra: String,
     /// The trusted public key file.
     pub trust_key: PathBuf,
     /// The factory release and image the device was built with.
@@ -211,6 +213,7 @@ keys = [{{ file = {key} }}]
 
 [broker]
 url = {broker}
+{broker_extra}
 keep_alive = "5s"
 reconnect_backoff = "100ms"
 max_reconnect_backoff = "1s"
@@ -252,6 +255,7 @@ artifact = {factory_image}
         ring = toml_string(&spec.ring),
         key = q(&spec.trust_key),
         broker = toml_string(&spec.broker_url),
+        broker_extra = spec.broker_extra,
         power = q(&root.join("power")),
         app = q(&root.join("app")),
         restart = spec.restart_command.as_ref().map_or(String::new(), |argv| {

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ota_server::config::{Config, MqttConfig, OperatorConfig, TrustConfig};
+use ota_server::config::{BrokerSecurity, Config, MqttConfig, OperatorConfig, TrustConfig};
 use ota_server::{RunningServer, Server};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -57,6 +57,20 @@ pub struct LabOptions {
     pub id_prefix: String,
     /// The files installer's restart command on every device (argv; default none).
     pub restart_command: Option<Vec<String>>,
+    /// TLS and device authentication of the embedded broker (default: open, plain TCP).
+    pub broker_security: BrokerSecurity,
+    /// Extra `[broker]` TOML of each device's agent (TLS files, credentials), by device id.
+    pub agent_broker_toml: Option<BrokerToml>,
+}
+
+/// Extra `[broker]` TOML lines for a device's agent, given its id.
+#[derive(Clone)]
+pub struct BrokerToml(pub std::sync::Arc<dyn Fn(&str) -> String + Send + Sync>);
+
+impl std::fmt::Debug for BrokerToml {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BrokerToml(..)")
+    }
 }
 
 impl Default for LabOptions {
@@ -73,6 +87,8 @@ impl Default for LabOptions {
             public_url: None,
             id_prefix: "demo".into(),
             restart_command: None,
+            broker_security: BrokerSecurity::default(),
+            agent_broker_toml: None,
         }
     }
 }
@@ -122,6 +138,7 @@ impl Lab {
         let broker_url = match (&opts.agent_broker, &opts.server_mqtt, server.mqtt_addr()) {
             (Some(url), _, _) => url.clone(),
             (None, Some(url), _) => url.clone(),
+            (None, None, Some(addr)) if server.mqtt_tls() => format!("mqtts://{addr}"),
             (None, None, Some(addr)) => format!("mqtt://{addr}"),
             (None, None, None) => return Err(LabError::Setup("no broker address".into())),
         };
@@ -141,6 +158,10 @@ impl Lab {
                 ring: if i % 10 == 0 { "canary" } else { "main" }.into(),
                 id: id.clone(),
                 broker_url: broker_url.clone(),
+                broker_extra: opts
+                    .agent_broker_toml
+                    .as_ref()
+                    .map_or_else(String::new, |f| (f.0)(&id)),
                 trust_key: key.clone(),
                 factory: (release_path.clone(), image_path.clone()),
                 trial_timeout: opts.trial_timeout,
@@ -282,7 +303,10 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
     config.http.public_url.clone_from(&opts.public_url);
     config.mqtt = match &opts.server_mqtt {
         Some(url) => MqttConfig::external(url).map_err(|e| LabError::Setup(e.to_string()))?,
-        None => MqttConfig::embedded(([127, 0, 0, 1], 0).into()),
+        None => MqttConfig::Embedded {
+            listen: ([127, 0, 0, 1], 0).into(),
+            security: opts.broker_security.clone(),
+        },
     };
     config.database.url.clone_from(&opts.database_url);
     config.operators = vec![

@@ -48,8 +48,8 @@ use ota_core::release::{Policy, TrustSet, TrustSetError};
 pub mod catalog;
 mod generate;
 pub mod images;
-pub mod pki;
 pub mod keys;
+pub mod pki;
 
 pub use catalog::{Expected, ExpectedError, FIXTURES, Fixture};
 pub use generate::{diff, generate, list_files, render};

@@ -518,9 +518,11 @@ impl TryFrom<RawMqtt> for MqttConfig {
             ),
             (None, Some(url)) => {
                 if embedded_keys {
-                    return Err("mqtt.tls_cert, tls_key, tls_client_ca and device_secret_file \
+                    return Err(
+                        "mqtt.tls_cert, tls_key, tls_client_ca and device_secret_file \
                                 configure the embedded broker: not with mqtt.url"
-                        .into());
+                            .into(),
+                    );
                 }
                 let mut config = MqttConfig::external(&url).map_err(|e| e.to_string())?;
                 if let MqttConfig::External { client, .. } = &mut config {
@@ -801,7 +803,10 @@ mod tests {
         let MqttConfig::Embedded { security, .. } = &c.mqtt else {
             panic!("{:?}", c.mqtt)
         };
-        assert_eq!(security.tls_cert.as_deref(), Some(Path::new("/etc/ota/tls/broker.crt")));
+        assert_eq!(
+            security.tls_cert.as_deref(),
+            Some(Path::new("/etc/ota/tls/broker.crt"))
+        );
         assert_eq!(
             security.device_secret_file.as_deref(),
             Some(Path::new("/etc/ota/mqtt.secret"))
@@ -817,7 +822,10 @@ mod tests {
         };
         assert_eq!(*port, DEFAULT_MQTTS_PORT);
         assert!(client.tls);
-        assert_eq!(client.ca_file.as_deref(), Some(Path::new("/etc/ota/ca.pem")));
+        assert_eq!(
+            client.ca_file.as_deref(),
+            Some(Path::new("/etc/ota/ca.pem"))
+        );
         for bad in [
             "url = \"mqtt://b\"\nca_file = \"ca.pem\"",
             "url = \"mqtts://b\"\nclient_cert = \"c.pem\"",

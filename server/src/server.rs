@@ -15,8 +15,8 @@ use crate::db::{Db, DbError, redact_url};
 use crate::fleet::{FleetStartError, FleetTask, Shared};
 use crate::http::{self, AppState};
 use crate::mqtt::MqttEndpoint;
-use crate::tls::TlsError;
 use crate::store::{ArtifactStore, StoreError};
+use crate::tls::TlsError;
 
 /// How long [`RunningServer::shutdown`] lets in-flight requests (long downloads) finish before
 /// cutting them.
@@ -256,6 +256,17 @@ impl RunningServer {
         self.broker.as_ref().map(EmbeddedBroker::local_addr)
     }
 
+    /// Whether the embedded broker's front door speaks TLS (`false` with an external broker).
+    pub fn mqtt_tls(&self) -> bool {
+        self.broker.as_ref().is_some_and(EmbeddedBroker::tls)
+    }
+
+    /// How to reach the embedded broker past its front door (the server's own access; for
+    /// tests and tools in the same process). `None` with an external broker.
+    pub fn mqtt_internal(&self) -> Option<&crate::broker::InternalAccess> {
+        self.broker.as_ref().map(EmbeddedBroker::internal)
+    }
+
     /// The database.
     pub fn db(&self) -> &Db {
         self.state.db()
@@ -363,7 +374,10 @@ fn client_endpoint(
     client: &ClientSecurity,
 ) -> Result<MqttEndpoint, ServerError> {
     let tls = if client.tls {
-        let pair = client.client_cert.as_deref().zip(client.client_key.as_deref());
+        let pair = client
+            .client_cert
+            .as_deref()
+            .zip(client.client_key.as_deref());
         Some(crate::tls::client_config(client.ca_file.as_deref(), pair)?)
     } else {
         None

@@ -28,6 +28,8 @@ mod filter;
 mod flags;
 #[path = "server/fleet.rs"]
 mod fleet;
+#[path = "server/mqtt_acl.rs"]
+mod mqtt_acl;
 #[path = "server/releases.rs"]
 mod releases;
 #[path = "server/store.rs"]

@@ -131,8 +131,8 @@ impl DeviceSecret {
 
     fn mac(&self, device: &str) -> HmacSha256 {
         // HMAC takes keys of any length: this never fails.
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable_hmac());
+        let mut mac =
+            <HmacSha256 as KeyInit>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable_hmac());
         mac.update(CONTEXT);
         mac.update(device.as_bytes());
         mac

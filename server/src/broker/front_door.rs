@@ -168,14 +168,13 @@ impl Door {
     {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(4096);
-        let first = match tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut reader, &mut buf))
-            .await
-        {
-            Ok(Ok(Some(frame))) => frame,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => return tracing::debug!(%peer, "MQTT: no CONNECT: {e}"),
-            Err(_) => return tracing::debug!(%peer, "MQTT: no CONNECT in time"),
-        };
+        let first =
+            match tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut reader, &mut buf)).await {
+                Ok(Ok(Some(frame))) => frame,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => return tracing::debug!(%peer, "MQTT: no CONNECT: {e}"),
+                Err(_) => return tracing::debug!(%peer, "MQTT: no CONNECT in time"),
+            };
         let (connect, acl) = match self.admit(first, cert_cn.as_deref()) {
             Ok(admitted) => admitted,
             Err((refusal, code, client_id)) => {
@@ -390,7 +389,9 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        rt.block_on(read_frame(&mut &[][..], &mut buf)).ok().flatten()
+        rt.block_on(read_frame(&mut &[][..], &mut buf))
+            .ok()
+            .flatten()
     }
 
     #[test]
@@ -417,7 +418,9 @@ mod tests {
             let mut out = BytesMut::new();
             let mut publish = Publish::new(topic, rumqttc::QoS::AtLeastOnce, vec![1u8]);
             publish.pkid = 1;
-            Packet::Publish(publish).write(&mut out, MAX_PACKET).unwrap();
+            Packet::Publish(publish)
+                .write(&mut out, MAX_PACKET)
+                .unwrap();
             frame(&out).unwrap()
         };
         assert!(check(&acl, &publish("ota/v1/devices/a/reported")).is_ok());

@@ -1,0 +1,486 @@
+//! Issue 7: MQTT over TLS with device authentication and the per-device ACL, on the embedded
+//! broker's front door and on a real Mosquitto configured as `docs/security.md` says.
+//!
+//! One scenario runs against both brokers and asserts only what both show: a device cannot
+//! publish as another device (the server-side observer never receives it), cannot read another
+//! device's desired state, and cannot log in with another device's password. The embedded
+//! broker closes the offending connection; Mosquitto drops the publish silently and delivers
+//! nothing on a denied subscription.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use firmware_fixtures::pki::TestCa;
+use ota_core::wire::{DeviceId, TopicKind};
+use ota_server::broker::credentials::DeviceSecret;
+use ota_server::broker::{BrokerSettings, DoorAuth, EmbeddedBroker};
+use ota_server::fleet::Shared;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration,
+    Transport,
+};
+use tempfile::TempDir;
+use tokio::sync::mpsc;
+
+/// Bound on anything that takes a moment (a failure guard, not a timed assertion).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A broker under test: where devices connect (TLS, pinned CA), their passwords, and a
+/// privileged observer that stands for the fleet server.
+struct AclBroker {
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    secret: DeviceSecret,
+    observer: MqttOptions,
+    _dir: TempDir,
+    _mosquitto: Option<tokio::process::Child>,
+}
+
+impl AclBroker {
+    /// TLS options for device `id` logging in with `password`.
+    fn device(&self, id: &str, password: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(id, self.addr.ip().to_string(), self.addr.port());
+        o.set_keep_alive(Duration::from_secs(30))
+            .set_credentials(id, password)
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                self.tls.clone(),
+            )));
+        o
+    }
+
+    /// Device `id` with its own password.
+    fn own(&self, id: &DeviceId) -> MqttOptions {
+        self.device(id.as_str(), &self.secret.password(id))
+    }
+}
+
+/// Connects and waits for the CONNACK (or the refusal).
+async fn connect(options: MqttOptions) -> Result<(AsyncClient, EventLoop), ConnectionError> {
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    loop {
+        let event = tokio::time::timeout(PATIENCE, eventloop.poll())
+            .await
+            .expect("no CONNACK nor error in time");
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok((client, eventloop)),
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Polls until the broker acknowledges packet `pkid`-less work (a PUBACK or SUBACK) or the
+/// connection ends; answers whether it was acknowledged.
+async fn acked_or_closed(eventloop: &mut EventLoop, suback: bool) -> bool {
+    loop {
+        let event = tokio::time::timeout(PATIENCE, eventloop.poll())
+            .await
+            .expect("no acknowledgement nor disconnection in time");
+        match event {
+            Ok(Event::Incoming(Packet::PubAck(_))) if !suback => return true,
+            Ok(Event::Incoming(Packet::SubAck(_))) if suback => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The observer: subscribed to every device-to-server topic of the fleet; every message goes
+/// to the channel.
+async fn observe(options: MqttOptions) -> mpsc::UnboundedReceiver<(String, Vec<u8>)> {
+    let (client, mut eventloop) = connect(options).await.expect("observer connects");
+    let filters = [TopicKind::Reported, TopicKind::Status, TopicKind::Events]
+        .map(|k| rumqttc::SubscribeFilter::new(k.fleet_filter(), QoS::AtLeastOnce));
+    client.subscribe_many(filters).await.unwrap();
+    assert!(acked_or_closed(&mut eventloop, true).await);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _client = client;
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event
+                && tx.send((p.topic, p.payload.to_vec())).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Publishes a retained `payload` on `topic` with the observer's login (the server's role) as
+/// another client id (one id has one connection).
+async fn publish_retained(mut options: MqttOptions, topic: String, payload: &[u8]) {
+    options.set_client_id(format!("{}-publisher", options.client_id()));
+    let (client, mut eventloop) = connect(options).await.unwrap();
+    client
+        .publish(topic, QoS::AtLeastOnce, true, payload.to_vec())
+        .await
+        .unwrap();
+    assert!(acked_or_closed(&mut eventloop, false).await);
+    let _ = client.disconnect().await;
+}
+
+/// The scenario both brokers must pass (see the module documentation).
+async fn acl_scenario(broker: &AclBroker, prefix: &str) {
+    let a = DeviceId::new(&format!("{prefix}-a")).unwrap();
+    let b = DeviceId::new(&format!("{prefix}-b")).unwrap();
+    let mut seen = observe(broker.observer.clone()).await;
+    publish_retained(
+        broker.observer.clone(),
+        b.topic(TopicKind::Desired),
+        b"desired-for-b",
+    )
+    .await;
+    publish_retained(
+        broker.observer.clone(),
+        a.topic(TopicKind::Desired),
+        b"desired-for-a",
+    )
+    .await;
+
+    // A cannot report as B: the observer never sees any of these.
+    for kind in [TopicKind::Reported, TopicKind::Status, TopicKind::Events] {
+        let (client, mut eventloop) = connect(broker.own(&a)).await.unwrap();
+        client
+            .publish(b.topic(kind), QoS::AtLeastOnce, false, b"forged".to_vec())
+            .await
+            .unwrap();
+        // Mosquitto acknowledges and drops it; the front door closes the connection.
+        let _ = acked_or_closed(&mut eventloop, false).await;
+    }
+    // Nor publish a server-to-device topic (its own desired state).
+    {
+        let (client, mut eventloop) = connect(broker.own(&a)).await.unwrap();
+        client
+            .publish(
+                a.topic(TopicKind::Desired),
+                QoS::AtLeastOnce,
+                true,
+                b"forged".to_vec(),
+            )
+            .await
+            .unwrap();
+        let _ = acked_or_closed(&mut eventloop, false).await;
+    }
+    let (client, mut eventloop) = connect(broker.own(&a)).await.unwrap();
+    client
+        .publish(
+            a.topic(TopicKind::Reported),
+            QoS::AtLeastOnce,
+            false,
+            b"sentinel".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        acked_or_closed(&mut eventloop, false).await,
+        "A's own report is acknowledged"
+    );
+    loop {
+        let (topic, payload) = tokio::time::timeout(PATIENCE, seen.recv())
+            .await
+            .expect("the observer sees A's own report")
+            .unwrap();
+        assert!(
+            !topic.contains(b.as_str()) && payload != b"forged",
+            "a forged message reached the server: {topic}"
+        );
+        if topic == a.topic(TopicKind::Reported) && payload == b"sentinel" {
+            break;
+        }
+    }
+
+    // A cannot read B's desired state, directly or through a wildcard: before its own
+    // desired state arrives (or the connection is closed), nothing of B's arrives.
+    for filter in [
+        b.topic(TopicKind::Desired),
+        TopicKind::Desired.fleet_filter(),
+    ] {
+        let (client, mut eventloop) = connect(broker.own(&a)).await.unwrap();
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        client
+            .subscribe(a.topic(TopicKind::Desired), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        loop {
+            let event = tokio::time::timeout(PATIENCE, eventloop.poll())
+                .await
+                .expect("A's own desired state or a disconnection");
+            match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    assert_ne!(p.payload.as_ref(), b"desired-for-b", "A read B's desired");
+                    assert_ne!(p.topic, b.topic(TopicKind::Desired));
+                    if p.topic == a.topic(TopicKind::Desired) {
+                        assert_eq!(p.payload.as_ref(), b"desired-for-a");
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    // A's own subscription works when it asks only for its own topics.
+    let (client, mut eventloop) = connect(broker.own(&a)).await.unwrap();
+    client
+        .subscribe(a.topic(TopicKind::Desired), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        let event = tokio::time::timeout(PATIENCE, eventloop.poll())
+            .await
+            .expect("A's own desired state");
+        if let Event::Incoming(Packet::Publish(p)) = event.expect("A stays connected") {
+            assert_eq!(p.payload.as_ref(), b"desired-for-a");
+            break;
+        }
+    }
+
+    // Another device's password and a made-up one fail.
+    let b_password = broker.secret.password(&b);
+    for options in [
+        broker.device(a.as_str(), &b_password),
+        broker.device(a.as_str(), &"0".repeat(64)),
+    ] {
+        match connect(options).await {
+            Err(ConnectionError::ConnectionRefused(_)) => {}
+            Err(e) => panic!("refused with a CONNACK, got {e}"),
+            Ok(_) => panic!("a wrong password was accepted"),
+        }
+    }
+}
+
+/// A TEST-ONLY CA, a broker certificate and a device secret in a fresh directory.
+struct Pki {
+    dir: TempDir,
+    ca: TestCa,
+    secret: DeviceSecret,
+}
+
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "broker").unwrap();
+    let secret = DeviceSecret::load_or_create(&dir.path().join("device.secret")).unwrap();
+    Pki { dir, ca, secret }
+}
+
+async fn embedded(
+    pki: Pki,
+    auth: impl FnOnce(&Pki) -> (DoorAuth, Option<PathBuf>),
+) -> (AclBroker, Arc<Shared>) {
+    let server = pki.ca.server_cert().unwrap();
+    let (auth, client_ca) = auth(&pki);
+    let tls =
+        ota_server::tls::server_config(&server.cert, &server.key, client_ca.as_deref()).unwrap();
+    let shared = Arc::new(Shared::default());
+    let broker = EmbeddedBroker::start_with(
+        BrokerSettings::open(([127, 0, 0, 1], 0).into())
+            .with_tls(tls)
+            .with_auth(auth),
+        shared.clone(),
+    )
+    .await
+    .unwrap();
+    let internal = broker.internal().clone();
+    let mut observer = MqttOptions::new(
+        "observer",
+        internal.addr.ip().to_string(),
+        internal.addr.port(),
+    );
+    observer.set_credentials(internal.username, internal.password);
+    let tls = ota_server::tls::client_config(Some(&pki.ca.ca_file()), None).unwrap();
+    let addr = broker.local_addr();
+    // The broker lives until the test binary exits (rumqttd cannot stop).
+    std::mem::forget(broker);
+    (
+        AclBroker {
+            addr,
+            tls,
+            secret: pki.secret,
+            observer,
+            _dir: pki.dir,
+            _mosquitto: None,
+        },
+        shared,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_embedded_broker_confines_devices_to_their_topics() {
+    let (broker, shared) = embedded(pki(), |p| (DoorAuth::Password(p.secret.clone()), None)).await;
+    acl_scenario(&broker, "acl").await;
+    // The front door also binds the client id to the login: B's own credentials under A's
+    // client id are refused (Mosquitto would accept them and take over A's session).
+    let b = DeviceId::new("acl-b").unwrap();
+    let mut options = broker.device("acl-a", "unused");
+    options.set_credentials(b.as_str(), broker.secret.password(&b));
+    assert!(matches!(
+        connect(options).await,
+        Err(ConnectionError::ConnectionRefused(_))
+    ));
+    // Every refusal is metered.
+    assert!(shared.counters.mqtt_acl_denied.load(Ordering::Relaxed) >= 6);
+    assert!(shared.counters.mqtt_auth_refused.load(Ordering::Relaxed) >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_client_certificates_identify_devices() {
+    let pki = pki();
+    let broker_ca = pki.ca.ca_file();
+    let devices = TestCa::new(pki.dir.path(), "devices").unwrap();
+    let a_cert = devices.client_cert("cert-a").unwrap();
+    let (broker, shared) =
+        embedded(pki, |_| (DoorAuth::Certificate, Some(devices.ca_file()))).await;
+    let with_cert = |id: &str| {
+        let cfg =
+            ota_server::tls::client_config(Some(&broker_ca), Some((&a_cert.cert, &a_cert.key)))
+                .unwrap();
+        let mut o = MqttOptions::new(id, broker.addr.ip().to_string(), broker.addr.port());
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(cfg)));
+        o
+    };
+    let mut seen = observe(broker.observer.clone()).await;
+
+    // CN = client id: accepted, and its own report reaches the server.
+    let (client, mut eventloop) = connect(with_cert("cert-a")).await.unwrap();
+    client
+        .publish(
+            "ota/v1/devices/cert-a/reported",
+            QoS::AtLeastOnce,
+            false,
+            b"from-a".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert!(acked_or_closed(&mut eventloop, false).await);
+    let (topic, payload) = tokio::time::timeout(PATIENCE, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("ota/v1/devices/cert-a/reported", &b"from-a"[..])
+    );
+
+    // A's certificate under another client id: refused.
+    assert!(matches!(
+        connect(with_cert("cert-b")).await,
+        Err(ConnectionError::ConnectionRefused(_))
+    ));
+    // No certificate at all: the TLS handshake fails.
+    let no_cert = broker.device("cert-a", "irrelevant");
+    assert!(connect(no_cert).await.is_err());
+    assert!(shared.counters.mqtt_auth_refused.load(Ordering::Relaxed) >= 2);
+}
+
+/// `OTA_TEST_MOSQUITTO_BIN`, and `mosquitto_passwd` next to it or on the PATH.
+fn mosquitto_bins() -> (PathBuf, PathBuf) {
+    let bin = PathBuf::from(
+        std::env::var("OTA_TEST_MOSQUITTO_BIN")
+            .expect("set OTA_TEST_MOSQUITTO_BIN=/usr/sbin/mosquitto to run the Mosquitto ACL test"),
+    );
+    let passwd = std::env::var("OTA_TEST_MOSQUITTO_PASSWD_BIN")
+        .map_or_else(|_| PathBuf::from("mosquitto_passwd"), PathBuf::from);
+    (bin, passwd)
+}
+
+/// The ACL file of `docs/security.md` (kept identical: the test reads it from the docs).
+fn documented_acl() -> String {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/mosquitto/acl"),
+    )
+    .unwrap();
+    assert!(doc.contains("pattern read ota/v1/devices/%u/desired"));
+    doc
+}
+
+async fn mosquitto(pki: Pki, devices: &[&DeviceId]) -> AclBroker {
+    let (bin, passwd_bin) = mosquitto_bins();
+    let dir = pki.dir.path();
+    let server = pki.ca.server_cert().unwrap();
+    let passwd = dir.join("passwd");
+    let server_password = "observer-password-0123456789";
+    let mut users: Vec<(String, String)> = vec![("ota-server".into(), server_password.into())];
+    users.extend(
+        devices
+            .iter()
+            .map(|d| (d.as_str().to_owned(), pki.secret.password(d))),
+    );
+    for (i, (user, password)) in users.iter().enumerate() {
+        let mut cmd = std::process::Command::new(&passwd_bin);
+        cmd.arg("-b");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let status = cmd.arg(&passwd).arg(user).arg(password).status().unwrap();
+        assert!(status.success(), "mosquitto_passwd failed");
+    }
+    std::fs::write(dir.join("acl"), documented_acl()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let internal_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The TLS listener of docs/security.md, plus a plain loopback listener for the observer
+    // (same password file and ACL).
+    let conf = format!(
+        "per_listener_settings false\nallow_anonymous false\npassword_file {passwd}\n\
+         acl_file {acl}\npersistence false\nuser root\n\
+         listener {port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
+         listener {internal_port} 127.0.0.1\n",
+        passwd = passwd.display(),
+        acl = dir.join("acl").display(),
+        ca = pki.ca.ca_file().display(),
+        cert = server.cert.display(),
+        key = server.key.display(),
+    );
+    std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+    let child = tokio::process::Command::new(&bin)
+        .arg("-c")
+        .arg(dir.join("mosquitto.conf"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("OTA_TEST_MOSQUITTO_BIN runs");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && tokio::net::TcpStream::connect(("127.0.0.1", internal_port))
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut observer = MqttOptions::new("observer", "127.0.0.1", internal_port);
+    observer.set_credentials("ota-server", server_password);
+    let tls = ota_server::tls::client_config(Some(&pki.ca.ca_file()), None).unwrap();
+    AclBroker {
+        addr,
+        tls,
+        secret: pki.secret,
+        observer,
+        _dir: pki.dir,
+        _mosquitto: Some(child),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Mosquitto: set OTA_TEST_MOSQUITTO_BIN=/usr/sbin/mosquitto"]
+async fn issue7_mosquitto_with_the_documented_acl_confines_devices() {
+    let a = DeviceId::new("acl-a").unwrap();
+    let b = DeviceId::new("acl-b").unwrap();
+    let broker = mosquitto(pki(), &[&a, &b]).await;
+    acl_scenario(&broker, "acl").await;
+}
