@@ -5,6 +5,8 @@
 //! - `faults`: the same system with faults injected (broker and server restarts, cut
 //!   downloads, killed agents, duplicates and replays, a malicious mirror, offline devices).
 //! - `flags`: feature flags through restarts, deploys and offline periods (issue 6).
+//! - `mqtt_tls`: agents and server over MQTT with TLS, device passwords or client
+//!   certificates, and the broker's ACL (issue 7).
 //! - `security`: threats of `docs/security.md` that need the whole system (a compromised
 //!   fleet server).
 //! - `world`, `proxy`: the fixture (a lab behind fault-injecting TCP proxies).
@@ -19,6 +21,7 @@
 
 mod faults;
 mod flags;
+mod mqtt_tls;
 mod proxy;
 mod repo;
 mod security;

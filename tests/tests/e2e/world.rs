@@ -140,29 +140,13 @@ impl World {
 
     /// Builds, signs and publishes `version` (healthy or not).
     pub async fn release(&self, version: &str, healthy: bool) -> Build {
-        let size = self.lab.factory().image.len();
-        let build = self.lab.team().build(version, healthy, size, unix_now());
-        self.lab.api().publish(&build).await.unwrap();
-        build
+        release(&self.lab, version, healthy).await
     }
 
     /// Creates a rollout of `build` to every device of the lab in `waves`, with a 1 s bake,
     /// the demo's gates and `extra` fields of the spec; answers its id.
     pub async fn rollout(&self, build: &Build, waves: &[u32], extra: Value) -> i64 {
-        let mut spec = json!({
-            "release": build.digest.to_string(),
-            "filter": self.lab.filter(),
-            "waves": waves,
-            "bake_secs": 1,
-            "min_executed": 1,
-            "rate_per_minute": 60_000,
-            "max_deferral_secs": 600,
-        });
-        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-            spec.extend(extra.clone());
-        }
-        let r = self.lab.api().create_rollout(&spec).await.unwrap();
-        r["id"].as_i64().unwrap()
+        rollout(&self.lab, build, waves, extra).await
     }
 
     /// Waits until rollout `id` is completed or aborted; answers its view.
@@ -175,34 +159,12 @@ impl World {
 
     /// Waits until `pred` holds for rollout `id`'s view.
     pub async fn wait_rollout(&self, id: i64, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            // The server may be restarting: retry.
-            if let Ok(r) = self.lab.api().rollout(id).await
-                && pred(&r)
-            {
-                return r;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "rollout {id}: condition not reached: {:#}",
-                self.lab.api().rollout(id).await.unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_rollout(&self.lab, id, pred).await
     }
 
     /// Waits until every device runs `digest` and is idle.
     pub async fn converged(&self, digest: &Digest) {
-        for d in self.lab.devices() {
-            wait_device(d, |d| {
-                d.status().is_some_and(|s| {
-                    s.machine.stage == Stage::Idle
-                        && s.machine.running.as_ref().map(|r| r.digest) == Some(*digest)
-                })
-            })
-            .await;
-        }
+        converged(&self.lab, digest).await;
     }
 
     /// Stops every agent and the server.
@@ -221,6 +183,65 @@ impl World {
                 .unwrap();
             pool.close().await;
         }
+    }
+}
+
+/// Builds, signs and publishes `version` (healthy or not) on `lab`.
+pub async fn release(lab: &Lab, version: &str, healthy: bool) -> Build {
+    let size = lab.factory().image.len();
+    let build = lab.team().build(version, healthy, size, unix_now());
+    lab.api().publish(&build).await.unwrap();
+    build
+}
+
+/// Creates a rollout of `build` to every device of `lab` in `waves`, with a 1 s bake, the
+/// demo's gates and `extra` fields of the spec; answers its id.
+pub async fn rollout(lab: &Lab, build: &Build, waves: &[u32], extra: Value) -> i64 {
+    let mut spec = json!({
+        "release": build.digest.to_string(),
+        "filter": lab.filter(),
+        "waves": waves,
+        "bake_secs": 1,
+        "min_executed": 1,
+        "rate_per_minute": 60_000,
+        "max_deferral_secs": 600,
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let r = lab.api().create_rollout(&spec).await.unwrap();
+    r["id"].as_i64().unwrap()
+}
+
+/// Waits until `pred` holds for rollout `id`'s view on `lab`.
+pub async fn wait_rollout(lab: &Lab, id: i64, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        // The server may be restarting: retry.
+        if let Ok(r) = lab.api().rollout(id).await
+            && pred(&r)
+        {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout {id}: condition not reached: {:#}",
+            lab.api().rollout(id).await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every device of `lab` runs `digest` and is idle.
+pub async fn converged(lab: &Lab, digest: &Digest) {
+    for d in lab.devices() {
+        wait_device(d, |d| {
+            d.status().is_some_and(|s| {
+                s.machine.stage == Stage::Idle
+                    && s.machine.running.as_ref().map(|r| r.digest) == Some(*digest)
+            })
+        })
+        .await;
     }
 }
 
