@@ -99,7 +99,16 @@ pub(crate) fn run(args: ServerArgs) -> Result<(), CliError> {
     }
     let mut config = load(&args)?;
     if let Some(url) = &args.mqtt {
-        config.mqtt = MqttConfig::external(url).map_err(|e| CliError::Usage(e.to_string()))?;
+        let mut mqtt = MqttConfig::external(url).map_err(|e| CliError::Usage(e.to_string()))?;
+        // Keep the TLS files and credentials of server.toml's external broker.
+        if let (MqttConfig::External { client, .. }, MqttConfig::External { client: old, .. }) =
+            (&mut mqtt, &config.mqtt)
+        {
+            let tls = client.tls;
+            *client = old.clone();
+            client.tls = tls;
+        }
+        config.mqtt = mqtt;
     }
     if let Some(listen) = args.mqtt_listen {
         // Keep the front door's TLS and authentication of server.toml.

@@ -663,3 +663,45 @@ fn demo_plays_the_story_and_exits_0() {
     dir.ota(&["demo", "--devices", "3"]).fails(2);
     dir.ota(&["demo", "--trial-timeout", "soon"]).fails(2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// ota server device-credential
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(unix)]
+#[test]
+fn issue7_device_credential_prints_a_per_device_password_from_a_0600_secret() {
+    let dir = Dir::new();
+    dir.keygen("release");
+    dir.write(
+        "server.toml",
+        b"[mqtt]\nlisten = \"127.0.0.1:0\"\ndevice_secret_file = \"mqtt.secret\"\n[trust]\nkeys = [\"release.pub\"]\n",
+    );
+    let args = ["server", "device-credential", "--config", "server.toml"];
+    let run = |id: &str| {
+        let mut all = args.to_vec();
+        all.push(id);
+        dir.ota(&all)
+    };
+    let a = run("gw-1").ok().trim().to_owned();
+    assert_eq!(a.len(), 64, "{a}");
+    assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(util::mode(&dir.path("mqtt.secret")), 0o600);
+    // The same device gets the same password; another device another one.
+    assert_eq!(run("gw-1").ok().trim(), a);
+    assert_ne!(run("gw-2").ok().trim(), a);
+    // The secret itself is never printed.
+    let secret = String::from_utf8(dir.read("mqtt.secret")).unwrap();
+    assert!(!a.contains(secret.trim()));
+    // A topic wildcard is not a device id; a config without the secret file is a usage error.
+    run("gw+1").fails(2);
+    dir.write("plain.toml", b"[trust]\nkeys = [\"release.pub\"]\n");
+    dir.ota(&[
+        "server",
+        "device-credential",
+        "--config",
+        "plain.toml",
+        "gw-1",
+    ])
+    .fails(2);
+}
