@@ -320,3 +320,28 @@ fn issue7_fuzz_config_invariant_dot_device_id_and_oversized_report_fields_are_re
     );
     AgentConfig::from_toml_str(&ok).unwrap();
 }
+
+#[test]
+fn issue7_broker_password_file_is_checked_and_passwords_stay_out_of_debug() {
+    let with = |extra: &str| MINIMAL.replace("[installer]", &format!("{extra}\n[installer]"));
+    let c =
+        AgentConfig::from_toml_str(&with("username = \"dev-1\"\npassword = \"hunter2-secret\""))
+            .unwrap();
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("hunter2-secret"), "{debug}");
+    assert!(debug.contains("<redacted>"));
+    let c = AgentConfig::from_toml_str(&with(
+        "username = \"dev-1\"\npassword_file = \"/etc/ota-agent/mqtt.password\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.broker.password_file.as_deref(),
+        Some(Path::new("/etc/ota-agent/mqtt.password"))
+    );
+    let e = parse_err(&with("password_file = \"p\""));
+    assert_eq!(key_of(&e), "broker.password");
+    let e = parse_err(&with(
+        "username = \"u\"\npassword = \"x\"\npassword_file = \"p\"",
+    ));
+    assert_eq!(key_of(&e), "broker.password_file");
+}
