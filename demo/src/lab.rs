@@ -15,6 +15,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ota_core::wire::DeviceId;
+use ota_server::broker::credentials::DeviceSecret;
 use ota_server::config::{BrokerSecurity, Config, MqttConfig, OperatorConfig, TrustConfig};
 use ota_server::{RunningServer, Server};
 use serde_json::Value;
@@ -22,7 +24,7 @@ use tempfile::TempDir;
 
 use crate::LabError;
 use crate::api::Api;
-use crate::device::{Device, DeviceSpec};
+use crate::device::{Device, DeviceSpec, toml_string};
 use crate::firmware::{Build, FirmwareTeam};
 
 /// The operator who creates rollouts.
@@ -57,8 +59,13 @@ pub struct LabOptions {
     pub id_prefix: String,
     /// The files installer's restart command on every device (argv; default none).
     pub restart_command: Option<Vec<String>>,
-    /// TLS and device authentication of the embedded broker (default: open, plain TCP).
+    /// TLS and device authentication of the embedded broker (default: plain TCP, device
+    /// passwords when `device_passwords`).
     pub broker_security: BrokerSecurity,
+    /// With the embedded broker and no other authentication configured: give every device a
+    /// password (`mqtt.device_secret_file` in the lab directory), so the broker's per-device ACL
+    /// is on (default `true`).
+    pub device_passwords: bool,
     /// Extra `[broker]` TOML of each device's agent (TLS files, credentials), by device id.
     pub agent_broker_toml: Option<BrokerToml>,
 }
@@ -88,6 +95,7 @@ impl Default for LabOptions {
             id_prefix: "demo".into(),
             restart_command: None,
             broker_security: BrokerSecurity::default(),
+            device_passwords: true,
             agent_broker_toml: None,
         }
     }
@@ -125,6 +133,15 @@ impl Lab {
         write(&release_path, &factory.release)?;
         write(&image_path, &factory.image)?;
 
+        let mut opts = opts;
+        // The embedded broker authenticates the lab's devices and confines each to its topics.
+        let passwords = (opts.device_passwords
+            && opts.server_mqtt.is_none()
+            && !opts.broker_security.authenticates())
+        .then(|| dir.path().join("mqtt-device.secret"));
+        if let Some(path) = &passwords {
+            opts.broker_security.device_secret_file = Some(path.clone());
+        }
         let config = server_config(dir.path(), key.clone(), &opts)?;
         let server = Server::start(config.clone())
             .await
@@ -152,16 +169,22 @@ impl Lab {
             id_prefix: opts.id_prefix.clone(),
             devices: Vec::new(),
         };
+        let secret = passwords
+            .map(|path| DeviceSecret::load(&path))
+            .transpose()
+            .map_err(|e| LabError::Setup(e.to_string()))?;
         for i in 0..opts.devices {
             let id = format!("{}-{i:03}", opts.id_prefix);
+            let broker_extra = match (&opts.agent_broker_toml, &secret) {
+                (Some(toml), _) => (toml.0)(&id),
+                (None, Some(secret)) => password_toml(lab.dir.path(), &id, secret)?,
+                (None, None) => String::new(),
+            };
             let spec = DeviceSpec {
                 ring: if i % 10 == 0 { "canary" } else { "main" }.into(),
                 id: id.clone(),
                 broker_url: broker_url.clone(),
-                broker_extra: opts
-                    .agent_broker_toml
-                    .as_ref()
-                    .map_or_else(String::new, |f| (f.0)(&id)),
+                broker_extra,
                 trust_key: key.clone(),
                 factory: (release_path.clone(), image_path.clone()),
                 trial_timeout: opts.trial_timeout,
@@ -314,6 +337,28 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
         OperatorConfig::new(APPROVER.0, APPROVER.1),
     ];
     Ok(config)
+}
+
+/// Writes device `id`'s broker password (0600) under `dir/passwords/` and answers the agent's
+/// `[broker]` lines that use it.
+fn password_toml(dir: &Path, id: &str, secret: &DeviceSecret) -> Result<String, LabError> {
+    use std::io::Write;
+    let device = DeviceId::new(id).map_err(|e| LabError::Setup(format!("{id:?}: {e}")))?;
+    let folder = dir.join("passwords");
+    std::fs::create_dir_all(&folder).map_err(|e| LabError::io("create", &folder, e))?;
+    let path = folder.join(id);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{}\n", secret.password(&device)).as_bytes()))
+        .map_err(|e| LabError::io("write", &path, e))?;
+    Ok(format!(
+        "username = {}\npassword_file = {}",
+        toml_string(id),
+        toml_string(&path.display().to_string())
+    ))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), LabError> {

@@ -167,3 +167,36 @@ async fn issue7_agents_log_in_with_client_certificates() {
     assert!(error.contains("NotAuthorized"), "{error}");
     lab.shutdown().await.unwrap();
 }
+
+/// The demo's lab (what `ota demo` runs) has its agents log in with device passwords over plain
+/// TCP, so the broker's ACL is on there too: a client without a password is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_the_demo_lab_authenticates_its_devices() {
+    let mut lab = Lab::start(LabOptions {
+        devices: 2,
+        image_size: 64 * 1024,
+        id_prefix: "acl".into(),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let server = lab.server().unwrap();
+    assert!(!server.mqtt_tls());
+    let addr = server.mqtt_addr().unwrap();
+    let device = lab.devices()[0].id().to_owned();
+    let options = rumqttc::MqttOptions::new(device, addr.ip().to_string(), addr.port());
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 8);
+    let refused = loop {
+        match tokio::time::timeout(crate::world::PATIENCE, eventloop.poll())
+            .await
+            .expect("a CONNACK")
+        {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => break false,
+            Ok(_) => {}
+            Err(rumqttc::ConnectionError::ConnectionRefused(_)) => break true,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(refused, "a device without its password was accepted");
+    lab.shutdown().await.unwrap();
+}
