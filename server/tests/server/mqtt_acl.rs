@@ -17,7 +17,9 @@ use firmware_fixtures::pki::TestCa;
 use ota_core::wire::{DeviceId, TopicKind};
 use ota_server::broker::credentials::DeviceSecret;
 use ota_server::broker::{BrokerSettings, DoorAuth, EmbeddedBroker};
+use ota_server::config::Config;
 use ota_server::fleet::Shared;
+use ota_server::{RunningServer, Server, ServerError};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration,
     Transport,
@@ -377,6 +379,9 @@ async fn issue7_client_certificates_identify_devices() {
     assert!(shared.counters.mqtt_auth_refused.load(Ordering::Relaxed) >= 2);
 }
 
+/// The password of the `ota-server` user of the test Mosquitto.
+const MOSQUITTO_SERVER_PASSWORD: &str = "observer-password-0123456789";
+
 /// `OTA_TEST_MOSQUITTO_BIN`, and `mosquitto_passwd` next to it or on the PATH.
 fn mosquitto_bins() -> (PathBuf, PathBuf) {
     let bin = PathBuf::from(
@@ -403,7 +408,7 @@ async fn mosquitto(pki: Pki, devices: &[&DeviceId]) -> AclBroker {
     let dir = pki.dir.path();
     let server = pki.ca.server_cert().unwrap();
     let passwd = dir.join("passwd");
-    let server_password = "observer-password-0123456789";
+    let server_password = MOSQUITTO_SERVER_PASSWORD;
     let mut users: Vec<(String, String)> = vec![("ota-server".into(), server_password.into())];
     users.extend(
         devices
@@ -476,6 +481,63 @@ async fn mosquitto(pki: Pki, devices: &[&DeviceId]) -> AclBroker {
     }
 }
 
+/// A fleet server whose `[mqtt]` is `mqtt_toml` (relative paths against `dir`).
+async fn server_with(dir: &Path, mqtt_toml: &str) -> Result<RunningServer, ServerError> {
+    let keys = crate::util::write_trust_keys(dir);
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{:?}", k.display().to_string()))
+        .collect();
+    let text = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\n{mqtt_toml}\n[trust]\nkeys = [{}]\n",
+        keys.join(", ")
+    );
+    std::fs::write(dir.join("server.toml"), &text).unwrap();
+    Server::start(Config::load(&dir.join("server.toml")).unwrap()).await
+}
+
+/// The server's client speaks TLS to an external broker, pins its CA and presents a client
+/// certificate: with the right CA it connects (the fleet coordinator's subscriptions are
+/// acknowledged by a broker that demands client certificates), with another CA it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_server_connects_to_a_tls_broker_with_a_pinned_ca() {
+    let pki = pki();
+    let dir = pki.dir.path();
+    let cert = pki.ca.server_cert().unwrap();
+    let clients = TestCa::new(dir, "clients").unwrap();
+    let server_cert = clients.client_cert("ota-server").unwrap();
+    let tls =
+        ota_server::tls::server_config(&cert.cert, &cert.key, Some(&clients.ca_file())).unwrap();
+    let broker = EmbeddedBroker::start_with(
+        BrokerSettings::open(([127, 0, 0, 1], 0).into()).with_tls(tls),
+        Arc::new(Shared::default()),
+    )
+    .await
+    .unwrap();
+    std::fs::write(dir.join("mqtt.password"), "not-checked-by-an-open-broker\n").unwrap();
+    let port = broker.local_addr().port();
+    let other = TestCa::new(dir, "other").unwrap();
+    let s = |p: &Path| format!("{:?}", p.display().to_string());
+    let toml = |ca: &Path| {
+        format!(
+            "url = \"mqtts://127.0.0.1:{port}\"\nca_file = {}\nclient_cert = {}\nclient_key = {}\n\
+             username = \"ota-server\"\npassword_file = \"mqtt.password\"",
+            s(ca),
+            s(&server_cert.cert),
+            s(&server_cert.key),
+        )
+    };
+    let server = server_with(dir, &toml(&pki.ca.ca_file())).await.unwrap();
+    assert_eq!(server.mqtt_addr(), None, "no embedded broker with mqtt.url");
+    server.shutdown().await.unwrap();
+    match server_with(dir, &toml(&other.ca_file())).await {
+        Err(ServerError::Fleet(_)) => {}
+        Err(e) => panic!("expected a broker connection failure, got {e}"),
+        Ok(_) => panic!("a broker certificate from another CA was trusted"),
+    }
+    std::mem::forget(broker);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Mosquitto: set OTA_TEST_MOSQUITTO_BIN=/usr/sbin/mosquitto"]
 async fn issue7_mosquitto_with_the_documented_acl_confines_devices() {
@@ -483,4 +545,19 @@ async fn issue7_mosquitto_with_the_documented_acl_confines_devices() {
     let b = DeviceId::new("acl-b").unwrap();
     let broker = mosquitto(pki(), &[&a, &b]).await;
     acl_scenario(&broker, "acl").await;
+    // The fleet server itself logs in over TLS with its user and password file (the ACL's
+    // `ota-server` user): its subscriptions to every device's topics are granted.
+    let dir = broker._dir.path();
+    std::fs::write(
+        dir.join("server.password"),
+        format!("{MOSQUITTO_SERVER_PASSWORD}\n"),
+    )
+    .unwrap();
+    let toml = format!(
+        "url = \"mqtts://127.0.0.1:{}\"\nca_file = {:?}\nusername = \"ota-server\"\npassword_file = \"server.password\"",
+        broker.addr.port(),
+        dir.join("broker.ca.pem").display().to_string()
+    );
+    let server = server_with(dir, &toml).await.unwrap();
+    server.shutdown().await.unwrap();
 }

@@ -56,6 +56,22 @@ pub(crate) fn release(version: &str, artifact: &[u8], keys: &[u8]) -> Vec<u8> {
     sign(&manifest(version, artifact), &keys)
 }
 
+/// Writes the public keys of TEST-ONLY keys 1, 2 and 3 into `dir`; answers their files.
+pub(crate) fn write_trust_keys(dir: &std::path::Path) -> Vec<PathBuf> {
+    [1u8, 2, 3]
+        .iter()
+        .map(|&n| {
+            let path = dir.join(format!("key{n}.pub"));
+            let pem = key(n)
+                .verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap();
+            std::fs::write(&path, pem).unwrap();
+            path
+        })
+        .collect()
+}
+
 /// How a test server is set up.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Options {
@@ -106,18 +122,7 @@ impl TestServer {
         let threshold = opts.threshold.max(1);
         let database_url = opts.database_url.clone();
         let dir = tempfile::tempdir().unwrap();
-        let keys: Vec<PathBuf> = [1u8, 2, 3]
-            .iter()
-            .map(|&n| {
-                let path = dir.path().join(format!("key{n}.pub"));
-                let pem = key(n)
-                    .verifying_key()
-                    .to_public_key_pem(LineEnding::LF)
-                    .unwrap();
-                std::fs::write(&path, pem).unwrap();
-                path
-            })
-            .collect();
+        let keys = write_trust_keys(dir.path());
         let mut config = Config::new(dir.path().join("data"), TrustConfig::new(keys, threshold));
         config.http.listen = "127.0.0.1:0".parse().unwrap();
         config.mqtt = MqttConfig::embedded("127.0.0.1:0".parse().unwrap());
