@@ -87,6 +87,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_cn_of_a_generated_certificate_is_read() {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = firmware_fixtures::pki::TestCa::new(dir.path(), "t").unwrap();
+        for (cert, cn) in [
+            (
+                ca.client_cert("gw-0001.lab_A").unwrap().cert,
+                "gw-0001.lab_A",
+            ),
+            (ca.server_cert().unwrap().cert, "localhost"),
+        ] {
+            let der = CertificateDer::from_pem_file(&cert).unwrap();
+            assert_eq!(common_name(&der).as_deref(), Some(cn));
+            // Every truncation is refused without panicking.
+            for len in 0..der.len() {
+                let _ = common_name(&der[..len]);
+            }
+        }
+        let ca_der = CertificateDer::from_pem_file(ca.ca_file()).unwrap();
+        assert_eq!(common_name(&ca_der).as_deref(), Some("TEST-ONLY t CA"));
+    }
+
+    #[test]
     fn garbage_is_no_name() {
         assert_eq!(common_name(&[]), None);
         assert_eq!(common_name(&[0x30]), None);

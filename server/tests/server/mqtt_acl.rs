@@ -37,6 +37,8 @@ struct AclBroker {
     tls: Arc<rustls::ClientConfig>,
     secret: DeviceSecret,
     observer: MqttOptions,
+    /// Mosquitto's client-certificate listener and the CA its devices' certificates come from.
+    cert_listener: Option<(SocketAddr, TestCa)>,
     _dir: TempDir,
     _mosquitto: Option<tokio::process::Child>,
 }
@@ -304,6 +306,7 @@ async fn embedded(
             tls,
             secret: pki.secret,
             observer,
+            cert_listener: None,
             _dir: pki.dir,
             _mosquitto: None,
         },
@@ -425,26 +428,22 @@ async fn mosquitto(pki: Pki, devices: &[&DeviceId]) -> AclBroker {
         assert!(status.success(), "mosquitto_passwd failed");
     }
     std::fs::write(dir.join("acl"), documented_acl()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let internal_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // The TLS listener of docs/security.md, plus a plain loopback listener for the observer
-    // (same password file and ACL).
+    let [port, internal_port, cert_port] = [(); 3].map(|()| free_port());
+    let devices_ca = TestCa::new(dir, "devices").unwrap();
+    // The TLS listener of docs/security.md (passwords), the client-certificate listener of
+    // docs/mosquitto/mosquitto.conf, and a plain loopback listener for the observer (same
+    // password file and ACL).
     let conf = format!(
         "per_listener_settings false\nallow_anonymous false\npassword_file {passwd}\n\
          acl_file {acl}\npersistence false\nuser root\n\
          listener {port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
+         listener {cert_port} 127.0.0.1\ncafile {devices}\ncertfile {cert}\nkeyfile {key}\n\
+         require_certificate true\nuse_identity_as_username true\n\
          listener {internal_port} 127.0.0.1\n",
         passwd = passwd.display(),
         acl = dir.join("acl").display(),
         ca = pki.ca.ca_file().display(),
+        devices = devices_ca.ca_file().display(),
         cert = server.cert.display(),
         key = server.key.display(),
     );
@@ -463,6 +462,9 @@ async fn mosquitto(pki: Pki, devices: &[&DeviceId]) -> AclBroker {
             && tokio::net::TcpStream::connect(("127.0.0.1", internal_port))
                 .await
                 .is_ok()
+            && tokio::net::TcpStream::connect(("127.0.0.1", cert_port))
+                .await
+                .is_ok()
         {
             break;
         }
@@ -476,9 +478,19 @@ async fn mosquitto(pki: Pki, devices: &[&DeviceId]) -> AclBroker {
         tls,
         secret: pki.secret,
         observer,
+        cert_listener: Some((([127, 0, 0, 1], cert_port).into(), devices_ca)),
         _dir: pki.dir,
         _mosquitto: Some(child),
     }
+}
+
+/// A free TCP port on loopback (bound, read and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A fleet server whose `[mqtt]` is `mqtt_toml` (relative paths against `dir`).
@@ -560,4 +572,41 @@ async fn issue7_mosquitto_with_the_documented_acl_confines_devices() {
     );
     let server = server_with(dir, &toml).await.unwrap();
     server.shutdown().await.unwrap();
+
+    // Client certificates (use_identity_as_username): the CN is the ACL's %u, so A's
+    // certificate cannot report as B either.
+    let (cert_addr, devices_ca) = broker.cert_listener.as_ref().unwrap();
+    let a_cert = devices_ca.client_cert(a.as_str()).unwrap();
+    let tls = ota_server::tls::client_config(
+        Some(&dir.join("broker.ca.pem")),
+        Some((&a_cert.cert, &a_cert.key)),
+    )
+    .unwrap();
+    let mut options = MqttOptions::new(a.as_str(), cert_addr.ip().to_string(), cert_addr.port());
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    let mut seen = observe(broker.observer.clone()).await;
+    let (client, mut eventloop) = connect(options).await.unwrap();
+    for (device, payload) in [(&b, &b"forged-by-cert"[..]), (&a, &b"cert-sentinel"[..])] {
+        client
+            .publish(
+                device.topic(TopicKind::Reported),
+                QoS::AtLeastOnce,
+                false,
+                payload.to_vec(),
+            )
+            .await
+            .unwrap();
+        assert!(acked_or_closed(&mut eventloop, false).await);
+    }
+    loop {
+        let (topic, payload) = tokio::time::timeout(PATIENCE, seen.recv())
+            .await
+            .expect("the observer sees A's report")
+            .unwrap();
+        assert_ne!(payload, b"forged-by-cert", "{topic}");
+        if payload == b"cert-sentinel" {
+            assert_eq!(topic, a.topic(TopicKind::Reported));
+            break;
+        }
+    }
 }
