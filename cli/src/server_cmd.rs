@@ -152,9 +152,13 @@ pub(crate) fn run(args: ServerArgs) -> Result<(), CliError> {
             "ota server: http://{} (artifacts for devices: {}/artifacts/), MQTT {}",
             running.http_addr(),
             running.public_url(),
-            running
-                .mqtt_addr()
-                .map_or_else(|| "external broker".to_string(), |a| a.to_string()),
+            running.mqtt_addr().map_or_else(
+                || "external broker".to_string(),
+                |a| format!(
+                    "{}://{a}",
+                    if running.mqtt_tls() { "mqtts" } else { "mqtt" }
+                )
+            ),
         );
         let stop = running.shutdown_handle();
         tokio::spawn(async move {

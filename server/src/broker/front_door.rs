@@ -3,9 +3,9 @@
 //! rumqttd listens on `127.0.0.1` at a private port and accepts only connections that present
 //! a per-process random internal secret. The front door accepts TCP or TLS, reads the
 //! client's CONNECT, authenticates it, replaces its password by the internal secret and then
-//! relays: client-to-broker packets are framed and checked against the device's
-//! [`DeviceAcl`] (a refused PUBLISH or SUBSCRIBE closes the connection), broker-to-client bytes
-//! pass untouched.
+//! relays: client-to-broker packets of an authenticated device are framed and checked against
+//! its [`DeviceAcl`] (a refused PUBLISH or SUBSCRIBE closes the connection); an open front door
+//! and the broker-to-client direction pass bytes untouched.
 //!
 //! Framing and parsing use rumqttc's MQTT 3.1.1 codec, bounded by [`MAX_PACKET`]; nothing a
 //! client sends can panic the task. Log lines name the peer, the client id and the topic, never
@@ -211,15 +211,20 @@ impl Door {
         let (mut up_reader, mut up_writer) = upstream.split();
         let down = tokio::io::copy(&mut up_reader, &mut writer);
         let up = async {
+            let Some(acl) = &acl else {
+                // Open: nothing to check, relay raw bytes (whatever followed the CONNECT first).
+                if up_writer.write_all(&buf).await.is_ok() {
+                    let _ = tokio::io::copy(&mut reader, &mut up_writer).await;
+                }
+                return None;
+            };
             loop {
                 let frame = match read_frame(&mut reader, &mut buf).await {
                     Ok(Some(frame)) => frame,
                     Ok(None) => return None,
                     Err(e) => return Some(Refusal::Malformed(e.to_string())),
                 };
-                if let Some(acl) = &acl
-                    && let Err(refusal) = check(acl, &frame)
-                {
+                if let Err(refusal) = check(acl, &frame) {
                     return Some(refusal);
                 }
                 if up_writer.write_all(&frame.raw).await.is_err() {
