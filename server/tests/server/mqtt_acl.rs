@@ -385,12 +385,11 @@ async fn issue7_client_certificates_identify_devices() {
 /// The password of the `ota-server` user of the test Mosquitto.
 const MOSQUITTO_SERVER_PASSWORD: &str = "observer-password-0123456789";
 
-/// `OTA_TEST_MOSQUITTO_BIN`, and `mosquitto_passwd` next to it or on the PATH.
+/// `OTA_TEST_MOSQUITTO_BIN` (else `mosquitto` on the `PATH`, as the e2e broker-restart test
+/// does), and `OTA_TEST_MOSQUITTO_PASSWD_BIN` (else `mosquitto_passwd` on the `PATH`).
 fn mosquitto_bins() -> (PathBuf, PathBuf) {
-    let bin = PathBuf::from(
-        std::env::var("OTA_TEST_MOSQUITTO_BIN")
-            .expect("set OTA_TEST_MOSQUITTO_BIN=/usr/sbin/mosquitto to run the Mosquitto ACL test"),
-    );
+    let bin = std::env::var("OTA_TEST_MOSQUITTO_BIN")
+        .map_or_else(|_| PathBuf::from("mosquitto"), PathBuf::from);
     let passwd = std::env::var("OTA_TEST_MOSQUITTO_PASSWD_BIN")
         .map_or_else(|_| PathBuf::from("mosquitto_passwd"), PathBuf::from);
     (bin, passwd)
@@ -455,7 +454,7 @@ async fn mosquitto(pki: Pki, devices: &[&DeviceId]) -> AclBroker {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("OTA_TEST_MOSQUITTO_BIN runs");
+        .expect("the mosquitto binary (OTA_TEST_MOSQUITTO_BIN or mosquitto on the PATH) runs");
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(addr).await.is_ok()
@@ -551,7 +550,7 @@ async fn issue7_server_connects_to_a_tls_broker_with_a_pinned_ca() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Mosquitto: set OTA_TEST_MOSQUITTO_BIN=/usr/sbin/mosquitto"]
+#[ignore = "needs the Mosquitto binary (OTA_TEST_MOSQUITTO_BIN, default mosquitto on the PATH)"]
 async fn issue7_mosquitto_with_the_documented_acl_confines_devices() {
     let a = DeviceId::new("acl-a").unwrap();
     let b = DeviceId::new("acl-b").unwrap();
