@@ -270,10 +270,10 @@ pub enum DownloadError {
     #[error("invalid download request: {0}")]
     InvalidRequest(#[source] reqwest::Error),
     /// No bytes arrived within the connect or read timeout.
-    #[error("download timed out: {0}")]
+    #[error("download timed out: {}", with_causes(.0))]
     Timeout(#[source] reqwest::Error),
     /// The connection failed or broke (refused, reset, closed mid-body).
-    #[error("download connection failed: {0}")]
+    #[error("download connection failed: {}", with_causes(.0))]
     Network(#[source] reqwest::Error),
     /// The transfer was slower than the configured minimum rate over a whole window (a slow
     /// or malicious mirror); the bytes received so far are kept for the retry.
@@ -382,6 +382,22 @@ impl DownloadError {
 fn storage_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DownloadError + use<> {
     let path = path.to_path_buf();
     move |source| DownloadError::Storage { op, path, source }
+}
+
+/// `e` and its causes in one line (reqwest's own message omits them: "error sending request
+/// for url (...)" says nothing of a refused connection or a reset), for the device's report.
+fn with_causes(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The TLS library's error somewhere in `e`'s source chain (a failed handshake), as text.
