@@ -94,6 +94,20 @@ async fn issue7_https_server_not_certified_by_the_pinned_ca_is_refused_and_nothi
     let err = dl.download(&req, |_| {}).await.unwrap_err();
     assert!(matches!(&err, DownloadError::Tls { .. }), "{err:?}");
     nothing_cached(&dl, &req);
+
+    // A plain-HTTP server behind an https:// URL (it answers the TLS hello with HTTP).
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/artifact", plain.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = plain.accept().await {
+            let reply = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, reply).await;
+        }
+    });
+    let req = request(url, &body);
+    let err = dl.download(&req, |_| {}).await.unwrap_err();
+    assert!(matches!(&err, DownloadError::Tls { .. }), "{err:?}");
+    nothing_cached(&dl, &req);
 }
 
 #[tokio::test]
