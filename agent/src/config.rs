@@ -618,9 +618,22 @@ pub struct DownloadSettings {
     /// Limit for waiting on the next bytes.
     #[serde(default = "default_read_timeout", deserialize_with = "human::duration")]
     pub read_timeout: Duration,
-    /// An extra PEM trust anchor for HTTPS artifact servers.
+    /// The pinned CA bundle (PEM) for HTTPS artifact servers: when set, only these
+    /// certificates are trusted (no system root); unset, the platform's roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// A client certificate chain (PEM) for HTTPS artifact servers that ask for one, with
+    /// `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Refuse plain `http://` artifact URLs (default false: the signed digest protects the
+    /// bytes; TLS adds confidentiality and protection against a network attacker wasting
+    /// the download).
+    #[serde(default)]
+    pub require_https: bool,
     /// Free bytes required on the data directory's disk beyond the artifact's size before a
     /// download starts (default 16 MiB).
     #[serde(default = "default_disk_margin")]
@@ -677,6 +690,9 @@ impl Default for DownloadSettings {
             connect_timeout: default_connect_timeout(),
             read_timeout: default_read_timeout(),
             ca_file: None,
+            client_cert: None,
+            client_key: None,
+            require_https: false,
             disk_margin_bytes: default_disk_margin(),
             min_bytes_per_second: default_min_rate(),
             min_rate_window: default_min_rate_window(),
@@ -698,7 +714,10 @@ impl DownloadSettings {
         if let Some(ca) = &self.ca_file {
             c = c.with_ca_file(ca.clone());
         }
-        c
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            c = c.with_client_identity(cert.clone(), key.clone());
+        }
+        c.with_require_https(self.require_https)
     }
 }
 
@@ -706,7 +725,7 @@ impl DownloadSettings {
 const MAX_CHUNK: usize = 64 << 20;
 
 impl AgentConfig {
-    /// Reads and checks the configuration file at `path`; relative key paths are resolved
+    /// Reads and checks the configuration file at `path`; relative key, factory and download TLS paths are resolved
     /// against its directory. A world-writable file is refused.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         refuse_world_writable(path)?;
@@ -720,6 +739,15 @@ impl AgentConfig {
             if let KeySource::File(p) = key
                 && p.is_relative()
             {
+                *p = base.join(&*p);
+            }
+        }
+        let d = &mut config.download;
+        for p in [&mut d.ca_file, &mut d.client_cert, &mut d.client_key]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
@@ -830,6 +858,12 @@ impl AgentConfig {
         if b.client_cert.is_some() != b.client_key.is_some() {
             return Err(invalid(
                 "broker.client_cert",
+                "client_cert and client_key go together",
+            ));
+        }
+        if self.download.client_cert.is_some() != self.download.client_key.is_some() {
+            return Err(invalid(
+                "download.client_cert",
                 "client_cert and client_key go together",
             ));
         }

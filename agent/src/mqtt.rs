@@ -284,71 +284,21 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16, bool), MqttError> {
     Ok((host.to_owned(), port, tls))
 }
 
-fn read_file(path: &std::path::Path) -> Result<Vec<u8>, MqttError> {
-    std::fs::read(path).map_err(|source| MqttError::TlsFile {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// The rustls client configuration for `mqtts://` (explicit aws-lc-rs provider).
+/// The rustls client configuration for `mqtts://` ([`crate::tls`]: the CA file pinned, else
+/// the system's roots; the optional client certificate).
 fn tls_config(b: &BrokerConfig) -> Result<Arc<rustls::ClientConfig>, MqttError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let tls = |e: &dyn std::fmt::Display| MqttError::Tls(e.to_string());
-    let mut roots = rustls::RootCertStore::empty();
-    match &b.ca_file {
-        Some(path) => {
-            let pem = read_file(path)?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| tls(&format!("{}: {e}", path.display())))?;
-                roots.add(cert).map_err(|e| tls(&e))?;
-            }
-            if roots.is_empty() {
-                return Err(MqttError::Tls(format!(
-                    "{}: no certificate found",
-                    path.display()
-                )));
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
-            if roots.is_empty() {
-                return Err(MqttError::Tls(
-                    "no system root certificates found: set broker.ca_file".to_owned(),
-                ));
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(&e))?
-        .with_root_certificates(roots);
-    let config = match (&b.client_cert, &b.client_key) {
-        (Some(cert), Some(key)) => {
-            let cert_pem = read_file(cert)?;
-            let certs = CertificateDer::pem_slice_iter(&cert_pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| tls(&format!("{}: {e}", cert.display())))?;
-            if certs.is_empty() {
-                return Err(MqttError::Tls(format!(
-                    "{}: no certificate found",
-                    cert.display()
-                )));
-            }
-            let key_pem = read_file(key)?;
-            let key = PrivateKeyDer::from_pem_slice(&key_pem)
-                .map_err(|e| tls(&format!("{}: {e}", key.display())))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| tls(&e))?
-        }
-        _ => builder.with_no_client_auth(),
+    let files = crate::tls::TlsFiles {
+        ca_file: b.ca_file.as_deref(),
+        client_cert: b.client_cert.as_deref(),
+        client_key: b.client_key.as_deref(),
     };
-    Ok(Arc::new(config))
+    match crate::tls::client_config(files) {
+        Ok(config) => Ok(Arc::new(config)),
+        Err(crate::tls::TlsError::Read { path, source }) => {
+            Err(MqttError::TlsFile { path, source })
+        }
+        Err(e) => Err(MqttError::Tls(e.to_string())),
+    }
 }
 
 impl LinkSettings {

@@ -1,6 +1,8 @@
 //! The REST client behind the fleet commands: `--server` / `OTA_SERVER`, `--token` /
 //! `OTA_TOKEN`, JSON in and out, the server's `{ "error", "cause" }` as a [`CliError::Api`].
 
+use std::path::{Path, PathBuf};
+
 use clap::Args;
 use reqwest::{Method, RequestBuilder, Response};
 use serde::Serialize;
@@ -23,6 +25,10 @@ pub(crate) struct ServerArgs {
     /// environment variable: a flag is visible to other users in the process list.
     #[arg(long, env = "OTA_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// The CA bundle (PEM) an https:// server's certificate must chain to: when given, only
+    /// these certificates are trusted (pinned); without it, the system's roots.
+    #[arg(long, env = "OTA_CA_FILE", value_name = "PEM")]
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 /// A client of one fleet server, with its own single-threaded runtime.
@@ -59,7 +65,7 @@ impl Api {
         Ok(Api {
             base,
             token,
-            client: reqwest::Client::new(),
+            client: client(args.ca_file.as_deref())?,
             runtime,
         })
     }
@@ -92,6 +98,29 @@ impl Api {
         self.block_on(async { json_of(request.send().await).await })
     }
 }
+
+/// The HTTP client: with a CA file, that bundle is the only trust anchor.
+fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, CliError> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = ca_file {
+        let pem = crate::files::read_bounded(path, MAX_CA_FILE, "a CA bundle")?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| CliError::Usage(format!("--ca-file {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(CliError::Usage(format!(
+                "--ca-file {}: no PEM certificate found",
+                path.display()
+            )));
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| CliError::Http(format!("cannot set up the HTTP client: {}", describe(&e))))
+}
+
+/// Largest CA bundle read.
+const MAX_CA_FILE: u64 = 1024 * 1024;
 
 /// The JSON body of a successful response, or the server's error as [`CliError::Api`].
 pub(crate) async fn json_of(response: reqwest::Result<Response>) -> Result<Value, CliError> {

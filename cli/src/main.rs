@@ -47,7 +47,8 @@ Exit status:
   3  the fleet server is unreachable or failed
 
 Fleet commands read the server URL and operator token from --server / OTA_SERVER
-(default http://127.0.0.1:8080) and --token / OTA_TOKEN.
+(default http://127.0.0.1:8080) and --token / OTA_TOKEN; for an https:// server,
+--ca-file / OTA_CA_FILE pins the CA its certificate must chain to.
 
 Errors are printed as one line `error: <cause>` on stderr.";
 

@@ -504,9 +504,6 @@ fn openssl_key_mixed_with_ota_key_in_a_two_of_two_release() {
 /// SQLite under the temp dir): publish, list, devices, rollouts, events, and their errors.
 #[test]
 fn fleet_commands_against_a_running_server() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let dir = Dir::new();
     dir.keygen("fleet");
     dir.artifact("fw.bin", 5000);
@@ -517,23 +514,7 @@ fn fleet_commands_against_a_running_server() {
           [trust]\nkeys = [\"fleet.pub\"]\n\
           [[operators]]\nname = \"alice\"\ntoken = \"alice-token-0123456789\"\n",
     );
-    let mut server = Command::new(env!("CARGO_BIN_EXE_ota"))
-        .args(["server", "--config", "server.toml"])
-        .current_dir(dir.root())
-        .env("OTA_LOG", "error")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = server.stderr.take().unwrap();
-    let mut base = None;
-    for line in BufReader::new(stderr).lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("ota server: ") {
-            base = rest.split_whitespace().next().map(str::to_string);
-            break;
-        }
-    }
-    let base = base.expect("ota server prints its address");
+    let (mut server, base) = dir.ota_server("server.toml");
     let env = [
         ("OTA_SERVER", base.as_str()),
         ("OTA_TOKEN", "alice-token-0123456789"),
@@ -640,6 +621,58 @@ fn fleet_commands_against_a_running_server() {
         ],
     )
     .fails(3);
+
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// Issue 7: `ota server` over HTTPS (`[http] tls_cert`, `tls_key`), and the fleet commands
+/// pinning its CA with `OTA_CA_FILE` (a client without it, or with another CA, cannot talk).
+#[test]
+fn issue7_fleet_commands_over_https_pin_the_ca() {
+    use firmware_fixtures::pki::TestCa;
+
+    let dir = Dir::new();
+    dir.keygen("fleet");
+    let ca = TestCa::new(dir.root(), "fleet").unwrap();
+    let cert = ca.server_cert().unwrap();
+    let other = TestCa::new(dir.root(), "other").unwrap();
+    dir.write(
+        "server.toml",
+        format!(
+            "data_dir = \"./data\"\n[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\
+             [mqtt]\nlisten = \"127.0.0.1:0\"\n[trust]\nkeys = [\"fleet.pub\"]\n\
+             [[operators]]\nname = \"alice\"\ntoken = \"alice-token-0123456789\"\n",
+            cert.cert.display(),
+            cert.key.display()
+        )
+        .as_bytes(),
+    );
+    let (mut server, base) = dir.ota_server("server.toml");
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    let token = ("OTA_TOKEN", "alice-token-0123456789");
+    let pinned = ca.ca_file().display().to_string();
+    let out = dir.ota_env(
+        &["devices", "list"],
+        &[("OTA_SERVER", &base), token, ("OTA_CA_FILE", &pinned)],
+    );
+    assert!(out.ok().contains("0 device(s)"), "{out:?}");
+
+    let foreign = other.ca_file().display().to_string();
+    let refused = dir.ota_env(
+        &["devices", "list"],
+        &[("OTA_SERVER", &base), token, ("OTA_CA_FILE", &foreign)],
+    );
+    let line = refused.fails(3).to_string();
+    assert!(line.to_lowercase().contains("certificate"), "{line}");
+    // Without a CA file only the system's roots count: the test CA is not one of them.
+    dir.ota_env(&["devices", "list"], &[("OTA_SERVER", &base), token])
+        .fails(3);
+    let missing = dir.ota_env(
+        &["devices", "list", "--ca-file", "missing.pem"],
+        &[("OTA_SERVER", &base), token],
+    );
+    missing.fails(2);
 
     let _ = server.kill();
     let _ = server.wait();

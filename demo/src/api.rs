@@ -50,6 +50,27 @@ impl Api {
         }
     }
 
+    /// A client of the HTTPS server at `base` whose certificate must chain to the CA bundle
+    /// `ca_pem` (pinned: no system root is trusted).
+    pub fn with_pinned_ca(
+        base: impl Into<String>,
+        token: impl Into<String>,
+        ca_pem: &[u8],
+    ) -> Result<Self, ApiError> {
+        let certs = reqwest::Certificate::from_pem_bundle(ca_pem)
+            .map_err(|e| ApiError::Transport(format!("the CA bundle: {e}")))?;
+        let client = Client::builder()
+            .timeout(Duration::from_secs(60))
+            .tls_certs_only(certs)
+            .build()
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        Ok(Api {
+            client,
+            base: base.into(),
+            token: token.into(),
+        })
+    }
+
     /// The same server with another operator's token.
     pub fn as_operator(&self, token: impl Into<String>) -> Self {
         Api {

@@ -57,6 +57,13 @@ pub struct LabOptions {
     pub id_prefix: String,
     /// The files installer's restart command on every device (argv; default none).
     pub restart_command: Option<Vec<String>>,
+    /// Serve HTTPS: the server's certificate chain and key (PEM files, `[http] tls_cert`,
+    /// `tls_key`); `api_ca_file` must then name the CA the lab's API client pins.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
+    /// The CA bundle the lab's API client pins (for an HTTPS server).
+    pub api_ca_file: Option<PathBuf>,
+    /// Extra TOML lines of every agent's `[download]` section (e.g. `ca_file = "..."`).
+    pub agent_download_toml: String,
 }
 
 impl Default for LabOptions {
@@ -73,6 +80,9 @@ impl Default for LabOptions {
             public_url: None,
             id_prefix: "demo".into(),
             restart_command: None,
+            http_tls: None,
+            api_ca_file: None,
+            agent_download_toml: String::new(),
         }
     }
 }
@@ -116,7 +126,13 @@ impl Lab {
         // A restart must come back on the same port (desired states carry artifact URLs).
         let mut config = config;
         config.http.listen = server.http_addr();
-        let api = Api::new(server.base_url(), OPERATOR.1);
+        let api = match &opts.api_ca_file {
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| LabError::io("read", ca, e))?;
+                Api::with_pinned_ca(server.base_url(), OPERATOR.1, &pem)?
+            }
+            None => Api::new(server.base_url(), OPERATOR.1),
+        };
         api.publish(&factory).await?;
 
         let broker_url = match (&opts.agent_broker, &opts.server_mqtt, server.mqtt_addr()) {
@@ -147,6 +163,7 @@ impl Lab {
                 battery: (opts.battery)(i),
                 chunk_size: opts.chunk_size,
                 restart_command: opts.restart_command.clone(),
+                download_extra: opts.agent_download_toml.clone(),
             };
             let mut device = Device::create(&lab.dir.path().join("devices").join(&id), spec)?;
             device.start().await?;
@@ -280,6 +297,10 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
     let mut config = Config::new(dir.join("server"), TrustConfig::new(vec![key], 1));
     config.http.listen = ([127, 0, 0, 1], 0).into();
     config.http.public_url.clone_from(&opts.public_url);
+    if let Some((cert, key)) = &opts.http_tls {
+        config.http.tls_cert = Some(cert.clone());
+        config.http.tls_key = Some(key.clone());
+    }
     config.mqtt = match &opts.server_mqtt {
         Some(url) => MqttConfig::external(url).map_err(|e| LabError::Setup(e.to_string()))?,
         None => MqttConfig::Embedded {

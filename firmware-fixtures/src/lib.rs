@@ -11,6 +11,8 @@
 //!
 //! - [`keys`]: the four deterministic test-only keys (`test-only-a`, `-b`, `-c` trusted,
 //!   `test-only-unknown` never trusted).
+//! - [`pki`]: TEST-ONLY TLS certificate authorities, server and client certificates, generated
+//!   at run time (fresh keys every time, nothing checked in).
 //! - [`images`]: the tiny deterministic artifacts (`images/v1.bin`, ...).
 //! - [`catalog`]: the table of every fixture: release file, artifact file, threshold and the
 //!   outcome it must produce ([`Expected`]).
@@ -47,6 +49,7 @@ pub mod catalog;
 mod generate;
 pub mod images;
 pub mod keys;
+pub mod pki;
 
 pub use catalog::{Expected, ExpectedError, FIXTURES, Fixture};
 pub use generate::{diff, generate, list_files, render};

@@ -160,12 +160,18 @@ impl Config {
         Ok(config)
     }
 
-    /// Makes the data directory and key paths absolute against `base_dir` (paths that are
+    /// Makes the data directory, key and TLS paths absolute against `base_dir` (paths that are
     /// already absolute are kept).
     pub fn resolve_paths(&mut self, base_dir: &Path) {
         self.data_dir = join_clean(base_dir, &self.data_dir);
         for key in &mut self.trust.keys {
             *key = join_clean(base_dir, key);
+        }
+        for file in [&mut self.http.tls_cert, &mut self.http.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            *file = join_clean(base_dir, file);
         }
     }
 
@@ -173,6 +179,17 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database_url()?;
         self.store_location()?;
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return Err(invalid("http.tls_cert", "tls_cert and tls_key go together"));
+        }
+        if let Some(url) = &self.http.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "http.public_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
         if let MqttConfig::External { host, .. } = &self.mqtt
             && host.is_empty()
         {
@@ -306,9 +323,26 @@ pub struct HttpConfig {
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
     /// The base URL devices use to download artifacts (`https://ota.example.com`); defaults to
-    /// `http://` + the bound address.
+    /// `http://` (or `https://` with TLS) + the bound address.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// The server's certificate chain (PEM): with `tls_key`, the listener speaks HTTPS only
+    /// (API and artifacts).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`; keep the file private (0600).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl HttpConfig {
+    /// The certificate and key files when HTTPS is configured.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => None,
+        }
+    }
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -320,6 +354,8 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: DEFAULT_HTTP_LISTEN,
             public_url: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -19,6 +19,8 @@
 //! - [`mqtt`]: the server's MQTT client (rumqttc, polled in its own task, reconnects).
 //! - [`fleet`]: the coordinator: device registry from MQTT, the rollout engine around
 //!   core's planner, desired states, drift, batching and persistence.
+//! - [`https`]: the optional HTTPS listener of the API and artifacts (`[http] tls_cert`,
+//!   `tls_key`).
 //! - [`webhook`]: delivery of audit events to webhook URLs, with retries, never blocking.
 //! - [`clock`]: the one place the server reads wall-clock time (replaceable in tests).
 //! - [`Server`] / [`RunningServer`]: start everything in-process, stop it gracefully.
@@ -27,7 +29,7 @@
 //! # async fn demo() -> Result<(), ota_server::ServerError> {
 //! let config = ota_server::config::Config::load(std::path::Path::new("server.toml"))?;
 //! let running = ota_server::Server::start(config).await?;
-//! println!("listening on http://{}", running.http_addr());
+//! println!("listening on {}", running.base_url());
 //! running.shutdown().await?;
 //! # Ok(())
 //! # }
@@ -40,9 +42,11 @@ pub mod db;
 pub mod filter;
 pub mod fleet;
 pub mod http;
+pub mod https;
 pub mod mqtt;
 mod server;
 pub mod store;
+pub mod tls;
 pub mod webhook;
 
 pub use ota_core::release;

@@ -56,6 +56,9 @@ pub enum ServerError {
     /// The fleet coordinator could not start (broker unreachable, state unreadable).
     #[error(transparent)]
     Fleet(#[from] FleetStartError),
+    /// The HTTPS certificate or key (`http.tls_cert`, `http.tls_key`) cannot be used.
+    #[error("HTTPS: {0}")]
+    HttpTls(#[source] crate::tls::TlsError),
     /// The HTTP server failed while running.
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
@@ -93,6 +96,13 @@ impl Server {
         let database_url = config.database_url()?;
         let db = Db::connect(&database_url, config.database.pool_size(&database_url)).await?;
         let store = ArtifactStore::open(&config.store_location()?)?;
+        let tls = match config.http.tls() {
+            Some((cert, key)) => {
+                Some(crate::https::server_config(cert, key).map_err(ServerError::HttpTls)?)
+            }
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -117,7 +127,7 @@ impl Server {
             .http
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{http_addr}"));
+            .unwrap_or_else(|| format!("{scheme}://{http_addr}"));
         // The broker's sessions are gone or stale: presence comes back with the devices'
         // (retained) status messages.
         db.set_all_offline().await?;
@@ -144,6 +154,7 @@ impl Server {
         }
         tracing::info!(
             %http_addr,
+            https = tls.is_some(),
             mqtt = %format!("{mqtt_host}:{mqtt_port}"),
             embedded_broker = broker.is_some(),
             database = %redact_url(&database_url),
@@ -163,15 +174,32 @@ impl Server {
         );
         let app = http::router(state.clone());
         let (stop_tx, mut stop_rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    // Ends on a shutdown request or when every handle is dropped.
-                    let _ = stop_rx.wait_for(|stop| *stop).await;
+        // Ends on a shutdown request or when every handle is dropped.
+        let stopped = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        };
+        let task = match tls {
+            Some(tls) => {
+                let listener = crate::https::TlsListener::new(listener, tls).map_err(|source| {
+                    ServerError::Bind {
+                        addr: config.http.listen,
+                        source,
+                    }
+                })?;
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await
                 })
-                .await
-        });
+            }
+            None => tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }),
+        };
         Ok(RunningServer {
+            scheme,
             http_addr,
             public_url,
             state,
@@ -198,6 +226,7 @@ impl ShutdownHandle {
 /// A started server. Dropping it (and every [`ShutdownHandle`]) stops it.
 #[derive(Debug)]
 pub struct RunningServer {
+    scheme: &'static str,
     http_addr: SocketAddr,
     public_url: String,
     state: AppState,
@@ -214,9 +243,10 @@ impl RunningServer {
         self.http_addr
     }
 
-    /// `http://` + [`http_addr`](Self::http_addr), for in-process clients.
+    /// `http://` (`https://` with TLS) + [`http_addr`](Self::http_addr), for in-process
+    /// clients.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        format!("{}://{}", self.scheme, self.http_addr)
     }
 
     /// The base URL devices download artifacts from (`http.public_url`, else

@@ -28,6 +28,8 @@ mod filter;
 mod flags;
 #[path = "server/fleet.rs"]
 mod fleet;
+#[path = "server/https.rs"]
+mod https;
 #[path = "server/releases.rs"]
 mod releases;
 #[path = "server/store.rs"]

@@ -320,3 +320,27 @@ fn issue7_fuzz_config_invariant_dot_device_id_and_oversized_report_fields_are_re
     );
     AgentConfig::from_toml_str(&ok).unwrap();
 }
+
+/// Issue 7: `[download]` TLS keys: relative paths follow the config file, a client
+/// certificate needs its key, and the downloader gets the pinned CA and `require_https`.
+#[test]
+fn issue7_download_tls_keys() {
+    let dir = tempdir();
+    let text = format!(
+        "{MINIMAL}\n[download]\nca_file = \"tls/ca.pem\"\nclient_cert = \"/abs/dev.crt\"\n\
+         client_key = \"tls/dev.key\"\nrequire_https = true\n"
+    );
+    let path = dir.path().join("config.toml");
+    fs::write(&path, text).unwrap();
+    let c = AgentConfig::load(&path).unwrap();
+    let d = c.download.downloader_config();
+    assert_eq!(d.ca_file, Some(dir.path().join("tls/ca.pem")));
+    assert_eq!(d.client_cert, Some(PathBuf::from("/abs/dev.crt")));
+    assert_eq!(d.client_key, Some(dir.path().join("tls/dev.key")));
+    assert!(d.require_https);
+    let defaults = AgentConfig::from_toml_str(MINIMAL).unwrap();
+    assert!(!defaults.download.downloader_config().require_https);
+
+    let cert_only = format!("{MINIMAL}\n[download]\nclient_cert = \"/etc/c.pem\"\n");
+    assert_eq!(key_of(&parse_err(&cert_only)), "download.client_cert");
+}

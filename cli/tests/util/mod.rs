@@ -130,6 +130,30 @@ impl Dir {
         Run::from_output(output)
     }
 
+    /// Starts `ota server --config CONFIG` here and returns it with the base URL it prints
+    /// (`http://...` or `https://...`); kill it when done.
+    pub(crate) fn ota_server(&self, config: &str) -> (std::process::Child, String) {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let mut server = Command::new(env!("CARGO_BIN_EXE_ota"))
+            .args(["server", "--config", config])
+            .current_dir(self.root())
+            .env("OTA_LOG", "error")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = server.stderr.take().unwrap();
+        let mut base = None;
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("ota server: ") {
+                base = rest.split_whitespace().next().map(str::to_string);
+                break;
+            }
+        }
+        (server, base.expect("ota server prints its address"))
+    }
+
     /// Runs the real openssl with this directory as the working directory.
     pub(crate) fn openssl(&self, args: &[&str]) -> Run {
         assert!(

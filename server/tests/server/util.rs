@@ -69,6 +69,8 @@ pub(crate) struct Options {
     pub(crate) manual_clock: bool,
     /// Webhook URLs.
     pub(crate) webhooks: Vec<String>,
+    /// Serve HTTPS with a certificate of a fresh test CA; the client pins that CA.
+    pub(crate) https: bool,
 }
 
 /// A server on 127.0.0.1:0 in a temp directory, trusting keys 1, 2 and 3.
@@ -136,6 +138,15 @@ impl TestServer {
                 toml::from_str(&format!("url = {url:?}")).unwrap();
             config.webhooks.push(hook);
         }
+        let mut client = reqwest::Client::builder();
+        if opts.https {
+            let ca = firmware_fixtures::pki::TestCa::new(dir.path(), "http").unwrap();
+            let cert = ca.server_cert().unwrap();
+            config.http.tls_cert = Some(cert.cert);
+            config.http.tls_key = Some(cert.key);
+            let pem = std::fs::read(ca.ca_file()).unwrap();
+            client = client.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap());
+        }
         let (clock, manual) = if opts.manual_clock {
             let (clock, manual) = Clock::manual(NOW);
             (clock, Some(manual))
@@ -148,7 +159,7 @@ impl TestServer {
         TestServer {
             _dir: dir,
             server,
-            client: reqwest::Client::new(),
+            client: client.build().unwrap(),
             manual,
             config,
             clock,
