@@ -61,6 +61,7 @@ pub mod process;
 pub mod report;
 mod shell;
 pub mod storage;
+pub mod trust;
 
 pub use agent::{Agent, AgentError, AgentHandle, AgentOptions, AgentStatus};
 pub use flags::Flags;

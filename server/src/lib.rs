@@ -19,6 +19,7 @@
 //! - [`mqtt`]: the server's MQTT client (rumqttc, polled in its own task, reconnects).
 //! - [`fleet`]: the coordinator: device registry from MQTT, the rollout engine around
 //!   core's planner, desired states, drift, batching and persistence.
+//! - [`trust`]: key rotation: the trust set in force, verified signed trust-set updates.
 //! - [`webhook`]: delivery of audit events to webhook URLs, with retries, never blocking.
 //! - [`clock`]: the one place the server reads wall-clock time (replaceable in tests).
 //! - [`Server`] / [`RunningServer`]: start everything in-process, stop it gracefully.
@@ -43,6 +44,7 @@ pub mod http;
 pub mod mqtt;
 mod server;
 pub mod store;
+pub mod trust;
 pub mod webhook;
 
 pub use ota_core::release;
