@@ -32,3 +32,5 @@ mod fleet;
 mod releases;
 #[path = "server/store.rs"]
 mod store;
+#[path = "server/trust.rs"]
+mod trust;
