@@ -182,3 +182,147 @@ impl TrustFile {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ota_core::release::{SigningKey, TrustUpdate, sign_trust_update};
+
+    use super::*;
+    use crate::storage::{Fault, FaultyStorage, FsStorage};
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn set(seed: u8) -> TrustSet {
+        TrustSet::new(vec![key(seed).verifying_key()], 1).unwrap()
+    }
+
+    /// {1} → {2}, sequence 1, signed by 1.
+    fn rotation() -> Vec<u8> {
+        let update = TrustUpdate::new(1, &[key(2).verifying_key()], 1, 0);
+        sign_trust_update(&update, &[key(1)])
+    }
+
+    fn device() -> DeviceId {
+        DeviceId::new("gw-1").unwrap()
+    }
+
+    fn open(storage: SharedStorage, dir: &Path) -> Result<TrustFile, TrustFileError> {
+        TrustFile::open(storage, dir, device(), set(1))
+    }
+
+    #[test]
+    fn issue7_a_rotation_is_persisted_and_loaded_at_start_and_a_duplicate_is_silent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = open(FsStorage::shared(), dir.path()).unwrap();
+        let handled = file.on_payload(&rotation(), 5).unwrap();
+        assert_eq!(handled.rotated, Some(set(2)));
+        assert!(matches!(
+            handled.report.outcome,
+            TrustOutcome::Rotated { .. }
+        ));
+        assert_eq!(
+            (handled.report.offered, handled.report.sequence),
+            (Some(1), 1)
+        );
+        assert!(file.on_payload(&rotation(), 6).is_none(), "redelivery");
+        assert!(
+            file.on_payload(&[], 6).is_none(),
+            "cleared retained message"
+        );
+        let reopened = open(FsStorage::shared(), dir.path()).unwrap();
+        assert_eq!(reopened.state().sequence(), 1);
+        assert_eq!(reopened.state().set(), &set(2));
+    }
+
+    #[test]
+    fn issue7_a_refused_update_changes_nothing_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = open(FsStorage::shared(), dir.path()).unwrap();
+        let by_stranger = sign_trust_update(
+            &TrustUpdate::new(1, &[key(3).verifying_key()], 1, 0),
+            &[key(3)],
+        );
+        for (bytes, cause) in [
+            (by_stranger, TrustRejectCause::UnknownKey),
+            (b"junk".to_vec(), TrustRejectCause::Malformed),
+        ] {
+            let handled = file.on_payload(&bytes, 1).unwrap();
+            assert!(handled.rotated.is_none());
+            assert!(
+                matches!(handled.report.outcome, TrustOutcome::Rejected { cause: c, .. } if c == cause)
+            );
+            assert_eq!(file.state().sequence(), 0);
+        }
+        assert!(!dir.path().join(FILE_NAME).exists(), "nothing written");
+    }
+
+    #[test]
+    fn issue7_a_damaged_or_world_writable_record_stops_the_agent() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, b"damaged").unwrap();
+        assert!(matches!(
+            open(FsStorage::shared(), dir.path()),
+            Err(TrustFileError::Format { .. })
+        ));
+        std::fs::write(&path, rotation()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(matches!(
+            open(FsStorage::shared(), dir.path()),
+            Err(TrustFileError::WorldWritable { .. })
+        ));
+    }
+
+    /// Under a failure or a power loss at every write step, the agent keeps its set and reports
+    /// `storage`; after a restart it finds the old set or the whole new one.
+    #[test]
+    fn issue7_the_record_is_old_or_new_under_every_fault() {
+        let total = {
+            let dir = tempfile::tempdir().unwrap();
+            let faulty = Arc::new(FaultyStorage::new());
+            let mut file = open(faulty.clone(), dir.path()).unwrap();
+            assert!(file.on_payload(&rotation(), 1).unwrap().rotated.is_some());
+            faulty.mutations()
+        };
+        assert!(
+            total >= 5,
+            "write, write, fsync, rename, fsync dir: {total}"
+        );
+        for fault in [
+            Fault::Fail,
+            Fault::PowerLoss {
+                drop_unsynced: false,
+            },
+            Fault::PowerLoss {
+                drop_unsynced: true,
+            },
+        ] {
+            for n in 1..=total {
+                let dir = tempfile::tempdir().unwrap();
+                let faulty = Arc::new(FaultyStorage::with_fault(n, fault));
+                let mut file = open(faulty.clone(), dir.path()).unwrap();
+                let handled = file.on_payload(&rotation(), 1).unwrap();
+                assert!(handled.rotated.is_none(), "{fault:?} at {n}");
+                assert!(matches!(
+                    handled.report.outcome,
+                    TrustOutcome::Rejected {
+                        cause: TrustRejectCause::Storage,
+                        ..
+                    }
+                ));
+                assert_eq!(file.state().sequence(), 0);
+                let after = open(FsStorage::shared(), dir.path()).unwrap();
+                let (sequence, trusted) = (after.state().sequence(), after.state().set().clone());
+                assert!(
+                    (sequence, &trusted) == (0, &set(1)) || (sequence, &trusted) == (1, &set(2)),
+                    "{fault:?} at {n}/{total}: {sequence}"
+                );
+            }
+        }
+    }
+}
