@@ -152,6 +152,8 @@ async fn issue7_key_rotation_rotates_revokes_and_survives_restart(backend: Backe
         &expected
     );
     let device = &w.lab.devices()[0];
+    // Subscribed again (a non-retained publication before that would be lost).
+    wait_device(device, |d| d.status().is_some_and(|s| s.connected)).await;
     let state = w
         .inject_desired(&attacker, device, a_only.release.clone())
         .await;
