@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ota_core::digest::Digest;
 use ota_core::flags::{FlagChange, FlagEdit, FlagName};
+use ota_core::release::SignedTrustUpdate;
 use ota_core::rollout::{
     PlannerAction, ReportOutcome, Rollout, RolloutError, RolloutSpec, RolloutState, StateCounts,
     Target,
@@ -1095,8 +1096,21 @@ impl Actor {
                 batch.flag_devices.insert(id);
             }
             Command::TrustChanged { payload } => {
-                self.trust = Some(payload.clone());
-                batch.trust = Some(payload);
+                // Two rotations' notices may arrive out of order: only a newer one replaces
+                // what is published (the retained message must be the update in force).
+                let sequence = |p: &[u8]| {
+                    SignedTrustUpdate::decode(p)
+                        .map(|s| s.update.sequence)
+                        .unwrap_or(0)
+                };
+                if self
+                    .trust
+                    .as_deref()
+                    .is_none_or(|current| sequence(&payload) > sequence(current))
+                {
+                    self.trust = Some(payload.clone());
+                    batch.trust = Some(payload);
+                }
             }
             Command::Create {
                 request,

@@ -42,8 +42,11 @@ pub(super) async fn rotate(
     match result {
         Ok(view) => {
             tracing::info!(operator = %operator.name, sequence = view.sequence, threshold = view.threshold, "trust set rotated");
-            if let Some(payload) = state.trust().payload() {
-                state.fleet().trust_changed(payload).await?;
+            // Stored already: if the coordinator is stopping, the next start publishes it.
+            if let Some(payload) = state.trust().payload()
+                && let Err(e) = state.fleet().trust_changed(payload).await
+            {
+                tracing::error!("the trust-set update is stored but not yet published: {e}");
             }
             Ok(Json(view))
         }

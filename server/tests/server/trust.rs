@@ -8,7 +8,7 @@ use std::time::Duration;
 use ota_core::release::{SigningKey, TrustUpdate, VerifyingKey, sign_trust_update};
 use ota_core::wire::TRUST_TOPIC;
 use reqwest::StatusCode;
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS};
 use serde_json::Value;
 
 use crate::util::{Options, PgSchema, TOKEN, TestServer, artifact, error_of, key, release};
@@ -40,26 +40,37 @@ async fn shown(t: &TestServer) -> Value {
         .unwrap()
 }
 
-/// The retained message on the trust topic of the server's broker.
-async fn retained_trust(t: &TestServer) -> Vec<u8> {
+/// A client of the server's broker subscribed to the trust topic (`name`: its client id).
+async fn watch_trust(t: &TestServer, name: &str) -> (AsyncClient, EventLoop) {
     let (host, port) = t.mqtt();
-    let mut o = MqttOptions::new("issue7-trust-watcher", host, port);
+    let mut o = MqttOptions::new(name, host, port);
     o.set_max_packet_size(256 * 1024, 256 * 1024);
-    let (client, mut events) = AsyncClient::new(o, 16);
+    let (client, events) = AsyncClient::new(o, 16);
     client
         .subscribe(TRUST_TOPIC, QoS::AtLeastOnce)
         .await
         .unwrap();
-    let payload = tokio::time::timeout(Duration::from_secs(30), async {
+    (client, events)
+}
+
+/// The next message on the trust topic: (payload, retained).
+async fn next_trust(events: &mut EventLoop) -> (Vec<u8>, bool) {
+    tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             if let Event::Incoming(Incoming::Publish(p)) = events.poll().await.unwrap() {
-                assert!(p.retain, "the trust update is retained");
-                return p.payload.to_vec();
+                return (p.payload.to_vec(), p.retain);
             }
         }
     })
     .await
-    .expect("a retained trust update");
+    .expect("a message on the trust topic")
+}
+
+/// The retained message on the trust topic, as a newly subscribed client gets it.
+async fn retained_trust(t: &TestServer) -> Vec<u8> {
+    let (client, mut events) = watch_trust(t, "issue7-trust-late-subscriber").await;
+    let (payload, retained) = next_trust(&mut events).await;
+    assert!(retained, "the trust update is retained");
     let _ = client.disconnect().await;
     payload
 }
@@ -124,6 +135,7 @@ async fn rotation_scenario(database_url: Option<String>) {
     assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
 
     // {1, 2, 3} k=2 -> {2, 3, 4} k=2, signed by 1 and 2: key 1 is revoked.
+    let (watcher, mut live) = watch_trust(&t, "issue7-trust-watcher").await;
     let rotation = update(1, &[2, 3, 4], 2, &[1, 2]);
     let answer = post(&t, rotation.clone()).await;
     assert_eq!(answer.status(), StatusCode::OK);
@@ -132,6 +144,9 @@ async fn rotation_scenario(database_url: Option<String>) {
     assert_eq!(after["rotated"], true);
     assert_eq!(after["keys"].as_array().map(Vec::len), Some(3));
     assert_eq!(shown(&t).await, after);
+    // Published once the coordinator got to it, then retained for every later subscriber.
+    assert_eq!(next_trust(&mut live).await.0, rotation);
+    let _ = watcher.disconnect().await;
     assert_eq!(retained_trust(&t).await, rotation);
 
     // Releases are verified against the new set: key 1 no longer counts.
