@@ -95,14 +95,18 @@ pub enum ConfigError {
 /// Refuses a file every user may write (the configuration, a trust key). A file that cannot
 /// be examined passes here: reading it reports why.
 fn refuse_world_writable(path: &Path) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let writable = std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o002 != 0);
-    if writable {
+    if is_world_writable(path) {
         return Err(ConfigError::WorldWritable {
             path: path.to_path_buf(),
         });
     }
     Ok(())
+}
+
+/// Whether every user may write `path` (false when it cannot be examined).
+pub(crate) fn is_world_writable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o002 != 0)
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {

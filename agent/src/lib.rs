@@ -63,6 +63,7 @@ pub mod report;
 mod shell;
 pub mod storage;
 pub mod tls;
+pub mod trust;
 
 pub use agent::{Agent, AgentError, AgentHandle, AgentOptions, AgentStatus};
 pub use flags::Flags;

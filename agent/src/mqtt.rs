@@ -16,7 +16,7 @@
 //!
 //! Session: client id = device id; a retained last will `Status { online: false }` on
 //! `status`; a retained `Status { online: true }` published first on every connect; a
-//! subscription to `desired`, `heartbeat/ack` and the device's flags topic made on every connect.
+//! subscription to `desired`, `heartbeat/ack`, `ota/v1/trust` and the device's flags topic made on every connect.
 //!
 //! The first connection of an agent process uses a clean session; every reconnect after it
 //! resumes a persistent session (`clean_session = false`: the broker keeps the subscriptions
@@ -215,6 +215,8 @@ pub(crate) enum LinkEvent {
     HeartbeatAck(Delivery),
     /// A message on the device's flags topic (`ota/v1/flags/devices/{id}`; ack it too).
     Flags(Delivery),
+    /// A message on the fleet-wide trust topic (`ota/v1/trust`; ack it too).
+    Trust(Delivery),
     /// A message on a topic the agent does not use (acknowledged and ignored).
     Other(Delivery),
 }
@@ -605,6 +607,7 @@ impl Poller {
                     let is_desired = p.topic == desired;
                     let is_ack = p.topic == ack;
                     let is_flags = p.topic == flags;
+                    let is_trust = p.topic == ota_core::wire::TRUST_TOPIC;
                     let delivery = Delivery {
                         payload: p.payload.to_vec(),
                         received: std::time::Instant::now(),
@@ -617,6 +620,8 @@ impl Poller {
                         LinkEvent::HeartbeatAck(delivery)
                     } else if is_flags {
                         LinkEvent::Flags(delivery)
+                    } else if is_trust {
+                        LinkEvent::Trust(delivery)
                     } else {
                         LinkEvent::Other(delivery)
                     };

@@ -46,6 +46,9 @@ The files are the formats openssl uses: `openssl pkey -in NAME.key -noout` and
     /// Print the key id of a key file (public or private); the id `ota release show` lists for
     /// each signature.
     Id(IdArgs),
+    /// Sign a trust-set update (key rotation): new keys and threshold, signed by k of the
+    /// current keys. Devices that verify it trust the new set from then on.
+    Rotate(crate::trust_cmd::RotateArgs),
 }
 
 /// Arguments of `ota key gen`.
@@ -72,6 +75,7 @@ pub(crate) fn run(cmd: KeyCommand) -> Result<(), CliError> {
     match cmd {
         KeyCommand::Gen(args) => generate(&args),
         KeyCommand::Id(args) => print_id(&args),
+        KeyCommand::Rotate(args) => crate::trust_cmd::rotate(&args),
     }
 }
 

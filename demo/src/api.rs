@@ -98,11 +98,12 @@ impl Api {
         if status.is_success() {
             return Ok(body);
         }
-        let text = |k: &str| body["error"][k].as_str().unwrap_or_default().to_string();
+        // `{ "error": MESSAGE, "cause": CODE }` (docs/api.md).
+        let text = |k: &str| body[k].as_str().unwrap_or_default().to_string();
         Err(ApiError::Refused {
             status: status.as_u16(),
-            code: text("code"),
-            message: text("message"),
+            code: text("cause"),
+            message: text("error"),
         })
     }
 
@@ -116,6 +117,21 @@ impl Api {
                 .multipart(form),
         )
         .await
+    }
+
+    /// Hands a signed trust-set update to the server (`POST /api/v1/trust`); answers the trust
+    /// set in force.
+    pub async fn publish_trust(&self, update: &[u8]) -> Result<Value, ApiError> {
+        self.call(
+            self.request(Method::POST, "/api/v1/trust")
+                .body(update.to_vec()),
+        )
+        .await
+    }
+
+    /// The trust set in force (`GET /api/v1/trust`).
+    pub async fn trust(&self) -> Result<Value, ApiError> {
+        self.call(self.request(Method::GET, "/api/v1/trust")).await
     }
 
     /// Creates a rollout (`POST /api/v1/rollouts`, the JSON spec of `docs/api.md`); answers

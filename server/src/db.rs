@@ -22,6 +22,7 @@
 //! | `flags` | flag name | feature flag definitions (CBOR `FlagDefinition`) |
 //! | `flag_state` | `1` | the fleet's flag-state version |
 //! | `flag_changes` | identity | the flag audit trail (CBOR `FlagChange`: who, when, old → new) |
+//! | `trust_updates` | sequence | every accepted signed trust-set update (key rotation); the newest is in force |
 //!
 //! Batched writes (the fleet coordinator's device reports, planner states, desired states and
 //! their audit events) go through one [`DbTx`] per batch ([`Db::begin`]). Every committed audit
@@ -60,6 +61,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "flags",
         include_str!("../migrations/0003_flags.sql"),
         include_str!("../migrations-postgres/0003_flags.sql"),
+    ),
+    (
+        4,
+        "trust",
+        include_str!("../migrations/0004_trust.sql"),
+        include_str!("../migrations-postgres/0004_trust.sql"),
     ),
 ];
 
@@ -1054,6 +1061,16 @@ impl Db {
             .map_err(|e| DbError::Corrupt(format!("flag set: {e}")))
     }
 
+    /// The signed bytes of the newest accepted trust-set update, `None` if the configured
+    /// trust set was never rotated.
+    pub async fn latest_trust_update(&self) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT payload FROM trust_updates ORDER BY sequence DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// The newest `limit` audit records of flag `name`, oldest first.
     pub async fn list_flag_changes(
         &self,
@@ -1381,6 +1398,28 @@ impl DbTx {
         .bind(&change.by)
         .bind(change.kind().name())
         .bind(change.to_cbor())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores an accepted trust-set update (`sequence` must be new: a duplicate is a query
+    /// error, so two racing rotations cannot both commit).
+    pub async fn insert_trust_update(
+        &mut self,
+        sequence: u64,
+        payload: &[u8],
+        now: i64,
+        actor: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO trust_updates (sequence, payload, accepted_at, actor) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(to_i64(sequence, "trust sequence")?)
+        .bind(payload)
+        .bind(now)
+        .bind(actor)
         .execute(&mut *self.tx)
         .await?;
         Ok(())

@@ -21,6 +21,7 @@
 //!   core's planner, desired states, drift, batching and persistence.
 //! - [`https`]: the optional HTTPS listener of the API and artifacts (`[http] tls_cert`,
 //!   `tls_key`).
+//! - [`trust`]: key rotation: the trust set in force, verified signed trust-set updates.
 //! - [`webhook`]: delivery of audit events to webhook URLs, with retries, never blocking.
 //! - [`clock`]: the one place the server reads wall-clock time (replaceable in tests).
 //! - [`Server`] / [`RunningServer`]: start everything in-process, stop it gracefully.
@@ -47,6 +48,7 @@ pub mod mqtt;
 mod server;
 pub mod store;
 pub mod tls;
+pub mod trust;
 pub mod webhook;
 
 pub use ota_core::release;

@@ -14,6 +14,7 @@ use crate::db::{Db, DbError, redact_url};
 use crate::fleet::{FleetStartError, FleetTask, Shared};
 use crate::http::{self, AppState};
 use crate::store::{ArtifactStore, StoreError};
+use crate::trust::{FleetTrust, TrustError};
 
 /// How long [`RunningServer::shutdown`] lets in-flight requests (long downloads) finish before
 /// cutting them.
@@ -53,6 +54,9 @@ pub enum ServerError {
     /// The embedded MQTT broker could not start.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The stored trust-set update cannot be read.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     /// The fleet coordinator could not start (broker unreachable, state unreadable).
     #[error(transparent)]
     Fleet(#[from] FleetStartError),
@@ -88,13 +92,14 @@ impl Server {
         clock: Clock,
     ) -> Result<RunningServer, ServerError> {
         config.validate()?;
-        let trust = config.trust.load()?;
+        let configured = config.trust.load()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;
         let database_url = config.database_url()?;
         let db = Db::connect(&database_url, config.database.pool_size(&database_url)).await?;
+        let trust = FleetTrust::load(configured, &db).await?;
         let store = ArtifactStore::open(&config.store_location()?)?;
         let tls = match config.http.tls() {
             Some((cert, key)) => {
@@ -159,8 +164,9 @@ impl Server {
             embedded_broker = broker.is_some(),
             database = %redact_url(&database_url),
             store = store.describe(),
-            keys = trust.keys().count(),
-            threshold = trust.threshold(),
+            keys = trust.view().keys.len(),
+            threshold = trust.view().threshold,
+            trust_sequence = trust.view().sequence,
             "ota server started"
         );
 

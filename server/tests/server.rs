@@ -34,3 +34,5 @@ mod https;
 mod releases;
 #[path = "server/store.rs"]
 mod store;
+#[path = "server/trust.rs"]
+mod trust;

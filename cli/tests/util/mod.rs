@@ -67,6 +67,23 @@ impl Run {
     }
 }
 
+/// The operator token of [`Dir::start_server`]'s server.
+pub(crate) const TOKEN: &str = "alice-token-0123456789";
+
+/// An `ota server` child process, killed on drop.
+pub(crate) struct ServerProcess {
+    child: std::process::Child,
+    /// Its base URL (`http://127.0.0.1:PORT`).
+    pub(crate) base: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A scratch directory in which `ota` runs.
 pub(crate) struct Dir {
     tmp: tempfile::TempDir,
@@ -112,6 +129,20 @@ impl Dir {
         names
     }
 
+    /// Starts `ota server` in this directory (ports 0, SQLite in `./data`) trusting the public
+    /// key files `trust`, with operator `alice` ([`TOKEN`]); waits for its address.
+    pub(crate) fn start_server(&self, trust: &[&str]) -> ServerProcess {
+        let keys: Vec<String> = trust.iter().map(|k| format!("{k:?}")).collect();
+        let config = format!(
+            "data_dir = \"./data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\
+             [trust]\nkeys = [{}]\n\
+             [[operators]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n",
+            keys.join(", ")
+        );
+        self.write("server.toml", config.as_bytes());
+        self.ota_server("server.toml")
+    }
+
     /// Runs `ota ARGS` with this directory as the working directory.
     pub(crate) fn ota(&self, args: &[&str]) -> Run {
         self.ota_env(args, &[])
@@ -130,19 +161,19 @@ impl Dir {
         Run::from_output(output)
     }
 
-    /// Starts `ota server --config CONFIG` here and returns it with the base URL it prints
-    /// (`http://...` or `https://...`); kill it when done.
-    pub(crate) fn ota_server(&self, config: &str) -> (std::process::Child, String) {
+    /// Starts `ota server --config CONFIG` here and waits for the base URL it prints
+    /// (`http://...` or `https://...`); the process is killed when dropped.
+    pub(crate) fn ota_server(&self, config: &str) -> ServerProcess {
         use std::io::{BufRead, BufReader};
         use std::process::Stdio;
-        let mut server = Command::new(env!("CARGO_BIN_EXE_ota"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
             .args(["server", "--config", config])
             .current_dir(self.root())
             .env("OTA_LOG", "error")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = server.stderr.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
         let mut base = None;
         for line in BufReader::new(stderr).lines() {
             let line = line.unwrap();
@@ -151,7 +182,8 @@ impl Dir {
                 break;
             }
         }
-        (server, base.expect("ota server prints its address"))
+        let base = base.expect("ota server prints its address");
+        ServerProcess { child, base }
     }
 
     /// Runs the real openssl with this directory as the working directory.

@@ -14,6 +14,8 @@
 //! | `GET` | `/api/v1/flags`, `/api/v1/flags/{name}?device=ID` | operator |
 //! | `POST` | `/api/v1/flags/{name}/set` (JSON), `/api/v1/flags/{name}/kill\|revive` | operator |
 //! | `DELETE` | `/api/v1/flags/{name}` | operator |
+//! | `GET` | `/api/v1/trust` (the trust set in force) | operator |
+//! | `POST` | `/api/v1/trust` (body: a signed trust-set update, key rotation) | operator |
 //! | `GET`, `HEAD` | `/artifacts/{sha256}` (Range, If-Range, ETag) | none |
 //! | `GET` | `/releases/{sha256}` (signed release bytes) | none |
 //! | `GET` | `/metrics` (Prometheus text), `/healthz` | none |
@@ -27,6 +29,7 @@ mod error;
 mod flags;
 mod releases;
 mod rollouts;
+mod trust;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -39,7 +42,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Router, middleware};
-use ota_core::release::TrustSet;
 use serde::{Deserialize, Serialize};
 
 pub use auth::Operator;
@@ -51,6 +53,7 @@ use crate::db::{Db, DeviceRecord, EventFilter, EventRecord};
 use crate::filter::Filter;
 use crate::fleet::Fleet;
 use crate::store::ArtifactStore;
+use crate::trust::FleetTrust;
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
@@ -59,7 +62,7 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     db: Db,
     store: ArtifactStore,
-    trust: TrustSet,
+    trust: FleetTrust,
     operators: Vec<OperatorConfig>,
     clock: Clock,
     fleet: Fleet,
@@ -80,7 +83,7 @@ impl AppState {
     pub fn new(
         db: Db,
         store: ArtifactStore,
-        trust: TrustSet,
+        trust: FleetTrust,
         operators: Vec<OperatorConfig>,
         clock: Clock,
         fleet: Fleet,
@@ -110,8 +113,8 @@ impl AppState {
         &self.0.store
     }
 
-    /// The fleet trust set.
-    pub fn trust(&self) -> &TrustSet {
+    /// The fleet trust set in force (rotated by `POST /api/v1/trust`).
+    pub fn trust(&self) -> &FleetTrust {
         &self.0.trust
     }
 
@@ -162,6 +165,12 @@ pub fn router(state: AppState) -> Router {
         .route("/flags/{name}/set", post(flags::set))
         .route("/flags/{name}/kill", post(flags::kill))
         .route("/flags/{name}/revive", post(flags::revive))
+        .route(
+            "/trust",
+            get(trust::show)
+                .post(trust::rotate)
+                .layer(DefaultBodyLimit::max(trust::MAX_BODY_BYTES)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // `layer`, not `route_layer`: unknown /api/v1 paths need a token too.

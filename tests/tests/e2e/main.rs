@@ -7,6 +7,8 @@
 //! - `flags`: feature flags through restarts, deploys and offline periods (issue 6).
 //! - `security`: threats of `docs/security.md` that need the whole system (a compromised
 //!   fleet server).
+//! - `rotation`: key rotation end to end (issue 7): rotate, revoke, refused rotations,
+//!   restart.
 //! - `world`, `proxy`: the fixture (a lab behind fault-injecting TCP proxies).
 
 #![allow(
@@ -21,6 +23,7 @@ mod faults;
 mod flags;
 mod proxy;
 mod repo;
+mod rotation;
 mod security;
 mod story;
 mod world;

@@ -4,16 +4,12 @@ use std::path::Path;
 
 use firmware_fixtures::pki::TestCa;
 use ota_core::update::Stage;
-use ota_core::wire::{
-    DesiredState, DeviceId, ExecutionState, FailurePhase, PROTOCOL_VERSION, RejectCause, TopicKind,
-    WireMessage,
-};
+use ota_core::wire::{ExecutionState, FailurePhase, RejectCause};
 use ota_demo::firmware::{BuildSpec, FirmwareTeam, HARDWARE_CLASS};
 use ota_demo::lab::{LabOptions, unix_now};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::json;
 
-use crate::world::{Backend, World, suite, wait_device};
+use crate::world::{Backend, World, suite};
 
 suite!(
     compromised_fleet_server_cannot_install_unsigned_or_downgrade,
@@ -60,47 +56,15 @@ async fn compromised_fleet_server_cannot_install_unsigned_or_downgrade(backend: 
         (w.lab.factory().release.clone(), RejectCause::Downgrade),
         (b"not a release".to_vec(), RejectCause::Malformed),
     ];
-    let topic = TopicKind::Desired.topic(&DeviceId::new(device.id()).unwrap());
-    let mut o = MqttOptions::new(
-        format!("{}-attacker", device.id()),
-        "127.0.0.1",
-        w.broker.addr().port(),
-    );
-    o.set_max_packet_size(512 * 1024, 512 * 1024);
-    let (client, mut events) = AsyncClient::new(o, 16);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let client = w.attacker("attacker");
     let bytes_before = device.bytes_downloaded();
-    let url = format!("http://{}/artifacts/{}", w.http.addr(), unsigned.digest);
     for (n, (release, cause)) in hostile.into_iter().enumerate() {
-        let generation = device.status().unwrap().machine.last_generation + 100;
-        let desired = DesiredState {
-            v: PROTOCOL_VERSION,
-            generation,
-            rollout_id: Some(format!("attack-{n}")),
-            release,
-            artifact_urls: vec![url.clone()],
-            force_reinstall: true,
-        };
-        client
-            .publish(&topic, QoS::AtLeastOnce, false, desired.to_cbor())
-            .await
-            .unwrap();
-        wait_device(device, |d| {
-            d.status().is_some_and(|s| {
-                s.machine.stage == Stage::Idle
-                    && s.machine
-                        .last_result
-                        .as_ref()
-                        .is_some_and(|o| o.generation == generation)
-            })
-        })
-        .await;
-        let s = device.status().unwrap();
-        let state = s.machine.last_result.map(|o| o.state);
+        let state = w.inject_desired(&client, device, release).await;
         assert!(
-            matches!(&state, Some(ExecutionState::Rejected { cause: c, .. }) if *c == cause),
+            matches!(&state, ExecutionState::Rejected { cause: c, .. } if *c == cause),
             "attack {n}: expected {cause:?}, got {state:?}"
         );
+        let s = device.status().unwrap();
         assert_eq!(
             s.machine.running.map(|r| r.digest),
             Some(v2.digest),
