@@ -202,6 +202,19 @@ impl Config {
                     ),
                 ));
             }
+            if op
+                .token
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(invalid(
+                    "operators.token",
+                    format!(
+                        "the token of operator {:?} contains whitespace or control characters",
+                        op.name
+                    ),
+                ));
+            }
             if !names.insert(op.name.as_str()) {
                 return Err(invalid(
                     "operators.name",
@@ -512,14 +525,48 @@ pub fn read_public_key(path: &Path) -> Result<VerifyingKey, ConfigError> {
         .map_err(|_| key_error("not an ed25519 SubjectPublicKeyInfo PEM public key"))
 }
 
-/// An operator role. Only `admin` exists today; finer roles come later.
+/// An operator role: what an operator's token may change. Every role may read (`GET`) the
+/// whole API; the changing endpoints each need one role ([`crate::http`] has the table), and
+/// `admin` may do everything. One operator has one role: give a person who needs two roles
+/// two operators (two names and tokens), or `admin`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Role {
-    /// May do everything.
+    /// May do everything (the default, as before roles existed).
     #[default]
     Admin,
+    /// Publishes releases (and trust sets).
+    Publisher,
+    /// Steers the fleet: creates, pauses, resumes and aborts rollouts, sets device labels,
+    /// sets, kills, revives and deletes flags.
+    Operator,
+    /// Approves rollouts that need a second operator (forced reinstalls); nothing else.
+    Approver,
+}
+
+impl Role {
+    /// The role's name in `server.toml` and in error messages (`publisher`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Publisher => "publisher",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+        }
+    }
+
+    /// Whether an operator of this role may do what needs `needed`: `admin` may do
+    /// everything, every other role only what needs exactly it.
+    pub fn grants(self, needed: Role) -> bool {
+        self == Role::Admin || self == needed
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `[[operators]]`: one operator and their bearer token.
@@ -537,12 +584,17 @@ pub struct OperatorConfig {
 }
 
 impl OperatorConfig {
-    /// An operator with the default role.
+    /// An operator with the default role (`admin`).
     pub fn new(name: impl Into<String>, token: impl Into<String>) -> Self {
+        Self::with_role(name, token, Role::default())
+    }
+
+    /// An operator with `role`.
+    pub fn with_role(name: impl Into<String>, token: impl Into<String>, role: Role) -> Self {
         OperatorConfig {
             name: name.into(),
             token: token.into(),
-            role: Role::default(),
+            role,
         }
     }
 }
@@ -664,5 +716,62 @@ mod tests {
         assert!(Config::from_toml(short, Path::new("/")).is_err());
         let role = "[trust]\nkeys=[\"a\"]\n[[operators]]\nname=\"a\"\ntoken=\"0123456789abcdef\"\nrole=\"root\"\n";
         assert!(Config::from_toml(role, Path::new("/")).is_err());
+    }
+
+    /// `[[operators]]` entries, one per `(name, token, role)`.
+    fn with_operators(ops: &[(&str, &str, &str)]) -> String {
+        let mut text = "[trust]\nkeys=[\"a\"]\n".to_string();
+        for (name, token, role) in ops {
+            text.push_str(&format!(
+                "[[operators]]\nname={name:?}\ntoken={token:?}\nrole={role:?}\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn issue7_roles_parse_and_tokens_are_checked() {
+        let c = Config::from_toml(
+            &with_operators(&[
+                ("a", "token-a-0123456789", "admin"),
+                ("p", "token-p-0123456789", "publisher"),
+                ("o", "token-o-0123456789", "operator"),
+                ("v", "token-v-0123456789", "approver"),
+            ]),
+            Path::new("/"),
+        )
+        .unwrap();
+        let roles: Vec<Role> = c.operators.iter().map(|o| o.role).collect();
+        assert_eq!(
+            roles,
+            [Role::Admin, Role::Publisher, Role::Operator, Role::Approver]
+        );
+        assert_eq!(Role::Approver.to_string(), "approver");
+
+        let refused = |ops: &[(&str, &str, &str)], needle: &str| {
+            let e = Config::from_toml(&with_operators(ops), Path::new("/")).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(needle), "{text}");
+            // The message names the operator, never the token.
+            for (_, token, _) in ops {
+                assert!(!text.contains(token), "{text}");
+            }
+        };
+        refused(&[("a", "fifteen-bytes-x", "admin")], "shorter than 16");
+        refused(&[("a", "sixteen bytes xx", "admin")], "whitespace");
+        refused(
+            &[
+                ("a", "the-same-token-0123", "admin"),
+                ("b", "the-same-token-0123", "approver"),
+            ],
+            "reuses another operator's token",
+        );
+        refused(
+            &[
+                ("a", "token-a-0123456789", "admin"),
+                ("a", "token-b-0123456789", "operator"),
+            ],
+            "listed twice",
+        );
     }
 }

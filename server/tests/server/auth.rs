@@ -1,9 +1,15 @@
-//! Operator tokens: 401 without one, the operator's name becomes the audit actor.
+//! Operator tokens and roles: 401 without a token, 403 `forbidden-role` for a role that does
+//! not grant the request, the operator's name becomes the audit actor.
 
 use reqwest::StatusCode;
 use reqwest::header::WWW_AUTHENTICATE;
+use serde_json::{Value, json};
 
-use crate::util::{BOB_TOKEN, TestServer, artifact, error_of, release};
+use crate::fleet::{Backend, World};
+use crate::util::{
+    APPROVER_TOKEN, BOB_TOKEN, OPERATOR_TOKEN, Options, PUBLISHER_TOKEN, TOKEN, TestServer,
+    artifact, error_of, release,
+};
 
 #[tokio::test]
 async fn api_requires_a_valid_token() {
@@ -67,7 +73,7 @@ async fn api_requires_a_valid_token() {
     let r = t
         .client
         .delete(t.url("/api/v1/releases"))
-        .bearer_auth(crate::util::TOKEN)
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
@@ -113,4 +119,266 @@ async fn the_operator_is_the_audit_actor() {
         .await
         .unwrap();
     assert_eq!(listed["releases"][0]["published_by"], "bob");
+}
+
+/// Every token of the test server, with its operator and role.
+const EVERY_ROLE: [(&str, &str); 5] = [
+    (TOKEN, "admin"),
+    (BOB_TOKEN, "admin"),
+    (PUBLISHER_TOKEN, "publisher"),
+    (OPERATOR_TOKEN, "operator"),
+    (APPROVER_TOKEN, "approver"),
+];
+
+/// Publishes a small release as `token`.
+async fn publish_as(t: &TestServer, token: &str, seed: u8) -> reqwest::Response {
+    let art = artifact(64, seed);
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "release",
+            reqwest::multipart::Part::bytes(release(&format!("1.{seed}"), &art, &[1])),
+        )
+        .part("artifact", reqwest::multipart::Part::bytes(art));
+    t.client
+        .post(t.url("/api/v1/releases"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Asserts a 403 `forbidden-role` whose message names `needed`.
+async fn assert_forbidden(response: reqwest::Response, needed: &str) {
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["cause"], "forbidden-role", "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains(&format!("the {needed} role")), "{message}");
+}
+
+#[tokio::test]
+async fn issue7_publishing_needs_the_publisher_role() {
+    let t = TestServer::start().await;
+    assert_forbidden(publish_as(&t, OPERATOR_TOKEN, 1).await, "publisher").await;
+    assert_forbidden(publish_as(&t, APPROVER_TOKEN, 2).await, "publisher").await;
+    assert_eq!(t.server.db().count_releases().await.unwrap(), 0);
+
+    // The refusals are audited, with the operator and roles and never the token.
+    let denied = t.events_of_kind("access-denied").await;
+    assert_eq!(denied.len(), 2);
+    assert_eq!(denied[0].actor, "otto");
+    assert_eq!(
+        denied[0].details,
+        json!({ "method": "POST", "path": "/api/v1/releases", "role": "operator", "needed": "publisher" })
+    );
+    assert_eq!(denied[1].actor, "ada");
+    assert!(!format!("{denied:?}").contains(OPERATOR_TOKEN));
+
+    assert_eq!(
+        publish_as(&t, PUBLISHER_TOKEN, 3).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        publish_as(&t, TOKEN, 4).await.status(),
+        StatusCode::CREATED,
+        "admin"
+    );
+    let published = t.events_of_kind("release-published").await;
+    assert_eq!(published[0].actor, "pat");
+}
+
+#[tokio::test]
+async fn issue7_flag_edits_need_the_operator_role() {
+    let t = TestServer::start().await;
+    let post = |token: &str, op: &str| {
+        let body = if op == "set" {
+            json!({ "on": true })
+        } else {
+            json!({})
+        };
+        t.post_as(token, &format!("/api/v1/flags/f1/{op}"), &body)
+    };
+    let delete = |token: &str| {
+        t.client
+            .delete(t.url("/api/v1/flags/f1"))
+            .bearer_auth(token)
+    };
+
+    assert_forbidden(
+        post(PUBLISHER_TOKEN, "set").send().await.unwrap(),
+        "operator",
+    )
+    .await;
+    assert_forbidden(
+        post(APPROVER_TOKEN, "set").send().await.unwrap(),
+        "operator",
+    )
+    .await;
+    let r = post(OPERATOR_TOKEN, "set").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    assert_forbidden(
+        post(PUBLISHER_TOKEN, "kill").send().await.unwrap(),
+        "operator",
+    )
+    .await;
+    assert_forbidden(
+        post(APPROVER_TOKEN, "revive").send().await.unwrap(),
+        "operator",
+    )
+    .await;
+    assert_forbidden(delete(PUBLISHER_TOKEN).send().await.unwrap(), "operator").await;
+    // Refused edits changed nothing.
+    let flag: Value = t
+        .get("/api/v1/flags/f1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(flag["flag"]["killed"], false, "{flag}");
+
+    for op in ["kill", "revive"] {
+        let r = post(OPERATOR_TOKEN, op).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{op}");
+    }
+    let r = delete(OPERATOR_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = t.get("/api/v1/flags/f1").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn issue7_every_role_reads_everything() {
+    let t = TestServer::start().await;
+    let digest = publish_as(&t, TOKEN, 1)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["release"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = t
+        .post_as(TOKEN, "/api/v1/flags/f1/set", &json!({ "on": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for (token, role) in EVERY_ROLE {
+        for path in [
+            "/api/v1/releases".to_string(),
+            format!("/api/v1/releases/{digest}"),
+            "/api/v1/devices".into(),
+            "/api/v1/devices?filter=online".into(),
+            "/api/v1/events".into(),
+            "/api/v1/rollouts".into(),
+            "/api/v1/flags".into(),
+            "/api/v1/flags/f1".into(),
+        ] {
+            let r = t
+                .client
+                .get(t.url(&path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{role} GET {path}");
+        }
+    }
+    assert!(t.events_of_kind("access-denied").await.is_empty());
+}
+
+#[tokio::test]
+async fn issue7_unknown_paths_and_wrong_methods_answer_as_before_for_every_role() {
+    let t = TestServer::start().await;
+    for (token, role) in EVERY_ROLE {
+        let r = t
+            .post_as(token, "/api/v1/no-such-endpoint", &json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(r).await.0, StatusCode::NOT_FOUND, "{role}");
+        let r = t
+            .client
+            .delete(t.url("/api/v1/releases"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_of(r).await.0,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{role}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_rollouts_need_the_operator_role_and_approval_the_approver_role() {
+    let w = World::start(Backend::Embedded, Options::default()).await;
+    // Neither a publisher nor an approver creates rollouts; nothing is created.
+    let (status, body) = w.create(PUBLISHER_TOKEN, json!({ "dry_run": true })).await;
+    assert_eq!(
+        (status, &body["cause"]),
+        (StatusCode::FORBIDDEN, &json!("forbidden-role"))
+    );
+    let (status, body) = w.create(APPROVER_TOKEN, json!({ "dry_run": true })).await;
+    assert_eq!(
+        (status, &body["cause"]),
+        (StatusCode::FORBIDDEN, &json!("forbidden-role"))
+    );
+
+    let (status, body) = w.forced_reinstall(OPERATOR_TOKEN, 2).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["rollout"]["status"], "awaiting-approval");
+    assert_eq!(body["rollout"]["created_by"], "otto");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+
+    // Four eyes: operators and publishers do not approve; the approver does.
+    for token in [OPERATOR_TOKEN, PUBLISHER_TOKEN] {
+        let (status, body) = w.op(token, id, "approve").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["cause"], "forbidden-role");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("the approver role")
+        );
+    }
+    // An approver steers nothing else.
+    for op in ["pause", "abort"] {
+        let (status, body) = w.op(APPROVER_TOKEN, id, op).await;
+        assert_eq!(
+            (status, &body["cause"]),
+            (StatusCode::FORBIDDEN, &json!("forbidden-role")),
+            "{op}"
+        );
+    }
+    assert_eq!(w.rollout(id).await["status"], "awaiting-approval");
+
+    let (status, body) = w.op(APPROVER_TOKEN, id, "approve").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rollout"]["approved_by"], "ada");
+
+    // Server labels are the operator's too.
+    let labels = json!({ "labels": { "ring": "canary" } });
+    let path = format!("/api/v1/devices/{}/labels", w.id(0));
+    let put = |token: &str| {
+        w.t.client
+            .put(w.t.url(&path))
+            .bearer_auth(token)
+            .json(&labels)
+    };
+    assert_forbidden(put(PUBLISHER_TOKEN).send().await.unwrap(), "operator").await;
+    assert_eq!(
+        put(OPERATOR_TOKEN).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let denied = w.events("kind=access-denied").await;
+    assert_eq!(denied.len(), 7);
+    w.finish().await;
 }
