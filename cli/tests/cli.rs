@@ -57,6 +57,22 @@ fn key_gen_refuses_to_overwrite_without_force() {
     assert_eq!(util::mode(&dir.path("k.key")), 0o600);
 }
 
+/// Issue 7: `--force` over a private key someone made readable writes a fresh 0600 file (the
+/// new key is never readable by others, not even briefly: it is created 0600 and renamed).
+#[cfg(unix)]
+#[test]
+fn issue7_key_gen_force_over_a_readable_key_writes_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Dir::new();
+    dir.keygen("k");
+    let path = dir.path("k.key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    dir.ota(&["key", "gen", "--out", "k", "--force"]).ok();
+    assert_eq!(util::mode(&path), 0o600);
+    assert_eq!(util::mode(&dir.path("k.pub")), 0o644);
+    assert_eq!(dir.files(), ["k.key", "k.pub"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // ota release sign / verify
 // ---------------------------------------------------------------------------------------------
@@ -515,7 +531,8 @@ fn fleet_commands_against_a_running_server() {
         "server.toml",
         b"data_dir = \"./data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\
           [trust]\nkeys = [\"fleet.pub\"]\n\
-          [[operators]]\nname = \"alice\"\ntoken = \"alice-token-0123456789\"\n",
+          [[operators]]\nname = \"alice\"\ntoken = \"alice-token-0123456789\"\n\
+          [[operators]]\nname = \"ada\"\ntoken = \"ada-approver-token-0123\"\nrole = \"approver\"\n",
     );
     let mut server = Command::new(env!("CARGO_BIN_EXE_ota"))
         .args(["server", "--config", "server.toml"])
@@ -611,6 +628,35 @@ fn fleet_commands_against_a_running_server() {
     run(&["flag", "show", "no-such-flag"]).fails(1);
     run(&["flag", "set", "new-ui", "--on", "--filter", "hw=("]).fails(1);
     run(&["flag", "set", "new-ui", "--on", "--percent", "150"]).fails(2);
+
+    // Issue 7: a role that does not grant the command: one line naming the role needed, 1.
+    let as_approver = [
+        ("OTA_SERVER", base.as_str()),
+        ("OTA_TOKEN", "ada-approver-token-0123"),
+    ];
+    let line = dir
+        .ota_env(&["flag", "kill", "new-ui"], &as_approver)
+        .fails(1)
+        .to_string();
+    assert!(
+        line.contains("needs the operator role") && line.contains("(forbidden-role, HTTP 403)"),
+        "{line}"
+    );
+    assert!(!line.contains("ada-approver-token"), "{line}");
+    let line = dir
+        .ota_env(
+            &["release", "publish", "fw.release", "--artifact", "fw.bin"],
+            &as_approver,
+        )
+        .fails(1)
+        .to_string();
+    assert!(line.contains("needs the publisher role"), "{line}");
+    // Reading is every role's.
+    assert!(
+        dir.ota_env(&["flag", "list"], &as_approver)
+            .ok()
+            .contains("new-ui")
+    );
 
     // A wrong token is refused (1); no token is a usage error (2); no server is 3.
     let line = dir

@@ -107,6 +107,21 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
 }
 
+/// A TOML error as "line N, column M: message", without the quoted source line that the
+/// error's `Display` adds: that line may hold a token.
+fn parse_error(error: &toml::de::Error, text: &str) -> ConfigError {
+    let message = error.message().trim_end();
+    match error.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            ConfigError::Parse(format!("line {line}, column {column}: {message}"))
+        }
+        None => ConfigError::Parse(message.to_string()),
+    }
+}
+
 /// `base.join(path)` without `.` components (`/etc/ota` + `./data` is `/etc/ota/data`).
 fn join_clean(base: &Path, path: &Path) -> PathBuf {
     let joined: PathBuf = base
@@ -153,8 +168,7 @@ impl Config {
 
     /// Parses and validates TOML text; relative paths are resolved against `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| parse_error(&e, text))?;
         config.resolve_paths(base_dir);
         config.validate()?;
         Ok(config)
@@ -422,8 +436,8 @@ impl TryFrom<RawMqtt> for MqttConfig {
     }
 }
 
-/// `[database]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// `[database]`. Its `Debug` hides the URL's password.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct DatabaseConfig {
@@ -434,6 +448,15 @@ pub struct DatabaseConfig {
     /// Most pooled connections (default [`DatabaseConfig::pool_size`]).
     #[serde(default)]
     pub max_connections: Option<u32>,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_deref().map(crate::db::redact_url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 impl DatabaseConfig {
@@ -611,8 +634,8 @@ impl std::fmt::Debug for OperatorConfig {
 
 /// `[[webhooks]]`: a URL that receives audit events as JSON (delivered in order by a
 /// background task per webhook, with retries; a failing webhook never blocks a rollout: see
-/// [`crate::webhook`]).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// [`crate::webhook`]). Its `Debug` shows only the URL's origin ([`WebhookConfig::origin`]).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct WebhookConfig {
@@ -621,6 +644,34 @@ pub struct WebhookConfig {
     /// Event kinds to deliver; empty means all.
     #[serde(default)]
     pub events: Vec<String>,
+}
+
+impl WebhookConfig {
+    /// The URL as logs show it: scheme, host and port only. Webhook URLs often carry their
+    /// secret in the path or query (`https://hooks.example.com/services/T0/B0/SECRET`) or as
+    /// `user:password@`; none of that is shown.
+    pub fn origin(&self) -> String {
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("", &self.url));
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        let hidden = if rest.len() > authority.len() || authority.contains('@') {
+            "/…"
+        } else {
+            ""
+        };
+        format!("{scheme}://{host}{hidden}")
+    }
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.origin())
+            .field("events", &self.events)
+            .finish()
+    }
 }
 
 #[cfg(test)]
@@ -773,5 +824,38 @@ mod tests {
             ],
             "listed twice",
         );
+    }
+
+    #[test]
+    fn issue7_debug_of_the_config_shows_no_secret() {
+        let text = format!(
+            "{}[database]\nurl = \"postgres://ota:db-pass-SECRET@db/ota?password=q-SECRET\"\n\
+             [[webhooks]]\nurl = \"https://hook-user:hook-pass-SECRET@hooks.example.com/services/T0/path-SECRET?k=q2-SECRET\"\n",
+            with_operators(&[("alice", "token-alice-SECRET-0123", "admin")])
+        );
+        let c = Config::from_toml(&text, Path::new("/")).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+        // What is shown is still useful.
+        assert!(
+            debug.contains("postgres://ota:***@db/ota?password=***"),
+            "{debug}"
+        );
+        assert!(debug.contains("https://hooks.example.com/…"), "{debug}");
+        assert!(debug.contains("alice"), "{debug}");
+        assert_eq!(
+            c.webhooks[0].origin(),
+            "https://hooks.example.com/…",
+            "userinfo, path and query are hidden"
+        );
+    }
+
+    #[test]
+    fn issue7_parse_errors_do_not_quote_the_line() {
+        let text = "[trust]\nkeys=[\"a\"]\n[[operators]]\nname=\"a\"\ntoken=\"first-SECRET-0123456\"\ntoken=\"second-SECRET-0123456\"\n";
+        let e = Config::from_toml(text, Path::new("/")).unwrap_err();
+        let message = e.to_string();
+        assert!(!message.contains("SECRET"), "{message}");
+        assert!(message.contains("line 6"), "{message}");
     }
 }

@@ -382,3 +382,104 @@ async fn issue7_rollouts_need_the_operator_role_and_approval_the_approver_role()
     assert_eq!(denied.len(), 7);
     w.finish().await;
 }
+
+/// Everything the server logs, captured in memory.
+#[derive(Clone, Default)]
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl LogCapture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+// Current-thread runtime: the server's tasks run on this thread, under the capturing subscriber.
+#[tokio::test]
+async fn issue7_tokens_never_reach_the_log() {
+    let capture = LogCapture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let wrong = "wrong-token-0123456789-guess";
+
+    let t = TestServer::start().await;
+    let r = t
+        .client
+        .get(t.url("/api/v1/releases"))
+        .bearer_auth(wrong)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    for token in [TOKEN, PUBLISHER_TOKEN] {
+        let r = t
+            .client
+            .get(t.url("/api/v1/releases"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // A refusal for the role and a refused publish are both logged.
+    assert_eq!(
+        publish_as(&t, APPROVER_TOKEN, 1).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let r = t
+        .client
+        .post(t.url("/api/v1/releases"))
+        .bearer_auth(PUBLISHER_TOKEN)
+        .body("not multipart")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        publish_as(&t, PUBLISHER_TOKEN, 2).await.status(),
+        StatusCode::CREATED
+    );
+    t.server.shutdown().await.unwrap();
+
+    let log = capture.text();
+    for expected in [
+        "ota server started",
+        "request refused: wrong role",
+        "release refused",
+        "release published",
+    ] {
+        assert!(log.contains(expected), "{expected:?} not logged:\n{log}");
+    }
+    for token in [
+        wrong,
+        TOKEN,
+        BOB_TOKEN,
+        PUBLISHER_TOKEN,
+        OPERATOR_TOKEN,
+        APPROVER_TOKEN,
+    ] {
+        assert!(!log.contains(token), "token {token:?} in the log:\n{log}");
+    }
+}
