@@ -29,7 +29,7 @@ pub struct Operator {
 /// `GET` and `HEAD` need no particular role: every operator may read. A changing request on a
 /// route that is not listed needs `admin`, so a new endpoint is closed until it is listed
 /// here (one line). `admin` is granted everything ([`Role::grants`]).
-pub(super) const ROLE_TABLE: &[(Method, &str, Role)] = &[
+pub const ROLE_TABLE: &[(Method, &str, Role)] = &[
     (Method::POST, "/api/v1/releases", Role::Publisher),
     (Method::PUT, "/api/v1/devices/{id}/labels", Role::Operator),
     (Method::POST, "/api/v1/rollouts", Role::Operator),
@@ -49,7 +49,7 @@ pub(super) const ROLE_TABLE: &[(Method, &str, Role)] = &[
 ];
 
 /// The role a request of `method` on `route` needs; `None` for reads (any role).
-pub(super) fn needed_role(method: &Method, route: Option<&str>) -> Option<Role> {
+pub fn needed_role(method: &Method, route: Option<&str>) -> Option<Role> {
     if method == Method::GET || method == Method::HEAD {
         return None;
     }

@@ -49,7 +49,7 @@ use axum::{Router, middleware};
 use ota_core::release::TrustSet;
 use serde::{Deserialize, Serialize};
 
-pub use auth::Operator;
+pub use auth::{Operator, ROLE_TABLE, needed_role};
 pub use error::{ApiError, release_cause};
 
 use crate::clock::Clock;

@@ -5,6 +5,9 @@ use reqwest::StatusCode;
 use reqwest::header::WWW_AUTHENTICATE;
 use serde_json::{Value, json};
 
+use ota_server::config::Role;
+use ota_server::http::ROLE_TABLE;
+
 use crate::fleet::{Backend, World};
 use crate::util::{
     APPROVER_TOKEN, BOB_TOKEN, OPERATOR_TOKEN, Options, PUBLISHER_TOKEN, TOKEN, TestServer,
@@ -421,6 +424,10 @@ async fn issue7_tokens_never_reach_the_log() {
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)
         .finish();
+    // tracing-core takes a fast path while at most one dispatcher is registered: a callsite
+    // first reached on another test's thread would then be cached as disabled for all. A
+    // second (silent) dispatcher keeps every callsite evaluated per thread.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _guard = tracing::subscriber::set_default(subscriber);
     let wrong = "wrong-token-0123456789-guess";
 
@@ -482,4 +489,51 @@ async fn issue7_tokens_never_reach_the_log() {
     ] {
         assert!(!log.contains(token), "token {token:?} in the log:\n{log}");
     }
+}
+
+/// A token of `role`.
+fn token_of(role: Role) -> &'static str {
+    match role {
+        Role::Publisher => PUBLISHER_TOKEN,
+        Role::Operator => OPERATOR_TOKEN,
+        Role::Approver => APPROVER_TOKEN,
+        _ => TOKEN,
+    }
+}
+
+/// Every row of the role table, whatever it holds: the roles it does not grant get 403
+/// `forbidden-role` (and nothing changes), the role it names and `admin` get past the check
+/// (the empty body or unknown ids then answer 400 or 404, never 403).
+#[tokio::test]
+async fn issue7_every_row_of_the_role_table_is_enforced() {
+    let t = TestServer::start().await;
+    for (method, route, needed) in ROLE_TABLE {
+        let path = route
+            .replace("{id}", "999")
+            .replace("{name}", "no-such-flag");
+        let method = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap();
+        let send = |token: &'static str| {
+            t.client
+                .request(method.clone(), t.url(&path))
+                .bearer_auth(token)
+                .json(&json!({}))
+                .send()
+        };
+        for role in [Role::Publisher, Role::Operator, Role::Approver] {
+            let response = send(token_of(role)).await.unwrap();
+            if role == *needed {
+                assert_ne!(
+                    response.status(),
+                    StatusCode::FORBIDDEN,
+                    "{role} {method} {path}"
+                );
+            } else {
+                assert_forbidden(response, needed.as_str()).await;
+            }
+        }
+        let status = send(TOKEN).await.unwrap().status();
+        assert_ne!(status, StatusCode::FORBIDDEN, "admin {method} {path}");
+        assert!(status.is_client_error(), "admin {method} {path}: {status}");
+    }
+    assert_eq!(t.server.db().count_releases().await.unwrap(), 0);
 }
