@@ -240,8 +240,9 @@ fn default_threshold() -> usize {
     1
 }
 
-/// The MQTT broker connection. TLS and credentials are read by the MQTT shell.
-#[derive(Debug, Clone, Deserialize)]
+/// The MQTT broker connection. TLS and credentials are read by the MQTT shell. Its `Debug`
+/// hides the password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     /// `mqtt://host:port` or `mqtts://host:port`.
@@ -277,6 +278,23 @@ pub struct BrokerConfig {
         deserialize_with = "human::duration"
     )]
     pub max_reconnect_backoff: Duration,
+}
+
+impl fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Every field but the password; a new secret field must be hidden here too.
+        f.debug_struct("BrokerConfig")
+            .field("url", &self.url)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("keep_alive", &self.keep_alive)
+            .field("reconnect_backoff", &self.reconnect_backoff)
+            .field("max_reconnect_backoff", &self.max_reconnect_backoff)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_keep_alive() -> Duration {
@@ -873,6 +891,13 @@ impl AgentConfig {
         }
         if b.password.is_some() && b.username.is_none() {
             return Err(invalid("broker.password", "a password needs a username"));
+        }
+        // Refused here, without quoting the URL: its user-info may hold a password.
+        if b.url.contains('@') {
+            return Err(invalid(
+                "broker.url",
+                "credentials do not belong in the URL: set broker.username and broker.password",
+            ));
         }
         if let Err(e) = crate::mqtt::parse_broker_url(&b.url) {
             return Err(invalid("broker.url", e.to_string()));

@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use crate::error::CliError;
 
-/// Where the fleet server is and who is asking.
-#[derive(Debug, Clone, Args)]
+/// Where the fleet server is and who is asking. Its `Debug` hides the token.
+#[derive(Clone, Args)]
 pub(crate) struct ServerArgs {
     /// The fleet server's base URL.
     #[arg(
@@ -29,6 +29,15 @@ pub(crate) struct ServerArgs {
     /// these certificates are trusted (pinned); without it, the system's roots.
     #[arg(long, env = "OTA_CA_FILE", value_name = "PEM")]
     pub(crate) ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ServerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerArgs")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A client of one fleet server, with its own single-threaded runtime.
@@ -153,4 +162,23 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue7_debug_of_the_server_arguments_hides_the_token() {
+        let args = ServerArgs {
+            server: "http://127.0.0.1:8080".into(),
+            token: Some("cli-token-SECRET-0123".into()),
+        };
+        let debug = format!("{args:?}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+        assert!(
+            debug.contains("<redacted>") && debug.contains("127.0.0.1"),
+            "{debug}"
+        );
+    }
 }

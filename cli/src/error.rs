@@ -8,7 +8,9 @@
 //! | 3 | the fleet server is unreachable or failed (5xx); `ota demo` could not run its fleet |
 //!
 //! A fleet server's refusal of a request (4xx: unknown release, bad filter, conflict, no
-//! token, ...) is status 1, like a refused release.
+//! token, a role that does not grant the request, ...) is status 1, like a refused release,
+//! shown in one line as the server's message, `cause` and status (`... (forbidden-role, HTTP
+//! 403)`).
 
 use std::io;
 use std::path::PathBuf;

@@ -277,4 +277,21 @@ mod tests {
         );
         assert_eq!(parse_public(&public_pem).unwrap(), key.verifying_key());
     }
+
+    /// Issue 7: a loaded private key's `Debug` shows the public half only.
+    #[test]
+    fn issue7_debug_of_a_private_key_shows_no_secret() {
+        let seed = [0x5au8; 32];
+        let (private_pem, _) = encode_pair(&SigningKey::from_bytes(&seed)).unwrap();
+        let key = parse_private(&private_pem).unwrap();
+        let debug = format!("{key:?}");
+        assert!(debug.contains("verifying_key"), "{debug}");
+        for secret in [
+            format!("{seed:?}"),
+            seed.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "90, 90, 90".to_string(),
+        ] {
+            assert!(!debug.contains(&secret), "{debug}");
+        }
+    }
 }

@@ -5,7 +5,7 @@ mod util;
 
 use ota_core::digest::Digest;
 use ota_core::release::SignedRelease;
-use util::{Dir, TOKEN, key_id_line};
+use util::{APPROVER_TOKEN, Dir, TOKEN, key_id_line};
 
 // ---------------------------------------------------------------------------------------------
 // ota key
@@ -55,6 +55,22 @@ fn key_gen_refuses_to_overwrite_without_force() {
     let second = key_id_line(dir.ota(&["key", "gen", "--out", "k", "--force"]).ok());
     assert_ne!(first, second);
     assert_eq!(util::mode(&dir.path("k.key")), 0o600);
+}
+
+/// Issue 7: `--force` over a private key someone made readable writes a fresh 0600 file (the
+/// new key is never readable by others, not even briefly: it is created 0600 and renamed).
+#[cfg(unix)]
+#[test]
+fn issue7_key_gen_force_over_a_readable_key_writes_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Dir::new();
+    dir.keygen("k");
+    let path = dir.path("k.key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    dir.ota(&["key", "gen", "--out", "k", "--force"]).ok();
+    assert_eq!(util::mode(&path), 0o600);
+    assert_eq!(util::mode(&dir.path("k.pub")), 0o644);
+    assert_eq!(dir.files(), ["k.key", "k.pub"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -588,6 +604,32 @@ fn fleet_commands_against_a_running_server() {
     run(&["flag", "show", "no-such-flag"]).fails(1);
     run(&["flag", "set", "new-ui", "--on", "--filter", "hw=("]).fails(1);
     run(&["flag", "set", "new-ui", "--on", "--percent", "150"]).fails(2);
+
+    // Issue 7: a role that does not grant the command: one line naming the role needed, 1.
+    let as_approver = [("OTA_SERVER", base.as_str()), ("OTA_TOKEN", APPROVER_TOKEN)];
+    let line = dir
+        .ota_env(&["flag", "kill", "new-ui"], &as_approver)
+        .fails(1)
+        .to_string();
+    assert!(
+        line.contains("needs the operator role") && line.contains("(forbidden-role, HTTP 403)"),
+        "{line}"
+    );
+    assert!(!line.contains(APPROVER_TOKEN), "{line}");
+    let line = dir
+        .ota_env(
+            &["release", "publish", "fw.release", "--artifact", "fw.bin"],
+            &as_approver,
+        )
+        .fails(1)
+        .to_string();
+    assert!(line.contains("needs the publisher role"), "{line}");
+    // Reading is every role's.
+    assert!(
+        dir.ota_env(&["flag", "list"], &as_approver)
+            .ok()
+            .contains("new-ui")
+    );
 
     // A wrong token is refused (1); no token is a usage error (2); no server is 3.
     let line = dir

@@ -28,12 +28,20 @@ pub enum ApiError {
     Transport(String),
 }
 
-/// An operator's client of one server.
-#[derive(Debug, Clone)]
+/// An operator's client of one server. Its `Debug` hides the token.
+#[derive(Clone)]
 pub struct Api {
     client: Client,
     base: String,
     token: String,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Api {
@@ -208,5 +216,18 @@ impl Api {
             .call(self.request(Method::GET, "/api/v1/events").query(query))
             .await?;
         Ok(v["events"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue7_debug_hides_the_token() {
+        let api = Api::new("http://127.0.0.1:1", "demo-token-SECRET-0123");
+        let debug = format!("{api:?}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+        assert!(debug.contains("127.0.0.1"), "{debug}");
     }
 }

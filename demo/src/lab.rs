@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ota_server::config::{Config, MqttConfig, OperatorConfig, TrustConfig};
+use ota_server::config::{Config, MqttConfig, OperatorConfig, Role, TrustConfig};
 use ota_server::{RunningServer, Server};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -25,9 +25,9 @@ use crate::api::Api;
 use crate::device::{Device, DeviceSpec};
 use crate::firmware::{Build, FirmwareTeam};
 
-/// The operator who creates rollouts.
+/// The operator who publishes and creates rollouts (role `admin`).
 pub const OPERATOR: (&str, &str) = ("alice", "demo-alice-token-0123456789");
-/// A second operator (approvals).
+/// A second operator, role `approver`: approvals only.
 pub const APPROVER: (&str, &str) = ("bob", "demo-bob-token-0123456789ab");
 /// The version every device was built with.
 pub const FACTORY_VERSION: &str = "1.0.0";
@@ -310,7 +310,7 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
     config.database.url.clone_from(&opts.database_url);
     config.operators = vec![
         OperatorConfig::new(OPERATOR.0, OPERATOR.1),
-        OperatorConfig::new(APPROVER.0, APPROVER.1),
+        OperatorConfig::with_role(APPROVER.0, APPROVER.1, Role::Approver),
     ];
     Ok(config)
 }

@@ -107,6 +107,21 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
 }
 
+/// A TOML error as "line N, column M: message", without the quoted source line that the
+/// error's `Display` adds: that line may hold a token.
+fn parse_error(error: &toml::de::Error, text: &str) -> ConfigError {
+    let message = error.message().trim_end();
+    match error.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            ConfigError::Parse(format!("line {line}, column {column}: {message}"))
+        }
+        None => ConfigError::Parse(message.to_string()),
+    }
+}
+
 /// `base.join(path)` without `.` components (`/etc/ota` + `./data` is `/etc/ota/data`).
 fn join_clean(base: &Path, path: &Path) -> PathBuf {
     let joined: PathBuf = base
@@ -153,8 +168,7 @@ impl Config {
 
     /// Parses and validates TOML text; relative paths are resolved against `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| parse_error(&e, text))?;
         config.resolve_paths(base_dir);
         config.validate()?;
         Ok(config)
@@ -215,6 +229,19 @@ impl Config {
                     "operators.token",
                     format!(
                         "the token of operator {:?} is shorter than {MIN_TOKEN_LEN} bytes",
+                        op.name
+                    ),
+                ));
+            }
+            if op
+                .token
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(invalid(
+                    "operators.token",
+                    format!(
+                        "the token of operator {:?} contains whitespace or control characters",
                         op.name
                     ),
                 ));
@@ -445,8 +472,8 @@ impl TryFrom<RawMqtt> for MqttConfig {
     }
 }
 
-/// `[database]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// `[database]`. Its `Debug` hides the URL's password.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct DatabaseConfig {
@@ -457,6 +484,15 @@ pub struct DatabaseConfig {
     /// Most pooled connections (default [`DatabaseConfig::pool_size`]).
     #[serde(default)]
     pub max_connections: Option<u32>,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_deref().map(crate::db::redact_url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 impl DatabaseConfig {
@@ -548,14 +584,48 @@ pub fn read_public_key(path: &Path) -> Result<VerifyingKey, ConfigError> {
         .map_err(|_| key_error("not an ed25519 SubjectPublicKeyInfo PEM public key"))
 }
 
-/// An operator role. Only `admin` exists today; finer roles come later.
+/// An operator role: what an operator's token may change. Every role may read (`GET`) the
+/// whole API; the changing endpoints each need one role ([`crate::http`] has the table), and
+/// `admin` may do everything. One operator has one role: give a person who needs two roles
+/// two operators (two names and tokens), or `admin`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Role {
-    /// May do everything.
+    /// May do everything (the default, as before roles existed).
     #[default]
     Admin,
+    /// Publishes releases (and trust sets).
+    Publisher,
+    /// Steers the fleet: creates, pauses, resumes and aborts rollouts, sets device labels,
+    /// sets, kills, revives and deletes flags.
+    Operator,
+    /// Approves rollouts that need a second operator (forced reinstalls); nothing else.
+    Approver,
+}
+
+impl Role {
+    /// The role's name in `server.toml` and in error messages (`publisher`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Publisher => "publisher",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+        }
+    }
+
+    /// Whether an operator of this role may do what needs `needed`: `admin` may do
+    /// everything, every other role only what needs exactly it.
+    pub fn grants(self, needed: Role) -> bool {
+        self == Role::Admin || self == needed
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `[[operators]]`: one operator and their bearer token.
@@ -573,12 +643,17 @@ pub struct OperatorConfig {
 }
 
 impl OperatorConfig {
-    /// An operator with the default role.
+    /// An operator with the default role (`admin`).
     pub fn new(name: impl Into<String>, token: impl Into<String>) -> Self {
+        Self::with_role(name, token, Role::default())
+    }
+
+    /// An operator with `role`.
+    pub fn with_role(name: impl Into<String>, token: impl Into<String>, role: Role) -> Self {
         OperatorConfig {
             name: name.into(),
             token: token.into(),
-            role: Role::default(),
+            role,
         }
     }
 }
@@ -595,8 +670,8 @@ impl std::fmt::Debug for OperatorConfig {
 
 /// `[[webhooks]]`: a URL that receives audit events as JSON (delivered in order by a
 /// background task per webhook, with retries; a failing webhook never blocks a rollout: see
-/// [`crate::webhook`]).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// [`crate::webhook`]). Its `Debug` shows only the URL's origin ([`WebhookConfig::origin`]).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct WebhookConfig {
@@ -605,6 +680,34 @@ pub struct WebhookConfig {
     /// Event kinds to deliver; empty means all.
     #[serde(default)]
     pub events: Vec<String>,
+}
+
+impl WebhookConfig {
+    /// The URL as logs show it: scheme, host and port only. Webhook URLs often carry their
+    /// secret in the path or query (`https://hooks.example.com/services/T0/B0/SECRET`) or as
+    /// `user:password@`; none of that is shown.
+    pub fn origin(&self) -> String {
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("", &self.url));
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        let hidden = if rest.len() > authority.len() || authority.contains('@') {
+            "/…"
+        } else {
+            ""
+        };
+        format!("{scheme}://{host}{hidden}")
+    }
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.origin())
+            .field("events", &self.events)
+            .finish()
+    }
 }
 
 #[cfg(test)]
@@ -700,5 +803,95 @@ mod tests {
         assert!(Config::from_toml(short, Path::new("/")).is_err());
         let role = "[trust]\nkeys=[\"a\"]\n[[operators]]\nname=\"a\"\ntoken=\"0123456789abcdef\"\nrole=\"root\"\n";
         assert!(Config::from_toml(role, Path::new("/")).is_err());
+    }
+
+    /// `[[operators]]` entries, one per `(name, token, role)`.
+    fn with_operators(ops: &[(&str, &str, &str)]) -> String {
+        let mut text = "[trust]\nkeys=[\"a\"]\n".to_string();
+        for (name, token, role) in ops {
+            text.push_str(&format!(
+                "[[operators]]\nname={name:?}\ntoken={token:?}\nrole={role:?}\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn issue7_roles_parse_and_tokens_are_checked() {
+        let c = Config::from_toml(
+            &with_operators(&[
+                ("a", "token-a-0123456789", "admin"),
+                ("p", "token-p-0123456789", "publisher"),
+                ("o", "token-o-0123456789", "operator"),
+                ("v", "token-v-0123456789", "approver"),
+            ]),
+            Path::new("/"),
+        )
+        .unwrap();
+        let roles: Vec<Role> = c.operators.iter().map(|o| o.role).collect();
+        assert_eq!(
+            roles,
+            [Role::Admin, Role::Publisher, Role::Operator, Role::Approver]
+        );
+        assert_eq!(Role::Approver.to_string(), "approver");
+
+        let refused = |ops: &[(&str, &str, &str)], needle: &str| {
+            let e = Config::from_toml(&with_operators(ops), Path::new("/")).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(needle), "{text}");
+            // The message names the operator, never the token.
+            for (_, token, _) in ops {
+                assert!(!text.contains(token), "{text}");
+            }
+        };
+        refused(&[("a", "fifteen-bytes-x", "admin")], "shorter than 16");
+        refused(&[("a", "sixteen bytes xx", "admin")], "whitespace");
+        refused(
+            &[
+                ("a", "the-same-token-0123", "admin"),
+                ("b", "the-same-token-0123", "approver"),
+            ],
+            "reuses another operator's token",
+        );
+        refused(
+            &[
+                ("a", "token-a-0123456789", "admin"),
+                ("a", "token-b-0123456789", "operator"),
+            ],
+            "listed twice",
+        );
+    }
+
+    #[test]
+    fn issue7_debug_of_the_config_shows_no_secret() {
+        let text = format!(
+            "{}[database]\nurl = \"postgres://ota:db-pass-SECRET@db/ota?password=q-SECRET\"\n\
+             [[webhooks]]\nurl = \"https://hook-user:hook-pass-SECRET@hooks.example.com/services/T0/path-SECRET?k=q2-SECRET\"\n",
+            with_operators(&[("alice", "token-alice-SECRET-0123", "admin")])
+        );
+        let c = Config::from_toml(&text, Path::new("/")).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+        // What is shown is still useful.
+        assert!(
+            debug.contains("postgres://ota:***@db/ota?password=***"),
+            "{debug}"
+        );
+        assert!(debug.contains("https://hooks.example.com/…"), "{debug}");
+        assert!(debug.contains("alice"), "{debug}");
+        assert_eq!(
+            c.webhooks[0].origin(),
+            "https://hooks.example.com/…",
+            "userinfo, path and query are hidden"
+        );
+    }
+
+    #[test]
+    fn issue7_parse_errors_do_not_quote_the_line() {
+        let text = "[trust]\nkeys=[\"a\"]\n[[operators]]\nname=\"a\"\ntoken=\"first-SECRET-0123456\"\ntoken=\"second-SECRET-0123456\"\n";
+        let e = Config::from_toml(text, Path::new("/")).unwrap_err();
+        let message = e.to_string();
+        assert!(!message.contains("SECRET"), "{message}");
+        assert!(message.contains("line 6"), "{message}");
     }
 }

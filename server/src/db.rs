@@ -132,18 +132,35 @@ impl DbKind {
     }
 }
 
-/// The URL without its password, for error messages and logs.
+/// The URL without its password, for error messages, logs and `Debug`: the password of
+/// `scheme://user:password@host` and the value of a `password=` query parameter become `***`.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
+            let userinfo = &base[scheme_end + 3..at];
             match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_string(),
+                Some((user, _)) => format!("{}{user}:***{}", &base[..scheme_end + 3], &base[at..]),
+                None => base.to_string(),
             }
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => param.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 /// A release as stored (metadata; the signed bytes are fetched with
@@ -1602,6 +1619,14 @@ mod tests {
             "postgres://ota:***@db:5432/ota"
         );
         assert_eq!(redact_url("postgres://ota@db/ota"), "postgres://ota@db/ota");
+        assert_eq!(
+            redact_url("postgres://ota:p@ss@db/ota?sslmode=require&password=x&application_name=y"),
+            "postgres://ota:***@db/ota?sslmode=require&password=***&application_name=y"
+        );
+        assert_eq!(
+            redact_url("sqlite:///data/ota.db?mode=rwc"),
+            "sqlite:///data/ota.db?mode=rwc"
+        );
         assert!(DbKind::from_url("mysql://x").is_err());
     }
 }

@@ -344,3 +344,31 @@ fn issue7_download_tls_keys() {
     let cert_only = format!("{MINIMAL}\n[download]\nclient_cert = \"/etc/c.pem\"\n");
     assert_eq!(key_of(&parse_err(&cert_only)), "download.client_cert");
 }
+
+/// Issue 7: the MQTT password never shows in `Debug` (nor does a password put in the broker
+/// URL appear in the error that refuses it).
+#[test]
+fn issue7_debug_and_errors_show_no_broker_password() {
+    let text = MINIMAL.replacen(
+        "url = \"mqtt://127.0.0.1:1883\"",
+        "url = \"mqtt://127.0.0.1:1883\"\nusername = \"dev-1\"\npassword = \"mqtt-pass-SECRET\"",
+        1,
+    );
+    let c = AgentConfig::from_toml_str(&text).unwrap();
+    assert_eq!(c.broker.password.as_deref(), Some("mqtt-pass-SECRET"));
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("SECRET"), "{debug}");
+    assert!(
+        debug.contains("<redacted>") && debug.contains("dev-1"),
+        "{debug}"
+    );
+
+    let in_url = MINIMAL.replacen(
+        "mqtt://127.0.0.1",
+        "mqtt://dev-1:url-pass-SECRET@127.0.0.1",
+        1,
+    );
+    let e = parse_err(&in_url);
+    assert_eq!(key_of(&e), "broker.url");
+    assert!(!e.to_string().contains("SECRET"), "{e}");
+}

@@ -70,6 +70,9 @@ impl Run {
 /// The operator token of [`Dir::start_server`]'s server.
 pub(crate) const TOKEN: &str = "alice-token-0123456789";
 
+/// The token of [`Dir::start_server`]'s second operator, `ada`, who has the approver role.
+pub(crate) const APPROVER_TOKEN: &str = "ada-approver-token-0123";
+
 /// An `ota server` child process, killed on drop.
 pub(crate) struct ServerProcess {
     child: std::process::Child,
@@ -130,13 +133,15 @@ impl Dir {
     }
 
     /// Starts `ota server` in this directory (ports 0, SQLite in `./data`) trusting the public
-    /// key files `trust`, with operator `alice` ([`TOKEN`]); waits for its address.
+    /// key files `trust`, with operators `alice` (admin, [`TOKEN`]) and `ada` (approver,
+    /// [`APPROVER_TOKEN`]); waits for its address.
     pub(crate) fn start_server(&self, trust: &[&str]) -> ServerProcess {
         let keys: Vec<String> = trust.iter().map(|k| format!("{k:?}")).collect();
         let config = format!(
             "data_dir = \"./data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\
              [trust]\nkeys = [{}]\n\
-             [[operators]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n",
+             [[operators]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n\
+             [[operators]]\nname = \"ada\"\ntoken = \"{APPROVER_TOKEN}\"\nrole = \"approver\"\n",
             keys.join(", ")
         );
         self.write("server.toml", config.as_bytes());
