@@ -49,6 +49,9 @@ pub enum AgentError {
     /// The configuration is unusable (trust keys, device id...).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The trust record (a rotated trust set) cannot be used.
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustFileError),
     /// The device id is not a valid MQTT topic segment.
     #[error("device_id: {0}")]
     DeviceId(#[from] DeviceIdError),
@@ -239,6 +242,10 @@ pub struct AgentStatus {
     pub broker_error: Option<String>,
     /// The boot count this agent runs in.
     pub boot_count: u32,
+    /// The sequence of the trust-set update in force (0: the configured keys).
+    pub trust_sequence: u64,
+    /// What the agent did with the last trust-set update it handled since it started.
+    pub last_trust: Option<ota_core::wire::TrustOutcome>,
 }
 
 /// A running agent.
@@ -314,9 +321,15 @@ impl Agent {
         let journal = Journal::open(storage.clone(), &data)?;
         let persisted = load_state(&journal)?;
         let cache = Cache::open(storage.clone(), &data)?;
-        let trust = config.trust_set()?;
+        let trust = crate::trust::TrustFile::open(
+            storage.clone(),
+            &data,
+            device.clone(),
+            config.trust_set()?,
+        )?;
 
-        let mut machine_config = machine_config(&config, device.clone(), trust);
+        let mut machine_config =
+            machine_config(&config, device.clone(), trust.state().set().clone());
         if persisted.is_none()
             && let Some(factory) = &config.factory
         {
@@ -367,11 +380,14 @@ impl Agent {
             last_error: None,
             broker_error: None,
             boot_count: boot32,
+            trust_sequence: trust.state().sequence(),
+            last_trust: None,
         };
         let (status_tx, status_rx) = watch::channel(initial);
         let flags = crate::flags::FlagFile::open(storage.clone(), &data, device.clone());
         let shell = Shell::new(crate::shell::Parts {
             flags,
+            trust,
             machine,
             clock,
             journal,

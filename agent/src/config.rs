@@ -95,14 +95,18 @@ pub enum ConfigError {
 /// Refuses a file every user may write (the configuration, a trust key). A file that cannot
 /// be examined passes here: reading it reports why.
 fn refuse_world_writable(path: &Path) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let writable = std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o002 != 0);
-    if writable {
+    if is_world_writable(path) {
         return Err(ConfigError::WorldWritable {
             path: path.to_path_buf(),
         });
     }
     Ok(())
+}
+
+/// Whether every user may write `path` (false when it cannot be examined).
+pub(crate) fn is_world_writable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o002 != 0)
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -236,8 +240,8 @@ fn default_threshold() -> usize {
     1
 }
 
-/// The MQTT broker connection. TLS and credentials are read by the MQTT shell. `Debug` hides
-/// the password.
+/// The MQTT broker connection. TLS and credentials are read by the MQTT shell. Its `Debug`
+/// hides the password.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
@@ -280,8 +284,9 @@ pub struct BrokerConfig {
     pub max_reconnect_backoff: Duration,
 }
 
-impl std::fmt::Debug for BrokerConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Every field but the password; a new secret field must be hidden here too.
         f.debug_struct("BrokerConfig")
             .field("url", &self.url)
             .field("ca_file", &self.ca_file)
@@ -291,6 +296,8 @@ impl std::fmt::Debug for BrokerConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("password_file", &self.password_file)
             .field("keep_alive", &self.keep_alive)
+            .field("reconnect_backoff", &self.reconnect_backoff)
+            .field("max_reconnect_backoff", &self.max_reconnect_backoff)
             .finish_non_exhaustive()
     }
 }
@@ -638,9 +645,22 @@ pub struct DownloadSettings {
     /// Limit for waiting on the next bytes.
     #[serde(default = "default_read_timeout", deserialize_with = "human::duration")]
     pub read_timeout: Duration,
-    /// An extra PEM trust anchor for HTTPS artifact servers.
+    /// The pinned CA bundle (PEM) for HTTPS artifact servers: when set, only these
+    /// certificates are trusted (no system root); unset, the platform's roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// A client certificate chain (PEM) for HTTPS artifact servers that ask for one, with
+    /// `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Refuse plain `http://` artifact URLs (default false: the signed digest protects the
+    /// bytes; TLS adds confidentiality and protection against a network attacker wasting
+    /// the download).
+    #[serde(default)]
+    pub require_https: bool,
     /// Free bytes required on the data directory's disk beyond the artifact's size before a
     /// download starts (default 16 MiB).
     #[serde(default = "default_disk_margin")]
@@ -697,6 +717,9 @@ impl Default for DownloadSettings {
             connect_timeout: default_connect_timeout(),
             read_timeout: default_read_timeout(),
             ca_file: None,
+            client_cert: None,
+            client_key: None,
+            require_https: false,
             disk_margin_bytes: default_disk_margin(),
             min_bytes_per_second: default_min_rate(),
             min_rate_window: default_min_rate_window(),
@@ -718,7 +741,10 @@ impl DownloadSettings {
         if let Some(ca) = &self.ca_file {
             c = c.with_ca_file(ca.clone());
         }
-        c
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            c = c.with_client_identity(cert.clone(), key.clone());
+        }
+        c.with_require_https(self.require_https)
     }
 }
 
@@ -726,7 +752,7 @@ impl DownloadSettings {
 const MAX_CHUNK: usize = 64 << 20;
 
 impl AgentConfig {
-    /// Reads and checks the configuration file at `path`; relative key paths are resolved
+    /// Reads and checks the configuration file at `path`; relative key, factory and download TLS paths are resolved
     /// against its directory. A world-writable file is refused.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         refuse_world_writable(path)?;
@@ -740,6 +766,15 @@ impl AgentConfig {
             if let KeySource::File(p) = key
                 && p.is_relative()
             {
+                *p = base.join(&*p);
+            }
+        }
+        let d = &mut config.download;
+        for p in [&mut d.ca_file, &mut d.client_cert, &mut d.client_key]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
@@ -853,6 +888,12 @@ impl AgentConfig {
                 "client_cert and client_key go together",
             ));
         }
+        if self.download.client_cert.is_some() != self.download.client_key.is_some() {
+            return Err(invalid(
+                "download.client_cert",
+                "client_cert and client_key go together",
+            ));
+        }
         if (b.password.is_some() || b.password_file.is_some()) && b.username.is_none() {
             return Err(invalid("broker.password", "a password needs a username"));
         }
@@ -860,6 +901,13 @@ impl AgentConfig {
             return Err(invalid(
                 "broker.password_file",
                 "set password or password_file, not both",
+            ));
+        }
+        // Refused here, without quoting the URL: its user-info may hold a password.
+        if b.url.contains('@') {
+            return Err(invalid(
+                "broker.url",
+                "credentials do not belong in the URL: set broker.username and broker.password",
             ));
         }
         if let Err(e) = crate::mqtt::parse_broker_url(&b.url) {

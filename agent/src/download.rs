@@ -17,6 +17,16 @@
 //! 4. At the end the verifier must accept size and digest; the partial is then fsynced and
 //!    renamed into the cache ([`Cache::insert_from_partial`]).
 //!
+//! # HTTPS
+//!
+//! With [`DownloadConfig::ca_file`] set, HTTPS artifact servers are verified against **only**
+//! that CA bundle (pinned: no system or built-in root is trusted, see [`crate::tls`]); without
+//! it, against the platform's roots. A failed handshake (unknown issuer, wrong host name, a
+//! server that does not speak TLS) is [`DownloadError::Tls`], before any byte is written.
+//! Plain `http://` URLs stay allowed unless [`DownloadConfig::require_https`]: the signed
+//! digest protects the bytes either way, TLS adds confidentiality and keeps a network
+//! attacker from wasting the device's bandwidth.
+//!
 //! A transfer slower than [`DownloadConfig::min_rate`] on average over a whole window is cut
 //! with [`DownloadError::TooSlow`] (retryable), so a mirror cannot hold an update by trickling
 //! bytes just fast enough to beat the read timeout.
@@ -40,6 +50,7 @@ use reqwest::header::{
 
 use crate::cache::{Cache, CacheError};
 use crate::storage::for_each_chunk;
+use crate::tls::{TlsError, TlsFiles};
 
 /// Settings of the downloader.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +64,17 @@ pub struct DownloadConfig {
     /// Limit for waiting on the next bytes of a response; a stalled transfer fails with
     /// [`DownloadError::Timeout`] (retryable).
     pub read_timeout: Duration,
-    /// An extra PEM trust anchor for HTTPS artifact servers (besides the system's roots).
+    /// The pinned CA bundle (PEM) for HTTPS artifact servers: when set, only these
+    /// certificates are trust anchors; when `None`, the platform's roots.
     pub ca_file: Option<PathBuf>,
+    /// A client certificate chain (PEM) presented to HTTPS artifact servers (mutual TLS),
+    /// with [`client_key`](Self::client_key).
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of [`client_cert`](Self::client_cert).
+    pub client_key: Option<PathBuf>,
+    /// Refuse `http://` artifact URLs (and redirects to them) with
+    /// [`DownloadError::InsecureUrl`]; off by default (the signed digest protects the bytes).
+    pub require_https: bool,
     /// The slow-retrieval guard: a transfer slower than this is cut ([`DownloadError::TooSlow`],
     /// retryable); `None` turns it off.
     pub min_rate: Option<MinRate>,
@@ -91,6 +111,9 @@ impl Default for DownloadConfig {
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
             ca_file: None,
+            client_cert: None,
+            client_key: None,
+            require_https: false,
             min_rate: Some(MinRate::DEFAULT),
         }
     }
@@ -116,9 +139,26 @@ impl DownloadConfig {
         self
     }
 
-    /// With an extra PEM trust anchor.
+    /// With a pinned CA bundle (PEM): HTTPS servers must chain to it, and only to it.
     pub fn with_ca_file(mut self, ca_file: impl Into<PathBuf>) -> Self {
         self.ca_file = Some(ca_file.into());
+        self
+    }
+
+    /// With a client certificate chain and its private key (PEM files), for mutual TLS.
+    pub fn with_client_identity(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.client_cert = Some(cert.into());
+        self.client_key = Some(key.into());
+        self
+    }
+
+    /// Refuse (or allow) plain `http://` artifact URLs.
+    pub fn with_require_https(mut self, require_https: bool) -> Self {
+        self.require_https = require_https;
         self
     }
 
@@ -193,7 +233,8 @@ pub enum ErrorClass {
     /// The bytes are not the signed artifact (digest, size, too long). The partial was
     /// discarded; the release (or this mirror) is bad.
     Verify,
-    /// Retrying the same request will not help: 4xx, a bad URL, a TLS setup error.
+    /// Retrying the same request will not help: 4xx, a bad URL, a TLS setup error, a server
+    /// whose certificate is not trusted.
     Fatal,
     /// A local disk error (full, read-only, I/O error): not the server's fault.
     Local,
@@ -203,34 +244,36 @@ pub enum ErrorClass {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DownloadError {
-    /// The HTTP client could not be built (TLS setup).
+    /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
-    /// The extra CA file could not be read.
-    #[error("cannot read the CA file {path}: {source}")]
-    CaFile {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-    /// The extra CA file holds no valid PEM certificate.
-    #[error("the CA file {path} holds no valid PEM certificate: {reason}")]
-    CaCert {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
+    /// The TLS files (pinned CA, client certificate or key) cannot be used.
+    #[error("download TLS setup: {0}")]
+    TlsSetup(#[from] TlsError),
+    /// The TLS handshake with the artifact server failed: its certificate does not chain to
+    /// the trusted CA (pinned or platform), names another host or has expired, or the server
+    /// does not speak TLS. Nothing was downloaded.
+    #[error("TLS handshake with {host} failed: {reason}")]
+    Tls {
+        /// The server's host (from the URL).
+        host: String,
+        /// The TLS library's cause (e.g. "invalid peer certificate: UnknownIssuer").
         reason: String,
+    },
+    /// A plain `http://` URL (or a redirect to one) while `require_https` is on.
+    #[error("refusing the plain-HTTP artifact URL {url}: download.require_https is on")]
+    InsecureUrl {
+        /// The refused URL.
+        url: String,
     },
     /// The request cannot be made (bad URL, unsupported scheme, redirect loop).
     #[error("invalid download request: {0}")]
     InvalidRequest(#[source] reqwest::Error),
     /// No bytes arrived within the connect or read timeout.
-    #[error("download timed out: {0}")]
+    #[error("download timed out: {}", with_causes(.0))]
     Timeout(#[source] reqwest::Error),
     /// The connection failed or broke (refused, reset, closed mid-body).
-    #[error("download connection failed: {0}")]
+    #[error("download connection failed: {}", with_causes(.0))]
     Network(#[source] reqwest::Error),
     /// The transfer was slower than the configured minimum rate over a whole window (a slow
     /// or malicious mirror); the bytes received so far are kept for the retry.
@@ -294,8 +337,9 @@ impl DownloadError {
             | DownloadError::BadContentRange { .. } => ErrorClass::Retryable,
             DownloadError::Verify(_) => ErrorClass::Verify,
             DownloadError::Client(_)
-            | DownloadError::CaFile { .. }
-            | DownloadError::CaCert { .. }
+            | DownloadError::TlsSetup(_)
+            | DownloadError::Tls { .. }
+            | DownloadError::InsecureUrl { .. }
             | DownloadError::InvalidRequest(_)
             | DownloadError::ClientStatus(_)
             | DownloadError::UnexpectedStatus(_) => ErrorClass::Fatal,
@@ -318,7 +362,14 @@ impl DownloadError {
     }
 
     fn from_reqwest(e: reqwest::Error) -> Self {
-        if e.is_builder() || e.is_redirect() {
+        if let Some(reason) = tls_cause(&e) {
+            let host = e
+                .url()
+                .and_then(|u| u.host_str())
+                .unwrap_or("the artifact server")
+                .to_owned();
+            DownloadError::Tls { host, reason }
+        } else if e.is_builder() || e.is_redirect() {
             DownloadError::InvalidRequest(e)
         } else if e.is_timeout() {
             DownloadError::Timeout(e)
@@ -333,34 +384,58 @@ fn storage_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Downl
     move |source| DownloadError::Storage { op, path, source }
 }
 
-/// Builds the HTTP client the agent uses (downloads and HTTP health probes).
-pub(crate) fn build_client(
-    connect_timeout: Duration,
-    read_timeout: Duration,
-    ca_file: Option<&Path>,
-) -> Result<reqwest::Client, DownloadError> {
+/// `e` and its causes in one line (reqwest's own message omits them: "error sending request
+/// for url (...)" says nothing of a refused connection or a reset), for the device's report.
+fn with_causes(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The TLS library's error somewhere in `e`'s source chain (a failed handshake), as text.
+fn tls_cause(e: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // The handshake error comes wrapped in io::Errors, whose `source` skips the wrapped
+        // error itself: step into it instead.
+        source = match err.downcast_ref::<io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// Builds the downloader's HTTP client: the platform's roots by default; with any TLS file
+/// set, the shared rustls configuration ([`crate::tls`]: the CA pinned).
+fn build_client(config: &DownloadConfig) -> Result<reqwest::Client, DownloadError> {
     let mut builder = reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .read_timeout(read_timeout);
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|source| DownloadError::CaFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| DownloadError::CaCert {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        if certs.is_empty() {
-            return Err(DownloadError::CaCert {
-                path: path.to_path_buf(),
-                reason: "no certificate found".to_owned(),
-            });
-        }
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
+        .connect_timeout(config.connect_timeout)
+        .read_timeout(config.read_timeout)
+        .https_only(config.require_https);
+    let files = TlsFiles {
+        ca_file: config.ca_file.as_deref(),
+        client_cert: config.client_cert.as_deref(),
+        client_key: config.client_key.as_deref(),
+    };
+    if files.any() {
+        let mut tls = crate::tls::client_config(files)?;
+        // The artifact servers speak HTTP/1.1 (the client has no HTTP/2).
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        builder = builder.tls_backend_preconfigured(tls);
     }
     builder.build().map_err(DownloadError::Client)
 }
@@ -371,6 +446,7 @@ pub(crate) fn build_client(
 pub struct Downloader {
     client: reqwest::Client,
     cache: Cache,
+    require_https: bool,
     chunk_size: usize,
     min_rate: Option<MinRate>,
 }
@@ -384,14 +460,11 @@ struct Cursor {
 impl Downloader {
     /// A downloader writing into `cache`.
     pub fn new(cache: Cache, config: &DownloadConfig) -> Result<Self, DownloadError> {
-        let client = build_client(
-            config.connect_timeout,
-            config.read_timeout,
-            config.ca_file.as_deref(),
-        )?;
+        let client = build_client(config)?;
         Ok(Downloader {
             client,
             cache,
+            require_https: config.require_https,
             chunk_size: config.chunk_size.max(1),
             min_rate: config
                 .min_rate
@@ -411,6 +484,16 @@ impl Downloader {
         req: &DownloadRequest,
         mut progress: impl FnMut(Progress),
     ) -> Result<Downloaded, DownloadError> {
+        if self.require_https
+            && !req
+                .url
+                .get(..8)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+        {
+            return Err(DownloadError::InsecureUrl {
+                url: req.url.clone(),
+            });
+        }
         let total = req.size;
         let mut cursor = self.resume_point(req).await?;
         let mut resumed_from = cursor.offset;

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use ota_core::flags::{DeviceFlags, FlagFileError, FlagLimits, FlagStore, FlagUpdate};
 use ota_core::wire::DeviceId;
 
-use crate::storage::SharedStorage;
+use crate::storage::{ReplaceError, SharedStorage, replace_file};
 
 /// The flag file's name in the data directory.
 pub const FILE_NAME: &str = "flags";
@@ -185,17 +185,17 @@ impl FlagFile {
 
     /// Replaces the file atomically with the update's bytes.
     fn replace(&self, update: &FlagUpdate) -> Result<(), FlagsError> {
-        let st = &self.storage;
-        let tmp = self.dir.join(TEMP_NAME);
-        let path = self.dir.join(FILE_NAME);
-        let err = |op: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| FlagsError::Write { op, path, source }
-        };
-        st.create(&tmp).map_err(err("write", &tmp))?;
-        st.append(&tmp, update.file()).map_err(err("write", &tmp))?;
-        st.sync_file(&tmp).map_err(err("fsync", &tmp))?;
-        st.rename(&tmp, &path).map_err(err("rename", &tmp))?;
-        st.sync_dir(&self.dir).map_err(err("fsync", &self.dir))
+        replace_file(
+            &*self.storage,
+            &self.dir,
+            FILE_NAME,
+            TEMP_NAME,
+            update.file(),
+        )
+        .map_err(|e: ReplaceError| FlagsError::Write {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        })
     }
 }

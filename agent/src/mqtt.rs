@@ -16,7 +16,7 @@
 //!
 //! Session: client id = device id; a retained last will `Status { online: false }` on
 //! `status`; a retained `Status { online: true }` published first on every connect; a
-//! subscription to `desired`, `heartbeat/ack` and the device's flags topic made on every connect.
+//! subscription to `desired`, `heartbeat/ack`, `ota/v1/trust` and the device's flags topic made on every connect.
 //!
 //! The first connection of an agent process uses a clean session; every reconnect after it
 //! resumes a persistent session (`clean_session = false`: the broker keeps the subscriptions
@@ -64,9 +64,19 @@ pub enum MqttError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// A TLS file (CA bundle, client certificate or key) or the password file cannot be read.
+    /// A TLS file (CA bundle, client certificate or key) cannot be read.
     #[error("cannot read {path}: {source}")]
     TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `broker.password_file` cannot be read or is not UTF-8 (the error never shows its
+    /// content).
+    #[error("cannot read the broker password file {path}: {source}")]
+    PasswordFile {
         /// The file.
         path: PathBuf,
         /// The underlying error.
@@ -218,6 +228,8 @@ pub(crate) enum LinkEvent {
     HeartbeatAck(Delivery),
     /// A message on the device's flags topic (`ota/v1/flags/devices/{id}`; ack it too).
     Flags(Delivery),
+    /// A message on the fleet-wide trust topic (`ota/v1/trust`; ack it too).
+    Trust(Delivery),
     /// A message on a topic the agent does not use (acknowledged and ignored).
     Other(Delivery),
 }
@@ -287,71 +299,21 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16, bool), MqttError> {
     Ok((host.to_owned(), port, tls))
 }
 
-fn read_file(path: &std::path::Path) -> Result<Vec<u8>, MqttError> {
-    std::fs::read(path).map_err(|source| MqttError::TlsFile {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// The rustls client configuration for `mqtts://` (explicit aws-lc-rs provider).
+/// The rustls client configuration for `mqtts://` ([`crate::tls`]: the CA file pinned, else
+/// the system's roots; the optional client certificate).
 fn tls_config(b: &BrokerConfig) -> Result<Arc<rustls::ClientConfig>, MqttError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let tls = |e: &dyn std::fmt::Display| MqttError::Tls(e.to_string());
-    let mut roots = rustls::RootCertStore::empty();
-    match &b.ca_file {
-        Some(path) => {
-            let pem = read_file(path)?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| tls(&format!("{}: {e}", path.display())))?;
-                roots.add(cert).map_err(|e| tls(&e))?;
-            }
-            if roots.is_empty() {
-                return Err(MqttError::Tls(format!(
-                    "{}: no certificate found",
-                    path.display()
-                )));
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
-            if roots.is_empty() {
-                return Err(MqttError::Tls(
-                    "no system root certificates found: set broker.ca_file".to_owned(),
-                ));
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(&e))?
-        .with_root_certificates(roots);
-    let config = match (&b.client_cert, &b.client_key) {
-        (Some(cert), Some(key)) => {
-            let cert_pem = read_file(cert)?;
-            let certs = CertificateDer::pem_slice_iter(&cert_pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| tls(&format!("{}: {e}", cert.display())))?;
-            if certs.is_empty() {
-                return Err(MqttError::Tls(format!(
-                    "{}: no certificate found",
-                    cert.display()
-                )));
-            }
-            let key_pem = read_file(key)?;
-            let key = PrivateKeyDer::from_pem_slice(&key_pem)
-                .map_err(|e| tls(&format!("{}: {e}", key.display())))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| tls(&e))?
-        }
-        _ => builder.with_no_client_auth(),
+    let files = crate::tls::TlsFiles {
+        ca_file: b.ca_file.as_deref(),
+        client_cert: b.client_cert.as_deref(),
+        client_key: b.client_key.as_deref(),
     };
-    Ok(Arc::new(config))
+    match crate::tls::client_config(files) {
+        Ok(config) => Ok(Arc::new(config)),
+        Err(crate::tls::TlsError::Read { path, source }) => {
+            Err(MqttError::TlsFile { path, source })
+        }
+        Err(e) => Err(MqttError::Tls(e.to_string())),
+    }
 }
 
 impl LinkSettings {
@@ -375,8 +337,11 @@ impl LinkSettings {
             .set_manual_acks(true);
         if let Some(user) = &broker.username {
             let password = match &broker.password_file {
-                Some(path) => String::from_utf8(read_file(path)?)
-                    .map_err(|_| MqttError::Tls(format!("{}: not UTF-8", path.display())))?
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|source| MqttError::PasswordFile {
+                        path: path.clone(),
+                        source,
+                    })?
                     .trim_end_matches(['\r', '\n'])
                     .to_owned(),
                 None => broker.password.clone().unwrap_or_default(),
@@ -665,6 +630,7 @@ impl Poller {
                     let is_desired = p.topic == desired;
                     let is_ack = p.topic == ack;
                     let is_flags = p.topic == flags;
+                    let is_trust = p.topic == ota_core::wire::TRUST_TOPIC;
                     let delivery = Delivery {
                         payload: p.payload.to_vec(),
                         received: std::time::Instant::now(),
@@ -677,6 +643,8 @@ impl Poller {
                         LinkEvent::HeartbeatAck(delivery)
                     } else if is_flags {
                         LinkEvent::Flags(delivery)
+                    } else if is_trust {
+                        LinkEvent::Trust(delivery)
                     } else {
                         LinkEvent::Other(delivery)
                     };

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use ota_core::digest::Digest;
+use ota_core::release::TrustState;
 use ota_core::update::{InFlight, PersistedState, PowerPolicy, ReleaseInfo};
 use ota_core::wire::{ExecutionState, PowerReading, UpdateOutcome, WireMessage};
 use serde_json::{Value, json};
@@ -32,6 +33,36 @@ pub struct StateReport {
     pub cache_files: Vec<(Digest, u64)>,
     /// Partial downloads on disk: (digest, bytes).
     pub partials: Vec<(Digest, u64)>,
+    /// The trust record (`<data_dir>/trust`, key rotation): `None` when absent (the configured
+    /// keys are in force), else the rotated state or why it does not decode.
+    pub trust: Option<Result<TrustState, String>>,
+}
+
+/// The trust line of the report.
+fn trust_json(trust: Option<&Result<TrustState, String>>) -> Value {
+    match trust {
+        None => json!({ "source": "configured" }),
+        Some(Ok(t)) => json!({
+            "source": "rotated",
+            "sequence": t.sequence(),
+            "threshold": t.set().threshold(),
+            "keys": t.set().keys().map(|(id, _)| id.to_string()).collect::<Vec<_>>(),
+        }),
+        Some(Err(e)) => json!({ "source": "damaged", "error": e }),
+    }
+}
+
+fn trust_text(trust: Option<&Result<TrustState, String>>) -> String {
+    match trust {
+        None => "the configured keys".to_owned(),
+        Some(Ok(t)) => format!(
+            "rotated, sequence {}: {} of {} keys",
+            t.sequence(),
+            t.set().threshold(),
+            t.set().keys().count()
+        ),
+        Some(Err(e)) => format!("DAMAGED record ({e}): the agent will not start"),
+    }
 }
 
 fn ms_to_rfc3339(ms: u64) -> String {
@@ -136,6 +167,7 @@ impl StateReport {
             boot_count: 0,
             cache_files: Vec::new(),
             partials: Vec::new(),
+            trust: None,
         };
         if !data_dir.is_dir() {
             return Ok(report);
@@ -154,6 +186,10 @@ impl StateReport {
         let cache = data_dir.join("cache");
         report.cache_files = digests_in(&fs, &cache, "");
         report.partials = digests_in(&fs, &cache.join("partial"), ".part");
+        report.trust = fs
+            .read(&data_dir.join(crate::trust::FILE_NAME))
+            .ok()
+            .map(|bytes| TrustState::from_record(&bytes).map_err(|e| e.to_string()));
         Ok(report)
     }
 
@@ -216,6 +252,7 @@ impl StateReport {
             "last_generation": s.last_generation,
             "security_floor": s.security_floor,
             "boot_count": self.boot_count,
+            "trust": trust_json(self.trust.as_ref()),
         })
     }
 
@@ -231,6 +268,7 @@ impl StateReport {
         let mut line = |k: &str, v: String| out.push_str(&format!("{k:<13}{v}\n"));
         line("running:", release_text(s.running.as_ref()));
         line("known-good:", release_text(s.known_good.as_ref()));
+        line("trust:", trust_text(self.trust.as_ref()));
         line(
             "trial:",
             match self.trial() {

@@ -6,6 +6,7 @@
 //!     select! {
 //!         shutdown                         => stop gracefully,
 //!         MQTT link event                  => handle_connected / _disconnected / _desired / _heartbeat_ack,
+//!                                             (trust topic: TrustFile, then set_trust),
 //!         a spawned task finished          => handle_download_* / _cache_hashed / _install_done / _probe,
 //!         sleep_until(machine.poll_timeout()) => handle_timeout,
 //!         power poll (while deferred-power) => handle_power when the reading changed,
@@ -43,7 +44,7 @@ use ota_core::update::{Action, DownloadError as CoreDownloadError, InstallError,
 use ota_core::update::{PersistedState, Stage, UpdateMachine};
 use ota_core::wire::{
     Event, ExecutionState, Heartbeat, HeartbeatAck, Inventory, PROTOCOL_VERSION, PowerReading,
-    RejectCause, TopicKind, WireError, WireLimits, WireMessage, truncate_text,
+    RejectCause, TopicKind, TrustOutcome, WireError, WireLimits, WireMessage, truncate_text,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -60,6 +61,7 @@ use crate::inventory::{self, disk_space};
 use crate::journal::Journal;
 use crate::mqtt::{Delivery, Kind, Link, LinkEvent};
 use crate::power::PowerSupplies;
+use crate::trust::TrustFile;
 
 /// The longest wait between retries of a failed journal write.
 const MAX_PERSIST_RETRY: Duration = Duration::from_secs(60);
@@ -67,6 +69,7 @@ const MAX_PERSIST_RETRY: Duration = Duration::from_secs(60);
 /// Everything a [`Shell`] is built from.
 pub(crate) struct Parts {
     pub(crate) flags: FlagFile,
+    pub(crate) trust: TrustFile,
     pub(crate) machine: UpdateMachine,
     pub(crate) clock: ShellClock,
     pub(crate) journal: Journal,
@@ -136,6 +139,10 @@ struct Host {
 pub(crate) struct Shell {
     /// The feature flags and their file (independent of the update machine).
     flags: FlagFile,
+    /// The trust state and its record (key rotation).
+    trust: TrustFile,
+    /// What the last trust-set update gave.
+    last_trust: Option<TrustOutcome>,
     machine: UpdateMachine,
     clock: ShellClock,
     journal: Journal,
@@ -206,6 +213,8 @@ impl Shell {
         let (tasks_tx, tasks_rx) = mpsc::unbounded_channel();
         Shell {
             flags: p.flags,
+            trust: p.trust,
+            last_trust: None,
             machine: p.machine,
             clock: p.clock,
             journal: p.journal,
@@ -297,6 +306,8 @@ impl Shell {
             last_error: self.last_error.clone(),
             broker_error: self.broker_error.clone(),
             boot_count: self.boot_count,
+            trust_sequence: self.trust.state().sequence(),
+            last_trust: self.last_trust.clone(),
         };
         self.status.send_if_modified(|s| {
             if *s == new {
@@ -669,8 +680,27 @@ impl Shell {
                 self.flags.on_payload(&delivery.payload);
                 self.unacked.push(delivery);
             }
+            LinkEvent::Trust(delivery) => {
+                self.on_trust(&delivery.payload);
+                self.unacked.push(delivery);
+            }
             LinkEvent::Other(delivery) => self.unacked.push(delivery),
         }
+    }
+
+    /// A delivery on `ota/v1/trust`: verified, persisted and put in force (the machine verifies
+    /// every later offer against the new set), or refused; reported either way.
+    fn on_trust(&mut self, payload: &[u8]) {
+        let now = self.now().as_unix_millis();
+        let Some(handled) = self.trust.on_payload(payload, now) else {
+            return;
+        };
+        if let Some(set) = handled.rotated {
+            self.machine.set_trust(set);
+        }
+        self.last_trust = Some(handled.report.outcome.clone());
+        self.link
+            .publish(TopicKind::Trust, handled.report.to_cbor(), Kind::Event);
     }
 
     /// A desired state that does not decode: logged, and reported as a `rejected` event with

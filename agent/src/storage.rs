@@ -66,6 +66,37 @@ pub trait Storage: fmt::Debug + Send + Sync {
     fn read_link(&self, link: &Path) -> io::Result<Option<PathBuf>>;
 }
 
+/// A failed step of [`replace_file`]: the step (`write`, `fsync`, `rename`), its path, why.
+#[derive(Debug)]
+pub(crate) struct ReplaceError {
+    pub(crate) op: &'static str,
+    pub(crate) path: PathBuf,
+    pub(crate) source: io::Error,
+}
+
+/// Replaces `dir/name` with `bytes` atomically: writes `dir/tmp`, fsyncs it, renames it over
+/// `dir/name`, fsyncs `dir`. A reader (or a restart after a power loss) sees the old file or
+/// the new one, never a mix. A failure leaves the old file in place.
+pub(crate) fn replace_file(
+    st: &dyn Storage,
+    dir: &Path,
+    name: &str,
+    tmp: &str,
+    bytes: &[u8],
+) -> Result<(), ReplaceError> {
+    let tmp = dir.join(tmp);
+    let path = dir.join(name);
+    let err = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReplaceError { op, path, source }
+    };
+    st.create(&tmp).map_err(err("write", &tmp))?;
+    st.append(&tmp, bytes).map_err(err("write", &tmp))?;
+    st.sync_file(&tmp).map_err(err("fsync", &tmp))?;
+    st.rename(&tmp, &path).map_err(err("rename", &tmp))?;
+    st.sync_dir(dir).map_err(err("fsync", dir))
+}
+
 /// The real file system.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FsStorage;

@@ -23,6 +23,8 @@ mod config;
 mod download;
 #[path = "agent/health.rs"]
 mod health;
+#[path = "agent/https.rs"]
+mod https;
 #[path = "agent/install.rs"]
 mod install;
 #[path = "agent/inventory.rs"]

@@ -1,6 +1,8 @@
 //! The REST client behind the fleet commands: `--server` / `OTA_SERVER`, `--token` /
 //! `OTA_TOKEN`, JSON in and out, the server's `{ "error", "cause" }` as a [`CliError::Api`].
 
+use std::path::{Path, PathBuf};
+
 use clap::Args;
 use reqwest::{Method, RequestBuilder, Response};
 use serde::Serialize;
@@ -8,8 +10,8 @@ use serde_json::Value;
 
 use crate::error::CliError;
 
-/// Where the fleet server is and who is asking.
-#[derive(Debug, Clone, Args)]
+/// Where the fleet server is and who is asking. Its `Debug` hides the token.
+#[derive(Clone, Args)]
 pub(crate) struct ServerArgs {
     /// The fleet server's base URL.
     #[arg(
@@ -23,6 +25,19 @@ pub(crate) struct ServerArgs {
     /// environment variable: a flag is visible to other users in the process list.
     #[arg(long, env = "OTA_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// The CA bundle (PEM) an https:// server's certificate must chain to: when given, only
+    /// these certificates are trusted (pinned); without it, the system's roots.
+    #[arg(long, env = "OTA_CA_FILE", value_name = "PEM")]
+    pub(crate) ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ServerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerArgs")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A client of one fleet server, with its own single-threaded runtime.
@@ -59,7 +74,7 @@ impl Api {
         Ok(Api {
             base,
             token,
-            client: reqwest::Client::new(),
+            client: client(args.ca_file.as_deref())?,
             runtime,
         })
     }
@@ -93,6 +108,29 @@ impl Api {
     }
 }
 
+/// The HTTP client: with a CA file, that bundle is the only trust anchor.
+fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, CliError> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = ca_file {
+        let pem = crate::files::read_bounded(path, MAX_CA_FILE, "a CA bundle")?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| CliError::Usage(format!("--ca-file {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(CliError::Usage(format!(
+                "--ca-file {}: no PEM certificate found",
+                path.display()
+            )));
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| CliError::Http(format!("cannot set up the HTTP client: {}", describe(&e))))
+}
+
+/// Largest CA bundle read.
+const MAX_CA_FILE: u64 = 1024 * 1024;
+
 /// The JSON body of a successful response, or the server's error as [`CliError::Api`].
 pub(crate) async fn json_of(response: reqwest::Result<Response>) -> Result<Value, CliError> {
     let response = response.map_err(|e| CliError::Http(describe(&e)))?;
@@ -124,4 +162,24 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue7_debug_of_the_server_arguments_hides_the_token() {
+        let args = ServerArgs {
+            server: "http://127.0.0.1:8080".into(),
+            token: Some("cli-token-SECRET-0123".into()),
+            ca_file: None,
+        };
+        let debug = format!("{args:?}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+        assert!(
+            debug.contains("<redacted>") && debug.contains("127.0.0.1"),
+            "{debug}"
+        );
+    }
 }

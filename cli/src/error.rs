@@ -8,12 +8,14 @@
 //! | 3 | the fleet server is unreachable or failed (5xx); `ota demo` could not run its fleet |
 //!
 //! A fleet server's refusal of a request (4xx: unknown release, bad filter, conflict, no
-//! token, ...) is status 1, like a refused release.
+//! token, a role that does not grant the request, ...) is status 1, like a refused release,
+//! shown in one line as the server's message, `cause` and status (`... (forbidden-role, HTTP
+//! 403)`).
 
 use std::io;
 use std::path::PathBuf;
 
-use ota_core::release::{ReleaseError, TrustSetError};
+use ota_core::release::{ReleaseError, TrustSetError, TrustUpdateError};
 
 /// Exit status when the release or its artifact is refused.
 pub(crate) const EXIT_REJECTED: u8 = 1;
@@ -76,6 +78,9 @@ pub(crate) enum CliError {
     /// The `--trust` keys and `--threshold` do not form a trust set.
     #[error("invalid trust set: {0}")]
     Trust(TrustSetError),
+    /// A trust-set update does not verify against the current trust set given to check it.
+    #[error("{0}")]
+    TrustRefused(TrustUpdateError),
     /// The operating system's random source failed.
     #[error("cannot get random bytes for a new key: {0}")]
     Random(getrandom::Error),
@@ -113,7 +118,9 @@ impl CliError {
     /// The process exit status for this error.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
-            CliError::Rejected { .. } | CliError::DemoDiffered(_) => EXIT_REJECTED,
+            CliError::Rejected { .. } | CliError::TrustRefused(_) | CliError::DemoDiffered(_) => {
+                EXIT_REJECTED
+            }
             CliError::Api { status, .. } if *status < 500 => EXIT_REJECTED,
             CliError::Api { .. } | CliError::Http(_) | CliError::Server(_) | CliError::Demo(_) => {
                 EXIT_SERVER

@@ -17,7 +17,8 @@ use crate::progress::Progress;
 
 // ----- output helpers -----
 
-fn out(text: &str) -> Result<(), CliError> {
+/// Writes `text` to stdout.
+pub(crate) fn out(text: &str) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(text.as_bytes())
@@ -25,7 +26,8 @@ fn out(text: &str) -> Result<(), CliError> {
         .map_err(CliError::Stdout)
 }
 
-fn print_json(v: &Value) -> Result<(), CliError> {
+/// Prints `v` as pretty JSON.
+pub(crate) fn print_json(v: &Value) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into());
     out(&format!("{text}\n"))
 }

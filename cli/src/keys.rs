@@ -46,6 +46,9 @@ The files are the formats openssl uses: `openssl pkey -in NAME.key -noout` and
     /// Print the key id of a key file (public or private); the id `ota release show` lists for
     /// each signature.
     Id(IdArgs),
+    /// Sign a trust-set update (key rotation): new keys and threshold, signed by k of the
+    /// current keys. Devices that verify it trust the new set from then on.
+    Rotate(crate::trust_cmd::RotateArgs),
 }
 
 /// Arguments of `ota key gen`.
@@ -72,6 +75,7 @@ pub(crate) fn run(cmd: KeyCommand) -> Result<(), CliError> {
     match cmd {
         KeyCommand::Gen(args) => generate(&args),
         KeyCommand::Id(args) => print_id(&args),
+        KeyCommand::Rotate(args) => crate::trust_cmd::rotate(&args),
     }
 }
 
@@ -272,5 +276,22 @@ mod tests {
             key.to_bytes()
         );
         assert_eq!(parse_public(&public_pem).unwrap(), key.verifying_key());
+    }
+
+    /// Issue 7: a loaded private key's `Debug` shows the public half only.
+    #[test]
+    fn issue7_debug_of_a_private_key_shows_no_secret() {
+        let seed = [0x5au8; 32];
+        let (private_pem, _) = encode_pair(&SigningKey::from_bytes(&seed)).unwrap();
+        let key = parse_private(&private_pem).unwrap();
+        let debug = format!("{key:?}");
+        assert!(debug.contains("verifying_key"), "{debug}");
+        for secret in [
+            format!("{seed:?}"),
+            seed.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "90, 90, 90".to_string(),
+        ] {
+            assert!(!debug.contains(&secret), "{debug}");
+        }
     }
 }

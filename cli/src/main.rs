@@ -10,6 +10,7 @@
 //! - [`server_cmd`]: `ota server` (the fleet server in the foreground).
 //! - [`fleet_cmd`]: the fleet server's clients: `ota release publish | list`, `ota devices`,
 //!   `ota rollout`, `ota events`; [`api`] is their REST client (`OTA_SERVER`, `OTA_TOKEN`).
+//! - [`trust_cmd`]: key rotation: `ota key rotate`, `ota trust publish | show`.
 //! - [`demo_cmd`]: `ota demo` (a fleet server and real agents in this process, the
 //!   `ota_demo` story).
 //! - [`files`], [`progress`]: atomic writes, bounded reads, streaming with a progress bar.
@@ -33,6 +34,7 @@ mod keys;
 mod progress;
 mod release_cmd;
 mod server_cmd;
+mod trust_cmd;
 mod view;
 
 use error::{CliError, EXIT_USAGE};
@@ -47,7 +49,8 @@ Exit status:
   3  the fleet server is unreachable or failed
 
 Fleet commands read the server URL and operator token from --server / OTA_SERVER
-(default http://127.0.0.1:8080) and --token / OTA_TOKEN.
+(default http://127.0.0.1:8080) and --token / OTA_TOKEN; for an https:// server,
+--ca-file / OTA_CA_FILE pins the CA its certificate must chain to.
 
 Errors are printed as one line `error: <cause>` on stderr.";
 
@@ -85,6 +88,10 @@ enum Command {
     Rollout(fleet_cmd::RolloutCommand),
     /// The audit log: who changed what, when.
     Events(fleet_cmd::EventsArgs),
+    /// Key rotation on the fleet server: publish a signed trust-set update, show the set in
+    /// force.
+    #[command(subcommand)]
+    Trust(trust_cmd::TrustCommand),
     /// Feature flags: deploy dark, turn on for a sticky percent, widen, kill in seconds.
     #[command(subcommand)]
     Flag(fleet_cmd::FlagCommand),
@@ -114,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollout(cmd) => fleet_cmd::rollout(cmd)?,
         Command::Events(args) => fleet_cmd::events(&args)?,
         Command::Flag(cmd) => fleet_cmd::flag(cmd)?,
+        Command::Trust(cmd) => trust_cmd::run(cmd)?,
         Command::Demo(args) => demo_cmd::run(&args)?,
     }
     Ok(())

@@ -356,7 +356,8 @@ fn read_release(path: &Path) -> Result<SignedRelease, CliError> {
 }
 
 /// Now, in unix seconds.
-fn unix_now() -> Result<u64, CliError> {
+/// Now, unix seconds.
+pub(crate) fn unix_now() -> Result<u64, CliError> {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -38,9 +38,16 @@ pub(crate) struct ServerArgs {
     /// The HTTP listen address (REST API, artifacts, /metrics).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// The base URL devices download artifacts from (default: http:// + the listen address).
+    /// The base URL devices download artifacts from (default: http:// or, with TLS, https://
+    /// + the listen address).
     #[arg(long, value_name = "URL")]
     public_url: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM; with --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Where the default database and artifacts live.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -129,6 +136,10 @@ pub(crate) fn run(args: ServerArgs) -> Result<(), CliError> {
     if let Some(url) = &args.public_url {
         config.http.public_url = Some(url.clone());
     }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.http.tls_cert = Some(cert.clone());
+        config.http.tls_key = Some(key.clone());
+    }
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
@@ -149,8 +160,8 @@ pub(crate) fn run(args: ServerArgs) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::Server(error_chain(&e)))?;
         eprintln!(
-            "ota server: http://{} (artifacts for devices: {}/artifacts/), MQTT {}",
-            running.http_addr(),
+            "ota server: {} (artifacts for devices: {}/artifacts/), MQTT {}",
+            running.base_url(),
             running.public_url(),
             running.mqtt_addr().map_or_else(
                 || "external broker".to_string(),

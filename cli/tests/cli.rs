@@ -5,7 +5,7 @@ mod util;
 
 use ota_core::digest::Digest;
 use ota_core::release::SignedRelease;
-use util::{Dir, key_id_line};
+use util::{APPROVER_TOKEN, Dir, TOKEN, key_id_line};
 
 // ---------------------------------------------------------------------------------------------
 // ota key
@@ -55,6 +55,22 @@ fn key_gen_refuses_to_overwrite_without_force() {
     let second = key_id_line(dir.ota(&["key", "gen", "--out", "k", "--force"]).ok());
     assert_ne!(first, second);
     assert_eq!(util::mode(&dir.path("k.key")), 0o600);
+}
+
+/// Issue 7: `--force` over a private key someone made readable writes a fresh 0600 file (the
+/// new key is never readable by others, not even briefly: it is created 0600 and renamed).
+#[cfg(unix)]
+#[test]
+fn issue7_key_gen_force_over_a_readable_key_writes_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Dir::new();
+    dir.keygen("k");
+    let path = dir.path("k.key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    dir.ota(&["key", "gen", "--out", "k", "--force"]).ok();
+    assert_eq!(util::mode(&path), 0o600);
+    assert_eq!(util::mode(&dir.path("k.pub")), 0o644);
+    assert_eq!(dir.files(), ["k.key", "k.pub"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,6 +432,10 @@ fn every_command_has_help() {
         &["release", "sign", "--help"],
         &["release", "verify", "--help"],
         &["release", "show", "--help"],
+        &["key", "rotate", "--help"],
+        &["trust", "--help"],
+        &["trust", "publish", "--help"],
+        &["trust", "show", "--help"],
     ] {
         let out = dir.ota(cmd).ok().to_owned();
         assert!(out.contains("Usage: ota"), "{cmd:?}: {out}");
@@ -504,40 +524,13 @@ fn openssl_key_mixed_with_ota_key_in_a_two_of_two_release() {
 /// SQLite under the temp dir): publish, list, devices, rollouts, events, and their errors.
 #[test]
 fn fleet_commands_against_a_running_server() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let dir = Dir::new();
     dir.keygen("fleet");
     dir.artifact("fw.bin", 5000);
     dir.sign(&["fleet.key"], "fw.bin", "fw.release", &[]).ok();
-    dir.write(
-        "server.toml",
-        b"data_dir = \"./data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\
-          [trust]\nkeys = [\"fleet.pub\"]\n\
-          [[operators]]\nname = \"alice\"\ntoken = \"alice-token-0123456789\"\n",
-    );
-    let mut server = Command::new(env!("CARGO_BIN_EXE_ota"))
-        .args(["server", "--config", "server.toml"])
-        .current_dir(dir.root())
-        .env("OTA_LOG", "error")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = server.stderr.take().unwrap();
-    let mut base = None;
-    for line in BufReader::new(stderr).lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("ota server: ") {
-            base = rest.split_whitespace().next().map(str::to_string);
-            break;
-        }
-    }
-    let base = base.expect("ota server prints its address");
-    let env = [
-        ("OTA_SERVER", base.as_str()),
-        ("OTA_TOKEN", "alice-token-0123456789"),
-    ];
+    let server = dir.start_server(&["fleet.pub"]);
+    let base = server.base.clone();
+    let env = [("OTA_SERVER", base.as_str()), ("OTA_TOKEN", TOKEN)];
     let run = |args: &[&str]| dir.ota_env(args, &env);
 
     let out = run(&["release", "publish", "fw.release", "--artifact", "fw.bin"]);
@@ -612,6 +605,32 @@ fn fleet_commands_against_a_running_server() {
     run(&["flag", "set", "new-ui", "--on", "--filter", "hw=("]).fails(1);
     run(&["flag", "set", "new-ui", "--on", "--percent", "150"]).fails(2);
 
+    // Issue 7: a role that does not grant the command: one line naming the role needed, 1.
+    let as_approver = [("OTA_SERVER", base.as_str()), ("OTA_TOKEN", APPROVER_TOKEN)];
+    let line = dir
+        .ota_env(&["flag", "kill", "new-ui"], &as_approver)
+        .fails(1)
+        .to_string();
+    assert!(
+        line.contains("needs the operator role") && line.contains("(forbidden-role, HTTP 403)"),
+        "{line}"
+    );
+    assert!(!line.contains(APPROVER_TOKEN), "{line}");
+    let line = dir
+        .ota_env(
+            &["release", "publish", "fw.release", "--artifact", "fw.bin"],
+            &as_approver,
+        )
+        .fails(1)
+        .to_string();
+    assert!(line.contains("needs the publisher role"), "{line}");
+    // Reading is every role's.
+    assert!(
+        dir.ota_env(&["flag", "list"], &as_approver)
+            .ok()
+            .contains("new-ui")
+    );
+
     // A wrong token is refused (1); no token is a usage error (2); no server is 3.
     let line = dir
         .ota_env(
@@ -634,15 +653,173 @@ fn fleet_commands_against_a_running_server() {
     drop(dead);
     dir.ota_env(
         &["devices", "list"],
-        &[
-            ("OTA_SERVER", &dead_url),
-            ("OTA_TOKEN", "alice-token-0123456789"),
-        ],
+        &[("OTA_SERVER", &dead_url), ("OTA_TOKEN", TOKEN)],
     )
     .fails(3);
+    drop(server);
+}
 
-    let _ = server.kill();
-    let _ = server.wait();
+/// Issue 7: `ota key rotate` writes a signed trust-set update that verifies against the current
+/// set (checked locally with `--current-key`, refused when too few current keys sign), and the
+/// fleet server takes it with `ota trust publish`: `ota trust show` then lists the new set, a
+/// release signed only by the revoked key is refused, and the same update again is stale.
+#[test]
+fn issue7_key_rotate_writes_an_update_that_verifies_and_the_server_takes_it() {
+    use ed25519_dalek::pkcs8::DecodePublicKey;
+    use ota_core::release::{TrustSet, TrustState};
+
+    let dir = Dir::new();
+    for k in ["a", "b", "c", "d"] {
+        dir.keygen(k);
+    }
+    let current = ["--current-key", "a.pub", "--current-key", "b.pub"];
+    let rotate = |signers: &[&str], out: &str, extra: &[&str]| {
+        let mut args = vec!["key", "rotate"];
+        for k in signers {
+            args.extend(["--key", k]);
+        }
+        args.extend([
+            "--new-key",
+            "b.pub",
+            "--new-key",
+            "c.pub",
+            "--new-key",
+            "d.pub",
+            "--threshold",
+            "2",
+            "--sequence",
+            "1",
+            "--out",
+            out,
+        ]);
+        args.extend(extra);
+        dir.ota(&args)
+    };
+    // {a, b} k=2 -> {b, c, d} k=2: a is revoked.
+    let printed = rotate(&["a.key", "b.key"], "rot.trust", &current)
+        .ok()
+        .to_owned();
+    assert!(printed.contains("sequence:     1"), "{printed}");
+    let load = |name: &str| {
+        let pem = std::fs::read_to_string(dir.path(name)).unwrap();
+        ota_core::release::VerifyingKey::from_public_key_pem(pem.trim()).unwrap()
+    };
+    let old = TrustSet::new(vec![load("a.pub"), load("b.pub")], 2).unwrap();
+    let rotation = TrustState::initial(old)
+        .check(&dir.read("rot.trust"))
+        .unwrap();
+    assert_eq!(rotation.next.sequence(), 1);
+    assert_eq!(
+        rotation.next.set(),
+        &TrustSet::new(vec![load("b.pub"), load("c.pub"), load("d.pub")], 2).unwrap()
+    );
+    // One current key of two: refused locally (exit 1), nothing written.
+    let line = rotate(
+        &["b.key"],
+        "weak.trust",
+        &[&current[..], &["--current-threshold", "2"]].concat(),
+    )
+    .fails(1)
+    .to_owned();
+    assert!(line.contains("threshold not met"), "{line}");
+    assert!(!dir.path("weak.trust").exists());
+    // An impossible new threshold is a usage error.
+    let mut bad = vec!["key", "rotate", "--key", "a.key", "--new-key", "b.pub"];
+    bad.extend(["--threshold", "2", "--sequence", "1", "--out", "bad.trust"]);
+    dir.ota(&bad).fails(2);
+
+    let server = dir.start_server(&["a.pub", "b.pub"]);
+    // The server trusts {a, b} with threshold 1 (the default).
+    let env = [("OTA_SERVER", server.base.as_str()), ("OTA_TOKEN", TOKEN)];
+    let shown: serde_json::Value =
+        serde_json::from_str(dir.ota_env(&["trust", "show", "--json"], &env).ok()).unwrap();
+    assert_eq!(shown["sequence"], 0);
+    assert_eq!(shown["rotated"], false);
+    let published = dir
+        .ota_env(&["trust", "publish", "rot.trust"], &env)
+        .ok()
+        .to_owned();
+    assert!(published.contains("sequence:  1 (rotated)"), "{published}");
+    let shown: serde_json::Value =
+        serde_json::from_str(dir.ota_env(&["trust", "show", "--json"], &env).ok()).unwrap();
+    assert_eq!(shown["keys"].as_array().map(Vec::len), Some(3));
+    assert_eq!(shown["threshold"], 2);
+    // The same update again no longer verifies (a is revoked); sequence 1 signed by current
+    // keys is stale.
+    let line = dir
+        .ota_env(&["trust", "publish", "rot.trust"], &env)
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("too-few-signatures"), "{line}");
+    rotate(&["b.key", "c.key"], "replay.trust", &[]).ok();
+    let line = dir
+        .ota_env(&["trust", "publish", "replay.trust"], &env)
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("stale"), "{line}");
+    // A release signed by the revoked key a is refused by the server from now on.
+    dir.artifact("fw.bin", 1000);
+    dir.sign(&["a.key"], "fw.bin", "fw.release", &[]).ok();
+    let line = dir
+        .ota_env(
+            &["release", "publish", "fw.release", "--artifact", "fw.bin"],
+            &env,
+        )
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("unknown-key"), "{line}");
+    drop(server);
+}
+
+/// Issue 7: `ota server` over HTTPS (`[http] tls_cert`, `tls_key`), and the fleet commands
+/// pinning its CA with `OTA_CA_FILE` (a client without it, or with another CA, cannot talk).
+#[test]
+fn issue7_fleet_commands_over_https_pin_the_ca() {
+    use firmware_fixtures::pki::TestCa;
+
+    let dir = Dir::new();
+    dir.keygen("fleet");
+    let ca = TestCa::new(dir.root(), "fleet").unwrap();
+    let cert = ca.server_cert().unwrap();
+    let other = TestCa::new(dir.root(), "other").unwrap();
+    dir.write(
+        "server.toml",
+        format!(
+            "data_dir = \"./data\"\n[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\
+             [mqtt]\nlisten = \"127.0.0.1:0\"\n[trust]\nkeys = [\"fleet.pub\"]\n\
+             [[operators]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n",
+            cert.cert.display(),
+            cert.key.display()
+        )
+        .as_bytes(),
+    );
+    let server = dir.ota_server("server.toml");
+    let base = server.base.clone();
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    let token = ("OTA_TOKEN", TOKEN);
+    let pinned = ca.ca_file().display().to_string();
+    let out = dir.ota_env(
+        &["devices", "list"],
+        &[("OTA_SERVER", &base), token, ("OTA_CA_FILE", &pinned)],
+    );
+    assert!(out.ok().contains("0 device(s)"), "{out:?}");
+
+    let foreign = other.ca_file().display().to_string();
+    let refused = dir.ota_env(
+        &["devices", "list"],
+        &[("OTA_SERVER", &base), token, ("OTA_CA_FILE", &foreign)],
+    );
+    let line = refused.fails(3).to_string();
+    assert!(line.to_lowercase().contains("certificate"), "{line}");
+    // Without a CA file only the system's roots count: the test CA is not one of them.
+    dir.ota_env(&["devices", "list"], &[("OTA_SERVER", &base), token])
+        .fails(3);
+    let missing = dir.ota_env(
+        &["devices", "list", "--ca-file", "missing.pem"],
+        &[("OTA_SERVER", &base), token],
+    );
+    missing.fails(2);
+    drop(server);
 }
 
 /// Issue 5: `ota demo` plays the whole story with real agents and exits 0; `--json` reports

@@ -6,7 +6,7 @@
 )]
 
 use ota_core::release::{
-    ReleaseError, SignedRelease, SignedTrustUpdate, SigningKey, TrustSet, TrustUpdate,
+    ReleaseError, SignedRelease, SignedTrustUpdate, SigningKey, TrustSet, TrustState, TrustUpdate,
     TrustUpdateError, VerifyingKey, sign_trust_update,
 };
 
@@ -101,4 +101,39 @@ fn a_trust_update_never_passes_as_a_release_and_back() {
         SignedTrustUpdate::decode(&release),
         Err(TrustUpdateError::Envelope(ReleaseError::Malformed(_)))
     ));
+}
+
+#[test]
+fn issue7_trust_state_checks_without_changing_then_accepts_and_restores_from_its_record() {
+    let mut state = TrustState::initial(trust(&[1, 2, 3], 2));
+    let bytes = rotation(1, &[1, 2]);
+    // A refused update (too few signatures) changes nothing.
+    assert!(matches!(
+        state.check(&rotation(1, &[1])),
+        Err(TrustUpdateError::Envelope(
+            ReleaseError::ThresholdNotMet { .. }
+        ))
+    ));
+    let checked = state.check(&bytes).unwrap();
+    assert_eq!(state.sequence(), 0, "check alone switches nothing");
+    assert_eq!(checked.signers.len(), 2);
+    state.accept(checked);
+    assert_eq!(state.sequence(), 1);
+    assert_eq!(state.set(), &trust(&[2, 3, 4], 2));
+    // The stored record gives the same state back (what an agent restart loads).
+    assert_eq!(TrustState::from_record(&bytes).unwrap(), state);
+    // The same sequence again (even signed by current keys) is stale; key 1 is revoked.
+    assert!(matches!(
+        state.check(&rotation(1, &[2, 3])),
+        Err(TrustUpdateError::Stale { .. })
+    ));
+    let by_revoked = {
+        let update = TrustUpdate::new(2, &public(&[1]), 1, 0);
+        sign_trust_update(&update, &[key(1)])
+    };
+    assert_eq!(
+        state.check(&by_revoked),
+        Err(TrustUpdateError::Envelope(ReleaseError::UnknownKey))
+    );
+    assert!(TrustState::from_record(b"garbage").is_err());
 }

@@ -558,6 +558,33 @@ fn rule1_invalid_releases_are_rejected_before_anything_is_fetched() {
 }
 
 #[test]
+fn issue7_a_rotated_trust_set_is_used_for_every_later_offer() {
+    let mut sim = Sim::new(config());
+    sim.m
+        .set_trust(TrustSet::new(vec![key(2).verifying_key()], 1).unwrap());
+    assert_eq!(
+        sim.m.config().trust,
+        TrustSet::new(vec![key(2).verifying_key()], 1).unwrap()
+    );
+    // Signed only by the revoked key 1: rejected before anything is fetched.
+    sim.clear_log();
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(MINUTE);
+    assert!(matches!(
+        sim.last_state(),
+        ExecutionState::Rejected {
+            cause: RejectCause::UnknownKey,
+            ..
+        }
+    ));
+    assert_eq!(sim.count(is_network), 0);
+    // Signed by the new key: installed and committed.
+    sim.offer(desired_bytes(2, sign(&manifest("2.0.0", 2), &[key(2)])));
+    sim.drive(MINUTE);
+    assert_eq!(sim.last_state(), ExecutionState::Succeeded);
+}
+
+#[test]
 fn rule1_duplicates_and_replayed_generations_are_ignored() {
     let mut sim = Sim::new(config());
     sim.offer(desired(2, "2.0.0", 2));

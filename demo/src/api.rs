@@ -28,12 +28,20 @@ pub enum ApiError {
     Transport(String),
 }
 
-/// An operator's client of one server.
-#[derive(Debug, Clone)]
+/// An operator's client of one server. Its `Debug` hides the token.
+#[derive(Clone)]
 pub struct Api {
     client: Client,
     base: String,
     token: String,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Api {
@@ -48,6 +56,27 @@ impl Api {
             base: base.into(),
             token: token.into(),
         }
+    }
+
+    /// A client of the HTTPS server at `base` whose certificate must chain to the CA bundle
+    /// `ca_pem` (pinned: no system root is trusted).
+    pub fn with_pinned_ca(
+        base: impl Into<String>,
+        token: impl Into<String>,
+        ca_pem: &[u8],
+    ) -> Result<Self, ApiError> {
+        let certs = reqwest::Certificate::from_pem_bundle(ca_pem)
+            .map_err(|e| ApiError::Transport(format!("the CA bundle: {e}")))?;
+        let client = Client::builder()
+            .timeout(Duration::from_secs(60))
+            .tls_certs_only(certs)
+            .build()
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        Ok(Api {
+            client,
+            base: base.into(),
+            token: token.into(),
+        })
     }
 
     /// The same server with another operator's token.
@@ -77,11 +106,12 @@ impl Api {
         if status.is_success() {
             return Ok(body);
         }
-        let text = |k: &str| body["error"][k].as_str().unwrap_or_default().to_string();
+        // `{ "error": MESSAGE, "cause": CODE }` (docs/api.md).
+        let text = |k: &str| body[k].as_str().unwrap_or_default().to_string();
         Err(ApiError::Refused {
             status: status.as_u16(),
-            code: text("code"),
-            message: text("message"),
+            code: text("cause"),
+            message: text("error"),
         })
     }
 
@@ -95,6 +125,21 @@ impl Api {
                 .multipart(form),
         )
         .await
+    }
+
+    /// Hands a signed trust-set update to the server (`POST /api/v1/trust`); answers the trust
+    /// set in force.
+    pub async fn publish_trust(&self, update: &[u8]) -> Result<Value, ApiError> {
+        self.call(
+            self.request(Method::POST, "/api/v1/trust")
+                .body(update.to_vec()),
+        )
+        .await
+    }
+
+    /// The trust set in force (`GET /api/v1/trust`).
+    pub async fn trust(&self) -> Result<Value, ApiError> {
+        self.call(self.request(Method::GET, "/api/v1/trust")).await
     }
 
     /// Creates a rollout (`POST /api/v1/rollouts`, the JSON spec of `docs/api.md`); answers
@@ -171,5 +216,18 @@ impl Api {
             .call(self.request(Method::GET, "/api/v1/events").query(query))
             .await?;
         Ok(v["events"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue7_debug_hides_the_token() {
+        let api = Api::new("http://127.0.0.1:1", "demo-token-SECRET-0123");
+        let debug = format!("{api:?}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+        assert!(debug.contains("127.0.0.1"), "{debug}");
     }
 }

@@ -44,6 +44,8 @@ pub struct DeviceSpec {
     pub chunk_size: usize,
     /// The files installer's restart command (argv), run after every switch of `current`.
     pub restart_command: Option<Vec<String>>,
+    /// Extra TOML lines of the agent's `[download]` section (a pinned CA...).
+    pub download_extra: String,
 }
 
 /// A device: its directory, battery, application and (while running) agent.
@@ -242,6 +244,7 @@ max_backoff = "1s"
 connect_timeout = "5s"
 read_timeout = "5s"
 disk_margin_bytes = 0
+{download_extra}
 
 [factory]
 release = {factory_release}
@@ -264,6 +267,7 @@ artifact = {factory_image}
         }),
         heartbeat = q(&crate::app::heartbeat_path(&root.join("app"))),
         chunk = spec.chunk_size,
+        download_extra = spec.download_extra,
         factory_release = q(&spec.factory.0),
         factory_image = q(&spec.factory.1),
     )

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::pkcs8::EncodePublicKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ota_core::digest::Digest;
-use ota_core::release::{FORMAT_VERSION, Manifest, SigningKey, sign};
+use ota_core::release::{
+    FORMAT_VERSION, Manifest, SigningKey, TrustUpdate, VerifyingKey, sign, sign_trust_update,
+};
 
 use crate::LabError;
 
@@ -63,6 +65,28 @@ impl FirmwareTeam {
         let path = dir.join("release-key.pub");
         std::fs::write(&path, pem).map_err(|e| LabError::io("write", &path, e))?;
         Ok(path)
+    }
+
+    /// The team's public key.
+    pub fn public_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// Signs a trust-set update (key rotation) to `keys` with threshold `threshold` and
+    /// `sequence`, with the team's key; `others` sign too (the other current key holders).
+    pub fn sign_rotation(
+        &self,
+        others: &[&FirmwareTeam],
+        sequence: u64,
+        keys: &[VerifyingKey],
+        threshold: u32,
+    ) -> Vec<u8> {
+        let update = TrustUpdate::new(sequence, keys, threshold, crate::lab::unix_now());
+        let signers: Vec<SigningKey> = std::iter::once(self)
+            .chain(others.iter().copied())
+            .map(|t| t.key.clone())
+            .collect();
+        sign_trust_update(&update, &signers)
     }
 
     /// Builds and signs `version` (`healthy` or not) with `size` bytes of image, created at

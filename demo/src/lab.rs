@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ota_core::wire::DeviceId;
 use ota_server::broker::credentials::DeviceSecret;
-use ota_server::config::{BrokerSecurity, Config, MqttConfig, OperatorConfig, TrustConfig};
+use ota_server::config::{BrokerSecurity, Config, MqttConfig, OperatorConfig, Role, TrustConfig};
 use ota_server::{RunningServer, Server};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -27,9 +27,9 @@ use crate::api::Api;
 use crate::device::{Device, DeviceSpec, toml_string};
 use crate::firmware::{Build, FirmwareTeam};
 
-/// The operator who creates rollouts.
+/// The operator who publishes and creates rollouts (role `admin`).
 pub const OPERATOR: (&str, &str) = ("alice", "demo-alice-token-0123456789");
-/// A second operator (approvals).
+/// A second operator, role `approver`: approvals only.
 pub const APPROVER: (&str, &str) = ("bob", "demo-bob-token-0123456789ab");
 /// The version every device was built with.
 pub const FACTORY_VERSION: &str = "1.0.0";
@@ -68,6 +68,13 @@ pub struct LabOptions {
     pub device_passwords: bool,
     /// Extra `[broker]` TOML of each device's agent (TLS files, credentials), by device id.
     pub agent_broker_toml: Option<BrokerToml>,
+    /// Serve HTTPS: the server's certificate chain and key (PEM files, `[http] tls_cert`,
+    /// `tls_key`); `api_ca_file` must then name the CA the lab's API client pins.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
+    /// The CA bundle the lab's API client pins (for an HTTPS server).
+    pub api_ca_file: Option<PathBuf>,
+    /// Extra TOML lines of every agent's `[download]` section (e.g. `ca_file = "..."`).
+    pub agent_download_toml: String,
 }
 
 /// Extra `[broker]` TOML lines for a device's agent, given its id.
@@ -97,6 +104,9 @@ impl Default for LabOptions {
             broker_security: BrokerSecurity::default(),
             device_passwords: true,
             agent_broker_toml: None,
+            http_tls: None,
+            api_ca_file: None,
+            agent_download_toml: String::new(),
         }
     }
 }
@@ -149,7 +159,13 @@ impl Lab {
         // A restart must come back on the same port (desired states carry artifact URLs).
         let mut config = config;
         config.http.listen = server.http_addr();
-        let api = Api::new(server.base_url(), OPERATOR.1);
+        let api = match &opts.api_ca_file {
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| LabError::io("read", ca, e))?;
+                Api::with_pinned_ca(server.base_url(), OPERATOR.1, &pem)?
+            }
+            None => Api::new(server.base_url(), OPERATOR.1),
+        };
         api.publish(&factory).await?;
 
         let broker_url = match (&opts.agent_broker, &opts.server_mqtt, server.mqtt_addr()) {
@@ -191,6 +207,7 @@ impl Lab {
                 battery: (opts.battery)(i),
                 chunk_size: opts.chunk_size,
                 restart_command: opts.restart_command.clone(),
+                download_extra: opts.agent_download_toml.clone(),
             };
             let mut device = Device::create(&lab.dir.path().join("devices").join(&id), spec)?;
             device.start().await?;
@@ -324,6 +341,10 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
     let mut config = Config::new(dir.join("server"), TrustConfig::new(vec![key], 1));
     config.http.listen = ([127, 0, 0, 1], 0).into();
     config.http.public_url.clone_from(&opts.public_url);
+    if let Some((cert, key)) = &opts.http_tls {
+        config.http.tls_cert = Some(cert.clone());
+        config.http.tls_key = Some(key.clone());
+    }
     config.mqtt = match &opts.server_mqtt {
         Some(url) => MqttConfig::external(url).map_err(|e| LabError::Setup(e.to_string()))?,
         None => MqttConfig::Embedded {
@@ -334,7 +355,7 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
     config.database.url.clone_from(&opts.database_url);
     config.operators = vec![
         OperatorConfig::new(OPERATOR.0, OPERATOR.1),
-        OperatorConfig::new(APPROVER.0, APPROVER.1),
+        OperatorConfig::with_role(APPROVER.0, APPROVER.1, Role::Approver),
     ];
     Ok(config)
 }

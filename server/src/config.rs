@@ -109,6 +109,21 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
 }
 
+/// A TOML error as "line N, column M: message", without the quoted source line that the
+/// error's `Display` adds: that line may hold a token.
+fn parse_error(error: &toml::de::Error, text: &str) -> ConfigError {
+    let message = error.message().trim_end();
+    match error.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            ConfigError::Parse(format!("line {line}, column {column}: {message}"))
+        }
+        None => ConfigError::Parse(message.to_string()),
+    }
+}
+
 /// `base.join(path)` without `.` components (`/etc/ota` + `./data` is `/etc/ota/data`).
 fn join_clean(base: &Path, path: &Path) -> PathBuf {
     let joined: PathBuf = base
@@ -155,19 +170,24 @@ impl Config {
 
     /// Parses and validates TOML text; relative paths are resolved against `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| parse_error(&e, text))?;
         config.resolve_paths(base_dir);
         config.validate()?;
         Ok(config)
     }
 
-    /// Makes the data directory and key paths absolute against `base_dir` (paths that are
+    /// Makes the data directory, key and TLS paths absolute against `base_dir` (paths that are
     /// already absolute are kept).
     pub fn resolve_paths(&mut self, base_dir: &Path) {
         self.data_dir = join_clean(base_dir, &self.data_dir);
         for key in &mut self.trust.keys {
             *key = join_clean(base_dir, key);
+        }
+        for file in [&mut self.http.tls_cert, &mut self.http.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            *file = join_clean(base_dir, file);
         }
         self.mqtt.resolve_paths(base_dir);
     }
@@ -176,6 +196,17 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database_url()?;
         self.store_location()?;
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return Err(invalid("http.tls_cert", "tls_cert and tls_key go together"));
+        }
+        if let Some(url) = &self.http.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "http.public_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
         if let MqttConfig::External { host, .. } = &self.mqtt
             && host.is_empty()
         {
@@ -201,6 +232,19 @@ impl Config {
                     "operators.token",
                     format!(
                         "the token of operator {:?} is shorter than {MIN_TOKEN_LEN} bytes",
+                        op.name
+                    ),
+                ));
+            }
+            if op
+                .token
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(invalid(
+                    "operators.token",
+                    format!(
+                        "the token of operator {:?} contains whitespace or control characters",
                         op.name
                     ),
                 ));
@@ -309,9 +353,26 @@ pub struct HttpConfig {
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
     /// The base URL devices use to download artifacts (`https://ota.example.com`); defaults to
-    /// `http://` + the bound address.
+    /// `http://` (or `https://` with TLS) + the bound address.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// The server's certificate chain (PEM): with `tls_key`, the listener speaks HTTPS only
+    /// (API and artifacts).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`; keep the file private (0600).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl HttpConfig {
+    /// The certificate and key files when HTTPS is configured.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => None,
+        }
+    }
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -323,6 +384,8 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: DEFAULT_HTTP_LISTEN,
             public_url: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -569,8 +632,8 @@ impl TryFrom<RawMqtt> for MqttConfig {
     }
 }
 
-/// `[database]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// `[database]`. Its `Debug` hides the URL's password.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct DatabaseConfig {
@@ -581,6 +644,15 @@ pub struct DatabaseConfig {
     /// Most pooled connections (default [`DatabaseConfig::pool_size`]).
     #[serde(default)]
     pub max_connections: Option<u32>,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_deref().map(crate::db::redact_url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 impl DatabaseConfig {
@@ -672,14 +744,48 @@ pub fn read_public_key(path: &Path) -> Result<VerifyingKey, ConfigError> {
         .map_err(|_| key_error("not an ed25519 SubjectPublicKeyInfo PEM public key"))
 }
 
-/// An operator role. Only `admin` exists today; finer roles come later.
+/// An operator role: what an operator's token may change. Every role may read (`GET`) the
+/// whole API; the changing endpoints each need one role ([`crate::http`] has the table), and
+/// `admin` may do everything. One operator has one role: give a person who needs two roles
+/// two operators (two names and tokens), or `admin`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Role {
-    /// May do everything.
+    /// May do everything (the default, as before roles existed).
     #[default]
     Admin,
+    /// Publishes releases (and trust sets).
+    Publisher,
+    /// Steers the fleet: creates, pauses, resumes and aborts rollouts, sets device labels,
+    /// sets, kills, revives and deletes flags.
+    Operator,
+    /// Approves rollouts that need a second operator (forced reinstalls); nothing else.
+    Approver,
+}
+
+impl Role {
+    /// The role's name in `server.toml` and in error messages (`publisher`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Publisher => "publisher",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+        }
+    }
+
+    /// Whether an operator of this role may do what needs `needed`: `admin` may do
+    /// everything, every other role only what needs exactly it.
+    pub fn grants(self, needed: Role) -> bool {
+        self == Role::Admin || self == needed
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `[[operators]]`: one operator and their bearer token.
@@ -697,12 +803,17 @@ pub struct OperatorConfig {
 }
 
 impl OperatorConfig {
-    /// An operator with the default role.
+    /// An operator with the default role (`admin`).
     pub fn new(name: impl Into<String>, token: impl Into<String>) -> Self {
+        Self::with_role(name, token, Role::default())
+    }
+
+    /// An operator with `role`.
+    pub fn with_role(name: impl Into<String>, token: impl Into<String>, role: Role) -> Self {
         OperatorConfig {
             name: name.into(),
             token: token.into(),
-            role: Role::default(),
+            role,
         }
     }
 }
@@ -719,8 +830,8 @@ impl std::fmt::Debug for OperatorConfig {
 
 /// `[[webhooks]]`: a URL that receives audit events as JSON (delivered in order by a
 /// background task per webhook, with retries; a failing webhook never blocks a rollout: see
-/// [`crate::webhook`]).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// [`crate::webhook`]). Its `Debug` shows only the URL's origin ([`WebhookConfig::origin`]).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct WebhookConfig {
@@ -729,6 +840,34 @@ pub struct WebhookConfig {
     /// Event kinds to deliver; empty means all.
     #[serde(default)]
     pub events: Vec<String>,
+}
+
+impl WebhookConfig {
+    /// The URL as logs show it: scheme, host and port only. Webhook URLs often carry their
+    /// secret in the path or query (`https://hooks.example.com/services/T0/B0/SECRET`) or as
+    /// `user:password@`; none of that is shown.
+    pub fn origin(&self) -> String {
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("", &self.url));
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        let hidden = if rest.len() > authority.len() || authority.contains('@') {
+            "/…"
+        } else {
+            ""
+        };
+        format!("{scheme}://{host}{hidden}")
+    }
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.origin())
+            .field("events", &self.events)
+            .finish()
+    }
 }
 
 #[cfg(test)]
@@ -873,5 +1012,95 @@ mod tests {
         assert!(Config::from_toml(short, Path::new("/")).is_err());
         let role = "[trust]\nkeys=[\"a\"]\n[[operators]]\nname=\"a\"\ntoken=\"0123456789abcdef\"\nrole=\"root\"\n";
         assert!(Config::from_toml(role, Path::new("/")).is_err());
+    }
+
+    /// `[[operators]]` entries, one per `(name, token, role)`.
+    fn with_operators(ops: &[(&str, &str, &str)]) -> String {
+        let mut text = "[trust]\nkeys=[\"a\"]\n".to_string();
+        for (name, token, role) in ops {
+            text.push_str(&format!(
+                "[[operators]]\nname={name:?}\ntoken={token:?}\nrole={role:?}\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn issue7_roles_parse_and_tokens_are_checked() {
+        let c = Config::from_toml(
+            &with_operators(&[
+                ("a", "token-a-0123456789", "admin"),
+                ("p", "token-p-0123456789", "publisher"),
+                ("o", "token-o-0123456789", "operator"),
+                ("v", "token-v-0123456789", "approver"),
+            ]),
+            Path::new("/"),
+        )
+        .unwrap();
+        let roles: Vec<Role> = c.operators.iter().map(|o| o.role).collect();
+        assert_eq!(
+            roles,
+            [Role::Admin, Role::Publisher, Role::Operator, Role::Approver]
+        );
+        assert_eq!(Role::Approver.to_string(), "approver");
+
+        let refused = |ops: &[(&str, &str, &str)], needle: &str| {
+            let e = Config::from_toml(&with_operators(ops), Path::new("/")).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(needle), "{text}");
+            // The message names the operator, never the token.
+            for (_, token, _) in ops {
+                assert!(!text.contains(token), "{text}");
+            }
+        };
+        refused(&[("a", "fifteen-bytes-x", "admin")], "shorter than 16");
+        refused(&[("a", "sixteen bytes xx", "admin")], "whitespace");
+        refused(
+            &[
+                ("a", "the-same-token-0123", "admin"),
+                ("b", "the-same-token-0123", "approver"),
+            ],
+            "reuses another operator's token",
+        );
+        refused(
+            &[
+                ("a", "token-a-0123456789", "admin"),
+                ("a", "token-b-0123456789", "operator"),
+            ],
+            "listed twice",
+        );
+    }
+
+    #[test]
+    fn issue7_debug_of_the_config_shows_no_secret() {
+        let text = format!(
+            "{}[database]\nurl = \"postgres://ota:db-pass-SECRET@db/ota?password=q-SECRET\"\n\
+             [[webhooks]]\nurl = \"https://hook-user:hook-pass-SECRET@hooks.example.com/services/T0/path-SECRET?k=q2-SECRET\"\n",
+            with_operators(&[("alice", "token-alice-SECRET-0123", "admin")])
+        );
+        let c = Config::from_toml(&text, Path::new("/")).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+        // What is shown is still useful.
+        assert!(
+            debug.contains("postgres://ota:***@db/ota?password=***"),
+            "{debug}"
+        );
+        assert!(debug.contains("https://hooks.example.com/…"), "{debug}");
+        assert!(debug.contains("alice"), "{debug}");
+        assert_eq!(
+            c.webhooks[0].origin(),
+            "https://hooks.example.com/…",
+            "userinfo, path and query are hidden"
+        );
+    }
+
+    #[test]
+    fn issue7_parse_errors_do_not_quote_the_line() {
+        let text = "[trust]\nkeys=[\"a\"]\n[[operators]]\nname=\"a\"\ntoken=\"first-SECRET-0123456\"\ntoken=\"second-SECRET-0123456\"\n";
+        let e = Config::from_toml(text, Path::new("/")).unwrap_err();
+        let message = e.to_string();
+        assert!(!message.contains("SECRET"), "{message}");
+        assert!(message.contains("line 6"), "{message}");
     }
 }

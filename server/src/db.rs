@@ -22,6 +22,7 @@
 //! | `flags` | flag name | feature flag definitions (CBOR `FlagDefinition`) |
 //! | `flag_state` | `1` | the fleet's flag-state version |
 //! | `flag_changes` | identity | the flag audit trail (CBOR `FlagChange`: who, when, old → new) |
+//! | `trust_updates` | sequence | every accepted signed trust-set update (key rotation); the newest is in force |
 //!
 //! Batched writes (the fleet coordinator's device reports, planner states, desired states and
 //! their audit events) go through one [`DbTx`] per batch ([`Db::begin`]). Every committed audit
@@ -60,6 +61,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "flags",
         include_str!("../migrations/0003_flags.sql"),
         include_str!("../migrations-postgres/0003_flags.sql"),
+    ),
+    (
+        4,
+        "trust",
+        include_str!("../migrations/0004_trust.sql"),
+        include_str!("../migrations-postgres/0004_trust.sql"),
     ),
 ];
 
@@ -125,18 +132,35 @@ impl DbKind {
     }
 }
 
-/// The URL without its password, for error messages and logs.
+/// The URL without its password, for error messages, logs and `Debug`: the password of
+/// `scheme://user:password@host` and the value of a `password=` query parameter become `***`.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
+            let userinfo = &base[scheme_end + 3..at];
             match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_string(),
+                Some((user, _)) => format!("{}{user}:***{}", &base[..scheme_end + 3], &base[at..]),
+                None => base.to_string(),
             }
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => param.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 /// A release as stored (metadata; the signed bytes are fetched with
@@ -1054,6 +1078,16 @@ impl Db {
             .map_err(|e| DbError::Corrupt(format!("flag set: {e}")))
     }
 
+    /// The signed bytes of the newest accepted trust-set update, `None` if the configured
+    /// trust set was never rotated.
+    pub async fn latest_trust_update(&self) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT payload FROM trust_updates ORDER BY sequence DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// The newest `limit` audit records of flag `name`, oldest first.
     pub async fn list_flag_changes(
         &self,
@@ -1386,6 +1420,28 @@ impl DbTx {
         Ok(())
     }
 
+    /// Stores an accepted trust-set update (`sequence` must be new: a duplicate is a query
+    /// error, so two racing rotations cannot both commit).
+    pub async fn insert_trust_update(
+        &mut self,
+        sequence: u64,
+        payload: &[u8],
+        now: i64,
+        actor: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO trust_updates (sequence, payload, accepted_at, actor) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(to_i64(sequence, "trust sequence")?)
+        .bind(payload)
+        .bind(now)
+        .bind(actor)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     /// Appends an audit event; returns its id.
     pub async fn append_event(&mut self, event: &NewEvent) -> Result<i64, DbError> {
         let record = insert_event(&mut self.tx, event).await?;
@@ -1563,6 +1619,14 @@ mod tests {
             "postgres://ota:***@db:5432/ota"
         );
         assert_eq!(redact_url("postgres://ota@db/ota"), "postgres://ota@db/ota");
+        assert_eq!(
+            redact_url("postgres://ota:p@ss@db/ota?sslmode=require&password=x&application_name=y"),
+            "postgres://ota:***@db/ota?sslmode=require&password=***&application_name=y"
+        );
+        assert_eq!(
+            redact_url("sqlite:///data/ota.db?mode=rwc"),
+            "sqlite:///data/ota.db?mode=rwc"
+        );
         assert!(DbKind::from_url("mysql://x").is_err());
     }
 }

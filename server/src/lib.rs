@@ -19,9 +19,13 @@
 //!   front door (TCP or TLS, device authentication, the per-device topic ACL).
 //! - [`mqtt`]: the server's MQTT client (rumqttc, polled in its own task, reconnects; TLS and
 //!   credentials for external brokers).
-//! - [`tls`]: rustls configurations of the MQTT side (PEM files, pinned CAs).
+//! - [`tls`]: rustls configurations (PEM files, pinned CAs, client certificates) of the MQTT
+//!   side and the HTTPS listener.
 //! - [`fleet`]: the coordinator: device registry from MQTT, the rollout engine around
 //!   core's planner, desired states, drift, batching and persistence.
+//! - [`https`]: the optional HTTPS listener of the API and artifacts (`[http] tls_cert`,
+//!   `tls_key`).
+//! - [`trust`]: key rotation: the trust set in force, verified signed trust-set updates.
 //! - [`webhook`]: delivery of audit events to webhook URLs, with retries, never blocking.
 //! - [`clock`]: the one place the server reads wall-clock time (replaceable in tests).
 //! - [`Server`] / [`RunningServer`]: start everything in-process, stop it gracefully.
@@ -30,7 +34,7 @@
 //! # async fn demo() -> Result<(), ota_server::ServerError> {
 //! let config = ota_server::config::Config::load(std::path::Path::new("server.toml"))?;
 //! let running = ota_server::Server::start(config).await?;
-//! println!("listening on http://{}", running.http_addr());
+//! println!("listening on {}", running.base_url());
 //! running.shutdown().await?;
 //! # Ok(())
 //! # }
@@ -43,10 +47,12 @@ pub mod db;
 pub mod filter;
 pub mod fleet;
 pub mod http;
+pub mod https;
 pub mod mqtt;
 mod server;
 pub mod store;
 pub mod tls;
+pub mod trust;
 pub mod webhook;
 
 pub use ota_core::release;

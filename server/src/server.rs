@@ -17,6 +17,7 @@ use crate::http::{self, AppState};
 use crate::mqtt::MqttEndpoint;
 use crate::store::{ArtifactStore, StoreError};
 use crate::tls::TlsError;
+use crate::trust::{FleetTrust, TrustError};
 
 /// How long [`RunningServer::shutdown`] lets in-flight requests (long downloads) finish before
 /// cutting them.
@@ -62,9 +63,15 @@ pub enum ServerError {
     /// The broker's device secret file cannot be read or created.
     #[error(transparent)]
     DeviceSecret(#[from] SecretError),
+    /// The stored trust-set update cannot be read.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     /// The fleet coordinator could not start (broker unreachable, state unreadable).
     #[error(transparent)]
     Fleet(#[from] FleetStartError),
+    /// The HTTPS certificate or key (`http.tls_cert`, `http.tls_key`) cannot be used.
+    #[error("HTTPS: {0}")]
+    HttpTls(#[source] crate::tls::TlsError),
     /// The HTTP server failed while running.
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
@@ -94,14 +101,22 @@ impl Server {
         clock: Clock,
     ) -> Result<RunningServer, ServerError> {
         config.validate()?;
-        let trust = config.trust.load()?;
+        let configured = config.trust.load()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;
         let database_url = config.database_url()?;
         let db = Db::connect(&database_url, config.database.pool_size(&database_url)).await?;
+        let trust = FleetTrust::load(configured, &db).await?;
         let store = ArtifactStore::open(&config.store_location()?)?;
+        let tls = match config.http.tls() {
+            Some((cert, key)) => {
+                Some(crate::https::server_config(cert, key).map_err(ServerError::HttpTls)?)
+            }
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -141,7 +156,7 @@ impl Server {
             .http
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{http_addr}"));
+            .unwrap_or_else(|| format!("{scheme}://{http_addr}"));
         // The broker's sessions are gone or stale: presence comes back with the devices'
         // (retained) status messages.
         db.set_all_offline().await?;
@@ -166,14 +181,16 @@ impl Server {
         }
         tracing::info!(
             %http_addr,
+            https = tls.is_some(),
             mqtt = %broker.as_ref().map_or_else(|| endpoint.to_string(), |b| {
                 let scheme = if b.tls() { "mqtts" } else { "mqtt" };
                 format!("{scheme}://{} (embedded)", b.addr())
             }),
             database = %redact_url(&database_url),
             store = store.describe(),
-            keys = trust.keys().count(),
-            threshold = trust.threshold(),
+            keys = trust.view().keys.len(),
+            threshold = trust.view().threshold,
+            trust_sequence = trust.view().sequence,
             "ota server started"
         );
 
@@ -187,15 +204,32 @@ impl Server {
         );
         let app = http::router(state.clone());
         let (stop_tx, mut stop_rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    // Ends on a shutdown request or when every handle is dropped.
-                    let _ = stop_rx.wait_for(|stop| *stop).await;
+        // Ends on a shutdown request or when every handle is dropped.
+        let stopped = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        };
+        let task = match tls {
+            Some(tls) => {
+                let listener = crate::https::TlsListener::new(listener, tls).map_err(|source| {
+                    ServerError::Bind {
+                        addr: config.http.listen,
+                        source,
+                    }
+                })?;
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await
                 })
-                .await
-        });
+            }
+            None => tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }),
+        };
         Ok(RunningServer {
+            scheme,
             http_addr,
             public_url,
             state,
@@ -222,6 +256,7 @@ impl ShutdownHandle {
 /// A started server. Dropping it (and every [`ShutdownHandle`]) stops it.
 #[derive(Debug)]
 pub struct RunningServer {
+    scheme: &'static str,
     http_addr: SocketAddr,
     public_url: String,
     state: AppState,
@@ -238,9 +273,10 @@ impl RunningServer {
         self.http_addr
     }
 
-    /// `http://` + [`http_addr`](Self::http_addr), for in-process clients.
+    /// `http://` (`https://` with TLS) + [`http_addr`](Self::http_addr), for in-process
+    /// clients.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        format!("{}://{}", self.scheme, self.http_addr)
     }
 
     /// The base URL devices download artifacts from (`http.public_url`, else

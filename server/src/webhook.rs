@@ -45,12 +45,13 @@ pub fn start(hooks: Vec<WebhookConfig>, shared: Arc<Shared>) -> (EventSink, Vec<
                     return;
                 }
             };
+            let origin = hook.origin();
             while let Some(event) = rx.recv().await {
-                if deliver(&client, &hook.url, &event).await {
+                if deliver(&client, &hook.url, &origin, &event).await {
                     Counters::inc(&shared.counters.webhook_delivered);
                 } else {
                     Counters::inc(&shared.counters.webhook_failed);
-                    tracing::warn!(url = %hook.url, event = event.id, "webhook delivery given up");
+                    tracing::warn!(webhook = %origin, event = event.id, "webhook delivery given up");
                 }
             }
         }));
@@ -68,13 +69,20 @@ pub fn start(hooks: Vec<WebhookConfig>, shared: Arc<Shared>) -> (EventSink, Vec<
     (sink, tasks)
 }
 
-async fn deliver(client: &reqwest::Client, url: &str, event: &EventRecord) -> bool {
+/// POSTs `event` to `url` with retries; logs name the webhook by its `origin` only (the URL
+/// may hold a secret, and so may reqwest's error text, which is logged without the URL).
+async fn deliver(client: &reqwest::Client, url: &str, origin: &str, event: &EventRecord) -> bool {
     let mut pause = Duration::from_secs(1);
     for attempt in 1..=ATTEMPTS {
         match client.post(url).json(event).send().await {
             Ok(r) if r.status().is_success() => return true,
-            Ok(r) => tracing::debug!(url, attempt, status = %r.status(), "webhook refused"),
-            Err(e) => tracing::debug!(url, attempt, "webhook failed: {e}"),
+            Ok(r) => {
+                tracing::debug!(webhook = origin, attempt, status = %r.status(), "webhook refused");
+            }
+            Err(e) => {
+                let e = e.without_url();
+                tracing::debug!(webhook = origin, attempt, "webhook failed: {e}");
+            }
         }
         if attempt < ATTEMPTS {
             tokio::time::sleep(pause).await;

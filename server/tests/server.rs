@@ -28,9 +28,13 @@ mod filter;
 mod flags;
 #[path = "server/fleet.rs"]
 mod fleet;
+#[path = "server/https.rs"]
+mod https;
 #[path = "server/mqtt_acl.rs"]
 mod mqtt_acl;
 #[path = "server/releases.rs"]
 mod releases;
 #[path = "server/store.rs"]
 mod store;
+#[path = "server/trust.rs"]
+mod trust;

@@ -345,3 +345,55 @@ fn issue7_broker_password_file_is_checked_and_passwords_stay_out_of_debug() {
     ));
     assert_eq!(key_of(&e), "broker.password_file");
 }
+
+/// Issue 7: `[download]` TLS keys: relative paths follow the config file, a client
+/// certificate needs its key, and the downloader gets the pinned CA and `require_https`.
+#[test]
+fn issue7_download_tls_keys() {
+    let dir = tempdir();
+    let text = format!(
+        "{MINIMAL}\n[download]\nca_file = \"tls/ca.pem\"\nclient_cert = \"/abs/dev.crt\"\n\
+         client_key = \"tls/dev.key\"\nrequire_https = true\n"
+    );
+    let path = dir.path().join("config.toml");
+    fs::write(&path, text).unwrap();
+    let c = AgentConfig::load(&path).unwrap();
+    let d = c.download.downloader_config();
+    assert_eq!(d.ca_file, Some(dir.path().join("tls/ca.pem")));
+    assert_eq!(d.client_cert, Some(PathBuf::from("/abs/dev.crt")));
+    assert_eq!(d.client_key, Some(dir.path().join("tls/dev.key")));
+    assert!(d.require_https);
+    let defaults = AgentConfig::from_toml_str(MINIMAL).unwrap();
+    assert!(!defaults.download.downloader_config().require_https);
+
+    let cert_only = format!("{MINIMAL}\n[download]\nclient_cert = \"/etc/c.pem\"\n");
+    assert_eq!(key_of(&parse_err(&cert_only)), "download.client_cert");
+}
+
+/// Issue 7: the MQTT password never shows in `Debug` (nor does a password put in the broker
+/// URL appear in the error that refuses it).
+#[test]
+fn issue7_debug_and_errors_show_no_broker_password() {
+    let text = MINIMAL.replacen(
+        "url = \"mqtt://127.0.0.1:1883\"",
+        "url = \"mqtt://127.0.0.1:1883\"\nusername = \"dev-1\"\npassword = \"mqtt-pass-SECRET\"",
+        1,
+    );
+    let c = AgentConfig::from_toml_str(&text).unwrap();
+    assert_eq!(c.broker.password.as_deref(), Some("mqtt-pass-SECRET"));
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("SECRET"), "{debug}");
+    assert!(
+        debug.contains("<redacted>") && debug.contains("dev-1"),
+        "{debug}"
+    );
+
+    let in_url = MINIMAL.replacen(
+        "mqtt://127.0.0.1",
+        "mqtt://dev-1:url-pass-SECRET@127.0.0.1",
+        1,
+    );
+    let e = parse_err(&in_url);
+    assert_eq!(key_of(&e), "broker.url");
+    assert!(!e.to_string().contains("SECRET"), "{e}");
+}

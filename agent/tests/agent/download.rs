@@ -9,6 +9,7 @@ use ota_agent::download::{
 };
 use ota_agent::release::ReleaseError;
 use ota_agent::storage::{Fault, FaultyStorage, FsStorage, SharedStorage};
+use ota_agent::tls::TlsError;
 
 use crate::util::{Mode, Seen, artifact, digest_of, serve, tempdir};
 
@@ -375,7 +376,10 @@ fn a_missing_ca_file_is_fatal() {
     let cache = Cache::open(FsStorage::shared(), dir.path()).unwrap();
     let config = DownloadConfig::new().with_ca_file(dir.path().join("missing.pem"));
     let err = Downloader::new(cache.clone(), &config).unwrap_err();
-    assert!(matches!(err, DownloadError::CaFile { .. }));
+    assert!(matches!(
+        err,
+        DownloadError::TlsSetup(TlsError::Read { .. })
+    ));
     fs::write(dir.path().join("bad.pem"), b"not pem").unwrap();
     let config = DownloadConfig::new().with_ca_file(dir.path().join("bad.pem"));
     let err = Downloader::new(cache, &config).unwrap_err();

@@ -1,17 +1,20 @@
-//! Fixture helpers: temp dirs, deterministic artifacts, a real HTTP artifact server.
+//! Fixture helpers: temp dirs, deterministic artifacts, a real HTTP(S) artifact server.
 //!
 //! The server is a small HTTP/1.1 server written on tokio's TCP types (one request per
 //! connection, `Connection: close`), so a test controls exactly which bytes reach the socket
-//! before a cut: what it wrote is what the client can read.
+//! before a cut: what it wrote is what the client can read. [`serve_tls`] runs the same
+//! server behind rustls with a certificate from a test CA ([`firmware_fixtures::pki`]).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use firmware_fixtures::pki::CertFiles;
 use ota_core::digest::Digest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
@@ -77,13 +80,14 @@ pub struct ServerState {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    scheme: &'static str,
     pub state: Arc<ServerState>,
     accept: tokio::task::JoinHandle<()>,
 }
 
 impl TestServer {
     pub fn url(&self) -> String {
-        format!("http://{}/artifact", self.addr)
+        format!("{}://{}/artifact", self.scheme, self.addr)
     }
     pub fn set_mode(&self, mode: Mode) {
         *self.state.mode.lock().unwrap() = mode;
@@ -106,6 +110,58 @@ impl TestServer {
 /// Starts a server on 127.0.0.1:0 serving `body` at `/artifact`, `200 ok` at `/healthz` and
 /// `503` at `/sick`.
 pub async fn serve(body: Vec<u8>, mode: Mode) -> TestServer {
+    start(body, mode, None).await
+}
+
+/// [`serve`] over HTTPS with `cert` (for 127.0.0.1); a client that does not trust its CA
+/// fails the handshake and never sends a request.
+pub async fn serve_tls(body: Vec<u8>, mode: Mode, cert: &CertFiles) -> TestServer {
+    start(body, mode, Some(tls_acceptor(cert, None))).await
+}
+
+/// [`serve_tls`] that also demands a client certificate issued by `client_ca` (a PEM file).
+pub async fn serve_mtls(body: Vec<u8>, cert: &CertFiles, client_ca: &Path) -> TestServer {
+    start(
+        body,
+        Mode::Normal,
+        Some(tls_acceptor(cert, Some(client_ca))),
+    )
+    .await
+}
+
+/// A rustls acceptor (aws-lc-rs) for a test certificate, verifying clients against
+/// `client_ca` when given.
+fn tls_acceptor(cert: &CertFiles, client_ca: Option<&Path>) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(&cert.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&cert.key).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca_file) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(ca_file).unwrap() {
+                roots.add(ca.unwrap()).unwrap();
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(chain, key).unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn start(body: Vec<u8>, mode: Mode, tls: Option<tokio_rustls::TlsAcceptor>) -> TestServer {
     let state = Arc::new(ServerState {
         body,
         etag: Mutex::new("\"v1\"".to_owned()),
@@ -116,13 +172,24 @@ pub async fn serve(body: Vec<u8>, mode: Mode) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let st = state.clone();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let accept = tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
-            tokio::spawn(connection(socket, st.clone()));
+            let st = st.clone();
+            match tls.clone() {
+                None => drop(tokio::spawn(connection(socket, st))),
+                Some(acceptor) => drop(tokio::spawn(async move {
+                    // A refused handshake is the client's verdict: nothing to serve.
+                    if let Ok(stream) = acceptor.accept(socket).await {
+                        connection(stream, st).await;
+                    }
+                })),
+            }
         }
     });
     TestServer {
         addr,
+        scheme,
         state,
         accept,
     }
@@ -143,7 +210,7 @@ impl Request {
     }
 }
 
-async fn read_head(socket: &mut TcpStream) -> Option<Request> {
+async fn read_head(socket: &mut (impl AsyncRead + Unpin)) -> Option<Request> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -163,7 +230,12 @@ async fn read_head(socket: &mut TcpStream) -> Option<Request> {
     Some(Request { path, headers })
 }
 
-async fn respond(socket: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &[u8]) {
+async fn respond(
+    socket: &mut (impl AsyncWrite + Unpin),
+    status: u16,
+    headers: &[(&str, String)],
+    body: &[u8],
+) {
     let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -173,7 +245,7 @@ async fn respond(socket: &mut TcpStream, status: u16, headers: &[(&str, String)]
     let _ = socket.write_all(body).await;
 }
 
-async fn connection(mut socket: TcpStream, state: Arc<ServerState>) {
+async fn connection(mut socket: impl AsyncRead + AsyncWrite + Unpin, state: Arc<ServerState>) {
     let Some(req) = read_head(&mut socket).await else {
         return;
     };

@@ -67,6 +67,26 @@ impl Run {
     }
 }
 
+/// The operator token of [`Dir::start_server`]'s server.
+pub(crate) const TOKEN: &str = "alice-token-0123456789";
+
+/// The token of [`Dir::start_server`]'s second operator, `ada`, who has the approver role.
+pub(crate) const APPROVER_TOKEN: &str = "ada-approver-token-0123";
+
+/// An `ota server` child process, killed on drop.
+pub(crate) struct ServerProcess {
+    child: std::process::Child,
+    /// Its base URL (`http://127.0.0.1:PORT`).
+    pub(crate) base: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A scratch directory in which `ota` runs.
 pub(crate) struct Dir {
     tmp: tempfile::TempDir,
@@ -112,6 +132,22 @@ impl Dir {
         names
     }
 
+    /// Starts `ota server` in this directory (ports 0, SQLite in `./data`) trusting the public
+    /// key files `trust`, with operators `alice` (admin, [`TOKEN`]) and `ada` (approver,
+    /// [`APPROVER_TOKEN`]); waits for its address.
+    pub(crate) fn start_server(&self, trust: &[&str]) -> ServerProcess {
+        let keys: Vec<String> = trust.iter().map(|k| format!("{k:?}")).collect();
+        let config = format!(
+            "data_dir = \"./data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\
+             [trust]\nkeys = [{}]\n\
+             [[operators]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n\
+             [[operators]]\nname = \"ada\"\ntoken = \"{APPROVER_TOKEN}\"\nrole = \"approver\"\n",
+            keys.join(", ")
+        );
+        self.write("server.toml", config.as_bytes());
+        self.ota_server("server.toml")
+    }
+
     /// Runs `ota ARGS` with this directory as the working directory.
     pub(crate) fn ota(&self, args: &[&str]) -> Run {
         self.ota_env(args, &[])
@@ -128,6 +164,31 @@ impl Dir {
             .output()
             .unwrap();
         Run::from_output(output)
+    }
+
+    /// Starts `ota server --config CONFIG` here and waits for the base URL it prints
+    /// (`http://...` or `https://...`); the process is killed when dropped.
+    pub(crate) fn ota_server(&self, config: &str) -> ServerProcess {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
+            .args(["server", "--config", config])
+            .current_dir(self.root())
+            .env("OTA_LOG", "error")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut base = None;
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("ota server: ") {
+                base = rest.split_whitespace().next().map(str::to_string);
+                break;
+            }
+        }
+        let base = base.expect("ota server prints its address");
+        ServerProcess { child, base }
     }
 
     /// Runs the real openssl with this directory as the working directory.

@@ -18,7 +18,8 @@ use ota_core::update::{InFlight, Job, PERSIST_VERSION, PersistedState, ReleaseIn
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, FailurePhase, Heartbeat, HeartbeatAck,
     Inventory, PROTOCOL_VERSION, PowerReading, RejectCause, ReportedState, RollbackReason,
-    RunningRelease, Status, UpdateOutcome, WireMessage,
+    RunningRelease, Status, TrustOutcome, TrustRejectCause, TrustReport, UpdateOutcome,
+    WireMessage,
 };
 
 /// A real signed release from the firmware fixtures, embedded in desired states.
@@ -197,6 +198,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             v: PROTOCOL_VERSION,
             seq: 9,
         }
+        .to_cbor(),
+    );
+    add(
+        "trust-rotated",
+        TrustReport::new(
+            &device,
+            1_750_000_000_000,
+            Some(2),
+            2,
+            TrustOutcome::Rotated {
+                keys: 3,
+                threshold: 2,
+            },
+        )
+        .to_cbor(),
+    );
+    add(
+        "trust-rejected",
+        TrustReport::new(
+            &device,
+            1_750_000_000_000,
+            None,
+            2,
+            TrustOutcome::Rejected {
+                cause: TrustRejectCause::TooFewSignatures,
+                detail: "signature threshold not met: 1 valid of 2 required".into(),
+            },
+        )
         .to_cbor(),
     );
 

@@ -3,7 +3,7 @@
 //! must survive a round trip: re-encoded and decoded again, it is equal to itself.
 //!
 //! Payloads (docs/protocol.md, docs/flags.md): DesiredState, ReportedState, Event, Status,
-//! Heartbeat, HeartbeatAck, DeviceFlags and the signed trust-set update (key rotation). The
+//! Heartbeat, HeartbeatAck, TrustReport, DeviceFlags and the signed trust-set update (key rotation). The
 //! records that share the same bounded codec (FlagDefinition, FlagChange, FlagSet, the agent's
 //! PersistedState) and the device flag file are fed too, as are the topic parsers (the topic of
 //! a publication is as untrusted as its payload).
@@ -16,7 +16,7 @@ use ota_core::flags::{DeviceFlags, FlagChange, FlagDefinition, FlagSet};
 use ota_core::release::{SignedTrustUpdate, SigningKey, TrustSet, TrustUpdate};
 use ota_core::update::PersistedState;
 use ota_core::wire::{
-    DesiredState, Event, Heartbeat, HeartbeatAck, ReportedState, Status, WireMessage,
+    DesiredState, Event, Heartbeat, HeartbeatAck, ReportedState, Status, TrustReport, WireMessage,
 };
 
 /// Decodes `data` as `T`; a decoded value must encode and decode again to itself.
@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
     round_trip::<Status>(data);
     round_trip::<Heartbeat>(data);
     round_trip::<HeartbeatAck>(data);
+    round_trip::<TrustReport>(data);
     round_trip::<DeviceFlags>(data);
     round_trip::<FlagDefinition>(data);
     round_trip::<FlagChange>(data);

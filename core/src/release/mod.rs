@@ -32,8 +32,8 @@ pub use error::ReleaseError;
 pub use limits::Limits;
 pub use manifest::{FORMAT_VERSION, Manifest};
 pub use rotation::{
-    SignedTrustUpdate, TRUST_UPDATE_CONTENT_TYPE, TRUST_UPDATE_FORMAT_VERSION, TrustUpdate,
-    TrustUpdateError, sign_trust_update,
+    SignedTrustUpdate, TRUST_UPDATE_CONTENT_TYPE, TRUST_UPDATE_FORMAT_VERSION, TrustRotation,
+    TrustState, TrustUpdate, TrustUpdateError, sign_trust_update,
 };
 pub use sign::sign;
 pub use trust::{KeyId, TrustSet, TrustSetError};

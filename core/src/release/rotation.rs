@@ -167,3 +167,75 @@ pub fn sign_trust_update(update: &TrustUpdate, keys: &[SigningKey]) -> Vec<u8> {
     let payload = minicbor::to_vec(update).unwrap_or_default();
     sign_payload(TRUST_UPDATE_CONTENT_TYPE, &payload, keys)
 }
+
+/// The trust set in force and the sequence of the update that installed it (`0`: the
+/// configured set, no update accepted yet). What a device and the fleet server keep.
+///
+/// Applying an update is two-phase so that a shell persists before it switches:
+/// [`check`](Self::check) verifies without changing anything, the shell stores the update's
+/// bytes, then [`accept`](Self::accept) switches. A rejected update changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustState {
+    set: TrustSet,
+    sequence: u64,
+}
+
+/// An update that [`TrustState::check`] verified, not yet in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustRotation {
+    /// The state once the update is accepted.
+    pub next: TrustState,
+    /// The current keys that signed the update.
+    pub signers: Vec<KeyId>,
+}
+
+impl TrustState {
+    /// The configured trust set, before any update (sequence 0).
+    pub fn initial(set: TrustSet) -> Self {
+        TrustState { set, sequence: 0 }
+    }
+
+    /// The state a previously accepted update installed, from its stored envelope bytes.
+    ///
+    /// The signatures are not checked again (they were checked against a set that may have
+    /// been rotated away since): the record is trusted as the holder's own file, and must be
+    /// protected like the configuration.
+    pub fn from_record(bytes: &[u8]) -> Result<Self, TrustUpdateError> {
+        let update = SignedTrustUpdate::decode(bytes)?.update;
+        if update.format_version != TRUST_UPDATE_FORMAT_VERSION {
+            return Err(TrustUpdateError::UnsupportedFormat(update.format_version));
+        }
+        Ok(TrustState {
+            set: update.trust_set()?,
+            sequence: update.sequence,
+        })
+    }
+
+    /// The trust set releases (and the next update) are verified against.
+    pub fn set(&self) -> &TrustSet {
+        &self.set
+    }
+
+    /// The sequence of the update in force (`0`: none yet).
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Decodes and verifies an update (envelope bytes) against this state; changes nothing.
+    pub fn check(&self, bytes: &[u8]) -> Result<TrustRotation, TrustUpdateError> {
+        let signed = SignedTrustUpdate::decode(bytes)?;
+        let (set, signers) = signed.verify(&self.set, self.sequence)?;
+        Ok(TrustRotation {
+            next: TrustState {
+                set,
+                sequence: signed.update.sequence,
+            },
+            signers,
+        })
+    }
+
+    /// Puts a checked update in force (after the shell persisted it).
+    pub fn accept(&mut self, rotation: TrustRotation) {
+        *self = rotation.next;
+    }
+}

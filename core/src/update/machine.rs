@@ -13,6 +13,7 @@ use super::{
     Action, Config, PERSIST_VERSION, PersistedState, ReleaseInfo, Status, Timer, Timestamp,
 };
 use crate::digest::Digest;
+use crate::release::TrustSet;
 use crate::wire::{
     DesiredState, Event, ExecutionState, Inventory, PROTOCOL_VERSION, PowerReading, ReportedState,
     UpdateOutcome, WireError, WireMessage,
@@ -186,6 +187,14 @@ impl UpdateMachine {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Replaces the trust set releases are verified against (a key rotation the shell has
+    /// verified and persisted, see [`crate::release::TrustState`]). Every desired state offered
+    /// from now on is verified against it; a release already verified and in flight goes on
+    /// (it was signed by keys trusted when it was offered).
+    pub fn set_trust(&mut self, trust: TrustSet) {
+        self.config.trust = trust;
     }
 
     // ---- inputs not tied to one phase ----------------------------------------------------

@@ -12,6 +12,8 @@
 //! ota/v1/devices/{id}/status         device -> server   retained   Status (last will: offline)
 //! ota/v1/devices/{id}/heartbeat      device -> server   -          Heartbeat
 //! ota/v1/devices/{id}/heartbeat/ack  server -> device   -          HeartbeatAck
+//! ota/v1/devices/{id}/trust          device -> server   -          TrustReport
+//! ota/v1/trust                       server -> devices  retained   signed trust-set update
 //! ota/v1/flags/...                   reserved for feature flags
 //! ```
 //!
@@ -23,6 +25,7 @@
 pub(crate) mod codec;
 mod message;
 mod topic;
+mod trust;
 
 pub use codec::{PROTOCOL_VERSION, WireError, WireLimits, WireMessage, truncate_text};
 pub use message::{
@@ -31,9 +34,10 @@ pub use message::{
     UpdateOutcome,
 };
 pub use topic::{
-    DeviceId, DeviceIdError, Direction, FLAGS_PREFIX, QOS, TOPIC_PREFIX, TopicError, TopicKind,
-    parse_device_topic,
+    DeviceId, DeviceIdError, Direction, FLAGS_PREFIX, QOS, TOPIC_PREFIX, TRUST_TOPIC, TopicError,
+    TopicKind, parse_device_topic,
 };
+pub use trust::{TrustOutcome, TrustRejectCause, TrustReport};
 
 #[cfg(test)]
 mod tests;

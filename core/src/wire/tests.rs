@@ -330,6 +330,76 @@ fn hostile_nesting_and_length_claims_do_not_hurt() {
     assert!(DesiredState::from_cbor(&claim).is_err());
 }
 
+#[test]
+fn issue7_trust_reports_round_trip_and_bound_their_detail() {
+    let id = DeviceId::new("gw-1").unwrap();
+    round_trip(&TrustReport::new(
+        &id,
+        7,
+        Some(2),
+        2,
+        TrustOutcome::Rotated {
+            keys: 3,
+            threshold: 2,
+        },
+    ));
+    let rejected = |detail: String| {
+        TrustReport::new(
+            &id,
+            7,
+            None,
+            1,
+            TrustOutcome::Rejected {
+                cause: TrustRejectCause::TooFewSignatures,
+                detail,
+            },
+        )
+    };
+    round_trip(&rejected("1 valid of 2 required".into()));
+    assert_eq!(
+        TrustReport::from_cbor(&rejected("x".repeat(WireLimits::MAX_TEXT_BYTES + 1)).to_cbor()),
+        Err(WireError::LimitExceeded {
+            what: "trust detail",
+            limit: WireLimits::MAX_TEXT_BYTES
+        })
+    );
+    assert_eq!(rejected(String::new()).outcome.name(), "trust-rejected");
+}
+
+#[test]
+fn issue7_trust_update_errors_map_to_their_causes() {
+    use crate::release::{ReleaseError, TrustUpdateError};
+    let cases = [
+        (
+            TrustUpdateError::Envelope(ReleaseError::UnknownKey),
+            "unknown-key",
+        ),
+        (
+            TrustUpdateError::Envelope(ReleaseError::ThresholdNotMet {
+                valid: 1,
+                required: 2,
+            }),
+            "too-few-signatures",
+        ),
+        (
+            TrustUpdateError::Stale {
+                sequence: 1,
+                current: 1,
+            },
+            "stale",
+        ),
+        (TrustUpdateError::InvalidKey, "invalid-trust-set"),
+        (TrustUpdateError::Malformed, "malformed"),
+        (
+            TrustUpdateError::Envelope(ReleaseError::Malformed("x")),
+            "malformed",
+        ),
+    ];
+    for (e, name) in cases {
+        assert_eq!(TrustRejectCause::from(&e).name(), name, "{e}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2048))]
 
@@ -341,6 +411,7 @@ proptest! {
         let _ = Heartbeat::from_cbor(&bytes);
         let _ = HeartbeatAck::from_cbor(&bytes);
         let _ = Status::from_cbor(&bytes);
+        let _ = TrustReport::from_cbor(&bytes);
         let _ = crate::update::PersistedState::from_cbor(&bytes);
     }
 

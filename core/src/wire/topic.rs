@@ -12,6 +12,12 @@ pub const TOPIC_PREFIX: &str = "ota/v1/";
 /// published there yet; [`parse_device_topic`] answers [`TopicError::Reserved`]).
 pub const FLAGS_PREFIX: &str = "ota/v1/flags/";
 
+/// The fleet-wide trust topic (server to every device, retained, QoS 1): the last accepted
+/// signed trust-set update ([`crate::release::SignedTrustUpdate`] envelope bytes, not a wire
+/// map: the envelope is self-describing and signed). Devices verify it against the trust set
+/// they have; see `docs/protocol.md`.
+pub const TRUST_TOPIC: &str = "ota/v1/trust";
+
 /// The per-device topic prefix (after [`TOPIC_PREFIX`]).
 const DEVICES: &str = "devices/";
 
@@ -47,17 +53,21 @@ pub enum TopicKind {
     /// `heartbeat/ack`: [`super::HeartbeatAck`], the server's echo of the sequence number: proves
     /// the fleet server, not only the broker, is reachable (server to device).
     HeartbeatAck,
+    /// `trust`: [`super::TrustReport`], what the device did with a trust-set update from
+    /// [`TRUST_TOPIC`] (device to server, not retained).
+    Trust,
 }
 
 impl TopicKind {
     /// Every kind, in table order.
-    pub const ALL: [TopicKind; 6] = [
+    pub const ALL: [TopicKind; 7] = [
         TopicKind::Desired,
         TopicKind::Reported,
         TopicKind::Events,
         TopicKind::Status,
         TopicKind::Heartbeat,
         TopicKind::HeartbeatAck,
+        TopicKind::Trust,
     ];
 
     /// The topic suffix after `ota/v1/devices/{id}/`.
@@ -69,6 +79,7 @@ impl TopicKind {
             TopicKind::Status => "status",
             TopicKind::Heartbeat => "heartbeat",
             TopicKind::HeartbeatAck => "heartbeat/ack",
+            TopicKind::Trust => "trust",
         }
     }
 
@@ -177,11 +188,13 @@ impl DeviceId {
         kind.topic(self)
     }
 
-    /// The device's subscription filters: its desired state and heartbeat acks.
-    pub fn subscriptions(&self) -> [String; 2] {
+    /// The device's subscription filters: its desired state, heartbeat acks and the
+    /// fleet-wide [`TRUST_TOPIC`].
+    pub fn subscriptions(&self) -> [String; 3] {
         [
             self.topic(TopicKind::Desired),
             self.topic(TopicKind::HeartbeatAck),
+            String::from(TRUST_TOPIC),
         ]
     }
 }
@@ -313,5 +326,8 @@ mod tests {
         );
         assert_eq!(TopicKind::Desired.direction(), Direction::ServerToDevice);
         assert_eq!(TopicKind::Events.direction(), Direction::DeviceToServer);
+        assert_eq!(TopicKind::Trust.direction(), Direction::DeviceToServer);
+        // The fleet-wide trust topic is not a per-device topic.
+        assert_eq!(parse_device_topic(TRUST_TOPIC), Err(TopicError::Unknown));
     }
 }

@@ -5,17 +5,17 @@
 //!
 //! | action | topics |
 //! |---|---|
-//! | publish (and its last will) | `ota/v1/devices/{id}/reported`, `events`, `status`, `heartbeat` |
+//! | publish (and its last will) | `ota/v1/devices/{id}/reported`, `events`, `status`, `heartbeat`, `trust` |
 //! | subscribe | `ota/v1/devices/{id}/desired`, `ota/v1/devices/{id}/heartbeat/ack`, `ota/v1/flags/devices/{id}`, `ota/v1/trust` |
 //!
 //! Subscriptions must be exactly these filters: no wildcard, not even under the device's own
 //! topics (the agent never uses one). `docs/security.md` has the equivalent Mosquitto ACL.
 
-use ota_core::wire::{DeviceId, Direction, TopicKind, parse_device_topic};
+use ota_core::wire::{DeviceId, Direction, TRUST_TOPIC, TopicKind, parse_device_topic};
 
 /// Fleet-wide topics every device may subscribe to and nobody but the server publishes: the
 /// signed trust-set updates.
-pub const FLEET_READ_TOPICS: [&str; 1] = ["ota/v1/trust"];
+pub const FLEET_READ_TOPICS: [&str; 1] = [TRUST_TOPIC];
 
 /// What one authenticated device may do.
 #[derive(Debug, Clone)]
@@ -29,7 +29,11 @@ impl DeviceAcl {
     pub fn new(device: DeviceId) -> Self {
         let mut subscriptions: Vec<String> = device.subscriptions().into();
         subscriptions.push(ota_core::flags::topic(&device));
-        subscriptions.extend(FLEET_READ_TOPICS.iter().map(|t| (*t).to_owned()));
+        for topic in FLEET_READ_TOPICS {
+            if !subscriptions.iter().any(|s| s == topic) {
+                subscriptions.push(topic.to_owned());
+            }
+        }
         DeviceAcl {
             device,
             subscriptions,

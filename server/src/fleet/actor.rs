@@ -7,13 +7,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use ota_core::digest::Digest;
 use ota_core::flags::{FlagChange, FlagEdit, FlagName};
+use ota_core::release::SignedTrustUpdate;
 use ota_core::rollout::{
     PlannerAction, ReportOutcome, Rollout, RolloutError, RolloutSpec, RolloutState, StateCounts,
     Target,
 };
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, Heartbeat, HeartbeatAck, PROTOCOL_VERSION,
-    ReportedState, Status, TopicKind, UpdateOutcome, WireMessage, parse_device_topic,
+    ReportedState, Status, TRUST_TOPIC, TopicKind, TrustOutcome, TrustReport, UpdateOutcome,
+    WireMessage, parse_device_topic,
 };
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
 use serde_json::json;
@@ -158,6 +160,9 @@ struct Batch {
     flag_changes: Vec<FlagChange>,
     /// Devices whose flags are evaluated again once their rows are written.
     flag_devices: BTreeSet<String>,
+    /// A trust-set update to publish (retained) after the batch, whatever happens: it is
+    /// stored already.
+    trust: Option<Vec<u8>>,
 }
 
 impl Batch {
@@ -186,6 +191,8 @@ struct Actor {
     reject_window: (u64, u32),
     connected: bool,
     flags: Flags,
+    /// The accepted trust-set update in force (signed bytes), republished on every connect.
+    trust: Option<Vec<u8>>,
 }
 
 fn is_active(state: &RolloutState) -> bool {
@@ -209,6 +216,7 @@ impl Actor {
             reject_window: (0, 0),
             connected: false,
             flags: Flags::new(clock.timestamp()),
+            trust: None,
             clock,
         }
     }
@@ -231,6 +239,7 @@ impl Actor {
             self.generations.insert(d.device_id, d.generation);
         }
         self.flags = Flags::load(&self.db, self.clock.timestamp()).await?;
+        self.trust = self.db.latest_trust_update().await?;
         for record in self.db.rollouts_with_status(LOADED_STATUSES).await? {
             let id = record.id;
             let planner = Rollout::from_cbor(&record.state)
@@ -351,6 +360,7 @@ impl Actor {
                     TopicKind::Events,
                     TopicKind::Status,
                     TopicKind::Heartbeat,
+                    TopicKind::Trust,
                 ]
                 .map(|k| SubscribeFilter::new(k.fleet_filter(), QoS::AtLeastOnce));
                 if let Err(e) = client.subscribe_many(filters).await {
@@ -359,6 +369,10 @@ impl Actor {
                 self.republish_desired(client).await;
                 for (topic, payload) in self.flags.all() {
                     self.publish(client, topic, payload, true).await;
+                }
+                if let Some(payload) = self.trust.clone() {
+                    self.publish(client, TRUST_TOPIC.to_string(), payload, true)
+                        .await;
                 }
             }
             Inbound::Subscribed => {
@@ -465,6 +479,18 @@ impl Actor {
                         .acks
                         .push((id.topic(TopicKind::HeartbeatAck), ack.to_cbor()));
                 }
+                Err(e) => self.reject(Some(&id), topic, &e.to_string(), batch),
+            },
+            TopicKind::Trust => match TrustReport::from_cbor(&payload) {
+                Ok(r) if r.device_id == id.as_str() => {
+                    on_trust_report(&id, &r, self.clock.now_i64(), batch);
+                }
+                Ok(r) => self.reject(
+                    Some(&id),
+                    topic,
+                    &format!("trust report names device {:?}", r.device_id),
+                    batch,
+                ),
                 Err(e) => self.reject(Some(&id), topic, &e.to_string(), batch),
             },
             _ => {}
@@ -894,6 +920,10 @@ impl Actor {
         for (topic, payload) in batch.acks {
             self.publish(client, topic, payload, false).await;
         }
+        if let Some(payload) = batch.trust {
+            self.publish(client, TRUST_TOPIC.to_string(), payload, true)
+                .await;
+        }
         self.unload_finished();
         stored
     }
@@ -1063,6 +1093,23 @@ impl Actor {
             }
             Command::DeviceChanged { id } => {
                 batch.flag_devices.insert(id);
+            }
+            Command::TrustChanged { payload } => {
+                // Two rotations' notices may arrive out of order: only a newer one replaces
+                // what is published (the retained message must be the update in force).
+                let sequence = |p: &[u8]| {
+                    SignedTrustUpdate::decode(p)
+                        .map(|s| s.update.sequence)
+                        .unwrap_or(0)
+                };
+                if self
+                    .trust
+                    .as_deref()
+                    .is_none_or(|current| sequence(&payload) > sequence(current))
+                {
+                    self.trust = Some(payload.clone());
+                    batch.trust = Some(payload);
+                }
             }
             Command::Create {
                 request,
@@ -1489,6 +1536,28 @@ fn stored_or<T>(stored: bool, result: Result<T, FleetError>) -> Result<T, FleetE
 fn strip(mut record: RolloutRecord) -> RolloutRecord {
     record.state = Vec::new();
     record
+}
+
+/// A device's answer to a trust-set update, as a `trust-rotated` or `trust-rejected` audit
+/// event at `now` (the device's own time is in `at_ms`).
+fn on_trust_report(id: &DeviceId, r: &TrustReport, now: i64, batch: &mut Batch) {
+    let mut details = json!({ "sequence": r.sequence, "offered": r.offered, "at_ms": r.at });
+    let extra = match &r.outcome {
+        TrustOutcome::Rotated { keys, threshold } => {
+            json!({ "keys": keys, "threshold": threshold })
+        }
+        TrustOutcome::Rejected { cause, detail } => {
+            json!({ "cause": cause.name(), "detail": detail })
+        }
+    };
+    if let (Some(map), serde_json::Value::Object(extra)) = (details.as_object_mut(), extra) {
+        map.extend(extra);
+    }
+    batch.events.push(
+        NewEvent::new(now, format!("device:{id}"), r.outcome.name())
+            .device(id.as_str())
+            .details(details),
+    );
 }
 
 fn memo_of(d: &DeviceRecord) -> Memo {

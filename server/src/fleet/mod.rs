@@ -7,6 +7,9 @@
 //! - MQTT messages from the polling task ([`crate::mqtt`]): reported state, events, status
 //!   (online/offline, last will) and heartbeats of every device;
 //! - operator commands from the REST API ([`Fleet`]): create, approve, pause, resume, abort;
+//!   and accepted trust-set updates, which it publishes retained on `ota/v1/trust` (after each
+//!   rotation and each reconnect) — devices answer on `ota/v1/devices/{id}/trust`, recorded as
+//!   `trust-rotated` / `trust-rejected` audit events;
 //! - its own timers (the planners' `poll_timeout()`).
 //!
 //! It handles inputs in batches (everything queued, up to [`MAX_BATCH`] messages), then writes
@@ -337,6 +340,9 @@ pub(crate) enum Command {
     DeviceChanged {
         id: String,
     },
+    TrustChanged {
+        payload: Vec<u8>,
+    },
 }
 
 /// An operator operation on a rollout.
@@ -450,6 +456,12 @@ impl Fleet {
     pub async fn device_changed(&self, id: &str) -> Result<(), FleetError> {
         self.send(Command::DeviceChanged { id: id.to_string() })
             .await
+    }
+
+    /// Tells the coordinator that a trust-set update was accepted (and stored): it publishes
+    /// `payload` retained on `ota/v1/trust`, and again after every broker reconnect.
+    pub async fn trust_changed(&self, payload: Vec<u8>) -> Result<(), FleetError> {
+        self.send(Command::TrustChanged { payload }).await
     }
 
     /// Shared counters and the last snapshot.

@@ -2,21 +2,30 @@
 //! content-addressed downloads, `/metrics` and `/healthz`. Every endpoint is documented in
 //! `docs/api.md`.
 //!
-//! | method | path | auth |
+//! | method | path | role |
 //! |---|---|---|
-//! | `POST` | `/api/v1/releases` (multipart `release`, `artifact`) | operator |
-//! | `GET` | `/api/v1/releases`, `/api/v1/releases/{sha256}` | operator |
-//! | `GET` | `/api/v1/devices?filter=EXPR`, `/api/v1/devices/{id}` | operator |
+//! | `POST` | `/api/v1/releases` (multipart `release`, `artifact`) | publisher |
+//! | `GET` | `/api/v1/releases`, `/api/v1/releases/{sha256}` | any |
+//! | `GET` | `/api/v1/devices?filter=EXPR`, `/api/v1/devices/{id}` | any |
 //! | `PUT` | `/api/v1/devices/{id}/labels` (server labels) | operator |
-//! | `GET` | `/api/v1/events?rollout=&device=&kind=&after=&limit=` | operator |
-//! | `POST` | `/api/v1/rollouts` (JSON spec), `/api/v1/rollouts/{id}/approve\|pause\|resume\|abort` | operator |
-//! | `GET` | `/api/v1/rollouts`, `/api/v1/rollouts/{id}` | operator |
-//! | `GET` | `/api/v1/flags`, `/api/v1/flags/{name}?device=ID` | operator |
+//! | `GET` | `/api/v1/events?rollout=&device=&kind=&after=&limit=` | any |
+//! | `POST` | `/api/v1/rollouts` (JSON spec), `/api/v1/rollouts/{id}/pause\|resume\|abort` | operator |
+//! | `POST` | `/api/v1/rollouts/{id}/approve` | approver (not the creator) |
+//! | `GET` | `/api/v1/rollouts`, `/api/v1/rollouts/{id}` | any |
+//! | `GET` | `/api/v1/flags`, `/api/v1/flags/{name}?device=ID` | any |
 //! | `POST` | `/api/v1/flags/{name}/set` (JSON), `/api/v1/flags/{name}/kill\|revive` | operator |
 //! | `DELETE` | `/api/v1/flags/{name}` | operator |
-//! | `GET`, `HEAD` | `/artifacts/{sha256}` (Range, If-Range, ETag) | none |
-//! | `GET` | `/releases/{sha256}` (signed release bytes) | none |
-//! | `GET` | `/metrics` (Prometheus text), `/healthz` | none |
+//! | `GET` | `/api/v1/trust` (the trust set in force) | any |
+//! | `POST` | `/api/v1/trust` (body: a signed trust-set update, key rotation) | publisher |
+//! | `GET`, `HEAD` | `/artifacts/{sha256}` (Range, If-Range, ETag) | none (no token) |
+//! | `GET` | `/releases/{sha256}` (signed release bytes) | none (no token) |
+//! | `GET` | `/metrics` (Prometheus text), `/healthz` | none (no token) |
+//!
+//! Every `/api/v1` request needs an operator token (401 `unauthorized`). "any" is every role;
+//! `admin` may do everything. The roles of changing requests are declared once, in
+//! `auth::ROLE_TABLE` (one line per route; an unlisted changing route needs `admin`), and
+//! checked by one route layer before the body is read: a wrong role is 403 `forbidden-role`
+//! and an `access-denied` audit event.
 //!
 //! Errors are `{ "error": "...", "cause": "..." }` with a stable `cause` ([`ApiError`]).
 //! Malformed paths, queries and bodies answer 400; unknown paths 404; nothing panics on input.
@@ -27,6 +36,7 @@ mod error;
 mod flags;
 mod releases;
 mod rollouts;
+mod trust;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -39,10 +49,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Router, middleware};
-use ota_core::release::TrustSet;
 use serde::{Deserialize, Serialize};
 
-pub use auth::Operator;
+pub use auth::{Operator, ROLE_TABLE, needed_role};
 pub use error::{ApiError, release_cause};
 
 use crate::clock::Clock;
@@ -51,6 +60,7 @@ use crate::db::{Db, DeviceRecord, EventFilter, EventRecord};
 use crate::filter::Filter;
 use crate::fleet::Fleet;
 use crate::store::ArtifactStore;
+use crate::trust::FleetTrust;
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
@@ -59,7 +69,7 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     db: Db,
     store: ArtifactStore,
-    trust: TrustSet,
+    trust: FleetTrust,
     operators: Vec<OperatorConfig>,
     clock: Clock,
     fleet: Fleet,
@@ -80,7 +90,7 @@ impl AppState {
     pub fn new(
         db: Db,
         store: ArtifactStore,
-        trust: TrustSet,
+        trust: FleetTrust,
         operators: Vec<OperatorConfig>,
         clock: Clock,
         fleet: Fleet,
@@ -110,8 +120,8 @@ impl AppState {
         &self.0.store
     }
 
-    /// The fleet trust set.
-    pub fn trust(&self) -> &TrustSet {
+    /// The fleet trust set in force (rotated by `POST /api/v1/trust`).
+    pub fn trust(&self) -> &FleetTrust {
         &self.0.trust
     }
 
@@ -162,6 +172,18 @@ pub fn router(state: AppState) -> Router {
         .route("/flags/{name}/set", post(flags::set))
         .route("/flags/{name}/kill", post(flags::kill))
         .route("/flags/{name}/revive", post(flags::revive))
+        .route(
+            "/trust",
+            get(trust::show)
+                .post(trust::rotate)
+                .layer(DefaultBodyLimit::max(trust::MAX_BODY_BYTES)),
+        )
+        // After routing (the matched route picks the row of the role table), before the body
+        // is read; only on routes, so unknown paths stay 404 and wrong methods 405.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_role,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // `layer`, not `route_layer`: unknown /api/v1 paths need a token too.

@@ -5,7 +5,8 @@
 //! 1. `release`: the signed release bytes (at most `Limits::MAX_RELEASE_BYTES`);
 //! 2. `artifact`: the artifact, streamed.
 //!
-//! The release is verified against the fleet trust set (signatures, format version, expiry; no
+//! The release is verified against the fleet trust set in force (the configured keys or the
+//! last accepted rotation; signatures, format version, expiry; no
 //! hardware class or security floor: those are per device) before a byte of the artifact is
 //! read. The artifact is hashed while it streams into the store, refused at the first byte past
 //! the signed size, and made visible only when its size and SHA-256 match; only then is the
@@ -90,7 +91,7 @@ async fn publish_inner(
         now: state.clock().now(),
     };
     let verified = signed
-        .verify(state.trust(), &policy)
+        .verify(&state.trust().set(), &policy)
         .map_err(|e| ApiError::from_release(&e))?;
     let digest = verified.manifest.artifact_digest();
 

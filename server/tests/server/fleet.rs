@@ -177,8 +177,20 @@ impl World {
         body["devices"].as_array().unwrap().clone()
     }
 
+    /// Adds `n` devices already running 2.0.0 and creates, as `token`, a forced reinstall of
+    /// it (which awaits approval).
+    pub(crate) async fn forced_reinstall(&self, token: &str, n: usize) -> (StatusCode, Value) {
+        let mut devices = self.sim_devices(n, |_| Behavior::Succeed);
+        for d in &mut devices {
+            d.running = Some(running_of(&self.new));
+            d.known_good = Some(running_of(&self.new));
+        }
+        self.add(devices).await;
+        self.create(token, json!({ "force_reinstall": true })).await
+    }
+
     /// Creates a rollout of 2.0.0 over this world's devices with `spec` merged in.
-    async fn create(&self, token: &str, spec: Value) -> (StatusCode, Value) {
+    pub(crate) async fn create(&self, token: &str, spec: Value) -> (StatusCode, Value) {
         let mut body = json!({
             "release": self.new_digest(),
             "filter": self.filter(),
@@ -199,7 +211,7 @@ impl World {
         (status, r.json().await.unwrap())
     }
 
-    async fn rollout(&self, id: i64) -> Value {
+    pub(crate) async fn rollout(&self, id: i64) -> Value {
         let r = self
             .t
             .get(&format!("/api/v1/rollouts/{id}"))
@@ -219,7 +231,7 @@ impl World {
         self.rollout(id).await
     }
 
-    async fn op(&self, token: &str, id: i64, op: &str) -> (StatusCode, Value) {
+    pub(crate) async fn op(&self, token: &str, id: i64, op: &str) -> (StatusCode, Value) {
         let r = self
             .t
             .post_as(token, &format!("/api/v1/rollouts/{id}/{op}"), &json!({}))
@@ -631,13 +643,7 @@ async fn deferral(backend: Backend) {
 
 async fn forced_reinstall_needs_second_operator(backend: Backend) {
     let w = World::start(backend, Options::default()).await;
-    let mut devices = w.sim_devices(3, |_| Behavior::Succeed);
-    for d in &mut devices {
-        d.running = Some(running_of(&w.new));
-        d.known_good = Some(running_of(&w.new));
-    }
-    w.add(devices).await;
-    let (status, body) = w.create(TOKEN, json!({ "force_reinstall": true })).await;
+    let (status, body) = w.forced_reinstall(TOKEN, 3).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let r = &body["rollout"];
     assert_eq!(r["status"], "awaiting-approval");

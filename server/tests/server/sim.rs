@@ -201,7 +201,7 @@ impl Sim {
             let filters: Vec<SubscribeFilter> = chunk
                 .iter()
                 .flat_map(|d| {
-                    let [desired, ack] = d.id.subscriptions();
+                    let [desired, ack, _trust] = d.id.subscriptions();
                     [desired, ack, ota_core::flags::topic(&d.id)]
                 })
                 .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))

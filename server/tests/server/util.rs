@@ -8,7 +8,7 @@ use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ota_core::digest::Digest;
 use ota_core::release::{FORMAT_VERSION, Manifest, SigningKey, sign};
 use ota_server::clock::{Clock, ManualClock};
-use ota_server::config::{Config, MqttConfig, OperatorConfig, TrustConfig};
+use ota_server::config::{Config, MqttConfig, OperatorConfig, Role, TrustConfig};
 use ota_server::{RunningServer, Server};
 use reqwest::multipart::{Form, Part};
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -20,6 +20,12 @@ pub(crate) const NOW: u64 = 1_750_000_000;
 pub(crate) const TOKEN: &str = "alice-token-0123456789";
 /// Operator `bob`'s token.
 pub(crate) const BOB_TOKEN: &str = "bob-token-0123456789ab";
+/// Tokens of the operators with one role each (`alice` and `bob` are admins).
+pub(crate) const PUBLISHER_TOKEN: &str = "pat-publisher-token-0123";
+/// Operator `otto`, role `operator`.
+pub(crate) const OPERATOR_TOKEN: &str = "otto-operator-token-0123";
+/// Operator `ada`, role `approver`.
+pub(crate) const APPROVER_TOKEN: &str = "ada-approver-token-01234";
 
 /// TEST-ONLY signing key `n` (seed: SHA-256 of a public label; never trust it anywhere).
 pub(crate) fn key(n: u8) -> SigningKey {
@@ -85,6 +91,8 @@ pub(crate) struct Options {
     pub(crate) manual_clock: bool,
     /// Webhook URLs.
     pub(crate) webhooks: Vec<String>,
+    /// Serve HTTPS with a certificate of a fresh test CA; the client pins that CA.
+    pub(crate) https: bool,
 }
 
 /// A server on 127.0.0.1:0 in a temp directory, trusting keys 1, 2 and 3.
@@ -129,6 +137,9 @@ impl TestServer {
         config.operators = vec![
             OperatorConfig::new("alice", TOKEN),
             OperatorConfig::new("bob", BOB_TOKEN),
+            OperatorConfig::with_role("pat", PUBLISHER_TOKEN, Role::Publisher),
+            OperatorConfig::with_role("otto", OPERATOR_TOKEN, Role::Operator),
+            OperatorConfig::with_role("ada", APPROVER_TOKEN, Role::Approver),
         ];
         config.database.url = database_url;
         if let Some(url) = &opts.mqtt_url {
@@ -138,6 +149,15 @@ impl TestServer {
             let hook: ota_server::config::WebhookConfig =
                 toml::from_str(&format!("url = {url:?}")).unwrap();
             config.webhooks.push(hook);
+        }
+        let mut client = reqwest::Client::builder();
+        if opts.https {
+            let ca = firmware_fixtures::pki::TestCa::new(dir.path(), "http").unwrap();
+            let cert = ca.server_cert().unwrap();
+            config.http.tls_cert = Some(cert.cert);
+            config.http.tls_key = Some(cert.key);
+            let pem = std::fs::read(ca.ca_file()).unwrap();
+            client = client.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap());
         }
         let (clock, manual) = if opts.manual_clock {
             let (clock, manual) = Clock::manual(NOW);
@@ -151,7 +171,7 @@ impl TestServer {
         TestServer {
             _dir: dir,
             server,
-            client: reqwest::Client::new(),
+            client: client.build().unwrap(),
             manual,
             config,
             clock,

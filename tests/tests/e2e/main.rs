@@ -9,6 +9,8 @@
 //!   certificates, and the broker's ACL (issue 7).
 //! - `security`: threats of `docs/security.md` that need the whole system (a compromised
 //!   fleet server).
+//! - `rotation`: key rotation end to end (issue 7): rotate, revoke, refused rotations,
+//!   restart.
 //! - `world`, `proxy`: the fixture (a lab behind fault-injecting TCP proxies).
 
 #![allow(
@@ -24,6 +26,7 @@ mod flags;
 mod mqtt_tls;
 mod proxy;
 mod repo;
+mod rotation;
 mod security;
 mod story;
 mod world;

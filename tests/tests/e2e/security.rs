@@ -1,17 +1,21 @@
 //! Issue 7: threats end to end (`docs/security.md` names each row's test).
 
+use std::path::Path;
+
+use firmware_fixtures::pki::TestCa;
 use ota_core::update::Stage;
-use ota_core::wire::{
-    DesiredState, DeviceId, ExecutionState, PROTOCOL_VERSION, RejectCause, TopicKind, WireMessage,
-};
+use ota_core::wire::{ExecutionState, FailurePhase, RejectCause};
 use ota_demo::firmware::{BuildSpec, FirmwareTeam, HARDWARE_CLASS};
-use ota_demo::lab::unix_now;
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use ota_demo::lab::{LabOptions, unix_now};
 use serde_json::json;
 
 use crate::world::{Backend, World, suite, wait_device};
 
-suite!(compromised_fleet_server_cannot_install_unsigned_or_downgrade);
+suite!(
+    compromised_fleet_server_cannot_install_unsigned_or_downgrade,
+    issue7_artifacts_over_https_with_a_pinned_ca,
+    issue7_an_artifact_server_of_another_ca_is_refused,
+);
 
 /// A compromised fleet server (anyone with its MQTT rights) publishes desired states of its
 /// own making: a release signed by a key the device does not trust, a genuine release for
@@ -52,47 +56,15 @@ async fn compromised_fleet_server_cannot_install_unsigned_or_downgrade(backend: 
         (w.lab.factory().release.clone(), RejectCause::Downgrade),
         (b"not a release".to_vec(), RejectCause::Malformed),
     ];
-    let topic = TopicKind::Desired.topic(&DeviceId::new(device.id()).unwrap());
-    let mut o = MqttOptions::new(
-        format!("{}-attacker", device.id()),
-        "127.0.0.1",
-        w.broker.addr().port(),
-    );
-    o.set_max_packet_size(512 * 1024, 512 * 1024);
-    let (client, mut events) = AsyncClient::new(o, 16);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let client = w.attacker("attacker");
     let bytes_before = device.bytes_downloaded();
-    let url = format!("http://{}/artifacts/{}", w.http.addr(), unsigned.digest);
     for (n, (release, cause)) in hostile.into_iter().enumerate() {
-        let generation = device.status().unwrap().machine.last_generation + 100;
-        let desired = DesiredState {
-            v: PROTOCOL_VERSION,
-            generation,
-            rollout_id: Some(format!("attack-{n}")),
-            release,
-            artifact_urls: vec![url.clone()],
-            force_reinstall: true,
-        };
-        client
-            .publish(&topic, QoS::AtLeastOnce, false, desired.to_cbor())
-            .await
-            .unwrap();
-        wait_device(device, |d| {
-            d.status().is_some_and(|s| {
-                s.machine.stage == Stage::Idle
-                    && s.machine
-                        .last_result
-                        .as_ref()
-                        .is_some_and(|o| o.generation == generation)
-            })
-        })
-        .await;
-        let s = device.status().unwrap();
-        let state = s.machine.last_result.map(|o| o.state);
+        let state = w.inject_desired(&client, device, release).await;
         assert!(
-            matches!(&state, Some(ExecutionState::Rejected { cause: c, .. }) if *c == cause),
+            matches!(&state, ExecutionState::Rejected { cause: c, .. } if *c == cause),
             "attack {n}: expected {cause:?}, got {state:?}"
         );
+        let s = device.status().unwrap();
         assert_eq!(
             s.machine.running.map(|r| r.digest),
             Some(v2.digest),
@@ -110,5 +82,83 @@ async fn compromised_fleet_server_cannot_install_unsigned_or_downgrade(backend: 
         1,
         "only v2 was ever installed"
     );
+    w.finish().await;
+}
+
+/// The lab's server speaks HTTPS with a certificate of `server_ca` (the lab's API client pins
+/// it); the agents pin `agent_ca` for their downloads; devices get `https://` artifact URLs
+/// (through the world's TCP proxy, which relays TLS untouched).
+fn https_lab(o: &mut LabOptions, server_ca: &TestCa, agent_ca: &Path) {
+    let cert = server_ca.server_cert().unwrap();
+    o.http_tls = Some((cert.cert, cert.key));
+    o.api_ca_file = Some(server_ca.ca_file());
+    o.agent_download_toml = format!("ca_file = {:?}", agent_ca.display().to_string());
+    o.public_url = o
+        .public_url
+        .take()
+        .map(|u| u.replacen("http://", "https://", 1));
+}
+
+/// Issue 7: the fleet server serves artifacts over HTTPS and agents that pin its CA download,
+/// verify and install them.
+async fn issue7_artifacts_over_https_with_a_pinned_ca(backend: Backend) {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(pki.path(), "fleet").unwrap();
+    let w = World::start(backend, 2, |o| https_lab(o, &ca, &ca.ca_file())).await;
+    let public = w.lab.server().unwrap().public_url().to_owned();
+    assert!(public.starts_with("https://127.0.0.1:"), "{public}");
+    let v2 = w.release("2.0.0", true).await;
+    let id = w.rollout(&v2, &[100], json!({})).await;
+    w.finished(id).await;
+    w.converged(&v2.digest).await;
+    let size = v2.image.len() as u64;
+    assert!(
+        w.lab.bytes_downloaded() >= 2 * size,
+        "both devices downloaded over HTTPS"
+    );
+    w.finish().await;
+}
+
+/// Issue 7: an agent pinning another CA refuses the server's certificate: the download fails
+/// with the TLS cause in the device's report, nothing is cached or installed.
+async fn issue7_an_artifact_server_of_another_ca_is_refused(backend: Backend) {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(pki.path(), "fleet").unwrap();
+    let other = TestCa::new(pki.path(), "other").unwrap();
+    let w = World::start(backend, 1, |o| https_lab(o, &ca, &other.ca_file())).await;
+    let v2 = w.release("2.0.0", true).await;
+    let id = w
+        .rollout(
+            &v2,
+            &[100],
+            json!({ "max_failure": 100, "min_executed": 1 }),
+        )
+        .await;
+    let r = w
+        .wait_rollout(id, |r| r["totals"]["failed"]["download"] == 1)
+        .await;
+    assert_eq!(r["totals"]["succeeded"], 0, "{r:#}");
+    let d = &w.lab.devices()[0];
+    wait_device(d, |d| {
+        d.status().is_some_and(|s| s.machine.stage == Stage::Idle)
+    })
+    .await;
+    let s = d.status().unwrap();
+    match s.machine.last_result.map(|o| o.state) {
+        Some(ExecutionState::Failed { phase, reason }) => {
+            assert_eq!(phase, FailurePhase::Download);
+            assert!(
+                reason.contains("TLS handshake with 127.0.0.1 failed"),
+                "{reason}"
+            );
+            assert!(reason.contains("UnknownIssuer"), "{reason}");
+        }
+        other => panic!("expected failed{{download}}, got {other:?}"),
+    }
+    assert!(s.installs.is_empty(), "{:?}", s.installs);
+    assert_eq!(d.bytes_downloaded(), 0);
+    let cache = d.root().join("data/cache");
+    assert!(!cache.join(v2.digest.to_string()).exists());
+    assert!(!cache.join(format!("partial/{}.part", v2.digest)).exists());
     w.finish().await;
 }

@@ -10,10 +10,14 @@ use std::time::Duration;
 
 use ota_core::digest::Digest;
 use ota_core::update::Stage;
+use ota_core::wire::{
+    DesiredState, DeviceId, ExecutionState, PROTOCOL_VERSION, TopicKind, WireMessage,
+};
 use ota_demo::device::Device;
 use ota_demo::firmware::Build;
 use ota_demo::lab::{Lab, LabOptions, unix_now};
 use ota_server::broker::EmbeddedBroker;
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{Value, json};
 
 use crate::proxy::Proxy;
@@ -165,6 +169,60 @@ impl World {
     /// Waits until every device runs `digest` and is idle.
     pub async fn converged(&self, digest: &Digest) {
         converged(&self.lab, digest).await;
+    }
+
+    /// An MQTT client of its own on the world's broker: what a compromised fleet server (or
+    /// anyone with its MQTT rights) can do.
+    pub fn attacker(&self, name: &str) -> AsyncClient {
+        let mut o = MqttOptions::new(
+            format!("{}-{name}", self.lab.devices()[0].id()),
+            "127.0.0.1",
+            self.broker.addr().port(),
+        );
+        o.set_max_packet_size(512 * 1024, 512 * 1024);
+        let (client, mut events) = AsyncClient::new(o, 16);
+        tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        client
+    }
+
+    /// Publishes a desired state of `release` with a fresh generation to `device` through
+    /// `client`, waits until the device concluded it, and answers its final state. The mirror
+    /// URL names no artifact: for releases the device must refuse before fetching anything.
+    pub async fn inject_desired(
+        &self,
+        client: &AsyncClient,
+        device: &Device,
+        release: Vec<u8>,
+    ) -> ExecutionState {
+        let generation = device.status().unwrap().machine.last_generation + 100;
+        let desired = DesiredState {
+            v: PROTOCOL_VERSION,
+            generation,
+            rollout_id: Some(format!("injected-{generation}")),
+            release,
+            artifact_urls: vec![format!(
+                "http://{}/artifacts/{}",
+                self.http.addr(),
+                Digest::of(b"x")
+            )],
+            force_reinstall: true,
+        };
+        let topic = TopicKind::Desired.topic(&DeviceId::new(device.id()).unwrap());
+        client
+            .publish(&topic, QoS::AtLeastOnce, false, desired.to_cbor())
+            .await
+            .unwrap();
+        wait_device(device, |d| {
+            d.status().is_some_and(|s| {
+                s.machine.stage == Stage::Idle
+                    && s.machine
+                        .last_result
+                        .as_ref()
+                        .is_some_and(|o| o.generation == generation)
+            })
+        })
+        .await;
+        device.status().unwrap().machine.last_result.unwrap().state
     }
 
     /// Stops every agent and the server.
