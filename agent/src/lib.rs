@@ -23,7 +23,7 @@
 //! | [`mqtt`] | `Publish*`, `SendHeartbeat` | the MQTT link: poll task, outbox, reconnect backoff |
 //! | [`flags`] | the flags topic | the flag file applications read ([`Flags::load`]) |
 //! | [`clock`] | (shared) | wall time on tokio's monotonic clock |
-//! | [`tls`] | (shared) | rustls client configuration of the MQTT link and the downloader: pinned CA, client certificate |
+//! | [`tls`] | (shared) | the `ota-tls` crate re-exported: rustls client configuration of the MQTT link and the downloader: pinned CA, client certificate |
 //! | `shell` | every action | the loop: drains the machine's actions, waits on inputs and timers |
 //! | [`agent`] | start-up | [`Agent::start`], [`AgentHandle`], [`AgentOptions`] |
 //! | [`report`] | `ota-agent status`, `check-power` | read-only views of the journal and the power gate |
@@ -62,7 +62,8 @@ pub mod process;
 pub mod report;
 mod shell;
 pub mod storage;
-pub mod tls;
+/// TLS configurations: the `ota-tls` crate (shared by the agent and the fleet server).
+pub use ota_tls as tls;
 pub mod trust;
 
 pub use agent::{Agent, AgentError, AgentHandle, AgentOptions, AgentStatus};

@@ -27,7 +27,7 @@ const BACKLOG: usize = 64;
 /// The rustls server configuration of `http.tls_cert` and `http.tls_key` (PEM files, loaded
 /// by [`crate::tls`]); HTTP/1.1 is offered by ALPN.
 pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
-    let mut config = rustls::ServerConfig::clone(&*crate::tls::server_config(cert, key, None)?);
+    let mut config = crate::tls::server_config(cert, key, None)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

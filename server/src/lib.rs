@@ -19,8 +19,8 @@
 //!   front door (TCP or TLS, device authentication, the per-device topic ACL).
 //! - [`mqtt`]: the server's MQTT client (rumqttc, polled in its own task, reconnects; TLS and
 //!   credentials for external brokers).
-//! - [`tls`]: rustls configurations (PEM files, pinned CAs, client certificates) of the MQTT
-//!   side and the HTTPS listener.
+//! - [`tls`]: the `ota-tls` crate re-exported: rustls configurations (PEM files, pinned CAs,
+//!   client certificates) of the MQTT side and the HTTPS listener, shared with the agent.
 //! - [`fleet`]: the coordinator: device registry from MQTT, the rollout engine around
 //!   core's planner, desired states, drift, batching and persistence.
 //! - [`https`]: the optional HTTPS listener of the API and artifacts (`[http] tls_cert`,
@@ -51,7 +51,8 @@ pub mod https;
 pub mod mqtt;
 mod server;
 pub mod store;
-pub mod tls;
+/// TLS configurations: the `ota-tls` crate (shared by the agent and the fleet server).
+pub use ota_tls as tls;
 pub mod trust;
 pub mod webhook;
 

@@ -389,11 +389,11 @@ fn broker_settings(
 ) -> Result<BrokerSettings, ServerError> {
     let mut settings = BrokerSettings::open(listen);
     if let (Some(cert), Some(key)) = (&security.tls_cert, &security.tls_key) {
-        settings = settings.with_tls(crate::tls::server_config(
+        settings = settings.with_tls(Arc::new(crate::tls::server_config(
             cert,
             key,
             security.tls_client_ca.as_deref(),
-        )?);
+        )?));
     }
     if security.tls_client_ca.is_some() {
         settings = settings.with_auth(DoorAuth::Certificate);
@@ -410,11 +410,12 @@ fn client_endpoint(
     client: &ClientSecurity,
 ) -> Result<MqttEndpoint, ServerError> {
     let tls = if client.tls {
-        let pair = client
-            .client_cert
-            .as_deref()
-            .zip(client.client_key.as_deref());
-        Some(crate::tls::client_config(client.ca_file.as_deref(), pair)?)
+        let files = crate::tls::TlsFiles {
+            ca_file: client.ca_file.as_deref(),
+            client_cert: client.client_cert.as_deref(),
+            client_key: client.client_key.as_deref(),
+        };
+        Some(Arc::new(crate::tls::client_config(files)?))
     } else {
         None
     };

@@ -278,8 +278,7 @@ async fn embedded(
 ) -> (AclBroker, Arc<Shared>) {
     let server = pki.ca.server_cert().unwrap();
     let (auth, client_ca) = auth(&pki);
-    let tls =
-        ota_server::tls::server_config(&server.cert, &server.key, client_ca.as_deref()).unwrap();
+    let tls = server_tls(&server.cert, &server.key, client_ca.as_deref());
     let shared = Arc::new(Shared::default());
     let broker = EmbeddedBroker::start_with(
         BrokerSettings::open(([127, 0, 0, 1], 0).into())
@@ -296,7 +295,7 @@ async fn embedded(
         internal.addr.port(),
     );
     observer.set_credentials(internal.username, internal.password);
-    let tls = ota_server::tls::client_config(Some(&pki.ca.ca_file()), None).unwrap();
+    let tls = client_tls(&pki.ca.ca_file(), None);
     let addr = broker.local_addr();
     // The broker lives until the test binary exits (rumqttd cannot stop).
     std::mem::forget(broker);
@@ -341,9 +340,7 @@ async fn issue7_client_certificates_identify_devices() {
     let (broker, shared) =
         embedded(pki, |_| (DoorAuth::Certificate, Some(devices.ca_file()))).await;
     let with_cert = |id: &str| {
-        let cfg =
-            ota_server::tls::client_config(Some(&broker_ca), Some((&a_cert.cert, &a_cert.key)))
-                .unwrap();
+        let cfg = client_tls(&broker_ca, Some((&a_cert.cert, &a_cert.key)));
         let mut o = MqttOptions::new(id, broker.addr.ip().to_string(), broker.addr.port());
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(cfg)));
         o
@@ -471,7 +468,7 @@ async fn mosquitto(pki: Pki, devices: &[&DeviceId]) -> AclBroker {
     }
     let mut observer = MqttOptions::new("observer", "127.0.0.1", internal_port);
     observer.set_credentials("ota-server", server_password);
-    let tls = ota_server::tls::client_config(Some(&pki.ca.ca_file()), None).unwrap();
+    let tls = client_tls(&pki.ca.ca_file(), None);
     AclBroker {
         addr,
         tls,
@@ -517,8 +514,7 @@ async fn issue7_server_connects_to_a_tls_broker_with_a_pinned_ca() {
     let cert = pki.ca.server_cert().unwrap();
     let clients = TestCa::new(dir, "clients").unwrap();
     let server_cert = clients.client_cert("ota-server").unwrap();
-    let tls =
-        ota_server::tls::server_config(&cert.cert, &cert.key, Some(&clients.ca_file())).unwrap();
+    let tls = server_tls(&cert.cert, &cert.key, Some(&clients.ca_file()));
     let broker = EmbeddedBroker::start_with(
         BrokerSettings::open(([127, 0, 0, 1], 0).into()).with_tls(tls),
         Arc::new(Shared::default()),
@@ -576,11 +572,10 @@ async fn issue7_mosquitto_with_the_documented_acl_confines_devices() {
     // certificate cannot report as B either.
     let (cert_addr, devices_ca) = broker.cert_listener.as_ref().unwrap();
     let a_cert = devices_ca.client_cert(a.as_str()).unwrap();
-    let tls = ota_server::tls::client_config(
-        Some(&dir.join("broker.ca.pem")),
+    let tls = client_tls(
+        &dir.join("broker.ca.pem"),
         Some((&a_cert.cert, &a_cert.key)),
-    )
-    .unwrap();
+    );
     let mut options = MqttOptions::new(a.as_str(), cert_addr.ip().to_string(), cert_addr.port());
     options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     let mut seen = observe(broker.observer.clone()).await;
@@ -608,4 +603,19 @@ async fn issue7_mosquitto_with_the_documented_acl_confines_devices() {
             break;
         }
     }
+}
+
+/// The front door's TLS configuration of a test broker.
+fn server_tls(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Arc<rustls::ServerConfig> {
+    Arc::new(ota_server::tls::server_config(cert, key, client_ca).unwrap())
+}
+
+/// A test client's TLS configuration: `ca` pinned, an optional certificate and key.
+fn client_tls(ca: &Path, identity: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
+    let files = ota_server::tls::TlsFiles {
+        ca_file: Some(ca),
+        client_cert: identity.map(|(cert, _)| cert),
+        client_key: identity.map(|(_, key)| key),
+    };
+    Arc::new(ota_server::tls::client_config(files).unwrap())
 }
