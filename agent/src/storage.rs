@@ -209,6 +209,19 @@ pub enum Fault {
     },
 }
 
+impl Fault {
+    /// Every kind of fault, for tests that inject each one at every step.
+    pub const ALL: [Fault; 3] = [
+        Fault::Fail,
+        Fault::PowerLoss {
+            drop_unsynced: false,
+        },
+        Fault::PowerLoss {
+            drop_unsynced: true,
+        },
+    ];
+}
+
 /// One mutating operation, as recorded by [`FaultyStorage::log`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

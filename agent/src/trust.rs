@@ -293,15 +293,7 @@ mod tests {
             total >= 5,
             "write, write, fsync, rename, fsync dir: {total}"
         );
-        for fault in [
-            Fault::Fail,
-            Fault::PowerLoss {
-                drop_unsynced: false,
-            },
-            Fault::PowerLoss {
-                drop_unsynced: true,
-            },
-        ] {
+        for fault in Fault::ALL {
             for n in 1..=total {
                 let dir = tempfile::tempdir().unwrap();
                 let faulty = Arc::new(FaultyStorage::with_fault(n, fault));

@@ -122,15 +122,7 @@ async fn a_crash_at_any_write_never_leaves_a_bad_entry() {
         run(faulty.clone(), dir.path()).unwrap();
         faulty.mutations()
     };
-    for fault in [
-        Fault::Fail,
-        Fault::PowerLoss {
-            drop_unsynced: false,
-        },
-        Fault::PowerLoss {
-            drop_unsynced: true,
-        },
-    ] {
+    for fault in Fault::ALL {
         for n in 1..=total {
             let dir = tempdir();
             let faulty = Arc::new(FaultyStorage::with_fault(n, fault));

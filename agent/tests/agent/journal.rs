@@ -124,15 +124,7 @@ fn crash_at_every_write(old: Option<&[u8]>, new: &[u8], fault: Fault) {
 
 #[test]
 fn a_crash_at_any_write_leaves_the_old_or_the_new_state() {
-    for fault in [
-        Fault::Fail,
-        Fault::PowerLoss {
-            drop_unsynced: false,
-        },
-        Fault::PowerLoss {
-            drop_unsynced: true,
-        },
-    ] {
+    for fault in Fault::ALL {
         crash_at_every_write(Some(b"old state"), b"new state", fault);
         crash_at_every_write(None, b"first state", fault);
     }

@@ -472,36 +472,36 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         "Whether the server's MQTT client is connected.",
         &one(u64::from(snapshot.mqtt_connected)),
     );
-    family(
-        "ota_mqtt_messages_received_total",
-        "counter",
-        "MQTT messages received from devices.",
-        &one(counters.mqtt_received.load(Relaxed)),
-    );
-    family(
-        "ota_mqtt_messages_published_total",
-        "counter",
-        "MQTT messages published (desired states, heartbeat acks).",
-        &one(counters.mqtt_published.load(Relaxed)),
-    );
-    family(
-        "ota_mqtt_messages_rejected_total",
-        "counter",
-        "MQTT messages refused (malformed, unknown device, not a target).",
-        &one(counters.mqtt_rejected.load(Relaxed)),
-    );
-    family(
-        "ota_mqtt_connections_refused_total",
-        "counter",
-        "MQTT connections the embedded broker refused (authentication, TLS handshake).",
-        &one(counters.mqtt_auth_refused.load(Relaxed)),
-    );
-    family(
-        "ota_mqtt_acl_denied_total",
-        "counter",
-        "MQTT connections closed for a topic outside the device's ACL.",
-        &one(counters.mqtt_acl_denied.load(Relaxed)),
-    );
+    let mqtt_counters = [
+        (
+            "ota_mqtt_messages_received_total",
+            "MQTT messages received from devices.",
+            &counters.mqtt_received,
+        ),
+        (
+            "ota_mqtt_messages_published_total",
+            "MQTT messages published (desired states, heartbeat acks).",
+            &counters.mqtt_published,
+        ),
+        (
+            "ota_mqtt_messages_rejected_total",
+            "MQTT messages refused (malformed, unknown device, not a target).",
+            &counters.mqtt_rejected,
+        ),
+        (
+            "ota_mqtt_connections_refused_total",
+            "MQTT connections the embedded broker refused (authentication, TLS handshake).",
+            &counters.mqtt_auth_refused,
+        ),
+        (
+            "ota_mqtt_acl_denied_total",
+            "MQTT connections closed for a topic outside the device's ACL.",
+            &counters.mqtt_acl_denied,
+        ),
+    ];
+    for (name, help, counter) in mqtt_counters {
+        family(name, "counter", help, &one(counter.load(Relaxed)));
+    }
     family(
         "ota_webhook_deliveries_total",
         "counter",

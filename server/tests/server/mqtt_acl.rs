@@ -118,13 +118,18 @@ async fn observe(options: MqttOptions) -> mpsc::UnboundedReceiver<(String, Vec<u
 /// another client id (one id has one connection).
 async fn publish_retained(mut options: MqttOptions, topic: String, payload: &[u8]) {
     options.set_client_id(format!("{}-publisher", options.client_id()));
+    assert!(publish_as(options, topic, true, payload).await);
+}
+
+/// Connects with `options`, publishes `payload` on `topic` (QoS 1) and tells whether the
+/// broker acknowledged it (rather than closing the connection).
+async fn publish_as(options: MqttOptions, topic: String, retain: bool, payload: &[u8]) -> bool {
     let (client, mut eventloop) = connect(options).await.unwrap();
     client
-        .publish(topic, QoS::AtLeastOnce, true, payload.to_vec())
+        .publish(topic, QoS::AtLeastOnce, retain, payload.to_vec())
         .await
         .unwrap();
-    assert!(acked_or_closed(&mut eventloop, false).await);
-    let _ = client.disconnect().await;
+    acked_or_closed(&mut eventloop, false).await
 }
 
 /// The scenario both brokers must pass (see the module documentation).
@@ -147,40 +152,19 @@ async fn acl_scenario(broker: &AclBroker, prefix: &str) {
 
     // A cannot report as B: the observer never sees any of these.
     for kind in [TopicKind::Reported, TopicKind::Status, TopicKind::Events] {
-        let (client, mut eventloop) = connect(broker.own(&a)).await.unwrap();
-        client
-            .publish(b.topic(kind), QoS::AtLeastOnce, false, b"forged".to_vec())
-            .await
-            .unwrap();
         // Mosquitto acknowledges and drops it; the front door closes the connection.
-        let _ = acked_or_closed(&mut eventloop, false).await;
+        let _ = publish_as(broker.own(&a), b.topic(kind), false, b"forged").await;
     }
     // Nor publish a server-to-device topic (its own desired state).
-    {
-        let (client, mut eventloop) = connect(broker.own(&a)).await.unwrap();
-        client
-            .publish(
-                a.topic(TopicKind::Desired),
-                QoS::AtLeastOnce,
-                true,
-                b"forged".to_vec(),
-            )
-            .await
-            .unwrap();
-        let _ = acked_or_closed(&mut eventloop, false).await;
-    }
-    let (client, mut eventloop) = connect(broker.own(&a)).await.unwrap();
-    client
-        .publish(
-            a.topic(TopicKind::Reported),
-            QoS::AtLeastOnce,
-            false,
-            b"sentinel".to_vec(),
-        )
-        .await
-        .unwrap();
+    let _ = publish_as(broker.own(&a), a.topic(TopicKind::Desired), true, b"forged").await;
     assert!(
-        acked_or_closed(&mut eventloop, false).await,
+        publish_as(
+            broker.own(&a),
+            a.topic(TopicKind::Reported),
+            false,
+            b"sentinel"
+        )
+        .await,
         "A's own report is acknowledged"
     );
     loop {

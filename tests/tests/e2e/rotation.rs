@@ -34,6 +34,15 @@ fn rotated(o: &TrustOutcome) -> bool {
     matches!(o, TrustOutcome::Rotated { .. })
 }
 
+/// Asserts that a desired state was refused for `cause`.
+#[track_caller]
+fn assert_refused(state: &ExecutionState, cause: RejectCause) {
+    assert!(
+        matches!(state, ExecutionState::Rejected { cause: c, .. } if *c == cause),
+        "expected rejected {cause:?}: {state:?}"
+    );
+}
+
 /// Publishes `update` on the trust topic as a compromised server would (not retained).
 async fn inject_trust(client: &AsyncClient, update: Vec<u8>) {
     client
@@ -80,16 +89,7 @@ async fn issue7_key_rotation_rotates_revokes_and_survives_restart(backend: Backe
     let state = w
         .inject_desired(&attacker, device, a_only.release.clone())
         .await;
-    assert!(
-        matches!(
-            state,
-            ExecutionState::Rejected {
-                cause: RejectCause::ThresholdNotMet,
-                ..
-            }
-        ),
-        "{state:?}"
-    );
+    assert_refused(&state, RejectCause::ThresholdNotMet);
 
     // 3. {A, B} k=2 → {B} k=1, signed by both: A is revoked.
     let revoke_a = a.sign_rotation(&[&b], 2, &[b.public_key()], 1);
@@ -110,16 +110,7 @@ async fn issue7_key_rotation_rotates_revokes_and_survives_restart(backend: Backe
     let state = w
         .inject_desired(&attacker, device, a_only.release.clone())
         .await;
-    assert!(
-        matches!(
-            state,
-            ExecutionState::Rejected {
-                cause: RejectCause::UnknownKey,
-                ..
-            }
-        ),
-        "{state:?}"
-    );
+    assert_refused(&state, RejectCause::UnknownKey);
     assert_eq!(device.bytes_downloaded(), bytes_before);
     assert!(
         w.lab.api().publish(&a_only).await.is_err(),
@@ -157,16 +148,7 @@ async fn issue7_key_rotation_rotates_revokes_and_survives_restart(backend: Backe
     let state = w
         .inject_desired(&attacker, device, a_only.release.clone())
         .await;
-    assert!(
-        matches!(
-            state,
-            ExecutionState::Rejected {
-                cause: RejectCause::UnknownKey,
-                ..
-            }
-        ),
-        "after the restart: {state:?}"
-    );
+    assert_refused(&state, RejectCause::UnknownKey); // after the restart
 
     // The server's audit log has the device's answers.
     let events = api
