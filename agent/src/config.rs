@@ -752,8 +752,9 @@ impl DownloadSettings {
 const MAX_CHUNK: usize = 64 << 20;
 
 impl AgentConfig {
-    /// Reads and checks the configuration file at `path`; relative key, factory and download TLS paths are resolved
-    /// against its directory. A world-writable file is refused.
+    /// Reads and checks the configuration file at `path`; relative paths (trust keys, factory
+    /// release, broker and download TLS files, the broker password file) are resolved against
+    /// its directory. A world-writable file is refused.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         refuse_world_writable(path)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -762,27 +763,27 @@ impl AgentConfig {
         })?;
         let mut config = Self::from_toml_str(&text)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for key in &mut config.trust.keys {
-            if let KeySource::File(p) = key
-                && p.is_relative()
-            {
-                *p = base.join(&*p);
-            }
-        }
+        let keys = config.trust.keys.iter_mut().filter_map(|k| match k {
+            KeySource::File(p) => Some(p),
+            _ => None,
+        });
+        let b = &mut config.broker;
+        let broker = [
+            &mut b.ca_file,
+            &mut b.client_cert,
+            &mut b.client_key,
+            &mut b.password_file,
+        ];
         let d = &mut config.download;
-        for p in [&mut d.ca_file, &mut d.client_cert, &mut d.client_key]
-            .into_iter()
-            .flatten()
-        {
+        let download = [&mut d.ca_file, &mut d.client_cert, &mut d.client_key];
+        let factory = config
+            .factory
+            .iter_mut()
+            .flat_map(|f| [&mut f.release, &mut f.artifact]);
+        let files = broker.into_iter().chain(download).flatten();
+        for p in keys.chain(files).chain(factory) {
             if p.is_relative() {
                 *p = base.join(&*p);
-            }
-        }
-        if let Some(f) = &mut config.factory {
-            for p in [&mut f.release, &mut f.artifact] {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
             }
         }
         Ok(config)

@@ -370,6 +370,26 @@ fn issue7_download_tls_keys() {
     assert_eq!(key_of(&parse_err(&cert_only)), "download.client_cert");
 }
 
+/// Issue 7: relative `[broker]` TLS and password files follow the config file, like the
+/// download ones (an agent started from another working directory finds them).
+#[test]
+fn issue7_relative_broker_files_follow_the_config_file() {
+    let dir = tempdir();
+    let text = MINIMAL.replacen(
+        "url = \"mqtt://127.0.0.1:1883\"",
+        "url = \"mqtts://127.0.0.1:8883\"\nca_file = \"tls/ca.pem\"\nclient_cert = \"tls/dev.crt\"\n\
+         client_key = \"/abs/dev.key\"\nusername = \"dev-1\"\npassword_file = \"secret\"",
+        1,
+    );
+    let path = dir.path().join("config.toml");
+    fs::write(&path, text).unwrap();
+    let b = AgentConfig::load(&path).unwrap().broker;
+    assert_eq!(b.ca_file, Some(dir.path().join("tls/ca.pem")));
+    assert_eq!(b.client_cert, Some(dir.path().join("tls/dev.crt")));
+    assert_eq!(b.client_key, Some(PathBuf::from("/abs/dev.key")));
+    assert_eq!(b.password_file, Some(dir.path().join("secret")));
+}
+
 /// Issue 7: the MQTT password never shows in `Debug` (nor does a password put in the broker
 /// URL appear in the error that refuses it).
 #[test]
