@@ -86,14 +86,7 @@ async fn devices_are_listed_and_filtered() {
 #[tokio::test]
 async fn one_device() {
     let t = with_devices().await;
-    let d: Value = t
-        .get("/api/v1/devices/gw-3")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = t.get_json("/api/v1/devices/gw-3").await;
     assert_eq!(d["hardware_class"], "gw-b");
     assert_eq!(d["online"], false);
     assert_eq!(d["labels"], json!({ "region": "eu" }));
@@ -114,47 +107,21 @@ async fn events_are_filtered_and_paged() {
         .await
         .unwrap();
 
-    let all: Value = t
-        .get("/api/v1/events")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = t.get_json("/api/v1/events").await;
     assert_eq!(all["events"].as_array().unwrap().len(), 6);
     let last_id = all["events"][5]["id"].as_i64().unwrap();
     assert_eq!(all["next_after"], last_id);
 
-    let d0: Value = t
-        .get("/api/v1/events?device=d0")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d0: Value = t.get_json("/api/v1/events?device=d0").await;
     assert_eq!(d0["events"].as_array().unwrap().len(), 3);
-    let r7: Value = t
-        .get("/api/v1/events?rollout=7")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r7: Value = t.get_json("/api/v1/events?rollout=7").await;
     assert_eq!(r7["events"][0]["kind"], "other");
     assert_eq!(r7["events"][0]["actor"], "alice");
 
     let first = all["events"][0]["id"].as_i64().unwrap();
     let page: Value = t
-        .get(&format!("/api/v1/events?after={first}&limit=2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/events?after={first}&limit=2"))
+        .await;
     let ids: Vec<i64> = page["events"]
         .as_array()
         .unwrap()
@@ -163,14 +130,7 @@ async fn events_are_filtered_and_paged() {
         .collect();
     assert_eq!(ids, [first + 1, first + 2]);
     // Nothing new after the last one: the cursor stays.
-    let tail: Value = t
-        .get(&format!("/api/v1/events?after={last_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tail: Value = t.get_json(&format!("/api/v1/events?after={last_id}")).await;
     assert_eq!(tail["events"].as_array().unwrap().len(), 0);
     assert_eq!(tail["next_after"], last_id);
 

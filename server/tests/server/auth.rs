@@ -113,14 +113,7 @@ async fn the_operator_is_the_audit_actor() {
     assert_eq!(r.status(), StatusCode::CREATED);
     let events = t.events_of_kind("release-published").await;
     assert_eq!(events[0].actor, "bob");
-    let listed: serde_json::Value = t
-        .get("/api/v1/releases")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: serde_json::Value = t.get_json("/api/v1/releases").await;
     assert_eq!(listed["releases"][0]["published_by"], "bob");
 }
 
@@ -233,14 +226,7 @@ async fn issue7_flag_edits_need_the_operator_role() {
     .await;
     assert_forbidden(delete(PUBLISHER_TOKEN).send().await.unwrap(), "operator").await;
     // Refused edits changed nothing.
-    let flag: Value = t
-        .get("/api/v1/flags/f1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let flag: Value = t.get_json("/api/v1/flags/f1").await;
     assert_eq!(flag["flag"]["killed"], false, "{flag}");
 
     for op in ["kill", "revive"] {

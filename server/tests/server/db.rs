@@ -304,14 +304,7 @@ async fn postgres_server_publishes_and_lists() {
         reqwest::StatusCode::CREATED
     );
     assert_eq!(t.publish(rel, art).await.status(), reqwest::StatusCode::OK);
-    let list: serde_json::Value = t
-        .get("/api/v1/releases")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = t.get_json("/api/v1/releases").await;
     assert_eq!(list["releases"][0]["version"], "3.0.0");
     t.server.shutdown().await.unwrap();
     schema.drop().await;

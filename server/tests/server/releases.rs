@@ -28,25 +28,11 @@ async fn good_release_is_published_listed_and_served() {
         serde_json::json!(["gw-a", "gw-b"])
     );
 
-    let list: Value = t
-        .get("/api/v1/releases")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = t.get_json("/api/v1/releases").await;
     assert_eq!(list["releases"].as_array().unwrap().len(), 1);
     assert_eq!(list["releases"][0]["digest"], digest.to_string());
 
-    let one: Value = t
-        .get(&format!("/api/v1/releases/{digest}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: Value = t.get_json(&format!("/api/v1/releases/{digest}")).await;
     assert_eq!(one["signers"].as_array().unwrap().len(), 1);
 
     let served = t

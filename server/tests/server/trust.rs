@@ -31,13 +31,7 @@ async fn post(t: &TestServer, body: Vec<u8>) -> reqwest::Response {
 }
 
 async fn shown(t: &TestServer) -> Value {
-    t.get("/api/v1/trust")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    t.get_json("/api/v1/trust").await
 }
 
 /// A client of the server's broker subscribed to the trust topic (`name`: its client id).

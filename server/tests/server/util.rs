@@ -248,6 +248,11 @@ impl TestServer {
         self.client.get(self.url(path)).bearer_auth(TOKEN)
     }
 
+    /// An authenticated GET whose answer is read as JSON.
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.get(path).send().await.unwrap().json().await.unwrap()
+    }
+
     /// Publishes `release` + `artifact` as alice.
     pub(crate) async fn publish(&self, release: Vec<u8>, artifact: Vec<u8>) -> Response {
         let form = Form::new()
