@@ -105,7 +105,16 @@ async fn issue7_key_rotation_rotates_revokes_and_survives_restart(backend: Backe
     inject_trust(&attacker, a_back).await;
     trust_outcome(device, 2, rejected(TrustRejectCause::UnknownKey)).await;
 
-    // 5. Revoke: a release signed only by the removed key A is refused, before any fetch.
+    // 5. Rotate: a release signed by the new key B is published and installs. (Before the
+    //    injection below: a desired state injected around the server raises the device's
+    //    generation, and a rollout created right after it races the server's view of it.)
+    let v2 = b.build("2.0.0", true, size, unix_now());
+    w.lab.api().publish(&v2).await.unwrap();
+    let id = w.rollout(&v2, &[100], json!({})).await;
+    assert_eq!(w.finished(id).await["status"], "completed");
+    w.converged(&v2.digest).await;
+
+    // 6. Revoke: a release signed only by the removed key A is refused, before any fetch.
     let bytes_before = device.bytes_downloaded();
     let state = w
         .inject_desired(&attacker, device, a_only.release.clone())
@@ -116,13 +125,6 @@ async fn issue7_key_rotation_rotates_revokes_and_survives_restart(backend: Backe
         w.lab.api().publish(&a_only).await.is_err(),
         "the server refuses it too"
     );
-
-    // 6. Rotate: a release signed by the new key B is published and installs.
-    let v2 = b.build("2.0.0", true, size, unix_now());
-    w.lab.api().publish(&v2).await.unwrap();
-    let id = w.rollout(&v2, &[100], json!({})).await;
-    assert_eq!(w.finished(id).await["status"], "completed");
-    w.converged(&v2.digest).await;
 
     // 7. Restart: the persisted set {B} is used from the start.
     let device = &mut w.lab.devices_mut()[0];
