@@ -30,6 +30,8 @@ mod flags;
 mod fleet;
 #[path = "server/https.rs"]
 mod https;
+#[path = "server/mosquitto_conf.rs"]
+mod mosquitto_conf;
 #[path = "server/mqtt_acl.rs"]
 mod mqtt_acl;
 #[path = "server/releases.rs"]
