@@ -14,6 +14,8 @@ mod sim;
 
 #[path = "server/api.rs"]
 mod api;
+#[path = "server/api_docs.rs"]
+mod api_docs;
 #[path = "server/artifacts.rs"]
 mod artifacts;
 #[path = "server/auth.rs"]

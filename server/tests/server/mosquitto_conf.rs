@@ -27,7 +27,10 @@ const SHIPPED: &str = include_str!("../../../docs/mosquitto/mosquitto.conf");
 /// The shipped file with its documented site-specific values replaced, nothing else.
 fn site_conf(dir: &Path, port: u16) -> String {
     assert_eq!(
-        SHIPPED.lines().filter(|l| l.starts_with("listener ")).count(),
+        SHIPPED
+            .lines()
+            .filter(|l| l.starts_with("listener "))
+            .count(),
         1,
         "one listener"
     );
@@ -107,7 +110,10 @@ async fn shipped_mosquitto(devices: &[&DeviceId]) -> AclBroker {
         .expect("device_secret_file next to mqtt.url");
     let secret = DeviceSecret::load_or_create(secret_file).unwrap();
     let passwd = root.join("ota.passwd");
-    let mut users = vec![("ota-server".to_owned(), MOSQUITTO_SERVER_PASSWORD.to_owned())];
+    let mut users = vec![(
+        "ota-server".to_owned(),
+        MOSQUITTO_SERVER_PASSWORD.to_owned(),
+    )];
     users.extend(
         devices
             .iter()

@@ -62,7 +62,9 @@ impl AclBroker {
 }
 
 /// Connects and waits for the CONNACK (or the refusal).
-pub(crate) async fn connect(options: MqttOptions) -> Result<(AsyncClient, EventLoop), ConnectionError> {
+pub(crate) async fn connect(
+    options: MqttOptions,
+) -> Result<(AsyncClient, EventLoop), ConnectionError> {
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     loop {
         let event = tokio::time::timeout(PATIENCE, eventloop.poll())
