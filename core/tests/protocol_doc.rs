@@ -4,6 +4,7 @@
 #![allow(
     clippy::unwrap_used,
     clippy::panic,
+    clippy::expect_used,
     reason = "tests may unwrap and panic: a failing unwrap is a failing test"
 )]
 
