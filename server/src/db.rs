@@ -90,9 +90,22 @@ pub enum DbError {
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
     /// A different release is already stored for this artifact digest (releases are
-    /// immutable).
+    /// immutable; only a countersignature of the same product, version and security version
+    /// may replace its signatures).
     #[error("a different release is already published for artifact {0}")]
     ReleaseConflict(Digest),
+    /// Another artifact is already published under this product and version.
+    #[error(
+        "release {product} {version} is already published with another artifact ({existing})"
+    )]
+    VersionConflict {
+        /// The product.
+        product: String,
+        /// The version.
+        version: String,
+        /// The artifact digest of the release already published.
+        existing: Digest,
+    },
     /// The row to change does not exist.
     #[error("{what} {id} not found")]
     NotFound {
@@ -675,6 +688,71 @@ impl Db {
         tx.commit().await?;
         self.notify(&committed);
         Ok(InsertOutcome::Inserted)
+    }
+
+    /// Replaces the signed bytes and manifest metadata of the release of artifact
+    /// `release.digest` with a countersigned envelope of the same product, version, security
+    /// version and size (signatures by the keys in force after a rotation), and stores `event`
+    /// with it. [`DbError::ReleaseConflict`] if the stored release differs in any of those.
+    pub async fn resign_release(
+        &self,
+        release: &ReleaseRecord,
+        bytes: &[u8],
+        event: &NewEvent,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE releases SET release_bytes = $1, signers = $2, hardware = $3, created = $4, \
+             expires = $5, installer = $6 \
+             WHERE digest = $7 AND product = $8 AND version = $9 AND security_version = $10 \
+             AND size = $11",
+        )
+        .bind(bytes)
+        .bind(to_json(&release.signers))
+        .bind(to_json(&release.hardware))
+        .bind(to_i64(release.created, "release created")?)
+        .bind(
+            release
+                .expires
+                .map(|e| to_i64(e, "release expires"))
+                .transpose()?,
+        )
+        .bind(release.installer.as_deref())
+        .bind(release.digest.to_string())
+        .bind(&release.product)
+        .bind(&release.version)
+        .bind(i64::from(release.security_version))
+        .bind(to_i64(release.size, "release size")?)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            tx.rollback().await?;
+            return Err(DbError::ReleaseConflict(release.digest));
+        }
+        let committed = vec![insert_event(&mut tx, event).await?];
+        tx.commit().await?;
+        self.notify(&committed);
+        Ok(())
+    }
+
+    /// A release of `product` and `version` for another artifact than `digest`, if one is
+    /// published.
+    pub async fn other_release_of_version(
+        &self,
+        product: &str,
+        version: &str,
+        digest: &Digest,
+    ) -> Result<Option<ReleaseRecord>, DbError> {
+        let row = sqlx::query(format_release_select(
+            "WHERE product = $1 AND version = $2 AND digest <> $3 ORDER BY created_at LIMIT 1",
+        ))
+        .bind(product)
+        .bind(version)
+        .bind(digest.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(release_from_row).transpose()
     }
 
     /// The release of artifact `digest`.
