@@ -786,6 +786,13 @@ fn create(args: &CreateArgs) -> Result<(), CliError> {
     };
     text.push_str(&headline);
     text.push('\n');
+    for warning in r["warnings"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        text.push_str(&format!("warning: {}\n", s(warning)));
+    }
     text.push_str(&format!(
         "release {} ({})\ntargets {}: {} deploy(s) (new digest), {} redeploy(s) (already running it: {})\n",
         s(&r["version"]),
@@ -865,7 +872,7 @@ fn operate(
     if let Some(reason) = r["abort_reason"]["message"].as_str() {
         line.push_str(&format!(" ({reason})"));
     }
-    out(&format!("{line}\n"))
+    out(&format!("{line}\n{}", no_rollback_text(r)))
 }
 
 /// Devices that reached a final state.
@@ -985,6 +992,32 @@ fn render(r: &Value, bars: bool) -> String {
         s(&totals["failures"]),
         s(&totals["executed"])
     ));
+    text.push_str(&no_rollback_text(r));
+    text
+}
+
+/// The devices an abort left on the release (no rollback target they would accept), one
+/// line each; empty when there is none.
+fn no_rollback_text(r: &Value) -> String {
+    let list = r["no_rollback_target"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if list.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        "no-rollback-target: {} device(s) stay on this release (see docs/security.md, recovery):\n",
+        list.len()
+    );
+    for n in list {
+        text.push_str(&format!(
+            "  {} {}: {}\n",
+            s(&n["device"]),
+            s(&n["cause"]),
+            s(&n["message"])
+        ));
+    }
     text
 }
 
@@ -1137,6 +1170,26 @@ mod tests {
         let line = watch_block(&answer, true);
         assert_eq!(line.lines().count(), 1);
         assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), answer);
+    }
+
+    /// Issues 12.1 and 19.9: `ota rollout status` lists the devices an abort could not send
+    /// back, with the cause.
+    #[test]
+    fn issue12_status_lists_devices_without_a_rollback_target() {
+        let answer = json!({ "rollout": {
+            "id": 7, "version": "2.0.0", "release": "ab", "filter": "all",
+            "status": "aborted", "targets": 1, "deploys": 1, "redeploys": 0, "offline": 0,
+            "created_by": "alice", "totals": { "succeeded": 1 }, "waves": [],
+            "no_rollback_target": [
+                { "device": "gw-1", "cause": "security-floor", "message": "below the floor" },
+            ],
+        }});
+        let text = watch_block(&answer, false);
+        assert!(
+            text.contains("no-rollback-target: 1 device(s)")
+                && text.contains("gw-1 security-floor: below the floor"),
+            "{text}"
+        );
     }
 }
 

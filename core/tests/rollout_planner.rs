@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use ota_core::digest::Digest;
 use ota_core::rollout::{
-    AbortReason, NoRollbackCause, ExecutionState, FailurePhase, PlannerAction, Ratio, ReportOutcome, Rollout,
-    RolloutError, RolloutSpec, RolloutState, Target, Timestamp, WavePhase, assign_cohorts,
-    cohort_of, cohort_point, in_share,
+    AbortReason, ExecutionState, FailurePhase, NoRollbackCause, PlannerAction, Ratio,
+    ReportOutcome, Rollout, RolloutError, RolloutSpec, RolloutState, Target, Timestamp, WavePhase,
+    assign_cohorts, cohort_of, cohort_point, in_share,
 };
 use ota_core::wire::{DeviceId, PowerReading, RejectCause, RollbackReason};
 use proptest::prelude::*;

@@ -95,9 +95,7 @@ pub enum DbError {
     #[error("a different release is already published for artifact {0}")]
     ReleaseConflict(Digest),
     /// Another artifact is already published under this product and version.
-    #[error(
-        "release {product} {version} is already published with another artifact ({existing})"
-    )]
+    #[error("release {product} {version} is already published with another artifact ({existing})")]
     VersionConflict {
         /// The product.
         product: String,

@@ -1160,8 +1160,7 @@ impl Rollout {
             if d.took_release {
                 // A device that rolled back by itself already runs its known-good release:
                 // sending it there again would only overwrite its real outcome.
-                if d.known_good != release
-                    && !matches!(d.state, ExecutionState::RolledBack { .. })
+                if d.known_good != release && !matches!(d.state, ExecutionState::RolledBack { .. })
                 {
                     self.p.actions.push_back(PlannerAction::Rollback {
                         device_id: d.id.clone(),

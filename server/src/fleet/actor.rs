@@ -769,15 +769,15 @@ impl Actor {
                 to_digest,
             } if to_digest == NO_RELEASE => {
                 // The device ran nothing when the rollout began: a cancel would point nowhere.
-                batch.events.push(
-                    event("device-cancel")
-                        .device(device_id.as_str())
-                        .details(json!({
-                            "to": null,
-                            "sent": false,
-                            "reason": "the device ran no release: there is nothing to cancel to",
-                        })),
-                );
+                batch
+                    .events
+                    .push(event("device-cancel").device(device_id.as_str()).details(
+                    json!({
+                        "to": null,
+                        "sent": false,
+                        "reason": "the device ran no release: there is nothing to cancel to",
+                    }),
+                ));
             }
             PlannerAction::Cancel {
                 device_id,
@@ -926,7 +926,10 @@ impl Actor {
         }
         tracing::warn!(rollout = rid, device = %device, cause = cause.name(), "no rollback target");
         if let Some(loaded) = self.rollouts.get_mut(&rid)
-            && loaded.planner.handle_no_rollback_target(device, cause).is_ok()
+            && loaded
+                .planner
+                .handle_no_rollback_target(device, cause)
+                .is_ok()
         {
             loaded.dirty = true;
         }

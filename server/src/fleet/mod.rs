@@ -66,7 +66,9 @@ pub enum FleetError {
     #[error("no published release matches {0:?} (give its sha256 or its version)")]
     ReleaseNotFound(String),
     /// The release expired: devices would refuse it.
-    #[error("release {version} expired at {expires} (unix seconds): devices refuse it; publish a new one")]
+    #[error(
+        "release {version} expired at {expires} (unix seconds): devices refuse it; publish a new one"
+    )]
     ReleaseExpired {
         /// The release's version.
         version: String,
@@ -477,7 +479,10 @@ impl Fleet {
 
     /// Tells the coordinator that the signed envelope of release `digest` was replaced (a
     /// countersignature): it reads the new one before its next desired state of it.
-    pub async fn release_changed(&self, digest: ota_core::digest::Digest) -> Result<(), FleetError> {
+    pub async fn release_changed(
+        &self,
+        digest: ota_core::digest::Digest,
+    ) -> Result<(), FleetError> {
         self.send(Command::ReleaseChanged { digest }).await
     }
 

@@ -201,13 +201,14 @@ async fn resign_release(
     bytes: &[u8],
 ) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
     let digest = record.digest;
-    let event = NewEvent::new(record.created_at, &operator.name, "release-resigned").details(json!({
-        "digest": digest.to_string(),
-        "product": record.product,
-        "version": record.version,
-        "security_version": record.security_version,
-        "signers": record.signers,
-    }));
+    let event =
+        NewEvent::new(record.created_at, &operator.name, "release-resigned").details(json!({
+            "digest": digest.to_string(),
+            "product": record.product,
+            "version": record.version,
+            "security_version": record.security_version,
+            "signers": record.signers,
+        }));
     state.db().resign_release(&record, bytes, &event).await?;
     if let Err(e) = state.fleet().release_changed(digest).await {
         tracing::error!("cannot tell the fleet coordinator about re-signed release {digest}: {e}");

@@ -212,7 +212,11 @@ async fn issue12_own_rollback_is_kept(backend: Backend) {
     w.wait_status(id, "aborted").await;
     // The silent device's cancel proves the abort's desired states went out.
     wait_for("the cancel", || async { seen(&w, 1) == 2 }).await;
-    assert_eq!(seen(&w, 0), 1, "a rollback was sent to a device already back");
+    assert_eq!(
+        seen(&w, 0),
+        1,
+        "a rollback was sent to a device already back"
+    );
     let list = w.devices(&format!("id={}", w.id(0))).await;
     assert_eq!(list[0]["last_result"], "rolled-back");
     w.finish().await;
@@ -362,7 +366,10 @@ async fn issue12_expired_release(backend: Backend) {
         .await
         .unwrap();
     let (status, cause, message) = refusal(r).await;
-    assert_eq!((status, cause.as_str()), (StatusCode::CONFLICT, "release-expired"));
+    assert_eq!(
+        (status, cause.as_str()),
+        (StatusCode::CONFLICT, "release-expired")
+    );
     assert!(message.contains(&(NOW + 600).to_string()), "{message}");
     w.finish().await;
 }
@@ -383,7 +390,10 @@ async fn issue12_same_version_other_artifact_is_refused() {
     let other = artifact(3100, 2);
     let (status, cause, message) =
         refusal(t.publish(release("1.1.1", &other, &[1]), other).await).await;
-    assert_eq!((status, cause.as_str()), (StatusCode::CONFLICT, "version-conflict"));
+    assert_eq!(
+        (status, cause.as_str()),
+        (StatusCode::CONFLICT, "version-conflict")
+    );
     let existing = Digest::of(&first).to_string();
     assert!(message.contains(&existing), "{message}");
     assert!(message.contains("1.1.1"), "{message}");
@@ -392,7 +402,10 @@ async fn issue12_same_version_other_artifact_is_refused() {
     m.security_version = 5;
     let signers: Vec<SigningKey> = vec![key(2)];
     let (status, cause, _) = refusal(t.publish(sign(&m, &signers), first.clone()).await).await;
-    assert_eq!((status, cause.as_str()), (StatusCode::CONFLICT, "release-conflict"));
+    assert_eq!(
+        (status, cause.as_str()),
+        (StatusCode::CONFLICT, "release-conflict")
+    );
     // The original is untouched.
     let stored: Value = t.get_json(&format!("/api/v1/releases/{existing}")).await;
     assert_eq!(stored["security_version"], 1);
