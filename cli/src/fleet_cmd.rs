@@ -282,6 +282,24 @@ pub(crate) struct DeviceShowArgs {
 }
 
 /// Runs `ota devices <command>`.
+/// A device's last result for the table: the state, with the cause and the release it
+/// concerns when the device reported them (`rolled-back (probe-timeout, from 2f1c9a0b)`).
+fn last_result(d: &Value) -> String {
+    let o = &d["last_outcome"];
+    let mut extra = Vec::new();
+    if let Some(cause) = o["cause"].as_str() {
+        extra.push(cause.to_string());
+    }
+    if o["state"] == "rolled-back" && o["release"].is_string() {
+        extra.push(format!("from {}", short(&o["release"])));
+    }
+    if extra.is_empty() {
+        s(&d["last_result"])
+    } else {
+        format!("{} ({})", s(&d["last_result"]), extra.join(", "))
+    }
+}
+
 pub(crate) fn devices(cmd: DevicesCommand) -> Result<(), CliError> {
     match cmd {
         DevicesCommand::List(args) => {
@@ -311,7 +329,7 @@ pub(crate) fn devices(cmd: DevicesCommand) -> Result<(), CliError> {
                         }
                         .into(),
                         if d["drifted"] == true { "DRIFTED" } else { "-" }.into(),
-                        s(&d["last_result"]),
+                        last_result(d),
                         time(&d["last_seen"]),
                     ]
                 })
@@ -1170,6 +1188,25 @@ mod tests {
         let line = watch_block(&answer, true);
         assert_eq!(line.lines().count(), 1);
         assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), answer);
+    }
+
+    /// Issue 12.3: `ota devices list` shows a device's own rollback with its cause and the
+    /// release it fell back from.
+    #[test]
+    fn issue12_last_result_shows_cause_and_release() {
+        let d = json!({ "last_result": "rolled-back", "last_outcome": {
+            "state": "rolled-back", "cause": "probe-timeout",
+            "release": "2f1c9a0b5e6d7f80112233445566778899aabbccddeeff00112233445566778899",
+        }});
+        let text = last_result(&d);
+        assert!(
+            text.starts_with("rolled-back (probe-timeout, from 2f1c"),
+            "{text}"
+        );
+        assert_eq!(
+            last_result(&json!({ "last_result": "succeeded" })),
+            "succeeded"
+        );
     }
 
     /// Issues 12.1 and 19.9: `ota rollout status` lists the devices an abort could not send

@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use ota_core::digest::Digest;
 use ota_core::flags::{FlagChange, FlagDefinition, FlagSet};
-use ota_core::wire::WireMessage;
+use ota_core::wire::{ExecutionState, ReportedState, UpdateOutcome, WireMessage};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::AnyConnection;
@@ -293,6 +293,12 @@ pub struct DeviceRecord {
     pub last_committed_digest: Option<Digest>,
     /// Outcome of the last update attempt.
     pub last_result: Option<String>,
+    /// The last update outcome as the device reported it (see [`last_outcome_json`]):
+    /// the state, its cause and detail, the release it concerns (for `rolled-back`: the
+    /// release the device fell back from), the rollout and the generation. Absent before the
+    /// device reported one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_outcome: Option<serde_json::Value>,
     /// Power state.
     pub power: Option<serde_json::Value>,
     /// Inventory.
@@ -1602,10 +1608,49 @@ fn release_from_row(row: &AnyRow) -> Result<ReleaseRecord, DbError> {
 
 const DEVICE_COLUMNS: &str = "id, hardware_class, labels, server_labels, running_version, \
     running_digest, known_good_digest, last_committed_digest, last_result, power, inventory, \
-    first_seen, last_seen, online, drifted, reported_generation";
+    first_seen, last_seen, online, drifted, reported_generation, reported";
 
 fn format_device_select(tail: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices {tail}"))
+}
+
+/// A reported update outcome as JSON: `state` (its kebab-case name), `cause` and `detail`
+/// (for rejections, failures — `cause` is then the phase — and rollbacks), `release` (the
+/// digest it concerns), `rollout`, `generation` and `at_ms` (device time).
+pub fn last_outcome_json(o: &UpdateOutcome) -> serde_json::Value {
+    let (cause, detail) = match &o.state {
+        ExecutionState::Rejected { cause, detail } => (Some(format!("{cause:?}")), Some(detail)),
+        ExecutionState::Failed { phase, reason } => (Some(format!("{phase:?}")), Some(reason)),
+        ExecutionState::RolledBack { reason, detail } => {
+            (Some(format!("{reason:?}")), Some(detail))
+        }
+        _ => (None, None),
+    };
+    serde_json::json!({
+        "state": o.state.name(),
+        "cause": cause.map(|c| kebab(&c)),
+        "detail": detail,
+        "release": o.digest.map(|d| d.to_string()),
+        "rollout": o.rollout_id,
+        "generation": o.generation,
+        "at_ms": o.at,
+    })
+}
+
+/// `ProbeTimeout` → `probe-timeout`.
+fn kebab(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, DbError> {
@@ -1627,6 +1672,10 @@ fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, DbError> {
             "last_committed_digest",
         )?,
         last_result: row.try_get("last_result")?,
+        last_outcome: row
+            .try_get::<Option<Vec<u8>>, _>("reported")?
+            .and_then(|raw| ReportedState::from_cbor(&raw).ok())
+            .and_then(|r| r.last_result.as_ref().map(last_outcome_json)),
         power: json_opt("power")?,
         inventory: json_opt("inventory")?,
         first_seen: row.try_get("first_seen")?,

@@ -219,6 +219,12 @@ async fn issue12_own_rollback_is_kept(backend: Backend) {
     );
     let list = w.devices(&format!("id={}", w.id(0))).await;
     assert_eq!(list[0]["last_result"], "rolled-back");
+    // The record keeps the real outcome: why, and from which release.
+    let outcome = &list[0]["last_outcome"];
+    assert_eq!(outcome["state"], "rolled-back", "{outcome}");
+    assert_eq!(outcome["cause"], "probe-failed", "{outcome}");
+    assert_eq!(outcome["release"], digest_of(&w.new), "{outcome}");
+    assert_eq!(outcome["rollout"], id.to_string(), "{outcome}");
     w.finish().await;
 }
 
