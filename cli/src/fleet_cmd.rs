@@ -210,6 +210,11 @@ pub(crate) fn list_releases(args: &ListReleasesArgs) -> Result<(), CliError> {
                     .unwrap_or_default(),
                 time(&r["created_at"]),
                 s(&r["published_by"]),
+                match r["trusted"].as_bool() {
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO (countersign)".into(),
+                    None => "-".into(),
+                },
             ]
         })
         .collect();
@@ -223,6 +228,7 @@ pub(crate) fn list_releases(args: &ListReleasesArgs) -> Result<(), CliError> {
             "HARDWARE",
             "PUBLISHED",
             "BY",
+            "TRUSTED",
         ],
         &rows,
     ))

@@ -47,7 +47,28 @@ pub(super) struct PublishResponse {
 /// `GET /api/v1/releases` body.
 #[derive(Debug, Serialize)]
 pub(super) struct ReleaseList {
-    releases: Vec<ReleaseRecord>,
+    releases: Vec<ReleaseView>,
+}
+
+/// A release as listed: its record, and whether the trust set in force still verifies its
+/// stored signatures (`false` after a rotation revoked its keys: devices would refuse it,
+/// also as a rollback target, until it is countersigned).
+#[derive(Debug, Serialize)]
+pub(super) struct ReleaseView {
+    #[serde(flatten)]
+    release: ReleaseRecord,
+    trusted: bool,
+}
+
+impl ReleaseView {
+    async fn of(state: &AppState, release: ReleaseRecord) -> Result<Self, ApiError> {
+        let bytes = state.db().get_release_bytes(&release.digest).await?;
+        let set = state.trust().set();
+        let trusted = bytes.is_some_and(|b| {
+            SignedRelease::decode(&b).is_ok_and(|r| r.verify_signatures(&set).is_ok())
+        });
+        Ok(ReleaseView { release, trusted })
+    }
 }
 
 /// `POST /api/v1/releases`.
@@ -272,21 +293,23 @@ async fn read_bounded(mut field: Field<'_>, limit: usize) -> Result<Vec<u8>, Api
 
 /// `GET /api/v1/releases`.
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<ReleaseList>, ApiError> {
-    Ok(Json(ReleaseList {
-        releases: state.db().list_releases().await?,
-    }))
+    let mut releases = Vec::new();
+    for release in state.db().list_releases().await? {
+        releases.push(ReleaseView::of(&state, release).await?);
+    }
+    Ok(Json(ReleaseList { releases }))
 }
 
 /// `GET /api/v1/releases/{sha256}`.
 pub(super) async fn get(
     State(state): State<AppState>,
     PathParam(digest): PathParam,
-) -> Result<Json<ReleaseRecord>, ApiError> {
+) -> Result<Json<ReleaseView>, ApiError> {
     let digest = parse_digest(&digest)?;
-    state
+    let release = state
         .db()
         .get_release(&digest)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("release {digest} not found")))
+        .ok_or_else(|| ApiError::not_found(format!("release {digest} not found")))?;
+    Ok(Json(ReleaseView::of(&state, release).await?))
 }

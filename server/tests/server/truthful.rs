@@ -130,6 +130,19 @@ async fn issue12_abort_after_rotation(backend: Backend) {
     // Nothing the devices would refuse was sent.
     assert_eq!((seen(&w, 0), seen(&w, 1)), (1, 1));
 
+    // The server knows which releases the trust set in force still verifies.
+    let listed: Value = w.t.get_json("/api/v1/releases").await;
+    let trusted = |digest: &str| {
+        listed["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["digest"] == digest)
+            .map(|r| r["trusted"].clone())
+    };
+    assert_eq!(trusted(&w.old_digest()), Some(json!(false)));
+    assert_eq!(trusted(&digest_of(&by_b)), Some(json!(true)));
+
     // Recovery: countersign the known-good release with B (same manifest, new signature).
     let old_art = artifact(3000, 1);
     let countersigned = release("1.0.0", &old_art, &[4]);
@@ -141,6 +154,10 @@ async fn issue12_abort_after_rotation(backend: Backend) {
         w.t.get_json(&format!("/api/v1/releases/{}", digest_of(&by_b)))
             .await;
     assert_eq!(body["release"]["signers"], by_b_record["signers"]);
+    let old: Value =
+        w.t.get_json(&format!("/api/v1/releases/{}", w.old_digest()))
+            .await;
+    assert_eq!(old["trusted"], true, "{old}");
     assert_eq!(
         w.events("kind=release-resigned").await.len(),
         1,
