@@ -258,6 +258,14 @@ pub struct Counters {
     /// MQTT connections the front door closed for a publish, subscription or last will
     /// outside the device's ACL.
     pub mqtt_acl_denied: AtomicU64,
+    /// MQTT messages dropped because their device exceeded its message budget (at the
+    /// embedded broker's front door or at the server's client).
+    pub mqtt_dropped: AtomicU64,
+    /// MQTT connections the front door closed because their device kept publishing beyond its
+    /// budget.
+    pub mqtt_flood_disconnects: AtomicU64,
+    /// Audit events not recorded because their device exceeded its budget for that kind.
+    pub events_suppressed: AtomicU64,
     /// Webhook deliveries that succeeded.
     pub webhook_delivered: AtomicU64,
     /// Webhook deliveries given up after every retry.
