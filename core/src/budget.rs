@@ -7,8 +7,9 @@
 //! until it calms down: the shell closes its connection when it can, and drops otherwise.
 //!
 //! [`Budgets`] keeps one budget per key (a device id, a device and an event kind) and forgets
-//! the budgets of senders that are back to a full bucket ([`Budgets::prune`]), so its size is
-//! bounded by the senders active within about one refill time.
+//! the budgets of senders that are back to a full bucket ([`Budgets::prune`], also done by
+//! [`Budgets::take`] whenever the number of budgets doubled since the last pruning), so its size
+//! is bounded by the senders active within about one refill time.
 //!
 //! | bucket | debt (drops since last full) | message gets |
 //! |---|---|---|
@@ -18,6 +19,9 @@
 //! | refilled to full | reset to 0 | |
 
 use alloc::collections::BTreeMap;
+
+/// [`Budgets::take`] prunes first when it holds at least this many budgets.
+const PRUNE_AT: usize = 1024;
 
 /// Units of one token: a minute in milliseconds, so that a rate per minute refills exactly
 /// `per_minute` units per millisecond (no fractions).
@@ -121,6 +125,7 @@ impl Budget {
 pub struct Budgets<K> {
     spec: BudgetSpec,
     budgets: BTreeMap<K, Budget>,
+    prune_at: usize,
 }
 
 impl<K: Ord> Budgets<K> {
@@ -129,11 +134,16 @@ impl<K: Ord> Budgets<K> {
         Budgets {
             spec,
             budgets: BTreeMap::new(),
+            prune_at: PRUNE_AT,
         }
     }
 
     /// Takes one message of `key` at `now_ms`.
     pub fn take(&mut self, key: K, now_ms: u64) -> Verdict {
+        if self.budgets.len() >= self.prune_at {
+            self.prune(now_ms);
+            self.prune_at = self.budgets.len().saturating_mul(2).max(PRUNE_AT);
+        }
         let spec = self.spec;
         self.budgets
             .entry(key)
@@ -211,5 +221,15 @@ mod tests {
         assert_eq!(all.len(), 2);
         all.prune(1000);
         assert!(all.is_empty());
+    }
+
+    #[test]
+    fn budgets_stay_bounded_by_active_senders() {
+        let mut all = Budgets::new(BudgetSpec::new(60_000, 1));
+        // A new sender every millisecond: each bucket is full again 1 ms later.
+        for i in 0..100_000u64 {
+            all.take(i, i);
+        }
+        assert!(all.len() <= 2 * PRUNE_AT, "{}", all.len());
     }
 }

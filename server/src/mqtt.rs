@@ -1,26 +1,43 @@
-//! The server's MQTT client: one rumqttc connection to the embedded or an external broker.
+//! The server's MQTT clients: two rumqttc connections to the embedded or an external broker.
 //!
 //! rumqttc makes progress only while its `EventLoop` is polled, and `AsyncClient::publish`
-//! waits for room in the request channel that the same loop drains: publishing from the
-//! polling task would deadlock. So the loop is polled in its own task ([`MqttLink::start`]),
-//! which never waits on anyone: every incoming publish goes into an unbounded channel to the
-//! fleet coordinator, which publishes through the cloned [`AsyncClient`].
+//! waits for room in the request channel that the same loop drains. So each connection's loop
+//! is polled in its own task, and the two directions have their own connection:
+//!
+//! - the **subscriber** ([`MqttLink::subscriber`]) receives the fleet's messages and hands
+//!   them to the fleet coordinator through a *bounded* channel: when the coordinator falls
+//!   behind, the task waits for room, stops reading the socket and the broker holds (or, at
+//!   its own bounds, drops) what follows. Before the channel, every device message is charged
+//!   to the budget of the device its topic names ([`ota_core::budget`]): what a device sends
+//!   beyond its budget is dropped there, counted in `ota_mqtt_messages_dropped_total`, so one
+//!   flooding device cannot fill the queue the others' heartbeats wait in;
+//! - the **publisher** ([`MqttLink::publisher`]) carries every publish of the coordinator
+//!   (desired states, acks, flags) and never waits on the coordinator: it reports its
+//!   (re)connections through a watch channel. A subscriber stalled by back-pressure therefore
+//!   never stops the coordinator's publishes (with one connection, a full request channel and
+//!   a full inbound channel would wait on each other for ever).
 //!
 //! The connection is plain TCP or TLS ([`MqttEndpoint::tls`], rustls with the aws-lc-rs
 //! provider), with optional username and password: the embedded broker's internal secret, or
 //! the credentials configured for an external broker.
 //!
 //! Connection errors are retried with exponential backoff (0.2 s doubling to 10 s). Sessions
-//! are clean, so the coordinator subscribes again after every `ConnAck`
-//! ([`Inbound::Connected`]).
+//! are clean, so the coordinator subscribes again after every `ConnAck` of the subscriber
+//! ([`Inbound::Connected`]) and republishes its retained messages after every `ConnAck` of the
+//! publisher.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use ota_core::budget::{BudgetSpec, Budgets, Verdict};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+
+use crate::fleet::{Counters, Shared};
 
 /// Largest MQTT packet sent or accepted (a desired state carries a signed release of at most
 /// 64 KiB; the broker accepts 256 KiB).
@@ -29,6 +46,8 @@ pub const MAX_PACKET: usize = 256 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Longest reconnect delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Messages waiting for the coordinator; beyond, the subscriber stops reading the socket.
+pub const INBOUND_QUEUE: usize = 4096;
 
 /// What the polling task hands to the coordinator.
 #[derive(Debug)]
@@ -90,7 +109,7 @@ impl std::fmt::Debug for MqttEndpoint {
     }
 }
 
-/// The MQTT connection: a client handle plus its polling task.
+/// One MQTT connection: a client handle plus its polling task.
 #[derive(Debug)]
 pub struct MqttLink {
     client: AsyncClient,
@@ -98,14 +117,54 @@ pub struct MqttLink {
     task: JoinHandle<()>,
 }
 
+/// Where a link's polling task hands what it receives.
+enum Sink {
+    /// The subscriber: everything to the coordinator (waiting for room), device messages within
+    /// their budgets.
+    Subscriber {
+        inbound: mpsc::Sender<Inbound>,
+        budgets: Budgets<String>,
+        epoch: tokio::time::Instant,
+        shared: Arc<Shared>,
+    },
+    /// The publisher: only the number of connections so far.
+    Publisher { connects: watch::Sender<u64> },
+}
+
 impl MqttLink {
-    /// Connects to `endpoint` as `client_id` and starts polling; everything received goes to
-    /// `inbound`.
-    pub fn start(
+    /// The subscriber link (see the [module documentation](self)): connects to `endpoint` as
+    /// `client_id` and hands what it receives to `inbound`; each device gets `budget`, and
+    /// what is dropped over it is counted in `shared`.
+    pub fn subscriber(
         endpoint: &MqttEndpoint,
         client_id: &str,
-        inbound: mpsc::UnboundedSender<Inbound>,
+        inbound: mpsc::Sender<Inbound>,
+        budget: BudgetSpec,
+        shared: Arc<Shared>,
     ) -> Self {
+        Self::start(
+            endpoint,
+            client_id,
+            Sink::Subscriber {
+                inbound,
+                budgets: Budgets::new(budget),
+                epoch: tokio::time::Instant::now(),
+                shared,
+            },
+        )
+    }
+
+    /// The publisher link: connects to `endpoint` as `client_id`; `connects` counts its
+    /// (re)connections. Incoming messages are ignored (it subscribes to nothing).
+    pub fn publisher(
+        endpoint: &MqttEndpoint,
+        client_id: &str,
+        connects: watch::Sender<u64>,
+    ) -> Self {
+        Self::start(endpoint, client_id, Sink::Publisher { connects })
+    }
+
+    fn start(endpoint: &MqttEndpoint, client_id: &str, sink: Sink) -> Self {
         let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
         if let Some((user, password)) = &endpoint.credentials {
             options.set_credentials(user.clone(), password.clone());
@@ -120,43 +179,9 @@ impl MqttLink {
             .set_clean_session(true)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET)
             .set_inflight(200);
-        let (client, mut eventloop) = AsyncClient::new(options, 16 * 1024);
-        let (stop, mut stop_rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut backoff = BACKOFF_MIN;
-            loop {
-                let event = tokio::select! {
-                    _ = stop_rx.wait_for(|s| *s) => break,
-                    event = eventloop.poll() => event,
-                };
-                let sent = match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        backoff = BACKOFF_MIN;
-                        inbound.send(Inbound::Connected)
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => inbound.send(Inbound::Subscribed),
-                    Ok(Event::Incoming(Packet::Publish(p))) => inbound.send(Inbound::Message {
-                        topic: p.topic,
-                        payload: p.payload,
-                    }),
-                    Ok(_) => Ok(()),
-                    Err(e) => {
-                        tracing::warn!("MQTT connection error: {e}; retrying in {backoff:?}");
-                        let sent = inbound.send(Inbound::Disconnected(e.to_string()));
-                        tokio::select! {
-                            _ = stop_rx.wait_for(|s| *s) => break,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                        sent
-                    }
-                };
-                if sent.is_err() {
-                    // The coordinator is gone: nobody listens any more.
-                    break;
-                }
-            }
-        });
+        let (client, eventloop) = AsyncClient::new(options, 16 * 1024);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(poll(eventloop, sink, stop_rx));
         MqttLink { client, stop, task }
     }
 
@@ -174,6 +199,86 @@ impl MqttLink {
         }
         self.stop.send_replace(true);
         let _ = self.task.await;
+    }
+}
+
+/// Polls `eventloop` until `stop` (or until nobody listens any more), handing events to
+/// `sink`.
+async fn poll(mut eventloop: EventLoop, mut sink: Sink, mut stop: watch::Receiver<bool>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let event = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            event = eventloop.poll() => event,
+        };
+        let inbound = match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = BACKOFF_MIN;
+                Inbound::Connected
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => Inbound::Subscribed,
+            Ok(Event::Incoming(Packet::Publish(p))) => Inbound::Message {
+                topic: p.topic,
+                payload: p.payload,
+            },
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!("MQTT connection error: {e}; retrying in {backoff:?}");
+                let inbound = Inbound::Disconnected(e.to_string());
+                let delivered = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    delivered = sink.deliver(inbound) => delivered,
+                };
+                if !delivered {
+                    break;
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let delivered = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            delivered = sink.deliver(inbound) => delivered,
+        };
+        if !delivered {
+            // The coordinator is gone: nobody listens any more.
+            break;
+        }
+    }
+}
+
+impl Sink {
+    /// Hands `inbound` on (a subscriber waits for room); false when nobody listens.
+    async fn deliver(&mut self, inbound: Inbound) -> bool {
+        match self {
+            Sink::Publisher { connects } => {
+                if matches!(inbound, Inbound::Connected) {
+                    connects.send_modify(|n| *n += 1);
+                }
+                !connects.is_closed()
+            }
+            Sink::Subscriber {
+                inbound: tx,
+                budgets,
+                epoch,
+                shared,
+            } => {
+                if let Inbound::Message { topic, .. } = &inbound
+                    && let Ok((device, _)) = ota_core::wire::parse_device_topic(topic)
+                {
+                    let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    if budgets.take(device.as_str().to_owned(), now) != Verdict::Pass {
+                        Counters::inc(&shared.counters.mqtt_dropped);
+                        return true;
+                    }
+                }
+                tx.send(inbound).await.is_ok()
+            }
+        }
     }
 }
 

@@ -181,6 +181,7 @@ impl Server {
             &endpoint,
             public_url.clone(),
             shared,
+            config.limits.device_budget(),
         )
         .await?;
 

@@ -41,9 +41,6 @@ pub const MAX_PACKET: usize = super::MAX_PAYLOAD + 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has to send its CONNECT after the connection (or handshake).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The per-device budgets are pruned of calm devices when they hold this many (and then
-/// whenever they doubled since the last pruning).
-const PRUNE_AT: usize = 1024;
 
 /// How the front door authenticates clients.
 #[derive(Debug, Clone)]
@@ -76,7 +73,6 @@ pub(crate) struct Door {
 pub(crate) struct DeviceBudgets {
     budgets: Budgets<String>,
     epoch: tokio::time::Instant,
-    prune_at: usize,
 }
 
 impl DeviceBudgets {
@@ -85,16 +81,11 @@ impl DeviceBudgets {
         DeviceBudgets {
             budgets: Budgets::new(spec),
             epoch: tokio::time::Instant::now(),
-            prune_at: PRUNE_AT,
         }
     }
 
     fn take(&mut self, device: &str) -> Verdict {
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if self.budgets.len() >= self.prune_at {
-            self.budgets.prune(now);
-            self.prune_at = (self.budgets.len() * 2).max(PRUNE_AT);
-        }
         self.budgets.take(device.to_owned(), now)
     }
 }

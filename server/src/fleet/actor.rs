@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ota_core::budget::{BudgetSpec, Budgets, Verdict};
 use ota_core::digest::Digest;
 use ota_core::flags::{FlagChange, FlagEdit, FlagName};
 use ota_core::release::SignedTrustUpdate;
@@ -25,8 +26,8 @@ use tokio::task::JoinHandle;
 use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
 use super::view::{RolloutView, abort_json, counts_json};
 use super::{
-    Command, Counters, Fleet, FleetError, MAX_BATCH, Op, REJECT_EVENTS_PER_MINUTE, RolloutRequest,
-    Shared, Snapshot, percent,
+    Command, Counters, DEVICE_EVENTS_PER_MINUTE, Fleet, FleetError, MAX_BATCH, Op,
+    REJECT_EVENTS_PER_MINUTE, RolloutRequest, Shared, Snapshot, percent,
 };
 use crate::clock::Clock;
 use crate::db::{
@@ -34,7 +35,7 @@ use crate::db::{
     ReleaseRecord, RolloutRecord,
 };
 use crate::filter::Filter;
-use crate::mqtt::{Inbound, MqttEndpoint, MqttLink};
+use crate::mqtt::{INBOUND_QUEUE, Inbound, MqttEndpoint, MqttLink};
 
 /// Rollout statuses the coordinator loads at start (completed ones only while some target
 /// is still queued: they notify late devices).
@@ -70,21 +71,34 @@ pub async fn start(
     endpoint: &MqttEndpoint,
     public_url: String,
     shared: Arc<Shared>,
+    device_budget: BudgetSpec,
 ) -> Result<(Fleet, FleetTask), FleetStartError> {
     let mut actor = Actor::new(db, clock, public_url, shared.clone());
     actor.load().await?;
-    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let client_id = format!("ota-server-{}-{nanos:08x}", std::process::id());
-    let link = MqttLink::start(endpoint, &client_id, in_tx);
+    let link = MqttLink::subscriber(
+        endpoint,
+        &format!("{client_id}-sub"),
+        in_tx,
+        device_budget,
+        shared.clone(),
+    );
+    let (connects_tx, connects) = watch::channel(0);
+    let publisher = MqttLink::publisher(endpoint, &format!("{client_id}-pub"), connects_tx);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = watch::channel(false);
-    let client = link.client().clone();
-    let task = tokio::spawn(actor.run(client, link, in_rx, cmd_rx, stop_rx, ready_tx));
+    let links = Links {
+        subscriber: link,
+        publisher,
+        connects,
+    };
+    let task = tokio::spawn(actor.run(links, in_rx, cmd_rx, stop_rx, ready_tx));
     let ready = tokio::time::timeout(READY_TIMEOUT, ready_rx.wait_for(|r| *r)).await;
     if !matches!(ready, Ok(Ok(_))) {
         stop_tx.send_replace(true);
@@ -118,6 +132,14 @@ pub enum FleetStartError {
     /// The MQTT broker did not accept the connection and subscriptions in time.
     #[error("cannot connect and subscribe to the MQTT broker at {0} (is it running?)")]
     Broker(String),
+}
+
+/// The coordinator's two MQTT connections (see [`crate::mqtt`]).
+struct Links {
+    subscriber: MqttLink,
+    publisher: MqttLink,
+    /// Connections of the publisher so far: each one republishes the retained messages.
+    connects: watch::Receiver<u64>,
 }
 
 /// What the coordinator remembers of a device.
@@ -189,6 +211,8 @@ struct Actor {
     generations: HashMap<String, u64>,
     releases: HashMap<Digest, Option<Arc<Vec<u8>>>>,
     reject_window: (u64, u32),
+    /// Per device and audit event kind: its budget ([`Actor::event_allowed`]).
+    event_budgets: Budgets<(String, &'static str)>,
     connected: bool,
     flags: Flags,
     /// The accepted trust-set update in force (signed bytes), republished on every connect.
@@ -214,6 +238,10 @@ impl Actor {
             generations: HashMap::new(),
             releases: HashMap::new(),
             reject_window: (0, 0),
+            event_budgets: Budgets::new(BudgetSpec::new(
+                DEVICE_EVENTS_PER_MINUTE,
+                DEVICE_EVENTS_PER_MINUTE,
+            )),
             connected: false,
             flags: Flags::new(clock.timestamp()),
             trust: None,
@@ -277,13 +305,14 @@ impl Actor {
 
     async fn run(
         mut self,
-        client: AsyncClient,
-        link: MqttLink,
-        mut inbound: mpsc::UnboundedReceiver<Inbound>,
+        mut links: Links,
+        mut inbound: mpsc::Receiver<Inbound>,
         mut commands: mpsc::Receiver<Command>,
         mut stop: watch::Receiver<bool>,
         ready: watch::Sender<bool>,
     ) {
+        let client = links.publisher.client().clone();
+        let subscriber = links.subscriber.client().clone();
         loop {
             let sleep = self.next_wakeup();
             let mut batch = Batch::default();
@@ -296,13 +325,14 @@ impl Actor {
                     Some(cmd) => self.command(cmd, &mut batch, &mut tx, &mut replies).await,
                     None => break,
                 },
+                Ok(()) = links.connects.changed() => self.republish_retained(&client).await,
                 msg = inbound.recv() => match msg {
                     Some(msg) => {
-                        self.inbound(msg, &client, &ready, &mut batch).await;
+                        self.inbound(msg, &subscriber, &ready, &mut batch).await;
                         let mut n = 1;
                         while n < MAX_BATCH {
                             match inbound.try_recv() {
-                                Ok(msg) => self.inbound(msg, &client, &ready, &mut batch).await,
+                                Ok(msg) => self.inbound(msg, &subscriber, &ready, &mut batch).await,
                                 Err(_) => break,
                             }
                             n += 1;
@@ -320,7 +350,8 @@ impl Actor {
             }
             self.update_snapshot();
         }
-        link.stop().await;
+        links.subscriber.stop().await;
+        links.publisher.stop().await;
     }
 
     fn next_wakeup(&self) -> Duration {
@@ -345,10 +376,11 @@ impl Actor {
 
     // ----- MQTT input -----
 
+    /// `subscriber`: the subscriber link's client.
     async fn inbound(
         &mut self,
         msg: Inbound,
-        client: &AsyncClient,
+        subscriber: &AsyncClient,
         ready: &watch::Sender<bool>,
         batch: &mut Batch,
     ) {
@@ -363,16 +395,8 @@ impl Actor {
                     TopicKind::Trust,
                 ]
                 .map(|k| SubscribeFilter::new(k.fleet_filter(), QoS::AtLeastOnce));
-                if let Err(e) = client.subscribe_many(filters).await {
+                if let Err(e) = subscriber.subscribe_many(filters).await {
                     tracing::error!("cannot subscribe: {e}");
-                }
-                self.republish_desired(client).await;
-                for (topic, payload) in self.flags.all() {
-                    self.publish(client, topic, payload, true).await;
-                }
-                if let Some(payload) = self.trust.clone() {
-                    self.publish(client, TRUST_TOPIC.to_string(), payload, true)
-                        .await;
                 }
             }
             Inbound::Subscribed => {
@@ -387,6 +411,19 @@ impl Actor {
                 Counters::inc(&self.counters().mqtt_received);
                 self.message(&topic, payload, batch).await;
             }
+        }
+    }
+
+    /// After each connection of the publisher: every retained message again (desired states,
+    /// flags, the trust-set update in force).
+    async fn republish_retained(&mut self, client: &AsyncClient) {
+        self.republish_desired(client).await;
+        for (topic, payload) in self.flags.all() {
+            self.publish(client, topic, payload, true).await;
+        }
+        if let Some(payload) = self.trust.clone() {
+            self.publish(client, TRUST_TOPIC.to_string(), payload, true)
+                .await;
         }
     }
 
@@ -483,7 +520,9 @@ impl Actor {
             },
             TopicKind::Trust => match TrustReport::from_cbor(&payload) {
                 Ok(r) if r.device_id == id.as_str() => {
-                    on_trust_report(&id, &r, self.clock.now_i64(), batch);
+                    if self.event_allowed(&id, r.outcome.name()) {
+                        on_trust_report(&id, &r, self.clock.now_i64(), batch);
+                    }
                 }
                 Ok(r) => self.reject(
                     Some(&id),
@@ -513,10 +552,27 @@ impl Actor {
         }
     }
 
-    /// Records a refused message (rate-limited) and counts it.
+    /// Whether `device` may have another audit event of `kind` now: at most
+    /// [`DEVICE_EVENTS_PER_MINUTE`] a minute per device and kind (bursts of as many); the rest
+    /// are counted in `ota_events_suppressed_total`.
+    fn event_allowed(&mut self, device: &DeviceId, kind: &'static str) -> bool {
+        let now = self.clock.now_millis();
+        match self.event_budgets.take((device.as_str().to_owned(), kind), now) {
+            Verdict::Pass => true,
+            _ => {
+                Counters::inc(&self.counters().events_suppressed);
+                false
+            }
+        }
+    }
+
+    /// Records a refused message (rate-limited in all and per device) and counts it.
     fn reject(&mut self, device: Option<&DeviceId>, topic: &str, reason: &str, batch: &mut Batch) {
         Counters::inc(&self.counters().mqtt_rejected);
         tracing::debug!(topic, "MQTT message refused: {reason}");
+        if device.is_some_and(|d| !self.event_allowed(d, "mqtt-rejected")) {
+            return;
+        }
         let now = self.clock.now_millis();
         if now.saturating_sub(self.reject_window.0) >= 60_000 {
             self.reject_window = (now, 0);
@@ -594,12 +650,13 @@ impl Actor {
                     })),
             );
         }
-        if drift_changed {
-            let kind = if drifted {
-                "device-drifted"
-            } else {
-                "device-drift-cleared"
-            };
+        let drift_kind = if drifted {
+            "device-drifted"
+        } else {
+            "device-drift-cleared"
+        };
+        if drift_changed && self.event_allowed(id, drift_kind) {
+            let kind = drift_kind;
             batch.events.push(
                 NewEvent::new(now, "server", kind)
                     .device(id.as_str())
