@@ -143,31 +143,29 @@ pub struct Caps {
     pub mqtt: usize,
 }
 
-/// The caps `wanted`, shrunk in proportion when `limit` descriptors cannot hold them with
-/// [`FD_RESERVE`] to spare (each MQTT connection costs [`FDS_PER_MQTT_CONNECTION`]); each cap
-/// stays at least 1.
+/// The caps `wanted`, shrunk when `limit` descriptors cannot hold them with [`FD_RESERVE`] to
+/// spare (each MQTT connection costs [`FDS_PER_MQTT_CONNECTION`]): each listener is sure of
+/// half the room, and what one does not need goes to the other; each cap stays at least 1.
 pub fn fit_to_fd_limit(wanted: Caps, limit: Option<u64>) -> Caps {
     let Some(limit) = limit else {
         return wanted;
     };
     let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let http = as_u64(wanted.http);
     let mqtt = as_u64(wanted.mqtt).saturating_mul(FDS_PER_MQTT_CONNECTION);
-    let needed = http.saturating_add(mqtt);
     let room = limit.saturating_sub(FD_RESERVE);
-    if needed <= room {
+    if http.saturating_add(mqtt) <= room {
         return wanted;
     }
-    let scale = |n: u64| {
-        let scaled = u128::from(n) * u128::from(room) / u128::from(needed.max(1));
-        usize::try_from(scaled).unwrap_or(usize::MAX)
-    };
+    let http_fds = http.min(room - mqtt.min(room / 2));
+    let mqtt_fds = mqtt.min(room - http_fds);
     Caps {
-        http: scale(http).max(1),
+        http: as_usize(http_fds).max(1),
         mqtt: if wanted.mqtt == 0 {
             0
         } else {
-            (scale(mqtt) / 3).max(1)
+            as_usize(mqtt_fds / FDS_PER_MQTT_CONNECTION).max(1)
         },
     }
 }
@@ -348,6 +346,13 @@ mod tests {
         assert!(gate.admit(b).is_ok());
     }
 
+    #[tokio::test]
+    async fn issue19_a_flood_of_warnings_is_one_line_per_interval() {
+        let mut throttle = LogThrottle::default();
+        let logged = (0..100_000).filter(|_| throttle.hit().is_some()).count();
+        assert_eq!(logged, 1);
+    }
+
     #[test]
     fn caps_shrink_to_fit_the_descriptor_limit() {
         let wanted = Caps {
@@ -360,6 +365,10 @@ mod tests {
         let used = fitted.http as u64 + fitted.mqtt as u64 * FDS_PER_MQTT_CONNECTION;
         assert!(used <= 1024 - FD_RESERVE, "{fitted:?}");
         assert!(fitted.http >= 1 && fitted.mqtt >= 1);
+        // A small cap keeps what it asked for; the other gets the rest.
+        let small_http = fit_to_fd_limit(Caps { http: 6, mqtt: 10_000 }, Some(1024));
+        assert_eq!(small_http.http, 6);
+        assert_eq!(small_http.mqtt, (1024 - FD_RESERVE as usize - 6) / 3);
         let tiny = fit_to_fd_limit(wanted, Some(10));
         assert_eq!((tiny.http, tiny.mqtt), (1, 1));
     }

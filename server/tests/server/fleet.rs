@@ -73,8 +73,8 @@ pub(crate) struct World {
     pub(crate) t: TestServer,
     pub(crate) sim: Sim,
     pub(crate) prefix: String,
-    old: Vec<u8>,
-    new: Vec<u8>,
+    pub(crate) old: Vec<u8>,
+    pub(crate) new: Vec<u8>,
     pg: Option<PgSchema>,
 }
 
