@@ -68,7 +68,7 @@ fn options(a: &Args, id: &str) -> MqttOptions {
 
 /// Latencies (ms) of the acks one device got, and how many heartbeats it sent.
 async fn device(a: Arc<Args>, n: usize, stop: Arc<AtomicBool>) -> (Vec<f64>, u64) {
-    let id = DeviceId::new(format!("bench-ok-{n}")).unwrap();
+    let id = DeviceId::new(&format!("bench-ok-{n}")).unwrap();
     let (client, mut eventloop) = AsyncClient::new(options(&a, id.as_str()), 64);
     let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();

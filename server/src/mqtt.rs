@@ -1,30 +1,27 @@
-//! The server's MQTT clients: two rumqttc connections to the embedded or an external broker.
+//! The server's MQTT client: one rumqttc connection to the embedded or an external broker.
 //!
 //! rumqttc makes progress only while its `EventLoop` is polled, and `AsyncClient::publish`
-//! waits for room in the request channel that the same loop drains. So each connection's loop
-//! is polled in its own task, and the two directions have their own connection:
+//! waits for room in the request channel that the same loop drains: publishing from the
+//! polling task would deadlock. So the loop is polled in its own task ([`MqttLink::start`]),
+//! which hands what it receives to the fleet coordinator through a *bounded* channel
+//! ([`INBOUND_QUEUE`]): when the coordinator falls behind, the task waits for room, stops
+//! reading the socket and the broker holds (or, at its own bounds, drops) what follows. The
+//! coordinator publishes through the cloned [`AsyncClient`] without ever waiting on it (its
+//! outbox, `fleet/outbox.rs`), so the two never wait on each other.
 //!
-//! - the **subscriber** ([`MqttLink::subscriber`]) receives the fleet's messages and hands
-//!   them to the fleet coordinator through a *bounded* channel: when the coordinator falls
-//!   behind, the task waits for room, stops reading the socket and the broker holds (or, at
-//!   its own bounds, drops) what follows. Before the channel, every device message is charged
-//!   to the budget of the device its topic names ([`ota_core::budget`]): what a device sends
-//!   beyond its budget is dropped there, counted in `ota_mqtt_messages_dropped_total`, so one
-//!   flooding device cannot fill the queue the others' heartbeats wait in;
-//! - the **publisher** ([`MqttLink::publisher`]) carries every publish of the coordinator
-//!   (desired states, acks, flags) and never waits on the coordinator: it reports its
-//!   (re)connections through a watch channel. A subscriber stalled by back-pressure therefore
-//!   never stops the coordinator's publishes (with one connection, a full request channel and
-//!   a full inbound channel would wait on each other for ever).
+//! Before the channel, every device message is charged to the budget of the device its topic
+//! names ([`ota_core::budget`]): what a device sends beyond its budget is dropped there and
+//! counted in `ota_mqtt_messages_dropped_total`, so one flooding device (behind an external
+//! broker, or past the embedded broker's front door) cannot fill the queue the other devices'
+//! heartbeats wait in.
 //!
 //! The connection is plain TCP or TLS ([`MqttEndpoint::tls`], rustls with the aws-lc-rs
 //! provider), with optional username and password: the embedded broker's internal secret, or
 //! the credentials configured for an external broker.
 //!
 //! Connection errors are retried with exponential backoff (0.2 s doubling to 10 s). Sessions
-//! are clean, so the coordinator subscribes again after every `ConnAck` of the subscriber
-//! ([`Inbound::Connected`]) and republishes its retained messages after every `ConnAck` of the
-//! publisher.
+//! are clean, so the coordinator subscribes again after every `ConnAck`
+//! ([`Inbound::Connected`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,7 +106,7 @@ impl std::fmt::Debug for MqttEndpoint {
     }
 }
 
-/// One MQTT connection: a client handle plus its polling task.
+/// The MQTT connection: a client handle plus its polling task.
 #[derive(Debug)]
 pub struct MqttLink {
     client: AsyncClient,
@@ -117,54 +114,26 @@ pub struct MqttLink {
     task: JoinHandle<()>,
 }
 
-/// Where a link's polling task hands what it receives.
-enum Sink {
-    /// The subscriber: everything to the coordinator (waiting for room), device messages within
-    /// their budgets.
-    Subscriber {
-        inbound: mpsc::Sender<Inbound>,
-        budgets: Budgets<String>,
-        epoch: tokio::time::Instant,
-        shared: Arc<Shared>,
-    },
-    /// The publisher: only the number of connections so far.
-    Publisher { connects: watch::Sender<u64> },
+/// Where the polling task hands what it receives: to the coordinator (waiting for room),
+/// device messages only within their budgets.
+struct Sink {
+    inbound: mpsc::Sender<Inbound>,
+    budgets: Budgets<String>,
+    epoch: tokio::time::Instant,
+    shared: Arc<Shared>,
 }
 
 impl MqttLink {
-    /// The subscriber link (see the [module documentation](self)): connects to `endpoint` as
-    /// `client_id` and hands what it receives to `inbound`; each device gets `budget`, and
-    /// what is dropped over it is counted in `shared`.
-    pub fn subscriber(
+    /// Connects to `endpoint` as `client_id` and starts polling; everything received goes to
+    /// `inbound` (see the [module documentation](self)). Each device gets `budget`; what is
+    /// dropped over it is counted in `shared`.
+    pub fn start(
         endpoint: &MqttEndpoint,
         client_id: &str,
         inbound: mpsc::Sender<Inbound>,
         budget: BudgetSpec,
         shared: Arc<Shared>,
     ) -> Self {
-        Self::start(
-            endpoint,
-            client_id,
-            Sink::Subscriber {
-                inbound,
-                budgets: Budgets::new(budget),
-                epoch: tokio::time::Instant::now(),
-                shared,
-            },
-        )
-    }
-
-    /// The publisher link: connects to `endpoint` as `client_id`; `connects` counts its
-    /// (re)connections. Incoming messages are ignored (it subscribes to nothing).
-    pub fn publisher(
-        endpoint: &MqttEndpoint,
-        client_id: &str,
-        connects: watch::Sender<u64>,
-    ) -> Self {
-        Self::start(endpoint, client_id, Sink::Publisher { connects })
-    }
-
-    fn start(endpoint: &MqttEndpoint, client_id: &str, sink: Sink) -> Self {
         let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
         if let Some((user, password)) = &endpoint.credentials {
             options.set_credentials(user.clone(), password.clone());
@@ -181,6 +150,12 @@ impl MqttLink {
             .set_inflight(200);
         let (client, eventloop) = AsyncClient::new(options, 16 * 1024);
         let (stop, stop_rx) = watch::channel(false);
+        let sink = Sink {
+            inbound,
+            budgets: Budgets::new(budget),
+            epoch: tokio::time::Instant::now(),
+            shared,
+        };
         let task = tokio::spawn(poll(eventloop, sink, stop_rx));
         MqttLink { client, stop, task }
     }
@@ -252,33 +227,18 @@ async fn poll(mut eventloop: EventLoop, mut sink: Sink, mut stop: watch::Receive
 }
 
 impl Sink {
-    /// Hands `inbound` on (a subscriber waits for room); false when nobody listens.
+    /// Hands `inbound` on, waiting for room; false when nobody listens any more.
     async fn deliver(&mut self, inbound: Inbound) -> bool {
-        match self {
-            Sink::Publisher { connects } => {
-                if matches!(inbound, Inbound::Connected) {
-                    connects.send_modify(|n| *n += 1);
-                }
-                !connects.is_closed()
-            }
-            Sink::Subscriber {
-                inbound: tx,
-                budgets,
-                epoch,
-                shared,
-            } => {
-                if let Inbound::Message { topic, .. } = &inbound
-                    && let Ok((device, _)) = ota_core::wire::parse_device_topic(topic)
-                {
-                    let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    if budgets.take(device.as_str().to_owned(), now) != Verdict::Pass {
-                        Counters::inc(&shared.counters.mqtt_dropped);
-                        return true;
-                    }
-                }
-                tx.send(inbound).await.is_ok()
+        if let Inbound::Message { topic, .. } = &inbound
+            && let Ok((device, _)) = ota_core::wire::parse_device_topic(topic)
+        {
+            let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if self.budgets.take(device.as_str().to_owned(), now) != Verdict::Pass {
+                Counters::inc(&self.shared.counters.mqtt_dropped);
+                return true;
             }
         }
+        self.inbound.send(inbound).await.is_ok()
     }
 }
 

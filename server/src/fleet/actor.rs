@@ -23,6 +23,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::outbox::{self, Outbox};
 use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
 use super::view::{RolloutView, abort_json, counts_json};
 use super::{
@@ -81,24 +82,12 @@ pub async fn start(
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let client_id = format!("ota-server-{}-{nanos:08x}", std::process::id());
-    let link = MqttLink::subscriber(
-        endpoint,
-        &format!("{client_id}-sub"),
-        in_tx,
-        device_budget,
-        shared.clone(),
-    );
-    let (connects_tx, connects) = watch::channel(0);
-    let publisher = MqttLink::publisher(endpoint, &format!("{client_id}-pub"), connects_tx);
+    let link = MqttLink::start(endpoint, &client_id, in_tx, device_budget, shared.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = watch::channel(false);
-    let links = Links {
-        subscriber: link,
-        publisher,
-        connects,
-    };
-    let task = tokio::spawn(actor.run(links, in_rx, cmd_rx, stop_rx, ready_tx));
+    let client = link.client().clone();
+    let task = tokio::spawn(actor.run(client, link, in_rx, cmd_rx, stop_rx, ready_tx));
     let ready = tokio::time::timeout(READY_TIMEOUT, ready_rx.wait_for(|r| *r)).await;
     if !matches!(ready, Ok(Ok(_))) {
         stop_tx.send_replace(true);
@@ -132,14 +121,6 @@ pub enum FleetStartError {
     /// The MQTT broker did not accept the connection and subscriptions in time.
     #[error("cannot connect and subscribe to the MQTT broker at {0} (is it running?)")]
     Broker(String),
-}
-
-/// The coordinator's two MQTT connections (see [`crate::mqtt`]).
-struct Links {
-    subscriber: MqttLink,
-    publisher: MqttLink,
-    /// Connections of the publisher so far: each one republishes the retained messages.
-    connects: watch::Receiver<u64>,
 }
 
 /// What the coordinator remembers of a device.
@@ -211,6 +192,8 @@ struct Actor {
     generations: HashMap<String, u64>,
     releases: HashMap<Digest, Option<Arc<Vec<u8>>>>,
     reject_window: (u64, u32),
+    /// Publishes the MQTT client had no room for yet.
+    outbox: Outbox,
     /// Per device and audit event kind: its budget ([`Actor::event_allowed`]).
     event_budgets: Budgets<(String, &'static str)>,
     connected: bool,
@@ -238,6 +221,7 @@ impl Actor {
             generations: HashMap::new(),
             releases: HashMap::new(),
             reject_window: (0, 0),
+            outbox: Outbox::default(),
             event_budgets: Budgets::new(BudgetSpec::new(
                 DEVICE_EVENTS_PER_MINUTE,
                 DEVICE_EVENTS_PER_MINUTE,
@@ -305,15 +289,15 @@ impl Actor {
 
     async fn run(
         mut self,
-        mut links: Links,
+        client: AsyncClient,
+        link: MqttLink,
         mut inbound: mpsc::Receiver<Inbound>,
         mut commands: mpsc::Receiver<Command>,
         mut stop: watch::Receiver<bool>,
         ready: watch::Sender<bool>,
     ) {
-        let client = links.publisher.client().clone();
-        let subscriber = links.subscriber.client().clone();
         loop {
+            self.outbox.flush(&client, &self.shared.counters);
             let sleep = self.next_wakeup();
             let mut batch = Batch::default();
             let mut replies: Vec<Reply> = Vec::new();
@@ -325,14 +309,13 @@ impl Actor {
                     Some(cmd) => self.command(cmd, &mut batch, &mut tx, &mut replies).await,
                     None => break,
                 },
-                Ok(()) = links.connects.changed() => self.republish_retained(&client).await,
                 msg = inbound.recv() => match msg {
                     Some(msg) => {
-                        self.inbound(msg, &subscriber, &ready, &mut batch).await;
+                        self.inbound(msg, &client, &ready, &mut batch).await;
                         let mut n = 1;
                         while n < MAX_BATCH {
                             match inbound.try_recv() {
-                                Ok(msg) => self.inbound(msg, &subscriber, &ready, &mut batch).await,
+                                Ok(msg) => self.inbound(msg, &client, &ready, &mut batch).await,
                                 Err(_) => break,
                             }
                             n += 1;
@@ -350,8 +333,7 @@ impl Actor {
             }
             self.update_snapshot();
         }
-        links.subscriber.stop().await;
-        links.publisher.stop().await;
+        link.stop().await;
     }
 
     fn next_wakeup(&self) -> Duration {
@@ -362,6 +344,11 @@ impl Actor {
             .min()
             .map(|t| Duration::from_millis(t.as_unix_millis().saturating_sub(now)).min(MAX_SLEEP))
             .unwrap_or(Duration::from_secs(3600))
+            .min(if self.outbox.is_empty() {
+                Duration::MAX
+            } else {
+                outbox::RETRY
+            })
     }
 
     fn fire_timers(&mut self) {
@@ -376,11 +363,10 @@ impl Actor {
 
     // ----- MQTT input -----
 
-    /// `subscriber`: the subscriber link's client.
     async fn inbound(
         &mut self,
         msg: Inbound,
-        subscriber: &AsyncClient,
+        client: &AsyncClient,
         ready: &watch::Sender<bool>,
         batch: &mut Batch,
     ) {
@@ -395,9 +381,10 @@ impl Actor {
                     TopicKind::Trust,
                 ]
                 .map(|k| SubscribeFilter::new(k.fleet_filter(), QoS::AtLeastOnce));
-                if let Err(e) = subscriber.subscribe_many(filters).await {
+                if let Err(e) = client.subscribe_many(filters).await {
                     tracing::error!("cannot subscribe: {e}");
                 }
+                self.republish_retained(client).await;
             }
             Inbound::Subscribed => {
                 ready.send_replace(true);
@@ -414,8 +401,8 @@ impl Actor {
         }
     }
 
-    /// After each connection of the publisher: every retained message again (desired states,
-    /// flags, the trust-set update in force).
+    /// After each (re)connection: every retained message again (desired states, flags, the
+    /// trust-set update in force).
     async fn republish_retained(&mut self, client: &AsyncClient) {
         self.republish_desired(client).await;
         for (topic, payload) in self.flags.all() {
@@ -438,29 +425,13 @@ impl Actor {
                 return;
             }
         };
-        let Ok(n) = u64::try_from(rows.len()) else {
-            return;
-        };
         for row in rows {
             let Ok(id) = DeviceId::new(&row.device_id) else {
                 continue;
             };
-            if let Err(e) = client
-                .publish(
-                    id.topic(TopicKind::Desired),
-                    QoS::AtLeastOnce,
-                    true,
-                    row.payload,
-                )
-                .await
-            {
-                tracing::error!("cannot republish a desired state: {e}");
-                return;
-            }
+            self.publish(client, id.topic(TopicKind::Desired), row.payload, true)
+                .await;
         }
-        self.counters()
-            .mqtt_published
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn message(&mut self, topic: &str, payload: Bytes, batch: &mut Batch) {
@@ -1065,14 +1036,16 @@ impl Actor {
             .collect())
     }
 
-    async fn publish(&self, client: &AsyncClient, topic: String, payload: Vec<u8>, retain: bool) {
-        match client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await
-        {
-            Ok(()) => Counters::inc(&self.counters().mqtt_published),
-            Err(e) => tracing::error!("cannot publish: {e}"),
-        }
+    /// Publishes through the outbox: never waits on the MQTT client (see `outbox.rs`).
+    async fn publish(
+        &mut self,
+        client: &AsyncClient,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+    ) {
+        self.outbox
+            .publish(client, &self.shared.counters, topic, payload, retain);
     }
 
     /// Forgets rollouts that need no more driving, and frees their devices.

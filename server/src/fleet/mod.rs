@@ -40,6 +40,7 @@
 
 mod actor;
 pub mod flags;
+mod outbox;
 pub mod view;
 
 use std::sync::Arc;
