@@ -240,11 +240,6 @@ impl ConnectionGate {
             .unwrap_or_else(PoisonError::into_inner)
             .0
     }
-
-    /// The cap.
-    pub fn max(&self) -> usize {
-        self.0.max
-    }
 }
 
 /// One admitted connection; dropping it frees its place.
