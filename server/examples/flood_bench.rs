@@ -105,7 +105,12 @@ async fn device(a: Arc<Args>, n: usize, stop: Arc<AtomicBool>) -> (Vec<f64>, u64
         };
         sent.lock().await.insert(seq, Instant::now());
         client
-            .publish(id.topic(TopicKind::Heartbeat), QoS::AtLeastOnce, false, hb.to_cbor())
+            .publish(
+                id.topic(TopicKind::Heartbeat),
+                QoS::AtLeastOnce,
+                false,
+                hb.to_cbor(),
+            )
             .await
             .unwrap();
         tokio::time::sleep(a.interval).await;
@@ -167,7 +172,9 @@ async fn main() {
     let devices: Vec<_> = (0..a.devices)
         .map(|n| tokio::spawn(device(a.clone(), n, stop.clone())))
         .collect();
-    let flooder = a.flood.then(|| tokio::spawn(flood(a.clone(), stop.clone())));
+    let flooder = a
+        .flood
+        .then(|| tokio::spawn(flood(a.clone(), stop.clone())));
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();

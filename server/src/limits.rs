@@ -76,15 +76,27 @@ impl LimitsConfig {
     /// Refuses caps and timeouts of zero.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
-            ("limits.http_max_connections", self.http_max_connections as u64),
-            ("limits.http_header_timeout_secs", self.http_header_timeout_secs),
+            (
+                "limits.http_max_connections",
+                self.http_max_connections as u64,
+            ),
+            (
+                "limits.http_header_timeout_secs",
+                self.http_header_timeout_secs,
+            ),
             ("limits.http_idle_timeout_secs", self.http_idle_timeout_secs),
-            ("limits.mqtt_max_connections", self.mqtt_max_connections as u64),
+            (
+                "limits.mqtt_max_connections",
+                self.mqtt_max_connections as u64,
+            ),
             (
                 "limits.device_messages_per_minute",
                 u64::from(self.device_messages_per_minute),
             ),
-            ("limits.device_message_burst", u64::from(self.device_message_burst)),
+            (
+                "limits.device_message_burst",
+                u64::from(self.device_message_burst),
+            ),
         ];
         match positive.into_iter().find(|(_, v)| *v == 0) {
             Some((key, _)) => Err(invalid(key, "must be at least 1")),
@@ -234,11 +246,7 @@ impl ConnectionGate {
 
     /// Connections admitted and not yet closed.
     pub fn open(&self) -> usize {
-        self.0
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .0
+        self.0.open.lock().unwrap_or_else(PoisonError::into_inner).0
     }
 }
 
@@ -316,7 +324,12 @@ pub async fn accept(
 }
 
 /// Logs a refused connection through `throttle` (one line per interval).
-pub fn log_refused(what: &str, peer: std::net::SocketAddr, why: Refused, throttle: &mut LogThrottle) {
+pub fn log_refused(
+    what: &str,
+    peer: std::net::SocketAddr,
+    why: Refused,
+    throttle: &mut LogThrottle,
+) {
     if let Some(suppressed) = throttle.hit() {
         tracing::warn!(%peer, suppressed, "{what} connection refused: {why}");
     }
@@ -361,7 +374,13 @@ mod tests {
         assert!(used <= 1024 - FD_RESERVE, "{fitted:?}");
         assert!(fitted.http >= 1 && fitted.mqtt >= 1);
         // A small cap keeps what it asked for; the other gets the rest.
-        let small_http = fit_to_fd_limit(Caps { http: 6, mqtt: 10_000 }, Some(1024));
+        let small_http = fit_to_fd_limit(
+            Caps {
+                http: 6,
+                mqtt: 10_000,
+            },
+            Some(1024),
+        );
         assert_eq!(small_http.http, 6);
         assert_eq!(small_http.mqtt, (1024 - FD_RESERVE as usize - 6) / 3);
         let tiny = fit_to_fd_limit(wanted, Some(10));

@@ -13,10 +13,10 @@ use crate::clock::Clock;
 use crate::config::{
     BrokerSecurity, ClientSecurity, Config, ConfigError, LimitsConfig, MqttConfig,
 };
-use crate::limits::{Caps, FdLimit, fit_to_fd_limit};
 use crate::db::{Db, DbError, redact_url};
 use crate::fleet::{FleetStartError, FleetTask, Shared};
 use crate::http::{self, AppState};
+use crate::limits::{Caps, FdLimit, fit_to_fd_limit};
 use crate::mqtt::MqttEndpoint;
 use crate::store::{ArtifactStore, StoreError};
 use crate::tls::TlsError;

@@ -22,11 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use ota_core::budget::{Budgets, Verdict};
 use ota_core::wire::DeviceId;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet, Publish, Subscribe};
 use rumqttc::mqttbytes::{self, FixedHeader, PacketType, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use ota_core::budget::{Budgets, Verdict};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::acl::DeviceAcl;

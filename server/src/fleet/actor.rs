@@ -23,8 +23,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::outbox::{self, Outbox};
 use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
+use super::outbox::{self, Outbox};
 use super::view::{RolloutView, abort_json, counts_json};
 use super::{
     Command, Counters, DEVICE_EVENTS_PER_MINUTE, Fleet, FleetError, MAX_BATCH, Op,
@@ -528,7 +528,10 @@ impl Actor {
     /// are counted in `ota_events_suppressed_total`.
     fn event_allowed(&mut self, device: &DeviceId, kind: &'static str) -> bool {
         let now = self.clock.now_millis();
-        match self.event_budgets.take((device.as_str().to_owned(), kind), now) {
+        match self
+            .event_budgets
+            .take((device.as_str().to_owned(), kind), now)
+        {
             Verdict::Pass => true,
             _ => {
                 Counters::inc(&self.counters().events_suppressed);

@@ -31,9 +31,7 @@ fn limits(edit: impl FnOnce(&mut LimitsConfig)) -> Options {
 /// A TCP connection to `to` from the loopback address `from` (127.0.0.N: another "client").
 async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::new(IpAddr::from(from), 0))
-        .unwrap();
+    socket.bind(SocketAddr::new(IpAddr::from(from), 0)).unwrap();
     socket.connect(to).await.unwrap()
 }
 
@@ -136,7 +134,10 @@ async fn issue19_idle_http_connections_are_closed_after_the_header_timeout() {
     // A connection that never sends a byte, and one that stops mid-head (slowloris).
     let mut silent = TcpStream::connect(t.server.http_addr()).await.unwrap();
     let mut partial = TcpStream::connect(t.server.http_addr()).await.unwrap();
-    partial.write_all(b"GET /healthz HTTP/1.1\r\nho").await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nho")
+        .await
+        .unwrap();
     until_closed(&mut silent).await;
     until_closed(&mut partial).await;
     // A kept-alive connection is closed after its request once idle for as long.
