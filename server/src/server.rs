@@ -181,6 +181,7 @@ impl Server {
             &endpoint,
             public_url.clone(),
             shared,
+            trust.clone(),
             config.limits.device_budget(),
         )
         .await?;
