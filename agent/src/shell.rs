@@ -25,7 +25,7 @@
 //! | `InspectPartial` | [`Cache::partial_len`] | `handle_partial` |
 //! | `Download` | [`Downloader::download`], in a task (progress fed back) | `handle_download_*` |
 //! | `DiscardPartial` | aborts the transfer, [`Cache::remove_partial`] | — |
-//! | `Install` | the configured [`Installer`], in a task | `handle_install_done` |
+//! | `Install` | [`Cache::verify_entry`] (size and SHA-256, every time, rollbacks too; a mismatch answers `CorruptArtifact`), then the configured [`Installer`], in a task | `handle_install_done` |
 //! | `Commit` | nothing to do for the files and command installers (logged) | — |
 //! | `Evict` | [`Cache::evict`] and the files installer's release copy | — |
 //! | `RunProbe` | the [`HealthProbe`], in a task (no probe: healthy at once) | `handle_probe` |
@@ -108,7 +108,7 @@ enum TaskDone {
     },
     Installed {
         digest: Digest,
-        result: Result<(), String>,
+        result: Result<(), InstallError>,
     },
     Probed(ProbeResult),
 }
@@ -493,8 +493,9 @@ impl Shell {
                 let tx = self.tasks_tx.clone();
                 self.jobs.spawn(async move {
                     let digest = release.digest;
-                    let result = match cache.storage().len(&artifact) {
-                        Ok(Some(len)) if len == release.size => {
+                    // Re-verified before every install, rollbacks included (issue 19.8).
+                    let result = match cache.verify_entry(&digest, release.size).await {
+                        Ok(true) => {
                             let req = InstallRequest {
                                 artifact: &artifact,
                                 digest,
@@ -504,13 +505,13 @@ impl Shell {
                                 .install(&req)
                                 .await
                                 .map(drop)
-                                .map_err(|e| e.to_string())
+                                .map_err(|e| InstallError::new(e.to_string()))
                         }
-                        Ok(_) => Err(format!(
-                            "{} is missing or has the wrong size",
+                        Ok(false) => Err(InstallError::corrupt_artifact(format!(
+                            "{} is missing or does not match the signed size and SHA-256",
                             artifact.display()
-                        )),
-                        Err(e) => Err(format!("{}: {e}", artifact.display())),
+                        ))),
+                        Err(e) => Err(InstallError::new(e.to_string())),
                     };
                     let _ = tx.send(TaskDone::Installed { digest, result });
                 });
@@ -754,8 +755,7 @@ impl Shell {
                 } else {
                     self.activated_at = SystemTime::now();
                 }
-                self.machine
-                    .handle_install_done(digest, result.map_err(InstallError::new), now);
+                self.machine.handle_install_done(digest, result, now);
             }
             TaskDone::Probed(result) => {
                 if let ProbeResult::NotYet(why) = &result {

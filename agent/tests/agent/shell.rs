@@ -11,7 +11,7 @@ use ota_agent::storage::{Fault, FaultyStorage};
 use ota_agent::{Agent, AgentStatus};
 use ota_core::digest::Digest;
 use ota_core::update::Stage;
-use ota_core::wire::{ExecutionState, RejectCause, RollbackReason};
+use ota_core::wire::{ExecutionState, FailurePhase, RejectCause, RollbackReason};
 
 use crate::fleet::{
     CHUNK, Device, Fleet, PATIENCE, Proxy, Rel, broker, desired, last_state, options,
@@ -628,4 +628,51 @@ async fn crash_safety_a_power_loss_at_every_point_of_an_update_leaves_a_good_dev
         drop_unsynced: true,
     })
     .await;
+}
+
+/// Issue 19.8: a rollback re-verifies the known-good artifact. A damaged cache entry is never
+/// installed: the rollback fails `verify` (reported), the device keeps running what it ran,
+/// and the damaged entry leaves the cache.
+#[tokio::test]
+async fn issue19_a_corrupt_known_good_is_refused_at_rollback_and_reported() {
+    let url = broker_url();
+    let fleet = Fleet::start(&url).await;
+    // No heartbeat ack: the trial times out and rolls back.
+    fleet
+        .acking
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let v1 = release("1.0.0", 1, 50_000);
+    let v2 = release("2.0.0", 2, 80_000);
+    let server = serve(v2.artifact.clone(), Mode::Normal).await;
+    let dev = Device::new("kgrot", &url, &v1, "").await;
+    let opts = options().with_machine_tweak(|c| {
+        c.trial_timeout = Duration::from_millis(300);
+        c.probe_interval = Duration::from_millis(50);
+    });
+    let agent = Agent::start(dev.config.clone(), opts).await.unwrap();
+    within("connected", agent.wait_for(|s| s.connected)).await;
+    // Bit rot in the known-good artifact, same length.
+    let kg_file = dev.data().join("cache").join(v1.digest().to_string());
+    let mut bytes = fs::read(&kg_file).unwrap();
+    bytes[100] ^= 0xff;
+    fs::write(&kg_file, &bytes).unwrap();
+
+    fleet
+        .desire(&dev.id, &desired(1, &v2, vec![server.url()]))
+        .await;
+    let e = fleet.wait_event(&dev.id, 1, "failed").await;
+    assert!(
+        matches!(&e.kind, ExecutionState::Failed { phase: FailurePhase::Verify, reason }
+            if reason.contains("known-good 1.0.0")),
+        "{:?}",
+        e.kind
+    );
+    let s = within("settled", agent.wait_for(|s| settled(s, 1))).await;
+    assert_eq!(s.installs, [(v2.digest(), false), (v1.digest(), true)]);
+    assert_eq!(dev.current(), Some(v2.digest()), "nothing was installed");
+    assert_eq!(running(&s), Some(v2.digest()));
+    assert!(!s.machine.cache.iter().any(|r| r.digest == v1.digest()));
+    agent.shutdown().await.unwrap();
+    assert!(!kg_file.exists(), "the damaged entry was evicted");
+    fleet.clear(&dev.id).await;
 }
