@@ -21,7 +21,7 @@ use ed25519_dalek::SigningKey;
 use ota_core::digest::Digest;
 use ota_core::release::{Manifest, ReleaseError, TrustSet, sign};
 use ota_core::update::{
-    Action, Config, DownloadError, InFlight, InstallError, MAX_GENERATION_STEP, MaintenanceWindow,
+    Action, Config, DownloadError, FloorRecord, InFlight, InstallError, MAX_GENERATION_STEP, MaintenanceWindow,
     MaintenanceWindows, PersistedState, PowerPolicy, ProbeResult, ReleaseInfo, RetryPolicy, Stage, Timestamp,
     UpdateMachine, Weekdays,
 };
@@ -1417,6 +1417,70 @@ fn issue19_a_cache_entry_damaged_after_its_check_is_never_installed() {
     assert_eq!(sim.installed, Some(digest("3.0.0")));
     assert_eq!(sim.running(), Some(digest("3.0.0")));
     assert_eq!(sim.known_good(), Some(digest("3.0.0")));
+}
+
+#[test]
+fn issue19_journal_loss_keeps_the_floor_and_the_running_release() {
+    let mut sim = Sim::new(config());
+    sim.offer(desired(1, "2.0.0", 124));
+    sim.drive(MINUTE);
+    let journal = sim.persisted.clone().unwrap();
+    let record = FloorRecord::of(&journal);
+    assert_eq!(
+        FloorRecord::from_cbor(&record.to_cbor()).as_ref(),
+        Ok(&record)
+    );
+    // Both journal copies lost: the record stands in for them, the factory is not re-seeded.
+    let restored = FloorRecord::reconcile(None, Some(&record)).unwrap();
+    let m = UpdateMachine::recover(config(), Some(restored), 2, sim.now);
+    let s = m.status();
+    assert_eq!(s.security_floor, 124);
+    assert_eq!(s.running.unwrap().digest, digest("2.0.0"));
+    assert_eq!(s.known_good.unwrap().digest, digest("2.0.0"));
+    assert_eq!(s.last_generation, 1);
+    assert!(s.cache.iter().any(|r| r.digest == digest("2.0.0")));
+    // A journal restored from an older copy never lowers the floor.
+    let mut old = journal.clone();
+    old.security_floor = 1;
+    let merged = FloorRecord::reconcile(Some(old), Some(&record)).unwrap();
+    assert_eq!(merged.security_floor, 124);
+    assert_eq!(FloorRecord::reconcile(Some(journal.clone()), None), Some(journal));
+    assert_eq!(FloorRecord::reconcile(None, None), None);
+}
+
+#[test]
+fn issue19_a_damaged_journal_halts_updates_and_says_so() {
+    let mut m = UpdateMachine::halted(config(), "state: checksum mismatch", 3, Timestamp(NOW));
+    m.handle_connected(Timestamp(NOW));
+    m.handle_desired(desired(7, "2.0.0", 2), Timestamp(NOW));
+    let actions: Vec<Action> = std::iter::from_fn(|| m.poll_action()).collect();
+    assert!(
+        !actions.iter().any(|a| matches!(
+            a,
+            Action::Persist(_) | Action::Install { .. } | Action::Download { .. } | Action::HashCached { .. }
+        )),
+        "{actions:?}"
+    );
+    let rejected: Vec<u64> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::PublishEvent(e)
+                if matches!(e.kind, ExecutionState::Rejected { cause: RejectCause::JournalDamaged, .. }) =>
+            {
+                Some(e.generation)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected, [0, 7]);
+    assert!(actions.iter().any(|a| matches!(a, Action::SendHeartbeat { .. })));
+    let r = m.reported_state("0.1.0", Inventory::default(), BTreeMap::new());
+    assert!(r.running.is_none());
+    assert!(matches!(
+        r.last_result.unwrap().state,
+        ExecutionState::Rejected { cause: RejectCause::JournalDamaged, ref detail } if detail.contains("checksum")
+    ));
+    assert_eq!(RejectCause::JournalDamaged.name(), "journal-damaged");
 }
 
 // ---- determinism and robustness ----------------------------------------------------------------

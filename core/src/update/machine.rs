@@ -45,6 +45,8 @@ pub struct UpdateMachine {
     pub(super) queued: Option<DesiredState>,
     /// The last generation refused as a jump (reported once, not on every redelivery).
     pub(super) refused_jump: Option<u64>,
+    /// Why the machine is halted (a damaged journal, see [`UpdateMachine::halted`]).
+    pub(super) halted: Option<String>,
     pub(super) power: Option<PowerReading>,
     pub(super) connected: bool,
     pub(super) next_seq: u64,
@@ -70,6 +72,7 @@ impl UpdateMachine {
             current: None,
             queued: None,
             refused_jump: None,
+            halted: None,
             power: None,
             connected: false,
             // Sequence numbers never repeat across boots, so a late ack from a previous boot
@@ -207,12 +210,25 @@ impl UpdateMachine {
     /// A desired state arrived (already decoded; see
     /// [`handle_desired_bytes`](Self::handle_desired_bytes)).
     ///
-    /// Idempotent: a generation at or below the last one acted on (or the one queued) is
-    /// ignored. A generation more than [`MAX_GENERATION_STEP`] above the last one acted on is
+    /// A [halted](Self::halted) machine answers every desired state with
+    /// `rejected{journal-damaged}` and does nothing else. Otherwise it is idempotent: a
+    /// generation at or below the last one acted on (or the one queued) is ignored. A generation more than [`MAX_GENERATION_STEP`] above the last one acted on is
     /// refused: event `rejected{generation-jump}`, nothing else changes (the job in flight goes
     /// on). During an install, trial or rollback it is queued (only the newest) and offered
     /// when that ends; otherwise it supersedes whatever was being prepared.
     pub fn handle_desired(&mut self, desired: DesiredState, now: Timestamp) {
+        if let Some(detail) = self.halted.clone() {
+            return self.announce(UpdateOutcome {
+                generation: desired.generation,
+                rollout_id: desired.rollout_id,
+                digest: None,
+                state: ExecutionState::Rejected {
+                    cause: RejectCause::JournalDamaged,
+                    detail,
+                },
+                at: now.0,
+            });
+        }
         let Some(step) = desired.generation.checked_sub(self.last_generation) else {
             return;
         };

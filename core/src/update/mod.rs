@@ -118,7 +118,9 @@ pub use backoff::RetryPolicy;
 pub use config::{Config, MAX_GENERATION_STEP};
 pub use input::{DownloadError, InstallError, ProbeResult};
 pub use machine::UpdateMachine;
-pub use persist::{InFlight, Job, PERSIST_VERSION, PersistedState, ReleaseInfo};
+pub use persist::{
+    FLOOR_VERSION, FloorRecord, InFlight, Job, PERSIST_VERSION, PersistedState, ReleaseInfo,
+};
 pub use power::PowerPolicy;
 pub use state::{Stage, Status, TrialStatus};
 pub use timer::Timer;

@@ -199,6 +199,32 @@ pub enum RejectCause {
     /// (nothing newer than `u64::MAX` exists). The device keeps its generation.
     #[n(10)]
     GenerationJump,
+    /// Both copies of the device's journal are damaged and no floor record can stand in for
+    /// them: the agent runs without updating (it cannot know its security floor or what it
+    /// runs) until an operator repairs it (`docs/agent.md`). Its reported state's last result
+    /// says so too.
+    #[n(11)]
+    JournalDamaged,
+}
+
+impl RejectCause {
+    /// The cause's stable kebab-case name (logs, CLI, docs).
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectCause::Malformed => "malformed",
+            RejectCause::TooLarge => "too-large",
+            RejectCause::UnsupportedAlgorithm => "unsupported-algorithm",
+            RejectCause::UnknownKey => "unknown-key",
+            RejectCause::BadSignature => "bad-signature",
+            RejectCause::ThresholdNotMet => "threshold-not-met",
+            RejectCause::Expired => "expired",
+            RejectCause::IncompatibleHardware => "incompatible-hardware",
+            RejectCause::Downgrade => "downgrade",
+            RejectCause::Other => "other",
+            RejectCause::GenerationJump => "generation-jump",
+            RejectCause::JournalDamaged => "journal-damaged",
+        }
+    }
 }
 
 impl From<&ReleaseError> for RejectCause {
