@@ -16,7 +16,7 @@
 //!
 //! | action | performed by | answer |
 //! |---|---|---|
-//! | `Persist` | [`Journal::store`] (temp file, fsync, rename, fsync dir); a failure holds every later action and is retried with backoff | — |
+//! | `Persist` | [`Journal::store`] (temp file, fsync, rename, fsync dir), then the floor record's journal when the [`FloorRecord`] changed; a failure holds every later action and is retried with backoff | — |
 //! | `PublishEvent`, `PublishReported` | the MQTT [`Link`]'s outbox (QoS 1, queued while offline) | — |
 //! | `SendHeartbeat` | the link, only while connected | `HeartbeatAck` from the server |
 //! | `ReadPower` | [`PowerSupplies::read`] (sysfs) | `handle_power` |
@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime};
 
 use ota_core::digest::Digest;
 use ota_core::update::{Action, DownloadError as CoreDownloadError, InstallError, ProbeResult};
-use ota_core::update::{PersistedState, Stage, UpdateMachine};
+use ota_core::update::{FloorRecord, PersistedState, Stage, UpdateMachine};
 use ota_core::wire::{
     Event, ExecutionState, Heartbeat, HeartbeatAck, Inventory, PROTOCOL_VERSION, PowerReading,
     RejectCause, TopicKind, TrustOutcome, WireError, WireLimits, WireMessage, truncate_text,
@@ -73,6 +73,10 @@ pub(crate) struct Parts {
     pub(crate) machine: UpdateMachine,
     pub(crate) clock: ShellClock,
     pub(crate) journal: Journal,
+    /// The floor record's journal (issue 19.7).
+    pub(crate) floor: Journal,
+    /// The floor record last stored.
+    pub(crate) floor_record: FloorRecord,
     pub(crate) cache: Cache,
     pub(crate) downloader: Downloader,
     pub(crate) installer: Installer,
@@ -146,6 +150,8 @@ pub(crate) struct Shell {
     machine: UpdateMachine,
     clock: ShellClock,
     journal: Journal,
+    floor: Journal,
+    floor_record: FloorRecord,
     cache: Cache,
     downloader: Downloader,
     installer: Installer,
@@ -218,6 +224,8 @@ impl Shell {
             machine: p.machine,
             clock: p.clock,
             journal: p.journal,
+            floor: p.floor,
+            floor_record: p.floor_record,
             cache: p.cache,
             downloader: p.downloader,
             installer: p.installer,
@@ -378,7 +386,16 @@ impl Shell {
 
     /// Stores a persisted state; on failure arms a retry with backoff.
     fn store(&mut self, state: &PersistedState) -> bool {
-        match self.journal.store(&state.to_cbor()) {
+        // The journal first, then the floor record when it changed (never ahead of the journal).
+        let record = FloorRecord::of(state);
+        let stored = self.journal.store(&state.to_cbor()).and_then(|()| {
+            if record != self.floor_record {
+                self.floor.store(&record.to_cbor())?;
+                self.floor_record = record;
+            }
+            Ok(())
+        });
+        match stored {
             Ok(()) => {
                 self.persist_wait = self.persist_first_wait;
                 self.persist_retry_at = None;
