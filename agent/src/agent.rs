@@ -360,7 +360,9 @@ impl Agent {
         let machine = match (&damaged, persisted) {
             (Some(e), None) => {
                 // Both journal copies damaged and no floor record: stay up and say so.
-                tracing::error!("{e}: both journal copies are damaged; not updating (see docs/agent.md)");
+                tracing::error!(
+                    "{e}: both journal copies are damaged; not updating (see docs/agent.md)"
+                );
                 UpdateMachine::halted(machine_config, &e.to_string(), boot32, clock.now())
             }
             (_, persisted) => {

@@ -21,9 +21,9 @@ use ed25519_dalek::SigningKey;
 use ota_core::digest::Digest;
 use ota_core::release::{Manifest, ReleaseError, TrustSet, sign};
 use ota_core::update::{
-    Action, Config, DownloadError, FloorRecord, InFlight, InstallError, MAX_GENERATION_STEP, MaintenanceWindow,
-    MaintenanceWindows, PersistedState, PowerPolicy, ProbeResult, ReleaseInfo, RetryPolicy, Stage, Timestamp,
-    UpdateMachine, Weekdays,
+    Action, Config, DownloadError, FloorRecord, InFlight, InstallError, MAX_GENERATION_STEP,
+    MaintenanceWindow, MaintenanceWindows, PersistedState, PowerPolicy, ProbeResult, ReleaseInfo,
+    RetryPolicy, Stage, Timestamp, UpdateMachine, Weekdays,
 };
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, FailurePhase, Inventory, PROTOCOL_VERSION,
@@ -1373,7 +1373,13 @@ fn issue19_a_corrupt_known_good_is_refused_at_rollback() {
             if reason.contains("known-good 1.0.0")
     ));
     assert_eq!(sim.running(), Some(digest("2.0.0")));
-    assert!(!sim.m.status().cache.iter().any(|r| r.digest == digest("1.0.0")));
+    assert!(
+        !sim.m
+            .status()
+            .cache
+            .iter()
+            .any(|r| r.digest == digest("1.0.0"))
+    );
     assert_eq!(
         sim.count(|a| matches!(a, Action::Evict { digest: d } if *d == digest("1.0.0"))),
         1
@@ -1444,7 +1450,10 @@ fn issue19_journal_loss_keeps_the_floor_and_the_running_release() {
     old.security_floor = 1;
     let merged = FloorRecord::reconcile(Some(old), Some(&record)).unwrap();
     assert_eq!(merged.security_floor, 124);
-    assert_eq!(FloorRecord::reconcile(Some(journal.clone()), None), Some(journal));
+    assert_eq!(
+        FloorRecord::reconcile(Some(journal.clone()), None),
+        Some(journal)
+    );
     assert_eq!(FloorRecord::reconcile(None, None), None);
 }
 
@@ -1457,7 +1466,10 @@ fn issue19_a_damaged_journal_halts_updates_and_says_so() {
     assert!(
         !actions.iter().any(|a| matches!(
             a,
-            Action::Persist(_) | Action::Install { .. } | Action::Download { .. } | Action::HashCached { .. }
+            Action::Persist(_)
+                | Action::Install { .. }
+                | Action::Download { .. }
+                | Action::HashCached { .. }
         )),
         "{actions:?}"
     );
@@ -1465,7 +1477,13 @@ fn issue19_a_damaged_journal_halts_updates_and_says_so() {
         .iter()
         .filter_map(|a| match a {
             Action::PublishEvent(e)
-                if matches!(e.kind, ExecutionState::Rejected { cause: RejectCause::JournalDamaged, .. }) =>
+                if matches!(
+                    e.kind,
+                    ExecutionState::Rejected {
+                        cause: RejectCause::JournalDamaged,
+                        ..
+                    }
+                ) =>
             {
                 Some(e.generation)
             }
@@ -1473,7 +1491,11 @@ fn issue19_a_damaged_journal_halts_updates_and_says_so() {
         })
         .collect();
     assert_eq!(rejected, [0, 7]);
-    assert!(actions.iter().any(|a| matches!(a, Action::SendHeartbeat { .. })));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::SendHeartbeat { .. }))
+    );
     let r = m.reported_state("0.1.0", Inventory::default(), BTreeMap::new());
     assert!(r.running.is_none());
     assert!(matches!(

@@ -421,7 +421,8 @@ fn issue7_debug_and_errors_show_no_broker_password() {
 /// Issue 19.10: the documented minimums are enforced, with a typed error naming the key.
 #[test]
 fn issue19_keep_alive_and_heartbeat_minimums_are_enforced() {
-    let keep_alive = |v: &str| MINIMAL.replacen("[broker]", &format!("[broker]\nkeep_alive = \"{v}\""), 1);
+    let keep_alive =
+        |v: &str| MINIMAL.replacen("[broker]", &format!("[broker]\nkeep_alive = \"{v}\""), 1);
     assert_eq!(key_of(&parse_err(&keep_alive("0s"))), "broker.keep_alive");
     assert_eq!(key_of(&parse_err(&keep_alive("4s"))), "broker.keep_alive");
     assert!(AgentConfig::from_toml_str(&keep_alive("5s")).is_ok());

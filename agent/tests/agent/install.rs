@@ -264,7 +264,11 @@ async fn issue19_the_installed_release_shares_no_inode_with_the_cache() {
     };
     let installed = install(&a_path, a).await.path;
     let ino = |p: &Path| fs::metadata(p).unwrap().ino();
-    assert_ne!(ino(&installed), ino(&a_path), "a hard link shares the inode");
+    assert_ne!(
+        ino(&installed),
+        ino(&a_path),
+        "a hard link shares the inode"
+    );
 
     // The application scribbles over its release: the cache copy is unaffected.
     fs::write(&installed, b"damaged by the application").unwrap();

@@ -160,5 +160,10 @@ async fn issue19_the_factory_artifact_copy_is_capped() {
         Err(other) => panic!("unexpected {other}"),
         Ok(_) => panic!("accepted"),
     }
-    assert!(!dev.data().join("cache").join(v1.digest().to_string()).exists());
+    assert!(
+        !dev.data()
+            .join("cache")
+            .join(v1.digest().to_string())
+            .exists()
+    );
 }

@@ -679,7 +679,9 @@ async fn issue19_a_corrupt_known_good_is_refused_at_rollback_and_reported() {
 async fn updated(fleet: &Fleet, dev: &Device, v2: &Rel, url: String, generation: u64) {
     let agent = Agent::start(dev.config.clone(), options()).await.unwrap();
     within("connected", agent.wait_for(|s| s.connected)).await;
-    fleet.desire(&dev.id, &desired(generation, v2, vec![url])).await;
+    fleet
+        .desire(&dev.id, &desired(generation, v2, vec![url]))
+        .await;
     fleet.wait_event(&dev.id, generation, "succeeded").await;
     within("settled", agent.wait_for(|s| settled(s, generation))).await;
     agent.shutdown().await.unwrap();
@@ -710,8 +712,7 @@ async fn issue19_journal_loss_keeps_the_floor_and_the_running_release() {
     fleet
         .wait("reported v2 after the journal loss", |seen| {
             seen.reported.get(&dev.id).is_some_and(|r| {
-                r.running.as_ref().map(|r| r.digest) == Some(v2.digest())
-                    && r.security_floor == 124
+                r.running.as_ref().map(|r| r.digest) == Some(v2.digest()) && r.security_floor == 124
             })
         })
         .await;
@@ -792,7 +793,10 @@ async fn issue19_resync_lets_a_device_follow_a_server_that_restarted_its_generat
     fleet.clear(&dev.id).await;
     let data = dev.data();
     let fs_shared = ota_agent::storage::FsStorage::shared;
-    assert_eq!(ota_agent::resync::watermark(fs_shared(), &data).unwrap(), 1000);
+    assert_eq!(
+        ota_agent::resync::watermark(fs_shared(), &data).unwrap(),
+        1000
+    );
     // (`ota-agent resync --yes` calls this after its confirmation.)
     assert_eq!(ota_agent::resync::resync(fs_shared(), &data).unwrap(), 1000);
     assert_eq!(ota_agent::resync::watermark(fs_shared(), &data).unwrap(), 0);

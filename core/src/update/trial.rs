@@ -56,9 +56,7 @@ impl UpdateMachine {
                 job,
                 target,
                 outcome,
-            } if target.digest == digest => {
-                (job.clone(), Some((target.clone(), outcome.clone())))
-            }
+            } if target.digest == digest => (job.clone(), Some((target.clone(), outcome.clone()))),
             _ => return,
         };
         if let Err(e @ InstallError::CorruptArtifact(_)) = &result {
