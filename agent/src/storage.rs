@@ -16,7 +16,7 @@
 //!
 //! | operation | mutating (counted) |
 //! |---|---|
-//! | [`create_dir_all`](Storage::create_dir_all), [`create`](Storage::create), [`append`](Storage::append), [`truncate`](Storage::truncate), [`sync_file`](Storage::sync_file), [`rename`](Storage::rename), [`sync_dir`](Storage::sync_dir), [`remove_file`](Storage::remove_file), [`symlink`](Storage::symlink), [`hard_link`](Storage::hard_link) | yes |
+//! | [`create_dir_all`](Storage::create_dir_all), [`create`](Storage::create), [`append`](Storage::append), [`truncate`](Storage::truncate), [`sync_file`](Storage::sync_file), [`rename`](Storage::rename), [`sync_dir`](Storage::sync_dir), [`remove_file`](Storage::remove_file), [`symlink`](Storage::symlink) | yes |
 //! | [`read`](Storage::read), [`open_read`](Storage::open_read), [`len`](Storage::len), [`list`](Storage::list), [`read_link`](Storage::read_link) | no |
 
 use std::collections::HashMap;
@@ -52,8 +52,6 @@ pub trait Storage: fmt::Debug + Send + Sync {
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Creates a symlink at `link` pointing to `target` (fails when `link` exists).
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
-    /// Creates a hard link `link` to the existing file `original`.
-    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()>;
     /// Reads a whole (small) file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Opens a file for streaming reads.
@@ -159,10 +157,6 @@ impl Storage for FsStorage {
         std::os::unix::fs::symlink(target, link)
     }
 
-    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
-        fs::hard_link(original, link)
-    }
-
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
     }
@@ -244,8 +238,6 @@ pub enum Op {
     RemoveFile(PathBuf),
     /// [`Storage::symlink`] (target, link).
     Symlink(PathBuf, PathBuf),
-    /// [`Storage::hard_link`] (original, link).
-    HardLink(PathBuf, PathBuf),
 }
 
 /// A directory entry change not yet made durable by a `sync_dir`.
@@ -509,16 +501,6 @@ impl Storage for FaultyStorage {
         Ok(())
     }
 
-    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
-        let mut st = self.mutate(Op::HardLink(original.to_path_buf(), link.to_path_buf()))?;
-        self.inner.hard_link(original, link)?;
-        st.pending.push(PendingEntry {
-            dir: parent_of(link),
-            undo: Undo::Created(link.to_path_buf()),
-        });
-        Ok(())
-    }
-
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         self.check_power()?;
         self.inner.read(path)
@@ -579,4 +561,19 @@ pub(crate) async fn for_each_chunk(
         total += n as u64;
         tokio::task::yield_now().await;
     }
+}
+
+/// The SHA-256 of the file at `path`, streamed with [`for_each_chunk`] (constant memory).
+pub(crate) async fn hash_file(
+    storage: &dyn Storage,
+    path: &Path,
+    chunk: usize,
+) -> io::Result<ota_core::digest::Digest> {
+    let mut hasher = ota_core::digest::Hasher::new();
+    for_each_chunk(storage, path, chunk, None, |c| {
+        hasher.update(c);
+        Ok(())
+    })
+    .await?;
+    Ok(hasher.finish())
 }
