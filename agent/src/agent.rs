@@ -408,7 +408,10 @@ impl Agent {
         });
         // Every line the shell logs names its device (several agents may share a process).
         let span = tracing::info_span!("agent", device = %config.device_id);
-        let task = tokio::spawn(tracing::Instrument::instrument(shell.run(shutdown_rx), span));
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            shell.run(shutdown_rx),
+            span,
+        ));
         Ok(AgentHandle {
             status: status_rx,
             shutdown: shutdown_tx,

@@ -627,6 +627,9 @@ mod tests {
             .await
             .unwrap()
         });
-        assert!(other_task_ran, "the other task waited for the blocking call");
+        assert!(
+            other_task_ran,
+            "the other task waited for the blocking call"
+        );
     }
 }
