@@ -30,6 +30,8 @@ mod flags;
 mod fleet;
 #[path = "server/https.rs"]
 mod https;
+#[path = "server/limits.rs"]
+mod limits;
 #[path = "server/mqtt_acl.rs"]
 mod mqtt_acl;
 #[path = "server/releases.rs"]
@@ -38,3 +40,5 @@ mod releases;
 mod store;
 #[path = "server/trust.rs"]
 mod trust;
+#[path = "server/truthful.rs"]
+mod truthful;

@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ota_core::budget::{BudgetSpec, Budgets, Verdict};
 use ota_core::digest::Digest;
 use ota_core::flags::{FlagChange, FlagEdit, FlagName};
-use ota_core::release::SignedTrustUpdate;
+use ota_core::release::{Policy, SignedRelease, SignedTrustUpdate};
 use ota_core::rollout::{
-    PlannerAction, ReportOutcome, Rollout, RolloutError, RolloutSpec, RolloutState, StateCounts,
-    Target,
+    NoRollbackCause, PlannerAction, ReportOutcome, Rollout, RolloutError, RolloutSpec,
+    RolloutState, StateCounts, Target,
 };
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, Heartbeat, HeartbeatAck, PROTOCOL_VERSION,
@@ -23,10 +24,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
-use super::view::{RolloutView, abort_json, counts_json};
+use super::outbox::{self, Outbox};
+use super::view::{RolloutView, abort_json, counts_json, no_rollback_json};
 use super::{
-    Command, Counters, Fleet, FleetError, MAX_BATCH, Op, REJECT_EVENTS_PER_MINUTE, RolloutRequest,
-    Shared, Snapshot, percent,
+    Command, Counters, DEVICE_EVENTS_PER_MINUTE, Fleet, FleetError, MAX_BATCH, Op,
+    REJECT_EVENTS_PER_MINUTE, RolloutRequest, Shared, Snapshot, percent,
 };
 use crate::clock::Clock;
 use crate::db::{
@@ -34,7 +36,8 @@ use crate::db::{
     ReleaseRecord, RolloutRecord,
 };
 use crate::filter::Filter;
-use crate::mqtt::{Inbound, MqttEndpoint, MqttLink};
+use crate::mqtt::{INBOUND_QUEUE, Inbound, MqttEndpoint, MqttLink};
+use crate::trust::FleetTrust;
 
 /// Rollout statuses the coordinator loads at start (completed ones only while some target
 /// is still queued: they notify late devices).
@@ -62,24 +65,28 @@ impl FleetTask {
 }
 
 /// Loads the registry and every unfinished rollout from `db`, connects to the broker at
-/// `endpoint` and starts the coordinator (counters and snapshots go to `shared`). Returns once the broker acknowledged the
-/// subscriptions (or fails after 15 s).
+/// `endpoint` and starts the coordinator (counters and snapshots go to `shared`; rollback
+/// targets are checked against the trust set in force, `keys`; every device's MQTT messages
+/// against `device_budget`). Returns once the broker acknowledged the subscriptions (or fails
+/// after 15 s).
 pub async fn start(
     db: Db,
     clock: Clock,
     endpoint: &MqttEndpoint,
     public_url: String,
     shared: Arc<Shared>,
+    keys: FleetTrust,
+    device_budget: BudgetSpec,
 ) -> Result<(Fleet, FleetTask), FleetStartError> {
-    let mut actor = Actor::new(db, clock, public_url, shared.clone());
+    let mut actor = Actor::new(db, clock, public_url, shared.clone(), keys);
     actor.load().await?;
-    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let client_id = format!("ota-server-{}-{nanos:08x}", std::process::id());
-    let link = MqttLink::start(endpoint, &client_id, in_tx);
+    let link = MqttLink::start(endpoint, &client_id, in_tx, device_budget, shared.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = watch::channel(false);
@@ -132,6 +139,8 @@ struct Memo {
     reported_generation: u64,
     /// The newest (generation, device time) outcome seen.
     last_outcome: Option<(u64, u64)>,
+    /// The security floor the device last reported (anti-rollback).
+    security_floor: u32,
 }
 
 /// A rollout the coordinator drives.
@@ -189,10 +198,16 @@ struct Actor {
     generations: HashMap<String, u64>,
     releases: HashMap<Digest, Option<Arc<Vec<u8>>>>,
     reject_window: (u64, u32),
+    /// Publishes the MQTT client had no room for yet.
+    outbox: Outbox,
+    /// Per device and audit event kind: its budget ([`Actor::event_allowed`]).
+    event_budgets: Budgets<(String, &'static str)>,
     connected: bool,
     flags: Flags,
     /// The accepted trust-set update in force (signed bytes), republished on every connect.
     trust: Option<Vec<u8>>,
+    /// The trust set in force: rollback targets it does not verify are refused by devices.
+    keys: FleetTrust,
 }
 
 fn is_active(state: &RolloutState) -> bool {
@@ -203,7 +218,13 @@ fn is_active(state: &RolloutState) -> bool {
 }
 
 impl Actor {
-    fn new(db: Db, clock: Clock, public_url: String, shared: Arc<Shared>) -> Self {
+    fn new(
+        db: Db,
+        clock: Clock,
+        public_url: String,
+        shared: Arc<Shared>,
+        keys: FleetTrust,
+    ) -> Self {
         Actor {
             db,
             public_url: public_url.trim_end_matches('/').to_string(),
@@ -214,9 +235,15 @@ impl Actor {
             generations: HashMap::new(),
             releases: HashMap::new(),
             reject_window: (0, 0),
+            outbox: Outbox::default(),
+            event_budgets: Budgets::new(BudgetSpec::new(
+                DEVICE_EVENTS_PER_MINUTE,
+                DEVICE_EVENTS_PER_MINUTE,
+            )),
             connected: false,
             flags: Flags::new(clock.timestamp()),
             trust: None,
+            keys,
             clock,
         }
     }
@@ -279,12 +306,13 @@ impl Actor {
         mut self,
         client: AsyncClient,
         link: MqttLink,
-        mut inbound: mpsc::UnboundedReceiver<Inbound>,
+        mut inbound: mpsc::Receiver<Inbound>,
         mut commands: mpsc::Receiver<Command>,
         mut stop: watch::Receiver<bool>,
         ready: watch::Sender<bool>,
     ) {
         loop {
+            self.outbox.flush(&client, &self.shared.counters);
             let sleep = self.next_wakeup();
             let mut batch = Batch::default();
             let mut replies: Vec<Reply> = Vec::new();
@@ -331,6 +359,11 @@ impl Actor {
             .min()
             .map(|t| Duration::from_millis(t.as_unix_millis().saturating_sub(now)).min(MAX_SLEEP))
             .unwrap_or(Duration::from_secs(3600))
+            .min(if self.outbox.is_empty() {
+                Duration::MAX
+            } else {
+                outbox::RETRY
+            })
     }
 
     fn fire_timers(&mut self) {
@@ -366,14 +399,7 @@ impl Actor {
                 if let Err(e) = client.subscribe_many(filters).await {
                     tracing::error!("cannot subscribe: {e}");
                 }
-                self.republish_desired(client).await;
-                for (topic, payload) in self.flags.all() {
-                    self.publish(client, topic, payload, true).await;
-                }
-                if let Some(payload) = self.trust.clone() {
-                    self.publish(client, TRUST_TOPIC.to_string(), payload, true)
-                        .await;
-                }
+                self.republish_retained(client).await;
             }
             Inbound::Subscribed => {
                 ready.send_replace(true);
@@ -390,6 +416,19 @@ impl Actor {
         }
     }
 
+    /// After each (re)connection: every retained message again (desired states, flags, the
+    /// trust-set update in force).
+    async fn republish_retained(&mut self, client: &AsyncClient) {
+        self.republish_desired(client).await;
+        for (topic, payload) in self.flags.all() {
+            self.publish(client, topic, payload, true).await;
+        }
+        if let Some(payload) = self.trust.clone() {
+            self.publish(client, TRUST_TOPIC.to_string(), payload, true)
+                .await;
+        }
+    }
+
     /// Publishes every stored desired state again (retained, same generation): after a
     /// (re)connect, the broker may have lost them (the embedded broker keeps retained
     /// messages in memory only), and devices ignore generations they acted on.
@@ -401,29 +440,13 @@ impl Actor {
                 return;
             }
         };
-        let Ok(n) = u64::try_from(rows.len()) else {
-            return;
-        };
         for row in rows {
             let Ok(id) = DeviceId::new(&row.device_id) else {
                 continue;
             };
-            if let Err(e) = client
-                .publish(
-                    id.topic(TopicKind::Desired),
-                    QoS::AtLeastOnce,
-                    true,
-                    row.payload,
-                )
-                .await
-            {
-                tracing::error!("cannot republish a desired state: {e}");
-                return;
-            }
+            self.publish(client, id.topic(TopicKind::Desired), row.payload, true)
+                .await;
         }
-        self.counters()
-            .mqtt_published
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn message(&mut self, topic: &str, payload: Bytes, batch: &mut Batch) {
@@ -483,7 +506,9 @@ impl Actor {
             },
             TopicKind::Trust => match TrustReport::from_cbor(&payload) {
                 Ok(r) if r.device_id == id.as_str() => {
-                    on_trust_report(&id, &r, self.clock.now_i64(), batch);
+                    if self.event_allowed(&id, r.outcome.name()) {
+                        on_trust_report(&id, &r, self.clock.now_i64(), batch);
+                    }
                 }
                 Ok(r) => self.reject(
                     Some(&id),
@@ -513,10 +538,30 @@ impl Actor {
         }
     }
 
-    /// Records a refused message (rate-limited) and counts it.
+    /// Whether `device` may have another audit event of `kind` now: at most
+    /// [`DEVICE_EVENTS_PER_MINUTE`] a minute per device and kind (bursts of as many); the rest
+    /// are counted in `ota_events_suppressed_total`.
+    fn event_allowed(&mut self, device: &DeviceId, kind: &'static str) -> bool {
+        let now = self.clock.now_millis();
+        match self
+            .event_budgets
+            .take((device.as_str().to_owned(), kind), now)
+        {
+            Verdict::Pass => true,
+            _ => {
+                Counters::inc(&self.counters().events_suppressed);
+                false
+            }
+        }
+    }
+
+    /// Records a refused message (rate-limited in all and per device) and counts it.
     fn reject(&mut self, device: Option<&DeviceId>, topic: &str, reason: &str, batch: &mut Batch) {
         Counters::inc(&self.counters().mqtt_rejected);
         tracing::debug!(topic, "MQTT message refused: {reason}");
+        if device.is_some_and(|d| !self.event_allowed(d, "mqtt-rejected")) {
+            return;
+        }
         let now = self.clock.now_millis();
         if now.saturating_sub(self.reject_window.0) >= 60_000 {
             self.reject_window = (now, 0);
@@ -578,6 +623,7 @@ impl Actor {
         memo.running = running;
         memo.on_trial = r.trial.is_some();
         memo.reported_generation = memo.reported_generation.max(r.generation);
+        memo.security_floor = r.security_floor;
         let drifted =
             !owned && !memo.on_trial && running.is_some() && running != memo.last_committed;
         let drift_changed = drifted != memo.drifted;
@@ -594,12 +640,13 @@ impl Actor {
                     })),
             );
         }
-        if drift_changed {
-            let kind = if drifted {
-                "device-drifted"
-            } else {
-                "device-drift-cleared"
-            };
+        let drift_kind = if drifted {
+            "device-drifted"
+        } else {
+            "device-drift-cleared"
+        };
+        if drift_changed && self.event_allowed(id, drift_kind) {
+            let kind = drift_kind;
             batch.events.push(
                 NewEvent::new(now, "server", kind)
                     .device(id.as_str())
@@ -654,7 +701,17 @@ impl Actor {
             // A finished rollout (or a rollback's report): nothing to drive.
             return;
         };
-        if o.digest != Some(loaded.record.release_digest) {
+        let ours = match o.digest {
+            Some(digest) => digest == loaded.record.release_digest,
+            // A release the device could not decode has no digest to report: the rejection
+            // is this rollout's when it answers the desired state this rollout sent last.
+            None => {
+                matches!(o.state, ExecutionState::Rejected { .. })
+                    && self.generations.get(id.as_str()) == Some(&o.generation)
+                    && loaded.planner.device_state(id).is_some()
+            }
+        };
+        if !ours {
             return;
         }
         if let Some(memo) = self.devices.get_mut(id.as_str()) {
@@ -727,6 +784,10 @@ impl Actor {
                 device_id,
                 to_digest,
             } => {
+                if let Some(cause) = self.rollback_refusal(rid, &device_id, to_digest).await {
+                    self.no_rollback_target(rid, &device_id, to_digest, cause, actor, batch);
+                    return;
+                }
                 batch.events.push(
                     event("device-rollback")
                         .device(device_id.as_str())
@@ -734,6 +795,21 @@ impl Actor {
                 );
                 self.publish_desired(&device_id, rid, to_digest, false, "rollback", batch)
                     .await;
+            }
+            PlannerAction::Cancel {
+                device_id,
+                to_digest,
+            } if to_digest == NO_RELEASE => {
+                // The device ran nothing when the rollout began: a cancel would point nowhere.
+                batch
+                    .events
+                    .push(event("device-cancel").device(device_id.as_str()).details(
+                    json!({
+                        "to": null,
+                        "sent": false,
+                        "reason": "the device ran no release: there is nothing to cancel to",
+                    }),
+                ));
             }
             PlannerAction::Cancel {
                 device_id,
@@ -815,6 +891,86 @@ impl Actor {
             }
             _ => {}
         }
+    }
+
+    /// Why `device` would refuse to go back to `to` (its known-good release) after rollout
+    /// `rid` aborted, judged as the device judges it: the trust set in force, the device's
+    /// security floor (raised to the rollout's release once it committed it), the expiry.
+    /// `None`: the device will accept it.
+    async fn rollback_refusal(
+        &mut self,
+        rid: i64,
+        device: &DeviceId,
+        to: Digest,
+    ) -> Option<NoRollbackCause> {
+        if to == NO_RELEASE {
+            return Some(NoRollbackCause::NoKnownGood);
+        }
+        let Some(bytes) = self.release_bytes(&to).await else {
+            return Some(NoRollbackCause::Unpublished);
+        };
+        let Ok(signed) = SignedRelease::decode(&bytes) else {
+            return Some(NoRollbackCause::Unusable);
+        };
+        let loaded = self.rollouts.get(&rid)?;
+        let committed = matches!(
+            loaded.planner.device_state(device),
+            Some(ExecutionState::Succeeded)
+        );
+        let release = loaded.record.release_digest;
+        let mut floor = self
+            .devices
+            .get(device.as_str())
+            .map_or(0, |m| m.security_floor);
+        if committed
+            && let Some(bytes) = self.release_bytes(&release).await
+            && let Ok(release) = SignedRelease::decode(&bytes)
+        {
+            floor = floor.max(release.manifest.security_version);
+        }
+        let policy = Policy {
+            hardware_class: None,
+            security_floor: floor,
+            now: self.clock.now(),
+        };
+        signed
+            .verify(&self.keys.set(), &policy)
+            .err()
+            .map(|e| NoRollbackCause::from(&e))
+    }
+
+    /// Records that `device` stays on rollout `rid`'s release: no rollback target it would
+    /// accept (`cause`). Nothing is sent to it; the rollout lists it and a
+    /// `no-rollback-target` event says so.
+    fn no_rollback_target(
+        &mut self,
+        rid: i64,
+        device: &DeviceId,
+        to: Digest,
+        cause: NoRollbackCause,
+        actor: &str,
+        batch: &mut Batch,
+    ) {
+        let mut details = no_rollback_json(device.as_str(), &cause);
+        if let Some(map) = details.as_object_mut() {
+            let to = (to != NO_RELEASE).then(|| to.to_string());
+            map.insert("to".into(), json!(to));
+        }
+        tracing::warn!(rollout = rid, device = %device, cause = cause.name(), "no rollback target");
+        if let Some(loaded) = self.rollouts.get_mut(&rid)
+            && loaded
+                .planner
+                .handle_no_rollback_target(device, cause)
+                .is_ok()
+        {
+            loaded.dirty = true;
+        }
+        batch.events.push(
+            NewEvent::new(self.clock.now_i64(), actor, "no-rollback-target")
+                .rollout(rid)
+                .device(device.as_str())
+                .details(details),
+        );
     }
 
     /// Queues the desired state "run `digest`" for `device` (a new generation), to be stored
@@ -1008,14 +1164,16 @@ impl Actor {
             .collect())
     }
 
-    async fn publish(&self, client: &AsyncClient, topic: String, payload: Vec<u8>, retain: bool) {
-        match client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await
-        {
-            Ok(()) => Counters::inc(&self.counters().mqtt_published),
-            Err(e) => tracing::error!("cannot publish: {e}"),
-        }
+    /// Publishes through the outbox: never waits on the MQTT client (see `outbox.rs`).
+    async fn publish(
+        &mut self,
+        client: &AsyncClient,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+    ) {
+        self.outbox
+            .publish(client, &self.shared.counters, topic, payload, retain);
     }
 
     /// Forgets rollouts that need no more driving, and frees their devices.
@@ -1090,6 +1248,9 @@ impl Actor {
                 reply,
             } => {
                 let _ = reply.send(self.show_flag(&name, device.as_deref()).await);
+            }
+            Command::ReleaseChanged { digest } => {
+                self.releases.remove(&digest);
             }
             Command::DeviceChanged { id } => {
                 batch.flag_devices.insert(id);
@@ -1223,6 +1384,7 @@ impl Actor {
         if created {
             view.excluded = loaded.record.spec.get("excluded").cloned();
             view.conflicts = loaded.record.spec.get("conflicts").cloned();
+            view.warnings = loaded.record.spec.get("warnings").cloned();
         }
         Ok(view)
     }
@@ -1261,6 +1423,7 @@ impl Actor {
         tx_slot: &mut Option<DbTx>,
     ) -> Result<i64, FleetError> {
         let (release, bytes) = self.resolve_release(&req.release).await?;
+        let warnings = expiry_warnings(&release, &req, self.clock.now())?;
         let filter_text = req.filter.trim();
         let filter = Filter::parse(if filter_text.is_empty() {
             "all"
@@ -1337,6 +1500,9 @@ impl Actor {
                 "excluded".into(),
                 json!({ "incompatible_hardware": incompatible }),
             );
+            if !warnings.is_empty() {
+                map.insert("warnings".into(), json!(warnings));
+            }
             if req.dry_run {
                 let list: Vec<_> = conflicts
                     .iter()
@@ -1375,6 +1541,7 @@ impl Actor {
                     "conflicts": conflicts.len(),
                     "force_reinstall": req.force_reinstall,
                     "state": state,
+                    "warnings": warnings,
                 })),
         );
         if matches!(planner.state(), RolloutState::Running { .. }) {
@@ -1532,6 +1699,37 @@ fn stored_or<T>(stored: bool, result: Result<T, FleetError>) -> Result<T, FleetE
     }
 }
 
+/// Refuses a release that expired by `now` (unix seconds): devices would refuse it. Answers
+/// a warning when it expires before the rollout can plausibly finish (one bake per wave).
+fn expiry_warnings(
+    release: &ReleaseRecord,
+    req: &RolloutRequest,
+    now: u64,
+) -> Result<Vec<String>, FleetError> {
+    let Some(expires) = release.expires else {
+        return Ok(Vec::new());
+    };
+    if now >= expires {
+        return Err(FleetError::ReleaseExpired {
+            version: release.version.clone(),
+            expires,
+        });
+    }
+    let waves = u64::try_from(req.waves.len()).unwrap_or(u64::MAX);
+    let plausible = waves.saturating_mul(req.bake_secs);
+    if now.saturating_add(plausible) > expires {
+        return Ok(vec![format!(
+            "release {} expires at {expires} (unix seconds), in {} s: before the rollout can \
+             plausibly finish ({waves} wave(s) x {} s bake = {plausible} s); devices refuse it \
+             once expired",
+            release.version,
+            expires - now,
+            req.bake_secs,
+        )]);
+    }
+    Ok(Vec::new())
+}
+
 /// The record without its (large) state blob.
 fn strip(mut record: RolloutRecord) -> RolloutRecord {
     record.state = Vec::new();
@@ -1570,6 +1768,12 @@ fn memo_of(d: &DeviceRecord) -> Memo {
         on_trial: false,
         reported_generation: d.reported_generation,
         last_outcome: None,
+        security_floor: d
+            .inventory
+            .as_ref()
+            .and_then(|i| i["security_floor"].as_u64())
+            .and_then(|f| u32::try_from(f).ok())
+            .unwrap_or(0),
     }
 }
 
