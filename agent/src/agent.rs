@@ -439,7 +439,12 @@ impl Agent {
             status: status_tx,
             boot_count: boot32,
         });
-        let task = tokio::spawn(shell.run(shutdown_rx));
+        // Every line the shell logs names its device (several agents may share a process).
+        let span = tracing::info_span!("agent", device = %config.device_id);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            shell.run(shutdown_rx),
+            span,
+        ));
         Ok(AgentHandle {
             status: status_rx,
             shutdown: shutdown_tx,
