@@ -19,8 +19,8 @@ use std::time::Duration;
 use ota_core::digest::{Digest, Hasher};
 use ota_core::release::{Policy, ReleaseError, SignedRelease};
 use ota_core::update::{
-    Config, MaintenanceWindow, MaintenanceWindows, PersistedState, PowerPolicy, ReleaseInfo,
-    RetryPolicy, Status, UpdateMachine, Weekdays,
+    Config, FloorRecord, MaintenanceWindow, MaintenanceWindows, PersistedState, PowerPolicy,
+    ReleaseInfo, RetryPolicy, Status, UpdateMachine, Weekdays,
 };
 use ota_core::wire::{DeviceId, DeviceIdError, WireError, WireMessage};
 use tokio::sync::{mpsc, watch};
@@ -319,7 +319,20 @@ impl Agent {
         let device = DeviceId::new(&config.device_id)?;
         let boot_count = count_boot(&storage, &data, options.boot_id.clone())?;
         let journal = Journal::open(storage.clone(), &data)?;
-        let persisted = load_state(&journal)?;
+        let floor = Journal::open_named(storage.clone(), &data, FLOOR_RECORD)?;
+        let (loaded, damaged) = match load_state(&journal) {
+            Ok(state) => (state, None),
+            Err(AgentError::Journal(e @ JournalError::Corrupt { .. })) => (None, Some(e)),
+            Err(e) => return Err(e),
+        };
+        let record = load_floor(&floor)?;
+        let persisted = FloorRecord::reconcile(loaded.clone(), record.as_ref());
+        if loaded.is_none() && persisted.is_some() {
+            tracing::error!(
+                damaged = damaged.as_ref().map(ToString::to_string),
+                "the journal is lost or damaged: floor, running and known-good releases restored from the floor record"
+            );
+        }
         let cache = Cache::open(storage.clone(), &data)?;
         let trust = crate::trust::TrustFile::open(
             storage.clone(),
@@ -331,6 +344,7 @@ impl Agent {
         let mut machine_config =
             machine_config(&config, device.clone(), trust.state().set().clone());
         if persisted.is_none()
+            && damaged.is_none()
             && let Some(factory) = &config.factory
         {
             machine_config.factory = Some(seed_factory(factory, &machine_config, &cache).await?);
@@ -343,7 +357,24 @@ impl Agent {
             None => ShellClock::from_system(),
         };
         let boot32 = u32::try_from(boot_count).unwrap_or(u32::MAX);
-        let machine = UpdateMachine::recover(machine_config, persisted, boot32, clock.now());
+        let machine = match (&damaged, persisted) {
+            (Some(e), None) => {
+                // Both journal copies damaged and no floor record: stay up and say so.
+                tracing::error!(
+                    "{e}: both journal copies are damaged; not updating (see docs/agent.md)"
+                );
+                UpdateMachine::halted(machine_config, &e.to_string(), boot32, clock.now())
+            }
+            (_, persisted) => {
+                let m = UpdateMachine::recover(machine_config, persisted, boot32, clock.now());
+                let now = FloorRecord::of(&m.persisted_state());
+                if record.as_ref() != Some(&now) {
+                    floor.store(&now.to_cbor())?;
+                }
+                m
+            }
+        };
+        let floor_record = FloorRecord::of(&machine.persisted_state());
 
         let installer = config.installer.build(storage.clone());
         let probe = config.health.as_ref().map(|h| h.build()).transpose()?;
@@ -391,6 +422,8 @@ impl Agent {
             machine,
             clock,
             journal,
+            floor,
+            floor_record,
             cache,
             downloader,
             installer,
@@ -406,7 +439,12 @@ impl Agent {
             status: status_tx,
             boot_count: boot32,
         });
-        let task = tokio::spawn(shell.run(shutdown_rx));
+        // Every line the shell logs names its device (several agents may share a process).
+        let span = tracing::info_span!("agent", device = %config.device_id);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            shell.run(shutdown_rx),
+            span,
+        ));
         Ok(AgentHandle {
             status: status_rx,
             shutdown: shutdown_tx,
@@ -444,20 +482,45 @@ fn count_boot(
     Ok(count)
 }
 
-/// The last persisted state: the current record, or the previous one when the current one is
-/// damaged (a torn write the journal's checksum caught).
-fn load_state(journal: &Journal) -> Result<Option<PersistedState>, AgentError> {
-    let bytes = match journal.load() {
-        Ok(b) => b,
+/// The journal file name of the [`FloorRecord`] (`<data_dir>/floor`, `floor.prev`).
+pub const FLOOR_RECORD: &str = "floor";
+
+/// A journal's record: the current one, or the previous one when the current one is damaged
+/// (a torn write the journal's checksum caught).
+fn load_latest(journal: &Journal, what: &str) -> Result<Option<Vec<u8>>, JournalError> {
+    match journal.load() {
+        Ok(b) => Ok(b),
         Err(JournalError::Corrupt { path, reason }) => {
-            tracing::error!(path = %path.display(), reason, "state record damaged: using the previous one");
-            journal.load_previous()?
+            tracing::error!(path = %path.display(), reason, "{what} damaged: using the previous one");
+            journal.load_previous()
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The last persisted state (see [`load_latest`]).
+pub(crate) fn load_state(journal: &Journal) -> Result<Option<PersistedState>, AgentError> {
+    load_latest(journal, "state record")?
+        .map(|b| PersistedState::from_cbor(&b).map_err(AgentError::State))
+        .transpose()
+}
+
+/// The floor record, if one is there and readable (a damaged or undecodable one is logged and
+/// ignored: the journal's floor is in force then).
+pub(crate) fn load_floor(floor: &Journal) -> Result<Option<FloorRecord>, AgentError> {
+    let bytes = match load_latest(floor, "floor record") {
+        Ok(b) => b,
+        Err(e @ JournalError::Corrupt { .. }) => {
+            tracing::error!("{e}: ignoring the floor record");
+            None
         }
         Err(e) => return Err(e.into()),
     };
-    bytes
-        .map(|b| PersistedState::from_cbor(&b).map_err(AgentError::State))
-        .transpose()
+    Ok(bytes.and_then(|b| {
+        FloorRecord::from_cbor(&b)
+            .inspect_err(|e| tracing::error!("floor record: {e}: ignoring it"))
+            .ok()
+    }))
 }
 
 /// Builds the core machine's configuration from the file's.
@@ -564,12 +627,19 @@ async fn seed_factory(
     Ok(info)
 }
 
+/// Copies the factory artifact into the cache, hashing it on the way. The source must be a
+/// regular file, and at most the signed size plus one byte is read (issue 19.10: a device file
+/// such as `/dev/zero` must not fill the disk).
 async fn copy_into_cache(src: &Path, info: &ReleaseInfo, cache: &Cache) -> Result<(), String> {
     use std::io::Read;
+    let file = std::fs::File::open(src).map_err(|e| e.to_string())?;
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    let mut file = file.take(info.size.saturating_add(1));
     let st = cache.storage();
     let part = cache.partial_path(&info.digest);
     st.create(&part).map_err(|e| e.to_string())?;
-    let mut file = std::fs::File::open(src).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; crate::cache::HASH_CHUNK];
     let mut hasher = Hasher::new();
     let mut len = 0u64;

@@ -16,9 +16,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use ota_core::digest::{Digest, Hasher};
+use ota_core::digest::Digest;
 
-use crate::storage::{SharedStorage, for_each_chunk};
+use crate::storage::{SharedStorage, hash_file};
 
 /// The read size used to hash cached files.
 pub const HASH_CHUNK: usize = 64 * 1024;
@@ -147,14 +147,8 @@ impl Cache {
     /// between chunks.
     pub async fn rehash(&self, digest: &Digest) -> Result<bool, CacheError> {
         let path = self.path(digest);
-        let mut hasher = Hasher::new();
-        let res = for_each_chunk(&*self.storage, &path, HASH_CHUNK, None, |chunk| {
-            hasher.update(chunk);
-            Ok(())
-        })
-        .await;
-        match res {
-            Ok(_) => Ok(hasher.finish() == *digest),
+        match hash_file(&*self.storage, &path, HASH_CHUNK).await {
+            Ok(actual) => Ok(actual == *digest),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io_err("read", &path)(e)),
         }

@@ -174,7 +174,8 @@ pub struct AgentConfig {
     /// Downloader settings.
     #[serde(default)]
     pub download: DownloadSettings,
-    /// Pause between heartbeats to the fleet server while connected (default 30 s).
+    /// Pause between heartbeats to the fleet server while connected (default 30 s, at least
+    /// [`MIN_HEARTBEAT_INTERVAL`]).
     #[serde(
         default = "default_heartbeat_interval",
         deserialize_with = "human::duration"
@@ -187,6 +188,13 @@ pub struct AgentConfig {
     #[serde(default)]
     pub factory: Option<FactoryConfig>,
 }
+
+/// The shortest `heartbeat_interval` accepted (issue 19.10: `"1ns"` would flood the server).
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The shortest `broker.keep_alive` accepted (MQTT keep-alive has a one-second resolution, and
+/// `"0s"` would turn it off).
+pub const MIN_KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 fn default_heartbeat_interval() -> Duration {
     Duration::from_secs(30)
@@ -266,7 +274,7 @@ pub struct BrokerConfig {
     /// over `password`, so the configuration file can stay readable.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
-    /// MQTT keep-alive (default 30 s, at least 5 s).
+    /// MQTT keep-alive (default 30 s, at least [`MIN_KEEP_ALIVE`]).
     #[serde(default = "default_keep_alive", deserialize_with = "human::duration")]
     pub keep_alive: Duration,
     /// The first wait before reconnecting after the connection is lost; it doubles (with
@@ -920,8 +928,11 @@ impl AgentConfig {
                 "must be longer than zero and not exceed broker.max_reconnect_backoff",
             ));
         }
-        if self.heartbeat_interval.is_zero() {
-            return Err(invalid("heartbeat_interval", "must be longer than zero"));
+        if self.heartbeat_interval < MIN_HEARTBEAT_INTERVAL {
+            return Err(invalid("heartbeat_interval", "must be at least 100ms"));
+        }
+        if b.keep_alive < MIN_KEEP_ALIVE {
+            return Err(invalid("broker.keep_alive", "must be at least 5s"));
         }
         let p = &self.power;
         if p.min_battery_percent > 100 {

@@ -1,10 +1,12 @@
 //! Installers: put a verified, cached artifact into service.
 //!
-//! - [`FilesInstaller`]: the artifact is hard-linked (or copied, across file systems) from the
-//!   cache to `<root>/releases/<digest>`, then the `<root>/current` symlink is switched
-//!   atomically to it (a temporary symlink renamed over `current`, then an fsync of `<root>`),
-//!   then an optional restart command runs. Rolling back is installing the known-good digest
-//!   again: its release file is still there, so only the symlink moves.
+//! - [`FilesInstaller`]: the artifact is copied from the cache to `<root>/releases/<digest>`
+//!   (never hard-linked: the cache copy shares no inode with anything the application can
+//!   write, so damage to one is never damage to the other, issue 19.8), then the
+//!   `<root>/current` symlink is switched atomically to it (a temporary symlink renamed over
+//!   `current`, then an fsync of `<root>`), then an optional restart command runs. Rolling back
+//!   is installing the known-good digest again: its release file is kept if it still hashes to
+//!   the digest, and copied afresh from the (re-verified) cache if it does not.
 //! - [`CommandInstaller`]: runs a user command with `OTA_ARTIFACT` (the cached file's path),
 //!   `OTA_VERSION` and `OTA_DIGEST` in its environment; a non-zero exit is an install failure
 //!   that carries the tail of its stderr.
@@ -20,7 +22,7 @@ use std::time::Duration;
 use ota_core::digest::Digest;
 
 use crate::process::{self, CommandSpec, Ended};
-use crate::storage::{SharedStorage, for_each_chunk};
+use crate::storage::{SharedStorage, for_each_chunk, hash_file};
 
 /// Why an install failed.
 #[derive(Debug, thiserror::Error)]
@@ -195,7 +197,7 @@ impl FilesInstaller {
         st.create_dir_all(&releases)
             .map_err(io_err("create directory", &releases))?;
         let dest = self.release_path(&req.digest);
-        if st.len(&dest).map_err(io_err("stat", &dest))?.is_none() {
+        if !self.intact(&dest, &req.digest).await? {
             self.place(req.artifact, &dest, &releases).await?;
         }
 
@@ -223,9 +225,19 @@ impl FilesInstaller {
         })
     }
 
+    /// Whether the release file `dest` exists and hashes to `digest` (a release file the
+    /// application damaged is replaced, never reused).
+    async fn intact(&self, dest: &Path, digest: &Digest) -> Result<bool, InstallError> {
+        match hash_file(&*self.storage, dest, COPY_CHUNK).await {
+            Ok(actual) => Ok(actual == *digest),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("read", dest)(e)),
+        }
+    }
+
     /// Removes the installed copy of `digest` (`<root>/releases/<digest>`) unless `current`
-    /// points to it; whether a file was removed. Cache eviction calls it: the release file is
-    /// a hard link to the cached artifact, so the space is freed only when both are gone.
+    /// points to it; whether a file was removed. Cache eviction calls it, so an evicted
+    /// release leaves no copy behind.
     pub fn remove_release(&self, digest: &Digest) -> Result<bool, InstallError> {
         let rel = Path::new("releases").join(digest.to_string());
         let path = self.release_path(digest);
@@ -241,8 +253,9 @@ impl FilesInstaller {
         }
     }
 
-    /// Puts the artifact at `dest`: a hard link, or a copy when linking fails (another file
-    /// system); written under a temporary name, fsynced, renamed, directory fsynced.
+    /// Puts a copy of the artifact at `dest` (never a hard link, see the
+    /// [module documentation](self)): written under a temporary name, fsynced, renamed,
+    /// directory fsynced.
     async fn place(&self, artifact: &Path, dest: &Path, dir: &Path) -> Result<(), InstallError> {
         let st = &self.storage;
         let tmp = dest.with_extension("tmp");
@@ -251,20 +264,18 @@ impl FilesInstaller {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("remove", &tmp)(e)),
         }
-        if st.hard_link(artifact, &tmp).is_err() {
-            st.create(&tmp).map_err(io_err("create", &tmp))?;
-            let mut write_err = None;
-            for_each_chunk(&**st, artifact, COPY_CHUNK, None, |chunk| {
-                st.append(&tmp, chunk).inspect_err(|e| {
-                    write_err = Some(io::Error::new(e.kind(), e.to_string()));
-                })
+        st.create(&tmp).map_err(io_err("create", &tmp))?;
+        let mut write_err = None;
+        for_each_chunk(&**st, artifact, COPY_CHUNK, None, |chunk| {
+            st.append(&tmp, chunk).inspect_err(|e| {
+                write_err = Some(io::Error::new(e.kind(), e.to_string()));
             })
-            .await
-            .map_err(|e| match write_err.take() {
-                Some(w) => io_err("write", &tmp)(w),
-                None => io_err("read", artifact)(e),
-            })?;
-        }
+        })
+        .await
+        .map_err(|e| match write_err.take() {
+            Some(w) => io_err("write", &tmp)(w),
+            None => io_err("read", artifact)(e),
+        })?;
         st.sync_file(&tmp).map_err(io_err("fsync", &tmp))?;
         st.rename(&tmp, dest).map_err(io_err("rename", &tmp))?;
         st.sync_dir(dir).map_err(io_err("fsync", dir))?;

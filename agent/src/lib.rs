@@ -27,11 +27,13 @@
 //! | `shell` | every action | the loop: drains the machine's actions, waits on inputs and timers |
 //! | [`agent`] | start-up | [`Agent::start`], [`AgentHandle`], [`AgentOptions`] |
 //! | [`report`] | `ota-agent status`, `check-power` | read-only views of the journal and the power gate |
+//! | [`resync`] | `ota-agent resync` | resets the generation watermark (operator, agent stopped) |
 //!
 //! # Data directory
 //!
 //! ```text
 //! <data_dir>/state, state.prev        the machine's journal (journal::Journal)
+//! <data_dir>/floor, floor.prev        the floor record: floor, running, known-good, generation (survives journal loss)
 //! <data_dir>/boot, boot.prev          the boot counter (journal::BootCounter)
 //! <data_dir>/boot_id, boot_id.prev    the boot id the counter was last incremented for
 //! <data_dir>/cache/<sha256>           complete artifacts (cache::Cache)
@@ -60,6 +62,7 @@ pub mod mqtt;
 pub mod power;
 pub mod process;
 pub mod report;
+pub mod resync;
 mod shell;
 pub mod storage;
 /// TLS configurations: the `ota-tls` crate (shared by the agent and the fleet server).

@@ -6,6 +6,7 @@
 //! ota-agent check-power [--config PATH] [--json]  what the power gate sees now
 //! ota-agent flag NAME [--config PATH]       exit 0 if the feature flag is on, 1 if off, 2 on error
 //! ota-agent flags [--config PATH] [--json]  every feature flag of this device
+//! ota-agent resync [--config PATH] [--yes]  reset the generation watermark (agent stopped)
 //! ```
 //!
 //! Logs go to stderr; `RUST_LOG` sets the level (`info` by default), optionally per target
@@ -62,6 +63,16 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Reset the generation watermark to 0 so the device acts on the next desired state the
+    /// server sends (stop the agent first). Asks for confirmation unless `--yes`.
+    Resync {
+        /// The configuration file (for the data directory).
+        #[arg(long, short, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
     /// Show what the power gate sees now and whether an update would start.
     CheckPower {
@@ -121,6 +132,32 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     })
 }
 
+/// `ota-agent resync`: confirms on stdin (unless `yes`), then resets the watermark.
+fn resync(config: &std::path::Path, yes: bool) -> anyhow::Result<()> {
+    use ota_agent::resync;
+    use ota_agent::storage::FsStorage;
+    let c = load(config)?;
+    let current = resync::watermark(FsStorage::shared(), &c.data_dir)?;
+    if !yes {
+        eprintln!(
+            "device {}: generation watermark {current} -> 0. The agent must be stopped. \
+             The device will act on the next desired state it is sent (downgrades stay refused). \
+             Type 'yes' to go on:",
+            c.device_id
+        );
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .context("cannot read the confirmation")?;
+        if answer.trim() != "yes" {
+            anyhow::bail!("not confirmed: nothing changed");
+        }
+    }
+    let previous = resync::resync(FsStorage::shared(), &c.data_dir)?;
+    println!("generation watermark reset from {previous} to 0");
+    Ok(())
+}
+
 /// The device's flag file, as the configuration names it.
 fn flags_of(config: &std::path::Path) -> anyhow::Result<Flags> {
     let c = load(config)?;
@@ -162,6 +199,7 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Command::Resync { config, yes } => resync(&config, yes),
         Command::CheckPower { config, json } => load(&config).map(|c| {
             let report = PowerReport::read(&c);
             if json {

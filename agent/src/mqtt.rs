@@ -28,7 +28,7 @@
 //! acknowledged (PUBACK, manual acks) only after the decision it caused is journaled.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -73,8 +73,8 @@ pub enum MqttError {
         #[source]
         source: std::io::Error,
     },
-    /// `broker.password_file` cannot be read or is not UTF-8 (the error never shows its
-    /// content).
+    /// `broker.password_file` cannot be read, is not a regular file, is larger than
+    /// [`MAX_PASSWORD_FILE`] or is not UTF-8 (the error never shows its content).
     #[error("cannot read the broker password file {path}: {source}")]
     PasswordFile {
         /// The file.
@@ -337,13 +337,7 @@ impl LinkSettings {
             .set_manual_acks(true);
         if let Some(user) = &broker.username {
             let password = match &broker.password_file {
-                Some(path) => std::fs::read_to_string(path)
-                    .map_err(|source| MqttError::PasswordFile {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned(),
+                Some(path) => read_password_file(path)?,
                 None => broker.password.clone().unwrap_or_default(),
             };
             options.set_credentials(user.clone(), password);
@@ -359,6 +353,34 @@ impl LinkSettings {
             backoff,
         })
     }
+}
+
+/// The largest broker password file read (issue 19.10: a huge or endless file must not fill
+/// the agent's memory).
+pub const MAX_PASSWORD_FILE: u64 = 4096;
+
+/// Reads `broker.password_file`: a regular file of at most [`MAX_PASSWORD_FILE`] bytes of
+/// UTF-8, trailing newline dropped. The error never shows the content.
+fn read_password_file(path: &Path) -> Result<String, MqttError> {
+    use std::io::Read;
+    let err = |source| MqttError::PasswordFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let invalid = |reason: &str| err(std::io::Error::new(std::io::ErrorKind::InvalidData, reason));
+    let file = std::fs::File::open(path).map_err(err)?;
+    if !file.metadata().map_err(err)?.is_file() {
+        return Err(invalid("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PASSWORD_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if bytes.len() as u64 > MAX_PASSWORD_FILE {
+        return Err(invalid("larger than MAX_PASSWORD_FILE (4096 bytes)"));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| invalid("not UTF-8"))?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 /// A running MQTT link (two tasks; see the [module documentation](self)).

@@ -16,7 +16,7 @@
 //!
 //! | action | performed by | answer |
 //! |---|---|---|
-//! | `Persist` | [`Journal::store`] (temp file, fsync, rename, fsync dir); a failure holds every later action and is retried with backoff | — |
+//! | `Persist` | [`Journal::store`] (temp file, fsync, rename, fsync dir), then the floor record's journal when the [`FloorRecord`] changed; a failure holds every later action and is retried with backoff | — |
 //! | `PublishEvent`, `PublishReported` | the MQTT [`Link`]'s outbox (QoS 1, queued while offline) | — |
 //! | `SendHeartbeat` | the link, only while connected | `HeartbeatAck` from the server |
 //! | `ReadPower` | [`PowerSupplies::read`] (sysfs) | `handle_power` |
@@ -25,7 +25,7 @@
 //! | `InspectPartial` | [`Cache::partial_len`] | `handle_partial` |
 //! | `Download` | [`Downloader::download`], in a task (progress fed back) | `handle_download_*` |
 //! | `DiscardPartial` | aborts the transfer, [`Cache::remove_partial`] | — |
-//! | `Install` | the configured [`Installer`], in a task | `handle_install_done` |
+//! | `Install` | [`Cache::verify_entry`] (size and SHA-256, every time, rollbacks too; a mismatch answers `CorruptArtifact`), then the configured [`Installer`], in a task | `handle_install_done` |
 //! | `Commit` | nothing to do for the files and command installers (logged) | — |
 //! | `Evict` | [`Cache::evict`] and the files installer's release copy | — |
 //! | `RunProbe` | the [`HealthProbe`], in a task (no probe: healthy at once) | `handle_probe` |
@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime};
 
 use ota_core::digest::Digest;
 use ota_core::update::{Action, DownloadError as CoreDownloadError, InstallError, ProbeResult};
-use ota_core::update::{PersistedState, Stage, UpdateMachine};
+use ota_core::update::{FloorRecord, PersistedState, Stage, UpdateMachine};
 use ota_core::wire::{
     Event, ExecutionState, Heartbeat, HeartbeatAck, Inventory, PROTOCOL_VERSION, PowerReading,
     RejectCause, TopicKind, TrustOutcome, WireError, WireLimits, WireMessage, truncate_text,
@@ -73,6 +73,10 @@ pub(crate) struct Parts {
     pub(crate) machine: UpdateMachine,
     pub(crate) clock: ShellClock,
     pub(crate) journal: Journal,
+    /// The floor record's journal (issue 19.7).
+    pub(crate) floor: Journal,
+    /// The floor record last stored.
+    pub(crate) floor_record: FloorRecord,
     pub(crate) cache: Cache,
     pub(crate) downloader: Downloader,
     pub(crate) installer: Installer,
@@ -108,7 +112,7 @@ enum TaskDone {
     },
     Installed {
         digest: Digest,
-        result: Result<(), String>,
+        result: Result<(), InstallError>,
     },
     Probed(ProbeResult),
 }
@@ -146,6 +150,8 @@ pub(crate) struct Shell {
     machine: UpdateMachine,
     clock: ShellClock,
     journal: Journal,
+    floor: Journal,
+    floor_record: FloorRecord,
     cache: Cache,
     downloader: Downloader,
     installer: Installer,
@@ -218,6 +224,8 @@ impl Shell {
             machine: p.machine,
             clock: p.clock,
             journal: p.journal,
+            floor: p.floor,
+            floor_record: p.floor_record,
             cache: p.cache,
             downloader: p.downloader,
             installer: p.installer,
@@ -378,7 +386,16 @@ impl Shell {
 
     /// Stores a persisted state; on failure arms a retry with backoff.
     fn store(&mut self, state: &PersistedState) -> bool {
-        match self.journal.store(&state.to_cbor()) {
+        // The journal first, then the floor record when it changed (never ahead of the journal).
+        let record = FloorRecord::of(state);
+        let stored = self.journal.store(&state.to_cbor()).and_then(|()| {
+            if record != self.floor_record {
+                self.floor.store(&record.to_cbor())?;
+                self.floor_record = record;
+            }
+            Ok(())
+        });
+        match stored {
             Ok(()) => {
                 self.persist_wait = self.persist_first_wait;
                 self.persist_retry_at = None;
@@ -493,8 +510,9 @@ impl Shell {
                 let tx = self.tasks_tx.clone();
                 self.jobs.spawn(async move {
                     let digest = release.digest;
-                    let result = match cache.storage().len(&artifact) {
-                        Ok(Some(len)) if len == release.size => {
+                    // Re-verified before every install, rollbacks included (issue 19.8).
+                    let result = match cache.verify_entry(&digest, release.size).await {
+                        Ok(true) => {
                             let req = InstallRequest {
                                 artifact: &artifact,
                                 digest,
@@ -504,13 +522,13 @@ impl Shell {
                                 .install(&req)
                                 .await
                                 .map(drop)
-                                .map_err(|e| e.to_string())
+                                .map_err(|e| InstallError::new(e.to_string()))
                         }
-                        Ok(_) => Err(format!(
-                            "{} is missing or has the wrong size",
+                        Ok(false) => Err(InstallError::corrupt_artifact(format!(
+                            "{} is missing or does not match the signed size and SHA-256",
                             artifact.display()
-                        )),
-                        Err(e) => Err(format!("{}: {e}", artifact.display())),
+                        ))),
+                        Err(e) => Err(InstallError::new(e.to_string())),
                     };
                     let _ = tx.send(TaskDone::Installed { digest, result });
                 });
@@ -754,8 +772,7 @@ impl Shell {
                 } else {
                     self.activated_at = SystemTime::now();
                 }
-                self.machine
-                    .handle_install_done(digest, result.map_err(InstallError::new), now);
+                self.machine.handle_install_done(digest, result, now);
             }
             TaskDone::Probed(result) => {
                 if let ProbeResult::NotYet(why) = &result {

@@ -12,11 +12,14 @@
 //! The trait is synchronous and path based: every call is one small system call or a handful,
 //! which the agent's single-threaded runtime can afford. Long loops (hashing a cached artifact,
 //! a download, a copy) are written by the callers in chunks, yielding to the runtime between
-//! chunks.
+//! chunks. The fsyncs of [`FsStorage`] may still take long (tens of milliseconds on a busy disk):
+//! on a multi-threaded runtime they run in `block_in_place`, so agents that share a runtime
+//! with other work (the demo: hundreds of agents and the fleet server in one process) do not
+//! stall it.
 //!
 //! | operation | mutating (counted) |
 //! |---|---|
-//! | [`create_dir_all`](Storage::create_dir_all), [`create`](Storage::create), [`append`](Storage::append), [`truncate`](Storage::truncate), [`sync_file`](Storage::sync_file), [`rename`](Storage::rename), [`sync_dir`](Storage::sync_dir), [`remove_file`](Storage::remove_file), [`symlink`](Storage::symlink), [`hard_link`](Storage::hard_link) | yes |
+//! | [`create_dir_all`](Storage::create_dir_all), [`create`](Storage::create), [`append`](Storage::append), [`truncate`](Storage::truncate), [`sync_file`](Storage::sync_file), [`rename`](Storage::rename), [`sync_dir`](Storage::sync_dir), [`remove_file`](Storage::remove_file), [`symlink`](Storage::symlink) | yes |
 //! | [`read`](Storage::read), [`open_read`](Storage::open_read), [`len`](Storage::len), [`list`](Storage::list), [`read_link`](Storage::read_link) | no |
 
 use std::collections::HashMap;
@@ -52,8 +55,6 @@ pub trait Storage: fmt::Debug + Send + Sync {
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Creates a symlink at `link` pointing to `target` (fails when `link` exists).
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
-    /// Creates a hard link `link` to the existing file `original`.
-    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()>;
     /// Reads a whole (small) file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Opens a file for streaming reads.
@@ -95,6 +96,20 @@ pub(crate) fn replace_file(
     st.sync_file(&tmp).map_err(err("fsync", &tmp))?;
     st.rename(&tmp, &path).map_err(err("rename", &tmp))?;
     st.sync_dir(dir).map_err(err("fsync", dir))
+}
+
+/// Runs `f`, a call that may block for long (an `fsync`: tens of milliseconds on a busy disk,
+/// seconds on slow flash). On a multi-threaded tokio runtime the worker thread first hands its
+/// other tasks to another thread (`block_in_place`), so that agents sharing a runtime with
+/// other work (the demo and the end-to-end tests run hundreds of agents and the fleet server
+/// in one process) do not stall it; anywhere else (the agent's own single-threaded runtime,
+/// no runtime at all) `f` simply runs.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// The real file system.
@@ -140,7 +155,7 @@ impl Storage for FsStorage {
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         // Opened for writing: some systems refuse fsync on a read-only descriptor.
-        OpenOptions::new().write(true).open(path)?.sync_all()
+        blocking(|| OpenOptions::new().write(true).open(path)?.sync_all())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -148,7 +163,7 @@ impl Storage for FsStorage {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        File::open(dir)?.sync_all()
+        blocking(|| File::open(dir)?.sync_all())
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -157,10 +172,6 @@ impl Storage for FsStorage {
 
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink(target, link)
-    }
-
-    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
-        fs::hard_link(original, link)
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -244,8 +255,6 @@ pub enum Op {
     RemoveFile(PathBuf),
     /// [`Storage::symlink`] (target, link).
     Symlink(PathBuf, PathBuf),
-    /// [`Storage::hard_link`] (original, link).
-    HardLink(PathBuf, PathBuf),
 }
 
 /// A directory entry change not yet made durable by a `sync_dir`.
@@ -509,16 +518,6 @@ impl Storage for FaultyStorage {
         Ok(())
     }
 
-    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
-        let mut st = self.mutate(Op::HardLink(original.to_path_buf(), link.to_path_buf()))?;
-        self.inner.hard_link(original, link)?;
-        st.pending.push(PendingEntry {
-            dir: parent_of(link),
-            undo: Undo::Created(link.to_path_buf()),
-        });
-        Ok(())
-    }
-
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         self.check_power()?;
         self.inner.read(path)
@@ -578,5 +577,56 @@ pub(crate) async fn for_each_chunk(
         f(buf.get(..n).unwrap_or_default())?;
         total += n as u64;
         tokio::task::yield_now().await;
+    }
+}
+
+/// The SHA-256 of the file at `path`, streamed with [`for_each_chunk`] (constant memory).
+pub(crate) async fn hash_file(
+    storage: &dyn Storage,
+    path: &Path,
+    chunk: usize,
+) -> io::Result<ota_core::digest::Digest> {
+    let mut hasher = ota_core::digest::Hasher::new();
+    for_each_chunk(storage, path, chunk, None, |c| {
+        hasher.update(c);
+        Ok(())
+    })
+    .await?;
+    Ok(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::blocking;
+
+    /// Issue 19 ("under load, nothing is lost"): 500 demo agents and the fleet server share one
+    /// runtime, and every journal write fsynced on a worker thread, so heartbeat acks waited
+    /// for other agents' fsyncs and trials timed out. A blocking call must leave the other
+    /// tasks of a multi-threaded runtime running, even with a single worker.
+    #[test]
+    fn issue19_an_fsync_does_not_stall_the_other_tasks_of_a_shared_runtime() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let other_task_ran = runtime.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            tokio::spawn(async move {
+                // Queued on this (only) worker, behind the blocking call below.
+                tokio::spawn(async move {
+                    let _ = tx.send(());
+                });
+                // The bound only ends a failing run; it is not what the test measures.
+                blocking(|| rx.recv_timeout(Duration::from_secs(10)).is_ok())
+            })
+            .await
+            .unwrap()
+        });
+        assert!(
+            other_task_ran,
+            "the other task waited for the blocking call"
+        );
     }
 }

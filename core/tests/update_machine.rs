@@ -21,9 +21,9 @@ use ed25519_dalek::SigningKey;
 use ota_core::digest::Digest;
 use ota_core::release::{Manifest, ReleaseError, TrustSet, sign};
 use ota_core::update::{
-    Action, Config, DownloadError, InFlight, InstallError, MaintenanceWindow, MaintenanceWindows,
-    PersistedState, PowerPolicy, ProbeResult, ReleaseInfo, RetryPolicy, Stage, Timestamp,
-    UpdateMachine, Weekdays,
+    Action, Config, DownloadError, FloorRecord, InFlight, InstallError, MAX_GENERATION_STEP,
+    MaintenanceWindow, MaintenanceWindows, PersistedState, PowerPolicy, ProbeResult, ReleaseInfo,
+    RetryPolicy, Stage, Timestamp, UpdateMachine, Weekdays,
 };
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, FailurePhase, Inventory, PROTOCOL_VERSION,
@@ -283,6 +283,9 @@ impl Sim {
                 }
                 let result = if !self.cache.contains(&release.digest) {
                     Err(InstallError::new("not in the cache"))
+                } else if self.corrupt.contains(&release.digest) {
+                    // The shell re-hashes before every install (issue 19.8).
+                    Err(InstallError::corrupt_artifact("digest mismatch"))
                 } else if self.failing_installs.contains(&release.digest) {
                     Err(InstallError::new("disk full"))
                 } else {
@@ -1296,6 +1299,210 @@ fn rule11_the_last_result_is_published_again_after_a_restart() {
     // And the retained desired state, redelivered on reconnect, is a no-op.
     sim.offer(desired(1, "2.0.0", 2));
     assert_eq!(sim.states(1), ["succeeded"]);
+}
+
+// ---- issue 19: one message must never end a device's updates ---------------------------------
+
+#[test]
+fn issue19_generation_overflow_is_rejected() {
+    let mut sim = Sim::new(config());
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(MINUTE);
+    assert_eq!(sim.known_good(), Some(digest("2.0.0")));
+    sim.clear_log();
+    // Anyone with the server's MQTT rights publishes generation u64::MAX: refused, reported
+    // once (not again on a redelivery), and the device keeps its generation.
+    sim.offer(desired(u64::MAX, "3.0.0", 3));
+    sim.offer(desired(u64::MAX, "3.0.0", 3));
+    let refused: Vec<_> = sim.events().into_iter().cloned().collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].generation, u64::MAX);
+    assert!(matches!(
+        refused[0].kind,
+        ExecutionState::Rejected {
+            cause: RejectCause::GenerationJump,
+            ..
+        }
+    ));
+    assert!(sim.installs().is_empty());
+    assert_eq!(sim.m.status().last_generation, 1);
+    assert_eq!(sim.persisted.as_ref().unwrap().last_generation, 1);
+    assert!(matches!(sim.last_state(), ExecutionState::Succeeded));
+    // The server's next desired state still works: the device is not jammed.
+    sim.offer(desired(2, "3.0.0", 3));
+    sim.drive(MINUTE);
+    assert_eq!(sim.known_good(), Some(digest("3.0.0")));
+    assert_eq!(sim.m.status().last_generation, 2);
+    // The largest allowed step is accepted; one more is not.
+    sim.offer(desired(2 + MAX_GENERATION_STEP + 1, "4.0.0", 4));
+    assert_eq!(sim.m.status().last_generation, 2);
+    sim.offer(desired(2 + MAX_GENERATION_STEP, "4.0.0", 4));
+    sim.drive(MINUTE);
+    assert_eq!(sim.known_good(), Some(digest("4.0.0")));
+    assert_eq!(sim.m.status().last_generation, 2 + MAX_GENERATION_STEP);
+}
+
+#[test]
+fn issue19_a_generation_jump_does_not_disturb_the_job_in_flight() {
+    let mut sim = Sim::new(config());
+    sim.hold_downloads = true;
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.offer(desired(u64::MAX, "3.0.0", 3));
+    assert!(matches!(sim.m.status().stage, Stage::Downloading { .. }));
+    assert_eq!(sim.m.status().job.unwrap().generation, 1);
+    assert_eq!(sim.count(|a| matches!(a, Action::DiscardPartial { .. })), 0);
+}
+
+#[test]
+fn issue19_a_corrupt_known_good_is_refused_at_rollback() {
+    let mut sim = Sim::new(config());
+    // The known-good (factory) file in the cache is damaged; the new release fails its probe.
+    sim.corrupt.insert(digest("1.0.0"));
+    sim.probe = Probe::Fail;
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(MINUTE);
+    assert_eq!(
+        sim.installs(),
+        [(digest("2.0.0"), false), (digest("1.0.0"), true)]
+    );
+    // Nothing was installed from the damaged file, and the failure says so: not a success.
+    assert_eq!(sim.installed, Some(digest("2.0.0")));
+    assert!(matches!(
+        sim.last_state(),
+        ExecutionState::Failed { phase: FailurePhase::Verify, ref reason }
+            if reason.contains("known-good 1.0.0")
+    ));
+    assert_eq!(sim.running(), Some(digest("2.0.0")));
+    assert!(
+        !sim.m
+            .status()
+            .cache
+            .iter()
+            .any(|r| r.digest == digest("1.0.0"))
+    );
+    assert_eq!(
+        sim.count(|a| matches!(a, Action::Evict { digest: d } if *d == digest("1.0.0"))),
+        1
+    );
+}
+
+#[test]
+fn issue19_a_cache_entry_damaged_after_its_check_is_never_installed() {
+    let mut c = config();
+    c.power = PowerPolicy {
+        min_battery_percent: 20,
+        require_charging_below_percent: 50,
+        recheck_interval: Duration::from_secs(5 * 60),
+    };
+    let mut sim = Sim::new(c);
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(MINUTE);
+    sim.offer(desired(2, "3.0.0", 3));
+    sim.drive(MINUTE);
+    // 2.0.0 is cached: re-hashed fine, then the update waits for power...
+    sim.power = PowerReading {
+        battery_percent: Some(10),
+        charging: false,
+        mains_online: false,
+    };
+    sim.offer(desired(3, "2.0.0", 4));
+    sim.drive(MINUTE);
+    sim.clear_log();
+    // ...while the file is damaged. The install re-hashes it and refuses.
+    sim.corrupt.insert(digest("2.0.0"));
+    sim.power = PowerReading::MAINS;
+    sim.drive(Duration::from_secs(6 * 60));
+    assert_eq!(sim.installs(), [(digest("2.0.0"), false)]);
+    assert!(matches!(
+        sim.last_state(),
+        ExecutionState::Failed {
+            phase: FailurePhase::Verify,
+            ..
+        }
+    ));
+    assert_eq!(sim.installed, Some(digest("3.0.0")));
+    assert_eq!(sim.running(), Some(digest("3.0.0")));
+    assert_eq!(sim.known_good(), Some(digest("3.0.0")));
+}
+
+#[test]
+fn issue19_journal_loss_keeps_the_floor_and_the_running_release() {
+    let mut sim = Sim::new(config());
+    sim.offer(desired(1, "2.0.0", 124));
+    sim.drive(MINUTE);
+    let journal = sim.persisted.clone().unwrap();
+    let record = FloorRecord::of(&journal);
+    assert_eq!(
+        FloorRecord::from_cbor(&record.to_cbor()).as_ref(),
+        Ok(&record)
+    );
+    // Both journal copies lost: the record stands in for them, the factory is not re-seeded.
+    let restored = FloorRecord::reconcile(None, Some(&record)).unwrap();
+    let m = UpdateMachine::recover(config(), Some(restored), 2, sim.now);
+    let s = m.status();
+    assert_eq!(s.security_floor, 124);
+    assert_eq!(s.running.unwrap().digest, digest("2.0.0"));
+    assert_eq!(s.known_good.unwrap().digest, digest("2.0.0"));
+    assert_eq!(s.last_generation, 1);
+    assert!(s.cache.iter().any(|r| r.digest == digest("2.0.0")));
+    // A journal restored from an older copy never lowers the floor.
+    let mut old = journal.clone();
+    old.security_floor = 1;
+    let merged = FloorRecord::reconcile(Some(old), Some(&record)).unwrap();
+    assert_eq!(merged.security_floor, 124);
+    assert_eq!(
+        FloorRecord::reconcile(Some(journal.clone()), None),
+        Some(journal)
+    );
+    assert_eq!(FloorRecord::reconcile(None, None), None);
+}
+
+#[test]
+fn issue19_a_damaged_journal_halts_updates_and_says_so() {
+    let mut m = UpdateMachine::halted(config(), "state: checksum mismatch", 3, Timestamp(NOW));
+    m.handle_connected(Timestamp(NOW));
+    m.handle_desired(desired(7, "2.0.0", 2), Timestamp(NOW));
+    let actions: Vec<Action> = std::iter::from_fn(|| m.poll_action()).collect();
+    assert!(
+        !actions.iter().any(|a| matches!(
+            a,
+            Action::Persist(_)
+                | Action::Install { .. }
+                | Action::Download { .. }
+                | Action::HashCached { .. }
+        )),
+        "{actions:?}"
+    );
+    let rejected: Vec<u64> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::PublishEvent(e)
+                if matches!(
+                    e.kind,
+                    ExecutionState::Rejected {
+                        cause: RejectCause::JournalDamaged,
+                        ..
+                    }
+                ) =>
+            {
+                Some(e.generation)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected, [0, 7]);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::SendHeartbeat { .. }))
+    );
+    let r = m.reported_state("0.1.0", Inventory::default(), BTreeMap::new());
+    assert!(r.running.is_none());
+    assert!(matches!(
+        r.last_result.unwrap().state,
+        ExecutionState::Rejected { cause: RejectCause::JournalDamaged, ref detail } if detail.contains("checksum")
+    ));
+    assert_eq!(RejectCause::JournalDamaged.name(), "journal-damaged");
 }
 
 // ---- determinism and robustness ----------------------------------------------------------------

@@ -25,27 +25,52 @@ pub fn heartbeat_path(root: &Path) -> PathBuf {
 /// handle is aborted.
 pub fn spawn(root: PathBuf) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let current = root.join("current");
-        let heartbeat = heartbeat_path(&root);
         let mut tick = tokio::time::interval(TOUCH_EVERY);
         loop {
             tick.tick().await;
-            if running_is_healthy(&current).await {
-                // A failed touch is a missed heartbeat: exactly what the probe should see.
-                let _ = tokio::fs::write(&heartbeat, b"alive\n").await;
-            }
+            let root = root.clone();
+            // Small synchronous file operations: off the runtime's worker threads.
+            let _ = tokio::task::spawn_blocking(move || beat(&root)).await;
         }
     })
 }
 
-/// Whether the image behind `current` is a healthy one (a missing or unreadable image is not).
-async fn running_is_healthy(current: &Path) -> bool {
-    use tokio::io::AsyncReadExt;
-    let Ok(mut file) = tokio::fs::File::open(current).await else {
+/// One heartbeat of the application running the image `current` points at, if it is a
+/// healthy one. The file is written under a temporary name and renamed over the heartbeat
+/// only if `current` still points at the same image afterwards, so the heartbeat's time is
+/// always earlier than a switch of `current` that happened after it was written: the image
+/// that was replaced (the old "process") can never vouch for the new one, however late the
+/// rename comes (issue 19: under load, a healthy image's late heartbeat made the probe pass
+/// for a broken release installed meanwhile). A failed touch is a missed heartbeat: exactly
+/// what the probe should see.
+fn beat(root: &Path) {
+    let current = root.join("current");
+    let Ok(target) = std::fs::read_link(&current) else {
+        return;
+    };
+    if !is_healthy_image(&root.join(&target)) {
+        return;
+    }
+    let heartbeat = heartbeat_path(root);
+    let tmp = root.join("heartbeat.tmp");
+    if std::fs::write(&tmp, b"alive\n").is_err() {
+        return;
+    }
+    if std::fs::read_link(&current).is_ok_and(|now| now == target) {
+        let _ = std::fs::rename(&tmp, &heartbeat);
+    } else {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Whether `image` is a healthy one (a missing or unreadable image is not).
+fn is_healthy_image(image: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(image) else {
         return false;
     };
     let mut header = [0u8; 128];
-    let Ok(n) = file.read(&mut header).await else {
+    let Ok(n) = file.read(&mut header) else {
         return false;
     };
     is_healthy(header.get(..n).unwrap_or_default())

@@ -32,6 +32,8 @@ mod flags;
 mod fleet;
 #[path = "server/https.rs"]
 mod https;
+#[path = "server/limits.rs"]
+mod limits;
 #[path = "server/mosquitto_conf.rs"]
 mod mosquitto_conf;
 #[path = "server/mqtt_acl.rs"]

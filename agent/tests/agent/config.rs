@@ -417,3 +417,17 @@ fn issue7_debug_and_errors_show_no_broker_password() {
     assert_eq!(key_of(&e), "broker.url");
     assert!(!e.to_string().contains("SECRET"), "{e}");
 }
+
+/// Issue 19.10: the documented minimums are enforced, with a typed error naming the key.
+#[test]
+fn issue19_keep_alive_and_heartbeat_minimums_are_enforced() {
+    let keep_alive =
+        |v: &str| MINIMAL.replacen("[broker]", &format!("[broker]\nkeep_alive = \"{v}\""), 1);
+    assert_eq!(key_of(&parse_err(&keep_alive("0s"))), "broker.keep_alive");
+    assert_eq!(key_of(&parse_err(&keep_alive("4s"))), "broker.keep_alive");
+    assert!(AgentConfig::from_toml_str(&keep_alive("5s")).is_ok());
+    let heartbeat = |v: &str| format!("heartbeat_interval = \"{v}\"\n{MINIMAL}");
+    assert_eq!(key_of(&parse_err(&heartbeat("1ns"))), "heartbeat_interval");
+    assert_eq!(key_of(&parse_err(&heartbeat("99ms"))), "heartbeat_interval");
+    assert!(AgentConfig::from_toml_str(&heartbeat("100ms")).is_ok());
+}

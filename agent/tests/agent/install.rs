@@ -189,8 +189,6 @@ async fn a_power_loss_at_any_write_leaves_current_old_or_new() {
         let a_path = a_path.clone();
         let b_path = b_path.clone();
         async move {
-            // Same file system: the artifact is hard-linked; the copy path is covered by the
-            // fallback when linking fails.
             FilesInstaller::new(FsStorage::shared(), &root)
                 .install(&InstallRequest {
                     artifact: &a_path,
@@ -237,4 +235,51 @@ async fn a_power_loss_at_any_write_leaves_current_old_or_new() {
             .unwrap();
         assert_eq!(fs::read(root.join("current")).unwrap(), b_bytes);
     }
+}
+
+/// Issue 19.8: the installed release is a copy, not a hard link of the cache entry. Damage to
+/// one is no damage to the other, and an installed copy the application damaged is replaced
+/// from the cache when the release is installed again (a rollback).
+#[tokio::test]
+async fn issue19_the_installed_release_shares_no_inode_with_the_cache() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempdir();
+    let root = dir.path().join("app");
+    let (a_path, a, a_bytes) = cached(dir.path(), 11);
+    let (b_path, b, _) = cached(dir.path(), 12);
+    let installer = FilesInstaller::new(FsStorage::shared(), &root);
+    let install = |artifact: &Path, digest: Digest| {
+        let installer = installer.clone();
+        let artifact = artifact.to_path_buf();
+        async move {
+            installer
+                .install(&InstallRequest {
+                    artifact: &artifact,
+                    digest,
+                    version: "v",
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let installed = install(&a_path, a).await.path;
+    let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+    assert_ne!(
+        ino(&installed),
+        ino(&a_path),
+        "a hard link shares the inode"
+    );
+
+    // The application scribbles over its release: the cache copy is unaffected.
+    fs::write(&installed, b"damaged by the application").unwrap();
+    assert_eq!(fs::read(&a_path).unwrap(), a_bytes);
+
+    // Another release, then back to the first (a rollback): the damaged copy is replaced.
+    install(&b_path, b).await;
+    install(&a_path, a).await;
+    assert_eq!(fs::read(root.join("current")).unwrap(), a_bytes);
+
+    // Damage to the cache entry does not reach the installed release either.
+    fs::write(&a_path, b"bit rot").unwrap();
+    assert_eq!(fs::read(&installed).unwrap(), a_bytes);
 }

@@ -103,3 +103,67 @@ fn the_machine_configuration_follows_the_file() {
     assert_eq!(m.windows.windows[1].days, Weekdays::WEEKEND);
     assert_eq!(m.windows.windows[1].start_minute, 22 * 60);
 }
+
+/// Issue 19.10: the broker password file is read with a cap and must be a regular file (a
+/// device file or a huge file used to be read whole: 2.4 GB of memory in 3 s).
+#[tokio::test]
+async fn issue19_the_password_file_is_capped_and_must_be_a_regular_file() {
+    let v1 = release("1.0.0", 1, 10_000);
+    let dev = Device::new("pw", "mqtt://127.0.0.1:9", &v1, "").await;
+    let start = |file: std::path::PathBuf| {
+        let mut c = dev.config.clone();
+        c.broker.username = Some("dev".to_owned());
+        c.broker.password_file = Some(file);
+        async move { Agent::start(c, options()).await }
+    };
+    let refused = |r: Result<ota_agent::AgentHandle, AgentError>| match r {
+        Err(AgentError::Mqtt(MqttError::PasswordFile { source, .. })) => source.to_string(),
+        Err(other) => panic!("unexpected {other}"),
+        Ok(_) => panic!("accepted"),
+    };
+    assert!(refused(start("/dev/zero".into()).await).contains("regular file"));
+    let big = dev.root().join("big.password");
+    std::fs::write(&big, vec![b'x'; 4097]).unwrap();
+    assert!(refused(start(big).await).contains("larger"));
+    let ok = dev.root().join("ok.password");
+    std::fs::write(&ok, "secret\n").unwrap();
+    start(ok).await.unwrap().shutdown().await.unwrap();
+}
+
+/// Issue 19.10: the factory artifact is copied with a cap at its signed size and must be a
+/// regular file (a device file as source used to write 10 GB in 20 s).
+#[tokio::test]
+async fn issue19_the_factory_artifact_copy_is_capped() {
+    let v1 = release("1.0.0", 1, 10_000);
+    let dev = Device::new("factorycap", "mqtt://127.0.0.1:9", &v1, "").await;
+    let start = |artifact: std::path::PathBuf| {
+        let mut c = dev.config.clone();
+        if let Some(f) = c.factory.as_mut() {
+            f.artifact = artifact;
+        }
+        async move { Agent::start(c, options()).await }
+    };
+    match start("/dev/zero".into()).await {
+        Err(AgentError::Factory { reason, .. }) => assert!(reason.contains("regular"), "{reason}"),
+        Err(other) => panic!("unexpected {other}"),
+        Ok(_) => panic!("accepted"),
+    }
+    // A longer file: refused after reading one byte beyond the signed size.
+    let long = dev.root().join("long-artifact");
+    let mut bytes = v1.artifact.clone();
+    bytes.extend_from_slice(&[0u8; 100_000]);
+    std::fs::write(&long, &bytes).unwrap();
+    match start(long).await {
+        Err(AgentError::Factory { reason, .. }) => {
+            assert!(reason.contains("10001 bytes"), "{reason}")
+        }
+        Err(other) => panic!("unexpected {other}"),
+        Ok(_) => panic!("accepted"),
+    }
+    assert!(
+        !dev.data()
+            .join("cache")
+            .join(v1.digest().to_string())
+            .exists()
+    );
+}

@@ -11,7 +11,7 @@ use ota_agent::storage::{Fault, FaultyStorage};
 use ota_agent::{Agent, AgentStatus};
 use ota_core::digest::Digest;
 use ota_core::update::Stage;
-use ota_core::wire::{ExecutionState, RejectCause, RollbackReason};
+use ota_core::wire::{ExecutionState, FailurePhase, RejectCause, RollbackReason};
 
 use crate::fleet::{
     CHUNK, Device, Fleet, PATIENCE, Proxy, Rel, broker, desired, last_state, options,
@@ -628,4 +628,188 @@ async fn crash_safety_a_power_loss_at_every_point_of_an_update_leaves_a_good_dev
         drop_unsynced: true,
     })
     .await;
+}
+
+/// Issue 19.8: a rollback re-verifies the known-good artifact. A damaged cache entry is never
+/// installed: the rollback fails `verify` (reported), the device keeps running what it ran,
+/// and the damaged entry leaves the cache.
+#[tokio::test]
+async fn issue19_a_corrupt_known_good_is_refused_at_rollback_and_reported() {
+    let url = broker_url();
+    let fleet = Fleet::start(&url).await;
+    let v1 = release("1.0.0", 1, 50_000);
+    let v2 = release("2.0.0", 2, 80_000);
+    let server = serve(v2.artifact.clone(), Mode::Normal).await;
+    // A health probe that never passes: the trial times out and rolls back.
+    let health = "[health]\nkind = \"command\"\nprogram = \"false\"\ninterval = \"50ms\"\n";
+    let dev = Device::new("kgrot", &url, &v1, health).await;
+    let opts = options().with_machine_tweak(|c| {
+        c.trial_timeout = Duration::from_millis(300);
+        c.probe_interval = Duration::from_millis(50);
+    });
+    let agent = Agent::start(dev.config.clone(), opts).await.unwrap();
+    within("connected", agent.wait_for(|s| s.connected)).await;
+    // Bit rot in the known-good artifact, same length.
+    let kg_file = dev.data().join("cache").join(v1.digest().to_string());
+    let mut bytes = fs::read(&kg_file).unwrap();
+    bytes[100] ^= 0xff;
+    fs::write(&kg_file, &bytes).unwrap();
+
+    fleet
+        .desire(&dev.id, &desired(1, &v2, vec![server.url()]))
+        .await;
+    let e = fleet.wait_event(&dev.id, 1, "failed").await;
+    assert!(
+        matches!(&e.kind, ExecutionState::Failed { phase: FailurePhase::Verify, reason }
+            if reason.contains("known-good 1.0.0")),
+        "{:?}",
+        e.kind
+    );
+    let s = within("settled", agent.wait_for(|s| settled(s, 1))).await;
+    assert_eq!(s.installs, [(v2.digest(), false), (v1.digest(), true)]);
+    assert_eq!(dev.current(), Some(v2.digest()), "nothing was installed");
+    assert_eq!(running(&s), Some(v2.digest()));
+    assert!(!s.machine.cache.iter().any(|r| r.digest == v1.digest()));
+    agent.shutdown().await.unwrap();
+    assert!(!kg_file.exists(), "the damaged entry was evicted");
+    fleet.clear(&dev.id).await;
+}
+
+/// Updates `dev` (factory `v1`) to `v2` under `generation`, then stops the agent.
+async fn updated(fleet: &Fleet, dev: &Device, v2: &Rel, url: String, generation: u64) {
+    let agent = Agent::start(dev.config.clone(), options()).await.unwrap();
+    within("connected", agent.wait_for(|s| s.connected)).await;
+    fleet
+        .desire(&dev.id, &desired(generation, v2, vec![url]))
+        .await;
+    fleet.wait_event(&dev.id, generation, "succeeded").await;
+    within("settled", agent.wait_for(|s| settled(s, generation))).await;
+    agent.shutdown().await.unwrap();
+}
+
+/// Issue 19.7: both journal copies removed. The floor record keeps the security floor, the
+/// running and known-good releases and the generation: the factory release is not re-seeded
+/// and the device does not report a version it is not running.
+#[tokio::test]
+async fn issue19_journal_loss_keeps_the_floor_and_the_running_release() {
+    let url = broker_url();
+    let fleet = Fleet::start(&url).await;
+    let v1 = release("1.0.0", 1, 30_000);
+    let v2 = release("2.0.0", 124, 40_000);
+    let server = serve(v2.artifact.clone(), Mode::Normal).await;
+    let dev = Device::new("jloss", &url, &v1, "").await;
+    updated(&fleet, &dev, &v2, server.url(), 3).await;
+    for f in ["state", "state.prev"] {
+        fs::remove_file(dev.data().join(f)).unwrap();
+    }
+    let agent = Agent::start(dev.config.clone(), options()).await.unwrap();
+    let s = agent.status();
+    assert_eq!(s.machine.security_floor, 124);
+    assert_eq!(running(&s), Some(v2.digest()));
+    assert_eq!(known_good(&s), Some(v2.digest()));
+    assert_eq!(s.machine.last_generation, 3);
+    within("connected", agent.wait_for(|s| s.connected)).await;
+    fleet
+        .wait("reported v2 after the journal loss", |seen| {
+            seen.reported.get(&dev.id).is_some_and(|r| {
+                r.running.as_ref().map(|r| r.digest) == Some(v2.digest()) && r.security_floor == 124
+            })
+        })
+        .await;
+    // The factory release (security version 1) is still refused as a downgrade.
+    fleet
+        .desire(&dev.id, &desired(4, &v1, vec![server.url()]))
+        .await;
+    let e = fleet.wait_event(&dev.id, 4, "rejected").await;
+    assert_eq!(rejected_cause(&e), Some(RejectCause::Downgrade));
+    agent.shutdown().await.unwrap();
+    fleet.clear(&dev.id).await;
+}
+
+/// Issue 19.7: both journal copies damaged and no floor record. The agent does not crash (a
+/// silent restart loop under `Restart=always`): it connects, reports
+/// `rejected{journal-damaged}`, answers desired states the same way, and leaves the damaged
+/// files alone.
+#[tokio::test]
+async fn issue19_a_damaged_journal_is_reported_over_mqtt() {
+    let url = broker_url();
+    let fleet = Fleet::start(&url).await;
+    let v1 = release("1.0.0", 1, 30_000);
+    let v2 = release("2.0.0", 2, 40_000);
+    let server = serve(v2.artifact.clone(), Mode::Normal).await;
+    let dev = Device::new("jdamage", &url, &v1, "").await;
+    updated(&fleet, &dev, &v2, server.url(), 1).await;
+    for f in ["state", "state.prev"] {
+        fs::write(dev.data().join(f), b"OTAJ garbage").unwrap();
+    }
+    for f in ["floor", "floor.prev"] {
+        let _ = fs::remove_file(dev.data().join(f));
+    }
+    let agent = Agent::start(dev.config.clone(), options()).await.unwrap();
+    within("connected", agent.wait_for(|s| s.connected)).await;
+    let damaged = |r: &ota_core::wire::ReportedState| {
+        r.last_result.as_ref().is_some_and(|o| {
+            matches!(
+                o.state,
+                ExecutionState::Rejected {
+                    cause: RejectCause::JournalDamaged,
+                    ..
+                }
+            )
+        })
+    };
+    fleet
+        .wait("reported journal-damaged", |seen| {
+            seen.reported.get(&dev.id).is_some_and(damaged)
+        })
+        .await;
+    fleet
+        .desire(&dev.id, &desired(2, &v2, vec![server.url()]))
+        .await;
+    let e = fleet.wait_event(&dev.id, 2, "rejected").await;
+    assert_eq!(rejected_cause(&e), Some(RejectCause::JournalDamaged));
+    let s = agent.status();
+    assert!(s.installs.is_empty());
+    assert!(!agent.is_finished(), "the agent stays up");
+    agent.shutdown().await.unwrap();
+    assert_eq!(fs::read(dev.data().join("state")).unwrap(), b"OTAJ garbage");
+    fleet.clear(&dev.id).await;
+}
+
+/// Issue 19.2: `ota-agent resync` ([`ota_agent::resync`]) resets the generation watermark, so a device whose watermark
+/// is above anything the server sends acts on desired states again.
+#[tokio::test]
+async fn issue19_resync_lets_a_device_follow_a_server_that_restarted_its_generations() {
+    let url = broker_url();
+    let fleet = Fleet::start(&url).await;
+    let v1 = release("1.0.0", 1, 30_000);
+    let v2 = release("2.0.0", 2, 40_000);
+    let v3 = release("3.0.0", 3, 50_000);
+    let server = serve(v2.artifact.clone(), Mode::Normal).await;
+    let server3 = serve(v3.artifact.clone(), Mode::Normal).await;
+    let dev = Device::new("resync", &url, &v1, "").await;
+    updated(&fleet, &dev, &v2, server.url(), 1000).await;
+    // The fleet server starts over (its database restored from an old backup): generation 1.
+    fleet.clear(&dev.id).await;
+    let data = dev.data();
+    let fs_shared = ota_agent::storage::FsStorage::shared;
+    assert_eq!(
+        ota_agent::resync::watermark(fs_shared(), &data).unwrap(),
+        1000
+    );
+    // (`ota-agent resync --yes` calls this after its confirmation.)
+    assert_eq!(ota_agent::resync::resync(fs_shared(), &data).unwrap(), 1000);
+    assert_eq!(ota_agent::resync::watermark(fs_shared(), &data).unwrap(), 0);
+
+    let agent = Agent::start(dev.config.clone(), options()).await.unwrap();
+    let s = agent.status();
+    assert_eq!(s.machine.last_generation, 0);
+    assert_eq!(s.machine.security_floor, 2, "the floor is kept");
+    within("connected", agent.wait_for(|s| s.connected)).await;
+    fleet
+        .desire(&dev.id, &desired(1, &v3, vec![server3.url()]))
+        .await;
+    fleet.wait_event(&dev.id, 1, "succeeded").await;
+    agent.shutdown().await.unwrap();
+    fleet.clear(&dev.id).await;
 }

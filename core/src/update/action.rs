@@ -65,7 +65,9 @@ pub enum Action {
         digest: Digest,
     },
     /// Install `release` from `cache/<digest>` and activate it; answer with
-    /// `handle_install_done`. No network is needed.
+    /// `handle_install_done`. No network is needed. The shell first re-hashes the cached file
+    /// against the release's digest and size, every time (a rollback too): a mismatch installs
+    /// nothing and is answered with [`super::InstallError::CorruptArtifact`].
     Install {
         /// The release.
         release: ReleaseInfo,

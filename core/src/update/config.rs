@@ -7,6 +7,13 @@ use super::{MaintenanceWindows, PowerPolicy, ReleaseInfo, RetryPolicy};
 use crate::release::TrustSet;
 use crate::wire::DeviceId;
 
+/// The largest step a desired state's generation may take above the last one the device acted
+/// on (2^32). The fleet server raises a device's generation by one per desired state, so a
+/// larger jump is never legitimate: it is refused (`rejected{generation-jump}`, reported as an
+/// event) and the device keeps its generation, so a desired state with generation `u64::MAX`
+/// cannot end its updates for good (issue 19.2).
+pub const MAX_GENERATION_STEP: u64 = 1 << 32;
+
 /// Everything the update machine needs to know about its device and its policies.
 ///
 /// [`Config::new`] fills every policy with its default; change fields as needed.

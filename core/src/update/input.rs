@@ -20,18 +20,28 @@ pub enum DownloadError {
 
 /// Why an install failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("install failed: {reason}")]
-pub struct InstallError {
-    /// The installer's message.
-    pub reason: String,
+#[non_exhaustive]
+pub enum InstallError {
+    /// The installer failed (its message). It may have changed the device: a failed update is
+    /// rolled back to the known-good release.
+    #[error("install failed: {0}")]
+    Installer(String),
+    /// The cached artifact did not match its signed digest and size when the shell re-hashed it
+    /// just before installing (bit rot, tampering): nothing was installed. The entry leaves the
+    /// cache and the job fails `verify`, also for a rollback (issue 19.8).
+    #[error("cached artifact failed verification before the install: {0}")]
+    CorruptArtifact(String),
 }
 
 impl InstallError {
-    /// An install error with this message.
+    /// An installer failure with this message.
     pub fn new(reason: impl Into<String>) -> Self {
-        InstallError {
-            reason: reason.into(),
-        }
+        InstallError::Installer(reason.into())
+    }
+
+    /// A cached artifact that failed its re-hash before the install.
+    pub fn corrupt_artifact(reason: impl Into<String>) -> Self {
+        InstallError::CorruptArtifact(reason.into())
     }
 }
 

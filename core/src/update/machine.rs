@@ -3,6 +3,7 @@
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -10,13 +11,14 @@ use super::backoff::Jitter;
 use super::state::{Phase, Stage, TrialStatus};
 use super::timer::TimerTable;
 use super::{
-    Action, Config, PERSIST_VERSION, PersistedState, ReleaseInfo, Status, Timer, Timestamp,
+    Action, Config, MAX_GENERATION_STEP, PERSIST_VERSION, PersistedState, ReleaseInfo, Status,
+    Timer, Timestamp,
 };
 use crate::digest::Digest;
 use crate::release::TrustSet;
 use crate::wire::{
-    DesiredState, Event, ExecutionState, Inventory, PROTOCOL_VERSION, PowerReading, ReportedState,
-    UpdateOutcome, WireError, WireMessage,
+    DesiredState, Event, ExecutionState, Inventory, PROTOCOL_VERSION, PowerReading, RejectCause,
+    ReportedState, UpdateOutcome, WireError, WireMessage,
 };
 
 /// The agent's update machine: sans-IO and deterministic given (state, input, now).
@@ -41,6 +43,10 @@ pub struct UpdateMachine {
     pub(super) phase: Phase,
     pub(super) current: Option<UpdateOutcome>,
     pub(super) queued: Option<DesiredState>,
+    /// The last generation refused as a jump (reported once, not on every redelivery).
+    pub(super) refused_jump: Option<u64>,
+    /// Why the machine is halted (a damaged journal, see [`UpdateMachine::halted`]).
+    pub(super) halted: Option<String>,
     pub(super) power: Option<PowerReading>,
     pub(super) connected: bool,
     pub(super) next_seq: u64,
@@ -65,6 +71,8 @@ impl UpdateMachine {
             phase: Phase::Idle,
             current: None,
             queued: None,
+            refused_jump: None,
+            halted: None,
             power: None,
             connected: false,
             // Sequence numbers never repeat across boots, so a late ack from a previous boot
@@ -202,12 +210,33 @@ impl UpdateMachine {
     /// A desired state arrived (already decoded; see
     /// [`handle_desired_bytes`](Self::handle_desired_bytes)).
     ///
-    /// Idempotent: a generation at or below the last one acted on (or the one queued) is
-    /// ignored. During an install, trial or rollback it is queued (only the newest) and
-    /// offered when that ends; otherwise it supersedes whatever was being prepared.
+    /// A [halted](Self::halted) machine answers every desired state with
+    /// `rejected{journal-damaged}` and does nothing else. Otherwise it is idempotent: a
+    /// generation at or below the last one acted on (or the one queued) is ignored. A generation more than [`MAX_GENERATION_STEP`] above the last one acted on is
+    /// refused: event `rejected{generation-jump}`, nothing else changes (the job in flight goes
+    /// on). During an install, trial or rollback it is queued (only the newest) and offered
+    /// when that ends; otherwise it supersedes whatever was being prepared.
     pub fn handle_desired(&mut self, desired: DesiredState, now: Timestamp) {
-        if desired.generation <= self.last_generation {
+        if let Some(detail) = self.halted.clone() {
+            return self.announce(UpdateOutcome {
+                generation: desired.generation,
+                rollout_id: desired.rollout_id,
+                digest: None,
+                state: ExecutionState::Rejected {
+                    cause: RejectCause::JournalDamaged,
+                    detail,
+                },
+                at: now.0,
+            });
+        }
+        let Some(step) = desired.generation.checked_sub(self.last_generation) else {
             return;
+        };
+        if step == 0 {
+            return;
+        }
+        if step > MAX_GENERATION_STEP {
+            return self.refuse_jump(&desired, now);
         }
         if self.phase.is_busy() {
             if self
@@ -220,6 +249,32 @@ impl UpdateMachine {
             return;
         }
         self.offer(desired, now);
+    }
+
+    /// Reports a desired state whose generation jumps too far (see
+    /// [`MAX_GENERATION_STEP`]), once per generation.
+    fn refuse_jump(&mut self, desired: &DesiredState, now: Timestamp) {
+        if self.refused_jump == Some(desired.generation) {
+            return;
+        }
+        self.refused_jump = Some(desired.generation);
+        let detail = format!(
+            "generation {} is more than {MAX_GENERATION_STEP} above the last one acted on ({}); \
+             the device keeps its generation",
+            desired.generation, self.last_generation
+        );
+        let outcome = UpdateOutcome {
+            generation: desired.generation,
+            rollout_id: desired.rollout_id.clone(),
+            digest: None,
+            state: ExecutionState::Rejected {
+                cause: RejectCause::GenerationJump,
+                detail,
+            },
+            at: now.0,
+        };
+        let event = Event::from_outcome(&self.config.device_id, &outcome);
+        self.push(Action::PublishEvent(event));
     }
 
     /// Decodes a desired-state payload and hands it to

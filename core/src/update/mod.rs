@@ -21,7 +21,9 @@
 //!
 //! 1. **Verify** before fetching anything: decode, signature threshold against the trust set,
 //!    hardware class, expiry, security version ≥ the persisted floor. Refused → `rejected`
-//!    with the cause. A generation ≤ the last one acted on is ignored (duplicates, replays).
+//!    with the cause. A generation ≤ the last one acted on is ignored (duplicates, replays);
+//!    one more than [`MAX_GENERATION_STEP`] above it is refused with
+//!    `rejected{generation-jump}` (an event only) and the device keeps its generation.
 //! 2. **Identical**: the running release again → `skipped-identical`, nothing downloaded.
 //!    `force_reinstall` reinstalls it from the cache after a re-hash.
 //! 3. **Cached**: the artifact is in the cache index → re-hash it, install from it.
@@ -46,6 +48,7 @@
 //! | state | input | next state | actions |
 //! |---|---|---|---|
 //! | any | desired, generation ≤ last acted on (or ≤ queued) | unchanged | none |
+//! | any | desired, generation > last acted on + [`MAX_GENERATION_STEP`] | unchanged (generation kept) | event `rejected{generation-jump}` (once per generation) |
 //! | installing, trial, rolling-back | desired, newer | unchanged, desired queued | none |
 //! | idle, preparing | desired, verification fails | idle (preparing job dropped) | `Persist`, event `rejected`, `PublishReported` |
 //! | idle, preparing | desired, running digest, not forced | idle | `Persist`, event `skipped-identical` |
@@ -112,10 +115,12 @@ mod window;
 pub use crate::time::Timestamp;
 pub use action::Action;
 pub use backoff::RetryPolicy;
-pub use config::Config;
+pub use config::{Config, MAX_GENERATION_STEP};
 pub use input::{DownloadError, InstallError, ProbeResult};
 pub use machine::UpdateMachine;
-pub use persist::{InFlight, Job, PERSIST_VERSION, PersistedState, ReleaseInfo};
+pub use persist::{
+    FLOOR_VERSION, FloorRecord, InFlight, Job, PERSIST_VERSION, PersistedState, ReleaseInfo,
+};
 pub use power::PowerPolicy;
 pub use state::{Stage, Status, TrialStatus};
 pub use timer::Timer;

@@ -247,3 +247,97 @@ impl WireMessage for PersistedState {
         Ok(())
     }
 }
+
+/// The format version of [`FloorRecord`] (key `0`).
+pub const FLOOR_VERSION: u16 = 1;
+
+/// What must survive the loss of the journal (issue 19.7): the security floor, the running and
+/// known-good releases and the generation watermark. The shell keeps it in a file of its own
+/// beside the journal, written atomically after every journal write that changes it, and reads
+/// it at start-up through [`FloorRecord::reconcile`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct FloorRecord {
+    /// Format version ([`FLOOR_VERSION`]).
+    #[n(0)]
+    pub v: u16,
+    /// The security floor. Never lowered: at start-up the higher of this and the journal's
+    /// floor is in force.
+    #[n(1)]
+    pub security_floor: u32,
+    /// The release running.
+    #[n(2)]
+    pub running: Option<ReleaseInfo>,
+    /// The last committed release.
+    #[n(3)]
+    pub known_good: Option<ReleaseInfo>,
+    /// The last desired-state generation acted on.
+    #[n(4)]
+    #[cbor(default)]
+    pub last_generation: u64,
+}
+
+impl FloorRecord {
+    /// The record of a persisted state.
+    pub fn of(state: &PersistedState) -> Self {
+        FloorRecord {
+            v: FLOOR_VERSION,
+            security_floor: state.security_floor,
+            running: state.running.clone(),
+            known_good: state.known_good.clone(),
+            last_generation: state.last_generation,
+        }
+    }
+
+    /// The state to recover from, given what the journal and the floor record hold at start-up:
+    ///
+    /// | journal | floor record | recovered from |
+    /// |---|---|---|
+    /// | a state | none | the journal (a record is written from it) |
+    /// | a state | a record | the journal, its floor raised to the record's if that is higher (a journal restored from an older copy never lowers the floor) |
+    /// | none (both copies lost) | a record | the record: floor, running and known-good releases and generation; cache index = those two releases (each re-hashed before any install); nothing in flight |
+    /// | none | none | nothing: a factory-fresh device |
+    pub fn reconcile(
+        journal: Option<PersistedState>,
+        floor: Option<&FloorRecord>,
+    ) -> Option<PersistedState> {
+        match (journal, floor) {
+            (Some(mut state), Some(f)) => {
+                state.security_floor = state.security_floor.max(f.security_floor);
+                Some(state)
+            }
+            (Some(state), None) => Some(state),
+            (None, Some(f)) => {
+                let mut cache: Vec<ReleaseInfo> = Vec::new();
+                for r in [&f.known_good, &f.running].into_iter().flatten() {
+                    if !cache.iter().any(|c| c.digest == r.digest) {
+                        cache.push(r.clone());
+                    }
+                }
+                Some(PersistedState {
+                    v: PERSIST_VERSION,
+                    security_floor: f.security_floor,
+                    running: f.running.clone(),
+                    known_good: f.known_good.clone(),
+                    cache,
+                    last_generation: f.last_generation,
+                    in_flight: None,
+                    last_result: None,
+                })
+            }
+            (None, None) => None,
+        }
+    }
+}
+
+impl WireMessage for FloorRecord {
+    const NAME: &'static str = "floor record";
+    const VERSION: u16 = FLOOR_VERSION;
+
+    fn check_limits(&self) -> Result<(), WireError> {
+        for r in [&self.running, &self.known_good].into_iter().flatten() {
+            r.check_limits()?;
+        }
+        Ok(())
+    }
+}

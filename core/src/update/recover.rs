@@ -7,7 +7,10 @@ use super::cache;
 use super::machine::UpdateMachine;
 use super::state::{Phase, TrialState};
 use super::{Action, Config, InFlight, Job, PersistedState, Timestamp};
-use crate::wire::{ExecutionState, FailurePhase, RollbackReason};
+use crate::wire::{
+    ExecutionState, FailurePhase, RejectCause, RollbackReason, UpdateOutcome, WireLimits,
+    truncate_text,
+};
 
 impl UpdateMachine {
     /// Builds the machine at start-up from the last persisted state (`None` on a
@@ -86,6 +89,30 @@ impl UpdateMachine {
                 m.resume_trial(trial, now);
             }
         }
+        m
+    }
+
+    /// A machine for a device whose journal is damaged beyond repair: both copies fail their
+    /// checksum and no [`FloorRecord`](super::FloorRecord) stands in for them (issue 19.7).
+    /// Without its security floor and running release the device must not update, and crashing
+    /// would only be a silent restart loop. So the machine stays up and says so: its reported
+    /// state's last result is `rejected{journal-damaged}` (generation 0, `detail`), every
+    /// desired state is answered the same way, heartbeats go on, and it never persists
+    /// anything (the damaged files stay as they are for the operator).
+    pub fn halted(config: Config, detail: &str, boot_count: u32, now: Timestamp) -> Self {
+        let mut m = UpdateMachine::blank(config, boot_count);
+        let detail = truncate_text(detail, WireLimits::MAX_TEXT_BYTES);
+        m.halted = Some(detail.clone());
+        m.announce(UpdateOutcome {
+            generation: 0,
+            rollout_id: None,
+            digest: None,
+            state: ExecutionState::Rejected {
+                cause: RejectCause::JournalDamaged,
+                detail,
+            },
+            at: now.0,
+        });
         m
     }
 

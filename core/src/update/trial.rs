@@ -40,53 +40,83 @@ impl UpdateMachine {
     }
 
     /// The installer finished, answering [`Action::Install`]. Success puts the release on
-    /// trial; failure reinstalls the known-good release (`failed{phase: install}`).
+    /// trial; failure reinstalls the known-good release (`failed{phase: install}`). A cached
+    /// artifact that failed its re-hash before the install ([`InstallError::CorruptArtifact`])
+    /// changed nothing on the device: it leaves the cache and the job ends `failed{verify}`
+    /// without a rollback (of a rollback: the device keeps running what it ran).
     pub fn handle_install_done(
         &mut self,
         digest: Digest,
         result: Result<(), InstallError>,
         now: Timestamp,
     ) {
-        match &self.phase {
-            Phase::Installing { job, .. } if job.release.digest == digest => {
-                let job = job.clone();
-                match result {
-                    Ok(()) => self.start_trial(job, now),
-                    Err(e) => {
-                        let state = ExecutionState::Failed {
-                            phase: FailurePhase::Install,
-                            reason: reason(&e),
-                        };
-                        self.roll_back(job, state, now);
-                    }
-                }
-            }
+        let (job, rollback) = match &self.phase {
+            Phase::Installing { job, .. } if job.release.digest == digest => (job.clone(), None),
             Phase::RollingBack {
                 job,
                 target,
                 outcome,
-            } if target.digest == digest => {
-                let (job, target, outcome) = (job.clone(), target.clone(), outcome.clone());
-                let state = match result {
-                    Ok(()) => {
-                        self.running = Some(target);
-                        outcome
-                    }
-                    Err(e) => {
-                        // The device runs something unknown now; the known-good release stays
-                        // recorded and cached, so the next desired state can still restore it.
-                        self.running = None;
-                        let why = format!("reinstalling known-good {} failed: {e}", target.version);
-                        ExecutionState::Failed {
-                            phase: FailurePhase::Install,
-                            reason: truncate_text(&why, WireLimits::MAX_TEXT_BYTES),
-                        }
-                    }
-                };
-                self.conclude(job.outcome(state, now.0), Vec::new(), now);
-            }
-            _ => {}
+            } if target.digest == digest => (job.clone(), Some((target.clone(), outcome.clone()))),
+            _ => return,
+        };
+        if let Err(e @ InstallError::CorruptArtifact(_)) = &result {
+            return self.refuse_corrupt(job, digest, rollback.map(|(t, _)| t), e, now);
         }
+        let Some((target, outcome)) = rollback else {
+            return match result {
+                Ok(()) => self.start_trial(job, now),
+                Err(e) => {
+                    let state = ExecutionState::Failed {
+                        phase: FailurePhase::Install,
+                        reason: reason(&e),
+                    };
+                    self.roll_back(job, state, now)
+                }
+            };
+        };
+        let state = match result {
+            Ok(()) => {
+                self.running = Some(target);
+                outcome
+            }
+            Err(e) => {
+                // The device runs something unknown now; the known-good release stays
+                // recorded and cached, so the next desired state can still restore it.
+                self.running = None;
+                let why = format!("reinstalling known-good {} failed: {e}", target.version);
+                ExecutionState::Failed {
+                    phase: FailurePhase::Install,
+                    reason: truncate_text(&why, WireLimits::MAX_TEXT_BYTES),
+                }
+            }
+        };
+        self.conclude(job.outcome(state, now.0), Vec::new(), now);
+    }
+
+    /// The cached artifact `digest` failed its re-hash before an install (or the rollback to
+    /// `rollback_target`): nothing was installed. It leaves the cache index (persisted before
+    /// the file is evicted) and the job ends `failed{verify}`.
+    fn refuse_corrupt(
+        &mut self,
+        job: Job,
+        digest: Digest,
+        rollback_target: Option<ReleaseInfo>,
+        e: &InstallError,
+        now: Timestamp,
+    ) {
+        let mut effects = Vec::new();
+        if cache::remove(&mut self.cache, &digest) {
+            effects.push(Action::Evict { digest });
+        }
+        let why = match rollback_target {
+            Some(t) => format!("cannot roll back to known-good {}: {e}", t.version),
+            None => format!("{e}"),
+        };
+        let state = ExecutionState::Failed {
+            phase: FailurePhase::Verify,
+            reason: truncate_text(&why, WireLimits::MAX_TEXT_BYTES),
+        };
+        self.conclude(job.outcome(state, now.0), effects, now);
     }
 
     /// Rule 9: the installed release runs on trial until the probe passes and the server acks

@@ -193,6 +193,38 @@ pub enum RejectCause {
     /// Any other cause (see the detail text).
     #[n(9)]
     Other,
+    /// The desired state's generation jumps more than
+    /// [`MAX_GENERATION_STEP`](crate::update::MAX_GENERATION_STEP) above the last one the
+    /// device acted on: accepting it would let one message end the device's updates for good
+    /// (nothing newer than `u64::MAX` exists). The device keeps its generation.
+    #[n(10)]
+    GenerationJump,
+    /// Both copies of the device's journal are damaged and no floor record can stand in for
+    /// them: the agent runs without updating (it cannot know its security floor or what it
+    /// runs) until an operator repairs it (`docs/agent.md`). Its reported state's last result
+    /// says so too.
+    #[n(11)]
+    JournalDamaged,
+}
+
+impl RejectCause {
+    /// The cause's stable kebab-case name (logs, CLI, docs).
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectCause::Malformed => "malformed",
+            RejectCause::TooLarge => "too-large",
+            RejectCause::UnsupportedAlgorithm => "unsupported-algorithm",
+            RejectCause::UnknownKey => "unknown-key",
+            RejectCause::BadSignature => "bad-signature",
+            RejectCause::ThresholdNotMet => "threshold-not-met",
+            RejectCause::Expired => "expired",
+            RejectCause::IncompatibleHardware => "incompatible-hardware",
+            RejectCause::Downgrade => "downgrade",
+            RejectCause::Other => "other",
+            RejectCause::GenerationJump => "generation-jump",
+            RejectCause::JournalDamaged => "journal-damaged",
+        }
+    }
 }
 
 impl From<&ReleaseError> for RejectCause {
@@ -221,7 +253,9 @@ pub enum FailurePhase {
     /// Fetching the artifact (every mirror and retry exhausted).
     #[n(0)]
     Download,
-    /// The artifact's bytes did not match the signed digest or size (tampered mirror).
+    /// The artifact's bytes did not match the signed digest or size: a tampered mirror, or a
+    /// cached copy that failed its re-hash just before an install or a rollback (nothing was
+    /// installed then).
     #[n(1)]
     Verify,
     /// The installer failed (the known-good release was reinstalled if there is one).
