@@ -623,7 +623,6 @@ impl Poller {
                         .device
                         .subscriptions()
                         .into_iter()
-                        .chain([flags.clone()])
                         .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
                     let filters: Vec<_> = filters.collect();
                     if self.client.try_subscribe_many(filters.clone()).is_err() {

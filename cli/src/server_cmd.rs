@@ -1,5 +1,6 @@
 //! `ota server`: run the fleet server in the foreground until Ctrl-C / SIGTERM;
-//! `ota server device-credential`: print a device's password for the embedded broker.
+//! `ota server device-credential`: print a device's MQTT password (embedded broker, or an
+//! external broker's password file).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,9 +63,9 @@ pub(crate) struct ServerArgs {
 /// Tools of `ota server`.
 #[derive(Debug, Subcommand)]
 enum ServerCommand {
-    /// Print DEVICE's MQTT password for the embedded broker (derived from
-    /// mqtt.device_secret_file of server.toml, which is created if missing). The device logs in
-    /// with username = its device id and this password.
+    /// Print DEVICE's MQTT password (derived from mqtt.device_secret_file of server.toml, which
+    /// is created if missing), for the embedded broker or an external broker's password file
+    /// (mosquitto_passwd). The device logs in with username = its device id and this password.
     DeviceCredential(CredentialArgs),
 }
 
@@ -84,17 +85,13 @@ fn device_credential(args: &CredentialArgs) -> Result<(), CliError> {
     let config = Config::load(&args.config).map_err(|e| CliError::Usage(e.to_string()))?;
     let device = ota_core::wire::DeviceId::new(&args.device)
         .map_err(|e| CliError::Usage(format!("{:?}: {e}", args.device)))?;
-    let path = match &config.mqtt {
-        MqttConfig::Embedded { security, .. } => security.device_secret_file.clone(),
-        _ => None,
-    }
-    .ok_or_else(|| {
+    let path = config.mqtt.device_secret_file().ok_or_else(|| {
         CliError::Usage(format!(
             "{}: mqtt.device_secret_file is not set (device passwords derive from it)",
             args.config.display()
         ))
     })?;
-    let secret = DeviceSecret::load_or_create(&path).map_err(|e| CliError::Usage(e.to_string()))?;
+    let secret = DeviceSecret::load_or_create(path).map_err(|e| CliError::Usage(e.to_string()))?;
     println!("{}", secret.password(&device));
     Ok(())
 }

@@ -882,3 +882,33 @@ fn issue7_device_credential_prints_a_per_device_password_from_a_0600_secret() {
     ])
     .fails(2);
 }
+
+/// Issue 12.17: the Mosquitto recipe of docs/mosquitto/mosquitto.conf runs
+/// `ota server device-credential --config server.toml ID` against a server.toml whose `[mqtt]`
+/// names an external broker: it prints the same password as with the embedded broker.
+#[cfg(unix)]
+#[test]
+fn issue12_device_credential_works_with_an_external_broker_config() {
+    let dir = Dir::new();
+    dir.keygen("release");
+    dir.write(
+        "embedded.toml",
+        b"[mqtt]\nlisten = \"127.0.0.1:0\"\ndevice_secret_file = \"mqtt.secret\"\n[trust]\nkeys = [\"release.pub\"]\n",
+    );
+    dir.write(
+        "server.toml",
+        b"[mqtt]\nurl = \"mqtts://broker.example:8883\"\nusername = \"ota-server\"\n\
+          password_file = \"mqtt.password\"\ndevice_secret_file = \"mqtt.secret\"\n\
+          [trust]\nkeys = [\"release.pub\"]\n",
+    );
+    let credential = |config: &str| {
+        dir.ota(&["server", "device-credential", "--config", config, "gw-17"])
+            .ok()
+            .trim()
+            .to_owned()
+    };
+    let external = credential("server.toml");
+    assert_eq!(external.len(), 64, "{external}");
+    assert_eq!(util::mode(&dir.path("mqtt.secret")), 0o600);
+    assert_eq!(credential("embedded.toml"), external);
+}

@@ -463,6 +463,10 @@ pub struct ClientSecurity {
     pub username: Option<String>,
     /// `password_file`: a file holding the password (trailing newline ignored).
     pub password_file: Option<PathBuf>,
+    /// `device_secret_file`: the secret `ota server device-credential` derives device
+    /// passwords from, for the external broker's password file (created 0600 if missing). The
+    /// server itself never reads it: the external broker authenticates the devices.
+    pub device_secret_file: Option<PathBuf>,
 }
 
 impl Default for MqttConfig {
@@ -477,6 +481,15 @@ impl MqttConfig {
         MqttConfig::Embedded {
             listen,
             security: BrokerSecurity::default(),
+        }
+    }
+
+    /// `mqtt.device_secret_file`: the secret device passwords derive from, for the embedded
+    /// broker's front door or an external broker's password file alike.
+    pub fn device_secret_file(&self) -> Option<&Path> {
+        match self {
+            MqttConfig::Embedded { security, .. } => security.device_secret_file.as_deref(),
+            MqttConfig::External { client, .. } => client.device_secret_file.as_deref(),
         }
     }
 
@@ -542,6 +555,7 @@ impl MqttConfig {
                 &mut c.client_cert,
                 &mut c.client_key,
                 &mut c.password_file,
+                &mut c.device_secret_file,
             ]
             .into_iter()
             .flatten()
@@ -573,10 +587,10 @@ impl TryFrom<RawMqtt> for MqttConfig {
     type Error = String;
 
     fn try_from(raw: RawMqtt) -> Result<Self, Self::Error> {
-        let embedded_keys = raw.tls_cert.is_some()
-            || raw.tls_key.is_some()
-            || raw.tls_client_ca.is_some()
-            || raw.device_secret_file.is_some();
+        // `device_secret_file` serves both: the embedded broker checks device passwords with
+        // it, and `ota server device-credential` derives them from it for an external broker.
+        let embedded_keys =
+            raw.tls_cert.is_some() || raw.tls_key.is_some() || raw.tls_client_ca.is_some();
         let external_keys = raw.ca_file.is_some()
             || raw.client_cert.is_some()
             || raw.client_key.is_some()
@@ -590,8 +604,8 @@ impl TryFrom<RawMqtt> for MqttConfig {
             (None, Some(url)) => {
                 if embedded_keys {
                     return Err(
-                        "mqtt.tls_cert, tls_key, tls_client_ca and device_secret_file \
-                                configure the embedded broker: not with mqtt.url"
+                        "mqtt.tls_cert, tls_key and tls_client_ca configure the embedded \
+                                broker: not with mqtt.url"
                             .into(),
                     );
                 }
@@ -611,6 +625,7 @@ impl TryFrom<RawMqtt> for MqttConfig {
                     client.client_key = raw.client_key;
                     client.username = raw.username;
                     client.password_file = raw.password_file;
+                    client.device_secret_file = raw.device_secret_file;
                 }
                 Ok(config)
             }

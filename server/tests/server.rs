@@ -14,6 +14,8 @@ mod sim;
 
 #[path = "server/api.rs"]
 mod api;
+#[path = "server/api_docs.rs"]
+mod api_docs;
 #[path = "server/artifacts.rs"]
 mod artifacts;
 #[path = "server/auth.rs"]
@@ -32,6 +34,8 @@ mod fleet;
 mod https;
 #[path = "server/limits.rs"]
 mod limits;
+#[path = "server/mosquitto_conf.rs"]
+mod mosquitto_conf;
 #[path = "server/mqtt_acl.rs"]
 mod mqtt_acl;
 #[path = "server/releases.rs"]

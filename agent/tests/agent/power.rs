@@ -171,3 +171,33 @@ fn a_missing_tree_is_a_typed_error() {
         Err(PowerError::Unreadable { .. })
     ));
 }
+
+/// Issue 12.19: the minimal tree of docs/agent.md ("The power gate's sysfs files"), built from
+/// the page's `echo VALUE > power/SUPPLY/FILE` lines, reads as the page says.
+#[test]
+fn issue12_the_documented_minimal_tree_reads_as_documented() {
+    let doc = include_str!("../../../docs/agent.md");
+    let (_, rest) = doc
+        .split_once("<!-- power-tree -->\n```sh\n")
+        .expect("docs/agent.md shows the minimal power tree");
+    let (script, _) = rest.split_once("```").unwrap();
+    let dir = tempdir();
+    let mut files = 0;
+    for line in script.lines().filter(|l| l.starts_with("echo ")) {
+        let (value, path) = line["echo ".len()..].split_once('>').unwrap();
+        let path = dir.path().join(path.trim());
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, format!("{}\n", value.trim())).unwrap();
+        files += 1;
+    }
+    assert_eq!(files, 5, "{script}");
+    let root = dir.path().join("power");
+    let expected = PowerReading {
+        battery_percent: Some(15),
+        charging: false,
+        mains_online: false,
+    };
+    assert_eq!(read(&root), expected);
+    fs::write(root.join("BAT0/status"), "Charging\n").unwrap();
+    assert!(read(&root).charging);
+}

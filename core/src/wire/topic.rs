@@ -188,12 +188,14 @@ impl DeviceId {
         kind.topic(self)
     }
 
-    /// The device's subscription filters: its desired state, heartbeat acks and the
-    /// fleet-wide [`TRUST_TOPIC`].
-    pub fn subscriptions(&self) -> [String; 3] {
+    /// Every topic the device subscribes to, and the only ones a broker ACL lets it read: its
+    /// desired state, heartbeat acks, its evaluated flags ([`crate::flags::topic`]) and the
+    /// fleet-wide [`TRUST_TOPIC`]. `docs/protocol.md` lists the same (checked by a test).
+    pub fn subscriptions(&self) -> [String; 4] {
         [
             self.topic(TopicKind::Desired),
             self.topic(TopicKind::HeartbeatAck),
+            crate::flags::topic(self),
             String::from(TRUST_TOPIC),
         ]
     }

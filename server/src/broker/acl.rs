@@ -28,7 +28,6 @@ impl DeviceAcl {
     /// The ACL of `device`.
     pub fn new(device: DeviceId) -> Self {
         let mut subscriptions: Vec<String> = device.subscriptions().into();
-        subscriptions.push(ota_core::flags::topic(&device));
         for topic in FLEET_READ_TOPICS {
             if !subscriptions.iter().any(|s| s == topic) {
                 subscriptions.push(topic.to_owned());

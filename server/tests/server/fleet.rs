@@ -127,7 +127,7 @@ impl World {
         format!("id={}*", self.prefix)
     }
 
-    fn new_digest(&self) -> String {
+    pub(crate) fn new_digest(&self) -> String {
         running_of(&self.new).digest.to_string()
     }
 
@@ -970,7 +970,7 @@ async fn webhooks(backend: Backend) {
 
 /// Issue 4: 4 devices, waves 50 % and 100 %, a 10 min bake, on a hand-advanced clock: waits
 /// until wave 0 bakes and returns the rollout id and wave 0's members (the notified ones).
-async fn baking_wave0(w: &World) -> (i64, Vec<String>) {
+pub(crate) async fn baking_wave0(w: &World) -> (i64, Vec<String>) {
     w.add(w.sim_devices(4, |_| Behavior::Succeed)).await;
     let (status, body) = w
         .create(
@@ -994,7 +994,7 @@ async fn baking_wave0(w: &World) -> (i64, Vec<String>) {
     (id, members)
 }
 
-fn manual_clock() -> Options {
+pub(crate) fn manual_clock() -> Options {
     Options {
         manual_clock: true,
         ..Options::default()

@@ -203,8 +203,8 @@ impl Sim {
             let filters: Vec<SubscribeFilter> = chunk
                 .iter()
                 .flat_map(|d| {
-                    let [desired, ack, _trust] = d.id.subscriptions();
-                    [desired, ack, ota_core::flags::topic(&d.id)]
+                    let [desired, ack, flags, _trust] = d.id.subscriptions();
+                    [desired, ack, flags]
                 })
                 .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
                 .collect();
