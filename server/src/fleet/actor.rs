@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::generation;
 use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
 use super::view::{RolloutView, abort_json, counts_json};
 use super::{
@@ -232,11 +233,14 @@ impl Actor {
         self.owner.clear();
         self.devices.clear();
         self.generations.clear();
-        for d in self.db.list_devices().await? {
-            self.devices.insert(d.id.clone(), memo_of(&d));
-        }
         for d in self.db.list_desired().await? {
             self.generations.insert(d.device_id, d.generation);
+        }
+        for d in self.db.list_devices().await? {
+            let mut memo = memo_of(&d);
+            // A row stored before reports were checked may hold a generation never issued.
+            memo.reported_generation = memo.reported_generation.min(self.issued(&d.id));
+            self.devices.insert(d.id.clone(), memo);
         }
         self.flags = Flags::load(&self.db, self.clock.timestamp()).await?;
         self.trust = self.db.latest_trust_update().await?;
@@ -261,6 +265,29 @@ impl Actor {
         }
         self.update_snapshot();
         Ok(())
+    }
+
+    /// The last generation issued to device `id` (0: none).
+    fn issued(&self, id: &str) -> u64 {
+        self.generations.get(id).copied().unwrap_or(0)
+    }
+
+    /// Refuses (as `mqtt-rejected`) a message acknowledging `reported` unless the server
+    /// issued that generation to `id`; true if accepted.
+    fn acknowledges_issued(
+        &mut self,
+        id: &DeviceId,
+        reported: u64,
+        topic: &str,
+        batch: &mut Batch,
+    ) -> bool {
+        match generation::check_acknowledged(reported, self.issued(id.as_str())) {
+            Ok(()) => true,
+            Err(e) => {
+                self.reject(Some(id), topic, &e.to_string(), batch);
+                false
+            }
+        }
     }
 
     fn insert_loaded(&mut self, loaded: Loaded) {
@@ -440,7 +467,16 @@ impl Actor {
         }
         match kind {
             TopicKind::Reported => match ReportedState::from_cbor(&payload) {
-                Ok(r) if r.device_id == id.as_str() => self.on_reported(&id, r, &payload, batch),
+                Ok(r) if r.device_id == id.as_str() => {
+                    let acknowledged = [r.generation]
+                        .into_iter()
+                        .chain(r.last_result.as_ref().map(|o| o.generation))
+                        .max()
+                        .unwrap_or(0);
+                    if self.acknowledges_issued(&id, acknowledged, topic, batch) {
+                        self.on_reported(&id, r, &payload, batch);
+                    }
+                }
                 Ok(r) => self.reject(
                     Some(&id),
                     topic,
@@ -451,10 +487,10 @@ impl Actor {
             },
             TopicKind::Events => match Event::from_cbor(&payload) {
                 Ok(e) if e.device_id == id.as_str() => {
-                    if self.is_known(&id).await {
-                        self.route(&id, &e.outcome(), topic, batch);
-                    } else {
+                    if !self.is_known(&id).await {
                         self.reject(Some(&id), topic, "event from an unknown device", batch);
+                    } else if self.acknowledges_issued(&id, e.generation, topic, batch) {
+                        self.route(&id, &e.outcome(), topic, batch);
                     }
                 }
                 Ok(e) => self.reject(
@@ -843,12 +879,24 @@ impl Actor {
             );
             return;
         };
-        let reported = self
-            .devices
-            .get(device.as_str())
-            .map_or(0, |m| m.reported_generation);
-        let last = self.generations.get(device.as_str()).copied().unwrap_or(0);
-        let generation = last.max(reported).saturating_add(1);
+        // Reports acknowledge only generations issued here, so the last one issued is the
+        // highest the device knows.
+        let generation = match generation::next(self.issued(device.as_str())) {
+            Ok(g) => g,
+            Err(e) => {
+                batch.events.push(
+                    NewEvent::new(now, "server", "desired-unavailable")
+                        .rollout(rid)
+                        .device(device.as_str())
+                        .details(json!({
+                            "kind": kind,
+                            "digest": digest.to_string(),
+                            "error": e.to_string(),
+                        })),
+                );
+                return;
+            }
+        };
         self.generations
             .insert(device.as_str().to_string(), generation);
         let desired = DesiredState {

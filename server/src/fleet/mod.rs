@@ -36,6 +36,7 @@
 //!   commit (or its first known-good), while not on trial and in no active rollout.
 
 mod actor;
+mod generation;
 pub mod flags;
 pub mod view;
 
