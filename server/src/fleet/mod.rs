@@ -75,6 +75,9 @@ pub enum FleetError {
     /// The rollout spec is invalid.
     #[error("invalid rollout: {0}")]
     BadSpec(String),
+    /// A flag definition or edit is invalid.
+    #[error("invalid flag: {0}")]
+    BadFlag(String),
     /// The filter matches no device that can take the release.
     #[error(
         "the filter matches no device that can take this release ({matched} matched, {incompatible} of them of another hardware class)"
@@ -109,13 +112,15 @@ pub enum FleetError {
     /// Stored planner state cannot be decoded.
     #[error("corrupt rollout state: {0}")]
     Corrupt(String),
-    /// The change could not be stored (database failure; see the server log): nothing
-    /// happened.
-    #[error("the change could not be stored (database failure, see the server log)")]
-    NotStored,
     /// The coordinator is not running (the server is stopping).
     #[error("the fleet coordinator is not running")]
     Stopped,
+    /// The database is unavailable: the coordinator is read-only until it answers again, and
+    /// nothing was changed.
+    #[error(
+        "the database is unavailable: rollouts and flags are read-only until it is back (nothing was changed; retry later)"
+    )]
+    Unavailable,
 }
 
 fn conflict_list(list: &[(String, i64)]) -> String {
@@ -284,6 +289,8 @@ pub struct Snapshot {
     pub mqtt_connected: bool,
     /// Rollouts the coordinator drives now.
     pub active_rollouts: usize,
+    /// Whether the coordinator is read-only, waiting for the database to answer again.
+    pub db_unavailable: bool,
 }
 
 /// State shared between the coordinator and the HTTP handlers.

@@ -45,6 +45,7 @@ impl From<FleetError> for ApiError {
             FleetError::AmbiguousRelease(_) => ApiError::bad_request("ambiguous-release", message),
             FleetError::BadFilter(_) => ApiError::bad_request("bad-filter", message),
             FleetError::BadSpec(_) => ApiError::bad_request("bad-spec", message),
+            FleetError::BadFlag(_) => ApiError::bad_request("bad-flag", message),
             FleetError::NoTargets { .. } => ApiError::bad_request("no-targets", message),
             FleetError::Conflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "rollout-conflict", message)
@@ -58,6 +59,10 @@ impl From<FleetError> for ApiError {
             FleetError::Stopped => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }
+            FleetError::Unavailable => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "db-unavailable", message)
+            }
+            FleetError::Db(e) if e.is_unavailable() => FleetError::Unavailable.into(),
             FleetError::Db(e) => ApiError::internal("database", &e),
             other => ApiError::internal("rollout", &other),
         }
