@@ -664,9 +664,10 @@ impl DatabaseConfig {
     /// The longest wait for a pooled connection: `acquire_timeout_secs` (at least one
     /// second), else [`crate::db::DEFAULT_ACQUIRE_TIMEOUT`].
     pub fn acquire_timeout(&self) -> std::time::Duration {
-        self.acquire_timeout_secs.map_or(crate::db::DEFAULT_ACQUIRE_TIMEOUT, |s| {
-            std::time::Duration::from_secs(s.max(1))
-        })
+        self.acquire_timeout_secs
+            .map_or(crate::db::DEFAULT_ACQUIRE_TIMEOUT, |s| {
+                std::time::Duration::from_secs(s.max(1))
+            })
     }
 
     /// The pool size for `url`: `max_connections` if set, else 2 for SQLite (one writer at a

@@ -137,7 +137,9 @@ impl DbError {
 /// shutting down); SQLite's BUSY and LOCKED (primary codes 5 and 6, any extended code).
 fn unavailable_code(code: &str) -> bool {
     if code.len() == 5 {
-        return ["08", "53", "57"].iter().any(|class| code.starts_with(class));
+        return ["08", "53", "57"]
+            .iter()
+            .any(|class| code.starts_with(class));
     }
     code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
 }

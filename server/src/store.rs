@@ -365,7 +365,10 @@ fn remove_staging_files(dir: &Path) -> usize {
         }
     }
     if removed > 0 {
-        tracing::info!("removed {removed} stale upload staging file(s) in {}", dir.display());
+        tracing::info!(
+            "removed {removed} stale upload staging file(s) in {}",
+            dir.display()
+        );
     }
     removed
 }

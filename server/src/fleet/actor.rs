@@ -22,8 +22,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::generation;
 use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
+use super::generation;
 use super::view::{RolloutView, abort_json, counts_json};
 use super::{
     Command, Counters, Fleet, FleetError, MAX_BATCH, Op, REJECT_EVENTS_PER_MINUTE, RolloutRequest,
@@ -518,7 +518,7 @@ impl Actor {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!("cannot read desired states to republish: {e}");
-                self.read_failed = true;
+                self.read_failed |= e.is_unavailable();
                 return;
             }
         };
@@ -637,7 +637,7 @@ impl Actor {
             Ok(None) => false,
             Err(e) => {
                 tracing::error!("cannot read device {id}: {e}");
-                self.read_failed = true;
+                self.read_failed |= e.is_unavailable();
                 false
             }
         }
@@ -651,7 +651,12 @@ impl Actor {
     }
 
     /// Counts a refused message; its `mqtt-rejected` audit event unless over the rate limit.
-    fn reject_event(&mut self, device: Option<&str>, topic: &str, reason: &str) -> Option<NewEvent> {
+    fn reject_event(
+        &mut self,
+        device: Option<&str>,
+        topic: &str,
+        reason: &str,
+    ) -> Option<NewEvent> {
         Counters::inc(&self.counters().mqtt_rejected);
         tracing::debug!(topic, "MQTT message refused: {reason}");
         let now = self.clock.now_millis();
@@ -1038,7 +1043,7 @@ impl Actor {
             }
             Err(e) => {
                 tracing::error!("cannot read release {digest}: {e}");
-                self.read_failed = true;
+                self.read_failed |= e.is_unavailable();
                 None
             }
         }
@@ -1056,6 +1061,9 @@ impl Actor {
     async fn commit(&mut self, mut batch: Batch, tx: Option<DbTx>, client: &AsyncClient) -> bool {
         let dirty = self.rollouts.values().any(|l| l.dirty);
         let mut stored = true;
+        // Device messages are kept for after the outage, unless the database refused them
+        // even one by one (handling them again would fail again).
+        let mut keep = true;
         if self.read_failed {
             drop(tx);
             stored = false;
@@ -1069,10 +1077,13 @@ impl Actor {
             {
                 tracing::warn!("cannot store a batch ({e}): storing its device reports one by one");
                 result = self.write(&batch, None, true).await;
+                keep = !matches!(&result, Err(e) if !e.is_unavailable());
             }
             match result {
                 Ok(flags) => {
-                    for (topic, payload) in std::mem::take(&mut batch.publish).into_iter().chain(flags) {
+                    for (topic, payload) in
+                        std::mem::take(&mut batch.publish).into_iter().chain(flags)
+                    {
                         self.publish(client, topic, payload, true).await;
                     }
                 }
@@ -1083,7 +1094,15 @@ impl Actor {
             }
         }
         if !stored {
-            self.degrade(std::mem::take(&mut batch.raw), std::mem::take(&mut batch.flag_devices));
+            let raw = std::mem::take(&mut batch.raw);
+            if !keep {
+                tracing::error!(
+                    "{} device message(s) dropped: the database refuses their batch",
+                    raw.len()
+                );
+            }
+            let raw = if keep { raw } else { Vec::new() };
+            self.degrade(raw, std::mem::take(&mut batch.flag_devices));
         }
         for (topic, payload) in batch.acks {
             self.publish(client, topic, payload, false).await;
@@ -1113,29 +1132,12 @@ impl Actor {
         let mut dropped = Vec::new();
         for (id, report) in &batch.reports {
             let m = self.devices.get(id).cloned().unwrap_or_default();
-            if isolate {
-                tx.savepoint().await?;
-            }
-            let written = tx
-                .upsert_device(id, report, m.online, m.drifted, m.reported_generation, now)
-                .await;
-            match written {
-                Ok(()) if isolate => tx.release_savepoint().await?,
-                Ok(()) => {}
-                Err(e) if isolate && !e.is_unavailable() => {
-                    tx.rollback_to_savepoint().await?;
-                    dropped.push((id.clone(), e));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        for (id, error) in dropped {
-            // Read again from its row when it next speaks.
-            self.devices.remove(&id);
-            let topic = DeviceId::new(&id).map_or_else(|_| id.clone(), |d| d.topic(TopicKind::Reported));
-            let reason = format!("the database refused the reported state: {error}");
-            if let Some(event) = self.reject_event(Some(&id), &topic, &reason) {
-                tx.append_event(&event).await?;
+            let write = async |tx: &mut DbTx| {
+                tx.upsert_device(id, report, m.online, m.drifted, m.reported_generation, now)
+                    .await
+            };
+            if let Some(e) = isolated(&mut tx, isolate, write).await? {
+                dropped.push((id.clone(), TopicKind::Reported, e));
             }
         }
         for id in &batch.presence {
@@ -1143,7 +1145,19 @@ impl Actor {
                 continue;
             }
             let online = self.devices.get(id).is_some_and(|m| m.online);
-            tx.set_online(id, online, now).await?;
+            let write = async |tx: &mut DbTx| tx.set_online(id, online, now).await;
+            if let Some(e) = isolated(&mut tx, isolate, write).await? {
+                dropped.push((id.clone(), TopicKind::Status, e));
+            }
+        }
+        for (id, kind, error) in dropped {
+            // Read again from its row when it next speaks.
+            self.devices.remove(&id);
+            let topic = DeviceId::new(&id).map_or_else(|_| id.clone(), |d| d.topic(kind));
+            let reason = format!("the database refused the device's message: {error}");
+            if let Some(event) = self.reject_event(Some(&id), &topic, &reason) {
+                tx.append_event(&event).await?;
+            }
         }
         for (id, by) in &batch.approved {
             tx.set_rollout_approved(*id, by, now).await?;
@@ -1282,7 +1296,12 @@ impl Actor {
 
     /// Leaves read-only: swaps in the state loaded whole, republishes what a reconnect
     /// meanwhile may have lost, and hands the kept device messages to `batch`.
-    async fn resume(&mut self, (stored, kept): (Stored, Degraded), client: &AsyncClient, batch: &mut Batch) {
+    async fn resume(
+        &mut self,
+        (stored, kept): (Stored, Degraded),
+        client: &AsyncClient,
+        batch: &mut Batch,
+    ) {
         self.apply(stored);
         tracing::info!(
             kept = kept.latest.len() + kept.events.len(),
@@ -1906,6 +1925,32 @@ fn stored_or<T>(stored: bool, result: Result<T, FleetError>) -> Result<T, FleetE
         result
     } else {
         Err(FleetError::Unavailable)
+    }
+}
+
+/// Runs `write` in `tx`; with `isolate`, under a savepoint: if the database refuses it (for
+/// what it writes, not for being unavailable), it is undone and its error returned, and the
+/// transaction goes on.
+async fn isolated(
+    tx: &mut DbTx,
+    isolate: bool,
+    write: impl AsyncFnOnce(&mut DbTx) -> Result<(), DbError>,
+) -> Result<Option<DbError>, DbError> {
+    if !isolate {
+        write(tx).await?;
+        return Ok(None);
+    }
+    tx.savepoint().await?;
+    match write(tx).await {
+        Ok(()) => {
+            tx.release_savepoint().await?;
+            Ok(None)
+        }
+        Err(e) if !e.is_unavailable() => {
+            tx.rollback_to_savepoint().await?;
+            Ok(Some(e))
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -15,7 +15,9 @@ pub(super) const MAX_GENERATION: u64 = i64::MAX as u64;
 #[non_exhaustive]
 pub(super) enum GenerationError {
     /// A device acknowledges a generation the server never issued to it.
-    #[error("generation {reported} was never issued to this device (the last one issued is {issued})")]
+    #[error(
+        "generation {reported} was never issued to this device (the last one issued is {issued})"
+    )]
     NotIssued {
         /// The generation the device reported.
         reported: u64,

@@ -21,12 +21,22 @@
 //! devices ignore what they already acted on); device reports lost in between come back as the
 //! retained reported state.
 //!
+//! A batch the database refuses for what it holds is written again with each device's row
+//! under its own savepoint: only the refused device's message is dropped (`mqtt-rejected`).
+//! A batch that cannot be stored because the database is unavailable (or that needed a read
+//! that failed) is dropped with the whole in-memory state: the coordinator turns read-only
+//! (changes answer [`FleetError::Unavailable`], heartbeats are acked, device messages kept)
+//! until it can load the whole state again, then handles the kept messages. It never acts on
+//! part of the state.
+//!
 //! # Rules
 //!
 //! - A device is *registered* by its first reported state (`device-registered` event).
 //!   Events from a device the server never heard of, reports about a rollout the device is not
 //!   a target of, and malformed payloads are recorded as `mqtt-rejected` audit events (at most
 //!   [`REJECT_EVENTS_PER_MINUTE`] a minute; all are counted in `/metrics`) and dropped.
+//! - A report or event can only acknowledge a desired-state generation the server issued to
+//!   that device (see `generation.rs`); anything above is `mqtt-rejected`.
 //! - Reports are routed to a planner by the rollout id and release digest they carry; older
 //!   outcomes (by generation, then device time) than one already seen are dropped, so a
 //!   retained reported state cannot move a device backwards.
@@ -36,8 +46,8 @@
 //!   commit (or its first known-good), while not on trial and in no active rollout.
 
 mod actor;
-mod generation;
 pub mod flags;
+mod generation;
 pub mod view;
 
 use std::sync::Arc;

@@ -73,8 +73,8 @@ pub(crate) struct World {
     pub(crate) t: TestServer,
     pub(crate) sim: Sim,
     pub(crate) prefix: String,
-    old: Vec<u8>,
-    new: Vec<u8>,
+    pub(crate) old: Vec<u8>,
+    pub(crate) new: Vec<u8>,
     pg: Option<PgSchema>,
 }
 
@@ -92,7 +92,9 @@ impl World {
             Backend::Postgres => Some(PgSchema::create().await),
             _ => None,
         };
-        opts.database_url = pg.as_ref().map(|p| p.url.clone());
+        if let Some(pg) = &pg {
+            opts.database_url = Some(pg.url.clone());
+        }
         if backend == Backend::Mosquitto {
             opts.mqtt_url = Some(
                 std::env::var("OTA_TEST_MQTT_URL")
@@ -127,11 +129,11 @@ impl World {
         format!("id={}*", self.prefix)
     }
 
-    fn new_digest(&self) -> String {
+    pub(crate) fn new_digest(&self) -> String {
         running_of(&self.new).digest.to_string()
     }
 
-    fn old_digest(&self) -> String {
+    pub(crate) fn old_digest(&self) -> String {
         running_of(&self.old).digest.to_string()
     }
 
@@ -223,7 +225,7 @@ impl World {
         body["rollout"].clone()
     }
 
-    async fn wait_status(&self, id: i64, status: &str) -> Value {
+    pub(crate) async fn wait_status(&self, id: i64, status: &str) -> Value {
         wait_for(&format!("rollout {id} {status}"), || async {
             self.rollout(id).await["status"] == status
         })
@@ -277,7 +279,7 @@ where
     panic!("timed out waiting for: {what}");
 }
 
-fn count(v: &Value, state: &str) -> u64 {
+pub(crate) fn count(v: &Value, state: &str) -> u64 {
     v["totals"][state].as_u64().unwrap()
 }
 

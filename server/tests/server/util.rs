@@ -93,6 +93,8 @@ pub(crate) struct Options {
     pub(crate) webhooks: Vec<String>,
     /// Serve HTTPS with a certificate of a fresh test CA; the client pins that CA.
     pub(crate) https: bool,
+    /// `database.acquire_timeout_secs`.
+    pub(crate) db_acquire_timeout_secs: Option<u64>,
 }
 
 /// A server on 127.0.0.1:0 in a temp directory, trusting keys 1, 2 and 3.
@@ -142,6 +144,7 @@ impl TestServer {
             OperatorConfig::with_role("ada", APPROVER_TOKEN, Role::Approver),
         ];
         config.database.url = database_url;
+        config.database.acquire_timeout_secs = opts.db_acquire_timeout_secs;
         if let Some(url) = &opts.mqtt_url {
             config.mqtt = MqttConfig::external(url).unwrap();
         }
@@ -176,6 +179,11 @@ impl TestServer {
             config,
             clock,
         }
+    }
+
+    /// The server's database URL.
+    pub(crate) fn database_url(&self) -> String {
+        self.config.database_url().unwrap()
     }
 
     /// Where the server's MQTT broker is: (host, port).
