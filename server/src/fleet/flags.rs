@@ -57,7 +57,14 @@ impl FlagSetRequest {
                 Some(text.to_string())
             }
         };
-        let percent = self.percent.map(|p| percent(p, "percent")).transpose()?;
+        let percent = self
+            .percent
+            .map(|p| percent(p, "percent"))
+            .transpose()
+            .map_err(|e| match e {
+                FleetError::BadSpec(message) => FleetError::BadFlag(message),
+                other => other,
+            })?;
         Ok(FlagEdit::Set {
             on: self.on,
             filter,
