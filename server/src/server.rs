@@ -178,6 +178,7 @@ impl Server {
             &endpoint,
             public_url.clone(),
             shared,
+            trust.clone(),
         )
         .await?;
 

@@ -42,3 +42,5 @@ mod releases;
 mod store;
 #[path = "server/trust.rs"]
 mod trust;
+#[path = "server/truthful.rs"]
+mod truthful;

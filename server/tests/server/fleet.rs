@@ -1196,7 +1196,7 @@ async fn webhook_retry(backend: Backend) {
 }
 
 /// The `/metrics` samples as `name{labels}` → value.
-async fn metrics(w: &World) -> std::collections::BTreeMap<String, f64> {
+pub(crate) async fn metrics(w: &World) -> std::collections::BTreeMap<String, f64> {
     let r = w.t.client.get(w.t.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     r.text()
