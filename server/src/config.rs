@@ -667,6 +667,10 @@ pub struct DatabaseConfig {
     /// Most pooled connections (default [`DatabaseConfig::pool_size`]).
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// Longest wait for a pooled connection, seconds (default 10, at least 1): a query waiting
+    /// longer fails, and the fleet coordinator turns read-only until the database answers.
+    #[serde(default)]
+    pub acquire_timeout_secs: Option<u64>,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -674,11 +678,21 @@ impl std::fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("url", &self.url.as_deref().map(crate::db::redact_url))
             .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_secs", &self.acquire_timeout_secs)
             .finish()
     }
 }
 
 impl DatabaseConfig {
+    /// The longest wait for a pooled connection: `acquire_timeout_secs` (at least one
+    /// second), else [`crate::db::DEFAULT_ACQUIRE_TIMEOUT`].
+    pub fn acquire_timeout(&self) -> std::time::Duration {
+        self.acquire_timeout_secs
+            .map_or(crate::db::DEFAULT_ACQUIRE_TIMEOUT, |s| {
+                std::time::Duration::from_secs(s.max(1))
+            })
+    }
+
     /// The pool size for `url`: `max_connections` if set, else 2 for SQLite (one writer at a
     /// time anyway; each connection is a thread, and fewer threads keep the server's memory
     /// down) and 8 for PostgreSQL.

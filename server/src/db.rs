@@ -120,6 +120,44 @@ pub enum DbError {
     Corrupt(String),
 }
 
+impl DbError {
+    /// Whether the database is unreachable or refusing work for now (connection lost, pool
+    /// timed out, server shutting down, SQLite busy): retrying later may succeed. Any other
+    /// error is about what was asked (a value, a row, a constraint).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Connect(_) => true,
+            DbError::Query(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::BeginFailed => true,
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| unavailable_code(&c)),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// Whether a database error code says "unavailable": PostgreSQL SQLSTATE classes 08
+/// (connection exception), 53 (insufficient resources) and 57 (operator intervention, e.g.
+/// shutting down); SQLite's BUSY and LOCKED (primary codes 5 and 6, any extended code).
+fn unavailable_code(code: &str) -> bool {
+    if code.len() == 5 {
+        return ["08", "53", "57"]
+            .iter()
+            .any(|class| code.starts_with(class));
+    }
+    code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+}
+
+/// How long a query waits for a pooled connection by default ([`Db::connect_with`]).
+pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Which database a [`Db`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -565,6 +603,16 @@ impl Db {
     /// Connects to `url` (`sqlite://path?mode=rwc`, `postgres://...`) with at most
     /// `max_connections` pooled connections, and applies the migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        Self::connect_with(url, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// Like [`connect`](Self::connect); a query waits at most `acquire_timeout` for a pooled
+    /// connection (opening one included) before it fails as unavailable.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: std::time::Duration,
+    ) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
         let kind = DbKind::from_url(url)?;
         // Each connection to an in-memory SQLite database is a different database.
@@ -576,6 +624,7 @@ impl Db {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
+            .acquire_timeout(acquire_timeout)
             .connect(url)
             .await
             .map_err(DbError::Connect)?;
@@ -1530,6 +1579,28 @@ impl DbTx {
         let id = record.id;
         self.events.push(record);
         Ok(id)
+    }
+
+    /// Sets a savepoint: [`rollback_to_savepoint`](Self::rollback_to_savepoint) undoes what
+    /// follows it and nothing before (one at a time: isolates one row's write).
+    pub async fn savepoint(&mut self) -> Result<(), DbError> {
+        self.execute_raw("SAVEPOINT ota_item").await
+    }
+
+    /// Keeps what followed the savepoint.
+    pub async fn release_savepoint(&mut self) -> Result<(), DbError> {
+        self.execute_raw("RELEASE SAVEPOINT ota_item").await
+    }
+
+    /// Undoes what followed the savepoint; the transaction goes on.
+    pub async fn rollback_to_savepoint(&mut self) -> Result<(), DbError> {
+        self.execute_raw("ROLLBACK TO SAVEPOINT ota_item").await?;
+        self.release_savepoint().await
+    }
+
+    async fn execute_raw(&mut self, sql: &'static str) -> Result<(), DbError> {
+        sqlx::query(sql).execute(&mut *self.tx).await?;
+        Ok(())
     }
 
     /// Commits everything; the events go to the [`EventSink`]. Returns them.

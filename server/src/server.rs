@@ -112,7 +112,12 @@ impl Server {
             source,
         })?;
         let database_url = config.database_url()?;
-        let db = Db::connect(&database_url, config.database.pool_size(&database_url)).await?;
+        let db = Db::connect_with(
+            &database_url,
+            config.database.pool_size(&database_url),
+            config.database.acquire_timeout(),
+        )
+        .await?;
         let trust = FleetTrust::load(configured, &db).await?;
         let store = ArtifactStore::open(&config.store_location()?)?;
         let tls = match config.http.tls() {

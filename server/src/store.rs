@@ -146,10 +146,13 @@ impl ArtifactStore {
         }
     }
 
-    /// A store of files under `dir` (created if missing).
+    /// A store of files under `dir` (created if missing). Staging files of uploads a killed
+    /// server left behind (`<sha256>#<n>`) are removed: no upload runs before the store is
+    /// opened, and a local store belongs to one server.
     pub fn local(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
+        remove_staging_files(dir);
         let fs = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
         Ok(ArtifactStore {
@@ -332,4 +335,40 @@ impl ArtifactUpload {
             let _ = writer.abort().await;
         }
     }
+}
+
+/// Removes the staging files (`<sha256 hex>#<n>`, the local store's multipart uploads) in
+/// `dir`; returns how many. Failures are logged, not fatal: a leftover only wastes space.
+fn remove_staging_files(dir: &Path) -> usize {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!("cannot list {} for stale uploads: {e}", dir.display());
+            return 0;
+        }
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((digest, n)) = name.to_str().and_then(|n| n.split_once('#')) else {
+            continue;
+        };
+        let staging = digest.parse::<Digest>().is_ok()
+            && !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit());
+        if !staging {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!("cannot remove stale upload {}: {e}", entry.path().display()),
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            "removed {removed} stale upload staging file(s) in {}",
+            dir.display()
+        );
+    }
+    removed
 }

@@ -38,6 +38,10 @@ mod limits;
 mod mosquitto_conf;
 #[path = "server/mqtt_acl.rs"]
 mod mqtt_acl;
+#[path = "server/outage.rs"]
+mod outage;
+#[path = "server/proxy.rs"]
+mod proxy;
 #[path = "server/releases.rs"]
 mod releases;
 #[path = "server/store.rs"]

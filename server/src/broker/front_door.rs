@@ -349,8 +349,18 @@ impl Door {
         if !matches!(first.header.packet_type(), Ok(PacketType::Connect)) {
             return Err(malformed("the first packet is not CONNECT".into()));
         }
-        let mut connect = rumqttc::mqttbytes::v4::Connect::read(first.header, first.raw)
-            .map_err(|e| malformed(e.to_string()))?;
+        let mut connect = match rumqttc::mqttbytes::v4::Connect::read(first.header, first.raw) {
+            Ok(connect) => connect,
+            // MQTT 3.1 ("MQIsdp", level 3) or another level: CONNACK 1, as MQTT 3.1.1 says.
+            Err(mqttbytes::Error::InvalidProtocol | mqttbytes::Error::InvalidProtocolLevel(_)) => {
+                return Err((
+                    Refusal::Protocol,
+                    ConnectReturnCode::RefusedProtocolVersion,
+                    String::new(),
+                ));
+            }
+            Err(e) => return Err(malformed(e.to_string())),
+        };
         let id = connect.client_id.clone();
         let refuse = |refusal, code| Err((refusal, code, id.clone()));
         if connect.protocol != Protocol::V4 {

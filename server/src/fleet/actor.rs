@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
 use super::outbox::{self, Outbox};
+use super::generation;
 use super::view::{RolloutView, abort_json, counts_json, no_rollback_json};
 use super::{
     Command, Counters, DEVICE_EVENTS_PER_MINUTE, Fleet, FleetError, MAX_BATCH, Op,
@@ -48,6 +49,14 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// The digest standing for "no release" (a device that never ran one).
 const NO_RELEASE: Digest = Digest([0; 32]);
+/// The first wait before reloading the state from an unavailable database (doubled up to
+/// [`RELOAD_MAX_WAIT`]).
+const RELOAD_FIRST_WAIT: Duration = Duration::from_millis(250);
+/// The longest wait between two reloads from an unavailable database.
+const RELOAD_MAX_WAIT: Duration = Duration::from_secs(5);
+/// Most device events kept while the database is unavailable (the newest reported state and
+/// status of every device are kept whatever their number).
+const MAX_KEPT_EVENTS: usize = 100_000;
 
 /// The running coordinator: stop it with [`FleetTask::stop`].
 #[derive(Debug)]
@@ -78,8 +87,9 @@ pub async fn start(
     keys: FleetTrust,
     device_budget: BudgetSpec,
 ) -> Result<(Fleet, FleetTask), FleetStartError> {
+    let stored = Stored::load(&db, clock.timestamp()).await?;
     let mut actor = Actor::new(db, clock, public_url, shared.clone(), keys);
-    actor.load().await?;
+    actor.apply(stored);
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -172,6 +182,9 @@ struct Batch {
     /// A trust-set update to publish (retained) after the batch, whatever happens: it is
     /// stored already.
     trust: Option<Vec<u8>>,
+    /// The device messages of the batch (not heartbeats): handled again once the database is
+    /// back if the batch cannot be stored.
+    raw: Vec<(String, Bytes)>,
 }
 
 impl Batch {
@@ -184,6 +197,108 @@ impl Batch {
             && self.flag_changes.is_empty()
             && self.flag_devices.is_empty()
     }
+}
+
+/// What the coordinator keeps while the database is unavailable (it is read-only then).
+#[derive(Debug, Default)]
+struct Degraded {
+    /// The newest reported state and status of each device, by topic.
+    latest: BTreeMap<String, Bytes>,
+    /// Other device messages (events, trust answers), in order, at most [`MAX_KEPT_EVENTS`].
+    events: Vec<(String, Bytes)>,
+    /// Messages not kept (past [`MAX_KEPT_EVENTS`]).
+    dropped: u64,
+    /// Devices whose flags are evaluated again once the database is back.
+    flag_devices: BTreeSet<String>,
+}
+
+impl Degraded {
+    fn keep(&mut self, topic: String, payload: Bytes) {
+        let retained = parse_device_topic(&topic)
+            .is_ok_and(|(_, kind)| matches!(kind, TopicKind::Reported | TopicKind::Status));
+        if retained {
+            self.latest.insert(topic, payload);
+        } else if self.events.len() < MAX_KEPT_EVENTS {
+            self.events.push((topic, payload));
+        } else {
+            self.dropped += 1;
+        }
+    }
+}
+
+/// Everything the coordinator loads from the database: built apart, then swapped in whole,
+/// so it never acts on part of it.
+struct Stored {
+    rollouts: BTreeMap<i64, Loaded>,
+    owner: HashMap<String, i64>,
+    devices: HashMap<String, Memo>,
+    generations: HashMap<String, u64>,
+    flags: Flags,
+    trust: Option<Vec<u8>>,
+}
+
+impl Stored {
+    /// Loads the registry and every unfinished rollout.
+    async fn load(db: &Db, now: ota_core::time::Timestamp) -> Result<Stored, FleetStartError> {
+        let mut generations = HashMap::new();
+        for d in db.list_desired().await? {
+            generations.insert(d.device_id, d.generation);
+        }
+        let mut devices = HashMap::new();
+        for d in db.list_devices().await? {
+            let mut memo = memo_of(&d);
+            // A row stored before reports were checked may hold a generation never issued.
+            let issued = generations.get(&d.id).copied().unwrap_or(0);
+            memo.reported_generation = memo.reported_generation.min(issued);
+            devices.insert(d.id.clone(), memo);
+        }
+        let mut stored = Stored {
+            rollouts: BTreeMap::new(),
+            owner: HashMap::new(),
+            devices,
+            generations,
+            flags: Flags::load(db, now).await?,
+            trust: db.latest_trust_update().await?,
+        };
+        for record in db.rollouts_with_status(LOADED_STATUSES).await? {
+            let id = record.id;
+            let planner = Rollout::from_cbor(&record.state)
+                .map_err(|error| FleetStartError::Rollout { id, error })?;
+            if *planner.state() == RolloutState::Completed && planner.status().totals.queued == 0 {
+                continue;
+            }
+            let version = db
+                .get_release(&record.release_digest)
+                .await?
+                .map(|r| r.version);
+            insert_rollout(
+                &mut stored.rollouts,
+                &mut stored.owner,
+                Loaded {
+                    record: strip(record),
+                    planner,
+                    version,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(stored)
+    }
+}
+
+/// Adds a rollout to drive; an active one owns its devices.
+fn insert_rollout(
+    rollouts: &mut BTreeMap<i64, Loaded>,
+    owner: &mut HashMap<String, i64>,
+    loaded: Loaded,
+) {
+    let id = loaded.record.id;
+    if is_active(loaded.planner.state()) {
+        for d in loaded.planner.devices() {
+            owner.insert(d.as_str().to_string(), id);
+        }
+    }
+    rollouts.insert(id, loaded);
 }
 
 struct Actor {
@@ -206,6 +321,10 @@ struct Actor {
     flags: Flags,
     /// The accepted trust-set update in force (signed bytes), republished on every connect.
     trust: Option<Vec<u8>>,
+    /// Set while the database is unavailable: the coordinator is read-only.
+    degraded: Option<Degraded>,
+    /// A database read failed during the batch in hand: it must not be stored.
+    read_failed: bool,
     /// The trust set in force: rollback targets it does not verify are refused by devices.
     keys: FleetTrust,
 }
@@ -243,6 +362,8 @@ impl Actor {
             connected: false,
             flags: Flags::new(clock.timestamp()),
             trust: None,
+            degraded: None,
+            read_failed: false,
             keys,
             clock,
         }
@@ -254,50 +375,42 @@ impl Actor {
 
     // ----- loading -----
 
-    async fn load(&mut self) -> Result<(), FleetStartError> {
-        self.rollouts.clear();
-        self.owner.clear();
-        self.devices.clear();
-        self.generations.clear();
-        for d in self.db.list_devices().await? {
-            self.devices.insert(d.id.clone(), memo_of(&d));
-        }
-        for d in self.db.list_desired().await? {
-            self.generations.insert(d.device_id, d.generation);
-        }
-        self.flags = Flags::load(&self.db, self.clock.timestamp()).await?;
-        self.trust = self.db.latest_trust_update().await?;
-        for record in self.db.rollouts_with_status(LOADED_STATUSES).await? {
-            let id = record.id;
-            let planner = Rollout::from_cbor(&record.state)
-                .map_err(|error| FleetStartError::Rollout { id, error })?;
-            if *planner.state() == RolloutState::Completed && planner.status().totals.queued == 0 {
-                continue;
-            }
-            let version = self
-                .db
-                .get_release(&record.release_digest)
-                .await?
-                .map(|r| r.version);
-            self.insert_loaded(Loaded {
-                record: strip(record),
-                planner,
-                version,
-                dirty: false,
-            });
-        }
+    /// Swaps in a state loaded from the database.
+    fn apply(&mut self, stored: Stored) {
+        self.rollouts = stored.rollouts;
+        self.owner = stored.owner;
+        self.devices = stored.devices;
+        self.generations = stored.generations;
+        self.flags = stored.flags;
+        self.trust = stored.trust;
         self.update_snapshot();
-        Ok(())
+    }
+
+    /// The last generation issued to device `id` (0: none).
+    fn issued(&self, id: &str) -> u64 {
+        self.generations.get(id).copied().unwrap_or(0)
+    }
+
+    /// Refuses (as `mqtt-rejected`) a message acknowledging `reported` unless the server
+    /// issued that generation to `id`; true if accepted.
+    fn acknowledges_issued(
+        &mut self,
+        id: &DeviceId,
+        reported: u64,
+        topic: &str,
+        batch: &mut Batch,
+    ) -> bool {
+        match generation::check_acknowledged(reported, self.issued(id.as_str())) {
+            Ok(()) => true,
+            Err(e) => {
+                self.reject(Some(id), topic, &e.to_string(), batch);
+                false
+            }
+        }
     }
 
     fn insert_loaded(&mut self, loaded: Loaded) {
-        let id = loaded.record.id;
-        if is_active(loaded.planner.state()) {
-            for d in loaded.planner.devices() {
-                self.owner.insert(d.as_str().to_string(), id);
-            }
-        }
-        self.rollouts.insert(id, loaded);
+        insert_rollout(&mut self.rollouts, &mut self.owner, loaded);
     }
 
     // ----- the loop -----
@@ -317,28 +430,38 @@ impl Actor {
             let mut batch = Batch::default();
             let mut replies: Vec<Reply> = Vec::new();
             let mut tx: Option<DbTx> = None;
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                cmd = commands.recv() => match cmd {
-                    Some(cmd) => self.command(cmd, &mut batch, &mut tx, &mut replies).await,
+            if self.degraded.is_some() {
+                let resumed = self
+                    .wait_for_db(&client, &mut inbound, &mut commands, &mut stop, &ready)
+                    .await;
+                match resumed {
+                    Some(kept) => self.resume(kept, &client, &mut batch).await,
                     None => break,
-                },
-                msg = inbound.recv() => match msg {
-                    Some(msg) => {
-                        self.inbound(msg, &client, &ready, &mut batch).await;
-                        let mut n = 1;
-                        while n < MAX_BATCH {
-                            match inbound.try_recv() {
-                                Ok(msg) => self.inbound(msg, &client, &ready, &mut batch).await,
-                                Err(_) => break,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    cmd = commands.recv() => match cmd {
+                        Some(cmd) => self.command(cmd, &mut batch, &mut tx, &mut replies).await,
+                        None => break,
+                    },
+                    msg = inbound.recv() => match msg {
+                        Some(msg) => {
+                            self.inbound(msg, &client, &ready, &mut batch).await;
+                            let mut n = 1;
+                            while n < MAX_BATCH {
+                                match inbound.try_recv() {
+                                    Ok(msg) => self.inbound(msg, &client, &ready, &mut batch).await,
+                                    Err(_) => break,
+                                }
+                                n += 1;
                             }
-                            n += 1;
                         }
-                    }
-                    None => break,
-                },
-                _ = tokio::time::sleep(sleep) => {}
+                        None => break,
+                    },
+                    _ = tokio::time::sleep(sleep) => {}
+                }
             }
             self.fire_timers();
             self.drain("server", &mut batch).await;
@@ -388,18 +511,8 @@ impl Actor {
         match msg {
             Inbound::Connected => {
                 self.connected = true;
-                let filters = [
-                    TopicKind::Reported,
-                    TopicKind::Events,
-                    TopicKind::Status,
-                    TopicKind::Heartbeat,
-                    TopicKind::Trust,
-                ]
-                .map(|k| SubscribeFilter::new(k.fleet_filter(), QoS::AtLeastOnce));
-                if let Err(e) = client.subscribe_many(filters).await {
-                    tracing::error!("cannot subscribe: {e}");
-                }
-                self.republish_retained(client).await;
+                subscribe(client).await;
+                self.republish_all(client).await;
             }
             Inbound::Subscribed => {
                 ready.send_replace(true);
@@ -416,9 +529,9 @@ impl Actor {
         }
     }
 
-    /// After each (re)connection: every retained message again (desired states, flags, the
-    /// trust-set update in force).
-    async fn republish_retained(&mut self, client: &AsyncClient) {
+    /// Publishes every stored desired state, the devices' flags and the trust-set update in
+    /// force again (all retained).
+    async fn republish_all(&mut self, client: &AsyncClient) {
         self.republish_desired(client).await;
         for (topic, payload) in self.flags.all() {
             self.publish(client, topic, payload, true).await;
@@ -431,12 +544,14 @@ impl Actor {
 
     /// Publishes every stored desired state again (retained, same generation): after a
     /// (re)connect, the broker may have lost them (the embedded broker keeps retained
-    /// messages in memory only), and devices ignore generations they acted on.
+    /// messages in memory only), and devices ignore generations they acted on. If the
+    /// database cannot be read, the coordinator turns read-only and does it once it is back.
     async fn republish_desired(&mut self, client: &AsyncClient) {
         let rows = match self.db.list_desired().await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!("cannot read desired states to republish: {e}");
+                self.read_failed |= e.is_unavailable();
                 return;
             }
         };
@@ -461,9 +576,21 @@ impl Actor {
             // A cleared retained message (e.g. a decommissioned device): nothing to do.
             return;
         }
+        if kind != TopicKind::Heartbeat {
+            batch.raw.push((topic.to_string(), payload.clone()));
+        }
         match kind {
             TopicKind::Reported => match ReportedState::from_cbor(&payload) {
-                Ok(r) if r.device_id == id.as_str() => self.on_reported(&id, r, &payload, batch),
+                Ok(r) if r.device_id == id.as_str() => {
+                    let acknowledged = [r.generation]
+                        .into_iter()
+                        .chain(r.last_result.as_ref().map(|o| o.generation))
+                        .max()
+                        .unwrap_or(0);
+                    if self.acknowledges_issued(&id, acknowledged, topic, batch) {
+                        self.on_reported(&id, r, &payload, batch);
+                    }
+                }
                 Ok(r) => self.reject(
                     Some(&id),
                     topic,
@@ -474,10 +601,10 @@ impl Actor {
             },
             TopicKind::Events => match Event::from_cbor(&payload) {
                 Ok(e) if e.device_id == id.as_str() => {
-                    if self.is_known(&id).await {
-                        self.route(&id, &e.outcome(), topic, batch);
-                    } else {
+                    if !self.is_known(&id).await {
                         self.reject(Some(&id), topic, "event from an unknown device", batch);
+                    } else if self.acknowledges_issued(&id, e.generation, topic, batch) {
+                        self.route(&id, &e.outcome(), topic, batch);
                     }
                 }
                 Ok(e) => self.reject(
@@ -492,21 +619,13 @@ impl Actor {
                 Ok(s) => self.on_status(&id, s.online, batch),
                 Err(e) => self.reject(Some(&id), topic, &e.to_string(), batch),
             },
-            TopicKind::Heartbeat => match Heartbeat::from_cbor(&payload) {
-                Ok(h) => {
-                    let ack = HeartbeatAck {
-                        v: PROTOCOL_VERSION,
-                        seq: h.seq,
-                    };
-                    batch
-                        .acks
-                        .push((id.topic(TopicKind::HeartbeatAck), ack.to_cbor()));
-                }
-                Err(e) => self.reject(Some(&id), topic, &e.to_string(), batch),
+            TopicKind::Heartbeat => match heartbeat_ack(&id, &payload) {
+                Ok(ack) => batch.acks.push(ack),
+                Err(e) => self.reject(Some(&id), topic, &e, batch),
             },
             TopicKind::Trust => match TrustReport::from_cbor(&payload) {
                 Ok(r) if r.device_id == id.as_str() => {
-                    if self.event_allowed(&id, r.outcome.name()) {
+                    if self.event_allowed(id.as_str(), r.outcome.name()) {
                         on_trust_report(&id, &r, self.clock.now_i64(), batch);
                     }
                 }
@@ -534,18 +653,21 @@ impl Actor {
                 self.devices.insert(d.id, memo);
                 known
             }
-            _ => false,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!("cannot read device {id}: {e}");
+                self.read_failed |= e.is_unavailable();
+                false
+            }
         }
     }
 
     /// Whether `device` may have another audit event of `kind` now: at most
     /// [`DEVICE_EVENTS_PER_MINUTE`] a minute per device and kind (bursts of as many); the rest
     /// are counted in `ota_events_suppressed_total`.
-    fn event_allowed(&mut self, device: &DeviceId, kind: &'static str) -> bool {
+    fn event_allowed(&mut self, device: &str, kind: &'static str) -> bool {
         let now = self.clock.now_millis();
-        match self
-            .event_budgets
-            .take((device.as_str().to_owned(), kind), now)
+        match self.event_budgets.take((device.to_owned(), kind), now)
         {
             Verdict::Pass => true,
             _ => {
@@ -557,17 +679,29 @@ impl Actor {
 
     /// Records a refused message (rate-limited in all and per device) and counts it.
     fn reject(&mut self, device: Option<&DeviceId>, topic: &str, reason: &str, batch: &mut Batch) {
+        if let Some(event) = self.reject_event(device.map(DeviceId::as_str), topic, reason) {
+            batch.events.push(event);
+        }
+    }
+
+    /// Counts a refused message; its `mqtt-rejected` audit event unless over the rate limit.
+    fn reject_event(
+        &mut self,
+        device: Option<&str>,
+        topic: &str,
+        reason: &str,
+    ) -> Option<NewEvent> {
         Counters::inc(&self.counters().mqtt_rejected);
         tracing::debug!(topic, "MQTT message refused: {reason}");
         if device.is_some_and(|d| !self.event_allowed(d, "mqtt-rejected")) {
-            return;
+            return None;
         }
         let now = self.clock.now_millis();
         if now.saturating_sub(self.reject_window.0) >= 60_000 {
             self.reject_window = (now, 0);
         }
         if self.reject_window.1 >= REJECT_EVENTS_PER_MINUTE {
-            return;
+            return None;
         }
         self.reject_window.1 += 1;
         let actor = device.map_or_else(|| "mqtt".to_string(), |d| format!("device:{d}"));
@@ -575,9 +709,9 @@ impl Actor {
             json!({ "topic": ota_core::wire::truncate_text(topic, 256), "reason": reason }),
         );
         if let Some(d) = device {
-            event = event.device(d.as_str());
+            event = event.device(d);
         }
-        batch.events.push(event);
+        Some(event)
     }
 
     fn on_status(&mut self, id: &DeviceId, online: bool, batch: &mut Batch) {
@@ -645,7 +779,7 @@ impl Actor {
         } else {
             "device-drift-cleared"
         };
-        if drift_changed && self.event_allowed(id, drift_kind) {
+        if drift_changed && self.event_allowed(id.as_str(), drift_kind) {
             let kind = drift_kind;
             batch.events.push(
                 NewEvent::new(now, "server", kind)
@@ -999,12 +1133,24 @@ impl Actor {
             );
             return;
         };
-        let reported = self
-            .devices
-            .get(device.as_str())
-            .map_or(0, |m| m.reported_generation);
-        let last = self.generations.get(device.as_str()).copied().unwrap_or(0);
-        let generation = last.max(reported).saturating_add(1);
+        // Reports acknowledge only generations issued here, so the last one issued is the
+        // highest the device knows.
+        let generation = match generation::next(self.issued(device.as_str())) {
+            Ok(g) => g,
+            Err(e) => {
+                batch.events.push(
+                    NewEvent::new(now, "server", "desired-unavailable")
+                        .rollout(rid)
+                        .device(device.as_str())
+                        .details(json!({
+                            "kind": kind,
+                            "digest": digest.to_string(),
+                            "error": e.to_string(),
+                        })),
+                );
+                return;
+            }
+        };
         self.generations
             .insert(device.as_str().to_string(), generation);
         let desired = DesiredState {
@@ -1045,6 +1191,7 @@ impl Actor {
             }
             Err(e) => {
                 tracing::error!("cannot read release {digest}: {e}");
+                self.read_failed |= e.is_unavailable();
                 None
             }
         }
@@ -1052,26 +1199,58 @@ impl Actor {
 
     // ----- commit -----
 
-    /// Writes the batch in one transaction, then publishes; false if it could not be stored
-    /// (the in-memory state is then reloaded from the database).
-    async fn commit(&mut self, batch: Batch, tx: Option<DbTx>, client: &AsyncClient) -> bool {
+    /// Writes the batch in one transaction, then publishes; false if it could not be stored.
+    /// A batch failing for something it holds (not for the database being unavailable) is
+    /// written again with each device report isolated: a report the database refuses is
+    /// dropped (`mqtt-rejected`), the rest is stored. A batch that still cannot be stored, or
+    /// that needed a read that failed, is dropped with the in-memory state: the coordinator
+    /// turns read-only (keeping the batch's device messages) until it can load the state
+    /// again ([`Actor::wait_for_db`]).
+    async fn commit(&mut self, mut batch: Batch, tx: Option<DbTx>, client: &AsyncClient) -> bool {
         let dirty = self.rollouts.values().any(|l| l.dirty);
         let mut stored = true;
-        if !batch.is_empty() || dirty || tx.is_some() {
-            match self.write(&batch, tx).await {
+        // Device messages are kept for after the outage, unless the database refused them
+        // even one by one (handling them again would fail again).
+        let mut keep = true;
+        if self.read_failed {
+            drop(tx);
+            stored = false;
+            tracing::error!("a database read failed: the batch is not stored");
+        } else if !batch.is_empty() || dirty || tx.is_some() {
+            let isolable = tx.is_none();
+            let mut result = self.write(&batch, tx, false).await;
+            if let Err(e) = &result
+                && isolable
+                && !e.is_unavailable()
+            {
+                tracing::warn!("cannot store a batch ({e}): storing its device reports one by one");
+                result = self.write(&batch, None, true).await;
+                keep = !matches!(&result, Err(e) if !e.is_unavailable());
+            }
+            match result {
                 Ok(flags) => {
-                    for (topic, payload) in batch.publish.into_iter().chain(flags) {
+                    for (topic, payload) in
+                        std::mem::take(&mut batch.publish).into_iter().chain(flags)
+                    {
                         self.publish(client, topic, payload, true).await;
                     }
                 }
                 Err(e) => {
                     stored = false;
-                    tracing::error!("cannot store a batch, reloading the fleet state: {e}");
-                    if let Err(e) = self.load().await {
-                        tracing::error!("cannot reload the fleet state: {e}");
-                    }
+                    tracing::error!("cannot store a batch: {e}");
                 }
             }
+        }
+        if !stored {
+            let raw = std::mem::take(&mut batch.raw);
+            if !keep {
+                tracing::error!(
+                    "{} device message(s) dropped: the database refuses their batch",
+                    raw.len()
+                );
+            }
+            let raw = if keep { raw } else { Vec::new() };
+            self.degrade(raw, std::mem::take(&mut batch.flag_devices));
         }
         for (topic, payload) in batch.acks {
             self.publish(client, topic, payload, false).await;
@@ -1085,24 +1264,48 @@ impl Actor {
     }
 
     /// Returns the flags of the devices evaluated again (see [`Batch::flag_devices`]), to
-    /// publish after the commit.
-    async fn write(&mut self, batch: &Batch, tx: Option<DbTx>) -> Result<Vec<Publish>, DbError> {
+    /// publish after the commit. With `isolate`, each device report is written under its own
+    /// savepoint: one the database refuses is dropped and recorded as `mqtt-rejected`.
+    async fn write(
+        &mut self,
+        batch: &Batch,
+        tx: Option<DbTx>,
+        isolate: bool,
+    ) -> Result<Vec<Publish>, DbError> {
         let now = self.clock.now_i64();
         let mut tx = match tx {
             Some(tx) => tx,
             None => self.db.begin().await?,
         };
+        let mut dropped = Vec::new();
         for (id, report) in &batch.reports {
             let m = self.devices.get(id).cloned().unwrap_or_default();
-            tx.upsert_device(id, report, m.online, m.drifted, m.reported_generation, now)
-                .await?;
+            let write = async |tx: &mut DbTx| {
+                tx.upsert_device(id, report, m.online, m.drifted, m.reported_generation, now)
+                    .await
+            };
+            if let Some(e) = isolated(&mut tx, isolate, write).await? {
+                dropped.push((id.clone(), TopicKind::Reported, e));
+            }
         }
         for id in &batch.presence {
             if batch.reports.contains_key(id) {
                 continue;
             }
             let online = self.devices.get(id).is_some_and(|m| m.online);
-            tx.set_online(id, online, now).await?;
+            let write = async |tx: &mut DbTx| tx.set_online(id, online, now).await;
+            if let Some(e) = isolated(&mut tx, isolate, write).await? {
+                dropped.push((id.clone(), TopicKind::Status, e));
+            }
+        }
+        for (id, kind, error) in dropped {
+            // Read again from its row when it next speaks.
+            self.devices.remove(&id);
+            let topic = DeviceId::new(&id).map_or_else(|_| id.clone(), |d| d.topic(kind));
+            let reason = format!("the database refused the device's message: {error}");
+            if let Some(event) = self.reject_event(Some(&id), &topic, &reason) {
+                tx.append_event(&event).await?;
+            }
         }
         for (id, by) in &batch.approved {
             tx.set_rollout_approved(*id, by, now).await?;
@@ -1176,6 +1379,168 @@ impl Actor {
             .publish(client, &self.shared.counters, topic, payload, retain);
     }
 
+    // ----- database outages -----
+
+    /// Drops the in-memory state (it may hold changes that were not stored) and turns
+    /// read-only, keeping `raw` (device messages) and `flag_devices` for when the database
+    /// is back.
+    fn degrade(&mut self, raw: Vec<(String, Bytes)>, flag_devices: BTreeSet<String>) {
+        if self.degraded.is_none() {
+            tracing::error!(
+                "the fleet coordinator is read-only until the database answers again (rollout and flag changes get 503)"
+            );
+        }
+        self.read_failed = false;
+        self.rollouts.clear();
+        self.owner.clear();
+        self.devices.clear();
+        self.generations.clear();
+        let degraded = self.degraded.get_or_insert_with(Degraded::default);
+        for (topic, payload) in raw {
+            degraded.keep(topic, payload);
+        }
+        degraded.flag_devices.extend(flag_devices);
+    }
+
+    /// While read-only: loads the state again (waiting longer after each failure) until it
+    /// loads whole, answering meanwhile heartbeats (acks) and commands (503), and keeping
+    /// device messages. Returns what was kept, or `None` when the coordinator stops.
+    async fn wait_for_db(
+        &mut self,
+        client: &AsyncClient,
+        inbound: &mut mpsc::Receiver<Inbound>,
+        commands: &mut mpsc::Receiver<Command>,
+        stop: &mut watch::Receiver<bool>,
+        ready: &watch::Sender<bool>,
+    ) -> Option<(Stored, Degraded)> {
+        let mut wait = RELOAD_FIRST_WAIT;
+        loop {
+            let db = self.db.clone();
+            let now = self.clock.timestamp();
+            let load = async move {
+                tokio::time::sleep(wait).await;
+                Stored::load(&db, now).await
+            };
+            tokio::pin!(load);
+            let loaded = loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => return None,
+                    cmd = commands.recv() => self.command_read_only(cmd?, client).await,
+                    msg = inbound.recv() => self.inbound_read_only(msg?, client, ready).await,
+                    loaded = &mut load => break loaded,
+                }
+            };
+            match loaded {
+                Ok(stored) => {
+                    let kept = self.degraded.take().unwrap_or_default();
+                    return Some((stored, kept));
+                }
+                Err(e) => {
+                    tracing::warn!("the database is still unavailable: {e}");
+                    wait = (wait * 2).min(RELOAD_MAX_WAIT);
+                }
+            }
+        }
+    }
+
+    /// Leaves read-only: swaps in the state loaded whole, republishes what a reconnect
+    /// meanwhile may have lost, and hands the kept device messages to `batch`.
+    async fn resume(
+        &mut self,
+        (stored, kept): (Stored, Degraded),
+        client: &AsyncClient,
+        batch: &mut Batch,
+    ) {
+        self.apply(stored);
+        tracing::info!(
+            kept = kept.latest.len() + kept.events.len(),
+            dropped = kept.dropped,
+            "the database answers again: the fleet coordinator resumes"
+        );
+        if self.connected {
+            self.republish_all(client).await;
+        }
+        batch.flag_devices.extend(kept.flag_devices);
+        for (topic, payload) in kept.events.into_iter().chain(kept.latest) {
+            self.message(&topic, payload, batch).await;
+        }
+    }
+
+    /// A command while read-only: reads served from memory, changes refused.
+    async fn command_read_only(&mut self, cmd: Command, client: &AsyncClient) {
+        match cmd {
+            Command::Tick { reply } => {
+                let _ = reply.send(());
+            }
+            Command::FlagList { reply } => {
+                let _ = reply.send(self.flags.list());
+            }
+            Command::FlagShow { reply, .. } => {
+                let _ = reply.send(Err(FleetError::Unavailable));
+            }
+            Command::Flag { reply, .. } => {
+                let _ = reply.send(Err(FleetError::Unavailable));
+            }
+            Command::Create { reply, .. } | Command::Operate { reply, .. } => {
+                let _ = reply.send(Err(FleetError::Unavailable));
+            }
+            Command::ReleaseChanged { digest } => {
+                self.releases.remove(&digest);
+            }
+            Command::DeviceChanged { id } => {
+                if let Some(degraded) = &mut self.degraded {
+                    degraded.flag_devices.insert(id);
+                }
+            }
+            Command::TrustChanged { payload } => {
+                if let Some(payload) = self.accept_trust(payload) {
+                    self.publish(client, TRUST_TOPIC.to_string(), payload, true)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// An MQTT input while read-only: heartbeats acked, device messages kept.
+    async fn inbound_read_only(
+        &mut self,
+        msg: Inbound,
+        client: &AsyncClient,
+        ready: &watch::Sender<bool>,
+    ) {
+        match msg {
+            Inbound::Connected => {
+                // Desired states, flags and trust are republished once the database is back.
+                self.connected = true;
+                subscribe(client).await;
+            }
+            Inbound::Subscribed => {
+                ready.send_replace(true);
+            }
+            Inbound::Disconnected(e) => {
+                self.connected = false;
+                tracing::debug!("MQTT disconnected: {e}");
+            }
+            Inbound::Message { topic, payload } => {
+                Counters::inc(&self.counters().mqtt_received);
+                let heartbeat = match parse_device_topic(&topic) {
+                    Ok((id, TopicKind::Heartbeat)) => heartbeat_ack(&id, &payload).ok(),
+                    _ => None,
+                };
+                match heartbeat {
+                    Some((topic, ack)) => self.publish(client, topic, ack, false).await,
+                    None if payload.is_empty() => {}
+                    None => {
+                        if let Some(degraded) = &mut self.degraded {
+                            degraded.keep(topic, payload);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Forgets rollouts that need no more driving, and frees their devices.
     fn unload_finished(&mut self) {
         let done: Vec<i64> = self
@@ -1214,6 +1579,7 @@ impl Actor {
             executions,
             mqtt_connected: self.connected,
             active_rollouts: active,
+            db_unavailable: self.degraded.is_some(),
         });
     }
 
@@ -1236,7 +1602,9 @@ impl Actor {
             } => match self.edit_flag(&name, edit, &operator, batch).await {
                 Ok(result) => replies.push(Reply::Flag(reply, Box::new(Ok(result)))),
                 Err(e) => {
-                    let _ = reply.send(Err(e));
+                    let e = Err(e);
+                    self.note(&e);
+                    let _ = reply.send(e);
                 }
             },
             Command::FlagList { reply } => {
@@ -1247,7 +1615,9 @@ impl Actor {
                 device,
                 reply,
             } => {
-                let _ = reply.send(self.show_flag(&name, device.as_deref()).await);
+                let result = self.show_flag(&name, device.as_deref()).await;
+                self.note(&result);
+                let _ = reply.send(result);
             }
             Command::ReleaseChanged { digest } => {
                 self.releases.remove(&digest);
@@ -1256,19 +1626,7 @@ impl Actor {
                 batch.flag_devices.insert(id);
             }
             Command::TrustChanged { payload } => {
-                // Two rotations' notices may arrive out of order: only a newer one replaces
-                // what is published (the retained message must be the update in force).
-                let sequence = |p: &[u8]| {
-                    SignedTrustUpdate::decode(p)
-                        .map(|s| s.update.sequence)
-                        .unwrap_or(0)
-                };
-                if self
-                    .trust
-                    .as_deref()
-                    .is_none_or(|current| sequence(&payload) > sequence(current))
-                {
-                    self.trust = Some(payload.clone());
+                if let Some(payload) = self.accept_trust(payload) {
                     batch.trust = Some(payload);
                 }
             }
@@ -1278,6 +1636,7 @@ impl Actor {
                 reply,
             } => {
                 let result = self.create(request, &operator, batch, tx).await;
+                self.note(&result);
                 match result {
                     Ok(id) => {
                         self.drain(&operator, batch).await;
@@ -1299,9 +1658,40 @@ impl Actor {
                     replies.push(Reply::View(reply, Box::new(self.view_of(id, false))));
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(e));
+                    let e = Err(e);
+                    self.note(&e);
+                    let _ = reply.send(e);
                 }
             },
+        }
+    }
+
+    /// Takes a stored trust-set update as the one in force unless a newer one is (two
+    /// rotations' notices may arrive out of order: the retained message must be the update
+    /// in force); returns it to publish.
+    fn accept_trust(&mut self, payload: Vec<u8>) -> Option<Vec<u8>> {
+        let sequence = |p: &[u8]| {
+            SignedTrustUpdate::decode(p)
+                .map(|s| s.update.sequence)
+                .unwrap_or(0)
+        };
+        if self
+            .trust
+            .as_deref()
+            .is_none_or(|current| sequence(&payload) > sequence(current))
+        {
+            self.trust = Some(payload.clone());
+            return Some(payload);
+        }
+        None
+    }
+
+    /// Notes a command's failure to read the database: the batch is not stored.
+    fn note<T>(&mut self, result: &Result<T, FleetError>) {
+        if let Err(FleetError::Db(e)) = result
+            && e.is_unavailable()
+        {
+            self.read_failed = true;
         }
     }
 
@@ -1690,13 +2080,65 @@ impl Reply {
     }
 }
 
-/// `result` if the batch was stored, else [`FleetError::NotStored`].
+/// `result` if the batch was stored, else [`FleetError::Unavailable`] (nothing was stored
+/// and the coordinator is read-only until the database is back).
 fn stored_or<T>(stored: bool, result: Result<T, FleetError>) -> Result<T, FleetError> {
     if stored {
         result
     } else {
-        Err(FleetError::NotStored)
+        Err(FleetError::Unavailable)
     }
+}
+
+/// Runs `write` in `tx`; with `isolate`, under a savepoint: if the database refuses it (for
+/// what it writes, not for being unavailable), it is undone and its error returned, and the
+/// transaction goes on.
+async fn isolated(
+    tx: &mut DbTx,
+    isolate: bool,
+    write: impl AsyncFnOnce(&mut DbTx) -> Result<(), DbError>,
+) -> Result<Option<DbError>, DbError> {
+    if !isolate {
+        write(tx).await?;
+        return Ok(None);
+    }
+    tx.savepoint().await?;
+    match write(tx).await {
+        Ok(()) => {
+            tx.release_savepoint().await?;
+            Ok(None)
+        }
+        Err(e) if !e.is_unavailable() => {
+            tx.rollback_to_savepoint().await?;
+            Ok(Some(e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Subscribes to every device topic the server reads.
+async fn subscribe(client: &AsyncClient) {
+    let filters = [
+        TopicKind::Reported,
+        TopicKind::Events,
+        TopicKind::Status,
+        TopicKind::Heartbeat,
+        TopicKind::Trust,
+    ]
+    .map(|k| SubscribeFilter::new(k.fleet_filter(), QoS::AtLeastOnce));
+    if let Err(e) = client.subscribe_many(filters).await {
+        tracing::error!("cannot subscribe: {e}");
+    }
+}
+
+/// The acknowledgement of heartbeat `payload` from `id`: (topic, payload); else why not.
+fn heartbeat_ack(id: &DeviceId, payload: &[u8]) -> Result<(String, Vec<u8>), String> {
+    let h = Heartbeat::from_cbor(payload).map_err(|e| e.to_string())?;
+    let ack = HeartbeatAck {
+        v: PROTOCOL_VERSION,
+        seq: h.seq,
+    };
+    Ok((id.topic(TopicKind::HeartbeatAck), ack.to_cbor()))
 }
 
 /// Refuses a release that expired by `now` (unix seconds): devices would refuse it. Answers

@@ -57,7 +57,14 @@ impl FlagSetRequest {
                 Some(text.to_string())
             }
         };
-        let percent = self.percent.map(|p| percent(p, "percent")).transpose()?;
+        let percent = self
+            .percent
+            .map(|p| percent(p, "percent"))
+            .transpose()
+            .map_err(|e| match e {
+                FleetError::BadSpec(message) => FleetError::BadFlag(message),
+                other => other,
+            })?;
         Ok(FlagEdit::Set {
             on: self.on,
             filter,
@@ -378,7 +385,7 @@ impl Flags {
         let mut detail = self.detail(&def);
         if let Some(record) = device {
             let id = DeviceId::new(&record.id)
-                .map_err(|e| FleetError::BadSpec(format!("device id: {e}")))?;
+                .map_err(|e| FleetError::BadFlag(format!("device id: {e}")))?;
             let filters = &mut self.filters;
             let e = def.explain(&id, |f| matches(filters, f, record));
             let cause = match e.cause {
@@ -444,6 +451,6 @@ fn publication(flags: &DeviceFlags) -> Option<Publish> {
 fn flag_error(e: FlagError) -> FleetError {
     match e {
         FlagError::UnknownFlag(name) => FleetError::FlagNotFound(name.to_string()),
-        other => FleetError::BadSpec(other.to_string()),
+        other => FleetError::BadFlag(other.to_string()),
     }
 }

@@ -21,6 +21,14 @@
 //! devices ignore what they already acted on); device reports lost in between come back as the
 //! retained reported state.
 //!
+//! A batch the database refuses for what it holds is written again with each device's row
+//! under its own savepoint: only the refused device's message is dropped (`mqtt-rejected`).
+//! A batch that cannot be stored because the database is unavailable (or that needed a read
+//! that failed) is dropped with the whole in-memory state: the coordinator turns read-only
+//! (changes answer [`FleetError::Unavailable`], heartbeats are acked, device messages kept)
+//! until it can load the whole state again, then handles the kept messages. It never acts on
+//! part of the state.
+//!
 //! # Rules
 //!
 //! - A device is *registered* by its first reported state (`device-registered` event).
@@ -30,6 +38,8 @@
 //! - Audit events a device causes are limited per device and kind
 //!   ([`DEVICE_EVENTS_PER_MINUTE`]): a device toggling its running release cannot fill the
 //!   audit log; the state itself (the device row, drift flag) is still updated every time.
+//! - A report or event can only acknowledge a desired-state generation the server issued to
+//!   that device (see `generation.rs`); anything above is `mqtt-rejected`.
 //! - Reports are routed to a planner by the rollout id and release digest they carry; older
 //!   outcomes (by generation, then device time) than one already seen are dropped, so a
 //!   retained reported state cannot move a device backwards.
@@ -41,6 +51,7 @@
 mod actor;
 pub mod flags;
 mod outbox;
+mod generation;
 pub mod view;
 
 use std::sync::Arc;
@@ -92,6 +103,9 @@ pub enum FleetError {
     /// The rollout spec is invalid.
     #[error("invalid rollout: {0}")]
     BadSpec(String),
+    /// A flag definition or edit is invalid.
+    #[error("invalid flag: {0}")]
+    BadFlag(String),
     /// The filter matches no device that can take the release.
     #[error(
         "the filter matches no device that can take this release ({matched} matched, {incompatible} of them of another hardware class)"
@@ -126,13 +140,15 @@ pub enum FleetError {
     /// Stored planner state cannot be decoded.
     #[error("corrupt rollout state: {0}")]
     Corrupt(String),
-    /// The change could not be stored (database failure; see the server log): nothing
-    /// happened.
-    #[error("the change could not be stored (database failure, see the server log)")]
-    NotStored,
     /// The coordinator is not running (the server is stopping).
     #[error("the fleet coordinator is not running")]
     Stopped,
+    /// The database is unavailable: the coordinator is read-only until it answers again, and
+    /// nothing was changed.
+    #[error(
+        "the database is unavailable: rollouts and flags are read-only until it is back (nothing was changed; retry later)"
+    )]
+    Unavailable,
 }
 
 fn conflict_list(list: &[(String, i64)]) -> String {
@@ -309,6 +325,8 @@ pub struct Snapshot {
     pub mqtt_connected: bool,
     /// Rollouts the coordinator drives now.
     pub active_rollouts: usize,
+    /// Whether the coordinator is read-only, waiting for the database to answer again.
+    pub db_unavailable: bool,
 }
 
 /// State shared between the coordinator and the HTTP handlers.

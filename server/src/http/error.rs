@@ -116,6 +116,14 @@ impl From<DbError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "version-conflict", e.to_string())
             }
             DbError::NotFound { what, id } => ApiError::not_found(format!("{what} {id} not found")),
+            other if other.is_unavailable() => {
+                tracing::warn!("database unavailable: {other}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "db-unavailable",
+                    "the database is unavailable (retry later)",
+                )
+            }
             other => ApiError::internal("database", &other),
         }
     }

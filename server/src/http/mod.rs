@@ -473,6 +473,12 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         "Whether the server's MQTT client is connected.",
         &one(u64::from(snapshot.mqtt_connected)),
     );
+    family(
+        "ota_database_unavailable",
+        "gauge",
+        "Whether the fleet coordinator is read-only, waiting for the database to answer again.",
+        &one(u64::from(snapshot.db_unavailable)),
+    );
     let mqtt_counters = [
         (
             "ota_mqtt_messages_received_total",

@@ -45,6 +45,7 @@ impl From<FleetError> for ApiError {
             FleetError::AmbiguousRelease(_) => ApiError::bad_request("ambiguous-release", message),
             FleetError::BadFilter(_) => ApiError::bad_request("bad-filter", message),
             FleetError::BadSpec(_) => ApiError::bad_request("bad-spec", message),
+            FleetError::BadFlag(_) => ApiError::bad_request("bad-flag", message),
             FleetError::ReleaseExpired { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "release-expired", message)
             }
@@ -61,6 +62,10 @@ impl From<FleetError> for ApiError {
             FleetError::Stopped => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }
+            FleetError::Unavailable => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "db-unavailable", message)
+            }
+            FleetError::Db(e) if e.is_unavailable() => FleetError::Unavailable.into(),
             FleetError::Db(e) => ApiError::internal("database", &e),
             other => ApiError::internal("rollout", &other),
         }

@@ -45,3 +45,24 @@ async fn embedded_broker_accepts_mqtt_clients() {
         .unwrap();
     assert_eq!(got, publish);
 }
+
+/// Issue 19.10: an MQTT 3.1 CONNECT (protocol "MQIsdp", level 3) gets CONNACK 1 (unacceptable
+/// protocol version), as documented, not 5.
+#[tokio::test]
+async fn issue19_mqtt31_connect_gets_connack_1() {
+    let t = TestServer::start().await;
+    let addr = t.server.mqtt_addr().unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connect = [
+        0x10, 18, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x3c, 0x00,
+        0x04, b't', b'e', b's', b't',
+    ];
+    s.write_all(&connect).await.unwrap();
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x01]);
+    t.server.shutdown().await.unwrap();
+}

@@ -159,13 +159,16 @@ async fn flags_percent_widen_kill(backend: Backend) {
             json!({ "on": true, "filter": "hw=(" }),
             "bad-filter",
         ),
-        ("new-ui", json!({ "on": true, "percent": 150 }), "bad-spec"),
+        ("new-ui", json!({ "on": true, "percent": 150 }), "bad-flag"),
         ("new-ui", json!({ "on": "yes" }), "bad-body"),
         ("Not_A_Name", json!({ "on": true }), "bad-flag-name"),
     ] {
         let (status, body) = flag_op(&w, name, "set", body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(body["cause"], cause);
+        // Issue 19.10: a flag error speaks of flags, not of rollouts.
+        let error = body["error"].as_str().unwrap();
+        assert!(!error.contains("rollout"), "{error}");
     }
     let (status, _) = flag_op(&w, "never-made", "kill", json!({})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -92,7 +92,9 @@ impl World {
             Backend::Postgres => Some(PgSchema::create().await),
             _ => None,
         };
-        opts.database_url = pg.as_ref().map(|p| p.url.clone());
+        if let Some(pg) = &pg {
+            opts.database_url = Some(pg.url.clone());
+        }
         if backend == Backend::Mosquitto {
             opts.mqtt_url = Some(
                 std::env::var("OTA_TEST_MQTT_URL")

@@ -286,6 +286,13 @@ impl Sim {
         }
     }
 
+    /// Sets the generation a device reports (a forged or corrupt one, say).
+    pub fn set_generation(&self, id: &str, generation: u64) {
+        if let Some(d) = self.devices.lock().unwrap().get_mut(id) {
+            d.generation = generation;
+        }
+    }
+
     /// Changes what a device runs (by hand, outside any rollout: drift), and reports it.
     pub async fn install_by_hand(&self, id: &str, release: RunningRelease) {
         if let Some(d) = self.devices.lock().unwrap().get_mut(id) {

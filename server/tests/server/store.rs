@@ -97,6 +97,35 @@ async fn local_store_is_all_or_nothing() {
     assert_eq!(names, [Digest::of(&artifact(700_000, 11)).to_string()]);
 }
 
+/// Issue 19.10: staging files a server killed mid-upload left (`<sha256>#<n>`) are removed when
+/// the store opens; stored artifacts and other files are kept.
+#[tokio::test]
+async fn issue19_stale_upload_staging_files_are_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("artifacts");
+    std::fs::create_dir_all(&root).unwrap();
+    let digest = Digest::of(b"half uploaded").to_string();
+    let stored = Digest::of(b"stored").to_string();
+    for name in [
+        format!("{digest}#3"),
+        format!("{digest}#17"),
+        stored.clone(),
+        "notes#1".to_string(),
+        format!("{digest}#x"),
+    ] {
+        std::fs::write(root.join(name), b"bytes").unwrap();
+    }
+    ArtifactStore::local(&root).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut expected = vec![stored, "notes#1".to_string(), format!("{digest}#x")];
+    expected.sort();
+    assert_eq!(names, expected);
+}
+
 #[tokio::test]
 #[ignore = "needs an S3-compatible server: set OTA_TEST_S3_URL"]
 async fn s3_store_is_all_or_nothing() {

@@ -95,6 +95,8 @@ pub(crate) struct Options {
     pub(crate) https: bool,
     /// `[limits]` (default: the defaults).
     pub(crate) limits: Option<ota_server::config::LimitsConfig>,
+    /// `database.acquire_timeout_secs`.
+    pub(crate) db_acquire_timeout_secs: Option<u64>,
 }
 
 /// A server on 127.0.0.1:0 in a temp directory, trusting keys 1, 2 and 3.
@@ -147,6 +149,7 @@ impl TestServer {
         if let Some(limits) = &opts.limits {
             config.limits = limits.clone();
         }
+        config.database.acquire_timeout_secs = opts.db_acquire_timeout_secs;
         if let Some(url) = &opts.mqtt_url {
             config.mqtt = MqttConfig::external(url).unwrap();
         }
@@ -181,6 +184,11 @@ impl TestServer {
             config,
             clock,
         }
+    }
+
+    /// The server's database URL.
+    pub(crate) fn database_url(&self) -> String {
+        self.config.database_url().unwrap()
     }
 
     /// Where the server's MQTT broker is: (host, port).
