@@ -1240,6 +1240,16 @@ impl DbTx {
         Ok(())
     }
 
+    /// Moves a known device's `last_seen` to `now` (a heartbeat; an unknown id changes nothing).
+    pub async fn touch_device(&mut self, id: &str, now: i64) -> Result<(), DbError> {
+        sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
     /// Replaces a device's operator-set labels; [`DbError::NotFound`] for an unknown device
     /// (nothing written).
     pub async fn set_server_labels(

@@ -38,3 +38,5 @@ mod releases;
 mod store;
 #[path = "server/trust.rs"]
 mod trust;
+#[path = "server/truthful.rs"]
+mod truthful;

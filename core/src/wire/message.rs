@@ -195,6 +195,24 @@ pub enum RejectCause {
     Other,
 }
 
+impl RejectCause {
+    /// The cause's stable kebab-case name (events, logs, CLI, JSON, docs/protocol.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectCause::Malformed => "malformed",
+            RejectCause::TooLarge => "too-large",
+            RejectCause::UnsupportedAlgorithm => "unsupported-algorithm",
+            RejectCause::UnknownKey => "unknown-key",
+            RejectCause::BadSignature => "bad-signature",
+            RejectCause::ThresholdNotMet => "threshold-not-met",
+            RejectCause::Expired => "expired",
+            RejectCause::IncompatibleHardware => "incompatible-hardware",
+            RejectCause::Downgrade => "downgrade",
+            RejectCause::Other => "other",
+        }
+    }
+}
+
 impl From<&ReleaseError> for RejectCause {
     fn from(e: &ReleaseError) -> Self {
         match e {
@@ -232,6 +250,18 @@ pub enum FailurePhase {
     Trial,
 }
 
+impl FailurePhase {
+    /// The phase's stable kebab-case name (events, logs, CLI, JSON, docs/protocol.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            FailurePhase::Download => "download",
+            FailurePhase::Verify => "verify",
+            FailurePhase::Install => "install",
+            FailurePhase::Trial => "trial",
+        }
+    }
+}
+
 /// Why a trial ended in a rollback to the known-good release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
 #[cbor(index_only)]
@@ -251,6 +281,19 @@ pub enum RollbackReason {
     /// The trial deadline passed while the agent or the device was down.
     #[n(4)]
     TrialTimeout,
+}
+
+impl RollbackReason {
+    /// The reason's stable kebab-case name (events, logs, CLI, JSON, docs/protocol.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            RollbackReason::ProbeFailed => "probe-failed",
+            RollbackReason::ProbeTimeout => "probe-timeout",
+            RollbackReason::ServerUnreachable => "server-unreachable",
+            RollbackReason::RebootDuringTrial => "reboot-during-trial",
+            RollbackReason::TrialTimeout => "trial-timeout",
+        }
+    }
 }
 
 /// One execution state of a device for a desired state. The same enum is used in events, in

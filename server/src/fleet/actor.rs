@@ -25,8 +25,8 @@ use tokio::task::JoinHandle;
 use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
 use super::view::{RolloutView, abort_json, counts_json};
 use super::{
-    Command, Counters, Fleet, FleetError, MAX_BATCH, Op, REJECT_EVENTS_PER_MINUTE, RolloutRequest,
-    Shared, Snapshot, percent,
+    Command, Counters, Fleet, FleetError, LAST_SEEN_RESOLUTION_SECS, MAX_BATCH, Op,
+    REJECT_EVENTS_PER_MINUTE, RolloutRequest, Shared, Snapshot, percent,
 };
 use crate::clock::Clock;
 use crate::db::{
@@ -130,6 +130,8 @@ struct Memo {
     last_committed: Option<Digest>,
     on_trial: bool,
     reported_generation: u64,
+    /// `last_seen` as stored (unix seconds).
+    last_seen: i64,
     /// The newest (generation, device time) outcome seen.
     last_outcome: Option<(u64, u64)>,
 }
@@ -148,6 +150,8 @@ struct Loaded {
 struct Batch {
     reports: BTreeMap<String, DeviceReport>,
     presence: BTreeSet<String>,
+    /// Devices whose `last_seen` a heartbeat moves (see [`LAST_SEEN_RESOLUTION_SECS`]).
+    seen: BTreeSet<String>,
     desired: Vec<DesiredRecord>,
     events: Vec<NewEvent>,
     /// Desired states, published after the commit.
@@ -169,6 +173,7 @@ impl Batch {
     fn is_empty(&self) -> bool {
         self.reports.is_empty()
             && self.presence.is_empty()
+            && self.seen.is_empty()
             && self.desired.is_empty()
             && self.events.is_empty()
             && self.approved.is_empty()
@@ -471,6 +476,7 @@ impl Actor {
             },
             TopicKind::Heartbeat => match Heartbeat::from_cbor(&payload) {
                 Ok(h) => {
+                    self.on_heartbeat(&id, batch);
                     let ack = HeartbeatAck {
                         v: PROTOCOL_VERSION,
                         seq: h.seq,
@@ -533,6 +539,16 @@ impl Actor {
             event = event.device(d.as_str());
         }
         batch.events.push(event);
+    }
+
+    /// A heartbeat is a sign of life: `last_seen` moves when the stored one is stale.
+    fn on_heartbeat(&mut self, id: &DeviceId, batch: &mut Batch) {
+        let Some(memo) = self.devices.get(id.as_str()) else {
+            return;
+        };
+        if self.clock.now_i64().saturating_sub(memo.last_seen) >= LAST_SEEN_RESOLUTION_SECS {
+            batch.seen.insert(id.as_str().to_string());
+        }
     }
 
     fn on_status(&mut self, id: &DeviceId, online: bool, batch: &mut Batch) {
@@ -792,15 +808,15 @@ impl Actor {
                 if let Some(map) = details.as_object_mut() {
                     match &new {
                         ExecutionState::Failed { phase, reason } => {
-                            map.insert("phase".into(), json!(phase_name(*phase)));
+                            map.insert("phase".into(), json!(phase.name()));
                             map.insert("reason".into(), json!(reason));
                         }
                         ExecutionState::Rejected { cause, detail } => {
-                            map.insert("cause".into(), json!(format!("{cause:?}")));
+                            map.insert("cause".into(), json!(cause.name()));
                             map.insert("reason".into(), json!(detail));
                         }
                         ExecutionState::RolledBack { reason, detail } => {
-                            map.insert("cause".into(), json!(format!("{reason:?}")));
+                            map.insert("cause".into(), json!(reason.name()));
                             map.insert("reason".into(), json!(detail));
                         }
                         _ => {}
@@ -947,6 +963,21 @@ impl Actor {
             }
             let online = self.devices.get(id).is_some_and(|m| m.online);
             tx.set_online(id, online, now).await?;
+        }
+        for id in &batch.seen {
+            if !batch.reports.contains_key(id) && !batch.presence.contains(id) {
+                tx.touch_device(id, now).await?;
+            }
+        }
+        for id in batch
+            .reports
+            .keys()
+            .chain(&batch.presence)
+            .chain(&batch.seen)
+        {
+            if let Some(memo) = self.devices.get_mut(id) {
+                memo.last_seen = now;
+            }
         }
         for (id, by) in &batch.approved {
             tx.set_rollout_approved(*id, by, now).await?;
@@ -1569,24 +1600,15 @@ fn memo_of(d: &DeviceRecord) -> Memo {
         last_committed: d.last_committed_digest,
         on_trial: false,
         reported_generation: d.reported_generation,
+        last_seen: d.last_seen,
         last_outcome: None,
-    }
-}
-
-fn phase_name(p: ota_core::wire::FailurePhase) -> &'static str {
-    use ota_core::wire::FailurePhase;
-    match p {
-        FailurePhase::Download => "download",
-        FailurePhase::Verify => "verify",
-        FailurePhase::Install => "install",
-        FailurePhase::Trial => "trial",
     }
 }
 
 /// `last_result` as stored: the state name, with the phase for failures.
 fn result_name(state: &ExecutionState) -> String {
     match state {
-        ExecutionState::Failed { phase, .. } => format!("failed-{}", phase_name(*phase)),
+        ExecutionState::Failed { phase, .. } => format!("failed-{}", phase.name()),
         other => other.name().to_string(),
     }
 }
