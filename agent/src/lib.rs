@@ -27,6 +27,7 @@
 //! | `shell` | every action | the loop: drains the machine's actions, waits on inputs and timers |
 //! | [`agent`] | start-up | [`Agent::start`], [`AgentHandle`], [`AgentOptions`] |
 //! | [`report`] | `ota-agent status`, `check-power` | read-only views of the journal and the power gate |
+//! | [`term`] | both binaries | log set-up (`OTA_LOG`, colour only on a terminal) and one-line error chains, shared with `ota` |
 //!
 //! # Data directory
 //!
@@ -62,6 +63,7 @@ pub mod process;
 pub mod report;
 mod shell;
 pub mod storage;
+pub mod term;
 /// TLS configurations: the `ota-tls` crate (shared by the agent and the fleet server).
 pub use ota_tls as tls;
 pub mod trust;
