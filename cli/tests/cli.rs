@@ -882,3 +882,119 @@ fn issue7_device_credential_prints_a_per_device_password_from_a_0600_secret() {
     ])
     .fails(2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// issue 12: the tools tell the truth
+// ---------------------------------------------------------------------------------------------
+
+/// A fake fleet server on port 0 answering every request with `body` (200, JSON), for
+/// `requests` requests.
+fn fake_server(body: String, requests: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).unwrap();
+        }
+    });
+    base
+}
+
+fn rollout_view(status: &str) -> String {
+    serde_json::json!({ "rollout": {
+        "id": 7, "release": "9f86d0", "version": "2.0.0", "filter": "all",
+        "status": status, "current_wave": 1, "phase": null,
+        "abort_reason": if status == "aborted" {
+            serde_json::json!({ "kind": "failure-threshold", "message": "3 of 4 executed devices failed" })
+        } else { serde_json::Value::Null },
+        "created_by": "alice", "targets": 4, "deploys": 4, "redeploys": 0, "offline": 0,
+        "totals": { "succeeded": 1, "failures": 3, "executed": 4, "failed": {} },
+        "waves": [
+            { "index": 0, "share": 50.0, "members": 2, "started_at": 1, "counts": { "succeeded": 1, "failures": 1 } },
+            { "index": 1, "share": 100.0, "members": 2, "started_at": 2, "counts": { "succeeded": 0, "failures": 2 } }
+        ]
+    }})
+    .to_string()
+}
+
+/// Issues 12.9 and 12.13: `rollout status --watch` exits 4 when the rollout aborted and 0 when
+/// it completed; its waves are numbered from 1, in the headline and in the per-wave lines.
+#[test]
+fn issue12_watch_exit_status_says_how_the_rollout_ended_and_waves_count_from_1() {
+    let dir = Dir::new();
+    let base = fake_server(rollout_view("aborted"), 1);
+    let env = [("OTA_SERVER", base.as_str()), ("OTA_TOKEN", TOKEN)];
+    let run = dir.ota_env(&["rollout", "status", "7", "--watch"], &env);
+    let line = run.fails(4);
+    assert!(
+        line.contains("rollout 7 aborted: 3 of 4 executed devices failed"),
+        "{line}"
+    );
+    assert!(run.stdout.contains("wave 2 of 2"), "{}", run.stdout);
+    let waves: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("wave "))
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>()[1])
+        .collect();
+    assert_eq!(waves, ["1", "2"], "{}", run.stdout);
+
+    let base = fake_server(rollout_view("completed"), 1);
+    let env = [("OTA_SERVER", base.as_str()), ("OTA_TOKEN", TOKEN)];
+    dir.ota_env(&["rollout", "status", "7", "--watch"], &env)
+        .ok();
+}
+
+/// Issues 12.10 and 12.13 against a real server: an unknown event kind is a usage error, an
+/// unknown device is not an empty log, and the waves error numbers waves from 1.
+#[test]
+fn issue12_fleet_commands_refuse_what_they_cannot_answer() {
+    let dir = Dir::new();
+    dir.keygen("fleet");
+    let server = dir.start_server(&["fleet.pub"]);
+    let env = [("OTA_SERVER", server.base.as_str()), ("OTA_TOKEN", TOKEN)];
+    let run = |args: &[&str]| dir.ota_env(args, &env);
+
+    let line = run(&["events", "--kind", "nonsense"]).fails(2).to_string();
+    assert!(line.contains("\"nonsense\" is not an event kind"), "{line}");
+    assert!(line.contains("rollout-aborted"), "{line}");
+    run(&["events", "--kind", "rollout-aborted"]).ok();
+    let line = run(&["events", "--device", "no-such-device"])
+        .fails(1)
+        .to_string();
+    assert!(line.contains("not found"), "{line}");
+    let line = run(&["events", "--device", "no-such-device", "--json"])
+        .fails(1)
+        .to_string();
+    assert!(line.contains("not found"), "{line}");
+
+    dir.artifact("fw.bin", 1000);
+    dir.sign(&["fleet.key"], "fw.bin", "fw.release", &[]).ok();
+    run(&["release", "publish", "fw.release", "--artifact", "fw.bin"]).ok();
+    let line = run(&[
+        "rollout",
+        "create",
+        "--release",
+        "fw.release",
+        "--waves",
+        "0%,100%",
+        "--dry-run",
+    ])
+    .fails(1)
+    .to_string();
+    assert!(line.contains("wave 1 is not larger"), "{line}");
+
+    drop(server);
+}
