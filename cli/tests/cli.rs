@@ -998,3 +998,43 @@ fn issue12_fleet_commands_refuse_what_they_cannot_answer() {
 
     drop(server);
 }
+
+/// Issue 12.12: `ota demo` interrupted by Ctrl-C (SIGINT) once its fleet runs removes its
+/// whole temporary directory, and says it was interrupted in one line.
+#[cfg(unix)]
+#[test]
+fn issue12_demo_interrupted_by_ctrl_c_leaves_no_directory() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = Dir::new();
+    let tmp = dir.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
+        .args(["demo", "--devices", "10"])
+        .current_dir(dir.root())
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let running = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains("devices online"));
+    assert!(running.is_some(), "the demo never started its fleet");
+    // Its data is there while it runs.
+    assert!(std::fs::read_dir(&tmp).unwrap().next().is_some());
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("demo: interrupted"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
