@@ -210,6 +210,11 @@ pub(crate) fn list_releases(args: &ListReleasesArgs) -> Result<(), CliError> {
                     .unwrap_or_default(),
                 time(&r["created_at"]),
                 s(&r["published_by"]),
+                match r["trusted"].as_bool() {
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO (countersign)".into(),
+                    None => "-".into(),
+                },
             ]
         })
         .collect();
@@ -223,6 +228,7 @@ pub(crate) fn list_releases(args: &ListReleasesArgs) -> Result<(), CliError> {
             "HARDWARE",
             "PUBLISHED",
             "BY",
+            "TRUSTED",
         ],
         &rows,
     ))
@@ -282,6 +288,24 @@ pub(crate) struct DeviceShowArgs {
 }
 
 /// Runs `ota devices <command>`.
+/// A device's last result for the table: the state, with the cause and the release it
+/// concerns when the device reported them (`rolled-back (probe-timeout, from 2f1c9a0b)`).
+fn last_result(d: &Value) -> String {
+    let o = &d["last_outcome"];
+    let mut extra = Vec::new();
+    if let Some(cause) = o["cause"].as_str() {
+        extra.push(cause.to_string());
+    }
+    if o["state"] == "rolled-back" && o["release"].is_string() {
+        extra.push(format!("from {}", short(&o["release"])));
+    }
+    if extra.is_empty() {
+        s(&d["last_result"])
+    } else {
+        format!("{} ({})", s(&d["last_result"]), extra.join(", "))
+    }
+}
+
 pub(crate) fn devices(cmd: DevicesCommand) -> Result<(), CliError> {
     match cmd {
         DevicesCommand::List(args) => {
@@ -311,7 +335,7 @@ pub(crate) fn devices(cmd: DevicesCommand) -> Result<(), CliError> {
                         }
                         .into(),
                         if d["drifted"] == true { "DRIFTED" } else { "-" }.into(),
-                        s(&d["last_result"]),
+                        last_result(d),
                         time(&d["last_seen"]),
                     ]
                 })
@@ -805,6 +829,13 @@ fn create(args: &CreateArgs) -> Result<(), CliError> {
     };
     text.push_str(&headline);
     text.push('\n');
+    for warning in r["warnings"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        text.push_str(&format!("warning: {}\n", s(warning)));
+    }
     text.push_str(&format!(
         "release {} ({})\ntargets {}: {} deploy(s) (new digest), {} redeploy(s) (already running it: {})\n",
         s(&r["version"]),
@@ -884,7 +915,7 @@ fn operate(
     if let Some(reason) = r["abort_reason"]["message"].as_str() {
         line.push_str(&format!(" ({reason})"));
     }
-    out(&format!("{line}\n"))
+    out(&format!("{line}\n{}", no_rollback_text(r)))
 }
 
 /// A wave's number in human output: 1-based (the API's `index` is 0-based).
@@ -1011,6 +1042,32 @@ fn render(r: &Value, bars: bool) -> String {
         s(&totals["failures"]),
         s(&totals["executed"])
     ));
+    text.push_str(&no_rollback_text(r));
+    text
+}
+
+/// The devices an abort left on the release (no rollback target they would accept), one
+/// line each; empty when there is none.
+fn no_rollback_text(r: &Value) -> String {
+    let list = r["no_rollback_target"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if list.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        "no-rollback-target: {} device(s) stay on this release (see docs/security.md, recovery):\n",
+        list.len()
+    );
+    for n in list {
+        text.push_str(&format!(
+            "  {} {}: {}\n",
+            s(&n["device"]),
+            s(&n["cause"]),
+            s(&n["message"])
+        ));
+    }
     text
 }
 
@@ -1178,6 +1235,45 @@ mod tests {
         let line = watch_block(&answer, true);
         assert_eq!(line.lines().count(), 1);
         assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), answer);
+    }
+
+    /// Issue 12.3: `ota devices list` shows a device's own rollback with its cause and the
+    /// release it fell back from.
+    #[test]
+    fn issue12_last_result_shows_cause_and_release() {
+        let d = json!({ "last_result": "rolled-back", "last_outcome": {
+            "state": "rolled-back", "cause": "probe-timeout",
+            "release": "2f1c9a0b5e6d7f80112233445566778899aabbccddeeff00112233445566778899",
+        }});
+        let text = last_result(&d);
+        assert!(
+            text.starts_with("rolled-back (probe-timeout, from 2f1c"),
+            "{text}"
+        );
+        assert_eq!(
+            last_result(&json!({ "last_result": "succeeded" })),
+            "succeeded"
+        );
+    }
+
+    /// Issues 12.1 and 19.9: `ota rollout status` lists the devices an abort could not send
+    /// back, with the cause.
+    #[test]
+    fn issue12_status_lists_devices_without_a_rollback_target() {
+        let answer = json!({ "rollout": {
+            "id": 7, "version": "2.0.0", "release": "ab", "filter": "all",
+            "status": "aborted", "targets": 1, "deploys": 1, "redeploys": 0, "offline": 0,
+            "created_by": "alice", "totals": { "succeeded": 1 }, "waves": [],
+            "no_rollback_target": [
+                { "device": "gw-1", "cause": "security-floor", "message": "below the floor" },
+            ],
+        }});
+        let text = watch_block(&answer, false);
+        assert!(
+            text.contains("no-rollback-target: 1 device(s)")
+                && text.contains("gw-1 security-floor: below the floor"),
+            "{text}"
+        );
     }
 }
 

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use ota_core::digest::Digest;
 use ota_core::rollout::{
-    AbortReason, ExecutionState, FailurePhase, PlannerAction, Ratio, ReportOutcome, Rollout,
-    RolloutError, RolloutSpec, RolloutState, Target, Timestamp, WavePhase, assign_cohorts,
-    cohort_of, cohort_point, in_share,
+    AbortReason, ExecutionState, FailurePhase, NoRollbackCause, PlannerAction, Ratio,
+    ReportOutcome, Rollout, RolloutError, RolloutSpec, RolloutState, Target, Timestamp, WavePhase,
+    assign_cohorts, cohort_of, cohort_point, in_share,
 };
 use ota_core::wire::{DeviceId, PowerReading, RejectCause, RollbackReason};
 use proptest::prelude::*;
@@ -690,6 +690,62 @@ fn failures_past_max_failure_abort_and_send_devices_back() {
             .unwrap(),
         ReportOutcome::Ignored
     );
+}
+
+/// Issue 12.3: a device that fell back by itself (probe failure, timeout) already runs its
+/// known-good release; the abort sends it nothing, so its real outcome stays its last result.
+#[test]
+fn issue12_abort_does_not_roll_back_a_device_that_rolled_back_by_itself() {
+    let mut sim = Sim::new(spec(&[100]), targets(4)).script(id(0), Script::RollBack);
+    sim.run_until(at(mins(5)));
+    assert!(matches!(
+        sim.r.device_state(&id(0)),
+        Some(ExecutionState::RolledBack { .. })
+    ));
+    sim.r.abort("stop", sim.now).unwrap();
+    while let Some(a) = sim.r.poll_action() {
+        sim.log.push((sim.now, a));
+    }
+    let rolled: Vec<&DeviceId> = sim
+        .log
+        .iter()
+        .filter_map(|(_, a)| match a {
+            PlannerAction::Rollback { device_id, .. } => Some(device_id),
+            _ => None,
+        })
+        .collect();
+    assert!(!rolled.contains(&&id(0)), "{rolled:?}");
+    // The devices still installing do go back.
+    assert_eq!(rolled.len(), 3, "{rolled:?}");
+}
+
+/// Issues 12.1 and 19.9: a device with no rollback target it would accept is recorded on the
+/// aborted rollout (and survives a restart); only aborted rollouts and targets take it.
+#[test]
+fn issue12_no_rollback_target_is_recorded_and_persisted() {
+    let mut r = Rollout::new(spec(&[100]), targets(3), T0).unwrap();
+    let floor = NoRollbackCause::SecurityFloor {
+        security_version: 1,
+        floor: 2,
+    };
+    assert!(r.handle_no_rollback_target(&id(0), floor.clone()).is_err());
+    r.abort("stop", T0).unwrap();
+    assert!(
+        r.handle_no_rollback_target(&id(99), NoRollbackCause::Untrusted)
+            .is_err()
+    );
+    r.handle_no_rollback_target(&id(0), NoRollbackCause::Untrusted)
+        .unwrap();
+    r.handle_no_rollback_target(&id(0), floor.clone()).unwrap();
+    r.handle_no_rollback_target(&id(1), NoRollbackCause::NoKnownGood)
+        .unwrap();
+    let r = Rollout::from_cbor(&r.to_cbor()).unwrap();
+    let list = r.status().no_rollback_target;
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].device_id, id(0));
+    assert_eq!(list[0].cause, floor);
+    assert_eq!(list[0].cause.name(), "security-floor");
+    assert_eq!(list[1].cause.name(), "no-known-good");
 }
 
 #[test]

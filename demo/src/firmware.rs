@@ -102,6 +102,17 @@ impl FirmwareTeam {
         })
     }
 
+    /// Signs `build`'s manifest again with this team's key: a countersignature (same
+    /// artifact, product, version and security version, a new signature), e.g. of a release
+    /// signed only by a key a rotation revoked. Fails if `build`'s release does not decode.
+    pub fn countersign(&self, build: &Build) -> Result<Build, ota_core::release::ReleaseError> {
+        let manifest = ota_core::release::SignedRelease::decode(&build.release)?.manifest;
+        Ok(Build {
+            release: sign(&manifest, core::slice::from_ref(&self.key)),
+            ..build.clone()
+        })
+    }
+
     /// Builds and signs the release `spec` describes.
     pub fn build_with(&self, spec: &BuildSpec<'_>) -> Build {
         let salt = hex_prefix(self.key.verifying_key().as_bytes());

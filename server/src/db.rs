@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use ota_core::digest::Digest;
 use ota_core::flags::{FlagChange, FlagDefinition, FlagSet};
-use ota_core::wire::WireMessage;
+use ota_core::wire::{ExecutionState, ReportedState, UpdateOutcome, WireMessage};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::AnyConnection;
@@ -90,9 +90,20 @@ pub enum DbError {
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
     /// A different release is already stored for this artifact digest (releases are
-    /// immutable).
+    /// immutable; only a countersignature of the same product, version and security version
+    /// may replace its signatures).
     #[error("a different release is already published for artifact {0}")]
     ReleaseConflict(Digest),
+    /// Another artifact is already published under this product and version.
+    #[error("release {product} {version} is already published with another artifact ({existing})")]
+    VersionConflict {
+        /// The product.
+        product: String,
+        /// The version.
+        version: String,
+        /// The artifact digest of the release already published.
+        existing: Digest,
+    },
     /// The row to change does not exist.
     #[error("{what} {id} not found")]
     NotFound {
@@ -282,6 +293,12 @@ pub struct DeviceRecord {
     pub last_committed_digest: Option<Digest>,
     /// Outcome of the last update attempt.
     pub last_result: Option<String>,
+    /// The last update outcome as the device reported it (see [`last_outcome_json`]):
+    /// the state, its cause and detail, the release it concerns (for `rolled-back`: the
+    /// release the device fell back from), the rollout and the generation. Absent before the
+    /// device reported one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_outcome: Option<serde_json::Value>,
     /// Power state.
     pub power: Option<serde_json::Value>,
     /// Inventory.
@@ -675,6 +692,71 @@ impl Db {
         tx.commit().await?;
         self.notify(&committed);
         Ok(InsertOutcome::Inserted)
+    }
+
+    /// Replaces the signed bytes and manifest metadata of the release of artifact
+    /// `release.digest` with a countersigned envelope of the same product, version, security
+    /// version and size (signatures by the keys in force after a rotation), and stores `event`
+    /// with it. [`DbError::ReleaseConflict`] if the stored release differs in any of those.
+    pub async fn resign_release(
+        &self,
+        release: &ReleaseRecord,
+        bytes: &[u8],
+        event: &NewEvent,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE releases SET release_bytes = $1, signers = $2, hardware = $3, created = $4, \
+             expires = $5, installer = $6 \
+             WHERE digest = $7 AND product = $8 AND version = $9 AND security_version = $10 \
+             AND size = $11",
+        )
+        .bind(bytes)
+        .bind(to_json(&release.signers))
+        .bind(to_json(&release.hardware))
+        .bind(to_i64(release.created, "release created")?)
+        .bind(
+            release
+                .expires
+                .map(|e| to_i64(e, "release expires"))
+                .transpose()?,
+        )
+        .bind(release.installer.as_deref())
+        .bind(release.digest.to_string())
+        .bind(&release.product)
+        .bind(&release.version)
+        .bind(i64::from(release.security_version))
+        .bind(to_i64(release.size, "release size")?)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            tx.rollback().await?;
+            return Err(DbError::ReleaseConflict(release.digest));
+        }
+        let committed = vec![insert_event(&mut tx, event).await?];
+        tx.commit().await?;
+        self.notify(&committed);
+        Ok(())
+    }
+
+    /// A release of `product` and `version` for another artifact than `digest`, if one is
+    /// published.
+    pub async fn other_release_of_version(
+        &self,
+        product: &str,
+        version: &str,
+        digest: &Digest,
+    ) -> Result<Option<ReleaseRecord>, DbError> {
+        let row = sqlx::query(format_release_select(
+            "WHERE product = $1 AND version = $2 AND digest <> $3 ORDER BY created_at LIMIT 1",
+        ))
+        .bind(product)
+        .bind(version)
+        .bind(digest.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(release_from_row).transpose()
     }
 
     /// The release of artifact `digest`.
@@ -1536,10 +1618,31 @@ fn release_from_row(row: &AnyRow) -> Result<ReleaseRecord, DbError> {
 
 const DEVICE_COLUMNS: &str = "id, hardware_class, labels, server_labels, running_version, \
     running_digest, known_good_digest, last_committed_digest, last_result, power, inventory, \
-    first_seen, last_seen, online, drifted, reported_generation";
+    first_seen, last_seen, online, drifted, reported_generation, reported";
 
 fn format_device_select(tail: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices {tail}"))
+}
+
+/// A reported update outcome as JSON: `state` (its kebab-case name), `cause` and `detail`
+/// (for rejections, failures — `cause` is then the phase — and rollbacks), `release` (the
+/// digest it concerns), `rollout`, `generation` and `at_ms` (device time).
+pub fn last_outcome_json(o: &UpdateOutcome) -> serde_json::Value {
+    let (cause, detail) = match &o.state {
+        ExecutionState::Rejected { cause, detail } => (Some(cause.name()), Some(detail)),
+        ExecutionState::Failed { phase, reason } => (Some(phase.name()), Some(reason)),
+        ExecutionState::RolledBack { reason, detail } => (Some(reason.name()), Some(detail)),
+        _ => (None, None),
+    };
+    serde_json::json!({
+        "state": o.state.name(),
+        "cause": cause,
+        "detail": detail,
+        "release": o.digest.map(|d| d.to_string()),
+        "rollout": o.rollout_id,
+        "generation": o.generation,
+        "at_ms": o.at,
+    })
 }
 
 fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, DbError> {
@@ -1561,6 +1664,10 @@ fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, DbError> {
             "last_committed_digest",
         )?,
         last_result: row.try_get("last_result")?,
+        last_outcome: row
+            .try_get::<Option<Vec<u8>>, _>("reported")?
+            .and_then(|raw| ReportedState::from_cbor(&raw).ok())
+            .and_then(|r| r.last_result.as_ref().map(last_outcome_json)),
         power: json_opt("power")?,
         inventory: json_opt("inventory")?,
         first_seen: row.try_get("first_seen")?,

@@ -6,6 +6,7 @@
 pub const ALL: &[&str] = &[
     "release-published",
     "release-rejected",
+    "release-resigned",
     "rollout-created",
     "rollout-started",
     "rollout-approved",
@@ -20,6 +21,7 @@ pub const ALL: &[&str] = &[
     "device-state-changed",
     "device-rollback",
     "device-cancel",
+    "no-rollback-target",
     "desired-unavailable",
     "device-registered",
     "device-drifted",

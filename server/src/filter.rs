@@ -594,6 +594,7 @@ mod tests {
             known_good_digest: None,
             last_committed_digest: None,
             last_result: None,
+            last_outcome: None,
             power: None,
             inventory: None,
             first_seen: 0,

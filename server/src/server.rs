@@ -173,6 +173,7 @@ impl Server {
             &endpoint,
             public_url.clone(),
             shared,
+            trust.clone(),
         )
         .await?;
 

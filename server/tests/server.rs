@@ -32,6 +32,8 @@ mod fleet;
 mod https;
 #[path = "server/mqtt_acl.rs"]
 mod mqtt_acl;
+#[path = "server/registry_truth.rs"]
+mod registry_truth;
 #[path = "server/releases.rs"]
 mod releases;
 #[path = "server/store.rs"]

@@ -68,8 +68,11 @@
 //! - **Abort**: failures / executed over the whole rollout > `max_failure` once executed ≥
 //!   `min(min_executed, devices that will install)`. Every notified device that took the
 //!   release (reached installing or later) gets [`PlannerAction::Rollback`] to its known-good
-//!   release; notified devices that never wrote it get [`PlannerAction::Cancel`] back to what
-//!   they run.
+//!   release, except devices that rolled back by themselves (they already run it); notified
+//!   devices that never wrote it get [`PlannerAction::Cancel`] back to what they run. The
+//!   server checks each rollback target against what the device would accept (trust set in
+//!   force, security floor, expiry); a device with none is recorded with
+//!   [`Rollout::handle_no_rollback_target`] and listed in [`Status::no_rollback_target`].
 //! - **Timeouts**: an in-flight device (notified, downloading, installing, trial) with no state
 //!   change or progress for `inactivity_timeout` becomes timed-out.
 //! - **Rate**: at most `rate_per_minute` notifications in any sliding 60 s window; queued
@@ -79,12 +82,14 @@ mod codec;
 mod cohort;
 mod counts;
 mod error;
+mod no_rollback;
 mod planner;
 mod spec;
 
 pub use cohort::{assign_cohorts, cohort_of, cohort_point, in_share};
 pub use counts::StateCounts;
 pub use error::RolloutError;
+pub use no_rollback::{NoRollback, NoRollbackCause};
 pub use planner::{
     AbortReason, PlannerAction, ReportOutcome, Rollout, RolloutState, Status, WavePhase, WaveStatus,
 };

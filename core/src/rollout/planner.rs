@@ -10,6 +10,7 @@ use minicbor::{Decode, Encode};
 
 use super::cohort::{assign_cohorts, cohort_of, cohort_point};
 use super::counts::{is_deferred, is_in_flight, took_release};
+use super::no_rollback::{NoRollback, NoRollbackCause};
 use super::{MAX_WAVES, Ratio, RolloutError, RolloutSpec, StateCounts, Target};
 use crate::digest::Digest;
 use crate::time::Timestamp;
@@ -293,6 +294,9 @@ pub struct Status {
     pub offline: u32,
     /// The operator who approved a forced reinstall.
     pub approved_by: Option<String>,
+    /// After an abort: the devices left on the release because no rollback target they would
+    /// accept exists, with why.
+    pub no_rollback_target: Vec<NoRollback>,
 }
 
 /// One target device's planner record (persisted).
@@ -360,6 +364,11 @@ struct Persisted {
     /// Actions not yet drained.
     #[n(8)]
     actions: VecDeque<PlannerAction>,
+    /// After an abort: devices left on the release, with no rollback target they would
+    /// accept. Optional, so states written before the field existed decode (as `None`) and
+    /// states without any such device encode exactly as before.
+    #[n(9)]
+    no_rollback: Option<Vec<NoRollback>>,
 }
 
 /// The kinds of per-device timers.
@@ -471,6 +480,7 @@ impl Rollout {
             devices,
             rate_log: VecDeque::new(),
             actions: VecDeque::new(),
+            no_rollback: None,
         })?;
         if start {
             rollout.start(now);
@@ -845,7 +855,34 @@ impl Rollout {
             redeploys,
             offline: self.offline,
             approved_by: self.p.approved_by.clone(),
+            no_rollback_target: self.p.no_rollback.clone().unwrap_or_default(),
         }
+    }
+
+    /// Records that `device`, sent back by this rollout's abort ([`PlannerAction::Rollback`]),
+    /// has no rollback target it would accept (the server found why: `cause`): it stays on
+    /// the release and is listed in [`Status::no_rollback_target`]. Idempotent (the latest
+    /// cause wins). Only for targets of an aborted rollout.
+    pub fn handle_no_rollback_target(
+        &mut self,
+        device: &DeviceId,
+        cause: NoRollbackCause,
+    ) -> Result<(), RolloutError> {
+        if !matches!(self.p.state, RolloutState::Aborted { .. }) {
+            return Err(self.invalid("record a missing rollback target"));
+        }
+        if self.device(device).is_none() {
+            return Err(RolloutError::UnknownDevice(device.clone()));
+        }
+        let list = self.p.no_rollback.get_or_insert_with(Vec::new);
+        match list.iter_mut().find(|n| n.device_id == *device) {
+            Some(entry) => entry.cause = cause,
+            None => list.push(NoRollback {
+                device_id: device.clone(),
+                cause,
+            }),
+        }
+        Ok(())
     }
 
     /// Encodes the whole planner state (spec, devices, timers' bases, rate window, undrained
@@ -1121,7 +1158,10 @@ impl Rollout {
                 continue;
             }
             if d.took_release {
-                if d.known_good != release {
+                // A device that rolled back by itself already runs its known-good release:
+                // sending it there again would only overwrite its real outcome.
+                if d.known_good != release && !matches!(d.state, ExecutionState::RolledBack { .. })
+                {
                     self.p.actions.push_back(PlannerAction::Rollback {
                         device_id: d.id.clone(),
                         to_digest: d.known_good,

@@ -7,10 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use ota_core::digest::Digest;
 use ota_core::flags::{FlagChange, FlagEdit, FlagName};
-use ota_core::release::SignedTrustUpdate;
+use ota_core::release::{Policy, SignedRelease, SignedTrustUpdate};
 use ota_core::rollout::{
-    PlannerAction, ReportOutcome, Rollout, RolloutError, RolloutSpec, RolloutState, StateCounts,
-    Target,
+    NoRollbackCause, PlannerAction, ReportOutcome, Rollout, RolloutError, RolloutSpec,
+    RolloutState, StateCounts, Target,
 };
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, Heartbeat, HeartbeatAck, PROTOCOL_VERSION,
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
-use super::view::{RolloutView, abort_json, counts_json};
+use super::view::{RolloutView, abort_json, counts_json, no_rollback_json};
 use super::{
     Command, Counters, Fleet, FleetError, LAST_SEEN_RESOLUTION_SECS, MAX_BATCH, Op,
     REJECT_EVENTS_PER_MINUTE, RolloutRequest, Shared, Snapshot, percent,
@@ -35,6 +35,7 @@ use crate::db::{
 };
 use crate::filter::Filter;
 use crate::mqtt::{Inbound, MqttEndpoint, MqttLink};
+use crate::trust::FleetTrust;
 
 /// Rollout statuses the coordinator loads at start (completed ones only while some target
 /// is still queued: they notify late devices).
@@ -62,16 +63,18 @@ impl FleetTask {
 }
 
 /// Loads the registry and every unfinished rollout from `db`, connects to the broker at
-/// `endpoint` and starts the coordinator (counters and snapshots go to `shared`). Returns once the broker acknowledged the
-/// subscriptions (or fails after 15 s).
+/// `endpoint` and starts the coordinator (counters and snapshots go to `shared`; rollback
+/// targets are checked against the trust set in force, `keys`). Returns once the broker
+/// acknowledged the subscriptions (or fails after 15 s).
 pub async fn start(
     db: Db,
     clock: Clock,
     endpoint: &MqttEndpoint,
     public_url: String,
     shared: Arc<Shared>,
+    keys: FleetTrust,
 ) -> Result<(Fleet, FleetTask), FleetStartError> {
-    let mut actor = Actor::new(db, clock, public_url, shared.clone());
+    let mut actor = Actor::new(db, clock, public_url, shared.clone(), keys);
     actor.load().await?;
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let nanos = std::time::SystemTime::now()
@@ -134,6 +137,8 @@ struct Memo {
     last_seen: i64,
     /// The newest (generation, device time) outcome seen.
     last_outcome: Option<(u64, u64)>,
+    /// The security floor the device last reported (anti-rollback).
+    security_floor: u32,
 }
 
 /// A rollout the coordinator drives.
@@ -198,6 +203,8 @@ struct Actor {
     flags: Flags,
     /// The accepted trust-set update in force (signed bytes), republished on every connect.
     trust: Option<Vec<u8>>,
+    /// The trust set in force: rollback targets it does not verify are refused by devices.
+    keys: FleetTrust,
 }
 
 fn is_active(state: &RolloutState) -> bool {
@@ -208,7 +215,13 @@ fn is_active(state: &RolloutState) -> bool {
 }
 
 impl Actor {
-    fn new(db: Db, clock: Clock, public_url: String, shared: Arc<Shared>) -> Self {
+    fn new(
+        db: Db,
+        clock: Clock,
+        public_url: String,
+        shared: Arc<Shared>,
+        keys: FleetTrust,
+    ) -> Self {
         Actor {
             db,
             public_url: public_url.trim_end_matches('/').to_string(),
@@ -222,6 +235,7 @@ impl Actor {
             connected: false,
             flags: Flags::new(clock.timestamp()),
             trust: None,
+            keys,
             clock,
         }
     }
@@ -594,6 +608,7 @@ impl Actor {
         memo.running = running;
         memo.on_trial = r.trial.is_some();
         memo.reported_generation = memo.reported_generation.max(r.generation);
+        memo.security_floor = r.security_floor;
         let drifted =
             !owned && !memo.on_trial && running.is_some() && running != memo.last_committed;
         let drift_changed = drifted != memo.drifted;
@@ -670,7 +685,17 @@ impl Actor {
             // A finished rollout (or a rollback's report): nothing to drive.
             return;
         };
-        if o.digest != Some(loaded.record.release_digest) {
+        let ours = match o.digest {
+            Some(digest) => digest == loaded.record.release_digest,
+            // A release the device could not decode has no digest to report: the rejection
+            // is this rollout's when it answers the desired state this rollout sent last.
+            None => {
+                matches!(o.state, ExecutionState::Rejected { .. })
+                    && self.generations.get(id.as_str()) == Some(&o.generation)
+                    && loaded.planner.device_state(id).is_some()
+            }
+        };
+        if !ours {
             return;
         }
         if let Some(memo) = self.devices.get_mut(id.as_str()) {
@@ -743,6 +768,10 @@ impl Actor {
                 device_id,
                 to_digest,
             } => {
+                if let Some(cause) = self.rollback_refusal(rid, &device_id, to_digest).await {
+                    self.no_rollback_target(rid, &device_id, to_digest, cause, actor, batch);
+                    return;
+                }
                 batch.events.push(
                     event("device-rollback")
                         .device(device_id.as_str())
@@ -750,6 +779,21 @@ impl Actor {
                 );
                 self.publish_desired(&device_id, rid, to_digest, false, "rollback", batch)
                     .await;
+            }
+            PlannerAction::Cancel {
+                device_id,
+                to_digest,
+            } if to_digest == NO_RELEASE => {
+                // The device ran nothing when the rollout began: a cancel would point nowhere.
+                batch
+                    .events
+                    .push(event("device-cancel").device(device_id.as_str()).details(
+                    json!({
+                        "to": null,
+                        "sent": false,
+                        "reason": "the device ran no release: there is nothing to cancel to",
+                    }),
+                ));
             }
             PlannerAction::Cancel {
                 device_id,
@@ -831,6 +875,86 @@ impl Actor {
             }
             _ => {}
         }
+    }
+
+    /// Why `device` would refuse to go back to `to` (its known-good release) after rollout
+    /// `rid` aborted, judged as the device judges it: the trust set in force, the device's
+    /// security floor (raised to the rollout's release once it committed it), the expiry.
+    /// `None`: the device will accept it.
+    async fn rollback_refusal(
+        &mut self,
+        rid: i64,
+        device: &DeviceId,
+        to: Digest,
+    ) -> Option<NoRollbackCause> {
+        if to == NO_RELEASE {
+            return Some(NoRollbackCause::NoKnownGood);
+        }
+        let Some(bytes) = self.release_bytes(&to).await else {
+            return Some(NoRollbackCause::Unpublished);
+        };
+        let Ok(signed) = SignedRelease::decode(&bytes) else {
+            return Some(NoRollbackCause::Unusable);
+        };
+        let loaded = self.rollouts.get(&rid)?;
+        let committed = matches!(
+            loaded.planner.device_state(device),
+            Some(ExecutionState::Succeeded)
+        );
+        let release = loaded.record.release_digest;
+        let mut floor = self
+            .devices
+            .get(device.as_str())
+            .map_or(0, |m| m.security_floor);
+        if committed
+            && let Some(bytes) = self.release_bytes(&release).await
+            && let Ok(release) = SignedRelease::decode(&bytes)
+        {
+            floor = floor.max(release.manifest.security_version);
+        }
+        let policy = Policy {
+            hardware_class: None,
+            security_floor: floor,
+            now: self.clock.now(),
+        };
+        signed
+            .verify(&self.keys.set(), &policy)
+            .err()
+            .map(|e| NoRollbackCause::from(&e))
+    }
+
+    /// Records that `device` stays on rollout `rid`'s release: no rollback target it would
+    /// accept (`cause`). Nothing is sent to it; the rollout lists it and a
+    /// `no-rollback-target` event says so.
+    fn no_rollback_target(
+        &mut self,
+        rid: i64,
+        device: &DeviceId,
+        to: Digest,
+        cause: NoRollbackCause,
+        actor: &str,
+        batch: &mut Batch,
+    ) {
+        let mut details = no_rollback_json(device.as_str(), &cause);
+        if let Some(map) = details.as_object_mut() {
+            let to = (to != NO_RELEASE).then(|| to.to_string());
+            map.insert("to".into(), json!(to));
+        }
+        tracing::warn!(rollout = rid, device = %device, cause = cause.name(), "no rollback target");
+        if let Some(loaded) = self.rollouts.get_mut(&rid)
+            && loaded
+                .planner
+                .handle_no_rollback_target(device, cause)
+                .is_ok()
+        {
+            loaded.dirty = true;
+        }
+        batch.events.push(
+            NewEvent::new(self.clock.now_i64(), actor, "no-rollback-target")
+                .rollout(rid)
+                .device(device.as_str())
+                .details(details),
+        );
     }
 
     /// Queues the desired state "run `digest`" for `device` (a new generation), to be stored
@@ -1122,6 +1246,9 @@ impl Actor {
             } => {
                 let _ = reply.send(self.show_flag(&name, device.as_deref()).await);
             }
+            Command::ReleaseChanged { digest } => {
+                self.releases.remove(&digest);
+            }
             Command::DeviceChanged { id } => {
                 batch.flag_devices.insert(id);
             }
@@ -1254,6 +1381,7 @@ impl Actor {
         if created {
             view.excluded = loaded.record.spec.get("excluded").cloned();
             view.conflicts = loaded.record.spec.get("conflicts").cloned();
+            view.warnings = loaded.record.spec.get("warnings").cloned();
         }
         Ok(view)
     }
@@ -1292,6 +1420,7 @@ impl Actor {
         tx_slot: &mut Option<DbTx>,
     ) -> Result<i64, FleetError> {
         let (release, bytes) = self.resolve_release(&req.release).await?;
+        let warnings = expiry_warnings(&release, &req, self.clock.now())?;
         let filter_text = req.filter.trim();
         let filter = Filter::parse(if filter_text.is_empty() {
             "all"
@@ -1368,6 +1497,9 @@ impl Actor {
                 "excluded".into(),
                 json!({ "incompatible_hardware": incompatible }),
             );
+            if !warnings.is_empty() {
+                map.insert("warnings".into(), json!(warnings));
+            }
             if req.dry_run {
                 let list: Vec<_> = conflicts
                     .iter()
@@ -1406,6 +1538,7 @@ impl Actor {
                     "conflicts": conflicts.len(),
                     "force_reinstall": req.force_reinstall,
                     "state": state,
+                    "warnings": warnings,
                 })),
         );
         if matches!(planner.state(), RolloutState::Running { .. }) {
@@ -1563,6 +1696,37 @@ fn stored_or<T>(stored: bool, result: Result<T, FleetError>) -> Result<T, FleetE
     }
 }
 
+/// Refuses a release that expired by `now` (unix seconds): devices would refuse it. Answers
+/// a warning when it expires before the rollout can plausibly finish (one bake per wave).
+fn expiry_warnings(
+    release: &ReleaseRecord,
+    req: &RolloutRequest,
+    now: u64,
+) -> Result<Vec<String>, FleetError> {
+    let Some(expires) = release.expires else {
+        return Ok(Vec::new());
+    };
+    if now >= expires {
+        return Err(FleetError::ReleaseExpired {
+            version: release.version.clone(),
+            expires,
+        });
+    }
+    let waves = u64::try_from(req.waves.len()).unwrap_or(u64::MAX);
+    let plausible = waves.saturating_mul(req.bake_secs);
+    if now.saturating_add(plausible) > expires {
+        return Ok(vec![format!(
+            "release {} expires at {expires} (unix seconds), in {} s: before the rollout can \
+             plausibly finish ({waves} wave(s) x {} s bake = {plausible} s); devices refuse it \
+             once expired",
+            release.version,
+            expires - now,
+            req.bake_secs,
+        )]);
+    }
+    Ok(Vec::new())
+}
+
 /// The record without its (large) state blob.
 fn strip(mut record: RolloutRecord) -> RolloutRecord {
     record.state = Vec::new();
@@ -1602,6 +1766,12 @@ fn memo_of(d: &DeviceRecord) -> Memo {
         reported_generation: d.reported_generation,
         last_seen: d.last_seen,
         last_outcome: None,
+        security_floor: d
+            .inventory
+            .as_ref()
+            .and_then(|i| i["security_floor"].as_u64())
+            .and_then(|f| u32::try_from(f).ok())
+            .unwrap_or(0),
     }
 }
 

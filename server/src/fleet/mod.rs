@@ -71,6 +71,16 @@ pub enum FleetError {
     /// No published release matches.
     #[error("no published release matches {0:?} (give its sha256 or its version)")]
     ReleaseNotFound(String),
+    /// The release expired: devices would refuse it.
+    #[error(
+        "release {version} expired at {expires} (unix seconds): devices refuse it; publish a new one"
+    )]
+    ReleaseExpired {
+        /// The release's version.
+        version: String,
+        /// Its expiry, unix seconds.
+        expires: u64,
+    },
     /// Several releases have this version.
     #[error("several releases have version {0:?}: give the sha256")]
     AmbiguousRelease(String),
@@ -349,6 +359,9 @@ pub(crate) enum Command {
     TrustChanged {
         payload: Vec<u8>,
     },
+    ReleaseChanged {
+        digest: ota_core::digest::Digest,
+    },
 }
 
 /// An operator operation on a rollout.
@@ -468,6 +481,15 @@ impl Fleet {
     /// `payload` retained on `ota/v1/trust`, and again after every broker reconnect.
     pub async fn trust_changed(&self, payload: Vec<u8>) -> Result<(), FleetError> {
         self.send(Command::TrustChanged { payload }).await
+    }
+
+    /// Tells the coordinator that the signed envelope of release `digest` was replaced (a
+    /// countersignature): it reads the new one before its next desired state of it.
+    pub async fn release_changed(
+        &self,
+        digest: ota_core::digest::Digest,
+    ) -> Result<(), FleetError> {
+        self.send(Command::ReleaseChanged { digest }).await
     }
 
     /// Shared counters and the last snapshot.

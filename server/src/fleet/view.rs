@@ -1,7 +1,9 @@
 //! The JSON view of a rollout (`GET /api/v1/rollouts/{id}` and every rollout command's
 //! answer), built from its row and its planner.
 
-use ota_core::rollout::{AbortReason, Rollout, RolloutState, StateCounts, WavePhase};
+use ota_core::rollout::{
+    AbortReason, NoRollbackCause, Rollout, RolloutState, StateCounts, WavePhase,
+};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -29,6 +31,11 @@ pub struct RolloutView {
     pub bake_until: Option<u64>,
     /// Why it aborted.
     pub abort_reason: Option<Value>,
+    /// After an abort: the devices left on the release because no rollback target they would
+    /// accept exists, as `[{ "device", "cause", "message", ... }]` (see [`no_rollback_json`]);
+    /// absent when there is none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub no_rollback_target: Vec<Value>,
     /// Who created it.
     pub created_by: String,
     /// Who approved the forced reinstall.
@@ -58,6 +65,10 @@ pub struct RolloutView {
     /// `[{ "device": ID, "rollout": ID }]` (a real create over them is refused with 409).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflicts: Option<Value>,
+    /// Only in the create answer: warnings (e.g. the release expires before the rollout can
+    /// plausibly finish), as a list of sentences.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Value>,
 }
 
 /// One wave of a [`RolloutView`].
@@ -138,6 +149,50 @@ pub fn abort_json(reason: &AbortReason) -> Value {
     }
 }
 
+/// A device with no rollback target as JSON: `device`, `cause` (kebab-case), a `message`
+/// for people, and the cause's figures (`security_version` and `floor`, or `expires`).
+pub fn no_rollback_json(device: &str, cause: &NoRollbackCause) -> Value {
+    let message = match cause {
+        NoRollbackCause::NoKnownGood => {
+            "the device ran no release before this rollout: nothing to go back to".to_string()
+        }
+        NoRollbackCause::Unpublished => {
+            "its known-good release is not published on this server".to_string()
+        }
+        NoRollbackCause::Untrusted => "the trust set in force does not verify its known-good \
+            release (countersign it with the current keys)"
+            .to_string(),
+        NoRollbackCause::SecurityFloor {
+            security_version,
+            floor,
+        } => format!(
+            "its known-good release has security version {security_version}, below the \
+             device's floor {floor}: the device refuses it as a downgrade"
+        ),
+        NoRollbackCause::Expired { expires } => {
+            format!("its known-good release expired at {expires} (unix seconds)")
+        }
+        _ => "its known-good release cannot be used".to_string(),
+    };
+    let mut v = json!({ "device": device, "cause": cause.name(), "message": message });
+    if let Some(map) = v.as_object_mut() {
+        match cause {
+            NoRollbackCause::SecurityFloor {
+                security_version,
+                floor,
+            } => {
+                map.insert("security_version".into(), json!(security_version));
+                map.insert("floor".into(), json!(floor));
+            }
+            NoRollbackCause::Expired { expires } => {
+                map.insert("expires".into(), json!(expires));
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
 fn share_percent(bp: u16) -> f64 {
     f64::from(bp) / 100.0
 }
@@ -186,6 +241,11 @@ impl RolloutView {
             phase: phase.map(str::to_string),
             bake_until,
             abort_reason,
+            no_rollback_target: status
+                .no_rollback_target
+                .iter()
+                .map(|n| no_rollback_json(n.device_id.as_str(), &n.cause))
+                .collect(),
             created_by: record.created_by.clone(),
             approved_by: status.approved_by.clone().or(record.approved_by.clone()),
             created_at: record.created_at,
@@ -199,6 +259,7 @@ impl RolloutView {
             waves,
             excluded: None,
             conflicts: None,
+            warnings: None,
         }
     }
 }

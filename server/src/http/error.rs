@@ -112,6 +112,9 @@ impl From<DbError> for ApiError {
                     "a different release is already published for artifact {digest}; releases are immutable"
                 ),
             ),
+            DbError::VersionConflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "version-conflict", e.to_string())
+            }
             DbError::NotFound { what, id } => ApiError::not_found(format!("{what} {id} not found")),
             other => ApiError::internal("database", &other),
         }

@@ -12,6 +12,14 @@
 //! the signed size, and made visible only when its size and SHA-256 match; only then is the
 //! release row committed (with its audit event). Every refusal is answered with
 //! `{ "error", "cause" }` and recorded as a `release-rejected` audit event.
+//!
+//! Releases are immutable, with one exception: a *countersignature*. The same artifact with
+//! the same product, version, security version and size, signed again (typically by the keys
+//! in force after a rotation), replaces the stored signed envelope and its signers
+//! (`200 {"status": "re-signed"}`, a `release-resigned` event): rollbacks to that release are
+//! then sent with signatures devices trust. Any other difference for a published artifact is
+//! `409 release-conflict`; another artifact under a published product and version is
+//! `409 version-conflict`, naming the release already published.
 
 use axum::Json;
 use axum::extract::multipart::{Field, MultipartRejection};
@@ -30,7 +38,7 @@ use crate::store::{PutOutcome, UploadError};
 /// The answer to a successful publish.
 #[derive(Debug, Serialize)]
 pub(super) struct PublishResponse {
-    /// `published` or `already-present`.
+    /// `published`, `already-present` or `re-signed`.
     status: &'static str,
     /// The release.
     release: ReleaseRecord,
@@ -39,7 +47,28 @@ pub(super) struct PublishResponse {
 /// `GET /api/v1/releases` body.
 #[derive(Debug, Serialize)]
 pub(super) struct ReleaseList {
-    releases: Vec<ReleaseRecord>,
+    releases: Vec<ReleaseView>,
+}
+
+/// A release as listed: its record, and whether the trust set in force still verifies its
+/// stored signatures (`false` after a rotation revoked its keys: devices would refuse it,
+/// also as a rollback target, until it is countersigned).
+#[derive(Debug, Serialize)]
+pub(super) struct ReleaseView {
+    #[serde(flatten)]
+    release: ReleaseRecord,
+    trusted: bool,
+}
+
+impl ReleaseView {
+    async fn of(state: &AppState, release: ReleaseRecord) -> Result<Self, ApiError> {
+        let bytes = state.db().get_release_bytes(&release.digest).await?;
+        let set = state.trust().set();
+        let trusted = bytes.is_some_and(|b| {
+            SignedRelease::decode(&b).is_ok_and(|r| r.verify_signatures(&set).is_ok())
+        });
+        Ok(ReleaseView { release, trusted })
+    }
 }
 
 /// `POST /api/v1/releases`.
@@ -95,11 +124,35 @@ async fn publish_inner(
         .map_err(|e| ApiError::from_release(&e))?;
     let digest = verified.manifest.artifact_digest();
 
-    // Refuse a conflicting release before reading the artifact.
+    // Refuse a conflicting release before reading the artifact; a countersignature (same
+    // artifact, product, version, security version and size) re-signs the stored one.
+    let m = &verified.manifest;
+    if let Some(other) = state
+        .db()
+        .other_release_of_version(&m.product, &m.version, &digest)
+        .await?
+    {
+        return Err(crate::db::DbError::VersionConflict {
+            product: other.product,
+            version: other.version,
+            existing: other.digest,
+        }
+        .into());
+    }
+    let mut resign = false;
     if let Some(existing) = state.db().get_release_bytes(&digest).await?
         && existing != bytes
     {
-        return Err(crate::db::DbError::ReleaseConflict(digest).into());
+        let same = state.db().get_release(&digest).await?.is_some_and(|r| {
+            r.product == m.product
+                && r.version == m.version
+                && r.security_version == m.security_version
+                && r.size == m.artifact_size
+        });
+        if !same {
+            return Err(crate::db::DbError::ReleaseConflict(digest).into());
+        }
+        resign = true;
     }
 
     // Part 2: the artifact, verified while it streams into the store.
@@ -125,6 +178,9 @@ async fn publish_inner(
     // The artifact checked out: commit the release row and its audit event together.
     let now = state.clock().now_i64();
     let record = ReleaseRecord::from_verified(&verified, now, &operator.name);
+    if resign {
+        return resign_release(state, operator, record, &bytes).await;
+    }
     let event = NewEvent::new(now, &operator.name, "release-published").details(json!({
         "digest": digest.to_string(),
         "product": record.product,
@@ -153,6 +209,38 @@ async fn publish_inner(
         Json(PublishResponse {
             status: text,
             release: record,
+        }),
+    ))
+}
+
+/// Stores a countersigned envelope for an already published artifact (see the module docs),
+/// and tells the fleet coordinator, which sends the new envelope from then on.
+async fn resign_release(
+    state: &AppState,
+    operator: &Operator,
+    record: ReleaseRecord,
+    bytes: &[u8],
+) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
+    let digest = record.digest;
+    let event =
+        NewEvent::new(record.created_at, &operator.name, "release-resigned").details(json!({
+            "digest": digest.to_string(),
+            "product": record.product,
+            "version": record.version,
+            "security_version": record.security_version,
+            "signers": record.signers,
+        }));
+    state.db().resign_release(&record, bytes, &event).await?;
+    if let Err(e) = state.fleet().release_changed(digest).await {
+        tracing::error!("cannot tell the fleet coordinator about re-signed release {digest}: {e}");
+    }
+    tracing::info!(operator = %operator.name, %digest, version = %record.version, "release re-signed");
+    let stored = state.db().get_release(&digest).await?.unwrap_or(record);
+    Ok((
+        StatusCode::OK,
+        Json(PublishResponse {
+            status: "re-signed",
+            release: stored,
         }),
     ))
 }
@@ -205,21 +293,23 @@ async fn read_bounded(mut field: Field<'_>, limit: usize) -> Result<Vec<u8>, Api
 
 /// `GET /api/v1/releases`.
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<ReleaseList>, ApiError> {
-    Ok(Json(ReleaseList {
-        releases: state.db().list_releases().await?,
-    }))
+    let mut releases = Vec::new();
+    for release in state.db().list_releases().await? {
+        releases.push(ReleaseView::of(&state, release).await?);
+    }
+    Ok(Json(ReleaseList { releases }))
 }
 
 /// `GET /api/v1/releases/{sha256}`.
 pub(super) async fn get(
     State(state): State<AppState>,
     PathParam(digest): PathParam,
-) -> Result<Json<ReleaseRecord>, ApiError> {
+) -> Result<Json<ReleaseView>, ApiError> {
     let digest = parse_digest(&digest)?;
-    state
+    let release = state
         .db()
         .get_release(&digest)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("release {digest} not found")))
+        .ok_or_else(|| ApiError::not_found(format!("release {digest} not found")))?;
+    Ok(Json(ReleaseView::of(&state, release).await?))
 }

@@ -45,6 +45,9 @@ impl From<FleetError> for ApiError {
             FleetError::AmbiguousRelease(_) => ApiError::bad_request("ambiguous-release", message),
             FleetError::BadFilter(_) => ApiError::bad_request("bad-filter", message),
             FleetError::BadSpec(_) => ApiError::bad_request("bad-spec", message),
+            FleetError::ReleaseExpired { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "release-expired", message)
+            }
             FleetError::NoTargets { .. } => ApiError::bad_request("no-targets", message),
             FleetError::Conflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "rollout-conflict", message)

@@ -73,8 +73,8 @@ pub(crate) struct World {
     pub(crate) t: TestServer,
     pub(crate) sim: Sim,
     pub(crate) prefix: String,
-    old: Vec<u8>,
-    new: Vec<u8>,
+    pub(crate) old: Vec<u8>,
+    pub(crate) new: Vec<u8>,
     pg: Option<PgSchema>,
 }
 
@@ -131,7 +131,7 @@ impl World {
         running_of(&self.new).digest.to_string()
     }
 
-    fn old_digest(&self) -> String {
+    pub(crate) fn old_digest(&self) -> String {
         running_of(&self.old).digest.to_string()
     }
 
@@ -223,7 +223,7 @@ impl World {
         body["rollout"].clone()
     }
 
-    async fn wait_status(&self, id: i64, status: &str) -> Value {
+    pub(crate) async fn wait_status(&self, id: i64, status: &str) -> Value {
         wait_for(&format!("rollout {id} {status}"), || async {
             self.rollout(id).await["status"] == status
         })
@@ -277,7 +277,7 @@ where
     panic!("timed out waiting for: {what}");
 }
 
-fn count(v: &Value, state: &str) -> u64 {
+pub(crate) fn count(v: &Value, state: &str) -> u64 {
     v["totals"][state].as_u64().unwrap()
 }
 
@@ -1194,7 +1194,7 @@ async fn webhook_retry(backend: Backend) {
 }
 
 /// The `/metrics` samples as `name{labels}` → value.
-async fn metrics(w: &World) -> std::collections::BTreeMap<String, f64> {
+pub(crate) async fn metrics(w: &World) -> std::collections::BTreeMap<String, f64> {
     let r = w.t.client.get(w.t.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     r.text()

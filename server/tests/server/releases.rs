@@ -94,12 +94,19 @@ async fn different_release_for_a_published_artifact_conflicts() {
             .status(),
         StatusCode::CREATED
     );
-    let (status, cause) =
-        error_of(t.publish(release("1.0.0", &art, &[2]), art.clone()).await).await;
+    // Another security version for the same artifact (issue 12.1: only a countersignature of
+    // the same product, version and security version re-signs a published release).
+    let mut m = crate::util::manifest("1.0.0", &art);
+    m.security_version = 2;
+    let other = ota_core::release::sign(&m, &[crate::util::key(2)]);
+    let (status, cause) = error_of(t.publish(other, art.clone()).await).await;
     assert_eq!(
         (status, cause.as_str()),
         (StatusCode::CONFLICT, "release-conflict")
     );
+    // The same manifest signed by another trusted key is a countersignature.
+    let r = t.publish(release("1.0.0", &art, &[2]), art.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 /// Publishes a refused release and checks the cause, the audit event, and that nothing was

@@ -59,6 +59,8 @@ pub struct Seen {
     pub digest: Digest,
     /// Forced reinstall.
     pub force: bool,
+    /// The signed release bytes as received.
+    pub release: Vec<u8>,
     /// The artifact URLs.
     pub urls: Vec<String>,
 }
@@ -387,6 +389,7 @@ impl Sim {
             digest: target.digest,
             force: desired.force_reinstall,
             urls: desired.artifact_urls.clone(),
+            release: desired.release.clone(),
         };
         let (behavior, identical, download) = {
             let mut map = self.devices.lock().unwrap();

@@ -1,34 +1,350 @@
-//! Issue 12 ("truthful states"): the registry and the audit log say what happened.
+//! Issue 12 ("truthful states") and issue 19.9: every fallback, refusal and failure reaches
+//! the operator as it happened. An abort sends devices only rollback targets they accept and
+//! lists the devices left without one (`no-rollback-target`); a device's own fallback is not
+//! overwritten; a release that cannot be decoded is still counted; nothing is sent that points
+//! nowhere; expired releases and ambiguous versions are refused up front.
 
 use std::time::Duration;
 
+use ota_core::digest::Digest;
+use ota_core::release::{SigningKey, TrustUpdate, VerifyingKey, sign, sign_trust_update};
+use ota_core::wire::{
+    DeviceId, Event, ExecutionState, RejectCause, TopicKind, UpdateOutcome, WireMessage,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::fleet::{Backend, World, suite, wait_for};
-use crate::sim::Behavior;
-use crate::util::{Options, TOKEN};
+use crate::fleet::{Backend, World, count, metrics, suite, wait_for};
+use crate::sim::{Behavior, device, running_of};
+use crate::util::{NOW, Options, TOKEN, TestServer, artifact, key, manifest, release};
 
 suite!(
-    issue12_heartbeats_move_last_seen,
-    issue12_causes_are_kebab_case_in_events,
+    issue12_abort_after_rotation,
+    issue19_abort_after_commit_above_the_floor,
+    issue12_own_rollback_is_kept,
+    issue12_abort_without_a_running_release,
+    issue12_undecodable_rejection_is_counted,
+    issue12_expired_release,
 );
 
-async fn last_seen(w: &World, id: &str) -> i64 {
-    let list = w.devices(&format!("id={id}")).await;
-    list[0]["last_seen"].as_i64().unwrap()
+/// An error answer: status, cause and message.
+async fn refusal(r: reqwest::Response) -> (StatusCode, String, String) {
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    (
+        status,
+        body["cause"].as_str().unwrap().to_string(),
+        body["error"].as_str().unwrap().to_string(),
+    )
 }
 
-/// Sends heartbeat `seq` and waits for its ack (published after the batch's commit).
-async fn heartbeat(w: &World, id: &str, seq: u64) {
-    w.sim.heartbeat(id, seq).await;
-    wait_for("heartbeat ack", || async {
-        w.sim.device(id).unwrap().acks.contains(&seq)
+fn digest_of(release: &[u8]) -> String {
+    running_of(release).digest.to_string()
+}
+
+/// A rollout of `release` over `w`'s devices, one wave, a long bake (so it can be aborted
+/// after the devices committed), with `spec` merged in.
+async fn create_of(w: &World, release: &[u8], spec: Value) -> i64 {
+    let mut body = json!({ "release": digest_of(release), "bake_secs": 3600 });
+    for (k, v) in spec.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let (status, body) = w.create(TOKEN, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["rollout"]["id"].as_i64().unwrap()
+}
+
+async fn abort(w: &World, id: i64) -> Value {
+    let (status, body) = w.op(TOKEN, id, "abort").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["rollout"].clone()
+}
+
+fn seen(w: &World, i: usize) -> usize {
+    w.sim.device(&w.id(i)).unwrap().seen.len()
+}
+
+/// The `no-rollback-target` list of a rollout view, as (device, cause).
+fn no_rollback(view: &Value) -> Vec<(String, String)> {
+    let mut list: Vec<(String, String)> = view["no_rollback_target"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no no_rollback_target in {view}"))
+        .iter()
+        .map(|n| {
+            (
+                n["device"].as_str().unwrap().to_string(),
+                n["cause"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+/// Issue 12.1: rotate A → B, roll out a release signed by B, abort: the known-good release
+/// (signed by A only) would be refused by every device, so none is sent; the rollout, its
+/// events and its status list the devices with cause `untrusted`. Countersigning the
+/// known-good with B re-signs it (200, same artifact), and a rollout of it then carries B's
+/// signatures.
+async fn issue12_abort_after_rotation(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    let keys: Vec<VerifyingKey> = [4u8, 5].iter().map(|&n| key(n).verifying_key()).collect();
+    let update = sign_trust_update(&TrustUpdate::new(1, &keys, 1, 0), &[key(1)]);
+    let r =
+        w.t.client
+            .post(w.t.url("/api/v1/trust"))
+            .bearer_auth(TOKEN)
+            .body(update)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let art = artifact(5000, 3);
+    let by_b = release("3.0.0", &art, &[4]);
+    assert_eq!(w.t.publish(by_b.clone(), art).await.status(), 201);
+    w.add(w.sim_devices(2, |_| Behavior::Succeed)).await;
+    let id = create_of(&w, &by_b, json!({})).await;
+    wait_for("both committed", || async {
+        count(&w.rollout(id).await, "succeeded") == 2
     })
     .await;
+
+    let view = abort(&w, id).await;
+    let expected = vec![
+        (w.id(0), "untrusted".to_string()),
+        (w.id(1), "untrusted".to_string()),
+    ];
+    assert_eq!(no_rollback(&view), expected);
+    assert_eq!(no_rollback(&w.rollout(id).await), expected);
+    let events = w
+        .events(&format!("rollout={id}&kind=no-rollback-target"))
+        .await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["details"]["cause"], "untrusted");
+    assert_eq!(events[0]["details"]["to"], w.old_digest());
+    assert!(
+        w.events(&format!("rollout={id}&kind=device-rollback"))
+            .await
+            .is_empty()
+    );
+    // Nothing the devices would refuse was sent.
+    assert_eq!((seen(&w, 0), seen(&w, 1)), (1, 1));
+
+    // The server knows which releases the trust set in force still verifies.
+    let listed: Value = w.t.get_json("/api/v1/releases").await;
+    let trusted = |digest: &str| {
+        listed["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["digest"] == digest)
+            .map(|r| r["trusted"].clone())
+    };
+    assert_eq!(trusted(&w.old_digest()), Some(json!(false)));
+    assert_eq!(trusted(&digest_of(&by_b)), Some(json!(true)));
+
+    // Recovery: countersign the known-good release with B (same manifest, new signature).
+    let old_art = artifact(3000, 1);
+    let countersigned = release("1.0.0", &old_art, &[4]);
+    let r = w.t.publish(countersigned.clone(), old_art).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "re-signed", "{body}");
+    let by_b_record: Value =
+        w.t.get_json(&format!("/api/v1/releases/{}", digest_of(&by_b)))
+            .await;
+    assert_eq!(body["release"]["signers"], by_b_record["signers"]);
+    let old: Value =
+        w.t.get_json(&format!("/api/v1/releases/{}", w.old_digest()))
+            .await;
+    assert_eq!(old["trusted"], true, "{old}");
+    assert_eq!(
+        w.events("kind=release-resigned").await.len(),
+        1,
+        "one release-resigned event"
+    );
+    // A rollout of the known-good release now sends B's signatures.
+    create_of(&w, &w.old, json!({ "bake_secs": 0 })).await;
+    wait_for("devices sent the countersigned release", || async {
+        seen(&w, 0) == 2 && seen(&w, 1) == 2
+    })
+    .await;
+    for i in 0..2 {
+        let d = w.sim.device(&w.id(i)).unwrap();
+        assert_eq!(d.seen[1].release, countersigned);
+    }
+    w.finish().await;
 }
 
-async fn issue12_heartbeats_move_last_seen(backend: Backend) {
+/// Issue 19.9: devices that committed a release with a higher security version raised their
+/// floor; their known-good release is below it, so the abort sends them nothing and says why
+/// (`security-floor`, with both figures).
+async fn issue19_abort_after_commit_above_the_floor(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    let art = artifact(4500, 7);
+    let mut m = manifest("2.1.0", &art);
+    m.security_version = 2;
+    let secure = sign(&m, &[key(1)]);
+    assert_eq!(w.t.publish(secure.clone(), art).await.status(), 201);
+    w.add(w.sim_devices(2, |_| Behavior::Succeed)).await;
+    let id = create_of(&w, &secure, json!({})).await;
+    wait_for("both committed", || async {
+        count(&w.rollout(id).await, "succeeded") == 2
+    })
+    .await;
+    let view = abort(&w, id).await;
+    assert_eq!(
+        no_rollback(&view),
+        vec![
+            (w.id(0), "security-floor".to_string()),
+            (w.id(1), "security-floor".to_string()),
+        ]
+    );
+    let first = &view["no_rollback_target"][0];
+    assert_eq!(first["security_version"], 1);
+    assert_eq!(first["floor"], 2);
+    assert_eq!((seen(&w, 0), seen(&w, 1)), (1, 1));
+    w.finish().await;
+}
+
+/// Issue 12.3: a device that fell back by itself keeps its real outcome: the abort sends it
+/// no rollback (which it would answer `skipped-identical`), so `devices list` shows
+/// `rolled-back`.
+async fn issue12_own_rollback_is_kept(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    let devices = w.sim_devices(2, |i| {
+        if i == 0 {
+            Behavior::RollBack
+        } else {
+            Behavior::Silent
+        }
+    });
+    w.add(devices).await;
+    let id = create_of(
+        &w,
+        &w.new,
+        json!({ "max_failure": 5, "min_executed": 1, "bake_secs": 0 }),
+    )
+    .await;
+    w.wait_status(id, "aborted").await;
+    // The silent device's cancel proves the abort's desired states went out.
+    wait_for("the cancel", || async { seen(&w, 1) == 2 }).await;
+    assert_eq!(
+        seen(&w, 0),
+        1,
+        "a rollback was sent to a device already back"
+    );
+    let list = w.devices(&format!("id={}", w.id(0))).await;
+    assert_eq!(list[0]["last_result"], "rolled-back");
+    // The record keeps the real outcome: why, and from which release.
+    let outcome = &list[0]["last_outcome"];
+    assert_eq!(outcome["state"], "rolled-back", "{outcome}");
+    assert_eq!(outcome["cause"], "probe-failed", "{outcome}");
+    assert_eq!(outcome["release"], digest_of(&w.new), "{outcome}");
+    assert_eq!(outcome["rollout"], id.to_string(), "{outcome}");
+    w.finish().await;
+}
+
+/// Issue 12.5: a device that ran no release gets no cancel to an all-zero digest and no
+/// `desired-unavailable`; one that took the release has no rollback target
+/// (`no-known-good`).
+async fn issue12_abort_without_a_running_release(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    w.add(vec![
+        device(&w.id(0), "gw-a", None, Behavior::Defer),
+        device(&w.id(1), "gw-a", None, Behavior::Succeed),
+    ])
+    .await;
+    let id = create_of(&w, &w.new, json!({})).await;
+    wait_for("one committed, one deferred", || async {
+        let v = w.rollout(id).await;
+        count(&v, "succeeded") == 1 && count(&v, "deferred-power") == 1
+    })
+    .await;
+    let view = abort(&w, id).await;
+    assert_eq!(
+        no_rollback(&view),
+        vec![(w.id(1), "no-known-good".to_string())]
+    );
+    assert!(
+        w.events(&format!("rollout={id}&kind=desired-unavailable"))
+            .await
+            .is_empty()
+    );
+    let cancels = w.events(&format!("rollout={id}&kind=device-cancel")).await;
+    assert_eq!(cancels.len(), 1);
+    assert_eq!(cancels[0]["details"]["sent"], false);
+    assert_eq!(cancels[0]["details"]["to"], Value::Null);
+    let zero = Digest([0; 32]);
+    for i in 0..2 {
+        let d = w.sim.device(&w.id(i)).unwrap();
+        assert!(d.seen.iter().all(|s| s.digest != zero));
+        assert_eq!(d.seen.len(), 1);
+    }
+    w.finish().await;
+}
+
+/// Issue 12.4: a device that cannot decode the release rejects it without a digest; the
+/// rejection still counts for its execution (matched by rollout and generation), in the
+/// rollout, the events and `/metrics`, instead of waiting for the inactivity timeout.
+async fn issue12_undecodable_rejection_is_counted(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    w.add(w.sim_devices(2, |_| Behavior::Silent)).await;
+    let id = create_of(&w, &w.new, json!({})).await;
+    wait_for("both notified", || async {
+        seen(&w, 0) == 1 && seen(&w, 1) == 1
+    })
+    .await;
+    let desired = w.sim.device(&w.id(0)).unwrap().seen[0].clone();
+    let dev = DeviceId::new(&w.id(0)).unwrap();
+    let outcome = |generation| UpdateOutcome {
+        generation,
+        rollout_id: desired.rollout_id.clone(),
+        digest: None,
+        state: ExecutionState::Rejected {
+            cause: RejectCause::Malformed,
+            detail: "the release does not decode".into(),
+        },
+        at: NOW * 1000,
+    };
+    // A digest-less rejection of a generation the server did not send is not counted...
+    let stray = Event::from_outcome(&dev, &outcome(desired.generation + 7));
+    w.sim
+        .publish_raw(&dev.topic(TopicKind::Events), stray.to_cbor(), false)
+        .await;
+    // ...the one answering the desired state is.
+    let event = Event::from_outcome(&dev, &outcome(desired.generation));
+    w.sim
+        .publish_raw(&dev.topic(TopicKind::Events), event.to_cbor(), false)
+        .await;
+    wait_for("the rejection counted", || async {
+        count(&w.rollout(id).await, "rejected") == 1
+    })
+    .await;
+    let changes = w
+        .events(&format!(
+            "rollout={id}&kind=device-state-changed&device={}",
+            w.id(0)
+        ))
+        .await;
+    assert!(
+        changes.iter().any(|e| e["details"]["to"] == "rejected"),
+        "{changes:?}"
+    );
+    wait_for("metrics updated", || async {
+        metrics(&w)
+            .await
+            .get("ota_executions{state=\"rejected\"}")
+            .copied()
+            == Some(1.0)
+    })
+    .await;
+    w.finish().await;
+}
+
+/// Issue 12.2: `rollout create` warns when the release expires before the rollout can
+/// plausibly finish (waves × bake), and refuses it once expired, naming the expiry.
+async fn issue12_expired_release(backend: Backend) {
     let w = World::start(
         backend,
         Options {
@@ -37,55 +353,83 @@ async fn issue12_heartbeats_move_last_seen(backend: Backend) {
         },
     )
     .await;
-    w.add(w.sim_devices(1, |_| Behavior::Succeed)).await;
-    let id = w.id(0);
-    let first = last_seen(&w, &id).await;
-    // Within the resolution, a heartbeat writes nothing.
-    w.t.advance(Duration::from_secs(5)).await;
-    heartbeat(&w, &id, 1).await;
-    assert_eq!(last_seen(&w, &id).await, first);
-    // Past it, the heartbeat moves last_seen to now.
-    w.t.advance(Duration::from_secs(55)).await;
-    heartbeat(&w, &id, 2).await;
-    assert_eq!(last_seen(&w, &id).await, first + 60);
+    let art = artifact(2500, 9);
+    let mut m = manifest("2.2.0", &art);
+    m.expires = Some(NOW + 600);
+    let expiring = sign(&m, &[key(1)]);
+    assert_eq!(w.t.publish(expiring.clone(), art).await.status(), 201);
+    w.add(w.sim_devices(1, |_| Behavior::Silent)).await;
+    let (status, body) = w
+        .create(
+            TOKEN,
+            json!({ "release": digest_of(&expiring), "waves": [50, 100], "bake_secs": 3600,
+                    "dry_run": true }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let warnings = body["rollout"]["warnings"].to_string();
+    assert!(warnings.contains(&(NOW + 600).to_string()), "{body}");
+    // A short rollout gets no warning.
+    let (_, body) = w
+        .create(
+            TOKEN,
+            json!({ "release": digest_of(&expiring), "bake_secs": 60, "dry_run": true }),
+        )
+        .await;
+    assert!(body["rollout"].get("warnings").is_none(), "{body}");
+
+    w.t.advance(Duration::from_secs(601)).await;
+    let r =
+        w.t.post_as(
+            TOKEN,
+            "/api/v1/rollouts",
+            &json!({ "release": digest_of(&expiring), "filter": w.filter() }),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (status, cause, message) = refusal(r).await;
+    assert_eq!(
+        (status, cause.as_str()),
+        (StatusCode::CONFLICT, "release-expired")
+    );
+    assert!(message.contains(&(NOW + 600).to_string()), "{message}");
     w.finish().await;
 }
 
-/// The causes of rejected and rolled-back devices, as the audit log records them.
-async fn issue12_causes_are_kebab_case_in_events(backend: Backend) {
-    let w = World::start(backend, Options::default()).await;
-    w.add(w.sim_devices(2, |i| {
-        if i == 0 {
-            Behavior::RollBack
-        } else {
-            Behavior::Reject
-        }
-    }))
-    .await;
-    let (status, body) = w
-        .create(TOKEN, json!({ "max_failure": 100, "success_min": 0 }))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let cause_of = |events: &[Value], id: &str, to: &str| -> Option<Value> {
-        events
-            .iter()
-            .find(|e| e["device_id"] == id && e["details"]["to"] == to)
-            .map(|e| e["details"]["cause"].clone())
-    };
-    wait_for("both final", || async {
-        let events = w.events("kind=device-state-changed").await;
-        cause_of(&events, &w.id(0), "rolled-back").is_some()
-            && cause_of(&events, &w.id(1), "rejected").is_some()
-    })
-    .await;
-    let events = w.events("kind=device-state-changed").await;
+/// Issue 12.11: a second release with the same product and version but another artifact is
+/// refused (409, naming the release already published); a countersignature that changes the
+/// security version is still a conflict.
+#[tokio::test]
+async fn issue12_same_version_other_artifact_is_refused() {
+    let t = TestServer::start().await;
+    let first = artifact(3000, 1);
     assert_eq!(
-        cause_of(&events, &w.id(0), "rolled-back").unwrap(),
-        "probe-failed"
+        t.publish(release("1.1.1", &first, &[1]), first.clone())
+            .await
+            .status(),
+        201
     );
+    let other = artifact(3100, 2);
+    let (status, cause, message) =
+        refusal(t.publish(release("1.1.1", &other, &[1]), other).await).await;
     assert_eq!(
-        cause_of(&events, &w.id(1), "rejected").unwrap(),
-        "bad-signature"
+        (status, cause.as_str()),
+        (StatusCode::CONFLICT, "version-conflict")
     );
-    w.finish().await;
+    let existing = Digest::of(&first).to_string();
+    assert!(message.contains(&existing), "{message}");
+    assert!(message.contains("1.1.1"), "{message}");
+
+    let mut m = manifest("1.1.1", &first);
+    m.security_version = 5;
+    let signers: Vec<SigningKey> = vec![key(2)];
+    let (status, cause, _) = refusal(t.publish(sign(&m, &signers), first.clone()).await).await;
+    assert_eq!(
+        (status, cause.as_str()),
+        (StatusCode::CONFLICT, "release-conflict")
+    );
+    // The original is untouched.
+    let stored: Value = t.get_json(&format!("/api/v1/releases/{existing}")).await;
+    assert_eq!(stored["security_version"], 1);
 }

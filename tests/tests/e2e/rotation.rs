@@ -14,7 +14,10 @@ use serde_json::json;
 
 use crate::world::{Backend, World, suite, wait_device};
 
-suite!(issue7_key_rotation_rotates_revokes_and_survives_restart);
+suite!(
+    issue7_key_rotation_rotates_revokes_and_survives_restart,
+    issue12_abort_after_rotation_reports_no_rollback_target_and_countersigning_recovers,
+);
 
 /// Waits until the device handled a trust-set update with outcome `name` at `sequence`.
 async fn trust_outcome(device: &Device, sequence: u64, pred: impl Fn(&TrustOutcome) -> bool) {
@@ -177,5 +180,60 @@ async fn issue7_key_rotation_rotates_revokes_and_survives_restart(backend: Backe
         .publish(TRUST_TOPIC, QoS::AtLeastOnce, true, Vec::new())
         .await
         .unwrap();
+    w.finish().await;
+}
+
+/// Issue 12.1 with real agents: rotate {A} → {B} (A revoked), roll out B's release, abort
+/// after the device committed it. The device's known-good (the factory release) is signed by
+/// A only: the server sends no rollback the agent would refuse (`unknown-key`) and lists the
+/// device as `no-rollback-target` (`untrusted`). The firmware team countersigns the factory
+/// release with B; the server takes it as a re-signing, and a rollout of it brings the device
+/// back.
+async fn issue12_abort_after_rotation_reports_no_rollback_target_and_countersigning_recovers(
+    backend: Backend,
+) {
+    let w = World::start(backend, 1, |_| {}).await;
+    let api = w.lab.api().clone();
+    let a = w.lab.team();
+    let b = FirmwareTeam::new().unwrap();
+    let size = w.lab.factory().image.len();
+    let device = &w.lab.devices()[0];
+
+    let revoke_a = a.sign_rotation(&[], 1, &[b.public_key()], 1);
+    assert_eq!(api.publish_trust(&revoke_a).await.unwrap()["sequence"], 1);
+    trust_outcome(device, 1, rotated).await;
+
+    let v2 = b.build("2.0.0", true, size, unix_now());
+    api.publish(&v2).await.unwrap();
+    let id = w.rollout(&v2, &[100], json!({ "bake_secs": 3600 })).await;
+    w.converged(&v2.digest).await;
+    w.wait_rollout(id, |r| r["totals"]["succeeded"] == 1).await;
+    let generation = device.status().unwrap().machine.last_generation;
+
+    let view = api.operate(id, "abort").await.unwrap();
+    let listed = &view["no_rollback_target"];
+    assert_eq!(listed[0]["device"], device.id(), "{view:#}");
+    assert_eq!(listed[0]["cause"], "untrusted", "{view:#}");
+    let events = api
+        .events(&[("kind", "no-rollback-target"), ("device", device.id())])
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert!(
+        api.events(&[("kind", "device-rollback"), ("device", device.id())])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Recovery: countersign the factory release with B, then roll it out.
+    let factory = b.countersign(w.lab.factory()).unwrap();
+    let answer = api.publish(&factory).await.unwrap();
+    assert_eq!(answer["status"], "re-signed", "{answer:#}");
+    // Nothing was sent to the device in between (no refused rollback).
+    assert_eq!(device.status().unwrap().machine.last_generation, generation);
+    let back = w.rollout(&factory, &[100], json!({})).await;
+    assert_eq!(w.finished(back).await["status"], "completed");
+    w.converged(&factory.digest).await;
     w.finish().await;
 }
