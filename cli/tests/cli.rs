@@ -5,7 +5,7 @@ mod util;
 
 use ota_core::digest::Digest;
 use ota_core::release::SignedRelease;
-use util::{APPROVER_TOKEN, Dir, TOKEN, key_id_line};
+use util::{APPROVER_TOKEN, Dir, TOKEN, fake_server, key_id_line};
 
 // ---------------------------------------------------------------------------------------------
 // ota key
@@ -886,31 +886,6 @@ fn issue7_device_credential_prints_a_per_device_password_from_a_0600_secret() {
 // ---------------------------------------------------------------------------------------------
 // issue 12: the tools tell the truth
 // ---------------------------------------------------------------------------------------------
-
-/// A fake fleet server on port 0 answering every request with `body` (200, JSON), for
-/// `requests` requests.
-fn fake_server(body: String, requests: usize) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(requests) {
-            let mut stream = stream.unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
-                line.clear();
-            }
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-                 connection: close\r\n\r\n{body}",
-                body.len()
-            );
-            stream.write_all(answer.as_bytes()).unwrap();
-        }
-    });
-    base
-}
 
 fn rollout_view(status: &str) -> String {
     serde_json::json!({ "rollout": {
