@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //!
+//! - [`budget`]: message budgets (token buckets per sender, with `now` as an argument) that
+//!   bound what one device may make the server do.
 //! - [`digest`]: the SHA-256 digest type that names artifacts everywhere.
 //! - [`release`]: the signed release format (a COSE_Sign envelope over a CBOR manifest), the trust
 //!   set (ed25519 keys + threshold), verification against a device policy, and the streaming
@@ -33,6 +35,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod budget;
 pub mod digest;
 pub mod flags;
 pub mod release;

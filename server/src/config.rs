@@ -16,6 +16,8 @@ use ed25519_dalek::pkcs8::DecodePublicKey;
 use ota_core::release::{TrustSet, TrustSetError};
 use serde::Deserialize;
 
+pub use crate::limits::LimitsConfig;
+
 /// Default HTTP listen address.
 pub const DEFAULT_HTTP_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
@@ -71,7 +73,7 @@ pub enum ConfigError {
     TrustSet(#[from] TrustSetError),
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
@@ -107,6 +109,10 @@ pub struct Config {
     /// ([`crate::webhook`]).
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// What one client or device may cost the server: connection caps, timeouts, message
+    /// budgets ([`crate::limits`]).
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// A TOML error as "line N, column M: message", without the quoted source line that the
@@ -155,6 +161,7 @@ impl Config {
             trust,
             operators: Vec::new(),
             webhooks: Vec::new(),
+            limits: LimitsConfig::default(),
         }
     }
 
@@ -262,6 +269,7 @@ impl Config {
                 ));
             }
         }
+        self.limits.validate()?;
         for hook in &self.webhooks {
             if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
                 return Err(invalid(

@@ -25,10 +25,11 @@
 //!   client certificates) of the MQTT side and the HTTPS listener, shared with the agent.
 //! - [`fleet`]: the coordinator: device registry from MQTT, the rollout engine around
 //!   core's planner, desired states, drift, batching and persistence.
-//! - [`https`]: the optional HTTPS listener of the API and artifacts (`[http] tls_cert`,
-//!   `tls_key`).
+//! - [`https`]: the optional HTTPS of the API and artifacts (`[http] tls_cert`, `tls_key`).
 //! - [`trust`]: key rotation: the trust set in force, verified signed trust-set updates.
 //! - [`webhook`]: delivery of audit events to webhook URLs, with retries, never blocking.
+//! - [`limits`]: what one client may cost: the descriptor limit, connection caps (total and
+//!   per address, one budget per listener), throttled warnings, `[limits]` of `server.toml`.
 //! - [`clock`]: the one place the server reads wall-clock time (replaceable in tests).
 //! - [`Server`] / [`RunningServer`]: start everything in-process, stop it gracefully.
 //!
@@ -51,6 +52,7 @@ pub mod filter;
 pub mod fleet;
 pub mod http;
 pub mod https;
+pub mod limits;
 pub mod mqtt;
 mod server;
 pub mod store;

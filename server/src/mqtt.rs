@@ -3,8 +3,17 @@
 //! rumqttc makes progress only while its `EventLoop` is polled, and `AsyncClient::publish`
 //! waits for room in the request channel that the same loop drains: publishing from the
 //! polling task would deadlock. So the loop is polled in its own task ([`MqttLink::start`]),
-//! which never waits on anyone: every incoming publish goes into an unbounded channel to the
-//! fleet coordinator, which publishes through the cloned [`AsyncClient`].
+//! which hands what it receives to the fleet coordinator through a *bounded* channel
+//! ([`INBOUND_QUEUE`]): when the coordinator falls behind, the task waits for room, stops
+//! reading the socket and the broker holds (or, at its own bounds, drops) what follows. The
+//! coordinator publishes through the cloned [`AsyncClient`] without ever waiting on it (its
+//! outbox, `fleet/outbox.rs`), so the two never wait on each other.
+//!
+//! Before the channel, every device message is charged to the budget of the device its topic
+//! names ([`ota_core::budget`]): what a device sends beyond its budget is dropped there and
+//! counted in `ota_mqtt_messages_dropped_total`, so one flooding device (behind an external
+//! broker, or past the embedded broker's front door) cannot fill the queue the other devices'
+//! heartbeats wait in.
 //!
 //! The connection is plain TCP or TLS ([`MqttEndpoint::tls`], rustls with the aws-lc-rs
 //! provider), with optional username and password: the embedded broker's internal secret, or
@@ -18,9 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use ota_core::budget::{BudgetSpec, Budgets, Verdict};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+
+use crate::fleet::{Counters, Shared};
 
 /// Largest MQTT packet sent or accepted (a desired state carries a signed release of at most
 /// 64 KiB; the broker accepts 256 KiB).
@@ -29,6 +43,8 @@ pub const MAX_PACKET: usize = 256 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Longest reconnect delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Messages waiting for the coordinator; beyond, the subscriber stops reading the socket.
+pub const INBOUND_QUEUE: usize = 4096;
 
 /// What the polling task hands to the coordinator.
 #[derive(Debug)]
@@ -98,13 +114,25 @@ pub struct MqttLink {
     task: JoinHandle<()>,
 }
 
+/// Where the polling task hands what it receives: to the coordinator (waiting for room),
+/// device messages only within their budgets.
+struct Sink {
+    inbound: mpsc::Sender<Inbound>,
+    budgets: Budgets<String>,
+    epoch: tokio::time::Instant,
+    shared: Arc<Shared>,
+}
+
 impl MqttLink {
     /// Connects to `endpoint` as `client_id` and starts polling; everything received goes to
-    /// `inbound`.
+    /// `inbound` (see the [module documentation](self)). Each device gets `budget`; what is
+    /// dropped over it is counted in `shared`.
     pub fn start(
         endpoint: &MqttEndpoint,
         client_id: &str,
-        inbound: mpsc::UnboundedSender<Inbound>,
+        inbound: mpsc::Sender<Inbound>,
+        budget: BudgetSpec,
+        shared: Arc<Shared>,
     ) -> Self {
         let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
         if let Some((user, password)) = &endpoint.credentials {
@@ -120,43 +148,15 @@ impl MqttLink {
             .set_clean_session(true)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET)
             .set_inflight(200);
-        let (client, mut eventloop) = AsyncClient::new(options, 16 * 1024);
-        let (stop, mut stop_rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut backoff = BACKOFF_MIN;
-            loop {
-                let event = tokio::select! {
-                    _ = stop_rx.wait_for(|s| *s) => break,
-                    event = eventloop.poll() => event,
-                };
-                let sent = match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        backoff = BACKOFF_MIN;
-                        inbound.send(Inbound::Connected)
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => inbound.send(Inbound::Subscribed),
-                    Ok(Event::Incoming(Packet::Publish(p))) => inbound.send(Inbound::Message {
-                        topic: p.topic,
-                        payload: p.payload,
-                    }),
-                    Ok(_) => Ok(()),
-                    Err(e) => {
-                        tracing::warn!("MQTT connection error: {e}; retrying in {backoff:?}");
-                        let sent = inbound.send(Inbound::Disconnected(e.to_string()));
-                        tokio::select! {
-                            _ = stop_rx.wait_for(|s| *s) => break,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                        sent
-                    }
-                };
-                if sent.is_err() {
-                    // The coordinator is gone: nobody listens any more.
-                    break;
-                }
-            }
-        });
+        let (client, eventloop) = AsyncClient::new(options, 16 * 1024);
+        let (stop, stop_rx) = watch::channel(false);
+        let sink = Sink {
+            inbound,
+            budgets: Budgets::new(budget),
+            epoch: tokio::time::Instant::now(),
+            shared,
+        };
+        let task = tokio::spawn(poll(eventloop, sink, stop_rx));
         MqttLink { client, stop, task }
     }
 
@@ -174,6 +174,71 @@ impl MqttLink {
         }
         self.stop.send_replace(true);
         let _ = self.task.await;
+    }
+}
+
+/// Polls `eventloop` until `stop` (or until nobody listens any more), handing events to
+/// `sink`.
+async fn poll(mut eventloop: EventLoop, mut sink: Sink, mut stop: watch::Receiver<bool>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let event = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            event = eventloop.poll() => event,
+        };
+        let inbound = match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = BACKOFF_MIN;
+                Inbound::Connected
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => Inbound::Subscribed,
+            Ok(Event::Incoming(Packet::Publish(p))) => Inbound::Message {
+                topic: p.topic,
+                payload: p.payload,
+            },
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!("MQTT connection error: {e}; retrying in {backoff:?}");
+                let inbound = Inbound::Disconnected(e.to_string());
+                let delivered = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    delivered = sink.deliver(inbound) => delivered,
+                };
+                if !delivered {
+                    break;
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let delivered = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            delivered = sink.deliver(inbound) => delivered,
+        };
+        if !delivered {
+            // The coordinator is gone: nobody listens any more.
+            break;
+        }
+    }
+}
+
+impl Sink {
+    /// Hands `inbound` on, waiting for room; false when nobody listens any more.
+    async fn deliver(&mut self, inbound: Inbound) -> bool {
+        if let Inbound::Message { topic, .. } = &inbound
+            && let Ok((device, _)) = ota_core::wire::parse_device_topic(topic)
+        {
+            let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if self.budgets.take(device.as_str().to_owned(), now) != Verdict::Pass {
+                Counters::inc(&self.shared.counters.mqtt_dropped);
+                return true;
+            }
+        }
+        self.inbound.send(inbound).await.is_ok()
     }
 }
 

@@ -10,10 +10,13 @@ use tokio::task::JoinHandle;
 use crate::broker::credentials::{DeviceSecret, SecretError};
 use crate::broker::{BrokerError, BrokerSettings, DoorAuth, EmbeddedBroker};
 use crate::clock::Clock;
-use crate::config::{BrokerSecurity, ClientSecurity, Config, ConfigError, MqttConfig};
+use crate::config::{
+    BrokerSecurity, ClientSecurity, Config, ConfigError, LimitsConfig, MqttConfig,
+};
 use crate::db::{Db, DbError, redact_url};
 use crate::fleet::{FleetStartError, FleetTask, Shared};
 use crate::http::{self, AppState};
+use crate::limits::{Caps, FdLimit, fit_to_fd_limit};
 use crate::mqtt::MqttEndpoint;
 use crate::store::{ArtifactStore, StoreError};
 use crate::tls::TlsError;
@@ -101,6 +104,8 @@ impl Server {
         clock: Clock,
     ) -> Result<RunningServer, ServerError> {
         config.validate()?;
+        let fds = crate::limits::raise_fd_limit();
+        let caps = connection_caps(&config, fds);
         let configured = config.trust.load()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
@@ -132,8 +137,11 @@ impl Server {
         let shared = Arc::new(Shared::default());
         let broker = match &config.mqtt {
             MqttConfig::Embedded { listen, security } => Some(
-                EmbeddedBroker::start_with(broker_settings(*listen, security)?, shared.clone())
-                    .await?,
+                EmbeddedBroker::start_with(
+                    broker_settings(*listen, security, &config.limits, caps.mqtt)?,
+                    shared.clone(),
+                )
+                .await?,
             ),
             MqttConfig::External { .. } => None,
         };
@@ -174,6 +182,7 @@ impl Server {
             public_url.clone(),
             shared,
             trust.clone(),
+            config.limits.device_budget(),
         )
         .await?;
 
@@ -204,31 +213,13 @@ impl Server {
             fleet,
         );
         let app = http::router(state.clone());
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        // Ends on a shutdown request or when every handle is dropped.
-        let stopped = async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        };
-        let task = match tls {
-            Some(tls) => {
-                let listener = crate::https::TlsListener::new(listener, tls).map_err(|source| {
-                    ServerError::Bind {
-                        addr: config.http.listen,
-                        source,
-                    }
-                })?;
-                tokio::spawn(async move {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(stopped)
-                        .await
-                })
-            }
-            None => tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            }),
-        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let listen = http::listen::Listen::new(
+            &config.limits,
+            caps.http,
+            tls.map(|tls| tokio_rustls::TlsAcceptor::from(Arc::new(tls))),
+        );
+        let task = tokio::spawn(http::listen::serve(listener, app, listen, stop_rx));
         Ok(RunningServer {
             scheme,
             http_addr,
@@ -383,12 +374,42 @@ fn flatten(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> Resul
     }
 }
 
+/// The connection caps of `config`, shrunk (with a warning) when the descriptor limit cannot
+/// hold them (see [`crate::limits::fit_to_fd_limit`]).
+fn connection_caps(config: &Config, fds: FdLimit) -> Caps {
+    let wanted = Caps {
+        http: config.limits.http_max_connections,
+        mqtt: match config.mqtt {
+            MqttConfig::Embedded { .. } => config.limits.mqtt_max_connections,
+            MqttConfig::External { .. } => 0,
+        },
+    };
+    let caps = fit_to_fd_limit(wanted, fds.soft);
+    if caps != wanted {
+        tracing::warn!(
+            soft = ?fds.soft,
+            hard = ?fds.hard,
+            http = caps.http,
+            mqtt = caps.mqtt,
+            "the open-file limit cannot hold the configured connection caps ([limits]): \
+             lowered to fit (raise the hard limit, e.g. LimitNOFILE= in the systemd unit)"
+        );
+    } else {
+        tracing::debug!(soft = ?fds.soft, hard = ?fds.hard, "open-file limit");
+    }
+    caps
+}
+
 /// The front door's settings from `[mqtt]` (reads the TLS files and the device secret).
 fn broker_settings(
     listen: SocketAddr,
     security: &BrokerSecurity,
+    limits: &LimitsConfig,
+    max_connections: usize,
 ) -> Result<BrokerSettings, ServerError> {
-    let mut settings = BrokerSettings::open(listen);
+    let mut settings = BrokerSettings::open(listen)
+        .with_max_connections(max_connections)
+        .with_device_budget(limits.device_budget());
     if let (Some(cert), Some(key)) = (&security.tls_cert, &security.tls_key) {
         settings = settings.with_tls(Arc::new(crate::tls::server_config(
             cert,

@@ -30,6 +30,8 @@ mod flags;
 mod fleet;
 #[path = "server/https.rs"]
 mod https;
+#[path = "server/limits.rs"]
+mod limits;
 #[path = "server/mqtt_acl.rs"]
 mod mqtt_acl;
 #[path = "server/registry_truth.rs"]

@@ -3,9 +3,15 @@
 //! rumqttd listens on `127.0.0.1` at a private port and accepts only connections that present
 //! a per-process random internal secret. The front door accepts TCP or TLS, reads the
 //! client's CONNECT, authenticates it, replaces its password by the internal secret and then
-//! relays: client-to-broker packets of an authenticated device are framed and checked against
-//! its [`DeviceAcl`] (a refused PUBLISH or SUBSCRIBE closes the connection); an open front door
-//! and the broker-to-client direction pass bytes untouched.
+//! relays: client-to-broker packets are framed and checked: against the device's [`DeviceAcl`]
+//! when authenticated (a refused PUBLISH or SUBSCRIBE closes the connection), and every PUBLISH
+//! against the message budget of the device its topic names (excess is dropped and counted in
+//! `ota_mqtt_messages_dropped_total`; a device that goes on is disconnected and counted in
+//! `ota_mqtt_flood_disconnects_total`). The broker-to-client direction passes bytes untouched.
+//!
+//! Connections beyond the cap (`limits.mqtt_max_connections`) are closed at once; refusals and
+//! failed accepts (out of descriptors) are logged once per interval
+//! ([`crate::limits::LogThrottle`]), and failed accepts pause the loop.
 //!
 //! Framing and parsing use rumqttc's MQTT 3.1.1 codec, bounded by [`MAX_PACKET`]; nothing a
 //! client sends can panic the task. Log lines name the peer, the client id and the topic, never
@@ -16,17 +22,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use ota_core::budget::{Budgets, Verdict};
 use ota_core::wire::DeviceId;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet, Publish, Subscribe};
 use rumqttc::mqttbytes::{self, FixedHeader, PacketType, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use super::acl::DeviceAcl;
 use super::cert_name::common_name;
 use super::credentials::DeviceSecret;
 use crate::fleet::{Counters, Shared};
+use crate::limits::{self, ConnectionGate, LogThrottle};
 
 /// Largest MQTT packet relayed (the broker's payload limit plus room for the headers).
 pub const MAX_PACKET: usize = super::MAX_PAYLOAD + 64 * 1024;
@@ -34,8 +41,6 @@ pub const MAX_PACKET: usize = super::MAX_PAYLOAD + 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has to send its CONNECT after the connection (or handshake).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed `accept` (out of file descriptors) before the next.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// How the front door authenticates clients.
 #[derive(Debug, Clone)]
@@ -58,7 +63,31 @@ pub(crate) struct Door {
     /// The internal secret rumqttd checks.
     pub(crate) internal_password: Arc<str>,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) slots: Arc<Semaphore>,
+    /// The connection cap.
+    pub(crate) gate: ConnectionGate,
+    /// Per device id (of the topic): its message budget.
+    pub(crate) budgets: std::sync::Mutex<DeviceBudgets>,
+}
+
+/// The front door's per-device message budgets, with the clock they run on.
+pub(crate) struct DeviceBudgets {
+    budgets: Budgets<String>,
+    epoch: tokio::time::Instant,
+}
+
+impl DeviceBudgets {
+    /// Every device gets `spec`.
+    pub(crate) fn new(spec: ota_core::budget::BudgetSpec) -> Self {
+        DeviceBudgets {
+            budgets: Budgets::new(spec),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self, device: &str) -> Verdict {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.budgets.take(device.to_owned(), now)
+    }
 }
 
 impl std::fmt::Debug for DoorAuthView<'_> {
@@ -85,6 +114,8 @@ enum Refusal {
     Acl { what: &'static str, topic: String },
     /// A malformed or unexpected packet.
     Malformed(String),
+    /// A device went on publishing beyond its budget.
+    Flood { device: String },
 }
 
 /// One framed packet: its header and raw bytes (header included).
@@ -116,23 +147,21 @@ async fn read_frame<R: AsyncRead + Unpin>(
 
 /// Accepts connections on `listener` forever (until the runtime stops).
 pub(crate) async fn serve(listener: TcpListener, door: Arc<Door>) {
+    let mut accept_log = LogThrottle::default();
+    let mut refuse_log = LogThrottle::default();
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!("MQTT accept failed: {e}");
-                tokio::time::sleep(ACCEPT_PAUSE).await;
+        let (tcp, peer) = limits::accept(&listener, "MQTT", &mut accept_log).await;
+        let permit = match door.gate.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(why) => {
+                limits::log_refused("MQTT", peer, why, &mut refuse_log);
                 continue;
             }
-        };
-        let Ok(slot) = door.slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "MQTT connection refused: too many connections");
-            continue;
         };
         let door = door.clone();
         tokio::spawn(async move {
             door.handle(tcp, peer).await;
-            drop(slot);
+            drop(permit);
         });
     }
 }
@@ -211,21 +240,17 @@ impl Door {
         let (mut up_reader, mut up_writer) = upstream.split();
         let down = tokio::io::copy(&mut up_reader, &mut writer);
         let up = async {
-            let Some(acl) = &acl else {
-                // Open: nothing to check, relay raw bytes (whatever followed the CONNECT first).
-                if up_writer.write_all(&buf).await.is_ok() {
-                    let _ = tokio::io::copy(&mut reader, &mut up_writer).await;
-                }
-                return None;
-            };
+            // Whatever followed the CONNECT is in `buf` already.
             loop {
                 let frame = match read_frame(&mut reader, &mut buf).await {
                     Ok(Some(frame)) => frame,
                     Ok(None) => return None,
                     Err(e) => return Some(Refusal::Malformed(e.to_string())),
                 };
-                if let Err(refusal) = check(acl, &frame) {
-                    return Some(refusal);
+                match self.check(acl.as_ref(), &frame, &client_id) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(refusal) => return Some(refusal),
                 }
                 if up_writer.write_all(&frame.raw).await.is_err() {
                     return None;
@@ -256,6 +281,49 @@ impl Door {
             }
             Refusal::Malformed(e) => {
                 tracing::info!(%peer, client_id, "MQTT connection closed: {e}");
+            }
+            Refusal::Flood { device } => {
+                Counters::inc(&counters.mqtt_flood_disconnects);
+                tracing::warn!(
+                    %peer,
+                    client_id,
+                    device,
+                    "MQTT connection closed: the device keeps publishing beyond its budget"
+                );
+            }
+        }
+    }
+
+    /// Checks one client-to-broker packet: the ACL (when authenticated), then a PUBLISH
+    /// against the budget of the device its topic names (else of the client id). `Ok(false)`:
+    /// drop it (over budget).
+    fn check(
+        &self,
+        acl: Option<&DeviceAcl>,
+        frame: &Frame,
+        client_id: &str,
+    ) -> Result<bool, Refusal> {
+        let Some(topic) = check(acl, frame)? else {
+            return Ok(true);
+        };
+        let device = match ota_core::wire::parse_device_topic(&topic) {
+            Ok((id, _)) => id.as_str().to_owned(),
+            Err(_) => client_id.to_owned(),
+        };
+        let verdict = self
+            .budgets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(&device);
+        match verdict {
+            Verdict::Pass => Ok(true),
+            Verdict::Disconnect => {
+                Counters::inc(&self.shared.counters.mqtt_dropped);
+                Err(Refusal::Flood { device })
+            }
+            _ => {
+                Counters::inc(&self.shared.counters.mqtt_dropped);
+                Ok(false)
             }
         }
     }
@@ -343,20 +411,25 @@ impl Door {
     }
 }
 
-/// Checks one client-to-broker packet of an authenticated device.
-fn check(acl: &DeviceAcl, frame: &Frame) -> Result<(), Refusal> {
+/// Checks one client-to-broker packet against `acl` (none: an open door); the topic of a
+/// PUBLISH.
+fn check(acl: Option<&DeviceAcl>, frame: &Frame) -> Result<Option<String>, Refusal> {
     let malformed = |e: mqttbytes::Error| Refusal::Malformed(e.to_string());
     match frame.header.packet_type().map_err(malformed)? {
         PacketType::Publish => {
             let publish = Publish::read(frame.header, frame.raw.clone()).map_err(malformed)?;
-            if !acl.may_publish(&publish.topic) {
+            if acl.is_some_and(|acl| !acl.may_publish(&publish.topic)) {
                 return Err(Refusal::Acl {
                     what: "publish",
                     topic: publish.topic,
                 });
             }
+            return Ok(Some(publish.topic));
         }
         PacketType::Subscribe => {
+            let Some(acl) = acl else {
+                return Ok(None);
+            };
             let subscribe = Subscribe::read(frame.header, frame.raw.clone()).map_err(malformed)?;
             if let Some(f) = subscribe
                 .filters
@@ -382,7 +455,7 @@ fn check(acl: &DeviceAcl, frame: &Frame) -> Result<(), Refusal> {
             )));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -408,7 +481,7 @@ mod tests {
                 let mut bytes = vec![first, len];
                 bytes.extend((0..len).map(|i| i.wrapping_mul(37)));
                 if let Some(f) = frame(&bytes) {
-                    let _ = check(&acl, &f);
+                    let _ = check(Some(&acl), &f);
                 }
             }
         }
@@ -428,9 +501,9 @@ mod tests {
                 .unwrap();
             frame(&out).unwrap()
         };
-        assert!(check(&acl, &publish("ota/v1/devices/a/reported")).is_ok());
+        assert!(check(Some(&acl), &publish("ota/v1/devices/a/reported")).is_ok());
         assert!(matches!(
-            check(&acl, &publish("ota/v1/devices/b/reported")),
+            check(Some(&acl), &publish("ota/v1/devices/b/reported")),
             Err(Refusal::Acl { .. })
         ));
     }

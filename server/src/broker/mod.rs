@@ -30,6 +30,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use ota_core::budget::BudgetSpec;
 use rumqttd::{Broker, ConnectionSettings, RouterConfig, ServerSettings};
 
 pub use front_door::DoorAuth;
@@ -41,8 +42,9 @@ use front_door::{Door, DoorAuthView};
 /// Largest MQTT payload the broker accepts (a desired state may carry a signed release,
 /// at most 64 KiB, plus its envelope).
 pub const MAX_PAYLOAD: usize = 256 * 1024;
-/// Most simultaneous MQTT connections.
-pub const MAX_CONNECTIONS: usize = 10_000;
+/// Connections rumqttd accepts beyond the front door's cap (the fleet server's own client,
+/// readiness checks, test observers).
+const INTERNAL_CONNECTIONS: usize = 16;
 /// Size of one in-memory commit-log segment of a subscription filter.
 const SEGMENT_BYTES: usize = 2 * 1024 * 1024;
 /// Segments kept per subscription filter.
@@ -98,6 +100,11 @@ pub struct BrokerSettings {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Device authentication and ACL.
     pub auth: DoorAuth,
+    /// Most simultaneous connections at the front door; more are closed at once.
+    pub max_connections: usize,
+    /// What one device may publish (per device id of the topic): excess is dropped and
+    /// counted, a device that persists is disconnected.
+    pub device_budget: BudgetSpec,
 }
 
 impl BrokerSettings {
@@ -107,7 +114,21 @@ impl BrokerSettings {
             listen,
             tls: None,
             auth: DoorAuth::Open,
+            max_connections: crate::limits::LimitsConfig::default().mqtt_max_connections,
+            device_budget: crate::limits::LimitsConfig::default().device_budget(),
         }
+    }
+
+    /// These settings with this connection cap.
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// These settings with this per-device message budget.
+    pub fn with_device_budget(mut self, budget: BudgetSpec) -> Self {
+        self.device_budget = budget;
+        self
     }
 
     /// These settings with TLS.
@@ -183,7 +204,11 @@ impl EmbeddedBroker {
             let probe = TcpListener::bind(loopback).map_err(pick)?;
             probe.local_addr().map_err(pick)?
         };
-        let config = broker_config(internal_addr, password.clone());
+        let config = broker_config(
+            internal_addr,
+            password.clone(),
+            settings.max_connections + INTERNAL_CONNECTIONS,
+        );
         let thread = std::thread::Builder::new()
             .name("ota-mqtt-broker".into())
             .spawn(move || {
@@ -242,7 +267,8 @@ impl EmbeddedBroker {
             upstream: internal_addr,
             internal_password: internal.password.as_str().into(),
             shared,
-            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            gate: crate::limits::ConnectionGate::new(settings.max_connections, 0),
+            budgets: std::sync::Mutex::new(front_door::DeviceBudgets::new(settings.device_budget)),
         };
         tokio::spawn(front_door::serve(listener, Arc::new(door)));
         Ok(EmbeddedBroker {
@@ -319,7 +345,7 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     a
 }
 
-fn broker_config(addr: SocketAddr, password: String) -> rumqttd::Config {
+fn broker_config(addr: SocketAddr, password: String, max_connections: usize) -> rumqttd::Config {
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: MAX_PAYLOAD,
@@ -341,7 +367,7 @@ fn broker_config(addr: SocketAddr, password: String) -> rumqttd::Config {
         connections,
     };
     let router = RouterConfig {
-        max_connections: MAX_CONNECTIONS,
+        max_connections,
         max_outgoing_packet_count: 200,
         // Every subscription filter keeps a commit log of what it routed, in memory, until
         // the oldest segment is dropped. 100 MB x 10 would keep a whole rollout's messages;

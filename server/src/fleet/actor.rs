@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ota_core::budget::{BudgetSpec, Budgets, Verdict};
 use ota_core::digest::Digest;
 use ota_core::flags::{FlagChange, FlagEdit, FlagName};
 use ota_core::release::{Policy, SignedRelease, SignedTrustUpdate};
@@ -23,10 +24,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
+use super::outbox::{self, Outbox};
 use super::view::{RolloutView, abort_json, counts_json, no_rollback_json};
 use super::{
-    Command, Counters, Fleet, FleetError, LAST_SEEN_RESOLUTION_SECS, MAX_BATCH, Op,
-    REJECT_EVENTS_PER_MINUTE, RolloutRequest, Shared, Snapshot, percent,
+    Command, Counters, DEVICE_EVENTS_PER_MINUTE, Fleet, FleetError, LAST_SEEN_RESOLUTION_SECS,
+    MAX_BATCH, Op, REJECT_EVENTS_PER_MINUTE, RolloutRequest, Shared, Snapshot, percent,
 };
 use crate::clock::Clock;
 use crate::db::{
@@ -34,7 +36,7 @@ use crate::db::{
     ReleaseRecord, RolloutRecord,
 };
 use crate::filter::Filter;
-use crate::mqtt::{Inbound, MqttEndpoint, MqttLink};
+use crate::mqtt::{INBOUND_QUEUE, Inbound, MqttEndpoint, MqttLink};
 use crate::trust::FleetTrust;
 
 /// Rollout statuses the coordinator loads at start (completed ones only while some target
@@ -64,8 +66,9 @@ impl FleetTask {
 
 /// Loads the registry and every unfinished rollout from `db`, connects to the broker at
 /// `endpoint` and starts the coordinator (counters and snapshots go to `shared`; rollback
-/// targets are checked against the trust set in force, `keys`). Returns once the broker
-/// acknowledged the subscriptions (or fails after 15 s).
+/// targets are checked against the trust set in force, `keys`; every device's MQTT messages
+/// against `device_budget`). Returns once the broker acknowledged the subscriptions (or fails
+/// after 15 s).
 pub async fn start(
     db: Db,
     clock: Clock,
@@ -73,16 +76,17 @@ pub async fn start(
     public_url: String,
     shared: Arc<Shared>,
     keys: FleetTrust,
+    device_budget: BudgetSpec,
 ) -> Result<(Fleet, FleetTask), FleetStartError> {
     let mut actor = Actor::new(db, clock, public_url, shared.clone(), keys);
     actor.load().await?;
-    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let client_id = format!("ota-server-{}-{nanos:08x}", std::process::id());
-    let link = MqttLink::start(endpoint, &client_id, in_tx);
+    let link = MqttLink::start(endpoint, &client_id, in_tx, device_budget, shared.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = watch::channel(false);
@@ -199,6 +203,10 @@ struct Actor {
     generations: HashMap<String, u64>,
     releases: HashMap<Digest, Option<Arc<Vec<u8>>>>,
     reject_window: (u64, u32),
+    /// Publishes the MQTT client had no room for yet.
+    outbox: Outbox,
+    /// Per device and audit event kind: its budget ([`Actor::event_allowed`]).
+    event_budgets: Budgets<(String, &'static str)>,
     connected: bool,
     flags: Flags,
     /// The accepted trust-set update in force (signed bytes), republished on every connect.
@@ -232,6 +240,11 @@ impl Actor {
             generations: HashMap::new(),
             releases: HashMap::new(),
             reject_window: (0, 0),
+            outbox: Outbox::default(),
+            event_budgets: Budgets::new(BudgetSpec::new(
+                DEVICE_EVENTS_PER_MINUTE,
+                DEVICE_EVENTS_PER_MINUTE,
+            )),
             connected: false,
             flags: Flags::new(clock.timestamp()),
             trust: None,
@@ -298,12 +311,13 @@ impl Actor {
         mut self,
         client: AsyncClient,
         link: MqttLink,
-        mut inbound: mpsc::UnboundedReceiver<Inbound>,
+        mut inbound: mpsc::Receiver<Inbound>,
         mut commands: mpsc::Receiver<Command>,
         mut stop: watch::Receiver<bool>,
         ready: watch::Sender<bool>,
     ) {
         loop {
+            self.outbox.flush(&client, &self.shared.counters);
             let sleep = self.next_wakeup();
             let mut batch = Batch::default();
             let mut replies: Vec<Reply> = Vec::new();
@@ -350,6 +364,11 @@ impl Actor {
             .min()
             .map(|t| Duration::from_millis(t.as_unix_millis().saturating_sub(now)).min(MAX_SLEEP))
             .unwrap_or(Duration::from_secs(3600))
+            .min(if self.outbox.is_empty() {
+                Duration::MAX
+            } else {
+                outbox::RETRY
+            })
     }
 
     fn fire_timers(&mut self) {
@@ -385,14 +404,7 @@ impl Actor {
                 if let Err(e) = client.subscribe_many(filters).await {
                     tracing::error!("cannot subscribe: {e}");
                 }
-                self.republish_desired(client).await;
-                for (topic, payload) in self.flags.all() {
-                    self.publish(client, topic, payload, true).await;
-                }
-                if let Some(payload) = self.trust.clone() {
-                    self.publish(client, TRUST_TOPIC.to_string(), payload, true)
-                        .await;
-                }
+                self.republish_retained(client).await;
             }
             Inbound::Subscribed => {
                 ready.send_replace(true);
@@ -409,6 +421,19 @@ impl Actor {
         }
     }
 
+    /// After each (re)connection: every retained message again (desired states, flags, the
+    /// trust-set update in force).
+    async fn republish_retained(&mut self, client: &AsyncClient) {
+        self.republish_desired(client).await;
+        for (topic, payload) in self.flags.all() {
+            self.publish(client, topic, payload, true).await;
+        }
+        if let Some(payload) = self.trust.clone() {
+            self.publish(client, TRUST_TOPIC.to_string(), payload, true)
+                .await;
+        }
+    }
+
     /// Publishes every stored desired state again (retained, same generation): after a
     /// (re)connect, the broker may have lost them (the embedded broker keeps retained
     /// messages in memory only), and devices ignore generations they acted on.
@@ -420,29 +445,13 @@ impl Actor {
                 return;
             }
         };
-        let Ok(n) = u64::try_from(rows.len()) else {
-            return;
-        };
         for row in rows {
             let Ok(id) = DeviceId::new(&row.device_id) else {
                 continue;
             };
-            if let Err(e) = client
-                .publish(
-                    id.topic(TopicKind::Desired),
-                    QoS::AtLeastOnce,
-                    true,
-                    row.payload,
-                )
-                .await
-            {
-                tracing::error!("cannot republish a desired state: {e}");
-                return;
-            }
+            self.publish(client, id.topic(TopicKind::Desired), row.payload, true)
+                .await;
         }
-        self.counters()
-            .mqtt_published
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn message(&mut self, topic: &str, payload: Bytes, batch: &mut Batch) {
@@ -503,7 +512,9 @@ impl Actor {
             },
             TopicKind::Trust => match TrustReport::from_cbor(&payload) {
                 Ok(r) if r.device_id == id.as_str() => {
-                    on_trust_report(&id, &r, self.clock.now_i64(), batch);
+                    if self.event_allowed(&id, r.outcome.name()) {
+                        on_trust_report(&id, &r, self.clock.now_i64(), batch);
+                    }
                 }
                 Ok(r) => self.reject(
                     Some(&id),
@@ -533,10 +544,30 @@ impl Actor {
         }
     }
 
-    /// Records a refused message (rate-limited) and counts it.
+    /// Whether `device` may have another audit event of `kind` now: at most
+    /// [`DEVICE_EVENTS_PER_MINUTE`] a minute per device and kind (bursts of as many); the rest
+    /// are counted in `ota_events_suppressed_total`.
+    fn event_allowed(&mut self, device: &DeviceId, kind: &'static str) -> bool {
+        let now = self.clock.now_millis();
+        match self
+            .event_budgets
+            .take((device.as_str().to_owned(), kind), now)
+        {
+            Verdict::Pass => true,
+            _ => {
+                Counters::inc(&self.counters().events_suppressed);
+                false
+            }
+        }
+    }
+
+    /// Records a refused message (rate-limited in all and per device) and counts it.
     fn reject(&mut self, device: Option<&DeviceId>, topic: &str, reason: &str, batch: &mut Batch) {
         Counters::inc(&self.counters().mqtt_rejected);
         tracing::debug!(topic, "MQTT message refused: {reason}");
+        if device.is_some_and(|d| !self.event_allowed(d, "mqtt-rejected")) {
+            return;
+        }
         let now = self.clock.now_millis();
         if now.saturating_sub(self.reject_window.0) >= 60_000 {
             self.reject_window = (now, 0);
@@ -625,12 +656,13 @@ impl Actor {
                     })),
             );
         }
-        if drift_changed {
-            let kind = if drifted {
-                "device-drifted"
-            } else {
-                "device-drift-cleared"
-            };
+        let drift_kind = if drifted {
+            "device-drifted"
+        } else {
+            "device-drift-cleared"
+        };
+        if drift_changed && self.event_allowed(id, drift_kind) {
+            let kind = drift_kind;
             batch.events.push(
                 NewEvent::new(now, "server", kind)
                     .device(id.as_str())
@@ -1163,14 +1195,16 @@ impl Actor {
             .collect())
     }
 
-    async fn publish(&self, client: &AsyncClient, topic: String, payload: Vec<u8>, retain: bool) {
-        match client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await
-        {
-            Ok(()) => Counters::inc(&self.counters().mqtt_published),
-            Err(e) => tracing::error!("cannot publish: {e}"),
-        }
+    /// Publishes through the outbox: never waits on the MQTT client (see `outbox.rs`).
+    async fn publish(
+        &mut self,
+        client: &AsyncClient,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+    ) {
+        self.outbox
+            .publish(client, &self.shared.counters, topic, payload, retain);
     }
 
     /// Forgets rollouts that need no more driving, and frees their devices.

@@ -27,6 +27,9 @@
 //!   Events from a device the server never heard of, reports about a rollout the device is not
 //!   a target of, and malformed payloads are recorded as `mqtt-rejected` audit events (at most
 //!   [`REJECT_EVENTS_PER_MINUTE`] a minute; all are counted in `/metrics`) and dropped.
+//! - Audit events a device causes are limited per device and kind
+//!   ([`DEVICE_EVENTS_PER_MINUTE`]): a device toggling its running release cannot fill the
+//!   audit log; the state itself (the device row, drift flag) is still updated every time.
 //! - Reports are routed to a planner by the rollout id and release digest they carry; older
 //!   outcomes (by generation, then device time) than one already seen are dropped, so a
 //!   retained reported state cannot move a device backwards.
@@ -40,6 +43,7 @@
 
 mod actor;
 pub mod flags;
+mod outbox;
 pub mod view;
 
 use std::sync::Arc;
@@ -63,6 +67,10 @@ pub const MAX_BATCH: usize = 1024;
 pub const LAST_SEEN_RESOLUTION_SECS: i64 = 15;
 /// Most `mqtt-rejected` audit events recorded per minute (the rest are only counted).
 pub const REJECT_EVENTS_PER_MINUTE: u32 = 100;
+/// Most audit events one device causes per minute of one kind (`device-drifted`,
+/// `device-drift-cleared`, `mqtt-rejected`, `trust-rotated`, `trust-rejected`), in bursts of as
+/// many; the rest are counted in `ota_events_suppressed_total`.
+pub const DEVICE_EVENTS_PER_MINUTE: u32 = 10;
 
 /// Why a fleet operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +282,14 @@ pub struct Counters {
     /// MQTT connections the front door closed for a publish, subscription or last will
     /// outside the device's ACL.
     pub mqtt_acl_denied: AtomicU64,
+    /// MQTT messages dropped because their device exceeded its message budget (at the
+    /// embedded broker's front door or at the server's client).
+    pub mqtt_dropped: AtomicU64,
+    /// MQTT connections the front door closed because their device kept publishing beyond its
+    /// budget.
+    pub mqtt_flood_disconnects: AtomicU64,
+    /// Audit events not recorded because their device exceeded its budget for that kind.
+    pub events_suppressed: AtomicU64,
     /// Webhook deliveries that succeeded.
     pub webhook_delivered: AtomicU64,
     /// Webhook deliveries given up after every retry.

@@ -34,6 +34,7 @@ mod artifacts;
 mod auth;
 mod error;
 mod flags;
+pub(crate) mod listen;
 mod releases;
 mod rollouts;
 mod trust;
@@ -507,6 +508,21 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
             "ota_mqtt_acl_denied_total",
             "MQTT connections closed for a topic outside the device's ACL.",
             &counters.mqtt_acl_denied,
+        ),
+        (
+            "ota_mqtt_messages_dropped_total",
+            "MQTT messages dropped because their device exceeded its message budget.",
+            &counters.mqtt_dropped,
+        ),
+        (
+            "ota_mqtt_flood_disconnects_total",
+            "MQTT connections closed because their device kept publishing beyond its budget.",
+            &counters.mqtt_flood_disconnects,
+        ),
+        (
+            "ota_events_suppressed_total",
+            "Audit events not recorded because their device exceeded its budget for the kind.",
+            &counters.events_suppressed,
         ),
     ];
     for (name, help, counter) in mqtt_counters {

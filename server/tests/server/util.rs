@@ -93,6 +93,8 @@ pub(crate) struct Options {
     pub(crate) webhooks: Vec<String>,
     /// Serve HTTPS with a certificate of a fresh test CA; the client pins that CA.
     pub(crate) https: bool,
+    /// `[limits]` (default: the defaults).
+    pub(crate) limits: Option<ota_server::config::LimitsConfig>,
 }
 
 /// A server on 127.0.0.1:0 in a temp directory, trusting keys 1, 2 and 3.
@@ -142,6 +144,9 @@ impl TestServer {
             OperatorConfig::with_role("ada", APPROVER_TOKEN, Role::Approver),
         ];
         config.database.url = database_url;
+        if let Some(limits) = &opts.limits {
+            config.limits = limits.clone();
+        }
         if let Some(url) = &opts.mqtt_url {
             config.mqtt = MqttConfig::external(url).unwrap();
         }
