@@ -307,6 +307,24 @@ impl Agent {
         config: AgentConfig,
         options: AgentOptions,
     ) -> Result<AgentHandle, AgentError> {
+        // Everything the configuration names is read and checked first: a configuration
+        // that cannot run changes nothing on disk.
+        let device = DeviceId::new(&config.device_id)?;
+        let configured_trust = config.trust_set()?;
+        let probe = config.health.as_ref().map(|h| h.build()).transpose()?;
+        let download_config = config.download.downloader_config();
+        let http = crate::download::http_client(&download_config)?;
+        let backoff = options.reconnect_backoff.unwrap_or(Backoff {
+            initial: config.broker.reconnect_backoff,
+            max: config.broker.max_reconnect_backoff,
+        });
+        let settings = LinkSettings::new(
+            &config.broker,
+            device.clone(),
+            config.broker.keep_alive,
+            backoff,
+        )?;
+
         let storage = options.storage.clone().unwrap_or_else(FsStorage::shared);
         let data = config.data_dir.clone();
         storage
@@ -316,7 +334,6 @@ impl Agent {
                 path: data.clone(),
                 source,
             })?;
-        let device = DeviceId::new(&config.device_id)?;
         let boot_count = count_boot(&storage, &data, options.boot_id.clone())?;
         let journal = Journal::open(storage.clone(), &data)?;
         let floor = Journal::open_named(storage.clone(), &data, FLOOR_RECORD)?;
@@ -338,7 +355,7 @@ impl Agent {
             storage.clone(),
             &data,
             device.clone(),
-            config.trust_set()?,
+            configured_trust,
         )?;
 
         let mut machine_config =
@@ -377,19 +394,8 @@ impl Agent {
         let floor_record = FloorRecord::of(&machine.persisted_state());
 
         let installer = config.installer.build(storage.clone());
-        let probe = config.health.as_ref().map(|h| h.build()).transpose()?;
-        let downloader = Downloader::new(cache.clone(), &config.download.downloader_config())?;
+        let downloader = Downloader::with_client(cache.clone(), http, &download_config);
         let power = PowerSupplies::new(config.power.power_supply_path.clone());
-        let backoff = options.reconnect_backoff.unwrap_or(Backoff {
-            initial: config.broker.reconnect_backoff,
-            max: config.broker.max_reconnect_backoff,
-        });
-        let settings = LinkSettings::new(
-            &config.broker,
-            device.clone(),
-            config.broker.keep_alive,
-            backoff,
-        )?;
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         let handle = options
             .mqtt_runtime

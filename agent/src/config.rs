@@ -2,8 +2,9 @@
 //!
 //! `agent/examples/config.toml` is a documented example of every key. Unknown keys are
 //! refused, and every error names the key it is about ([`ConfigError`]). Durations are
-//! humantime strings (`"90s"`, `"10m"`, `"1h 30m"`). Relative paths of trust key files are
-//! resolved against the configuration file's directory.
+//! humantime strings (`"90s"`, `"10m"`, `"1h 30m"`). Every relative path is resolved against
+//! the configuration file's directory ([`AgentConfig::resolve_paths`]), never against the
+//! working directory.
 //!
 //! Loading checks the shape and the values; the trust keys themselves are read by
 //! [`AgentConfig::trust_set`] (so a configuration can be checked on a machine without the
@@ -760,9 +761,9 @@ impl DownloadSettings {
 const MAX_CHUNK: usize = 64 << 20;
 
 impl AgentConfig {
-    /// Reads and checks the configuration file at `path`; relative paths (trust keys, factory
-    /// release, broker and download TLS files, the broker password file) are resolved against
-    /// its directory. A world-writable file is refused.
+    /// Reads and checks the configuration file at `path`. Every relative path in it is
+    /// resolved against the file's directory (see [`AgentConfig::resolve_paths`]). A
+    /// world-writable file is refused.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         refuse_world_writable(path)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -770,31 +771,72 @@ impl AgentConfig {
             source,
         })?;
         let mut config = Self::from_toml_str(&text)?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let keys = config.trust.keys.iter_mut().filter_map(|k| match k {
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
+    }
+
+    /// Resolves every relative path of the configuration against `base` (the configuration
+    /// file's directory), one rule for all: `data_dir`, trust key files, the broker's and the
+    /// downloader's TLS files, the broker password file, the factory release and artifact, the
+    /// files installer's `root`, `power.power_supply_path`, the heartbeat probe's `path`, and
+    /// the programs of the command installer, the restart command and the command probe when
+    /// they contain a `/` (a bare name such as `systemctl` is looked up on `PATH`).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let keys = self.trust.keys.iter_mut().filter_map(|k| match k {
             KeySource::File(p) => Some(p),
             _ => None,
         });
-        let b = &mut config.broker;
+        let b = &mut self.broker;
         let broker = [
             &mut b.ca_file,
             &mut b.client_cert,
             &mut b.client_key,
             &mut b.password_file,
         ];
-        let d = &mut config.download;
+        let d = &mut self.download;
         let download = [&mut d.ca_file, &mut d.client_cert, &mut d.client_key];
-        let factory = config
+        let factory = self
             .factory
             .iter_mut()
             .flat_map(|f| [&mut f.release, &mut f.artifact]);
+        let heartbeat = match &mut self.health {
+            Some(HealthConfig::Heartbeat { path, .. }) => Some(path),
+            _ => None,
+        };
+        let root = match &mut self.installer {
+            InstallerConfig::Files { root, .. } => Some(root),
+            InstallerConfig::Command { .. } => None,
+        };
         let files = broker.into_iter().chain(download).flatten();
-        for p in keys.chain(files).chain(factory) {
+        let fixed = [&mut self.data_dir, &mut self.power.power_supply_path];
+        for p in keys
+            .chain(files)
+            .chain(factory)
+            .chain(heartbeat)
+            .chain(root)
+            .chain(fixed)
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
-        Ok(config)
+        let programs = [
+            match &mut self.installer {
+                InstallerConfig::Command { program, .. } => Some(program),
+                InstallerConfig::Files {
+                    restart_command, ..
+                } => restart_command.as_mut().and_then(|argv| argv.first_mut()),
+            },
+            match &mut self.health {
+                Some(HealthConfig::Command { program, .. }) => Some(program),
+                _ => None,
+            },
+        ];
+        for program in programs.into_iter().flatten() {
+            if program.contains('/') && Path::new(program.as_str()).is_relative() {
+                *program = base.join(program.as_str()).display().to_string();
+            }
+        }
     }
 
     /// Parses and checks a configuration (relative key paths stay relative to the working

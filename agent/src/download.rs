@@ -421,7 +421,8 @@ fn tls_cause(e: &reqwest::Error) -> Option<String> {
 
 /// Builds the downloader's HTTP client: the platform's roots by default; with any TLS file
 /// set, the shared rustls configuration ([`crate::tls`]: the CA pinned).
-fn build_client(config: &DownloadConfig) -> Result<reqwest::Client, DownloadError> {
+/// The HTTP client of `config` (timeouts, pinned CA, client identity; reads the TLS files).
+pub fn http_client(config: &DownloadConfig) -> Result<reqwest::Client, DownloadError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(config.connect_timeout)
         .read_timeout(config.read_timeout)
@@ -460,8 +461,14 @@ struct Cursor {
 impl Downloader {
     /// A downloader writing into `cache`.
     pub fn new(cache: Cache, config: &DownloadConfig) -> Result<Self, DownloadError> {
-        let client = build_client(config)?;
-        Ok(Downloader {
+        Ok(Self::with_client(cache, http_client(config)?, config))
+    }
+
+    /// A downloader writing into `cache` with `client` (made by [`http_client`] from the same
+    /// `config`): the agent builds the client, which reads the TLS files, before it touches
+    /// its data directory.
+    pub fn with_client(cache: Cache, client: reqwest::Client, config: &DownloadConfig) -> Self {
+        Downloader {
             client,
             cache,
             require_https: config.require_https,
@@ -469,7 +476,7 @@ impl Downloader {
             min_rate: config
                 .min_rate
                 .filter(|r| r.bytes_per_second > 0 && !r.window.is_zero()),
-        })
+        }
     }
 
     /// The cache this downloader fills.

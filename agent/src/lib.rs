@@ -28,6 +28,7 @@
 //! | [`agent`] | start-up | [`Agent::start`], [`AgentHandle`], [`AgentOptions`] |
 //! | [`report`] | `ota-agent status`, `check-power` | read-only views of the journal and the power gate |
 //! | [`resync`] | `ota-agent resync` | resets the generation watermark (operator, agent stopped) |
+//! | [`term`] | both binaries | log set-up (`OTA_LOG`, colour only on a terminal) and one-line error chains, shared with `ota` |
 //!
 //! # Data directory
 //!
@@ -65,6 +66,7 @@ pub mod report;
 pub mod resync;
 mod shell;
 pub mod storage;
+pub mod term;
 /// TLS configurations: the `ota-tls` crate (shared by the agent and the fleet server).
 pub use ota_tls as tls;
 pub mod trust;

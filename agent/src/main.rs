@@ -9,8 +9,9 @@
 //! ota-agent resync [--config PATH] [--yes]  reset the generation watermark (agent stopped)
 //! ```
 //!
-//! Logs go to stderr; `RUST_LOG` sets the level (`info` by default), optionally per target
-//! (`RUST_LOG=info,ota_agent=debug`). Errors are one line, exit status 1.
+//! Logs go to stderr; `OTA_LOG` (else `RUST_LOG`) sets the level (`info` by default),
+//! optionally per target (`OTA_LOG=info,ota_agent=debug`); colour only on a terminal without
+//! `NO_COLOR`. Errors are one line, each cause once, exit status 1.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +20,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ota_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
 use ota_agent::report::{PowerReport, StateReport};
+use ota_agent::term::error_line;
 use ota_agent::{Agent, AgentOptions, Flags};
 
 /// The ota device agent: verifies, downloads, installs and trials signed releases.
@@ -87,19 +89,7 @@ enum Command {
 
 fn init_logs() {
     use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::prelude::*;
-    let spec = std::env::var("RUST_LOG").unwrap_or_default();
-    let targets = spec
-        .parse::<Targets>()
-        .ok()
-        .filter(|_| !spec.trim().is_empty())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    tracing_subscriber::registry()
-        .with(layer.with_filter(targets))
-        .init();
+    ota_agent::term::init_logs(Targets::new().with_default(LevelFilter::INFO));
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<AgentConfig> {
@@ -172,7 +162,7 @@ fn main() -> ExitCode {
                 Ok(flags) if flags.is_enabled(&name) => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::from(1),
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", error_line(e.as_ref()));
                     ExitCode::from(2)
                 }
             };
@@ -212,7 +202,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

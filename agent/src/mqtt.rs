@@ -693,8 +693,15 @@ impl Poller {
                         return;
                     }
                     failures = failures.saturating_add(1);
-                    if was_connected || failures == 1 {
+                    if was_connected {
                         tracing::warn!("MQTT connection lost: {e}; reconnecting");
+                    } else if failures == 1 {
+                        // Never connected (or not since the last loss): a refused or failed
+                        // connection, not a lost one.
+                        let (host, port) = self.eventloop.mqtt_options.broker_address();
+                        tracing::warn!(
+                            "cannot connect to the MQTT broker at {host}:{port}: {e}; retrying"
+                        );
                     } else {
                         tracing::debug!(attempt = failures, "MQTT reconnect failed: {e}");
                     }

@@ -89,13 +89,34 @@ fn outcome_json(o: &UpdateOutcome) -> Value {
     })
 }
 
+/// A power reading in words: "battery 12%, charging, mains online" or "mains".
+fn power_text(reading: &PowerReading) -> String {
+    let mut parts = Vec::new();
+    match reading.battery_percent {
+        Some(p) => parts.push(format!("battery {p}%")),
+        None => parts.push("no battery".to_owned()),
+    }
+    if reading.charging {
+        parts.push("charging".to_owned());
+    }
+    parts.push(
+        if reading.mains_online {
+            "mains online"
+        } else {
+            "mains offline"
+        }
+        .to_owned(),
+    );
+    parts.join(", ")
+}
+
 /// The human part of a state (reason, cause...), empty when there is none.
 pub fn state_detail(state: &ExecutionState) -> String {
     match state {
-        ExecutionState::Rejected { cause, detail } => format!("{cause:?}: {detail}"),
-        ExecutionState::Failed { phase, reason } => format!("{phase:?}: {reason}"),
-        ExecutionState::RolledBack { reason, detail } => format!("{reason:?}: {detail}"),
-        ExecutionState::DeferredPower { reading } => format!("{reading:?}"),
+        ExecutionState::Rejected { cause, detail } => format!("{}: {detail}", cause.name()),
+        ExecutionState::Failed { phase, reason } => format!("{}: {reason}", phase.name()),
+        ExecutionState::RolledBack { reason, detail } => format!("{}: {detail}", reason.name()),
+        ExecutionState::DeferredPower { reading } => power_text(reading),
         ExecutionState::DeferredWindow { opens_at } => match opens_at {
             Some(at) => format!("opens at {}", ms_to_rfc3339(*at)),
             None => "no window ever opens".to_owned(),

@@ -426,7 +426,7 @@ impl Shell {
                         generation = event.generation,
                         rollout = event.rollout_id.as_deref().unwrap_or("-"),
                         state = event.kind.name(),
-                        detail = %detail(&event.kind),
+                        detail = %crate::report::state_detail(&event.kind),
                         "update state"
                     );
                     Kind::Event
@@ -806,18 +806,5 @@ impl Shell {
         self.jobs.shutdown().await;
         let now = self.now().as_unix_millis();
         self.link.shutdown(now).await;
-    }
-}
-
-/// The interesting part of a final state, for the log.
-fn detail(state: &ExecutionState) -> String {
-    match state {
-        ExecutionState::Rejected { cause, detail } => format!("{cause:?}: {detail}"),
-        ExecutionState::Failed { phase, reason } => format!("{phase:?}: {reason}"),
-        ExecutionState::RolledBack { reason, detail } => format!("{reason:?}: {detail}"),
-        ExecutionState::DeferredPower { reading } => format!("{reading:?}"),
-        ExecutionState::DeferredWindow { opens_at } => format!("opens at {opens_at:?}"),
-        ExecutionState::DeferredDisk { needed, free } => format!("needs {needed}, free {free}"),
-        _ => String::new(),
     }
 }

@@ -39,3 +39,5 @@ mod power;
 mod shell;
 #[path = "agent/storage.rs"]
 mod storage;
+#[path = "agent/truthful.rs"]
+mod truthful;

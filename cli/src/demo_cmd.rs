@@ -43,7 +43,14 @@ pub(crate) struct DemoArgs {
     json: bool,
 }
 
-/// `ota demo`.
+/// How long the runtime's tasks (agents, server) get to stop before the demo's directory is
+/// removed.
+const STOP_PATIENCE: Duration = Duration::from_secs(10);
+
+/// `ota demo`. Everything it writes lives in one temporary directory, removed when the demo
+/// ends — completed, failed or interrupted by Ctrl-C — after every task of its runtime has
+/// stopped (a device still writing while the directory is removed would leave files behind);
+/// `--keep` keeps it.
 pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
     // rumqttd logs every closed connection as an error: the story closes fifty of them.
     crate::server_cmd::init_logs(
@@ -51,14 +58,39 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
             .with_default(tracing::Level::ERROR)
             .with_target("rumqttd", tracing::level_filters::LevelFilter::OFF),
     );
+    let root = tempfile::Builder::new()
+        .prefix("ota-demo.")
+        .tempdir()
+        .map_err(|e| CliError::Demo(format!("cannot create a temporary directory: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Demo(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(play(args))
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = play(args, root.path()) => result,
+            _ = tokio::signal::ctrl_c() => Err(CliError::Demo("interrupted".to_owned())),
+        }
+    });
+    runtime.shutdown_timeout(STOP_PATIENCE);
+    if args.keep {
+        let kept = root.keep();
+        if result.is_err() {
+            eprintln!("kept the demo's directory: {}", kept.display());
+        }
+        return result;
+    }
+    let path = root.path().to_path_buf();
+    let removed = root.close().map_err(|e| {
+        CliError::Demo(format!(
+            "cannot remove the demo's directory {}: {e}",
+            path.display()
+        ))
+    });
+    result.and(removed)
 }
 
-async fn play(args: &DemoArgs) -> Result<(), CliError> {
+async fn play(args: &DemoArgs, parent: &std::path::Path) -> Result<(), CliError> {
     let say = |line: &str| {
         if !args.json {
             println!("{line}");
@@ -70,6 +102,7 @@ async fn play(args: &DemoArgs) -> Result<(), CliError> {
         trial_timeout: args.trial_timeout,
         image_size: args.image_kib as usize * 1024,
         battery: story::battery,
+        parent_dir: Some(parent.to_path_buf()),
         ..LabOptions::default()
     };
     say(&format!(

@@ -6,6 +6,7 @@
 //! | 1 | `ota demo`: a step did not behave as described; otherwise the release or its artifact was refused (bad signature, wrong hardware, expired, digest mismatch, not a release at all, ...) |
 //! | 2 | usage, input/output or key-file problem: nothing could be decided |
 //! | 3 | the fleet server is unreachable or failed (5xx); `ota demo` could not run its fleet |
+//! | 4 | `ota rollout status --watch`: the watched rollout ended aborted (a completed one is 0) |
 //!
 //! A fleet server's refusal of a request (4xx: unknown release, bad filter, conflict, no
 //! token, a role that does not grant the request, ...) is status 1, like a refused release,
@@ -23,6 +24,8 @@ pub(crate) const EXIT_REJECTED: u8 = 1;
 pub(crate) const EXIT_USAGE: u8 = 2;
 /// Exit status when the fleet server cannot be reached or fails.
 pub(crate) const EXIT_SERVER: u8 = 3;
+/// Exit status when a watched rollout ended without completing.
+pub(crate) const EXIT_ROLLOUT_ABORTED: u8 = 4;
 
 /// Everything the `key` and `release` commands can fail with. Each variant displays as one line;
 /// the underlying cause, if any, is its [`std::error::Error::source`].
@@ -109,6 +112,14 @@ pub(crate) enum CliError {
     /// `ota demo` could not set up or run its fleet.
     #[error("demo: {0}")]
     Demo(String),
+    /// `ota rollout status --watch` saw the rollout end aborted.
+    #[error("rollout {id} aborted: {reason}")]
+    RolloutAborted {
+        /// The rollout.
+        id: i64,
+        /// The abort reason's message.
+        reason: String,
+    },
     /// `ota demo` ran, but a step did not behave as described.
     #[error("demo: {0}")]
     DemoDiffered(String),
@@ -125,6 +136,7 @@ impl CliError {
             CliError::Api { .. } | CliError::Http(_) | CliError::Server(_) | CliError::Demo(_) => {
                 EXIT_SERVER
             }
+            CliError::RolloutAborted { .. } => EXIT_ROLLOUT_ABORTED,
             _ => EXIT_USAGE,
         }
     }

@@ -452,10 +452,11 @@ pub(crate) struct EventsArgs {
     /// Only events of this rollout.
     #[arg(long, value_name = "ID")]
     rollout: Option<i64>,
-    /// Only events of this device.
+    /// Only events of this device (an unknown device without events is an error).
     #[arg(long, value_name = "ID")]
     device: Option<String>,
-    /// Only events of this kind (e.g. rollout-aborted, device-state-changed).
+    /// Only events of this kind (e.g. rollout-aborted, device-state-changed); an unknown kind
+    /// is a usage error (exit 2).
     #[arg(long, value_name = "KIND")]
     kind: Option<String>,
     /// How many of the newest events (at most 1000).
@@ -471,6 +472,16 @@ pub(crate) struct EventsArgs {
 
 /// `ota events`.
 pub(crate) fn events(args: &EventsArgs) -> Result<(), CliError> {
+    if let Some(kind) = args
+        .kind
+        .as_deref()
+        .filter(|k| !ota_server::event_kinds::is_known(k))
+    {
+        return Err(CliError::Usage(format!(
+            "--kind {kind:?} is not an event kind (one of: {})",
+            ota_server::event_kinds::ALL.join(", ")
+        )));
+    }
     let api = Api::new(&args.server)?;
     let mut after: Option<i64> = None;
     loop {
@@ -488,13 +499,20 @@ pub(crate) fn events(args: &EventsArgs) -> Result<(), CliError> {
             query.push(("after", a.to_string()));
         }
         let answer = api.get("/api/v1/events", &query)?;
-        if args.json && !args.follow {
-            return print_json(&answer);
-        }
         let list = answer["events"]
             .as_array()
             .map(Vec::as_slice)
             .unwrap_or_default();
+        if after.is_none()
+            && list.is_empty()
+            && let Some(device) = &args.device
+        {
+            // No event at all: an unknown device is an error (404), not an empty log.
+            api.get(&format!("/api/v1/devices/{}", encode(device)), &[])?;
+        }
+        if args.json && !args.follow {
+            return print_json(&answer);
+        }
         let mut text = String::new();
         for e in list {
             if args.json {
@@ -605,7 +623,8 @@ pub(crate) struct StatusArgs {
     /// The rollout id.
     id: i64,
     /// Keep watching (refreshed every second) until the rollout completes or aborts: progress
-    /// bars on a terminal, otherwise one block (or JSON line) per change.
+    /// bars on a terminal, otherwise one block (or JSON line) per change. Exits 0 when it
+    /// completed, 4 when it aborted.
     #[arg(long)]
     watch: bool,
     /// Print JSON (one object per line with --watch).
@@ -857,7 +876,7 @@ fn create(args: &CreateArgs) -> Result<(), CliError> {
         .iter()
         .map(|w| {
             vec![
-                s(&w["index"]),
+                wave_number(w),
                 format!("{}%", s(&w["share"])),
                 s(&w["members"]),
                 s(&w["cumulative_members"]),
@@ -897,6 +916,13 @@ fn operate(
         line.push_str(&format!(" ({reason})"));
     }
     out(&format!("{line}\n{}", no_rollback_text(r)))
+}
+
+/// A wave's number in human output: 1-based (the API's `index` is 0-based).
+fn wave_number(w: &Value) -> String {
+    w["index"]
+        .as_u64()
+        .map_or_else(|| "?".to_owned(), |i| (i + 1).to_string())
 }
 
 /// Devices that reached a final state.
@@ -973,7 +999,7 @@ fn render(r: &Value, bars: bool) -> String {
             let done = done_count(&w["counts"]);
             text.push_str(&format!(
                 "wave {} {:>6}% {} {done}/{members} done, {} succeeded, {} failed{}\n",
-                s(&w["index"]),
+                wave_number(w),
                 s(&w["share"]),
                 bar(done, members, 30),
                 s(&w["counts"]["succeeded"]),
@@ -1062,6 +1088,21 @@ fn is_final(status: &Value) -> bool {
     matches!(status.as_str(), Some("completed" | "aborted" | "dry-run"))
 }
 
+/// How a watch ends for the rollout view `r` in a final state: completed (or a dry run) is
+/// success, aborted is [`CliError::RolloutAborted`] (exit status 4).
+fn watch_outcome(r: &Value) -> Result<(), CliError> {
+    if r["status"] != "aborted" {
+        return Ok(());
+    }
+    Err(CliError::RolloutAborted {
+        id: r["id"].as_i64().unwrap_or(0),
+        reason: r["abort_reason"]["message"]
+            .as_str()
+            .unwrap_or("no reason given")
+            .to_owned(),
+    })
+}
+
 fn status(args: &StatusArgs) -> Result<(), CliError> {
     let api = Api::new(&args.server)?;
     let path = format!("/api/v1/rollouts/{}", args.id);
@@ -1084,7 +1125,7 @@ fn status(args: &StatusArgs) -> Result<(), CliError> {
                 last = block;
             }
             if is_final(&answer["rollout"]["status"]) {
-                return Ok(());
+                return watch_outcome(&answer["rollout"]);
             }
             std::thread::sleep(WATCH_EVERY);
         }
@@ -1121,7 +1162,7 @@ fn watch_bars(api: &Api, path: &str) -> Result<(), CliError> {
                 .join(" | "),
         );
         for (b, w) in bars.iter().zip(waves) {
-            b.set_prefix(format!("wave {} {}%", s(&w["index"]), s(&w["share"])));
+            b.set_prefix(format!("wave {} {}%", wave_number(w), s(&w["share"])));
             b.set_length(w["members"].as_u64().unwrap_or(0));
             b.set_position(done_count(&w["counts"]));
             b.set_message(format!(
@@ -1142,7 +1183,7 @@ fn watch_bars(api: &Api, path: &str) -> Result<(), CliError> {
                 b.finish();
             }
             footer.finish();
-            return Ok(());
+            return watch_outcome(r);
         }
         std::thread::sleep(WATCH_EVERY);
     }

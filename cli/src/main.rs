@@ -135,7 +135,8 @@ fn report(err: &anyhow::Error) -> ExitCode {
         // The reader went away (`ota release show R | head -1`): not an error of ours.
         return ExitCode::SUCCESS;
     }
-    eprint_line(&format!("error: {err:#}"));
+    let line = ota_agent::term::error_line(err.as_ref());
+    eprint_line(&format!("error: {line}"));
     ExitCode::from(cli_error.map_or(EXIT_USAGE, CliError::exit_code))
 }
 

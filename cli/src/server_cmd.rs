@@ -211,18 +211,11 @@ fn load(args: &ServerArgs) -> Result<Config, CliError> {
     ))
 }
 
-/// Logs to stderr, filtered by `OTA_LOG` (e.g. `info`, `ota_server=debug,info`), else by
-/// `default`.
+/// Logs to stderr, filtered by `OTA_LOG` (else `RUST_LOG`; e.g. `info`,
+/// `ota_server=debug,info`), else by `default`; coloured only on a terminal without
+/// `NO_COLOR` (see [`ota_agent::term`]).
 pub(crate) fn init_logs(default: Targets) {
-    use tracing_subscriber::prelude::*;
-    let filter = std::env::var("OTA_LOG")
-        .ok()
-        .and_then(|f| f.parse::<Targets>().ok())
-        .unwrap_or(default);
-    let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(filter)
-        .try_init();
+    ota_agent::term::init_logs(default);
 }
 
 async fn wait_for_signal() {

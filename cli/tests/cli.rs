@@ -5,7 +5,7 @@ mod util;
 
 use ota_core::digest::Digest;
 use ota_core::release::SignedRelease;
-use util::{APPROVER_TOKEN, Dir, TOKEN, key_id_line};
+use util::{APPROVER_TOKEN, Dir, TOKEN, fake_server, key_id_line};
 
 // ---------------------------------------------------------------------------------------------
 // ota key
@@ -911,4 +911,135 @@ fn issue12_device_credential_works_with_an_external_broker_config() {
     assert_eq!(external.len(), 64, "{external}");
     assert_eq!(util::mode(&dir.path("mqtt.secret")), 0o600);
     assert_eq!(credential("embedded.toml"), external);
+}
+
+// ---------------------------------------------------------------------------------------------
+// issue 12: the tools tell the truth
+// ---------------------------------------------------------------------------------------------
+
+fn rollout_view(status: &str) -> String {
+    serde_json::json!({ "rollout": {
+        "id": 7, "release": "9f86d0", "version": "2.0.0", "filter": "all",
+        "status": status, "current_wave": 1, "phase": null,
+        "abort_reason": if status == "aborted" {
+            serde_json::json!({ "kind": "failure-threshold", "message": "3 of 4 executed devices failed" })
+        } else { serde_json::Value::Null },
+        "created_by": "alice", "targets": 4, "deploys": 4, "redeploys": 0, "offline": 0,
+        "totals": { "succeeded": 1, "failures": 3, "executed": 4, "failed": {} },
+        "waves": [
+            { "index": 0, "share": 50.0, "members": 2, "started_at": 1, "counts": { "succeeded": 1, "failures": 1 } },
+            { "index": 1, "share": 100.0, "members": 2, "started_at": 2, "counts": { "succeeded": 0, "failures": 2 } }
+        ]
+    }})
+    .to_string()
+}
+
+/// Issues 12.9 and 12.13: `rollout status --watch` exits 4 when the rollout aborted and 0 when
+/// it completed; its waves are numbered from 1, in the headline and in the per-wave lines.
+#[test]
+fn issue12_watch_exit_status_says_how_the_rollout_ended_and_waves_count_from_1() {
+    let dir = Dir::new();
+    let base = fake_server(rollout_view("aborted"), 1);
+    let env = [("OTA_SERVER", base.as_str()), ("OTA_TOKEN", TOKEN)];
+    let run = dir.ota_env(&["rollout", "status", "7", "--watch"], &env);
+    let line = run.fails(4);
+    assert!(
+        line.contains("rollout 7 aborted: 3 of 4 executed devices failed"),
+        "{line}"
+    );
+    assert!(run.stdout.contains("wave 2 of 2"), "{}", run.stdout);
+    let waves: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("wave "))
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>()[1])
+        .collect();
+    assert_eq!(waves, ["1", "2"], "{}", run.stdout);
+
+    let base = fake_server(rollout_view("completed"), 1);
+    let env = [("OTA_SERVER", base.as_str()), ("OTA_TOKEN", TOKEN)];
+    dir.ota_env(&["rollout", "status", "7", "--watch"], &env)
+        .ok();
+}
+
+/// Issues 12.10 and 12.13 against a real server: an unknown event kind is a usage error, an
+/// unknown device is not an empty log, and the waves error numbers waves from 1.
+#[test]
+fn issue12_fleet_commands_refuse_what_they_cannot_answer() {
+    let dir = Dir::new();
+    dir.keygen("fleet");
+    let server = dir.start_server(&["fleet.pub"]);
+    let env = [("OTA_SERVER", server.base.as_str()), ("OTA_TOKEN", TOKEN)];
+    let run = |args: &[&str]| dir.ota_env(args, &env);
+
+    let line = run(&["events", "--kind", "nonsense"]).fails(2).to_string();
+    assert!(line.contains("\"nonsense\" is not an event kind"), "{line}");
+    assert!(line.contains("rollout-aborted"), "{line}");
+    run(&["events", "--kind", "rollout-aborted"]).ok();
+    let line = run(&["events", "--device", "no-such-device"])
+        .fails(1)
+        .to_string();
+    assert!(line.contains("not found"), "{line}");
+    let line = run(&["events", "--device", "no-such-device", "--json"])
+        .fails(1)
+        .to_string();
+    assert!(line.contains("not found"), "{line}");
+
+    dir.artifact("fw.bin", 1000);
+    dir.sign(&["fleet.key"], "fw.bin", "fw.release", &[]).ok();
+    run(&["release", "publish", "fw.release", "--artifact", "fw.bin"]).ok();
+    let line = run(&[
+        "rollout",
+        "create",
+        "--release",
+        "fw.release",
+        "--waves",
+        "0%,100%",
+        "--dry-run",
+    ])
+    .fails(1)
+    .to_string();
+    assert!(line.contains("wave 1 is not larger"), "{line}");
+
+    drop(server);
+}
+
+/// Issue 12.12: `ota demo` interrupted by Ctrl-C (SIGINT) once its fleet runs removes its
+/// whole temporary directory, and says it was interrupted in one line.
+#[cfg(unix)]
+#[test]
+fn issue12_demo_interrupted_by_ctrl_c_leaves_no_directory() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = Dir::new();
+    let tmp = dir.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
+        .args(["demo", "--devices", "10"])
+        .current_dir(dir.root())
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let running = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains("devices online"));
+    assert!(running.is_some(), "the demo never started its fleet");
+    // Its data is there while it runs.
+    assert!(std::fs::read_dir(&tmp).unwrap().next().is_some());
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("demo: interrupted"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -75,6 +75,9 @@ pub struct LabOptions {
     pub api_ca_file: Option<PathBuf>,
     /// Extra TOML lines of every agent's `[download]` section (e.g. `ca_file = "..."`).
     pub agent_download_toml: String,
+    /// Where the lab's temporary directory is made (default: the system's temp directory).
+    /// `ota demo` passes a directory of its own, which it removes once every task stopped.
+    pub parent_dir: Option<PathBuf>,
 }
 
 /// Extra `[broker]` TOML lines for a device's agent, given its id.
@@ -107,6 +110,7 @@ impl Default for LabOptions {
             http_tls: None,
             api_ca_file: None,
             agent_download_toml: String::new(),
+            parent_dir: None,
         }
     }
 }
@@ -128,10 +132,13 @@ impl Lab {
     /// Starts the server, publishes the factory release and starts every device; returns once
     /// every device is registered and online.
     pub async fn start(opts: LabOptions) -> Result<Lab, LabError> {
-        let dir = tempfile::Builder::new()
-            .prefix("ota-demo.")
-            .tempdir()
-            .map_err(|e| LabError::io("create", Path::new("temp dir"), e))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("ota-demo.");
+        let dir = match &opts.parent_dir {
+            Some(parent) => builder.tempdir_in(parent),
+            None => builder.tempdir(),
+        }
+        .map_err(|e| LabError::io("create", Path::new("temp dir"), e))?;
         let team = FirmwareTeam::new()?;
         let key = team.write_public_key(dir.path())?;
         let factory = team.build(FACTORY_VERSION, true, opts.image_size, unix_now());

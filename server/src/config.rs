@@ -277,6 +277,19 @@ impl Config {
                     "must be an http:// or https:// URL",
                 ));
             }
+            if let Some(kind) = hook
+                .events
+                .iter()
+                .find(|k| !crate::event_kinds::is_known(k))
+            {
+                return Err(invalid(
+                    "webhooks.events",
+                    format!(
+                        "{kind:?} is not an event kind (see docs/api.md: {})",
+                        crate::event_kinds::ALL.join(", ")
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -874,7 +887,8 @@ impl std::fmt::Debug for OperatorConfig {
 pub struct WebhookConfig {
     /// Where to POST events.
     pub url: String,
-    /// Event kinds to deliver; empty means all.
+    /// Event kinds to deliver; empty means all. An unknown kind is refused at load
+    /// ([`crate::event_kinds::ALL`]).
     #[serde(default)]
     pub events: Vec<String>,
 }
@@ -1106,6 +1120,29 @@ mod tests {
             ],
             "listed twice",
         );
+    }
+
+    #[test]
+    fn issue12_unknown_webhook_event_kinds_are_refused() {
+        let hook = |events: &str| {
+            format!(
+                "[trust]\nkeys = [\"a.pub\"]\n[[webhooks]]\nurl = \"https://h.example/x\"\nevents = {events}\n"
+            )
+        };
+        let c = Config::from_toml(
+            &hook("[\"rollout-aborted\", \"wave-held\"]"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.webhooks[0].events, ["rollout-aborted", "wave-held"]);
+        let e = Config::from_toml(
+            &hook("[\"rollout-aborted\", \"rollout-abort\"]"),
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("webhooks.events"), "{e}");
+        assert!(e.contains("\"rollout-abort\" is not an event kind"), "{e}");
     }
 
     #[test]

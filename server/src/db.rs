@@ -1371,6 +1371,16 @@ impl DbTx {
         Ok(())
     }
 
+    /// Moves a known device's `last_seen` to `now` (a heartbeat; an unknown id changes nothing).
+    pub async fn touch_device(&mut self, id: &str, now: i64) -> Result<(), DbError> {
+        sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
     /// Replaces a device's operator-set labels; [`DbError::NotFound`] for an unknown device
     /// (nothing written).
     pub async fn set_server_labels(
@@ -1690,38 +1700,20 @@ fn format_device_select(tail: &str) -> sqlx::AssertSqlSafe<String> {
 /// digest it concerns), `rollout`, `generation` and `at_ms` (device time).
 pub fn last_outcome_json(o: &UpdateOutcome) -> serde_json::Value {
     let (cause, detail) = match &o.state {
-        ExecutionState::Rejected { cause, detail } => (Some(format!("{cause:?}")), Some(detail)),
-        ExecutionState::Failed { phase, reason } => (Some(format!("{phase:?}")), Some(reason)),
-        ExecutionState::RolledBack { reason, detail } => {
-            (Some(format!("{reason:?}")), Some(detail))
-        }
+        ExecutionState::Rejected { cause, detail } => (Some(cause.name()), Some(detail)),
+        ExecutionState::Failed { phase, reason } => (Some(phase.name()), Some(reason)),
+        ExecutionState::RolledBack { reason, detail } => (Some(reason.name()), Some(detail)),
         _ => (None, None),
     };
     serde_json::json!({
         "state": o.state.name(),
-        "cause": cause.map(|c| kebab(&c)),
+        "cause": cause,
         "detail": detail,
         "release": o.digest.map(|d| d.to_string()),
         "rollout": o.rollout_id,
         "generation": o.generation,
         "at_ms": o.at,
     })
-}
-
-/// `ProbeTimeout` → `probe-timeout`.
-fn kebab(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('-');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, DbError> {

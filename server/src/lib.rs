@@ -10,6 +10,8 @@
 //! - [`config`]: `server.toml` (every key is documented in `docs/server.md`).
 //! - [`db`]: the repository over SQLite or PostgreSQL (one code path through `sqlx::AnyPool`),
 //!   with embedded migrations for each dialect.
+//! - [`event_kinds`]: the one list of audit event kinds (webhook filters and queries are checked
+//!   against it).
 //! - [`store`]: the artifact store (local files or S3) addressed by SHA-256, with verified,
 //!   all-or-nothing streaming uploads.
 //! - [`filter`]: the device filter language (`hw=gw-a and label:region=eu`).
@@ -45,6 +47,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod event_kinds;
 pub mod filter;
 pub mod fleet;
 pub mod http;

@@ -42,6 +42,8 @@ mod mqtt_acl;
 mod outage;
 #[path = "server/proxy.rs"]
 mod proxy;
+#[path = "server/registry_truth.rs"]
+mod registry_truth;
 #[path = "server/releases.rs"]
 mod releases;
 #[path = "server/store.rs"]

@@ -24,9 +24,13 @@ pub enum RolloutError {
         max: usize,
     },
     /// A wave is 0 %, over 100 %, or not larger than the wave before it.
-    #[error("wave {index} is not larger than the wave before it (or is over 100%)")]
+    #[error(
+        "wave {} is not larger than the wave before it (or is over 100%)",
+        index + 1
+    )]
     WavesNotIncreasing {
-        /// The offending wave's index.
+        /// The offending wave's 0-based index (the message numbers waves from 1, like every
+        /// human output).
         index: usize,
     },
     /// The last wave is not 100 %, so some targets would never be updated.

@@ -208,7 +208,7 @@ pub enum RejectCause {
 }
 
 impl RejectCause {
-    /// The cause's stable kebab-case name (logs, CLI, docs).
+    /// The cause's stable kebab-case name (events, logs, CLI, JSON, docs/protocol.md).
     pub fn name(self) -> &'static str {
         match self {
             RejectCause::Malformed => "malformed",
@@ -266,6 +266,18 @@ pub enum FailurePhase {
     Trial,
 }
 
+impl FailurePhase {
+    /// The phase's stable kebab-case name (events, logs, CLI, JSON, docs/protocol.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            FailurePhase::Download => "download",
+            FailurePhase::Verify => "verify",
+            FailurePhase::Install => "install",
+            FailurePhase::Trial => "trial",
+        }
+    }
+}
+
 /// Why a trial ended in a rollback to the known-good release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
 #[cbor(index_only)]
@@ -285,6 +297,19 @@ pub enum RollbackReason {
     /// The trial deadline passed while the agent or the device was down.
     #[n(4)]
     TrialTimeout,
+}
+
+impl RollbackReason {
+    /// The reason's stable kebab-case name (events, logs, CLI, JSON, docs/protocol.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            RollbackReason::ProbeFailed => "probe-failed",
+            RollbackReason::ProbeTimeout => "probe-timeout",
+            RollbackReason::ServerUnreachable => "server-unreachable",
+            RollbackReason::RebootDuringTrial => "reboot-during-trial",
+            RollbackReason::TrialTimeout => "trial-timeout",
+        }
+    }
 }
 
 /// One execution state of a device for a desired state. The same enum is used in events, in

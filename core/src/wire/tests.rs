@@ -430,3 +430,87 @@ proptest! {
         let _ = parse_device_topic(&topic);
     }
 }
+
+/// The rows of the table that follows `heading` in docs/protocol.md: (value, first word).
+fn protocol_table(heading: &str) -> Vec<(u64, String)> {
+    let doc = include_str!("../../../docs/protocol.md");
+    let start = doc
+        .find(heading)
+        .expect("table heading in docs/protocol.md");
+    doc[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let word = cells[2].split_whitespace().next().unwrap_or("");
+            (cells[1].parse().unwrap(), String::from(word))
+        })
+        .collect()
+}
+
+#[test]
+fn issue12_cause_names_are_protocol_kebab_case() {
+    let reject = [
+        RejectCause::Malformed,
+        RejectCause::TooLarge,
+        RejectCause::UnsupportedAlgorithm,
+        RejectCause::UnknownKey,
+        RejectCause::BadSignature,
+        RejectCause::ThresholdNotMet,
+        RejectCause::Expired,
+        RejectCause::IncompatibleHardware,
+        RejectCause::Downgrade,
+        RejectCause::Other,
+    ];
+    let phases = [
+        FailurePhase::Download,
+        FailurePhase::Verify,
+        FailurePhase::Install,
+        FailurePhase::Trial,
+    ];
+    let reasons = [
+        RollbackReason::ProbeFailed,
+        RollbackReason::ProbeTimeout,
+        RollbackReason::ServerUnreachable,
+        RollbackReason::RebootDuringTrial,
+        RollbackReason::TrialTimeout,
+    ];
+    let index = |bytes: Vec<u8>| -> u64 { minicbor::decode(&bytes).unwrap() };
+    let ours = |names: Vec<(Vec<u8>, &str)>| -> Vec<(u64, String)> {
+        names
+            .into_iter()
+            .map(|(cbor, name)| (index(cbor), String::from(name)))
+            .collect()
+    };
+    assert_eq!(
+        ours(
+            reject
+                .iter()
+                .map(|c| (minicbor::to_vec(c).unwrap(), c.name()))
+                .collect()
+        ),
+        protocol_table("RejectCause values:")
+    );
+    assert_eq!(
+        ours(
+            phases
+                .iter()
+                .map(|p| (minicbor::to_vec(p).unwrap(), p.name()))
+                .collect()
+        ),
+        protocol_table("FailurePhase values:")
+    );
+    assert_eq!(
+        ours(
+            reasons
+                .iter()
+                .map(|r| (minicbor::to_vec(r).unwrap(), r.name()))
+                .collect()
+        ),
+        protocol_table("RollbackReason values:")
+    );
+    assert_eq!(RollbackReason::ProbeTimeout.name(), "probe-timeout");
+    assert_eq!(RejectCause::UnknownKey.name(), "unknown-key");
+}

@@ -24,12 +24,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
-use super::outbox::{self, Outbox};
 use super::generation;
+use super::outbox::{self, Outbox};
 use super::view::{RolloutView, abort_json, counts_json, no_rollback_json};
 use super::{
-    Command, Counters, DEVICE_EVENTS_PER_MINUTE, Fleet, FleetError, MAX_BATCH, Op,
-    REJECT_EVENTS_PER_MINUTE, RolloutRequest, Shared, Snapshot, percent,
+    Command, Counters, DEVICE_EVENTS_PER_MINUTE, Fleet, FleetError, LAST_SEEN_RESOLUTION_SECS,
+    MAX_BATCH, Op, REJECT_EVENTS_PER_MINUTE, RolloutRequest, Shared, Snapshot, percent,
 };
 use crate::clock::Clock;
 use crate::db::{
@@ -147,6 +147,8 @@ struct Memo {
     last_committed: Option<Digest>,
     on_trial: bool,
     reported_generation: u64,
+    /// `last_seen` as stored (unix seconds).
+    last_seen: i64,
     /// The newest (generation, device time) outcome seen.
     last_outcome: Option<(u64, u64)>,
     /// The security floor the device last reported (anti-rollback).
@@ -167,6 +169,8 @@ struct Loaded {
 struct Batch {
     reports: BTreeMap<String, DeviceReport>,
     presence: BTreeSet<String>,
+    /// Devices whose `last_seen` a heartbeat moves (see [`LAST_SEEN_RESOLUTION_SECS`]).
+    seen: BTreeSet<String>,
     desired: Vec<DesiredRecord>,
     events: Vec<NewEvent>,
     /// Desired states, published after the commit.
@@ -191,6 +195,7 @@ impl Batch {
     fn is_empty(&self) -> bool {
         self.reports.is_empty()
             && self.presence.is_empty()
+            && self.seen.is_empty()
             && self.desired.is_empty()
             && self.events.is_empty()
             && self.approved.is_empty()
@@ -620,7 +625,10 @@ impl Actor {
                 Err(e) => self.reject(Some(&id), topic, &e.to_string(), batch),
             },
             TopicKind::Heartbeat => match heartbeat_ack(&id, &payload) {
-                Ok(ack) => batch.acks.push(ack),
+                Ok(ack) => {
+                    self.on_heartbeat(&id, batch);
+                    batch.acks.push(ack);
+                }
                 Err(e) => self.reject(Some(&id), topic, &e, batch),
             },
             TopicKind::Trust => match TrustReport::from_cbor(&payload) {
@@ -667,8 +675,7 @@ impl Actor {
     /// are counted in `ota_events_suppressed_total`.
     fn event_allowed(&mut self, device: &str, kind: &'static str) -> bool {
         let now = self.clock.now_millis();
-        match self.event_budgets.take((device.to_owned(), kind), now)
-        {
+        match self.event_budgets.take((device.to_owned(), kind), now) {
             Verdict::Pass => true,
             _ => {
                 Counters::inc(&self.counters().events_suppressed);
@@ -712,6 +719,16 @@ impl Actor {
             event = event.device(d);
         }
         Some(event)
+    }
+
+    /// A heartbeat is a sign of life: `last_seen` moves when the stored one is stale.
+    fn on_heartbeat(&mut self, id: &DeviceId, batch: &mut Batch) {
+        let Some(memo) = self.devices.get(id.as_str()) else {
+            return;
+        };
+        if self.clock.now_i64().saturating_sub(memo.last_seen) >= LAST_SEEN_RESOLUTION_SECS {
+            batch.seen.insert(id.as_str().to_string());
+        }
     }
 
     fn on_status(&mut self, id: &DeviceId, online: bool, batch: &mut Batch) {
@@ -1002,15 +1019,15 @@ impl Actor {
                 if let Some(map) = details.as_object_mut() {
                     match &new {
                         ExecutionState::Failed { phase, reason } => {
-                            map.insert("phase".into(), json!(phase_name(*phase)));
+                            map.insert("phase".into(), json!(phase.name()));
                             map.insert("reason".into(), json!(reason));
                         }
                         ExecutionState::Rejected { cause, detail } => {
-                            map.insert("cause".into(), json!(format!("{cause:?}")));
+                            map.insert("cause".into(), json!(cause.name()));
                             map.insert("reason".into(), json!(detail));
                         }
                         ExecutionState::RolledBack { reason, detail } => {
-                            map.insert("cause".into(), json!(format!("{reason:?}")));
+                            map.insert("cause".into(), json!(reason.name()));
                             map.insert("reason".into(), json!(detail));
                         }
                         _ => {}
@@ -1305,6 +1322,21 @@ impl Actor {
             let reason = format!("the database refused the device's message: {error}");
             if let Some(event) = self.reject_event(Some(&id), &topic, &reason) {
                 tx.append_event(&event).await?;
+            }
+        }
+        for id in &batch.seen {
+            if !batch.reports.contains_key(id) && !batch.presence.contains(id) {
+                tx.touch_device(id, now).await?;
+            }
+        }
+        for id in batch
+            .reports
+            .keys()
+            .chain(&batch.presence)
+            .chain(&batch.seen)
+        {
+            if let Some(memo) = self.devices.get_mut(id) {
+                memo.last_seen = now;
             }
         }
         for (id, by) in &batch.approved {
@@ -2209,6 +2241,7 @@ fn memo_of(d: &DeviceRecord) -> Memo {
         last_committed: d.last_committed_digest,
         on_trial: false,
         reported_generation: d.reported_generation,
+        last_seen: d.last_seen,
         last_outcome: None,
         security_floor: d
             .inventory
@@ -2219,20 +2252,10 @@ fn memo_of(d: &DeviceRecord) -> Memo {
     }
 }
 
-fn phase_name(p: ota_core::wire::FailurePhase) -> &'static str {
-    use ota_core::wire::FailurePhase;
-    match p {
-        FailurePhase::Download => "download",
-        FailurePhase::Verify => "verify",
-        FailurePhase::Install => "install",
-        FailurePhase::Trial => "trial",
-    }
-}
-
 /// `last_result` as stored: the state name, with the phase for failures.
 fn result_name(state: &ExecutionState) -> String {
     match state {
-        ExecutionState::Failed { phase, .. } => format!("failed-{}", phase_name(*phase)),
+        ExecutionState::Failed { phase, .. } => format!("failed-{}", phase.name()),
         other => other.name().to_string(),
     }
 }

@@ -45,13 +45,16 @@
 //!   retained reported state cannot move a device backwards.
 //! - A device belongs to at most one *active* rollout (awaiting approval, running, paused):
 //!   a second rollout over it is refused (409).
+//! - `last_seen` moves with every reported state, status and heartbeat; heartbeats only
+//!   update it once it is [`LAST_SEEN_RESOLUTION_SECS`] old (one `UPDATE` per device, in the
+//!   batch's transaction; never for a device the server has no row for).
 //! - Drift: a device whose running digest differs from the last release the server saw it
 //!   commit (or its first known-good), while not on trial and in no active rollout.
 
 mod actor;
 pub mod flags;
-mod outbox;
 mod generation;
+mod outbox;
 pub mod view;
 
 use std::sync::Arc;
@@ -70,6 +73,9 @@ use crate::db::DbError;
 
 /// Most MQTT messages handled in one batch (one database transaction).
 pub const MAX_BATCH: usize = 1024;
+/// A heartbeat moves a device's `last_seen` only when the stored value is at least this many
+/// seconds old: a device heartbeating every 5 s costs one row update per 15 s, not three.
+pub const LAST_SEEN_RESOLUTION_SECS: i64 = 15;
 /// Most `mqtt-rejected` audit events recorded per minute (the rest are only counted).
 pub const REJECT_EVENTS_PER_MINUTE: u32 = 100;
 /// Most audit events one device causes per minute of one kind (`device-drifted`,

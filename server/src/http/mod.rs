@@ -357,6 +357,16 @@ async fn list_events(
     filter.rollout = q.rollout;
     filter.device = q.device.filter(|d| !d.is_empty());
     filter.kind = q.kind.filter(|k| !k.is_empty());
+    if let Some(kind) = filter
+        .kind
+        .as_deref()
+        .filter(|k| !crate::event_kinds::is_known(k))
+    {
+        return Err(ApiError::bad_request(
+            "unknown-kind",
+            format!("{kind:?} is not an event kind"),
+        ));
+    }
     filter.after = q.after;
     filter.limit = q.limit.unwrap_or(0);
     let events = state.db().list_events(&filter).await?;
