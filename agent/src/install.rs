@@ -17,6 +17,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ota_core::digest::Digest;
@@ -144,6 +145,8 @@ pub struct FilesInstaller {
     root: PathBuf,
     restart: Option<CommandSpec>,
     timeout: Option<Duration>,
+    /// The last file [`FilesInstaller::running_digest`] hashed: its path, size and digest.
+    hashed: Arc<Mutex<Option<(PathBuf, u64, Digest)>>>,
 }
 
 /// The read and write size of a copy across file systems.
@@ -157,6 +160,7 @@ impl FilesInstaller {
             root: root.into(),
             restart: None,
             timeout: None,
+            hashed: Arc::default(),
         }
     }
 
@@ -188,6 +192,49 @@ impl FilesInstaller {
         self.storage
             .read_link(&link)
             .map_err(io_err("read link", &link))
+    }
+
+    /// The digest of the release `current` points to (issue 12.7, drift): the name of a
+    /// `<root>/releases/<digest>` file, else the SHA-256 of whatever file it points to (a
+    /// link re-pointed by hand; hashed again only when the target's path or size changes);
+    /// `None` without a `current` link.
+    pub async fn running_digest(&self) -> Result<Option<Digest>, InstallError> {
+        let Some(target) = self.current()? else {
+            return Ok(None);
+        };
+        let target = self.root.join(target);
+        let named = target
+            .parent()
+            .is_some_and(|dir| dir == self.root.join("releases"))
+            .then(|| target.file_name()?.to_str()?.parse::<Digest>().ok())
+            .flatten();
+        if let Some(digest) = named {
+            return Ok(Some(digest));
+        }
+        let len = self
+            .storage
+            .len(&target)
+            .map_err(io_err("stat", &target))?
+            .ok_or_else(|| io_err("stat", &target)(io::ErrorKind::NotFound.into()))?;
+        let memo = |h: &Option<(PathBuf, u64, Digest)>| {
+            h.as_ref()
+                .filter(|(path, size, _)| *path == target && *size == len)
+                .map(|(_, _, d)| *d)
+        };
+        if let Some(digest) = memo(&self.lock_hashed()) {
+            return Ok(Some(digest));
+        }
+        let digest = hash_file(&*self.storage, &target, COPY_CHUNK)
+            .await
+            .map_err(io_err("hash", &target))?;
+        *self.lock_hashed() = Some((target, len, digest));
+        Ok(Some(digest))
+    }
+
+    fn lock_hashed(&self) -> std::sync::MutexGuard<'_, Option<(PathBuf, u64, Digest)>> {
+        self.hashed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Installs the artifact: release file, atomic switch of `current`, restart command.
@@ -332,6 +379,15 @@ impl Installer {
         match self {
             Installer::Files(i) => i.remove_release(digest),
             Installer::Command(_) => Ok(false),
+        }
+    }
+
+    /// The digest of the release the installer actually runs, where it can tell (the files
+    /// installer, see [`FilesInstaller::running_digest`]; a command installer cannot: `None`).
+    pub async fn running_digest(&self) -> Result<Option<Digest>, InstallError> {
+        match self {
+            Installer::Files(i) => i.running_digest().await,
+            Installer::Command(_) => Ok(None),
         }
     }
 

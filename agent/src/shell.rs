@@ -27,6 +27,7 @@
 //! | `DiscardPartial` | aborts the transfer, [`Cache::remove_partial`] | — |
 //! | `Install` | [`Cache::verify_entry`] (size and SHA-256, every time, rollbacks too; a mismatch answers `CorruptArtifact`), then the configured [`Installer`], in a task | `handle_install_done` |
 //! | `Commit` | nothing to do for the files and command installers (logged) | — |
+//! | `ObserveRunning` | [`Installer::running_digest`] (what `current` points to) | `handle_observed_running` |
 //! | `Evict` | [`Cache::evict`] and the files installer's release copy | — |
 //! | `RunProbe` | the [`HealthProbe`], in a task (no probe: healthy at once) | `handle_probe` |
 //!
@@ -566,6 +567,16 @@ impl Shell {
                 };
                 self.link
                     .publish(TopicKind::Heartbeat, hb.to_cbor(), Kind::Heartbeat);
+            }
+            Action::ObserveRunning => {
+                let digest = match self.installer.running_digest().await {
+                    Ok(digest) => digest,
+                    Err(e) => {
+                        self.error(format!("cannot tell which release runs: {e}"));
+                        None
+                    }
+                };
+                self.machine.handle_observed_running(digest, now);
             }
             other => tracing::warn!(?other, "action not supported by this agent"),
         }

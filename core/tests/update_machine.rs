@@ -295,6 +295,7 @@ impl Sim {
                 self.m.handle_install_done(release.digest, result, now);
             }
             Action::Commit { .. } => {}
+            Action::ObserveRunning => self.m.handle_observed_running(self.installed, now),
             Action::Evict { digest } => {
                 self.cache.remove(&digest);
             }
@@ -1630,4 +1631,126 @@ proptest! {
             }
         }
     }
+}
+
+// ---- issue 12.7: drift --------------------------------------------------------------------
+
+impl Sim {
+    /// The `running` digest of the state the agent would report now.
+    fn reported_running(&self) -> Option<Digest> {
+        self.m
+            .reported_state("0.1.0", Inventory::default(), BTreeMap::new())
+            .running
+            .map(|r| r.digest)
+    }
+
+    fn observations(&self) -> usize {
+        self.count(|a| matches!(a, Action::ObserveRunning))
+    }
+}
+
+#[test]
+fn issue12_a_release_switched_by_hand_is_reported_as_running_after_a_restart() {
+    let mut sim = Sim::new(config());
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(MINUTE);
+    assert_eq!(sim.reported_running(), Some(digest("2.0.0")));
+    // Someone re-points the installer at the factory release and restarts the agent.
+    sim.installed = Some(digest("1.0.0"));
+    sim.clear_log();
+    let later = sim.now.saturating_add(Duration::from_secs(1));
+    sim.restart(false, later);
+    assert_eq!(sim.observations(), 1, "asked once at the (re)connect");
+    let reported = sim
+        .m
+        .reported_state("0.1.0", Inventory::default(), BTreeMap::new());
+    let running = reported.running.unwrap();
+    assert_eq!(running.digest, digest("1.0.0"));
+    assert_eq!(
+        running.version, "1.0.0",
+        "a known release keeps its version"
+    );
+    assert_eq!(reported.known_good.unwrap().digest, digest("2.0.0"));
+    assert_eq!(
+        sim.running(),
+        Some(digest("2.0.0")),
+        "the journal is not rewritten by an observation"
+    );
+    assert!(
+        sim.actions().any(|a| matches!(a, Action::PublishReported)),
+        "the drift is published"
+    );
+}
+
+#[test]
+fn issue12_drift_is_noticed_while_running_and_cleared_when_switched_back() {
+    let mut sim = Sim::new(config());
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(MINUTE);
+    // A release the device never saw: reported by digest, version unknown.
+    let foreign = Digest::of(b"hand-made image");
+    sim.installed = Some(foreign);
+    sim.clear_log();
+    sim.drive(Duration::from_secs(2 * 60));
+    let observed = sim.observations();
+    assert!(
+        (1..=2).contains(&observed),
+        "observed with heartbeats at most once a minute: {observed}"
+    );
+    let reported = sim
+        .m
+        .reported_state("0.1.0", Inventory::default(), BTreeMap::new());
+    let running = reported.running.unwrap();
+    assert_eq!(
+        (running.digest, running.version.as_str()),
+        (foreign, "unknown")
+    );
+    // Switched back by hand: the next observation clears it.
+    sim.installed = Some(digest("2.0.0"));
+    sim.drive(Duration::from_secs(2 * 60));
+    assert_eq!(sim.reported_running(), Some(digest("2.0.0")));
+}
+
+#[test]
+fn issue12_no_observation_counts_during_an_update() {
+    let mut sim = Sim::new(config());
+    sim.hold_downloads = true;
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.clear_log();
+    sim.drive(Duration::from_secs(5 * 60));
+    assert_eq!(sim.observations(), 0, "not asked while downloading");
+    // An answer that arrives anyway (asked just before the offer) changes nothing.
+    sim.m
+        .handle_observed_running(Some(Digest::of(b"elsewhere")), sim.now);
+    assert_eq!(sim.reported_running(), Some(digest("1.0.0")));
+}
+
+#[test]
+fn issue12_an_installer_that_cannot_tell_changes_nothing() {
+    let mut sim = Sim::new(config());
+    sim.installed = Some(digest("3.0.0"));
+    sim.m.handle_observed_running(None, sim.now);
+    assert_eq!(sim.reported_running(), Some(digest("1.0.0")));
+}
+
+#[test]
+fn issue12_offering_a_drifted_device_its_release_again_repairs_the_drift() {
+    let mut sim = Sim::new(config());
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(MINUTE);
+    sim.installed = Some(Digest::of(b"hand-made image"));
+    let later = sim.now.saturating_add(Duration::from_secs(1));
+    sim.restart(false, later);
+    assert_eq!(sim.reported_running(), Some(Digest::of(b"hand-made image")));
+    sim.clear_log();
+    sim.offer(desired(2, "2.0.0", 2));
+    sim.drive(MINUTE);
+    assert_eq!(
+        sim.installs(),
+        [(digest("2.0.0"), false)],
+        "installed again from the cache, not skipped as identical"
+    );
+    assert_eq!(sim.installed, Some(digest("2.0.0")));
+    assert_eq!(sim.reported_running(), Some(digest("2.0.0")));
+    assert_eq!(sim.last_state(), ExecutionState::Succeeded);
 }

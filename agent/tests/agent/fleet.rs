@@ -166,6 +166,8 @@ pub struct Seen {
     pub status: HashMap<String, Status>,
     pub heartbeats: Vec<(String, Heartbeat)>,
     pub garbage: usize,
+    /// Barrier tokens that came back (see [`Fleet::barrier`]).
+    pub barriers: Vec<Vec<u8>>,
 }
 
 /// A tiny fleet server: records events, reported states and statuses of every device, echoes
@@ -175,6 +177,8 @@ pub struct Fleet {
     pub seen: Arc<Mutex<Seen>>,
     pub changed: Arc<Notify>,
     pub acking: Arc<AtomicBool>,
+    /// This fleet's own barrier topic (see [`Fleet::barrier`]).
+    barrier_topic: String,
     _poll: JoinHandle<()>,
 }
 
@@ -184,6 +188,7 @@ impl Fleet {
         init_logs();
         let (host, port, _) = ota_agent::mqtt::parse_broker_url(url).unwrap();
         let id = format!("fleet-{}", unique());
+        let barrier_topic = format!("ota-test/barrier/{id}");
         let mut options = MqttOptions::new(id, host, port);
         options.set_max_packet_size(256 * 1024, 256 * 1024);
         options.set_keep_alive(Duration::from_secs(30));
@@ -199,6 +204,10 @@ impl Fleet {
                 .await
                 .unwrap();
         }
+        client
+            .subscribe(&barrier_topic, QoS::AtLeastOnce)
+            .await
+            .unwrap();
         let seen: Arc<Mutex<Seen>> = Arc::default();
         let changed = Arc::new(Notify::new());
         let acking = Arc::new(AtomicBool::new(true));
@@ -225,7 +234,7 @@ impl Fleet {
                 let p = match ev {
                     MqttEvent::Incoming(Incoming::SubAck(_)) => {
                         subacks += 1;
-                        if subacks == 4
+                        if subacks == 5
                             && let Some(tx) = ready_tx.take()
                         {
                             let _ = tx.send(());
@@ -237,6 +246,11 @@ impl Fleet {
                 };
                 if p.payload.is_empty() {
                     continue; // a cleared retained message
+                }
+                if p.topic.starts_with("ota-test/barrier/") {
+                    s.lock().unwrap().barriers.push(p.payload.to_vec());
+                    n.notify_waiters();
+                    continue;
                 }
                 let Ok((device, kind)) = parse_device_topic(&p.topic) else {
                     continue;
@@ -290,6 +304,7 @@ impl Fleet {
             seen,
             changed,
             acking,
+            barrier_topic,
             _poll: poll,
         }
     }
@@ -326,6 +341,22 @@ impl Fleet {
                 .await
                 .unwrap();
         }
+        // Back only once the broker processed the clears (a restarted agent must not be
+        // handed the old retained desired state).
+        self.barrier().await;
+    }
+
+    /// Returns once the broker processed everything this fleet published before: a token
+    /// published on the fleet's own barrier topic came back (one connection's packets are
+    /// processed in order).
+    pub async fn barrier(&self) {
+        let token = unique().into_bytes();
+        self.client
+            .publish(&self.barrier_topic, QoS::AtLeastOnce, false, token.clone())
+            .await
+            .unwrap();
+        self.wait("the barrier token", |s| s.barriers.contains(&token))
+            .await;
     }
 
     /// Waits (real time, bounded) until `pred` holds for what was seen.

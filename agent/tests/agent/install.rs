@@ -283,3 +283,49 @@ async fn issue19_the_installed_release_shares_no_inode_with_the_cache() {
     fs::write(&a_path, b"bit rot").unwrap();
     assert_eq!(fs::read(&installed).unwrap(), a_bytes);
 }
+
+/// Issue 12.7: the files installer says which release `current` really points to: the name of
+/// a release file, the SHA-256 of a file pointed to by hand (hashed again when it changes),
+/// nothing without a link; a dangling link is an error.
+#[tokio::test]
+async fn issue12_the_files_installer_tells_what_current_points_to() {
+    let dir = tempdir();
+    let root = dir.path().join("app");
+    let installer = FilesInstaller::new(FsStorage::shared(), &root);
+    assert_eq!(installer.running_digest().await.unwrap(), None);
+    let (a_path, a, _) = cached(dir.path(), 1);
+    installer
+        .install(&InstallRequest {
+            artifact: &a_path,
+            digest: a,
+            version: "1.0.0",
+        })
+        .await
+        .unwrap();
+    assert_eq!(installer.running_digest().await.unwrap(), Some(a));
+
+    let by_hand = root.join("hand-made.img");
+    fs::write(&by_hand, b"made by hand").unwrap();
+    let link = root.join("current");
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&by_hand, &link).unwrap();
+    let hashed = installer.running_digest().await.unwrap();
+    assert_eq!(hashed, Some(Digest::of(b"made by hand")));
+    fs::write(&by_hand, b"made by hand, again").unwrap();
+    assert_eq!(
+        installer.running_digest().await.unwrap(),
+        Some(Digest::of(b"made by hand, again")),
+        "a changed file is hashed again"
+    );
+    fs::remove_file(&by_hand).unwrap();
+    let err = installer.running_digest().await.unwrap_err();
+    assert!(err.to_string().contains("hand-made.img"), "{err}");
+    assert_eq!(
+        Installer::Command(CommandInstaller::new(sh("true")))
+            .running_digest()
+            .await
+            .unwrap(),
+        None,
+        "a command installer cannot tell"
+    );
+}

@@ -96,4 +96,8 @@ pub enum Action {
         /// The sequence number.
         seq: u64,
     },
+    /// Find out which release the installer actually runs (the files installer's `current`
+    /// link) and answer with `handle_observed_running`; an installer that cannot tell answers
+    /// `None`.
+    ObserveRunning,
 }

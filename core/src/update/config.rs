@@ -14,6 +14,11 @@ use crate::wire::DeviceId;
 /// cannot end its updates for good (issue 19.2).
 pub const MAX_GENERATION_STEP: u64 = 1 << 32;
 
+/// How often, at most, an idle machine asks the shell which release the installer actually
+/// runs ([`Action::ObserveRunning`](super::Action::ObserveRunning)): at every (re)connect, then
+/// with the first heartbeat after this interval (issue 12.7, drift).
+pub const OBSERVE_RUNNING_INTERVAL: core::time::Duration = core::time::Duration::from_secs(60);
+
 /// Everything the update machine needs to know about its device and its policies.
 ///
 /// [`Config::new`] fills every policy with its default; change fields as needed.

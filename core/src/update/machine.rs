@@ -11,14 +11,14 @@ use super::backoff::Jitter;
 use super::state::{Phase, Stage, TrialStatus};
 use super::timer::TimerTable;
 use super::{
-    Action, Config, MAX_GENERATION_STEP, PERSIST_VERSION, PersistedState, ReleaseInfo, Status,
-    Timer, Timestamp,
+    Action, Config, MAX_GENERATION_STEP, OBSERVE_RUNNING_INTERVAL, PERSIST_VERSION, PersistedState,
+    ReleaseInfo, Status, Timer, Timestamp,
 };
 use crate::digest::Digest;
 use crate::release::TrustSet;
 use crate::wire::{
     DesiredState, Event, ExecutionState, Inventory, PROTOCOL_VERSION, PowerReading, RejectCause,
-    ReportedState, UpdateOutcome, WireError, WireMessage,
+    ReportedState, RunningRelease, UpdateOutcome, WireError, WireMessage,
 };
 
 /// The agent's update machine: sans-IO and deterministic given (state, input, now).
@@ -48,6 +48,10 @@ pub struct UpdateMachine {
     /// Why the machine is halted (a damaged journal, see [`UpdateMachine::halted`]).
     pub(super) halted: Option<String>,
     pub(super) power: Option<PowerReading>,
+    /// What the installer actually runs when it differs from `running` (drift, issue 12.7).
+    pub(super) observed: Option<Digest>,
+    /// When the shell was last asked what the installer runs.
+    pub(super) observed_at: Option<Timestamp>,
     pub(super) connected: bool,
     pub(super) next_seq: u64,
     pub(super) timers: TimerTable,
@@ -74,6 +78,8 @@ impl UpdateMachine {
             refused_jump: None,
             halted: None,
             power: None,
+            observed: None,
+            observed_at: None,
             connected: false,
             // Sequence numbers never repeat across boots, so a late ack from a previous boot
             // cannot pass for a fresh one.
@@ -162,7 +168,10 @@ impl UpdateMachine {
             device_id: String::from(self.config.device_id.as_str()),
             agent_version: String::from(agent_version),
             hardware_class: self.config.hardware_class.clone(),
-            running: self.running.as_ref().map(ReleaseInfo::running),
+            running: match self.observed {
+                Some(digest) => Some(self.observed_release(digest)),
+                None => self.running.as_ref().map(ReleaseInfo::running),
+            },
             known_good: self.known_good.as_ref().map(ReleaseInfo::running),
             trial: match &self.phase {
                 Phase::Trial(t) => Some(t.job.release.running()),
@@ -297,11 +306,60 @@ impl UpdateMachine {
         self.on_power(reading, now);
     }
 
-    /// The MQTT connection is up (again): republish the reported state and send a heartbeat.
+    /// The MQTT connection is up (again): ask what the installer runs (when idle), republish
+    /// the reported state and send a heartbeat.
     pub fn handle_connected(&mut self, now: Timestamp) {
         self.connected = true;
+        self.observed_at = None;
+        self.observe_running(now);
         self.push(Action::PublishReported);
         self.send_heartbeat(now);
+    }
+
+    /// Asks the shell what the installer actually runs ([`Action::ObserveRunning`]) when idle
+    /// and not asked within [`OBSERVE_RUNNING_INTERVAL`].
+    pub(super) fn observe_running(&mut self, now: Timestamp) {
+        let due = self
+            .observed_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= OBSERVE_RUNNING_INTERVAL);
+        if due && matches!(self.phase, Phase::Idle) {
+            self.observed_at = Some(now);
+            self.push(Action::ObserveRunning);
+        }
+    }
+
+    /// The installer's answer to [`Action::ObserveRunning`]: the digest it actually runs, or
+    /// `None` when it cannot tell (the command installer). While idle, a digest other than the
+    /// journal's running release is reported as `running` (the server marks the device
+    /// drifted); the journal is not changed, so a rollback still targets the known-good
+    /// release. An answer that arrives during an update, or none, changes nothing.
+    pub fn handle_observed_running(&mut self, digest: Option<Digest>, _now: Timestamp) {
+        let Some(digest) = digest else { return };
+        if !matches!(self.phase, Phase::Idle) {
+            return;
+        }
+        let observed = (self.running.as_ref().map(|r| r.digest) != Some(digest)).then_some(digest);
+        if observed != self.observed {
+            self.observed = observed;
+            self.push(Action::PublishReported);
+        }
+    }
+
+    /// The release the installer was observed to run: its version and security version when
+    /// the device knows the digest (known-good or cached), else version `unknown`.
+    fn observed_release(&self, digest: Digest) -> RunningRelease {
+        self.known_good
+            .iter()
+            .chain(self.cache.iter())
+            .find(|r| r.digest == digest)
+            .map_or_else(
+                || RunningRelease {
+                    version: String::from("unknown"),
+                    digest,
+                    security_version: 0,
+                },
+                ReleaseInfo::running,
+            )
     }
 
     /// The MQTT connection is down: heartbeats stop; reports keep queuing in the shell.
@@ -318,6 +376,9 @@ impl UpdateMachine {
 
     /// Queues the current state for persistence (before the side effects that follow).
     pub(super) fn persist(&mut self) {
+        // What the installer runs changes with what is journaled: observe it again.
+        self.observed = None;
+        self.observed_at = None;
         let state = self.persisted_state();
         self.push(Action::Persist(Box::new(state)));
     }

@@ -115,7 +115,7 @@ mod window;
 pub use crate::time::Timestamp;
 pub use action::Action;
 pub use backoff::RetryPolicy;
-pub use config::{Config, MAX_GENERATION_STEP};
+pub use config::{Config, MAX_GENERATION_STEP, OBSERVE_RUNNING_INTERVAL};
 pub use input::{DownloadError, InstallError, ProbeResult};
 pub use machine::UpdateMachine;
 pub use persist::{

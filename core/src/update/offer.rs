@@ -65,8 +65,12 @@ impl UpdateMachine {
             return self.announce(job.outcome(ExecutionState::Notified, now.0));
         }
         self.abandon_prep();
-        // Rule 2: the running release again is a success with zero bytes downloaded.
-        if !job.force && self.running.as_ref().map(|r| r.digest) == Some(job.release.digest) {
+        // Rule 2: the running release again is a success with zero bytes downloaded; not
+        // when the installer was seen running something else (drift: the offer repairs it).
+        if !job.force
+            && self.observed.is_none()
+            && self.running.as_ref().map(|r| r.digest) == Some(job.release.digest)
+        {
             let outcome = job.outcome(ExecutionState::SkippedIdentical, now.0);
             return self.conclude(outcome, Vec::new(), now);
         }

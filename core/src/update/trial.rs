@@ -201,6 +201,7 @@ impl UpdateMachine {
             t.first_seq.get_or_insert(seq);
         }
         self.push(Action::SendHeartbeat { seq });
+        self.observe_running(now);
         let at = now.saturating_add(self.config.heartbeat_interval);
         self.timers.set(Timer::Heartbeat, at);
     }

@@ -463,6 +463,8 @@ fn issue12_cause_names_are_protocol_kebab_case() {
         RejectCause::IncompatibleHardware,
         RejectCause::Downgrade,
         RejectCause::Other,
+        RejectCause::GenerationJump,
+        RejectCause::JournalDamaged,
     ];
     let phases = [
         FailurePhase::Download,

@@ -4,6 +4,7 @@
 //! - `story`: the demo's story as assertions (real server, real agents, a real broker).
 //! - `faults`: the same system with faults injected (broker and server restarts, cut
 //!   downloads, killed agents, duplicates and replays, a malicious mirror, offline devices).
+//! - `drift`: a release switched by hand is reported as drift (issue 12.7).
 //! - `flags`: feature flags through restarts, deploys and offline periods (issue 6).
 //! - `mqtt_tls`: agents and server over MQTT with TLS, device passwords or client
 //!   certificates, and the broker's ACL (issue 7).
@@ -21,6 +22,7 @@
     reason = "tests: a failure here is a failing test"
 )]
 
+mod drift;
 mod faults;
 mod flags;
 mod mqtt_tls;
