@@ -96,3 +96,43 @@ fn a_release_built_by_coset_verifies_with_our_decoder() {
         .unwrap();
     assert!(SignedRelease::decode(&untagged).is_err());
 }
+
+/// Issue 12.19: the pycose example of `docs/release-format.md`, exactly as written there, verifies
+/// a fixture release with Python's `pycose` and `cbor2<6` (the interpreter of a virtualenv that
+/// has them: `OTA_TEST_PYCOSE_PYTHON`; `.ci/run` makes one).
+#[test]
+#[ignore = "needs a Python with pycose and cbor2<6: set OTA_TEST_PYCOSE_PYTHON"]
+fn issue12_the_pycose_example_of_release_format_md_verifies_a_release() {
+    let python = std::env::var("OTA_TEST_PYCOSE_PYTHON")
+        .expect("set OTA_TEST_PYCOSE_PYTHON to a Python with pycose and cbor2<6");
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/release-format.md"
+    ))
+    .unwrap();
+    let section = doc
+        .split("## Checking with another COSE implementation")
+        .nth(1)
+        .unwrap();
+    let example = section
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap();
+    assert!(
+        example.contains("open(\"v2.release\", \"rb\")"),
+        "{example}"
+    );
+    // The example's one free name: the signer's raw public key.
+    let script = format!(
+        "raw_public_key_bytes = open('keys/test-only-a.pub.raw', 'rb').read()\n{example}print('verified')\n"
+    );
+    let out = std::process::Command::new(python)
+        .args(["-c", &script])
+        .current_dir(DATA)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the example failed: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "verified");
+}

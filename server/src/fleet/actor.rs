@@ -1137,17 +1137,22 @@ impl Actor {
         batch: &mut Batch,
     ) {
         let now = self.clock.now_i64();
+        // Why no desired state could be issued: the device keeps the one it has.
+        let unavailable = |error: String| {
+            NewEvent::new(now, "server", "desired-unavailable")
+                .rollout(rid)
+                .device(device.as_str())
+                .details(json!({
+                    "kind": kind,
+                    "digest": digest.to_string(),
+                    "error": error,
+                }))
+        };
         let Some(bytes) = self.release_bytes(&digest).await else {
-            batch.events.push(
-                NewEvent::new(now, "server", "desired-unavailable")
-                    .rollout(rid)
-                    .device(device.as_str())
-                    .details(json!({
-                        "kind": kind,
-                        "digest": digest.to_string(),
-                        "error": "the release is not published on this server: the device keeps its desired state",
-                    })),
-            );
+            batch.events.push(unavailable(
+                "the release is not published on this server: the device keeps its desired state"
+                    .into(),
+            ));
             return;
         };
         // Reports acknowledge only generations issued here, so the last one issued is the
@@ -1155,16 +1160,7 @@ impl Actor {
         let generation = match generation::next(self.issued(device.as_str())) {
             Ok(g) => g,
             Err(e) => {
-                batch.events.push(
-                    NewEvent::new(now, "server", "desired-unavailable")
-                        .rollout(rid)
-                        .device(device.as_str())
-                        .details(json!({
-                            "kind": kind,
-                            "digest": digest.to_string(),
-                            "error": e.to_string(),
-                        })),
-                );
+                batch.events.push(unavailable(e.to_string()));
                 return;
             }
         };
