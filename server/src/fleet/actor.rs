@@ -316,6 +316,9 @@ struct Actor {
     owner: HashMap<String, i64>,
     devices: HashMap<String, Memo>,
     generations: HashMap<String, u64>,
+    /// Per device: a generation it acted on that this server did not issue, within one agent
+    /// step of the last one issued ([`generation::ahead`]); the next one is issued above it.
+    ahead: HashMap<String, u64>,
     releases: HashMap<Digest, Option<Arc<Vec<u8>>>>,
     reject_window: (u64, u32),
     /// Publishes the MQTT client had no room for yet.
@@ -357,6 +360,7 @@ impl Actor {
             owner: HashMap::new(),
             devices: HashMap::new(),
             generations: HashMap::new(),
+            ahead: HashMap::new(),
             releases: HashMap::new(),
             reject_window: (0, 0),
             outbox: Outbox::default(),
@@ -397,7 +401,9 @@ impl Actor {
     }
 
     /// Refuses (as `mqtt-rejected`) a message acknowledging `reported` unless the server
-    /// issued that generation to `id`; true if accepted.
+    /// issued that generation to `id`; true if accepted. A refused value within one agent
+    /// step above the last one issued is kept as the device's watermark
+    /// ([`generation::ahead`]): the next generation issued to it is above it.
     fn acknowledges_issued(
         &mut self,
         id: &DeviceId,
@@ -405,13 +411,45 @@ impl Actor {
         topic: &str,
         batch: &mut Batch,
     ) -> bool {
-        match generation::check_acknowledged(reported, self.issued(id.as_str())) {
+        let issued = self.issued(id.as_str());
+        match generation::check_acknowledged(reported, issued) {
             Ok(()) => true,
             Err(e) => {
+                if let Some(watermark) = generation::ahead(reported, issued) {
+                    let known = self.ahead.entry(id.as_str().to_string()).or_default();
+                    *known = (*known).max(watermark);
+                }
                 self.reject(Some(id), topic, &e.to_string(), batch);
                 false
             }
         }
+    }
+
+    /// A device whose watermark moved above the last generation issued to it
+    /// ([`generation::ahead`]) ignores the desired state it was sent: if a rollout still waits
+    /// for it (its state there is not final), the rollout's desired state is issued again,
+    /// above the watermark.
+    async fn reissue_above_watermark(&mut self, id: &DeviceId, batch: &mut Batch) {
+        if !self.ahead.contains_key(id.as_str()) {
+            return;
+        }
+        let Some(&rid) = self.owner.get(id.as_str()) else {
+            return;
+        };
+        let Some(loaded) = self.rollouts.get(&rid) else {
+            return;
+        };
+        let waiting = loaded
+            .planner
+            .device_state(id)
+            .is_some_and(|s| !s.is_final());
+        if !waiting {
+            return;
+        }
+        let release = loaded.record.release_digest;
+        let force = loaded.planner.spec().force_reinstall;
+        self.publish_desired(id, rid, release, force, "notify", batch)
+            .await;
     }
 
     fn insert_loaded(&mut self, loaded: Loaded) {
@@ -594,6 +632,8 @@ impl Actor {
                         .unwrap_or(0);
                     if self.acknowledges_issued(&id, acknowledged, topic, batch) {
                         self.on_reported(&id, r, &payload, batch);
+                    } else {
+                        self.reissue_above_watermark(&id, batch).await;
                     }
                 }
                 Ok(r) => self.reject(
@@ -1157,7 +1197,12 @@ impl Actor {
         };
         // Reports acknowledge only generations issued here, so the last one issued is the
         // highest the device knows.
-        let generation = match generation::next(self.issued(device.as_str())) {
+        let above = self
+            .ahead
+            .remove(device.as_str())
+            .unwrap_or(0)
+            .max(self.issued(device.as_str()));
+        let generation = match generation::next(above) {
             Ok(g) => g,
             Err(e) => {
                 batch.events.push(unavailable(e.to_string()));

@@ -14,6 +14,7 @@ use crate::util::{Options, PgSchema, TOKEN};
 
 suite!(
     issue19_forged_generations_are_rejected,
+    issue19_a_device_ahead_of_the_server_is_reached_above_its_watermark,
     issue19_one_refused_report_does_not_fail_its_batch,
 );
 
@@ -63,6 +64,50 @@ async fn issue19_forged_generations_are_rejected(backend: Backend) {
     let expected: Vec<u64> = (1..=seen.len() as u64).collect();
     assert!(seen.len() >= 2, "{seen:?}");
     assert_eq!(seen, expected);
+    w.finish().await;
+}
+
+/// Issue 19.1/19.2 together: a device that acted on a desired state the server never issued
+/// (injected around it, within one agent step) has its report refused, but the server issues
+/// its next generation above the device's watermark: before a rollout (the rollout's first
+/// desired state reaches it) and while a rollout waits for it (sent again, higher).
+async fn issue19_a_device_ahead_of_the_server_is_reached_above_its_watermark(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    w.add(w.sim_devices(2, |i| {
+        if i == 1 {
+            Behavior::Silent
+        } else {
+            Behavior::Succeed
+        }
+    }))
+    .await;
+    let (ahead, late) = (w.id(0), w.id(1));
+    w.sim.set_generation(&ahead, 100);
+    w.sim.publish_reported(&ahead).await;
+    let filter = format!("kind=mqtt-rejected&device={ahead}");
+    wait_for(
+        "the report above the issued generations refused",
+        || async { !w.events(&filter).await.is_empty() },
+    )
+    .await;
+
+    let (status, body) = w.create(TOKEN, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    wait_for("both devices notified", || async {
+        !generations(&w, &late).is_empty() && !generations(&w, &ahead).is_empty()
+    })
+    .await;
+    assert_eq!(generations(&w, &ahead), [101], "issued above the watermark");
+    // The silent device now acts on an injected desired state (its watermark jumps above
+    // what the rollout sent it) and reports: the rollout sends its desired state again.
+    let sent = generations(&w, &late)[0];
+    w.sim.set_generation(&late, sent + 50);
+    w.sim.set_behavior(&late, Behavior::Succeed);
+    w.sim.publish_reported(&late).await;
+    let done = w.wait_status(id, "completed").await;
+    assert_eq!(done["totals"]["succeeded"], 2, "{done:#}");
+    assert_eq!(generations(&w, &late), [sent, sent + 51]);
     w.finish().await;
 }
 

@@ -11,13 +11,13 @@ use std::time::Duration;
 use ota_core::digest::Digest;
 use ota_core::update::Stage;
 use ota_core::wire::{
-    DesiredState, DeviceId, ExecutionState, PROTOCOL_VERSION, TopicKind, WireMessage,
+    DesiredState, DeviceId, ExecutionState, PROTOCOL_VERSION, TRUST_TOPIC, TopicKind, WireMessage,
 };
 use ota_demo::device::Device;
 use ota_demo::firmware::Build;
 use ota_demo::lab::{Lab, LabOptions, unix_now};
 use ota_server::broker::EmbeddedBroker;
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
 use crate::proxy::Proxy;
@@ -228,6 +228,9 @@ impl World {
     /// Stops every agent and the server.
     pub async fn finish(mut self) {
         self.lab.shutdown().await.unwrap();
+        if self.backend == Backend::Services {
+            self.clear_trust_topic().await;
+        }
         for broker in &mut self.brokers {
             if let OwnBroker::Mosquitto(child) = broker {
                 let _ = child.kill().await;
@@ -241,6 +244,37 @@ impl World {
                 .unwrap();
             pool.close().await;
         }
+    }
+}
+
+impl World {
+    /// Clears the retained trust-set update the fleet server left on the broker: the trust
+    /// topic is fleet-wide, so on a shared broker every later world's devices would be offered
+    /// it (and refuse it: signed by another world's keys). Returns once the broker acknowledged.
+    async fn clear_trust_topic(&self) {
+        let mut o = MqttOptions::new(
+            format!("{}-cleanup", self.lab.devices()[0].id()),
+            "127.0.0.1",
+            self.broker.addr().port(),
+        );
+        o.set_clean_session(true);
+        let (client, mut events) = AsyncClient::new(o, 4);
+        client
+            .publish(TRUST_TOPIC, QoS::AtLeastOnce, true, Vec::new())
+            .await
+            .unwrap();
+        let acked = async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => return,
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE, acked)
+            .await
+            .expect("the broker acknowledges the cleared trust topic");
     }
 }
 
