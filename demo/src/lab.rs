@@ -11,6 +11,11 @@
 //! By default the server runs on embedded defaults (in-process broker on a free port, SQLite,
 //! local files). [`LabOptions`] can point it at an external broker and database instead, and
 //! the agents at another broker address (a proxy that injects faults).
+//!
+//! The server runs on a tokio runtime of its own ([`ServerRuntime`], two worker threads), as it
+//! would in a process of its own: a wave of hundreds of agents hashing, installing and
+//! fsyncing on the caller's runtime cannot keep its tasks (heartbeat acks, batches, artifact
+//! downloads) waiting in the same run queue.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -123,6 +128,7 @@ pub struct Lab {
     factory: Build,
     config: Config,
     server: Option<RunningServer>,
+    runtime: ServerRuntime,
     api: Api,
     id_prefix: String,
     devices: Vec<Device>,
@@ -160,9 +166,8 @@ impl Lab {
             opts.broker_security.device_secret_file = Some(path.clone());
         }
         let config = server_config(dir.path(), key.clone(), &opts)?;
-        let server = Server::start(config.clone())
-            .await
-            .map_err(|e| LabError::Server(e.to_string()))?;
+        let runtime = ServerRuntime::new()?;
+        let server = runtime.start(config.clone()).await?;
         // A restart must come back on the same port (desired states carry artifact URLs).
         let mut config = config;
         config.http.listen = server.http_addr();
@@ -188,6 +193,7 @@ impl Lab {
             factory,
             config,
             server: Some(server),
+            runtime,
             api,
             id_prefix: opts.id_prefix.clone(),
             devices: Vec::new(),
@@ -321,9 +327,7 @@ impl Lab {
                 .await
                 .map_err(|e| LabError::Server(e.to_string()))?;
         }
-        let server = Server::start(self.config.clone())
-            .await
-            .map_err(|e| LabError::Server(e.to_string()))?;
+        let server = self.runtime.start(self.config.clone()).await?;
         self.server = Some(server);
         Ok(())
     }
@@ -340,6 +344,60 @@ impl Lab {
                 .map_err(|e| LabError::Server(e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+/// The fleet server's own multi-threaded runtime (two workers, threads named `ota-server`):
+/// see the [module documentation](self). Dropped without waiting for its tasks (the lab
+/// shuts the server down first).
+struct ServerRuntime(Option<tokio::runtime::Runtime>);
+
+impl ServerRuntime {
+    fn new() -> Result<Self, LabError> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ota-server")
+            .enable_all()
+            .build()
+            .map(|rt| ServerRuntime(Some(rt)))
+            .map_err(|e| LabError::Setup(format!("cannot start the server's runtime: {e}")))
+    }
+
+    /// Starts a server with `config` on this runtime.
+    async fn start(&self, config: Config) -> Result<RunningServer, LabError> {
+        let rt = self
+            .0
+            .as_ref()
+            .ok_or_else(|| LabError::Setup("the server's runtime is gone".into()))?;
+        // `Server::start` is not `Send`: it runs to completion on a thread of its own inside
+        // this runtime's context, so every task it spawns lands on this runtime.
+        let handle = rt.handle().clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("ota-server-start".into())
+            .spawn(move || {
+                let _ = tx.send(handle.block_on(Server::start(config)));
+            })
+            .map_err(|e| LabError::Setup(format!("cannot start the server's thread: {e}")))?;
+        rx.await
+            .map_err(|_| {
+                LabError::Server("the server's start thread ended without an answer".into())
+            })?
+            .map_err(|e| LabError::Server(e.to_string()))
+    }
+}
+
+impl Drop for ServerRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerRuntime")
     }
 }
 
@@ -360,6 +418,10 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
         },
     };
     config.database.url.clone_from(&opts.database_url);
+    // Every device of a lab downloads from 127.0.0.1, like a fleet behind one NAT address:
+    // the per-address HTTP cap (256 by default) would refuse the 257th concurrent download
+    // of a 500-device wave with 503 (docs/server.md, "Limits").
+    config.limits.http_max_connections_per_ip = 0;
     config.operators = vec![
         OperatorConfig::new(OPERATOR.0, OPERATOR.1),
         OperatorConfig::with_role(APPROVER.0, APPROVER.1, Role::Approver),
@@ -398,4 +460,22 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 19, demo at 500: every device of a lab downloads from 127.0.0.1, so the server's
+    /// per-address HTTP cap is off (on, the 257th concurrent download of the last wave got 503
+    /// and the rollout aborted with `failed{download}`).
+    #[test]
+    fn issue19_a_lab_server_admits_every_device_from_one_address() {
+        let opts = LabOptions::default();
+        let config = server_config(Path::new("lab"), PathBuf::from("release-key.pub"), &opts);
+        assert!(
+            config.is_ok_and(|c| c.limits.http_max_connections_per_ip == 0),
+            "the lab's server caps connections per address"
+        );
+    }
 }
