@@ -1754,3 +1754,22 @@ fn issue12_offering_a_drifted_device_its_release_again_repairs_the_drift() {
     assert_eq!(sim.reported_running(), Some(digest("2.0.0")));
     assert_eq!(sim.last_state(), ExecutionState::Succeeded);
 }
+
+#[test]
+fn issue12_a_refused_offer_does_not_make_the_drift_flap() {
+    let mut sim = Sim::new(config());
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(MINUTE);
+    let hand_made = Digest::of(b"hand-made image");
+    sim.installed = Some(hand_made);
+    let later = sim.now.saturating_add(Duration::from_secs(1));
+    sim.restart(false, later);
+    // A release signed by an unknown key: refused and journaled, nothing installed.
+    sim.offer(desired_bytes(2, sign(&manifest("3.0.0", 3), &[key(9)])));
+    assert!(matches!(sim.last_state(), ExecutionState::Rejected { .. }));
+    assert_eq!(
+        sim.reported_running(),
+        Some(hand_made),
+        "still reported as running what the installer runs"
+    );
+}

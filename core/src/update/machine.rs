@@ -345,6 +345,11 @@ impl UpdateMachine {
         }
     }
 
+    /// The installer is about to switch what runs: what was observed before no longer holds.
+    pub(super) fn forget_observed(&mut self) {
+        self.observed = None;
+    }
+
     /// The release the installer was observed to run: its version and security version when
     /// the device knows the digest (known-good or cached), else version `unknown`.
     fn observed_release(&self, digest: Digest) -> RunningRelease {
@@ -376,8 +381,8 @@ impl UpdateMachine {
 
     /// Queues the current state for persistence (before the side effects that follow).
     pub(super) fn persist(&mut self) {
-        // What the installer runs changes with what is journaled: observe it again.
-        self.observed = None;
+        // Observe again at the next heartbeat once idle; what was observed stays reported
+        // until then (no drift flapping on a journal write that installs nothing).
         self.observed_at = None;
         let state = self.persisted_state();
         self.push(Action::Persist(Box::new(state)));

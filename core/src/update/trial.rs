@@ -33,6 +33,7 @@ impl UpdateMachine {
         };
         self.persist();
         self.announce(job.outcome(ExecutionState::Installing, now.0));
+        self.forget_observed();
         self.push(Action::Install {
             release,
             rollback: false,
@@ -314,6 +315,7 @@ impl UpdateMachine {
             outcome,
         };
         self.persist();
+        self.forget_observed();
         self.push(Action::Install {
             release,
             rollback: true,
