@@ -1647,19 +1647,30 @@ impl Sim {
     fn observations(&self) -> usize {
         self.count(|a| matches!(a, Action::ObserveRunning))
     }
+
+    /// Someone points the installer at `digest` by hand; the agent restarts a second later.
+    fn switch_by_hand_and_restart(&mut self, digest: Digest) {
+        self.installed = Some(digest);
+        let later = self.now.saturating_add(Duration::from_secs(1));
+        self.restart(false, later);
+    }
+}
+
+/// A device that updated to 2.0.0 and committed it.
+fn on_v2() -> Sim {
+    let mut sim = Sim::new(config());
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(MINUTE);
+    sim
 }
 
 #[test]
 fn issue12_a_release_switched_by_hand_is_reported_as_running_after_a_restart() {
-    let mut sim = Sim::new(config());
-    sim.offer(desired(1, "2.0.0", 2));
-    sim.drive(MINUTE);
+    let mut sim = on_v2();
     assert_eq!(sim.reported_running(), Some(digest("2.0.0")));
     // Someone re-points the installer at the factory release and restarts the agent.
-    sim.installed = Some(digest("1.0.0"));
     sim.clear_log();
-    let later = sim.now.saturating_add(Duration::from_secs(1));
-    sim.restart(false, later);
+    sim.switch_by_hand_and_restart(digest("1.0.0"));
     assert_eq!(sim.observations(), 1, "asked once at the (re)connect");
     let reported = sim
         .m
@@ -1684,9 +1695,7 @@ fn issue12_a_release_switched_by_hand_is_reported_as_running_after_a_restart() {
 
 #[test]
 fn issue12_drift_is_noticed_while_running_and_cleared_when_switched_back() {
-    let mut sim = Sim::new(config());
-    sim.offer(desired(1, "2.0.0", 2));
-    sim.drive(MINUTE);
+    let mut sim = on_v2();
     // A release the device never saw: reported by digest, version unknown.
     let foreign = Digest::of(b"hand-made image");
     sim.installed = Some(foreign);
@@ -1735,12 +1744,8 @@ fn issue12_an_installer_that_cannot_tell_changes_nothing() {
 
 #[test]
 fn issue12_offering_a_drifted_device_its_release_again_repairs_the_drift() {
-    let mut sim = Sim::new(config());
-    sim.offer(desired(1, "2.0.0", 2));
-    sim.drive(MINUTE);
-    sim.installed = Some(Digest::of(b"hand-made image"));
-    let later = sim.now.saturating_add(Duration::from_secs(1));
-    sim.restart(false, later);
+    let mut sim = on_v2();
+    sim.switch_by_hand_and_restart(Digest::of(b"hand-made image"));
     assert_eq!(sim.reported_running(), Some(Digest::of(b"hand-made image")));
     sim.clear_log();
     sim.offer(desired(2, "2.0.0", 2));
@@ -1757,13 +1762,9 @@ fn issue12_offering_a_drifted_device_its_release_again_repairs_the_drift() {
 
 #[test]
 fn issue12_a_refused_offer_does_not_make_the_drift_flap() {
-    let mut sim = Sim::new(config());
-    sim.offer(desired(1, "2.0.0", 2));
-    sim.drive(MINUTE);
+    let mut sim = on_v2();
     let hand_made = Digest::of(b"hand-made image");
-    sim.installed = Some(hand_made);
-    let later = sim.now.saturating_add(Duration::from_secs(1));
-    sim.restart(false, later);
+    sim.switch_by_hand_and_restart(hand_made);
     // A release signed by an unknown key: refused and journaled, nothing installed.
     sim.offer(desired_bytes(2, sign(&manifest("3.0.0", 3), &[key(9)])));
     assert!(matches!(sim.last_state(), ExecutionState::Rejected { .. }));
