@@ -114,6 +114,7 @@ fn signed_release(version: &str, security_version: u32, digest: Digest, size: u6
         expires: None,
         installer: Some("files".into()),
         metadata: Default::default(),
+        chunk_index: None,
     };
     sign(&manifest, &[TestKey::A.signing_key()])
 }

@@ -5,6 +5,7 @@
 //! | `<data>/cache/<sha256 hex>` | a complete artifact, named by its digest |
 //! | `<data>/cache/partial/<sha256 hex>.part` | a download in progress (a prefix of the artifact) |
 //! | `<data>/cache/partial/<sha256 hex>.validator` | the HTTP validator (ETag or Last-Modified) of the partial's first response |
+//! | `<data>/cache/index/<sha256 hex>.chunks` | the chunk index of a cached artifact (delta updates; rebuilt from the artifact when absent or stale) |
 //!
 //! An artifact enters the cache only through [`Cache::insert_from_partial`]: fsync of the
 //! partial, atomic rename to its final name, fsync of the directory. So a name in the cache is
@@ -63,6 +64,7 @@ pub struct Cache {
     storage: SharedStorage,
     dir: PathBuf,
     partial_dir: PathBuf,
+    index_dir: PathBuf,
 }
 
 impl Cache {
@@ -70,13 +72,17 @@ impl Cache {
     pub fn open(storage: SharedStorage, data_dir: &Path) -> Result<Self, CacheError> {
         let dir = data_dir.join("cache");
         let partial_dir = dir.join("partial");
-        storage
-            .create_dir_all(&partial_dir)
-            .map_err(io_err("create directory", &partial_dir))?;
+        let index_dir = dir.join("index");
+        for d in [&partial_dir, &index_dir] {
+            storage
+                .create_dir_all(d)
+                .map_err(io_err("create directory", d))?;
+        }
         Ok(Cache {
             storage,
             dir,
             partial_dir,
+            index_dir,
         })
     }
 
@@ -103,6 +109,24 @@ impl Cache {
     /// Where the HTTP validator of a partial download of `digest` is kept.
     pub fn validator_path(&self, digest: &Digest) -> PathBuf {
         self.partial_dir.join(format!("{digest}.validator"))
+    }
+
+    /// Where the chunk index of the artifact `digest` is kept (see [`keep_index`](Self::keep_index)).
+    pub fn index_path(&self, digest: &Digest) -> PathBuf {
+        self.index_dir.join(format!("{digest}.chunks"))
+    }
+
+    /// Keeps the chunk index of the artifact `digest` (write to a temporary name, fsync,
+    /// rename). An index is only a hint: it is checked against the artifact's size and chunker
+    /// bounds before use, and every chunk read through it is re-hashed.
+    pub fn keep_index(&self, digest: &Digest, bytes: &[u8]) -> Result<(), CacheError> {
+        let path = self.index_path(digest);
+        let tmp = self.index_dir.join(format!("{digest}.chunks.tmp"));
+        let st = &self.storage;
+        st.create(&tmp).map_err(io_err("create", &tmp))?;
+        st.append(&tmp, bytes).map_err(io_err("write", &tmp))?;
+        st.sync_file(&tmp).map_err(io_err("fsync", &tmp))?;
+        st.rename(&tmp, &path).map_err(io_err("rename", &tmp))
     }
 
     /// Whether a complete artifact named `digest` is present (not re-hashed: see
@@ -197,6 +221,7 @@ impl Cache {
         let path = self.path(digest);
         let removed = self.remove_if_present(&path);
         self.remove_partial(digest)?;
+        self.remove_if_present(&self.index_path(digest))?;
         removed?;
         self.storage
             .sync_dir(&self.dir)

@@ -36,19 +36,28 @@
 //! where this one stopped. A verification failure discards the partial: its bytes cannot be
 //! trusted as a prefix. Retrying is the core machine's decision; [`DownloadError::class`] tells
 //! it what kind of failure happened.
+//!
+//! # Delta
+//!
+//! When the signed release names a chunk index ([`DownloadRequest::chunk_index`]) and
+//! [`DownloadConfig::delta`] is on, the artifact is first built by [`crate::delta`]: chunks the
+//! device already holds are copied, the others fetched with Range requests, each checked
+//! against the signed index before it is written. On any failure the download goes on in full
+//! from the end of the chunks written, so a delta never costs a retry.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ota_core::digest::Digest;
-use ota_core::release::{ArtifactVerifier, ReleaseError};
+use ota_core::release::{ArtifactVerifier, ChunkIndexRef, ReleaseError};
 use reqwest::StatusCode;
 use reqwest::header::{
     CONTENT_RANGE, ETAG, HeaderMap, HeaderValue, IF_RANGE, LAST_MODIFIED, RANGE,
 };
 
 use crate::cache::{Cache, CacheError};
+use crate::delta::DeltaStats;
 use crate::storage::for_each_chunk;
 use crate::tls::{TlsError, TlsFiles};
 
@@ -78,6 +87,11 @@ pub struct DownloadConfig {
     /// The slow-retrieval guard: a transfer slower than this is cut ([`DownloadError::TooSlow`],
     /// retryable); `None` turns it off.
     pub min_rate: Option<MinRate>,
+    /// Build artifacts by delta when their release has a chunk index (on by default).
+    pub delta: bool,
+    /// Files whose chunks a delta may copy besides the cached artifacts (e.g. the running root
+    /// filesystem's block device); read only, re-hashed at every use.
+    pub delta_seeds: Vec<PathBuf>,
 }
 
 /// A minimum transfer rate, judged over a window: a mirror that trickles bytes just fast
@@ -115,6 +129,8 @@ impl Default for DownloadConfig {
             client_key: None,
             require_https: false,
             min_rate: Some(MinRate::DEFAULT),
+            delta: true,
+            delta_seeds: Vec::new(),
         }
     }
 }
@@ -182,6 +198,8 @@ pub struct DownloadRequest {
     /// after them; `None` keeps the whole partial. This is the `resume_from` of the core
     /// machine's `Download` action, which learnt the partial's length earlier.
     pub resume_from: Option<u64>,
+    /// The signed reference to the artifact's chunk index, when the release has one.
+    pub chunk_index: Option<ChunkIndexRef>,
 }
 
 impl DownloadRequest {
@@ -192,7 +210,14 @@ impl DownloadRequest {
             digest,
             size,
             resume_from: None,
+            chunk_index: None,
         }
+    }
+
+    /// Builds the artifact by delta from the chunk index `index` (when delta is on).
+    pub fn with_chunk_index(mut self, index: Option<ChunkIndexRef>) -> Self {
+        self.chunk_index = index;
+        self
     }
 
     /// Keep at most `resume_from` bytes of the partial download.
@@ -220,8 +245,10 @@ pub struct Downloaded {
     /// The offset the transfer (re)started from: the length of the verified partial kept from
     /// earlier attempts (0 for a fresh download or after a restart from zero).
     pub resumed_from: u64,
-    /// Body bytes received over the network by this call.
+    /// Body bytes received over the network by this call (a delta's index included).
     pub received: u64,
+    /// What the delta cost, when the artifact was built by delta to the end.
+    pub delta: Option<DeltaStats>,
 }
 
 /// The kind of a [`DownloadError`], for the core machine's retry policy.
@@ -361,7 +388,7 @@ impl DownloadError {
         }
     }
 
-    fn from_reqwest(e: reqwest::Error) -> Self {
+    pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
         if let Some(reason) = tls_cause(&e) {
             let host = e
                 .url()
@@ -445,17 +472,19 @@ pub fn http_client(config: &DownloadConfig) -> Result<reqwest::Client, DownloadE
 /// [module documentation](self)).
 #[derive(Debug, Clone)]
 pub struct Downloader {
-    client: reqwest::Client,
-    cache: Cache,
+    pub(crate) client: reqwest::Client,
+    pub(crate) cache: Cache,
     require_https: bool,
     chunk_size: usize,
-    min_rate: Option<MinRate>,
+    pub(crate) min_rate: Option<MinRate>,
+    delta: bool,
+    pub(crate) delta_seeds: Vec<PathBuf>,
 }
 
 /// Where a download stands: the verifier over the bytes on disk.
-struct Cursor {
+pub(crate) struct Cursor {
     verifier: ArtifactVerifier,
-    offset: u64,
+    pub(crate) offset: u64,
 }
 
 impl Downloader {
@@ -476,6 +505,8 @@ impl Downloader {
             min_rate: config
                 .min_rate
                 .filter(|r| r.bytes_per_second > 0 && !r.window.is_zero()),
+            delta: config.delta,
+            delta_seeds: config.delta_seeds.clone(),
         }
     }
 
@@ -510,6 +541,25 @@ impl Downloader {
             done: cursor.offset,
             total,
         });
+
+        let mut delta = None;
+        if let Some(index) = req
+            .chunk_index
+            .filter(|_| self.delta && cursor.offset < total)
+        {
+            match self
+                .delta(req, index, &mut cursor, &mut received, &mut progress)
+                .await
+            {
+                Ok(stats) => delta = Some(stats),
+                Err(e) => tracing::info!(
+                    digest = %req.digest,
+                    offset = cursor.offset,
+                    "delta download stopped, going on in full: {e}"
+                ),
+            }
+            resumed_from = resumed_from.min(cursor.offset);
+        }
 
         while cursor.offset < total {
             let mut request = self.client.get(&req.url);
@@ -590,11 +640,15 @@ impl Downloader {
             path,
             resumed_from,
             received,
+            delta,
         })
     }
 
     /// Re-hashes the partial download (if any) and returns where to resume.
-    async fn resume_point(&self, req: &DownloadRequest) -> Result<Cursor, DownloadError> {
+    pub(crate) async fn resume_point(
+        &self,
+        req: &DownloadRequest,
+    ) -> Result<Cursor, DownloadError> {
         let mut verifier = ArtifactVerifier::new(req.digest, req.size);
         let fresh = Cursor {
             verifier: verifier.clone(),
@@ -643,7 +697,11 @@ impl Downloader {
     }
 
     /// Truncates (or creates) the partial file and records the response's validator.
-    fn start_partial(&self, digest: &Digest, headers: &HeaderMap) -> Result<(), DownloadError> {
+    pub(crate) fn start_partial(
+        &self,
+        digest: &Digest,
+        headers: &HeaderMap,
+    ) -> Result<(), DownloadError> {
         let st = self.cache.storage();
         let part = self.cache.partial_path(digest);
         st.create(&part).map_err(storage_err("create", &part))?;
@@ -728,6 +786,19 @@ impl Downloader {
         self.flush(req, &part, &mut buf, cursor, progress)
     }
 
+    /// Hashes and appends one verified chunk of a delta.
+    pub(crate) fn write_chunk(
+        &self,
+        req: &DownloadRequest,
+        part: &Path,
+        chunk: &[u8],
+        cursor: &mut Cursor,
+        progress: &mut impl FnMut(Progress),
+    ) -> Result<(), DownloadError> {
+        let mut buf = chunk.to_vec();
+        self.flush(req, part, &mut buf, cursor, progress)
+    }
+
     /// Hashes and appends the buffered bytes.
     fn flush(
         &self,
@@ -757,13 +828,13 @@ impl Downloader {
 
 /// The bytes received since the current rate window started (tokio's clock, so tests with
 /// paused time cover it).
-struct RateWindow {
+pub(crate) struct RateWindow {
     since: tokio::time::Instant,
     bytes: u64,
 }
 
 impl RateWindow {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         RateWindow {
             since: tokio::time::Instant::now(),
             bytes: 0,
@@ -772,7 +843,7 @@ impl RateWindow {
 
     /// Counts `bytes` just received; at the end of each window, fails if the window's average
     /// is below `min`, else starts the next window.
-    fn check(&mut self, min: Option<MinRate>, bytes: u64) -> Result<(), DownloadError> {
+    pub(crate) fn check(&mut self, min: Option<MinRate>, bytes: u64) -> Result<(), DownloadError> {
         let Some(min) = min else {
             return Ok(());
         };
@@ -805,7 +876,7 @@ fn validator_of(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Checks that a 206 starts where the request asked (`Content-Range: bytes N-M/T`).
-fn check_content_range(headers: &HeaderMap, offset: u64) -> Result<(), DownloadError> {
+pub(crate) fn check_content_range(headers: &HeaderMap, offset: u64) -> Result<(), DownloadError> {
     let raw = headers.get(CONTENT_RANGE);
     let text = raw.and_then(|v| v.to_str().ok()).unwrap_or_default();
     let start = text

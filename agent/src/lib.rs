@@ -53,6 +53,7 @@ pub mod agent;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod delta;
 pub mod download;
 pub mod flags;
 pub mod health;

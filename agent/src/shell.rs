@@ -105,7 +105,7 @@ enum TaskDone {
     Downloaded {
         id: u64,
         digest: Digest,
-        result: Result<(), CoreDownloadError>,
+        result: Result<u64, CoreDownloadError>,
     },
     Hashed {
         digest: Digest,
@@ -490,9 +490,13 @@ impl Shell {
                 digest,
                 size,
                 resume_from,
+                chunk_index,
             } => {
                 self.stop_transfer().await;
-                self.start_transfer(url, digest, size, resume_from);
+                let req = DownloadRequest::new(url, digest, size)
+                    .with_resume_from(resume_from)
+                    .with_chunk_index(chunk_index);
+                self.start_transfer(req);
             }
             Action::DiscardPartial { digest } => {
                 if self.transfer.as_ref().is_some_and(|t| t.digest == digest) {
@@ -582,15 +586,15 @@ impl Shell {
         }
     }
 
-    fn start_transfer(&mut self, url: String, digest: Digest, size: u64, resume_from: u64) {
+    fn start_transfer(&mut self, req: DownloadRequest) {
+        let (digest, size) = (req.digest, req.size);
         self.next_transfer += 1;
         let id = self.next_transfer;
         let downloader = self.downloader.clone();
         let tx = self.tasks_tx.clone();
         let counter = self.bytes_downloaded.clone();
-        tracing::info!(%url, %digest, size, resume_from, "downloading");
+        tracing::info!(url = %req.url, %digest, size, resume_from = ?req.resume_from, delta = req.chunk_index.is_some(), "downloading");
         let task = tokio::spawn(async move {
-            let req = DownloadRequest::new(url, digest, size).with_resume_from(resume_from);
             let step = (size / 100).max(256 * 1024);
             let mut last_sent = 0u64;
             let mut last_done: Option<u64> = None;
@@ -618,9 +622,11 @@ impl Shell {
                         %digest,
                         resumed_from = done.resumed_from,
                         received = done.received,
+                        delta = ?done.delta,
                         "download complete and verified"
                     );
-                    Ok(())
+                    // A prefix kept from an earlier attempt counts as fetched.
+                    Ok(done.received + done.resumed_from)
                 }
                 Err(e) => {
                     tracing::warn!(%digest, class = ?e.class(), "download failed: {e}");
@@ -752,6 +758,7 @@ impl Shell {
                 detail: truncate_text(&format!("{what}: {e}"), WireLimits::MAX_TEXT_BYTES),
             },
             digest: None,
+            transfer: None,
         };
         self.link
             .publish(TopicKind::Events, event.to_cbor(), Kind::Event);
@@ -772,7 +779,7 @@ impl Shell {
                 }
                 self.transfer = None;
                 match result {
-                    Ok(()) => self.machine.handle_download_complete(digest, now),
+                    Ok(fetched) => self.machine.handle_download_complete(digest, fetched, now),
                     Err(e) => self.machine.handle_download_failed(digest, e, now),
                 }
             }

@@ -212,6 +212,7 @@ fn sign(args: SignArgs) -> Result<(), CliError> {
         expires,
         installer: args.installer,
         metadata,
+        chunk_index: None,
     };
     // Check the bounds before the (possibly long) hashing.
     manifest.check_limits().map_err(cannot_sign)?;

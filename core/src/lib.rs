@@ -8,6 +8,8 @@
 //!
 //! - [`budget`]: message budgets (token buckets per sender, with `now` as an argument) that
 //!   bound what one device may make the server do.
+//! - [`delta`]: the signed chunk index of an artifact and the plan of a delta update (copy the
+//!   chunks a device holds, fetch the rest with Range requests).
 //! - [`digest`]: the SHA-256 digest type that names artifacts everywhere.
 //! - [`release`]: the signed release format (a COSE_Sign envelope over a CBOR manifest), the trust
 //!   set (ed25519 keys + threshold), verification against a device policy, and the streaming
@@ -36,6 +38,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod budget;
+pub mod delta;
 pub mod digest;
 pub mod flags;
 pub mod release;

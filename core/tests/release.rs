@@ -34,6 +34,7 @@ fn manifest(artifact: &[u8]) -> Manifest {
         expires: Some(1_800_000_000),
         installer: Some("files".into()),
         metadata: BTreeMap::from([("build".into(), "42".into())]),
+        chunk_index: None,
     }
 }
 

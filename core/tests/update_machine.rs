@@ -57,6 +57,7 @@ fn manifest(version: &str, security_version: u32) -> Manifest {
         expires: Some(1_800_000_000),
         installer: Some("files".into()),
         metadata: BTreeMap::new(),
+        chunk_index: None,
     }
 }
 
@@ -273,6 +274,7 @@ impl Sim {
                 digest,
                 size,
                 resume_from,
+                chunk_index: _,
             } => self.download(&url, digest, size, resume_from),
             Action::DiscardPartial { digest } => {
                 self.partial.remove(&digest);
@@ -334,7 +336,7 @@ impl Sim {
                 self.partial.remove(&digest);
                 self.cache.insert(digest);
                 self.corrupt.remove(&digest);
-                self.m.handle_download_complete(digest, now);
+                self.m.handle_download_complete(digest, size, now);
             }
             Mirror::Tampered => {
                 self.downloaded_bytes += size - resume_from;
@@ -1185,6 +1187,7 @@ fn rule11_an_interrupted_rollback_is_redone() {
             release: info("2.0.0", 2),
             urls: vec![],
             force: false,
+            transfer: None,
         },
         target: factory(),
         outcome: ExecutionState::RolledBack {
@@ -1588,7 +1591,7 @@ proptest! {
                 }
                 Op::Partial(v, n) => m.handle_partial(digest(&version(v)), n, now),
                 Op::Progress(v, n) => m.handle_download_progress(digest(&version(v)), n, now),
-                Op::Complete(v) => m.handle_download_complete(digest(&version(v)), now),
+                Op::Complete(v) => m.handle_download_complete(digest(&version(v)), 0, now),
                 Op::Failed(v, transient) => {
                     let e = if transient {
                         DownloadError::Transient("x".into())

@@ -129,6 +129,7 @@ impl FirmwareTeam {
             expires: None,
             installer: Some("files".into()),
             metadata: BTreeMap::new(),
+            chunk_index: None,
         };
         let release = sign(&manifest, core::slice::from_ref(&self.key));
         Build {

@@ -186,6 +186,7 @@ impl Spec<'_> {
                     "TEST-ONLY release signed with public test keys".into(),
                 ),
             ]),
+            chunk_index: None,
         }
     }
 }

@@ -471,6 +471,7 @@ pub fn release_signed(version: &str, security_version: u32, len: usize, keys: &[
         expires: None,
         installer: Some("files".to_owned()),
         metadata: Default::default(),
+        chunk_index: None,
     };
     let keys: Vec<_> = keys.iter().map(|k| k.signing_key()).collect();
     Rel {

@@ -18,7 +18,7 @@ use ota_core::update::{InFlight, Job, PERSIST_VERSION, PersistedState, ReleaseIn
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, FailurePhase, Heartbeat, HeartbeatAck,
     Inventory, PROTOCOL_VERSION, PowerReading, RejectCause, ReportedState, RollbackReason,
-    RunningRelease, Status, TrustOutcome, TrustRejectCause, TrustReport, UpdateOutcome,
+    RunningRelease, Status, TrustOutcome, TrustRejectCause, Transfer, TrustReport, UpdateOutcome,
     WireMessage,
 };
 
@@ -106,6 +106,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         digest: Some(Digest::of(b"image")),
         state: states[11].clone(),
         at: 1_750_000_000_000,
+        transfer: Some(Transfer {
+            fetched: 1 << 18,
+            size: 1 << 20,
+        }),
     };
     let reported = ReportedState {
         v: PROTOCOL_VERSION,
@@ -291,6 +295,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         security_version: 3,
         size: 1 << 20,
         installer: Some("files".into()),
+        chunk_index: None,
     };
     let job = Job {
         generation: 7,
@@ -298,6 +303,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         release: info.clone(),
         urls: vec!["https://a.example/x".into()],
         force: false,
+        transfer: None,
     };
     let in_flight = [
         None,

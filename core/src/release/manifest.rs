@@ -50,6 +50,29 @@ pub struct Manifest {
     /// Small free-form metadata (release notes link, build id, ...).
     #[n(10)]
     pub metadata: BTreeMap<String, String>,
+    /// The artifact's chunk index (for delta updates), when the release has one: the index
+    /// bytes are served beside the artifact and a device accepts only bytes with this digest.
+    #[n(11)]
+    pub chunk_index: Option<ChunkIndexRef>,
+}
+
+/// The signed reference to an artifact's chunk index ([`crate::delta::ChunkIndex`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct ChunkIndexRef {
+    /// SHA-256 of the encoded index.
+    #[cbor(n(0), with = "minicbor::bytes")]
+    pub sha256: [u8; 32],
+    /// Size of the encoded index in bytes.
+    #[n(1)]
+    pub size: u64,
+}
+
+impl ChunkIndexRef {
+    /// The index's digest.
+    pub fn digest(&self) -> Digest {
+        Digest(self.sha256)
+    }
 }
 
 impl Manifest {
@@ -112,6 +135,13 @@ impl Manifest {
         for (k, v) in &self.metadata {
             name("metadata key", k)?;
             bound("metadata value", v.len(), Limits::MAX_METADATA_VALUE_BYTES)?;
+        }
+        if let Some(index) = &self.chunk_index {
+            bound(
+                "chunk index",
+                usize::try_from(index.size).unwrap_or(usize::MAX),
+                crate::delta::ChunkIndex::MAX_BYTES,
+            )?;
         }
         Ok(())
     }

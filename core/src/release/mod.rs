@@ -30,7 +30,7 @@ pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use envelope::{SignatureEntry, SignedRelease};
 pub use error::ReleaseError;
 pub use limits::Limits;
-pub use manifest::{FORMAT_VERSION, Manifest};
+pub use manifest::{ChunkIndexRef, FORMAT_VERSION, Manifest};
 pub use rotation::{
     SignedTrustUpdate, TRUST_UPDATE_CONTENT_TYPE, TRUST_UPDATE_FORMAT_VERSION, TrustRotation,
     TrustState, TrustUpdate, TrustUpdateError, sign_trust_update,

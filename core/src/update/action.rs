@@ -5,6 +5,7 @@ use alloc::string::String;
 
 use super::{PersistedState, ReleaseInfo};
 use crate::digest::Digest;
+use crate::release::ChunkIndexRef;
 use crate::wire::Event;
 
 /// One thing the shell must do, in the order [`super::UpdateMachine::poll_action`] returns
@@ -58,6 +59,10 @@ pub enum Action {
         size: u64,
         /// Bytes already on disk to keep.
         resume_from: u64,
+        /// The signed chunk index of the artifact, when the release has one: fetch the index
+        /// beside the artifact, copy the chunks the device already holds, and fetch only the
+        /// rest (falling back to a full download on any failure).
+        chunk_index: Option<ChunkIndexRef>,
     },
     /// Stop any transfer of `digest` and delete its partial file.
     DiscardPartial {

@@ -63,6 +63,7 @@ mod tests {
             security_version: 1,
             size: 1,
             installer: None,
+            chunk_index: None,
         }
     }
 

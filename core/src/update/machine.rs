@@ -236,6 +236,7 @@ impl UpdateMachine {
                     detail,
                 },
                 at: now.0,
+                transfer: None,
             });
         }
         let Some(step) = desired.generation.checked_sub(self.last_generation) else {
@@ -281,6 +282,7 @@ impl UpdateMachine {
                 detail,
             },
             at: now.0,
+            transfer: None,
         };
         let event = Event::from_outcome(&self.config.device_id, &outcome);
         self.push(Action::PublishEvent(event));

@@ -12,7 +12,7 @@ use super::{Action, DownloadError, Job, ReleaseInfo, Timer, Timestamp};
 use crate::digest::Digest;
 use crate::release::{Policy, SignedRelease};
 use crate::wire::{
-    DesiredState, ExecutionState, FailurePhase, PowerReading, UpdateOutcome, WireLimits,
+    DesiredState, ExecutionState, FailurePhase, PowerReading, Transfer, UpdateOutcome, WireLimits,
     truncate_text,
 };
 
@@ -46,6 +46,7 @@ impl UpdateMachine {
                         detail: reason(&e),
                     },
                     at: now.0,
+                    transfer: None,
                 };
                 return self.conclude(outcome, Vec::new(), now);
             }
@@ -56,6 +57,7 @@ impl UpdateMachine {
             release,
             urls: desired.artifact_urls,
             force: desired.force_reinstall,
+            transfer: None,
         };
         if let Phase::Preparing(p) = &mut self.phase
             && p.job.release.digest == job.release.digest
@@ -290,6 +292,7 @@ impl UpdateMachine {
             return;
         };
         let size = p.job.release.size;
+        let chunk_index = p.job.release.chunk_index;
         let Some(url) = p.job.urls.get(p.download.mirror).cloned() else {
             return self.fail_prep(
                 FailurePhase::Download,
@@ -309,6 +312,7 @@ impl UpdateMachine {
             digest,
             size,
             resume_from,
+            chunk_index,
         });
         let state = ExecutionState::Downloading {
             done: resume_from,
@@ -346,13 +350,18 @@ impl UpdateMachine {
     }
 
     /// The artifact is in `cache/<digest>`, checked by the shell's streaming verifier against
-    /// the signed digest and size. It joins the cache index (evicting beyond the capacity);
-    /// then power and window are checked again before the install.
-    pub fn handle_download_complete(&mut self, digest: Digest, _now: Timestamp) {
+    /// the signed digest and size, after `fetched` body bytes over the network (reported in
+    /// the job's outcomes from now on). It joins the cache index (evicting beyond the
+    /// capacity); then power and window are checked again before the install.
+    pub fn handle_download_complete(&mut self, digest: Digest, fetched: u64, _now: Timestamp) {
         let Some(p) = self.prep_at(Some(&digest), |s| matches!(s, Step::Downloading { .. })) else {
             return;
         };
         p.from_cache = true;
+        p.job.transfer = Some(Transfer {
+            fetched,
+            size: p.job.release.size,
+        });
         let release = p.job.release.clone();
         cache::admit(&mut self.cache, release);
         let evictions = self.evict_over_capacity(Some(digest));

@@ -7,10 +7,10 @@ use alloc::vec::Vec;
 use minicbor::{Decode, Encode};
 
 use crate::digest::Digest;
-use crate::release::{Limits, Manifest};
+use crate::release::{ChunkIndexRef, Limits, Manifest};
 use crate::wire::codec::bound as limit;
 use crate::wire::{
-    ExecutionState, RunningRelease, UpdateOutcome, WireError, WireLimits, WireMessage,
+    ExecutionState, RunningRelease, Transfer, UpdateOutcome, WireError, WireLimits, WireMessage,
 };
 
 /// The format version of [`PersistedState`] (key `0`), independent of the protocol version.
@@ -35,6 +35,10 @@ pub struct ReleaseInfo {
     /// The manifest's installer hint.
     #[n(4)]
     pub installer: Option<String>,
+    /// The signed reference to the artifact's chunk index, when the release has one (a delta
+    /// download fetches only the chunks the device lacks).
+    #[n(5)]
+    pub chunk_index: Option<ChunkIndexRef>,
 }
 
 impl ReleaseInfo {
@@ -46,6 +50,7 @@ impl ReleaseInfo {
             security_version: m.security_version,
             size: m.artifact_size,
             installer: m.installer.clone(),
+            chunk_index: m.chunk_index,
         }
     }
 
@@ -90,6 +95,10 @@ pub struct Job {
     #[n(4)]
     #[cbor(default)]
     pub force: bool,
+    /// What the download cost, once the artifact is in the cache (none when it was already
+    /// cached).
+    #[n(5)]
+    pub transfer: Option<Transfer>,
 }
 
 impl Job {
@@ -101,6 +110,7 @@ impl Job {
             digest: Some(self.release.digest),
             state,
             at,
+            transfer: self.transfer,
         }
     }
 

@@ -112,6 +112,7 @@ impl UpdateMachine {
                 detail,
             },
             at: now.0,
+            transfer: None,
         });
         m
     }

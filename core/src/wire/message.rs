@@ -480,6 +480,31 @@ pub struct UpdateOutcome {
     /// When the device entered the state, unix ms.
     #[n(4)]
     pub at: u64,
+    /// What the download cost, once the artifact is in the device's cache (absent when
+    /// nothing was downloaded for this desired state).
+    #[n(5)]
+    pub transfer: Option<Transfer>,
+}
+
+/// What downloading an artifact cost: bytes fetched over the network (a delta update fetches
+/// only the chunks the device lacked, plus the chunk index) against the artifact's full size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
+#[cbor(map)]
+pub struct Transfer {
+    /// Body bytes received over the network, chunk index included.
+    #[n(0)]
+    pub fetched: u64,
+    /// The artifact's signed size.
+    #[n(1)]
+    pub size: u64,
+}
+
+impl Transfer {
+    /// Bytes a full download would have fetched beyond what was fetched (0 when the delta
+    /// cost more, which the agent avoids).
+    pub fn saved(&self) -> u64 {
+        self.size.saturating_sub(self.fetched)
+    }
 }
 
 impl UpdateOutcome {
@@ -598,6 +623,9 @@ pub struct Event {
     /// The release's artifact digest, when known.
     #[n(6)]
     pub digest: Option<Digest>,
+    /// What the download cost, once the artifact is in the device's cache.
+    #[n(7)]
+    pub transfer: Option<Transfer>,
 }
 
 impl Event {
@@ -611,6 +639,7 @@ impl Event {
             at: outcome.at,
             kind: outcome.state.clone(),
             digest: outcome.digest,
+            transfer: outcome.transfer,
         }
     }
 
@@ -622,6 +651,7 @@ impl Event {
             digest: self.digest,
             state: self.kind.clone(),
             at: self.at,
+            transfer: self.transfer,
         }
     }
 }

@@ -30,7 +30,7 @@ mod trust;
 pub use codec::{PROTOCOL_VERSION, WireError, WireLimits, WireMessage, truncate_text};
 pub use message::{
     DesiredState, Event, ExecutionState, FailurePhase, Heartbeat, HeartbeatAck, Inventory,
-    PowerReading, RejectCause, ReportedState, RollbackReason, RunningRelease, Status,
+    PowerReading, RejectCause, ReportedState, RollbackReason, RunningRelease, Status, Transfer,
     UpdateOutcome,
 };
 pub use topic::{

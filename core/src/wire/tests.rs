@@ -49,6 +49,7 @@ fn reported() -> ReportedState {
                 reason: "digest mismatch".into(),
             },
             at: 1_750_000_000_000,
+            transfer: None,
         }),
         power: Some(PowerReading {
             battery_percent: Some(80),
@@ -127,6 +128,7 @@ fn every_message_round_trips_and_refuses_truncation() {
             at: 1,
             kind,
             digest: Some(Digest::of(b"image")),
+            transfer: None,
         });
     }
     round_trip(&Heartbeat {

@@ -768,6 +768,7 @@ async fn bad_inputs(backend: Backend) {
         at: 1,
         kind: ota_core::wire::ExecutionState::Succeeded,
         digest: None,
+        transfer: None,
     };
     use ota_core::wire::WireMessage;
     w.sim

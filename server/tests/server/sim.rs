@@ -525,6 +525,7 @@ impl Sim {
                 digest: Some(seen.digest),
                 state,
                 at: self.now(),
+                transfer: None,
             };
             let event = Event::from_outcome(id, &outcome);
             self.publish(id.topic(TopicKind::Events), event.to_cbor(), false)

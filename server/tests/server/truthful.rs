@@ -306,6 +306,7 @@ async fn issue12_undecodable_rejection_is_counted(backend: Backend) {
             detail: "the release does not decode".into(),
         },
         at: NOW * 1000,
+        transfer: None,
     };
     // A digest-less rejection of a generation the server did not send is not counted...
     let stray = Event::from_outcome(&dev, &outcome(desired.generation + 7));

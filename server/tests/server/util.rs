@@ -53,6 +53,7 @@ pub(crate) fn manifest(version: &str, artifact: &[u8]) -> Manifest {
         expires: None,
         installer: Some("files".into()),
         metadata: BTreeMap::new(),
+        chunk_index: None,
     }
 }
 
