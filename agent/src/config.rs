@@ -684,6 +684,18 @@ pub struct DownloadSettings {
         deserialize_with = "human::duration"
     )]
     pub min_rate_window: Duration,
+    /// Build artifacts by delta when the release has a chunk index: copy the chunks the
+    /// device already holds, fetch only the others (default true; docs/delta.md).
+    #[serde(default = "default_delta")]
+    pub delta: bool,
+    /// Files whose chunks a delta may copy besides the cached artifacts, e.g. the block device
+    /// of the running root filesystem (read only; every chunk is re-hashed before use).
+    #[serde(default)]
+    pub delta_seeds: Vec<PathBuf>,
+}
+
+fn default_delta() -> bool {
+    true
 }
 
 fn default_min_rate() -> u64 {
@@ -732,6 +744,8 @@ impl Default for DownloadSettings {
             disk_margin_bytes: default_disk_margin(),
             min_bytes_per_second: default_min_rate(),
             min_rate_window: default_min_rate_window(),
+            delta: default_delta(),
+            delta_seeds: Vec::new(),
         }
     }
 }
@@ -754,6 +768,7 @@ impl DownloadSettings {
             c = c.with_client_identity(cert.clone(), key.clone());
         }
         c.with_require_https(self.require_https)
+            .with_delta(self.delta, self.delta_seeds.clone())
     }
 }
 
@@ -777,7 +792,7 @@ impl AgentConfig {
 
     /// Resolves every relative path of the configuration against `base` (the configuration
     /// file's directory), one rule for all: `data_dir`, trust key files, the broker's and the
-    /// downloader's TLS files, the broker password file, the factory release and artifact, the
+    /// downloader's TLS files and delta seed files, the broker password file, the factory release and artifact, the
     /// files installer's `root`, `power.power_supply_path`, the heartbeat probe's `path`, and
     /// the programs of the command installer, the restart command and the command probe when
     /// they contain a `/` (a bare name such as `systemctl` is looked up on `PATH`).
@@ -794,6 +809,7 @@ impl AgentConfig {
             &mut b.password_file,
         ];
         let d = &mut self.download;
+        let seeds = d.delta_seeds.iter_mut();
         let download = [&mut d.ca_file, &mut d.client_cert, &mut d.client_key];
         let factory = self
             .factory
@@ -807,7 +823,7 @@ impl AgentConfig {
             InstallerConfig::Files { root, .. } => Some(root),
             InstallerConfig::Command { .. } => None,
         };
-        let files = broker.into_iter().chain(download).flatten();
+        let files = broker.into_iter().chain(download).flatten().chain(seeds);
         let fixed = [&mut self.data_dir, &mut self.power.power_supply_path];
         for p in keys
             .chain(files)

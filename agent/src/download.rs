@@ -178,7 +178,14 @@ impl DownloadConfig {
         self
     }
 
-    /// With another slow-retrieval guard (`None`: off).
+    /// With delta downloads on or off, and the extra seed files a delta may copy chunks from.
+    pub fn with_delta(mut self, delta: bool, seeds: Vec<PathBuf>) -> Self {
+        self.delta = delta;
+        self.delta_seeds = seeds;
+        self
+    }
+
+    /// The slow-retrieval guard (`None` turns it off).
     pub fn with_min_rate(mut self, min_rate: Option<MinRate>) -> Self {
         self.min_rate = min_rate;
         self

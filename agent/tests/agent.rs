@@ -19,6 +19,8 @@ mod cache;
 mod cli;
 #[path = "agent/config.rs"]
 mod config;
+#[path = "agent/delta.rs"]
+mod delta;
 #[path = "agent/download.rs"]
 mod download;
 #[path = "agent/health.rs"]

@@ -27,7 +27,7 @@ use ota_core::update::{
 };
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, FailurePhase, Inventory, PROTOCOL_VERSION,
-    PowerReading, RejectCause, ReportedState, RollbackReason, WireMessage,
+    PowerReading, RejectCause, ReportedState, RollbackReason, Transfer, WireMessage,
 };
 use proptest::prelude::*;
 
@@ -512,6 +512,45 @@ fn an_update_goes_through_every_state_and_commits() {
         reported.last_result.unwrap().state,
         ExecutionState::Succeeded
     );
+}
+
+#[test]
+fn issue18_the_download_cost_is_reported_with_every_later_event_of_the_job() {
+    let mut sim = Sim::new(config());
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(MINUTE);
+    let transfer_of = |sim: &Sim, generation: u64, state: &str| {
+        sim.events()
+            .iter()
+            .filter(|e| e.generation == generation && e.kind.name() == state)
+            .map(|e| e.transfer)
+            .collect::<Vec<_>>()
+    };
+    let full = Some(Transfer {
+        fetched: SIZE,
+        size: SIZE,
+    });
+    assert!(
+        transfer_of(&sim, 1, "downloading")
+            .iter()
+            .all(Option::is_none)
+    );
+    for state in ["installing", "trial", "succeeded"] {
+        assert_eq!(transfer_of(&sim, 1, state), [full], "{state}");
+    }
+    let reported = sim
+        .m
+        .reported_state("0.1.0", Inventory::default(), BTreeMap::new());
+    assert_eq!(reported.last_result.unwrap().transfer, full);
+
+    // Rolled back, then offered again: installed from the cache, nothing fetched.
+    sim.probe = Probe::Fail;
+    sim.offer(desired(2, "3.0.0", 3));
+    sim.probe = Probe::Healthy;
+    sim.offer(desired(3, "3.0.0", 3));
+    sim.drive(MINUTE);
+    assert_eq!(sim.last_state(), ExecutionState::Succeeded);
+    assert_eq!(transfer_of(&sim, 3, "succeeded"), [None]);
 }
 
 // ---- rule 1: verify before fetching anything ---------------------------------------------

@@ -196,13 +196,13 @@ async fn start(body: Vec<u8>, mode: Mode, tls: Option<tokio_rustls::TlsAcceptor>
 }
 
 /// A parsed request head.
-struct Request {
-    path: String,
+pub struct Request {
+    pub path: String,
     headers: Vec<(String, String)>,
 }
 
 impl Request {
-    fn header(&self, name: &str) -> Option<String> {
+    pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -210,7 +210,7 @@ impl Request {
     }
 }
 
-async fn read_head(socket: &mut (impl AsyncRead + Unpin)) -> Option<Request> {
+pub async fn read_head(socket: &mut (impl AsyncRead + Unpin)) -> Option<Request> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -230,7 +230,7 @@ async fn read_head(socket: &mut (impl AsyncRead + Unpin)) -> Option<Request> {
     Some(Request { path, headers })
 }
 
-async fn respond(
+pub async fn respond(
     socket: &mut (impl AsyncWrite + Unpin),
     status: u16,
     headers: &[(&str, String)],
