@@ -73,11 +73,9 @@ impl Cache {
         let dir = data_dir.join("cache");
         let partial_dir = dir.join("partial");
         let index_dir = dir.join("index");
-        for d in [&partial_dir, &index_dir] {
-            storage
-                .create_dir_all(d)
-                .map_err(io_err("create directory", d))?;
-        }
+        storage
+            .create_dir_all(&partial_dir)
+            .map_err(io_err("create directory", &partial_dir))?;
         Ok(Cache {
             storage,
             dir,
@@ -117,12 +115,14 @@ impl Cache {
     }
 
     /// Keeps the chunk index of the artifact `digest` (write to a temporary name, fsync,
-    /// rename). An index is only a hint: it is checked against the artifact's size and chunker
+    /// rename; `cache/index/` is made on first use). An index is only a hint: it is checked against the artifact's size and chunker
     /// bounds before use, and every chunk read through it is re-hashed.
     pub fn keep_index(&self, digest: &Digest, bytes: &[u8]) -> Result<(), CacheError> {
         let path = self.index_path(digest);
         let tmp = self.index_dir.join(format!("{digest}.chunks.tmp"));
         let st = &self.storage;
+        st.create_dir_all(&self.index_dir)
+            .map_err(io_err("create directory", &self.index_dir))?;
         st.create(&tmp).map_err(io_err("create", &tmp))?;
         st.append(&tmp, bytes).map_err(io_err("write", &tmp))?;
         st.sync_file(&tmp).map_err(io_err("fsync", &tmp))?;
