@@ -183,7 +183,7 @@ impl Downloader {
 
         let mut buf = Vec::new();
         for step in plan.steps {
-            match step {
+            let (chunks, bytes) = match step {
                 Step::Copy { chunk } => {
                     let Some(entry) = index.chunks.get(chunk) else {
                         break;
@@ -195,50 +195,33 @@ impl Downloader {
                             source,
                         }
                     })?;
+                    let start = cursor.offset;
                     if held {
                         stats.copied_bytes += u64::from(entry.len);
                         self.write_chunk(req, &part, &buf, cursor, progress)?;
-                        seeds.add(
-                            partial,
-                            cursor.offset - u64::from(entry.len),
-                            entry.len,
-                            entry.sha256,
-                        );
-                    } else {
-                        // The seed changed since it was indexed: fetch this chunk instead.
-                        let start = cursor.offset;
-                        let bytes = start..start + u64::from(entry.len);
-                        self.fetch_run(
-                            req,
-                            &index,
-                            chunk..chunk + 1,
-                            bytes,
-                            cursor,
-                            received,
-                            progress,
-                            &mut stats,
-                        )
-                        .await?;
+                        seeds.add(partial, start, entry.len, entry.sha256);
+                        continue;
                     }
+                    // The seed changed since it was cut: fetch this chunk instead.
+                    (chunk..chunk + 1, start..start + u64::from(entry.len))
                 }
-                Step::Fetch { chunks, bytes } => {
-                    self.fetch_run(
-                        req,
-                        &index,
-                        chunks.clone(),
-                        bytes,
-                        cursor,
-                        received,
-                        progress,
-                        &mut stats,
-                    )
-                    .await?;
-                    // A later repeat of these chunks is copied from the partial.
-                    let written = index.chunks.iter().zip(index.ranges());
-                    for (entry, range) in written.skip(chunks.start).take(chunks.len()) {
-                        seeds.add(partial, range.start, entry.len, entry.sha256);
-                    }
-                }
+                Step::Fetch { chunks, bytes } => (chunks, bytes),
+            };
+            self.fetch_run(
+                req,
+                &index,
+                chunks.clone(),
+                bytes,
+                cursor,
+                received,
+                progress,
+                &mut stats,
+            )
+            .await?;
+            // A later repeat of these chunks is copied from the partial.
+            let written = index.chunks.iter().zip(index.ranges());
+            for (entry, range) in written.skip(chunks.start).take(chunks.len()) {
+                seeds.add(partial, range.start, entry.len, entry.sha256);
             }
         }
         Ok(stats)

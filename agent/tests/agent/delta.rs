@@ -158,6 +158,40 @@ fn cache_artifact(data: &Path, bytes: &[u8]) {
     fs::write(cache.path(&Digest::of(bytes)), bytes).unwrap();
 }
 
+#[test]
+fn issue18_an_insertion_changes_only_the_chunks_around_it() {
+    let params = ChunkParams::DEFAULT;
+    let old = artifact(2 << 20, 7);
+    let mut new = old.clone();
+    new.splice(1 << 20..1 << 20, artifact(1000, 9));
+    let a = index_reader(&old[..], params, |_| {}).unwrap();
+    let b = index_reader(&new[..], params, |_| {}).unwrap();
+    assert_eq!(a.artifact_size, old.len() as u64);
+    assert_eq!(b.artifact_size, new.len() as u64);
+    let known: std::collections::HashSet<_> = a.chunks.iter().map(|c| c.sha256).collect();
+    let missing: u64 = b
+        .chunks
+        .iter()
+        .filter(|c| !known.contains(&c.sha256))
+        .map(|c| u64::from(c.len))
+        .sum();
+    assert!(missing > 0, "the inserted bytes are new");
+    assert!(
+        missing <= 2 * u64::from(params.max),
+        "an insertion re-cuts at most the chunks around it, not {missing} bytes"
+    );
+}
+
+#[test]
+fn issue18_bad_chunker_parameters_are_an_error_not_a_panic() {
+    let params = ChunkParams {
+        min: 1,
+        avg: 2,
+        max: 3,
+    };
+    assert!(index_reader(&b"abc"[..], params, |_| {}).is_err());
+}
+
 /// An old release and a new one that changes 64 KiB in place and inserts 3 KiB elsewhere.
 fn pair() -> (Vec<u8>, Vec<u8>) {
     let old = artifact(4 << 20, 181);

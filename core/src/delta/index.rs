@@ -134,13 +134,7 @@ impl ChunkIndex {
     /// An index from chunks cut with `params`; checks it like a decoded one.
     pub fn new(params: ChunkParams, chunks: Vec<ChunkEntry>) -> Result<Self, ChunkIndexError> {
         let artifact_size = chunks.iter().map(|c| u64::from(c.len)).sum();
-        let index = ChunkIndex {
-            params,
-            artifact_size,
-            chunks,
-        };
-        index.check()?;
-        Ok(index)
+        Self::checked(params, artifact_size, chunks)
     }
 
     /// The byte range of every chunk, in order.
@@ -263,6 +257,15 @@ impl ChunkIndex {
                 }
             })
             .collect();
+        Self::checked(params, artifact_size, chunks)
+    }
+
+    /// The index, if its parameters, chunk lengths and size agree.
+    fn checked(
+        params: ChunkParams,
+        artifact_size: u64,
+        chunks: Vec<ChunkEntry>,
+    ) -> Result<Self, ChunkIndexError> {
         let index = ChunkIndex {
             params,
             artifact_size,
