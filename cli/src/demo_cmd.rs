@@ -144,7 +144,10 @@ async fn play(args: &DemoArgs, parent: &std::path::Path) -> Result<(), CliError>
                     "step": r.name, "rollout": r.rollout, "status": r.status,
                     "devices": r.devices, "deploys": r.deploys, "skipped_identical": r.skipped,
                     "deferred": r.deferred, "failed": r.failed, "rolled_back": r.rolled_back,
-                    "bytes_downloaded": r.bytes, "seconds": r.elapsed.as_secs_f64(),
+                    "bytes_downloaded": r.bytes, "fetched_bytes": r.transfer.0,
+                    "full_bytes": r.transfer.1,
+                    "saved_bytes": r.transfer.1.saturating_sub(r.transfer.0),
+                    "seconds": r.elapsed.as_secs_f64(),
                     "ok": r.ok(), "problems": r.problems, "detail": r.detail,
                 })
             })

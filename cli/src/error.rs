@@ -57,6 +57,19 @@ pub(crate) enum CliError {
         #[source]
         source: io::Error,
     },
+    /// The release names a chunk index, but its file cannot be read.
+    #[error(
+        "the release names a chunk index, but {} cannot be read (`ota release sign` writes it \
+         beside the release as RELEASE.chunks; give another file with --chunk-index)",
+        .path.display()
+    )]
+    MissingChunkIndex {
+        /// The file looked for.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// A file is larger than anything of its kind can be.
     #[error("{} is too large to be {what} (more than {limit} bytes)", .path.display())]
     TooLarge {

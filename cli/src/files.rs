@@ -5,6 +5,9 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use ota_core::delta::{ChunkIndex, ChunkParams};
+use ota_core::digest::{Digest, Hasher};
+
 use crate::error::CliError;
 use crate::progress::Progress;
 
@@ -146,4 +149,92 @@ pub(crate) fn stream_file(
     }
     progress.finish();
     Ok(total)
+}
+
+/// What [`hash_and_index`] read: the file's SHA-256, its size and its chunk index.
+#[derive(Debug)]
+pub(crate) struct Indexed {
+    /// SHA-256 of the whole file.
+    pub(crate) digest: Digest,
+    /// Size in bytes.
+    pub(crate) size: u64,
+    /// The file's content-defined chunks ([`ota_agent::delta::index_reader`]).
+    pub(crate) index: ChunkIndex,
+}
+
+/// Reads a file once, hashing it and cutting it into chunks with `params` together, with a
+/// progress bar on a terminal. A read error is [`CliError::Read`]; a file the index cannot
+/// describe (over [`ChunkIndex::MAX_BYTES`] of index) is a usage error.
+pub(crate) fn hash_and_index(
+    path: &Path,
+    label: &str,
+    params: ChunkParams,
+) -> Result<Indexed, CliError> {
+    let read_err = |source| CliError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if meta.is_dir() {
+        return Err(read_err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "is a directory",
+        )));
+    }
+    let progress = Progress::new(meta.is_file().then_some(meta.len()), label);
+    let mut tee = HashingReader {
+        file,
+        hasher: Hasher::new(),
+        size: 0,
+        progress: &progress,
+        failed: false,
+    };
+    let index = match ota_agent::delta::index_reader(&mut tee, params, |_| {}) {
+        Ok(index) => index,
+        Err(e) if tee.failed => return Err(read_err(e)),
+        Err(e) => {
+            return Err(CliError::Usage(format!(
+                "cannot build the chunk index of {}: {e} (sign with --no-chunk-index)",
+                path.display()
+            )));
+        }
+    };
+    let HashingReader { hasher, size, .. } = tee;
+    progress.finish();
+    Ok(Indexed {
+        digest: hasher.finish(),
+        size,
+        index,
+    })
+}
+
+/// A reader that hashes and counts everything it reads from a file (so the chunker and the
+/// hash share one pass), and remembers whether the file itself failed.
+struct HashingReader<'p> {
+    file: File,
+    hasher: Hasher,
+    size: u64,
+    progress: &'p Progress,
+    /// A read of the file failed (as opposed to the chunker refusing what it read).
+    failed: bool,
+}
+
+impl Read for HashingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = loop {
+            match self.file.read(buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
+        };
+        self.hasher.update(buf.get(..n).unwrap_or_default());
+        self.size += n as u64;
+        self.progress.inc(n as u64);
+        Ok(n)
+    }
 }

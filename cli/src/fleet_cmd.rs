@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use ota_core::delta::ChunkIndex;
+use ota_core::digest::Digest;
 use ota_core::release::{Limits, SignedRelease};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -97,6 +99,10 @@ pub(crate) struct PublishArgs {
     /// terminal.
     #[arg(long, value_name = "FILE")]
     artifact: PathBuf,
+    /// The chunk index the release names (default: RELEASE.chunks, written by `ota release
+    /// sign`). Only read when the release names one.
+    #[arg(long, value_name = "FILE")]
+    chunk_index: Option<PathBuf>,
     /// Print the server's JSON answer.
     #[arg(long)]
     json: bool,
@@ -118,10 +124,11 @@ pub(crate) fn publish(args: &PublishArgs) -> Result<(), CliError> {
     let release =
         files::read_bounded(&args.release, Limits::MAX_RELEASE_BYTES as u64, "a release")?;
     // Decoding first gives a clear local error for a file that is not a release at all.
-    SignedRelease::decode(&release).map_err(|error| CliError::Rejected {
+    let signed = SignedRelease::decode(&release).map_err(|error| CliError::Rejected {
         error,
         detail: format!(" (file {})", args.release.display()),
     })?;
+    let index = chunk_index_of(args, &signed)?;
     let read_err = |source| CliError::Read {
         path: args.artifact.clone(),
         source,
@@ -150,15 +157,15 @@ pub(crate) fn publish(args: &PublishArgs) -> Result<(), CliError> {
                 }
             }
         });
-        let form = reqwest::multipart::Form::new()
-            .part("release", reqwest::multipart::Part::bytes(release))
-            .part(
-                "artifact",
-                reqwest::multipart::Part::stream_with_length(
-                    reqwest::Body::wrap_stream(stream),
-                    len,
-                ),
-            );
+        let mut form = reqwest::multipart::Form::new()
+            .part("release", reqwest::multipart::Part::bytes(release));
+        if let Some(index) = index {
+            form = form.part("chunk_index", reqwest::multipart::Part::bytes(index));
+        }
+        let form = form.part(
+            "artifact",
+            reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), len),
+        );
         let result = json_of(
             api.request(Method::POST, "/api/v1/releases")
                 .multipart(form)
@@ -183,6 +190,40 @@ pub(crate) fn publish(args: &PublishArgs) -> Result<(), CliError> {
         s(&r["size"]),
         s(&r["published_by"]),
     ))
+}
+
+/// The chunk index bytes to publish with `signed`: `None` when the release names no index;
+/// else the `--chunk-index` file or `RELEASE.chunks`, which must be the index it names.
+fn chunk_index_of(args: &PublishArgs, signed: &SignedRelease) -> Result<Option<Vec<u8>>, CliError> {
+    let Some(named) = signed.manifest.chunk_index else {
+        return match &args.chunk_index {
+            Some(path) => Err(CliError::Usage(format!(
+                "--chunk-index {}: the release names no chunk index",
+                path.display()
+            ))),
+            None => Ok(None),
+        };
+    };
+    let path = args
+        .chunk_index
+        .clone()
+        .unwrap_or_else(|| crate::release_cmd::chunks_path(&args.release));
+    let bytes = match files::read_bounded(&path, ChunkIndex::MAX_BYTES as u64, "a chunk index") {
+        Ok(bytes) => bytes,
+        Err(CliError::Read { path, source }) => {
+            return Err(CliError::MissingChunkIndex { path, source });
+        }
+        Err(other) => return Err(other),
+    };
+    if bytes.len() as u64 != named.size || Digest::of(&bytes) != named.digest() {
+        return Err(CliError::Usage(format!(
+            "{} is not the chunk index the release names (sha256 {}, {} bytes)",
+            path.display(),
+            named.digest(),
+            named.size
+        )));
+    }
+    Ok(Some(bytes))
 }
 
 /// `ota release list`.
@@ -408,6 +449,18 @@ pub(crate) fn devices(cmd: DevicesCommand) -> Result<(), CliError> {
                 ("reported_generation", "generation"),
             ] {
                 text.push_str(&format!("{label:<18} {}\n", s(&d[k])));
+            }
+            let t = &d["last_transfer"];
+            if let (Some(fetched), Some(full)) =
+                (t["fetched_bytes"].as_u64(), t["full_bytes"].as_u64())
+            {
+                text.push_str(&format!(
+                    "{:<18} fetched {fetched} of {full} bytes, saved {} ({}), generation {}\n",
+                    "last download",
+                    s(&t["saved_bytes"]),
+                    percent_of(full.saturating_sub(fetched), full),
+                    s(&t["generation"])
+                ));
             }
             text.push_str(&format!(
                 "{:<18} {}\n",
@@ -1042,8 +1095,39 @@ fn render(r: &Value, bars: bool) -> String {
         s(&totals["failures"]),
         s(&totals["executed"])
     ));
+    text.push_str(&downloads_text(&r["downloads"]));
     text.push_str(&no_rollback_text(r));
     text
+}
+
+/// The rollout's download totals in one line (`downloads: ...`), empty when the view has none.
+fn downloads_text(d: &Value) -> String {
+    if !d.is_object() {
+        return String::new();
+    }
+    let n = d["downloads"].as_u64().unwrap_or(0);
+    if n == 0 {
+        return "downloads: none reported yet\n".to_string();
+    }
+    let fetched = d["fetched_bytes"].as_u64().unwrap_or(0);
+    let full = d["full_bytes"].as_u64().unwrap_or(0);
+    let saved = d["saved_bytes"].as_u64().unwrap_or(0);
+    format!(
+        "downloads: {} device(s) fetched {} of {} ({fetched} of {full} bytes), saved {} ({})\n",
+        s(&d["devices"]),
+        indicatif::HumanBytes(fetched),
+        indicatif::HumanBytes(full),
+        indicatif::HumanBytes(saved),
+        percent_of(saved, full)
+    )
+}
+
+/// `part` as a percentage of `whole`, one decimal (`-` for an empty whole).
+pub(crate) fn percent_of(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".to_string();
+    }
+    format!("{:.1}%", part as f64 * 100.0 / whole as f64)
 }
 
 /// The devices an abort left on the release (no rollback target they would accept), one

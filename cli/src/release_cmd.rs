@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
-use ota_core::digest::Hasher;
+use ota_core::delta::ChunkParams;
+use ota_core::digest::{Digest, Hasher};
 use ota_core::release::{
-    self, ArtifactVerifier, FORMAT_VERSION, Limits, Manifest, Policy, ReleaseError, SignedRelease,
-    TrustSet,
+    self, ArtifactVerifier, ChunkIndexRef, FORMAT_VERSION, Limits, Manifest, Policy, ReleaseError,
+    SignedRelease, TrustSet,
 };
 
 use crate::error::CliError;
@@ -39,7 +40,9 @@ Exit status:
   2  usage or I/O error (missing artifact, bad key file, a field over its size limit);
      nothing was written
 
-The artifact is hashed in constant memory, with a progress bar when stderr is a terminal.";
+The artifact is read once, in constant memory (plus its chunk index), with a progress bar
+when stderr is a terminal: hashed, and cut into content-defined chunks whose index is written
+to OUT.chunks and named (sha256, size) in the signed manifest, unless --no-chunk-index.";
 
 /// Exit status table shown by `ota release show --help`.
 const SHOW_EXIT_HELP: &str = "\
@@ -49,7 +52,8 @@ Exit status:
   2  usage or I/O error
 
 The JSON form has the keys signatures_verified (always false), manifest (all fields;
-artifact_sha256 as hex, created/expires as unix seconds, expires null for never) and
+artifact_sha256 as hex, created/expires as unix seconds, expires null for never,
+chunk_index {sha256 hex, size} or null) and
 signatures (key_id hex, algorithm).";
 
 /// `ota release <command>`.
@@ -103,9 +107,13 @@ pub(crate) struct SignArgs {
     /// Free-form metadata entry; repeat for several (at most 16).
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
     metadata: Vec<(String, String)>,
-    /// Where to write the release (atomically: a temporary file, fsync, rename).
+    /// Where to write the release (atomically: a temporary file, fsync, rename). Its chunk
+    /// index is written beside it as `FILE.chunks` (publish it with the release).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// Sign without a chunk index: devices then always download the whole artifact.
+    #[arg(long)]
+    no_chunk_index: bool,
 }
 
 /// Arguments of `ota release verify`.
@@ -217,22 +225,50 @@ fn sign(args: SignArgs) -> Result<(), CliError> {
     // Check the bounds before the (possibly long) hashing.
     manifest.check_limits().map_err(cannot_sign)?;
 
-    let mut hasher = Hasher::new();
-    let size = files::stream_file(&args.artifact, "hashing", |chunk| {
-        hasher.update(chunk);
-        Ok(())
-    })?;
-    manifest.artifact_sha256 = hasher.finish().0;
-    manifest.artifact_size = size;
+    // One pass over the artifact: its digest and size, and its chunk index unless refused.
+    let index = if args.no_chunk_index {
+        let mut hasher = Hasher::new();
+        let size = files::stream_file(&args.artifact, "hashing", |chunk| {
+            hasher.update(chunk);
+            Ok(())
+        })?;
+        manifest.artifact_sha256 = hasher.finish().0;
+        manifest.artifact_size = size;
+        None
+    } else {
+        let indexed = files::hash_and_index(&args.artifact, "hashing", ChunkParams::DEFAULT)?;
+        manifest.artifact_sha256 = indexed.digest.0;
+        manifest.artifact_size = indexed.size;
+        let bytes = indexed.index.to_cbor();
+        manifest.chunk_index = Some(ChunkIndexRef {
+            sha256: Digest::of(&bytes).0,
+            size: bytes.len() as u64,
+        });
+        Some((bytes, indexed.index.chunks.len()))
+    };
 
     let bytes = release::sign(&manifest, &signing_keys);
     // Self-check: what we write must decode under the same limits devices apply.
     SignedRelease::decode(&bytes).map_err(cannot_sign)?;
+    // The index first: a release that names an index is never on disk without it.
+    let index_note = match &index {
+        None => String::new(),
+        Some((index_bytes, chunks)) => {
+            let path = chunks_path(&args.out);
+            files::write_atomic(&path, index_bytes, 0o644, Overwrite::Allow)?;
+            format!(
+                "; chunk index sha256={} size={} chunks={chunks} -> {}",
+                Digest::of(index_bytes),
+                index_bytes.len(),
+                path.display()
+            )
+        }
+    };
     files::write_atomic(&args.out, &bytes, 0o644, Overwrite::Allow)?;
 
     writeln!(
         std::io::stdout().lock(),
-        "signed {} {} security_version={} sha256={} size={} with {} key(s) -> {}",
+        "signed {} {} security_version={} sha256={} size={} with {} key(s) -> {}{index_note}",
         manifest.product,
         manifest.version,
         manifest.security_version,
@@ -242,6 +278,14 @@ fn sign(args: SignArgs) -> Result<(), CliError> {
         args.out.display()
     )
     .map_err(CliError::Stdout)
+}
+
+/// Where `ota release sign --out RELEASE` writes the release's chunk index (and where
+/// `ota release publish RELEASE` reads it): `RELEASE.chunks`.
+pub(crate) fn chunks_path(release: &Path) -> PathBuf {
+    let mut name = release.as_os_str().to_owned();
+    name.push(".chunks");
+    PathBuf::from(name)
 }
 
 /// A manifest that cannot be signed, as a usage error naming the bound.

@@ -47,6 +47,17 @@ pub(crate) struct ManifestView {
     pub(crate) installer: Option<String>,
     /// Metadata entries.
     pub(crate) metadata: BTreeMap<String, String>,
+    /// The signed chunk index reference, or `null` when the release has none.
+    pub(crate) chunk_index: Option<ChunkIndexView>,
+}
+
+/// The manifest's reference to the artifact's chunk index.
+#[derive(Debug, Serialize)]
+pub(crate) struct ChunkIndexView {
+    /// SHA-256 of the encoded index, 64 lowercase hex characters.
+    pub(crate) sha256: String,
+    /// Size of the encoded index in bytes.
+    pub(crate) size: u64,
 }
 
 /// One signature: who claims to have signed (unverified).
@@ -80,6 +91,10 @@ impl ReleaseView {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                chunk_index: m.chunk_index.map(|c| ChunkIndexView {
+                    sha256: c.digest().to_string(),
+                    size: c.size,
+                }),
             },
             signatures: release
                 .signatures
@@ -117,6 +132,14 @@ impl ReleaseView {
             m.artifact_size,
             indicatif::HumanBytes(m.artifact_size)
         );
+        match &m.chunk_index {
+            Some(c) => {
+                let _ = writeln!(s, "  chunk index:      {} ({} bytes)", c.sha256, c.size);
+            }
+            None => {
+                let _ = writeln!(s, "  chunk index:      (none)");
+            }
+        }
         let _ = writeln!(s, "  hardware:         {}", m.hardware.join(", "));
         let _ = writeln!(s, "  created:          {}", time_text(m.created, now));
         let expires = match m.expires {

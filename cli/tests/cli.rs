@@ -85,7 +85,16 @@ fn sign_then_verify_round_trip_with_artifact() {
     dir.sign(&["a.key"], "fw.bin", "fw.release", &["--expires", "30d"])
         .ok();
     // The release is written atomically: no temporary files are left behind.
-    assert_eq!(dir.files(), ["a.key", "a.pub", "fw.bin", "fw.release"]);
+    assert_eq!(
+        dir.files(),
+        [
+            "a.key",
+            "a.pub",
+            "fw.bin",
+            "fw.release",
+            "fw.release.chunks"
+        ]
+    );
 
     let out = dir.verify(&["a.pub"], "fw.release", &[]).ok().to_owned();
     assert_eq!(out.lines().count(), 1, "{out}");
@@ -104,6 +113,55 @@ fn sign_then_verify_round_trip_with_artifact() {
         .to_owned();
     let digest = Digest::of(&dir.read("fw.bin"));
     assert!(out.contains(&digest.to_string()), "{out}");
+}
+
+#[test]
+fn issue18_sign_writes_the_chunk_index_the_manifest_names() {
+    let dir = Dir::new();
+    dir.keygen("a");
+    dir.artifact("fw.bin", 1024 * 1024 + 5);
+    let out = dir
+        .sign(&["a.key"], "fw.bin", "fw.release", &[])
+        .ok()
+        .to_owned();
+    let index_bytes = dir.read("fw.release.chunks");
+    let index_digest = Digest::of(&index_bytes);
+    assert!(
+        out.contains(&format!("chunk index sha256={index_digest}")),
+        "{out}"
+    );
+    let signed = SignedRelease::decode(&dir.read("fw.release")).unwrap();
+    let named = signed
+        .manifest
+        .chunk_index
+        .expect("the manifest names the index");
+    assert_eq!(named.digest(), index_digest);
+    assert_eq!(named.size, index_bytes.len() as u64);
+    let index = ota_core::delta::ChunkIndex::from_signed_cbor(&index_bytes, index_digest).unwrap();
+    assert_eq!(index.artifact_size, 1024 * 1024 + 5);
+    assert!(index.chunks.len() > 1, "{index:?}");
+    let shown = dir
+        .ota(&["release", "show", "fw.release", "--json"])
+        .ok()
+        .to_owned();
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        shown["manifest"]["chunk_index"]["sha256"],
+        index_digest.to_string()
+    );
+
+    // Without an index: none named, no file written.
+    dir.sign(&["a.key"], "fw.bin", "plain.release", &["--no-chunk-index"])
+        .ok();
+    let plain = SignedRelease::decode(&dir.read("plain.release")).unwrap();
+    assert_eq!(plain.manifest.chunk_index, None);
+    assert!(!dir.path("plain.release.chunks").exists());
+    let shown = dir
+        .ota(&["release", "show", "plain.release", "--json"])
+        .ok()
+        .to_owned();
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert!(shown["manifest"]["chunk_index"].is_null());
 }
 
 #[test]
@@ -533,8 +591,23 @@ fn fleet_commands_against_a_running_server() {
     let env = [("OTA_SERVER", base.as_str()), ("OTA_TOKEN", TOKEN)];
     let run = |args: &[&str]| dir.ota_env(args, &env);
 
-    let out = run(&["release", "publish", "fw.release", "--artifact", "fw.bin"]);
+    // Issue 18: the release names a chunk index; without its file, publish names the path.
+    std::fs::rename(dir.path("fw.release.chunks"), dir.path("moved.chunks")).unwrap();
+    let line = run(&["release", "publish", "fw.release", "--artifact", "fw.bin"])
+        .fails(2)
+        .to_string();
+    assert!(line.contains("fw.release.chunks"), "{line}");
+    let out = run(&[
+        "release",
+        "publish",
+        "fw.release",
+        "--artifact",
+        "fw.bin",
+        "--chunk-index",
+        "moved.chunks",
+    ]);
     assert!(out.ok().starts_with("published: "), "{out:?}");
+    std::fs::rename(dir.path("moved.chunks"), dir.path("fw.release.chunks")).unwrap();
     let again = run(&["release", "publish", "fw.release", "--artifact", "fw.bin"]);
     assert!(again.ok().starts_with("already-present: "));
     let list = run(&["release", "list"]);
@@ -542,6 +615,10 @@ fn fleet_commands_against_a_running_server() {
     let json = run(&["release", "list", "--json"]);
     let v: serde_json::Value = serde_json::from_str(json.ok()).unwrap();
     assert_eq!(v["releases"][0]["version"], "2.4.1");
+    assert_eq!(
+        v["releases"][0]["chunk_index"],
+        Digest::of(&dir.read("fw.release.chunks")).to_string()
+    );
 
     assert!(run(&["devices", "list"]).ok().contains("0 device(s)"));
     let line = run(&["devices", "list", "--filter", "hw=("])

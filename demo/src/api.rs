@@ -115,11 +115,14 @@ impl Api {
         })
     }
 
-    /// Publishes a release and its artifact (`POST /api/v1/releases`).
+    /// Publishes a release, its chunk index (when it names one) and its artifact
+    /// (`POST /api/v1/releases`).
     pub async fn publish(&self, build: &Build) -> Result<Value, ApiError> {
-        let form = Form::new()
-            .part("release", Part::bytes(build.release.clone()))
-            .part("artifact", Part::bytes(build.image.clone()));
+        let mut form = Form::new().part("release", Part::bytes(build.release.clone()));
+        if let Some(index) = &build.chunk_index {
+            form = form.part("chunk_index", Part::bytes(index.clone()));
+        }
+        let form = form.part("artifact", Part::bytes(build.image.clone()));
         self.call(
             self.request(Method::POST, "/api/v1/releases")
                 .multipart(form),

@@ -3,16 +3,21 @@
 //!
 //! An image starts with one header line the simulated application reads on start
 //! ([`crate::app`]): `ota-demo app VERSION healthy` or `ota-demo app VERSION broken`, then
-//! deterministic filler up to the requested size, so downloads move real bytes.
+//! deterministic filler up to the requested size, so downloads move real bytes. The filler is
+//! the team's, the same in every version: like a real application whose new version changes
+//! little, a new version differs in its first chunk only, and devices fetch it by delta (every
+//! release is signed with its chunk index).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::EncodePublicKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ota_core::delta::ChunkParams;
 use ota_core::digest::Digest;
 use ota_core::release::{
-    FORMAT_VERSION, Manifest, SigningKey, TrustUpdate, VerifyingKey, sign, sign_trust_update,
+    ChunkIndexRef, FORMAT_VERSION, Manifest, SigningKey, TrustUpdate, VerifyingKey, sign,
+    sign_trust_update,
 };
 
 use crate::LabError;
@@ -35,6 +40,9 @@ pub struct Build {
     pub image: Vec<u8>,
     /// The signed release (COSE_Sign).
     pub release: Vec<u8>,
+    /// The image's chunk index (published with the release), named in its manifest; `None`
+    /// only if the image could not be indexed (the release then names none).
+    pub chunk_index: Option<Vec<u8>>,
     /// The image's SHA-256.
     pub digest: Digest,
 }
@@ -117,6 +125,10 @@ impl FirmwareTeam {
     pub fn build_with(&self, spec: &BuildSpec<'_>) -> Build {
         let salt = hex_prefix(self.key.verifying_key().as_bytes());
         let image = image(spec.version, spec.healthy, spec.size, &salt);
+        let chunk_index =
+            ota_agent::delta::index_reader(image.as_slice(), ChunkParams::DEFAULT, |_| {})
+                .ok()
+                .map(|index| index.to_cbor());
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             product: PRODUCT.into(),
@@ -129,7 +141,10 @@ impl FirmwareTeam {
             expires: None,
             installer: Some("files".into()),
             metadata: BTreeMap::new(),
-            chunk_index: None,
+            chunk_index: chunk_index.as_ref().map(|bytes| ChunkIndexRef {
+                sha256: Digest::of(bytes).0,
+                size: bytes.len() as u64,
+            }),
         };
         let release = sign(&manifest, core::slice::from_ref(&self.key));
         Build {
@@ -137,6 +152,7 @@ impl FirmwareTeam {
             digest: Digest::of(&image),
             image,
             release,
+            chunk_index,
         }
     }
 }
@@ -159,15 +175,16 @@ pub struct BuildSpec<'a> {
 }
 
 /// The image of `version`: its header line, then filler up to `size` bytes (a counter hashed
-/// in blocks with `salt`, so every version's and every team's bytes differ: labs sharing a
-/// database never publish the same digest under two keys).
+/// in blocks with `salt`: the same in every version of one team, different between teams, so
+/// labs sharing a database never publish the same digest under two keys; versions differ by
+/// their header line).
 pub fn image(version: &str, healthy: bool, size: usize, salt: &str) -> Vec<u8> {
     let word = if healthy { HEALTHY } else { BROKEN };
     let mut bytes = format!("ota-demo app {version} {word}\n").into_bytes();
     let header = bytes.len();
     let mut block = 0u64;
     while bytes.len() < size {
-        let d = Digest::of(format!("{salt}/{version}/{block}").as_bytes());
+        let d = Digest::of(format!("{salt}/{block}").as_bytes());
         bytes.extend_from_slice(d.as_bytes());
         block += 1;
     }

@@ -2,7 +2,8 @@
 //!
 //! 1. **deploy**: the firmware team signs and publishes v2; a rollout goes 1% → 5% → 25% →
 //!    100% with health gates. Low-battery devices report `deferred-power`, then are plugged
-//!    in and update.
+//!    in and update. v2 differs from the factory image in its first chunk: devices fetch it
+//!    by delta, and the summary's SAVED column shows the share the server counted as saved.
 //! 2. **redeploy**: the same v2 is rolled out again: every device reports
 //!    `skipped-identical`, 0 bytes are downloaded.
 //! 3. **broken release**: v3's application never becomes healthy. It starts on a 10 % canary
@@ -80,6 +81,9 @@ pub struct StepReport {
     pub rolled_back: u64,
     /// Artifact bytes the devices downloaded during the step.
     pub bytes: u64,
+    /// The rollout's download totals as the server counts them (`downloads` of its view):
+    /// bytes fetched and full bytes, over the downloads the devices reported.
+    pub transfer: (u64, u64),
     /// From the rollout's creation until the fleet settled.
     pub elapsed: Duration,
     /// What differed from the story (empty: as described).
@@ -153,6 +157,10 @@ fn report_of(name: &str, r: &Value, bytes: u64, started: Instant) -> StepReport 
         failed: n(&totals["failures"]),
         rolled_back: n(&totals["rolled-back"]),
         bytes,
+        transfer: (
+            n(&r["downloads"]["fetched_bytes"]),
+            n(&r["downloads"]["full_bytes"]),
+        ),
         elapsed: started.elapsed(),
         problems: Vec::new(),
         detail: None,
@@ -227,6 +235,17 @@ async fn deploy(lab: &mut Lab, opts: &StoryOptions, v2: &Build) -> Result<StepRe
             "{} bytes downloaded; expected {want} (each device once)",
             report.bytes
         ),
+    );
+    // v2 differs from the factory image in its first chunk: the devices fetch it by delta,
+    // and the server counts each device's download once.
+    let (fetched, full) = report.transfer;
+    report.expect(
+        full == want,
+        format!("the server counted downloads of {full} full bytes; expected {want}"),
+    );
+    report.expect(
+        fetched < full,
+        format!("the devices fetched {fetched} of {full} bytes: the delta saved nothing"),
     );
     Ok(report)
 }
@@ -566,7 +585,7 @@ pub fn table(reports: &[StepReport]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<28} {:>8} {:>7} {:>8} {:>8} {:>6} {:>11} {:>12} {:>7}  RESULT",
+        "{:<28} {:>8} {:>7} {:>8} {:>8} {:>6} {:>11} {:>12} {:>6} {:>7}  RESULT",
         "STEP",
         "DEVICES",
         "DEPLOYS",
@@ -575,12 +594,13 @@ pub fn table(reports: &[StepReport]) -> String {
         "FAILED",
         "ROLLED-BACK",
         "DOWNLOADED",
+        "SAVED",
         "TIME",
     );
     for r in reports {
         let _ = writeln!(
             out,
-            "{:<28} {:>8} {:>7} {:>8} {:>8} {:>6} {:>11} {:>12} {:>6.1}s  {}",
+            "{:<28} {:>8} {:>7} {:>8} {:>8} {:>6} {:>11} {:>12} {:>6} {:>6.1}s  {}",
             r.name,
             r.devices,
             r.deploys,
@@ -589,6 +609,7 @@ pub fn table(reports: &[StepReport]) -> String {
             r.failed,
             r.rolled_back,
             human_bytes(r.bytes),
+            saved_percent(r.transfer),
             r.elapsed.as_secs_f64(),
             if r.ok() {
                 format!("ok ({})", r.status)
@@ -601,6 +622,18 @@ pub fn table(reports: &[StepReport]) -> String {
         let _ = writeln!(out, "{detail}");
     }
     out
+}
+
+/// The share of the full bytes a step's downloads did not fetch, e.g. `87%` (`-` without
+/// downloads).
+pub fn saved_percent((fetched, full): (u64, u64)) -> String {
+    if full == 0 {
+        return "-".to_string();
+    }
+    format!(
+        "{:.0}%",
+        full.saturating_sub(fetched) as f64 * 100.0 / full as f64
+    )
 }
 
 /// `1.5 MiB`, `12.0 KiB`, `0 B`.

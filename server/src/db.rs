@@ -23,6 +23,7 @@
 //! | `flag_state` | `1` | the fleet's flag-state version |
 //! | `flag_changes` | identity | the flag audit trail (CBOR `FlagChange`: who, when, old → new) |
 //! | `trust_updates` | sequence | every accepted signed trust-set update (key rotation); the newest is in force |
+//! | `transfers` | device id, generation | what each download cost (fetched vs full bytes), first report only |
 //!
 //! Batched writes (the fleet coordinator's device reports, planner states, desired states and
 //! their audit events) go through one [`DbTx`] per batch ([`Db::begin`]). Every committed audit
@@ -67,6 +68,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "trust",
         include_str!("../migrations/0004_trust.sql"),
         include_str!("../migrations-postgres/0004_trust.sql"),
+    ),
+    (
+        5,
+        "transfers",
+        include_str!("../migrations/0005_transfers.sql"),
+        include_str!("../migrations-postgres/0005_transfers.sql"),
     ),
 ];
 
@@ -351,6 +358,75 @@ pub struct DeviceRecord {
     pub drifted: bool,
     /// The last desired-state generation the device reported acting on.
     pub reported_generation: u64,
+    /// What the device's newest recorded download cost (see [`TransferRecord`]); absent
+    /// before its first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_transfer: Option<TransferView>,
+}
+
+/// A download's cost as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TransferView {
+    /// Body bytes fetched over the network (chunk index included).
+    pub fetched_bytes: u64,
+    /// The artifact's full size.
+    pub full_bytes: u64,
+    /// `full_bytes - fetched_bytes`, or 0 when the download fetched more.
+    pub saved_bytes: u64,
+    /// The desired-state generation it was for.
+    pub generation: u64,
+    /// The release it fetched, when the device named it.
+    #[serde(serialize_with = "ser_opt_digest")]
+    pub release: Option<Digest>,
+}
+
+impl TransferView {
+    /// The view of `fetched` body bytes against `full` artifact bytes.
+    pub fn new(fetched: u64, full: u64, generation: u64, release: Option<Digest>) -> Self {
+        TransferView {
+            fetched_bytes: fetched,
+            full_bytes: full,
+            saved_bytes: full.saturating_sub(fetched),
+            generation,
+            release,
+        }
+    }
+}
+
+/// One download's cost as a device reported it (a row of `transfers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TransferRecord {
+    /// The device.
+    pub device_id: String,
+    /// The desired-state generation it was for.
+    pub generation: u64,
+    /// The desired state's rollout, when it had one.
+    pub rollout_id: Option<i64>,
+    /// The release's artifact digest, when the device named it.
+    pub digest: Option<Digest>,
+    /// Body bytes fetched.
+    pub fetched: u64,
+    /// The artifact's full size.
+    pub size: u64,
+}
+
+/// Download totals: of a rollout ([`Db::rollout_transfers`]) or of the fleet
+/// ([`Db::transfer_totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TransferTotals {
+    /// Distinct devices with a recorded download.
+    pub devices: u64,
+    /// Recorded downloads (one per device and desired state).
+    pub downloads: u64,
+    /// Body bytes fetched, summed.
+    pub fetched_bytes: u64,
+    /// Full artifact sizes, summed.
+    pub full_bytes: u64,
+    /// `full - fetched` per download (0 when it fetched more), summed.
+    pub saved_bytes: u64,
 }
 
 impl DeviceRecord {
@@ -1153,6 +1229,29 @@ impl Db {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    /// The download totals of rollout `id` for its release `digest` (rollback downloads of
+    /// other releases are not counted).
+    pub async fn rollout_transfers(
+        &self,
+        id: i64,
+        digest: &Digest,
+    ) -> Result<TransferTotals, DbError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{TRANSFER_TOTALS} WHERE rollout_id = $1 AND digest = $2"
+        )))
+        .bind(id)
+        .bind(digest.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        transfer_totals_from_row(&row)
+    }
+
+    /// The download totals over every recorded download (for `/metrics`).
+    pub async fn transfer_totals(&self) -> Result<TransferTotals, DbError> {
+        let row = sqlx::query(TRANSFER_TOTALS).fetch_one(&self.pool).await?;
+        transfer_totals_from_row(&row)
+    }
+
     /// Events matching `filter`, in increasing id order: those after `filter.after`, or the
     /// newest ones without it.
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, DbError> {
@@ -1583,6 +1682,26 @@ impl DbTx {
         Ok(())
     }
 
+    /// Records a download's cost at `now` unless one is recorded for the same device and
+    /// generation already (the first report wins); returns whether it was new.
+    pub async fn insert_transfer(&mut self, t: &TransferRecord, now: i64) -> Result<bool, DbError> {
+        let n = sqlx::query(
+            "INSERT INTO transfers (device_id, generation, rollout_id, digest, fetched, size, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (device_id, generation) DO NOTHING",
+        )
+        .bind(&t.device_id)
+        .bind(to_i64(t.generation, "generation")?)
+        .bind(t.rollout_id)
+        .bind(t.digest.map(|d| d.to_string()))
+        .bind(to_i64(t.fetched, "fetched")?)
+        .bind(to_i64(t.size, "size")?)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
     /// Appends an audit event; returns its id.
     pub async fn append_event(&mut self, event: &NewEvent) -> Result<i64, DbError> {
         let record = insert_event(&mut self.tx, event).await?;
@@ -1691,8 +1810,33 @@ const DEVICE_COLUMNS: &str = "id, hardware_class, labels, server_labels, running
     running_digest, known_good_digest, last_committed_digest, last_result, power, inventory, \
     first_seen, last_seen, online, drifted, reported_generation, reported";
 
+/// A device row with its newest recorded download (by generation), if any.
 fn format_device_select(tail: &str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices {tail}"))
+    sqlx::AssertSqlSafe(format!(
+        "SELECT {DEVICE_COLUMNS}, t.fetched AS transfer_fetched, t.size AS transfer_size, \
+         t.generation AS transfer_generation, t.digest AS transfer_digest FROM devices \
+         LEFT JOIN transfers t ON t.device_id = devices.id AND t.generation = \
+         (SELECT MAX(x.generation) FROM transfers x WHERE x.device_id = devices.id) {tail}"
+    ))
+}
+
+/// Download totals over `transfers` (add a `WHERE`). The sums are cast back to BIGINT:
+/// PostgreSQL sums BIGINT as NUMERIC.
+const TRANSFER_TOTALS: &str = "SELECT COUNT(DISTINCT device_id) AS devices, \
+    COUNT(*) AS downloads, \
+    CAST(COALESCE(SUM(fetched), 0) AS BIGINT) AS fetched, \
+    CAST(COALESCE(SUM(size), 0) AS BIGINT) AS size, \
+    CAST(COALESCE(SUM(CASE WHEN size > fetched THEN size - fetched ELSE 0 END), 0) AS BIGINT) \
+    AS saved FROM transfers";
+
+fn transfer_totals_from_row(row: &AnyRow) -> Result<TransferTotals, DbError> {
+    Ok(TransferTotals {
+        devices: to_u64(row.try_get("devices")?, "devices")?,
+        downloads: to_u64(row.try_get("downloads")?, "downloads")?,
+        fetched_bytes: to_u64(row.try_get("fetched")?, "fetched")?,
+        full_bytes: to_u64(row.try_get("size")?, "size")?,
+        saved_bytes: to_u64(row.try_get("saved")?, "saved")?,
+    })
 }
 
 /// A reported update outcome as JSON: `state` (its kebab-case name), `cause` and `detail`
@@ -1746,6 +1890,19 @@ fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, DbError> {
         online: row.try_get::<i64, _>("online")? != 0,
         drifted: row.try_get::<i64, _>("drifted")? != 0,
         reported_generation: to_u64(row.try_get("reported_generation")?, "reported_generation")?,
+        last_transfer: match (
+            row.try_get::<Option<i64>, _>("transfer_fetched")?,
+            row.try_get::<Option<i64>, _>("transfer_size")?,
+            row.try_get::<Option<i64>, _>("transfer_generation")?,
+        ) {
+            (Some(fetched), Some(size), Some(generation)) => Some(TransferView::new(
+                to_u64(fetched, "fetched")?,
+                to_u64(size, "size")?,
+                to_u64(generation, "generation")?,
+                opt_digest(row.try_get("transfer_digest")?, "transfer digest")?,
+            )),
+            _ => None,
+        },
     })
 }
 

@@ -602,6 +602,7 @@ mod tests {
             online: true,
             drifted: false,
             reported_generation: 0,
+            last_transfer: None,
         }
     }
 

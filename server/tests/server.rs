@@ -24,6 +24,8 @@ mod auth;
 mod broker;
 #[path = "server/db.rs"]
 mod db;
+#[path = "server/delta.rs"]
+mod delta;
 #[path = "server/filter.rs"]
 mod filter;
 #[path = "server/flags.rs"]

@@ -14,9 +14,9 @@ use ota_core::rollout::{
     RolloutState, StateCounts, Target,
 };
 use ota_core::wire::{
-    DesiredState, DeviceId, Event, ExecutionState, Heartbeat, HeartbeatAck, PROTOCOL_VERSION,
-    ReportedState, Status, TRUST_TOPIC, TopicKind, TrustOutcome, TrustReport, UpdateOutcome,
-    WireMessage, parse_device_topic,
+    DesiredState, DeviceId, Event, ExecutionState, FailurePhase, Heartbeat, HeartbeatAck,
+    PROTOCOL_VERSION, ReportedState, Status, TRUST_TOPIC, TopicKind, Transfer, TrustOutcome,
+    TrustReport, UpdateOutcome, WireMessage, parse_device_topic,
 };
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
 use serde_json::json;
@@ -34,7 +34,7 @@ use super::{
 use crate::clock::Clock;
 use crate::db::{
     Db, DbError, DbTx, DesiredRecord, DeviceRecord, DeviceReport, NewEvent, NewRollout,
-    ReleaseRecord, RolloutRecord,
+    ReleaseRecord, RolloutRecord, TransferRecord,
 };
 use crate::filter::Filter;
 use crate::mqtt::{INBOUND_QUEUE, Inbound, MqttEndpoint, MqttLink};
@@ -54,6 +54,9 @@ const NO_RELEASE: Digest = Digest([0; 32]);
 const RELOAD_FIRST_WAIT: Duration = Duration::from_millis(250);
 /// The longest wait between two reloads from an unavailable database.
 const RELOAD_MAX_WAIT: Duration = Duration::from_secs(5);
+/// The largest transfer figure (fetched or full bytes) recorded: 1 TiB. A report above it is
+/// not recorded (a device cannot make the stored sums overflow).
+const MAX_TRANSFER_BYTES: u64 = 1 << 40;
 /// Most device events kept while the database is unavailable (the newest reported state and
 /// status of every device are kept whatever their number).
 const MAX_KEPT_EVENTS: usize = 100_000;
@@ -153,6 +156,8 @@ struct Memo {
     last_outcome: Option<(u64, u64)>,
     /// The security floor the device last reported (anti-rollback).
     security_floor: u32,
+    /// The newest download cost recorded (or queued in the batch): its generation and figures.
+    transfer: Option<(u64, Transfer)>,
 }
 
 /// A rollout the coordinator drives.
@@ -173,6 +178,8 @@ struct Batch {
     seen: BTreeSet<String>,
     desired: Vec<DesiredRecord>,
     events: Vec<NewEvent>,
+    /// Download costs first reported in this batch (stored unless already recorded).
+    transfers: Vec<TransferRecord>,
     /// Desired states, published after the commit.
     publish: Vec<(String, Vec<u8>)>,
     /// Heartbeat acks: published whatever happens.
@@ -198,6 +205,7 @@ impl Batch {
             && self.seen.is_empty()
             && self.desired.is_empty()
             && self.events.is_empty()
+            && self.transfers.is_empty()
             && self.approved.is_empty()
             && self.flag_changes.is_empty()
             && self.flag_devices.is_empty()
@@ -649,7 +657,9 @@ impl Actor {
                     if !self.is_known(&id).await {
                         self.reject(Some(&id), topic, "event from an unknown device", batch);
                     } else if self.acknowledges_issued(&id, e.generation, topic, batch) {
-                        self.route(&id, &e.outcome(), topic, batch);
+                        let outcome = e.outcome();
+                        self.note_transfer(&id, &outcome, batch);
+                        self.route(&id, &outcome, topic, batch);
                     }
                 }
                 Ok(e) => self.reject(
@@ -879,8 +889,37 @@ impl Actor {
         batch.reports.insert(key, report);
         if let Some(outcome) = &r.last_result {
             let topic = id.topic(TopicKind::Reported);
+            self.note_transfer(id, outcome, batch);
             self.route(id, outcome, &topic, batch);
         }
+    }
+
+    /// Queues the download cost an outcome carries, the first time the device reports one
+    /// for its generation (the database keeps the first per device and generation too, so a
+    /// repeat after a restart counts once). Figures above [`MAX_TRANSFER_BYTES`] are ignored.
+    fn note_transfer(&mut self, id: &DeviceId, o: &UpdateOutcome, batch: &mut Batch) {
+        let Some(t) = o.transfer else {
+            return;
+        };
+        if t.fetched > MAX_TRANSFER_BYTES || t.size > MAX_TRANSFER_BYTES {
+            tracing::debug!(device = %id, "transfer figures out of range: not recorded");
+            return;
+        }
+        let Some(memo) = self.devices.get_mut(id.as_str()) else {
+            return;
+        };
+        if memo.transfer.is_some_and(|(g, _)| g >= o.generation) {
+            return;
+        }
+        memo.transfer = Some((o.generation, t));
+        batch.transfers.push(TransferRecord {
+            device_id: id.as_str().to_string(),
+            generation: o.generation,
+            rollout_id: o.rollout_id.as_deref().and_then(|r| r.parse().ok()),
+            digest: o.digest,
+            fetched: t.fetched,
+            size: t.size,
+        });
     }
 
     /// Hands an execution report to the rollout it belongs to.
@@ -1072,6 +1111,18 @@ impl Actor {
                         }
                         _ => {}
                     }
+                }
+                // The download's cost, on the states that follow a completed download
+                // (judged by the state: a batch may hold the device's later events already),
+                // when the device reported one for the desired state it is acting on.
+                let transfer = self
+                    .devices
+                    .get(device_id.as_str())
+                    .and_then(|m| m.transfer)
+                    .filter(|(g, _)| self.generations.get(device_id.as_str()) == Some(g))
+                    .filter(|_| after_download(&new));
+                if let (Some((_, t)), Some(map)) = (transfer, details.as_object_mut()) {
+                    map.insert("transfer".into(), transfer_json(&t));
                 }
                 batch.events.push(
                     NewEvent::new(now, who, "device-state-changed")
@@ -1379,6 +1430,9 @@ impl Actor {
             if let Some(memo) = self.devices.get_mut(id) {
                 memo.last_seen = now;
             }
+        }
+        for t in &batch.transfers {
+            tx.insert_transfer(t, now).await?;
         }
         for (id, by) in &batch.approved {
             tx.set_rollout_approved(*id, by, now).await?;
@@ -2284,6 +2338,13 @@ fn memo_of(d: &DeviceRecord) -> Memo {
         reported_generation: d.reported_generation,
         last_seen: d.last_seen,
         last_outcome: None,
+        transfer: d.last_transfer.map(|t| {
+            let figures = Transfer {
+                fetched: t.fetched_bytes,
+                size: t.full_bytes,
+            };
+            (t.generation, figures)
+        }),
         security_floor: d
             .inventory
             .as_ref()
@@ -2291,6 +2352,31 @@ fn memo_of(d: &DeviceRecord) -> Memo {
             .and_then(|f| u32::try_from(f).ok())
             .unwrap_or(0),
     }
+}
+
+/// Whether a device in execution state `state` has the artifact in its cache: the states that
+/// can carry a download's cost.
+fn after_download(state: &ExecutionState) -> bool {
+    matches!(
+        state,
+        ExecutionState::Installing
+            | ExecutionState::Trial
+            | ExecutionState::Succeeded
+            | ExecutionState::RolledBack { .. }
+            | ExecutionState::Failed {
+                phase: FailurePhase::Install | FailurePhase::Trial,
+                ..
+            }
+    )
+}
+
+/// A download's cost in an audit event's details.
+fn transfer_json(t: &Transfer) -> serde_json::Value {
+    json!({
+        "fetched_bytes": t.fetched,
+        "full_bytes": t.size,
+        "saved_bytes": t.saved(),
+    })
 }
 
 /// `last_result` as stored: the state name, with the phase for failures.

@@ -48,6 +48,10 @@
 //! - `last_seen` moves with every reported state, status and heartbeat; heartbeats only
 //!   update it once it is [`LAST_SEEN_RESOLUTION_SECS`] old (one `UPDATE` per device, in the
 //!   batch's transaction; never for a device the server has no row for).
+//! - Download costs (`Transfer` on outcomes and events, issue 18) are stored once per device
+//!   and desired-state generation (table `transfers`, the first report wins): the rollout
+//!   view's `downloads`, the device view's `last_transfer` and the `ota_download_*` metrics
+//!   are sums over those rows, so a repeated report never counts twice.
 //! - Drift: a device whose running digest differs from the last release the server saw it
 //!   commit (or its first known-good), while not on trial and in no active rollout.
 

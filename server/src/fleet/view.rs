@@ -7,7 +7,7 @@ use ota_core::rollout::{
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::db::RolloutRecord;
+use crate::db::{RolloutRecord, TransferTotals};
 
 /// A rollout: its row, its state and its counts per wave.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,6 +58,11 @@ pub struct RolloutView {
     pub totals: Value,
     /// Per wave.
     pub waves: Vec<WaveView>,
+    /// What the targets' downloads of the release cost (one per device and desired state, as
+    /// first reported): filled by the API from the database, absent only when a command's
+    /// answer could not read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downloads: Option<TransferTotals>,
     /// Devices the filter matched but that were left out, by reason (only when created).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub excluded: Option<Value>,
@@ -257,6 +262,7 @@ impl RolloutView {
             offline: status.offline,
             totals: counts_json(&status.totals),
             waves,
+            downloads: None,
             excluded: None,
             conflicts: None,
             warnings: None,

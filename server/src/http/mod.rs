@@ -380,6 +380,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let drifted = state.db().count_drifted().await?;
     let releases = state.db().count_releases().await?;
     let rollouts = state.db().rollout_status_counts().await?;
+    let transfers = state.db().transfer_totals().await?;
     let shared = state.fleet().shared();
     let snapshot = shared.snapshot();
     let c = &snapshot.executions;
@@ -476,6 +477,31 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         "Failed device executions in active rollouts, by failure phase.",
         &samples,
     );
+    let downloads = [
+        (
+            "ota_downloads_total",
+            "Artifact downloads devices reported completing (one per device and desired state).",
+            transfers.downloads,
+        ),
+        (
+            "ota_download_fetched_bytes_total",
+            "Body bytes those downloads fetched over the network (delta chunks and chunk index, or the whole artifact).",
+            transfers.fetched_bytes,
+        ),
+        (
+            "ota_download_full_bytes_total",
+            "Full artifact sizes of those downloads (what whole-artifact downloads would have fetched).",
+            transfers.full_bytes,
+        ),
+        (
+            "ota_download_saved_bytes_total",
+            "Bytes delta downloads saved: full minus fetched, per download (0 when it fetched more).",
+            transfers.saved_bytes,
+        ),
+    ];
+    for (name, help, value) in downloads {
+        family(name, "counter", help, &one(value));
+    }
     let counters = &shared.counters;
     family(
         "ota_mqtt_connected",

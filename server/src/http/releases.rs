@@ -1,9 +1,17 @@
 //! Release intake and listing: `POST /api/v1/releases`, `GET /api/v1/releases[/{sha256}]`.
 //!
-//! A publish is one `multipart/form-data` request with two parts, in this order:
+//! A publish is one `multipart/form-data` request with two or three parts, in this order:
 //!
 //! 1. `release`: the signed release bytes (at most `Limits::MAX_RELEASE_BYTES`);
-//! 2. `artifact`: the artifact, streamed.
+//! 2. `chunk_index`: the artifact's chunk index, exactly when the manifest names one (key 11);
+//! 3. `artifact`: the artifact, streamed.
+//!
+//! A chunk index must have the SHA-256 and size the signed manifest names, decode as a chunk
+//! index, and describe an artifact of the manifest's size (`422 chunk-index-missing`,
+//! `chunk-index-mismatch`, `chunk-index-invalid`; a `chunk_index` part for a release that names
+//! none is `400 chunk-index-unexpected`). It is stored in the artifact store under its own
+//! digest, after the artifact and before the release row, so `GET /artifacts/{index sha256}`
+//! serves it (Range, ETag) whenever the release is listed.
 //!
 //! The release is verified against the fleet trust set in force (the configured keys or the
 //! last accepted rotation; signatures, format version, expiry; no
@@ -25,8 +33,9 @@ use axum::Json;
 use axum::extract::multipart::{Field, MultipartRejection};
 use axum::extract::{Extension, Multipart, State};
 use axum::http::StatusCode;
+use ota_core::delta::ChunkIndex;
 use ota_core::digest::Digest;
-use ota_core::release::{ArtifactVerifier, Limits, Policy, SignedRelease};
+use ota_core::release::{ArtifactVerifier, ChunkIndexRef, Limits, Policy, SignedRelease};
 use serde::Serialize;
 use serde_json::json;
 
@@ -58,16 +67,27 @@ pub(super) struct ReleaseView {
     #[serde(flatten)]
     release: ReleaseRecord,
     trusted: bool,
+    /// The sha256 of the release's chunk index (served at `/artifacts/{sha256}`), or `null`
+    /// when it names none.
+    chunk_index: Option<String>,
 }
 
 impl ReleaseView {
     async fn of(state: &AppState, release: ReleaseRecord) -> Result<Self, ApiError> {
         let bytes = state.db().get_release_bytes(&release.digest).await?;
         let set = state.trust().set();
-        let trusted = bytes.is_some_and(|b| {
-            SignedRelease::decode(&b).is_ok_and(|r| r.verify_signatures(&set).is_ok())
-        });
-        Ok(ReleaseView { release, trusted })
+        let decoded = bytes.and_then(|b| SignedRelease::decode(&b).ok());
+        let trusted = decoded
+            .as_ref()
+            .is_some_and(|r| r.verify_signatures(&set).is_ok());
+        let chunk_index = decoded
+            .and_then(|r| r.manifest.chunk_index)
+            .map(|c| c.digest().to_string());
+        Ok(ReleaseView {
+            release,
+            trusted,
+            chunk_index,
+        })
     }
 }
 
@@ -83,7 +103,8 @@ pub(super) async fn publish(
         Err(rejection) => Err(ApiError::bad_request(
             "bad-multipart",
             format!(
-                "expected multipart/form-data with parts `release` then `artifact`: {}",
+                "expected multipart/form-data with parts `release`, `chunk_index` (if the \
+                 release names one) and `artifact`: {}",
                 rejection.body_text()
             ),
         )),
@@ -155,8 +176,25 @@ async fn publish_inner(
         resign = true;
     }
 
-    // Part 2: the artifact, verified while it streams into the store.
-    let mut field = next_field(multipart, "artifact").await?;
+    // Part 2 (when the manifest names one): the chunk index, checked against the signed
+    // reference before it is parsed.
+    let index = match verified.manifest.chunk_index {
+        Some(named) => Some((
+            named,
+            read_chunk_index(multipart, named, m.artifact_size).await?,
+        )),
+        None => None,
+    };
+
+    // Part 3: the artifact, verified while it streams into the store.
+    let field = next_part(multipart).await?;
+    if index.is_none() && field.as_ref().and_then(Field::name) == Some("chunk_index") {
+        return Err(ApiError::bad_request(
+            "chunk-index-unexpected",
+            "the release names no chunk index: send no `chunk_index` part",
+        ));
+    }
+    let mut field = named(field, "artifact")?;
     let verifier = ArtifactVerifier::for_manifest(&verified.manifest);
     let mut upload = state.store().begin_upload(verifier, digest).await?;
     loop {
@@ -174,6 +212,9 @@ async fn publish_inner(
         }
     }
     let stored = upload.finish().await?;
+    if let Some((named, bytes)) = &index {
+        store_chunk_index(state, *named, bytes).await?;
+    }
 
     // The artifact checked out: commit the release row and its audit event together.
     let now = state.clock().now_i64();
@@ -189,6 +230,10 @@ async fn publish_inner(
         "size": record.size,
         "signers": record.signers,
         "artifact": match stored { PutOutcome::Stored => "stored", _ => "already-present" },
+        "chunk_index": index.as_ref().map(|(named, _)| json!({
+            "digest": named.digest().to_string(),
+            "size": named.size,
+        })),
     }));
     let outcome = state
         .db()
@@ -245,43 +290,150 @@ async fn resign_release(
     ))
 }
 
-async fn next_field<'m>(
-    multipart: &'m mut Multipart,
-    name: &'static str,
-) -> Result<Field<'m>, ApiError> {
-    let field = multipart.next_field().await.map_err(|e| {
+/// Reads the `chunk_index` part (the next one) and checks it against the signed reference:
+/// SHA-256 and size first, then that it decodes and describes an artifact of `artifact_size`.
+async fn read_chunk_index(
+    multipart: &mut Multipart,
+    named: ChunkIndexRef,
+    artifact_size: u64,
+) -> Result<Vec<u8>, ApiError> {
+    let field = match next_part(multipart).await? {
+        Some(field) if field.name() == Some("chunk_index") => field,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "chunk-index-missing",
+                format!(
+                    "the release names chunk index {} ({} bytes): send it as the part \
+                     `chunk_index` between `release` and `artifact` (got {})",
+                    named.digest(),
+                    named.size,
+                    other
+                        .as_ref()
+                        .map_or("no more parts".to_string(), |f| format!(
+                            "the part `{}`",
+                            f.name().unwrap_or("")
+                        ))
+                ),
+            ));
+        }
+    };
+    let mismatch = |what: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "chunk-index-mismatch",
+            format!(
+                "the chunk index is not the one the release names (sha256 {}, {} bytes): {what}",
+                named.digest(),
+                named.size
+            ),
+        )
+    };
+    let limit = usize::try_from(named.size).unwrap_or(usize::MAX);
+    let bytes = read_part(field, limit, |limit| {
+        mismatch(format!("it is longer than {limit} bytes"))
+    })
+    .await?;
+    if bytes.len() != limit {
+        return Err(mismatch(format!("it has {} bytes", bytes.len())));
+    }
+    let actual = Digest::of(&bytes);
+    if actual != named.digest() {
+        return Err(mismatch(format!("its sha256 is {actual}")));
+    }
+    let invalid = |message: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "chunk-index-invalid",
+            message,
+        )
+    };
+    let index = ChunkIndex::from_cbor(&bytes).map_err(|e| invalid(e.to_string()))?;
+    if index.artifact_size != artifact_size {
+        return Err(invalid(format!(
+            "the chunk index describes an artifact of {} bytes, the release one of {artifact_size}",
+            index.artifact_size
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Stores a checked chunk index in the artifact store under its own digest.
+async fn store_chunk_index(
+    state: &AppState,
+    named: ChunkIndexRef,
+    bytes: &[u8],
+) -> Result<(), ApiError> {
+    let verifier = ArtifactVerifier::new(named.digest(), named.size);
+    let mut upload = state.store().begin_upload(verifier, named.digest()).await?;
+    if let Err(e) = upload.write(bytes).await {
+        upload.abort().await;
+        return Err(e.into());
+    }
+    upload.finish().await?;
+    Ok(())
+}
+
+/// The next part, if any (a malformed body is `400 bad-multipart`).
+async fn next_part<'m>(multipart: &'m mut Multipart) -> Result<Option<Field<'m>>, ApiError> {
+    multipart.next_field().await.map_err(|e| {
         ApiError::bad_request(
             "bad-multipart",
             format!("malformed multipart body: {}", e.body_text()),
         )
-    })?;
+    })
+}
+
+async fn next_field<'m>(
+    multipart: &'m mut Multipart,
+    name: &'static str,
+) -> Result<Field<'m>, ApiError> {
+    named(next_part(multipart).await?, name)
+}
+
+/// `field` if it is the part `name`, else `400 bad-multipart`.
+fn named<'m>(field: Option<Field<'m>>, name: &'static str) -> Result<Field<'m>, ApiError> {
+    const ORDER: &str =
+        "send `release`, then `chunk_index` if the release names one, then `artifact`";
     match field {
         Some(field) if field.name() == Some(name) => Ok(field),
         Some(field) => Err(ApiError::bad_request(
             "bad-multipart",
             format!(
-                "expected the part `{name}`, got `{}` (send `release` first, then `artifact`)",
+                "expected the part `{name}`, got `{}` ({ORDER})",
                 field.name().unwrap_or("")
             ),
         )),
         None => Err(ApiError::bad_request(
             "bad-multipart",
-            format!("the part `{name}` is missing (send `release` first, then `artifact`)"),
+            format!("the part `{name}` is missing ({ORDER})"),
         )),
     }
 }
 
-async fn read_bounded(mut field: Field<'_>, limit: usize) -> Result<Vec<u8>, ApiError> {
+async fn read_bounded(field: Field<'_>, limit: usize) -> Result<Vec<u8>, ApiError> {
+    read_part(field, limit, |limit| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "release-too-large",
+            format!("the signed release is larger than {limit} bytes"),
+        )
+    })
+    .await
+}
+
+/// Reads a whole part of at most `limit` bytes; a longer one is `too_long(limit)`.
+async fn read_part(
+    mut field: Field<'_>,
+    limit: usize,
+    too_long: impl Fn(usize) -> ApiError,
+) -> Result<Vec<u8>, ApiError> {
     let mut bytes = Vec::new();
     loop {
         match field.chunk().await {
             Ok(Some(chunk)) => {
                 if bytes.len() + chunk.len() > limit {
-                    return Err(ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "release-too-large",
-                        format!("the signed release is larger than {limit} bytes"),
-                    ));
+                    return Err(too_long(limit));
                 }
                 bytes.extend_from_slice(&chunk);
             }

@@ -92,6 +92,7 @@ pub(super) async fn create(
         .fleet()
         .create_rollout(request, &operator.name)
         .await?;
+    let rollout = with_downloads(&state, rollout).await;
     Ok((StatusCode::CREATED, Json(One { rollout })))
 }
 
@@ -109,7 +110,28 @@ pub(super) async fn view(state: &AppState, id: i64) -> Result<RolloutView, ApiEr
         .get_release(&record.release_digest)
         .await?
         .map(|r| r.version);
-    Ok(RolloutView::new(&record, &planner, version))
+    let mut view = RolloutView::new(&record, &planner, version);
+    view.downloads = Some(
+        state
+            .db()
+            .rollout_transfers(record.id, &record.release_digest)
+            .await?,
+    );
+    Ok(view)
+}
+
+/// A command's answer with the rollout's download totals. The command is done: a failed read
+/// leaves them out (logged) rather than failing the answer.
+async fn with_downloads(state: &AppState, mut view: RolloutView) -> RolloutView {
+    let digest = match view.release.parse() {
+        Ok(digest) => digest,
+        Err(_) => return view,
+    };
+    match state.db().rollout_transfers(view.id, &digest).await {
+        Ok(totals) => view.downloads = Some(totals),
+        Err(e) => tracing::warn!("cannot read the downloads of rollout {}: {e}", view.id),
+    }
+    view
 }
 
 /// `GET /api/v1/rollouts`.
@@ -138,6 +160,7 @@ async fn operate(
 ) -> Result<Json<One>, ApiError> {
     let id = parse_id(id)?;
     let rollout = state.fleet().operate(id, op, &operator.name).await?;
+    let rollout = with_downloads(state, rollout).await;
     Ok(Json(One { rollout }))
 }
 

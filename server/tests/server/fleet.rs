@@ -66,6 +66,7 @@ suite!(
     restart_while_notifying,
     webhook_retry,
     execution_metrics,
+    issue18_transfers_count_once_per_device,
 );
 
 /// A test fleet: server, simulator, releases 1.0.0 (running) and 2.0.0 (new), both published.
@@ -1251,5 +1252,85 @@ async fn execution_metrics(backend: Backend) {
     assert_eq!(get("ota_executions_failed{phase=\"install\"}"), 1.0);
     assert_eq!(get("ota_executions_failed{phase=\"download\"}"), 0.0);
     assert_eq!(w.rollout(id).await["status"], "running");
+    w.finish().await;
+}
+
+/// Issue 18: the download cost devices report (`Transfer` on every outcome after the
+/// download) ends up in the rollout's `downloads`, the device view's `last_transfer`, the
+/// audit events and `/metrics`, each device once, however often it repeats the report.
+async fn issue18_transfers_count_once_per_device(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    w.add(w.sim_devices(3, |_| Behavior::Succeed)).await;
+    let before = metrics(&w).await;
+    let (status, body) = w.create(TOKEN, json!({ "waves": [100] })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["rollout"]["downloads"]["downloads"], 0, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    w.wait_status(id, "completed").await;
+
+    let full = 4000u64; // the new release's artifact (World::start)
+    let each = crate::sim::sim_transfer(full);
+    let expected = json!({
+        "devices": 3, "downloads": 3, "fetched_bytes": 3 * each.fetched,
+        "full_bytes": 3 * full, "saved_bytes": 3 * each.saved(),
+    });
+    wait_for("the downloads counted", || async {
+        w.rollout(id).await["downloads"] == expected
+    })
+    .await;
+
+    // Every device repeats its last outcome (with the transfer) twice more.
+    for i in 0..3 {
+        w.sim.publish_reported(&w.id(i)).await;
+        w.sim.publish_reported(&w.id(i)).await;
+    }
+    // A heartbeat round trip later the repeats are handled; nothing moved.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let view = w.rollout(id).await;
+    assert_eq!(view["downloads"], expected, "{view}");
+
+    let device: Value = w.t.get_json(&format!("/api/v1/devices/{}", w.id(0))).await;
+    let t = &device["last_transfer"];
+    assert_eq!(t["fetched_bytes"], each.fetched, "{device}");
+    assert_eq!(t["full_bytes"], full, "{device}");
+    assert_eq!(t["saved_bytes"], each.saved(), "{device}");
+    assert_eq!(t["release"], w.new_digest(), "{device}");
+
+    let m = metrics(&w).await;
+    let delta = |k: &str| m.get(k).copied().unwrap_or(-1.0) - before.get(k).copied().unwrap_or(0.0);
+    assert_eq!(delta("ota_downloads_total"), 3.0, "{m:?}");
+    assert_eq!(
+        delta("ota_download_fetched_bytes_total"),
+        (3 * each.fetched) as f64
+    );
+    assert_eq!(delta("ota_download_full_bytes_total"), (3 * full) as f64);
+    assert_eq!(
+        delta("ota_download_saved_bytes_total"),
+        (3 * each.saved()) as f64
+    );
+
+    // The device's execution events after the download carry it; the earlier ones do not.
+    let events = w
+        .events(&format!("device={}&kind=device-state-changed", w.id(0)))
+        .await;
+    let with: Vec<&Value> = events
+        .iter()
+        .filter(|e| !e["details"]["transfer"].is_null())
+        .collect();
+    assert!(
+        with.iter().any(|e| e["details"]["to"] == "succeeded"),
+        "{events:?}"
+    );
+    assert!(
+        with.iter()
+            .all(|e| e["details"]["transfer"]["fetched_bytes"] == each.fetched)
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["details"]["to"] == "downloading")
+            .all(|e| e["details"]["transfer"].is_null()),
+        "{events:?}"
+    );
     w.finish().await;
 }

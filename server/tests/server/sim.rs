@@ -26,7 +26,7 @@ use ota_core::release::SignedRelease;
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, FailurePhase, Heartbeat, HeartbeatAck,
     Inventory, PROTOCOL_VERSION, PowerReading, RejectCause, ReportedState, RollbackReason,
-    RunningRelease, Status, TopicKind, UpdateOutcome, WireMessage,
+    RunningRelease, Status, TopicKind, Transfer, UpdateOutcome, WireMessage,
 };
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
@@ -518,14 +518,22 @@ impl Sim {
         committed: Option<RunningRelease>,
     ) {
         let mut last = None;
+        // Once past `downloading`, every outcome carries what the download cost, as an agent
+        // reports it: a delta fetching a quarter of the artifact plus 100 bytes of index.
+        let size = SignedRelease::decode(&seen.release).map_or(0, |r| r.manifest.artifact_size);
+        let mut transfer = None;
         for state in steps {
+            let downloading = matches!(state, ExecutionState::Downloading { .. });
+            if downloading {
+                transfer = Some(sim_transfer(size));
+            }
             let outcome = UpdateOutcome {
                 generation: seen.generation,
                 rollout_id: seen.rollout_id.clone(),
                 digest: Some(seen.digest),
                 state,
                 at: self.now(),
-                transfer: None,
+                transfer: if downloading { None } else { transfer },
             };
             let event = Event::from_outcome(id, &outcome);
             self.publish(id.topic(TopicKind::Events), event.to_cbor(), false)
@@ -543,6 +551,14 @@ impl Sim {
             }
         }
         self.publish_reported(id.as_str()).await;
+    }
+}
+
+/// What the simulator reports a download of an artifact of `size` bytes cost.
+pub fn sim_transfer(size: u64) -> Transfer {
+    Transfer {
+        fetched: size / 4 + 100,
+        size,
     }
 }
 
