@@ -115,6 +115,29 @@ impl Api {
         })
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> Result<String, ApiError> {
+        let response = self
+            .request(Method::GET, "/metrics")
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ApiError::Transport(format!("{status}: {e}")))?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(ApiError::Refused {
+                status: status.as_u16(),
+                code: String::new(),
+                message: text,
+            })
+        }
+    }
+
     /// Publishes a release, its chunk index (when it names one) and its artifact
     /// (`POST /api/v1/releases`).
     pub async fn publish(&self, build: &Build) -> Result<Value, ApiError> {

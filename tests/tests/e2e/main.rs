@@ -22,6 +22,7 @@
     reason = "tests: a failure here is a failing test"
 )]
 
+mod delta;
 mod drift;
 mod faults;
 mod flags;
