@@ -180,7 +180,10 @@ fn parent(a: Args) {
                 served_delta = served;
                 &mut delta
             };
-            if best.as_ref().is_none_or(|b| b["secs"].as_f64() > v["secs"].as_f64()) {
+            if best
+                .as_ref()
+                .is_none_or(|b| b["secs"].as_f64() > v["secs"].as_f64())
+            {
                 *best = Some(v);
             }
             let _ = std::fs::remove_dir_all(&data);
