@@ -170,7 +170,7 @@ measure() {
 
   if [ ! -f "$d/zstd.patch" ]; then
     log "pair $n: zstd -19 --long=31 --patch-from=old"
-    zstd -q -f -T2 -19 --long=31 --patch-from="$old" "$new" -o "$d/zstd.patch.tmp"
+    zstd -q -f -T2 -19 --long=31 --patch-from="$old" "$new" -o "$d/zstd.patch.tmp" 2>"$d/zstd.log"
     mv "$d/zstd.patch.tmp" "$d/zstd.patch"
   fi
   local zstd_bytes bsdiff_bytes=null bsdiff_note=""
@@ -262,15 +262,15 @@ for p in pairs:
          dl["delta"]["requests"], f"{f['vmhwm_kib'] / 1024:.1f} MiB", f"{dl['vmhwm_kib'] / 1024:.1f} MiB"])
 
 print("\nChunk size sweep (min = avg/4, max = avg*4)\n")
-row(["pair", "min/avg/max KiB", "chunks", "index", "delta bytes (index incl.)", "copied", "requests", "delta time", "ours / best static"])
-row(["---"] * 9)
+row(["pair", "min/avg/max KiB", "chunks", "index", "delta bytes (index incl.)", "copied", "requests", "delta time", "peak RSS delta", "ours / best static"])
+row(["---"] * 10)
 for p in pairs:
     for o in p["ours"]:
         q = o["params"]
         dl = o["delta"]
         row([p["n"], f"{q['min'] // 1024}/{q['avg'] // 1024}/{q['max'] // 1024}", o["chunks"], size(o["index_bytes"]),
              size(dl["received"]), size(dl["delta"]["copied_bytes"]), dl["delta"]["requests"], f"{dl['secs']:.2f} s",
-             f"{dl['received'] / best_static(p):.2f}x"])
+             f"{dl['vmhwm_kib'] / 1024:.1f} MiB", f"{dl['received'] / best_static(p):.2f}x"])
 
 print("\nGoals")
 for p in pairs:
