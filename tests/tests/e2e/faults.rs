@@ -9,6 +9,10 @@ use serde_json::json;
 
 use crate::world::{Backend, World, installs_of, suite, wait_device};
 
+/// The agents' `[download]` lines that turn delta off: these tests are about full downloads
+/// (the lab's releases share all but their first chunk, so a delta fetches a few KiB).
+const FULL_DOWNLOADS: &str = "delta = false";
+
 suite!(
     broker_restart_mid_rollout,
     download_cut_resumes_with_range,
@@ -41,11 +45,16 @@ async fn broker_restart_mid_rollout(backend: Backend) {
 }
 
 /// The connection is cut mid-download: the agent resumes with Range and fetches at most one
-/// chunk again.
+/// chunk again. (Full downloads: delta is off, or the agent would fetch only the changed
+/// chunks; `delta.rs` cuts delta downloads.)
 async fn download_cut_resumes_with_range(backend: Backend) {
     const SIZE: usize = 4 * 1024 * 1024;
     const CHUNK: u64 = 64 * 1024;
-    let w = World::start(backend, 1, |o| o.image_size = SIZE).await;
+    let w = World::start(backend, 1, |o| {
+        o.image_size = SIZE;
+        o.agent_download_toml = FULL_DOWNLOADS.into();
+    })
+    .await;
     let v2 = w.release("2.0.0", true).await;
     let before = w.http.downstream_bytes();
     w.http.cut_after(SIZE as u64 / 3, 1);
@@ -64,11 +73,13 @@ async fn download_cut_resumes_with_range(backend: Backend) {
     w.finish().await;
 }
 
-/// Agents killed without cleanup while downloading, installing and on trial recover when
-/// restarted, and their rollouts complete.
+/// Agents killed without cleanup while downloading (a full download, slowed down, so that the
+/// kill lands mid-transfer), installing and on trial recover when restarted, and their
+/// rollouts complete.
 async fn agent_killed_during_download_install_and_trial(backend: Backend) {
     let mut w = World::start(backend, 3, |o| {
         o.restart_command = Some(vec!["sleep".into(), "1".into()]);
+        o.agent_download_toml = FULL_DOWNLOADS.into();
     })
     .await;
     let v2 = w.release("2.0.0", true).await;
@@ -183,10 +194,14 @@ async fn duplicates_and_replayed_desired_state(backend: Backend) {
     w.finish().await;
 }
 
-/// A mirror that serves tampered bytes: rejected by digest in the verify phase, nothing
-/// installed, the device keeps running its release.
+/// A mirror that serves tampered bytes in a full download: rejected by digest in the verify
+/// phase, nothing installed, the device keeps running its release. (Tampered chunks of a
+/// delta download are caught at the chunk: `agent/tests/agent/delta.rs`.)
 async fn malicious_mirror_is_rejected(backend: Backend) {
-    let w = World::start(backend, 2, |_| {}).await;
+    let w = World::start(backend, 2, |o| {
+        o.agent_download_toml = FULL_DOWNLOADS.into();
+    })
+    .await;
     let v2 = w.release("2.0.0", true).await;
     w.http.tamper_at(100_000);
     let id = w
