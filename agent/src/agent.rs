@@ -538,6 +538,8 @@ pub fn machine_config(
     let mut c = Config::new(device, config.hardware_class.clone(), trust);
     c.trial_timeout = config.trial_timeout;
     c.trial_max_reboots = config.trial_max_reboots;
+    c.trial_min = config.trial_min;
+    c.probe_failures_to_rollback = config.probe_failures_to_rollback;
     c.heartbeat_interval = config.heartbeat_interval;
     if let Some(h) = &config.health {
         c.probe_interval = h.interval();

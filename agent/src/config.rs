@@ -157,6 +157,16 @@ pub struct AgentConfig {
         deserialize_with = "human::duration"
     )]
     pub trial_timeout: Duration,
+    /// The least time a new release stays on trial before it commits, even when healthy and
+    /// heard by the server earlier (default 0): the probe keeps running during this soak and
+    /// its latest answer must be healthy. Shorter than `trial_timeout`.
+    #[serde(default, deserialize_with = "human::duration")]
+    pub trial_min: Duration,
+    /// Health probe answers "not yet" in a row that roll the release back at once, before
+    /// `trial_timeout` (default 0: only the deadline rolls back a release that never proves
+    /// healthy).
+    #[serde(default)]
+    pub probe_failures_to_rollback: u32,
     /// Which keys sign releases.
     pub trust: TrustConfig,
     /// The MQTT broker.
@@ -925,6 +935,12 @@ impl AgentConfig {
         }
         if self.trial_timeout.is_zero() {
             return Err(invalid("trial_timeout", "must be longer than zero"));
+        }
+        if self.trial_min >= self.trial_timeout {
+            return Err(invalid(
+                "trial_min",
+                "must be shorter than trial_timeout (the release could never commit)",
+            ));
         }
         if self.trust.keys.is_empty() {
             return Err(invalid("trust.keys", "at least one key is needed"));

@@ -1099,6 +1099,98 @@ fn rule9_a_probe_that_never_passes_times_out() {
     assert_eq!(sim.count(|a| matches!(a, Action::RunProbe { .. })), 60);
 }
 
+/// A configuration with a two-minute minimum soak.
+fn soak_config() -> Config {
+    let mut c = config();
+    c.trial_min = 2 * MINUTE;
+    c
+}
+
+#[test]
+fn issue17_trial_min_holds_the_commit_until_the_soak_ends_and_keeps_probing() {
+    let mut sim = Sim::new(soak_config());
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(MINUTE);
+    let trial = sim.m.status().trial.expect("still soaking");
+    assert!(trial.probe_passed && trial.server_reached);
+    let started = trial.soak_end.0 - 2 * 60 * 1000;
+    assert_eq!(sim.known_good(), Some(digest("1.0.0")));
+    // Probed at the start and every 10 s since: the soak watches health, not one answer.
+    assert_eq!(sim.count(|a| matches!(a, Action::RunProbe { .. })), 7);
+    // An agent restart during the soak keeps the original end.
+    sim.restart(false, sim.now.saturating_add(Duration::from_secs(10)));
+    assert_eq!(sim.m.status().trial.unwrap().soak_end, trial.soak_end);
+    sim.drive(2 * MINUTE);
+    assert_eq!(sim.last_state(), ExecutionState::Succeeded);
+    assert_eq!(
+        sim.m.status().last_result.unwrap().at,
+        started + 2 * 60 * 1000,
+        "committed exactly when the soak ended"
+    );
+    assert_eq!(sim.known_good(), Some(digest("2.0.0")));
+}
+
+#[test]
+fn issue17_a_relapse_during_the_soak_holds_the_commit_and_a_failure_rolls_back() {
+    // "Not yet" after a pass: no commit at the end of the soak, a commit once healthy again.
+    let mut sim = Sim::new(soak_config());
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(Duration::from_secs(30));
+    sim.probe = Probe::NotYet;
+    sim.drive(2 * MINUTE);
+    let trial = sim.m.status().trial.expect("the soak ended unproven");
+    assert!(!trial.probe_passed);
+    assert_eq!(trial.last_probe_error.as_deref(), Some("service starting"));
+    sim.probe = Probe::Healthy;
+    sim.drive(Duration::from_secs(10));
+    assert_eq!(sim.last_state(), ExecutionState::Succeeded);
+
+    // A crash during the soak rolls back at the next probe.
+    let mut sim = Sim::new(soak_config());
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(Duration::from_secs(30));
+    sim.probe = Probe::Fail;
+    sim.drive(Duration::from_secs(10));
+    assert!(matches!(
+        sim.last_state(),
+        ExecutionState::RolledBack {
+            reason: RollbackReason::ProbeFailed,
+            ..
+        }
+    ));
+    assert_eq!(sim.installed, Some(digest("1.0.0")));
+}
+
+#[test]
+fn issue17_probe_failures_in_a_row_roll_back_before_the_deadline() {
+    let mut c = config();
+    c.probe_failures_to_rollback = 3;
+    let mut sim = Sim::new(c.clone());
+    sim.probe = Probe::NotYet;
+    sim.offer(desired(1, "2.0.0", 2));
+    let start = sim.now;
+    sim.drive(11 * MINUTE);
+    let last = sim.m.status().last_result.unwrap();
+    assert!(matches!(
+        last.state,
+        ExecutionState::RolledBack { reason: RollbackReason::ProbeFailed, ref detail }
+            if detail.contains("3 times in a row") && detail.contains("service starting")
+    ));
+    // The third answer, 20 s in: not the 10-minute deadline.
+    assert_eq!(last.at, start.0 + 20_000);
+    assert_eq!(sim.count(|a| matches!(a, Action::RunProbe { .. })), 3);
+
+    // A healthy answer in between starts the count again.
+    let mut sim = Sim::new(c);
+    sim.probe = Probe::NotYet;
+    sim.server_up = false;
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(Duration::from_secs(15));
+    sim.m.handle_probe(ProbeResult::Healthy, sim.now);
+    sim.run();
+    assert_eq!(sim.m.status().stage, Stage::Trial);
+}
+
 #[test]
 fn a_desired_state_during_a_trial_waits_and_installs_once() {
     let mut sim = Sim::new(config());

@@ -82,6 +82,8 @@ fn a_minimal_config_takes_the_defaults() {
     assert_eq!(c.data_dir, PathBuf::from("/var/lib/ota-agent"));
     assert_eq!(c.cache_size, 5);
     assert_eq!(c.trial_timeout, Duration::from_secs(600));
+    assert_eq!(c.trial_min, Duration::ZERO);
+    assert_eq!(c.probe_failures_to_rollback, 0);
     assert_eq!(c.trust.threshold, 1);
     assert_eq!(c.power.min_battery_percent, 20);
     assert_eq!(
@@ -160,6 +162,8 @@ fn inconsistent_values_are_refused() {
     assert_eq!(key_of(&parse_err(&with_threshold)), "trust.threshold");
     let bad_broker = MINIMAL.replace("mqtt://127.0.0.1:1883", "http://broker");
     assert_eq!(key_of(&parse_err(&bad_broker)), "broker.url");
+    let endless_soak = format!("trial_min = \"10m\"\n{MINIMAL}");
+    assert_eq!(key_of(&parse_err(&endless_soak)), "trial_min");
     let bad_id = MINIMAL.replace("dev-1", "dev/1");
     assert_eq!(key_of(&parse_err(&bad_id)), "device_id");
     let cert_only = MINIMAL.replace("[broker]", "[broker]\nclient_cert = \"/etc/c.pem\"");

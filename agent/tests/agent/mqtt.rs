@@ -87,6 +87,8 @@ fn the_machine_configuration_follows_the_file() {
     let trust = firmware_fixtures::trust_set(1).unwrap();
     let m = machine_config(&config, DeviceId::new(&config.device_id).unwrap(), trust);
     assert_eq!(m.trial_timeout, Duration::from_secs(600));
+    assert_eq!(m.trial_min, Duration::from_secs(120));
+    assert_eq!(m.probe_failures_to_rollback, 8);
     assert_eq!(m.heartbeat_interval, Duration::from_secs(30));
     assert_eq!(m.probe_interval, Duration::from_secs(15));
     assert_eq!(m.cache_capacity, 5);

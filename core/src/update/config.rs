@@ -39,6 +39,15 @@ pub struct Config {
     pub trial_max_reboots: u32,
     /// Pause between health probes that report "not yet". Default 10 seconds.
     pub probe_interval: Duration,
+    /// The least time a release stays on trial before it may commit, even when the probe
+    /// passed and the server answered earlier: during this soak the probe keeps running every
+    /// `probe_interval`, and the commit needs its latest answer healthy. Default 0 (commit as
+    /// soon as both conditions hold). Must be shorter than `trial_timeout`.
+    pub trial_min: Duration,
+    /// Probe answers "not yet" in a row after which the trial rolls back at once (cause
+    /// `probe-failed`) instead of waiting for `trial_timeout`. Default 0: never early, the
+    /// deadline decides.
+    pub probe_failures_to_rollback: u32,
     /// Pause between heartbeats while connected. Default 30 seconds.
     pub heartbeat_interval: Duration,
     /// When an update may start, given the power supply.
@@ -77,6 +86,8 @@ impl Config {
             trial_timeout: Duration::from_secs(10 * 60),
             trial_max_reboots: 0,
             probe_interval: Duration::from_secs(10),
+            trial_min: Duration::ZERO,
+            probe_failures_to_rollback: 0,
             heartbeat_interval: Duration::from_secs(30),
             power: PowerPolicy::default(),
             windows: MaintenanceWindows::default(),

@@ -117,8 +117,9 @@ impl UpdateMachine {
                 self.on_gate_timer(timer, now);
             }
             Timer::DownloadRetry => self.on_retry_timer(),
-            Timer::Probe => self.on_probe_timer(),
+            Timer::Probe => self.on_probe_timer(now),
             Timer::TrialDeadline => self.on_trial_deadline(now),
+            Timer::TrialSoak => self.try_commit(now),
             Timer::Heartbeat => {
                 if self.connected {
                     self.send_heartbeat(now);
@@ -144,6 +145,7 @@ impl UpdateMachine {
                 Phase::Trial(t) => Some(TrialStatus {
                     release: t.job.release.clone(),
                     deadline: t.deadline,
+                    soak_end: self.soak_end(t),
                     probe_passed: t.probe_passed,
                     last_probe_error: t.last_probe_error.clone(),
                     server_reached: t.server_reached,

@@ -72,10 +72,12 @@
 //! | downloading | verify failure, good mirror left | downloading | `DiscardPartial`, `InspectPartial` (next mirror, at once) |
 //! | downloading | verify failure, no mirror left | idle | `DiscardPartial`, `Persist`, event `failed{verify}` |
 //! | retry-wait | timer `DownloadRetry` | downloading | `InspectPartial` |
-//! | installing | install ok | trial | `Persist` (Trial, deadline), event `trial`, `RunProbe`, `SendHeartbeat` if connected, timer `TrialDeadline` |
+//! | installing | install ok | trial | `Persist` (Trial, deadline), event `trial`, `RunProbe`, `SendHeartbeat` if connected, timer `TrialDeadline` (and `TrialSoak` with `trial_min`) |
 //! | installing | install failed | rolling-back | `Persist` (RollingBack), `Install{known-good, rollback}` |
-//! | trial | probe healthy / ack of a trial heartbeat, both now true | idle | `Persist` (known-good, floor), `Commit`, `Evict`*, event `succeeded` |
-//! | trial | probe not yet | trial | timer `Probe` |
+//! | trial | probe healthy / ack of a trial heartbeat / timer `TrialSoak`, all three now true (soak over) | idle | `Persist` (known-good, floor), `Commit`, `Evict`*, event `succeeded` |
+//! | trial | probe healthy, soak not over | trial | timer `Probe` |
+//! | trial | probe not yet, fewer than `probe_failures_to_rollback` in a row (or that is 0) | trial | timer `Probe` |
+//! | trial | probe not yet, the `probe_failures_to_rollback`-th in a row | rolling-back | `Persist`, `Install{known-good, rollback}` (then `rolled-back{probe-failed}`) |
 //! | trial | probe failed | rolling-back | `Persist`, `Install{known-good, rollback}` |
 //! | trial | timer `TrialDeadline` | rolling-back | `Persist`, `Install{known-good, rollback}` |
 //! | rolling-back | install ok | idle | `Persist`, event `rolled-back{reason}` (or `failed{install}`) |

@@ -82,6 +82,7 @@ impl UpdateMachine {
                     reboots,
                     probe_passed: false,
                     probe_running: false,
+                    probe_failures: 0,
                     last_probe_error: None,
                     first_seq: None,
                     server_reached: false,

@@ -126,8 +126,11 @@ pub(crate) struct TrialState {
     pub(crate) deadline: Timestamp,
     pub(crate) boot_count: u32,
     pub(crate) reboots: u32,
+    /// Whether the probe's latest answer was healthy.
     pub(crate) probe_passed: bool,
     pub(crate) probe_running: bool,
+    /// "Not yet" answers in a row (not persisted: a restart counts afresh).
+    pub(crate) probe_failures: u32,
     pub(crate) last_probe_error: Option<String>,
     /// The first heartbeat sequence number sent during this trial: only acks at or above it
     /// prove the server is reachable now.
@@ -177,7 +180,9 @@ pub struct TrialStatus {
     pub release: ReleaseInfo,
     /// When the trial times out.
     pub deadline: Timestamp,
-    /// The health probe has passed.
+    /// When the minimum soak (`trial_min`) ends: the release commits no earlier.
+    pub soak_end: Timestamp,
+    /// The health probe's latest answer was healthy.
     pub probe_passed: bool,
     /// The last "not yet" of the probe.
     pub last_probe_error: Option<String>,

@@ -21,12 +21,15 @@ pub enum Timer {
     Heartbeat,
     /// The trial's deadline: roll back if the release is not proven by then.
     TrialDeadline,
+    /// The end of the trial's minimum soak (`trial_min`): commit if the release is proven.
+    TrialSoak,
 }
 
 impl Timer {
     /// Every timer, in the order expired timers are handled.
-    pub const ALL: [Timer; 7] = [
+    pub const ALL: [Timer; 8] = [
         Timer::TrialDeadline,
+        Timer::TrialSoak,
         Timer::PowerRecheck,
         Timer::WindowOpen,
         Timer::DiskRecheck,
@@ -44,6 +47,7 @@ impl Timer {
             Timer::DownloadRetry => 4,
             Timer::Probe => 5,
             Timer::Heartbeat => 6,
+            Timer::TrialSoak => 7,
         }
     }
 }

@@ -132,6 +132,7 @@ impl UpdateMachine {
             reboots: 0,
             probe_passed: false,
             probe_running: false,
+            probe_failures: 0,
             last_probe_error: None,
             first_seq: None,
             server_reached: false,
@@ -144,6 +145,10 @@ impl UpdateMachine {
     pub(super) fn enter_trial(&mut self, trial: TrialState, now: Timestamp) {
         let job = trial.job.clone();
         self.timers.set(Timer::TrialDeadline, trial.deadline);
+        let soak_end = self.soak_end(&trial);
+        if soak_end > now {
+            self.timers.set(Timer::TrialSoak, soak_end);
+        }
         self.phase = Phase::Trial(trial);
         self.persist();
         self.announce(job.outcome(ExecutionState::Trial, now.0));
@@ -162,14 +167,32 @@ impl UpdateMachine {
         }
     }
 
-    pub(super) fn on_probe_timer(&mut self) {
-        if matches!(&self.phase, Phase::Trial(t) if !t.probe_passed && !t.probe_running) {
+    /// When `trial`'s minimum soak ends (`trial_min` after its start).
+    pub(super) fn soak_end(&self, trial: &TrialState) -> Timestamp {
+        trial.started.saturating_add(self.config.trial_min)
+    }
+
+    /// Probes again while the release is unproven, or proven but still soaking.
+    pub(super) fn on_probe_timer(&mut self, now: Timestamp) {
+        if let Phase::Trial(t) = &self.phase
+            && !t.probe_running
+            && (!t.probe_passed || now < self.soak_end(t))
+        {
             self.run_probe();
         }
     }
 
-    /// The health probe's answer, to [`Action::RunProbe`].
+    /// The health probe's answer, to [`Action::RunProbe`]. "Healthy" proves the release (and,
+    /// while the minimum soak lasts, the probe runs again after `probe_interval`); "not yet"
+    /// unproves it again and probes later, or rolls back once `probe_failures_to_rollback`
+    /// answers in a row said so; "failed" rolls back at once.
     pub fn handle_probe(&mut self, result: ProbeResult, now: Timestamp) {
+        let soak_end = match &self.phase {
+            Phase::Trial(t) => self.soak_end(t),
+            _ => return,
+        };
+        let limit = self.config.probe_failures_to_rollback;
+        let next_probe = now.saturating_add(self.config.probe_interval);
         let Phase::Trial(t) = &mut self.phase else {
             return;
         };
@@ -180,13 +203,22 @@ impl UpdateMachine {
         match result {
             ProbeResult::Healthy => {
                 t.probe_passed = true;
+                t.probe_failures = 0;
                 t.last_probe_error = None;
+                if now < soak_end {
+                    self.timers.set(Timer::Probe, next_probe);
+                }
                 self.try_commit(now);
             }
             ProbeResult::NotYet(why) => {
+                t.probe_passed = false;
+                t.probe_failures = t.probe_failures.saturating_add(1);
                 t.last_probe_error = Some(truncate_text(&why, WireLimits::MAX_TEXT_BYTES));
-                let at = now.saturating_add(self.config.probe_interval);
-                self.timers.set(Timer::Probe, at);
+                if limit > 0 && t.probe_failures >= limit {
+                    let detail = format!("the health probe failed {limit} times in a row: {why}");
+                    return self.fail_trial(RollbackReason::ProbeFailed, &detail, now);
+                }
+                self.timers.set(Timer::Probe, next_probe);
             }
             ProbeResult::Failed(why) => {
                 self.fail_trial(RollbackReason::ProbeFailed, &why, now);
@@ -221,13 +253,15 @@ impl UpdateMachine {
         }
     }
 
-    /// Commits when both conditions hold: known-good = the release, the floor rises to its
-    /// security version, the cache is trimmed, `succeeded` is reported.
-    fn try_commit(&mut self, now: Timestamp) {
+    /// Commits when the three conditions hold (the probe's latest answer was healthy, the
+    /// server answered a heartbeat of this trial, the minimum soak is over): known-good = the
+    /// release, the floor rises to its security version, the cache is trimmed, `succeeded` is
+    /// reported.
+    pub(super) fn try_commit(&mut self, now: Timestamp) {
         let Phase::Trial(t) = &self.phase else {
             return;
         };
-        if !(t.probe_passed && t.server_reached) {
+        if !(t.probe_passed && t.server_reached && now >= self.soak_end(t)) {
             return;
         }
         let job = t.job.clone();
@@ -248,7 +282,17 @@ impl UpdateMachine {
             return;
         };
         let timeout = self.config.trial_timeout.as_secs();
-        let (why, detail) = if t.probe_passed {
+        let (why, detail) = if t.probe_passed && t.server_reached {
+            // Only when trial_min is not shorter than trial_timeout (a misconfiguration the
+            // agent refuses): the soak never ended.
+            (
+                RollbackReason::TrialTimeout,
+                format!(
+                    "the minimum soak ({}s) did not end within the trial timeout ({timeout}s)",
+                    self.config.trial_min.as_secs()
+                ),
+            )
+        } else if t.probe_passed {
             (
                 RollbackReason::ServerUnreachable,
                 format!("no heartbeat ack from the fleet server within {timeout}s"),
