@@ -540,6 +540,7 @@ pub fn machine_config(
     c.trial_max_reboots = config.trial_max_reboots;
     c.trial_min = config.trial_min;
     c.probe_failures_to_rollback = config.probe_failures_to_rollback;
+    c.watch_health = config.health.is_some();
     c.heartbeat_interval = config.heartbeat_interval;
     if let Some(h) = &config.health {
         c.probe_interval = h.interval();

@@ -30,6 +30,7 @@
 //! | `ObserveRunning` | [`Installer::running_digest`] (what `current` points to) | `handle_observed_running` |
 //! | `Evict` | [`Cache::evict`] and the files installer's release copy | — |
 //! | `RunProbe` | the [`HealthProbe`], in a task (no probe: healthy at once) | `handle_probe` |
+//! | `CheckHealth` | the same probe after the commit, in a task | `handle_health` |
 //!
 //! Time is [`ShellClock`]: wall time on tokio's monotonic clock, so a paused tokio clock drives
 //! this loop in tests.
@@ -115,7 +116,10 @@ enum TaskDone {
         digest: Digest,
         result: Result<(), InstallError>,
     },
+    /// A trial probe's answer (`RunProbe`).
     Probed(ProbeResult),
+    /// A post-commit health check's answer (`CheckHealth`).
+    HealthChecked(ProbeResult),
 }
 
 /// The download in flight.
@@ -551,23 +555,18 @@ impl Shell {
             }
             Action::RunProbe { .. } => match self.probe.clone() {
                 None => self.machine.handle_probe(ProbeResult::Healthy, now),
-                Some(probe) => {
-                    let tx = self.tasks_tx.clone();
-                    let activated = self.activated_at;
-                    self.jobs.spawn(async move {
-                        let result = match probe.check(activated, SystemTime::now()).await {
-                            Ok(()) => ProbeResult::Healthy,
-                            Err(e) => ProbeResult::NotYet(e.to_string()),
-                        };
-                        let _ = tx.send(TaskDone::Probed(result));
-                    });
-                }
+                Some(probe) => self.spawn_probe(probe, TaskDone::Probed),
             },
-            Action::SendHeartbeat { seq } => {
+            Action::CheckHealth { .. } => match self.probe.clone() {
+                None => self.machine.handle_health(ProbeResult::Healthy, now),
+                Some(probe) => self.spawn_probe(probe, TaskDone::HealthChecked),
+            },
+            Action::SendHeartbeat { seq, healthy } => {
                 let hb = Heartbeat {
                     v: PROTOCOL_VERSION,
                     seq,
                     at: now.as_unix_millis(),
+                    healthy,
                 };
                 self.link
                     .publish(TopicKind::Heartbeat, hb.to_cbor(), Kind::Heartbeat);
@@ -584,6 +583,19 @@ impl Shell {
             }
             other => tracing::warn!(?other, "action not supported by this agent"),
         }
+    }
+
+    /// Runs `probe` in a task; its answer comes back as `done(answer)`.
+    fn spawn_probe(&mut self, probe: HealthProbe, done: fn(ProbeResult) -> TaskDone) {
+        let tx = self.tasks_tx.clone();
+        let activated = self.activated_at;
+        self.jobs.spawn(async move {
+            let result = match probe.check(activated, SystemTime::now()).await {
+                Ok(()) => ProbeResult::Healthy,
+                Err(e) => ProbeResult::NotYet(e.to_string()),
+            };
+            let _ = tx.send(done(result));
+        });
     }
 
     fn start_transfer(&mut self, req: DownloadRequest) {
@@ -797,6 +809,12 @@ impl Shell {
                     tracing::info!("health probe: not yet: {why}");
                 }
                 self.machine.handle_probe(result, now);
+            }
+            TaskDone::HealthChecked(result) => {
+                if let ProbeResult::NotYet(why) = &result {
+                    tracing::warn!("health check of the running release failed: {why}");
+                }
+                self.machine.handle_health(result, now);
             }
         }
     }

@@ -1493,6 +1493,60 @@ fn issue4_a_succeeded_device_offline_during_the_bake_holds_the_gate_until_it_is_
     assert_eq!(sim.r.state(), &RolloutState::Completed);
 }
 
+/// Issue 17: agents keep probing after the commit, so the bake gate watches health: succeeded
+/// devices whose heartbeats say "unhealthy" are no successes (the wave holds) until they say
+/// healthy again; they are no failures for the abort threshold.
+#[test]
+fn issue17_succeeded_devices_that_turn_unhealthy_hold_the_gate_until_healthy_again() {
+    let (mut sim, wave0) = baking_fleet(Duration::from_secs(24 * 3600));
+    let sick = &wave0[..3];
+    for d in sick {
+        sim.r.handle_device_health(d, false, sim.now).unwrap();
+        // Duplicates change nothing.
+        sim.r.handle_device_health(d, false, sim.now).unwrap();
+    }
+    // Health of a device that has not succeeded (queued in wave 1) is no evidence.
+    let later = sim.members_of(1, 40)[0].clone();
+    sim.r.handle_device_health(&later, false, sim.now).unwrap();
+    sim.run_until(at(mins(30)));
+    assert_eq!(
+        sim.r.state(),
+        &RolloutState::Running {
+            wave: 0,
+            phase: WavePhase::Held
+        }
+    );
+    let status = sim.r.status();
+    assert_eq!(status.waves[0].succeeded_unhealthy, 3);
+    assert_eq!(status.waves[1].succeeded_unhealthy, 0);
+    assert_eq!(status.totals.succeeded, wave0.len() as u32);
+    // A restart keeps it.
+    sim.r = Rollout::from_cbor(&sim.r.to_cbor()).unwrap();
+    assert_eq!(sim.r.status().waves[0].succeeded_unhealthy, 3);
+    // They recover one by one: the wave passes once the last one is healthy again.
+    for d in &sick[..2] {
+        sim.r.handle_device_health(d, true, sim.now).unwrap();
+    }
+    sim.drain();
+    assert_eq!(sim.first_time(is_advanced(0)), None, "still one unhealthy");
+    sim.r.handle_device_health(&sick[2], true, sim.now).unwrap();
+    sim.drain();
+    assert_eq!(sim.first_time(is_advanced(0)), Some(at(mins(30))));
+    assert_eq!(sim.r.status().waves[0].succeeded_unhealthy, 0);
+
+    // An unhealthy device that then rolls back is a failure, no longer unhealthy-succeeded.
+    let (mut sim, wave0) = baking_fleet(Duration::from_secs(24 * 3600));
+    sim.r
+        .handle_device_health(&wave0[0], false, sim.now)
+        .unwrap();
+    sim.r
+        .handle_report(&wave0[0], rolled_back(), sim.now)
+        .unwrap();
+    let status = sim.r.status();
+    assert_eq!(status.waves[0].succeeded_unhealthy, 0);
+    assert_eq!(status.totals.rolled_back, 1);
+}
+
 /// Issue 4: a succeeded device away for good stops holding the gate after max-deferral, like
 /// a deferred device; it still counts as succeeded.
 #[test]

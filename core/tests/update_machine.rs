@@ -310,7 +310,14 @@ impl Sim {
                     .m
                     .handle_probe(ProbeResult::Failed("service crashed".into()), now),
             },
-            Action::SendHeartbeat { seq } => {
+            Action::CheckHealth { .. } => {
+                let result = match self.probe {
+                    Probe::Healthy => ProbeResult::Healthy,
+                    Probe::NotYet | Probe::Fail => ProbeResult::NotYet("service down".into()),
+                };
+                self.m.handle_health(result, now);
+            }
+            Action::SendHeartbeat { seq, .. } => {
                 if self.connected && self.server_up {
                     self.m.handle_heartbeat_ack(seq, now);
                 }
@@ -1022,7 +1029,7 @@ fn rule9_acks_of_heartbeats_sent_before_the_trial_do_not_count() {
     let old_seq = sim
         .actions()
         .find_map(|a| match a {
-            Action::SendHeartbeat { seq } => Some(*seq),
+            Action::SendHeartbeat { seq, .. } => Some(*seq),
             _ => None,
         })
         .unwrap();
@@ -1189,6 +1196,48 @@ fn issue17_probe_failures_in_a_row_roll_back_before_the_deadline() {
     sim.m.handle_probe(ProbeResult::Healthy, sim.now);
     sim.run();
     assert_eq!(sim.m.status().stage, Stage::Trial);
+}
+
+fn heartbeats_health(sim: &Sim) -> Vec<Option<bool>> {
+    sim.actions()
+        .filter_map(|a| match a {
+            Action::SendHeartbeat { healthy, .. } => Some(*healthy),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn issue17_after_the_commit_heartbeats_keep_reporting_health() {
+    let mut c = config();
+    c.watch_health = true;
+    let mut sim = Sim::new(c);
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(Duration::from_secs(5));
+    assert_eq!(sim.last_state(), ExecutionState::Succeeded);
+    sim.clear_log();
+    sim.drive(MINUTE);
+    // A check with every heartbeat; each heartbeat carries the latest answer.
+    assert_eq!(sim.count(|a| matches!(a, Action::CheckHealth { .. })), 2);
+    assert_eq!(heartbeats_health(&sim), [Some(true), Some(true)]);
+    sim.probe = Probe::NotYet;
+    sim.clear_log();
+    sim.drive(MINUTE);
+    // A heartbeat carries the answer of the check started with the one before it (answers
+    // arrive after the heartbeat is built): one interval of lag.
+    assert_eq!(heartbeats_health(&sim), [Some(true), Some(false)]);
+    assert_eq!(sim.m.status().healthy, Some(false));
+    // The release stays committed: health after the commit informs the server, it does not
+    // roll back by itself.
+    assert_eq!(sim.known_good(), Some(digest("2.0.0")));
+    assert_eq!(sim.m.status().stage, Stage::Idle);
+
+    // Without watch_health no check runs and heartbeats carry no health.
+    let mut sim = Sim::new(config());
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(MINUTE);
+    assert_eq!(sim.count(|a| matches!(a, Action::CheckHealth { .. })), 0);
+    assert!(heartbeats_health(&sim).iter().all(Option::is_none));
 }
 
 #[test]

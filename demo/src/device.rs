@@ -176,6 +176,22 @@ impl Device {
         Ok(())
     }
 
+    /// The application crashes (it stops touching its heartbeat file; the agent keeps
+    /// running): what a release that turns unhealthy after its commit looks like.
+    pub fn crash_app(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.abort();
+        }
+    }
+
+    /// Starts the application again after [`crash_app`](Self::crash_app) (no-op while it
+    /// runs).
+    pub fn restart_app(&mut self) {
+        if self.app.is_none() {
+            self.app = Some(crate::app::spawn(self.root.join("app")));
+        }
+    }
+
     /// Kills the agent where it stands, without cleanup (a crash or power cut of the agent;
     /// the application keeps running).
     pub fn kill(&mut self) {

@@ -102,6 +102,7 @@ async fn device(a: Arc<Args>, n: usize, stop: Arc<AtomicBool>) -> (Vec<f64>, u64
             v: PROTOCOL_VERSION,
             seq,
             at: 0,
+            healthy: None,
         };
         sent.lock().await.insert(seq, Instant::now());
         client
@@ -144,6 +145,7 @@ async fn flood(a: Arc<Args>, stop: Arc<AtomicBool>) -> (u64, u64) {
             v: PROTOCOL_VERSION,
             seq: sent,
             at: 0,
+            healthy: None,
         };
         if client
             .publish(topic.clone(), QoS::AtMostOnce, false, hb.to_cbor())

@@ -30,7 +30,7 @@
 //! | running(i, baking)            | bake over, gate met, i < last                              | running(i+1, notifying)           |
 //! | running(i, baking)            | bake over, gate met, i = last                              | completed                         |
 //! | running(i, baking)            | bake over, gate not met                                    | running(i, held)                  |
-//! | running(i, held)              | a report, presence change or timer makes the gate met      | as from baking with gate met      |
+//! | running(i, held)              | a report, presence or health change or timer meets the gate| as from baking with gate met      |
 //! | running(i, baking \| held)     | a target added to waves 0..=i                              | running(i, notifying)             |
 //! | running(i, p)                 | `pause`                                                    | paused(i, p)                      |
 //! | paused(i, p)                  | `resume`                                                   | running(i, p), gates re-judged    |
@@ -64,7 +64,11 @@
 //!   is met at once, and a wave none of whose own members executed has no bake. A succeeded
 //!   device that later rolls back leaves the succeeded count, so the gate sees it. A succeeded
 //!   device that goes offline while running or paused is *away* and holds the gate (it is no
-//!   longer reporting) until it is back online or has been away for `max_deferral`.
+//!   longer reporting) until it is back online or has been away for `max_deferral`. A
+//!   succeeded device whose heartbeats say its health probe fails
+//!   ([`Rollout::handle_device_health`]) is executed but no success until it says healthy
+//!   again; it is no failure for the abort threshold (the agent keeps the release it
+//!   committed, and the operator sees it in [`WaveStatus::succeeded_unhealthy`]).
 //! - **Abort**: failures / executed over the whole rollout > `max_failure` once executed ≥
 //!   `min(min_executed, devices that will install)`. Every notified device that took the
 //!   release (reached installing or later) gets [`PlannerAction::Rollback`] to its known-good

@@ -267,6 +267,9 @@ pub struct WaveStatus {
     /// hold the gate of this wave and later ones until they are back online or have been away
     /// for max-deferral.
     pub succeeded_offline: u32,
+    /// Succeeded members whose heartbeats say their health probe fails now: not successes for
+    /// the gate until they say healthy again.
+    pub succeeded_unhealthy: u32,
     /// When the wave started, if it did.
     pub started_at: Option<Timestamp>,
 }
@@ -337,6 +340,11 @@ struct Device {
     /// encode exactly as before.
     #[n(11)]
     away_since: Option<Timestamp>,
+    /// Since when it has said "unhealthy" in its heartbeats after it succeeded, while running
+    /// or paused: not a success for the gate until it says healthy again (issue 17). Optional,
+    /// like `away_since`.
+    #[n(12)]
+    unhealthy_since: Option<Timestamp>,
 }
 
 /// Everything that is persisted; the rest of [`Rollout`] is derived from it.
@@ -392,6 +400,8 @@ struct Cohort {
     unsettled: u32,
     /// Members with `away_since` set.
     away: u32,
+    /// Members with `unhealthy_since` set.
+    unhealthy: u32,
 }
 
 /// The fleet server's rollout planner for one rollout: sans-IO, deterministic given (state,
@@ -461,6 +471,7 @@ impl Rollout {
                 since: now,
                 waiting_since: None,
                 away_since: None,
+                unhealthy_since: None,
             })
             .collect();
         let state = if spec.dry_run {
@@ -699,6 +710,36 @@ impl Rollout {
         Ok(())
     }
 
+    /// The device's heartbeat said what its health probe last answered about the release it
+    /// runs (issue 17: agents keep probing after the commit). A succeeded device of a running
+    /// or paused rollout that says "unhealthy" is no success for the gate until it says
+    /// healthy again (a held wave is judged again at once). Other devices' health changes
+    /// nothing here: their reports tell. Idempotent.
+    pub fn handle_device_health(
+        &mut self,
+        device: &DeviceId,
+        healthy: bool,
+        now: Timestamp,
+    ) -> Result<(), RolloutError> {
+        let idx = self.lookup(device)?;
+        if healthy {
+            self.clear_unhealthy(idx);
+        } else {
+            let started = self.current_wave().is_some();
+            let Some(d) = self.p.devices.get_mut(idx as usize) else {
+                return Err(RolloutError::UnknownDevice(device.clone()));
+            };
+            if started && d.state == ExecutionState::Succeeded && d.unhealthy_since.is_none() {
+                d.unhealthy_since = Some(now);
+                if let Some(c) = self.cohorts.get_mut(d.cohort) {
+                    c.unhealthy += 1;
+                }
+            }
+        }
+        self.step(now);
+        Ok(())
+    }
+
     /// Adds a target to a created rollout (e.g. a device enrolled that matches the rollout's
     /// filter). Its cohort comes from its own hash only, so no other device moves; if its wave
     /// has started, it is queued for notification (and blocks that wave's gate like any member).
@@ -728,6 +769,7 @@ impl Rollout {
             since: now,
             waiting_since: None,
             away_since: None,
+            unhealthy_since: None,
         });
         self.index.insert(target.device_id, idx);
         self.points.push(point);
@@ -841,6 +883,7 @@ impl Rollout {
                 counts: c.counts,
                 unsettled: c.unsettled,
                 succeeded_offline: c.away,
+                succeeded_unhealthy: c.unhealthy,
                 started_at: self.p.wave_started.get(index).copied().flatten(),
             });
         }
@@ -960,6 +1003,14 @@ impl Rollout {
                 }
                 c.away += 1;
             }
+            if d.unhealthy_since.is_some() {
+                if d.state != ExecutionState::Succeeded {
+                    return Err(RolloutError::Corrupt(
+                        "an unhealthy device must be succeeded",
+                    ));
+                }
+                c.unhealthy += 1;
+            }
             c.counts.add(&d.state);
             rollout.offline += u32::from(!d.online);
             if !aborted && d.online && d.state == ExecutionState::Queued {
@@ -1077,10 +1128,14 @@ impl Rollout {
         self.cohorts.iter().take(wave.saturating_add(1))
     }
 
-    /// (succeeded, executed) over the wave (cumulative).
+    /// (succeeded, executed) over the wave (cumulative); a succeeded member that says it is
+    /// unhealthy now is executed but no success.
     fn success(&self, wave: usize) -> (u32, u32) {
         self.through(wave).fold((0, 0), |(s, e), c| {
-            (s + c.counts.succeeded, e + c.counts.executed())
+            (
+                s + c.counts.succeeded.saturating_sub(c.unhealthy),
+                e + c.counts.executed(),
+            )
         })
     }
 
@@ -1226,8 +1281,9 @@ impl Rollout {
     /// and records the change for the audit log.
     fn set_state(&mut self, idx: u32, new: ExecutionState, now: Timestamp) {
         let point = self.point(idx);
-        // Away is only ever a succeeded device's condition.
+        // Away and unhealthy are only ever a succeeded device's conditions.
         self.clear_away(idx);
+        self.clear_unhealthy(idx);
         let Some(d) = self.p.devices.get_mut(idx as usize) else {
             return;
         };
@@ -1280,6 +1336,16 @@ impl Rollout {
             && let Some(c) = self.cohorts.get_mut(d.cohort)
         {
             c.away = c.away.saturating_sub(1);
+        }
+    }
+
+    /// The device is no longer an unhealthy succeeded device.
+    fn clear_unhealthy(&mut self, idx: u32) {
+        if let Some(d) = self.p.devices.get_mut(idx as usize)
+            && d.unhealthy_since.take().is_some()
+            && let Some(c) = self.cohorts.get_mut(d.cohort)
+        {
+            c.unhealthy = c.unhealthy.saturating_sub(1);
         }
     }
 

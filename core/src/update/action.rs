@@ -95,11 +95,19 @@ pub enum Action {
         /// The release on trial.
         digest: Digest,
     },
+    /// Run the health probe against the running release after its commit (`watch_health`);
+    /// answer with `handle_health`.
+    CheckHealth {
+        /// The running release.
+        digest: Digest,
+    },
     /// Publish a heartbeat with this sequence number (if still connected); the server's ack
     /// comes back through `handle_heartbeat_ack`.
     SendHeartbeat {
         /// The sequence number.
         seq: u64,
+        /// The health probe's latest answer about the running release (`watch_health` only).
+        healthy: Option<bool>,
     },
     /// Find out which release the installer actually runs (the files installer's `current`
     /// link) and answer with `handle_observed_running`; an installer that cannot tell answers

@@ -48,6 +48,10 @@ pub struct Config {
     /// `probe-failed`) instead of waiting for `trial_timeout`. Default 0: never early, the
     /// deadline decides.
     pub probe_failures_to_rollback: u32,
+    /// Keep probing the running release after its commit, once per heartbeat, and report the
+    /// answers in heartbeats (the shell sets it when a health probe is configured). Default
+    /// false: heartbeats carry no health.
+    pub watch_health: bool,
     /// Pause between heartbeats while connected. Default 30 seconds.
     pub heartbeat_interval: Duration,
     /// When an update may start, given the power supply.
@@ -88,6 +92,7 @@ impl Config {
             probe_interval: Duration::from_secs(10),
             trial_min: Duration::ZERO,
             probe_failures_to_rollback: 0,
+            watch_health: false,
             heartbeat_interval: Duration::from_secs(30),
             power: PowerPolicy::default(),
             windows: MaintenanceWindows::default(),

@@ -53,6 +53,10 @@ pub struct UpdateMachine {
     /// When the shell was last asked what the installer runs.
     pub(super) observed_at: Option<Timestamp>,
     pub(super) connected: bool,
+    /// The health probe's latest answer about the running release (`watch_health` only).
+    pub(super) health: Option<bool>,
+    /// A [`Action::CheckHealth`] is unanswered.
+    pub(super) health_check_running: bool,
     pub(super) next_seq: u64,
     pub(super) timers: TimerTable,
     pub(super) jitter: Jitter,
@@ -81,6 +85,8 @@ impl UpdateMachine {
             observed: None,
             observed_at: None,
             connected: false,
+            health: None,
+            health_check_running: false,
             // Sequence numbers never repeat across boots, so a late ack from a previous boot
             // cannot pass for a fresh one.
             next_seq: u64::from(boot_count) << 32,
@@ -122,6 +128,7 @@ impl UpdateMachine {
             Timer::TrialSoak => self.try_commit(now),
             Timer::Heartbeat => {
                 if self.connected {
+                    self.check_health();
                     self.send_heartbeat(now);
                 }
             }
@@ -153,6 +160,7 @@ impl UpdateMachine {
                 _ => None,
             },
             power: self.power,
+            healthy: self.health,
             connected: self.connected,
             next_timer: self.timers.next(),
         }

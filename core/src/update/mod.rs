@@ -103,6 +103,7 @@ mod action;
 mod backoff;
 mod cache;
 mod config;
+mod health;
 mod input;
 mod machine;
 mod offer;

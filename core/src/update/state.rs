@@ -217,6 +217,9 @@ pub struct Status {
     pub trial: Option<TrialStatus>,
     /// The latest power reading.
     pub power: Option<PowerReading>,
+    /// The health probe's latest answer about the running release, as heartbeats report it
+    /// (`watch_health` only).
+    pub healthy: Option<bool>,
     /// Whether the MQTT connection is up.
     pub connected: bool,
     /// The next timer to fire.

@@ -34,6 +34,7 @@ impl UpdateMachine {
         self.persist();
         self.announce(job.outcome(ExecutionState::Installing, now.0));
         self.forget_observed();
+        self.health = None;
         self.push(Action::Install {
             release,
             rollback: false,
@@ -188,17 +189,15 @@ impl UpdateMachine {
     /// answers in a row said so; "failed" rolls back at once.
     pub fn handle_probe(&mut self, result: ProbeResult, now: Timestamp) {
         let soak_end = match &self.phase {
-            Phase::Trial(t) => self.soak_end(t),
+            Phase::Trial(t) if t.probe_running => self.soak_end(t),
             _ => return,
         };
+        self.note_health(&result);
         let limit = self.config.probe_failures_to_rollback;
         let next_probe = now.saturating_add(self.config.probe_interval);
         let Phase::Trial(t) = &mut self.phase else {
             return;
         };
-        if !t.probe_running {
-            return;
-        }
         t.probe_running = false;
         match result {
             ProbeResult::Healthy => {
@@ -233,7 +232,10 @@ impl UpdateMachine {
         if let Phase::Trial(t) = &mut self.phase {
             t.first_seq.get_or_insert(seq);
         }
-        self.push(Action::SendHeartbeat { seq });
+        self.push(Action::SendHeartbeat {
+            seq,
+            healthy: self.health,
+        });
         self.observe_running(now);
         let at = now.saturating_add(self.config.heartbeat_interval);
         self.timers.set(Timer::Heartbeat, at);
@@ -360,6 +362,7 @@ impl UpdateMachine {
         };
         self.persist();
         self.forget_observed();
+        self.health = None;
         self.push(Action::Install {
             release,
             rollback: true,

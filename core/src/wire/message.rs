@@ -679,6 +679,11 @@ pub struct Heartbeat {
     /// When it was sent, unix ms.
     #[n(2)]
     pub at: u64,
+    /// The health probe's latest answer about the running release (`true`: healthy), when the
+    /// agent watches health (a probe is configured); absent otherwise. After a commit it keeps
+    /// coming, so the fleet server's bake gate sees health, not just presence.
+    #[n(3)]
+    pub healthy: Option<bool>,
 }
 
 impl WireMessage for Heartbeat {

@@ -131,11 +131,14 @@ fn every_message_round_trips_and_refuses_truncation() {
             transfer: None,
         });
     }
-    round_trip(&Heartbeat {
-        v: PROTOCOL_VERSION,
-        seq: 42,
-        at: 1,
-    });
+    for healthy in [None, Some(true), Some(false)] {
+        round_trip(&Heartbeat {
+            v: PROTOCOL_VERSION,
+            seq: 42,
+            at: 1,
+            healthy,
+        });
+    }
     round_trip(&HeartbeatAck {
         v: PROTOCOL_VERSION,
         seq: 42,

@@ -158,6 +158,8 @@ struct Memo {
     security_floor: u32,
     /// The newest download cost recorded (or queued in the batch): its generation and figures.
     transfer: Option<(u64, Transfer)>,
+    /// What its heartbeats last said about its health (agents with a probe, issue 17).
+    healthy: Option<bool>,
 }
 
 /// A rollout the coordinator drives.
@@ -675,8 +677,8 @@ impl Actor {
                 Err(e) => self.reject(Some(&id), topic, &e.to_string(), batch),
             },
             TopicKind::Heartbeat => match heartbeat_ack(&id, &payload) {
-                Ok(ack) => {
-                    self.on_heartbeat(&id, batch);
+                Ok((heartbeat, ack)) => {
+                    self.on_heartbeat(&id, heartbeat.healthy, batch);
                     batch.acks.push(ack);
                 }
                 Err(e) => self.reject(Some(&id), topic, &e, batch),
@@ -772,12 +774,31 @@ impl Actor {
     }
 
     /// A heartbeat is a sign of life: `last_seen` moves when the stored one is stale.
-    fn on_heartbeat(&mut self, id: &DeviceId, batch: &mut Batch) {
-        let Some(memo) = self.devices.get(id.as_str()) else {
+    /// A heartbeat from a known device: `last_seen`, and its health (issue 17) when it
+    /// changed, for the gates of the rollouts it is in.
+    fn on_heartbeat(&mut self, id: &DeviceId, healthy: Option<bool>, batch: &mut Batch) {
+        let Some(memo) = self.devices.get_mut(id.as_str()) else {
             return;
         };
         if self.clock.now_i64().saturating_sub(memo.last_seen) >= LAST_SEEN_RESOLUTION_SECS {
             batch.seen.insert(id.as_str().to_string());
+        }
+        let Some(healthy) = healthy else {
+            return;
+        };
+        if memo.healthy.replace(healthy) == Some(healthy) {
+            return;
+        }
+        let now = self.clock.timestamp();
+        for loaded in self.rollouts.values_mut() {
+            if loaded.planner.device_state(id).is_some()
+                && loaded
+                    .planner
+                    .handle_device_health(id, healthy, now)
+                    .is_ok()
+            {
+                loaded.dirty = true;
+            }
         }
     }
 
@@ -1652,7 +1673,9 @@ impl Actor {
             Inbound::Message { topic, payload } => {
                 Counters::inc(&self.counters().mqtt_received);
                 let heartbeat = match parse_device_topic(&topic) {
-                    Ok((id, TopicKind::Heartbeat)) => heartbeat_ack(&id, &payload).ok(),
+                    Ok((id, TopicKind::Heartbeat)) => {
+                        heartbeat_ack(&id, &payload).ok().map(|(_, ack)| ack)
+                    }
                     _ => None,
                 };
                 match heartbeat {
@@ -2258,14 +2281,14 @@ async fn subscribe(client: &AsyncClient) {
     }
 }
 
-/// The acknowledgement of heartbeat `payload` from `id`: (topic, payload); else why not.
-fn heartbeat_ack(id: &DeviceId, payload: &[u8]) -> Result<(String, Vec<u8>), String> {
+/// Heartbeat `payload` from `id` and its acknowledgement (topic, payload); else why not.
+fn heartbeat_ack(id: &DeviceId, payload: &[u8]) -> Result<(Heartbeat, (String, Vec<u8>)), String> {
     let h = Heartbeat::from_cbor(payload).map_err(|e| e.to_string())?;
     let ack = HeartbeatAck {
         v: PROTOCOL_VERSION,
         seq: h.seq,
     };
-    Ok((id.topic(TopicKind::HeartbeatAck), ack.to_cbor()))
+    Ok((h, (id.topic(TopicKind::HeartbeatAck), ack.to_cbor())))
 }
 
 /// Refuses a release that expired by `now` (unix seconds): devices would refuse it. Answers
@@ -2335,6 +2358,8 @@ fn memo_of(d: &DeviceRecord) -> Memo {
         running: d.running_digest,
         last_committed: d.last_committed_digest,
         on_trial: false,
+        // Known again from its next heartbeat (the planners persisted what it meant).
+        healthy: None,
         reported_generation: d.reported_generation,
         last_seen: d.last_seen,
         last_outcome: None,

@@ -96,6 +96,9 @@ pub struct WaveView {
     pub unsettled: u32,
     /// Succeeded members gone offline: they hold the gate until back (or max-deferral).
     pub succeeded_offline: u32,
+    /// Succeeded members whose heartbeats say their health probe fails now: no successes for
+    /// the gate until they say healthy again.
+    pub succeeded_unhealthy: u32,
     /// When it started (unix ms).
     pub started_at: Option<u64>,
     /// Counts per execution state of its members.
@@ -232,6 +235,7 @@ impl RolloutView {
                 redeploys: w.redeploys,
                 unsettled: w.unsettled,
                 succeeded_offline: w.succeeded_offline,
+                succeeded_unhealthy: w.succeeded_unhealthy,
                 started_at: w.started_at.map(|t| t.as_unix_millis()),
                 counts: counts_json(&w.counts),
             })

@@ -63,6 +63,7 @@ suite!(
     webhooks,
     regression_during_bake_holds_the_wave,
     offline_during_bake_holds_the_wave,
+    unhealthy_after_commit_holds_the_wave,
     restart_while_notifying,
     webhook_retry,
     execution_metrics,
@@ -1034,6 +1035,38 @@ async fn regression_during_bake_holds_the_wave(backend: Backend) {
             assert!(w.sim.device(&d).unwrap().seen.is_empty(), "{d} notified");
         }
     }
+    w.finish().await;
+}
+
+/// Issue 17: agents keep probing after the commit; a succeeded device whose heartbeats say it
+/// is unhealthy is no success for the gate: the wave holds until it says healthy again.
+async fn unhealthy_after_commit_holds_the_wave(backend: Backend) {
+    let w = World::start(backend, manual_clock()).await;
+    let (id, members) = baking_wave0(&w).await;
+    // A heartbeat without health (no probe) changes nothing.
+    w.sim.heartbeat(&members[0], 1).await;
+    w.sim
+        .heartbeat_with_health(&members[0], 2, Some(false))
+        .await;
+    wait_for("the ill health seen", || async {
+        w.rollout(id).await["waves"][0]["succeeded_unhealthy"] == 1
+    })
+    .await;
+    w.t.advance(Duration::from_secs(601)).await;
+    let r = w.rollout(id).await;
+    assert_eq!(r["phase"], "held", "{r:#}");
+    assert_eq!(count(&r, "succeeded"), members.len() as u64);
+    let held = w.events(&format!("rollout={id}&kind=wave-held")).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    w.sim
+        .heartbeat_with_health(&members[0], 3, Some(true))
+        .await;
+    wait_for("wave 1 baking or done", || async {
+        let r = w.rollout(id).await;
+        r["status"] == "completed" || (r["current_wave"] == 1 && r["phase"] == "baking")
+    })
+    .await;
+    assert_eq!(w.rollout(id).await["waves"][0]["succeeded_unhealthy"], 0);
     w.finish().await;
 }
 

@@ -211,6 +211,7 @@ fn heartbeat(seq: u64) -> Vec<u8> {
         v: PROTOCOL_VERSION,
         seq,
         at: 0,
+        healthy: None,
     }
     .to_cbor()
 }

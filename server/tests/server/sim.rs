@@ -262,12 +262,18 @@ impl Sim {
             .await;
     }
 
-    /// Sends a heartbeat with `seq`.
+    /// Sends a heartbeat with `seq` and no health (an agent without a probe).
     pub async fn heartbeat(&self, id: &str, seq: u64) {
+        self.heartbeat_with_health(id, seq, None).await;
+    }
+
+    /// Sends a heartbeat with `seq` saying `healthy` (an agent with a probe).
+    pub async fn heartbeat_with_health(&self, id: &str, seq: u64, healthy: Option<bool>) {
         let hb = Heartbeat {
             v: PROTOCOL_VERSION,
             seq,
             at: self.now(),
+            healthy,
         };
         let id = DeviceId::new(id).unwrap();
         self.publish(id.topic(TopicKind::Heartbeat), hb.to_cbor(), false)

@@ -5,6 +5,7 @@
 //! - `faults`: the same system with faults injected (broker and server restarts, cut
 //!   downloads, killed agents, duplicates and replays, a malicious mirror, offline devices).
 //! - `drift`: a release switched by hand is reported as drift (issue 12.7).
+//! - `health`: health after the commit holds a wave's gate (issue 17).
 //! - `flags`: feature flags through restarts, deploys and offline periods (issue 6).
 //! - `mqtt_tls`: agents and server over MQTT with TLS, device passwords or client
 //!   certificates, and the broker's ACL (issue 7).
@@ -26,6 +27,7 @@ mod delta;
 mod drift;
 mod faults;
 mod flags;
+mod health;
 mod mqtt_tls;
 mod proxy;
 mod repo;
