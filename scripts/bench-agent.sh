@@ -9,18 +9,21 @@
 #     (goal <= 1.25x);
 #   - identical redeploy: bytes downloaded (must be 0) and the latency from publishing the
 #     desired state to receiving the `skipped-identical` event;
-#   - the size of the stripped release binary.
-# Usage: bash scripts/bench-agent.sh [BIG_MIB=1024] [MEDIUM_MIB=256]
+#   - the size of the stripped binary.
+# Usage: [OTA_AGENT_PROFILE=gateway] bash scripts/bench-agent.sh [BIG_MIB=1024] [MEDIUM_MIB=256]
+# OTA_AGENT_PROFILE picks the cargo profile of the measured ota-agent: `release` (default) or
+# `gateway` (the size-optimised profile gateways ship, issue 17).
 # Needs: mosquitto, curl, openssl, python3 (to pick a free port); about 3 GB in $TMPDIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 big=${1:-1024}
 medium=${2:-256}
-cargo build --release -p ota-agent --bin ota-agent >/dev/null 2>&1
+profile=${OTA_AGENT_PROFILE:-release}
+cargo build --profile "$profile" -p ota-agent --bin ota-agent >/dev/null 2>&1
 cargo build --release -p ota-agent --example bench_fleet >/dev/null 2>&1
-target=${CARGO_TARGET_DIR:-$PWD/target}/release
-agent=$target/ota-agent
-driver=$target/examples/bench_fleet
+target=${CARGO_TARGET_DIR:-$PWD/target}
+agent=$target/$profile/ota-agent
+driver=$target/release/examples/bench_fleet
 work=$(mktemp -d "${TMPDIR:-/tmp}/ota-bench-agent.XXXXXX")
 broker_pid=""
 cleanup() {
@@ -43,8 +46,8 @@ for _ in $(seq 1 100); do
   sleep 0.05
 done
 
-echo "ota-agent benchmark ($(nproc) cores, artifacts ${big} MiB and ${medium} MiB)"
+echo "ota-agent benchmark (profile $profile, $(nproc) cores, artifacts ${big} MiB and ${medium} MiB)"
 "$driver" --agent "$agent" --broker "mqtt://127.0.0.1:$port" --dir "$work/run" \
   --big-mib "$big" --medium-mib "$medium"
 size=$(stat -c %s "$agent")
-echo "stripped release binary: $size bytes ($(( size / 1024 )) KiB)"
+echo "stripped $profile binary: $size bytes ($(( size / 1024 )) KiB)"
