@@ -324,16 +324,29 @@ pub async fn wait_rollout(lab: &Lab, id: i64, pred: impl Fn(&Value) -> bool) -> 
     }
 }
 
-/// Waits until every device of `lab` runs `digest` and is idle.
+/// Waits until every device of `lab` runs `digest` and is idle. A device that does not gets
+/// the server's view of it and its audit events in the failure message.
 pub async fn converged(lab: &Lab, digest: &Digest) {
     for d in lab.devices() {
-        wait_device(d, |d| {
+        let done = |d: &Device| {
             d.status().is_some_and(|s| {
                 s.machine.stage == Stage::Idle
                     && s.machine.running.as_ref().map(|r| r.digest) == Some(*digest)
             })
-        })
-        .await;
+        };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !done(d) {
+            if tokio::time::Instant::now() >= deadline {
+                let server = lab.api().devices(&format!("id={}", d.id())).await;
+                let events = lab.api().events(&[("device", d.id())]).await;
+                panic!(
+                    "device {} did not converge: {:?}\nserver view: {server:#?}\nevents: {events:#?}",
+                    d.id(),
+                    d.status().map(|s| s.machine)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
