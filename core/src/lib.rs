@@ -11,6 +11,8 @@
 //! - [`delta`]: the signed chunk index of an artifact and the plan of a delta update (copy the
 //!   chunks a device holds, fetch the rest with Range requests).
 //! - [`digest`]: the SHA-256 digest type that names artifacts everywhere.
+//! - [`filter`]: the device filter language (`hw=gw-a and label:region=eu`): its parser and
+//!   its evaluation over any [`filter::DeviceFacts`], for listings, rollout targets and flags.
 //! - [`release`]: the signed release format (a COSE_Sign envelope over a CBOR manifest), the trust
 //!   set (ed25519 keys + threshold), verification against a device policy, and the streaming
 //!   artifact verifier.
@@ -40,6 +42,7 @@ extern crate std;
 pub mod budget;
 pub mod delta;
 pub mod digest;
+pub mod filter;
 pub mod flags;
 pub mod release;
 pub mod rollout;

@@ -439,6 +439,35 @@ impl DeviceRecord {
     }
 }
 
+/// The registry row is what every device filter is evaluated over (listings, rollout
+/// targets, flags).
+impl ota_core::filter::DeviceFacts for DeviceRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn hardware_class(&self) -> Option<&str> {
+        self.hardware_class.as_deref()
+    }
+    fn running_version(&self) -> Option<&str> {
+        self.running_version.as_deref()
+    }
+    fn running_digest(&self) -> Option<Digest> {
+        self.running_digest
+    }
+    fn last_result(&self) -> Option<&str> {
+        self.last_result.as_deref()
+    }
+    fn label(&self, key: &str) -> Option<&str> {
+        DeviceRecord::label(self, key)
+    }
+    fn online(&self) -> bool {
+        self.online
+    }
+    fn drifted(&self) -> bool {
+        self.drifted
+    }
+}
+
 /// Online and total device counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -455,7 +484,7 @@ pub struct DeviceCounts {
 pub struct NewRollout {
     /// The release (artifact digest) to roll out; must be published.
     pub release_digest: Digest,
-    /// The device filter (see [`crate::filter`]).
+    /// The device filter (see [`ota_core::filter`]).
     pub filter: String,
     /// The rollout spec (cohorts, waves, gates), as JSON.
     pub spec: serde_json::Value,

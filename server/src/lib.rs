@@ -14,7 +14,6 @@
 //!   against it).
 //! - [`store`]: the artifact store (local files or S3) addressed by SHA-256, with verified,
 //!   all-or-nothing streaming uploads.
-//! - [`filter`]: the device filter language (`hw=gw-a and label:region=eu`).
 //! - [`http`]: the REST API, artifact serving and `/metrics` (axum); documented in
 //!   `docs/api.md`.
 //! - [`broker`]: the embedded MQTT broker (rumqttd, in-process, port 0 supported) behind a
@@ -48,7 +47,6 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod event_kinds;
-pub mod filter;
 pub mod fleet;
 pub mod http;
 pub mod https;

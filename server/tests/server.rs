@@ -26,8 +26,6 @@ mod broker;
 mod db;
 #[path = "server/delta.rs"]
 mod delta;
-#[path = "server/filter.rs"]
-mod filter;
 #[path = "server/flags.rs"]
 mod flags;
 #[path = "server/fleet.rs"]

@@ -36,9 +36,9 @@ use crate::db::{
     Db, DbError, DbTx, DesiredRecord, DeviceRecord, DeviceReport, NewEvent, NewRollout,
     ReleaseRecord, RolloutRecord, TransferRecord,
 };
-use crate::filter::Filter;
 use crate::mqtt::{INBOUND_QUEUE, Inbound, MqttEndpoint, MqttLink};
 use crate::trust::FleetTrust;
+use ota_core::filter::Filter;
 
 /// Rollout statuses the coordinator loads at start (completed ones only while some target
 /// is still queued: they notify late devices).

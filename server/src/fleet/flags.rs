@@ -4,7 +4,7 @@
 //! [`crate::fleet`]).
 //!
 //! The decisions are core's ([`FlagSet::apply`], [`FlagDefinition::evaluate`]); this module
-//! only answers core's filter predicate with the server's device [`Filter`] (each distinct
+//! only answers core's filter predicate with core's [`Filter`] over the device rows (each distinct
 //! filter parsed once) and remembers what each device was sent, so that a change publishes
 //! only to the devices whose flags changed. The per-device payloads are not stored: they follow
 //! from the stored set and the device rows, and are evaluated again at start.
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{FleetError, percent};
 use crate::db::{Db, DbError, DeviceRecord};
-use crate::filter::Filter;
+use ota_core::filter::Filter;
 
 /// An operator's flag edit as the REST API takes it (`POST /api/v1/flags/{name}/set`).
 /// Percentages are numbers (`5` is 5 %, two decimals count).

@@ -58,10 +58,10 @@ pub use error::{ApiError, release_cause};
 use crate::clock::Clock;
 use crate::config::OperatorConfig;
 use crate::db::{Db, DeviceRecord, EventFilter, EventRecord};
-use crate::filter::Filter;
 use crate::fleet::Fleet;
 use crate::store::ArtifactStore;
 use crate::trust::FleetTrust;
+use ota_core::filter::Filter;
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]

@@ -1,6 +1,6 @@
 //! The device filter language: parsing, precedence, errors with columns, hostile input.
 
-use ota_server::filter::{Field, Filter, FilterError, Flag, MAX_DEPTH, MAX_FILTER_LEN};
+use ota_core::filter::{Field, Filter, FilterError, Flag, MAX_DEPTH, MAX_FILTER_LEN};
 
 fn cmp(field: Field, negated: bool, value: &str) -> Filter {
     Filter::Compare {

@@ -27,9 +27,14 @@
 //! Hostile input cannot exhaust the parser: filters are at most [`MAX_FILTER_LEN`] bytes and
 //! nest at most [`MAX_DEPTH`] deep. Every error names its 1-based column.
 
-use std::fmt;
+mod parse;
 
-use crate::db::DeviceRecord;
+use alloc::boxed::Box;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::digest::Digest;
 
 /// Longest filter accepted, in bytes.
 pub const MAX_FILTER_LEN: usize = 4096;
@@ -117,6 +122,28 @@ pub enum FilterError {
     },
 }
 
+/// What a filter can ask about a device: the server's registry row implements it (and the
+/// fleet's flag evaluation and targeting go through it), so every filter is evaluated by the
+/// same code.
+pub trait DeviceFacts {
+    /// The device id (`id`).
+    fn id(&self) -> &str;
+    /// The hardware class it reported (`hw`).
+    fn hardware_class(&self) -> Option<&str>;
+    /// The version string of the release it runs (`version`).
+    fn running_version(&self) -> Option<&str>;
+    /// The digest of the artifact it runs (`digest`).
+    fn running_digest(&self) -> Option<Digest>;
+    /// Its last update result (`result`).
+    fn last_result(&self) -> Option<&str>;
+    /// Label `key` (`label:KEY`): the operator's server label first, then the device's own.
+    fn label(&self, key: &str) -> Option<&str>;
+    /// Connected to the broker (`online`).
+    fn online(&self) -> bool;
+    /// Runs something other than it should (`drifted`).
+    fn drifted(&self) -> bool;
+}
+
 /// A device attribute compared with `=` / `!=`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -178,16 +205,12 @@ impl Filter {
                 limit: MAX_FILTER_LEN,
             });
         }
-        let tokens = lex(input)?;
+        let tokens = parse::lex(input)?;
         if tokens.is_empty() {
             return Err(FilterError::Empty);
         }
         let end = input.chars().count() + 1;
-        let mut p = Parser {
-            tokens,
-            pos: 0,
-            end,
-        };
+        let mut p = parse::Parser::new(tokens, end);
         let filter = p.or(0)?;
         match p.peek() {
             None => Ok(filter),
@@ -196,11 +219,11 @@ impl Filter {
     }
 
     /// Whether `device` matches.
-    pub fn matches(&self, device: &DeviceRecord) -> bool {
+    pub fn matches<D: DeviceFacts + ?Sized>(&self, device: &D) -> bool {
         match self {
             Filter::Flag(Flag::All) => true,
-            Filter::Flag(Flag::Online) => device.online,
-            Filter::Flag(Flag::Drifted) => device.drifted,
+            Filter::Flag(Flag::Online) => device.online(),
+            Filter::Flag(Flag::Drifted) => device.drifted(),
             Filter::Compare {
                 field,
                 negated,
@@ -208,14 +231,14 @@ impl Filter {
             } => {
                 let digest;
                 let actual: Option<&str> = match field {
-                    Field::Id => Some(&device.id),
-                    Field::Hardware => device.hardware_class.as_deref(),
-                    Field::Version => device.running_version.as_deref(),
+                    Field::Id => Some(device.id()),
+                    Field::Hardware => device.hardware_class(),
+                    Field::Version => device.running_version(),
                     Field::Digest => {
-                        digest = device.running_digest.map(|d| d.to_string());
+                        digest = device.running_digest().map(|d| d.to_string());
                         digest.as_deref()
                     }
-                    Field::Result => device.last_result.as_deref(),
+                    Field::Result => device.last_result(),
                     Field::Label(key) => device.label(key),
                 };
                 let equal = actual.is_some_and(|a| glob_match(value, a));
@@ -318,255 +341,10 @@ fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '/' | '+' | '@' | '*')
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Tok {
-    LParen,
-    RParen,
-    Eq,
-    Ne,
-    Word(String),
-    Quoted(String),
-}
-
-#[derive(Debug, Clone)]
-struct Token {
-    tok: Tok,
-    column: usize,
-}
-
-impl Token {
-    fn text(&self) -> String {
-        match &self.tok {
-            Tok::LParen => "(".into(),
-            Tok::RParen => ")".into(),
-            Tok::Eq => "=".into(),
-            Tok::Ne => "!=".into(),
-            Tok::Word(w) => w.clone(),
-            Tok::Quoted(q) => format!("\"{q}\""),
-        }
-    }
-
-    fn unexpected(&self, expected: &'static str) -> FilterError {
-        FilterError::UnexpectedToken {
-            token: self.text(),
-            column: self.column,
-            expected,
-        }
-    }
-}
-
-fn lex(input: &str) -> Result<Vec<Token>, FilterError> {
-    let mut tokens = Vec::new();
-    let mut chars = input.chars().enumerate().peekable();
-    while let Some((i, c)) = chars.next() {
-        let column = i + 1;
-        let tok = match c {
-            c if c.is_whitespace() => continue,
-            '(' => Tok::LParen,
-            ')' => Tok::RParen,
-            '=' => Tok::Eq,
-            '!' => match chars.next() {
-                Some((_, '=')) => Tok::Ne,
-                _ => return Err(FilterError::InvalidCharacter { ch: '!', column }),
-            },
-            '"' => {
-                let mut s = String::new();
-                loop {
-                    match chars.next() {
-                        None => return Err(FilterError::UnterminatedString { column }),
-                        Some((_, '"')) => break,
-                        Some((_, '\\')) => match chars.next() {
-                            Some((_, e)) => s.push(e),
-                            None => return Err(FilterError::UnterminatedString { column }),
-                        },
-                        Some((_, c)) => s.push(c),
-                    }
-                }
-                Tok::Quoted(s)
-            }
-            c if is_word_char(c) => {
-                let mut s = String::from(c);
-                while let Some(&(_, c)) = chars.peek() {
-                    if !is_word_char(c) {
-                        break;
-                    }
-                    s.push(c);
-                    chars.next();
-                }
-                Tok::Word(s)
-            }
-            ch => return Err(FilterError::InvalidCharacter { ch, column }),
-        };
-        tokens.push(Token { tok, column });
-    }
-    Ok(tokens)
-}
-
-struct Parser {
-    tokens: Vec<Token>,
-    pos: usize,
-    /// The column just past the input, for "unexpected end" errors.
-    end: usize,
-}
-
-impl Parser {
-    fn peek(&self) -> Option<&Token> {
-        self.tokens.get(self.pos)
-    }
-
-    fn next(&mut self, expected: &'static str) -> Result<Token, FilterError> {
-        let t = self
-            .tokens
-            .get(self.pos)
-            .cloned()
-            .ok_or(FilterError::UnexpectedEnd {
-                column: self.end,
-                expected,
-            })?;
-        self.pos += 1;
-        Ok(t)
-    }
-
-    fn at_word(&self, word: &str) -> bool {
-        matches!(self.peek(), Some(Token { tok: Tok::Word(w), .. }) if w == word)
-    }
-
-    fn check_depth(depth: usize, column: usize) -> Result<(), FilterError> {
-        if depth > MAX_DEPTH {
-            return Err(FilterError::TooDeep {
-                column,
-                limit: MAX_DEPTH,
-            });
-        }
-        Ok(())
-    }
-
-    fn or(&mut self, depth: usize) -> Result<Filter, FilterError> {
-        let mut left = self.and(depth)?;
-        while self.at_word("or") {
-            self.pos += 1;
-            let right = self.and(depth)?;
-            left = Filter::Or(Box::new(left), Box::new(right));
-        }
-        Ok(left)
-    }
-
-    fn and(&mut self, depth: usize) -> Result<Filter, FilterError> {
-        let mut left = self.unary(depth)?;
-        while self.at_word("and") {
-            self.pos += 1;
-            let right = self.unary(depth)?;
-            left = Filter::And(Box::new(left), Box::new(right));
-        }
-        Ok(left)
-    }
-
-    fn unary(&mut self, depth: usize) -> Result<Filter, FilterError> {
-        if self.at_word("not") {
-            let column = self.peek().map_or(self.end, |t| t.column);
-            Self::check_depth(depth + 1, column)?;
-            self.pos += 1;
-            return Ok(Filter::Not(Box::new(self.unary(depth + 1)?)));
-        }
-        self.primary(depth)
-    }
-
-    fn primary(&mut self, depth: usize) -> Result<Filter, FilterError> {
-        const EXPECTED: &str = "a field, a flag, 'not' or '('";
-        let token = self.next(EXPECTED)?;
-        let word = match &token.tok {
-            Tok::LParen => {
-                Self::check_depth(depth + 1, token.column)?;
-                let inner = self.or(depth + 1)?;
-                let close = self.next("')'")?;
-                if close.tok != Tok::RParen {
-                    return Err(close.unexpected("')'"));
-                }
-                return Ok(inner);
-            }
-            Tok::Word(w) if !is_keyword(w) => w.clone(),
-            _ => return Err(token.unexpected(EXPECTED)),
-        };
-        let column = token.column;
-        let comparison = match self.peek().map(|t| &t.tok) {
-            Some(Tok::Eq) => Some(false),
-            Some(Tok::Ne) => Some(true),
-            _ => None,
-        };
-        let flag = match word.as_str() {
-            "online" => Some(Flag::Online),
-            "drifted" => Some(Flag::Drifted),
-            "all" | "*" => Some(Flag::All),
-            _ => None,
-        };
-        if let Some(flag) = flag {
-            if comparison.is_some() {
-                return Err(FilterError::FlagWithValue {
-                    field: word,
-                    column,
-                });
-            }
-            return Ok(Filter::Flag(flag));
-        }
-        let field = match word.as_str() {
-            "id" => Field::Id,
-            "hw" | "hardware" => Field::Hardware,
-            "version" => Field::Version,
-            "digest" => Field::Digest,
-            "result" => Field::Result,
-            w => match w.strip_prefix("label:") {
-                Some(key) if !key.is_empty() => Field::Label(key.to_string()),
-                _ => {
-                    // `label:"key with spaces"`: the key is the next token.
-                    if w == "label:"
-                        && let Some(Tok::Quoted(key)) = self.peek().map(|t| t.tok.clone())
-                    {
-                        self.pos += 1;
-                        return self.comparison(Field::Label(key), word, column);
-                    }
-                    return Err(FilterError::UnknownField {
-                        field: word,
-                        column,
-                    });
-                }
-            },
-        };
-        self.comparison(field, word, column)
-    }
-
-    fn comparison(
-        &mut self,
-        field: Field,
-        word: String,
-        column: usize,
-    ) -> Result<Filter, FilterError> {
-        let negated = match self.peek().map(|t| &t.tok) {
-            Some(Tok::Eq) => false,
-            Some(Tok::Ne) => true,
-            _ => {
-                return Err(FilterError::MissingComparison {
-                    field: word,
-                    column,
-                });
-            }
-        };
-        self.pos += 1;
-        let value = self.next("a value")?;
-        let value = match value.tok {
-            Tok::Word(w) => w,
-            Tok::Quoted(q) => q,
-            _ => return Err(value.unexpected("a value")),
-        };
-        Ok(Filter::Compare {
-            field,
-            negated,
-            value,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use alloc::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -579,36 +357,48 @@ mod tests {
         assert!(!glob_match("abc", "abcd"));
     }
 
-    fn device() -> DeviceRecord {
-        DeviceRecord {
-            id: "gw-1".into(),
-            hardware_class: Some("gw-a".into()),
-            labels: [
-                ("region".to_string(), "eu".to_string()),
-                ("ring".to_string(), "beta".to_string()),
-            ]
-            .into(),
-            server_labels: [("region".to_string(), "us".to_string())].into(),
-            running_version: Some("2.0.0".into()),
-            running_digest: Some(ota_core::digest::Digest::of(b"fw")),
-            known_good_digest: None,
-            last_committed_digest: None,
-            last_result: None,
-            last_outcome: None,
-            power: None,
-            inventory: None,
-            first_seen: 0,
-            last_seen: 0,
-            online: true,
-            drifted: false,
-            reported_generation: 0,
-            last_transfer: None,
+    /// A device as a test writes it: server labels win over its own.
+    struct Facts {
+        labels: BTreeMap<&'static str, &'static str>,
+        server_labels: BTreeMap<&'static str, &'static str>,
+    }
+
+    impl DeviceFacts for Facts {
+        fn id(&self) -> &str {
+            "gw-1"
+        }
+        fn hardware_class(&self) -> Option<&str> {
+            Some("gw-a")
+        }
+        fn running_version(&self) -> Option<&str> {
+            Some("2.0.0")
+        }
+        fn running_digest(&self) -> Option<Digest> {
+            Some(Digest::of(b"fw"))
+        }
+        fn last_result(&self) -> Option<&str> {
+            None
+        }
+        fn label(&self, key: &str) -> Option<&str> {
+            self.server_labels
+                .get(key)
+                .or_else(|| self.labels.get(key))
+                .copied()
+        }
+        fn online(&self) -> bool {
+            true
+        }
+        fn drifted(&self) -> bool {
+            false
         }
     }
 
     #[test]
     fn matching() {
-        let d = device();
+        let d = Facts {
+            labels: [("region", "eu"), ("ring", "beta")].into(),
+            server_labels: [("region", "us")].into(),
+        };
         let m = |s: &str| Filter::parse(s).unwrap().matches(&d);
         assert!(m("hw=gw-a and version=2.0.0"));
         assert!(m("label:region=us"), "server labels win");
@@ -617,10 +407,7 @@ mod tests {
         assert!(m("label:missing!=x"), "a missing field never equals");
         assert!(!m("label:missing=*"));
         assert!(m("result!=committed"));
-        assert!(m(&format!(
-            "digest={}",
-            ota_core::digest::Digest::of(b"fw")
-        )));
+        assert!(m(&alloc::format!("digest={}", Digest::of(b"fw"))));
         assert!(m("online and not drifted"));
         assert!(m("drifted or id=gw-*"));
         assert!(!m("not all"));
