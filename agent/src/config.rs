@@ -266,6 +266,12 @@ fn default_threshold() -> usize {
 pub struct BrokerConfig {
     /// `mqtt://host:port` or `mqtts://host:port`.
     pub url: String,
+    /// More URLs of the same broker cluster (or of brokers that serve the same fleet): after
+    /// every failed or lost connection the agent moves on to the next URL of `url`,
+    /// `failover_urls...` (round robin), after the same backoff wait. TLS and credentials
+    /// apply to each. Default: none.
+    #[serde(default)]
+    pub failover_urls: Vec<String>,
     /// A PEM CA bundle to verify the broker with (`mqtts`).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -303,11 +309,48 @@ pub struct BrokerConfig {
     pub max_reconnect_backoff: Duration,
 }
 
+impl BrokerConfig {
+    /// Every broker URL in the order the agent tries them (`url` first), each with its
+    /// configuration key.
+    pub fn urls(&self) -> impl Iterator<Item = (String, &str)> {
+        std::iter::once(("broker.url".to_string(), self.url.as_str())).chain(
+            self.failover_urls
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (format!("broker.failover_urls[{i}]"), u.as_str())),
+        )
+    }
+}
+
+/// Checks one broker URL (`key` names it in the error): `mqtt://` or `mqtts://`, a host, no
+/// credentials (refused without quoting the URL: its user-info may hold a password).
+fn check_broker_url(key: String, url: &str) -> Result<(), ConfigError> {
+    if !(url.starts_with("mqtt://") || url.starts_with("mqtts://"))
+        || url
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.is_empty())
+    {
+        return Err(invalid(
+            key,
+            "must be mqtt://host:port or mqtts://host:port",
+        ));
+    }
+    if url.contains('@') {
+        return Err(invalid(
+            key,
+            "credentials do not belong in the URL: set broker.username and broker.password",
+        ));
+    }
+    crate::mqtt::parse_broker_url(url).map_err(|e| invalid(key, e.to_string()))?;
+    Ok(())
+}
+
 impl fmt::Debug for BrokerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Every field but the password; a new secret field must be hidden here too.
         f.debug_struct("BrokerConfig")
             .field("url", &self.url)
+            .field("failover_urls", &self.failover_urls)
             .field("ca_file", &self.ca_file)
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
@@ -955,15 +998,8 @@ impl AgentConfig {
             ));
         }
         let b = &self.broker;
-        if !(b.url.starts_with("mqtt://") || b.url.starts_with("mqtts://"))
-            || b.url
-                .split_once("://")
-                .is_some_and(|(_, rest)| rest.is_empty())
-        {
-            return Err(invalid(
-                "broker.url",
-                "must be mqtt://host:port or mqtts://host:port",
-            ));
+        for (key, url) in b.urls() {
+            check_broker_url(key, url)?;
         }
         if b.client_cert.is_some() != b.client_key.is_some() {
             return Err(invalid(
@@ -985,16 +1021,6 @@ impl AgentConfig {
                 "broker.password_file",
                 "set password or password_file, not both",
             ));
-        }
-        // Refused here, without quoting the URL: its user-info may hold a password.
-        if b.url.contains('@') {
-            return Err(invalid(
-                "broker.url",
-                "credentials do not belong in the URL: set broker.username and broker.password",
-            ));
-        }
-        if let Err(e) = crate::mqtt::parse_broker_url(&b.url) {
-            return Err(invalid("broker.url", e.to_string()));
         }
         if b.reconnect_backoff.is_zero() || b.reconnect_backoff > b.max_reconnect_backoff {
             return Err(invalid(

@@ -234,10 +234,11 @@ pub(crate) enum LinkEvent {
     Other(Delivery),
 }
 
-/// Where and how to connect, resolved from the configuration.
+/// Where and how to connect, resolved from the configuration: one set of options per broker
+/// URL (`broker.url`, then `broker.failover_urls`), tried round robin.
 #[derive(Clone)]
 pub(crate) struct LinkSettings {
-    pub(crate) options: MqttOptions,
+    pub(crate) brokers: Brokers,
     pub(crate) device: DeviceId,
     pub(crate) backoff: Backoff,
 }
@@ -245,9 +246,52 @@ pub(crate) struct LinkSettings {
 impl std::fmt::Debug for LinkSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LinkSettings")
-            .field("broker", &self.options.broker_address())
+            .field("brokers", &self.brokers.addresses())
             .field("device", &self.device)
             .finish_non_exhaustive()
+    }
+}
+
+/// The brokers an agent may connect to, in order, and the one it uses now. After every failed
+/// or lost connection the link moves to the next one (round robin), after the backoff wait.
+#[derive(Clone)]
+pub(crate) struct Brokers {
+    first: MqttOptions,
+    more: Vec<MqttOptions>,
+    /// 0: `first`; i: `more[i - 1]`.
+    current: usize,
+}
+
+impl Brokers {
+    /// `first` (`broker.url`), then `more` (`broker.failover_urls`); starts with `first`.
+    fn new(first: MqttOptions, more: Vec<MqttOptions>) -> Self {
+        Brokers {
+            first,
+            more,
+            current: 0,
+        }
+    }
+
+    /// The options of the broker in use.
+    fn current(&self) -> &MqttOptions {
+        match self.current.checked_sub(1) {
+            Some(i) => self.more.get(i).unwrap_or(&self.first),
+            None => &self.first,
+        }
+    }
+
+    /// Moves to the next broker (round robin) and answers its options.
+    fn advance(&mut self) -> &MqttOptions {
+        self.current = (self.current + 1) % (self.more.len() + 1);
+        self.current()
+    }
+
+    /// Every broker's `(host, port)`, in order.
+    fn addresses(&self) -> Vec<(String, u16)> {
+        std::iter::once(&self.first)
+            .chain(&self.more)
+            .map(MqttOptions::broker_address)
+            .collect()
     }
 }
 
@@ -324,35 +368,51 @@ impl LinkSettings {
         keep_alive: Duration,
         backoff: Backoff,
     ) -> Result<Self, MqttError> {
-        let (host, port, tls) = parse_broker_url(&broker.url)?;
-        let mut options = MqttOptions::new(device.as_str(), host, port);
-        options
-            // The first connection of a process is clean (see the module documentation);
-            // the poll task switches to a persistent session after it.
-            .set_clean_session(true)
-            .set_keep_alive(keep_alive.max(Duration::from_secs(5)))
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-            .set_request_channel_capacity(64)
-            .set_inflight(32)
-            .set_manual_acks(true);
-        if let Some(user) = &broker.username {
-            let password = match &broker.password_file {
-                Some(path) => read_password_file(path)?,
-                None => broker.password.clone().unwrap_or_default(),
-            };
-            options.set_credentials(user.clone(), password);
-        }
-        if tls {
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls_config(broker)?,
-            )));
-        }
+        let first = broker_options(broker, &broker.url, &device, keep_alive)?;
+        let more = broker
+            .failover_urls
+            .iter()
+            .map(|url| broker_options(broker, url, &device, keep_alive))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(LinkSettings {
-            options,
+            brokers: Brokers::new(first, more),
             device,
             backoff,
         })
     }
+}
+
+/// The connection options for the broker at `url` (TLS and credentials from `broker`).
+fn broker_options(
+    broker: &BrokerConfig,
+    url: &str,
+    device: &DeviceId,
+    keep_alive: Duration,
+) -> Result<MqttOptions, MqttError> {
+    let (host, port, tls) = parse_broker_url(url)?;
+    let mut options = MqttOptions::new(device.as_str(), host, port);
+    options
+        // The first connection of a process is clean (see the module documentation);
+        // the poll task switches to a persistent session after it.
+        .set_clean_session(true)
+        .set_keep_alive(keep_alive.max(Duration::from_secs(5)))
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_request_channel_capacity(64)
+        .set_inflight(32)
+        .set_manual_acks(true);
+    if let Some(user) = &broker.username {
+        let password = match &broker.password_file {
+            Some(path) => read_password_file(path)?,
+            None => broker.password.clone().unwrap_or_default(),
+        };
+        options.set_credentials(user.clone(), password);
+    }
+    if tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls_config(broker)?,
+        )));
+    }
+    Ok(options)
 }
 
 /// The largest broker password file read (issue 19.10: a huge or endless file must not fill
@@ -407,10 +467,11 @@ impl Link {
         clock: impl Fn() -> u64 + Send + 'static,
     ) -> Self {
         let LinkSettings {
-            mut options,
+            brokers,
             device,
             backoff,
         } = settings;
+        let mut options = brokers.current().clone();
         let status_topic = device.topic(TopicKind::Status);
         options.set_last_will(LastWill::new(
             status_topic.clone(),
@@ -437,6 +498,7 @@ impl Link {
             connected: connected_tx,
             events,
             device: device.clone(),
+            brokers,
             backoff,
             disconnect_sent: disconnect_sent.clone(),
             stopping: stopping.clone(),
@@ -581,6 +643,7 @@ struct Poller {
     connected: watch::Sender<bool>,
     events: mpsc::UnboundedSender<LinkEvent>,
     device: DeviceId,
+    brokers: Brokers,
     backoff: Backoff,
     disconnect_sent: Arc<Notify>,
     stopping: Arc<AtomicBool>,
@@ -705,13 +768,19 @@ impl Poller {
                     } else {
                         tracing::debug!(attempt = failures, "MQTT reconnect failed: {e}");
                     }
-                    // The next session's last will carries a fresh time.
-                    self.eventloop.mqtt_options.set_last_will(LastWill::new(
+                    // The next attempt goes to the next broker (round robin; the same one
+                    // when there is only one), resuming the session if this process connected
+                    // before, with a last will that carries a fresh time.
+                    let resume = !self.eventloop.mqtt_options.clean_session();
+                    let mut next = self.brokers.advance().clone();
+                    next.set_clean_session(!resume);
+                    next.set_last_will(LastWill::new(
                         self.device.topic(TopicKind::Status),
                         status_payload(false, (self.clock)()),
                         QoS::AtLeastOnce,
                         true,
                     ));
+                    self.eventloop.mqtt_options = next;
                     jitter ^= jitter << 13;
                     jitter ^= jitter >> 7;
                     jitter ^= jitter << 17;

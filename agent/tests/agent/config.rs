@@ -420,6 +420,22 @@ fn issue7_debug_and_errors_show_no_broker_password() {
     let e = parse_err(&in_url);
     assert_eq!(key_of(&e), "broker.url");
     assert!(!e.to_string().contains("SECRET"), "{e}");
+
+    // Issue 15: every failover URL is checked the same way, and named by its index.
+    let failover = |urls: &str| {
+        MINIMAL.replacen(
+            "[broker]",
+            &format!("[broker]\nfailover_urls = [{urls}]"),
+            1,
+        )
+    };
+    let ok = AgentConfig::from_toml_str(&failover("\"mqtts://b2:8883\", \"mqtt://b3\"")).unwrap();
+    assert_eq!(ok.broker.failover_urls.len(), 2);
+    let e = parse_err(&failover("\"mqtt://b2\", \"mqtt://dev-1:pw-SECRET@b3\""));
+    assert_eq!(key_of(&e), "broker.failover_urls[1]");
+    assert!(!e.to_string().contains("SECRET"), "{e}");
+    let e = parse_err(&failover("\"http://b2\""));
+    assert_eq!(key_of(&e), "broker.failover_urls[0]");
 }
 
 /// Issue 19.10: the documented minimums are enforced, with a typed error naming the key.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,6 +107,8 @@ pub fn broker() -> SocketAddr {
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    /// Connections forwarded so far.
+    forwarded: Arc<AtomicUsize>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     _accept: JoinHandle<()>,
 }
@@ -116,14 +118,16 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let forwarded = Arc::new(AtomicUsize::new(0));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (c, k) = (cut.clone(), conns.clone());
+        let (c, k, f) = (cut.clone(), conns.clone(), forwarded.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if c.load(Ordering::SeqCst) {
                     let _ = inbound.shutdown().await;
                     continue;
                 }
+                f.fetch_add(1, Ordering::SeqCst);
                 let task = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -135,6 +139,7 @@ impl Proxy {
         Proxy {
             addr,
             cut,
+            forwarded,
             conns,
             _accept: accept,
         }
@@ -142,6 +147,11 @@ impl Proxy {
 
     pub fn url(&self) -> String {
         format!("mqtt://{}", self.addr)
+    }
+
+    /// How many connections it forwarded (refused ones do not count).
+    pub fn forwarded(&self) -> usize {
+        self.forwarded.load(Ordering::SeqCst)
     }
 
     pub fn cut(&self) {

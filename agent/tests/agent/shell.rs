@@ -813,3 +813,37 @@ async fn issue19_resync_lets_a_device_follow_a_server_that_restarted_its_generat
     agent.shutdown().await.unwrap();
     fleet.clear(&dev.id).await;
 }
+
+/// Issue 15: an agent with several broker URLs fails over between them. The first is
+/// unreachable, so it connects through the second; when that one goes away, it comes back
+/// through the first, and a desired state published meanwhile still reaches it.
+#[tokio::test]
+async fn issue15_the_agent_fails_over_between_its_broker_urls() {
+    let target = broker();
+    let (first, second) = (Proxy::start(target).await, Proxy::start(target).await);
+    first.cut();
+    let url = format!("mqtt://{target}");
+    let fleet = Fleet::start(&url).await;
+    let v1 = release("1.0.0", 1, 50_000);
+    let v2 = release("2.0.0", 2, 60_000);
+    let server = serve(v2.artifact.clone(), Mode::Normal).await;
+    let mut dev = Device::new("failover", &first.url(), &v1, "").await;
+    dev.config.broker.failover_urls = vec![second.url()];
+    let agent = Agent::start(dev.config.clone(), options()).await.unwrap();
+    within("connected", agent.wait_for(|s| s.connected)).await;
+    assert_eq!(first.forwarded(), 0, "the first broker is unreachable");
+    assert_eq!(second.forwarded(), 1);
+
+    first.restore();
+    second.cut();
+    within("disconnected", agent.wait_for(|s| !s.connected)).await;
+    fleet
+        .desire(&dev.id, &desired(1, &v2, vec![server.url()]))
+        .await;
+    within("connected again", agent.wait_for(|s| s.connected)).await;
+    assert_eq!(first.forwarded(), 1, "back through the first broker");
+    fleet.wait_event(&dev.id, 1, "succeeded").await;
+    assert_eq!(running(&agent.status()), Some(v2.digest()));
+    agent.shutdown().await.unwrap();
+    fleet.clear(&dev.id).await;
+}
