@@ -309,3 +309,53 @@ async fn postgres_server_publishes_and_lists() {
     t.server.shutdown().await.unwrap();
     schema.drop().await;
 }
+
+/// Issue 13: the SQLite and PostgreSQL migrations define the same tables with the same
+/// columns (each dialect has its own files: a column added to one only would break the other
+/// backend at the first query that uses it).
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set OTA_TEST_DATABASE_URL"]
+async fn issue13_sqlite_and_postgres_migrations_define_the_same_columns() {
+    use sqlx::Row;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_url = format!("sqlite://{}?mode=rwc", dir.path().join("ota.db").display());
+    Db::connect(&sqlite_url, 1).await.unwrap().close().await;
+    let pool = sqlx::sqlite::SqlitePool::connect(&sqlite_url)
+        .await
+        .unwrap();
+    let sqlite: std::collections::BTreeSet<(String, String)> = sqlx::query(
+        "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name NOT LIKE '_sqlx%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+    .collect();
+    pool.close().await;
+
+    let schema = PgSchema::create().await;
+    Db::connect(&schema.url, 1).await.unwrap().close().await;
+    let pool = sqlx::postgres::PgPool::connect(&schema.url).await.unwrap();
+    let postgres: std::collections::BTreeSet<(String, String)> = sqlx::query(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name NOT LIKE '\\_sqlx%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+    .collect();
+    pool.close().await;
+    schema.drop().await;
+
+    assert!(sqlite.len() > 20, "the schema was read: {sqlite:?}");
+    let only_sqlite: Vec<_> = sqlite.difference(&postgres).collect();
+    let only_postgres: Vec<_> = postgres.difference(&sqlite).collect();
+    assert!(
+        only_sqlite.is_empty() && only_postgres.is_empty(),
+        "only in SQLite: {only_sqlite:?}; only in PostgreSQL: {only_postgres:?}"
+    );
+}
