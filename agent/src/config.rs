@@ -272,6 +272,10 @@ pub struct BrokerConfig {
     /// apply to each. Default: none.
     #[serde(default)]
     pub failover_urls: Vec<String>,
+    /// The fleet's MQTT topic namespace: every topic is `{topic_prefix}/...`; the same as the
+    /// server's `mqtt.topic_prefix` (default `ota/v1`).
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
     /// A PEM CA bundle to verify the broker with (`mqtts`).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -309,7 +313,17 @@ pub struct BrokerConfig {
     pub max_reconnect_backoff: Duration,
 }
 
+fn default_topic_prefix() -> String {
+    ota_core::wire::DEFAULT_TOPIC_PREFIX.to_string()
+}
+
 impl BrokerConfig {
+    /// The fleet's topic namespace (`topic_prefix`, checked when the configuration is loaded;
+    /// the default one if it were not valid).
+    pub fn topics(&self) -> ota_core::wire::Topics {
+        ota_core::wire::Topics::new(&self.topic_prefix).unwrap_or_default()
+    }
+
     /// Every broker URL in the order the agent tries them (`url` first), each with its
     /// configuration key.
     pub fn urls(&self) -> impl Iterator<Item = (String, &str)> {
@@ -351,6 +365,7 @@ impl fmt::Debug for BrokerConfig {
         f.debug_struct("BrokerConfig")
             .field("url", &self.url)
             .field("failover_urls", &self.failover_urls)
+            .field("topic_prefix", &self.topic_prefix)
             .field("ca_file", &self.ca_file)
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
@@ -1000,6 +1015,9 @@ impl AgentConfig {
         let b = &self.broker;
         for (key, url) in b.urls() {
             check_broker_url(key, url)?;
+        }
+        if let Err(e) = ota_core::wire::Topics::new(&b.topic_prefix) {
+            return Err(invalid("broker.topic_prefix", e.to_string()));
         }
         if b.client_cert.is_some() != b.client_key.is_some() {
             return Err(invalid(

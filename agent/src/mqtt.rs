@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ota_core::wire::{DeviceId, PROTOCOL_VERSION, Status, TopicKind, WireMessage};
+use ota_core::wire::{DeviceId, PROTOCOL_VERSION, Status, TopicKind, Topics, WireMessage};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
     TlsConfiguration, Transport,
@@ -239,6 +239,8 @@ pub(crate) enum LinkEvent {
 #[derive(Clone)]
 pub(crate) struct LinkSettings {
     pub(crate) brokers: Brokers,
+    /// The fleet's topic namespace (`broker.topic_prefix`).
+    pub(crate) topics: Topics,
     pub(crate) device: DeviceId,
     pub(crate) backoff: Backoff,
 }
@@ -376,6 +378,7 @@ impl LinkSettings {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(LinkSettings {
             brokers: Brokers::new(first, more),
+            topics: broker.topics(),
             device,
             backoff,
         })
@@ -452,6 +455,7 @@ pub(crate) struct Link {
     disconnect_sent: Arc<Notify>,
     stopping: Arc<AtomicBool>,
     epoch: Arc<AtomicU64>,
+    topics: Topics,
     device: DeviceId,
     poll_task: JoinHandle<()>,
     outbox_task: JoinHandle<()>,
@@ -468,11 +472,12 @@ impl Link {
     ) -> Self {
         let LinkSettings {
             brokers,
+            topics,
             device,
             backoff,
         } = settings;
         let mut options = brokers.current().clone();
-        let status_topic = device.topic(TopicKind::Status);
+        let status_topic = topics.device(&device, TopicKind::Status);
         options.set_last_will(LastWill::new(
             status_topic.clone(),
             status_payload(false, clock()),
@@ -497,6 +502,7 @@ impl Link {
             outbox: outbox.clone(),
             connected: connected_tx,
             events,
+            topics: topics.clone(),
             device: device.clone(),
             brokers,
             backoff,
@@ -517,6 +523,7 @@ impl Link {
             disconnect_sent,
             stopping,
             epoch,
+            topics,
             device,
             poll_task,
             outbox_task,
@@ -547,7 +554,7 @@ impl Link {
             return;
         }
         self.outbox.push(Message {
-            topic: self.device.topic(topic),
+            topic: self.topics.device(&self.device, topic),
             payload,
             retain: topic.retained(),
             kind,
@@ -559,7 +566,7 @@ impl Link {
     pub(crate) async fn shutdown(self, now_ms: u64) {
         self.stopping.store(true, Ordering::SeqCst);
         if self.is_connected() {
-            let topic = self.device.topic(TopicKind::Status);
+            let topic = self.topics.device(&self.device, TopicKind::Status);
             let goodbye = async {
                 let _ = self
                     .client
@@ -642,6 +649,7 @@ struct Poller {
     outbox: Arc<Outbox>,
     connected: watch::Sender<bool>,
     events: mpsc::UnboundedSender<LinkEvent>,
+    topics: Topics,
     device: DeviceId,
     brokers: Brokers,
     backoff: Backoff,
@@ -652,9 +660,10 @@ struct Poller {
 
 impl Poller {
     async fn run(mut self) {
-        let desired = self.device.topic(TopicKind::Desired);
-        let ack = self.device.topic(TopicKind::HeartbeatAck);
-        let flags = ota_core::flags::topic(&self.device);
+        let desired = self.topics.device(&self.device, TopicKind::Desired);
+        let ack = self.topics.device(&self.device, TopicKind::HeartbeatAck);
+        let flags = self.topics.flags(&self.device);
+        let trust = self.topics.trust();
         let mut wait = self.backoff.initial;
         let mut failures = 0u32;
         let mut awaiting_suback = false;
@@ -683,8 +692,8 @@ impl Poller {
                         "connected to the MQTT broker"
                     );
                     let filters = self
-                        .device
-                        .subscriptions()
+                        .topics
+                        .subscriptions(&self.device)
                         .into_iter()
                         .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
                     let filters: Vec<_> = filters.collect();
@@ -695,7 +704,7 @@ impl Poller {
                         });
                     }
                     self.outbox.push_front(Message {
-                        topic: self.device.topic(TopicKind::Status),
+                        topic: self.topics.device(&self.device, TopicKind::Status),
                         payload: status_payload(true, (self.clock)()),
                         retain: true,
                         kind: Kind::Status,
@@ -714,7 +723,7 @@ impl Poller {
                     let is_desired = p.topic == desired;
                     let is_ack = p.topic == ack;
                     let is_flags = p.topic == flags;
-                    let is_trust = p.topic == ota_core::wire::TRUST_TOPIC;
+                    let is_trust = p.topic == trust;
                     let delivery = Delivery {
                         payload: p.payload.to_vec(),
                         received: std::time::Instant::now(),
@@ -775,7 +784,7 @@ impl Poller {
                     let mut next = self.brokers.advance().clone();
                     next.set_clean_session(!resume);
                     next.set_last_will(LastWill::new(
-                        self.device.topic(TopicKind::Status),
+                        self.topics.device(&self.device, TopicKind::Status),
                         status_payload(false, (self.clock)()),
                         QoS::AtLeastOnce,
                         true,

@@ -52,7 +52,7 @@ pub use file::{FILE_FORMAT, FlagFileError};
 pub use name::{FlagName, FlagNameError};
 pub use set::{FlagChange, FlagChangeKind, FlagEdit, FlagSet};
 
-use crate::wire::{DeviceId, FLAGS_PREFIX, TopicError};
+use crate::wire::{DeviceId, TopicError};
 
 /// Bounds on flags, so that every flag payload, record and file has a small maximum size.
 #[derive(Debug, Clone, Copy)]
@@ -105,35 +105,26 @@ pub fn cohort_point(flag: &FlagName, device: &DeviceId) -> u64 {
     crate::rollout::cohort_point(&salt, device.as_str())
 }
 
-/// The per-device flags subtree, after [`FLAGS_PREFIX`].
-const DEVICES: &str = "devices/";
-
-/// The retained topic of `device`'s evaluated flags: `ota/v1/flags/devices/{id}` (server to
-/// device, retained, QoS 1, payload [`DeviceFlags`]). The device subscribes to it.
+/// The retained topic of `device`'s evaluated flags in the default namespace:
+/// `ota/v1/flags/devices/{id}` (server to device, retained, QoS 1, payload [`DeviceFlags`]).
+/// The device subscribes to it. [`Topics::flags`](crate::wire::Topics::flags) for any prefix.
 pub fn topic(device: &DeviceId) -> String {
-    format!("{FLAGS_PREFIX}{DEVICES}{device}")
+    crate::wire::Topics::default().flags(device)
 }
 
-/// The server's wildcard over every device's flags topic: `ota/v1/flags/devices/+` (for tools
-/// that watch what was published; the server itself does not need to subscribe).
+/// The wildcard over every device's flags topic in the default namespace:
+/// `ota/v1/flags/devices/+` (for tools that watch what was published; the server itself does
+/// not need to subscribe).
 pub fn fleet_filter() -> String {
-    format!("{FLAGS_PREFIX}{DEVICES}+")
+    crate::wire::Topics::default().flags_filter()
 }
 
 /// Whether publications on the flags topic are retained: yes, so that a device that was
 /// offline gets its current flags when it (re)subscribes.
 pub const RETAINED: bool = true;
 
-/// Parses `ota/v1/flags/devices/{id}` back into the device id. Refuses other prefixes
-/// ([`TopicError::WrongPrefix`]), anything else under `ota/v1/flags/` ([`TopicError::Unknown`])
-/// and bad ids ([`TopicError::BadDeviceId`]).
+/// [`Topics::parse_flags_topic`](crate::wire::Topics::parse_flags_topic) in the default
+/// namespace.
 pub fn parse_topic(topic: &str) -> Result<DeviceId, TopicError> {
-    let rest = topic
-        .strip_prefix(FLAGS_PREFIX)
-        .ok_or(TopicError::WrongPrefix)?;
-    let id = rest.strip_prefix(DEVICES).ok_or(TopicError::Unknown)?;
-    if id.contains('/') {
-        return Err(TopicError::Unknown);
-    }
-    Ok(DeviceId::new(id)?)
+    crate::wire::Topics::default().parse_flags_topic(topic)
 }

@@ -34,8 +34,8 @@ pub use message::{
     UpdateOutcome,
 };
 pub use topic::{
-    DeviceId, DeviceIdError, Direction, FLAGS_PREFIX, QOS, TOPIC_PREFIX, TRUST_TOPIC, TopicError,
-    TopicKind, parse_device_topic,
+    DEFAULT_TOPIC_PREFIX, DeviceId, DeviceIdError, Direction, FLAGS_PREFIX, MAX_TOPIC_PREFIX, QOS,
+    TOPIC_PREFIX, TRUST_TOPIC, TopicError, TopicKind, TopicPrefixError, Topics, parse_device_topic,
 };
 pub use trust::{TrustOutcome, TrustRejectCause, TrustReport};
 

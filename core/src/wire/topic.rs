@@ -4,22 +4,156 @@ use alloc::format;
 use alloc::string::String;
 use core::fmt;
 
-/// The versioned prefix of every ota topic. A new major protocol gets a new prefix, so old and
-/// new fleets can share a broker.
+/// The default topic prefix (`mqtt.topic_prefix` of the server, `broker.topic_prefix` of the
+/// agent), versioned: a new major protocol gets a new prefix, so old and new fleets can share a
+/// broker.
+pub const DEFAULT_TOPIC_PREFIX: &str = "ota/v1";
+
+/// The versioned prefix of every ota topic in the default namespace (see [`Topics`]).
 pub const TOPIC_PREFIX: &str = "ota/v1/";
 
-/// The prefix of the fleet-wide feature-flag topics, reserved for a later feature (nothing is
-/// published there yet; [`parse_device_topic`] answers [`TopicError::Reserved`]).
+/// The prefix of the feature-flag topics in the default namespace (see [`Topics::flags`]).
 pub const FLAGS_PREFIX: &str = "ota/v1/flags/";
 
-/// The fleet-wide trust topic (server to every device, retained, QoS 1): the last accepted
-/// signed trust-set update ([`crate::release::SignedTrustUpdate`] envelope bytes, not a wire
-/// map: the envelope is self-describing and signed). Devices verify it against the trust set
-/// they have; see `docs/protocol.md`.
+/// The fleet-wide trust topic of the default namespace (server to every device, retained,
+/// QoS 1): the last accepted signed trust-set update ([`crate::release::SignedTrustUpdate`]
+/// envelope bytes, not a wire map: the envelope is self-describing and signed). Devices verify
+/// it against the trust set they have; see `docs/protocol.md`. [`Topics::trust`] gives it for
+/// any prefix.
 pub const TRUST_TOPIC: &str = "ota/v1/trust";
 
-/// The per-device topic prefix (after [`TOPIC_PREFIX`]).
+/// The per-device topic level (after the prefix).
 const DEVICES: &str = "devices/";
+
+/// The longest topic prefix accepted, in bytes.
+pub const MAX_TOPIC_PREFIX: usize = 128;
+
+/// A fleet's topic namespace: every ota topic is `{prefix}/...`. Several fleets (staging and
+/// production, or parallel test suites) share one broker without seeing each other's messages
+/// by using different prefixes; the server and its agents must use the same one. The default
+/// is [`DEFAULT_TOPIC_PREFIX`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// The prefix with a trailing `/`.
+    base: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            base: String::from(TOPIC_PREFIX),
+        }
+    }
+}
+
+/// Why a topic prefix is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicPrefixError {
+    /// Empty, or longer than [`MAX_TOPIC_PREFIX`].
+    #[error("a topic prefix has 1 to {MAX_TOPIC_PREFIX} bytes")]
+    Length,
+    /// It holds an MQTT wildcard (`+`, `#`), a NUL, starts with `$` or `/`, ends with `/` or has
+    /// an empty level.
+    #[error(
+        "a topic prefix is one or more non-empty levels separated by '/', without '+', '#', NUL, a leading '$' or '/', or a trailing '/'"
+    )]
+    Invalid,
+}
+
+impl Topics {
+    /// The namespace `prefix` (e.g. `ota/v1`, `acme/staging/ota/v1`).
+    pub fn new(prefix: &str) -> Result<Self, TopicPrefixError> {
+        if prefix.is_empty() || prefix.len() > MAX_TOPIC_PREFIX {
+            return Err(TopicPrefixError::Length);
+        }
+        if prefix.starts_with('$')
+            || prefix.split('/').any(str::is_empty)
+            || prefix.contains(['+', '#', '\0'])
+        {
+            return Err(TopicPrefixError::Invalid);
+        }
+        Ok(Topics {
+            base: format!("{prefix}/"),
+        })
+    }
+
+    /// The prefix, without a trailing `/`.
+    pub fn prefix(&self) -> &str {
+        self.base.trim_end_matches('/')
+    }
+
+    /// Device `id`'s topic of `kind`: `{prefix}/devices/{id}/{suffix}`.
+    pub fn device(&self, id: &DeviceId, kind: TopicKind) -> String {
+        format!("{}{DEVICES}{id}/{}", self.base, kind.suffix())
+    }
+
+    /// The fleet-wide subscription filter of `kind` (`{prefix}/devices/+/{suffix}`), for the
+    /// server.
+    pub fn fleet_filter(&self, kind: TopicKind) -> String {
+        format!("{}{DEVICES}+/{}", self.base, kind.suffix())
+    }
+
+    /// The fleet-wide trust topic: `{prefix}/trust` (see [`TRUST_TOPIC`]).
+    pub fn trust(&self) -> String {
+        format!("{}trust", self.base)
+    }
+
+    /// Device `id`'s retained flags topic: `{prefix}/flags/devices/{id}` (see
+    /// [`crate::flags`]).
+    pub fn flags(&self, id: &DeviceId) -> String {
+        format!("{}flags/{DEVICES}{id}", self.base)
+    }
+
+    /// The wildcard over every device's flags topic: `{prefix}/flags/devices/+`.
+    pub fn flags_filter(&self) -> String {
+        format!("{}flags/{DEVICES}+", self.base)
+    }
+
+    /// Every topic device `id` subscribes to, and the only ones a broker ACL lets it read: its
+    /// desired state, heartbeat acks, its evaluated flags and the fleet-wide trust topic.
+    /// `docs/protocol.md` lists the same (checked by a test).
+    pub fn subscriptions(&self, id: &DeviceId) -> [String; 4] {
+        [
+            self.device(id, TopicKind::Desired),
+            self.device(id, TopicKind::HeartbeatAck),
+            self.flags(id),
+            self.trust(),
+        ]
+    }
+
+    /// Parses `{prefix}/devices/{id}/{kind}` into the device id and topic kind.
+    ///
+    /// Rejects another prefix, the flags tree, unknown suffixes and ids that are not valid
+    /// [`DeviceId`]s (so a wildcard or an overlong id never reaches the server's storage).
+    pub fn parse_device_topic(&self, topic: &str) -> Result<(DeviceId, TopicKind), TopicError> {
+        let rest = topic
+            .strip_prefix(self.base.as_str())
+            .ok_or(TopicError::WrongPrefix)?;
+        if rest.starts_with("flags/") {
+            return Err(TopicError::Reserved);
+        }
+        let rest = rest.strip_prefix(DEVICES).ok_or(TopicError::Unknown)?;
+        let (id, suffix) = rest.split_once('/').ok_or(TopicError::Unknown)?;
+        let kind = TopicKind::from_suffix(suffix).ok_or(TopicError::Unknown)?;
+        Ok((DeviceId::new(id)?, kind))
+    }
+
+    /// Parses `{prefix}/flags/devices/{id}` back into the device id. Refuses other prefixes
+    /// ([`TopicError::WrongPrefix`]), anything else under the flags tree
+    /// ([`TopicError::Unknown`]) and bad ids ([`TopicError::BadDeviceId`]).
+    pub fn parse_flags_topic(&self, topic: &str) -> Result<DeviceId, TopicError> {
+        let rest = topic
+            .strip_prefix(self.base.as_str())
+            .and_then(|r| r.strip_prefix("flags/"))
+            .ok_or(TopicError::WrongPrefix)?;
+        let id = rest.strip_prefix(DEVICES).ok_or(TopicError::Unknown)?;
+        if id.contains('/') {
+            return Err(TopicError::Unknown);
+        }
+        Ok(DeviceId::new(id)?)
+    }
+}
 
 /// The MQTT QoS of every ota publication and subscription: at least once. Duplicates happen, so
 /// every handler is idempotent.
@@ -99,15 +233,16 @@ impl TopicKind {
         }
     }
 
-    /// The topic of this kind for one device.
+    /// The topic of this kind for one device, in the default namespace
+    /// ([`Topics::device`] for any prefix).
     pub fn topic(self, id: &DeviceId) -> String {
-        format!("{TOPIC_PREFIX}{DEVICES}{id}/{}", self.suffix())
+        Topics::default().device(id, self)
     }
 
-    /// The fleet-wide subscription filter for this kind (`ota/v1/devices/+/{suffix}`), for the
-    /// server.
+    /// The fleet-wide subscription filter for this kind in the default namespace
+    /// (`ota/v1/devices/+/{suffix}`; [`Topics::fleet_filter`] for any prefix).
     pub fn fleet_filter(self) -> String {
-        format!("{TOPIC_PREFIX}{DEVICES}+/{}", self.suffix())
+        Topics::default().fleet_filter(self)
     }
 
     fn from_suffix(suffix: &str) -> Option<Self> {
@@ -183,21 +318,15 @@ impl DeviceId {
         &self.0
     }
 
-    /// The device's topic of `kind`.
+    /// The device's topic of `kind` in the default namespace ([`Topics::device`] for any
+    /// prefix).
     pub fn topic(&self, kind: TopicKind) -> String {
         kind.topic(self)
     }
 
-    /// Every topic the device subscribes to, and the only ones a broker ACL lets it read: its
-    /// desired state, heartbeat acks, its evaluated flags ([`crate::flags::topic`]) and the
-    /// fleet-wide [`TRUST_TOPIC`]. `docs/protocol.md` lists the same (checked by a test).
+    /// [`Topics::subscriptions`] in the default namespace.
     pub fn subscriptions(&self) -> [String; 4] {
-        [
-            self.topic(TopicKind::Desired),
-            self.topic(TopicKind::HeartbeatAck),
-            crate::flags::topic(self),
-            String::from(TRUST_TOPIC),
-        ]
+        Topics::default().subscriptions(self)
     }
 }
 
@@ -231,35 +360,24 @@ impl AsRef<str> for DeviceId {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TopicError {
-    /// The topic does not start with [`TOPIC_PREFIX`] (another protocol version or application).
-    #[error("not an ota/v1 topic")]
+    /// The topic does not start with the fleet's prefix (another fleet, protocol version or
+    /// application).
+    #[error("not a topic of this fleet's prefix")]
     WrongPrefix,
-    /// The topic is under the reserved [`FLAGS_PREFIX`].
-    #[error("ota/v1/flags/ is reserved for feature flags")]
+    /// The topic is under the prefix's flags tree (not a per-device topic).
+    #[error("the flags tree holds no per-device topic")]
     Reserved,
-    /// The topic is under `ota/v1/` but not a known per-device topic.
-    #[error("unknown ota/v1 topic")]
+    /// The topic is under the prefix but not a known per-device topic.
+    #[error("unknown ota topic")]
     Unknown,
     /// The device id segment is not a valid [`DeviceId`].
     #[error("bad device id in topic: {0}")]
     BadDeviceId(#[from] DeviceIdError),
 }
 
-/// Parses `ota/v1/devices/{id}/{kind}` into the device id and topic kind.
-///
-/// Rejects another prefix, the reserved flags tree, unknown suffixes and ids that are not valid
-/// [`DeviceId`]s (so a wildcard or an overlong id never reaches the server's storage).
+/// [`Topics::parse_device_topic`] in the default namespace.
 pub fn parse_device_topic(topic: &str) -> Result<(DeviceId, TopicKind), TopicError> {
-    if topic.starts_with(FLAGS_PREFIX) {
-        return Err(TopicError::Reserved);
-    }
-    let rest = topic
-        .strip_prefix(TOPIC_PREFIX)
-        .ok_or(TopicError::WrongPrefix)?;
-    let rest = rest.strip_prefix(DEVICES).ok_or(TopicError::Unknown)?;
-    let (id, suffix) = rest.split_once('/').ok_or(TopicError::Unknown)?;
-    let kind = TopicKind::from_suffix(suffix).ok_or(TopicError::Unknown)?;
-    Ok((DeviceId::new(id)?, kind))
+    Topics::default().parse_device_topic(topic)
 }
 
 #[cfg(test)]
@@ -313,6 +431,55 @@ mod tests {
         assert_eq!(
             parse_device_topic("ota/v1/devices/#"),
             Err(TopicError::Unknown)
+        );
+    }
+
+    #[test]
+    fn issue15_a_prefix_namespaces_every_topic() {
+        let t = Topics::new("acme/staging/ota/v1").unwrap();
+        let id = DeviceId::new("gw-1").unwrap();
+        assert_eq!(t.prefix(), "acme/staging/ota/v1");
+        assert_eq!(
+            t.device(&id, TopicKind::Desired),
+            "acme/staging/ota/v1/devices/gw-1/desired"
+        );
+        assert_eq!(
+            t.fleet_filter(TopicKind::Events),
+            "acme/staging/ota/v1/devices/+/events"
+        );
+        assert_eq!(t.trust(), "acme/staging/ota/v1/trust");
+        assert_eq!(t.flags(&id), "acme/staging/ota/v1/flags/devices/gw-1");
+        assert_eq!(t.flags_filter(), "acme/staging/ota/v1/flags/devices/+");
+        for kind in TopicKind::ALL {
+            assert_eq!(
+                t.parse_device_topic(&t.device(&id, kind)),
+                Ok((id.clone(), kind))
+            );
+            // Another fleet's topics are not this fleet's.
+            assert_eq!(
+                t.parse_device_topic(&id.topic(kind)),
+                Err(TopicError::WrongPrefix)
+            );
+            assert_eq!(
+                Topics::default().parse_device_topic(&t.device(&id, kind)),
+                Err(TopicError::WrongPrefix)
+            );
+        }
+        assert_eq!(t.parse_flags_topic(&t.flags(&id)), Ok(id.clone()));
+        assert_eq!(
+            t.parse_device_topic(&t.flags(&id)),
+            Err(TopicError::Reserved)
+        );
+        assert_eq!(
+            Topics::default(),
+            Topics::new(DEFAULT_TOPIC_PREFIX).unwrap()
+        );
+        for bad in ["", "a/", "/a", "a//b", "a/+/b", "a/#", "$SYS/ota", "a\0b"] {
+            assert!(Topics::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            Topics::new(&"a".repeat(MAX_TOPIC_PREFIX + 1)),
+            Err(TopicPrefixError::Length)
         );
     }
 
