@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ota_server::broker::credentials::DeviceSecret;
-use ota_server::config::{Config, MqttConfig, TrustConfig};
+use ota_server::config::{Config, MqttBroker, MqttConfig, TrustConfig};
 use tracing_subscriber::filter::Targets;
 
 use crate::error::CliError;
@@ -103,23 +103,26 @@ pub(crate) fn run(args: ServerArgs) -> Result<(), CliError> {
     }
     let mut config = load(&args)?;
     if let Some(url) = &args.mqtt {
-        let mut mqtt = MqttConfig::external(url).map_err(|e| CliError::Usage(e.to_string()))?;
+        let mut broker = MqttConfig::external(url)
+            .map_err(|e| CliError::Usage(e.to_string()))?
+            .broker;
         // Keep the TLS files and credentials of server.toml's external broker.
-        if let (MqttConfig::External { client, .. }, MqttConfig::External { client: old, .. }) =
-            (&mut mqtt, &config.mqtt)
+        if let (MqttBroker::External { client, .. }, MqttBroker::External { client: old, .. }) =
+            (&mut broker, &config.mqtt.broker)
         {
             let tls = client.tls;
             *client = old.clone();
             client.tls = tls;
         }
-        config.mqtt = mqtt;
+        config.mqtt.broker = broker;
     }
     if let Some(listen) = args.mqtt_listen {
         // Keep the front door's TLS and authentication of server.toml.
-        config.mqtt = match config.mqtt {
-            MqttConfig::Embedded { security, .. } => MqttConfig::Embedded { listen, security },
-            _ => MqttConfig::embedded(listen),
+        let security = match &config.mqtt.broker {
+            MqttBroker::Embedded { security, .. } => security.clone(),
+            _ => Default::default(),
         };
+        config.mqtt.broker = MqttBroker::Embedded { listen, security };
     }
     if let Some(url) = &args.database {
         config.database.url = Some(url.clone());

@@ -20,9 +20,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ota_core::wire::DeviceId;
+use ota_core::wire::{DeviceId, Topics};
 use ota_server::broker::credentials::DeviceSecret;
-use ota_server::config::{BrokerSecurity, Config, MqttConfig, OperatorConfig, Role, TrustConfig};
+use ota_server::config::{
+    BrokerSecurity, Config, MqttBroker, MqttConfig, OperatorConfig, Role, TrustConfig,
+};
 use ota_server::{RunningServer, Server};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -62,6 +64,9 @@ pub struct LabOptions {
     pub public_url: Option<String>,
     /// A prefix of the device ids (unique per lab when several share a broker).
     pub id_prefix: String,
+    /// The fleet's MQTT topic namespace, for the server and every agent (default `ota/v1`;
+    /// labs that share a broker use different ones and never see each other's messages).
+    pub topics: Topics,
     /// The files installer's restart command on every device (argv; default none).
     pub restart_command: Option<Vec<String>>,
     /// TLS and device authentication of the embedded broker (default: plain TCP, device
@@ -108,6 +113,7 @@ impl Default for LabOptions {
             database_url: None,
             public_url: None,
             id_prefix: "demo".into(),
+            topics: Topics::default(),
             restart_command: None,
             broker_security: BrokerSecurity::default(),
             device_passwords: true,
@@ -209,6 +215,10 @@ impl Lab {
                 (None, Some(secret)) => password_toml(lab.dir.path(), &id, secret)?,
                 (None, None) => String::new(),
             };
+            let broker_extra = format!(
+                "{broker_extra}\ntopic_prefix = {}",
+                crate::device::toml_string(opts.topics.prefix())
+            );
             let spec = DeviceSpec {
                 ring: if i % 10 == 0 { "canary" } else { "main" }.into(),
                 id: id.clone(),
@@ -286,6 +296,11 @@ impl Lab {
         format!("id={}-*", self.id_prefix)
     }
 
+    /// The fleet's MQTT topic namespace (server and agents).
+    pub fn topics(&self) -> &Topics {
+        &self.config.mqtt.topics
+    }
+
     /// The device filter that selects device `i` only.
     pub fn filter_one(&self, i: usize) -> String {
         self.devices
@@ -316,7 +331,7 @@ impl Lab {
     /// Stops the server gracefully and starts it again on the same addresses and data. Needs
     /// an external broker ([`LabOptions::server_mqtt`]): the embedded one cannot be stopped.
     pub async fn restart_server(&mut self) -> Result<(), LabError> {
-        if matches!(self.config.mqtt, MqttConfig::Embedded { .. }) {
+        if matches!(self.config.mqtt.broker, MqttBroker::Embedded { .. }) {
             return Err(LabError::Setup(
                 "the embedded broker cannot restart with the server: use an external broker".into(),
             ));
@@ -412,11 +427,12 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
     }
     config.mqtt = match &opts.server_mqtt {
         Some(url) => MqttConfig::external(url).map_err(|e| LabError::Setup(e.to_string()))?,
-        None => MqttConfig::Embedded {
+        None => MqttConfig::with_broker(MqttBroker::Embedded {
             listen: ([127, 0, 0, 1], 0).into(),
             security: opts.broker_security.clone(),
-        },
+        }),
     };
+    config.mqtt.topics = opts.topics.clone();
     config.database.url.clone_from(&opts.database_url);
     // Every device of a lab downloads from 127.0.0.1, like a fleet behind one NAT address:
     // the per-address HTTP cap (256 by default) would refuse the 257th concurrent download

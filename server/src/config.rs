@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use ota_core::release::{TrustSet, TrustSetError};
+use ota_core::wire::Topics;
 use serde::Deserialize;
 
 pub use crate::limits::LimitsConfig;
@@ -214,7 +215,7 @@ impl Config {
                 "must be an http:// or https:// URL",
             ));
         }
-        if let MqttConfig::External { host, .. } = &self.mqtt
+        if let MqttBroker::External { host, .. } = &self.mqtt.broker
             && host.is_empty()
         {
             return Err(invalid("mqtt.url", "the host is empty"));
@@ -411,11 +412,23 @@ impl Default for HttpConfig {
     }
 }
 
-/// `[mqtt]`: either the embedded broker (`listen`) or an external broker (`url`).
+/// `[mqtt]`: the broker (embedded or external) and the fleet's topic namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "RawMqtt")]
 #[non_exhaustive]
-pub enum MqttConfig {
+pub struct MqttConfig {
+    /// The embedded broker (`listen`) or an external broker (`url`).
+    pub broker: MqttBroker,
+    /// `topic_prefix`: every ota topic is `{topic_prefix}/...` (default `ota/v1`); the
+    /// fleet's agents use the same (`broker.topic_prefix`). Fleets with different prefixes
+    /// share a broker without seeing each other's messages.
+    pub topics: Topics,
+}
+
+/// Where the fleet's MQTT broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MqttBroker {
     /// Run the embedded broker in-process on this address (port 0 picks a free port).
     Embedded {
         /// Listen address of the front door devices connect to.
@@ -489,20 +502,28 @@ impl Default for MqttConfig {
 }
 
 impl MqttConfig {
-    /// The embedded broker on `listen`, open (no TLS, no authentication).
+    /// The embedded broker on `listen`, open (no TLS, no authentication), default topics.
     pub fn embedded(listen: SocketAddr) -> Self {
-        MqttConfig::Embedded {
+        MqttConfig::with_broker(MqttBroker::Embedded {
             listen,
             security: BrokerSecurity::default(),
+        })
+    }
+
+    /// `broker` with the default topic namespace.
+    pub fn with_broker(broker: MqttBroker) -> Self {
+        MqttConfig {
+            broker,
+            topics: Topics::default(),
         }
     }
 
     /// `mqtt.device_secret_file`: the secret device passwords derive from, for the embedded
     /// broker's front door or an external broker's password file alike.
     pub fn device_secret_file(&self) -> Option<&Path> {
-        match self {
-            MqttConfig::Embedded { security, .. } => security.device_secret_file.as_deref(),
-            MqttConfig::External { client, .. } => client.device_secret_file.as_deref(),
+        match &self.broker {
+            MqttBroker::Embedded { security, .. } => security.device_secret_file.as_deref(),
+            MqttBroker::External { client, .. } => client.device_secret_file.as_deref(),
         }
     }
 
@@ -542,19 +563,19 @@ impl MqttConfig {
         if host.is_empty() {
             return Err(invalid("mqtt.url", "the host is empty"));
         }
-        Ok(MqttConfig::External {
+        Ok(MqttConfig::with_broker(MqttBroker::External {
             host: host.to_string(),
             port,
             client: ClientSecurity {
                 tls,
                 ..ClientSecurity::default()
             },
-        })
+        }))
     }
 
     fn resolve_paths(&mut self, base_dir: &Path) {
-        let paths: Vec<&mut PathBuf> = match self {
-            MqttConfig::Embedded { security: s, .. } => [
+        let paths: Vec<&mut PathBuf> = match &mut self.broker {
+            MqttBroker::Embedded { security: s, .. } => [
                 &mut s.tls_cert,
                 &mut s.tls_key,
                 &mut s.tls_client_ca,
@@ -563,7 +584,7 @@ impl MqttConfig {
             .into_iter()
             .flatten()
             .collect(),
-            MqttConfig::External { client: c, .. } => [
+            MqttBroker::External { client: c, .. } => [
                 &mut c.ca_file,
                 &mut c.client_cert,
                 &mut c.client_key,
@@ -584,6 +605,7 @@ impl MqttConfig {
 #[serde(deny_unknown_fields)]
 struct RawMqtt {
     listen: Option<SocketAddr>,
+    topic_prefix: Option<String>,
     url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -597,6 +619,21 @@ struct RawMqtt {
 }
 
 impl TryFrom<RawMqtt> for MqttConfig {
+    type Error = String;
+
+    fn try_from(raw: RawMqtt) -> Result<Self, Self::Error> {
+        let topics = match &raw.topic_prefix {
+            Some(prefix) => Topics::new(prefix).map_err(|e| format!("mqtt.topic_prefix: {e}"))?,
+            None => Topics::default(),
+        };
+        Ok(MqttConfig {
+            broker: MqttBroker::try_from(raw)?,
+            topics,
+        })
+    }
+}
+
+impl TryFrom<RawMqtt> for MqttBroker {
     type Error = String;
 
     fn try_from(raw: RawMqtt) -> Result<Self, Self::Error> {
@@ -622,8 +659,10 @@ impl TryFrom<RawMqtt> for MqttConfig {
                             .into(),
                     );
                 }
-                let mut config = MqttConfig::external(&url).map_err(|e| e.to_string())?;
-                if let MqttConfig::External { client, .. } = &mut config {
+                let mut config = MqttConfig::external(&url)
+                    .map_err(|e| e.to_string())?
+                    .broker;
+                if let MqttBroker::External { client, .. } = &mut config {
                     if !client.tls && (raw.ca_file.is_some() || raw.client_cert.is_some()) {
                         return Err("mqtt.ca_file and client_cert need an mqtts:// URL".into());
                     }
@@ -654,7 +693,7 @@ impl TryFrom<RawMqtt> for MqttConfig {
                 if raw.tls_client_ca.is_some() && raw.tls_cert.is_none() {
                     return Err("mqtt.tls_client_ca needs TLS (mqtt.tls_cert and tls_key)".into());
                 }
-                Ok(MqttConfig::Embedded {
+                Ok(MqttBroker::Embedded {
                     listen: listen.unwrap_or(DEFAULT_MQTT_LISTEN),
                     security: BrokerSecurity {
                         tls_cert: raw.tls_cert,
@@ -962,21 +1001,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.mqtt,
-            MqttConfig::External {
+            c.mqtt.broker,
+            MqttBroker::External {
                 host: "broker.example".into(),
                 port: 1884,
                 client: ClientSecurity::default(),
             }
         );
+        assert_eq!(c.mqtt.topics, Topics::default());
         assert_eq!(
-            MqttConfig::external("mqtt://[::1]").unwrap(),
-            MqttConfig::External {
+            MqttConfig::external("mqtt://[::1]").unwrap().broker,
+            MqttBroker::External {
                 host: "::1".into(),
                 port: 1883,
                 client: ClientSecurity::default(),
             }
         );
+        // Issue 15: the fleet's topic namespace.
+        let c = Config::from_toml(
+            "[mqtt]\ntopic_prefix = \"acme/staging/ota/v1\"\n[trust]\nkeys=[\"a\"]\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.topics.prefix(), "acme/staging/ota/v1");
+        for bad in ["", "a/+/b", "a/", "ota/#"] {
+            let toml = format!("[mqtt]\ntopic_prefix = {bad:?}\n[trust]\nkeys=[\"a\"]\n");
+            let e = Config::from_toml(&toml, Path::new("/")).unwrap_err();
+            assert!(e.to_string().contains("topic_prefix"), "{bad:?}: {e}");
+        }
         assert!(MqttConfig::external("http://x").is_err());
         assert!(MqttConfig::external("mqtt://x:99999").is_err());
         let both = "[mqtt]\nurl = \"mqtt://b\"\nlisten = \"127.0.0.1:0\"\n[trust]\nkeys=[\"a\"]\n";
@@ -990,7 +1042,7 @@ mod tests {
             Path::new("/etc/ota"),
         )
         .unwrap();
-        let MqttConfig::Embedded { security, .. } = &c.mqtt else {
+        let MqttBroker::Embedded { security, .. } = &c.mqtt.broker else {
             panic!("{:?}", c.mqtt)
         };
         assert_eq!(
@@ -1007,7 +1059,7 @@ mod tests {
             Path::new("/etc/ota"),
         )
         .unwrap();
-        let MqttConfig::External { port, client, .. } = &c.mqtt else {
+        let MqttBroker::External { port, client, .. } = &c.mqtt.broker else {
             panic!("{:?}", c.mqtt)
         };
         assert_eq!(*port, DEFAULT_MQTTS_PORT);

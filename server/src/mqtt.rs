@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ota_core::budget::{BudgetSpec, Budgets, Verdict};
+use ota_core::wire::Topics;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };
@@ -78,6 +79,18 @@ pub struct MqttEndpoint {
     pub credentials: Option<(String, String)>,
 }
 
+/// How the coordinator's MQTT link reaches the fleet: the broker, the fleet's topic namespace
+/// and the message budget of each device.
+#[derive(Debug, Clone)]
+pub struct LinkSpec {
+    /// Where the broker is.
+    pub endpoint: MqttEndpoint,
+    /// The fleet's topic namespace (`mqtt.topic_prefix`).
+    pub topics: Topics,
+    /// What each device may publish (per device id of the topic); the excess is dropped.
+    pub device_budget: BudgetSpec,
+}
+
 impl MqttEndpoint {
     /// Plain TCP, no credentials.
     pub fn plain(host: impl Into<String>, port: u16) -> Self {
@@ -120,20 +133,23 @@ struct Sink {
     inbound: mpsc::Sender<Inbound>,
     budgets: Budgets<String>,
     epoch: tokio::time::Instant,
+    /// The fleet's topic namespace (budgets are per device id of the topic).
+    topics: Topics,
     shared: Arc<Shared>,
 }
 
 impl MqttLink {
-    /// Connects to `endpoint` as `client_id` and starts polling; everything received goes to
-    /// `inbound` (see the [module documentation](self)). Each device gets `budget`; what is
+    /// Connects to `spec`'s broker as `client_id` and starts polling; everything received goes
+    /// to `inbound` (see the [module documentation](self)). Each device (of a topic in the
+    /// spec's namespace) gets the spec's budget; what is
     /// dropped over it is counted in `shared`.
     pub fn start(
-        endpoint: &MqttEndpoint,
+        spec: &LinkSpec,
         client_id: &str,
         inbound: mpsc::Sender<Inbound>,
-        budget: BudgetSpec,
         shared: Arc<Shared>,
     ) -> Self {
+        let endpoint = &spec.endpoint;
         let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
         if let Some((user, password)) = &endpoint.credentials {
             options.set_credentials(user.clone(), password.clone());
@@ -152,8 +168,9 @@ impl MqttLink {
         let (stop, stop_rx) = watch::channel(false);
         let sink = Sink {
             inbound,
-            budgets: Budgets::new(budget),
+            budgets: Budgets::new(spec.device_budget),
             epoch: tokio::time::Instant::now(),
+            topics: spec.topics.clone(),
             shared,
         };
         let task = tokio::spawn(poll(eventloop, sink, stop_rx));
@@ -230,7 +247,7 @@ impl Sink {
     /// Hands `inbound` on, waiting for room; false when nobody listens any more.
     async fn deliver(&mut self, inbound: Inbound) -> bool {
         if let Inbound::Message { topic, .. } = &inbound
-            && let Ok((device, _)) = ota_core::wire::parse_device_topic(topic)
+            && let Ok((device, _)) = self.topics.parse_device_topic(topic)
         {
             let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
             if self.budgets.take(device.as_str().to_owned(), now) != Verdict::Pass {

@@ -11,13 +11,13 @@ use crate::broker::credentials::{DeviceSecret, SecretError};
 use crate::broker::{BrokerError, BrokerSettings, DoorAuth, EmbeddedBroker};
 use crate::clock::Clock;
 use crate::config::{
-    BrokerSecurity, ClientSecurity, Config, ConfigError, LimitsConfig, MqttConfig,
+    BrokerSecurity, ClientSecurity, Config, ConfigError, LimitsConfig, MqttBroker,
 };
 use crate::db::{Db, DbError, redact_url};
 use crate::fleet::{FleetStartError, FleetTask, Shared};
 use crate::http::{self, AppState};
 use crate::limits::{Caps, FdLimit, fit_to_fd_limit};
-use crate::mqtt::MqttEndpoint;
+use crate::mqtt::{LinkSpec, MqttEndpoint};
 use crate::store::{ArtifactStore, StoreError};
 use crate::tls::TlsError;
 use crate::trust::{FleetTrust, TrustError};
@@ -140,17 +140,19 @@ impl Server {
 
         // Refusals by the broker's front door are counted with the fleet's counters.
         let shared = Arc::new(Shared::default());
-        let broker = match &config.mqtt {
-            MqttConfig::Embedded { listen, security } => Some(
+        let topics = config.mqtt.topics.clone();
+        let broker = match &config.mqtt.broker {
+            MqttBroker::Embedded { listen, security } => Some(
                 EmbeddedBroker::start_with(
-                    broker_settings(*listen, security, &config.limits, caps.mqtt)?,
+                    broker_settings(*listen, security, &config.limits, caps.mqtt)?
+                        .with_topics(topics.clone()),
                     shared.clone(),
                 )
                 .await?,
             ),
-            MqttConfig::External { .. } => None,
+            MqttBroker::External { .. } => None,
         };
-        let endpoint = match (&config.mqtt, &broker) {
+        let endpoint = match (&config.mqtt.broker, &broker) {
             (_, Some(b)) => {
                 let internal = b.internal();
                 MqttEndpoint {
@@ -158,10 +160,10 @@ impl Server {
                     ..MqttEndpoint::plain(internal.addr.ip().to_string(), internal.addr.port())
                 }
             }
-            (MqttConfig::External { host, port, client }, None) => {
+            (MqttBroker::External { host, port, client }, None) => {
                 client_endpoint(host, *port, client)?
             }
-            (MqttConfig::Embedded { listen, .. }, None) => {
+            (MqttBroker::Embedded { listen, .. }, None) => {
                 MqttEndpoint::plain(listen.ip().to_string(), listen.port())
             }
         };
@@ -180,14 +182,18 @@ impl Server {
             db.set_event_sink(Some(sink));
             tasks
         };
+        let link = LinkSpec {
+            endpoint,
+            topics,
+            device_budget: config.limits.device_budget(),
+        };
         let (fleet, fleet_task) = crate::fleet::start(
             db.clone(),
             clock.clone(),
-            &endpoint,
+            &link,
             public_url.clone(),
             shared,
             trust.clone(),
-            config.limits.device_budget(),
         )
         .await?;
 
@@ -197,7 +203,7 @@ impl Server {
         tracing::info!(
             %http_addr,
             https = tls.is_some(),
-            mqtt = %broker.as_ref().map_or_else(|| endpoint.to_string(), |b| {
+            mqtt = %broker.as_ref().map_or_else(|| link.endpoint.to_string(), |b| {
                 let scheme = if b.tls() { "mqtts" } else { "mqtt" };
                 format!("{scheme}://{} (embedded)", b.addr())
             }),
@@ -384,9 +390,9 @@ fn flatten(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> Resul
 fn connection_caps(config: &Config, fds: FdLimit) -> Caps {
     let wanted = Caps {
         http: config.limits.http_max_connections,
-        mqtt: match config.mqtt {
-            MqttConfig::Embedded { .. } => config.limits.mqtt_max_connections,
-            MqttConfig::External { .. } => 0,
+        mqtt: match config.mqtt.broker {
+            MqttBroker::Embedded { .. } => config.limits.mqtt_max_connections,
+            MqttBroker::External { .. } => 0,
         },
     };
     let caps = fit_to_fd_limit(wanted, fds.soft);

@@ -436,6 +436,23 @@ fn issue7_debug_and_errors_show_no_broker_password() {
     assert!(!e.to_string().contains("SECRET"), "{e}");
     let e = parse_err(&failover("\"http://b2\""));
     assert_eq!(key_of(&e), "broker.failover_urls[0]");
+
+    // Issue 15: the fleet's topic namespace.
+    let prefix =
+        |p: &str| MINIMAL.replacen("[broker]", &format!("[broker]\ntopic_prefix = {p:?}"), 1);
+    let c = AgentConfig::from_toml_str(&prefix("acme/staging/ota/v1")).unwrap();
+    assert_eq!(c.broker.topics().prefix(), "acme/staging/ota/v1");
+    assert_eq!(
+        AgentConfig::from_toml_str(MINIMAL).unwrap().broker.topics(),
+        ota_core::wire::Topics::default()
+    );
+    for bad in ["", "a/+", "a/", "$SYS/x"] {
+        assert_eq!(
+            key_of(&parse_err(&prefix(bad))),
+            "broker.topic_prefix",
+            "{bad:?}"
+        );
+    }
 }
 
 /// Issue 19.10: the documented minimums are enforced, with a typed error naming the key.

@@ -8,34 +8,26 @@
 //! | publish (and its last will) | `ota/v1/devices/{id}/reported`, `events`, `status`, `heartbeat`, `trust` |
 //! | subscribe | `ota/v1/devices/{id}/desired`, `ota/v1/devices/{id}/heartbeat/ack`, `ota/v1/flags/devices/{id}`, `ota/v1/trust` |
 //!
-//! Subscriptions must be exactly these filters: no wildcard, not even under the device's own
+//! (`ota/v1` stands for the fleet's `mqtt.topic_prefix`.) Subscriptions must be exactly these filters: no wildcard, not even under the device's own
 //! topics (the agent never uses one). `docs/security.md` has the equivalent Mosquitto ACL.
 
-use ota_core::wire::{DeviceId, Direction, TRUST_TOPIC, TopicKind, parse_device_topic};
-
-/// Fleet-wide topics every device may subscribe to and nobody but the server publishes: the
-/// signed trust-set updates.
-pub const FLEET_READ_TOPICS: [&str; 1] = [TRUST_TOPIC];
+use ota_core::wire::{DeviceId, Direction, TopicKind, Topics};
 
 /// What one authenticated device may do.
 #[derive(Debug, Clone)]
 pub struct DeviceAcl {
     device: DeviceId,
-    subscriptions: Vec<String>,
+    topics: Topics,
+    subscriptions: [String; 4],
 }
 
 impl DeviceAcl {
-    /// The ACL of `device`.
-    pub fn new(device: DeviceId) -> Self {
-        let mut subscriptions: Vec<String> = device.subscriptions().into();
-        for topic in FLEET_READ_TOPICS {
-            if !subscriptions.iter().any(|s| s == topic) {
-                subscriptions.push(topic.to_owned());
-            }
-        }
+    /// The ACL of `device` in the fleet's topic namespace `topics`.
+    pub fn new(device: DeviceId, topics: &Topics) -> Self {
         DeviceAcl {
+            subscriptions: topics.subscriptions(&device),
             device,
-            subscriptions,
+            topics: topics.clone(),
         }
     }
 
@@ -47,7 +39,7 @@ impl DeviceAcl {
     /// Whether the device may publish on `topic` (a device-to-server topic of its own).
     pub fn may_publish(&self, topic: &str) -> bool {
         matches!(
-            parse_device_topic(topic),
+            self.topics.parse_device_topic(topic),
             Ok((id, kind)) if id == self.device && kind.direction() == Direction::DeviceToServer
         )
     }
@@ -70,8 +62,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn issue15_the_acl_follows_the_topic_prefix() {
+        let t = Topics::new("staging/ota/v1").unwrap();
+        let a = DeviceAcl::new(DeviceId::new("dev-a").unwrap(), &t);
+        assert!(a.may_publish("staging/ota/v1/devices/dev-a/reported"));
+        assert!(!a.may_publish("ota/v1/devices/dev-a/reported"));
+        assert!(a.may_subscribe("staging/ota/v1/devices/dev-a/desired"));
+        assert!(a.may_subscribe("staging/ota/v1/trust"));
+        assert!(!a.may_subscribe("ota/v1/devices/dev-a/desired"));
+        assert!(!a.may_subscribe("ota/v1/trust"));
+    }
+
+    #[test]
     fn a_device_is_confined_to_its_own_topics() {
-        let a = DeviceAcl::new(DeviceId::new("dev-a").unwrap());
+        let a = DeviceAcl::new(DeviceId::new("dev-a").unwrap(), &Topics::default());
         let b = DeviceId::new("dev-b").unwrap();
         for kind in device_publish_kinds() {
             assert!(a.may_publish(&a.device().topic(kind)), "{kind:?}");

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ota_core::budget::{Budgets, Verdict};
-use ota_core::wire::DeviceId;
+use ota_core::wire::{DeviceId, Topics};
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet, Publish, Subscribe};
 use rumqttc::mqttbytes::{self, FixedHeader, PacketType, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -67,6 +67,8 @@ pub(crate) struct Door {
     pub(crate) gate: ConnectionGate,
     /// Per device id (of the topic): its message budget.
     pub(crate) budgets: std::sync::Mutex<DeviceBudgets>,
+    /// The fleet's topic namespace (the ACL and the budgets read topics in it).
+    pub(crate) topics: Topics,
 }
 
 /// The front door's per-device message budgets, with the clock they run on.
@@ -306,7 +308,7 @@ impl Door {
         let Some(topic) = check(acl, frame)? else {
             return Ok(true);
         };
-        let device = match ota_core::wire::parse_device_topic(&topic) {
+        let device = match self.topics.parse_device_topic(&topic) {
             Ok((id, _)) => id.as_str().to_owned(),
             Err(_) => client_id.to_owned(),
         };
@@ -384,7 +386,7 @@ impl Door {
                         ConnectReturnCode::BadUserNamePassword,
                     );
                 }
-                Some(DeviceAcl::new(device))
+                Some(DeviceAcl::new(device, &self.topics))
             }
             DoorAuth::Certificate => {
                 let Ok(device) = DeviceId::new(&id) else {
@@ -399,7 +401,7 @@ impl Door {
                         ConnectReturnCode::NotAuthorized,
                     );
                 }
-                Some(DeviceAcl::new(device))
+                Some(DeviceAcl::new(device, &self.topics))
             }
         };
         if let (Some(acl), Some(will)) = (&acl, &connect.last_will)
@@ -484,7 +486,7 @@ mod tests {
 
     #[test]
     fn hostile_packets_are_refused_without_panicking() {
-        let acl = DeviceAcl::new(DeviceId::new("a").unwrap());
+        let acl = DeviceAcl::new(DeviceId::new("a").unwrap(), &Topics::default());
         // Every short byte string, framed or not, is either refused or allowed: no panic.
         for first in 0u8..=255 {
             for len in 0u8..8 {
@@ -501,7 +503,7 @@ mod tests {
 
     #[test]
     fn a_publish_outside_the_acl_is_refused() {
-        let acl = DeviceAcl::new(DeviceId::new("a").unwrap());
+        let acl = DeviceAcl::new(DeviceId::new("a").unwrap(), &Topics::default());
         let publish = |topic: &str| {
             let mut out = BytesMut::new();
             let mut publish = Publish::new(topic, rumqttc::QoS::AtLeastOnce, vec![1u8]);

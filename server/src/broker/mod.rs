@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ota_core::budget::BudgetSpec;
+use ota_core::wire::Topics;
 use rumqttd::{Broker, ConnectionSettings, RouterConfig, ServerSettings};
 
 pub use front_door::DoorAuth;
@@ -105,6 +106,9 @@ pub struct BrokerSettings {
     /// What one device may publish (per device id of the topic): excess is dropped and
     /// counted, a device that persists is disconnected.
     pub device_budget: BudgetSpec,
+    /// The fleet's topic namespace (`mqtt.topic_prefix`): the device ACL and the budgets
+    /// read topics in it.
+    pub topics: Topics,
 }
 
 impl BrokerSettings {
@@ -116,7 +120,14 @@ impl BrokerSettings {
             auth: DoorAuth::Open,
             max_connections: crate::limits::LimitsConfig::default().mqtt_max_connections,
             device_budget: crate::limits::LimitsConfig::default().device_budget(),
+            topics: Topics::default(),
         }
+    }
+
+    /// These settings with this topic namespace.
+    pub fn with_topics(mut self, topics: Topics) -> Self {
+        self.topics = topics;
+        self
     }
 
     /// These settings with this connection cap.
@@ -269,6 +280,7 @@ impl EmbeddedBroker {
             shared,
             gate: crate::limits::ConnectionGate::new(settings.max_connections, 0),
             budgets: std::sync::Mutex::new(front_door::DeviceBudgets::new(settings.device_budget)),
+            topics: settings.topics,
         };
         tokio::spawn(front_door::serve(listener, Arc::new(door)));
         Ok(EmbeddedBroker {

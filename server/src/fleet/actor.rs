@@ -15,8 +15,8 @@ use ota_core::rollout::{
 };
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, FailurePhase, Heartbeat, HeartbeatAck,
-    PROTOCOL_VERSION, ReportedState, Status, TRUST_TOPIC, TopicKind, Transfer, TrustOutcome,
-    TrustReport, UpdateOutcome, WireMessage, parse_device_topic,
+    PROTOCOL_VERSION, ReportedState, Status, TopicKind, Topics, Transfer, TrustOutcome,
+    TrustReport, UpdateOutcome, WireMessage,
 };
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
 use serde_json::json;
@@ -36,7 +36,7 @@ use crate::db::{
     Db, DbError, DbTx, DesiredRecord, DeviceRecord, DeviceReport, NewEvent, NewRollout,
     ReleaseRecord, RolloutRecord, TransferRecord,
 };
-use crate::mqtt::{INBOUND_QUEUE, Inbound, MqttEndpoint, MqttLink};
+use crate::mqtt::{INBOUND_QUEUE, Inbound, LinkSpec, MqttLink};
 use crate::trust::FleetTrust;
 use ota_core::filter::Filter;
 
@@ -76,22 +76,22 @@ impl FleetTask {
     }
 }
 
-/// Loads the registry and every unfinished rollout from `db`, connects to the broker at
-/// `endpoint` and starts the coordinator (counters and snapshots go to `shared`; rollback
-/// targets are checked against the trust set in force, `keys`; every device's MQTT messages
-/// against `device_budget`). Returns once the broker acknowledged the subscriptions (or fails
-/// after 15 s).
+/// Loads the registry and every unfinished rollout from `db`, connects to the broker of
+/// `mqtt` (topics in its namespace, every device's messages against its budget) and starts the
+/// coordinator (counters and snapshots go to `shared`; rollback targets are checked against
+/// the trust set in force, `keys`). Returns once the broker acknowledged the subscriptions (or
+/// fails after 15 s).
 pub async fn start(
     db: Db,
     clock: Clock,
-    endpoint: &MqttEndpoint,
+    mqtt: &LinkSpec,
     public_url: String,
     shared: Arc<Shared>,
     keys: FleetTrust,
-    device_budget: BudgetSpec,
 ) -> Result<(Fleet, FleetTask), FleetStartError> {
     let stored = Stored::load(&db, clock.timestamp()).await?;
-    let mut actor = Actor::new(db, clock, public_url, shared.clone(), keys);
+    let topics = mqtt.topics.clone();
+    let mut actor = Actor::new(db, clock, topics, public_url, shared.clone(), keys);
     actor.apply(stored);
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
     let nanos = std::time::SystemTime::now()
@@ -99,7 +99,7 @@ pub async fn start(
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let client_id = format!("ota-server-{}-{nanos:08x}", std::process::id());
-    let link = MqttLink::start(endpoint, &client_id, in_tx, device_budget, shared.clone());
+    let link = MqttLink::start(mqtt, &client_id, in_tx, shared.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = watch::channel(false);
@@ -109,7 +109,7 @@ pub async fn start(
     if !matches!(ready, Ok(Ok(_))) {
         stop_tx.send_replace(true);
         let _ = task.await;
-        return Err(FleetStartError::Broker(endpoint.to_string()));
+        return Err(FleetStartError::Broker(mqtt.endpoint.to_string()));
     }
     Ok((
         Fleet { tx: cmd_tx, shared },
@@ -228,8 +228,9 @@ struct Degraded {
 }
 
 impl Degraded {
-    fn keep(&mut self, topic: String, payload: Bytes) {
-        let retained = parse_device_topic(&topic)
+    fn keep(&mut self, topics: &Topics, topic: String, payload: Bytes) {
+        let retained = topics
+            .parse_device_topic(&topic)
             .is_ok_and(|(_, kind)| matches!(kind, TopicKind::Reported | TopicKind::Status));
         if retained {
             self.latest.insert(topic, payload);
@@ -319,6 +320,8 @@ fn insert_rollout(
 struct Actor {
     db: Db,
     clock: Clock,
+    /// The fleet's topic namespace (`mqtt.topic_prefix`).
+    topics: Topics,
     public_url: String,
     shared: Arc<Shared>,
     rollouts: BTreeMap<i64, Loaded>,
@@ -358,12 +361,14 @@ impl Actor {
     fn new(
         db: Db,
         clock: Clock,
+        topics: Topics,
         public_url: String,
         shared: Arc<Shared>,
         keys: FleetTrust,
     ) -> Self {
         Actor {
             db,
+            topics,
             public_url: public_url.trim_end_matches('/').to_string(),
             shared,
             rollouts: BTreeMap::new(),
@@ -564,7 +569,7 @@ impl Actor {
         match msg {
             Inbound::Connected => {
                 self.connected = true;
-                subscribe(client).await;
+                subscribe(client, &self.topics).await;
                 self.republish_all(client).await;
             }
             Inbound::Subscribed => {
@@ -586,12 +591,13 @@ impl Actor {
     /// force again (all retained).
     async fn republish_all(&mut self, client: &AsyncClient) {
         self.republish_desired(client).await;
-        for (topic, payload) in self.flags.all() {
+        for (id, payload) in self.flags.all() {
+            let topic = self.topics.flags(&id);
             self.publish(client, topic, payload, true).await;
         }
         if let Some(payload) = self.trust.clone() {
-            self.publish(client, TRUST_TOPIC.to_string(), payload, true)
-                .await;
+            let topic = self.topics.trust();
+            self.publish(client, topic, payload, true).await;
         }
     }
 
@@ -612,13 +618,13 @@ impl Actor {
             let Ok(id) = DeviceId::new(&row.device_id) else {
                 continue;
             };
-            self.publish(client, id.topic(TopicKind::Desired), row.payload, true)
-                .await;
+            let topic = self.topics.device(&id, TopicKind::Desired);
+            self.publish(client, topic, row.payload, true).await;
         }
     }
 
     async fn message(&mut self, topic: &str, payload: Bytes, batch: &mut Batch) {
-        let (id, kind) = match parse_device_topic(topic) {
+        let (id, kind) = match self.topics.parse_device_topic(topic) {
             Ok(parsed) => parsed,
             Err(e) => {
                 self.reject(None, topic, &e.to_string(), batch);
@@ -676,7 +682,7 @@ impl Actor {
                 Ok(s) => self.on_status(&id, s.online, batch),
                 Err(e) => self.reject(Some(&id), topic, &e.to_string(), batch),
             },
-            TopicKind::Heartbeat => match heartbeat_ack(&id, &payload) {
+            TopicKind::Heartbeat => match heartbeat_ack(&self.topics, &id, &payload) {
                 Ok((heartbeat, ack)) => {
                     self.on_heartbeat(&id, heartbeat.healthy, batch);
                     batch.acks.push(ack);
@@ -909,7 +915,7 @@ impl Actor {
         batch.flag_devices.insert(key.clone());
         batch.reports.insert(key, report);
         if let Some(outcome) = &r.last_result {
-            let topic = id.topic(TopicKind::Reported);
+            let topic = self.topics.device(id, TopicKind::Reported);
             self.note_transfer(id, outcome, batch);
             self.route(id, outcome, &topic, batch);
         }
@@ -1303,7 +1309,7 @@ impl Actor {
         ));
         batch
             .publish
-            .push((device.topic(TopicKind::Desired), payload));
+            .push((self.topics.device(device, TopicKind::Desired), payload));
     }
 
     async fn release_bytes(&mut self, digest: &Digest) -> Option<Arc<Vec<u8>>> {
@@ -1359,9 +1365,14 @@ impl Actor {
             }
             match result {
                 Ok(flags) => {
-                    for (topic, payload) in
-                        std::mem::take(&mut batch.publish).into_iter().chain(flags)
-                    {
+                    let flags = flags
+                        .into_iter()
+                        .map(|(id, payload)| (self.topics.flags(&id), payload));
+                    let publish: Vec<_> = std::mem::take(&mut batch.publish)
+                        .into_iter()
+                        .chain(flags)
+                        .collect();
+                    for (topic, payload) in publish {
                         self.publish(client, topic, payload, true).await;
                     }
                 }
@@ -1386,8 +1397,8 @@ impl Actor {
             self.publish(client, topic, payload, false).await;
         }
         if let Some(payload) = batch.trust {
-            self.publish(client, TRUST_TOPIC.to_string(), payload, true)
-                .await;
+            let topic = self.topics.trust();
+            self.publish(client, topic, payload, true).await;
         }
         self.unload_finished();
         stored
@@ -1431,7 +1442,8 @@ impl Actor {
         for (id, kind, error) in dropped {
             // Read again from its row when it next speaks.
             self.devices.remove(&id);
-            let topic = DeviceId::new(&id).map_or_else(|_| id.clone(), |d| d.topic(kind));
+            let topic =
+                DeviceId::new(&id).map_or_else(|_| id.clone(), |d| self.topics.device(&d, kind));
             let reason = format!("the database refused the device's message: {error}");
             if let Some(event) = self.reject_event(Some(&id), &topic, &reason) {
                 tx.append_event(&event).await?;
@@ -1545,7 +1557,7 @@ impl Actor {
         self.generations.clear();
         let degraded = self.degraded.get_or_insert_with(Degraded::default);
         for (topic, payload) in raw {
-            degraded.keep(topic, payload);
+            degraded.keep(&self.topics, topic, payload);
         }
         degraded.flag_devices.extend(flag_devices);
     }
@@ -1643,8 +1655,8 @@ impl Actor {
             }
             Command::TrustChanged { payload } => {
                 if let Some(payload) = self.accept_trust(payload) {
-                    self.publish(client, TRUST_TOPIC.to_string(), payload, true)
-                        .await;
+                    let topic = self.topics.trust();
+                    self.publish(client, topic, payload, true).await;
                 }
             }
         }
@@ -1661,7 +1673,7 @@ impl Actor {
             Inbound::Connected => {
                 // Desired states, flags and trust are republished once the database is back.
                 self.connected = true;
-                subscribe(client).await;
+                subscribe(client, &self.topics).await;
             }
             Inbound::Subscribed => {
                 ready.send_replace(true);
@@ -1672,10 +1684,10 @@ impl Actor {
             }
             Inbound::Message { topic, payload } => {
                 Counters::inc(&self.counters().mqtt_received);
-                let heartbeat = match parse_device_topic(&topic) {
-                    Ok((id, TopicKind::Heartbeat)) => {
-                        heartbeat_ack(&id, &payload).ok().map(|(_, ack)| ack)
-                    }
+                let heartbeat = match self.topics.parse_device_topic(&topic) {
+                    Ok((id, TopicKind::Heartbeat)) => heartbeat_ack(&self.topics, &id, &payload)
+                        .ok()
+                        .map(|(_, ack)| ack),
                     _ => None,
                 };
                 match heartbeat {
@@ -1683,7 +1695,7 @@ impl Actor {
                     None if payload.is_empty() => {}
                     None => {
                         if let Some(degraded) = &mut self.degraded {
-                            degraded.keep(topic, payload);
+                            degraded.keep(&self.topics, topic, payload);
                         }
                     }
                 }
@@ -1893,7 +1905,11 @@ impl Actor {
             flag: new,
             published: publish.len() as u64,
         };
-        batch.publish.extend(publish);
+        batch.publish.extend(
+            publish
+                .into_iter()
+                .map(|(id, payload)| (self.topics.flags(&id), payload)),
+        );
         batch.flag_changes.push(change);
         Ok(result)
     }
@@ -2266,8 +2282,8 @@ async fn isolated(
     }
 }
 
-/// Subscribes to every device topic the server reads.
-async fn subscribe(client: &AsyncClient) {
+/// Subscribes to every device topic the server reads (in the fleet's namespace `topics`).
+async fn subscribe(client: &AsyncClient, topics: &Topics) {
     let filters = [
         TopicKind::Reported,
         TopicKind::Events,
@@ -2275,20 +2291,28 @@ async fn subscribe(client: &AsyncClient) {
         TopicKind::Heartbeat,
         TopicKind::Trust,
     ]
-    .map(|k| SubscribeFilter::new(k.fleet_filter(), QoS::AtLeastOnce));
+    .map(|k| SubscribeFilter::new(topics.fleet_filter(k), QoS::AtLeastOnce));
     if let Err(e) = client.subscribe_many(filters).await {
         tracing::error!("cannot subscribe: {e}");
     }
 }
 
-/// Heartbeat `payload` from `id` and its acknowledgement (topic, payload); else why not.
-fn heartbeat_ack(id: &DeviceId, payload: &[u8]) -> Result<(Heartbeat, (String, Vec<u8>)), String> {
+/// Heartbeat `payload` from `id` and its acknowledgement (topic in `topics`, payload); else
+/// why not.
+fn heartbeat_ack(
+    topics: &Topics,
+    id: &DeviceId,
+    payload: &[u8],
+) -> Result<(Heartbeat, (String, Vec<u8>)), String> {
     let h = Heartbeat::from_cbor(payload).map_err(|e| e.to_string())?;
     let ack = HeartbeatAck {
         v: PROTOCOL_VERSION,
         seq: h.seq,
     };
-    Ok((h, (id.topic(TopicKind::HeartbeatAck), ack.to_cbor())))
+    Ok((
+        h,
+        (topics.device(id, TopicKind::HeartbeatAck), ack.to_cbor()),
+    ))
 }
 
 /// Refuses a release that expired by `now` (unix seconds): devices would refuse it. Answers

@@ -214,8 +214,9 @@ pub struct FlagEditResult {
     pub published: u64,
 }
 
-/// A topic and payload to publish (retained) after the batch commits.
-pub(super) type Publish = (String, Vec<u8>);
+/// A device and its evaluated flags to publish (retained, on the topic of the fleet's namespace)
+/// after the batch commits.
+pub(super) type Publish = (DeviceId, Vec<u8>);
 
 /// The coordinator's flag state.
 #[derive(Debug)]
@@ -444,7 +445,7 @@ fn matches(
 /// The retained publication of `flags` (`None` for a device id that is not valid).
 fn publication(flags: &DeviceFlags) -> Option<Publish> {
     let id = DeviceId::new(&flags.device_id).ok()?;
-    Some((ota_core::flags::topic(&id), flags.to_cbor()))
+    Some((id, flags.to_cbor()))
 }
 
 /// A core flag error as a fleet error.

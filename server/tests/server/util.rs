@@ -8,7 +8,7 @@ use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ota_core::digest::Digest;
 use ota_core::release::{FORMAT_VERSION, Manifest, SigningKey, sign};
 use ota_server::clock::{Clock, ManualClock};
-use ota_server::config::{Config, MqttConfig, OperatorConfig, Role, TrustConfig};
+use ota_server::config::{Config, MqttBroker, MqttConfig, OperatorConfig, Role, TrustConfig};
 use ota_server::{RunningServer, Server};
 use reqwest::multipart::{Form, Part};
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -194,9 +194,9 @@ impl TestServer {
 
     /// Where the server's MQTT broker is: (host, port).
     pub(crate) fn mqtt(&self) -> (String, u16) {
-        match (self.server.mqtt_addr(), &self.config.mqtt) {
+        match (self.server.mqtt_addr(), &self.config.mqtt.broker) {
             (Some(addr), _) => (addr.ip().to_string(), addr.port()),
-            (None, MqttConfig::External { host, port, .. }) => (host.clone(), *port),
+            (None, MqttBroker::External { host, port, .. }) => (host.clone(), *port),
             _ => panic!("no broker"),
         }
     }
@@ -215,7 +215,7 @@ impl TestServer {
             clock,
         } = self;
         server.shutdown().await.unwrap();
-        config.mqtt = MqttConfig::External {
+        config.mqtt.broker = MqttBroker::External {
             host,
             port,
             client: Default::default(),

@@ -136,7 +136,10 @@ async fn server_restart_mid_rollout(backend: Backend) {
 async fn duplicates_and_replayed_desired_state(backend: Backend) {
     let w = World::start(backend, 1, |_| {}).await;
     let device = &w.lab.devices()[0];
-    let topic = TopicKind::Desired.topic(&ota_core::wire::DeviceId::new(device.id()).unwrap());
+    let topic = w.lab.topics().device(
+        &ota_core::wire::DeviceId::new(device.id()).unwrap(),
+        TopicKind::Desired,
+    );
     let (client, mut events) = {
         let mut o = MqttOptions::new(
             format!("{}-spy", device.id()),

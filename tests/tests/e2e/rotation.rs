@@ -4,7 +4,7 @@
 //! nothing; the rotated set survives an agent restart (`docs/security.md`, key rotation rows).
 
 use ota_core::release::TrustSet;
-use ota_core::wire::{ExecutionState, RejectCause, TRUST_TOPIC, TrustOutcome, TrustRejectCause};
+use ota_core::wire::{ExecutionState, RejectCause, TrustOutcome, TrustRejectCause};
 use ota_demo::api::ApiError;
 use ota_demo::device::Device;
 use ota_demo::firmware::FirmwareTeam;
@@ -47,9 +47,9 @@ fn assert_refused(state: &ExecutionState, cause: RejectCause) {
 }
 
 /// Publishes `update` on the trust topic as a compromised server would (not retained).
-async fn inject_trust(client: &AsyncClient, update: Vec<u8>) {
+async fn inject_trust(w: &World, client: &AsyncClient, update: Vec<u8>) {
     client
-        .publish(TRUST_TOPIC, QoS::AtLeastOnce, false, update)
+        .publish(w.lab.topics().trust(), QoS::AtLeastOnce, false, update)
         .await
         .unwrap();
 }
@@ -84,7 +84,7 @@ async fn issue7_key_rotation_rotates_revokes_and_survives_restart(backend: Backe
         }
         other => panic!("expected a 422 too-few-signatures, got {other:?}"),
     }
-    inject_trust(&attacker, b_alone).await;
+    inject_trust(&w, &attacker, b_alone).await;
     trust_outcome(device, 1, rejected(TrustRejectCause::TooFewSignatures)).await;
 
     // A release needs both keys now: signed by A alone it is refused (threshold not met).
@@ -105,7 +105,7 @@ async fn issue7_key_rotation_rotates_revokes_and_survives_restart(backend: Backe
         api.publish_trust(&a_back).await,
         Err(ApiError::Refused { status: 422, ref code, .. }) if code == "unknown-key"
     ));
-    inject_trust(&attacker, a_back).await;
+    inject_trust(&w, &attacker, a_back).await;
     trust_outcome(device, 2, rejected(TrustRejectCause::UnknownKey)).await;
 
     // 5. Rotate: a release signed by the new key B is published and installs. (Before the

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ota_core::digest::Digest;
 use ota_core::update::Stage;
 use ota_core::wire::{
-    DesiredState, DeviceId, ExecutionState, PROTOCOL_VERSION, TRUST_TOPIC, TopicKind, WireMessage,
+    DesiredState, DeviceId, ExecutionState, PROTOCOL_VERSION, TopicKind, Topics, WireMessage,
 };
 use ota_demo::device::Device;
 use ota_demo::firmware::Build;
@@ -106,6 +106,7 @@ impl World {
             Backend::Embedded => None,
             Backend::Services => Some(create_schema().await),
         };
+        let prefix = unique_prefix();
         let broker = Proxy::start(upstream).await;
         // The artifact server's port is known only once it runs: the proxy starts first.
         let http = Proxy::start(broker.addr()).await;
@@ -114,7 +115,10 @@ impl World {
             image_size: 512 * 1024,
             server_mqtt: Some(format!("mqtt://{}", broker.addr())),
             public_url: Some(format!("http://{}", http.addr())),
-            id_prefix: unique_prefix(),
+            id_prefix: prefix.clone(),
+            // Worlds share the external broker: each has its own topic namespace (issue 15),
+            // so no server sees another world's devices or trust updates.
+            topics: Topics::new(&format!("e2e/{prefix}/ota/v1")).unwrap(),
             database_url: schema.as_ref().map(|(_, url)| url.clone()),
             ..LabOptions::default()
         };
@@ -207,7 +211,10 @@ impl World {
             )],
             force_reinstall: true,
         };
-        let topic = TopicKind::Desired.topic(&DeviceId::new(device.id()).unwrap());
+        let topic = self
+            .lab
+            .topics()
+            .device(&DeviceId::new(device.id()).unwrap(), TopicKind::Desired);
         client
             .publish(&topic, QoS::AtLeastOnce, false, desired.to_cbor())
             .await
@@ -248,9 +255,9 @@ impl World {
 }
 
 impl World {
-    /// Clears the retained trust-set update the fleet server left on the broker: the trust
-    /// topic is fleet-wide, so on a shared broker every later world's devices would be offered
-    /// it (and refuse it: signed by another world's keys). Returns once the broker acknowledged.
+    /// Clears the retained trust-set update the fleet server left on the broker (in this
+    /// world's namespace: no other world sees it, but a shared broker would keep it for ever).
+    /// Returns once the broker acknowledged.
     async fn clear_trust_topic(&self) {
         let mut o = MqttOptions::new(
             format!("{}-cleanup", self.lab.devices()[0].id()),
@@ -260,7 +267,12 @@ impl World {
         o.set_clean_session(true);
         let (client, mut events) = AsyncClient::new(o, 4);
         client
-            .publish(TRUST_TOPIC, QoS::AtLeastOnce, true, Vec::new())
+            .publish(
+                self.lab.topics().trust(),
+                QoS::AtLeastOnce,
+                true,
+                Vec::new(),
+            )
             .await
             .unwrap();
         let acked = async {
