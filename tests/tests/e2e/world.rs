@@ -16,7 +16,7 @@ use ota_core::wire::{
 use ota_demo::device::Device;
 use ota_demo::firmware::Build;
 use ota_demo::lab::{Lab, LabOptions, unix_now};
-use ota_server::broker::EmbeddedBroker;
+use ota_server::broker::{BrokerSettings, EmbeddedBroker};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
@@ -87,10 +87,14 @@ impl World {
         devices: usize,
         tweak: impl FnOnce(&mut LabOptions),
     ) -> World {
+        let prefix = unique_prefix();
+        // Worlds share the external broker: each has its own topic namespace (issue 15), so no
+        // server sees another world's devices or trust updates.
+        let topics = Topics::new(&format!("e2e/{prefix}/ota/v1")).unwrap();
         let mut brokers = Vec::new();
         let upstream = match backend {
             Backend::Embedded => {
-                let (broker, addr) = fresh_broker(backend).await;
+                let (broker, addr) = fresh_broker(backend, &topics).await;
                 brokers.push(broker);
                 addr
             }
@@ -106,7 +110,6 @@ impl World {
             Backend::Embedded => None,
             Backend::Services => Some(create_schema().await),
         };
-        let prefix = unique_prefix();
         let broker = Proxy::start(upstream).await;
         // The artifact server's port is known only once it runs: the proxy starts first.
         let http = Proxy::start(broker.addr()).await;
@@ -115,10 +118,8 @@ impl World {
             image_size: 512 * 1024,
             server_mqtt: Some(format!("mqtt://{}", broker.addr())),
             public_url: Some(format!("http://{}", http.addr())),
-            id_prefix: prefix.clone(),
-            // Worlds share the external broker: each has its own topic namespace (issue 15),
-            // so no server sees another world's devices or trust updates.
-            topics: Topics::new(&format!("e2e/{prefix}/ota/v1")).unwrap(),
+            id_prefix: prefix,
+            topics,
             database_url: schema.as_ref().map(|(_, url)| url.clone()),
             ..LabOptions::default()
         };
@@ -140,7 +141,7 @@ impl World {
     pub async fn restart_broker(&mut self) {
         self.broker.refuse(true);
         self.broker.cut();
-        let (broker, addr) = fresh_broker(self.backend).await;
+        let (broker, addr) = fresh_broker(self.backend, self.lab.topics()).await;
         self.broker.switch(addr);
         self.brokers.push(broker);
         self.broker.refuse(false);
@@ -386,11 +387,14 @@ pub fn installs_of(d: &Device, digest: &Digest) -> usize {
     })
 }
 
-/// A fresh broker of the backend's kind on a free port, and its address.
-async fn fresh_broker(backend: Backend) -> (OwnBroker, SocketAddr) {
+/// A fresh broker of the backend's kind on a free port, and its address. An embedded one reads
+/// topics (per-device budgets) in the world's namespace `topics`.
+async fn fresh_broker(backend: Backend, topics: &Topics) -> (OwnBroker, SocketAddr) {
     match backend {
         Backend::Embedded => {
-            let broker = EmbeddedBroker::start(([127, 0, 0, 1], 0).into())
+            let settings =
+                BrokerSettings::open(([127, 0, 0, 1], 0).into()).with_topics(topics.clone());
+            let broker = EmbeddedBroker::start_with(settings, Default::default())
                 .await
                 .unwrap();
             let addr = broker.local_addr();
