@@ -55,6 +55,18 @@ fn artifact(dir: &Path, len: usize) -> (PathBuf, Digest, Vec<u8>) {
     (path, Digest::of(&bytes), bytes)
 }
 
+/// An `ab` installer over two 200 kB image slots in `dir` with `bootloader`, and a 100 kB
+/// artifact (its path and digest).
+fn installer(dir: &Path, bootloader: Bootloader) -> (AbInstaller, PathBuf, Digest) {
+    let (art, digest, _) = artifact(dir, 100_000);
+    let (pa, pb) = slots(dir, 200_000, b"old");
+    (
+        AbInstaller::new(&pa, &pb, bootloader, sh("true")),
+        art,
+        digest,
+    )
+}
+
 #[test]
 fn the_booted_slot_comes_from_the_kernel_command_line() {
     assert_eq!(
@@ -188,10 +200,8 @@ async fn issue17_grub_tries_the_new_slot_once_and_falls_back_unless_marked_good(
             .success()
     );
     assert_eq!(grub_power_on(&tool, &env), Slot::A, "a fresh env boots A");
-    let (art, digest, _) = artifact(dir.path(), 100_000);
-    let (pa, pb) = slots(dir.path(), 200_000, b"old");
     let grub = Bootloader::Grub(Grub::new(tool.clone(), &env));
-    let ab = AbInstaller::new(&pa, &pb, grub.clone(), sh("true"));
+    let (ab, art, digest) = installer(dir.path(), grub.clone());
     let req = InstallRequest {
         artifact: &art,
         digest,
@@ -324,14 +334,12 @@ async fn issue17_uboot_bootcount_tries_the_new_slot_once_and_altbootcmd_falls_ba
     let dir = tempdir();
     let env = UBootEnv::new(dir.path());
     assert_eq!(env.power_on(), Slot::A);
-    let (art, digest, _) = artifact(dir.path(), 100_000);
-    let (pa, pb) = slots(dir.path(), 200_000, b"old");
     let uboot = Bootloader::UBoot(UBoot::new(
         env.setenv.clone(),
         &env.config,
         dir.path().join("script"),
     ));
-    let ab = AbInstaller::new(&pa, &pb, uboot.clone(), sh("true"));
+    let (ab, art, digest) = installer(dir.path(), uboot.clone());
     let req = InstallRequest {
         artifact: &art,
         digest,

@@ -117,20 +117,8 @@ impl UpdateMachine {
                 reboots,
                 slot,
             } => {
-                let trial = TrialState {
-                    job,
-                    started: Timestamp(started_ms),
-                    deadline: Timestamp(deadline_ms),
-                    boot_count,
-                    reboots,
-                    slot,
-                    probe_passed: false,
-                    probe_running: false,
-                    probe_failures: 0,
-                    last_probe_error: None,
-                    first_seq: None,
-                    server_reached: false,
-                };
+                let window = (Timestamp(started_ms), Timestamp(deadline_ms));
+                let trial = TrialState::new(job, window, boot_count, reboots, slot);
                 self.resume_trial(trial, now);
             }
             // Only reached through `handle_boot_observed`, which handles it itself.

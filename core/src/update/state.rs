@@ -173,6 +173,34 @@ pub(crate) struct TrialState {
     pub(crate) server_reached: bool,
 }
 
+impl TrialState {
+    /// A trial of `job` from `started` to `deadline`, set in boot `boot_count` after `reboots`
+    /// reboots, on boot slot `slot`: nothing proven yet (probe and heartbeat flags are never
+    /// persisted, a trial proves itself again after every restart).
+    pub(crate) fn new(
+        job: Job,
+        (started, deadline): (Timestamp, Timestamp),
+        boot_count: u32,
+        reboots: u32,
+        slot: Option<Slot>,
+    ) -> Self {
+        TrialState {
+            job,
+            started,
+            deadline,
+            boot_count,
+            reboots,
+            slot,
+            probe_passed: false,
+            probe_running: false,
+            probe_failures: 0,
+            last_probe_error: None,
+            first_seq: None,
+            server_reached: false,
+        }
+    }
+}
+
 /// The machine's stage, for `ota-agent status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

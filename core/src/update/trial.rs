@@ -149,20 +149,8 @@ impl UpdateMachine {
         } else {
             None
         };
-        let trial = TrialState {
-            job,
-            started: now,
-            deadline: now.saturating_add(self.config.trial_timeout),
-            boot_count: self.boot_count,
-            reboots: 0,
-            slot,
-            probe_passed: false,
-            probe_running: false,
-            probe_failures: 0,
-            last_probe_error: None,
-            first_seq: None,
-            server_reached: false,
-        };
+        let window = (now, now.saturating_add(self.config.trial_timeout));
+        let trial = TrialState::new(job, window, self.boot_count, 0, slot);
         self.enter_trial(trial, now);
     }
 
