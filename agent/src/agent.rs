@@ -28,7 +28,9 @@ use tokio::task::JoinHandle;
 
 use crate::cache::{Cache, CacheError};
 use crate::clock::ShellClock;
-use crate::config::{AgentConfig, ConfigError, FactoryConfig, MaintenanceConfig, Weekday};
+use crate::config::{
+    AgentConfig, ConfigError, FactoryConfig, InstallerConfig, MaintenanceConfig, Weekday,
+};
 use crate::download::{DownloadError, Downloader};
 use crate::health::HealthError;
 use crate::journal::{BootCounter, Journal, JournalError};
@@ -374,7 +376,8 @@ impl Agent {
             None => ShellClock::from_system(),
         };
         let boot32 = u32::try_from(boot_count).unwrap_or(u32::MAX);
-        let machine = match (&damaged, persisted) {
+        let installer = config.installer.build(storage.clone(), &data);
+        let mut machine = match (&damaged, persisted) {
             (Some(e), None) => {
                 // Both journal copies damaged and no floor record: stay up and say so.
                 tracing::error!(
@@ -391,9 +394,20 @@ impl Agent {
                 m
             }
         };
+        // Boot slots: which slot booted decides what an operation in flight becomes.
+        let booted = installer.ab().and_then(|ab| match ab.booted_slot() {
+            Ok(slot) => Some(slot),
+            Err(e) => {
+                tracing::error!("{e}: no update can be installed");
+                None
+            }
+        });
+        if let Some(slot) = booted {
+            tracing::info!(%slot, "booted slot");
+            machine.handle_boot_observed(slot, clock.now());
+        }
         let floor_record = FloorRecord::of(&machine.persisted_state());
 
-        let installer = config.installer.build(storage.clone());
         let downloader = Downloader::with_client(cache.clone(), http, &download_config);
         let power = PowerSupplies::new(config.power.power_supply_path.clone());
         let (link_tx, link_rx) = mpsc::unbounded_channel();
@@ -444,6 +458,7 @@ impl Agent {
             persist_retry: options.persist_retry,
             status: status_tx,
             boot_count: boot32,
+            booted,
         });
         // Every line the shell logs names its device (several agents may share a process).
         let span = tracing::info_span!("agent", device = %config.device_id);
@@ -541,6 +556,7 @@ pub fn machine_config(
     c.trial_min = config.trial_min;
     c.probe_failures_to_rollback = config.probe_failures_to_rollback;
     c.watch_health = config.health.is_some();
+    c.boot_slots = matches!(config.installer, InstallerConfig::Ab { .. });
     c.heartbeat_interval = config.heartbeat_interval;
     if let Some(h) = &config.health {
         c.probe_interval = h.interval();

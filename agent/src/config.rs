@@ -21,9 +21,10 @@ use ota_core::release::{TrustSet, TrustSetError};
 use ota_core::wire::{DeviceId, WireLimits};
 use serde::Deserialize;
 
+use crate::bootloader::{Bootloader, Custom, Grub, UBoot};
 use crate::download::{DownloadConfig, MinRate};
 use crate::health::{HealthError, HealthProbe};
-use crate::install::{CommandInstaller, FilesInstaller, Installer};
+use crate::install::{AbInstaller, CommandInstaller, FilesInstaller, Installer};
 use crate::power::DEFAULT_POWER_SUPPLY_PATH;
 use crate::process::CommandSpec;
 use crate::storage::SharedStorage;
@@ -542,7 +543,7 @@ pub struct MaintenanceConfig {
     pub windows: Vec<MaintenanceWindow>,
 }
 
-/// How releases are installed (`kind = "files"` or `kind = "command"`).
+/// How releases are installed (`kind = "files"`, `"command"` or `"ab"`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum InstallerConfig {
@@ -568,11 +569,108 @@ pub enum InstallerConfig {
         #[serde(default, deserialize_with = "human::option")]
         timeout: Option<Duration>,
     },
+    /// A/B root-filesystem slots and a bootloader (docs/agent.md, "Gateway with A/B slots").
+    Ab {
+        /// Slot A: a block device, a partition or an image file (never created or truncated).
+        slot_a: PathBuf,
+        /// Slot B.
+        slot_b: PathBuf,
+        /// The bootloader backend.
+        bootloader: BootloaderConfig,
+        /// The command (argv) that reboots the device, e.g. `["systemctl", "reboot"]`.
+        reboot_command: Vec<String>,
+        /// The kernel command line the booted slot is read from (`ota.slot=` or `rauc.slot=`).
+        #[serde(default = "default_cmdline")]
+        cmdline: PathBuf,
+        /// Limit for each bootloader tool and the reboot command.
+        #[serde(default, deserialize_with = "human::option")]
+        timeout: Option<Duration>,
+    },
+}
+
+fn default_cmdline() -> PathBuf {
+    PathBuf::from("/proc/cmdline")
+}
+
+/// The `ab` installer's bootloader (`kind = "grub"`, `"uboot"` or `"custom"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BootloaderConfig {
+    /// GRUB's environment block, edited with `grub-editenv`.
+    Grub {
+        /// The environment block, e.g. `/boot/grub/grubenv`.
+        env_file: PathBuf,
+        /// The tool (default `grub-editenv`).
+        #[serde(default = "default_editenv")]
+        editenv: String,
+    },
+    /// U-Boot's environment, edited with libubootenv's `fw_setenv`.
+    #[serde(rename = "uboot")]
+    UBoot {
+        /// The `fw_env.config` that says where the environment is.
+        fw_env_config: PathBuf,
+        /// The tool (default `fw_setenv`).
+        #[serde(default = "default_fw_setenv")]
+        fw_setenv: String,
+    },
+    /// User commands, each run with `OTA_SLOT` (`A` or `B`).
+    Custom {
+        /// Makes the bootloader boot `$OTA_SLOT` once.
+        try_command: Vec<String>,
+        /// Makes `$OTA_SLOT` the default and cancels a pending try (idempotent).
+        boot_command: Vec<String>,
+    },
+}
+
+fn default_editenv() -> String {
+    "grub-editenv".to_owned()
+}
+
+fn default_fw_setenv() -> String {
+    "fw_setenv".to_owned()
+}
+
+/// The scratch file of the U-Boot backend's `fw_setenv -s` script, in the data directory.
+pub const UBOOT_SCRIPT: &str = "uboot-env.script";
+
+impl BootloaderConfig {
+    /// The backend this configuration describes (`data_dir` holds its scratch files).
+    pub fn build(&self, data_dir: &Path, timeout: Option<Duration>) -> Bootloader {
+        match self {
+            BootloaderConfig::Grub { env_file, editenv } => {
+                Bootloader::Grub(Grub::new(editenv.clone(), env_file.clone()).with_timeout(timeout))
+            }
+            BootloaderConfig::UBoot {
+                fw_env_config,
+                fw_setenv,
+            } => Bootloader::UBoot(
+                UBoot::new(
+                    fw_setenv.clone(),
+                    fw_env_config.clone(),
+                    data_dir.join(UBOOT_SCRIPT),
+                )
+                .with_timeout(timeout),
+            ),
+            BootloaderConfig::Custom {
+                try_command,
+                boot_command,
+            } => {
+                let spec = |argv: &[String]| {
+                    CommandSpec::new(argv.first().cloned().unwrap_or_default())
+                        .with_args(argv.iter().skip(1).cloned())
+                };
+                Bootloader::Custom(
+                    Custom::new(spec(try_command), spec(boot_command)).with_timeout(timeout),
+                )
+            }
+        }
+    }
 }
 
 impl InstallerConfig {
-    /// The installer this configuration describes.
-    pub fn build(&self, storage: SharedStorage) -> Installer {
+    /// The installer this configuration describes (`data_dir` holds the agent's scratch
+    /// files).
+    pub fn build(&self, storage: SharedStorage, data_dir: &Path) -> Installer {
         match self {
             InstallerConfig::Files {
                 root,
@@ -590,6 +688,23 @@ impl InstallerConfig {
             } => Installer::Command(
                 CommandInstaller::new(CommandSpec::new(program.clone()).with_args(args.clone()))
                     .with_timeout(*timeout),
+            ),
+            InstallerConfig::Ab {
+                slot_a,
+                slot_b,
+                bootloader,
+                reboot_command,
+                cmdline,
+                timeout,
+            } => Installer::Ab(
+                AbInstaller::new(
+                    slot_a.clone(),
+                    slot_b.clone(),
+                    bootloader.build(data_dir, *timeout),
+                    argv(reboot_command).unwrap_or_else(|| CommandSpec::new(String::new())),
+                )
+                .with_cmdline(cmdline.clone())
+                .with_timeout(*timeout),
             ),
         }
     }
@@ -887,9 +1002,24 @@ impl AgentConfig {
             Some(HealthConfig::Heartbeat { path, .. }) => Some(path),
             _ => None,
         };
-        let root = match &mut self.installer {
-            InstallerConfig::Files { root, .. } => Some(root),
-            InstallerConfig::Command { .. } => None,
+        let installer_paths: Vec<&mut PathBuf> = match &mut self.installer {
+            InstallerConfig::Files { root, .. } => vec![root],
+            InstallerConfig::Command { .. } => vec![],
+            InstallerConfig::Ab {
+                slot_a,
+                slot_b,
+                bootloader,
+                cmdline,
+                ..
+            } => {
+                let mut v = vec![slot_a, slot_b, cmdline];
+                match bootloader {
+                    BootloaderConfig::Grub { env_file, .. } => v.push(env_file),
+                    BootloaderConfig::UBoot { fw_env_config, .. } => v.push(fw_env_config),
+                    BootloaderConfig::Custom { .. } => {}
+                }
+                v
+            }
         };
         let files = broker.into_iter().chain(download).flatten().chain(seeds);
         let fixed = [&mut self.data_dir, &mut self.power.power_supply_path];
@@ -897,26 +1027,46 @@ impl AgentConfig {
             .chain(files)
             .chain(factory)
             .chain(heartbeat)
-            .chain(root)
+            .chain(installer_paths)
             .chain(fixed)
         {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
-        let programs = [
-            match &mut self.installer {
-                InstallerConfig::Command { program, .. } => Some(program),
-                InstallerConfig::Files {
-                    restart_command, ..
-                } => restart_command.as_mut().and_then(|argv| argv.first_mut()),
-            },
-            match &mut self.health {
-                Some(HealthConfig::Command { program, .. }) => Some(program),
-                _ => None,
-            },
-        ];
-        for program in programs.into_iter().flatten() {
+        let mut programs: Vec<&mut String> = match &mut self.installer {
+            InstallerConfig::Command { program, .. } => vec![program],
+            InstallerConfig::Files {
+                restart_command, ..
+            } => restart_command
+                .as_mut()
+                .and_then(|argv| argv.first_mut())
+                .into_iter()
+                .collect(),
+            InstallerConfig::Ab {
+                bootloader,
+                reboot_command,
+                ..
+            } => {
+                let tool = match bootloader {
+                    BootloaderConfig::Grub { editenv, .. } => vec![editenv],
+                    BootloaderConfig::UBoot { fw_setenv, .. } => vec![fw_setenv],
+                    BootloaderConfig::Custom {
+                        try_command,
+                        boot_command,
+                    } => try_command
+                        .first_mut()
+                        .into_iter()
+                        .chain(boot_command.first_mut())
+                        .collect(),
+                };
+                tool.into_iter().chain(reboot_command.first_mut()).collect()
+            }
+        };
+        if let Some(HealthConfig::Command { program, .. }) = &mut self.health {
+            programs.push(program);
+        }
+        for program in programs {
             if program.contains('/') && Path::new(program.as_str()).is_relative() {
                 *program = base.join(program.as_str()).display().to_string();
             }
@@ -1095,6 +1245,37 @@ impl AgentConfig {
             }
             InstallerConfig::Command { program, .. } if program.is_empty() => {
                 return Err(invalid("installer.program", "must not be empty"));
+            }
+            InstallerConfig::Ab {
+                slot_a,
+                slot_b,
+                bootloader,
+                reboot_command,
+                ..
+            } => {
+                if slot_a == slot_b {
+                    return Err(invalid("installer.slot_b", "must differ from slot_a"));
+                }
+                if reboot_command.first().is_none_or(String::is_empty) {
+                    return Err(invalid(
+                        "installer.reboot_command",
+                        "must start with a program",
+                    ));
+                }
+                if let BootloaderConfig::Custom {
+                    try_command,
+                    boot_command,
+                } = bootloader
+                {
+                    for (key, argv) in [
+                        ("installer.bootloader.try_command", try_command),
+                        ("installer.bootloader.boot_command", boot_command),
+                    ] {
+                        if argv.first().is_none_or(String::is_empty) {
+                            return Err(invalid(key, "must start with a program"));
+                        }
+                    }
+                }
             }
             _ => {}
         }

@@ -11,7 +11,10 @@
 //!   `OTA_VERSION` and `OTA_DIGEST` in its environment; a non-zero exit is an install failure
 //!   that carries the tail of its stderr.
 //!
-//! [`Installer`] is the configured one of the two. Commands run the same way for both (and for
+//! - [`AbInstaller`] (`ab.rs`): A/B root-filesystem slots and a bootloader; the install
+//!   ends in a reboot, see its documentation.
+//!
+//! [`Installer`] is the configured one of the three. Commands run the same way for both (and for
 //! the restart command): without a shell, stdin closed, killed after an optional timeout.
 
 use std::ffi::OsStr;
@@ -21,6 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ota_core::digest::Digest;
+use ota_core::update::Slot;
+
+mod ab;
+
+pub use ab::{AbInstaller, SLOT_CHUNK, SLOT_PARAMETERS, booted_slot_of};
 
 use crate::process::{self, CommandSpec, Ended};
 use crate::storage::{SharedStorage, for_each_chunk, hash_file};
@@ -65,6 +73,35 @@ pub enum InstallError {
         /// The program.
         program: String,
     },
+    /// The `ab` installer's slot is smaller than the artifact.
+    #[error("slot {path} holds {capacity} bytes, the artifact has {size}")]
+    SlotTooSmall {
+        /// The slot's device or file.
+        path: PathBuf,
+        /// Its size.
+        capacity: u64,
+        /// The artifact's size.
+        size: u64,
+    },
+    /// What was written to a slot (or read back from it) does not hash to the signed digest.
+    #[error("slot {path} does not hold the artifact: sha256 {actual}, expected {expected}")]
+    SlotMismatch {
+        /// The slot's device or file.
+        path: PathBuf,
+        /// The signed digest.
+        expected: Digest,
+        /// What the slot's bytes hash to.
+        actual: Digest,
+    },
+    /// The kernel command line names no slot (`ota.slot=` or `rauc.slot=`, `A` or `B`).
+    #[error("{path} names no boot slot (ota.slot=A|B or rauc.slot=A|B)")]
+    BootedSlotUnknown {
+        /// The command line file.
+        path: PathBuf,
+    },
+    /// The `ab` installer was asked to install without a slot, or another installer with one.
+    #[error("the configured installer does not match the update machine's boot_slots setting")]
+    SlotMismatchConfig,
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> InstallError + use<> {
@@ -105,14 +142,23 @@ pub struct Installed {
 }
 
 /// Runs `spec` with the request's environment; maps its failure to an [`InstallError`].
-async fn run_checked(
+async fn run_for(
     spec: &CommandSpec,
     req: &InstallRequest<'_>,
     timeout: Option<Duration>,
 ) -> Result<(), InstallError> {
     let env = req.env();
     let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
-    match process::run(spec, &env, timeout).await {
+    run_checked(spec, &env, timeout).await
+}
+
+/// Runs `spec` with `env` added; maps its failure to an [`InstallError`].
+pub(crate) async fn run_checked(
+    spec: &CommandSpec,
+    env: &[(&str, &OsStr)],
+    timeout: Option<Duration>,
+) -> Result<(), InstallError> {
+    match process::run(spec, env, timeout).await {
         Err(source) => Err(InstallError::Spawn {
             program: spec.program.clone(),
             source,
@@ -264,7 +310,7 @@ impl FilesInstaller {
             .map_err(io_err("fsync", &self.root))?;
 
         if let Some(restart) = &self.restart {
-            run_checked(restart, req, self.timeout).await?;
+            run_for(restart, req, self.timeout).await?;
         }
         Ok(Installed {
             path: dest,
@@ -354,7 +400,7 @@ impl CommandInstaller {
 
     /// Runs the command; exit 0 is success.
     pub async fn install(&self, req: &InstallRequest<'_>) -> Result<Installed, InstallError> {
-        run_checked(&self.command, req, self.timeout).await?;
+        run_for(&self.command, req, self.timeout).await?;
         Ok(Installed {
             path: req.artifact.to_path_buf(),
             previous: None,
@@ -370,6 +416,8 @@ pub enum Installer {
     Files(FilesInstaller),
     /// A user command.
     Command(CommandInstaller),
+    /// A/B slots and a bootloader.
+    Ab(AbInstaller),
 }
 
 impl Installer {
@@ -378,24 +426,41 @@ impl Installer {
     pub fn remove_release(&self, digest: &Digest) -> Result<bool, InstallError> {
         match self {
             Installer::Files(i) => i.remove_release(digest),
-            Installer::Command(_) => Ok(false),
+            Installer::Command(_) | Installer::Ab(_) => Ok(false),
         }
     }
 
     /// The digest of the release the installer actually runs, where it can tell (the files
-    /// installer, see [`FilesInstaller::running_digest`]; a command installer cannot: `None`).
+    /// installer, see [`FilesInstaller::running_digest`]; the command and `ab` installers
+    /// cannot: `None`; the `ab` installer's booted slot is what counts).
     pub async fn running_digest(&self) -> Result<Option<Digest>, InstallError> {
         match self {
             Installer::Files(i) => i.running_digest().await,
-            Installer::Command(_) => Ok(None),
+            Installer::Command(_) | Installer::Ab(_) => Ok(None),
         }
     }
 
-    /// Installs the artifact with the configured installer.
-    pub async fn install(&self, req: &InstallRequest<'_>) -> Result<Installed, InstallError> {
+    /// Installs the artifact with the configured installer; `slot` (from the machine's
+    /// `Install` action) is the slot the `ab` installer writes, and must be `None` for the
+    /// others.
+    pub async fn install(
+        &self,
+        req: &InstallRequest<'_>,
+        slot: Option<Slot>,
+    ) -> Result<Installed, InstallError> {
+        match (self, slot) {
+            (Installer::Files(i), None) => i.install(req).await,
+            (Installer::Command(i), None) => i.install(req).await,
+            (Installer::Ab(i), Some(slot)) => i.install(req, slot).await,
+            _ => Err(InstallError::SlotMismatchConfig),
+        }
+    }
+
+    /// The `ab` installer, if that is the one configured.
+    pub fn ab(&self) -> Option<&AbInstaller> {
         match self {
-            Installer::Files(i) => i.install(req).await,
-            Installer::Command(i) => i.install(req).await,
+            Installer::Ab(i) => Some(i),
+            _ => None,
         }
     }
 }

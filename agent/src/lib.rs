@@ -14,7 +14,8 @@
 //! | [`journal`] | `Persist(bytes)` | atomic record with a `.prev` copy; boot counter |
 //! | [`cache`] | `HashCached`, `Evict` | content-addressed artifacts, partial downloads |
 //! | [`download`] | `Download` | HTTP(S) Range resume, hash while writing, error classes |
-//! | [`install`] | `Install` | files + `current` symlink, or a user command |
+//! | [`install`] | `Install`, `Reboot` | files + `current` symlink, a user command, or A/B slots |
+//! | [`bootloader`] | `BootSlot`, `Commit` (A/B) | GRUB (`grub-editenv`), U-Boot (`fw_setenv`), custom commands |
 //! | [`health`] | `RunProbe` | command, HTTP or heartbeat file |
 //! | [`power`] | `ReadPower` | sysfs power-supply tree |
 //! | [`inventory`] | `CheckDisk`, reports | sysinfo + statvfs |
@@ -40,6 +41,7 @@
 //! <data_dir>/cache/<sha256>           complete artifacts (cache::Cache)
 //! <data_dir>/cache/partial/<sha256>.part, .validator
 //! <data_dir>/flags                    the evaluated feature flags applications read (flags::Flags)
+//! <data_dir>/uboot-env.script         the U-Boot backend's fw_setenv script (scratch, removed after use)
 //! ```
 //!
 //! # Blocking
@@ -50,6 +52,7 @@
 //! MQTT connection keeps being served.
 
 pub mod agent;
+pub mod bootloader;
 pub mod cache;
 pub mod clock;
 pub mod config;

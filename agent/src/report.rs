@@ -153,6 +153,8 @@ fn in_flight_name(f: &InFlight) -> &'static str {
         InFlight::Installing { .. } => "installing",
         InFlight::Trial { .. } => "trial",
         InFlight::RollingBack { .. } => "rolling back",
+        InFlight::Rebooting { outcome: None, .. } => "rebooting into the new slot",
+        InFlight::Rebooting { .. } => "rebooting back to the old slot",
     }
 }
 

@@ -26,7 +26,9 @@
 //! | `Download` | [`Downloader::download`], in a task (progress fed back) | `handle_download_*` |
 //! | `DiscardPartial` | aborts the transfer, [`Cache::remove_partial`] | — |
 //! | `Install` | [`Cache::verify_entry`] (size and SHA-256, every time, rollbacks too; a mismatch answers `CorruptArtifact`), then the configured [`Installer`], in a task | `handle_install_done` |
-//! | `Commit` | nothing to do for the files and command installers (logged) | — |
+//! | `Commit` | the `ab` installer marks the booted slot good ([`Bootloader::boot_slot`](crate::bootloader::Bootloader::boot_slot)); nothing for the others (logged) | — |
+//! | `BootSlot` | [`Bootloader::boot_slot`](crate::bootloader::Bootloader::boot_slot) (`ab` only) | — |
+//! | `Reboot` | [`AbInstaller::reboot`](crate::install::AbInstaller::reboot), in a task | `handle_reboot_failed` if it fails; after the reboot, `handle_boot_observed` at start-up |
 //! | `ObserveRunning` | [`Installer::running_digest`] (what `current` points to) | `handle_observed_running` |
 //! | `Evict` | [`Cache::evict`] and the files installer's release copy | — |
 //! | `RunProbe` | the [`HealthProbe`], in a task (no probe: healthy at once) | `handle_probe` |
@@ -43,7 +45,7 @@ use std::time::{Duration, SystemTime};
 
 use ota_core::digest::Digest;
 use ota_core::update::{Action, DownloadError as CoreDownloadError, InstallError, ProbeResult};
-use ota_core::update::{FloorRecord, PersistedState, Stage, UpdateMachine};
+use ota_core::update::{FloorRecord, PersistedState, Slot, Stage, UpdateMachine};
 use ota_core::wire::{
     Event, ExecutionState, Heartbeat, HeartbeatAck, Inventory, PROTOCOL_VERSION, PowerReading,
     RejectCause, TopicKind, TrustOutcome, WireError, WireLimits, WireMessage, truncate_text,
@@ -93,6 +95,8 @@ pub(crate) struct Parts {
     pub(crate) persist_retry: Duration,
     pub(crate) status: watch::Sender<AgentStatus>,
     pub(crate) boot_count: u32,
+    /// The boot slot the system was booted from (`ab` installer only).
+    pub(crate) booted: Option<Slot>,
 }
 
 /// What a spawned task reports back.
@@ -120,6 +124,8 @@ enum TaskDone {
     Probed(ProbeResult),
     /// A post-commit health check's answer (`CheckHealth`).
     HealthChecked(ProbeResult),
+    /// The reboot command failed (`Reboot`).
+    RebootFailed(String),
 }
 
 /// The download in flight.
@@ -170,6 +176,7 @@ pub(crate) struct Shell {
     power_poll_interval: Duration,
     status: watch::Sender<AgentStatus>,
     boot_count: u32,
+    booted: Option<Slot>,
     host: Host,
 
     tasks_tx: mpsc::UnboundedSender<TaskDone>,
@@ -244,6 +251,7 @@ impl Shell {
             power_poll_interval: p.power_poll_interval.max(Duration::from_millis(1)),
             status: p.status,
             boot_count: p.boot_count,
+            booted: p.booted,
             host,
             tasks_tx,
             tasks_rx,
@@ -510,8 +518,12 @@ impl Shell {
                     self.error(format!("cannot discard the partial download: {e}"));
                 }
             }
-            Action::Install { release, rollback } => {
-                tracing::info!(version = %release.version, digest = %release.digest, rollback, "installing");
+            Action::Install {
+                release,
+                rollback,
+                slot,
+            } => {
+                tracing::info!(version = %release.version, digest = %release.digest, rollback, slot = ?slot, "installing");
                 self.installs.push((release.digest, rollback));
                 let installer = self.installer.clone();
                 let artifact = self.cache.path(&release.digest);
@@ -528,7 +540,7 @@ impl Shell {
                                 version: &release.version,
                             };
                             installer
-                                .install(&req)
+                                .install(&req, slot)
                                 .await
                                 .map(drop)
                                 .map_err(|e| InstallError::new(e.to_string()))
@@ -544,6 +556,33 @@ impl Shell {
             }
             Action::Commit { digest } => {
                 tracing::info!(%digest, "release committed: it is the new known-good release");
+                if let (Some(ab), Some(slot)) = (self.installer.ab(), self.booted)
+                    && let Err(e) = ab.bootloader().boot_slot(slot).await
+                {
+                    self.error(format!("cannot mark slot {slot} good: {e}"));
+                }
+            }
+            Action::BootSlot { slot } => {
+                tracing::info!(%slot, "bootloader: boot slot {slot} from now on");
+                if let Some(ab) = self.installer.ab()
+                    && let Err(e) = ab.bootloader().boot_slot(slot).await
+                {
+                    self.error(format!("cannot make slot {slot} the default: {e}"));
+                }
+            }
+            Action::Reboot => {
+                tracing::warn!("rebooting");
+                let Some(ab) = self.installer.ab().cloned() else {
+                    return self
+                        .machine
+                        .handle_reboot_failed("this installer cannot reboot", now);
+                };
+                let tx = self.tasks_tx.clone();
+                self.jobs.spawn(async move {
+                    if let Err(e) = ab.reboot().await {
+                        let _ = tx.send(TaskDone::RebootFailed(e.to_string()));
+                    }
+                });
             }
             Action::Evict { digest } => {
                 if let Err(e) = self.cache.evict(&digest) {
@@ -809,6 +848,10 @@ impl Shell {
                     tracing::info!("health probe: not yet: {why}");
                 }
                 self.machine.handle_probe(result, now);
+            }
+            TaskDone::RebootFailed(why) => {
+                tracing::error!("reboot failed: {why}");
+                self.machine.handle_reboot_failed(&why, now);
             }
             TaskDone::HealthChecked(result) => {
                 if let ProbeResult::NotYet(why) = &result {

@@ -13,6 +13,8 @@ mod fleet;
 #[path = "agent/util.rs"]
 mod util;
 
+#[path = "agent/ab.rs"]
+mod ab;
 #[path = "agent/cache.rs"]
 mod cache;
 #[path = "agent/cli.rs"]

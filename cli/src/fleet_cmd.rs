@@ -985,7 +985,7 @@ fn done_count(c: &Value) -> u64 {
 }
 
 /// The states shown, in order.
-const STATES: [&str; 13] = [
+const STATES: [&str; 14] = [
     "queued",
     "notified",
     "deferred-power",
@@ -993,6 +993,7 @@ const STATES: [&str; 13] = [
     "deferred-disk",
     "downloading",
     "installing",
+    "rebooting",
     "trial",
     "succeeded",
     "skipped-identical",

@@ -119,6 +119,9 @@ enum Script {
     Defer(Duration),
     /// Deferred for power at +1 min, forever.
     DeferForever,
+    /// A/B slots: installing at +3 min, rebooting at +4 min, back on the new slot and on
+    /// trial at +20 min, committed at +22 min.
+    RebootThenSucceed,
 }
 
 impl Script {
@@ -161,6 +164,13 @@ impl Script {
                 v
             }
             Script::DeferForever => vec![(mins(1), deferred_power())],
+            Script::RebootThenSucceed => vec![
+                (mins(1), downloading(100)),
+                (mins(3), ExecutionState::Installing),
+                (mins(4), ExecutionState::Rebooting),
+                (mins(20), ExecutionState::Trial),
+                (mins(22), ExecutionState::Succeeded),
+            ],
         }
     }
 }
@@ -1613,4 +1623,36 @@ fn issue4_planner_states_written_before_the_away_field_still_decode() {
     );
     r.handle_device_online(&id(1), at(mins(20))).unwrap();
     assert_eq!(r.state(), &RolloutState::Completed);
+}
+
+// ----- issue 17: truthful commit across a reboot -----
+
+#[test]
+fn issue17_a_rebooting_device_is_in_flight_and_never_counts_until_it_commits() {
+    let mut sim = Sim::new(spec(&[50, 100]), targets(20));
+    sim.default_script = Script::RebootThenSucceed;
+    sim.run_until(T0.saturating_add(mins(10)));
+    let wave0 = sim.members_of(0, 20);
+    let status = sim.r.status();
+    assert_eq!(status.totals.rebooting, wave0.len() as u32, "{status:?}");
+    assert_eq!(status.totals.succeeded, 0);
+    assert_eq!(status.totals.in_flight(), wave0.len() as u32);
+    for d in &wave0 {
+        assert_eq!(sim.r.device_state(d), Some(&ExecutionState::Rebooting));
+        assert!(!ExecutionState::Rebooting.is_final());
+    }
+    assert_eq!(
+        sim.first_time(is_advanced(0)),
+        None,
+        "no wave advances on a reboot"
+    );
+    sim.run();
+    assert_eq!(sim.r.state(), &RolloutState::Completed);
+    // Wave 0 advanced only a bake time after its last device committed, from the new slot.
+    let settled0 = sim.last_final_in_cohort(0);
+    assert!(settled0 >= T0.saturating_add(mins(22)));
+    assert_eq!(
+        sim.first_time(is_advanced(0)),
+        Some(settled0.saturating_add(mins(10)))
+    );
 }

@@ -23,7 +23,7 @@ use ota_core::release::{Manifest, ReleaseError, TrustSet, sign};
 use ota_core::update::{
     Action, Config, DownloadError, FloorRecord, InFlight, InstallError, MAX_GENERATION_STEP,
     MaintenanceWindow, MaintenanceWindows, PersistedState, PowerPolicy, ProbeResult, ReleaseInfo,
-    RetryPolicy, Stage, Timestamp, UpdateMachine, Weekdays,
+    RetryPolicy, Slot, Stage, Timestamp, UpdateMachine, Weekdays,
 };
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, FailurePhase, Inventory, PROTOCOL_VERSION,
@@ -141,6 +141,15 @@ struct Sim {
     hold_installs: bool,
     installed: Option<Digest>,
     downloaded_bytes: u64,
+    /// Boot slots: what each slot holds, the bootloader's default and one-time try.
+    slots: BTreeMap<Slot, Digest>,
+    boot_default: Slot,
+    boot_try: Option<Slot>,
+    booted: Slot,
+    /// Slots whose system does not come up (a broken init, a crash before the commit).
+    unbootable: BTreeSet<Slot>,
+    reboot_requested: bool,
+    reboot_fails: bool,
 }
 
 impl Sim {
@@ -171,10 +180,50 @@ impl Sim {
             hold_downloads: false,
             hold_installs: false,
             downloaded_bytes: 0,
+            slots: BTreeMap::new(),
+            boot_default: Slot::A,
+            boot_try: None,
+            booted: Slot::A,
+            unbootable: BTreeSet::new(),
+            reboot_requested: false,
+            reboot_fails: false,
         };
+        if let Some(f) = &sim.config.factory {
+            sim.slots.insert(Slot::A, f.digest);
+        }
         sim.run();
+        sim.observe_boot();
         sim.connect();
         sim
+    }
+
+    /// Boot slots: the shell tells the machine which slot booted.
+    fn observe_boot(&mut self) {
+        if self.config.boot_slots {
+            self.m.handle_boot_observed(self.booted, self.now);
+            self.run();
+        }
+    }
+
+    /// The bootloader's choice at power-on, as the documented scripts make it: a pending try
+    /// is consumed and booted; a slot that does not come up is reset by the watchdog and the
+    /// next power-on boots the default.
+    fn power_on(&mut self) {
+        let first = self.boot_try.take().unwrap_or(self.boot_default);
+        self.booted = if self.unbootable.contains(&first) {
+            self.boot_default
+        } else {
+            first
+        };
+        self.installed = self.slots.get(&self.booted).copied();
+    }
+
+    /// Performs the reboot the machine asked for (at `now`).
+    fn reboot(&mut self, now: Timestamp) {
+        assert!(self.reboot_requested, "no reboot was requested");
+        self.reboot_requested = false;
+        self.power_on();
+        self.restart(true, now);
     }
 
     fn connect(&mut self) {
@@ -204,6 +253,7 @@ impl Sim {
         self.m =
             UpdateMachine::recover(self.config.clone(), self.persisted.clone(), self.boot, now);
         self.run();
+        self.observe_boot();
         self.connect();
     }
 
@@ -278,6 +328,35 @@ impl Sim {
             } => self.download(&url, digest, size, resume_from),
             Action::DiscardPartial { digest } => {
                 self.partial.remove(&digest);
+            }
+            Action::Install {
+                release,
+                slot: Some(slot),
+                ..
+            } => {
+                assert_ne!(slot, self.booted, "never write the booted slot");
+                let result = if self.failing_installs.contains(&release.digest) {
+                    Err(InstallError::new("slot read-back mismatch"))
+                } else {
+                    self.slots.insert(slot, release.digest);
+                    self.boot_try = Some(slot);
+                    Ok(())
+                };
+                self.m.handle_install_done(release.digest, result, now);
+            }
+            Action::Reboot => {
+                if self.reboot_fails {
+                    self.m.handle_reboot_failed("reboot: not permitted", now);
+                } else {
+                    self.reboot_requested = true;
+                }
+            }
+            Action::BootSlot { slot } => {
+                self.boot_default = slot;
+                self.boot_try = None;
+            }
+            Action::Commit { .. } if self.config.boot_slots => {
+                self.boot_default = self.booted;
             }
             Action::Install { release, .. } => {
                 if self.hold_installs {
@@ -373,6 +452,7 @@ impl Sim {
             Action::Install {
                 release,
                 rollback: false,
+                ..
             } => assert!(
                 matches!(in_flight, Some(InFlight::Installing { job, .. }) if job.release.digest == release.digest),
                 "Install without a persisted Installing"
@@ -380,9 +460,14 @@ impl Sim {
             Action::Install {
                 release,
                 rollback: true,
+                ..
             } => assert!(
                 matches!(in_flight, Some(InFlight::RollingBack { target, .. }) if target.digest == release.digest),
                 "rollback Install without a persisted RollingBack"
+            ),
+            Action::Reboot => assert!(
+                matches!(in_flight, Some(InFlight::Rebooting { .. })),
+                "Reboot without a persisted Rebooting"
             ),
             Action::Commit { digest } => {
                 let p = p.unwrap();
@@ -434,7 +519,9 @@ impl Sim {
     fn installs(&self) -> Vec<(Digest, bool)> {
         self.actions()
             .filter_map(|a| match a {
-                Action::Install { release, rollback } => Some((release.digest, *rollback)),
+                Action::Install {
+                    release, rollback, ..
+                } => Some((release.digest, *rollback)),
                 _ => None,
             })
             .collect()
@@ -456,6 +543,10 @@ impl Sim {
             .filter(|e| e.generation == generation)
             .map(|e| e.kind.name())
             .collect()
+    }
+
+    fn last_state_is_final(&self) -> bool {
+        self.m.status().current.is_some_and(|c| c.state.is_final())
     }
 
     fn last_state(&self) -> ExecutionState {
@@ -1956,4 +2047,303 @@ fn issue12_a_refused_offer_does_not_make_the_drift_flap() {
         Some(hand_made),
         "still reported as running what the installer runs"
     );
+}
+
+// ---- issue 17: A/B boot slots ---------------------------------------------------------------
+
+fn slots_config() -> Config {
+    let mut c = config();
+    c.boot_slots = true;
+    c
+}
+
+/// A device on slot A with 2.0.0 offered: written to B, read back, tried once, rebooting.
+fn slots_rebooting() -> Sim {
+    let mut sim = Sim::new(slots_config());
+    sim.offer(desired(1, "2.0.0", 2));
+    assert_eq!(sim.m.status().stage, Stage::Rebooting);
+    assert_eq!(sim.slots.get(&Slot::B), Some(&digest("2.0.0")));
+    assert_eq!(sim.boot_try, Some(Slot::B));
+    assert!(sim.reboot_requested);
+    sim
+}
+
+#[test]
+fn issue17_ab_the_new_slot_boots_proves_itself_and_only_then_succeeds() {
+    let mut sim = slots_rebooting();
+    let mut states = sim.states(1);
+    states.dedup();
+    assert_eq!(
+        states,
+        ["notified", "downloading", "installing", "rebooting"]
+    );
+    assert!(!sim.last_state_is_final());
+    let reboot_at = sim.now.saturating_add(MINUTE);
+    sim.reboot(reboot_at);
+    assert_eq!(sim.booted, Slot::B);
+    assert_eq!(sim.last_state(), ExecutionState::Succeeded);
+    assert_eq!(sim.boot_default, Slot::B, "the commit marked slot B good");
+    let p = sim.persisted.clone().unwrap();
+    assert_eq!(p.known_good.map(|k| k.digest), Some(digest("2.0.0")));
+    assert!(p.in_flight.is_none());
+    // Only one Install, into B; the known-good release was never reinstalled.
+    assert_eq!(sim.installs(), [(digest("2.0.0"), false)]);
+    assert_eq!(sim.states(1).last(), Some(&"succeeded"));
+}
+
+#[test]
+fn issue17_ab_trial_min_soaks_on_the_new_slot() {
+    let mut c = slots_config();
+    c.trial_min = 5 * MINUTE;
+    let mut sim = Sim::new(c);
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.reboot(sim.now);
+    assert_eq!(sim.m.status().stage, Stage::Trial);
+    sim.drive(4 * MINUTE);
+    assert_eq!(sim.m.status().stage, Stage::Trial);
+    assert_eq!(sim.boot_default, Slot::A, "not committed during the soak");
+    sim.drive(2 * MINUTE);
+    assert_eq!(sim.last_state(), ExecutionState::Succeeded);
+    assert_eq!(sim.boot_default, Slot::B);
+}
+
+#[test]
+fn issue17_ab_a_slot_that_never_boots_is_reported_boot_failed_from_the_old_slot() {
+    let mut sim = slots_rebooting();
+    sim.unbootable.insert(Slot::B);
+    sim.reboot(sim.now);
+    assert_eq!(sim.booted, Slot::A);
+    let ExecutionState::RolledBack { reason, detail } = sim.last_state() else {
+        panic!("not rolled back: {:?}", sim.last_state());
+    };
+    assert_eq!(reason, RollbackReason::BootFailed);
+    assert!(
+        detail.contains("slot B") && detail.contains("2.0.0"),
+        "{detail}"
+    );
+    assert_eq!(sim.boot_default, Slot::A, "the old slot stays good");
+    assert_eq!(sim.running(), Some(digest("1.0.0")));
+    let p = sim.persisted.clone().unwrap();
+    assert_eq!(p.known_good.map(|k| k.digest), Some(digest("1.0.0")));
+    assert_eq!(p.security_floor, 1, "the floor did not rise");
+}
+
+#[test]
+fn issue17_ab_a_crash_before_the_commit_falls_back_and_is_boot_failed() {
+    let mut c = slots_config();
+    c.trial_min = 5 * MINUTE;
+    let mut sim = Sim::new(c);
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.reboot(sim.now);
+    assert_eq!(sim.m.status().stage, Stage::Trial);
+    // The new system hangs during its soak: the watchdog resets it; no try is left.
+    sim.reboot_requested = true;
+    sim.reboot(sim.now.saturating_add(MINUTE));
+    assert_eq!(sim.booted, Slot::A);
+    assert!(matches!(
+        sim.last_state(),
+        ExecutionState::RolledBack {
+            reason: RollbackReason::BootFailed,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn issue17_ab_a_failing_trial_marks_the_new_slot_bad_and_reboots_back() {
+    let mut sim = slots_rebooting();
+    sim.probe = Probe::Fail;
+    sim.reboot(sim.now);
+    assert_eq!(sim.m.status().stage, Stage::Rebooting);
+    assert_eq!(sim.boot_default, Slot::A, "slot A is the default again");
+    assert!(sim.reboot_requested);
+    assert_eq!(
+        sim.persisted
+            .as_ref()
+            .unwrap()
+            .in_flight
+            .as_ref()
+            .map(|f| matches!(
+                f,
+                InFlight::Rebooting {
+                    slot: Slot::A,
+                    outcome: Some(_),
+                    ..
+                }
+            )),
+        Some(true)
+    );
+    sim.reboot(sim.now);
+    assert_eq!(sim.booted, Slot::A);
+    let ExecutionState::RolledBack { reason, .. } = sim.last_state() else {
+        panic!("not rolled back: {:?}", sim.last_state());
+    };
+    assert_eq!(reason, RollbackReason::ProbeFailed, "the probe's cause");
+    assert_eq!(sim.running(), Some(digest("1.0.0")));
+    assert!(sim.persisted.as_ref().unwrap().in_flight.is_none());
+}
+
+#[test]
+fn issue17_ab_a_trial_timeout_on_the_new_slot_reboots_back_with_its_cause() {
+    let mut sim = slots_rebooting();
+    sim.server_up = false;
+    sim.reboot(sim.now);
+    sim.drive(11 * MINUTE);
+    assert!(sim.reboot_requested);
+    sim.reboot(sim.now);
+    assert!(matches!(
+        sim.last_state(),
+        ExecutionState::RolledBack {
+            reason: RollbackReason::ServerUnreachable,
+            ..
+        }
+    ));
+    assert_eq!(sim.booted, Slot::A);
+}
+
+#[test]
+fn issue17_ab_a_failed_slot_write_keeps_the_booted_slot_and_never_reboots() {
+    let mut sim = Sim::new(slots_config());
+    sim.failing_installs.insert(digest("2.0.0"));
+    sim.offer(desired(1, "2.0.0", 2));
+    assert!(matches!(
+        sim.last_state(),
+        ExecutionState::Failed {
+            phase: FailurePhase::Install,
+            ..
+        }
+    ));
+    assert!(!sim.reboot_requested);
+    assert_eq!(sim.count(|a| matches!(a, Action::Reboot)), 0);
+    assert_eq!(sim.boot_default, Slot::A);
+    assert_eq!(sim.boot_try, None);
+}
+
+#[test]
+fn issue17_ab_a_reboot_command_that_fails_ends_the_job_on_the_old_slot() {
+    let mut sim = Sim::new(slots_config());
+    sim.reboot_fails = true;
+    sim.offer(desired(1, "2.0.0", 2));
+    assert!(matches!(
+        sim.last_state(),
+        ExecutionState::Failed {
+            phase: FailurePhase::Install,
+            ..
+        }
+    ));
+    assert_eq!(sim.boot_try, None, "the try was cancelled");
+    assert_eq!(sim.boot_default, Slot::A);
+}
+
+#[test]
+fn issue17_ab_an_agent_restart_before_the_reboot_asks_for_it_again() {
+    let mut sim = slots_rebooting();
+    sim.reboot_requested = false;
+    sim.restart(false, sim.now);
+    assert!(sim.reboot_requested, "the reboot is asked for again");
+    assert_eq!(sim.m.status().stage, Stage::Rebooting);
+    sim.reboot(sim.now);
+    assert_eq!(sim.last_state(), ExecutionState::Succeeded);
+}
+
+/// Power cut after every action of the whole A/B update, each followed by power-on: the device
+/// always boots a slot holding a release it knows, and once the journal is idle again it
+/// names that slot's release as running and (for a success) known-good.
+#[test]
+fn issue17_ab_power_cut_at_every_step_boots_a_good_slot_and_the_journal_agrees() {
+    let mut cuts = 0;
+    for probe in [Probe::Healthy, Probe::Fail] {
+        // Learn how many actions the scenario takes.
+        let full = {
+            let mut sim = slots_rebooting();
+            sim.probe = probe;
+            sim.reboot(sim.now);
+            if sim.reboot_requested {
+                sim.reboot(sim.now);
+            }
+            sim.log.len()
+        };
+        for cut in 1..full {
+            let mut sim = Sim::new(slots_config());
+            sim.probe = probe;
+            sim.m.handle_desired(desired(1, "2.0.0", 2), sim.now);
+            let mut steps = sim.log.len();
+            // Run, one action at a time, then cut the power after action `cut`.
+            let mut cut_done = false;
+            for _ in 0..10 {
+                while steps < cut {
+                    let Some(action) = sim.m.poll_action() else {
+                        break;
+                    };
+                    sim.check_write_ahead(&action);
+                    sim.log.push((sim.now, action.clone()));
+                    sim.respond(action);
+                    steps += 1;
+                }
+                if steps >= cut {
+                    cut_done = true;
+                    break;
+                }
+                if sim.reboot_requested {
+                    sim.reboot_requested = false;
+                    sim.power_on();
+                    sim.boot += 1;
+                    sim.m = UpdateMachine::recover(
+                        sim.config.clone(),
+                        sim.persisted.clone(),
+                        sim.boot,
+                        sim.now,
+                    );
+                    sim.m.handle_boot_observed(sim.booted, sim.now);
+                    sim.connected = false;
+                    sim.m.handle_connected(sim.now);
+                } else {
+                    break;
+                }
+            }
+            if !cut_done {
+                continue;
+            }
+            cuts += 1;
+            // Power cut and power-on; then let everything finish.
+            sim.reboot_requested = false;
+            sim.power_on();
+            sim.restart(true, sim.now);
+            for _ in 0..3 {
+                if sim.reboot_requested {
+                    sim.reboot(sim.now);
+                }
+            }
+            sim.drive(11 * MINUTE);
+            if sim.reboot_requested {
+                sim.reboot(sim.now);
+            }
+            let booted = sim.slots.get(&sim.booted).copied();
+            assert!(
+                booted == Some(digest("1.0.0")) || booted == Some(digest("2.0.0")),
+                "cut {cut}: booted slot {} holds {booted:?}",
+                sim.booted
+            );
+            let p = sim.persisted.clone().unwrap();
+            assert!(p.in_flight.is_none(), "cut {cut}: {:?}", p.in_flight);
+            assert_eq!(
+                p.running.map(|r| r.digest),
+                booted,
+                "cut {cut}: the journal's running release is the booted slot's"
+            );
+            assert_eq!(
+                p.known_good.map(|r| r.digest),
+                booted,
+                "cut {cut}: the known-good release is the booted slot's"
+            );
+            assert_eq!(
+                sim.boot_default, sim.booted,
+                "cut {cut}: the bootloader's default is the slot that runs"
+            );
+            if probe == Probe::Fail {
+                assert_eq!(booted, Some(digest("1.0.0")), "cut {cut}");
+            }
+        }
+    }
+    assert!(cuts > 40, "only {cuts} cuts were made");
 }

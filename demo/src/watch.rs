@@ -14,12 +14,13 @@ use crate::api::Api;
 pub const POLL: Duration = Duration::from_millis(200);
 
 /// The states shown in a wave's summary, in this order.
-const SHOWN: [&str; 11] = [
+const SHOWN: [&str; 12] = [
     "queued",
     "notified",
     "deferred-power",
     "downloading",
     "installing",
+    "rebooting",
     "trial",
     "succeeded",
     "skipped-identical",

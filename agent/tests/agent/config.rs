@@ -70,7 +70,7 @@ fn the_documented_example_parses() {
     assert_eq!(c.download.max_backoff, Duration::from_secs(600));
     assert_eq!(c.download.downloader_config().chunk_size, 65536);
     assert!(matches!(
-        c.installer.build(FsStorage::shared()),
+        c.installer.build(FsStorage::shared(), &c.data_dir),
         Installer::Files(_)
     ));
     c.health.as_ref().unwrap().build().unwrap();
@@ -95,7 +95,7 @@ fn a_minimal_config_takes_the_defaults() {
     assert_eq!(c.download.retries, 8);
     assert_eq!(c.power.require_charging_below_percent, 0);
     assert!(matches!(
-        c.installer.build(Arc::new(FsStorage)),
+        c.installer.build(Arc::new(FsStorage), &c.data_dir),
         Installer::Command(_)
     ));
 }

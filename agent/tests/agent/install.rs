@@ -55,11 +55,14 @@ async fn files_installer_switches_current_and_rolls_back() {
     );
 
     let second = Installer::Files(installer.clone())
-        .install(&InstallRequest {
-            artifact: &b_path,
-            digest: b,
-            version: "1.1.0",
-        })
+        .install(
+            &InstallRequest {
+                artifact: &b_path,
+                digest: b,
+                version: "1.1.0",
+            },
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(

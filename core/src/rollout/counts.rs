@@ -22,6 +22,8 @@ pub struct StateCounts {
     pub downloading: u32,
     /// Installing.
     pub installing: u32,
+    /// Rebooting into a new boot slot (not back yet: never a success).
+    pub rebooting: u32,
     /// On trial.
     pub trial: u32,
     /// Committed the release.
@@ -56,9 +58,9 @@ impl StateCounts {
         self.deferred_power + self.deferred_window + self.deferred_disk
     }
 
-    /// Devices notified and working (notified, downloading, installing, trial).
+    /// Devices notified and working (notified, downloading, installing, rebooting, trial).
     pub fn in_flight(&self) -> u32 {
-        self.notified + self.downloading + self.installing + self.trial
+        self.notified + self.downloading + self.installing + self.rebooting + self.trial
     }
 
     /// Failed devices of every phase.
@@ -93,6 +95,7 @@ impl StateCounts {
             deferred_disk,
             downloading,
             installing,
+            rebooting,
             trial,
             succeeded,
             skipped_identical,
@@ -111,6 +114,7 @@ impl StateCounts {
         self.deferred_disk += deferred_disk;
         self.downloading += downloading;
         self.installing += installing;
+        self.rebooting += rebooting;
         self.trial += trial;
         self.succeeded += succeeded;
         self.skipped_identical += skipped_identical;
@@ -142,6 +146,7 @@ impl StateCounts {
             ExecutionState::DeferredDisk { .. } => &mut self.deferred_disk,
             ExecutionState::Downloading { .. } => &mut self.downloading,
             ExecutionState::Installing => &mut self.installing,
+            ExecutionState::Rebooting => &mut self.rebooting,
             ExecutionState::Trial => &mut self.trial,
             ExecutionState::Succeeded => &mut self.succeeded,
             ExecutionState::SkippedIdentical => &mut self.skipped_identical,
@@ -165,6 +170,7 @@ pub(crate) fn is_in_flight(s: &ExecutionState) -> bool {
         ExecutionState::Notified
             | ExecutionState::Downloading { .. }
             | ExecutionState::Installing
+            | ExecutionState::Rebooting
             | ExecutionState::Trial
     )
 }
@@ -184,6 +190,7 @@ pub(crate) fn took_release(s: &ExecutionState) -> bool {
     matches!(
         s,
         ExecutionState::Installing
+            | ExecutionState::Rebooting
             | ExecutionState::Trial
             | ExecutionState::Succeeded
             | ExecutionState::RolledBack { .. }

@@ -3,7 +3,7 @@
 use alloc::boxed::Box;
 use alloc::string::String;
 
-use super::{PersistedState, ReleaseInfo};
+use super::{PersistedState, ReleaseInfo, Slot};
 use crate::digest::Digest;
 use crate::release::ChunkIndexRef;
 use crate::wire::Event;
@@ -78,9 +78,25 @@ pub enum Action {
         release: ReleaseInfo,
         /// Whether this reinstalls the known-good release after a failure.
         rollback: bool,
+        /// Boot slots: the slot to write (always the one not booted). The `ab` installer
+        /// streams the artifact into it, reads it back against the digest, then sets the
+        /// bootloader to try it once.
+        slot: Option<Slot>,
     },
-    /// The trial passed: make `digest` permanent (e.g. mark the boot slot good). Idempotent;
-    /// a no-op for installers without a bootloader.
+    /// Boot slots: run the reboot command. The device reboots into the slot the bootloader
+    /// was told to try (or to boot); a command that fails is answered with
+    /// `handle_reboot_failed`, and after the reboot the shell answers with
+    /// `handle_boot_observed`.
+    Reboot,
+    /// Boot slots: make `slot` the bootloader's default and cancel any pending try of the
+    /// other one (keep the old slot good after a fallback, go back to it after a failed
+    /// trial). Idempotent.
+    BootSlot {
+        /// The slot to boot from now on.
+        slot: Slot,
+    },
+    /// The trial passed: make `digest` permanent (the `ab` installer marks the booted slot
+    /// good in the bootloader). Idempotent; a no-op for installers without a bootloader.
     Commit {
         /// The committed release.
         digest: Digest,

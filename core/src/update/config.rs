@@ -75,6 +75,11 @@ pub struct Config {
     /// Install attempts (the first plus redos after interruptions) before rolling back.
     /// Default 2.
     pub max_install_attempts: u32,
+    /// The installer writes A/B boot slots (the agent's `ab` installer): an install writes
+    /// the slot not booted and ends in a reboot, the trial runs on the new slot after it, and
+    /// a failed trial reboots back (see [`Slot`](super::Slot)). The shell reports the booted
+    /// slot at every start with `handle_boot_observed`. Default false.
+    pub boot_slots: bool,
     /// The release a factory-fresh device runs (known-good, and in the cache: the shell seeds
     /// `cache/<digest>`), used only when there is no persisted state.
     pub factory: Option<ReleaseInfo>,
@@ -103,6 +108,7 @@ impl Config {
             progress_interval: Duration::from_secs(1),
             progress_step_percent: 5,
             max_install_attempts: 2,
+            boot_slots: false,
             factory: None,
         }
     }

@@ -53,6 +53,8 @@ pub struct UpdateMachine {
     /// When the shell was last asked what the installer runs.
     pub(super) observed_at: Option<Timestamp>,
     pub(super) connected: bool,
+    /// The boot slot the shell saw boot (boot slots only, `handle_boot_observed`).
+    pub(super) booted: Option<super::Slot>,
     /// The health probe's latest answer about the running release (`watch_health` only).
     pub(super) health: Option<bool>,
     /// A [`Action::CheckHealth`] is unanswered.
@@ -85,6 +87,7 @@ impl UpdateMachine {
             observed: None,
             observed_at: None,
             connected: false,
+            booted: None,
             health: None,
             health_check_running: false,
             // Sequence numbers never repeat across boots, so a late ack from a previous boot

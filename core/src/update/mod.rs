@@ -94,6 +94,8 @@
 //!
 //! - `machine.rs`: the struct, outputs, shared bookkeeping (persist, announce, conclude).
 //! - `offer.rs`: rules 1 to 7. `trial.rs`: rules 8 to 10. `recover.rs`: rule 11.
+//! - `slot.rs`: boot slots (the `ab` installer): the reboot into the new slot and the
+//!   decisions on the slot that booted, with their own table.
 //! - `state.rs` (phases, [`Status`]), `action.rs`, `input.rs`, `timer.rs`, `persist.rs`,
 //!   `config.rs`, `power.rs`, `window.rs`, `backoff.rs`, `cache.rs`.
 //!
@@ -110,6 +112,7 @@ mod offer;
 mod persist;
 mod power;
 mod recover;
+mod slot;
 mod state;
 mod timer;
 mod trial;
@@ -125,6 +128,7 @@ pub use persist::{
     FLOOR_VERSION, FloorRecord, InFlight, Job, PERSIST_VERSION, PersistedState, ReleaseInfo,
 };
 pub use power::PowerPolicy;
+pub use slot::{Slot, SlotNameError};
 pub use state::{Stage, Status, TrialStatus};
 pub use timer::Timer;
 pub use window::{MaintenanceWindow, MaintenanceWindows, Weekdays};

@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 
 use minicbor::{Decode, Encode};
 
+use super::Slot;
 use crate::digest::Digest;
 use crate::release::{ChunkIndexRef, Limits, Manifest};
 use crate::wire::codec::bound as limit;
@@ -148,6 +149,9 @@ pub enum InFlight {
         /// Which attempt this is.
         #[n(1)]
         attempt: u32,
+        /// The boot slot being written (boot slots only).
+        #[n(2)]
+        slot: Option<Slot>,
     },
     /// Installed and on trial. The deadline is wall time plus the boot it was set in, never a
     /// monotonic instant.
@@ -168,6 +172,9 @@ pub enum InFlight {
         /// Reboots the trial has survived.
         #[n(4)]
         reboots: u32,
+        /// The boot slot the release runs from (boot slots only).
+        #[n(5)]
+        slot: Option<Slot>,
     },
     /// Reinstalling `target` (the known-good release) after `job` failed; `outcome` is reported
     /// once it is back.
@@ -183,6 +190,25 @@ pub enum InFlight {
         #[n(2)]
         outcome: ExecutionState,
     },
+    /// Boot slots: the reboot into `slot` was requested in boot `boot_count`. `outcome: None`:
+    /// `slot` holds the new release (written, read back, tried once by the bootloader);
+    /// `Some`: the trial failed and `slot` is the old one, `outcome` is reported once it runs.
+    #[n(4)]
+    Rebooting {
+        /// The job.
+        #[n(0)]
+        job: Job,
+        /// The slot the device reboots into.
+        #[n(1)]
+        slot: Slot,
+        /// The boot count when the reboot was requested (the same count after a restart:
+        /// the reboot never happened).
+        #[n(2)]
+        boot_count: u32,
+        /// The final state to report once back on the old slot (a failed trial).
+        #[n(3)]
+        outcome: Option<ExecutionState>,
+    },
 }
 
 impl InFlight {
@@ -192,7 +218,8 @@ impl InFlight {
             InFlight::Pending { job }
             | InFlight::Installing { job, .. }
             | InFlight::Trial { job, .. }
-            | InFlight::RollingBack { job, .. } => job,
+            | InFlight::RollingBack { job, .. }
+            | InFlight::Rebooting { job, .. } => job,
         }
     }
 }

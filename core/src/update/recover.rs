@@ -30,6 +30,7 @@ impl UpdateMachine {
     /// | `Trial`, rebooted more than `trial_max_reboots` | rollback, `rolled-back{reboot-during-trial}` |
     /// | `Trial`, rebooted within the allowance, clock plausible | the trial resumes with the original deadline |
     /// | `Trial`, rebooted within the allowance, clock earlier than the trial start | the trial restarts with a full `trial_timeout` from now |
+    /// | `Rebooting`; with boot slots also `Installing` and `Trial` | waits for `handle_boot_observed` ([`Slot`](super::Slot) has the table) |
     ///
     /// A trial always has to prove itself again (probe and heartbeat) after a restart; the
     /// deadline is wall time plus boot count, never a monotonic instant. The known-good
@@ -60,35 +61,15 @@ impl UpdateMachine {
         m.last_result = p.last_result;
         match p.in_flight {
             None => m.resume_idle(),
-            Some(InFlight::Pending { job }) => m.prepare(job, now),
-            Some(InFlight::Installing { job, attempt }) => m.resume_install(job, attempt, now),
-            Some(InFlight::RollingBack {
-                job,
-                target,
-                outcome,
-            }) => m.begin_rollback(job, target, outcome),
-            Some(InFlight::Trial {
-                job,
-                started_ms,
-                deadline_ms,
-                boot_count: trial_boot,
-                reboots,
-            }) => {
-                let trial = TrialState {
-                    job,
-                    started: Timestamp(started_ms),
-                    deadline: Timestamp(deadline_ms),
-                    boot_count: trial_boot,
-                    reboots,
-                    probe_passed: false,
-                    probe_running: false,
-                    probe_failures: 0,
-                    last_probe_error: None,
-                    first_seq: None,
-                    server_reached: false,
-                };
-                m.resume_trial(trial, now);
+            // Boot slots: what happens to an operation that writes or boots a slot depends
+            // on which slot booted; `handle_boot_observed` decides.
+            Some(f @ (InFlight::Installing { .. } | InFlight::Trial { .. }))
+                if m.config.boot_slots =>
+            {
+                m.phase = Phase::Booting(f);
             }
+            Some(f @ InFlight::Rebooting { .. }) => m.phase = Phase::Booting(f),
+            Some(f) => m.resume(f, now),
         }
         m
     }
@@ -118,6 +99,45 @@ impl UpdateMachine {
         m
     }
 
+    /// Resumes the operation `in_flight` (see the table of [`recover`](Self::recover)).
+    pub(super) fn resume(&mut self, in_flight: InFlight, now: Timestamp) {
+        match in_flight {
+            InFlight::Pending { job } => self.prepare(job, now),
+            InFlight::Installing { job, attempt, .. } => self.resume_install(job, attempt, now),
+            InFlight::RollingBack {
+                job,
+                target,
+                outcome,
+            } => self.begin_rollback(job, target, outcome),
+            InFlight::Trial {
+                job,
+                started_ms,
+                deadline_ms,
+                boot_count,
+                reboots,
+                slot,
+            } => {
+                let window = (Timestamp(started_ms), Timestamp(deadline_ms));
+                let trial = TrialState::new(job, window, boot_count, reboots, slot);
+                self.resume_trial(trial, now);
+            }
+            // Only reached through `handle_boot_observed`, which handles it itself.
+            InFlight::Rebooting {
+                job,
+                slot,
+                boot_count,
+                outcome,
+            } => {
+                self.phase = Phase::Booting(InFlight::Rebooting {
+                    job,
+                    slot,
+                    boot_count,
+                    outcome,
+                });
+            }
+        }
+    }
+
     /// Nothing in flight: publish the last result again, in case it never left the device.
     fn resume_idle(&mut self) {
         if let Some(last) = self.last_result.clone() {
@@ -127,7 +147,7 @@ impl UpdateMachine {
         }
     }
 
-    fn resume_install(&mut self, job: Job, attempt: u32, now: Timestamp) {
+    pub(super) fn resume_install(&mut self, job: Job, attempt: u32, now: Timestamp) {
         if attempt < self.config.max_install_attempts {
             return self.install_attempt(job, attempt + 1, now);
         }

@@ -3,7 +3,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::{InFlight, Job, ReleaseInfo, Timer, Timestamp};
+use super::{InFlight, Job, ReleaseInfo, Slot, Timer, Timestamp};
 use crate::wire::{ExecutionState, PowerReading, UpdateOutcome};
 
 /// What the machine is doing.
@@ -13,8 +13,23 @@ pub(crate) enum Phase {
     Idle,
     /// A job is accepted and not yet installing.
     Preparing(Prep),
-    /// The installer runs.
-    Installing { job: Job, attempt: u32 },
+    /// The installer runs (`slot`: the boot slot it writes, with boot slots).
+    Installing {
+        job: Job,
+        attempt: u32,
+        slot: Option<Slot>,
+    },
+    /// Boot slots: the device reboots into `slot` (`outcome: None`: the new release, to try
+    /// it; `Some`: back to the old slot after a failed trial, `outcome` reported there).
+    Rebooting {
+        job: Job,
+        slot: Slot,
+        boot_count: u32,
+        outcome: Option<ExecutionState>,
+    },
+    /// Boot slots, at start-up: the persisted operation waits for
+    /// `handle_boot_observed` to say which slot booted.
+    Booting(InFlight),
     /// The new release runs on trial.
     Trial(TrialState),
     /// The known-good release is being reinstalled.
@@ -31,16 +46,30 @@ impl Phase {
         match self {
             Phase::Idle => None,
             Phase::Preparing(p) => Some(InFlight::Pending { job: p.job.clone() }),
-            Phase::Installing { job, attempt } => Some(InFlight::Installing {
+            Phase::Installing { job, attempt, slot } => Some(InFlight::Installing {
                 job: job.clone(),
                 attempt: *attempt,
+                slot: *slot,
             }),
+            Phase::Rebooting {
+                job,
+                slot,
+                boot_count,
+                outcome,
+            } => Some(InFlight::Rebooting {
+                job: job.clone(),
+                slot: *slot,
+                boot_count: *boot_count,
+                outcome: outcome.clone(),
+            }),
+            Phase::Booting(in_flight) => Some(in_flight.clone()),
             Phase::Trial(t) => Some(InFlight::Trial {
                 job: t.job.clone(),
                 started_ms: t.started.0,
                 deadline_ms: t.deadline.0,
                 boot_count: t.boot_count,
                 reboots: t.reboots,
+                slot: t.slot,
             }),
             Phase::RollingBack {
                 job,
@@ -58,7 +87,11 @@ impl Phase {
     pub(crate) fn is_busy(&self) -> bool {
         matches!(
             self,
-            Phase::Installing { .. } | Phase::Trial(_) | Phase::RollingBack { .. }
+            Phase::Installing { .. }
+                | Phase::Trial(_)
+                | Phase::RollingBack { .. }
+                | Phase::Rebooting { .. }
+                | Phase::Booting(_)
         )
     }
 }
@@ -126,6 +159,8 @@ pub(crate) struct TrialState {
     pub(crate) deadline: Timestamp,
     pub(crate) boot_count: u32,
     pub(crate) reboots: u32,
+    /// The boot slot the release runs from (boot slots only).
+    pub(crate) slot: Option<Slot>,
     /// Whether the probe's latest answer was healthy.
     pub(crate) probe_passed: bool,
     pub(crate) probe_running: bool,
@@ -136,6 +171,34 @@ pub(crate) struct TrialState {
     /// prove the server is reachable now.
     pub(crate) first_seq: Option<u64>,
     pub(crate) server_reached: bool,
+}
+
+impl TrialState {
+    /// A trial of `job` from `started` to `deadline`, set in boot `boot_count` after `reboots`
+    /// reboots, on boot slot `slot`: nothing proven yet (probe and heartbeat flags are never
+    /// persisted, a trial proves itself again after every restart).
+    pub(crate) fn new(
+        job: Job,
+        (started, deadline): (Timestamp, Timestamp),
+        boot_count: u32,
+        reboots: u32,
+        slot: Option<Slot>,
+    ) -> Self {
+        TrialState {
+            job,
+            started,
+            deadline,
+            boot_count,
+            reboots,
+            slot,
+            probe_passed: false,
+            probe_running: false,
+            probe_failures: 0,
+            last_probe_error: None,
+            first_seq: None,
+            server_reached: false,
+        }
+    }
 }
 
 /// The machine's stage, for `ota-agent status`.
@@ -171,6 +234,10 @@ pub enum Stage {
     Trial,
     /// Reinstalling the known-good release.
     RollingBack,
+    /// Rebooting into a boot slot (the new release, or back to the old one).
+    Rebooting,
+    /// Started with a boot-slot operation in flight, waiting to learn which slot booted.
+    Booting,
 }
 
 /// Trial details in a [`Status`].
@@ -242,6 +309,8 @@ impl Stage {
             Stage::Installing => "installing",
             Stage::Trial => "trial",
             Stage::RollingBack => "rolling-back",
+            Stage::Rebooting => "rebooting",
+            Stage::Booting => "booting",
         }
     }
 
@@ -268,6 +337,8 @@ impl Stage {
             Phase::Installing { .. } => Stage::Installing,
             Phase::Trial(_) => Stage::Trial,
             Phase::RollingBack { .. } => Stage::RollingBack,
+            Phase::Rebooting { .. } => Stage::Rebooting,
+            Phase::Booting(_) => Stage::Booting,
         }
     }
 }

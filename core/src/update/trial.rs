@@ -8,7 +8,7 @@ use super::cache;
 use super::machine::UpdateMachine;
 use super::offer::reason;
 use super::state::{Phase, TrialState};
-use super::{Action, InstallError, Job, ProbeResult, ReleaseInfo, Timer, Timestamp};
+use super::{Action, InstallError, Job, ProbeResult, ReleaseInfo, Slot, Timer, Timestamp};
 use crate::digest::Digest;
 use crate::wire::{ExecutionState, FailurePhase, RollbackReason, WireLimits, truncate_text};
 
@@ -20,6 +20,13 @@ impl UpdateMachine {
         };
         let job = p.job.clone();
         cache::touch(&mut self.cache, &job.release.digest);
+        if self.config.boot_slots && self.booted.is_none() {
+            let state = ExecutionState::Failed {
+                phase: FailurePhase::Install,
+                reason: "the booted slot is unknown: nothing was written".into(),
+            };
+            return self.conclude(job.outcome(state, now.0), Vec::new(), now);
+        }
         self.install_attempt(job, 1, now);
     }
 
@@ -27,9 +34,15 @@ impl UpdateMachine {
     pub(super) fn install_attempt(&mut self, job: Job, attempt: u32, now: Timestamp) {
         self.stop_job_timers();
         let release = job.release.clone();
+        let slot = if self.config.boot_slots {
+            self.booted.map(Slot::other)
+        } else {
+            None
+        };
         self.phase = Phase::Installing {
             job: job.clone(),
             attempt,
+            slot,
         };
         self.persist();
         self.announce(job.outcome(ExecutionState::Installing, now.0));
@@ -38,6 +51,7 @@ impl UpdateMachine {
         self.push(Action::Install {
             release,
             rollback: false,
+            slot,
         });
     }
 
@@ -53,7 +67,12 @@ impl UpdateMachine {
         now: Timestamp,
     ) {
         let (job, rollback) = match &self.phase {
-            Phase::Installing { job, .. } if job.release.digest == digest => (job.clone(), None),
+            Phase::Installing { job, slot, .. } if job.release.digest == digest => {
+                if let (Some(slot), Ok(())) = (slot, &result) {
+                    return self.reboot_into(job.clone(), *slot, now);
+                }
+                (job.clone(), None)
+            }
             Phase::RollingBack {
                 job,
                 target,
@@ -123,21 +142,15 @@ impl UpdateMachine {
 
     /// Rule 9: the installed release runs on trial until the probe passes and the server acks
     /// a heartbeat, or the deadline passes.
-    fn start_trial(&mut self, job: Job, now: Timestamp) {
+    pub(super) fn start_trial(&mut self, job: Job, now: Timestamp) {
         self.running = Some(job.release.clone());
-        let trial = TrialState {
-            job,
-            started: now,
-            deadline: now.saturating_add(self.config.trial_timeout),
-            boot_count: self.boot_count,
-            reboots: 0,
-            probe_passed: false,
-            probe_running: false,
-            probe_failures: 0,
-            last_probe_error: None,
-            first_seq: None,
-            server_reached: false,
+        let slot = if self.config.boot_slots {
+            self.booted
+        } else {
+            None
         };
+        let window = (now, now.saturating_add(self.config.trial_timeout));
+        let trial = TrialState::new(job, window, self.boot_count, 0, slot);
         self.enter_trial(trial, now);
     }
 
@@ -311,21 +324,32 @@ impl UpdateMachine {
 
     /// The trial failed: roll back and report `rolled-back`.
     pub(super) fn fail_trial(&mut self, why: RollbackReason, detail: &str, now: Timestamp) {
-        let job = match &self.phase {
-            Phase::Trial(t) => t.job.clone(),
-            _ => return,
+        let Phase::Trial(trial) = &self.phase else {
+            return;
         };
+        let trial = trial.clone();
         let state = ExecutionState::RolledBack {
             reason: why,
             detail: truncate_text(detail, WireLimits::MAX_TEXT_BYTES),
         };
-        self.roll_back(job, state, now);
+        if trial.slot.is_some() && self.known_good.is_some() {
+            // Boot slots: the old slot still holds the known-good release.
+            return self.reboot_back(&trial, state);
+        }
+        self.roll_back(trial.job, state, now);
     }
 
     /// Reinstalls the known-good release from the cache (no network), then reports `outcome`.
     /// Without a known-good release to go back to, `job` stays and the outcome becomes
     /// `failed{phase: trial}` (or stays the install failure).
+    /// With boot slots (an install into the slot not booted failed) nothing needs
+    /// reinstalling: the booted slot stays the bootloader's default (`BootSlot`) and the
+    /// outcome is reported.
     pub(super) fn roll_back(&mut self, job: Job, outcome: ExecutionState, now: Timestamp) {
+        if let (true, Some(slot)) = (self.config.boot_slots, self.booted) {
+            let effects = vec![Action::BootSlot { slot }];
+            return self.conclude(job.outcome(outcome, now.0), effects, now);
+        }
         match self.known_good.clone() {
             Some(target) if target.digest != job.release.digest => {
                 self.begin_rollback(job, target, outcome);
@@ -366,6 +390,7 @@ impl UpdateMachine {
         self.push(Action::Install {
             release,
             rollback: true,
+            slot: None,
         });
     }
 }

@@ -297,6 +297,10 @@ pub enum RollbackReason {
     /// The trial deadline passed while the agent or the device was down.
     #[n(4)]
     TrialTimeout,
+    /// Boot slots: the new slot never came up to its commit (it did not boot, or crashed or
+    /// hung before the commit) and the bootloader booted the old slot again.
+    #[n(5)]
+    BootFailed,
 }
 
 impl RollbackReason {
@@ -308,6 +312,7 @@ impl RollbackReason {
             RollbackReason::ServerUnreachable => "server-unreachable",
             RollbackReason::RebootDuringTrial => "reboot-during-trial",
             RollbackReason::TrialTimeout => "trial-timeout",
+            RollbackReason::BootFailed => "boot-failed",
         }
     }
 }
@@ -406,6 +411,12 @@ pub enum ExecutionState {
     /// Server side only: the device did not finish in the rollout's time budget.
     #[n(13)]
     TimedOut,
+    /// Boot slots: the new release is written to the slot not booted and read back, the
+    /// bootloader tries it once, and the device reboots into it. Not final: the device reports
+    /// `trial` and then `succeeded` only from the new slot, or `rolled-back{boot-failed}`
+    /// from the old one.
+    #[n(14)]
+    Rebooting,
 }
 
 impl ExecutionState {
@@ -426,6 +437,7 @@ impl ExecutionState {
             ExecutionState::Failed { .. } => "failed",
             ExecutionState::RolledBack { .. } => "rolled-back",
             ExecutionState::TimedOut => "timed-out",
+            ExecutionState::Rebooting => "rebooting",
         }
     }
 

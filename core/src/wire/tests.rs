@@ -100,6 +100,7 @@ fn every_state() -> Vec<ExecutionState> {
             detail: "y".into(),
         },
         ExecutionState::TimedOut,
+        ExecutionState::Rebooting,
     ]
 }
 
@@ -169,7 +170,8 @@ fn state_names_are_kebab_case_and_finality_is_right() {
             "rejected",
             "failed",
             "rolled-back",
-            "timed-out"
+            "timed-out",
+            "rebooting"
         ]
     );
     assert!(ExecutionState::SkippedIdentical.is_success());

@@ -116,6 +116,7 @@ pub fn counts_json(c: &StateCounts) -> Value {
         "deferred-disk": c.deferred_disk,
         "downloading": c.downloading,
         "installing": c.installing,
+        "rebooting": c.rebooting,
         "trial": c.trial,
         "succeeded": c.succeeded,
         "skipped-identical": c.skipped_identical,

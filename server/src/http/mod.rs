@@ -435,7 +435,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         })
         .collect();
     family("ota_rollouts", "gauge", "Rollouts by state.", &by_state);
-    let states: [(&str, u32); 13] = [
+    let states: [(&str, u32); 14] = [
         ("queued", c.queued),
         ("notified", c.notified),
         ("deferred-power", c.deferred_power),
@@ -443,6 +443,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         ("deferred-disk", c.deferred_disk),
         ("downloading", c.downloading),
         ("installing", c.installing),
+        ("rebooting", c.rebooting),
         ("trial", c.trial),
         ("succeeded", c.succeeded),
         ("skipped-identical", c.skipped_identical),

@@ -68,6 +68,7 @@ suite!(
     webhook_retry,
     execution_metrics,
     issue18_transfers_count_once_per_device,
+    issue17_a_rebooting_device_counts_only_once_back_on_the_new_release,
 );
 
 /// A test fleet: server, simulator, releases 1.0.0 (running) and 2.0.0 (new), both published.
@@ -1365,5 +1366,50 @@ async fn issue18_transfers_count_once_per_device(backend: Backend) {
             .all(|e| e["details"]["transfer"].is_null()),
         "{events:?}"
     );
+    w.finish().await;
+}
+
+/// Issue 17, truthful commit: devices that report `rebooting` (A/B slots) are in flight; the
+/// wave neither bakes nor advances, however long it waits, until they report `succeeded`
+/// from the new slot.
+async fn issue17_a_rebooting_device_counts_only_once_back_on_the_new_release(backend: Backend) {
+    let w = World::start(backend, manual_clock()).await;
+    w.add(w.sim_devices(4, |_| Behavior::Reboot)).await;
+    let (status, body) = w
+        .create(
+            TOKEN,
+            json!({ "waves": [50, 100], "bake_secs": 600, "max_failure": 50 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    let notified = || {
+        (0..4)
+            .map(|i| w.id(i))
+            .filter(|d| !w.sim.device(d).unwrap().seen.is_empty())
+            .collect::<Vec<String>>()
+    };
+    wait_for("wave 0 rebooting", || async {
+        let n = notified().len() as u64;
+        n > 0 && count(&w.rollout(id).await, "rebooting") == n
+    })
+    .await;
+    let members = notified();
+    w.t.advance(Duration::from_secs(20 * 60)).await;
+    let r = w.rollout(id).await;
+    assert_eq!(count(&r, "succeeded"), 0, "{r:#}");
+    assert_eq!(count(&r, "rebooting"), members.len() as u64, "{r:#}");
+    assert_eq!(r["current_wave"], 0, "{r:#}");
+    assert_ne!(r["phase"], "baking", "{r:#}");
+    for d in &members {
+        w.sim.come_back(d).await;
+    }
+    wait_for("wave 0 succeeded and baking", || async {
+        let r = w.rollout(id).await;
+        count(&r, "succeeded") == members.len() as u64
+            && (r["phase"] == "baking" || r["current_wave"] == 1 || r["status"] == "completed")
+    })
+    .await;
+    assert_eq!(count(&w.rollout(id).await, "rebooting"), 0);
     w.finish().await;
 }

@@ -46,6 +46,9 @@ pub enum Behavior {
     Reject,
     /// Receives the desired state and says nothing (a hung device).
     Silent,
+    /// A/B slots: notified, downloading, installing, rebooting, then nothing until
+    /// [`Sim::come_back`] (the device is rebooting into its new slot).
+    Reboot,
 }
 
 /// A desired state a device received.
@@ -440,6 +443,12 @@ impl Sim {
                         },
                     });
                 }
+                Behavior::Reboot => {
+                    steps.push(ExecutionState::Notified);
+                    steps.push(downloading(m.artifact_size));
+                    steps.push(ExecutionState::Installing);
+                    steps.push(ExecutionState::Rebooting);
+                }
                 Behavior::Succeed | Behavior::RollBack | Behavior::Fail(_) => {
                     steps.push(ExecutionState::Notified);
                     steps.push(downloading(0));
@@ -499,6 +508,21 @@ impl Sim {
         }
         let committed = matches!(steps.last(), Some(ExecutionState::Succeeded));
         self.report(id, &seen, steps, committed.then_some(target))
+            .await;
+    }
+
+    /// A device of [`Behavior::Reboot`] is back from its reboot on the new slot: it reports
+    /// `trial`, then `succeeded` for its last desired state, and runs that release.
+    pub async fn come_back(&self, id: &str) {
+        let seen = self.device(id).unwrap().seen.last().cloned().unwrap();
+        let release = SignedRelease::decode(&seen.release).unwrap().manifest;
+        let running = RunningRelease {
+            version: release.version.clone(),
+            digest: seen.digest,
+            security_version: release.security_version,
+        };
+        let steps = vec![ExecutionState::Trial, ExecutionState::Succeeded];
+        self.report(&DeviceId::new(id).unwrap(), &seen, steps, Some(running))
             .await;
     }
 
