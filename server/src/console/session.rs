@@ -109,6 +109,19 @@ impl Sessions {
 }
 
 impl Session {
+    /// A session of `operator`, as pages see it (tests of the pages).
+    #[cfg(test)]
+    pub(crate) fn for_tests(operator: Operator) -> Self {
+        let now = Instant::now();
+        Session {
+            token: String::new(),
+            operator,
+            csrf: "csrf-of-the-test".into(),
+            created: now,
+            last_used: now,
+        }
+    }
+
     fn alive(&self, now: Instant) -> bool {
         now.duration_since(self.created) < LIFETIME && now.duration_since(self.last_used) < IDLE
     }

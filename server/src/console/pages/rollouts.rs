@@ -328,3 +328,33 @@ pub(crate) async fn detail(
     );
     layout::page(&session, &format!("Rollout #{id}"), "/rollouts", &body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Role;
+    use crate::http::Operator;
+
+    fn session(role: Role) -> Session {
+        Session::for_tests(Operator {
+            name: "someone".into(),
+            role,
+        })
+    }
+
+    #[test]
+    fn only_the_actions_the_role_grants_are_offered() {
+        let operator = actions(&session(Role::Operator), "4", "awaiting-approval");
+        assert!(!operator.contains("approve-button"), "{operator}");
+        assert!(operator.contains("abort-button"));
+        let approver = actions(&session(Role::Approver), "4", "awaiting-approval");
+        assert!(approver.contains("approve-button"));
+        assert!(!approver.contains("abort-button"));
+        let admin = actions(&session(Role::Admin), "4", "running");
+        assert!(admin.contains("pause-button") && admin.contains("abort-button"));
+        assert!(admin.contains(r#"data-confirm="Abort rollout #4?""#));
+        assert!(admin.contains(r#"value="csrf-of-the-test""#));
+        assert_eq!(actions(&session(Role::Admin), "4", "completed"), "");
+        assert_eq!(actions(&session(Role::Publisher), "4", "running"), "");
+    }
+}
