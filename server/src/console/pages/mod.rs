@@ -51,5 +51,6 @@ pub(crate) fn table(caption: &str, head: &[&str], rows: &[Vec<String>]) -> Strin
 /// A JSON value as an escaped, indented block.
 pub(crate) fn json_block(value: &Value) -> String {
     let text = serde_json::to_string_pretty(value).unwrap_or_default();
-    format!("<pre>{}</pre>", esc(&text))
+    // Focusable: a long block scrolls, and keyboard users must reach it.
+    format!(r#"<pre tabindex="0">{}</pre>"#, esc(&text))
 }
