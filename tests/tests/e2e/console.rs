@@ -27,7 +27,10 @@ async fn issue16_the_console_in_a_real_browser() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let browser_dir = root.join("tests").join("browser");
     assert!(
-        browser_dir.join("node_modules").join("playwright-core").is_dir(),
+        browser_dir
+            .join("node_modules")
+            .join("playwright-core")
+            .is_dir(),
         "run `npm ci` in {} first",
         browser_dir.display()
     );
@@ -55,7 +58,11 @@ async fn issue16_the_console_in_a_real_browser() {
         .unwrap();
     assert_eq!(approval["status"], "awaiting-approval");
     let approval_id = approval["id"].as_i64().unwrap();
-    w.lab.api().flag_set("new-ui", true, 50.0, "all").await.unwrap();
+    w.lab
+        .api()
+        .flag_set("new-ui", true, 50.0, "all")
+        .await
+        .unwrap();
 
     let base = w.lab.server().unwrap().base_url();
     let status = tokio::process::Command::new("node")
