@@ -170,3 +170,71 @@ async fn issue16_forged_requests_are_refused() {
         .unwrap();
     assert_eq!(anonymous.status(), StatusCode::SEE_OTHER);
 }
+
+/// Devices of the benchmark.
+const BENCH_DEVICES: usize = 100_000;
+
+/// The devices page over a seeded fleet of 100,000 devices (SQLite): prints how long the
+/// first page, a deep sorted page and a filtered page take, end to end over HTTP. A figure,
+/// not an assertion (docs/console.md quotes it).
+#[tokio::test]
+#[ignore = "benchmark: seeds 100,000 devices and prints the devices page times"]
+async fn issue16_devices_page_at_100k_devices() {
+    let t = TestServer::start().await;
+    let db = t.server.db();
+    let seeding = std::time::Instant::now();
+    let mut tx = db.begin().await.unwrap();
+    for i in 0..BENCH_DEVICES {
+        let mut report = ota_server::db::DeviceReport::default();
+        report.hardware_class = Some(if i % 3 == 0 { "gw-a" } else { "gw-b" }.into());
+        report.running_version = Some(format!("1.{}.0", i % 7));
+        report.last_result = Some(
+            if i % 50 == 0 {
+                "rolled-back"
+            } else {
+                "succeeded"
+            }
+            .into(),
+        );
+        report.labels = [("site".to_string(), format!("site-{}", i % 100))].into();
+        tx.upsert_device(
+            &format!("dev-{i:06}"),
+            &report,
+            i % 4 != 0,
+            false,
+            0,
+            i as i64,
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    println!(
+        "seeded {BENCH_DEVICES} devices in {:.1} s",
+        seeding.elapsed().as_secs_f64()
+    );
+    let cookie = sign_in(&t, TOKEN).await;
+    for path in [
+        "/devices",
+        "/devices?sort=last-seen&dir=desc&page=1000",
+        "/devices?filter=hw%3Dgw-a%20and%20label%3Asite%3Dsite-7&sort=version",
+        "/",
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            let (status, html) = page(&t, &cookie, path).await;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert!(html.contains("</html>"));
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "GET {path}: median {:.0} ms, min {:.0} ms, max {:.0} ms over {} requests ({BENCH_DEVICES} devices, SQLite, debug build unless --release)",
+            times[times.len() / 2],
+            times[0],
+            times[times.len() - 1],
+            times.len()
+        );
+    }
+}
