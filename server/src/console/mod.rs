@@ -197,8 +197,7 @@ pub(crate) fn router(state: AppState, api: Router, secure: bool) -> Router {
         .with_state(console)
 }
 
-async fn login_form(State(console): State<Console>) -> Response {
-    let _ = &console;
+async fn login_form() -> Response {
     layout::login_page(None, StatusCode::OK)
 }
 

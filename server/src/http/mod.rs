@@ -20,6 +20,7 @@
 //! | `GET`, `HEAD` | `/artifacts/{sha256}` (Range, If-Range, ETag) | none (no token) |
 //! | `GET` | `/releases/{sha256}` (signed release bytes) | none (no token) |
 //! | `GET` | `/metrics` (Prometheus text), `/healthz` | none (no token) |
+//! | `GET`, `POST` | `/`, `/login`, `/devices`, ... (the operator console, `crate::console`) | session |
 //!
 //! Every `/api/v1` request needs an operator token (401 `unauthorized`). "any" is every role;
 //! `admin` may do everything. The roles of changing requests are declared once, in
