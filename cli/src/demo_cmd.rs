@@ -41,6 +41,10 @@ pub(crate) struct DemoArgs {
     /// Print the summary as JSON on stdout (no live view).
     #[arg(long)]
     json: bool,
+    /// After the story, keep the fleet server and every device running and print the operator
+    /// console's URL and the demo operators' tokens; Ctrl-C stops it (then the summary).
+    #[arg(long)]
+    ui: bool,
 }
 
 /// How long the runtime's tasks (agents, server) get to stop before the demo's directory is
@@ -69,7 +73,8 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
     let result = runtime.block_on(async {
         tokio::select! {
             result = play(args, root.path()) => result,
-            _ = tokio::signal::ctrl_c() => Err(CliError::Demo("interrupted".to_owned())),
+            // With --ui, play itself waits for Ctrl-C (after the story it means "stop").
+            _ = tokio::signal::ctrl_c(), if !args.ui => Err(CliError::Demo("interrupted".to_owned())),
         }
     });
     runtime.shutdown_timeout(STOP_PATIENCE);
@@ -88,6 +93,26 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
         ))
     });
     result.and(removed)
+}
+
+/// `--ui`: prints where the console is and who may sign in, then waits for Ctrl-C.
+async fn keep_serving(server: &str) {
+    use ota_demo::lab::{APPROVER, OPERATOR, STEERER};
+    // On stderr, so `--json` keeps stdout to the summary.
+    eprintln!(
+        "\nthe fleet server and every device keep running: the operator console is at {server}/"
+    );
+    for (role, (name, token)) in [
+        ("admin", OPERATOR),
+        ("approver", APPROVER),
+        ("operator", STEERER),
+    ] {
+        eprintln!("  sign in as {name} ({role}) with the token {token}");
+    }
+    eprintln!("press Ctrl-C to stop the demo");
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        eprintln!("cannot wait for Ctrl-C ({e}); stopping the demo");
+    }
 }
 
 async fn play(args: &DemoArgs, parent: &std::path::Path) -> Result<(), CliError> {
@@ -127,7 +152,17 @@ async fn play(args: &DemoArgs, parent: &std::path::Path) -> Result<(), CliError>
         quiet: args.json,
         ..StoryOptions::default()
     };
-    let result = story::run(&mut lab, &story_opts).await;
+    let result = if args.ui {
+        tokio::select! {
+            result = story::run(&mut lab, &story_opts) => result,
+            _ = tokio::signal::ctrl_c() => return Err(CliError::Demo("interrupted".to_owned())),
+        }
+    } else {
+        story::run(&mut lab, &story_opts).await
+    };
+    if args.ui {
+        keep_serving(&server).await;
+    }
     let stopped = lab.shutdown().await;
     let dir = args.keep.then(|| lab.keep_dir());
     let reports = result.map_err(|e| CliError::Demo(e.to_string()))?;

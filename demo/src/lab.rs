@@ -38,6 +38,9 @@ use crate::firmware::{Build, FirmwareTeam};
 pub const OPERATOR: (&str, &str) = ("alice", "demo-alice-token-0123456789");
 /// A second operator, role `approver`: approvals only.
 pub const APPROVER: (&str, &str) = ("bob", "demo-bob-token-0123456789ab");
+/// A third operator, role `operator`: steers rollouts and flags, approves nothing (the
+/// console's browser tests sign in as this one to see what the role is not offered).
+pub const STEERER: (&str, &str) = ("carol", "demo-carol-token-0123456789");
 /// The version every device was built with.
 pub const FACTORY_VERSION: &str = "1.0.0";
 
@@ -441,6 +444,7 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
     config.operators = vec![
         OperatorConfig::new(OPERATOR.0, OPERATOR.1),
         OperatorConfig::with_role(APPROVER.0, APPROVER.1, Role::Approver),
+        OperatorConfig::with_role(STEERER.0, STEERER.1, Role::Operator),
     ];
     Ok(config)
 }

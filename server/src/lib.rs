@@ -14,6 +14,8 @@
 //!   against it).
 //! - [`store`]: the artifact store (local files or S3) addressed by SHA-256, with verified,
 //!   all-or-nothing streaming uploads.
+//! - `console`: the operator web console at `/` (server-rendered pages, sessions, CSRF, live
+//!   rollouts over server-sent events); documented in `docs/console.md`.
 //! - [`http`]: the REST API, artifact serving and `/metrics` (axum); documented in
 //!   `docs/api.md`.
 //! - [`broker`]: the embedded MQTT broker (rumqttd, in-process, port 0 supported) behind a
@@ -45,6 +47,7 @@
 pub mod broker;
 pub mod clock;
 pub mod config;
+mod console;
 pub mod db;
 pub mod event_kinds;
 pub mod fleet;

@@ -223,7 +223,7 @@ impl Server {
             clock,
             fleet,
         );
-        let app = http::router(state.clone());
+        let app = http::router(state.clone(), tls.is_some());
         let (stop_tx, stop_rx) = watch::channel(false);
         let listen = http::listen::Listen::new(
             &config.limits,

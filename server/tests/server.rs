@@ -22,6 +22,8 @@ mod artifacts;
 mod auth;
 #[path = "server/broker.rs"]
 mod broker;
+#[path = "server/console.rs"]
+mod console;
 #[path = "server/db.rs"]
 mod db;
 #[path = "server/delta.rs"]

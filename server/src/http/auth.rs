@@ -138,7 +138,7 @@ fn forbidden_role(operator: &Operator, needed: Role) -> ApiError {
 }
 
 /// Compares two byte strings in time independent of where they differ.
-pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -20,6 +20,7 @@
 //! | `GET`, `HEAD` | `/artifacts/{sha256}` (Range, If-Range, ETag) | none (no token) |
 //! | `GET` | `/releases/{sha256}` (signed release bytes) | none (no token) |
 //! | `GET` | `/metrics` (Prometheus text), `/healthz` | none (no token) |
+//! | `GET`, `POST` | `/`, `/login`, `/devices`, ... (the operator console, `crate::console`) | session |
 //!
 //! Every `/api/v1` request needs an operator token (401 `unauthorized`). "any" is every role;
 //! `admin` may do everything. The roles of changing requests are declared once, in
@@ -52,6 +53,7 @@ use axum::routing::{get, post};
 use axum::{Router, middleware};
 use serde::{Deserialize, Serialize};
 
+pub(crate) use auth::constant_time_eq;
 pub use auth::{Operator, ROLE_TABLE, needed_role};
 pub use error::{ApiError, release_cause};
 
@@ -147,8 +149,10 @@ impl AppState {
     }
 }
 
-/// The whole HTTP application.
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP application: the REST API, the public downloads and the operator console
+/// (`crate::console`); `https` says whether it is served over TLS (the console's cookies are
+/// then `Secure`).
+pub fn router(state: AppState, https: bool) -> Router {
     let api = Router::new()
         .route(
             "/releases",
@@ -192,15 +196,19 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_operator,
         ));
-    Router::new()
-        .nest("/api/v1", api)
+    // The API on its own, so the console can call it in-process with the same layers.
+    let api: Router = Router::new().nest("/api/v1", api).with_state(state.clone());
+    let public = Router::new()
         .route("/artifacts/{digest}", get(artifacts::get_artifact))
         .route("/releases/{digest}", get(artifacts::get_release_bytes))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state.clone());
+    api.clone()
+        .merge(public)
+        .merge(crate::console::router(state, api, https))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
 }
 
 async fn not_found() -> ApiError {

@@ -13,6 +13,8 @@
 //!   fleet server).
 //! - `rotation`: key rotation end to end (issue 7): rotate, revoke, refused rotations,
 //!   restart.
+//! - `console`: the operator console in headless Chromium (issue 16; `#[ignore]`d, needs
+//!   Chromium and `tests/browser`'s packages).
 //! - `world`, `proxy`: the fixture (a lab behind fault-injecting TCP proxies).
 
 #![allow(
@@ -23,6 +25,7 @@
     reason = "tests: a failure here is a failing test"
 )]
 
+mod console;
 mod delta;
 mod drift;
 mod faults;

@@ -1,0 +1,261 @@
+//! `GET /rollouts/new` and `POST /rollouts/new`: the create form. "Show plan" asks the API for
+//! a dry run and shows its plan (targets, deploys and redeploys, waves, conflicts, warnings,
+//! excluded devices) with a "Start rollout" button carrying the same spec; only that starts
+//! it.
+
+use axum::Form;
+use axum::extract::State;
+use axum::extract::rejection::FormRejection;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::super::actions::csrf_refusal;
+use super::super::html::esc;
+use super::super::layout;
+use super::super::session::Session;
+use super::super::{Console, SignedIn};
+use super::{field, json_block, table};
+
+/// What the form asks for.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct CreateForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    release: String,
+    #[serde(default)]
+    filter: String,
+    /// Cumulative wave shares, percent, comma-separated.
+    #[serde(default)]
+    waves: String,
+    #[serde(default)]
+    bake_secs: String,
+    #[serde(default)]
+    force_reinstall: Option<String>,
+    /// `plan` (dry run) or `start`.
+    #[serde(default)]
+    action: String,
+}
+
+/// The API request of a form, or what is wrong with it.
+pub(crate) fn spec(form: &CreateForm, dry_run: bool) -> Result<Value, String> {
+    let mut spec = json!({
+        "release": form.release.trim(),
+        "filter": form.filter.trim(),
+        "force_reinstall": form.force_reinstall.is_some(),
+        "dry_run": dry_run,
+    });
+    if !form.waves.trim().is_empty() {
+        let waves = form
+            .waves
+            .split(',')
+            .map(|w| {
+                w.trim()
+                    .parse::<f64>()
+                    .map_err(|_| format!("waves: {:?} is not a number", w.trim()))
+            })
+            .collect::<Result<Vec<f64>, String>>()?;
+        spec["waves"] = json!(waves);
+    }
+    if !form.bake_secs.trim().is_empty() {
+        let bake: u64 = form
+            .bake_secs
+            .trim()
+            .parse()
+            .map_err(|_| format!("bake: {:?} is not a number of seconds", form.bake_secs))?;
+        spec["bake_secs"] = json!(bake);
+    }
+    Ok(spec)
+}
+
+async fn release_options(console: &Console, session: &Session, chosen: &str) -> String {
+    let answer = console.api(session, Method::GET, "/releases", None).await;
+    let mut out = String::new();
+    if let Some(list) = answer.body.get("releases").and_then(Value::as_array) {
+        for r in list.iter().rev() {
+            let digest = field(r, "digest");
+            let selected = if digest == chosen { " selected" } else { "" };
+            out.push_str(&format!(
+                r#"<option value="{}"{selected}>{} ({}…)</option>"#,
+                esc(&digest),
+                esc(&field(r, "version")),
+                esc(digest.get(..12).unwrap_or(&digest))
+            ));
+        }
+    }
+    out
+}
+
+async fn form_page(
+    console: &Console,
+    session: &Session,
+    form: &CreateForm,
+    extra: &str,
+    status: StatusCode,
+) -> Response {
+    let options = release_options(console, session, &form.release).await;
+    let checked = if form.force_reinstall.is_some() {
+        " checked"
+    } else {
+        ""
+    };
+    let body = format!(
+        r#"<form method="post" action="/rollouts/new" class="create">{csrf}
+<label for="release">Release</label><select id="release" name="release" required>{options}</select>
+<label for="filter">Device filter</label><input id="filter" name="filter" value="{filter}" placeholder="empty: every device">
+<label for="waves">Waves (cumulative percent)</label><input id="waves" name="waves" value="{waves}" placeholder="1,10,50,100">
+<label for="bake_secs">Bake time (seconds)</label><input id="bake_secs" name="bake_secs" inputmode="numeric" value="{bake}" placeholder="default">
+<label class="check"><input type="checkbox" name="force_reinstall" value="on"{checked}> Reinstall on devices already running it (needs approval)</label>
+<button type="submit" name="action" value="plan" id="plan-button">Show plan</button>
+</form>{extra}"#,
+        csrf = layout::csrf_field(session),
+        filter = esc(&form.filter),
+        waves = esc(&form.waves),
+        bake = esc(&form.bake_secs),
+    );
+    layout::page_with_status(session, "New rollout", "/rollouts", &body, status)
+}
+
+/// `GET /rollouts/new`.
+pub(crate) async fn form(State(console): State<Console>, SignedIn(session): SignedIn) -> Response {
+    form_page(
+        &console,
+        &session,
+        &CreateForm::default(),
+        "",
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// The plan of a dry run, and the button that starts it.
+fn plan(session: &Session, form: &CreateForm, plan: &Value) -> String {
+    let waves: Vec<Vec<String>> = plan
+        .get("waves")
+        .and_then(Value::as_array)
+        .map(|waves| {
+            waves
+                .iter()
+                .map(|w| {
+                    vec![
+                        (w.get("index").and_then(Value::as_u64).unwrap_or(0) + 1).to_string(),
+                        format!("{}%", esc(&field(w, "share"))),
+                        esc(&field(w, "members")).to_string(),
+                        esc(&field(w, "deploys")).to_string(),
+                        esc(&field(w, "redeploys")).to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut notes = String::new();
+    for key in ["warnings", "conflicts", "excluded"] {
+        match plan.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(a)) if a.is_empty() => {}
+            Some(v) => notes.push_str(&format!("<h3>{}</h3>{}", esc(key), json_block(v))),
+        }
+    }
+    let hidden = |name: &str, value: &str| {
+        format!(
+            r#"<input type="hidden" name="{name}" value="{}">"#,
+            esc(value)
+        )
+    };
+    format!(
+        r#"<section aria-labelledby="plan-title" id="plan"><h2 id="plan-title">Plan</h2>
+<p>{} targets: {} install the release, {} already run it, {} offline now.</p>{}{notes}
+<form method="post" action="/rollouts/new" data-confirm="Start this rollout?">{}{}{}{}{}{}
+<button type="submit" name="action" value="start" id="start-button">Start rollout</button></form></section>"#,
+        esc(&field(plan, "targets")),
+        esc(&field(plan, "deploys")),
+        esc(&field(plan, "redeploys")),
+        esc(&field(plan, "offline")),
+        table(
+            "Waves",
+            &["Wave", "Share", "Members", "Deploys", "Redeploys"],
+            &waves
+        ),
+        layout::csrf_field(session),
+        hidden("release", &form.release),
+        hidden("filter", &form.filter),
+        hidden("waves", &form.waves),
+        hidden("bake_secs", &form.bake_secs),
+        form.force_reinstall
+            .as_ref()
+            .map_or_else(String::new, |_| hidden("force_reinstall", "on")),
+    )
+}
+
+/// `POST /rollouts/new`: `action=plan` shows the dry run, `action=start` creates it.
+pub(crate) async fn submit(
+    State(console): State<Console>,
+    SignedIn(session): SignedIn,
+    form: Result<Form<CreateForm>, FormRejection>,
+) -> Response {
+    let form = form.map(|Form(f)| f).unwrap_or_default();
+    if let Some(refused) = csrf_refusal(&session, Some(&form.csrf)) {
+        return refused;
+    }
+    let start = form.action == "start";
+    let request = match spec(&form, !start) {
+        Ok(request) => request,
+        Err(e) => {
+            let error = format!(r#"<p class="error" role="alert">{}</p>"#, esc(&e));
+            return form_page(&console, &session, &form, &error, StatusCode::BAD_REQUEST).await;
+        }
+    };
+    let answer = console
+        .api(&session, Method::POST, "/rollouts", Some(&request))
+        .await;
+    if !answer.status.is_success() {
+        if answer.status == StatusCode::FORBIDDEN {
+            return layout::error_page(&session, &answer);
+        }
+        let error = format!(
+            r#"<p class="error" role="alert">{}</p>"#,
+            esc(&answer.error_text())
+        );
+        return form_page(&console, &session, &form, &error, answer.status).await;
+    }
+    let rollout = answer.body.get("rollout").cloned().unwrap_or(Value::Null);
+    if start {
+        let id = field(&rollout, "id");
+        return Redirect::to(&format!("/rollouts/{}", super::super::html::url(&id)))
+            .into_response();
+    }
+    let shown = plan(&session, &form, &rollout);
+    form_page(&console, &session, &form, &shown, StatusCode::OK).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_form_becomes_the_api_spec() {
+        let form = CreateForm {
+            release: " 1.2.0 ".into(),
+            filter: "hw=gw".into(),
+            waves: "10, 100".into(),
+            bake_secs: "30".into(),
+            force_reinstall: Some("on".into()),
+            ..CreateForm::default()
+        };
+        let spec = spec(&form, true).unwrap();
+        assert_eq!(spec["release"], "1.2.0");
+        assert_eq!(spec["waves"], json!([10.0, 100.0]));
+        assert_eq!(spec["bake_secs"], 30);
+        assert_eq!(spec["dry_run"], true);
+        assert_eq!(spec["force_reinstall"], true);
+        let defaults = super::spec(&CreateForm::default(), false).unwrap();
+        assert!(defaults.get("waves").is_none());
+        let bad = CreateForm {
+            waves: "10,x".into(),
+            ..CreateForm::default()
+        };
+        assert!(super::spec(&bad, true).unwrap_err().contains("\"x\""));
+    }
+}

@@ -1,0 +1,215 @@
+//! The smaller pages: releases, the trust set, flags (with the kill switch) and the audit log.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::Method;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::super::html::{esc, json_text, time, url};
+use super::super::layout;
+use super::super::{Console, SignedIn};
+use super::devices::{EVENT_HEAD, event_rows};
+use super::{field, json_block, may, table};
+
+/// `GET /releases`.
+pub(crate) async fn releases(
+    State(console): State<Console>,
+    SignedIn(session): SignedIn,
+) -> Response {
+    let all = match console.read(&session, "/releases").await {
+        Ok(all) => all,
+        Err(refused) => return refused,
+    };
+    let rows: Vec<Vec<String>> = all
+        .get("releases")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .rev()
+                .map(|r| {
+                    vec![
+                        esc(&field(r, "version")).to_string(),
+                        esc(&field(r, "product")).to_string(),
+                        format!("<code>{}</code>", esc(&field(r, "digest"))),
+                        esc(&field(r, "size")).to_string(),
+                        esc(&field(r, "hardware")).to_string(),
+                        esc(&field(r, "signers")).to_string(),
+                        if r.get("trusted") == Some(&Value::Bool(true)) {
+                            "yes".into()
+                        } else {
+                            "no (revoked signers)".into()
+                        },
+                        esc(&field(r, "published_by")).to_string(),
+                        r.get("created_at")
+                            .and_then(Value::as_i64)
+                            .map(time)
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = table(
+        "Releases, newest first",
+        &[
+            "Version",
+            "Product",
+            "Artifact sha256",
+            "Bytes",
+            "Hardware",
+            "Signers",
+            "Trusted",
+            "Published by",
+            "Published",
+        ],
+        &rows,
+    );
+    layout::page(&session, "Releases", "/releases", &body)
+}
+
+/// `GET /trust`.
+pub(crate) async fn trust(State(console): State<Console>, SignedIn(session): SignedIn) -> Response {
+    match console.read(&session, "/trust").await {
+        Ok(set) => layout::page(
+            &session,
+            "Trust set in force",
+            "/trust",
+            &format!(
+                "<p>Rotations are signed offline and published with <code>ota trust</code>.</p>{}",
+                json_block(&set)
+            ),
+        ),
+        Err(refused) => refused,
+    }
+}
+
+/// `GET /flags`.
+pub(crate) async fn flags(State(console): State<Console>, SignedIn(session): SignedIn) -> Response {
+    let all = match console.read(&session, "/flags").await {
+        Ok(all) => all,
+        Err(refused) => return refused,
+    };
+    let may_kill = may(&session, &Method::POST, "/api/v1/flags/{name}/kill");
+    let may_revive = may(&session, &Method::POST, "/api/v1/flags/{name}/revive");
+    let rows: Vec<Vec<String>> = all
+        .get("flags")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .map(|detail| {
+                    let flag = detail.get("flag").cloned().unwrap_or(Value::Null);
+                    let name = field(&flag, "name");
+                    let killed = flag.get("killed") == Some(&Value::Bool(true));
+                    let (op, label, allowed) = if killed {
+                        ("revive", "Revive", may_revive)
+                    } else {
+                        ("kill", "Kill", may_kill)
+                    };
+                    let button = if allowed {
+                        format!(
+                            r#"<form method="post" action="/flags/{}/{op}" data-confirm="{label} flag {}?">{}<button type="submit" id="{op}-{}" class="{}">{label}</button></form>"#,
+                            url(&name),
+                            esc(&name),
+                            layout::csrf_field(&session),
+                            esc(&name),
+                            if killed { "" } else { "danger" },
+                        )
+                    } else {
+                        String::new()
+                    };
+                    vec![
+                        esc(&name).to_string(),
+                        esc(&field(&flag, "default")).to_string(),
+                        if killed { "killed".into() } else { String::new() },
+                        format!("<code>{}</code>", esc(&json_text(flag.get("rules").unwrap_or(&Value::Null)))),
+                        format!("<code>{}</code>", esc(&json_text(detail.get("counts").unwrap_or(&Value::Null)))),
+                        button,
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = format!(
+        r#"{}<p><a href="/audit?kind=flag-killed">Kill-switch audit</a> · <a href="/audit">All events</a></p>"#,
+        table(
+            "Flags",
+            &[
+                "Flag",
+                "Default",
+                "Kill switch",
+                "Rules",
+                "Devices on/off",
+                "Action"
+            ],
+            &rows
+        )
+    );
+    layout::page(&session, "Flags", "/flags", &body)
+}
+
+/// Query of `GET /audit`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AuditQuery {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    device: String,
+    #[serde(default)]
+    rollout: String,
+    #[serde(default)]
+    actor: String,
+}
+
+/// `GET /audit`: the newest events (up to 500) of a kind, device or rollout; the actor filter
+/// applies to those.
+pub(crate) async fn audit(
+    State(console): State<Console>,
+    SignedIn(session): SignedIn,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Response {
+    let q = query.map(|Query(q)| q).unwrap_or_default();
+    let mut path = String::from("/events?limit=500");
+    for (key, value) in [
+        ("kind", &q.kind),
+        ("device", &q.device),
+        ("rollout", &q.rollout),
+    ] {
+        if !value.trim().is_empty() {
+            path.push_str(&format!("&{key}={}", url(value.trim())));
+        }
+    }
+    let answer = console.api(&session, Method::GET, &path, None).await;
+    let (rows, error) = if answer.status.is_success() {
+        let actor = q.actor.trim();
+        let rows: Vec<Vec<String>> = event_rows(&answer.body)
+            .into_iter()
+            .filter(|(_, row)| actor.is_empty() || row[2] == esc(actor).to_string())
+            .map(|(_, row)| row)
+            .collect();
+        (rows, String::new())
+    } else {
+        (
+            Vec::new(),
+            format!(
+                r#"<p class="error" role="alert">{}</p>"#,
+                esc(&answer.error_text())
+            ),
+        )
+    };
+    let body = format!(
+        r#"<form method="get" action="/audit" class="filter" role="search">
+<label for="kind">Kind</label> <input id="kind" name="kind" value="{}" placeholder="access-denied">
+<label for="device">Device</label> <input id="device" name="device" value="{}">
+<label for="rollout">Rollout</label> <input id="rollout" name="rollout" inputmode="numeric" value="{}">
+<label for="actor">Actor</label> <input id="actor" name="actor" value="{}">
+<button type="submit">Apply</button></form>{error}{}"#,
+        esc(&q.kind),
+        esc(&q.device),
+        esc(&q.rollout),
+        esc(&q.actor),
+        table("Events, newest first", EVENT_HEAD, &rows),
+    );
+    layout::page(&session, "Audit log", "/audit", &body)
+}

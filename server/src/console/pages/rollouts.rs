@@ -1,0 +1,360 @@
+//! `GET /rollouts` and `GET /rollouts/{id}`: a rollout's waves, gate and bake countdown,
+//! failures by phase, the devices that failed, rolled back or deferred (with causes), and the
+//! actions the operator's role allows (with confirmation); kept live by
+//! `/live/rollouts/{id}`.
+
+use axum::extract::{Path, State};
+use axum::http::Method;
+use axum::response::Response;
+use serde_json::Value;
+
+use super::super::html::{esc, json_text, time, url};
+use super::super::layout;
+use super::super::session::Session;
+use super::super::{ApiAnswer, Console, SignedIn};
+use super::{field, json_block, may, table};
+
+/// Statuses after which nothing changes any more.
+pub(crate) fn finished(status: &str) -> bool {
+    matches!(status, "completed" | "aborted" | "dry-run")
+}
+
+/// `GET /rollouts`.
+pub(crate) async fn list(State(console): State<Console>, SignedIn(session): SignedIn) -> Response {
+    let all = match console.read(&session, "/rollouts").await {
+        Ok(all) => all,
+        Err(refused) => return refused,
+    };
+    let rows: Vec<Vec<String>> = all
+        .get("rollouts")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .rev()
+                .map(|r| {
+                    let id = field(r, "id");
+                    vec![
+                        format!(r#"<a href="/rollouts/{}">#{}</a>"#, url(&id), esc(&id)),
+                        esc(&field(r, "version")).to_string(),
+                        format!("<code>{}</code>", esc(&field(r, "filter"))),
+                        format!(
+                            r#"<span class="status">{}</span>"#,
+                            esc(&field(r, "status"))
+                        ),
+                        esc(&field(r, "targets")).to_string(),
+                        esc(&field(r, "created_by")).to_string(),
+                        r.get("created_at")
+                            .and_then(Value::as_i64)
+                            .map(time)
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let create = if may(&session, &Method::POST, "/api/v1/rollouts") {
+        r#"<p><a class="button" href="/rollouts/new">New rollout</a></p>"#
+    } else {
+        ""
+    };
+    let body = format!(
+        "{create}{}",
+        table(
+            "Rollouts, newest first",
+            &[
+                "Rollout",
+                "Version",
+                "Filter",
+                "Status",
+                "Targets",
+                "Created by",
+                "Created"
+            ],
+            &rows
+        )
+    );
+    layout::page(&session, "Rollouts", "/rollouts", &body)
+}
+
+/// The execution-state columns of the count tables (failed is broken down by phase).
+const STATES: &[&str] = &[
+    "queued",
+    "notified",
+    "deferred-power",
+    "deferred-window",
+    "deferred-disk",
+    "downloading",
+    "installing",
+    "trial",
+    "succeeded",
+    "skipped-identical",
+    "rejected",
+    "rolled-back",
+    "timed-out",
+];
+
+/// Failure phases, as the counts break `failed` down.
+const PHASES: &[&str] = &["download", "verify", "install", "trial"];
+
+fn count(counts: &Value, state: &str) -> String {
+    counts.get(state).map(json_text).unwrap_or_default()
+}
+
+/// The live part of a rollout's page.
+pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &[Vec<String>]) -> String {
+    let id = field(rollout, "id");
+    let status = field(rollout, "status");
+    let phase = field(rollout, "phase");
+    let bake = rollout
+        .get("bake_until")
+        .and_then(Value::as_u64)
+        .filter(|_| phase == "baking")
+        .map(|until| {
+            format!(
+                r#"<p>Baking: the gate opens in <span class="countdown" data-until="{until}">…</span>.</p>"#
+            )
+        })
+        .unwrap_or_default();
+    let wave = rollout
+        .get("current_wave")
+        .and_then(Value::as_u64)
+        .map(|w| {
+            format!(
+                "wave {} of {}",
+                w + 1,
+                rollout
+                    .get("waves")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+            )
+        })
+        .unwrap_or_default();
+    let totals = rollout.get("totals").cloned().unwrap_or(Value::Null);
+    let failed = totals.get("failed").cloned().unwrap_or(Value::Null);
+    let mut totals_rows: Vec<Vec<String>> = STATES
+        .iter()
+        .map(|s| vec![esc(s).to_string(), esc(&count(&totals, s)).to_string()])
+        .filter(|row| row[1] != "0")
+        .collect();
+    for p in PHASES {
+        let n = count(&failed, p);
+        if n != "0" {
+            totals_rows.push(vec![format!("failed ({})", esc(p)), esc(&n).to_string()]);
+        }
+    }
+    let waves: Vec<Vec<String>> = rollout
+        .get("waves")
+        .and_then(Value::as_array)
+        .map(|waves| {
+            waves
+                .iter()
+                .map(|w| {
+                    let counts = w.get("counts").cloned().unwrap_or(Value::Null);
+                    let failures = count(&counts, "failures");
+                    vec![
+                        (w.get("index").and_then(Value::as_u64).unwrap_or(0) + 1).to_string(),
+                        format!("{}%", esc(&field(w, "share"))),
+                        esc(&field(w, "members")).to_string(),
+                        esc(&count(&counts, "succeeded")).to_string(),
+                        esc(&failures).to_string(),
+                        esc(&field(w, "unsettled")).to_string(),
+                        w.get("started_at")
+                            .and_then(Value::as_i64)
+                            .map(|ms| time(ms / 1000))
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let reason = match rollout.get("abort_reason") {
+        Some(Value::Null) | None => String::new(),
+        Some(r) => format!("<h2>Why it aborted</h2>{}", json_block(r)),
+    };
+    let stranded = match rollout.get("no_rollback_target") {
+        Some(Value::Array(list)) if !list.is_empty() => format!(
+            "<h2>Left on the release (no rollback target)</h2>{}",
+            json_block(&Value::Array(list.clone()))
+        ),
+        _ => String::new(),
+    };
+    format!(
+        r#"<p class="state">Status <strong class="status" id="rollout-status">{status}</strong> {phase} {wave}</p>{bake}
+{actions}
+<div class="grid">{totals}{waves}</div>{reason}{stranded}
+{devices}"#,
+        status = esc(&status),
+        phase = esc(&phase),
+        wave = esc(&wave),
+        actions = actions(session, &id, &status),
+        totals = table("Executions by state", &["State", "Devices"], &totals_rows),
+        waves = table(
+            "Waves",
+            &[
+                "Wave",
+                "Share",
+                "Members",
+                "Succeeded",
+                "Failures",
+                "Unsettled",
+                "Started"
+            ],
+            &waves
+        ),
+        devices = table(
+            "Devices that failed, rolled back, were rejected or deferred",
+            &["Device", "State", "Cause", "Detail"],
+            devices
+        ),
+    )
+}
+
+/// The action buttons the operator's role allows in this status.
+fn actions(session: &Session, id: &str, status: &str) -> String {
+    let offered: &[(&str, &str, &str)] = match status {
+        "running" => &[("pause", "Pause", ""), ("abort", "Abort", "danger")],
+        "paused" => &[("resume", "Resume", ""), ("abort", "Abort", "danger")],
+        "awaiting-approval" => &[("approve", "Approve", ""), ("abort", "Abort", "danger")],
+        _ => &[],
+    };
+    let mut out = String::new();
+    for (op, label, class) in offered {
+        if !may(
+            session,
+            &Method::POST,
+            &format!("/api/v1/rollouts/{{id}}/{op}"),
+        ) {
+            continue;
+        }
+        let reason = if *op == "abort" {
+            r#"<label for="reason">Reason</label> <input id="reason" name="reason" placeholder="optional">"#
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            r#"<form method="post" action="/rollouts/{id}/{op}" class="action" data-confirm="{label} rollout #{id}?">{csrf}{reason}<button type="submit" class="{class}" id="{op}-button">{label}</button></form>"#,
+            id = url(id),
+            csrf = layout::csrf_field(session),
+        ));
+    }
+    if out.is_empty() {
+        out
+    } else {
+        format!(r#"<div class="actions">{out}</div>"#)
+    }
+}
+
+/// The rollout (from the API) and its troubled devices, or the refusal.
+pub(crate) async fn load(
+    console: &Console,
+    session: &Session,
+    id: i64,
+) -> Result<(Value, Vec<Vec<String>>), ApiAnswer> {
+    let answer = console
+        .api(session, Method::GET, &format!("/rollouts/{id}"), None)
+        .await;
+    if !answer.status.is_success() {
+        return Err(answer);
+    }
+    let rollout = answer.body.get("rollout").cloned().unwrap_or(Value::Null);
+    let devices = console
+        .state()
+        .db()
+        .list_devices()
+        .await
+        .map_err(|e| ApiAnswer::from(crate::http::ApiError::from(e)))?;
+    let rows = devices
+        .iter()
+        .filter_map(|d| {
+            let outcome = d.last_outcome.as_ref()?;
+            if outcome.get("rollout").and_then(Value::as_i64) != Some(id) {
+                return None;
+            }
+            let state = field(outcome, "state");
+            if matches!(
+                state.as_str(),
+                "succeeded"
+                    | "skipped-identical"
+                    | "queued"
+                    | "notified"
+                    | "downloading"
+                    | "installing"
+                    | "trial"
+            ) {
+                return None;
+            }
+            Some(vec![
+                format!(r#"<a href="/devices/{}">{}</a>"#, url(&d.id), esc(&d.id)),
+                esc(&state).to_string(),
+                esc(&field(outcome, "cause")).to_string(),
+                esc(&field(outcome, "detail")).to_string(),
+            ])
+        })
+        .collect();
+    Ok((rollout, rows))
+}
+
+/// `GET /rollouts/{id}`.
+pub(crate) async fn detail(
+    State(console): State<Console>,
+    SignedIn(session): SignedIn,
+    Path(id): Path<i64>,
+) -> Response {
+    let (rollout, devices) = match load(&console, &session, id).await {
+        Ok(loaded) => loaded,
+        Err(answer) => return layout::error_page(&session, &answer),
+    };
+    let live = fragment(&session, &rollout, &devices);
+    let status = field(&rollout, "status");
+    let attr = if finished(&status) {
+        String::new()
+    } else {
+        format!(r#" data-live="/live/rollouts/{id}""#)
+    };
+    let body = format!(
+        r#"<dl class="facts"><dt>Release</dt><dd>{} <code>{}</code></dd><dt>Filter</dt><dd><code>{}</code></dd><dt>Targets</dt><dd>{} ({} deploy, {} redeploy, {} offline)</dd><dt>Created by</dt><dd>{}</dd><dt>Approved by</dt><dd>{}</dd></dl>
+<div{attr} aria-live="polite">{live}</div>
+<h2>Spec</h2>{}<p><a href="/audit?rollout={id}">Events of this rollout</a></p>"#,
+        esc(&field(&rollout, "version")),
+        esc(&field(&rollout, "release")),
+        esc(&field(&rollout, "filter")),
+        esc(&field(&rollout, "targets")),
+        esc(&field(&rollout, "deploys")),
+        esc(&field(&rollout, "redeploys")),
+        esc(&field(&rollout, "offline")),
+        esc(&field(&rollout, "created_by")),
+        esc(&field(&rollout, "approved_by")),
+        json_block(rollout.get("spec").unwrap_or(&Value::Null)),
+    );
+    layout::page(&session, &format!("Rollout #{id}"), "/rollouts", &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Role;
+    use crate::http::Operator;
+
+    fn session(role: Role) -> Session {
+        Session::for_tests(Operator {
+            name: "someone".into(),
+            role,
+        })
+    }
+
+    #[test]
+    fn only_the_actions_the_role_grants_are_offered() {
+        let operator = actions(&session(Role::Operator), "4", "awaiting-approval");
+        assert!(!operator.contains("approve-button"), "{operator}");
+        assert!(operator.contains("abort-button"));
+        let approver = actions(&session(Role::Approver), "4", "awaiting-approval");
+        assert!(approver.contains("approve-button"));
+        assert!(!approver.contains("abort-button"));
+        let admin = actions(&session(Role::Admin), "4", "running");
+        assert!(admin.contains("pause-button") && admin.contains("abort-button"));
+        assert!(admin.contains(r#"data-confirm="Abort rollout #4?""#));
+        assert!(admin.contains(r#"value="csrf-of-the-test""#));
+        assert_eq!(actions(&session(Role::Admin), "4", "completed"), "");
+        assert_eq!(actions(&session(Role::Publisher), "4", "running"), "");
+    }
+}
