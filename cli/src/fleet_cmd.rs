@@ -984,24 +984,6 @@ fn done_count(c: &Value) -> u64 {
     n("succeeded") + n("skipped-identical") + n("failures")
 }
 
-/// The states shown, in order.
-const STATES: [&str; 14] = [
-    "queued",
-    "notified",
-    "deferred-power",
-    "deferred-window",
-    "deferred-disk",
-    "downloading",
-    "installing",
-    "rebooting",
-    "trial",
-    "succeeded",
-    "skipped-identical",
-    "rejected",
-    "rolled-back",
-    "timed-out",
-];
-
 fn bar(done: u64, total: u64, width: usize) -> String {
     let filled = done
         .saturating_mul(width as u64)
@@ -1067,7 +1049,7 @@ fn render(r: &Value, bars: bool) -> String {
         }
     }
     let totals = &r["totals"];
-    let counts: Vec<String> = STATES
+    let counts: Vec<String> = ota_core::rollout::STATE_NAMES
         .iter()
         .filter_map(|k| {
             let n = totals[*k].as_u64().unwrap_or(0);

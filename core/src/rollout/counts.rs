@@ -46,7 +46,70 @@ pub struct StateCounts {
     pub timed_out: u32,
 }
 
+/// The names of the counted states that are not failures, in table order: the keys of a
+/// rollout's counts (the failures are counted by [`FailurePhase`], see
+/// [`StateCounts::failed_by_phase`]). The names are [`ExecutionState::name`]s.
+pub const STATE_NAMES: [&str; 14] = [
+    "queued",
+    "notified",
+    "deferred-power",
+    "deferred-window",
+    "deferred-disk",
+    "downloading",
+    "installing",
+    "rebooting",
+    "trial",
+    "succeeded",
+    "skipped-identical",
+    "rejected",
+    "rolled-back",
+    "timed-out",
+];
+
+/// The failure phases, in table order.
+pub const FAILURE_PHASES: [FailurePhase; 4] = [
+    FailurePhase::Download,
+    FailurePhase::Verify,
+    FailurePhase::Install,
+    FailurePhase::Trial,
+];
+
 impl StateCounts {
+    /// How many devices are in each state of [`STATE_NAMES`], in that order.
+    pub fn by_state(&self) -> [(&'static str, u32); 14] {
+        let n = [
+            self.queued,
+            self.notified,
+            self.deferred_power,
+            self.deferred_window,
+            self.deferred_disk,
+            self.downloading,
+            self.installing,
+            self.rebooting,
+            self.trial,
+            self.succeeded,
+            self.skipped_identical,
+            self.rejected,
+            self.rolled_back,
+            self.timed_out,
+        ];
+        let mut out = [("", 0); 14];
+        for (slot, (name, n)) in out.iter_mut().zip(STATE_NAMES.into_iter().zip(n)) {
+            *slot = (name, n);
+        }
+        out
+    }
+
+    /// How many devices failed in each phase of [`FAILURE_PHASES`], in that order.
+    pub fn failed_by_phase(&self) -> [(FailurePhase, u32); 4] {
+        [
+            (FailurePhase::Download, self.failed_download),
+            (FailurePhase::Verify, self.failed_verify),
+            (FailurePhase::Install, self.failed_install),
+            (FailurePhase::Trial, self.failed_trial),
+        ]
+    }
+
     /// The count of devices in `state`'s kind.
     pub fn get(&self, state: &ExecutionState) -> u32 {
         let mut copy = *self;
@@ -199,4 +262,59 @@ pub(crate) fn took_release(s: &ExecutionState) -> bool {
                 ..
             }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::string::String;
+
+    use super::*;
+    use crate::wire::{PowerReading, RejectCause, RollbackReason};
+
+    /// Every named state counts under its own [`ExecutionState::name`], at its place in
+    /// [`STATE_NAMES`]; failures count under their phase.
+    #[test]
+    fn the_state_table_follows_the_states_names() {
+        let states = [
+            ExecutionState::Queued,
+            ExecutionState::Notified,
+            ExecutionState::DeferredPower {
+                reading: PowerReading::MAINS,
+            },
+            ExecutionState::DeferredWindow { opens_at: None },
+            ExecutionState::DeferredDisk { needed: 1, free: 0 },
+            ExecutionState::Downloading { done: 0, total: 1 },
+            ExecutionState::Installing,
+            ExecutionState::Rebooting,
+            ExecutionState::Trial,
+            ExecutionState::Succeeded,
+            ExecutionState::SkippedIdentical,
+            ExecutionState::Rejected {
+                cause: RejectCause::Other,
+                detail: String::new(),
+            },
+            ExecutionState::RolledBack {
+                reason: RollbackReason::ProbeFailed,
+                detail: String::new(),
+            },
+            ExecutionState::TimedOut,
+        ];
+        for (i, state) in states.iter().enumerate() {
+            let mut c = StateCounts::default();
+            c.add(state);
+            let by_state = c.by_state();
+            assert_eq!(by_state[i], (state.name(), 1), "{state:?}");
+            assert_eq!(by_state.iter().map(|(_, n)| n).sum::<u32>(), 1);
+            assert!(c.failed_by_phase().iter().all(|(_, n)| *n == 0));
+        }
+        for phase in FAILURE_PHASES {
+            let mut c = StateCounts::default();
+            c.add(&ExecutionState::Failed {
+                phase,
+                reason: String::new(),
+            });
+            assert!(c.by_state().iter().all(|(_, n)| *n == 0));
+            assert!(c.failed_by_phase().contains(&(phase, 1)));
+        }
+    }
 }

@@ -91,7 +91,7 @@ mod planner;
 mod spec;
 
 pub use cohort::{assign_cohorts, cohort_of, cohort_point, in_share};
-pub use counts::StateCounts;
+pub use counts::{FAILURE_PHASES, STATE_NAMES, StateCounts};
 pub use error::RolloutError;
 pub use no_rollback::{NoRollback, NoRollbackCause};
 pub use planner::{

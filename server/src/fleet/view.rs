@@ -108,30 +108,20 @@ pub struct WaveView {
 /// Counts as JSON: one key per state; `failed` broken down by phase; `executed` and
 /// `failures` added.
 pub fn counts_json(c: &StateCounts) -> Value {
-    json!({
-        "queued": c.queued,
-        "notified": c.notified,
-        "deferred-power": c.deferred_power,
-        "deferred-window": c.deferred_window,
-        "deferred-disk": c.deferred_disk,
-        "downloading": c.downloading,
-        "installing": c.installing,
-        "rebooting": c.rebooting,
-        "trial": c.trial,
-        "succeeded": c.succeeded,
-        "skipped-identical": c.skipped_identical,
-        "rejected": c.rejected,
-        "failed": {
-            "download": c.failed_download,
-            "verify": c.failed_verify,
-            "install": c.failed_install,
-            "trial": c.failed_trial,
-        },
-        "rolled-back": c.rolled_back,
-        "timed-out": c.timed_out,
-        "executed": c.executed(),
-        "failures": c.failures(),
-    })
+    let mut counts: serde_json::Map<String, Value> = c
+        .by_state()
+        .into_iter()
+        .map(|(name, n)| (name.to_string(), json!(n)))
+        .collect();
+    let failed: serde_json::Map<String, Value> = c
+        .failed_by_phase()
+        .into_iter()
+        .map(|(phase, n)| (phase.name().to_string(), json!(n)))
+        .collect();
+    counts.insert("failed".into(), Value::Object(failed));
+    counts.insert("executed".into(), json!(c.executed()));
+    counts.insert("failures".into(), json!(c.failures()));
+    Value::Object(counts)
 }
 
 /// An abort reason as JSON.

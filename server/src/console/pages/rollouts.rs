@@ -76,26 +76,6 @@ pub(crate) async fn list(State(console): State<Console>, SignedIn(session): Sign
     layout::page(&session, "Rollouts", "/rollouts", &body)
 }
 
-/// The execution-state columns of the count tables (failed is broken down by phase).
-const STATES: &[&str] = &[
-    "queued",
-    "notified",
-    "deferred-power",
-    "deferred-window",
-    "deferred-disk",
-    "downloading",
-    "installing",
-    "trial",
-    "succeeded",
-    "skipped-identical",
-    "rejected",
-    "rolled-back",
-    "timed-out",
-];
-
-/// Failure phases, as the counts break `failed` down.
-const PHASES: &[&str] = &["download", "verify", "install", "trial"];
-
 fn count(counts: &Value, state: &str) -> String {
     counts.get(state).map(json_text).unwrap_or_default()
 }
@@ -131,12 +111,12 @@ pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &[Vec<String
         .unwrap_or_default();
     let totals = rollout.get("totals").cloned().unwrap_or(Value::Null);
     let failed = totals.get("failed").cloned().unwrap_or(Value::Null);
-    let mut totals_rows: Vec<Vec<String>> = STATES
+    let mut totals_rows: Vec<Vec<String>> = ota_core::rollout::STATE_NAMES
         .iter()
         .map(|s| vec![esc(s).to_string(), esc(&count(&totals, s)).to_string()])
         .filter(|row| row[1] != "0")
         .collect();
-    for p in PHASES {
+    for p in ota_core::rollout::FAILURE_PHASES.map(|p| p.name()) {
         let n = count(&failed, p);
         if n != "0" {
             totals_rows.push(vec![format!("failed ({})", esc(p)), esc(&n).to_string()]);
