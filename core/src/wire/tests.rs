@@ -485,6 +485,7 @@ fn issue12_cause_names_are_protocol_kebab_case() {
         RollbackReason::ServerUnreachable,
         RollbackReason::RebootDuringTrial,
         RollbackReason::TrialTimeout,
+        RollbackReason::BootFailed,
     ];
     let index = |bytes: Vec<u8>| -> u64 { minicbor::decode(&bytes).unwrap() };
     let ours = |names: Vec<(Vec<u8>, &str)>| -> Vec<(u64, String)> {
