@@ -13,22 +13,6 @@ use crate::api::Api;
 /// How often a followed rollout is read.
 pub const POLL: Duration = Duration::from_millis(200);
 
-/// The states shown in a wave's summary, in this order.
-const SHOWN: [&str; 12] = [
-    "queued",
-    "notified",
-    "deferred-power",
-    "downloading",
-    "installing",
-    "rebooting",
-    "trial",
-    "succeeded",
-    "skipped-identical",
-    "rolled-back",
-    "timed-out",
-    "rejected",
-];
-
 /// Whether a rollout status is final.
 pub fn is_final(status: &str) -> bool {
     matches!(status, "completed" | "aborted")
@@ -37,7 +21,7 @@ pub fn is_final(status: &str) -> bool {
 /// The non-zero counts of `counts` (a rollout view's `totals` or a wave's `counts`), as
 /// `succeeded 3, trial 2`; failures by phase as `failed:trial 1`.
 pub fn summary(counts: &Value) -> String {
-    let mut parts: Vec<String> = SHOWN
+    let mut parts: Vec<String> = ota_core::rollout::STATE_NAMES
         .iter()
         .filter_map(|k| {
             let n = counts[*k].as_u64().unwrap_or(0);
