@@ -25,9 +25,19 @@
 //! | `trust_updates` | sequence | every accepted signed trust-set update (key rotation); the newest is in force |
 //! | `transfers` | device id, generation | what each download cost (fetched vs full bytes), first report only |
 //!
+//! Reads of the whole registry that must stay fast at 100,000 devices have their own modules:
+//! [`Db::device_page`] (one page of the filtered, sorted list, `device_page.rs`) and
+//! [`Db::device_tally`] (counts by version, class and result, `device_tally.rs`).
+//!
 //! Batched writes (the fleet coordinator's device reports, planner states, desired states and
 //! their audit events) go through one [`DbTx`] per batch ([`Db::begin`]). Every committed audit
 //! event is also handed to the [`EventSink`] (webhooks), if one is installed.
+
+mod device_page;
+mod device_tally;
+
+pub use device_page::{DevicePage, DevicePageQuery, DeviceSort, SortDirection};
+pub use device_tally::DeviceTally;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -249,6 +249,17 @@ impl Filter {
             Filter::Or(a, b) => a.matches(device) || b.matches(device),
         }
     }
+
+    /// Whether evaluating the filter reads any label: a caller that loads device facts
+    /// column by column (the server's paged device list) can skip the labels when not.
+    pub fn reads_labels(&self) -> bool {
+        match self {
+            Filter::Flag(_) => false,
+            Filter::Compare { field, .. } => matches!(field, Field::Label(_)),
+            Filter::Not(f) => f.reads_labels(),
+            Filter::And(a, b) | Filter::Or(a, b) => a.reads_labels() || b.reads_labels(),
+        }
+    }
 }
 
 impl fmt::Display for Filter {
@@ -411,6 +422,15 @@ mod tests {
         assert!(m("online and not drifted"));
         assert!(m("drifted or id=gw-*"));
         assert!(!m("not all"));
+    }
+
+    #[test]
+    fn reads_labels_finds_a_label_anywhere() {
+        let r = |s: &str| Filter::parse(s).unwrap().reads_labels();
+        assert!(!r("hw=gw-a and (online or not version=1.*)"));
+        assert!(r("label:site=a"));
+        assert!(r("online and not (drifted or label:ring!=beta)"));
+        assert!(r("label:a=b or all"));
     }
 
     #[test]

@@ -1,8 +1,6 @@
 //! `GET /devices`: the fleet, filtered with the API's filter language (a bad filter's error is
 //! shown), sorted by a column and paged on the server; `GET /devices/{id}`: one device.
 
-use std::cmp::Ordering;
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
@@ -15,60 +13,20 @@ use super::super::layout;
 use super::super::session::Session;
 use super::super::{ApiAnswer, Console, SignedIn};
 use super::{field, json_block, may, table};
-use crate::db::DeviceRecord;
+use crate::db::{DevicePage, DevicePageQuery, DeviceSort, SortDirection};
 use ota_core::filter::Filter;
 
 /// Devices per page.
 pub(crate) const PAGE_SIZE: usize = 50;
 
-/// A sortable column of the devices list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum SortBy {
-    /// Device id.
-    #[default]
-    Id,
-    /// Running version.
-    Version,
-    /// Hardware class.
-    Class,
-    /// Last update result.
-    State,
-    /// Last time heard of.
-    LastSeen,
-}
-
-impl SortBy {
-    const ALL: [(SortBy, &'static str, &'static str); 5] = [
-        (SortBy::Id, "id", "Device"),
-        (SortBy::Class, "class", "Hardware class"),
-        (SortBy::Version, "version", "Running version"),
-        (SortBy::State, "state", "Last update"),
-        (SortBy::LastSeen, "last-seen", "Last seen"),
-    ];
-
-    fn compare(self, a: &DeviceRecord, b: &DeviceRecord) -> Ordering {
-        let by = match self {
-            SortBy::Id => Ordering::Equal,
-            SortBy::Version => a.running_version.cmp(&b.running_version),
-            SortBy::Class => a.hardware_class.cmp(&b.hardware_class),
-            SortBy::State => a.last_result.cmp(&b.last_result),
-            SortBy::LastSeen => a.last_seen.cmp(&b.last_seen),
-        };
-        by.then_with(|| a.id.cmp(&b.id))
-    }
-}
-
-/// Sort direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum Direction {
-    /// Ascending.
-    #[default]
-    Asc,
-    /// Descending.
-    Desc,
-}
+/// The sortable columns: (column, query value, heading).
+const COLUMNS: [(DeviceSort, &str, &str); 5] = [
+    (DeviceSort::Id, "id", "Device"),
+    (DeviceSort::Class, "class", "Hardware class"),
+    (DeviceSort::Version, "version", "Running version"),
+    (DeviceSort::State, "state", "Last update"),
+    (DeviceSort::LastSeen, "last-seen", "Last seen"),
+];
 
 /// Query of `GET /devices`.
 #[derive(Debug, Default, Deserialize)]
@@ -76,70 +34,16 @@ pub(crate) struct ListQuery {
     #[serde(default)]
     filter: String,
     #[serde(default)]
-    sort: SortBy,
+    sort: DeviceSort,
     #[serde(default)]
-    dir: Direction,
+    dir: SortDirection,
     #[serde(default)]
     page: Option<usize>,
 }
 
-/// One page of the devices list, filtered and sorted.
-#[derive(Debug)]
-pub(crate) struct DevicePage {
-    /// Devices matching the filter.
-    pub(crate) matched: usize,
-    /// The page's devices.
-    pub(crate) devices: Vec<DeviceRecord>,
-    /// The page shown, from 1.
-    pub(crate) page: usize,
-    /// Pages in all (at least 1).
-    pub(crate) pages: usize,
-}
-
-/// Filters, sorts and cuts `devices` to page `page` (from 1; clamped to the last page).
-pub(crate) fn paginate(
-    mut devices: Vec<DeviceRecord>,
-    filter: Option<&Filter>,
-    sort: SortBy,
-    dir: Direction,
-    page: usize,
-) -> DevicePage {
-    devices.retain(|d| filter.is_none_or(|f| f.matches(d)));
-    let matched = devices.len();
-    let pages = matched.div_ceil(PAGE_SIZE).max(1);
-    let page = page.clamp(1, pages);
-    let start = (page - 1) * PAGE_SIZE;
-    let end = (start + PAGE_SIZE).min(matched);
-    // Only the page needs its final order: select it, then sort it.
-    let cmp = |a: &DeviceRecord, b: &DeviceRecord| match dir {
-        Direction::Asc => sort.compare(a, b),
-        Direction::Desc => sort.compare(b, a),
-    };
-    if start < matched {
-        if start > 0 {
-            devices.select_nth_unstable_by(start, cmp);
-            devices.drain(..start);
-        }
-        let len = end - start;
-        if len < devices.len() {
-            devices.select_nth_unstable_by(len - 1, cmp);
-            devices.truncate(len);
-        }
-        devices.sort_by(cmp);
-    } else {
-        devices.clear();
-    }
-    DevicePage {
-        matched,
-        devices,
-        page,
-        pages,
-    }
-}
-
-fn list_url(q: &ListQuery, sort: SortBy, dir: Direction, page: usize) -> String {
-    let name = |s: SortBy| {
-        SortBy::ALL
+fn list_url(q: &ListQuery, sort: DeviceSort, dir: SortDirection, page: usize) -> String {
+    let name = |s: DeviceSort| {
+        COLUMNS
             .iter()
             .find(|(c, _, _)| *c == s)
             .map_or("id", |(_, n, _)| *n)
@@ -148,7 +52,11 @@ fn list_url(q: &ListQuery, sort: SortBy, dir: Direction, page: usize) -> String 
         "/devices?filter={}&amp;sort={}&amp;dir={}&amp;page={page}",
         url(&q.filter),
         name(sort),
-        if dir == Direction::Asc { "asc" } else { "desc" },
+        if dir == SortDirection::Asc {
+            "asc"
+        } else {
+            "desc"
+        },
     )
 }
 
@@ -169,26 +77,41 @@ pub(crate) async fn list(
             Err(e) => (None, Some(e.to_string())),
         }
     };
-    let all = match console.state().db().list_devices().await {
-        Ok(all) => all,
-        Err(e) => {
-            return layout::error_page(&session, &ApiAnswer::from(crate::http::ApiError::from(e)));
-        }
+    let query = DevicePageQuery {
+        filter: filter.as_ref(),
+        sort: q.sort,
+        dir: q.dir,
+        page: q.page.unwrap_or(1),
+        page_size: PAGE_SIZE,
     };
     let shown = if filter_error.is_some() {
-        paginate(Vec::new(), None, q.sort, q.dir, 1)
+        // A filter that does not parse shows its error over an empty list.
+        DevicePage {
+            matched: 0,
+            devices: Vec::new(),
+            page: 1,
+            pages: 1,
+        }
     } else {
-        paginate(all, filter.as_ref(), q.sort, q.dir, q.page.unwrap_or(1))
+        match console.state().db().device_page(query).await {
+            Ok(page) => page,
+            Err(e) => {
+                return layout::error_page(
+                    &session,
+                    &ApiAnswer::from(crate::http::ApiError::from(e)),
+                );
+            }
+        }
     };
     let mut head = String::from("<tr>");
-    for (column, _, label) in SortBy::ALL {
+    for (column, _, label) in COLUMNS {
         let (aria, next) = if column == q.sort {
             match q.dir {
-                Direction::Asc => ("ascending", Direction::Desc),
-                Direction::Desc => ("descending", Direction::Asc),
+                SortDirection::Asc => ("ascending", SortDirection::Desc),
+                SortDirection::Desc => ("descending", SortDirection::Asc),
             }
         } else {
-            ("none", Direction::Asc)
+            ("none", SortDirection::Asc)
         };
         head.push_str(&format!(
             r#"<th scope="col" aria-sort="{aria}"><a href="{}">{label}</a></th>"#,
@@ -479,70 +402,4 @@ async fn flags_of(console: &Console, session: &Session, id: &str) -> String {
         ]);
     }
     table("Flags of this device", &["Flag", "Value", "Why"], &rows)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn device(id: &str, version: &str) -> DeviceRecord {
-        DeviceRecord {
-            id: id.into(),
-            hardware_class: None,
-            labels: Default::default(),
-            server_labels: Default::default(),
-            running_version: Some(version.into()),
-            running_digest: None,
-            known_good_digest: None,
-            last_committed_digest: None,
-            last_result: None,
-            last_outcome: None,
-            power: None,
-            inventory: None,
-            first_seen: 0,
-            last_seen: 0,
-            online: false,
-            drifted: false,
-            reported_generation: 0,
-            last_transfer: None,
-        }
-    }
-
-    #[test]
-    fn pages_are_sorted_cut_and_clamped() {
-        let all: Vec<DeviceRecord> = (0..120)
-            .map(|i| {
-                device(
-                    &format!("dev-{i:03}"),
-                    if i % 2 == 0 { "2.0" } else { "1.0" },
-                )
-            })
-            .collect();
-        let first = paginate(all.clone(), None, SortBy::Id, Direction::Asc, 1);
-        assert_eq!(
-            (first.matched, first.pages, first.devices.len()),
-            (120, 3, 50)
-        );
-        assert_eq!(first.devices[0].id, "dev-000");
-        assert_eq!(first.devices[49].id, "dev-049");
-        let last = paginate(all.clone(), None, SortBy::Id, Direction::Desc, 9);
-        assert_eq!(last.page, 3);
-        assert_eq!(last.devices.len(), 20);
-        assert_eq!(last.devices[19].id, "dev-000");
-        let by_version = paginate(all.clone(), None, SortBy::Version, Direction::Asc, 2);
-        assert_eq!(by_version.devices[0].id, "dev-101");
-        assert_eq!(
-            by_version.devices[10].running_version.as_deref(),
-            Some("2.0")
-        );
-        let filter = Filter::parse("version=1.0").unwrap();
-        let filtered = paginate(all, Some(&filter), SortBy::Id, Direction::Asc, 1);
-        assert_eq!(filtered.matched, 60);
-    }
-
-    #[test]
-    fn an_empty_fleet_is_one_empty_page() {
-        let p = paginate(Vec::new(), None, SortBy::Id, Direction::Asc, 4);
-        assert_eq!((p.matched, p.page, p.pages, p.devices.len()), (0, 1, 1, 0));
-    }
 }

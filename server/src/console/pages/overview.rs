@@ -13,21 +13,13 @@ use super::super::session::Session;
 use super::super::{Console, SignedIn};
 use super::{field, table};
 
-/// Counts over the fleet.
-#[derive(Debug, Default)]
-struct Tally {
-    total: u64,
-    online: u64,
-    drifted: u64,
-    deferred: u64,
-    versions: BTreeMap<String, u64>,
-    classes: BTreeMap<String, u64>,
-    states: BTreeMap<String, u64>,
-}
-
-fn count_rows(counts: &BTreeMap<String, u64>) -> Vec<Vec<String>> {
-    let mut rows: Vec<(&String, &u64)> = counts.iter().collect();
-    rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+/// The rows of a count table, largest first; `missing` names the devices without a value.
+fn count_rows(counts: &BTreeMap<Option<String>, u64>, missing: &str) -> Vec<Vec<String>> {
+    let mut rows: Vec<(&str, u64)> = counts
+        .iter()
+        .map(|(k, v)| (k.as_deref().unwrap_or(missing), *v))
+        .collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     rows.into_iter()
         .map(|(k, v)| vec![esc(k).to_string(), v.to_string()])
         .collect()
@@ -35,31 +27,12 @@ fn count_rows(counts: &BTreeMap<String, u64>) -> Vec<Vec<String>> {
 
 /// The live part of the overview, as HTML.
 pub(crate) async fn fragment(console: &Console, session: &Session) -> Result<String, Response> {
-    let devices = console
+    let t = console
         .state()
         .db()
-        .list_devices()
+        .device_tally()
         .await
         .map_err(|e| layout::error_page(session, &crate::http::ApiError::from(e).into()))?;
-    let mut t = Tally::default();
-    for d in &devices {
-        t.total += 1;
-        t.online += u64::from(d.online);
-        t.drifted += u64::from(d.drifted);
-        let state = d.last_result.clone().unwrap_or_else(|| "none yet".into());
-        t.deferred += u64::from(state.starts_with("deferred"));
-        *t.states.entry(state).or_default() += 1;
-        *t.versions
-            .entry(
-                d.running_version
-                    .clone()
-                    .unwrap_or_else(|| "unknown".into()),
-            )
-            .or_default() += 1;
-        *t.classes
-            .entry(d.hardware_class.clone().unwrap_or_else(|| "unknown".into()))
-            .or_default() += 1;
-    }
     let rollouts = console.read(session, "/rollouts").await?;
     let mut recent: Vec<Vec<String>> = rollouts
         .get("rollouts")
@@ -107,17 +80,17 @@ pub(crate) async fn fragment(console: &Console, session: &Session) -> Result<Str
         table(
             "By running version",
             &["Version", "Devices"],
-            &count_rows(&t.versions)
+            &count_rows(&t.by_version, "unknown")
         ),
         table(
             "By hardware class",
             &["Class", "Devices"],
-            &count_rows(&t.classes)
+            &count_rows(&t.by_class, "unknown")
         ),
         table(
             "By last update state",
             &["State", "Devices"],
-            &count_rows(&t.states)
+            &count_rows(&t.by_result, "none yet")
         ),
     ))
 }
