@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use axum::Form;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -17,6 +17,7 @@ use super::html::url;
 use super::layout;
 use super::session::{self, Session};
 use super::{ApiAnswer, Console, SignedIn};
+use crate::db::NewEvent;
 
 /// The sign-in form.
 #[derive(Debug, Deserialize)]
@@ -70,10 +71,18 @@ pub(crate) struct CsrfForm {
 pub(crate) async fn sign_out(
     State(console): State<Console>,
     SignedIn(session): SignedIn,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if let Some(refused) = csrf_refusal(&session, form.as_ref().ok().map(|f| f.csrf.as_str())) {
+    if let Some(refused) = csrf_refusal(
+        &console,
+        &session,
+        form.as_ref().ok().map(|f| f.csrf.as_str()),
+        &uri,
+    )
+    .await
+    {
         return refused;
     }
     console.0.sessions.close(&headers);
@@ -84,12 +93,29 @@ pub(crate) async fn sign_out(
         .into_response()
 }
 
-/// The 403 answer when `presented` is not the session's CSRF token; `None` when it is.
-pub(crate) fn csrf_refusal(session: &Session, presented: Option<&str>) -> Option<Response> {
+/// The 403 answer when `presented` is not the session's CSRF token; `None` when it is. A
+/// refusal is logged and recorded as an `access-denied` audit event with `"cause": "csrf"`
+/// (a forged or stale form is worth an operator's attention like a wrong role).
+pub(crate) async fn csrf_refusal(
+    console: &Console,
+    session: &Session,
+    presented: Option<&str>,
+    path: &Uri,
+) -> Option<Response> {
     if presented.is_some_and(|p| session.csrf_ok(p)) {
         return None;
     }
-    tracing::warn!(operator = %session.operator.name, "console request refused: bad CSRF token");
+    let path = path.path();
+    tracing::warn!(operator = %session.operator.name, path, "console request refused: bad CSRF token");
+    let event = NewEvent::new(
+        console.state().clock().now_i64(),
+        &session.operator.name,
+        "access-denied",
+    )
+    .details(json!({ "method": "POST", "path": path, "cause": "csrf" }));
+    if let Err(e) = console.state().db().append_event(&event).await {
+        tracing::error!("cannot record the access-denied event: {e}");
+    }
     let answer = ApiAnswer {
         status: StatusCode::FORBIDDEN,
         body: json!({
@@ -113,11 +139,19 @@ fn after(session: &Session, answer: &ApiAnswer, to: &str) -> Response {
 pub(crate) async fn rollout(
     State(console): State<Console>,
     SignedIn(session): SignedIn,
+    OriginalUri(uri): OriginalUri,
     Path((id, op)): Path<(i64, String)>,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
     let form = form.ok();
-    if let Some(refused) = csrf_refusal(&session, form.as_ref().map(|f| f.0.csrf.as_str())) {
+    if let Some(refused) = csrf_refusal(
+        &console,
+        &session,
+        form.as_ref().map(|f| f.0.csrf.as_str()),
+        &uri,
+    )
+    .await
+    {
         return refused;
     }
     if !matches!(op.as_str(), "pause" | "resume" | "abort" | "approve") {
@@ -142,10 +176,18 @@ pub(crate) async fn rollout(
 pub(crate) async fn flag(
     State(console): State<Console>,
     SignedIn(session): SignedIn,
+    OriginalUri(uri): OriginalUri,
     Path((name, op)): Path<(String, String)>,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if let Some(refused) = csrf_refusal(&session, form.as_ref().ok().map(|f| f.csrf.as_str())) {
+    if let Some(refused) = csrf_refusal(
+        &console,
+        &session,
+        form.as_ref().ok().map(|f| f.csrf.as_str()),
+        &uri,
+    )
+    .await
+    {
         return refused;
     }
     if !matches!(op.as_str(), "kill" | "revive") {
@@ -189,11 +231,19 @@ pub(crate) fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, Strin
 pub(crate) async fn set_labels(
     State(console): State<Console>,
     SignedIn(session): SignedIn,
+    OriginalUri(uri): OriginalUri,
     Path(id): Path<String>,
     form: Result<Form<LabelsForm>, FormRejection>,
 ) -> Response {
     let form = form.ok();
-    if let Some(refused) = csrf_refusal(&session, form.as_ref().map(|f| f.0.csrf.as_str())) {
+    if let Some(refused) = csrf_refusal(
+        &console,
+        &session,
+        form.as_ref().map(|f| f.0.csrf.as_str()),
+        &uri,
+    )
+    .await
+    {
         return refused;
     }
     let text = form.map(|Form(f)| f.labels).unwrap_or_default();

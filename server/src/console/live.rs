@@ -1,6 +1,7 @@
 //! Server-sent events for the live parts: the page's live region is rendered again on the
 //! server at a fixed period and sent (as an HTML `update` event) when it changed; the script
-//! swaps it in. A rollout's stream sends `done` and ends once the rollout finished.
+//! swaps it in. A rollout's stream sends `done` and ends once the rollout finished; every
+//! stream ends at the first period after its session was signed out or expired.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -86,6 +87,10 @@ fn events(
                 tokio::time::sleep(cursor.source.period()).await;
             }
             cursor.first = false;
+            // Sign-out or expiry ends the stream: nothing more is rendered for a closed session.
+            if !cursor.console.0.sessions.is_open(&cursor.session.id) {
+                return None;
+            }
             let Some((html, finished)) =
                 cursor.source.render(&cursor.console, &cursor.session).await
             else {

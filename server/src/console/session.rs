@@ -28,6 +28,9 @@ const MAX_SESSIONS: usize = 1024;
 /// One signed-in operator.
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
+    /// The session's id (the cookie's value): live streams check with it that the session is
+    /// still open.
+    pub(crate) id: String,
     /// The operator's token: the console calls the REST API with it, so every request takes
     /// the API's own authentication and role checks. Never sent to the browser.
     pub(crate) token: String,
@@ -58,6 +61,7 @@ impl Sessions {
         let id = random_id()?;
         let now = Instant::now();
         let session = Session {
+            id: id.clone(),
             token: token.to_owned(),
             operator,
             csrf: random_id()?,
@@ -93,6 +97,13 @@ impl Sessions {
         Some(session.clone())
     }
 
+    /// Whether session `id` is still open and alive (without marking it used: a page left open
+    /// on a live view does not keep its session from expiring).
+    pub(crate) fn is_open(&self, id: &str) -> bool {
+        let now = Instant::now();
+        self.lock().get(id).is_some_and(|s| s.alive(now))
+    }
+
     /// Closes this request's session (sign-out).
     pub(crate) fn close(&self, headers: &HeaderMap) {
         if let Some(id) = session_id(headers) {
@@ -114,6 +125,7 @@ impl Session {
     pub(crate) fn for_tests(operator: Operator) -> Self {
         let now = Instant::now();
         Session {
+            id: "session-of-the-test".into(),
             token: String::new(),
             operator,
             csrf: "csrf-of-the-test".into(),

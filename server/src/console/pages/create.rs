@@ -4,8 +4,8 @@
 //! it.
 
 use axum::Form;
-use axum::extract::State;
 use axum::extract::rejection::FormRejection;
+use axum::extract::{OriginalUri, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
@@ -193,10 +193,11 @@ fn plan(session: &Session, form: &CreateForm, plan: &Value) -> String {
 pub(crate) async fn submit(
     State(console): State<Console>,
     SignedIn(session): SignedIn,
+    OriginalUri(uri): OriginalUri,
     form: Result<Form<CreateForm>, FormRejection>,
 ) -> Response {
     let form = form.map(|Form(f)| f).unwrap_or_default();
-    if let Some(refused) = csrf_refusal(&session, Some(&form.csrf)) {
+    if let Some(refused) = csrf_refusal(&console, &session, Some(&form.csrf), &uri).await {
         return refused;
     }
     let start = form.action == "start";
