@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ota_core::delta::ChunkParams;
@@ -13,6 +13,7 @@ use ota_core::release::{
     self, ArtifactVerifier, ChunkIndexRef, FORMAT_VERSION, Limits, Manifest, Policy, ReleaseError,
     SignedRelease, TrustSet,
 };
+use ota_server::clock::Clock;
 
 use crate::error::CliError;
 use crate::files::{self, Overwrite};
@@ -199,7 +200,7 @@ fn sign(args: SignArgs) -> Result<(), CliError> {
         }
     }
 
-    let created = unix_now()?;
+    let created = Clock::system().now();
     let expires = match args.expires {
         None => None,
         Some(d) => Some(
@@ -311,7 +312,7 @@ fn verify(args: &VerifyArgs) -> Result<(), CliError> {
     let policy = Policy {
         hardware_class: args.hardware.clone(),
         security_floor: args.floor,
-        now: unix_now()?,
+        now: Clock::system().now(),
     };
     let verified = signed
         .verify(&trust, &policy)
@@ -370,7 +371,7 @@ fn show(args: &ShowArgs) -> Result<(), CliError> {
     let text = if args.json {
         view.to_json()
     } else {
-        view.to_text(unix_now()?)
+        view.to_text(Clock::system().now())
     };
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
@@ -398,15 +399,6 @@ fn read_release(path: &Path) -> Result<SignedRelease, CliError> {
         error,
         detail: format!(" (file {})", path.display()),
     })
-}
-
-/// Now, in unix seconds.
-/// Now, unix seconds.
-pub(crate) fn unix_now() -> Result<u64, CliError> {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .map_err(|_| CliError::Usage("the system clock is before 1970".to_owned()))
 }
 
 /// Parses `KEY=VALUE` for `--meta`.

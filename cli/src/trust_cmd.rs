@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use ota_core::release::{
     KeyId, SignedTrustUpdate, TrustSet, TrustState, TrustUpdate, sign_trust_update,
 };
+use ota_server::clock::Clock;
 use reqwest::Method;
 use serde_json::Value;
 
@@ -17,7 +18,6 @@ use crate::error::CliError;
 use crate::files::{self, Overwrite};
 use crate::fleet_cmd::{out, print_json};
 use crate::keys;
-use crate::release_cmd::unix_now;
 
 /// Largest trust-set update file read (the server's body limit).
 const MAX_UPDATE_FILE: u64 = 64 * 1024;
@@ -118,7 +118,12 @@ pub(crate) fn rotate(args: &RotateArgs) -> Result<(), CliError> {
     let threshold = usize::try_from(args.threshold).unwrap_or(usize::MAX);
     // The new set must be usable, or every device would refuse the update.
     let new_set = TrustSet::new(new_keys.clone(), threshold).map_err(CliError::Trust)?;
-    let update = TrustUpdate::new(args.sequence, &new_keys, args.threshold, unix_now()?);
+    let update = TrustUpdate::new(
+        args.sequence,
+        &new_keys,
+        args.threshold,
+        Clock::system().now(),
+    );
     let bytes = sign_trust_update(&update, &signers);
     if !args.current_keys.is_empty() {
         let current = TrustSet::new(
