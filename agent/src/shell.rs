@@ -54,7 +54,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::agent::AgentStatus;
 use crate::cache::Cache;
 use crate::clock::{ShellClock, monotonic_now};
 use crate::download::{DownloadRequest, Downloader};
@@ -65,6 +64,7 @@ use crate::inventory::{self, disk_space};
 use crate::journal::Journal;
 use crate::mqtt::{Delivery, Kind, Link, LinkEvent};
 use crate::power::PowerSupplies;
+use crate::status::AgentStatus;
 use crate::trust::TrustFile;
 
 /// The longest wait between retries of a failed journal write.
