@@ -164,6 +164,20 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
     text
 }
 
+/// Percent-encodes a path segment (device ids are `[A-Za-z0-9._-]`, but input is input).
+pub(crate) fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +195,10 @@ mod tests {
             debug.contains("<redacted>") && debug.contains("127.0.0.1"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(encode("a b/c"), "a%20b%2Fc");
     }
 }

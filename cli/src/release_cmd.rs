@@ -1,5 +1,5 @@
 //! `ota release ...`: sign a release, verify it (and its artifact), show what it contains;
-//! `publish` and `list` talk to a fleet server (`crate::fleet_cmd`).
+//! `publish` and `list` talk to a fleet server ([`publish`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -19,6 +19,8 @@ use crate::error::CliError;
 use crate::files::{self, Overwrite};
 use crate::keys;
 use crate::view::{self, ReleaseView};
+
+mod publish;
 
 /// The product name `ota release sign` writes when `--product` is not given.
 pub(crate) const DEFAULT_PRODUCT: &str = "default";
@@ -72,9 +74,9 @@ pub(crate) enum ReleaseCommand {
     Show(ShowArgs),
     /// Publish a release and its artifact to a fleet server (streaming upload). The server
     /// verifies it against the fleet trust set and stores the artifact by sha256.
-    Publish(crate::fleet_cmd::PublishArgs),
+    Publish(publish::PublishArgs),
     /// List the releases published on a fleet server.
-    List(crate::fleet_cmd::ListReleasesArgs),
+    List(publish::ListReleasesArgs),
 }
 
 /// Arguments of `ota release sign`.
@@ -158,8 +160,8 @@ pub(crate) fn run(cmd: ReleaseCommand) -> Result<(), CliError> {
         ReleaseCommand::Sign(args) => sign(args),
         ReleaseCommand::Verify(args) => verify(&args),
         ReleaseCommand::Show(args) => show(&args),
-        ReleaseCommand::Publish(args) => crate::fleet_cmd::publish(&args),
-        ReleaseCommand::List(args) => crate::fleet_cmd::list_releases(&args),
+        ReleaseCommand::Publish(args) => publish::publish(&args),
+        ReleaseCommand::List(args) => publish::list_releases(&args),
     }
 }
 

@@ -16,8 +16,8 @@ use serde_json::Value;
 use crate::api::{Api, ServerArgs, json_of};
 use crate::error::CliError;
 use crate::files::{self, Overwrite};
-use crate::fleet_cmd::{out, print_json};
 use crate::keys;
+use crate::output::{out, print_json};
 
 /// Largest trust-set update file read (the server's body limit).
 const MAX_UPDATE_FILE: u64 = 64 * 1024;
