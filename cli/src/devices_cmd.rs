@@ -1,11 +1,10 @@
 //! `ota devices list | show | label`: the fleet's devices as the server sees them.
 
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use clap::{Args, Subcommand};
 
-use crate::api::{Api, ServerArgs, encode, json_of};
+use crate::api::{Api, ServerArgs, encode};
 use crate::error::CliError;
 use crate::output::{out, percent_of, print_json, s, short, table, time};
 
@@ -151,10 +150,7 @@ pub(crate) fn run(cmd: DevicesCommand) -> Result<(), CliError> {
                     labels.insert(k.to_string(), json!(v));
                 }
             }
-            let request = api
-                .request(Method::PUT, &format!("{path}/labels"))
-                .json(&json!({ "labels": labels }));
-            let d = api.block_on(async { json_of(request.send().await).await })?;
+            let d = api.put(&format!("{path}/labels"), &json!({ "labels": labels }))?;
             out(&format!(
                 "{}: server labels {}\n",
                 s(&d["id"]),

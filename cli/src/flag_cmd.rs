@@ -1,6 +1,7 @@
 //! `ota flag set | list | show | kill | revive`: feature flags on the fleet server.
 
 use clap::{Args, Subcommand};
+use ota_server::fleet::FlagSetRequest;
 use serde_json::{Value, json};
 
 use crate::api::{Api, ServerArgs, encode};
@@ -92,13 +93,14 @@ pub(crate) struct FlagNameArgs {
 pub(crate) fn run(cmd: FlagCommand) -> Result<(), CliError> {
     match cmd {
         FlagCommand::Set(args) => {
-            let mut body = json!({ "on": args.on && !args.off });
-            if let Some(p) = &args.percent {
-                body["percent"] = json!(parse_percent(p, "--percent")?);
-            }
-            if let Some(f) = &args.filter {
-                body["filter"] = json!(f);
-            }
+            // The API's own request type: what the server reads is what is sent.
+            let mut body = FlagSetRequest::new(args.on && !args.off);
+            body.percent = args
+                .percent
+                .as_deref()
+                .map(|p| parse_percent(p, "--percent"))
+                .transpose()?;
+            body.filter.clone_from(&args.filter);
             flag_edit(&args.server, &args.name, "set", &body, args.json)
         }
         FlagCommand::Kill(args) => {
@@ -194,7 +196,7 @@ fn flag_edit(
     server: &ServerArgs,
     name: &str,
     op: &str,
-    body: &Value,
+    body: &impl serde::Serialize,
     json: bool,
 ) -> Result<(), CliError> {
     let api = Api::new(server)?;

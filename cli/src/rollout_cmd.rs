@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ota_core::release::{Limits, SignedRelease};
+use ota_server::fleet::RolloutRequest;
 use serde_json::{Value, json};
 
 use crate::api::{Api, ServerArgs};
@@ -217,20 +218,19 @@ fn create(args: &CreateArgs) -> Result<(), CliError> {
         .filter(|w| !w.trim().is_empty())
         .map(|w| parse_percent(w, "--waves"))
         .collect::<Result<Vec<_>, _>>()?;
-    let body = json!({
-        "release": release_ref(&args.release)?,
-        "filter": args.filter,
-        "waves": waves,
-        "bake_secs": parse_duration(&args.bake, "--bake")?,
-        "success_min": parse_percent(&args.success_min, "--success-min")?,
-        "max_failure": parse_percent(&args.max_failure, "--max-failure")?,
-        "min_executed": args.min_executed,
-        "rate_per_minute": parse_rate(&args.rate)?,
-        "inactivity_timeout_secs": parse_duration(&args.inactivity_timeout, "--inactivity-timeout")?,
-        "max_deferral_secs": parse_duration(&args.max_deferral, "--max-deferral")?,
-        "force_reinstall": args.force_reinstall,
-        "dry_run": args.dry_run,
-    });
+    // The API's own request type: what the server reads is what is sent.
+    let mut body = RolloutRequest::new(release_ref(&args.release)?, args.filter.clone());
+    body.waves = waves;
+    body.bake_secs = parse_duration(&args.bake, "--bake")?;
+    body.success_min = parse_percent(&args.success_min, "--success-min")?;
+    body.max_failure = parse_percent(&args.max_failure, "--max-failure")?;
+    body.min_executed = args.min_executed;
+    body.rate_per_minute = parse_rate(&args.rate)?;
+    body.inactivity_timeout_secs =
+        parse_duration(&args.inactivity_timeout, "--inactivity-timeout")?;
+    body.max_deferral_secs = parse_duration(&args.max_deferral, "--max-deferral")?;
+    body.force_reinstall = args.force_reinstall;
+    body.dry_run = args.dry_run;
     let api = Api::new(&args.server)?;
     let answer = api.post("/api/v1/rollouts", &body)?;
     if args.json {

@@ -10,10 +10,9 @@ use ota_core::release::{
     KeyId, SignedTrustUpdate, TrustSet, TrustState, TrustUpdate, sign_trust_update,
 };
 use ota_server::clock::Clock;
-use reqwest::Method;
 use serde_json::Value;
 
-use crate::api::{Api, ServerArgs, json_of};
+use crate::api::{Api, ServerArgs, cli_error};
 use crate::error::CliError;
 use crate::files::{self, Overwrite};
 use crate::keys;
@@ -186,11 +185,9 @@ pub(crate) fn run(cmd: TrustCommand) -> Result<(), CliError> {
 fn publish(args: &PublishArgs) -> Result<(), CliError> {
     let bytes = read_update(&args.file)?;
     let api = Api::new(&args.server)?;
-    let request = api
-        .request(Method::POST, "/api/v1/trust")
-        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-        .body(bytes);
-    let answer = api.block_on(async { json_of(request.send().await).await })?;
+    let answer = api
+        .block_on(api.client().publish_trust(&bytes))
+        .map_err(cli_error)?;
     print_view(&answer, args.json)
 }
 

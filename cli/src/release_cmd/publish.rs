@@ -6,9 +6,8 @@ use clap::Args;
 use ota_core::delta::ChunkIndex;
 use ota_core::digest::Digest;
 use ota_core::release::{Limits, SignedRelease};
-use reqwest::Method;
 
-use crate::api::{Api, ServerArgs, json_of};
+use crate::api::{Api, ServerArgs, cli_error};
 use crate::error::CliError;
 use crate::files;
 use crate::output::{out, print_json, s, short, table, time};
@@ -84,22 +83,13 @@ pub(crate) fn publish(args: &PublishArgs) -> Result<(), CliError> {
                 }
             }
         });
-        let mut form = reqwest::multipart::Form::new()
-            .part("release", reqwest::multipart::Part::bytes(release));
-        if let Some(index) = index {
-            form = form.part("chunk_index", reqwest::multipart::Part::bytes(index));
-        }
-        let form = form.part(
-            "artifact",
-            reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), len),
-        );
-        let result = json_of(
-            api.request(Method::POST, "/api/v1/releases")
-                .multipart(form)
-                .send()
-                .await,
-        )
-        .await;
+        let artifact =
+            reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), len);
+        let result = api
+            .client()
+            .publish_parts(release, index, artifact)
+            .await
+            .map_err(cli_error);
         drop(progress);
         result
     })?;
