@@ -20,7 +20,7 @@ use ota_core::digest::{Digest, Hasher};
 use ota_core::release::{Policy, ReleaseError, SignedRelease};
 use ota_core::update::{
     Config, FloorRecord, MaintenanceWindow, MaintenanceWindows, PersistedState, PowerPolicy,
-    ReleaseInfo, RetryPolicy, Status, UpdateMachine, Weekdays,
+    ReleaseInfo, RetryPolicy, UpdateMachine, Weekdays,
 };
 use ota_core::wire::{DeviceId, DeviceIdError, WireError, WireMessage};
 use tokio::sync::{mpsc, watch};
@@ -37,6 +37,7 @@ use crate::journal::{BootCounter, Journal, JournalError};
 use crate::mqtt::{Backoff, Link, LinkSettings, MqttError};
 use crate::power::PowerSupplies;
 use crate::shell::Shell;
+use crate::status::AgentStatus;
 use crate::storage::{FsStorage, SharedStorage};
 
 /// The agent's version, as reported to the fleet.
@@ -218,38 +219,6 @@ impl AgentOptions {
     }
 }
 
-/// What an agent is doing, published after every step of its loop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct AgentStatus {
-    /// The update machine's snapshot.
-    pub machine: Status,
-    /// Whether the MQTT connection is up and the subscriptions stand.
-    pub connected: bool,
-    /// Artifact bytes written by downloads since the agent started (0 for cache installs and
-    /// identical redeploys).
-    pub bytes_downloaded: u64,
-    /// Installs performed since the agent started: (digest, rollback).
-    pub installs: Vec<(Digest, bool)>,
-    /// Desired-state payloads received.
-    pub desired_received: u64,
-    /// Payloads from the server that did not decode (desired states and heartbeat acks).
-    pub malformed_payloads: u64,
-    /// Messages waiting in the MQTT outbox.
-    pub outbox: usize,
-    /// The last local error (a journal write, a cache operation...), if any.
-    pub last_error: Option<String>,
-    /// Why the last broker connection attempt failed or the connection was lost (a refused
-    /// TLS certificate, bad credentials, an unreachable broker); cleared on connect.
-    pub broker_error: Option<String>,
-    /// The boot count this agent runs in.
-    pub boot_count: u32,
-    /// The sequence of the trust-set update in force (0: the configured keys).
-    pub trust_sequence: u64,
-    /// What the agent did with the last trust-set update it handled since it started.
-    pub last_trust: Option<ota_core::wire::TrustOutcome>,
-}
-
 /// A running agent.
 #[derive(Debug)]
 pub struct AgentHandle {
@@ -420,20 +389,7 @@ impl Agent {
         });
 
         let (shutdown_tx, shutdown_rx) = mpsc::channel(1);
-        let initial = AgentStatus {
-            machine: machine.status(),
-            connected: false,
-            bytes_downloaded: 0,
-            installs: Vec::new(),
-            desired_received: 0,
-            malformed_payloads: 0,
-            outbox: 0,
-            last_error: None,
-            broker_error: None,
-            boot_count: boot32,
-            trust_sequence: trust.state().sequence(),
-            last_trust: None,
-        };
+        let initial = AgentStatus::starting(machine.status(), boot32, trust.state().sequence());
         let (status_tx, status_rx) = watch::channel(initial);
         let flags = crate::flags::FlagFile::open(storage.clone(), &data, device.clone());
         let shell = Shell::new(crate::shell::Parts {

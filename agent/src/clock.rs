@@ -11,11 +11,23 @@
 //! deadline), and a test that pauses tokio's clock (`tokio::time::pause`, `advance`) drives
 //! the real shell through hours in milliseconds. A deadline [`Timestamp`] converts back to a
 //! tokio [`Instant`] for `sleep_until`.
+//!
+//! This module is the only place in the agent that reads a clock (`clippy.toml` bans
+//! `Instant::now` and `SystemTime::now` elsewhere): [`monotonic_now`] for the shell's own
+//! retry and poll deadlines, [`ShellClock`] for the machine's wall time, and
+//! [`ShellClock::file_system_now`] for comparisons with file modification times.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ota_core::update::Timestamp;
 use tokio::time::Instant;
+
+/// Now on tokio's monotonic clock (paused and advanced by `tokio::time::pause`/`advance` in
+/// tests): the base of the shell's own deadlines (journal retries, power polls, rate windows).
+#[allow(clippy::disallowed_methods)] // The agent's one reader of the monotonic clock.
+pub fn monotonic_now() -> Instant {
+    Instant::now()
+}
 
 /// Wall time on a monotonic base (see the [module documentation](self)).
 #[derive(Debug, Clone, Copy)]
@@ -27,7 +39,7 @@ pub struct ShellClock {
 impl ShellClock {
     /// A clock whose "now" is the system's wall clock at this moment.
     pub fn from_system() -> Self {
-        let ms = SystemTime::now()
+        let ms = Self::file_system_now()
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
@@ -38,23 +50,34 @@ impl ShellClock {
     pub fn starting_at(wall: Timestamp) -> Self {
         ShellClock {
             base_wall: wall,
-            base_instant: Instant::now(),
+            base_instant: monotonic_now(),
         }
     }
 
     /// The current wall time.
     pub fn now(&self) -> Timestamp {
         self.base_wall
-            .saturating_add(Instant::now().saturating_duration_since(self.base_instant))
+            .saturating_add(monotonic_now().saturating_duration_since(self.base_instant))
     }
 
     /// The tokio instant at which the wall clock reads `at` (now, if `at` is past).
     pub fn instant_at(&self, at: Timestamp) -> Instant {
         let now_wall = self.now();
-        let now = Instant::now();
+        let now = monotonic_now();
         now.checked_add(at.saturating_duration_since(now_wall))
             // Far-future deadlines: a year is "never" for a sleeping agent.
             .unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
+    }
+
+    /// The system's wall clock as the kernel reads it.
+    ///
+    /// Only for comparisons with file modification times (the heartbeat health probe), which
+    /// the kernel stamps with this clock and not with the shell's (a paused tokio clock would
+    /// make every heartbeat file look stale or from the future), and for the start of
+    /// [`ShellClock::from_system`].
+    #[allow(clippy::disallowed_methods)] // The agent's one reader of the system wall clock.
+    pub fn file_system_now() -> SystemTime {
+        SystemTime::now()
     }
 
     /// `at` as a [`SystemTime`] (for file modification times).

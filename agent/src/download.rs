@@ -843,7 +843,7 @@ pub(crate) struct RateWindow {
 impl RateWindow {
     pub(crate) fn start() -> Self {
         RateWindow {
-            since: tokio::time::Instant::now(),
+            since: crate::clock::monotonic_now(),
             bytes: 0,
         }
     }

@@ -27,6 +27,7 @@
 //! | [`tls`] | (shared) | the `ota-tls` crate re-exported: rustls client configuration of the MQTT link and the downloader: pinned CA, client certificate |
 //! | `shell` | every action | the loop: drains the machine's actions, waits on inputs and timers |
 //! | [`agent`] | start-up | [`Agent::start`], [`AgentHandle`], [`AgentOptions`] |
+//! | `status` | (shared) | [`AgentStatus`]: what the running agent is doing, written by the shell after every step, read through [`AgentHandle`] |
 //! | [`report`] | `ota-agent status`, `check-power` | read-only views of the journal and the power gate |
 //! | [`resync`] | `ota-agent resync` | resets the generation watermark (operator, agent stopped) |
 //! | [`term`] | both binaries | log set-up (`OTA_LOG`, colour only on a terminal) and one-line error chains, shared with `ota` |
@@ -69,13 +70,15 @@ pub mod process;
 pub mod report;
 pub mod resync;
 mod shell;
+mod status;
 pub mod storage;
 pub mod term;
 /// TLS configurations: the `ota-tls` crate (shared by the agent and the fleet server).
 pub use ota_tls as tls;
 pub mod trust;
 
-pub use agent::{Agent, AgentError, AgentHandle, AgentOptions, AgentStatus};
+pub use agent::{Agent, AgentError, AgentHandle, AgentOptions};
 pub use flags::Flags;
+pub use status::AgentStatus;
 
 pub use ota_core::release;

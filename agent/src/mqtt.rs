@@ -206,7 +206,7 @@ impl Outbox {
 pub(crate) struct Delivery {
     pub(crate) payload: Vec<u8>,
     /// When it arrived (for the decision latency).
-    pub(crate) received: std::time::Instant,
+    pub(crate) received: tokio::time::Instant,
     publish: rumqttc::Publish,
     /// The connection it came on (an acknowledgement is only valid on that one).
     epoch: u64,
@@ -726,7 +726,7 @@ impl Poller {
                     let is_trust = p.topic == trust;
                     let delivery = Delivery {
                         payload: p.payload.to_vec(),
-                        received: std::time::Instant::now(),
+                        received: crate::clock::monotonic_now(),
                         publish: p,
                         epoch: self.epoch.load(Ordering::SeqCst),
                     };

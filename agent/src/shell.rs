@@ -54,9 +54,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::agent::AgentStatus;
 use crate::cache::Cache;
-use crate::clock::ShellClock;
+use crate::clock::{ShellClock, monotonic_now};
 use crate::download::{DownloadRequest, Downloader};
 use crate::flags::FlagFile;
 use crate::health::HealthProbe;
@@ -65,6 +64,7 @@ use crate::inventory::{self, disk_space};
 use crate::journal::Journal;
 use crate::mqtt::{Delivery, Kind, Link, LinkEvent};
 use crate::power::PowerSupplies;
+use crate::status::AgentStatus;
 use crate::trust::TrustFile;
 
 /// The longest wait between retries of a failed journal write.
@@ -191,7 +191,7 @@ pub(crate) struct Shell {
     persist_retry_at: Option<Instant>,
     next_power_poll: Option<Instant>,
     activated_at: SystemTime,
-    decision_started: Option<std::time::Instant>,
+    decision_started: Option<Instant>,
     unacked: Vec<Delivery>,
 
     bytes_downloaded: Arc<AtomicU64>,
@@ -263,7 +263,7 @@ impl Shell {
             persist_wait: p.persist_retry.max(Duration::from_millis(1)),
             persist_retry_at: None,
             next_power_poll: None,
-            activated_at: SystemTime::now(),
+            activated_at: ShellClock::file_system_now(),
             decision_started: None,
             unacked: Vec::new(),
             bytes_downloaded: Arc::new(AtomicU64::new(0)),
@@ -357,7 +357,7 @@ impl Shell {
             Some(
                 *self
                     .next_power_poll
-                    .get_or_insert_with(|| Instant::now() + self.power_poll_interval),
+                    .get_or_insert_with(|| monotonic_now() + self.power_poll_interval),
             )
         } else {
             self.next_power_poll = None;
@@ -373,7 +373,7 @@ impl Shell {
     async fn drain(&mut self) {
         loop {
             if let Some(state) = self.pending_persist.take() {
-                if self.persist_retry_at.is_some_and(|at| Instant::now() < at) {
+                if self.persist_retry_at.is_some_and(|at| monotonic_now() < at) {
                     self.pending_persist = Some(state);
                     return;
                 }
@@ -419,7 +419,7 @@ impl Shell {
                 self.error(format!(
                     "cannot write the journal ({e}); everything waits, retrying in {wait:?}"
                 ));
-                self.persist_retry_at = Some(Instant::now() + wait);
+                self.persist_retry_at = Some(monotonic_now() + wait);
                 self.persist_wait = (wait * 2).min(MAX_PERSIST_RETRY);
                 false
             }
@@ -629,7 +629,7 @@ impl Shell {
         let tx = self.tasks_tx.clone();
         let activated = self.activated_at;
         self.jobs.spawn(async move {
-            let result = match probe.check(activated, SystemTime::now()).await {
+            let result = match probe.check(activated, ShellClock::file_system_now()).await {
                 Ok(()) => ProbeResult::Healthy,
                 Err(e) => ProbeResult::NotYet(e.to_string()),
             };
@@ -839,7 +839,7 @@ impl Shell {
                 if let Err(e) = &result {
                     tracing::error!(%digest, "install failed: {e}");
                 } else {
-                    self.activated_at = SystemTime::now();
+                    self.activated_at = ShellClock::file_system_now();
                 }
                 self.machine.handle_install_done(digest, result, now);
             }
@@ -863,7 +863,7 @@ impl Shell {
     }
 
     fn on_timer(&mut self) {
-        let now = Instant::now();
+        let now = monotonic_now();
         if self.persist_retry_at.is_some_and(|at| at <= now) {
             self.persist_retry_at = None;
         }

@@ -1,14 +1,18 @@
-//! The REST client behind the fleet commands: `--server` / `OTA_SERVER`, `--token` /
-//! `OTA_TOKEN`, JSON in and out, the server's `{ "error", "cause" }` as a [`CliError::Api`].
+//! The fleet commands' side of the REST client: `--server` / `OTA_SERVER`, `--token` /
+//! `OTA_TOKEN`, `--ca-file` / `OTA_CA_FILE`, and a blocking front of the one REST client,
+//! [`ota_demo::api::Api`], whose errors become [`CliError`]s (the server's
+//! `{ "error", "cause" }` as [`CliError::Api`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
-use reqwest::{Method, RequestBuilder, Response};
+use ota_demo::api::{self, ApiError};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::CliError;
+
+pub(crate) use ota_demo::api::encode;
 
 /// Where the fleet server is and who is asking. Its `Debug` hides the token.
 #[derive(Clone, Args)]
@@ -42,9 +46,7 @@ impl std::fmt::Debug for ServerArgs {
 
 /// A client of one fleet server, with its own single-threaded runtime.
 pub(crate) struct Api {
-    base: String,
-    token: String,
-    client: reqwest::Client,
+    client: api::Api,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -71,19 +73,28 @@ impl Api {
             .enable_all()
             .build()
             .map_err(|e| CliError::Http(format!("cannot start the runtime: {e}")))?;
-        Ok(Api {
-            base,
-            token,
-            client: client(args.ca_file.as_deref())?,
-            runtime,
-        })
+        let ca = match &args.ca_file {
+            Some(path) => Some(crate::files::read_bounded(
+                path,
+                MAX_CA_FILE,
+                "a CA bundle",
+            )?),
+            None => None,
+        };
+        // No call timeout: an upload of a large artifact takes as long as it takes.
+        let client = api::Api::connect(base, token, ca.as_deref(), None).map_err(|e| match e {
+            ApiError::BadCa(why) => match &args.ca_file {
+                Some(path) => CliError::Usage(format!("--ca-file {}: {why}", path.display())),
+                None => CliError::Usage(why),
+            },
+            other => cli_error(other),
+        })?;
+        Ok(Api { client, runtime })
     }
 
-    /// A request to `path` (under the base URL) with the token.
-    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+    /// The REST client itself, for calls made inside [`Api::block_on`].
+    pub(crate) fn client(&self) -> &api::Api {
+        &self.client
     }
 
     /// Runs a future on the client's runtime.
@@ -93,8 +104,8 @@ impl Api {
 
     /// GET `path`, as JSON.
     pub(crate) fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, CliError> {
-        let request = self.request(Method::GET, path).query(query);
-        self.block_on(async { json_of(request.send().await).await })
+        self.block_on(self.client.get(path, query))
+            .map_err(cli_error)
     }
 
     /// POST `body` as JSON to `path`, answer as JSON.
@@ -103,65 +114,40 @@ impl Api {
         path: &str,
         body: &T,
     ) -> Result<Value, CliError> {
-        let request = self.request(Method::POST, path).json(body);
-        self.block_on(async { json_of(request.send().await).await })
+        self.block_on(self.client.post(path, body))
+            .map_err(cli_error)
     }
-}
 
-/// The HTTP client: with a CA file, that bundle is the only trust anchor.
-fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, CliError> {
-    let mut builder = reqwest::Client::builder();
-    if let Some(path) = ca_file {
-        let pem = crate::files::read_bounded(path, MAX_CA_FILE, "a CA bundle")?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| CliError::Usage(format!("--ca-file {}: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(CliError::Usage(format!(
-                "--ca-file {}: no PEM certificate found",
-                path.display()
-            )));
-        }
-        builder = builder.tls_certs_only(certs);
+    /// PUT `body` as JSON to `path`, answer as JSON.
+    pub(crate) fn put<T: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<Value, CliError> {
+        self.block_on(self.client.put(path, body))
+            .map_err(cli_error)
     }
-    builder
-        .build()
-        .map_err(|e| CliError::Http(format!("cannot set up the HTTP client: {}", describe(&e))))
 }
 
 /// Largest CA bundle read.
 const MAX_CA_FILE: u64 = 1024 * 1024;
 
-/// The JSON body of a successful response, or the server's error as [`CliError::Api`].
-pub(crate) async fn json_of(response: reqwest::Result<Response>) -> Result<Value, CliError> {
-    let response = response.map_err(|e| CliError::Http(describe(&e)))?;
-    let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .map_err(|e| CliError::Http(format!("unreadable answer ({status}): {e}")))?;
-    if status.is_success() {
-        return Ok(body);
+/// A failed call as the command's error: the server's refusal as [`CliError::Api`] (exit 1
+/// below 500, else 3), anything else as [`CliError::Http`] (exit 3).
+pub(crate) fn cli_error(e: ApiError) -> CliError {
+    match e {
+        ApiError::Refused {
+            status,
+            code,
+            message,
+        } => CliError::Api {
+            status,
+            cause: code,
+            message,
+        },
+        ApiError::Transport(why) => CliError::Http(why),
+        other => CliError::Http(other.to_string()),
     }
-    Err(CliError::Api {
-        status: status.as_u16(),
-        cause: body["cause"].as_str().unwrap_or("unknown").to_string(),
-        message: body["error"]
-            .as_str()
-            .unwrap_or("the server refused the request")
-            .to_string(),
-    })
-}
-
-/// A transport error in one line (reqwest's Display omits the cause).
-pub(crate) fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! threshold aborts, and a feature flag turned on for 10 %, widened and killed. It ends with a summary table and exits 0 only if every step behaved as
 //! described.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use ota_demo::lab::{Lab, LabOptions};
@@ -121,7 +121,7 @@ async fn play(args: &DemoArgs, parent: &std::path::Path) -> Result<(), CliError>
             println!("{line}");
         }
     };
-    let started = Instant::now();
+    let started = ota_server::clock::monotonic_now();
     let opts = LabOptions {
         devices: usize::from(args.devices),
         trial_timeout: args.trial_timeout,

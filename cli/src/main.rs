@@ -8,8 +8,11 @@
 //! - [`release_cmd`]: `ota release sign | verify | show`.
 //! - [`view`]: the serde view `ota release show` prints.
 //! - [`server_cmd`]: `ota server` (the fleet server in the foreground).
-//! - [`fleet_cmd`]: the fleet server's clients: `ota release publish | list`, `ota devices`,
-//!   `ota rollout`, `ota events`; [`api`] is their REST client (`OTA_SERVER`, `OTA_TOKEN`).
+//! - The fleet server's clients, one module per command group: [`devices_cmd`] (`ota devices`),
+//!   [`rollout_cmd`] (`ota rollout`), [`flag_cmd`] (`ota flag`), [`events_cmd`] (`ota events`)
+//!   and `release_cmd::publish` (`ota release publish | list`); [`api`] is their REST client
+//!   (`OTA_SERVER`, `OTA_TOKEN`), [`output`] their shared output helpers (stdout, JSON,
+//!   tables) and [`values`] the parsers of percentages, durations and rates they share.
 //! - [`trust_cmd`]: key rotation: `ota key rotate`, `ota trust publish | show`.
 //! - [`demo_cmd`]: `ota demo` (a fleet server and real agents in this process, the
 //!   `ota_demo` story).
@@ -27,14 +30,19 @@ use clap::{Parser, Subcommand};
 
 mod api;
 mod demo_cmd;
+mod devices_cmd;
 mod error;
+mod events_cmd;
 mod files;
-mod fleet_cmd;
+mod flag_cmd;
 mod keys;
+mod output;
 mod progress;
 mod release_cmd;
+mod rollout_cmd;
 mod server_cmd;
 mod trust_cmd;
+mod values;
 mod view;
 
 use error::{CliError, EXIT_USAGE};
@@ -82,19 +90,19 @@ enum Command {
     Server(server_cmd::ServerArgs),
     /// List and show the devices of the fleet.
     #[command(subcommand)]
-    Devices(fleet_cmd::DevicesCommand),
+    Devices(devices_cmd::DevicesCommand),
     /// Create, watch and steer rollouts in health-gated waves.
     #[command(subcommand)]
-    Rollout(fleet_cmd::RolloutCommand),
+    Rollout(rollout_cmd::RolloutCommand),
     /// The audit log: who changed what, when.
-    Events(fleet_cmd::EventsArgs),
+    Events(events_cmd::EventsArgs),
     /// Key rotation on the fleet server: publish a signed trust-set update, show the set in
     /// force.
     #[command(subcommand)]
     Trust(trust_cmd::TrustCommand),
     /// Feature flags: deploy dark, turn on for a sticky percent, widen, kill in seconds.
     #[command(subcommand)]
-    Flag(fleet_cmd::FlagCommand),
+    Flag(flag_cmd::FlagCommand),
     /// The whole system in one process: a fleet server and real agents play a rollout story.
     Demo(demo_cmd::DemoArgs),
 }
@@ -117,10 +125,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => keys::run(cmd)?,
         Command::Release(cmd) => release_cmd::run(cmd)?,
         Command::Server(args) => server_cmd::run(args)?,
-        Command::Devices(cmd) => fleet_cmd::devices(cmd)?,
-        Command::Rollout(cmd) => fleet_cmd::rollout(cmd)?,
-        Command::Events(args) => fleet_cmd::events(&args)?,
-        Command::Flag(cmd) => fleet_cmd::flag(cmd)?,
+        Command::Devices(cmd) => devices_cmd::run(cmd)?,
+        Command::Rollout(cmd) => rollout_cmd::run(cmd)?,
+        Command::Events(args) => events_cmd::run(&args)?,
+        Command::Flag(cmd) => flag_cmd::run(cmd)?,
         Command::Trust(cmd) => trust_cmd::run(cmd)?,
         Command::Demo(args) => demo_cmd::run(&args)?,
     }

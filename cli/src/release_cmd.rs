@@ -1,10 +1,10 @@
 //! `ota release ...`: sign a release, verify it (and its artifact), show what it contains;
-//! `publish` and `list` talk to a fleet server (`crate::fleet_cmd`).
+//! `publish` and `list` talk to a fleet server ([`publish`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ota_core::delta::ChunkParams;
@@ -13,11 +13,14 @@ use ota_core::release::{
     self, ArtifactVerifier, ChunkIndexRef, FORMAT_VERSION, Limits, Manifest, Policy, ReleaseError,
     SignedRelease, TrustSet,
 };
+use ota_server::clock::Clock;
 
 use crate::error::CliError;
 use crate::files::{self, Overwrite};
 use crate::keys;
 use crate::view::{self, ReleaseView};
+
+mod publish;
 
 /// The product name `ota release sign` writes when `--product` is not given.
 pub(crate) const DEFAULT_PRODUCT: &str = "default";
@@ -71,9 +74,9 @@ pub(crate) enum ReleaseCommand {
     Show(ShowArgs),
     /// Publish a release and its artifact to a fleet server (streaming upload). The server
     /// verifies it against the fleet trust set and stores the artifact by sha256.
-    Publish(crate::fleet_cmd::PublishArgs),
+    Publish(publish::PublishArgs),
     /// List the releases published on a fleet server.
-    List(crate::fleet_cmd::ListReleasesArgs),
+    List(publish::ListReleasesArgs),
 }
 
 /// Arguments of `ota release sign`.
@@ -157,8 +160,8 @@ pub(crate) fn run(cmd: ReleaseCommand) -> Result<(), CliError> {
         ReleaseCommand::Sign(args) => sign(args),
         ReleaseCommand::Verify(args) => verify(&args),
         ReleaseCommand::Show(args) => show(&args),
-        ReleaseCommand::Publish(args) => crate::fleet_cmd::publish(&args),
-        ReleaseCommand::List(args) => crate::fleet_cmd::list_releases(&args),
+        ReleaseCommand::Publish(args) => publish::publish(&args),
+        ReleaseCommand::List(args) => publish::list_releases(&args),
     }
 }
 
@@ -199,7 +202,7 @@ fn sign(args: SignArgs) -> Result<(), CliError> {
         }
     }
 
-    let created = unix_now()?;
+    let created = Clock::system().now();
     let expires = match args.expires {
         None => None,
         Some(d) => Some(
@@ -311,7 +314,7 @@ fn verify(args: &VerifyArgs) -> Result<(), CliError> {
     let policy = Policy {
         hardware_class: args.hardware.clone(),
         security_floor: args.floor,
-        now: unix_now()?,
+        now: Clock::system().now(),
     };
     let verified = signed
         .verify(&trust, &policy)
@@ -370,7 +373,7 @@ fn show(args: &ShowArgs) -> Result<(), CliError> {
     let text = if args.json {
         view.to_json()
     } else {
-        view.to_text(unix_now()?)
+        view.to_text(Clock::system().now())
     };
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
@@ -398,15 +401,6 @@ fn read_release(path: &Path) -> Result<SignedRelease, CliError> {
         error,
         detail: format!(" (file {})", path.display()),
     })
-}
-
-/// Now, in unix seconds.
-/// Now, unix seconds.
-pub(crate) fn unix_now() -> Result<u64, CliError> {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .map_err(|_| CliError::Usage("the system clock is before 1970".to_owned()))
 }
 
 /// Parses `KEY=VALUE` for `--meta`.

@@ -9,15 +9,14 @@ use clap::{Args, Subcommand};
 use ota_core::release::{
     KeyId, SignedTrustUpdate, TrustSet, TrustState, TrustUpdate, sign_trust_update,
 };
-use reqwest::Method;
+use ota_server::clock::Clock;
 use serde_json::Value;
 
-use crate::api::{Api, ServerArgs, json_of};
+use crate::api::{Api, ServerArgs, cli_error};
 use crate::error::CliError;
 use crate::files::{self, Overwrite};
-use crate::fleet_cmd::{out, print_json};
 use crate::keys;
-use crate::release_cmd::unix_now;
+use crate::output::{out, print_json};
 
 /// Largest trust-set update file read (the server's body limit).
 const MAX_UPDATE_FILE: u64 = 64 * 1024;
@@ -118,7 +117,12 @@ pub(crate) fn rotate(args: &RotateArgs) -> Result<(), CliError> {
     let threshold = usize::try_from(args.threshold).unwrap_or(usize::MAX);
     // The new set must be usable, or every device would refuse the update.
     let new_set = TrustSet::new(new_keys.clone(), threshold).map_err(CliError::Trust)?;
-    let update = TrustUpdate::new(args.sequence, &new_keys, args.threshold, unix_now()?);
+    let update = TrustUpdate::new(
+        args.sequence,
+        &new_keys,
+        args.threshold,
+        Clock::system().now(),
+    );
     let bytes = sign_trust_update(&update, &signers);
     if !args.current_keys.is_empty() {
         let current = TrustSet::new(
@@ -181,11 +185,9 @@ pub(crate) fn run(cmd: TrustCommand) -> Result<(), CliError> {
 fn publish(args: &PublishArgs) -> Result<(), CliError> {
     let bytes = read_update(&args.file)?;
     let api = Api::new(&args.server)?;
-    let request = api
-        .request(Method::POST, "/api/v1/trust")
-        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-        .body(bytes);
-    let answer = api.block_on(async { json_of(request.send().await).await })?;
+    let answer = api
+        .block_on(api.client().publish_trust(&bytes))
+        .map_err(cli_error)?;
     print_view(&answer, args.json)
 }
 

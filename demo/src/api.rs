@@ -1,10 +1,24 @@
-//! A small client of the fleet server's REST API (`docs/api.md`), as an operator or a
-//! firmware team uses it: publish releases, create and steer rollouts, read devices and events.
+//! The one client of the fleet server's REST API (`docs/api.md`): the CLI's fleet commands
+//! (`ota release publish`, `ota rollout`, `ota devices`, `ota flag`, `ota events`, `ota trust`),
+//! the demo and the end-to-end tests all speak to the server through [`Api`].
+//!
+//! Why it lives here: the CLI and the e2e tests already depend on `ota-demo`, and `ota-demo`
+//! depends on `ota-server`, whose request types it sends ([`RolloutRequest`],
+//! [`FlagSetRequest`]); no dependency is added and no cycle is possible. In `ota-server` it
+//! would put an HTTP client (multipart uploads, TLS roots) into the server library, which never
+//! calls its own API over HTTP (the console calls the router in process).
+//!
+//! Answers are the server's JSON as it sent it (`serde_json::Value`): the CLI prints them as
+//! they are with `--json`, and the server's views are not `Deserialize`.
+//!
+//! [`RolloutRequest`]: ota_server::fleet::RolloutRequest
 
 use std::time::Duration;
 
+use ota_server::fleet::FlagSetRequest;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, Method, RequestBuilder};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::firmware::Build;
@@ -18,7 +32,7 @@ pub enum ApiError {
     Refused {
         /// HTTP status.
         status: u16,
-        /// The error code (`no-targets`, `rollout-conflict`...).
+        /// The error code (`no-targets`, `rollout-conflict`...; `unknown` when absent).
         code: String,
         /// The message.
         message: String,
@@ -26,6 +40,9 @@ pub enum ApiError {
     /// The server could not be reached or answered something that is not JSON.
     #[error("fleet server: {0}")]
     Transport(String),
+    /// The CA bundle to pin is not a PEM bundle of certificates.
+    #[error("{0}")]
+    BadCa(String),
 }
 
 /// An operator's client of one server. Its `Debug` hides the token.
@@ -44,11 +61,15 @@ impl std::fmt::Debug for Api {
     }
 }
 
+/// How long a call of the demo's and the tests' clients may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Api {
-    /// A client of the server at `base` (`http://host:port`) with `token`.
+    /// A client of the server at `base` (`http://host:port`) with `token`; calls time out
+    /// after a minute.
     pub fn new(base: impl Into<String>, token: impl Into<String>) -> Self {
         let client = Client::builder()
-            .timeout(Duration::from_secs(60))
+            .timeout(CALL_TIMEOUT)
             .build()
             .unwrap_or_default();
         Api {
@@ -59,19 +80,39 @@ impl Api {
     }
 
     /// A client of the HTTPS server at `base` whose certificate must chain to the CA bundle
-    /// `ca_pem` (pinned: no system root is trusted).
+    /// `ca_pem` (pinned: no system root is trusted); calls time out after a minute.
     pub fn with_pinned_ca(
         base: impl Into<String>,
         token: impl Into<String>,
         ca_pem: &[u8],
     ) -> Result<Self, ApiError> {
-        let certs = reqwest::Certificate::from_pem_bundle(ca_pem)
-            .map_err(|e| ApiError::Transport(format!("the CA bundle: {e}")))?;
-        let client = Client::builder()
-            .timeout(Duration::from_secs(60))
-            .tls_certs_only(certs)
-            .build()
-            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        Self::connect(base, token, Some(ca_pem), Some(CALL_TIMEOUT))
+    }
+
+    /// A client of the server at `base` with `token`: with `ca_pem`, that CA bundle is the only
+    /// trust anchor (pinned); `timeout` bounds each call (`None`: no bound, for uploads of
+    /// large artifacts).
+    pub fn connect(
+        base: impl Into<String>,
+        token: impl Into<String>,
+        ca_pem: Option<&[u8]>,
+        timeout: Option<Duration>,
+    ) -> Result<Self, ApiError> {
+        let mut builder = Client::builder();
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ApiError::BadCa(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ApiError::BadCa("no PEM certificate found".into()));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
+        let client = builder.build().map_err(|e| {
+            ApiError::Transport(format!("cannot set up the HTTP client: {}", describe(&e)))
+        })?;
         Ok(Api {
             client,
             base: base.into(),
@@ -87,32 +128,60 @@ impl Api {
         }
     }
 
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+    /// A request to `path` (under the base URL) with the token.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token)
     }
 
-    async fn call(&self, request: RequestBuilder) -> Result<Value, ApiError> {
+    /// Sends `request`: the JSON body of a successful answer, or the server's error
+    /// (`{ "error": MESSAGE, "cause": CODE }`) as [`ApiError::Refused`].
+    pub async fn call(&self, request: RequestBuilder) -> Result<Value, ApiError> {
         let response = request
             .send()
             .await
-            .map_err(|e| ApiError::Transport(e.to_string()))?;
+            .map_err(|e| ApiError::Transport(describe(&e)))?;
         let status = response.status();
         let body: Value = response
             .json()
             .await
-            .map_err(|e| ApiError::Transport(format!("{status}: {e}")))?;
+            .map_err(|e| ApiError::Transport(format!("unreadable answer ({status}): {e}")))?;
         if status.is_success() {
             return Ok(body);
         }
-        // `{ "error": MESSAGE, "cause": CODE }` (docs/api.md).
-        let text = |k: &str| body[k].as_str().unwrap_or_default().to_string();
         Err(ApiError::Refused {
             status: status.as_u16(),
-            code: text("cause"),
-            message: text("error"),
+            code: body["cause"].as_str().unwrap_or("unknown").to_string(),
+            message: body["error"]
+                .as_str()
+                .unwrap_or("the server refused the request")
+                .to_string(),
         })
+    }
+
+    /// `GET path?query`, the whole answer.
+    pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ApiError> {
+        self.call(self.request(Method::GET, path).query(query))
+            .await
+    }
+
+    /// `POST path` with `body` as JSON, the whole answer.
+    pub async fn post<T: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<Value, ApiError> {
+        self.call(self.request(Method::POST, path).json(body)).await
+    }
+
+    /// `PUT path` with `body` as JSON, the whole answer.
+    pub async fn put<T: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<Value, ApiError> {
+        self.call(self.request(Method::PUT, path).json(body)).await
     }
 
     /// The Prometheus text of `GET /metrics`.
@@ -121,12 +190,12 @@ impl Api {
             .request(Method::GET, "/metrics")
             .send()
             .await
-            .map_err(|e| ApiError::Transport(e.to_string()))?;
+            .map_err(|e| ApiError::Transport(describe(&e)))?;
         let status = response.status();
         let text = response
             .text()
             .await
-            .map_err(|e| ApiError::Transport(format!("{status}: {e}")))?;
+            .map_err(|e| ApiError::Transport(format!("unreadable answer ({status}): {e}")))?;
         if status.is_success() {
             Ok(text)
         } else {
@@ -139,16 +208,32 @@ impl Api {
     }
 
     /// Publishes a release, its chunk index (when it names one) and its artifact
-    /// (`POST /api/v1/releases`).
-    pub async fn publish(&self, build: &Build) -> Result<Value, ApiError> {
-        let mut form = Form::new().part("release", Part::bytes(build.release.clone()));
-        if let Some(index) = &build.chunk_index {
-            form = form.part("chunk_index", Part::bytes(index.clone()));
+    /// (`POST /api/v1/releases`); `artifact` is the form part of the artifact's bytes (a
+    /// stream for large files). Answers the whole answer.
+    pub async fn publish_parts(
+        &self,
+        release: Vec<u8>,
+        chunk_index: Option<Vec<u8>>,
+        artifact: Part,
+    ) -> Result<Value, ApiError> {
+        let mut form = Form::new().part("release", Part::bytes(release));
+        if let Some(index) = chunk_index {
+            form = form.part("chunk_index", Part::bytes(index));
         }
-        let form = form.part("artifact", Part::bytes(build.image.clone()));
+        let form = form.part("artifact", artifact);
         self.call(
             self.request(Method::POST, "/api/v1/releases")
                 .multipart(form),
+        )
+        .await
+    }
+
+    /// Publishes a built release with its chunk index and image (`POST /api/v1/releases`).
+    pub async fn publish(&self, build: &Build) -> Result<Value, ApiError> {
+        self.publish_parts(
+            build.release.clone(),
+            build.chunk_index.clone(),
+            Part::bytes(build.image.clone()),
         )
         .await
     }
@@ -158,6 +243,7 @@ impl Api {
     pub async fn publish_trust(&self, update: &[u8]) -> Result<Value, ApiError> {
         self.call(
             self.request(Method::POST, "/api/v1/trust")
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .body(update.to_vec()),
         )
         .await
@@ -165,23 +251,20 @@ impl Api {
 
     /// The trust set in force (`GET /api/v1/trust`).
     pub async fn trust(&self) -> Result<Value, ApiError> {
-        self.call(self.request(Method::GET, "/api/v1/trust")).await
+        self.get("/api/v1/trust", &[]).await
     }
 
-    /// Creates a rollout (`POST /api/v1/rollouts`, the JSON spec of `docs/api.md`); answers
-    /// the rollout view.
-    pub async fn create_rollout(&self, spec: &Value) -> Result<Value, ApiError> {
-        let v = self
-            .call(self.request(Method::POST, "/api/v1/rollouts").json(spec))
-            .await?;
+    /// Creates a rollout (`POST /api/v1/rollouts`; `spec` is a
+    /// [`RolloutRequest`](ota_server::fleet::RolloutRequest) or its JSON); answers the rollout
+    /// view.
+    pub async fn create_rollout<T: Serialize + ?Sized>(&self, spec: &T) -> Result<Value, ApiError> {
+        let v = self.post("/api/v1/rollouts", spec).await?;
         Ok(v["rollout"].clone())
     }
 
     /// One rollout's view.
     pub async fn rollout(&self, id: i64) -> Result<Value, ApiError> {
-        let v = self
-            .call(self.request(Method::GET, &format!("/api/v1/rollouts/{id}")))
-            .await?;
+        let v = self.get(&format!("/api/v1/rollouts/{id}"), &[]).await?;
         Ok(v["rollout"].clone())
     }
 
@@ -196,16 +279,13 @@ impl Api {
     /// The devices matching `filter` (empty: all).
     pub async fn devices(&self, filter: &str) -> Result<Vec<Value>, ApiError> {
         let v = self
-            .call(
-                self.request(Method::GET, "/api/v1/devices")
-                    .query(&[("filter", filter)]),
-            )
+            .get("/api/v1/devices", &[("filter", filter.to_owned())])
             .await?;
         Ok(v["devices"].as_array().cloned().unwrap_or_default())
     }
 
     /// Sets feature flag `name` on or off for `percent` % of the devices matching `filter`
-    /// (`POST /api/v1/flags/{name}/set`); answers the edit.
+    /// (`POST /api/v1/flags/{name}/set` with the API's [`FlagSetRequest`]); answers the edit.
     pub async fn flag_set(
         &self,
         name: &str,
@@ -213,26 +293,25 @@ impl Api {
         percent: f64,
         filter: &str,
     ) -> Result<Value, ApiError> {
-        let body = serde_json::json!({ "on": on, "percent": percent, "filter": filter });
-        self.call(
-            self.request(Method::POST, &format!("/api/v1/flags/{name}/set"))
-                .json(&body),
-        )
-        .await
+        let mut edit = FlagSetRequest::new(on);
+        edit.percent = Some(percent);
+        edit.filter = Some(filter.to_owned());
+        self.post(&format!("/api/v1/flags/{}/set", encode(name)), &edit)
+            .await
     }
 
     /// Kills feature flag `name`: off on every device at once.
     pub async fn flag_kill(&self, name: &str) -> Result<Value, ApiError> {
-        self.call(
-            self.request(Method::POST, &format!("/api/v1/flags/{name}/kill"))
-                .json(&serde_json::json!({})),
+        self.post(
+            &format!("/api/v1/flags/{}/kill", encode(name)),
+            &serde_json::json!({}),
         )
         .await
     }
 
     /// One feature flag with its counts (`GET /api/v1/flags/{name}`).
     pub async fn flag(&self, name: &str) -> Result<Value, ApiError> {
-        self.call(self.request(Method::GET, &format!("/api/v1/flags/{name}")))
+        self.get(&format!("/api/v1/flags/{}", encode(name)), &[])
             .await
     }
 
@@ -245,6 +324,33 @@ impl Api {
     }
 }
 
+/// Percent-encodes a path segment (device ids and flag names are `[A-Za-z0-9._-]`, but input
+/// is input).
+pub fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A transport error in one line (reqwest's Display omits the cause).
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +361,10 @@ mod tests {
         let debug = format!("{api:?}");
         assert!(!debug.contains("SECRET"), "{debug}");
         assert!(debug.contains("127.0.0.1"), "{debug}");
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(encode("a b/c"), "a%20b%2Fc");
     }
 }

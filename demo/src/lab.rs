@@ -18,10 +18,11 @@
 //! downloads) waiting in the same run queue.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ota_core::wire::{DeviceId, Topics};
 use ota_server::broker::credentials::DeviceSecret;
+use ota_server::clock::Clock;
 use ota_server::config::{
     BrokerSecurity, Config, MqttBroker, MqttConfig, OperatorConfig, Role, TrustConfig,
 };
@@ -247,7 +248,7 @@ impl Lab {
     pub async fn wait_registered(&self, patience: Duration) -> Result<(), LabError> {
         let want = self.devices.len();
         let filter = self.filter();
-        let deadline = tokio::time::Instant::now() + patience;
+        let deadline = ota_server::clock::monotonic_now() + patience;
         loop {
             let online = self
                 .api
@@ -259,7 +260,7 @@ impl Lab {
             if online >= want {
                 return Ok(());
             }
-            if tokio::time::Instant::now() > deadline {
+            if ota_server::clock::monotonic_now() > deadline {
                 return Err(LabError::Timeout(format!(
                     "only {online} of {want} devices registered and online"
                 )));
@@ -475,11 +476,9 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
     std::fs::write(path, bytes).map_err(|e| LabError::io("write", path, e))
 }
 
-/// Wall time, unix seconds.
+/// Wall time, unix seconds (the server's system [`Clock`]).
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    Clock::system().now()
 }
 
 #[cfg(test)]

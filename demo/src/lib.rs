@@ -17,7 +17,7 @@
 //! | [`app`] | the simulated application (touches the heartbeat file while healthy) |
 //! | [`device`] | one device: config file, directories, agent start / stop / kill |
 //! | [`lab`] | the server and the devices in one temporary directory |
-//! | [`api`] | the REST client (publish, rollouts, devices, events) |
+//! | [`api`] | the one REST client of the fleet server (also the `ota` CLI's): publish, rollouts, devices, flags, events |
 //! | [`watch`] | following a rollout until it ends, with a live view |
 //! | [`story`] | the demo's steps, their checks and the summary |
 

@@ -20,11 +20,13 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ota_core::digest::Digest;
 use ota_core::update::Stage;
+use ota_server::clock::monotonic_now;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use crate::LabError;
 use crate::firmware::Build;
@@ -171,7 +173,7 @@ fn report_of(name: &str, r: &Value, bytes: u64, started: Instant) -> StepReport 
 async fn deploy(lab: &mut Lab, opts: &StoryOptions, v2: &Build) -> Result<StepReport, LabError> {
     lab.api().publish(v2).await?;
     let bytes_before = lab.bytes_downloaded();
-    let started = Instant::now();
+    let started = monotonic_now();
     let r = lab
         .api()
         .create_rollout(&spec(lab, v2, &[1, 5, 25, 100], opts, 10))
@@ -179,12 +181,12 @@ async fn deploy(lab: &mut Lab, opts: &StoryOptions, v2: &Build) -> Result<StepRe
     let id = r["id"].as_i64().unwrap_or(0);
     let mut view = LiveView::new("1 deploy v2", opts.quiet);
     let mut deferred_since: Vec<Option<Instant>> = vec![None; lab.devices().len()];
-    let deadline = Instant::now() + opts.patience;
+    let deadline = monotonic_now() + opts.patience;
     let last = loop {
         let r = lab.api().rollout(id).await?;
         view.update(&r);
         plug_in_deferred(lab, &mut deferred_since, opts.plug_in_after)?;
-        if is_final(r["status"].as_str().unwrap_or_default()) || Instant::now() > deadline {
+        if is_final(r["status"].as_str().unwrap_or_default()) || monotonic_now() > deadline {
             break r;
         }
         tokio::time::sleep(crate::watch::POLL).await;
@@ -279,7 +281,7 @@ fn plug_in_deferred(
             .status()
             .is_some_and(|s| s.machine.stage == Stage::DeferredPower);
         if deferred && since.is_none() {
-            *since = Some(Instant::now());
+            *since = Some(monotonic_now());
         }
         if let Some(t) = since
             && t.elapsed() >= after
@@ -294,7 +296,7 @@ fn plug_in_deferred(
 async fn redeploy(lab: &mut Lab, opts: &StoryOptions, v2: &Build) -> Result<StepReport, LabError> {
     let bytes_before = lab.bytes_downloaded();
     let installs_before = installs(lab);
-    let started = Instant::now();
+    let started = monotonic_now();
     let mut view = LiveView::new("2 redeploy v2", opts.quiet);
     let spec = spec(lab, v2, &[1, 5, 25, 100], opts, 10);
     let last = roll_to_end(lab, &spec, &mut view, opts.patience).await?;
@@ -344,7 +346,7 @@ async fn broken(
 ) -> Result<StepReport, LabError> {
     lab.api().publish(v3).await?;
     let bytes_before = lab.bytes_downloaded();
-    let started = Instant::now();
+    let started = monotonic_now();
     let mut view = LiveView::new("3 broken v3", opts.quiet);
     let spec = spec(lab, v3, &[10, 50, 100], opts, 1);
     let last = roll_to_end(lab, &spec, &mut view, opts.patience).await?;
@@ -422,7 +424,7 @@ pub const FLAG: &str = "new-ui";
 /// Step 4: flag `new-ui` on for 10 %, widened to 50 %, killed; counts from the devices' own
 /// flag files.
 async fn flag(lab: &mut Lab, opts: &StoryOptions) -> Result<StepReport, LabError> {
-    let started = Instant::now();
+    let started = monotonic_now();
     let bytes_before = lab.bytes_downloaded();
     let installs_before = installs(lab);
     let view = LiveView::new("4 feature flag", opts.quiet);
@@ -468,7 +470,7 @@ async fn flag(lab: &mut Lab, opts: &StoryOptions) -> Result<StepReport, LabError
         }
         on_counts.push(count);
     }
-    let kill = Instant::now();
+    let kill = monotonic_now();
     lab.api().flag_kill(FLAG).await?;
     let on = wait_flags(lab, opts.patience, |on| on.iter().all(|b| !*b)).await;
     let kill_time = kill.elapsed();
@@ -506,10 +508,10 @@ async fn flag(lab: &mut Lab, opts: &StoryOptions) -> Result<StepReport, LabError
 /// Reads every device's flag file until `done` holds for the list of "on" (or `patience`
 /// runs out); answers the last reading.
 async fn wait_flags(lab: &Lab, patience: Duration, done: impl Fn(&[bool]) -> bool) -> Vec<bool> {
-    let deadline = Instant::now() + patience;
+    let deadline = monotonic_now() + patience;
     loop {
         let on: Vec<bool> = lab.devices().iter().map(|d| d.flag_on(FLAG)).collect();
-        if done(&on) || Instant::now() > deadline {
+        if done(&on) || monotonic_now() > deadline {
             return on;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -518,8 +520,8 @@ async fn wait_flags(lab: &Lab, patience: Duration, done: impl Fn(&[bool]) -> boo
 
 /// Waits (at most `patience`) until every device runs `digest` and is idle.
 async fn converge(lab: &Lab, digest: &Digest, patience: Duration) {
-    let deadline = Instant::now() + patience;
-    while Instant::now() < deadline {
+    let deadline = monotonic_now() + patience;
+    while monotonic_now() < deadline {
         let settled = lab.devices().iter().all(|d| {
             d.status().is_some_and(|s| {
                 s.machine.stage == Stage::Idle

@@ -162,14 +162,14 @@ pub async fn follow(
     patience: Duration,
     mut done: impl FnMut(&Value) -> bool,
 ) -> Result<Value, LabError> {
-    let deadline = tokio::time::Instant::now() + patience;
+    let deadline = ota_server::clock::monotonic_now() + patience;
     loop {
         let r = api.rollout(id).await?;
         view.update(&r);
         if done(&r) {
             return Ok(r);
         }
-        if tokio::time::Instant::now() > deadline {
+        if ota_server::clock::monotonic_now() > deadline {
             return Err(LabError::Timeout(format!(
                 "rollout {id} is still {} after {patience:?}",
                 r["status"]

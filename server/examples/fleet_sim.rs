@@ -24,6 +24,10 @@
     clippy::panic,
     reason = "a benchmark tool: a failure ends the run"
 )]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a benchmark measures wall time: it reads the clock itself"
+)]
 
 #[path = "../tests/server/sim.rs"]
 mod sim;

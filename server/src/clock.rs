@@ -1,4 +1,10 @@
-//! The server's wall clock: the only place it reads the time, so tests can fix or advance it.
+//! The server's clocks: the only place it reads the time, so tests can fix or advance it.
+//!
+//! [`Clock`] is the wall clock of every decision that is persisted or shown (audit times,
+//! `last_seen`, the planner). [`monotonic_now`] is tokio's monotonic clock for the server's own
+//! timers (idle connections, rate budgets, log throttling, console sessions), which tests pause
+//! and advance with `tokio::time::pause`/`advance`. `clippy.toml` bans `Instant::now` and
+//! `SystemTime::now` everywhere else.
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,8 +38,16 @@ impl ManualClock {
     }
 }
 
+/// Now on tokio's monotonic clock (paused and advanced by `tokio::time::pause`/`advance` in
+/// tests): the base of the server's own timers, never of a persisted time.
+#[allow(clippy::disallowed_methods)] // The server's one reader of the monotonic clock.
+pub fn monotonic_now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+}
+
 impl Clock {
     /// The system clock (a time before 1970 reads as 0).
+    #[allow(clippy::disallowed_methods)] // The server's one reader of the system wall clock.
     pub fn system() -> Self {
         Clock(Arc::new(|| {
             SystemTime::now()

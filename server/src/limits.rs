@@ -288,7 +288,7 @@ impl LogThrottle {
     /// Records one occurrence; `Some(n)` when it should be logged now, `n` being how many were
     /// not logged since the last line.
     pub fn hit(&mut self) -> Option<u64> {
-        let now = Instant::now();
+        let now = crate::clock::monotonic_now();
         match self.last {
             Some(last) if now.duration_since(last) < LOG_INTERVAL => {
                 self.suppressed += 1;

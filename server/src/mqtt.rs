@@ -169,7 +169,7 @@ impl MqttLink {
         let sink = Sink {
             inbound,
             budgets: Budgets::new(spec.device_budget),
-            epoch: tokio::time::Instant::now(),
+            epoch: crate::clock::monotonic_now(),
             topics: spec.topics.clone(),
             shared,
         };

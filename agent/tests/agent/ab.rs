@@ -441,15 +441,13 @@ impl AbDevice {
 }
 
 async fn wait_file(path: &Path) {
-    let end = tokio::time::Instant::now() + PATIENCE;
-    while !path.exists() {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "{} never appeared",
-            path.display()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let appeared = tokio::time::timeout(PATIENCE, async {
+        while !path.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(appeared.is_ok(), "{} never appeared", path.display());
 }
 
 /// Install, reboot, commit from the new slot — and the server is told `succeeded` only then;
@@ -584,11 +582,13 @@ async fn issue17_ab_a_power_loss_at_every_write_boots_a_good_slot_the_journal_ag
         )
         .await;
         if let Ok(agent) = started {
-            let end = tokio::time::Instant::now() + PATIENCE;
-            while !(dev.root().join("rebooted").exists() || storage.is_powered_off()) {
-                assert!(tokio::time::Instant::now() < end, "cut {n}: stuck");
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
+            let stopped = tokio::time::timeout(PATIENCE, async {
+                while !(dev.root().join("rebooted").exists() || storage.is_powered_off()) {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            assert!(stopped.is_ok(), "cut {n}: stuck");
             agent.kill();
         }
         if total.is_none() {
@@ -606,16 +606,18 @@ async fn issue17_ab_a_power_loss_at_every_write_boots_a_good_slot_the_journal_ag
             )
             .await
             .unwrap_or_else(|e| panic!("cut {n}: recovery failed to start: {e}"));
-            let end = tokio::time::Instant::now() + PATIENCE;
-            let s = loop {
-                let s = agent.status();
-                let rebooting = dev.root().join("rebooted").exists();
-                if rebooting || crate::fleet::settled(&s, 1) {
-                    break s;
+            let s = tokio::time::timeout(PATIENCE, async {
+                loop {
+                    let s = agent.status();
+                    let rebooting = dev.root().join("rebooted").exists();
+                    if rebooting || crate::fleet::settled(&s, 1) {
+                        break s;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
-                assert!(tokio::time::Instant::now() < end, "cut {n}: recovery stuck");
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            };
+            })
+            .await
+            .unwrap_or_else(|_| panic!("cut {n}: recovery stuck"));
             agent.kill();
             if !dev.root().join("rebooted").exists() {
                 break s;

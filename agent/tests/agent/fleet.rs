@@ -70,12 +70,13 @@ pub fn start_broker() -> SocketAddr {
         let _ = rumqttd::Broker::new(config).start();
     });
     // Ready when it answers an MQTT CONNECT with a CONNACK.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while std::time::Instant::now() < deadline {
+    // Bounded by attempts, not by reading a clock.
+    let poll = Duration::from_millis(20);
+    for _ in 0..PATIENCE.as_millis() / poll.as_millis() {
         if mqtt_ready(addr) {
             return addr;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(poll);
     }
     panic!("the test broker never accepted a connection on {addr}");
 }
@@ -371,17 +372,18 @@ impl Fleet {
 
     /// Waits (real time, bounded) until `pred` holds for what was seen.
     pub async fn wait(&self, what: &str, pred: impl Fn(&Seen) -> bool) {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let notified = self.changed.notified();
-            if pred(&self.seen.lock().unwrap()) {
-                return;
+        let waited = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let notified = self.changed.notified();
+                if pred(&self.seen.lock().unwrap()) {
+                    return;
+                }
+                // A short poll as well: a notification may come between the check and the wait.
+                let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for {what}");
-            // A short poll as well: a notification may come between the check and the wait.
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), notified).await;
-        }
+        })
+        .await;
+        assert!(waited.is_ok(), "timed out waiting for {what}");
     }
 
     /// Waits for an event of `device` for `generation` whose state is named `state`.
@@ -438,6 +440,9 @@ pub fn init_logs() {
 pub fn unique() -> String {
     use std::sync::atomic::AtomicU64;
     static N: AtomicU64 = AtomicU64::new(0);
+    // The wall clock only makes ids unique across test runs on a shared broker (retained
+    // messages outlive a run); no decision depends on it.
+    #[allow(clippy::disallowed_methods)]
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -1,5 +1,7 @@
 use std::fs;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+use ota_agent::clock::ShellClock;
 
 use ota_agent::health::{HealthError, HealthProbe};
 use ota_agent::process::CommandSpec;
@@ -10,7 +12,7 @@ const SEC: Duration = Duration::from_secs(1);
 
 #[tokio::test]
 async fn command_probe_passes_on_exit_zero_only() {
-    let now = SystemTime::now();
+    let now = ShellClock::file_system_now();
     let ok = HealthProbe::command(CommandSpec::new("true"), 10 * SEC);
     ok.check(now, now).await.unwrap();
 
@@ -33,7 +35,7 @@ async fn command_probe_passes_on_exit_zero_only() {
 #[tokio::test]
 async fn http_probe_wants_a_2xx() {
     let server = serve(Vec::new(), Mode::Normal).await;
-    let now = SystemTime::now();
+    let now = ShellClock::file_system_now();
     HealthProbe::http(format!("http://{}/healthz", server.addr), 10 * SEC)
         .unwrap()
         .check(now, now)
@@ -60,7 +62,7 @@ async fn heartbeat_probe_wants_a_fresh_touch_after_activation() {
     let dir = tempdir();
     let beat = dir.path().join("heartbeat");
     let probe = HealthProbe::heartbeat(&beat, 30 * SEC);
-    let t0 = SystemTime::now();
+    let t0 = ShellClock::file_system_now();
     assert!(matches!(
         probe.check(t0, t0).await,
         Err(HealthError::HeartbeatMissing { .. })

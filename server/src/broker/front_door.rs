@@ -82,7 +82,7 @@ impl DeviceBudgets {
     pub(crate) fn new(spec: ota_core::budget::BudgetSpec) -> Self {
         DeviceBudgets {
             budgets: Budgets::new(spec),
-            epoch: tokio::time::Instant::now(),
+            epoch: crate::clock::monotonic_now(),
         }
     }
 

@@ -6,7 +6,11 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::clock::monotonic_now;
 
 use axum::http::HeaderMap;
 use axum::http::header;
@@ -59,7 +63,7 @@ impl Sessions {
     /// Opens a session for `operator` (signed in with `token`); answers its id.
     pub(crate) fn open(&self, operator: Operator, token: &str) -> Result<String, getrandom::Error> {
         let id = random_id()?;
-        let now = Instant::now();
+        let now = monotonic_now();
         let session = Session {
             id: id.clone(),
             token: token.to_owned(),
@@ -86,7 +90,7 @@ impl Sessions {
     /// no cookie, or its session is unknown or expired (then it is dropped).
     pub(crate) fn find(&self, headers: &HeaderMap) -> Option<Session> {
         let id = session_id(headers)?;
-        let now = Instant::now();
+        let now = monotonic_now();
         let mut open = self.lock();
         let session = open.get_mut(&id)?;
         if !session.alive(now) {
@@ -123,7 +127,7 @@ impl Session {
     /// A session of `operator`, as pages see it (tests of the pages).
     #[cfg(test)]
     pub(crate) fn for_tests(operator: Operator) -> Self {
-        let now = Instant::now();
+        let now = monotonic_now();
         Session {
             id: "session-of-the-test".into(),
             token: String::new(),

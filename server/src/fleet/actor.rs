@@ -94,11 +94,9 @@ pub async fn start(
     let mut actor = Actor::new(db, clock, topics, public_url, shared.clone(), keys);
     actor.apply(stored);
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let client_id = format!("ota-server-{}-{nanos:08x}", std::process::id());
+    // Random, so two servers (or two runs) never share a client id on one broker.
+    let salt = getrandom::u32().unwrap_or(0);
+    let client_id = format!("ota-server-{}-{salt:08x}", std::process::id());
     let link = MqttLink::start(mqtt, &client_id, in_tx, shared.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (stop_tx, stop_rx) = watch::channel(false);

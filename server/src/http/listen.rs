@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
 use crate::limits::{self, ConnectionGate, LimitsConfig, LogThrottle, Permit};
@@ -169,7 +169,7 @@ impl<I> IdleTimeout<I> {
     }
 
     fn progressed(&mut self) {
-        let next = Instant::now() + self.idle;
+        let next = crate::clock::monotonic_now() + self.idle;
         self.deadline.as_mut().reset(next);
     }
 

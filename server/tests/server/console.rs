@@ -179,6 +179,7 @@ const BENCH_DEVICES: usize = 100_000;
 /// not an assertion (docs/console.md quotes it).
 #[tokio::test]
 #[ignore = "benchmark: seeds 100,000 devices and prints the devices page times"]
+#[allow(clippy::disallowed_methods)] // A benchmark measures wall time.
 async fn issue16_devices_page_at_100k_devices() {
     let t = TestServer::start().await;
     let db = t.server.db();

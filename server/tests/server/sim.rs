@@ -365,7 +365,10 @@ impl Sim {
                 && let Ok(update) = d.flags.offer(flags)
             {
                 d.flags.commit(update);
-                d.flags_applied_at = Some(Instant::now());
+                // A figure for the fleet benchmark (flag propagation time), not a decision.
+                #[allow(clippy::disallowed_methods)]
+                let applied = Instant::now();
+                d.flags_applied_at = Some(applied);
             }
             return;
         }

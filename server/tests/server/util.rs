@@ -332,6 +332,8 @@ impl PgSchema {
     pub(crate) async fn create() -> Self {
         let admin_url = std::env::var("OTA_TEST_DATABASE_URL")
             .expect("set OTA_TEST_DATABASE_URL=postgres://... to run the PostgreSQL tests");
+        // The wall clock only makes the schema name unique across runs on a shared database.
+        #[allow(clippy::disallowed_methods)]
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

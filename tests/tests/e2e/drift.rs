@@ -10,7 +10,7 @@ use ota_core::digest::Digest;
 use ota_demo::device::Device;
 use serde_json::{Value, json};
 
-use crate::world::{Backend, PATIENCE, World, suite};
+use crate::world::{Backend, World, patiently, suite};
 
 suite!(issue12_a_release_switched_by_hand_is_reported_as_drift);
 
@@ -23,24 +23,22 @@ fn repoint(device: &Device, target: &Path) {
 
 /// Waits until the server's view of device `i` satisfies `pred`; answers it.
 async fn device_view(w: &World, i: usize, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let view = w
-            .lab
+    let view = async || {
+        w.lab
             .api()
             .devices(&w.lab.filter_one(i))
             .await
             .unwrap()
             .pop()
-            .unwrap_or_default();
-        if pred(&view) {
-            return view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "device {i}: condition not reached: {view:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            .unwrap_or_default()
+    };
+    let found = patiently(Duration::from_millis(100), async || {
+        Some(view().await).filter(|v| pred(v))
+    })
+    .await;
+    match found {
+        Some(v) => v,
+        None => panic!("device {i}: condition not reached: {:#}", view().await),
     }
 }
 

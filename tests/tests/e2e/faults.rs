@@ -7,7 +7,7 @@ use ota_core::wire::{ExecutionState, FailurePhase, TopicKind};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
-use crate::world::{Backend, World, installs_of, suite, wait_device};
+use crate::world::{Backend, World, installs_of, patiently, suite, wait_device};
 
 /// The agents' `[download]` lines that turn delta off: these tests are about full downloads
 /// (the lab's releases share all but their first chunk, so a delta fetches a few KiB).
@@ -269,21 +269,15 @@ async fn offline_device_converges_later(backend: Backend) {
     w.lab.devices_mut()[3].stop().await.unwrap();
     let filter = w.lab.filter();
     let offline_id = w.lab.devices()[3].id().to_string();
-    let deadline = tokio::time::Instant::now() + crate::world::PATIENCE;
-    loop {
+    let seen_offline = patiently(Duration::from_millis(50), async || {
         let devices = w.lab.api().devices(&filter).await.unwrap();
-        if devices
+        devices
             .iter()
             .any(|d| d["id"] == offline_id.as_str() && d["online"] == false)
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never saw it offline"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .then_some(())
+    })
+    .await;
+    assert!(seen_offline.is_some(), "the server never saw it offline");
     let id = w
         .rollout(&v2, &[100], json!({ "max_deferral_secs": 2 }))
         .await;

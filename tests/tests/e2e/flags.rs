@@ -6,7 +6,7 @@ use std::time::Duration;
 use ota_demo::device::Device;
 use serde_json::json;
 
-use crate::world::{Backend, PATIENCE, World, suite};
+use crate::world::{Backend, World, patiently, suite};
 
 suite!(flags_survive_restarts_and_deploys_and_reach_offline_devices);
 
@@ -14,15 +14,11 @@ const FLAG: &str = "dark-feature";
 
 /// Waits until `device`'s flag file says `on`.
 async fn reads(device: &Device, on: bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while device.flag_on(FLAG) != on {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}: {FLAG} never became {on}",
-            device.id()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let found = patiently(Duration::from_millis(20), async || {
+        (device.flag_on(FLAG) == on).then_some(())
+    })
+    .await;
+    assert!(found.is_some(), "{}: {FLAG} never became {on}", device.id());
 }
 
 /// On everywhere; an agent restart keeps it (the file, then the retained message); a deploy

@@ -318,22 +318,34 @@ pub async fn rollout(lab: &Lab, build: &Build, waves: &[u32], extra: Value) -> i
     r["id"].as_i64().unwrap()
 }
 
+/// Runs `probe` every `every` until it answers `Some`, for at most [`PATIENCE`]; `None` when
+/// it never did. Bounded by `tokio::time::timeout`: the tests never read a clock.
+pub async fn patiently<T>(every: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(found) = probe().await {
+                return found;
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+    .await
+    .ok()
+}
+
 /// Waits until `pred` holds for rollout `id`'s view on `lab`.
 pub async fn wait_rollout(lab: &Lab, id: i64, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let found = patiently(Duration::from_millis(100), async || {
         // The server may be restarting: retry.
-        if let Ok(r) = lab.api().rollout(id).await
-            && pred(&r)
-        {
-            return r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
+        lab.api().rollout(id).await.ok().filter(|r| pred(r))
+    })
+    .await;
+    match found {
+        Some(r) => r,
+        None => panic!(
             "rollout {id}: condition not reached: {:#}",
             lab.api().rollout(id).await.unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        ),
     }
 }
 
@@ -347,34 +359,28 @@ pub async fn converged(lab: &Lab, digest: &Digest) {
                     && s.machine.running.as_ref().map(|r| r.digest) == Some(*digest)
             })
         };
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while !done(d) {
-            if tokio::time::Instant::now() >= deadline {
-                let server = lab.api().devices(&format!("id={}", d.id())).await;
-                let events = lab.api().events(&[("device", d.id())]).await;
-                panic!(
-                    "device {} did not converge: {:?}\nserver view: {server:#?}\nevents: {events:#?}",
-                    d.id(),
-                    d.status().map(|s| s.machine)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let found = patiently(Duration::from_millis(20), async || done(d).then_some(())).await;
+        if found.is_none() {
+            let server = lab.api().devices(&format!("id={}", d.id())).await;
+            let events = lab.api().events(&[("device", d.id())]).await;
+            panic!(
+                "device {} did not converge: {:?}\nserver view: {server:#?}\nevents: {events:#?}",
+                d.id(),
+                d.status().map(|s| s.machine)
+            );
         }
     }
 }
 
 /// Waits until `pred` holds for device `d` (its agent's status is published on every step).
 pub async fn wait_device(d: &Device, pred: impl Fn(&Device) -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !pred(d) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "device {}: condition not reached: {:?}",
-            d.id(),
-            d.status().map(|s| s.machine)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let found = patiently(Duration::from_millis(20), async || pred(d).then_some(())).await;
+    assert!(
+        found.is_some(),
+        "device {}: condition not reached: {:?}",
+        d.id(),
+        d.status().map(|s| s.machine)
+    );
 }
 
 /// How many times device `d` installed `digest` (not counting rollbacks).
