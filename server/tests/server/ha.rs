@@ -1,0 +1,322 @@
+//! Issue 15: the coordinator lease with its fencing epoch (SQLite, the one-replica case, and
+//! PostgreSQL, ignored unless `OTA_TEST_DATABASE_URL` is set), and two server replicas on one
+//! PostgreSQL schema and one Mosquitto (ignored unless `OTA_TEST_MQTT_URL` is set too).
+
+use std::time::Duration;
+
+use ota_server::config::HaConfig;
+use ota_server::db::{AcquireOutcome, Db, DbError, Fence, RenewOutcome};
+use serde_json::json;
+
+use crate::util::{Options, PgSchema, TOKEN, TestServer};
+
+const TTL_MS: i64 = 60_000;
+
+fn fence(replica: &str, epoch: i64) -> Fence {
+    Fence {
+        replica: replica.to_string(),
+        epoch,
+    }
+}
+
+/// Whether a coordinator batch of `replica` at `epoch` may be written now.
+async fn may_write(db: &Db, replica: &str, epoch: i64) -> Result<(), DbError> {
+    let mut tx = db.begin().await.unwrap();
+    tx.check_fence(&fence(replica, epoch)).await?;
+    tx.commit().await.unwrap();
+    Ok(())
+}
+
+/// Waits (by the database's clock) until the lease expired.
+async fn until_expired(db: &Db) {
+    while db.lease().await.unwrap().expires_in_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The lease rules, the same on both databases: one holder at a time, +1 epoch per takeover,
+/// a stale epoch cannot write or renew, a released or expired lease is taken at once.
+async fn lease_rules(a: &Db, b: &Db) {
+    let lease = a.lease().await.unwrap();
+    assert_eq!((lease.holder, lease.epoch), (None, 0), "a fresh database");
+
+    assert_eq!(
+        a.acquire_lease("a", "http://a", TTL_MS, false)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 1 }
+    );
+    match b
+        .acquire_lease("b", "http://b", TTL_MS, false)
+        .await
+        .unwrap()
+    {
+        AcquireOutcome::Held(held) => {
+            assert_eq!(held.live_holder(), Some(("a", Some("http://a"))));
+            assert_eq!(held.epoch, 1);
+        }
+        other => panic!("b must not take a live lease: {other:?}"),
+    }
+    assert_eq!(
+        a.renew_lease("a", 1, TTL_MS).await.unwrap(),
+        RenewOutcome::Renewed
+    );
+    may_write(a, "a", 1).await.unwrap();
+    assert!(matches!(
+        may_write(b, "b", 1).await,
+        Err(DbError::Fenced { epoch: 1 })
+    ));
+
+    // The leader gives the lease up (a graceful stop): the standby takes it at once, epoch+1.
+    a.release_lease("a", 1).await.unwrap();
+    assert_eq!(
+        b.acquire_lease("b", "http://b", TTL_MS, false)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 2 }
+    );
+    // Fencing: the old leader (a paused process that wakes up) can neither write nor renew.
+    assert!(matches!(
+        may_write(a, "a", 1).await,
+        Err(DbError::Fenced { epoch: 1 })
+    ));
+    match a.renew_lease("a", 1, TTL_MS).await.unwrap() {
+        RenewOutcome::Lost(now) => assert_eq!((now.holder.as_deref(), now.epoch), (Some("b"), 2)),
+        other => panic!("a stale renewal must fail: {other:?}"),
+    }
+    may_write(b, "b", 2).await.unwrap();
+
+    // The leader stops renewing: once the lease expired (database clock), the other one takes
+    // it over with the next epoch.
+    assert_eq!(
+        b.renew_lease("b", 2, 200).await.unwrap(),
+        RenewOutcome::Renewed
+    );
+    until_expired(a).await;
+    assert_eq!(
+        a.acquire_lease("a", "http://a", TTL_MS, false)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 3 }
+    );
+    assert!(matches!(
+        may_write(b, "b", 2).await,
+        Err(DbError::Fenced { epoch: 2 })
+    ));
+
+    // The one-replica server forces the lease at start, whatever its state.
+    assert_eq!(
+        b.acquire_lease("b", "http://b", TTL_MS, true)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 4 }
+    );
+    assert!(may_write(a, "a", 3).await.is_err());
+
+    // Heartbeats list every replica.
+    a.replica_heartbeat("a", "standby", 4, "http://a")
+        .await
+        .unwrap();
+    b.replica_heartbeat("b", "leader", 4, "http://b")
+        .await
+        .unwrap();
+    b.replica_heartbeat("b", "leader", 4, "http://b")
+        .await
+        .unwrap();
+    let replicas = a.list_replicas().await.unwrap();
+    let listed: Vec<_> = replicas
+        .iter()
+        .map(|r| (r.replica_id.as_str(), r.role.as_str(), r.epoch))
+        .collect();
+    assert_eq!(listed, [("a", "standby", 4), ("b", "leader", 4)]);
+    assert!(replicas.iter().all(|r| r.heartbeat_age_ms >= 0));
+}
+
+#[tokio::test]
+async fn issue15_lease_and_fencing_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("ota.db").display());
+    let a = Db::connect(&url, 2).await.unwrap();
+    let b = Db::connect(&url, 2).await.unwrap();
+    lease_rules(&a, &b).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set OTA_TEST_DATABASE_URL"]
+async fn issue15_lease_and_fencing_on_postgres() {
+    let schema = PgSchema::create().await;
+    let a = Db::connect(&schema.url, 4).await.unwrap();
+    let b = Db::connect(&schema.url, 4).await.unwrap();
+    lease_rules(&a, &b).await;
+    a.close().await;
+    b.close().await;
+    schema.drop().await;
+}
+
+/// Replicas racing for a free lease: exactly one takes it. A takeover waits for the batch the
+/// old leader is writing (the fence check locks the lease row until the commit), and every
+/// later batch of the old leader is refused.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set OTA_TEST_DATABASE_URL"]
+async fn issue15_postgres_exactly_one_leads_and_a_takeover_waits_for_the_batch_in_flight() {
+    let schema = PgSchema::create().await;
+    let mut dbs = Vec::new();
+    for _ in 0..4 {
+        dbs.push(Db::connect(&schema.url, 2).await.unwrap());
+    }
+    let attempts = dbs.iter().enumerate().map(|(i, db)| async move {
+        db.acquire_lease(&format!("r{i}"), "http://x", TTL_MS, false)
+            .await
+            .unwrap()
+    });
+    let outcomes = futures_util::future::join_all(attempts).await;
+    let winners: Vec<_> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match o {
+            AcquireOutcome::Acquired { epoch } => Some((i, *epoch)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    let (leader, epoch) = winners[0];
+    assert_eq!(epoch, 1);
+    let leader_id = format!("r{leader}");
+    let other = (leader + 1) % dbs.len();
+
+    // A batch in flight holds the lease row; a forced takeover waits for its commit.
+    let mut batch = dbs[leader].begin().await.unwrap();
+    batch.check_fence(&fence(&leader_id, 1)).await.unwrap();
+    let takeover = {
+        let db = dbs[other].clone();
+        let id = format!("r{other}");
+        tokio::spawn(async move { db.acquire_lease(&id, "http://y", TTL_MS, true).await })
+    };
+    batch.commit().await.unwrap();
+    assert_eq!(
+        takeover.await.unwrap().unwrap(),
+        AcquireOutcome::Acquired { epoch: 2 }
+    );
+    assert!(matches!(
+        may_write(&dbs[leader], &leader_id, 1).await,
+        Err(DbError::Fenced { epoch: 1 })
+    ));
+    for db in dbs {
+        db.close().await;
+    }
+    schema.drop().await;
+}
+
+fn replica(id: &str) -> HaConfig {
+    let mut ha = HaConfig::new();
+    ha.replica_id = Some(id.to_string());
+    ha.lease_ttl_secs = 3;
+    ha
+}
+
+async fn metric(t: &TestServer, name: &str) -> u64 {
+    let text = t
+        .client
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+/// Two replicas on one PostgreSQL schema and one external broker: one leads, the standby
+/// forwards coordinator commands to it with the caller's token, lists both replicas, and
+/// takes over (epoch + 1) when the leader stops.
+#[tokio::test]
+#[ignore = "needs PostgreSQL and Mosquitto: set OTA_TEST_DATABASE_URL and OTA_TEST_MQTT_URL"]
+async fn issue15_two_replicas_one_leads_the_standby_forwards_and_takes_over() {
+    let mqtt_url = std::env::var("OTA_TEST_MQTT_URL").expect("set OTA_TEST_MQTT_URL");
+    let schema = PgSchema::create().await;
+    let prefix = format!("ota-test/ha-{}", std::process::id());
+    let opts = |id: &str| Options {
+        database_url: Some(schema.url.clone()),
+        mqtt_url: Some(mqtt_url.clone()),
+        topic_prefix: Some(prefix.clone()),
+        ha: Some(replica(id)),
+        ..Options::default()
+    };
+    let first = TestServer::start_opts(opts("first")).await;
+    let second = TestServer::start_opts(opts("second")).await;
+    assert_eq!(metric(&first, "ota_coordinator_leader").await, 1);
+    assert_eq!(metric(&second, "ota_coordinator_leader").await, 0);
+    assert_eq!(metric(&first, "ota_coordinator_epoch").await, 1);
+
+    let list: serde_json::Value = second.get_json("/api/v1/replicas").await;
+    assert_eq!(list["answered_by"], "second");
+    assert_eq!(list["lease"]["holder"], "first");
+    assert_eq!(list["lease"]["epoch"], 1);
+    let roles: Vec<_> = list["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["replica_id"].clone(), r["role"].clone()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            (json!("first"), json!("leader")),
+            (json!("second"), json!("standby"))
+        ]
+    );
+
+    // Forwarded with the caller's token: the leader answers (a 404 of its coordinator, not
+    // the standby's 503, nor a 401 of a lost Authorization header).
+    let answer = second
+        .post_as(TOKEN, "/api/v1/rollouts/999/pause", &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
+    let flags = second.get("/api/v1/flags").send().await.unwrap();
+    assert_eq!(flags.status(), reqwest::StatusCode::OK);
+    // Without a token the standby refuses it itself.
+    let anonymous = second
+        .client
+        .get(second.url("/api/v1/flags"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
+
+    // The leader stops (and gives the lease up): the standby takes over with epoch 2.
+    first.server.shutdown().await.unwrap();
+    let mut led = false;
+    for _ in 0..300 {
+        if metric(&second, "ota_coordinator_leader").await == 1 {
+            led = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(led, "the standby never took the lease over");
+    assert_eq!(metric(&second, "ota_coordinator_epoch").await, 2);
+    assert_eq!(metric(&second, "ota_coordinator_failovers_total").await, 1);
+    let answer = second
+        .post_as(TOKEN, "/api/v1/rollouts/999/pause", &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
+    let list: serde_json::Value = second.get_json("/api/v1/replicas").await;
+    assert_eq!(list["lease"]["holder"], "second");
+    let first_row = list["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["replica_id"] == "first")
+        .cloned()
+        .unwrap();
+    assert_eq!(first_row["role"], "stopped");
+    second.server.shutdown().await.unwrap();
+    schema.drop().await;
+}
