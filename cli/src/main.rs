@@ -7,7 +7,8 @@
 //! - [`keys`]: `ota key ...` and loading key files (PKCS#8 / SPKI PEM, openssl-compatible).
 //! - [`release_cmd`]: `ota release sign | verify | show`.
 //! - [`view`]: the serde view `ota release show` prints.
-//! - [`server_cmd`]: `ota server` (the fleet server in the foreground).
+//! - [`server_cmd`]: `ota server` (the fleet server in the foreground); [`status_cmd`]:
+//!   `ota server status` (the replicas and the coordinator lease).
 //! - [`fleet_cmd`]: the fleet server's clients: `ota release publish | list`, `ota devices`,
 //!   `ota rollout`, `ota events`; [`api`] is their REST client (`OTA_SERVER`, `OTA_TOKEN`).
 //! - [`trust_cmd`]: key rotation: `ota key rotate`, `ota trust publish | show`.
@@ -34,6 +35,7 @@ mod keys;
 mod progress;
 mod release_cmd;
 mod server_cmd;
+mod status_cmd;
 mod trust_cmd;
 mod view;
 

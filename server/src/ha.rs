@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::db::{AcquireOutcome, Db, DbError, Fence, LeaseRecord, RenewOutcome};
-use crate::fleet::{Coordination, Fleet, FleetStartError, FleetTask};
+use crate::fleet::{Coordination, Fleet, FleetStartError, FleetTask, Snapshot};
 use crate::lease::{LeaseAction, LeaseMachine, LeaseState, LeaseTiming, Millis, Role};
 use crate::mqtt::LinkSpec;
 use crate::trust::FleetTrust;
@@ -188,6 +188,9 @@ impl Ha {
                 if let Some(task) = self.coordinator.take() {
                     task.stop().await;
                 }
+                // The coordinator's figures (executions, MQTT link) are no longer this
+                // replica's.
+                self.spec.handle.shared().set_snapshot(Snapshot::default());
                 let now = self.now();
                 self.machine.handle_coordinator_stopped(now);
             }
