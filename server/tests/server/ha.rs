@@ -320,3 +320,84 @@ async fn issue15_two_replicas_one_leads_the_standby_forwards_and_takes_over() {
     second.server.shutdown().await.unwrap();
     schema.drop().await;
 }
+
+/// Waits (at most 30 s) until `t` leads (`leader`) or does not.
+async fn until_role(t: &TestServer, leader: bool) {
+    for _ in 0..300 {
+        if t.server.fleet().shared().coordination().leader == leader {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the replica never became leader = {leader}");
+}
+
+/// The leader is cut from the database: it cannot renew, so it stops coordinating by its own
+/// deadline, and the standby takes over with the next epoch. Once the database is back the old
+/// leader stays a standby and forwards commands to the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and Mosquitto: set OTA_TEST_DATABASE_URL and OTA_TEST_MQTT_URL"]
+async fn issue15_a_leader_cut_from_the_database_steps_down_and_the_standby_takes_over() {
+    let mqtt_url = std::env::var("OTA_TEST_MQTT_URL").expect("set OTA_TEST_MQTT_URL");
+    let schema = PgSchema::create().await;
+    let parsed = reqwest::Url::parse(&schema.url).unwrap();
+    let upstream =
+        tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+    let proxy = crate::proxy::Proxy::start(upstream).await;
+    let mut via_proxy = parsed.clone();
+    via_proxy.set_port(Some(proxy.addr().port())).unwrap();
+    via_proxy
+        .set_host(Some(&proxy.addr().ip().to_string()))
+        .unwrap();
+    let prefix = format!("ota-test/ha-cut-{}", std::process::id());
+    let opts = |id: &str, url: String| Options {
+        database_url: Some(url),
+        mqtt_url: Some(mqtt_url.clone()),
+        topic_prefix: Some(prefix.clone()),
+        db_acquire_timeout_secs: Some(1),
+        ha: Some(replica(id)),
+        ..Options::default()
+    };
+    let first = TestServer::start_opts(opts("first", via_proxy.to_string())).await;
+    let second = TestServer::start_opts(opts("second", schema.url.clone())).await;
+    assert!(first.server.fleet().shared().coordination().leader);
+    assert!(!second.server.fleet().shared().coordination().leader);
+
+    proxy.set_down(true);
+    until_role(&first, false).await;
+    until_role(&second, true).await;
+    assert_eq!(second.server.fleet().shared().coordination().epoch, 2);
+    // The old leader's coordinator is stopped: it answers as a standby.
+    let answer = first
+        .post_as(TOKEN, "/api/v1/rollouts/999/pause", &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+
+    proxy.set_down(false);
+    // Back on the database, it learns who leads and forwards to it.
+    let mut forwarded = false;
+    for _ in 0..300 {
+        let answer = first
+            .post_as(TOKEN, "/api/v1/rollouts/999/pause", &json!({}))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == reqwest::StatusCode::NOT_FOUND {
+            forwarded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(forwarded, "the old leader never forwarded to the new one");
+    assert!(!first.server.fleet().shared().coordination().leader);
+    assert!(second.server.fleet().shared().coordination().leader);
+    first.server.shutdown().await.unwrap();
+    second.server.shutdown().await.unwrap();
+    schema.drop().await;
+}
