@@ -1109,6 +1109,39 @@ mod tests {
     }
 
     #[test]
+    fn issue15_ha_section() {
+        let external = "[mqtt]\nurl = \"mqtt://b\"\n[trust]\nkeys=[\"a\"]\n";
+        let c = Config::from_toml(external, Path::new("/")).unwrap();
+        assert!(c.ha.is_none(), "no [ha]: the one-replica server");
+        let c = Config::from_toml(&format!("{external}[ha]\n"), Path::new("/")).unwrap();
+        let ha = c.ha.unwrap();
+        assert_eq!(ha.lease_ttl_secs, DEFAULT_LEASE_TTL_SECS);
+        assert_eq!((ha.replica_id, ha.advertise_url), (None, None));
+        let full = format!(
+            "{external}[ha]\nreplica_id = \"api-1\"\nadvertise_url = \"http://10.0.0.1:8080\"\nlease_ttl_secs = 5\n"
+        );
+        let ha = Config::from_toml(&full, Path::new("/"))
+            .unwrap()
+            .ha
+            .unwrap();
+        assert_eq!(ha.replica_id.as_deref(), Some("api-1"));
+        assert_eq!(ha.lease_ttl_secs, 5);
+        // Replicas need one external broker: the embedded one is refused.
+        let embedded = "[trust]\nkeys=[\"a\"]\n[ha]\n";
+        let e = Config::from_toml(embedded, Path::new("/")).unwrap_err();
+        assert!(e.to_string().contains("external MQTT broker"), "{e}");
+        for bad in [
+            "lease_ttl_secs = 2",
+            "replica_id = \" \"",
+            "advertise_url = \"10.0.0.1:8080\"",
+            "colour = 1",
+        ] {
+            let toml = format!("{external}[ha]\n{bad}\n");
+            assert!(Config::from_toml(&toml, Path::new("/")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn issue7_mqtt_tls_and_credentials_keys() {
         let c = Config::from_toml(
             "[mqtt]\nlisten = \"0.0.0.0:8883\"\ntls_cert = \"tls/broker.crt\"\ntls_key = \"tls/broker.key\"\ntls_client_ca = \"tls/devices-ca.pem\"\ndevice_secret_file = \"mqtt.secret\"\n[trust]\nkeys=[\"a\"]\n",

@@ -65,7 +65,8 @@ const MAX_KEPT_EVENTS: usize = 100_000;
 #[derive(Debug)]
 pub struct FleetTask {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// `None` once the task ended by itself ([`FleetTask::fenced`]).
+    task: Option<JoinHandle<()>>,
     handle: Fleet,
 }
 
@@ -76,13 +77,20 @@ impl FleetTask {
     pub async fn stop(self) {
         self.handle.attach(None);
         self.stop.send_replace(true);
-        let _ = self.task.await;
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
     }
 
-    /// Waits until the coordinator ends by itself: a batch was refused as fenced (another
-    /// replica took the lease), so it stopped without publishing anything of it.
+    /// Waits until the coordinator ends by itself (a batch was refused as fenced: another
+    /// replica took the lease, so it stopped without publishing anything of it), then
+    /// detaches it from its [`Fleet`] handle.
     pub async fn fenced(&mut self) {
-        let _ = (&mut self.task).await;
+        if let Some(task) = &mut self.task {
+            let _ = task.await;
+            self.task = None;
+        }
+        self.handle.attach(None);
     }
 }
 
@@ -131,7 +139,7 @@ pub async fn start(
     handle.attach(Some(cmd_tx));
     Ok(FleetTask {
         stop: stop_tx,
-        task,
+        task: Some(task),
         handle: handle.clone(),
     })
 }
@@ -548,7 +556,7 @@ impl Actor {
             self.drain("server", &mut batch).await;
             let stored = self.commit(batch, tx, &client).await;
             for reply in replies {
-                reply.send(stored);
+                reply.send(stored, self.fenced);
             }
             if self.fenced {
                 tracing::error!(
@@ -2269,28 +2277,33 @@ enum Reply {
 }
 
 impl Reply {
-    fn send(self, stored: bool) {
+    fn send(self, stored: bool, fenced: bool) {
         match self {
             Reply::Tick(tx) => {
                 let _ = tx.send(());
             }
             Reply::View(tx, result) => {
-                let _ = tx.send(stored_or(stored, *result));
+                let _ = tx.send(stored_or(stored, fenced, *result));
             }
             Reply::Flag(tx, result) => {
-                let _ = tx.send(stored_or(stored, *result));
+                let _ = tx.send(stored_or(stored, fenced, *result));
             }
         }
     }
 }
 
-/// `result` if the batch was stored, else [`FleetError::Unavailable`] (nothing was stored
-/// and the coordinator is read-only until the database is back).
-fn stored_or<T>(stored: bool, result: Result<T, FleetError>) -> Result<T, FleetError> {
-    if stored {
-        result
-    } else {
-        Err(FleetError::Unavailable)
+/// `result` if the batch was stored; else nothing was stored: [`FleetError::NotLeader`] if it
+/// was fenced (another replica coordinates now), [`FleetError::Unavailable`] otherwise (the
+/// coordinator is read-only until the database is back).
+fn stored_or<T>(
+    stored: bool,
+    fenced: bool,
+    result: Result<T, FleetError>,
+) -> Result<T, FleetError> {
+    match (stored, fenced) {
+        (true, _) => result,
+        (false, true) => Err(FleetError::NotLeader),
+        (false, false) => Err(FleetError::Unavailable),
     }
 }
 

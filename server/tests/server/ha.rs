@@ -401,3 +401,42 @@ async fn issue15_a_leader_cut_from_the_database_steps_down_and_the_standby_takes
     second.server.shutdown().await.unwrap();
     schema.drop().await;
 }
+
+/// Fencing seen from the coordinator: another replica takes the lease while this one still
+/// believes it leads. Its next batch is refused in its own transaction, nothing of it is stored
+/// (no flag, no flag change), the caller gets 503 `not-leader`, and the coordinator stops.
+#[tokio::test]
+async fn issue15_a_fenced_coordinator_stores_nothing_and_stops() {
+    let t = TestServer::start().await;
+    assert!(t.server.fleet().shared().coordination().leader);
+    let ok = t
+        .post_as(TOKEN, "/api/v1/flags/before/set", &json!({ "on": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), reqwest::StatusCode::OK);
+
+    // Another replica takes the lease over (forced, as a second one-replica server would).
+    let intruder = Db::connect(&t.database_url(), 1).await.unwrap();
+    assert!(matches!(
+        intruder
+            .acquire_lease("intruder", "http://127.0.0.1:9", TTL_MS, true)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 2 }
+    ));
+    let refused = t
+        .post_as(TOKEN, "/api/v1/flags/after/set", &json!({ "on": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["cause"], "not-leader", "{body}");
+    let flags = intruder.load_flag_set().await.unwrap().unwrap();
+    let names: Vec<&str> = flags.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["before"], "the fenced batch stored nothing");
+    until_role(&t, false).await;
+    intruder.close().await;
+    t.server.shutdown().await.unwrap();
+}
