@@ -226,6 +226,14 @@ impl Ha {
             }
         }
         self.heartbeat(self.machine.state().role()).await;
+        // A trust-set rotation accepted by another replica verifies releases here too, and a
+        // new leader checks rollback targets against it.
+        let limit = Duration::from_millis(self.replica.timing.retry_ms);
+        match tokio::time::timeout(limit, self.spec.keys.refresh(&self.spec.db)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cannot read the trust set in force: {e}"),
+            Err(_) => tracing::debug!("reading the trust set in force timed out"),
+        }
     }
 
     async fn renew(&mut self, epoch: i64) {

@@ -8,7 +8,9 @@ use ota_server::config::HaConfig;
 use ota_server::db::{AcquireOutcome, Db, DbError, Fence, RenewOutcome};
 use serde_json::json;
 
-use crate::util::{Options, PgSchema, TOKEN, TestServer};
+use ota_core::release::{TrustUpdate, sign_trust_update};
+
+use crate::util::{Options, PgSchema, TOKEN, TestServer, key};
 
 const TTL_MS: i64 = 60_000;
 
@@ -279,6 +281,29 @@ async fn issue15_two_replicas_one_leads_the_standby_forwards_and_takes_over() {
     assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
     let flags = second.get("/api/v1/flags").send().await.unwrap();
     assert_eq!(flags.status(), reqwest::StatusCode::OK);
+    // A key rotation sent to the standby is forwarded, accepted by the leader, and put in
+    // force on the standby too (it verifies the releases published to it).
+    let keys: Vec<_> = [1u8, 2].iter().map(|&n| key(n).verifying_key()).collect();
+    let rotation = sign_trust_update(&TrustUpdate::new(1, &keys, 1, 0), &[key(1)]);
+    let rotated = second
+        .client
+        .post(second.url("/api/v1/trust"))
+        .bearer_auth(TOKEN)
+        .body(rotation)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), reqwest::StatusCode::OK);
+    assert_eq!(first.server.state().trust().view().sequence, 1);
+    let mut refreshed = false;
+    for _ in 0..100 {
+        if second.server.state().trust().view().sequence == 1 {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refreshed, "the standby never put the rotation in force");
     // Without a token the standby refuses it itself.
     let anonymous = second
         .client
