@@ -465,3 +465,57 @@ async fn issue15_a_fenced_coordinator_stores_nothing_and_stops() {
     intruder.close().await;
     t.server.shutdown().await.unwrap();
 }
+
+/// One replica whose database goes away for longer than its lease: it stops coordinating by
+/// its own deadline, and once the database is back it takes the lease again (epoch 2) and
+/// starts a fresh coordinator that answers commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and Mosquitto: set OTA_TEST_DATABASE_URL and OTA_TEST_MQTT_URL"]
+async fn issue15_a_lone_replica_outlives_an_outage_longer_than_its_lease() {
+    let mqtt_url = std::env::var("OTA_TEST_MQTT_URL").expect("set OTA_TEST_MQTT_URL");
+    let schema = PgSchema::create().await;
+    let parsed = reqwest::Url::parse(&schema.url).unwrap();
+    let upstream =
+        tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+    let proxy = crate::proxy::Proxy::start(upstream).await;
+    let mut via_proxy = parsed.clone();
+    via_proxy.set_port(Some(proxy.addr().port())).unwrap();
+    via_proxy
+        .set_host(Some(&proxy.addr().ip().to_string()))
+        .unwrap();
+    let t = TestServer::start_opts(Options {
+        database_url: Some(via_proxy.to_string()),
+        mqtt_url: Some(mqtt_url),
+        topic_prefix: Some(format!("ota-test/ha-lone-{}", std::process::id())),
+        db_acquire_timeout_secs: Some(1),
+        ha: Some(replica("lone")),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(t.server.fleet().shared().coordination().epoch, 1);
+    proxy.set_down(true);
+    until_role(&t, false).await;
+    proxy.set_down(false);
+    until_role(&t, true).await;
+    assert_eq!(t.server.fleet().shared().coordination().epoch, 2);
+    let mut answered = false;
+    for _ in 0..300 {
+        let answer = t
+            .post_as(TOKEN, "/api/v1/rollouts/999/pause", &json!({}))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == reqwest::StatusCode::NOT_FOUND {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "the fresh coordinator never answered");
+    t.server.shutdown().await.unwrap();
+    schema.drop().await;
+}
