@@ -325,6 +325,16 @@ impl Config {
                      would hold only its own devices (see docs/ha.md)",
                 ));
             }
+            if ha.advertise_url.is_none() && self.http.listen.ip().is_unspecified() {
+                return Err(invalid(
+                    "ha.advertise_url",
+                    format!(
+                        "needed when http.listen is {} (the other replicas cannot reach an \
+                         unspecified address)",
+                        self.http.listen
+                    ),
+                ));
+            }
             if ha.lease_ttl_secs < 3 {
                 return Err(invalid("ha.lease_ttl_secs", "must be at least 3 seconds"));
             }
@@ -1127,6 +1137,9 @@ mod tests {
         assert_eq!(ha.replica_id.as_deref(), Some("api-1"));
         assert_eq!(ha.lease_ttl_secs, 5);
         // Replicas need one external broker: the embedded one is refused.
+        let anywhere = format!("[http]\nlisten = \"0.0.0.0:8080\"\n{external}[ha]\n");
+        let e = Config::from_toml(&anywhere, Path::new("/")).unwrap_err();
+        assert!(e.to_string().contains("ha.advertise_url"), "{e}");
         let embedded = "[trust]\nkeys=[\"a\"]\n[ha]\n";
         let e = Config::from_toml(embedded, Path::new("/")).unwrap_err();
         assert!(e.to_string().contains("external MQTT broker"), "{e}");
