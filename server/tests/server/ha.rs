@@ -519,3 +519,35 @@ async fn issue15_a_lone_replica_outlives_an_outage_longer_than_its_lease() {
     t.server.shutdown().await.unwrap();
     schema.drop().await;
 }
+
+/// Split brain, seen from the devices: the coordinator still believes it leads when another
+/// replica took the lease; the rollout it is asked for is refused by fencing (503
+/// `not-leader`), no rollout or desired state is stored, and no device receives a desired
+/// state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_a_fenced_leader_never_reaches_a_device() {
+    use crate::fleet::{Backend, World};
+    use crate::sim::Behavior;
+    let w = World::start(Backend::Embedded, Options::default()).await;
+    w.add(w.sim_devices(3, |_| Behavior::Succeed)).await;
+    let intruder = Db::connect(&w.t.database_url(), 1).await.unwrap();
+    assert!(matches!(
+        intruder
+            .acquire_lease("intruder", "http://127.0.0.1:9", TTL_MS, true)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 2 }
+    ));
+    let (status, body) = w.create(TOKEN, json!({ "waves": [100] })).await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["cause"], "not-leader", "{body}");
+    until_role(&w.t, false).await;
+    assert!(intruder.list_rollouts().await.unwrap().is_empty());
+    assert!(intruder.list_desired().await.unwrap().is_empty());
+    for n in 0..3 {
+        let device = w.sim.device(&w.id(n)).unwrap();
+        assert!(device.seen.is_empty(), "{}: {:?}", w.id(n), device.seen);
+    }
+    intruder.close().await;
+    w.finish().await;
+}
