@@ -1,4 +1,4 @@
-//! Issue 15: two server replicas on one PostgreSQL database and one broker, real agents, a
+//! Issue 15: two server replicas on one PostgreSQL database and one broker, 20 real agents, a
 //! rollout in waves; the leader is killed (its runtime stops at once, as by `kill -9`: no lease
 //! given up) while a wave bakes. The standby takes the lease over (epoch + 1), resumes the
 //! rollout from the database and completes it; every device installs the release once, and each
@@ -22,7 +22,7 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Mosquitto and PostgreSQL: set OTA_TEST_MQTT_URL and OTA_TEST_DATABASE_URL"]
 async fn issue15_leader_killed_mid_rollout_the_standby_completes_it() {
-    let mut w = World::start(Backend::Services, 10, |_| {}).await;
+    let mut w = World::start(Backend::Services, 20, |_| {}).await;
     let mut ha = HaConfig::new();
     ha.replica_id = Some("standby".into());
     ha.lease_ttl_secs = 3;
