@@ -1,9 +1,9 @@
 //! Forwarding coordinator commands from a standby replica to the leader (issue 15).
 //!
 //! The routes that need the fleet coordinator (rollout commands, flag reads and edits, trust
-//! publication, server labels: see `docs/ha.md`) go through [`to_leader`]: on the leader they
-//! run here; on a standby the request is sent on to the leader's advertised URL with the
-//! caller's own `Authorization` header (a proxy, not a redirect: HTTP clients drop
+//! publication, server labels, release publication: see `docs/ha.md`) go through
+//! [`to_leader`]: on the leader they run here; on a standby the request (its body streamed) is
+//! sent on to the leader's advertised URL with the caller's own `Authorization` header (a proxy, not a redirect: HTTP clients drop
 //! `Authorization` on a redirect to another origin), and the leader's answer comes back as is.
 //! A standby that knows no live leader answers 503 `not-leader`; one that cannot reach it,
 //! 503 `leader-unreachable` naming it. A forwarded request is never forwarded again.
@@ -20,14 +20,15 @@ use super::{ApiError, AppState};
 
 /// Marks a request a standby forwarded (the leader never forwards it again).
 const FORWARDED: HeaderName = HeaderName::from_static("x-ota-forwarded-by");
-/// The largest body forwarded (a trust-set update, a rollout spec, a flag edit).
-const MAX_FORWARD_BODY: usize = 1 << 20;
-/// How long the leader may take to answer a forwarded request.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting to the leader may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest silence of the leader while it answers (an upload itself may take longer).
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 static CLIENT: LazyLock<Result<reqwest::Client, String>> = LazyLock::new(|| {
     reqwest::Client::builder()
-        .timeout(FORWARD_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| e.to_string())
@@ -86,9 +87,8 @@ async fn forward(leader: &str, replica: &str, request: Request) -> Result<Respon
         .path_and_query()
         .map_or_else(|| uri.path(), |p| p.as_str());
     let url = format!("{}{path}", leader.trim_end_matches('/'));
-    let body = axum::body::to_bytes(body, MAX_FORWARD_BODY)
-        .await
-        .map_err(|e| format!("cannot read the request body: {e}"))?;
+    // Streamed: a release upload is as large as its artifact.
+    let body = reqwest::Body::wrap_stream(body.into_data_stream());
     let mut out = client
         .request(parts.method.clone(), &url)
         .header(&FORWARDED, replica)

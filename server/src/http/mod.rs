@@ -163,6 +163,7 @@ pub fn router(state: AppState, https: bool) -> Router {
             // Uploads are bounded by the signed size, not by a body limit.
             post(releases::publish)
                 .layer(DefaultBodyLimit::disable())
+                .layer(leader())
                 .get(releases::list),
         )
         .route("/releases/{digest}", get(releases::get))

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use ota_core::release::{TrustUpdate, sign_trust_update};
 
-use crate::util::{Options, PgSchema, TOKEN, TestServer, key};
+use crate::util::{Options, PgSchema, TOKEN, TestServer, artifact, key, release};
 
 const TTL_MS: i64 = 60_000;
 
@@ -281,6 +281,12 @@ async fn issue15_two_replicas_one_leads_the_standby_forwards_and_takes_over() {
     assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
     let flags = second.get("/api/v1/flags").send().await.unwrap();
     assert_eq!(flags.status(), reqwest::StatusCode::OK);
+    // A release published to the standby is streamed to the leader, which stores it.
+    let art = artifact(64 * 1024, 9);
+    let published = second.publish(release("9.9.9", &art, &[1]), art).await;
+    assert_eq!(published.status(), reqwest::StatusCode::CREATED);
+    let listed: serde_json::Value = first.get_json("/api/v1/releases").await;
+    assert_eq!(listed["releases"][0]["version"], "9.9.9", "{listed}");
     // A key rotation sent to the standby is forwarded, accepted by the leader, and put in
     // force on the standby too (it verifies the releases published to it).
     let keys: Vec<_> = [1u8, 2].iter().map(|&n| key(n).verifying_key()).collect();
