@@ -7,6 +7,7 @@
 //! | 2 | usage, input/output or key-file problem: nothing could be decided |
 //! | 3 | the fleet server is unreachable or failed (5xx); `ota demo` could not run its fleet |
 //! | 4 | `ota rollout status --watch`: the watched rollout ended aborted (a completed one is 0) |
+//! | 5 | `ota server status`: no replica holds a live coordinator lease (printed all the same) |
 //!
 //! A fleet server's refusal of a request (4xx: unknown release, bad filter, conflict, no
 //! token, a role that does not grant the request, ...) is status 1, like a refused release,
@@ -26,6 +27,8 @@ pub(crate) const EXIT_USAGE: u8 = 2;
 pub(crate) const EXIT_SERVER: u8 = 3;
 /// Exit status when a watched rollout ended without completing.
 pub(crate) const EXIT_ROLLOUT_ABORTED: u8 = 4;
+/// Exit status of `ota server status` when no replica holds a live coordinator lease.
+pub(crate) const EXIT_NO_LEADER: u8 = 5;
 
 /// Everything the `key` and `release` commands can fail with. Each variant displays as one line;
 /// the underlying cause, if any, is its [`std::error::Error::source`].
@@ -136,6 +139,12 @@ pub(crate) enum CliError {
     /// `ota demo` ran, but a step did not behave as described.
     #[error("demo: {0}")]
     DemoDiffered(String),
+    /// `ota server status`: no replica holds a live coordinator lease.
+    #[error("no replica coordinates: the coordinator lease (epoch {epoch}) has no live holder")]
+    NoLeader {
+        /// The lease's epoch.
+        epoch: i64,
+    },
 }
 
 impl CliError {
@@ -150,6 +159,7 @@ impl CliError {
                 EXIT_SERVER
             }
             CliError::RolloutAborted { .. } => EXIT_ROLLOUT_ABORTED,
+            CliError::NoLeader { .. } => EXIT_NO_LEADER,
             _ => EXIT_USAGE,
         }
     }

@@ -7,7 +7,8 @@
 //! - [`keys`]: `ota key ...` and loading key files (PKCS#8 / SPKI PEM, openssl-compatible).
 //! - [`release_cmd`]: `ota release sign | verify | show`.
 //! - [`view`]: the serde view `ota release show` prints.
-//! - [`server_cmd`]: `ota server` (the fleet server in the foreground).
+//! - [`server_cmd`]: `ota server` (the fleet server in the foreground); [`status_cmd`]:
+//!   `ota server status` (the replicas and the coordinator lease).
 //! - The fleet server's clients, one module per command group: [`devices_cmd`] (`ota devices`),
 //!   [`rollout_cmd`] (`ota rollout`), [`flag_cmd`] (`ota flag`), [`events_cmd`] (`ota events`)
 //!   and `release_cmd::publish` (`ota release publish | list`); [`api`] is their REST client
@@ -41,6 +42,7 @@ mod progress;
 mod release_cmd;
 mod rollout_cmd;
 mod server_cmd;
+mod status_cmd;
 mod trust_cmd;
 mod values;
 mod view;

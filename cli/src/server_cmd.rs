@@ -1,6 +1,6 @@
 //! `ota server`: run the fleet server in the foreground until Ctrl-C / SIGTERM;
 //! `ota server device-credential`: print a device's MQTT password (embedded broker, or an
-//! external broker's password file).
+//! external broker's password file); `ota server status` (`status_cmd.rs`): the replicas.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +67,9 @@ enum ServerCommand {
     /// is created if missing), for the embedded broker or an external broker's password file
     /// (mosquitto_passwd). The device logs in with username = its device id and this password.
     DeviceCredential(CredentialArgs),
+    /// List the replicas sharing the server's database (role, epoch, last heartbeat) and who
+    /// holds the coordinator lease (docs/ha.md).
+    Status(crate::status_cmd::StatusArgs),
 }
 
 /// Arguments of `ota server device-credential`.
@@ -98,8 +101,10 @@ fn device_credential(args: &CredentialArgs) -> Result<(), CliError> {
 
 /// `ota server`.
 pub(crate) fn run(args: ServerArgs) -> Result<(), CliError> {
-    if let Some(ServerCommand::DeviceCredential(cred)) = &args.command {
-        return device_credential(cred);
+    match &args.command {
+        Some(ServerCommand::DeviceCredential(cred)) => return device_credential(cred),
+        Some(ServerCommand::Status(status)) => return crate::status_cmd::run(status),
+        None => {}
     }
     let mut config = load(&args)?;
     if let Some(url) = &args.mqtt {

@@ -1120,3 +1120,30 @@ fn issue12_demo_interrupted_by_ctrl_c_leaves_no_directory() {
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Issue 15: `ota server status` lists the replicas and the lease; the one-replica server
+/// leads with epoch 1. A server that is gone is exit 3.
+#[test]
+fn issue15_server_status_lists_the_replica_and_the_lease() {
+    let dir = Dir::new();
+    dir.keygen("fleet");
+    let server = dir.start_server(&["fleet.pub"]);
+    let base = server.base.clone();
+    let env = [("OTA_SERVER", base.as_str()), ("OTA_TOKEN", TOKEN)];
+    let out = dir.ota_env(&["server", "status"], &env);
+    let text = out.ok().to_owned();
+    assert!(text.starts_with("REPLICA "), "{text}");
+    assert!(text.contains("leader"), "{text}");
+    assert!(text.contains("lease: epoch 1, held by "), "{text}");
+    let json = dir.ota_env(&["server", "status", "--json"], &env);
+    let v: serde_json::Value = serde_json::from_str(json.ok()).unwrap();
+    assert_eq!(v["lease"]["epoch"], 1);
+    assert_eq!(v["replicas"][0]["role"], "leader");
+    let help = dir.ota(&["server", "status", "--help"]).ok().to_owned();
+    assert!(
+        help.contains("Exit status: 0 a replica holds a live lease; 5"),
+        "{help}"
+    );
+    drop(server);
+    dir.ota_env(&["server", "status"], &env).fails(3);
+}

@@ -24,7 +24,7 @@ use ota_core::wire::{DeviceId, Topics};
 use ota_server::broker::credentials::DeviceSecret;
 use ota_server::clock::Clock;
 use ota_server::config::{
-    BrokerSecurity, Config, MqttBroker, MqttConfig, OperatorConfig, Role, TrustConfig,
+    BrokerSecurity, Config, HaConfig, MqttBroker, MqttConfig, OperatorConfig, Role, TrustConfig,
 };
 use ota_server::{RunningServer, Server};
 use serde_json::Value;
@@ -139,6 +139,8 @@ pub struct Lab {
     config: Config,
     server: Option<RunningServer>,
     runtime: ServerRuntime,
+    /// A second server replica and its runtime ([`Lab::start_replica`]).
+    replica: Option<(ServerRuntime, RunningServer)>,
     api: Api,
     id_prefix: String,
     devices: Vec<Device>,
@@ -204,6 +206,7 @@ impl Lab {
             config,
             server: Some(server),
             runtime,
+            replica: None,
             api,
             id_prefix: opts.id_prefix.clone(),
             devices: Vec::new(),
@@ -351,10 +354,52 @@ impl Lab {
         Ok(())
     }
 
-    /// Stops every agent and the server.
+    /// Starts a second replica of the server with `[ha]` = `ha` (docs/ha.md) on the lab's
+    /// database, broker, data directory and public URL, on a runtime of its own: a standby
+    /// while the lab's server holds the coordinator lease. Needs an external broker.
+    pub async fn start_replica(&mut self, ha: HaConfig) -> Result<&RunningServer, LabError> {
+        let mut config = self.config.clone();
+        config.http.listen = ([127, 0, 0, 1], 0).into();
+        config.ha = Some(ha);
+        let runtime = ServerRuntime::new()?;
+        let server = runtime.start(config).await?;
+        Ok(&self.replica.insert((runtime, server)).1)
+    }
+
+    /// The replica [`Lab::start_replica`] started, while it is not the lab's server.
+    pub fn replica(&self) -> Option<&RunningServer> {
+        self.replica.as_ref().map(|(_, server)| server)
+    }
+
+    /// Kills the lab's server as `kill -9` would: its runtime stops at once, its connections
+    /// are cut and nothing is given up (its coordinator lease expires on its own). The
+    /// replica, if one runs, becomes the lab's server: [`Lab::api`] talks to it from now on.
+    pub fn crash_server(&mut self) -> Result<(), LabError> {
+        if let Some(rt) = self.runtime.0.take() {
+            rt.shutdown_background();
+        }
+        drop(self.server.take());
+        match self.replica.take() {
+            Some((runtime, server)) => {
+                self.api = Api::new(server.base_url(), OPERATOR.1);
+                self.runtime = runtime;
+                self.server = Some(server);
+            }
+            None => self.runtime = ServerRuntime::new()?,
+        }
+        Ok(())
+    }
+
+    /// Stops every agent, the replica and the server.
     pub async fn shutdown(&mut self) -> Result<(), LabError> {
         for device in &mut self.devices {
             device.stop().await?;
+        }
+        if let Some((_runtime, server)) = self.replica.take() {
+            server
+                .shutdown()
+                .await
+                .map_err(|e| LabError::Server(e.to_string()))?;
         }
         if let Some(server) = self.server.take() {
             server

@@ -114,6 +114,51 @@ pub struct Config {
     /// budgets ([`crate::limits`]).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// High availability: several replicas on one PostgreSQL database (`docs/ha.md`). Without
+    /// it the server is the only replica and takes the coordinator lease at start.
+    #[serde(default)]
+    pub ha: Option<HaConfig>,
+}
+
+/// Default `[ha] lease_ttl_secs`.
+pub const DEFAULT_LEASE_TTL_SECS: u64 = 10;
+
+fn default_lease_ttl() -> u64 {
+    DEFAULT_LEASE_TTL_SECS
+}
+
+/// `[ha]`: this replica of a server that runs as several (`docs/ha.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HaConfig {
+    /// This replica's id, unique among the replicas (default: the host name and process id).
+    #[serde(default)]
+    pub replica_id: Option<String>,
+    /// The URL the other replicas forward coordinator commands to (default: `http.public_url`,
+    /// else the bound address).
+    #[serde(default)]
+    pub advertise_url: Option<String>,
+    /// How long the coordinator lease lasts without renewal, seconds (renewed every third).
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_secs: u64,
+}
+
+impl HaConfig {
+    /// `[ha]` with every default.
+    pub fn new() -> Self {
+        HaConfig {
+            replica_id: None,
+            advertise_url: None,
+            lease_ttl_secs: DEFAULT_LEASE_TTL_SECS,
+        }
+    }
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A TOML error as "line N, column M: message", without the quoted source line that the
@@ -163,6 +208,7 @@ impl Config {
             operators: Vec::new(),
             webhooks: Vec::new(),
             limits: LimitsConfig::default(),
+            ha: None,
         }
     }
 
@@ -271,6 +317,43 @@ impl Config {
             }
         }
         self.limits.validate()?;
+        if let Some(ha) = &self.ha {
+            if matches!(self.mqtt.broker, MqttBroker::Embedded { .. }) {
+                return Err(invalid(
+                    "ha",
+                    "replicas need an external MQTT broker (mqtt.url): each embedded broker \
+                     would hold only its own devices (see docs/ha.md)",
+                ));
+            }
+            if ha.advertise_url.is_none() && self.http.listen.ip().is_unspecified() {
+                return Err(invalid(
+                    "ha.advertise_url",
+                    format!(
+                        "needed when http.listen is {} (the other replicas cannot reach an \
+                         unspecified address)",
+                        self.http.listen
+                    ),
+                ));
+            }
+            if ha.lease_ttl_secs < 3 {
+                return Err(invalid("ha.lease_ttl_secs", "must be at least 3 seconds"));
+            }
+            if ha
+                .replica_id
+                .as_deref()
+                .is_some_and(|id| id.trim().is_empty())
+            {
+                return Err(invalid("ha.replica_id", "is empty"));
+            }
+            if let Some(url) = &ha.advertise_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    "ha.advertise_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
         for hook in &self.webhooks {
             if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
                 return Err(invalid(
@@ -1033,6 +1116,42 @@ mod tests {
         assert!(MqttConfig::external("mqtt://x:99999").is_err());
         let both = "[mqtt]\nurl = \"mqtt://b\"\nlisten = \"127.0.0.1:0\"\n[trust]\nkeys=[\"a\"]\n";
         assert!(Config::from_toml(both, Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn issue15_ha_section() {
+        let external = "[mqtt]\nurl = \"mqtt://b\"\n[trust]\nkeys=[\"a\"]\n";
+        let c = Config::from_toml(external, Path::new("/")).unwrap();
+        assert!(c.ha.is_none(), "no [ha]: the one-replica server");
+        let c = Config::from_toml(&format!("{external}[ha]\n"), Path::new("/")).unwrap();
+        let ha = c.ha.unwrap();
+        assert_eq!(ha.lease_ttl_secs, DEFAULT_LEASE_TTL_SECS);
+        assert_eq!((ha.replica_id, ha.advertise_url), (None, None));
+        let full = format!(
+            "{external}[ha]\nreplica_id = \"api-1\"\nadvertise_url = \"http://10.0.0.1:8080\"\nlease_ttl_secs = 5\n"
+        );
+        let ha = Config::from_toml(&full, Path::new("/"))
+            .unwrap()
+            .ha
+            .unwrap();
+        assert_eq!(ha.replica_id.as_deref(), Some("api-1"));
+        assert_eq!(ha.lease_ttl_secs, 5);
+        // Replicas need one external broker: the embedded one is refused.
+        let anywhere = format!("[http]\nlisten = \"0.0.0.0:8080\"\n{external}[ha]\n");
+        let e = Config::from_toml(&anywhere, Path::new("/")).unwrap_err();
+        assert!(e.to_string().contains("ha.advertise_url"), "{e}");
+        let embedded = "[trust]\nkeys=[\"a\"]\n[ha]\n";
+        let e = Config::from_toml(embedded, Path::new("/")).unwrap_err();
+        assert!(e.to_string().contains("external MQTT broker"), "{e}");
+        for bad in [
+            "lease_ttl_secs = 2",
+            "replica_id = \" \"",
+            "advertise_url = \"10.0.0.1:8080\"",
+            "colour = 1",
+        ] {
+            let toml = format!("{external}[ha]\n{bad}\n");
+            assert!(Config::from_toml(&toml, Path::new("/")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -24,6 +24,8 @@
 //! | `flag_changes` | identity | the flag audit trail (CBOR `FlagChange`: who, when, old → new) |
 //! | `trust_updates` | sequence | every accepted signed trust-set update (key rotation); the newest is in force |
 //! | `transfers` | device id, generation | what each download cost (fetched vs full bytes), first report only |
+//! | `coordinator_lease` | `1` | the coordinator lease: holder, fencing epoch, URL, expiry (database clock); see `lease.rs` |
+//! | `replicas` | replica id | every replica's role, epoch, URL and last heartbeat |
 //!
 //! Reads of the whole registry that must stay fast at 100,000 devices have their own modules:
 //! [`Db::device_page`] (one page of the filtered, sorted list, `device_page.rs`) and
@@ -52,6 +54,9 @@ use sqlx::AnyConnection;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
+
+mod lease;
+pub use lease::{AcquireOutcome, Fence, LeaseRecord, RenewOutcome, ReplicaRecord};
 
 /// The embedded migrations: (version, description, SQLite SQL, PostgreSQL SQL).
 const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
@@ -84,6 +89,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "transfers",
         include_str!("../migrations/0005_transfers.sql"),
         include_str!("../migrations-postgres/0005_transfers.sql"),
+    ),
+    (
+        6,
+        "ha",
+        include_str!("../migrations/0006_ha.sql"),
+        include_str!("../migrations-postgres/0006_ha.sql"),
     ),
 ];
 
@@ -135,6 +146,13 @@ pub enum DbError {
     /// A stored value cannot be decoded (bad JSON or digest in a row).
     #[error("corrupt database row: {0}")]
     Corrupt(String),
+    /// Fencing: another replica took the coordinator lease since `epoch` (see
+    /// [`DbTx::check_fence`]); nothing of the transaction was written.
+    #[error("fenced: another replica took the coordinator lease after epoch {epoch}")]
+    Fenced {
+        /// The epoch this replica held.
+        epoch: i64,
+    },
 }
 
 impl DbError {

@@ -26,6 +26,11 @@
 //!   client certificates) of the MQTT side and the HTTPS listener, shared with the agent.
 //! - [`fleet`]: the coordinator: device registry from MQTT, the rollout engine around
 //!   core's planner, desired states, drift, batching and persistence.
+//! - [`lease`]: who coordinates among several replicas (issue 15, `docs/ha.md`): the
+//!   coordinator lease's decisions as a pure machine; `ha` is the task that runs it against the
+//!   database (`db::Db::acquire_lease`, the fencing check in every coordinator batch) and
+//!   starts or stops the coordinator; `http`'s `forward` sends a standby's coordinator commands
+//!   to the leader.
 //! - [`https`]: the optional HTTPS of the API and artifacts (`[http] tls_cert`, `tls_key`).
 //! - [`trust`]: key rotation: the trust set in force, verified signed trust-set updates.
 //! - [`webhook`]: delivery of audit events to webhook URLs, with retries, never blocking.
@@ -51,8 +56,10 @@ mod console;
 pub mod db;
 pub mod event_kinds;
 pub mod fleet;
+mod ha;
 pub mod http;
 pub mod https;
+pub mod lease;
 pub mod limits;
 pub mod mqtt;
 mod server;

@@ -14,8 +14,10 @@ use crate::config::{
     BrokerSecurity, ClientSecurity, Config, ConfigError, LimitsConfig, MqttBroker,
 };
 use crate::db::{Db, DbError, redact_url};
-use crate::fleet::{FleetStartError, FleetTask, Shared};
+use crate::fleet::{Fleet, FleetStartError, Shared};
+use crate::ha::{CoordinatorSpec, HaTask, ReplicaSpec};
 use crate::http::{self, AppState};
+use crate::lease::LeaseTiming;
 use crate::limits::{Caps, FdLimit, fit_to_fd_limit};
 use crate::mqtt::{LinkSpec, MqttEndpoint};
 use crate::store::{ArtifactStore, StoreError};
@@ -172,9 +174,6 @@ impl Server {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("{scheme}://{http_addr}"));
-        // The broker's sessions are gone or stale: presence comes back with the devices'
-        // (retained) status messages.
-        db.set_all_offline().await?;
         let webhooks = if config.webhooks.is_empty() {
             Vec::new()
         } else {
@@ -187,13 +186,31 @@ impl Server {
             topics,
             device_budget: config.limits.device_budget(),
         };
-        let (fleet, fleet_task) = crate::fleet::start(
-            db.clone(),
-            clock.clone(),
-            &link,
-            public_url.clone(),
-            shared,
-            trust.clone(),
+        let fleet = Fleet::detached(shared);
+        let ha = config.ha.clone().unwrap_or_default();
+        let replica = ReplicaSpec {
+            id: ha
+                .replica_id
+                .clone()
+                .unwrap_or_else(crate::ha::default_replica_id),
+            url: ha
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{http_addr}")),
+            timing: LeaseTiming::from_ttl_secs(ha.lease_ttl_secs),
+            force_first: config.ha.is_none(),
+        };
+        let replica_id = replica.id.clone();
+        let ha_task = crate::ha::start(
+            CoordinatorSpec {
+                handle: fleet.clone(),
+                db: db.clone(),
+                clock: clock.clone(),
+                link: link.clone(),
+                public_url: public_url.clone(),
+                keys: trust.clone(),
+            },
+            replica,
         )
         .await?;
 
@@ -209,6 +226,8 @@ impl Server {
             }),
             database = %redact_url(&database_url),
             store = store.describe(),
+            replica = %replica_id,
+            leader = fleet.shared().coordination().leader,
             keys = trust.view().keys.len(),
             threshold = trust.view().threshold,
             trust_sequence = trust.view().sequence,
@@ -237,7 +256,7 @@ impl Server {
             public_url,
             state,
             broker,
-            fleet_task: Some(fleet_task),
+            ha_task: Some(ha_task),
             webhooks,
             stop: ShutdownHandle(Arc::new(stop_tx)),
             task,
@@ -264,7 +283,7 @@ pub struct RunningServer {
     public_url: String,
     state: AppState,
     broker: Option<EmbeddedBroker>,
-    fleet_task: Option<FleetTask>,
+    ha_task: Option<HaTask>,
     webhooks: Vec<JoinHandle<()>>,
     stop: ShutdownHandle,
     task: JoinHandle<std::io::Result<()>>,
@@ -353,8 +372,8 @@ impl RunningServer {
     }
 
     async fn stop_background(&mut self) {
-        if let Some(fleet) = self.fleet_task.take() {
-            fleet.stop().await;
+        if let Some(ha) = self.ha_task.take() {
+            ha.stop().await;
         }
         for hook in self.webhooks.drain(..) {
             hook.abort();

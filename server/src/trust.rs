@@ -159,4 +159,27 @@ impl FleetTrust {
         }
         Ok(self.view())
     }
+
+    /// Puts in force the newest update in `db` if it is newer than the one in force: another
+    /// replica accepted it (issue 15, `docs/ha.md`; standbys refresh at every lease attempt).
+    pub async fn refresh(&self, db: &Db) -> Result<(), TrustError> {
+        let _one_at_a_time = self.rotating.lock().await;
+        let Some(bytes) = db.latest_trust_update().await? else {
+            return Ok(());
+        };
+        if self.read(|c| c.payload.as_deref() == Some(bytes.as_slice())) {
+            return Ok(());
+        }
+        let state = TrustState::from_record(&bytes).map_err(TrustError::Corrupt)?;
+        if state.sequence() <= self.read(|c| c.state.sequence()) {
+            return Ok(());
+        }
+        let mut guard = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.state = state;
+        guard.payload = Some(bytes);
+        Ok(())
+    }
 }

@@ -32,6 +32,8 @@ mod delta;
 mod flags;
 #[path = "server/fleet.rs"]
 mod fleet;
+#[path = "server/ha.rs"]
+mod ha;
 #[path = "server/https.rs"]
 mod https;
 #[path = "server/limits.rs"]

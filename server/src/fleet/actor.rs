@@ -33,7 +33,7 @@ use super::{
 };
 use crate::clock::Clock;
 use crate::db::{
-    Db, DbError, DbTx, DesiredRecord, DeviceRecord, DeviceReport, NewEvent, NewRollout,
+    Db, DbError, DbTx, DesiredRecord, DeviceRecord, DeviceReport, Fence, NewEvent, NewRollout,
     ReleaseRecord, RolloutRecord, TransferRecord,
 };
 use crate::mqtt::{INBOUND_QUEUE, Inbound, LinkSpec, MqttLink};
@@ -65,33 +65,56 @@ const MAX_KEPT_EVENTS: usize = 100_000;
 #[derive(Debug)]
 pub struct FleetTask {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// `None` once the task ended by itself ([`FleetTask::fenced`]).
+    task: Option<JoinHandle<()>>,
+    handle: Fleet,
 }
 
 impl FleetTask {
-    /// Finishes the batch in hand, disconnects from the broker and ends the task.
+    /// Detaches the coordinator from its [`Fleet`] handle (commands now answer
+    /// [`FleetError::NotLeader`]), finishes the batch in hand, disconnects from the broker and
+    /// ends the task.
     pub async fn stop(self) {
+        self.handle.attach(None);
         self.stop.send_replace(true);
-        let _ = self.task.await;
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the coordinator ends by itself (a batch was refused as fenced: another
+    /// replica took the lease, so it stopped without publishing anything of it), then
+    /// detaches it from its [`Fleet`] handle.
+    pub async fn fenced(&mut self) {
+        if let Some(task) = &mut self.task {
+            let _ = task.await;
+            self.task = None;
+        }
+        self.handle.attach(None);
     }
 }
 
-/// Loads the registry and every unfinished rollout from `db`, connects to the broker of
+/// Attaches to `handle` a coordinator that loads the registry and every unfinished rollout from
+/// `db`, connects to the broker of
 /// `mqtt` (topics in its namespace, every device's messages against its budget) and starts the
 /// coordinator (counters and snapshots go to `shared`; rollback targets are checked against
 /// the trust set in force, `keys`). Returns once the broker acknowledged the subscriptions (or
-/// fails after 15 s).
+/// fails after 15 s). Every batch it writes first checks `fence` in its transaction
+/// ([`DbTx::check_fence`]): once another replica took the lease the coordinator stops, and
+/// publishes nothing of the refused batch.
 pub async fn start(
+    handle: &Fleet,
     db: Db,
     clock: Clock,
     mqtt: &LinkSpec,
     public_url: String,
-    shared: Arc<Shared>,
     keys: FleetTrust,
-) -> Result<(Fleet, FleetTask), FleetStartError> {
+    fence: Fence,
+) -> Result<FleetTask, FleetStartError> {
+    let shared = handle.shared.clone();
     let stored = Stored::load(&db, clock.timestamp()).await?;
     let topics = mqtt.topics.clone();
-    let mut actor = Actor::new(db, clock, topics, public_url, shared.clone(), keys);
+    let mut actor = Actor::new(db, clock, topics, public_url, shared.clone(), keys, fence);
     actor.apply(stored);
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
     // Random, so two servers (or two runs) never share a client id on one broker.
@@ -103,19 +126,20 @@ pub async fn start(
     let (ready_tx, mut ready_rx) = watch::channel(false);
     let client = link.client().clone();
     let task = tokio::spawn(actor.run(client, link, in_rx, cmd_rx, stop_rx, ready_tx));
-    let ready = tokio::time::timeout(READY_TIMEOUT, ready_rx.wait_for(|r| *r)).await;
-    if !matches!(ready, Ok(Ok(_))) {
+    let ready = tokio::time::timeout(READY_TIMEOUT, ready_rx.wait_for(|r| *r))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !ready {
         stop_tx.send_replace(true);
         let _ = task.await;
         return Err(FleetStartError::Broker(mqtt.endpoint.to_string()));
     }
-    Ok((
-        Fleet { tx: cmd_tx, shared },
-        FleetTask {
-            stop: stop_tx,
-            task,
-        },
-    ))
+    handle.attach(Some(cmd_tx));
+    Ok(FleetTask {
+        stop: stop_tx,
+        task: Some(task),
+        handle: handle.clone(),
+    })
 }
 
 /// Why the coordinator could not start.
@@ -346,6 +370,10 @@ struct Actor {
     read_failed: bool,
     /// The trust set in force: rollback targets it does not verify are refused by devices.
     keys: FleetTrust,
+    /// The lease this coordinator writes under (checked in every batch's transaction).
+    fence: Fence,
+    /// A batch was refused as fenced: the coordinator stops.
+    fenced: bool,
 }
 
 fn is_active(state: &RolloutState) -> bool {
@@ -363,6 +391,7 @@ impl Actor {
         public_url: String,
         shared: Arc<Shared>,
         keys: FleetTrust,
+        fence: Fence,
     ) -> Self {
         Actor {
             db,
@@ -387,6 +416,8 @@ impl Actor {
             degraded: None,
             read_failed: false,
             keys,
+            fence,
+            fenced: false,
             clock,
         }
     }
@@ -523,7 +554,14 @@ impl Actor {
             self.drain("server", &mut batch).await;
             let stored = self.commit(batch, tx, &client).await;
             for reply in replies {
-                reply.send(stored);
+                reply.send(stored, self.fenced);
+            }
+            if self.fenced {
+                tracing::error!(
+                    epoch = self.fence.epoch,
+                    "fenced: another replica took the coordinator lease; this one stops coordinating"
+                );
+                break;
             }
             self.update_snapshot();
         }
@@ -1356,6 +1394,7 @@ impl Actor {
             if let Err(e) = &result
                 && isolable
                 && !e.is_unavailable()
+                && !matches!(e, DbError::Fenced { .. })
             {
                 tracing::warn!("cannot store a batch ({e}): storing its device reports one by one");
                 result = self.write(&batch, None, true).await;
@@ -1373,6 +1412,11 @@ impl Actor {
                     for (topic, payload) in publish {
                         self.publish(client, topic, payload, true).await;
                     }
+                }
+                Err(DbError::Fenced { .. }) => {
+                    // Nothing of the batch was stored: publish nothing, not even acks.
+                    self.fenced = true;
+                    return false;
                 }
                 Err(e) => {
                     stored = false;
@@ -1416,6 +1460,8 @@ impl Actor {
             Some(tx) => tx,
             None => self.db.begin().await?,
         };
+        // First: the lease row stays locked (PostgreSQL) until the commit.
+        tx.check_fence(&self.fence).await?;
         let mut dropped = Vec::new();
         for (id, report) in &batch.reports {
             let m = self.devices.get(id).cloned().unwrap_or_default();
@@ -2229,28 +2275,33 @@ enum Reply {
 }
 
 impl Reply {
-    fn send(self, stored: bool) {
+    fn send(self, stored: bool, fenced: bool) {
         match self {
             Reply::Tick(tx) => {
                 let _ = tx.send(());
             }
             Reply::View(tx, result) => {
-                let _ = tx.send(stored_or(stored, *result));
+                let _ = tx.send(stored_or(stored, fenced, *result));
             }
             Reply::Flag(tx, result) => {
-                let _ = tx.send(stored_or(stored, *result));
+                let _ = tx.send(stored_or(stored, fenced, *result));
             }
         }
     }
 }
 
-/// `result` if the batch was stored, else [`FleetError::Unavailable`] (nothing was stored
-/// and the coordinator is read-only until the database is back).
-fn stored_or<T>(stored: bool, result: Result<T, FleetError>) -> Result<T, FleetError> {
-    if stored {
-        result
-    } else {
-        Err(FleetError::Unavailable)
+/// `result` if the batch was stored; else nothing was stored: [`FleetError::NotLeader`] if it
+/// was fenced (another replica coordinates now), [`FleetError::Unavailable`] otherwise (the
+/// coordinator is read-only until the database is back).
+fn stored_or<T>(
+    stored: bool,
+    fenced: bool,
+    result: Result<T, FleetError>,
+) -> Result<T, FleetError> {
+    match (stored, fenced) {
+        (true, _) => result,
+        (false, true) => Err(FleetError::NotLeader),
+        (false, false) => Err(FleetError::Unavailable),
     }
 }
 

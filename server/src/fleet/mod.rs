@@ -153,6 +153,10 @@ pub enum FleetError {
     /// The coordinator is not running (the server is stopping).
     #[error("the fleet coordinator is not running")]
     Stopped,
+    /// This replica does not coordinate (another one holds the lease, or none does yet): the
+    /// HTTP layer forwards such commands to the leader (see `docs/ha.md`).
+    #[error("this replica is a standby: the fleet coordinator runs on the leader")]
+    NotLeader,
     /// The database is unavailable: the coordinator is read-only until it answers again, and
     /// nothing was changed.
     #[error(
@@ -339,15 +343,47 @@ pub struct Snapshot {
     pub db_unavailable: bool,
 }
 
+/// This replica's part in coordination (issue 15), kept by the lease task (`ha.rs`) for
+/// `/metrics`, status and forwarding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Coordination {
+    /// This replica's id.
+    pub replica_id: String,
+    /// Whether this replica holds the lease and runs the coordinator.
+    pub leader: bool,
+    /// The epoch it leads with, or the last one it saw.
+    pub epoch: i64,
+    /// The replica holding the lease and its advertised URL, when known (this one too).
+    pub leader_url: Option<String>,
+    /// Times this replica took the lease over (not counting its first attempt at start).
+    pub failovers: u64,
+}
+
 /// State shared between the coordinator and the HTTP handlers.
 #[derive(Debug, Default)]
 pub struct Shared {
     /// The counters.
     pub counters: Counters,
     snapshot: std::sync::RwLock<Snapshot>,
+    coordination: std::sync::RwLock<Coordination>,
 }
 
 impl Shared {
+    /// This replica's part in coordination.
+    pub fn coordination(&self) -> Coordination {
+        self.coordination
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_coordination(&self, c: Coordination) {
+        if let Ok(mut slot) = self.coordination.write() {
+            *slot = c;
+        }
+    }
+
     /// The last snapshot.
     pub fn snapshot(&self) -> Snapshot {
         self.snapshot.read().map(|s| s.clone()).unwrap_or_default()
@@ -416,14 +452,30 @@ pub enum Op {
     Abort(String),
 }
 
-/// A handle to the fleet coordinator (cheap to clone).
+/// A handle to the fleet coordinator (cheap to clone). The coordinator runs only while this
+/// replica holds the lease; without it every command answers [`FleetError::NotLeader`].
 #[derive(Debug, Clone)]
 pub struct Fleet {
-    tx: mpsc::Sender<Command>,
+    tx: Arc<std::sync::RwLock<Option<mpsc::Sender<Command>>>>,
     shared: Arc<Shared>,
 }
 
 impl Fleet {
+    /// A handle with no coordinator behind it yet ([`start`] attaches one).
+    pub fn detached(shared: Arc<Shared>) -> Self {
+        Fleet {
+            tx: Arc::new(std::sync::RwLock::new(None)),
+            shared,
+        }
+    }
+
+    /// Sends commands to `tx` from now on (`None`: answer [`FleetError::NotLeader`]).
+    fn attach(&self, tx: Option<mpsc::Sender<Command>>) {
+        if let Ok(mut slot) = self.tx.write() {
+            *slot = tx;
+        }
+    }
+
     /// Creates a rollout for `operator`.
     pub async fn create_rollout(
         &self,
@@ -536,6 +588,12 @@ impl Fleet {
     }
 
     async fn send(&self, cmd: Command) -> Result<(), FleetError> {
-        self.tx.send(cmd).await.map_err(|_| FleetError::Stopped)
+        let tx = self
+            .tx
+            .read()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .ok_or(FleetError::NotLeader)?;
+        tx.send(cmd).await.map_err(|_| FleetError::Stopped)
     }
 }

@@ -16,6 +16,7 @@
 //! | `POST` | `/api/v1/flags/{name}/set` (JSON), `/api/v1/flags/{name}/kill\|revive` | operator |
 //! | `DELETE` | `/api/v1/flags/{name}` | operator |
 //! | `GET` | `/api/v1/trust` (the trust set in force) | any |
+//! | `GET` | `/api/v1/replicas` (the coordinator lease and every replica's heartbeat) | any |
 //! | `POST` | `/api/v1/trust` (body: a signed trust-set update, key rotation) | publisher |
 //! | `GET`, `HEAD` | `/artifacts/{sha256}` (Range, If-Range, ETag) | none (no token) |
 //! | `GET` | `/releases/{sha256}` (signed release bytes) | none (no token) |
@@ -35,6 +36,7 @@ mod artifacts;
 mod auth;
 mod error;
 mod flags;
+mod forward;
 pub(crate) mod listen;
 mod releases;
 mod rollouts;
@@ -153,36 +155,62 @@ impl AppState {
 /// (`crate::console`); `https` says whether it is served over TLS (the console's cookies are
 /// then `Secure`).
 pub fn router(state: AppState, https: bool) -> Router {
+    // Coordinator commands run on the leader: a standby forwards them (`forward.rs`).
+    let leader = || middleware::from_fn_with_state(state.clone(), forward::to_leader);
     let api = Router::new()
         .route(
             "/releases",
             // Uploads are bounded by the signed size, not by a body limit.
             post(releases::publish)
                 .layer(DefaultBodyLimit::disable())
+                .layer(leader())
                 .get(releases::list),
         )
         .route("/releases/{digest}", get(releases::get))
         .route("/devices", get(list_devices))
         .route("/devices/{id}", get(get_device))
-        .route("/devices/{id}/labels", axum::routing::put(set_labels))
+        .route(
+            "/devices/{id}/labels",
+            axum::routing::put(set_labels).layer(leader()),
+        )
         .route("/events", get(list_events))
-        .route("/rollouts", post(rollouts::create).get(rollouts::list))
+        .route(
+            "/rollouts",
+            post(rollouts::create).layer(leader()).get(rollouts::list),
+        )
         .route("/rollouts/{id}", get(rollouts::get))
-        .route("/rollouts/{id}/approve", post(rollouts::approve))
-        .route("/rollouts/{id}/pause", post(rollouts::pause))
-        .route("/rollouts/{id}/resume", post(rollouts::resume))
-        .route("/rollouts/{id}/abort", post(rollouts::abort))
-        .route("/flags", get(flags::list))
-        .route("/flags/{name}", get(flags::show).delete(flags::delete))
-        .route("/flags/{name}/set", post(flags::set))
-        .route("/flags/{name}/kill", post(flags::kill))
-        .route("/flags/{name}/revive", post(flags::revive))
+        .route(
+            "/rollouts/{id}/approve",
+            post(rollouts::approve).layer(leader()),
+        )
+        .route(
+            "/rollouts/{id}/pause",
+            post(rollouts::pause).layer(leader()),
+        )
+        .route(
+            "/rollouts/{id}/resume",
+            post(rollouts::resume).layer(leader()),
+        )
+        .route(
+            "/rollouts/{id}/abort",
+            post(rollouts::abort).layer(leader()),
+        )
+        .route("/flags", get(flags::list).layer(leader()))
+        .route(
+            "/flags/{name}",
+            get(flags::show).delete(flags::delete).layer(leader()),
+        )
+        .route("/flags/{name}/set", post(flags::set).layer(leader()))
+        .route("/flags/{name}/kill", post(flags::kill).layer(leader()))
+        .route("/flags/{name}/revive", post(flags::revive).layer(leader()))
         .route(
             "/trust",
             get(trust::show)
                 .post(trust::rotate)
-                .layer(DefaultBodyLimit::max(trust::MAX_BODY_BYTES)),
+                .layer(DefaultBodyLimit::max(trust::MAX_BODY_BYTES))
+                .layer(leader()),
         )
+        .route("/replicas", get(list_replicas))
         // After routing (the matched route picks the row of the role table), before the body
         // is read; only on routes, so unknown paths stay 404 and wrong methods 405.
         .route_layer(middleware::from_fn_with_state(
@@ -356,6 +384,27 @@ struct EventList {
     next_after: Option<i64>,
 }
 
+/// `GET /api/v1/replicas`: the coordinator lease and every replica's last heartbeat.
+#[derive(Debug, Serialize)]
+struct ReplicaList {
+    /// The replica that answered.
+    answered_by: String,
+    /// The lease row (holder, epoch, milliseconds to expiry by the database's clock).
+    lease: crate::db::LeaseRecord,
+    /// Every replica, by id.
+    replicas: Vec<crate::db::ReplicaRecord>,
+}
+
+async fn list_replicas(State(state): State<AppState>) -> Result<Json<ReplicaList>, ApiError> {
+    let lease = state.db().lease().await?;
+    let replicas = state.db().list_replicas().await?;
+    Ok(Json(ReplicaList {
+        answered_by: state.fleet().shared().coordination().replica_id,
+        lease,
+        replicas,
+    }))
+}
+
 async fn list_events(
     State(state): State<AppState>,
     query: Result<Query<EventsQuery>, QueryRejection>,
@@ -401,6 +450,25 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         }
     };
     let one = |v: u64| vec![(String::new(), v)];
+    let coordination = shared.coordination();
+    family(
+        "ota_coordinator_leader",
+        "gauge",
+        "1 while this replica holds the coordinator lease and runs the coordinator, else 0.",
+        &one(u64::from(coordination.leader)),
+    );
+    family(
+        "ota_coordinator_epoch",
+        "gauge",
+        "The coordinator lease's fencing epoch this replica leads with or last saw.",
+        &one(u64::try_from(coordination.epoch).unwrap_or(0)),
+    );
+    family(
+        "ota_coordinator_failovers_total",
+        "counter",
+        "Times this replica took the coordinator lease over (not counting its first attempt at start).",
+        &one(coordination.failovers),
+    );
     family(
         "ota_devices",
         "gauge",

@@ -65,6 +65,9 @@ impl From<FleetError> for ApiError {
             FleetError::Unavailable => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "db-unavailable", message)
             }
+            FleetError::NotLeader => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-leader", message)
+            }
             FleetError::Db(e) if e.is_unavailable() => FleetError::Unavailable.into(),
             FleetError::Db(e) => ApiError::internal("database", &e),
             other => ApiError::internal("rollout", &other),

@@ -98,6 +98,10 @@ pub(crate) struct Options {
     pub(crate) limits: Option<ota_server::config::LimitsConfig>,
     /// `database.acquire_timeout_secs`.
     pub(crate) db_acquire_timeout_secs: Option<u64>,
+    /// `[ha]` (default: none, the one-replica server).
+    pub(crate) ha: Option<ota_server::config::HaConfig>,
+    /// `mqtt.topic_prefix` (default `ota/v1`).
+    pub(crate) topic_prefix: Option<String>,
 }
 
 /// A server on 127.0.0.1:0 in a temp directory, trusting keys 1, 2 and 3.
@@ -154,6 +158,10 @@ impl TestServer {
         if let Some(url) = &opts.mqtt_url {
             config.mqtt = MqttConfig::external(url).unwrap();
         }
+        if let Some(prefix) = &opts.topic_prefix {
+            config.mqtt.topics = ota_core::wire::Topics::new(prefix).unwrap();
+        }
+        config.ha = opts.ha.clone();
         for url in &opts.webhooks {
             let hook: ota_server::config::WebhookConfig =
                 toml::from_str(&format!("url = {url:?}")).unwrap();

@@ -7,6 +7,8 @@
 //! - `drift`: a release switched by hand is reported as drift (issue 12.7).
 //! - `health`: health after the commit holds a wave's gate (issue 17).
 //! - `flags`: feature flags through restarts, deploys and offline periods (issue 6).
+//! - `ha`: two server replicas; the leader is killed mid-rollout, the standby completes it
+//!   (issue 15).
 //! - `mqtt_tls`: agents and server over MQTT with TLS, device passwords or client
 //!   certificates, and the broker's ACL (issue 7).
 //! - `security`: threats of `docs/security.md` that need the whole system (a compromised
@@ -30,6 +32,7 @@ mod delta;
 mod drift;
 mod faults;
 mod flags;
+mod ha;
 mod health;
 mod mqtt_tls;
 mod proxy;

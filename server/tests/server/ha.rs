@@ -1,0 +1,559 @@
+//! Issue 15: the coordinator lease with its fencing epoch (SQLite, the one-replica case, and
+//! PostgreSQL, ignored unless `OTA_TEST_DATABASE_URL` is set), and two server replicas on one
+//! PostgreSQL schema and one Mosquitto (ignored unless `OTA_TEST_MQTT_URL` is set too).
+
+use std::time::Duration;
+
+use ota_server::config::HaConfig;
+use ota_server::db::{AcquireOutcome, Db, DbError, Fence, RenewOutcome};
+use serde_json::json;
+
+use ota_core::release::{TrustUpdate, sign_trust_update};
+
+use crate::util::{Options, PgSchema, TOKEN, TestServer, artifact, key, release};
+
+const TTL_MS: i64 = 60_000;
+
+fn fence(replica: &str, epoch: i64) -> Fence {
+    Fence {
+        replica: replica.to_string(),
+        epoch,
+    }
+}
+
+/// Whether a coordinator batch of `replica` at `epoch` may be written now.
+async fn may_write(db: &Db, replica: &str, epoch: i64) -> Result<(), DbError> {
+    let mut tx = db.begin().await.unwrap();
+    tx.check_fence(&fence(replica, epoch)).await?;
+    tx.commit().await.unwrap();
+    Ok(())
+}
+
+/// Waits (by the database's clock) until the lease expired.
+async fn until_expired(db: &Db) {
+    while db.lease().await.unwrap().expires_in_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The lease rules, the same on both databases: one holder at a time, +1 epoch per takeover,
+/// a stale epoch cannot write or renew, a released or expired lease is taken at once.
+async fn lease_rules(a: &Db, b: &Db) {
+    let lease = a.lease().await.unwrap();
+    assert_eq!((lease.holder, lease.epoch), (None, 0), "a fresh database");
+
+    assert_eq!(
+        a.acquire_lease("a", "http://a", TTL_MS, false)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 1 }
+    );
+    match b
+        .acquire_lease("b", "http://b", TTL_MS, false)
+        .await
+        .unwrap()
+    {
+        AcquireOutcome::Held(held) => {
+            assert_eq!(held.live_holder(), Some(("a", Some("http://a"))));
+            assert_eq!(held.epoch, 1);
+        }
+        other => panic!("b must not take a live lease: {other:?}"),
+    }
+    assert_eq!(
+        a.renew_lease("a", 1, TTL_MS).await.unwrap(),
+        RenewOutcome::Renewed
+    );
+    may_write(a, "a", 1).await.unwrap();
+    assert!(matches!(
+        may_write(b, "b", 1).await,
+        Err(DbError::Fenced { epoch: 1 })
+    ));
+
+    // The leader gives the lease up (a graceful stop): the standby takes it at once, epoch+1.
+    a.release_lease("a", 1).await.unwrap();
+    assert_eq!(
+        b.acquire_lease("b", "http://b", TTL_MS, false)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 2 }
+    );
+    // Fencing: the old leader (a paused process that wakes up) can neither write nor renew.
+    assert!(matches!(
+        may_write(a, "a", 1).await,
+        Err(DbError::Fenced { epoch: 1 })
+    ));
+    match a.renew_lease("a", 1, TTL_MS).await.unwrap() {
+        RenewOutcome::Lost(now) => assert_eq!((now.holder.as_deref(), now.epoch), (Some("b"), 2)),
+        other => panic!("a stale renewal must fail: {other:?}"),
+    }
+    may_write(b, "b", 2).await.unwrap();
+
+    // The leader stops renewing: once the lease expired (database clock), the other one takes
+    // it over with the next epoch.
+    assert_eq!(
+        b.renew_lease("b", 2, 200).await.unwrap(),
+        RenewOutcome::Renewed
+    );
+    until_expired(a).await;
+    assert_eq!(
+        a.acquire_lease("a", "http://a", TTL_MS, false)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 3 }
+    );
+    assert!(matches!(
+        may_write(b, "b", 2).await,
+        Err(DbError::Fenced { epoch: 2 })
+    ));
+
+    // The one-replica server forces the lease at start, whatever its state.
+    assert_eq!(
+        b.acquire_lease("b", "http://b", TTL_MS, true)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 4 }
+    );
+    assert!(may_write(a, "a", 3).await.is_err());
+
+    // Heartbeats list every replica.
+    a.replica_heartbeat("a", "standby", 4, "http://a")
+        .await
+        .unwrap();
+    b.replica_heartbeat("b", "leader", 4, "http://b")
+        .await
+        .unwrap();
+    b.replica_heartbeat("b", "leader", 4, "http://b")
+        .await
+        .unwrap();
+    let replicas = a.list_replicas().await.unwrap();
+    let listed: Vec<_> = replicas
+        .iter()
+        .map(|r| (r.replica_id.as_str(), r.role.as_str(), r.epoch))
+        .collect();
+    assert_eq!(listed, [("a", "standby", 4), ("b", "leader", 4)]);
+    assert!(replicas.iter().all(|r| r.heartbeat_age_ms >= 0));
+}
+
+#[tokio::test]
+async fn issue15_lease_and_fencing_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("ota.db").display());
+    let a = Db::connect(&url, 2).await.unwrap();
+    let b = Db::connect(&url, 2).await.unwrap();
+    lease_rules(&a, &b).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set OTA_TEST_DATABASE_URL"]
+async fn issue15_lease_and_fencing_on_postgres() {
+    let schema = PgSchema::create().await;
+    let a = Db::connect(&schema.url, 4).await.unwrap();
+    let b = Db::connect(&schema.url, 4).await.unwrap();
+    lease_rules(&a, &b).await;
+    a.close().await;
+    b.close().await;
+    schema.drop().await;
+}
+
+/// Replicas racing for a free lease: exactly one takes it. A takeover waits for the batch the
+/// old leader is writing (the fence check locks the lease row until the commit), and every
+/// later batch of the old leader is refused.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set OTA_TEST_DATABASE_URL"]
+async fn issue15_postgres_exactly_one_leads_and_a_takeover_waits_for_the_batch_in_flight() {
+    let schema = PgSchema::create().await;
+    let mut dbs = Vec::new();
+    for _ in 0..4 {
+        dbs.push(Db::connect(&schema.url, 2).await.unwrap());
+    }
+    let attempts = dbs.iter().enumerate().map(|(i, db)| async move {
+        db.acquire_lease(&format!("r{i}"), "http://x", TTL_MS, false)
+            .await
+            .unwrap()
+    });
+    let outcomes = futures_util::future::join_all(attempts).await;
+    let winners: Vec<_> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match o {
+            AcquireOutcome::Acquired { epoch } => Some((i, *epoch)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    let (leader, epoch) = winners[0];
+    assert_eq!(epoch, 1);
+    let leader_id = format!("r{leader}");
+    let other = (leader + 1) % dbs.len();
+
+    // A batch in flight holds the lease row; a forced takeover waits for its commit.
+    let mut batch = dbs[leader].begin().await.unwrap();
+    batch.check_fence(&fence(&leader_id, 1)).await.unwrap();
+    let takeover = {
+        let db = dbs[other].clone();
+        let id = format!("r{other}");
+        tokio::spawn(async move { db.acquire_lease(&id, "http://y", TTL_MS, true).await })
+    };
+    batch.commit().await.unwrap();
+    assert_eq!(
+        takeover.await.unwrap().unwrap(),
+        AcquireOutcome::Acquired { epoch: 2 }
+    );
+    assert!(matches!(
+        may_write(&dbs[leader], &leader_id, 1).await,
+        Err(DbError::Fenced { epoch: 1 })
+    ));
+    for db in dbs {
+        db.close().await;
+    }
+    schema.drop().await;
+}
+
+fn replica(id: &str) -> HaConfig {
+    let mut ha = HaConfig::new();
+    ha.replica_id = Some(id.to_string());
+    ha.lease_ttl_secs = 3;
+    ha
+}
+
+async fn metric(t: &TestServer, name: &str) -> u64 {
+    let text = t
+        .client
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+/// Two replicas on one PostgreSQL schema and one external broker: one leads, the standby
+/// forwards coordinator commands to it with the caller's token, lists both replicas, and
+/// takes over (epoch + 1) when the leader stops.
+#[tokio::test]
+#[ignore = "needs PostgreSQL and Mosquitto: set OTA_TEST_DATABASE_URL and OTA_TEST_MQTT_URL"]
+async fn issue15_two_replicas_one_leads_the_standby_forwards_and_takes_over() {
+    let mqtt_url = std::env::var("OTA_TEST_MQTT_URL").expect("set OTA_TEST_MQTT_URL");
+    let schema = PgSchema::create().await;
+    let prefix = format!("ota-test/ha-{}", std::process::id());
+    let opts = |id: &str| Options {
+        database_url: Some(schema.url.clone()),
+        mqtt_url: Some(mqtt_url.clone()),
+        topic_prefix: Some(prefix.clone()),
+        ha: Some(replica(id)),
+        ..Options::default()
+    };
+    let first = TestServer::start_opts(opts("first")).await;
+    let second = TestServer::start_opts(opts("second")).await;
+    assert_eq!(metric(&first, "ota_coordinator_leader").await, 1);
+    assert_eq!(metric(&second, "ota_coordinator_leader").await, 0);
+    assert_eq!(metric(&first, "ota_coordinator_epoch").await, 1);
+
+    let list: serde_json::Value = second.get_json("/api/v1/replicas").await;
+    assert_eq!(list["answered_by"], "second");
+    assert_eq!(list["lease"]["holder"], "first");
+    assert_eq!(list["lease"]["epoch"], 1);
+    let roles: Vec<_> = list["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["replica_id"].clone(), r["role"].clone()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            (json!("first"), json!("leader")),
+            (json!("second"), json!("standby"))
+        ]
+    );
+
+    // Forwarded with the caller's token: the leader answers (a 404 of its coordinator, not
+    // the standby's 503, nor a 401 of a lost Authorization header).
+    let answer = second
+        .post_as(TOKEN, "/api/v1/rollouts/999/pause", &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
+    let flags = second.get("/api/v1/flags").send().await.unwrap();
+    assert_eq!(flags.status(), reqwest::StatusCode::OK);
+    // A release published to the standby is streamed to the leader, which stores it.
+    let art = artifact(64 * 1024, 9);
+    let published = second.publish(release("9.9.9", &art, &[1]), art).await;
+    assert_eq!(published.status(), reqwest::StatusCode::CREATED);
+    let listed: serde_json::Value = first.get_json("/api/v1/releases").await;
+    assert_eq!(listed["releases"][0]["version"], "9.9.9", "{listed}");
+    // A key rotation sent to the standby is forwarded, accepted by the leader, and put in
+    // force on the standby too (it verifies the releases published to it).
+    let keys: Vec<_> = [1u8, 2].iter().map(|&n| key(n).verifying_key()).collect();
+    let rotation = sign_trust_update(&TrustUpdate::new(1, &keys, 1, 0), &[key(1)]);
+    let rotated = second
+        .client
+        .post(second.url("/api/v1/trust"))
+        .bearer_auth(TOKEN)
+        .body(rotation)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), reqwest::StatusCode::OK);
+    assert_eq!(first.server.state().trust().view().sequence, 1);
+    let mut refreshed = false;
+    for _ in 0..100 {
+        if second.server.state().trust().view().sequence == 1 {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refreshed, "the standby never put the rotation in force");
+    // Without a token the standby refuses it itself.
+    let anonymous = second
+        .client
+        .get(second.url("/api/v1/flags"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
+
+    // The leader stops (and gives the lease up): the standby takes over with epoch 2.
+    first.server.shutdown().await.unwrap();
+    let mut led = false;
+    for _ in 0..300 {
+        if metric(&second, "ota_coordinator_leader").await == 1 {
+            led = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(led, "the standby never took the lease over");
+    assert_eq!(metric(&second, "ota_coordinator_epoch").await, 2);
+    assert_eq!(metric(&second, "ota_coordinator_failovers_total").await, 1);
+    let answer = second
+        .post_as(TOKEN, "/api/v1/rollouts/999/pause", &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
+    let list: serde_json::Value = second.get_json("/api/v1/replicas").await;
+    assert_eq!(list["lease"]["holder"], "second");
+    let first_row = list["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["replica_id"] == "first")
+        .cloned()
+        .unwrap();
+    assert_eq!(first_row["role"], "stopped");
+    second.server.shutdown().await.unwrap();
+    schema.drop().await;
+}
+
+/// Waits (at most 30 s) until `t` leads (`leader`) or does not.
+async fn until_role(t: &TestServer, leader: bool) {
+    for _ in 0..300 {
+        if t.server.fleet().shared().coordination().leader == leader {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the replica never became leader = {leader}");
+}
+
+/// The leader is cut from the database: it cannot renew, so it stops coordinating by its own
+/// deadline, and the standby takes over with the next epoch. Once the database is back the old
+/// leader stays a standby and forwards commands to the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and Mosquitto: set OTA_TEST_DATABASE_URL and OTA_TEST_MQTT_URL"]
+async fn issue15_a_leader_cut_from_the_database_steps_down_and_the_standby_takes_over() {
+    let mqtt_url = std::env::var("OTA_TEST_MQTT_URL").expect("set OTA_TEST_MQTT_URL");
+    let schema = PgSchema::create().await;
+    let parsed = reqwest::Url::parse(&schema.url).unwrap();
+    let upstream =
+        tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+    let proxy = crate::proxy::Proxy::start(upstream).await;
+    let mut via_proxy = parsed.clone();
+    via_proxy.set_port(Some(proxy.addr().port())).unwrap();
+    via_proxy
+        .set_host(Some(&proxy.addr().ip().to_string()))
+        .unwrap();
+    let prefix = format!("ota-test/ha-cut-{}", std::process::id());
+    let opts = |id: &str, url: String| Options {
+        database_url: Some(url),
+        mqtt_url: Some(mqtt_url.clone()),
+        topic_prefix: Some(prefix.clone()),
+        db_acquire_timeout_secs: Some(1),
+        ha: Some(replica(id)),
+        ..Options::default()
+    };
+    let first = TestServer::start_opts(opts("first", via_proxy.to_string())).await;
+    let second = TestServer::start_opts(opts("second", schema.url.clone())).await;
+    assert!(first.server.fleet().shared().coordination().leader);
+    assert!(!second.server.fleet().shared().coordination().leader);
+
+    proxy.set_down(true);
+    until_role(&first, false).await;
+    until_role(&second, true).await;
+    assert_eq!(second.server.fleet().shared().coordination().epoch, 2);
+    // The old leader's coordinator is stopped: it answers as a standby.
+    let answer = first
+        .post_as(TOKEN, "/api/v1/rollouts/999/pause", &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+
+    proxy.set_down(false);
+    // Back on the database, it learns who leads and forwards to it.
+    let mut forwarded = false;
+    for _ in 0..300 {
+        let answer = first
+            .post_as(TOKEN, "/api/v1/rollouts/999/pause", &json!({}))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == reqwest::StatusCode::NOT_FOUND {
+            forwarded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(forwarded, "the old leader never forwarded to the new one");
+    assert!(!first.server.fleet().shared().coordination().leader);
+    assert!(second.server.fleet().shared().coordination().leader);
+    first.server.shutdown().await.unwrap();
+    second.server.shutdown().await.unwrap();
+    schema.drop().await;
+}
+
+/// Fencing seen from the coordinator: another replica takes the lease while this one still
+/// believes it leads. Its next batch is refused in its own transaction, nothing of it is stored
+/// (no flag, no flag change), the caller gets 503 `not-leader`, and the coordinator stops.
+#[tokio::test]
+async fn issue15_a_fenced_coordinator_stores_nothing_and_stops() {
+    let t = TestServer::start().await;
+    assert!(t.server.fleet().shared().coordination().leader);
+    let ok = t
+        .post_as(TOKEN, "/api/v1/flags/before/set", &json!({ "on": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), reqwest::StatusCode::OK);
+
+    // Another replica takes the lease over (forced, as a second one-replica server would).
+    let intruder = Db::connect(&t.database_url(), 1).await.unwrap();
+    assert!(matches!(
+        intruder
+            .acquire_lease("intruder", "http://127.0.0.1:9", TTL_MS, true)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 2 }
+    ));
+    let refused = t
+        .post_as(TOKEN, "/api/v1/flags/after/set", &json!({ "on": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["cause"], "not-leader", "{body}");
+    let flags = intruder.load_flag_set().await.unwrap().unwrap();
+    let names: Vec<&str> = flags.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["before"], "the fenced batch stored nothing");
+    until_role(&t, false).await;
+    intruder.close().await;
+    t.server.shutdown().await.unwrap();
+}
+
+/// One replica whose database goes away for longer than its lease: it stops coordinating by
+/// its own deadline, and once the database is back it takes the lease again (epoch 2) and
+/// starts a fresh coordinator that answers commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and Mosquitto: set OTA_TEST_DATABASE_URL and OTA_TEST_MQTT_URL"]
+async fn issue15_a_lone_replica_outlives_an_outage_longer_than_its_lease() {
+    let mqtt_url = std::env::var("OTA_TEST_MQTT_URL").expect("set OTA_TEST_MQTT_URL");
+    let schema = PgSchema::create().await;
+    let parsed = reqwest::Url::parse(&schema.url).unwrap();
+    let upstream =
+        tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+    let proxy = crate::proxy::Proxy::start(upstream).await;
+    let mut via_proxy = parsed.clone();
+    via_proxy.set_port(Some(proxy.addr().port())).unwrap();
+    via_proxy
+        .set_host(Some(&proxy.addr().ip().to_string()))
+        .unwrap();
+    let t = TestServer::start_opts(Options {
+        database_url: Some(via_proxy.to_string()),
+        mqtt_url: Some(mqtt_url),
+        topic_prefix: Some(format!("ota-test/ha-lone-{}", std::process::id())),
+        db_acquire_timeout_secs: Some(1),
+        ha: Some(replica("lone")),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(t.server.fleet().shared().coordination().epoch, 1);
+    proxy.set_down(true);
+    until_role(&t, false).await;
+    proxy.set_down(false);
+    until_role(&t, true).await;
+    assert_eq!(t.server.fleet().shared().coordination().epoch, 2);
+    let mut answered = false;
+    for _ in 0..300 {
+        let answer = t
+            .post_as(TOKEN, "/api/v1/rollouts/999/pause", &json!({}))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == reqwest::StatusCode::NOT_FOUND {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "the fresh coordinator never answered");
+    t.server.shutdown().await.unwrap();
+    schema.drop().await;
+}
+
+/// Split brain, seen from the devices: the coordinator still believes it leads when another
+/// replica took the lease; the rollout it is asked for is refused by fencing (503
+/// `not-leader`), no rollout or desired state is stored, and no device receives a desired
+/// state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_a_fenced_leader_never_reaches_a_device() {
+    use crate::fleet::{Backend, World};
+    use crate::sim::Behavior;
+    let w = World::start(Backend::Embedded, Options::default()).await;
+    w.add(w.sim_devices(3, |_| Behavior::Succeed)).await;
+    let intruder = Db::connect(&w.t.database_url(), 1).await.unwrap();
+    assert!(matches!(
+        intruder
+            .acquire_lease("intruder", "http://127.0.0.1:9", TTL_MS, true)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 2 }
+    ));
+    let (status, body) = w.create(TOKEN, json!({ "waves": [100] })).await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["cause"], "not-leader", "{body}");
+    until_role(&w.t, false).await;
+    assert!(intruder.list_rollouts().await.unwrap().is_empty());
+    assert!(intruder.list_desired().await.unwrap().is_empty());
+    for n in 0..3 {
+        let device = w.sim.device(&w.id(n)).unwrap();
+        assert!(device.seen.is_empty(), "{}: {:?}", w.id(n), device.seen);
+    }
+    intruder.close().await;
+    w.finish().await;
+}
