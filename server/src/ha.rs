@@ -88,7 +88,7 @@ pub(crate) async fn start(
     spec: CoordinatorSpec,
     replica: ReplicaSpec,
 ) -> Result<HaTask, FleetStartError> {
-    let origin = Instant::now();
+    let origin = crate::clock::monotonic_now();
     let machine = LeaseMachine::new(replica.timing, 0, replica.force_first);
     let mut ha = Ha {
         spec,

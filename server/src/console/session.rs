@@ -104,7 +104,7 @@ impl Sessions {
     /// Whether session `id` is still open and alive (without marking it used: a page left open
     /// on a live view does not keep its session from expiring).
     pub(crate) fn is_open(&self, id: &str) -> bool {
-        let now = Instant::now();
+        let now = monotonic_now();
         self.lock().get(id).is_some_and(|s| s.alive(now))
     }
 
