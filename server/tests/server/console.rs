@@ -138,7 +138,14 @@ async fn issue16_forged_requests_are_refused() {
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert!(response.text().await.unwrap().contains("CSRF"));
     }
-    assert!(t.events_of_kind("access-denied").await.is_empty());
+    // Each refusal is audited (the flag was not touched: the API was never called).
+    let csrf_refusals = t.events_of_kind("access-denied").await;
+    assert_eq!(csrf_refusals.len(), 2);
+    for e in &csrf_refusals {
+        assert_eq!(e.actor, "otto");
+        assert_eq!(e.details["cause"], "csrf");
+        assert_eq!(e.details["path"], "/flags/some-flag/kill");
+    }
     // The right token but a role the operator lacks: the API's 403 and its audit event.
     let (_, html) = page(&t, &cookie, "/rollouts").await;
     let csrf = csrf_of(&html);
@@ -157,7 +164,12 @@ async fn issue16_forged_requests_are_refused() {
             .unwrap()
             .contains("needs the approver role")
     );
-    let denied = t.events_of_kind("access-denied").await;
+    let denied: Vec<_> = t
+        .events_of_kind("access-denied")
+        .await
+        .into_iter()
+        .filter(|e| e.details["cause"] != "csrf")
+        .collect();
     assert_eq!(denied.len(), 1);
     assert_eq!(denied[0].actor, "otto");
     assert_eq!(denied[0].details["path"], "/api/v1/rollouts/7/approve");
