@@ -653,9 +653,15 @@ pub struct EventFilter {
     pub device: Option<String>,
     /// Only events of this kind.
     pub kind: Option<String>,
+    /// Only events recorded by this actor (an operator's name, `server`, `mqtt`,
+    /// `device:<id>`).
+    pub actor: Option<String>,
     /// Only events with an id above this one (the cursor for following the log); without it
     /// the newest events are returned.
     pub after: Option<i64>,
+    /// Only events with an id below this one (the cursor for paging back through the log, the
+    /// newest of those first); ignored with `after`.
+    pub before: Option<i64>,
     /// At most this many (0 means 100; capped at [`MAX_EVENT_PAGE`]).
     pub limit: u32,
 }
@@ -1317,7 +1323,8 @@ impl Db {
             n => n.min(MAX_EVENT_PAGE),
         };
         const WHERE: &str = "WHERE ($1 IS NULL OR rollout_id = $1) \
-            AND ($2 IS NULL OR device_id = $2) AND ($3 IS NULL OR kind = $3) AND id > $4";
+            AND ($2 IS NULL OR device_id = $2) AND ($3 IS NULL OR kind = $3) \
+            AND ($6 IS NULL OR actor = $6) AND id > $4 AND id < $7";
         let sql = if filter.after.is_some() {
             format!("{EVENT_SELECT} {WHERE} ORDER BY id ASC LIMIT $5")
         } else {
@@ -1329,6 +1336,13 @@ impl Db {
             .bind(filter.kind.as_deref())
             .bind(filter.after.unwrap_or(i64::MIN))
             .bind(i64::from(limit))
+            .bind(filter.actor.as_deref())
+            .bind(
+                filter
+                    .before
+                    .filter(|_| filter.after.is_none())
+                    .unwrap_or(i64::MAX),
+            )
             .fetch_all(&self.pool)
             .await?;
         let mut events = rows

@@ -3,7 +3,8 @@
 // Checks: sign-in; a rollout started from the create form after its dry-run plan, watched live
 // to completed; a broken canary aborted and its devices back on the good release; a flag
 // killed; an operator without the approver role sees no approve button and a forged approve
-// is refused; axe-core finds no violations on any page. Screenshots of every page go to
+// is refused; an overview left open follows the rollout live; server labels edited on a
+// device's page and found by the devices filter; axe-core finds no violations on any page. Screenshots of every page go to
 // OTA_BROWSER_OUT. Any failed check throws: a non-zero exit.
 import { chromium } from "playwright-core";
 import { mkdtempSync, mkdirSync, readFileSync } from "node:fs";
@@ -134,6 +135,13 @@ try {
   await page.locator("#abort-button").click();
   await eventually("the forced reinstall aborted", async () => (await page.locator("#rollout-status").innerText()) === "aborted");
 
+  // An overview left open in another tab: it must follow the rollout without a reload (the
+  // marker set in its window survives only if the page is never loaded again).
+  const overviewTab = await context.newPage();
+  await overviewTab.goto(`${base}/`);
+  await overviewTab.evaluate(() => { window.otaNotReloaded = true; });
+  const overviewBefore = await overviewTab.locator("[data-live]").innerText();
+
   // A rollout from the create form, after its plan, watched live to completed.
   const plan = await startRollout(page, goodVersion, "50,100", 1);
   await shot(page, "create-plan");
@@ -146,6 +154,13 @@ try {
   check(page.url() === goodUrl, "the page was not reloaded");
   check((await page.locator("[data-live]").getAttribute("data-done")) === "true", "the live stream ended with the rollout");
   await shot(page, "rollout-completed");
+  await eventually(`the open overview shows ${goodVersion} (live)`, async () => {
+    const now = await overviewTab.locator("[data-live]").innerText();
+    return now !== overviewBefore && now.includes(goodVersion);
+  }, 60);
+  check(await overviewTab.evaluate(() => window.otaNotReloaded === true), "the overview was updated in place, not reloaded");
+  await shot(overviewTab, "overview-live");
+  await overviewTab.close();
 
   // A broken canary, aborted from the console: the canary falls back to the good release.
   await startRollout(page, brokenVersion, "20,100", 600);
@@ -183,6 +198,16 @@ try {
   check((await page.locator("main").innerText()).includes("Known-good release"), "the device page shows its known-good release");
   await shot(page, "device-detail");
   await axe(page, "device detail");
+  // Server labels, edited on the device's page, then found by the devices filter.
+  const deviceUrl = page.url();
+  await page.getByLabel("Server labels (one key=value a line)").fill("site=browser-test\nrack=r7");
+  await page.getByRole("button", { name: "Save labels" }).click();
+  await page.waitForURL(deviceUrl);
+  const facts = await page.locator("main").innerText();
+  check(facts.includes("rack=r7, site=browser-test"), "the saved server labels are on the device's page");
+  await page.goto(`${base}/devices?filter=${encodeURIComponent("label:site=browser-test and label:rack=r7")}`);
+  check((await page.locator(".pager").innerText()).startsWith("1 devices"), "the devices filter finds the labelled device");
+  check((await page.locator("#devices tbody a").first().getAttribute("href")) === new URL(deviceUrl).pathname, "the one found is the device that was labelled");
 
   // Flags: the kill switch.
   await page.goto(`${base}/flags`);

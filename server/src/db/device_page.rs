@@ -10,6 +10,12 @@
 //!    PostgreSQL order and match identically (no collation or `NULL`-ordering differences);
 //! 2. the full rows of the page's devices only, by id.
 //!
+//! Step 1 reads only rows that can match: the filter's top-level `and` terms that SQL can
+//! decide exactly or loosely ([`Narrowing`]: `hw=`, `version=`, `id=`, `result=`, `online`,
+//! `drifted`, and `label:K=V` as a pattern over the stored JSON) become a `WHERE` clause that
+//! keeps every matching device and maybe a few more; core's filter then decides. The clause
+//! only ever narrows the scan, never the answer.
+//!
 //! Ordering: the sort column (a missing value before any value), then the device id, both
 //! reversed for [`SortDirection::Desc`]. Pages count from 1; a page past the end shows the last.
 
@@ -17,12 +23,12 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use ota_core::digest::Digest;
-use ota_core::filter::{DeviceFacts, Filter};
+use ota_core::filter::{DeviceFacts, Field, Filter, Flag};
 use serde::Deserialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Db, DbError, DeviceRecord, device_from_row, format_device_select, from_json};
+use super::{Db, DbError, DeviceRecord, device_from_row, format_device_select, from_json, to_json};
 
 /// A sortable column of the device list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -266,17 +272,126 @@ impl Needs {
     }
 }
 
+/// A `WHERE` clause that keeps at least every device a filter matches: the conditions SQL
+/// can check for the filter's top-level `and` terms, with their bound values.
+///
+/// | term | condition |
+/// |---|---|
+/// | `hw=V`, `version=V`, `id=V`, `result=V` | the column `= V` (exact), or `LIKE V` with each `*` as `%` |
+/// | `online`, `drifted` | the column `<> 0` (exact) |
+/// | `label:K=V` | `labels` or `server_labels` is `LIKE %"K":"V"%` (JSON as stored, `*` as `%`) |
+/// | anything else (`!=`, `not`, `or`, `digest=`) | nothing: core decides |
+///
+/// `LIKE` conditions may keep more than the filter (a server label overrides a reported one;
+/// SQLite's `LIKE` ignores ASCII case; `%` also matches across a JSON string's end): core's
+/// evaluator still runs on every row read.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Narrowing {
+    conditions: Vec<String>,
+    values: Vec<String>,
+}
+
+impl Narrowing {
+    fn of(filter: Option<&Filter>) -> Self {
+        let mut n = Narrowing::default();
+        if let Some(filter) = filter {
+            n.add(filter);
+        }
+        n
+    }
+
+    fn add(&mut self, filter: &Filter) {
+        match filter {
+            Filter::And(a, b) => {
+                self.add(a);
+                self.add(b);
+            }
+            Filter::Flag(Flag::Online) => self.conditions.push("online <> 0".into()),
+            Filter::Flag(Flag::Drifted) => self.conditions.push("drifted <> 0".into()),
+            Filter::Compare {
+                field,
+                negated: false,
+                value,
+            } => {
+                let column = match field {
+                    Field::Id => "id",
+                    Field::Hardware => "hardware_class",
+                    Field::Version => "running_version",
+                    Field::Result => "last_result",
+                    Field::Label(key) => {
+                        let pair = format!("{}:{}", to_json(key), to_json(value));
+                        let pattern = format!("%{}%", like_pattern(&pair));
+                        let reported = self.bind(pattern.clone());
+                        let set = self.bind(pattern);
+                        self.conditions.push(format!(
+                            "(labels LIKE ${reported} ESCAPE '\\' \
+                             OR server_labels LIKE ${set} ESCAPE '\\')"
+                        ));
+                        return;
+                    }
+                    _ => return,
+                };
+                if value.contains('*') {
+                    let n = self.bind(like_pattern(value));
+                    self.conditions
+                        .push(format!("{column} LIKE ${n} ESCAPE '\\'"));
+                } else {
+                    let n = self.bind(value.clone());
+                    self.conditions.push(format!("{column} = ${n}"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Adds a bound value; its placeholder number.
+    fn bind(&mut self, value: String) -> usize {
+        self.values.push(value);
+        self.values.len()
+    }
+
+    /// ` WHERE ...` or nothing.
+    fn clause(&self) -> String {
+        if self.conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.conditions.join(" AND "))
+        }
+    }
+}
+
+/// A `LIKE` pattern (escape character `\`) for a filter value: `%`, `_` and `\` stand for
+/// themselves, the filter's wildcard `*` becomes `%`.
+fn like_pattern(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '*' => out.push('%'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 impl Db {
     /// One page of the device list: matching devices counted, ordered and cut to `q`'s page;
     /// full rows only for the page (see the module doc).
     pub async fn device_page(&self, q: DevicePageQuery<'_>) -> Result<DevicePage, DbError> {
         let needs = Needs::of(&q);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM devices",
-            needs.columns()
-        )))
-        .fetch_all(&self.pool)
-        .await?;
+        let narrowing = Narrowing::of(q.filter);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM devices{}",
+            needs.columns(),
+            narrowing.clause()
+        )));
+        for value in &narrowing.values {
+            query = query.bind(value.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         let facts = rows
             .iter()
             .map(|row| needs.facts(row))
@@ -292,6 +407,37 @@ impl Db {
             page,
             pages,
         })
+    }
+
+    /// The full rows of the devices whose last update result (the `last_result` column, see
+    /// [`DeviceRecord::last_result`]) is set and none of `except`, by id: a rollout page's
+    /// troubled devices without reading the rows of every device that is fine.
+    pub async fn devices_with_last_result_except(
+        &self,
+        except: &[&str],
+    ) -> Result<Vec<DeviceRecord>, DbError> {
+        let placeholders = (1..=except.len())
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let not_in = if except.is_empty() {
+            String::new()
+        } else {
+            format!(" AND devices.last_result NOT IN ({placeholders})")
+        };
+        let sql = format_device_select(&format!(
+            "WHERE devices.last_result IS NOT NULL{not_in} ORDER BY devices.id"
+        ));
+        let mut query = sqlx::query(sql);
+        for state in except {
+            query = query.bind(*state);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(device_from_row)
+            .collect()
     }
 
     /// The full rows of `ids`, in the order given (ids without a row are left out).
@@ -324,6 +470,72 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issue16_top_level_and_terms_narrow_the_scan() {
+        let f =
+            Filter::parse(r#"hw=gw-a and (label:site=site-7 and online) and not drifted"#).unwrap();
+        let n = Narrowing::of(Some(&f));
+        assert_eq!(
+            n.conditions,
+            [
+                "hardware_class = $1",
+                "(labels LIKE $2 ESCAPE '\\' OR server_labels LIKE $3 ESCAPE '\\')",
+                "online <> 0",
+            ]
+        );
+        assert_eq!(
+            n.values,
+            ["gw-a", r#"%"site":"site-7"%"#, r#"%"site":"site-7"%"#]
+        );
+        assert_eq!(n.clause().matches(" AND ").count(), 2);
+    }
+
+    #[test]
+    fn issue16_like_wildcards_and_json_escapes_are_literal() {
+        let f = Filter::parse(r#"label:k_1="50%\"x\\""#).unwrap();
+        let n = Narrowing::of(Some(&f));
+        // JSON writes `"50%\"x\\"`; every `%`, `_` and `\` of it is escaped for LIKE.
+        assert_eq!(n.values[0], r#"%"k\_1":"50\%\\"x\\\\"%"#);
+    }
+
+    #[test]
+    fn issue16_wildcards_become_like_patterns() {
+        let f = Filter::parse("hw=gw-* and label:site=s_1* and version=1.*.0").unwrap();
+        let n = Narrowing::of(Some(&f));
+        assert_eq!(
+            n.conditions,
+            [
+                "hardware_class LIKE $1 ESCAPE '\\'",
+                "(labels LIKE $2 ESCAPE '\\' OR server_labels LIKE $3 ESCAPE '\\')",
+                "running_version LIKE $4 ESCAPE '\\'",
+            ]
+        );
+        assert_eq!(
+            n.values,
+            [
+                "gw-%",
+                r#"%"site":"s\_1%"%"#,
+                r#"%"site":"s\_1%"%"#,
+                "1.%.0"
+            ]
+        );
+    }
+
+    #[test]
+    fn issue16_terms_sql_cannot_decide_leave_the_scan_whole() {
+        for text in [
+            "hw!=gw-a",
+            "not online",
+            "hw=gw-a or label:site=x",
+            "digest=abc",
+            "all",
+        ] {
+            let f = Filter::parse(text).unwrap();
+            assert_eq!(Narrowing::of(Some(&f)), Narrowing::default(), "{text}");
+        }
+        assert_eq!(Narrowing::of(None).clause(), "");
+    }
 
     fn device(id: &str, version: Option<&str>, last_seen: i64) -> Facts {
         Facts {

@@ -373,7 +373,9 @@ struct EventsQuery {
     rollout: Option<i64>,
     device: Option<String>,
     kind: Option<String>,
+    actor: Option<String>,
     after: Option<i64>,
+    before: Option<i64>,
     limit: Option<u32>,
 }
 
@@ -424,7 +426,9 @@ async fn list_events(
             format!("{kind:?} is not an event kind"),
         ));
     }
+    filter.actor = q.actor.filter(|a| !a.is_empty());
     filter.after = q.after;
+    filter.before = q.before;
     filter.limit = q.limit.unwrap_or(0);
     let events = state.db().list_events(&filter).await?;
     let next_after = events.last().map(|e| e.id).or(q.after);

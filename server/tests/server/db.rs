@@ -256,6 +256,26 @@ async fn round_trip(db: &Db) {
         .collect();
     assert_eq!(is, [2, 3, 4]);
     assert!(page.windows(2).all(|w| w[0].id < w[1].id));
+    // Paging back: the newest three below the cursor, oldest first; `after` wins.
+    ticks.after = None;
+    ticks.before = Some(newest[0].id);
+    let older = db.list_events(&ticks).await.unwrap();
+    let is: Vec<i64> = older
+        .iter()
+        .map(|e| e.details["i"].as_i64().unwrap())
+        .collect();
+    assert_eq!(is, [4, 5, 6]);
+    ticks.after = Some(all[1].id);
+    assert_eq!(db.list_events(&ticks).await.unwrap(), page);
+    // By actor.
+    db.append_event(&NewEvent::new(700, "carol", "tick"))
+        .await
+        .unwrap();
+    let mut by_actor = EventFilter::default();
+    by_actor.actor = Some("carol".into());
+    let carols = db.list_events(&by_actor).await.unwrap();
+    assert_eq!(carols.len(), 1);
+    assert_eq!(carols[0].actor, "carol");
 }
 
 #[tokio::test]
@@ -381,6 +401,13 @@ async fn device_pages_match_the_whole_list(db: &Db) {
             .to_string()
         });
         report.labels = [("site".to_string(), format!("s{}", i % 10))].into();
+        if i % 3 == 0 {
+            // LIKE's wildcards and JSON's escapes in a label: the SQL narrowing must not
+            // read them as patterns (device_page.rs).
+            report.labels.insert("k_1".into(), "50%\"x\\".into());
+        } else if i % 3 == 1 {
+            report.labels.insert("kx1".into(), "50x\"x\\".into());
+        }
         let id = format!("dev-{:03}", (i * 89) % 137);
         tx.upsert_device(&id, &report, i % 4 != 0, i % 9 == 0, 0, i64::from(i % 11))
             .await
@@ -406,6 +433,14 @@ async fn device_pages_match_the_whole_list(db: &Db) {
         Some("label:site=s1* and online"),
         Some("not version=1.* or drifted"),
         Some("hw!=gw-1 and result=deferred*"),
+        // Narrowed in SQL (device_page.rs), then decided by core.
+        Some("hw=gw-1 and label:site=s3"),
+        Some("label:site=s0"),
+        Some("label:site=S0 or label:site=override"),
+        Some(r#"label:k_1="50%\"x\\" and online and version=1.2.0"#),
+        Some("drifted and id=dev-000"),
+        Some(r#"label:k_1="50%*" and hw=gw-* and version=1.*.0"#),
+        Some("result=succeeded and not drifted"),
     ];
     let sorts = [
         DeviceSort::Id,

@@ -103,3 +103,26 @@ async fn issue7_https_needs_a_certificate_and_its_key() {
         Ok(_) => panic!("started with a mismatched key"),
     }
 }
+
+#[tokio::test]
+async fn issue16_the_console_cookie_is_secure_under_tls() {
+    let t = https_server().await;
+    let response = t
+        .client_no_redirects
+        .post(t.url("/login"))
+        .form(&[("token", util::TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let cookie = response.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for attribute in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(
+            cookie.split(';').any(|a| a.trim() == attribute),
+            "{attribute}: {cookie}"
+        );
+    }
+}

@@ -112,6 +112,8 @@ pub(crate) struct TestServer {
     pub(crate) server: RunningServer,
     /// An HTTP client.
     pub(crate) client: reqwest::Client,
+    /// A client like [`Self::client`] that shows redirects instead of following them.
+    pub(crate) client_no_redirects: reqwest::Client,
     /// The hand-advanced clock, with [`Options::manual_clock`].
     pub(crate) manual: Option<ManualClock>,
     config: Config,
@@ -168,13 +170,17 @@ impl TestServer {
             config.webhooks.push(hook);
         }
         let mut client = reqwest::Client::builder();
+        let mut no_redirects =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
         if opts.https {
             let ca = firmware_fixtures::pki::TestCa::new(dir.path(), "http").unwrap();
             let cert = ca.server_cert().unwrap();
             config.http.tls_cert = Some(cert.cert);
             config.http.tls_key = Some(cert.key);
             let pem = std::fs::read(ca.ca_file()).unwrap();
-            client = client.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap());
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).unwrap();
+            client = client.tls_certs_only(certs.clone());
+            no_redirects = no_redirects.tls_certs_only(certs);
         }
         let (clock, manual) = if opts.manual_clock {
             let (clock, manual) = Clock::manual(NOW);
@@ -189,6 +195,7 @@ impl TestServer {
             _dir: dir,
             server,
             client: client.build().unwrap(),
+            client_no_redirects: no_redirects.build().unwrap(),
             manual,
             config,
             clock,
@@ -218,6 +225,7 @@ impl TestServer {
             _dir,
             server,
             client,
+            client_no_redirects,
             manual,
             mut config,
             clock,
@@ -235,6 +243,7 @@ impl TestServer {
             _dir,
             server,
             client,
+            client_no_redirects,
             manual,
             config,
             clock,

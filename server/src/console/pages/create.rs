@@ -33,10 +33,88 @@ pub(crate) struct CreateForm {
     #[serde(default)]
     bake_secs: String,
     #[serde(default)]
+    success_min: String,
+    #[serde(default)]
+    max_failure: String,
+    #[serde(default)]
+    min_executed: String,
+    #[serde(default)]
+    rate_per_minute: String,
+    #[serde(default)]
+    inactivity_timeout_secs: String,
+    #[serde(default)]
+    max_deferral_secs: String,
+    #[serde(default)]
     force_reinstall: Option<String>,
     /// `plan` (dry run) or `start`.
     #[serde(default)]
     action: String,
+}
+
+/// A number of the form, sent to the API under its own name when filled in (empty: the
+/// server's default, docs/api.md).
+struct NumberField {
+    /// The form's and the API's name.
+    name: &'static str,
+    /// The label shown.
+    label: &'static str,
+    /// A percentage (a fraction allowed) rather than a count of devices or seconds.
+    percent: bool,
+}
+
+/// The gate, pacing and timeout numbers of the form, in the order shown.
+const NUMBERS: [NumberField; 7] = [
+    NumberField {
+        name: "bake_secs",
+        label: "Bake time (seconds)",
+        percent: false,
+    },
+    NumberField {
+        name: "success_min",
+        label: "Gate: minimum success (%)",
+        percent: true,
+    },
+    NumberField {
+        name: "max_failure",
+        label: "Abort above failures (%)",
+        percent: true,
+    },
+    NumberField {
+        name: "min_executed",
+        label: "Gate: minimum devices executed",
+        percent: false,
+    },
+    NumberField {
+        name: "rate_per_minute",
+        label: "Devices notified per minute",
+        percent: false,
+    },
+    NumberField {
+        name: "inactivity_timeout_secs",
+        label: "Inactivity timeout (seconds)",
+        percent: false,
+    },
+    NumberField {
+        name: "max_deferral_secs",
+        label: "Longest deferral (seconds)",
+        percent: false,
+    },
+];
+
+impl CreateForm {
+    /// The text given for the number `name` (one of [`NUMBERS`]).
+    fn number(&self, name: &str) -> &str {
+        match name {
+            "bake_secs" => &self.bake_secs,
+            "success_min" => &self.success_min,
+            "max_failure" => &self.max_failure,
+            "min_executed" => &self.min_executed,
+            "rate_per_minute" => &self.rate_per_minute,
+            "inactivity_timeout_secs" => &self.inactivity_timeout_secs,
+            "max_deferral_secs" => &self.max_deferral_secs,
+            _ => "",
+        }
+    }
 }
 
 /// The API request of a form, or what is wrong with it.
@@ -59,13 +137,27 @@ pub(crate) fn spec(form: &CreateForm, dry_run: bool) -> Result<Value, String> {
             .collect::<Result<Vec<f64>, String>>()?;
         spec["waves"] = json!(waves);
     }
-    if !form.bake_secs.trim().is_empty() {
-        let bake: u64 = form
-            .bake_secs
-            .trim()
-            .parse()
-            .map_err(|_| format!("bake: {:?} is not a number of seconds", form.bake_secs))?;
-        spec["bake_secs"] = json!(bake);
+    for field in &NUMBERS {
+        let text = form.number(field.name).trim();
+        if text.is_empty() {
+            continue;
+        }
+        spec[field.name] = if field.percent {
+            text.parse::<f64>()
+                .ok()
+                .filter(|p| p.is_finite())
+                .map(|p| json!(p))
+        } else {
+            text.parse::<u64>().ok().map(|n| json!(n))
+        }
+        .ok_or_else(|| {
+            let wanted = if field.percent {
+                "a percentage"
+            } else {
+                "a whole number"
+            };
+            format!("{}: {text:?} is not {wanted}", field.label)
+        })?;
     }
     Ok(spec)
 }
@@ -106,14 +198,23 @@ async fn form_page(
 <label for="release">Release</label><select id="release" name="release" required>{options}</select>
 <label for="filter">Device filter</label><input id="filter" name="filter" value="{filter}" placeholder="empty: every device">
 <label for="waves">Waves (cumulative percent)</label><input id="waves" name="waves" value="{waves}" placeholder="1,10,50,100">
-<label for="bake_secs">Bake time (seconds)</label><input id="bake_secs" name="bake_secs" inputmode="numeric" value="{bake}" placeholder="default">
+<fieldset><legend>Gate, pace and timeouts (empty: the server's default)</legend>{numbers}</fieldset>
 <label class="check"><input type="checkbox" name="force_reinstall" value="on"{checked}> Reinstall on devices already running it (needs approval)</label>
 <button type="submit" name="action" value="plan" id="plan-button">Show plan</button>
 </form>{extra}"#,
         csrf = layout::csrf_field(session),
         filter = esc(&form.filter),
         waves = esc(&form.waves),
-        bake = esc(&form.bake_secs),
+        numbers = NUMBERS
+            .iter()
+            .map(|f| format!(
+                r#"<label for="{name}">{label}</label><input id="{name}" name="{name}" inputmode="{mode}" value="{value}" placeholder="default">"#,
+                name = f.name,
+                label = esc(f.label),
+                mode = if f.percent { "decimal" } else { "numeric" },
+                value = esc(form.number(f.name)),
+            ))
+            .collect::<String>(),
     );
     layout::page_with_status(session, "New rollout", "/rollouts", &body, status)
 }
@@ -182,7 +283,10 @@ fn plan(session: &Session, form: &CreateForm, plan: &Value) -> String {
         hidden("release", &form.release),
         hidden("filter", &form.filter),
         hidden("waves", &form.waves),
-        hidden("bake_secs", &form.bake_secs),
+        NUMBERS
+            .iter()
+            .map(|f| hidden(f.name, form.number(f.name)))
+            .collect::<String>(),
         form.force_reinstall
             .as_ref()
             .map_or_else(String::new, |_| hidden("force_reinstall", "on")),
@@ -242,6 +346,12 @@ mod tests {
             filter: "hw=gw".into(),
             waves: "10, 100".into(),
             bake_secs: "30".into(),
+            success_min: "97.5".into(),
+            max_failure: " 2 ".into(),
+            min_executed: "4".into(),
+            rate_per_minute: "600".into(),
+            inactivity_timeout_secs: "900".into(),
+            max_deferral_secs: "3600".into(),
             force_reinstall: Some("on".into()),
             ..CreateForm::default()
         };
@@ -249,6 +359,12 @@ mod tests {
         assert_eq!(spec["release"], "1.2.0");
         assert_eq!(spec["waves"], json!([10.0, 100.0]));
         assert_eq!(spec["bake_secs"], 30);
+        assert_eq!(spec["success_min"], 97.5);
+        assert_eq!(spec["max_failure"], 2.0);
+        assert_eq!(spec["min_executed"], 4);
+        assert_eq!(spec["rate_per_minute"], 600);
+        assert_eq!(spec["inactivity_timeout_secs"], 900);
+        assert_eq!(spec["max_deferral_secs"], 3600);
         assert_eq!(spec["dry_run"], true);
         assert_eq!(spec["force_reinstall"], true);
         let defaults = super::spec(&CreateForm::default(), false).unwrap();
@@ -258,5 +374,23 @@ mod tests {
             ..CreateForm::default()
         };
         assert!(super::spec(&bad, true).unwrap_err().contains("\"x\""));
+        for (bad, wanted) in [
+            (
+                CreateForm {
+                    min_executed: "-1".into(),
+                    ..CreateForm::default()
+                },
+                "Gate: minimum devices executed: \"-1\" is not a whole number",
+            ),
+            (
+                CreateForm {
+                    success_min: "NaN".into(),
+                    ..CreateForm::default()
+                },
+                "Gate: minimum success (%): \"NaN\" is not a percentage",
+            ),
+        ] {
+            assert_eq!(super::spec(&bad, true).unwrap_err(), wanted);
+        }
     }
 }

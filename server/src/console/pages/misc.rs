@@ -160,35 +160,57 @@ pub(crate) struct AuditQuery {
     rollout: String,
     #[serde(default)]
     actor: String,
+    /// Only events below this id (the "Older events" link).
+    #[serde(default)]
+    before: Option<i64>,
 }
 
-/// `GET /audit`: the newest events (up to 500) of a kind, device or rollout; the actor filter
-/// applies to those.
+/// Events per audit page.
+const AUDIT_PAGE: usize = 200;
+
+/// `GET /audit`: the newest events (a page of [`AUDIT_PAGE`]) of a kind, device, rollout and
+/// actor, below `before` when given, with a link to the page of older ones.
 pub(crate) async fn audit(
     State(console): State<Console>,
     SignedIn(session): SignedIn,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
     let q = query.map(|Query(q)| q).unwrap_or_default();
-    let mut path = String::from("/events?limit=500");
+    let mut path = format!("/events?limit={AUDIT_PAGE}");
+    let mut filters = String::new();
     for (key, value) in [
         ("kind", &q.kind),
         ("device", &q.device),
         ("rollout", &q.rollout),
+        ("actor", &q.actor),
     ] {
         if !value.trim().is_empty() {
-            path.push_str(&format!("&{key}={}", url(value.trim())));
+            filters.push_str(&format!("&{key}={}", url(value.trim())));
         }
     }
+    path.push_str(&filters);
+    if let Some(before) = q.before {
+        path.push_str(&format!("&before={before}"));
+    }
     let answer = console.api(&session, Method::GET, &path, None).await;
-    let (rows, error) = if answer.status.is_success() {
-        let actor = q.actor.trim();
-        let rows: Vec<Vec<String>> = event_rows(&answer.body)
-            .into_iter()
-            .filter(|(_, row)| actor.is_empty() || row[2] == esc(actor).to_string())
-            .map(|(_, row)| row)
-            .collect();
-        (rows, String::new())
+    let (rows, error, older) = if answer.status.is_success() {
+        let events = event_rows(&answer.body);
+        let oldest = answer
+            .body
+            .get("events")
+            .and_then(Value::as_array)
+            .and_then(|list| list.first())
+            .and_then(|e| e.get("id"))
+            .and_then(Value::as_i64);
+        let older = match oldest {
+            Some(id) if events.len() == AUDIT_PAGE => format!(
+                r#"<p><a id="older-events" href="/audit?before={id}{}">Older events</a></p>"#,
+                esc(&filters)
+            ),
+            _ => String::new(),
+        };
+        let rows: Vec<Vec<String>> = events.into_iter().map(|(_, row)| row).collect();
+        (rows, String::new(), older)
     } else {
         (
             Vec::new(),
@@ -196,6 +218,7 @@ pub(crate) async fn audit(
                 r#"<p class="error" role="alert">{}</p>"#,
                 esc(&answer.error_text())
             ),
+            String::new(),
         )
     };
     let body = format!(
@@ -204,7 +227,7 @@ pub(crate) async fn audit(
 <label for="device">Device</label> <input id="device" name="device" value="{}">
 <label for="rollout">Rollout</label> <input id="rollout" name="rollout" inputmode="numeric" value="{}">
 <label for="actor">Actor</label> <input id="actor" name="actor" value="{}">
-<button type="submit">Apply</button></form>{error}{}"#,
+<button type="submit">Apply</button></form>{error}{}{older}"#,
         esc(&q.kind),
         esc(&q.device),
         esc(&q.rollout),

@@ -81,7 +81,7 @@ fn count(counts: &Value, state: &str) -> String {
 }
 
 /// The live part of a rollout's page.
-pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &[Vec<String>]) -> String {
+pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &Troubled) -> String {
     let id = field(rollout, "id");
     let status = field(rollout, "status");
     let phase = field(rollout, "phase");
@@ -181,11 +181,29 @@ pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &[Vec<String
             ],
             &waves
         ),
-        devices = table(
+        devices = troubled_table(devices),
+    )
+}
+
+/// The troubled devices' table, with how many are not shown.
+fn troubled_table(devices: &Troubled) -> String {
+    let more = devices.total.saturating_sub(devices.rows.len());
+    let note = if more == 0 {
+        String::new()
+    } else {
+        format!(
+            r#"<p class="note" id="troubled-more">{} devices in all; the first {} by id are shown.</p>"#,
+            devices.total,
+            devices.rows.len()
+        )
+    };
+    format!(
+        "{}{note}",
+        table(
             "Devices that failed, rolled back, were rejected or deferred",
             &["Device", "State", "Cause", "Detail"],
-            devices
-        ),
+            &devices.rows
+        )
     )
 }
 
@@ -224,12 +242,36 @@ fn actions(session: &Session, id: &str, status: &str) -> String {
     }
 }
 
+/// Update results that are not trouble: done, or still on their way (`last_result`, the
+/// device's last outcome; `failed-*` carries the phase).
+const UNTROUBLED: [&str; 8] = [
+    "succeeded",
+    "skipped-identical",
+    "queued",
+    "notified",
+    "downloading",
+    "installing",
+    "trial",
+    "rebooting",
+];
+
+/// At most this many troubled devices are listed on a rollout's page (the count says how
+/// many there are in all).
+const TROUBLED_SHOWN: usize = 100;
+
+/// A rollout's troubled devices: the first [`TROUBLED_SHOWN`] rows (by id) and how many
+/// there are.
+pub(crate) struct Troubled {
+    rows: Vec<Vec<String>>,
+    total: usize,
+}
+
 /// The rollout (from the API) and its troubled devices, or the refusal.
 pub(crate) async fn load(
     console: &Console,
     session: &Session,
     id: i64,
-) -> Result<(Value, Vec<Vec<String>>), ApiAnswer> {
+) -> Result<(Value, Troubled), ApiAnswer> {
     let answer = console
         .api(session, Method::GET, &format!("/rollouts/{id}"), None)
         .await;
@@ -240,38 +282,30 @@ pub(crate) async fn load(
     let devices = console
         .state()
         .db()
-        .list_devices()
+        .devices_with_last_result_except(&UNTROUBLED)
         .await
         .map_err(|e| ApiAnswer::from(crate::http::ApiError::from(e)))?;
-    let rows = devices
+    let troubled: Vec<_> = devices
         .iter()
         .filter_map(|d| {
             let outcome = d.last_outcome.as_ref()?;
-            if outcome.get("rollout").and_then(Value::as_i64) != Some(id) {
-                return None;
-            }
-            let state = field(outcome, "state");
-            if matches!(
-                state.as_str(),
-                "succeeded"
-                    | "skipped-identical"
-                    | "queued"
-                    | "notified"
-                    | "downloading"
-                    | "installing"
-                    | "trial"
-            ) {
-                return None;
-            }
-            Some(vec![
-                format!(r#"<a href="/devices/{}">{}</a>"#, url(&d.id), esc(&d.id)),
-                esc(&state).to_string(),
-                esc(&field(outcome, "cause")).to_string(),
-                esc(&field(outcome, "detail")).to_string(),
-            ])
+            (outcome.get("rollout").and_then(Value::as_i64) == Some(id)).then_some((d, outcome))
         })
         .collect();
-    Ok((rollout, rows))
+    let total = troubled.len();
+    let rows = troubled
+        .into_iter()
+        .take(TROUBLED_SHOWN)
+        .map(|(d, outcome)| {
+            vec![
+                format!(r#"<a href="/devices/{}">{}</a>"#, url(&d.id), esc(&d.id)),
+                esc(&field(outcome, "state")).to_string(),
+                esc(&field(outcome, "cause")).to_string(),
+                esc(&field(outcome, "detail")).to_string(),
+            ]
+        })
+        .collect();
+    Ok((rollout, Troubled { rows, total }))
 }
 
 /// `GET /rollouts/{id}`.
