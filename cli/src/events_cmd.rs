@@ -23,6 +23,12 @@ pub(crate) struct EventsArgs {
     /// is a usage error (exit 2).
     #[arg(long, value_name = "KIND")]
     kind: Option<String>,
+    /// Only events recorded by this actor (an operator's name, server, mqtt, device:<id>).
+    #[arg(long, value_name = "NAME")]
+    actor: Option<String>,
+    /// Only events older than this event id (page back: pass the first id printed).
+    #[arg(long, value_name = "EVENT_ID", conflicts_with = "follow")]
+    before: Option<i64>,
     /// How many of the newest events (at most 1000).
     #[arg(long, default_value_t = 100)]
     limit: u32,
@@ -58,6 +64,12 @@ pub(crate) fn run(args: &EventsArgs) -> Result<(), CliError> {
         }
         if let Some(k) = &args.kind {
             query.push(("kind", k.clone()));
+        }
+        if let Some(a) = &args.actor {
+            query.push(("actor", a.clone()));
+        }
+        if let Some(b) = args.before.filter(|_| after.is_none()) {
+            query.push(("before", b.to_string()));
         }
         if let Some(a) = after {
             query.push(("after", a.to_string()));

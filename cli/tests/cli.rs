@@ -657,6 +657,27 @@ fn fleet_commands_against_a_running_server() {
         .collect();
     // Publishing the same release again is a no-op: one event.
     assert_eq!(kinds, ["release-published"], "{v:#}");
+    // By actor, and paging back from it: nothing is older than the first event.
+    let first = v["events"][0]["id"].as_i64().unwrap();
+    let actor = v["events"][0]["actor"].as_str().unwrap();
+    let mine = run(&["events", "--actor", actor, "--json"]);
+    let mine: serde_json::Value = serde_json::from_str(mine.ok()).unwrap();
+    assert_eq!(mine["events"].as_array().unwrap().len(), 1, "{mine:#}");
+    let count = |args: &[&str]| {
+        let text = run(args);
+        let v: serde_json::Value = serde_json::from_str(text.ok()).unwrap();
+        v["events"].as_array().unwrap().len()
+    };
+    assert_eq!(count(&["events", "--actor", "nobody", "--json"]), 0);
+    assert_eq!(
+        count(&["events", "--before", &first.to_string(), "--json"]),
+        0
+    );
+    assert_eq!(
+        count(&["events", "--before", &(first + 1).to_string(), "--json"]),
+        1
+    );
+    run(&["events", "--before", "5", "--follow"]).fails(2);
 
     // Issue 6: feature flags from the command line (no device yet: counts are zero).
     run(&[
