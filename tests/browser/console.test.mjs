@@ -188,7 +188,8 @@ try {
 
   // Devices: a bad filter's error, then a device's page.
   await page.goto(`${base}/devices?filter=${encodeURIComponent("colour=blue")}`);
-  check((await page.locator("#filter-error").innerText()).includes("unknown field"), "a bad filter shows its error");
+  check((await page.locator("#filter-error").innerText()).includes("unknown field 'colour' at column 1"), "a bad filter shows its error");
+  check((await page.locator("pre.caret").innerText()) === "colour=blue\n^", "a caret marks the column of the error");
   await axe(page, "devices (filter error)");
   await page.goto(`${base}/devices?sort=last-seen&dir=desc`);
   await shot(page, "devices");

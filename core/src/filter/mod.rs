@@ -122,6 +122,24 @@ pub enum FilterError {
     },
 }
 
+impl FilterError {
+    /// The 1-based character column the error points at, when it points at one (the console
+    /// marks it under the filter).
+    pub fn column(&self) -> Option<usize> {
+        match self {
+            FilterError::Empty | FilterError::TooLong { .. } => None,
+            FilterError::InvalidCharacter { column, .. }
+            | FilterError::UnterminatedString { column }
+            | FilterError::UnexpectedToken { column, .. }
+            | FilterError::UnexpectedEnd { column, .. }
+            | FilterError::UnknownField { column, .. }
+            | FilterError::FlagWithValue { column, .. }
+            | FilterError::MissingComparison { column, .. }
+            | FilterError::TooDeep { column, .. } => Some(*column),
+        }
+    }
+}
+
 /// What a filter can ask about a device: the server's registry row implements it (and the
 /// fleet's flag evaluation and targeting go through it), so every filter is evaluated by the
 /// same code.
@@ -357,6 +375,15 @@ mod tests {
     use alloc::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn issue16_errors_name_their_column() {
+        let at = |text: &str| Filter::parse(text).unwrap_err().column();
+        assert_eq!(at("hw=a and colour=blue"), Some(10));
+        assert_eq!(at("hw=\"open"), Some(4));
+        assert_eq!(at("hw=a and"), Some(9));
+        assert_eq!(at(" "), None);
+    }
 
     #[test]
     fn glob() {

@@ -74,7 +74,7 @@ pub(crate) async fn list(
     } else {
         match Filter::parse(text) {
             Ok(f) => (Some(f), None),
-            Err(e) => (None, Some(e.to_string())),
+            Err(e) => (None, Some(e)),
         }
     };
     let query = DevicePageQuery {
@@ -135,8 +135,9 @@ pub(crate) async fn list(
     }
     let error = filter_error.map_or_else(String::new, |e| {
         format!(
-            r#"<p class="error" role="alert" id="filter-error">Filter error: {}</p>"#,
-            esc(&e)
+            r#"<p class="error" role="alert" id="filter-error">Filter error: {}</p>{}"#,
+            esc(&e.to_string()),
+            e.column().map_or_else(String::new, |c| caret(text, c))
         )
     });
     let described = if error.is_empty() {
@@ -171,6 +172,21 @@ pub(crate) async fn list(
         started.elapsed().as_millis()
     );
     layout::page(&session, "Devices", "/devices", &body)
+}
+
+/// The filter with a caret under its 1-based character `column` (past the end: after it).
+fn caret(filter: &str, column: usize) -> String {
+    let before: String = filter
+        .chars()
+        .take(column.saturating_sub(1))
+        .map(|c| if c == '\t' { '\t' } else { ' ' })
+        .collect();
+    format!(
+        r#"<pre class="caret" aria-hidden="true">{}
+{}^</pre>"#,
+        esc(filter),
+        before
+    )
 }
 
 /// `GET /devices/{id}`: releases, power, inventory, labels (editable), flags and why,
@@ -402,4 +418,20 @@ async fn flags_of(console: &Console, session: &Session, id: &str) -> String {
         ]);
     }
     table("Flags of this device", &["Flag", "Value", "Why"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue16_the_caret_stands_under_the_column() {
+        let html = caret("hw=a and colour=blue", 10);
+        assert!(
+            html.ends_with("hw=a and colour=blue\n         ^</pre>"),
+            "{html}"
+        );
+        assert!(caret("x<y", 2).contains("x&lt;y\n ^"));
+        assert!(caret("hw=a and", 9).ends_with("        ^</pre>"));
+    }
 }
