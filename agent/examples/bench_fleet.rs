@@ -18,6 +18,14 @@
 //!    during it and the time from publishing the desired state to the `skipped-identical`
 //!    event.
 //!
+//! With `--installer ab` the agent runs the `ab` installer instead (docs/agent.md, "Gateway with
+//! A/B slots"): its slots are two image files of the big artifact's size in `--dir`, the kernel
+//! command line is a file saying `ota.slot=A`, the bootloader is GRUB on an environment file
+//! in `--dir` (`--grub-editenv PATH`) or, without one, the `custom` backend running `true`,
+//! and the reboot command is `true` (the host is never rebooted). Only steps 1 and 2 run, and
+//! step 2 ends at the `rebooting` event: download, verify, write slot B, fsync, read it back,
+//! try it once in the bootloader.
+//!
 //! Never use the test key outside tests and benchmarks.
 #![allow(
     clippy::unwrap_used,
@@ -57,6 +65,10 @@ struct Args {
     dir: PathBuf,
     big: u64,
     medium: u64,
+    /// `files` or `ab`.
+    installer: String,
+    /// GRUB's `grub-editenv`, for the `ab` installer's bootloader (else `custom` with `true`).
+    grub_editenv: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -66,6 +78,8 @@ fn args() -> Args {
         dir: std::env::temp_dir().join("ota-bench"),
         big: 1024 * MIB,
         medium: 256 * MIB,
+        installer: "files".into(),
+        grub_editenv: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -76,6 +90,8 @@ fn args() -> Args {
             "--dir" => a.dir = v.into(),
             "--big-mib" => a.big = v.parse::<u64>().unwrap() * MIB,
             "--medium-mib" => a.medium = v.parse::<u64>().unwrap() * MIB,
+            "--installer" if v == "files" || v == "ab" => a.installer = v,
+            "--grub-editenv" => a.grub_editenv = Some(v.into()),
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -105,7 +121,13 @@ fn write_artifact(path: &Path, len: u64, seed: u64) -> Digest {
     hasher.finish()
 }
 
-fn signed_release(version: &str, security_version: u32, digest: Digest, size: u64) -> Vec<u8> {
+fn signed_release(
+    version: &str,
+    security_version: u32,
+    digest: Digest,
+    size: u64,
+    installer: &str,
+) -> Vec<u8> {
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         product: firmware_fixtures::PRODUCT.to_owned(),
@@ -116,7 +138,7 @@ fn signed_release(version: &str, security_version: u32, digest: Digest, size: u6
         hardware: vec![firmware_fixtures::HARDWARE_CLASS.to_owned()],
         created: firmware_fixtures::CREATED,
         expires: None,
-        installer: Some("files".into()),
+        installer: Some(installer.to_owned()),
         metadata: Default::default(),
         chunk_index: None,
     };
@@ -230,17 +252,20 @@ async fn main() {
     let dir = a.dir.canonicalize().unwrap();
     let device = format!("bench-{}", std::process::id());
 
+    let ab = a.installer == "ab";
+    // The `ab` run stops at the big update: no medium artifact.
+    let medium = if ab { 0 } else { a.medium };
     eprintln!(
         "writing artifacts ({} MiB, {} MiB)...",
         a.big / MIB,
-        a.medium / MIB
+        medium / MIB
     );
     let art = dir.join("artifacts");
     std::fs::create_dir_all(&art).unwrap();
     let big_digest = write_artifact(&art.join("big.bin"), a.big, 1);
-    let med_digest = write_artifact(&art.join("medium.bin"), a.medium, 2);
-    let big_release = signed_release("2.0.0", 2, big_digest, a.big);
-    let med_release = signed_release("3.0.0", 3, med_digest, a.medium);
+    let med_digest = write_artifact(&art.join("medium.bin"), medium, 2);
+    let big_release = signed_release("2.0.0", 2, big_digest, a.big, &a.installer);
+    let med_release = signed_release("3.0.0", 3, med_digest, medium, &a.installer);
 
     let sent = Arc::new(AtomicU64::new(0));
     let base = serve_files(
@@ -260,6 +285,14 @@ async fn main() {
     std::fs::create_dir_all(&app).unwrap();
     let key = firmware_fixtures::path(&TestKey::A.public_pem_file());
     let config = dir.join("config.toml");
+    let installer = if ab {
+        ab_installer(&dir, a.big, a.grub_editenv.as_deref())
+    } else {
+        format!(
+            "[installer]\nkind = \"files\"\nroot = \"{}\"\n",
+            app.display()
+        )
+    };
     std::fs::write(
         &config,
         format!(
@@ -272,16 +305,12 @@ keys = [{{ file = "{key}" }}]
 url = "{broker}"
 [power]
 power_supply_path = "{dir}/no-power-supply"
-[installer]
-kind = "files"
-root = "{app}"
-"#,
+{installer}"#,
             hw = firmware_fixtures::HARDWARE_CLASS,
             data = data.display(),
             key = key.display(),
             broker = a.broker,
             dir = dir.display(),
-            app = app.display(),
         ),
     )
     .unwrap();
@@ -386,7 +415,7 @@ root = "{app}"
 
     // Start the agent.
     let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-    let mut child = Command::new(&a.agent)
+    let child = Command::new(&a.agent)
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info")
@@ -414,10 +443,12 @@ root = "{app}"
         )
         .await
         .unwrap();
+    // The `ab` installer's update ends, on this host, at the reboot.
+    let done = if ab { "rebooting" } else { "succeeded" };
     let mut peak_during = 0;
     loop {
         peak_during = peak_during.max(rss_kib(pid).0);
-        if event_at(1, "succeeded").is_some() {
+        if event_at(1, done).is_some() {
             break;
         }
         if let Some((_, e)) = seen
@@ -438,11 +469,18 @@ root = "{app}"
     // VmHWM is read from per-CPU cached counters: take the highest value seen.
     let update_peak = rss_kib(pid).0.max(peak_during);
     println!(
-        "update to a {} MiB artifact: peak RSS {update_peak} KiB ({:.1} MB), total {:.2} s",
+        "{} update to a {} MiB artifact (desired -> {done}): peak RSS {update_peak} KiB ({:.1} MB), total {:.2} s",
+        a.installer,
         a.big / MIB,
         update_peak as f64 / 1024.0,
         t.elapsed().as_secs_f64()
     );
+    if ab {
+        stop(pid, child, &client, &device).await;
+        // The written slot holds the artifact.
+        assert_eq!(hash_file(&dir.join("slot-b.img")), big_digest, "slot B");
+        return;
+    }
 
     // 256 MiB: desired -> trial (download + verify + install) vs curl | openssl.
     let sent_before = sent.load(Ordering::Relaxed);
@@ -528,7 +566,25 @@ root = "{app}"
         latency.as_secs_f64() * 1000.0
     );
 
-    // Stop the agent; clear the retained messages.
+    stop(pid, child, &client, &device).await;
+}
+
+/// The SHA-256 of the file at `path`.
+fn hash_file(path: &Path) -> Digest {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).unwrap();
+        if n == 0 {
+            return hasher.finish();
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Stops the agent and clears its retained messages.
+async fn stop(pid: u32, mut child: std::process::Child, client: &AsyncClient, device: &str) {
     let _ = Command::new("kill").arg(pid.to_string()).status();
     let _ = child.wait();
     for kind in ["desired", "reported", "status"] {
@@ -542,4 +598,42 @@ root = "{app}"
             .await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// The `[installer]` section of the `ab` run: two `size`-byte slot image files (sparse), the
+/// command line `ota.slot=A` (so slot B is written), GRUB on an environment file when
+/// `grub_editenv` is given (else the `custom` backend running `true`), `true` as the reboot.
+fn ab_installer(dir: &Path, size: u64, grub_editenv: Option<&Path>) -> String {
+    for slot in ["slot-a.img", "slot-b.img"] {
+        let path = dir.join(slot);
+        let _ = std::fs::remove_file(&path);
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+    }
+    std::fs::write(dir.join("cmdline"), "root=/dev/sda2 ro ota.slot=A\n").unwrap();
+    let bootloader = match grub_editenv {
+        Some(editenv) => {
+            let env = dir.join("grubenv");
+            let _ = std::fs::remove_file(&env);
+            let status = Command::new(editenv)
+                .arg(&env)
+                .arg("create")
+                .status()
+                .unwrap();
+            assert!(status.success(), "grub-editenv create failed");
+            format!(
+                "kind = \"grub\"\nenv_file = \"{}\"\neditenv = \"{}\"\n",
+                env.display(),
+                editenv.display()
+            )
+        }
+        None => {
+            "kind = \"custom\"\ntry_command = [\"true\"]\nboot_command = [\"true\"]\n".to_owned()
+        }
+    };
+    format!(
+        "[installer]\nkind = \"ab\"\nslot_a = \"{a}\"\nslot_b = \"{b}\"\ncmdline = \"{c}\"\nreboot_command = [\"true\"]\n[installer.bootloader]\n{bootloader}",
+        a = dir.join("slot-a.img").display(),
+        b = dir.join("slot-b.img").display(),
+        c = dir.join("cmdline").display(),
+    )
 }

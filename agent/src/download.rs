@@ -457,6 +457,8 @@ fn tls_cause(e: &reqwest::Error) -> Option<String> {
 /// set, the shared rustls configuration ([`crate::tls`]: the CA pinned).
 /// The HTTP client of `config` (timeouts, pinned CA, client identity; reads the TLS files).
 pub fn http_client(config: &DownloadConfig) -> Result<reqwest::Client, DownloadError> {
+    // Without TLS files reqwest builds its own configuration from the process default.
+    crate::tls::install_default_provider();
     let mut builder = reqwest::Client::builder()
         .connect_timeout(config.connect_timeout)
         .read_timeout(config.read_timeout)

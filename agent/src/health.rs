@@ -115,6 +115,8 @@ impl HealthProbe {
 
     /// An HTTP probe of `url`.
     pub fn http(url: impl Into<String>, timeout: Duration) -> Result<Self, HealthError> {
+        // reqwest builds its TLS configuration from the process default provider.
+        crate::tls::install_default_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()

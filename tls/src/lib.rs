@@ -1,7 +1,8 @@
 //! The rustls configurations of ota, one copy for the agent (MQTT link `mqtts://`, artifact
 //! downloads `https://`) and the fleet server (the embedded broker's front door, its HTTPS
-//! listener and its client to an external broker). Everything uses the explicit aws-lc-rs
-//! provider.
+//! listener and its client to an external broker). Everything uses the explicit *ring*
+//! provider ([`provider`]); [`install_default_provider`] makes it the process default for
+//! clients that build their own configuration (reqwest's platform verifier in the agent).
 //!
 //! [`client_config`]:
 //!
@@ -155,8 +156,17 @@ pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+/// The crypto provider of every configuration: rustls's *ring* provider with its defaults
+/// (TLS 1.3 and 1.2 AES-GCM and ChaCha20-Poly1305 suites; X25519, P-256, P-384 key exchange).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Makes [`provider`] the process's default rustls provider, unless one is already installed
+/// (by an earlier call or by the program embedding ota-tls: that one stays).
+pub fn install_default_provider() {
+    // Err only means a default is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The trust anchors: only the pinned CA bundle, else the system's roots.
