@@ -22,7 +22,6 @@ use serde_json::json;
 use crate::nats::{NODES, NatsCluster};
 use crate::world::{
     converged, create_schema, drop_schema, installs_of, patiently, release, rollout, unique_prefix,
-    wait_rollout,
 };
 
 /// Devices per round.
@@ -131,11 +130,25 @@ async fn round_trip(cluster: &mut NatsCluster, victim: usize, installed_before_k
         installed(&lab)
     );
 
-    let r = wait_rollout(&lab, id, |r| {
-        matches!(r["status"].as_str(), Some("completed" | "aborted"))
+    let r = patiently(Duration::from_millis(100), async || {
+        let r = lab.api().rollout(id).await.ok()?;
+        matches!(r["status"].as_str(), Some("completed" | "aborted")).then_some(r)
     })
-    .await;
+    .await
+    .unwrap_or_default();
     if r["status"] != "completed" {
+        for d in lab.devices() {
+            let status = d.status().map(|s| {
+                (
+                    s.connected,
+                    s.broker_error,
+                    s.outbox,
+                    s.machine.stage,
+                    s.installs.len(),
+                )
+            });
+            eprintln!("{}: {status:?}", d.id());
+        }
         let id_text = id.to_string();
         let events = lab
             .api()
