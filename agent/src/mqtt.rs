@@ -36,7 +36,7 @@ use std::time::Duration;
 use ota_core::wire::{DeviceId, PROTOCOL_VERSION, Status, TopicKind, Topics, WireMessage};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    TlsConfiguration, Transport,
+    SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -713,9 +713,35 @@ impl Poller {
                     // The shell hears of the connection once the subscriptions stand.
                     awaiting_suback = true;
                 }
-                Ok(Event::Incoming(Incoming::SubAck(_))) if awaiting_suback => {
-                    awaiting_suback = false;
-                    let _ = self.events.send(LinkEvent::Connected);
+                Ok(Event::Incoming(Incoming::SubAck(ack))) if awaiting_suback => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .all(|c| matches!(c, SubscribeReasonCode::Success(_)))
+                    {
+                        awaiting_suback = false;
+                        let _ = self.events.send(LinkEvent::Connected);
+                    } else {
+                        // A clustered broker refuses subscriptions while it cannot store
+                        // them (NATS during a JetStream leader election, docs/ha.md): ask
+                        // again after the reconnect wait, still waiting for a SUBACK.
+                        tracing::warn!(
+                            "the MQTT broker refused a subscription; retrying in {wait:?}"
+                        );
+                        let filters: Vec<_> = self
+                            .topics
+                            .subscriptions(&self.device)
+                            .into_iter()
+                            .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce))
+                            .collect();
+                        let client = self.client.clone();
+                        let retry = wait;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(retry).await;
+                            let _ = client.subscribe_many(filters).await;
+                        });
+                        wait = (wait * 2).min(self.backoff.max);
+                    }
                 }
                 Ok(Event::Incoming(Incoming::Publish(p))) => {
                     // Every message goes to the shell, which acknowledges them in order once

@@ -60,8 +60,14 @@ pub struct LabOptions {
     pub battery: fn(usize) -> (u8, bool),
     /// The server's broker: `None` runs the embedded one; `Some(url)` an external broker.
     pub server_mqtt: Option<String>,
+    /// More nodes of the server's broker cluster (`mqtt.failover_urls`), with `server_mqtt`.
+    pub server_mqtt_failover: Vec<String>,
     /// The broker URL the agents use (default: the server's broker).
     pub agent_broker: Option<String>,
+    /// The nodes of a broker cluster the agents use (overrides `agent_broker`): device `i`
+    /// connects first to node `i mod n` and fails over to the next ones in order
+    /// (`broker.failover_urls`).
+    pub agent_broker_cluster: Vec<String>,
     /// The database URL (default: SQLite in the lab directory).
     pub database_url: Option<String>,
     /// The base URL devices download artifacts from (default: the server itself).
@@ -113,7 +119,9 @@ impl Default for LabOptions {
             chunk_size: 64 * 1024,
             battery: |_| (80, false),
             server_mqtt: None,
+            server_mqtt_failover: Vec::new(),
             agent_broker: None,
+            agent_broker_cluster: Vec::new(),
             database_url: None,
             public_url: None,
             id_prefix: "demo".into(),
@@ -222,14 +230,22 @@ impl Lab {
                 (None, Some(secret)) => password_toml(lab.dir.path(), &id, secret)?,
                 (None, None) => String::new(),
             };
-            let broker_extra = format!(
+            let mut broker_extra = format!(
                 "{broker_extra}\ntopic_prefix = {}",
                 crate::device::toml_string(opts.topics.prefix())
             );
+            let mut device_broker = broker_url.clone();
+            let nodes = &opts.agent_broker_cluster;
+            if !nodes.is_empty() {
+                let mut order = (0..nodes.len()).map(|k| &nodes[(i + k) % nodes.len()]);
+                device_broker = order.next().cloned().unwrap_or_default();
+                let more: Vec<String> = order.map(|url| toml_string(url)).collect();
+                broker_extra.push_str(&format!("\nfailover_urls = [{}]", more.join(", ")));
+            }
             let spec = DeviceSpec {
                 ring: if i % 10 == 0 { "canary" } else { "main" }.into(),
                 id: id.clone(),
-                broker_url: broker_url.clone(),
+                broker_url: device_broker,
                 broker_extra,
                 trust_key: key.clone(),
                 factory: (release_path.clone(), image_path.clone()),
@@ -358,7 +374,19 @@ impl Lab {
     /// database, broker, data directory and public URL, on a runtime of its own: a standby
     /// while the lab's server holds the coordinator lease. Needs an external broker.
     pub async fn start_replica(&mut self, ha: HaConfig) -> Result<&RunningServer, LabError> {
+        let broker = self.config.mqtt.broker.clone();
+        self.start_replica_with_broker(ha, broker).await
+    }
+
+    /// [`Lab::start_replica`], the replica connecting to `broker` (another node of the lab's
+    /// broker cluster first, say).
+    pub async fn start_replica_with_broker(
+        &mut self,
+        ha: HaConfig,
+        broker: MqttBroker,
+    ) -> Result<&RunningServer, LabError> {
         let mut config = self.config.clone();
+        config.mqtt.broker = broker;
         config.http.listen = ([127, 0, 0, 1], 0).into();
         config.ha = Some(ha);
         let runtime = ServerRuntime::new()?;
@@ -475,7 +503,7 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
         config.http.tls_key = Some(key.clone());
     }
     config.mqtt = match &opts.server_mqtt {
-        Some(url) => MqttConfig::external(url).map_err(|e| LabError::Setup(e.to_string()))?,
+        Some(url) => MqttConfig::with_broker(external_broker(url, &opts.server_mqtt_failover)?),
         None => MqttConfig::with_broker(MqttBroker::Embedded {
             listen: ([127, 0, 0, 1], 0).into(),
             security: opts.broker_security.clone(),
@@ -493,6 +521,25 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
         OperatorConfig::with_role(STEERER.0, STEERER.1, Role::Operator),
     ];
     Ok(config)
+}
+
+/// An external broker at `url`, with more nodes of its cluster at `failover` (plain
+/// `mqtt://` or `mqtts://` URLs, no TLS files or credentials).
+pub fn external_broker(url: &str, failover: &[String]) -> Result<MqttBroker, LabError> {
+    let parse = |url: &str| {
+        MqttConfig::external(url)
+            .map(|c| c.broker)
+            .map_err(|e| LabError::Setup(e.to_string()))
+    };
+    let mut broker = parse(url)?;
+    for more in failover {
+        if let (MqttBroker::External { failover, .. }, MqttBroker::External { host, port, .. }) =
+            (&mut broker, parse(more)?)
+        {
+            failover.push((host, port));
+        }
+    }
+    Ok(broker)
 }
 
 /// Writes device `id`'s broker password (0600) under `dir/passwords/` and answers the agent's

@@ -527,6 +527,10 @@ pub enum MqttBroker {
         port: u16,
         /// TLS and credentials of the server's connection.
         client: ClientSecurity,
+        /// `failover_urls`: more nodes of the same broker cluster, `(host, port)`, with the
+        /// scheme, TLS and credentials of `url`. After every failed or lost connection the
+        /// server moves to the next of `url`, `failover_urls...` (round robin).
+        failover: Vec<(String, u16)>,
     },
 }
 
@@ -613,46 +617,15 @@ impl MqttConfig {
     /// Parses an external broker URL `mqtt://host[:port]` or `mqtts://host[:port]` (port 1883,
     /// or 8883 with TLS); no TLS files or credentials.
     pub fn external(url: &str) -> Result<Self, ConfigError> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("mqtt://") {
-            (false, rest)
-        } else {
-            return Err(invalid("mqtt.url", "must start with mqtt:// or mqtts://"));
-        };
-        let default_port = if tls {
-            DEFAULT_MQTTS_PORT
-        } else {
-            DEFAULT_MQTT_PORT
-        };
-        let rest = rest.trim_end_matches('/');
-        if rest.contains('/') || rest.contains('@') {
-            return Err(invalid(
-                "mqtt.url",
-                "must be mqtt[s]://host[:port], without path or credentials",
-            ));
-        }
-        let (host, port) = match rest.rsplit_once(':') {
-            // `[::1]:1883` or `host:1883`; a bare IPv6 address needs brackets.
-            Some((host, port)) if !host.is_empty() && !port.contains(']') => {
-                let port = port
-                    .parse::<u16>()
-                    .map_err(|_| invalid("mqtt.url", format!("invalid port {port:?}")))?;
-                (host, port)
-            }
-            _ => (rest, default_port),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(invalid("mqtt.url", "the host is empty"));
-        }
+        let (host, port, tls) = broker_address(url, "mqtt.url")?;
         Ok(MqttConfig::with_broker(MqttBroker::External {
-            host: host.to_string(),
+            host,
             port,
             client: ClientSecurity {
                 tls,
                 ..ClientSecurity::default()
             },
+            failover: Vec::new(),
         }))
     }
 
@@ -699,6 +672,8 @@ struct RawMqtt {
     client_key: Option<PathBuf>,
     username: Option<String>,
     password_file: Option<PathBuf>,
+    #[serde(default)]
+    failover_urls: Vec<String>,
 }
 
 impl TryFrom<RawMqtt> for MqttConfig {
@@ -745,7 +720,20 @@ impl TryFrom<RawMqtt> for MqttBroker {
                 let mut config = MqttConfig::external(&url)
                     .map_err(|e| e.to_string())?
                     .broker;
-                if let MqttBroker::External { client, .. } = &mut config {
+                if let MqttBroker::External {
+                    client, failover, ..
+                } = &mut config
+                {
+                    for more in &raw.failover_urls {
+                        let (host, port, tls) = broker_address(more, "mqtt.failover_urls")
+                            .map_err(|e| e.to_string())?;
+                        if tls != client.tls {
+                            return Err(format!(
+                                "mqtt.failover_urls: {more:?} must use the scheme of mqtt.url"
+                            ));
+                        }
+                        failover.push((host, port));
+                    }
                     if !client.tls && (raw.ca_file.is_some() || raw.client_cert.is_some()) {
                         return Err("mqtt.ca_file and client_cert need an mqtts:// URL".into());
                     }
@@ -765,9 +753,10 @@ impl TryFrom<RawMqtt> for MqttBroker {
                 Ok(config)
             }
             (listen, None) => {
-                if external_keys {
-                    return Err("mqtt.ca_file, client_cert, client_key, username and \
-                                password_file configure an external broker: they need mqtt.url"
+                if external_keys || !raw.failover_urls.is_empty() {
+                    return Err("mqtt.ca_file, client_cert, client_key, username, \
+                                password_file and failover_urls configure an external broker: \
+                                they need mqtt.url"
                         .into());
                 }
                 if raw.tls_cert.is_some() != raw.tls_key.is_some() {
@@ -1043,6 +1032,45 @@ impl std::fmt::Debug for WebhookConfig {
     }
 }
 
+/// Host, port and TLS of the broker URL `url` (`mqtt://host[:port]`, `mqtts://host[:port]`),
+/// the configuration key `key` named in errors.
+fn broker_address(url: &str, key: &'static str) -> Result<(String, u16, bool), ConfigError> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else {
+        return Err(invalid(key, "must start with mqtt:// or mqtts://"));
+    };
+    let default_port = if tls {
+        DEFAULT_MQTTS_PORT
+    } else {
+        DEFAULT_MQTT_PORT
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('/') || rest.contains('@') {
+        return Err(invalid(
+            key,
+            "must be mqtt[s]://host[:port], without path or credentials",
+        ));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        // `[::1]:1883` or `host:1883`; a bare IPv6 address needs brackets.
+        Some((host, port)) if !host.is_empty() && !port.contains(']') => {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| invalid(key, format!("invalid port {port:?}")))?;
+            (host, port)
+        }
+        _ => (rest, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(invalid(key, "the host is empty"));
+    }
+    Ok((host.to_string(), port, tls))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1089,6 +1117,7 @@ mod tests {
                 host: "broker.example".into(),
                 port: 1884,
                 client: ClientSecurity::default(),
+                failover: Vec::new(),
             }
         );
         assert_eq!(c.mqtt.topics, Topics::default());
@@ -1098,8 +1127,30 @@ mod tests {
                 host: "::1".into(),
                 port: 1883,
                 client: ClientSecurity::default(),
+                failover: Vec::new(),
             }
         );
+        // Issue 15: more nodes of the broker cluster, same scheme.
+        let c = Config::from_toml(
+            "[mqtt]\nurl = \"mqtt://n1:1883\"\nfailover_urls = [\"mqtt://n2\", \"mqtt://[::1]:1885\"]\n[trust]\nkeys=[\"a\"]\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        let MqttBroker::External { failover, .. } = &c.mqtt.broker else {
+            panic!("{:?}", c.mqtt)
+        };
+        assert_eq!(
+            failover,
+            &[("n2".to_string(), 1883), ("::1".to_string(), 1885)]
+        );
+        for bad in [
+            "url = \"mqtt://n1\"\nfailover_urls = [\"mqtts://n2\"]",
+            "url = \"mqtt://n1\"\nfailover_urls = [\"http://n2\"]",
+            "failover_urls = [\"mqtt://n2\"]",
+        ] {
+            let toml = format!("[mqtt]\n{bad}\n[trust]\nkeys=[\"a\"]\n");
+            assert!(Config::from_toml(&toml, Path::new("/")).is_err(), "{bad}");
+        }
         // Issue 15: the fleet's topic namespace.
         let c = Config::from_toml(
             "[mqtt]\ntopic_prefix = \"acme/staging/ota/v1\"\n[trust]\nkeys=[\"a\"]\n",

@@ -19,9 +19,11 @@
 //! provider), with optional username and password: the embedded broker's internal secret, or
 //! the credentials configured for an external broker.
 //!
-//! Connection errors are retried with exponential backoff (0.2 s doubling to 10 s). Sessions
-//! are clean, so the coordinator subscribes again after every `ConnAck`
-//! ([`Inbound::Connected`]).
+//! Connection errors are retried with exponential backoff (0.2 s doubling to 10 s), each
+//! attempt at the next node of the broker cluster when several are configured
+//! (`mqtt.failover_urls`, round robin). Sessions are clean, so the coordinator subscribes again
+//! after every `ConnAck` ([`Inbound::Connected`]); a refused subscription is asked for again
+//! after the same backoff ([`Inbound::SubscribeRefused`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +32,8 @@ use bytes::Bytes;
 use ota_core::budget::{BudgetSpec, Budgets, Verdict};
 use ota_core::wire::Topics;
 use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode, TlsConfiguration,
+    Transport,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -55,6 +58,8 @@ pub enum Inbound {
     Connected,
     /// The broker acknowledged a subscription.
     Subscribed,
+    /// The broker refused a subscription (after a backoff wait): subscribe again.
+    SubscribeRefused,
     /// The connection broke; rumqttc reconnects on the next poll.
     Disconnected(String),
     /// A message on a subscribed topic.
@@ -77,6 +82,10 @@ pub struct MqttEndpoint {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Username and password, when set.
     pub credentials: Option<(String, String)>,
+    /// More nodes of the same broker cluster, `(host, port)` (`mqtt.failover_urls`), with the
+    /// same TLS and credentials: after every failed or lost connection the link moves to the
+    /// next of `host`, `failover...` (round robin).
+    pub failover: Vec<(String, u16)>,
 }
 
 /// How the coordinator's MQTT link reaches the fleet: the broker, the fleet's topic namespace
@@ -99,6 +108,7 @@ impl MqttEndpoint {
             port,
             tls: None,
             credentials: None,
+            failover: Vec::new(),
         }
     }
 }
@@ -115,6 +125,7 @@ impl std::fmt::Debug for MqttEndpoint {
         f.debug_struct("MqttEndpoint")
             .field("url", &self.to_string())
             .field("username", &self.credentials.as_ref().map(|(u, _)| u))
+            .field("failover", &self.failover)
             .finish_non_exhaustive()
     }
 }
@@ -150,21 +161,16 @@ impl MqttLink {
         shared: Arc<Shared>,
     ) -> Self {
         let endpoint = &spec.endpoint;
-        let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
-        if let Some((user, password)) = &endpoint.credentials {
-            options.set_credentials(user.clone(), password.clone());
-        }
-        if let Some(tls) = &endpoint.tls {
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls.clone(),
-            )));
-        }
-        options
-            .set_keep_alive(Duration::from_secs(30))
-            .set_clean_session(true)
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-            .set_inflight(200);
-        let (client, eventloop) = AsyncClient::new(options, 16 * 1024);
+        let first = options(endpoint, client_id, &endpoint.host, endpoint.port);
+        let brokers: Vec<MqttOptions> = std::iter::once(first.clone())
+            .chain(
+                endpoint
+                    .failover
+                    .iter()
+                    .map(|(host, port)| options(endpoint, client_id, host, *port)),
+            )
+            .collect();
+        let (client, eventloop) = AsyncClient::new(first, 16 * 1024);
         let (stop, stop_rx) = watch::channel(false);
         let sink = Sink {
             inbound,
@@ -173,7 +179,7 @@ impl MqttLink {
             topics: spec.topics.clone(),
             shared,
         };
-        let task = tokio::spawn(poll(eventloop, sink, stop_rx));
+        let task = tokio::spawn(poll(eventloop, brokers, sink, stop_rx));
         MqttLink { client, stop, task }
     }
 
@@ -194,10 +200,36 @@ impl MqttLink {
     }
 }
 
+/// The connection options of the broker node `host:port` of `endpoint`.
+fn options(endpoint: &MqttEndpoint, client_id: &str, host: &str, port: u16) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, host, port);
+    if let Some((user, password)) = &endpoint.credentials {
+        options.set_credentials(user.clone(), password.clone());
+    }
+    if let Some(tls) = &endpoint.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_inflight(200);
+    options
+}
+
 /// Polls `eventloop` until `stop` (or until nobody listens any more), handing events to
-/// `sink`.
-async fn poll(mut eventloop: EventLoop, mut sink: Sink, mut stop: watch::Receiver<bool>) {
+/// `sink`. After every failed or lost connection the next attempt goes to the next of
+/// `brokers` (round robin; the event loop starts with the first).
+async fn poll(
+    mut eventloop: EventLoop,
+    brokers: Vec<MqttOptions>,
+    mut sink: Sink,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = BACKOFF_MIN;
+    let mut current = 0;
     loop {
         let event = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
@@ -208,7 +240,27 @@ async fn poll(mut eventloop: EventLoop, mut sink: Sink, mut stop: watch::Receive
                 backoff = BACKOFF_MIN;
                 Inbound::Connected
             }
-            Ok(Event::Incoming(Packet::SubAck(_))) => Inbound::Subscribed,
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .all(|c| matches!(c, SubscribeReasonCode::Success(_)))
+                {
+                    Inbound::Subscribed
+                } else {
+                    // A clustered broker refuses subscriptions while it cannot store them
+                    // (NATS during a JetStream leader election, docs/ha.md): ask again later.
+                    tracing::warn!(
+                        "the MQTT broker refused a subscription; retrying in {backoff:?}"
+                    );
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    Inbound::SubscribeRefused
+                }
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => Inbound::Message {
                 topic: p.topic,
                 payload: p.payload,
@@ -229,6 +281,14 @@ async fn poll(mut eventloop: EventLoop, mut sink: Sink, mut stop: watch::Receive
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
+                if brokers.len() > 1 {
+                    current = (current + 1) % brokers.len();
+                    if let Some(next) = brokers.get(current) {
+                        let (host, port) = next.broker_address();
+                        tracing::info!("next MQTT connection attempt: {host}:{port}");
+                        eventloop.mqtt_options = next.clone();
+                    }
+                }
                 continue;
             }
         };

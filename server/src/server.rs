@@ -162,9 +162,18 @@ impl Server {
                     ..MqttEndpoint::plain(internal.addr.ip().to_string(), internal.addr.port())
                 }
             }
-            (MqttBroker::External { host, port, client }, None) => {
-                client_endpoint(host, *port, client)?
-            }
+            (
+                MqttBroker::External {
+                    host,
+                    port,
+                    client,
+                    failover,
+                },
+                None,
+            ) => MqttEndpoint {
+                failover: failover.clone(),
+                ..client_endpoint(host, *port, client)?
+            },
             (MqttBroker::Embedded { listen, .. }, None) => {
                 MqttEndpoint::plain(listen.ip().to_string(), listen.port())
             }
@@ -486,5 +495,6 @@ fn client_endpoint(
         port,
         tls,
         credentials: client.username.clone().map(|user| (user, password)),
+        failover: Vec::new(),
     })
 }

@@ -612,6 +612,7 @@ impl Actor {
                 ready.send_replace(true);
                 tracing::info!("subscribed to the fleet's MQTT topics");
             }
+            Inbound::SubscribeRefused => subscribe(client, &self.topics).await,
             Inbound::Disconnected(e) => {
                 self.connected = false;
                 tracing::debug!("MQTT disconnected: {e}");
@@ -1722,6 +1723,7 @@ impl Actor {
             Inbound::Subscribed => {
                 ready.send_replace(true);
             }
+            Inbound::SubscribeRefused => subscribe(client, &self.topics).await,
             Inbound::Disconnected(e) => {
                 self.connected = false;
                 tracing::debug!("MQTT disconnected: {e}");

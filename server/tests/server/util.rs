@@ -235,6 +235,7 @@ impl TestServer {
             host,
             port,
             client: Default::default(),
+            failover: Vec::new(),
         };
         let server = Server::start_with_clock(config.clone(), clock.clone())
             .await

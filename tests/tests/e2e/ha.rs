@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use ota_demo::api::Api;
-use ota_demo::lab::OPERATOR;
+use ota_demo::lab::{Lab, OPERATOR};
 use ota_server::config::HaConfig;
 use serde_json::json;
 
@@ -67,9 +67,15 @@ async fn issue15_leader_killed_mid_rollout_the_standby_completes_it() {
     );
 
     // Every rollout transition once: no lost and no doubled audit events across the failover.
+    transitions_once(&w.lab, id).await;
+    w.finish().await;
+}
+
+/// Asserts that rollout `id`'s `rollout-created`, `-started` and `-completed` audit events are
+/// in `lab`'s log once each, and no `rollout-*` / `wave-*` event twice (same details).
+pub async fn transitions_once(lab: &Lab, id: i64) {
     let id_text = id.to_string();
-    let events = w
-        .lab
+    let events = lab
         .api()
         .events(&[("rollout", id_text.as_str()), ("limit", "1000")])
         .await
@@ -93,5 +99,4 @@ async fn issue15_leader_killed_mid_rollout_the_standby_completes_it() {
         unique.dedup();
         assert_eq!(unique.len(), details.len(), "{kind} doubled: {details:#?}");
     }
-    w.finish().await;
 }

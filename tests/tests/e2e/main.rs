@@ -9,6 +9,10 @@
 //! - `flags`: feature flags through restarts, deploys and offline periods (issue 6).
 //! - `ha`: two server replicas; the leader is killed mid-rollout, the standby completes it
 //!   (issue 15).
+//! - `ha_nats`: the same on a real 3-node NATS cluster (MQTT + JetStream); a broker node is
+//!   killed mid-rollout (issue 15; `#[ignore]`d, needs `nats-server` and PostgreSQL).
+//! - `nats`: the 3-node NATS cluster fixture, and its broker-level node-loss test (retained
+//!   messages, QoS 1 persistent sessions).
 //! - `mqtt_tls`: agents and server over MQTT with TLS, device passwords or client
 //!   certificates, and the broker's ACL (issue 7).
 //! - `security`: threats of `docs/security.md` that need the whole system (a compromised
@@ -33,8 +37,10 @@ mod drift;
 mod faults;
 mod flags;
 mod ha;
+mod ha_nats;
 mod health;
 mod mqtt_tls;
+mod nats;
 mod proxy;
 mod repo;
 mod rotation;

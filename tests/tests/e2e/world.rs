@@ -245,12 +245,7 @@ impl World {
             }
         }
         if let Some((schema, _)) = &self.schema {
-            let pool = sqlx::PgPool::connect(&admin_url()).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
+            drop_schema(schema).await;
         }
     }
 }
@@ -436,8 +431,19 @@ fn admin_url() -> String {
         .expect("set OTA_TEST_DATABASE_URL=postgres://... to run the PostgreSQL tests")
 }
 
-/// Creates a fresh schema; answers its name and a URL whose connections use only it.
-async fn create_schema() -> (String, String) {
+/// Drops `schema` ([`create_schema`]) and everything in it.
+pub async fn drop_schema(schema: &str) {
+    let pool = sqlx::PgPool::connect(&admin_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// Creates a fresh schema in `OTA_TEST_DATABASE_URL`'s database; answers its name and a URL
+/// whose connections use only it.
+pub async fn create_schema() -> (String, String) {
     let admin = admin_url();
     let schema = format!("ota_{}", unique_prefix());
     let pool = sqlx::PgPool::connect(&admin).await.unwrap();
@@ -457,7 +463,7 @@ fn resolve(host_port: &str) -> SocketAddr {
 }
 
 /// Device ids unique to this lab (several labs share an external broker and database).
-fn unique_prefix() -> String {
+pub fn unique_prefix() -> String {
     let mut b = [0u8; 4];
     getrandom::fill(&mut b).unwrap();
     format!(
