@@ -99,9 +99,13 @@ impl Vm {
         }
     }
 
-    /// The last lines of the serial log, for failure messages.
+    /// The last lines of the serial log, for failure messages; the whole log is kept in
+    /// `target/qemu-boot/failed-serial.log`.
     pub fn tail(&self) -> String {
         let log = self.log();
+        let keep = ota_e2e::workspace_root().join("target/qemu-boot");
+        let _ = std::fs::create_dir_all(&keep);
+        let _ = std::fs::write(keep.join("failed-serial.log"), &log);
         let lines: Vec<&str> = log.lines().collect();
         let from = lines.len().saturating_sub(200);
         format!(
