@@ -125,6 +125,34 @@ impl FirmwareTeam {
     pub fn build_with(&self, spec: &BuildSpec<'_>) -> Build {
         let salt = hex_prefix(self.key.verifying_key().as_bytes());
         let image = image(spec.version, spec.healthy, spec.size, &salt);
+        self.sign_image(spec, image, "files")
+    }
+
+    /// Signs `image` (made elsewhere, e.g. a root filesystem for the `ab` installer) as release
+    /// `version` for `hardware`, with the installer hint `installer`, created at `created`
+    /// (unix seconds), security version 1.
+    pub fn build_image(
+        &self,
+        version: &str,
+        image: Vec<u8>,
+        installer: &str,
+        hardware: &[&str],
+        created: u64,
+    ) -> Build {
+        let spec = BuildSpec {
+            version,
+            healthy: true,
+            size: image.len(),
+            created,
+            security_version: 1,
+            hardware,
+        };
+        self.sign_image(&spec, image, installer)
+    }
+
+    /// Signs `image` as `spec`'s release (its `healthy` and `size` are not used), with its
+    /// chunk index.
+    fn sign_image(&self, spec: &BuildSpec<'_>, image: Vec<u8>, installer: &str) -> Build {
         let chunk_index =
             ota_agent::delta::index_reader(image.as_slice(), ChunkParams::DEFAULT, |_| {})
                 .ok()
@@ -139,7 +167,7 @@ impl FirmwareTeam {
             hardware: spec.hardware.iter().map(|h| (*h).to_string()).collect(),
             created: spec.created,
             expires: None,
-            installer: Some("files".into()),
+            installer: Some(installer.into()),
             metadata: BTreeMap::new(),
             chunk_index: chunk_index.as_ref().map(|bytes| ChunkIndexRef {
                 sha256: Digest::of(bytes).0,

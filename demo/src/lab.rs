@@ -72,6 +72,9 @@ pub struct LabOptions {
     pub database_url: Option<String>,
     /// The base URL devices download artifacts from (default: the server itself).
     pub public_url: Option<String>,
+    /// The address the server's HTTP API listens on (default `127.0.0.1:0`, a free port): a
+    /// fixed one when `public_url` must name the port before the server starts.
+    pub http_listen: std::net::SocketAddr,
     /// A prefix of the device ids (unique per lab when several share a broker).
     pub id_prefix: String,
     /// The fleet's MQTT topic namespace, for the server and every agent (default `ota/v1`;
@@ -124,6 +127,7 @@ impl Default for LabOptions {
             agent_broker_cluster: Vec::new(),
             database_url: None,
             public_url: None,
+            http_listen: ([127, 0, 0, 1], 0).into(),
             id_prefix: "demo".into(),
             topics: Topics::default(),
             restart_command: None,
@@ -496,7 +500,7 @@ impl std::fmt::Debug for ServerRuntime {
 /// The server's configuration for a lab in `dir`.
 fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, LabError> {
     let mut config = Config::new(dir.join("server"), TrustConfig::new(vec![key], 1));
-    config.http.listen = ([127, 0, 0, 1], 0).into();
+    config.http.listen = opts.http_listen;
     config.http.public_url.clone_from(&opts.public_url);
     if let Some((cert, key)) = &opts.http_tls {
         config.http.tls_cert = Some(cert.clone());

@@ -21,6 +21,8 @@
 //!   restart.
 //! - `console`: the operator console in headless Chromium (issue 16; `#[ignore]`d, needs
 //!   Chromium and `tests/browser`'s packages).
+//! - `boot`: a real boot (issue 17): a gateway with A/B slots and GRUB under QEMU, updated,
+//!   rolled back by its agent and by GRUB (`#[ignore]`d, needs QEMU, a Debian kernel, GRUB).
 //! - `world`, `proxy`: the fixture (a lab behind fault-injecting TCP proxies).
 
 #![allow(
@@ -31,6 +33,7 @@
     reason = "tests: a failure here is a failing test"
 )]
 
+mod boot;
 mod console;
 mod delta;
 mod drift;
