@@ -2184,6 +2184,31 @@ fn issue17_ab_a_failing_trial_marks_the_new_slot_bad_and_reboots_back() {
 }
 
 #[test]
+fn issue17_ab_a_failing_trial_reboots_back_even_with_no_known_good_release_recorded() {
+    // A device that came with an image in slot A but no `[factory]` release: the old slot is
+    // still what ran before, so a failed trial on B boots A again (found by the QEMU boot
+    // test: B was kept as the default and reported rolled back without a reboot).
+    let mut c = slots_config();
+    c.factory = None;
+    let mut sim = Sim::new(c);
+    sim.offer(desired(1, "2.0.0", 2));
+    assert!(sim.reboot_requested);
+    sim.probe = Probe::Fail;
+    sim.reboot(sim.now);
+    assert_eq!(sim.booted, Slot::B);
+    assert_eq!(sim.m.status().stage, Stage::Rebooting);
+    assert_eq!(sim.boot_default, Slot::A, "slot A is the default again");
+    assert!(sim.reboot_requested);
+    sim.reboot(sim.now);
+    assert_eq!(sim.booted, Slot::A);
+    let ExecutionState::RolledBack { reason, .. } = sim.last_state() else {
+        panic!("not rolled back: {:?}", sim.last_state());
+    };
+    assert_eq!(reason, RollbackReason::ProbeFailed);
+    assert!(sim.persisted.as_ref().unwrap().in_flight.is_none());
+}
+
+#[test]
 fn issue17_ab_a_trial_timeout_on_the_new_slot_reboots_back_with_its_cause() {
     let mut sim = slots_rebooting();
     sim.server_up = false;

@@ -332,8 +332,9 @@ impl UpdateMachine {
             reason: why,
             detail: truncate_text(detail, WireLimits::MAX_TEXT_BYTES),
         };
-        if trial.slot.is_some() && self.known_good.is_some() {
-            // Boot slots: the old slot still holds the known-good release.
+        if trial.slot.is_some() {
+            // Boot slots: the old slot still holds what ran before (the known-good release,
+            // or the image the device came with when none was ever recorded): boot it again.
             return self.reboot_back(&trial, state);
         }
         self.roll_back(trial.job, state, now);

@@ -13,9 +13,8 @@
 //! - good B: written to slot B, the VM reboots into it, it commits; the server counts the
 //!   update as succeeded only after the gateway reported `rebooting` and B booted. A reset
 //!   afterwards boots B again (the commit made it GRUB's default).
-//! - (not here yet: B whose health probe never passes. Run, it found that the agent on B,
-//!   which has no known-good release (no `[factory]`), makes B the default and reports
-//!   `rolled-back{probe-failed}` without rebooting into A: docs/agent.md, "Not done yet".)
+//! - B whose health probe never passes: the agent on B rolls back, the VM reboots into A,
+//!   the server shows `rolled-back` with cause `probe-failed`.
 //! - B whose `/sbin/init` exits: the kernel panics and reboots (`panic=10` of the documented
 //!   grub.cfg), GRUB boots A on its own (the try was used up), the agent on A reports
 //!   `rolled-back` with cause `boot-failed`.
@@ -208,6 +207,12 @@ impl Gateway {
     }
 }
 
+/// Where `needle` first occurs in `log`, for ordering the guest's lines.
+fn at(log: &str, needle: &str) -> usize {
+    log.find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} is not in the serial log"))
+}
+
 /// Waits until the gateway reported `rebooting` (from slot A); asserts that nothing counted
 /// as succeeded then and that slot B had not booted yet.
 async fn rebooting(gw: &mut Gateway, id: i64) {
@@ -267,6 +272,37 @@ async fn issue17_a_good_slot_b_boots_commits_and_only_then_succeeds() {
         gw.vm.tail()
     );
     gw.finish(began, "good slot B").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs qemu-system-x86_64, a Debian kernel, GRUB and busybox: set OTA_TEST_QEMU and OTA_TEST_QEMU_KERNEL (.ci/run does)"]
+async fn issue17_a_slot_b_whose_health_never_passes_is_rolled_back_by_the_agent() {
+    let began = monotonic_now();
+    let mut gw = Gateway::start(Variant::Unhealthy).await;
+    let id = gw.rollout().await;
+    rebooting(&mut gw, id).await;
+    gw.vm.wait_for(BOOTED_B, 1).await;
+    gw.vm.wait_for(BOOTED_A, 2).await;
+    let r = gw
+        .wait_rollout(id, "counted the rollback", |r| {
+            r["totals"]["rolled-back"] == 1
+        })
+        .await;
+    assert_eq!(r["totals"]["succeeded"], 0, "{r:#}");
+    let log = gw.vm.log();
+    // B ran its probe (and failed it) before A came back.
+    let b = at(&log, BOOTED_B);
+    let failed = b + at(&log[b..], "ota-guest: the health check fails");
+    assert!(failed < log.rfind(BOOTED_A).unwrap(), "{}", gw.vm.tail());
+    let d = gw
+        .wait_device("rolled back", |d| d["last_result"] == "rolled-back")
+        .await;
+    assert_eq!(d["last_outcome"]["cause"], "probe-failed", "{d:#}");
+    let states = gw.states().await;
+    let rolled = states.iter().find(|(to, _)| to == "rolled-back").unwrap();
+    assert_eq!(rolled.1["cause"], "probe-failed", "{states:?}");
+    assert!(states.iter().all(|(to, _)| to != "succeeded"), "{states:?}");
+    gw.finish(began, "unhealthy slot B").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

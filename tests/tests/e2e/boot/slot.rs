@@ -11,7 +11,7 @@
 //! /usr/bin/ota-agent, grub-editenv  stripped copies; their libraries at the same paths as on the host
 //! /etc/ota/agent.toml               the agent's configuration (slots /dev/sda2 and /dev/sda3, GRUB)
 //! /etc/ota/release-key.pub          the key the releases are signed with
-//! /etc/ota/health                   the health probe (exit 0)
+//! /etc/ota/health                   the health probe: exit 0 (or 1 in an unhealthy system)
 //! /etc/ota/version                  the version this image is
 //! /etc/ssl/certs/ca-certificates.crt the host's CA bundle
 //! ```
@@ -53,6 +53,8 @@ const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
 pub enum Variant {
     /// Boots, and its health probe passes.
     Good,
+    /// Boots, and its health probe always fails.
+    Unhealthy,
     /// Its `/sbin/init` exits at once: the kernel panics (and reboots after `panic=`).
     BrokenInit,
 }
@@ -105,7 +107,12 @@ pub fn build(host: &Host, system: &System<'_>, initrd: &[u8], work: &Path, out: 
     )
     .unwrap();
     std::fs::write(root.join("etc/ota/agent.toml"), agent_toml(system)).unwrap();
-    write_exec(&root.join("etc/ota/health"), "#!/bin/sh\nexit 0\n");
+    let health = if system.variant == Variant::Unhealthy {
+        "#!/bin/sh\necho \"ota-guest: the health check fails\" >&2\nexit 1\n"
+    } else {
+        "#!/bin/sh\nexit 0\n"
+    };
+    write_exec(&root.join("etc/ota/health"), health);
     let init = if system.variant == Variant::BrokenInit {
         BROKEN_INIT
     } else {
