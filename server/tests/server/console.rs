@@ -43,6 +43,20 @@ async fn page(t: &TestServer, cookie: &str, path: &str) -> (StatusCode, String) 
     (response.status(), response.text().await.unwrap())
 }
 
+/// Signs out with the overview's CSRF token; answers the (asserted 303) response.
+async fn sign_out(t: &TestServer, cookie: &str) -> reqwest::Response {
+    let (_, html) = page(t, cookie, "/").await;
+    let out = client()
+        .post(t.url("/logout"))
+        .header(COOKIE, cookie)
+        .form(&[("csrf", csrf_of(&html))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    out
+}
+
 /// The CSRF token of a page's forms.
 fn csrf_of(html: &str) -> String {
     let at = html.find(r#"name="csrf" value=""#).unwrap() + r#"name="csrf" value=""#.len();
@@ -93,15 +107,7 @@ async fn issue16_sign_in_opens_a_session_and_every_page_needs_it() {
     assert_eq!(api.status(), StatusCode::UNAUTHORIZED);
 
     // Signing out closes the session.
-    let (_, html) = page(&t, &cookie, "/").await;
-    let out = client()
-        .post(t.url("/logout"))
-        .header(COOKIE, &cookie)
-        .form(&[("csrf", csrf_of(&html))])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let out = sign_out(&t, &cookie).await;
     assert!(
         out.headers()[SET_COOKIE]
             .to_str()
@@ -281,15 +287,7 @@ async fn issue16_signing_out_ends_the_live_stream() {
     }
     assert!(seen.starts_with("event: update\n"), "{seen}");
 
-    let (_, html) = page(&t, &cookie, "/").await;
-    let out = client()
-        .post(t.url("/logout"))
-        .header(COOKIE, &cookie)
-        .form(&[("csrf", csrf_of(&html))])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    sign_out(&t, &cookie).await;
     // The stream ends at its next period (2 s); the bound only keeps a broken build from
     // hanging the suite. Nothing but keep-alive comments may come before the end.
     let rest = tokio::time::timeout(std::time::Duration::from_secs(60), async {

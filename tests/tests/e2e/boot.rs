@@ -140,21 +140,17 @@ impl Gateway {
     /// Waits until the server's view of the gateway satisfies `pred`; answers it.
     async fn wait_device(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let filter = format!("id={DEVICE}");
-        let found = tokio::time::timeout(STEP_PATIENCE, async {
-            loop {
-                let devices = self.lab.api().devices(&filter).await.unwrap_or_default();
-                if let Some(d) = devices.into_iter().find(|d| pred(d)) {
-                    return d;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        let api = self.lab.api();
+        let found = poll(async || {
+            let devices = api.devices(&filter).await.unwrap_or_default();
+            devices.into_iter().find(|d| pred(d))
         })
         .await;
         match found {
-            Ok(d) => d,
-            Err(_) => panic!(
+            Some(d) => d,
+            None => panic!(
                 "the server never showed the gateway {what}: {:#?}\n{}",
-                self.lab.api().devices(&filter).await,
+                api.devices(&filter).await,
                 self.vm.tail()
             ),
         }
@@ -162,22 +158,13 @@ impl Gateway {
 
     /// Waits until rollout `id` satisfies `pred`; answers it.
     async fn wait_rollout(&self, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let found = tokio::time::timeout(STEP_PATIENCE, async {
-            loop {
-                if let Ok(r) = self.lab.api().rollout(id).await
-                    && pred(&r)
-                {
-                    return r;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await;
+        let api = self.lab.api();
+        let found = poll(async || api.rollout(id).await.ok().filter(|r| pred(r))).await;
         match found {
-            Ok(r) => r,
-            Err(_) => panic!(
+            Some(r) => r,
+            None => panic!(
                 "rollout {id} never {what}: {:#}\n{}",
-                self.lab.api().rollout(id).await.unwrap_or_default(),
+                api.rollout(id).await.unwrap_or_default(),
                 self.vm.tail()
             ),
         }
@@ -211,6 +198,20 @@ impl Gateway {
 fn at(log: &str, needle: &str) -> usize {
     log.find(needle)
         .unwrap_or_else(|| panic!("{needle:?} is not in the serial log"))
+}
+
+/// Asks `probe` every 100 ms until it answers something, for at most [`STEP_PATIENCE`].
+async fn poll<T>(mut probe: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    tokio::time::timeout(STEP_PATIENCE, async {
+        loop {
+            if let Some(found) = probe().await {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .ok()
 }
 
 /// Waits until the gateway reported `rebooting` (from slot A); asserts that nothing counted
