@@ -338,7 +338,11 @@ fn operate(
     if let Some(reason) = r["abort_reason"]["message"].as_str() {
         line.push_str(&format!(" ({reason})"));
     }
-    out(&format!("{line}\n{}", no_rollback_text(r)))
+    out(&format!(
+        "{line}\n{}{}",
+        recall_text(r),
+        no_rollback_text(r)
+    ))
 }
 
 /// A wave's number in human output: 1-based (the API's `index` is 0-based).
@@ -449,6 +453,7 @@ fn render(r: &Value, bars: bool) -> String {
         s(&totals["executed"])
     ));
     text.push_str(&downloads_text(&r["downloads"]));
+    text.push_str(&recall_text(r));
     text.push_str(&no_rollback_text(r));
     text
 }
@@ -472,6 +477,23 @@ fn downloads_text(d: &Value) -> String {
         indicatif::HumanBytes(full),
         indicatif::HumanBytes(saved),
         percent_of(saved, full)
+    )
+}
+
+/// After an abort: where the devices it sent back are, in one line (`recall: ...`); empty when
+/// it sent none back.
+fn recall_text(r: &Value) -> String {
+    let c = &r["recall"];
+    if !c.is_object() {
+        return String::new();
+    }
+    format!(
+        "recall: {} device(s) sent back: {} back, {} pending, {} failed, {} superseded\n",
+        s(&c["sent"]),
+        s(&c["back"]),
+        s(&c["pending"]),
+        s(&c["failed"]),
+        s(&c["superseded"])
     )
 }
 
@@ -663,11 +685,18 @@ mod tests {
             "no_rollback_target": [
                 { "device": "gw-1", "cause": "security-floor", "message": "below the floor" },
             ],
+            "recall": { "sent": 3, "pending": 1, "back": 2, "failed": 0, "superseded": 0 },
         }});
         let text = watch_block(&answer, false);
         assert!(
             text.contains("no-rollback-target: 1 device(s)")
                 && text.contains("gw-1 security-floor: below the floor"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "recall: 3 device(s) sent back: 2 back, 1 pending, 0 failed, 0 superseded"
+            ),
             "{text}"
         );
     }

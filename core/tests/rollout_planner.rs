@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ota_core::digest::Digest;
 use ota_core::rollout::{
-    AbortReason, ExecutionState, FailurePhase, NoRollbackCause, PlannerAction, Ratio,
+    AbortReason, ExecutionState, FailurePhase, NoRollbackCause, PlannerAction, Ratio, RecallState,
     ReportOutcome, Rollout, RolloutError, RolloutSpec, RolloutState, Target, Timestamp, WavePhase,
     assign_cohorts, cohort_of, cohort_point, in_share,
 };
@@ -693,13 +693,174 @@ fn failures_past_max_failure_abort_and_send_devices_back() {
     // Wave 1 was never notified: nothing to undo.
     let status = sim.r.status();
     assert_eq!(status.waves[1].counts.queued, status.waves[1].members);
-    // Reports after the abort are ignored.
+    // Reports after the abort still follow the rules: a final state sticks.
     assert_eq!(
         sim.r
             .handle_report(&failing[0], ExecutionState::Succeeded, sim.now)
             .unwrap(),
+        ReportOutcome::Stale
+    );
+    // Every device sent back is followed.
+    assert_eq!(
+        sim.r.status().recall.pending as usize,
+        rolled.len() + cancelled.len()
+    );
+}
+
+/// Truthful states after an abort: reports on the release keep the counts true (a device that
+/// finishes its trial after the abort shows as succeeded, not as `trial` for ever), nothing
+/// is driven any more, and every device sent back is followed until it reports on where it
+/// was sent (back, or failed), across a restart.
+#[test]
+fn an_aborted_rollout_follows_every_device_it_sent_back() {
+    let mut r = Rollout::new(spec(&[100]), targets(4), T0).unwrap();
+    assert_eq!(
+        r.handle_recall_report(&id(0), known_good(), ExecutionState::Succeeded)
+            .unwrap(),
+        ReportOutcome::Ignored,
+        "no recall before an abort"
+    );
+    while r.poll_action().is_some() {}
+    let t = at(mins(1));
+    for s in [ExecutionState::Installing, ExecutionState::Trial] {
+        r.handle_report(&id(0), s, t).unwrap();
+    }
+    for s in [ExecutionState::Installing, ExecutionState::Succeeded] {
+        r.handle_report(&id(1), s, t).unwrap();
+    }
+    r.handle_report(&id(2), downloading(10), t).unwrap();
+    r.abort("stop", t).unwrap();
+    let mut sent = BTreeMap::new();
+    while let Some(a) = r.poll_action() {
+        match a {
+            PlannerAction::Rollback {
+                device_id,
+                to_digest,
+            }
+            | PlannerAction::Cancel {
+                device_id,
+                to_digest,
+            } => {
+                sent.insert(device_id, to_digest);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    assert_eq!(sent[&id(0)], known_good());
+    assert_eq!(sent[&id(2)], old_release());
+    assert_eq!(r.status().recall.pending, 4);
+
+    // id 0's trial ends after the abort: counted as succeeded, nothing is driven.
+    let t = at(mins(2));
+    assert_eq!(
+        r.handle_report(&id(0), ExecutionState::Succeeded, t)
+            .unwrap(),
+        ReportOutcome::Applied
+    );
+    let status = r.status();
+    assert_eq!((status.totals.trial, status.totals.succeeded), (0, 2));
+    let actions: Vec<PlannerAction> = std::iter::from_fn(|| r.poll_action()).collect();
+    assert!(
+        actions
+            .iter()
+            .all(|a| matches!(a, PlannerAction::StateChanged { .. })),
+        "{actions:?}"
+    );
+
+    // Then it installs its known-good release: back.
+    let recall = |r: &mut Rollout, d: usize, to: Digest, s: ExecutionState| {
+        r.handle_recall_report(&id(d), to, s).unwrap()
+    };
+    assert_eq!(
+        recall(&mut r, 0, known_good(), ExecutionState::Installing),
+        ReportOutcome::Duplicate
+    );
+    assert_eq!(
+        recall(&mut r, 0, known_good(), ExecutionState::Succeeded),
+        ReportOutcome::Applied
+    );
+    assert!(matches!(
+        r.poll_action(),
+        Some(PlannerAction::Recalled {
+            state: RecallState::Back,
+            ..
+        })
+    ));
+    // id 1's return fails, then a later attempt succeeds.
+    let failed = ExecutionState::Failed {
+        phase: FailurePhase::Download,
+        reason: "mirror down".into(),
+    };
+    assert_eq!(
+        recall(&mut r, 1, known_good(), failed.clone()),
+        ReportOutcome::Applied
+    );
+    assert_eq!(r.status().recall.failed, 1);
+    assert_eq!(
+        recall(&mut r, 1, known_good(), failed),
+        ReportOutcome::Duplicate
+    );
+    // A cancelled download: the device still ran its old release.
+    assert_eq!(
+        recall(&mut r, 2, old_release(), ExecutionState::SkippedIdentical),
+        ReportOutcome::Applied
+    );
+    // A report on another digest is no recall report.
+    assert_eq!(
+        recall(&mut r, 3, known_good(), ExecutionState::Succeeded),
         ReportOutcome::Ignored
     );
+    assert_eq!(
+        r.handle_recall_report(&id(3), old_release(), ExecutionState::TimedOut),
+        Err(RolloutError::NotReportable("timed-out"))
+    );
+    let counts = r.status().recall;
+    assert_eq!((counts.pending, counts.back, counts.failed), (1, 2, 1));
+
+    // Persisted and restored: the same recall.
+    let mut r = Rollout::from_cbor(&r.to_cbor()).unwrap();
+    assert_eq!(r.status().recall, counts);
+    assert_eq!(
+        recall(&mut r, 1, known_good(), ExecutionState::Succeeded),
+        ReportOutcome::Applied
+    );
+    // A device with no rollback target is not sent back, so it is not followed.
+    r.handle_no_rollback_target(&id(3), NoRollbackCause::Unpublished)
+        .unwrap();
+    let counts = r.status().recall;
+    assert_eq!(
+        (counts.pending, counts.back, counts.failed, counts.sent()),
+        (0, 3, 0, 3)
+    );
+    // A device already back is not superseded by a newer rollout's desired state.
+    assert!(!r.handle_recall_superseded(&id(0)));
+    assert!(!r.handle_recall_superseded(&id(99)));
+}
+
+/// A device sent back that gets another rollout's desired state before it answered will act
+/// on that one: its recall is superseded, no longer pending.
+#[test]
+fn a_newer_desired_state_supersedes_a_pending_recall() {
+    let mut r = Rollout::new(spec(&[100]), targets(2), T0).unwrap();
+    while r.poll_action().is_some() {}
+    r.abort("stop", T0).unwrap();
+    assert_eq!(r.status().recall.pending, 2);
+    assert!(r.handle_recall_superseded(&id(0)));
+    assert!(!r.handle_recall_superseded(&id(0)), "idempotent");
+    let counts = r.status().recall;
+    assert_eq!(
+        (counts.pending, counts.superseded, counts.sent()),
+        (1, 1, 2)
+    );
+    // Its late answer to the recall changes nothing any more.
+    assert_eq!(
+        r.handle_recall_report(&id(0), old_release(), ExecutionState::SkippedIdentical)
+            .unwrap(),
+        ReportOutcome::Duplicate
+    );
+    let r = Rollout::from_cbor(&r.to_cbor()).unwrap();
+    assert_eq!(r.status().recall, counts);
 }
 
 /// Issue 12.3: a device that fell back by itself (probe failure, timeout) already runs its

@@ -21,6 +21,7 @@ pub const ALL: &[&str] = &[
     "device-state-changed",
     "device-rollback",
     "device-cancel",
+    "device-recalled",
     "no-rollback-target",
     "desired-unavailable",
     "device-registered",

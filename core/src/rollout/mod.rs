@@ -10,10 +10,12 @@
 //! ------                                   -------
 //! Rollout::new(spec, targets, now)  ---->  cohorts, deploys/redeploys, wave 0 starts
 //! device report / online / offline  ---->  handle_report / handle_device_online / _offline
+//! report on a recall target         ---->  handle_recall_report (after an abort)
 //! operator                          ---->  approve / pause / resume / abort / add_target
 //! sleep_until(poll_timeout())       ---->  handle_timeout(now)
 //! publish, audit, persist           <----  poll_action(): Notify, Rollback, Cancel, WaveStarted,
-//!                                          WaveAdvanced, WaveHeld, Completed, Aborted, StateChanged
+//!                                          WaveAdvanced, WaveHeld, Completed, Aborted, StateChanged,
+//!                                          Recalled
 //! ```
 //!
 //! # Rollout states
@@ -77,6 +79,13 @@
 //!   server checks each rollback target against what the device would accept (trust set in
 //!   force, security floor, expiry); a device with none is recorded with
 //!   [`Rollout::handle_no_rollback_target`] and listed in [`Status::no_rollback_target`].
+//! - **Recall** (after an abort, [`RecallState`]): every device sent back by a rollback or a
+//!   cancel is *pending* until it reports a final state on the digest it was sent back to
+//!   ([`Rollout::handle_recall_report`]): `succeeded` / `skipped-identical` → *back*,
+//!   `rejected` / `failed` / `rolled-back` → *failed* (a later success still makes it back).
+//!   [`Status::recall`] counts them, so an aborted rollout says how many devices are back, not
+//!   only `aborted`. Reports on the release itself keep updating the device states after the
+//!   abort (a device that finishes its trial shows as succeeded, then its rollback as back).
 //! - **Timeouts**: an in-flight device (notified, downloading, installing, trial) with no state
 //!   change or progress for `inactivity_timeout` becomes timed-out.
 //! - **Rate**: at most `rate_per_minute` notifications in any sliding 60 s window; queued
@@ -88,6 +97,7 @@ mod counts;
 mod error;
 mod no_rollback;
 mod planner;
+mod recall;
 mod spec;
 
 pub use cohort::{assign_cohorts, cohort_of, cohort_point, in_share};
@@ -97,6 +107,7 @@ pub use no_rollback::{NoRollback, NoRollbackCause};
 pub use planner::{
     AbortReason, PlannerAction, ReportOutcome, Rollout, RolloutState, Status, WavePhase, WaveStatus,
 };
+pub use recall::{RecallCounts, RecallState};
 pub use spec::{DEFAULT_MIN_EXECUTED, MAX_WAVES, Ratio, RolloutSpec, Target};
 
 /// The per-device execution states, shared with the wire protocol.

@@ -11,6 +11,7 @@ use minicbor::{Decode, Encode};
 use super::cohort::{assign_cohorts, cohort_of, cohort_point};
 use super::counts::{is_deferred, is_in_flight, took_release};
 use super::no_rollback::{NoRollback, NoRollbackCause};
+use super::recall::{Recall, RecallCounts, RecallState};
 use super::{MAX_WAVES, Ratio, RolloutError, RolloutSpec, StateCounts, Target};
 use crate::digest::Digest;
 use crate::time::Timestamp;
@@ -57,7 +58,10 @@ pub enum RolloutState {
     /// reports recorded, but nothing is gated or aborted any more.
     #[n(4)]
     Completed,
-    /// Aborted (by the failure threshold or an operator). Final: reports are ignored.
+    /// Aborted (by the failure threshold or an operator). Final: nothing is notified, gated
+    /// or aborted again, but reports on the release still update the devices' states (the
+    /// counts stay true), and the devices the abort sent back are followed until they are
+    /// back ([`Status::recall`], [`Rollout::handle_recall_report`]).
     #[n(5)]
     Aborted {
         /// Why.
@@ -223,6 +227,23 @@ pub enum PlannerAction {
         #[n(2)]
         new: ExecutionState,
     },
+    /// A device the abort sent back reported a final state on its recall target: it is back,
+    /// or its return failed (for the audit log).
+    #[n(9)]
+    Recalled {
+        /// The device.
+        #[cbor(n(0), with = "crate::rollout::codec::device_id")]
+        device_id: DeviceId,
+        /// Where it was sent back to.
+        #[n(1)]
+        to_digest: Digest,
+        /// Its recall state now.
+        #[n(2)]
+        state: RecallState,
+        /// The state it reported on the target.
+        #[n(3)]
+        report: ExecutionState,
+    },
 }
 
 /// What [`Rollout::handle_report`] did with a report.
@@ -239,7 +260,8 @@ pub enum ReportOutcome {
     /// The report is older than what is known (e.g. a final state followed by a progress
     /// state, or download progress going backwards): nothing changed.
     Stale,
-    /// The rollout does not take reports in its state (dry run, awaiting approval, aborted).
+    /// The rollout does not take the report: a report on the release in a dry run or while
+    /// awaiting approval, or a recall report that is not about a device's recall target.
     Ignored,
 }
 
@@ -300,6 +322,8 @@ pub struct Status {
     /// After an abort: the devices left on the release because no rollback target they would
     /// accept exists, with why.
     pub no_rollback_target: Vec<NoRollback>,
+    /// After an abort: the devices it sent back (rollback or cancel), by where they are.
+    pub recall: RecallCounts,
 }
 
 /// One target device's planner record (persisted).
@@ -345,6 +369,10 @@ struct Device {
     /// like `away_since`.
     #[n(12)]
     unhealthy_since: Option<Timestamp>,
+    /// After an abort that sent the device back: where to and where it is. Optional, like
+    /// `away_since`.
+    #[n(13)]
+    recall: Option<Recall>,
 }
 
 /// Everything that is persisted; the rest of [`Rollout`] is derived from it.
@@ -429,6 +457,8 @@ pub struct Rollout {
     deadlines: Vec<Option<(Timestamp, TimerKind)>>,
     /// Targets currently offline.
     offline: u32,
+    /// The devices' recall states, counted.
+    recalls: RecallCounts,
 }
 
 impl Rollout {
@@ -472,6 +502,7 @@ impl Rollout {
                 waiting_since: None,
                 away_since: None,
                 unhealthy_since: None,
+                recall: None,
             })
             .collect();
         let state = if spec.dry_run {
@@ -597,7 +628,7 @@ impl Rollout {
         }
         if matches!(
             self.p.state,
-            RolloutState::DryRun | RolloutState::AwaitingApproval | RolloutState::Aborted { .. }
+            RolloutState::DryRun | RolloutState::AwaitingApproval
         ) {
             return Ok(ReportOutcome::Ignored);
         }
@@ -633,8 +664,75 @@ impl Rollout {
             return Ok(ReportOutcome::Stale);
         }
         self.set_state(idx, state, now);
-        self.step(now);
+        if !matches!(self.p.state, RolloutState::Aborted { .. }) {
+            self.step(now);
+        }
         Ok(ReportOutcome::Applied)
+    }
+
+    /// After an abort: a device it sent back reported `state` on the release `digest` (the
+    /// server routes a report of this rollout whose digest is not the release's here). Moves
+    /// the device's recall along the table in [`RecallState`]'s module docs and, when that
+    /// changes it, queues [`PlannerAction::Recalled`]. [`ReportOutcome::Ignored`] when the
+    /// rollout is not aborted or `digest` is not where the device was sent back to;
+    /// [`ReportOutcome::Duplicate`] when nothing changed. Idempotent.
+    pub fn handle_recall_report(
+        &mut self,
+        device: &DeviceId,
+        digest: Digest,
+        state: ExecutionState,
+    ) -> Result<ReportOutcome, RolloutError> {
+        let idx = self.lookup(device)?;
+        if matches!(state, ExecutionState::Queued | ExecutionState::TimedOut) {
+            return Err(RolloutError::NotReportable(state.name()));
+        }
+        if !matches!(self.p.state, RolloutState::Aborted { .. }) {
+            return Ok(ReportOutcome::Ignored);
+        }
+        let Some(d) = self.p.devices.get_mut(idx as usize) else {
+            return Err(RolloutError::UnknownDevice(device.clone()));
+        };
+        let Some(recall) = d.recall.as_mut().filter(|r| r.to == digest) else {
+            return Ok(ReportOutcome::Ignored);
+        };
+        let Some(next) = recall.state.after(&state) else {
+            return Ok(ReportOutcome::Duplicate);
+        };
+        self.recalls.remove(recall.state);
+        self.recalls.add(next);
+        recall.state = next;
+        self.p.actions.push_back(PlannerAction::Recalled {
+            device_id: device.clone(),
+            to_digest: digest,
+            state: next,
+            report: state,
+        });
+        Ok(ReportOutcome::Applied)
+    }
+
+    /// After an abort: the server sent `device` a newer desired state (another rollout's)
+    /// before it answered the one that sent it back, so its recall is
+    /// [`RecallState::Superseded`]. Whether anything changed (a device not sent back, or whose
+    /// recall is over, is left alone). Idempotent.
+    pub fn handle_recall_superseded(&mut self, device: &DeviceId) -> bool {
+        let Some(idx) = self.index.get(device).copied() else {
+            return false;
+        };
+        let Some(recall) = self
+            .p
+            .devices
+            .get_mut(idx as usize)
+            .and_then(|d| d.recall.as_mut())
+        else {
+            return false;
+        };
+        let Some(next) = recall.state.superseded() else {
+            return false;
+        };
+        self.recalls.remove(recall.state);
+        self.recalls.add(next);
+        recall.state = next;
+        true
     }
 
     /// The device connected (its status went online). Queued devices are only notified while
@@ -770,6 +868,7 @@ impl Rollout {
             waiting_since: None,
             away_since: None,
             unhealthy_since: None,
+            recall: None,
         });
         self.index.insert(target.device_id, idx);
         self.points.push(point);
@@ -899,13 +998,15 @@ impl Rollout {
             offline: self.offline,
             approved_by: self.p.approved_by.clone(),
             no_rollback_target: self.p.no_rollback.clone().unwrap_or_default(),
+            recall: self.recalls,
         }
     }
 
     /// Records that `device`, sent back by this rollout's abort ([`PlannerAction::Rollback`]),
     /// has no rollback target it would accept (the server found why: `cause`): it stays on
-    /// the release and is listed in [`Status::no_rollback_target`]. Idempotent (the latest
-    /// cause wins). Only for targets of an aborted rollout.
+    /// the release and is listed in [`Status::no_rollback_target`], and no longer counts in
+    /// [`Status::recall`] (nothing is sent to it). Idempotent (the latest cause wins). Only for
+    /// targets of an aborted rollout.
     pub fn handle_no_rollback_target(
         &mut self,
         device: &DeviceId,
@@ -914,8 +1015,15 @@ impl Rollout {
         if !matches!(self.p.state, RolloutState::Aborted { .. }) {
             return Err(self.invalid("record a missing rollback target"));
         }
-        if self.device(device).is_none() {
-            return Err(RolloutError::UnknownDevice(device.clone()));
+        let idx = self.lookup(device)?;
+        // Nothing is sent to the device: it is no longer followed as sent back.
+        if let Some(recall) = self
+            .p
+            .devices
+            .get_mut(idx as usize)
+            .and_then(|d| d.recall.take())
+        {
+            self.recalls.remove(recall.state);
         }
         let list = self.p.no_rollback.get_or_insert_with(Vec::new);
         match list.iter_mut().find(|n| n.device_id == *device) {
@@ -976,6 +1084,7 @@ impl Rollout {
             timers: BTreeSet::new(),
             deadlines: alloc::vec![None; p.devices.len()],
             offline: 0,
+            recalls: RecallCounts::default(),
             p,
         };
         let aborted = matches!(
@@ -1012,6 +1121,9 @@ impl Rollout {
                 c.unhealthy += 1;
             }
             c.counts.add(&d.state);
+            if let Some(recall) = &d.recall {
+                rollout.recalls.add(recall.state);
+            }
             rollout.offline += u32::from(!d.online);
             if !aborted && d.online && d.state == ExecutionState::Queued {
                 rollout.queue.insert((d.cohort, point, idx));
@@ -1208,26 +1320,44 @@ impl Rollout {
         self.p.actions.push_back(PlannerAction::Aborted { reason });
         let release = self.p.spec.release;
         let force = self.p.spec.force_reinstall;
-        for d in &self.p.devices {
+        for d in self.p.devices.iter_mut() {
             if !d.notified || (d.running == release && !force) {
                 continue;
             }
-            if d.took_release {
+            let (to, action) = if d.took_release {
                 // A device that rolled back by itself already runs its known-good release:
                 // sending it there again would only overwrite its real outcome.
-                if d.known_good != release && !matches!(d.state, ExecutionState::RolledBack { .. })
-                {
-                    self.p.actions.push_back(PlannerAction::Rollback {
-                        device_id: d.id.clone(),
-                        to_digest: d.known_good,
-                    });
+                if d.known_good == release || matches!(d.state, ExecutionState::RolledBack { .. }) {
+                    continue;
                 }
+                let to_digest = d.known_good;
+                let device_id = d.id.clone();
+                (
+                    to_digest,
+                    PlannerAction::Rollback {
+                        device_id,
+                        to_digest,
+                    },
+                )
             } else if d.running != release {
-                self.p.actions.push_back(PlannerAction::Cancel {
-                    device_id: d.id.clone(),
-                    to_digest: d.running,
-                });
-            }
+                let to_digest = d.running;
+                let device_id = d.id.clone();
+                (
+                    to_digest,
+                    PlannerAction::Cancel {
+                        device_id,
+                        to_digest,
+                    },
+                )
+            } else {
+                continue;
+            };
+            d.recall = Some(Recall {
+                to,
+                state: RecallState::Pending,
+            });
+            self.recalls.add(RecallState::Pending);
+            self.p.actions.push_back(action);
         }
         self.queue.clear();
         self.rebuild_timers();

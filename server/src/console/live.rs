@@ -1,6 +1,7 @@
 //! Server-sent events for the live parts: the page's live region is rendered again on the
 //! server at a fixed period and sent (as an HTML `update` event) when it changed; the script
-//! swaps it in. A rollout's stream sends `done` and ends once the rollout finished; every
+//! swaps it in. A rollout's stream sends `done` and ends once the rollout finished (an aborted
+//! one once no device it sent back is pending); every
 //! stream ends at the first period after its session was signed out or expired.
 
 use std::convert::Infallible;
@@ -45,10 +46,9 @@ impl Source {
                 .map(|html| (html, false)),
             Source::Rollout(id) => {
                 let (rollout, devices) = rollouts::load(console, session, id).await.ok()?;
-                let status = super::pages::field(&rollout, "status");
                 Some((
                     rollouts::fragment(session, &rollout, &devices),
-                    rollouts::finished(&status),
+                    rollouts::finished(&rollout),
                 ))
             }
         }

@@ -40,9 +40,15 @@ use crate::mqtt::{INBOUND_QUEUE, Inbound, LinkSpec, MqttLink};
 use crate::trust::FleetTrust;
 use ota_core::filter::Filter;
 
-/// Rollout statuses the coordinator loads at start (completed ones only while some target
-/// is still queued: they notify late devices).
-const LOADED_STATUSES: &[&str] = &["awaiting-approval", "running", "paused", "completed"];
+/// Rollout statuses the coordinator loads at start (completed and aborted ones only while
+/// [`needs_driving`] says so).
+const LOADED_STATUSES: &[&str] = &[
+    "awaiting-approval",
+    "running",
+    "paused",
+    "completed",
+    "aborted",
+];
 /// The longest the coordinator sleeps without looking at its timers.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// How long [`start`] waits for the broker to accept the subscriptions.
@@ -302,7 +308,7 @@ impl Stored {
             let id = record.id;
             let planner = Rollout::from_cbor(&record.state)
                 .map_err(|error| FleetStartError::Rollout { id, error })?;
-            if *planner.state() == RolloutState::Completed && planner.status().totals.queued == 0 {
+            if !needs_driving(&planner) {
                 continue;
             }
             let version = db
@@ -381,6 +387,18 @@ fn is_active(state: &RolloutState) -> bool {
         state,
         RolloutState::AwaitingApproval | RolloutState::Running { .. } | RolloutState::Paused { .. }
     )
+}
+
+/// Whether the coordinator keeps `planner` loaded: an active rollout; a completed one while
+/// some target is still queued (late devices are notified); an aborted one while some device
+/// it sent back has not reported where it was sent (its reports keep the rollout's counts
+/// and recall true).
+fn needs_driving(planner: &Rollout) -> bool {
+    match planner.state() {
+        RolloutState::Completed => planner.status().totals.queued > 0,
+        RolloutState::Aborted { .. } => planner.status().recall.pending > 0,
+        state => is_active(state),
+    }
 }
 
 impl Actor {
@@ -992,11 +1010,17 @@ impl Actor {
             return;
         };
         let Some(loaded) = self.rollouts.get_mut(&rid) else {
-            // A finished rollout (or a rollback's report): nothing to drive.
+            // A finished rollout: nothing to drive.
             return;
         };
+        let aborted = matches!(loaded.planner.state(), RolloutState::Aborted { .. });
+        // After an abort, a report on another digest is about where the device was sent
+        // back to (the planner ignores it otherwise).
+        let recall = o
+            .digest
+            .filter(|d| aborted && *d != loaded.record.release_digest);
         let ours = match o.digest {
-            Some(digest) => digest == loaded.record.release_digest,
+            Some(digest) => digest == loaded.record.release_digest || recall.is_some(),
             // A release the device could not decode has no digest to report: the rejection
             // is this rollout's when it answers the desired state this rollout sent last.
             None => {
@@ -1015,10 +1039,13 @@ impl Actor {
             }
             memo.last_outcome = Some(key);
         }
-        match loaded
-            .planner
-            .handle_report(id, o.state.clone(), self.clock.timestamp())
-        {
+        let handled = match recall {
+            Some(to) => loaded.planner.handle_recall_report(id, to, o.state.clone()),
+            None => loaded
+                .planner
+                .handle_report(id, o.state.clone(), self.clock.timestamp()),
+        };
+        match handled {
             Ok(ReportOutcome::Applied | ReportOutcome::Progress) => loaded.dirty = true,
             Ok(_) => {}
             Err(e) => {
@@ -1094,7 +1121,16 @@ impl Actor {
                 device_id,
                 to_digest,
             } if to_digest == NO_RELEASE => {
-                // The device ran nothing when the rollout began: a cancel would point nowhere.
+                // The device ran nothing when the rollout began: a cancel would point nowhere,
+                // so it goes on with the release and is listed as left on it.
+                if let Some(loaded) = self.rollouts.get_mut(&rid)
+                    && loaded
+                        .planner
+                        .handle_no_rollback_target(&device_id, NoRollbackCause::NoKnownGood)
+                        .is_ok()
+                {
+                    loaded.dirty = true;
+                }
                 batch
                     .events
                     .push(event("device-cancel").device(device_id.as_str()).details(
@@ -1149,6 +1185,27 @@ impl Actor {
                     event("rollout-aborted").details(json!({ "reason": abort_json(&reason) })),
                 );
             }
+            PlannerAction::Recalled {
+                device_id,
+                to_digest,
+                state,
+                report,
+            } => {
+                let mut details = json!({
+                    "to": to_digest.to_string(),
+                    "recall": state.name(),
+                    "state": report.name(),
+                });
+                if let Some(map) = details.as_object_mut() {
+                    insert_failure(map, &report);
+                }
+                batch.events.push(
+                    NewEvent::new(now, format!("device:{device_id}"), "device-recalled")
+                        .rollout(rid)
+                        .device(device_id.as_str())
+                        .details(details),
+                );
+            }
             PlannerAction::StateChanged {
                 device_id,
                 old,
@@ -1160,21 +1217,7 @@ impl Actor {
                 };
                 let mut details = json!({ "from": old.name(), "to": new.name() });
                 if let Some(map) = details.as_object_mut() {
-                    match &new {
-                        ExecutionState::Failed { phase, reason } => {
-                            map.insert("phase".into(), json!(phase.name()));
-                            map.insert("reason".into(), json!(reason));
-                        }
-                        ExecutionState::Rejected { cause, detail } => {
-                            map.insert("cause".into(), json!(cause.name()));
-                            map.insert("reason".into(), json!(detail));
-                        }
-                        ExecutionState::RolledBack { reason, detail } => {
-                            map.insert("cause".into(), json!(reason.name()));
-                            map.insert("reason".into(), json!(detail));
-                        }
-                        _ => {}
-                    }
+                    insert_failure(map, &new);
                 }
                 // The download's cost, on the states that follow a completed download
                 // (judged by the state: a batch may hold the device's later events already),
@@ -1326,6 +1369,7 @@ impl Actor {
         };
         self.generations
             .insert(device.as_str().to_string(), generation);
+        self.supersede_recalls(device, rid);
         let desired = DesiredState {
             v: PROTOCOL_VERSION,
             generation,
@@ -1347,6 +1391,17 @@ impl Actor {
         batch
             .publish
             .push((self.topics.device(device, TopicKind::Desired), payload));
+    }
+
+    /// A desired state of rollout `rid` goes to `device`: an aborted rollout that sent it back
+    /// and still waits for its answer will not get one (the device acts on the newer state),
+    /// so that recall is superseded.
+    fn supersede_recalls(&mut self, device: &DeviceId, rid: i64) {
+        for (id, loaded) in self.rollouts.iter_mut() {
+            if *id != rid && loaded.planner.handle_recall_superseded(device) {
+                loaded.dirty = true;
+            }
+        }
     }
 
     async fn release_bytes(&mut self, digest: &Digest) -> Option<Arc<Vec<u8>>> {
@@ -1754,12 +1809,7 @@ impl Actor {
         let done: Vec<i64> = self
             .rollouts
             .iter()
-            .filter(|(_, l)| {
-                let state = l.planner.state();
-                let late =
-                    *state == RolloutState::Completed && l.planner.status().totals.queued > 0;
-                !(is_active(state) || late)
-            })
+            .filter(|(_, l)| !needs_driving(&l.planner))
             .map(|(id, _)| *id)
             .collect();
         for id in &done {
@@ -2456,6 +2506,26 @@ fn memo_of(d: &DeviceRecord) -> Memo {
 
 /// Whether a device in execution state `state` has the artifact in its cache: the states that
 /// can carry a download's cost.
+/// Adds a failed, rejected or rolled-back state's phase or cause and reason to an audit
+/// event's details.
+fn insert_failure(map: &mut serde_json::Map<String, serde_json::Value>, state: &ExecutionState) {
+    match state {
+        ExecutionState::Failed { phase, reason } => {
+            map.insert("phase".into(), json!(phase.name()));
+            map.insert("reason".into(), json!(reason));
+        }
+        ExecutionState::Rejected { cause, detail } => {
+            map.insert("cause".into(), json!(cause.name()));
+            map.insert("reason".into(), json!(detail));
+        }
+        ExecutionState::RolledBack { reason, detail } => {
+            map.insert("cause".into(), json!(reason.name()));
+            map.insert("reason".into(), json!(detail));
+        }
+        _ => {}
+    }
+}
+
 fn after_download(state: &ExecutionState) -> bool {
     matches!(
         state,

@@ -2,7 +2,7 @@
 //! answer), built from its row and its planner.
 
 use ota_core::rollout::{
-    AbortReason, NoRollbackCause, Rollout, RolloutState, StateCounts, WavePhase,
+    AbortReason, NoRollbackCause, RecallCounts, Rollout, RolloutState, StateCounts, WavePhase,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -36,6 +36,10 @@ pub struct RolloutView {
     /// absent when there is none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub no_rollback_target: Vec<Value>,
+    /// After an abort: the devices it sent back (rollback or cancel), as `{ "sent", "pending",
+    /// "back", "failed", "superseded" }` (see [`recall_json`]); absent when it sent none back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recall: Option<Value>,
     /// Who created it.
     pub created_by: String,
     /// Who approved the forced reinstall.
@@ -148,6 +152,19 @@ pub fn abort_json(reason: &AbortReason) -> Value {
     }
 }
 
+/// An aborted rollout's recall counts: `{ "sent", "pending", "back", "failed", "superseded" }`
+/// (pending: no final report on where the device was sent yet; failed: its return failed, it
+/// may still run the release; superseded: another rollout's desired state replaced it first).
+pub fn recall_json(c: &RecallCounts) -> Value {
+    json!({
+        "sent": c.sent(),
+        "pending": c.pending,
+        "back": c.back,
+        "failed": c.failed,
+        "superseded": c.superseded,
+    })
+}
+
 /// A device with no rollback target as JSON: `device`, `cause` (kebab-case), a `message`
 /// for people, and the cause's figures (`security_version` and `floor`, or `expires`).
 pub fn no_rollback_json(device: &str, cause: &NoRollbackCause) -> Value {
@@ -246,6 +263,7 @@ impl RolloutView {
                 .iter()
                 .map(|n| no_rollback_json(n.device_id.as_str(), &n.cause))
                 .collect(),
+            recall: (status.recall.sent() > 0).then(|| recall_json(&status.recall)),
             created_by: record.created_by.clone(),
             approved_by: status.approved_by.clone().or(record.approved_by.clone()),
             created_at: record.created_at,

@@ -511,6 +511,12 @@ async fn abort_past_max_failure_rolls_back(backend: Backend) {
     let cancels = w.events(&format!("rollout={id}&kind=device-cancel")).await;
     assert_eq!(rollbacks.len(), 10);
     assert_eq!(cancels.len(), 2);
+    // The aborted rollout follows them back (docs/rollouts.md, "After the abort").
+    wait_for("every device sent back is back", || async {
+        w.rollout(id).await["recall"]
+            == json!({ "sent": 12, "pending": 0, "back": 12, "failed": 0, "superseded": 0 })
+    })
+    .await;
     let abort = w
         .events(&format!("rollout={id}&kind=rollout-aborted"))
         .await;

@@ -2,7 +2,8 @@
 //! the operator as it happened. An abort sends devices only rollback targets they accept and
 //! lists the devices left without one (`no-rollback-target`); a device's own fallback is not
 //! overwritten; a release that cannot be decoded is still counted; nothing is sent that points
-//! nowhere; expired releases and ambiguous versions are refused up front.
+//! nowhere; expired releases and ambiguous versions are refused up front; after an abort, the
+//! rollout follows every device it sent back until it is back.
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ suite!(
     issue12_abort_without_a_running_release,
     issue12_undecodable_rejection_is_counted,
     issue12_expired_release,
+    an_abort_follows_every_device_it_sent_back,
 );
 
 /// An error answer: status, cause and message.
@@ -262,10 +264,16 @@ async fn issue12_abort_without_a_running_release(backend: Backend) {
     })
     .await;
     let view = abort(&w, id).await;
+    // The deferred device gets no cancel (it would point nowhere): it goes on with the
+    // release, so it is listed as well.
     assert_eq!(
         no_rollback(&view),
-        vec![(w.id(1), "no-known-good".to_string())]
+        vec![
+            (w.id(0), "no-known-good".to_string()),
+            (w.id(1), "no-known-good".to_string())
+        ]
     );
+    assert!(view.get("recall").is_none(), "nobody was sent back: {view}");
     assert!(
         w.events(&format!("rollout={id}&kind=desired-unavailable"))
             .await
@@ -433,4 +441,89 @@ async fn issue12_same_version_other_artifact_is_refused() {
     // The original is untouched.
     let stored: Value = t.get_json(&format!("/api/v1/releases/{existing}")).await;
     assert_eq!(stored["security_version"], 1);
+}
+
+/// Truthful states after an abort: the rollout follows every device it sent back (a rollback
+/// or a cancel) until the device reports on where it was sent. Its view says how many are
+/// back and how many are not (`recall`), each return is a `device-recalled` event, a device
+/// that answers only after a server restart is still counted (the coordinator loads an
+/// aborted rollout again while a device sent back is pending), and one that a newer rollout
+/// reaches first is `superseded`.
+async fn an_abort_follows_every_device_it_sent_back(backend: Backend) {
+    let mut w = World::start(backend, Options::default()).await;
+    let devices = w.sim_devices(4, |i| match i {
+        0 => Behavior::Succeed,
+        1 => Behavior::Defer,
+        _ => Behavior::Silent,
+    });
+    w.add(devices).await;
+    let id = create_of(&w, &w.new, json!({})).await;
+    wait_for("one committed, one deferred, two silent", || async {
+        let v = w.rollout(id).await;
+        count(&v, "succeeded") == 1
+            && count(&v, "deferred-power") == 1
+            && count(&v, "notified") == 2
+    })
+    .await;
+    let view = abort(&w, id).await;
+    assert_eq!(view["status"], "aborted");
+    assert_eq!(view["recall"]["sent"], 4, "{view}");
+    // The committed device installs its known-good release again; the deferred one was
+    // cancelled and still runs it; the silent ones never answer.
+    wait_for("two devices back", || async {
+        w.rollout(id).await["recall"]["back"] == 2
+    })
+    .await;
+    let view = w.rollout(id).await;
+    assert_eq!(
+        view["recall"],
+        json!({ "sent": 4, "pending": 2, "back": 2, "failed": 0, "superseded": 0 }),
+        "{view}"
+    );
+    let old = digest_of(&w.old);
+    let events = w
+        .events(&format!("rollout={id}&kind=device-recalled"))
+        .await;
+    let mut recalled: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["device"].as_str().unwrap().to_string(),
+                e["details"]["recall"].as_str().unwrap().to_string(),
+                e["details"]["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    recalled.sort();
+    assert_eq!(
+        recalled,
+        vec![
+            (w.id(0), "back".to_string(), "succeeded".to_string()),
+            (w.id(1), "back".to_string(), "skipped-identical".to_string()),
+        ]
+    );
+    assert!(events.iter().all(|e| e["details"]["to"] == old.as_str()));
+
+    // A silent device answers only after a restart: it is still counted.
+    w.t = w.t.restart().await;
+    w.sim.come_back(&w.id(2)).await;
+    wait_for("a third device back", || async {
+        w.rollout(id).await["recall"]["back"] == 3
+    })
+    .await;
+    // The last one gets a newer rollout's desired state before it answered.
+    let newer = create_of(&w, &w.new, json!({ "waves": [100] })).await;
+    wait_for("the last recall superseded", || async {
+        w.rollout(id).await["recall"]["superseded"] == 1
+    })
+    .await;
+    let view = w.rollout(id).await;
+    assert_eq!(
+        view["recall"],
+        json!({ "sent": 4, "pending": 0, "back": 3, "failed": 0, "superseded": 1 }),
+        "{view}"
+    );
+    assert_eq!(view["status"], "aborted");
+    assert_ne!(newer, id);
+    w.finish().await;
 }

@@ -17,6 +17,8 @@
 //!   certificates, and the broker's ACL (issue 7).
 //! - `security`: threats of `docs/security.md` that need the whole system (a compromised
 //!   fleet server).
+//! - `recall`: after an abort, the rollout follows real agents back to their known-good
+//!   release, one that was down during the abort included.
 //! - `rotation`: key rotation end to end (issue 7): rotate, revoke, refused rotations,
 //!   restart.
 //! - `console`: the operator console in headless Chromium (issue 16; `#[ignore]`d, needs
@@ -45,6 +47,7 @@ mod health;
 mod mqtt_tls;
 mod nats;
 mod proxy;
+mod recall;
 mod repo;
 mod rotation;
 mod security;

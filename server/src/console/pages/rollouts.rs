@@ -14,9 +14,18 @@ use super::super::session::Session;
 use super::super::{ApiAnswer, Console, SignedIn};
 use super::{field, json_block, may, table};
 
-/// Statuses after which nothing changes any more.
-pub(crate) fn finished(status: &str) -> bool {
-    matches!(status, "completed" | "aborted" | "dry-run")
+/// Whether nothing on the rollout's page changes any more: it completed, is a dry run, or
+/// aborted with no device it sent back still pending (until then the recall line moves).
+pub(crate) fn finished(rollout: &Value) -> bool {
+    match field(rollout, "status").as_str() {
+        "completed" | "dry-run" => true,
+        "aborted" => rollout
+            .get("recall")
+            .and_then(|r| r.get("pending"))
+            .and_then(Value::as_u64)
+            .is_none_or(|pending| pending == 0),
+        _ => false,
+    }
 }
 
 /// `GET /rollouts`.
@@ -151,6 +160,17 @@ pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &Troubled) -
         Some(Value::Null) | None => String::new(),
         Some(r) => format!("<h2>Why it aborted</h2>{}", json_block(r)),
     };
+    let recall = match rollout.get("recall") {
+        Some(c @ Value::Object(_)) => format!(
+            r#"<p class="recall" id="rollout-recall">Sent back by the abort: <strong>{}</strong> · back {} · pending {} · failed {} · superseded {}</p>"#,
+            esc(&field(c, "sent")),
+            esc(&field(c, "back")),
+            esc(&field(c, "pending")),
+            esc(&field(c, "failed")),
+            esc(&field(c, "superseded")),
+        ),
+        _ => String::new(),
+    };
     let stranded = match rollout.get("no_rollback_target") {
         Some(Value::Array(list)) if !list.is_empty() => format!(
             "<h2>Left on the release (no rollback target)</h2>{}",
@@ -161,7 +181,7 @@ pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &Troubled) -
     format!(
         r#"<p class="state">Status <strong class="status" id="rollout-status">{status}</strong> {phase} {wave}</p>{bake}
 {actions}
-<div class="grid">{totals}{waves}</div>{reason}{stranded}
+<div class="grid">{totals}{waves}</div>{reason}{recall}{stranded}
 {devices}"#,
         status = esc(&status),
         phase = esc(&phase),
@@ -319,8 +339,7 @@ pub(crate) async fn detail(
         Err(answer) => return layout::error_page(&session, &answer),
     };
     let live = fragment(&session, &rollout, &devices);
-    let status = field(&rollout, "status");
-    let attr = if finished(&status) {
+    let attr = if finished(&rollout) {
         String::new()
     } else {
         format!(r#" data-live="/live/rollouts/{id}""#)
