@@ -145,3 +145,54 @@ impl Seeds {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ota_core::delta::ChunkParams;
+
+    use super::*;
+    use crate::delta::chunker::index_reader;
+    use crate::storage::FsStorage;
+
+    /// `len` deterministic pseudo-random bytes.
+    fn bytes(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Issue 18, memory: the seed table holds the held chunks the new index names, not every
+    /// chunk of every image (an unrelated cached release adds nothing).
+    #[test]
+    fn issue18_only_chunks_the_new_index_names_are_remembered() {
+        let params = ChunkParams {
+            min: 2048,
+            avg: 8192,
+            max: 32_768,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(FsStorage::shared(), dir.path()).unwrap();
+        let old = bytes(400_000, 1);
+        let unrelated = bytes(400_000, 4);
+        let mut new = old[..200_000].to_vec();
+        new.extend(bytes(100_000, 6));
+        for b in [&old, &unrelated] {
+            std::fs::write(cache.path(&Digest::of(b)), b).unwrap();
+        }
+        let new_index = index_reader(&new[..], params, |_| {}).unwrap();
+        let old_index = index_reader(&old[..], params, |_| {}).unwrap();
+        let named = |c: &&ota_core::delta::ChunkEntry| {
+            new_index.chunks.iter().any(|n| n.sha256 == c.sha256)
+        };
+        let shared = old_index.chunks.iter().filter(named).count();
+        assert!(shared > 0 && shared < old_index.chunks.len() / 2);
+        let seeds = Seeds::gather(&cache, &Digest::of(&new), &new_index, None, &[]);
+        assert_eq!(seeds.len(), shared);
+    }
+}
