@@ -3,24 +3,29 @@
 //!
 //! ```text
 //! cargo run --release -p ota-agent --example bench_delta -- \
-//!     --old OLD_FILE --new NEW_FILE [--min 16384 --avg 65536 --max 262144] [--runs 1] [--dir D]
+//!     --old OLD_FILE --new NEW_FILE [--min 16384 --avg 65536 --max 262144] [--runs 1] [--dir D] \
+//!     [--modes full,delta[,slot,slot-kept]]
 //! ```
 //!
 //! It hashes both files, cuts the new one into its chunk index with the agent's own chunker
 //! ([`ota_agent::delta::index_file`], the given FastCDC bounds), serves the new artifact and its
 //! encoded index over loopback HTTP/1.1 (keep-alive, single-range `Range` → 206 with
 //! `Content-Range`) at `/artifacts/{sha256}` as the fleet server does, and then runs the
-//! agent's real [`Downloader`] in a child process of this binary (`--child`), twice per run,
-//! each time in a fresh data directory:
+//! agent's real [`Downloader`] in a child process of this binary (`--child`), once per mode and
+//! run, each time in a fresh data directory:
 //!
 //! - full: delta off, cold cache;
 //! - delta: the old file placed in the cache as `<data>/cache/<old sha256>` (as the agent keeps
 //!   a downloaded artifact; no kept index, so the device cuts the old file during the update,
 //!   which is counted in the delta's time), and the request carries the [`ChunkIndexRef`] of
-//!   the index.
+//!   the index;
+//! - slot: an empty cache, the old file passed as the `ab` installer's running slot (no kept
+//!   index: the slot is cut, and hashed whole, during the update);
+//! - slot-kept: the same with the old release's index kept in `<data>/cache/index/` (as after
+//!   an earlier delta), so the slot is not cut.
 //!
-//! It prints one JSON line: sizes, chunk count, index bytes, the full and delta downloads'
-//! bytes received (the delta's index included), Range requests, wall times (best of `--runs`)
+//! It prints one JSON line: sizes, chunk count, index bytes, each mode's (keyed by its name,
+//! `-` as `_`) bytes received (the delta's index included), Range requests, wall times (best of `--runs`)
 //! and each child's peak RSS (`VmHWM` read from `/proc/self/status` by the child after its
 //! download: the whole download process, runtime and HTTP client included, not the server).
 //!
@@ -49,7 +54,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use ota_agent::cache::Cache;
-use ota_agent::delta::index_file;
+use ota_agent::delta::{SeedImage, index_file};
 use ota_agent::download::{DownloadConfig, DownloadRequest, Downloader};
 use ota_agent::storage::FsStorage;
 use ota_core::delta::ChunkParams;
@@ -65,6 +70,7 @@ struct Args {
     params: ChunkParams,
     runs: u32,
     dir: PathBuf,
+    modes: Vec<String>,
 }
 
 fn args(argv: &[String]) -> Args {
@@ -74,6 +80,7 @@ fn args(argv: &[String]) -> Args {
         params: ChunkParams::DEFAULT,
         runs: 1,
         dir: std::env::temp_dir().join("ota-bench-delta-run"),
+        modes: vec!["full".into(), "delta".into()],
     };
     let mut it = argv.iter();
     while let Some(k) = it.next() {
@@ -86,6 +93,7 @@ fn args(argv: &[String]) -> Args {
             "--max" => a.params.max = v.parse().unwrap(),
             "--runs" => a.runs = v.parse::<u32>().unwrap().max(1),
             "--dir" => a.dir = v.into(),
+            "--modes" => a.modes = v.split(',').map(str::to_owned).collect(),
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -94,6 +102,12 @@ fn args(argv: &[String]) -> Args {
         "--old and --new are required"
     );
     a.params.check().unwrap();
+    for m in &a.modes {
+        assert!(
+            ["full", "delta", "slot", "slot-kept"].contains(&m.as_str()),
+            "unknown mode {m}"
+        );
+    }
     a
 }
 
@@ -151,16 +165,31 @@ fn parent(a: Args) {
     let base = server.block_on(serve_files(files, sent.clone()));
     let url = format!("{base}/artifacts/{new_digest}");
 
-    let mut full: Option<Value> = None;
-    let mut delta: Option<Value> = None;
-    let (mut served_full, mut served_delta) = (0, 0);
+    // The kept index of the old release (`slot-kept`: as if the device had it in `cache/index/`).
+    let old_index = a
+        .modes
+        .iter()
+        .any(|m| m == "slot-kept")
+        .then(|| index_file(&a.old, a.params).unwrap().to_cbor());
+    let mut best: HashMap<&str, Value> = HashMap::new();
+    let mut served: HashMap<&str, u64> = HashMap::new();
     for _ in 0..a.runs {
-        for mode in ["full", "delta"] {
+        for mode in &a.modes {
+            let mode = mode.as_str();
             let data = a.dir.join(format!("data-{mode}"));
             let _ = std::fs::remove_dir_all(&data);
             std::fs::create_dir_all(data.join("cache")).unwrap();
-            if mode == "delta" {
-                std::fs::copy(&a.old, data.join("cache").join(old_digest.to_string())).unwrap();
+            match mode {
+                "delta" => {
+                    std::fs::copy(&a.old, data.join("cache").join(old_digest.to_string())).unwrap();
+                }
+                "slot-kept" => {
+                    let cache = Cache::open(FsStorage::shared(), &data).unwrap();
+                    cache
+                        .keep_index(&old_digest, old_index.as_deref().unwrap())
+                        .unwrap();
+                }
+                _ => {}
             }
             sent.store(0, Ordering::Relaxed);
             let out = Command::new(std::env::current_exe().unwrap())
@@ -168,6 +197,8 @@ fn parent(a: Args) {
                 .args([mode, &url, &new_digest.to_string(), &new_size.to_string()])
                 .args([&index_ref.digest().to_string(), &index_ref.size.to_string()])
                 .arg(&data)
+                .arg(&a.old)
+                .args([old_digest.to_string(), old_size.to_string()])
                 .output()
                 .unwrap();
             assert!(
@@ -176,29 +207,23 @@ fn parent(a: Args) {
                 String::from_utf8_lossy(&out.stderr)
             );
             let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-            let served = sent.load(Ordering::Relaxed);
-            let best = if mode == "full" {
-                served_full = served;
-                &mut full
-            } else {
-                served_delta = served;
-                &mut delta
-            };
+            served.insert(mode, sent.load(Ordering::Relaxed));
             if best
-                .as_ref()
+                .get(mode)
                 .is_none_or(|b| b["secs"].as_f64() > v["secs"].as_f64())
             {
-                *best = Some(v);
+                best.insert(mode, v);
             }
             let _ = std::fs::remove_dir_all(&data);
         }
     }
-    let (full, delta) = (full.unwrap(), delta.unwrap());
-    assert!(
-        delta["delta"].is_object(),
-        "the delta run fell back to a full download"
-    );
-    let line = json!({
+    for (mode, v) in &best {
+        assert!(
+            *mode == "full" || v["delta"].is_object(),
+            "the {mode} run fell back to a full download"
+        );
+    }
+    let mut line = json!({
         "old": a.old, "new": a.new,
         "old_size": old_size, "new_size": new_size,
         "params": {"min": a.params.min, "avg": a.params.avg, "max": a.params.max},
@@ -206,27 +231,46 @@ fn parent(a: Args) {
         "index_bytes": cbor.len(),
         "index_secs": index_secs,
         "runs": a.runs,
-        "full": full,
-        "delta": delta,
-        "served_full": served_full,
-        "served_delta": served_delta,
     });
+    for (mode, v) in best {
+        let key = mode.replace('-', "_");
+        line[&key] = v;
+        line[format!("served_{key}")] = json!(served[mode]);
+    }
     println!("{line}");
 }
 
-/// `--child MODE URL DIGEST SIZE INDEX_SHA256 INDEX_SIZE DATA`: one download with the agent's
-/// downloader on the agent's runtime (current thread); prints its cost as JSON.
+/// `--child MODE URL DIGEST SIZE INDEX_SHA256 INDEX_SIZE DATA OLD OLD_SHA256 OLD_SIZE`: one
+/// download with the agent's downloader on the agent's runtime (current thread); prints its
+/// cost as JSON. The `slot` modes pass the old file as the running slot.
 fn child(argv: &[String]) {
-    let [mode, url, digest, size, index_sha, index_size, data] = argv else {
-        panic!("--child MODE URL DIGEST SIZE INDEX_SHA256 INDEX_SIZE DATA");
+    let [
+        mode,
+        url,
+        digest,
+        size,
+        index_sha,
+        index_size,
+        data,
+        old,
+        old_digest,
+        old_size,
+    ] = argv
+    else {
+        panic!("--child MODE URL DIGEST SIZE INDEX_SHA256 INDEX_SIZE DATA OLD OLD_SHA256 OLD_SIZE");
     };
+    let slot = mode.starts_with("slot").then(|| SeedImage {
+        path: old.into(),
+        digest: old_digest.parse().unwrap(),
+        size: old_size.parse().unwrap(),
+    });
     let digest: Digest = digest.parse().unwrap();
     let size: u64 = size.parse().unwrap();
     let index_ref = ChunkIndexRef {
         sha256: index_sha.parse::<Digest>().unwrap().0,
         size: index_size.parse().unwrap(),
     };
-    let delta = mode == "delta";
+    let delta = mode != "full";
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -237,7 +281,8 @@ fn child(argv: &[String]) {
         config.delta = delta;
         let downloader = Downloader::new(cache, &config).unwrap();
         let req = DownloadRequest::new(url.clone(), digest, size)
-            .with_chunk_index(delta.then_some(index_ref));
+            .with_chunk_index(delta.then_some(index_ref))
+            .with_running_slot(slot);
         let t = Instant::now();
         let done = downloader.download(&req, |_| {}).await.unwrap();
         (done, t.elapsed().as_secs_f64())

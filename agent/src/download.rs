@@ -57,7 +57,7 @@ use reqwest::header::{
 };
 
 use crate::cache::{Cache, CacheError};
-use crate::delta::DeltaStats;
+use crate::delta::{DeltaStats, SeedImage};
 use crate::storage::for_each_chunk;
 use crate::tls::{TlsError, TlsFiles};
 
@@ -207,6 +207,9 @@ pub struct DownloadRequest {
     pub resume_from: Option<u64>,
     /// The signed reference to the artifact's chunk index, when the release has one.
     pub chunk_index: Option<ChunkIndexRef>,
+    /// The running slot of the `ab` installer and the release it holds: a delta copies chunks
+    /// from it as from the cached artifacts.
+    pub running_slot: Option<SeedImage>,
 }
 
 impl DownloadRequest {
@@ -218,12 +221,20 @@ impl DownloadRequest {
             size,
             resume_from: None,
             chunk_index: None,
+            running_slot: None,
         }
     }
 
     /// Builds the artifact by delta from the chunk index `index` (when delta is on).
     pub fn with_chunk_index(mut self, index: Option<ChunkIndexRef>) -> Self {
         self.chunk_index = index;
+        self
+    }
+
+    /// Lets a delta copy chunks from the running slot `slot` (see
+    /// [`running_slot`](Self::running_slot)).
+    pub fn with_running_slot(mut self, slot: Option<SeedImage>) -> Self {
+        self.running_slot = slot;
         self
     }
 

@@ -23,7 +23,7 @@
 //! | `CheckDisk` | [`disk_space`] of the data directory | `handle_disk` |
 //! | `HashCached` | [`Cache::verify_entry`], in a task | `handle_cache_hashed` |
 //! | `InspectPartial` | [`Cache::partial_len`] | `handle_partial` |
-//! | `Download` | [`Downloader::download`], in a task (progress fed back) | `handle_download_*` |
+//! | `Download` | [`Downloader::download`], in a task (progress fed back); with the `ab` installer the running slot is a delta's chunk source | `handle_download_*` |
 //! | `DiscardPartial` | aborts the transfer, [`Cache::remove_partial`] | — |
 //! | `Install` | [`Cache::verify_entry`] (size and SHA-256, every time, rollbacks too; a mismatch answers `CorruptArtifact`), then the configured [`Installer`], in a task | `handle_install_done` |
 //! | `Commit` | the `ab` installer marks the booted slot good ([`Bootloader::boot_slot`](crate::bootloader::Bootloader::boot_slot)); nothing for the others (logged) | — |
@@ -56,6 +56,7 @@ use tokio::time::Instant;
 
 use crate::cache::Cache;
 use crate::clock::{ShellClock, monotonic_now};
+use crate::delta::SeedImage;
 use crate::download::{DownloadRequest, Downloader};
 use crate::flags::FlagFile;
 use crate::health::HealthProbe;
@@ -507,7 +508,8 @@ impl Shell {
                 self.stop_transfer().await;
                 let req = DownloadRequest::new(url, digest, size)
                     .with_resume_from(resume_from)
-                    .with_chunk_index(chunk_index);
+                    .with_chunk_index(chunk_index)
+                    .with_running_slot(self.running_slot());
                 self.start_transfer(req);
             }
             Action::DiscardPartial { digest } => {
@@ -635,6 +637,20 @@ impl Shell {
             };
             let _ = tx.send(done(result));
         });
+    }
+
+    /// The `ab` installer's booted slot and the running release it holds (its first `size`
+    /// bytes), a chunk source for deltas; `None` for the other installers, or when the booted
+    /// slot or the running release is unknown.
+    fn running_slot(&self) -> Option<SeedImage> {
+        let ab = self.installer.ab()?;
+        let slot = self.booted?;
+        let running = self.machine.status().running?;
+        Some(SeedImage {
+            path: ab.slot_path(slot).to_path_buf(),
+            digest: running.digest,
+            size: running.size,
+        })
     }
 
     fn start_transfer(&mut self, req: DownloadRequest) {

@@ -8,6 +8,7 @@
 //! from the end of the chunks already written (they are verified, so nothing is lost).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ota_core::delta::{self, ChunkIndex, ChunkIndexError, PlanLimits, Step};
 use ota_core::digest::Digest;
@@ -116,7 +117,8 @@ impl Downloader {
         let url =
             index_url(&req.url, &req.digest, &index_ref.digest()).ok_or(DeltaError::NoIndexUrl)?;
         let bytes = self.fetch_index(&url, index_ref.size, received).await?;
-        let index = ChunkIndex::from_signed_cbor(&bytes, index_ref.digest())?;
+        // Shared with the blocking task that gathers the seeds (the index may be 8 MiB).
+        let index = Arc::new(ChunkIndex::from_signed_cbor(&bytes, index_ref.digest())?);
         if index.artifact_size != req.size {
             return Err(DeltaError::IndexSize {
                 index: index.artifact_size,
@@ -146,9 +148,14 @@ impl Downloader {
         }
 
         let cache = self.cache.clone();
-        let (digest, params, extra) = (req.digest, index.params, self.delta_seeds.clone());
+        let (digest, slot, extra) = (
+            req.digest,
+            req.running_slot.clone(),
+            self.delta_seeds.clone(),
+        );
+        let new = Arc::clone(&index);
         let mut seeds =
-            tokio::task::spawn_blocking(move || Seeds::gather(&cache, &digest, params, &extra))
+            tokio::task::spawn_blocking(move || Seeds::gather(&cache, &digest, &new, slot, &extra))
                 .await
                 .map_err(|e| DownloadError::Storage {
                     op: "index seeds",
@@ -188,13 +195,10 @@ impl Downloader {
                     let Some(entry) = index.chunks.get(chunk) else {
                         break;
                     };
-                    let held = seeds.read(&entry.sha256, &mut buf).map_err(|source| {
-                        DownloadError::Storage {
-                            op: "read seed",
-                            path: PathBuf::new(),
-                            source,
-                        }
-                    })?;
+                    let held = seeds.read(&entry.sha256, &mut buf).unwrap_or_else(|e| {
+                        tracing::warn!("delta: {e}");
+                        false
+                    });
                     let start = cursor.offset;
                     if held {
                         stats.copied_bytes += u64::from(entry.len);
@@ -202,7 +206,7 @@ impl Downloader {
                         seeds.add(partial, start, entry.len, entry.sha256);
                         continue;
                     }
-                    // The seed changed since it was cut: fetch this chunk instead.
+                    // The seed changed since it was cut, or cannot be read: fetch this chunk.
                     (chunk..chunk + 1, start..start + u64::from(entry.len))
                 }
                 Step::Fetch { chunks, bytes } => (chunks, bytes),

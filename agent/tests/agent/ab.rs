@@ -661,3 +661,64 @@ async fn issue17_ab_a_power_loss_at_every_write_boots_a_good_slot_the_journal_ag
     }
     assert!(total.unwrap_or(0) > 10, "{total:?} writes");
 }
+
+/// Issue 18 with the `ab` installer: the running slot is a chunk source. The cache has lost the
+/// running release, slot A still holds it (followed by the rest of the partition): the update
+/// to v2 fetches only the changed chunks and the index (the reported transfer), and slot B
+/// ends holding v2.
+#[tokio::test]
+async fn issue18_ab_a_delta_copies_the_chunks_of_the_running_slot() {
+    use crate::delta::{Fault18, mirror};
+    use crate::fleet::release_of;
+    use crate::util::artifact;
+    use firmware_fixtures::TestKey;
+    use ota_core::delta::ChunkParams;
+
+    let url = format!("mqtt://{}", broker());
+    let fleet = Fleet::start(&url).await;
+    let old = artifact(600_000, 1801);
+    let mut new = old.clone();
+    new[300_000..310_000].copy_from_slice(&artifact(10_000, 1802));
+    let params = ChunkParams {
+        min: 2048,
+        avg: 8192,
+        max: 32_768,
+    };
+    let m = mirror(new.clone(), params, Fault18::None).await;
+    let v1 = release_of("1.0.0", 1, old, None, &[TestKey::A]);
+    let v2 = release_of("2.0.0", 2, new, Some(m.index_ref), &[TestKey::A]);
+    let dev = AbDevice::new("abdelta", &url, &v1, "").await;
+    let id = dev.dev.id.clone();
+    let agent = Agent::start(dev.dev.config.clone(), options())
+        .await
+        .unwrap();
+    agent.wait_for(|s| s.machine.stage == Stage::Idle).await;
+    let cache = dev.dev.data().join("cache");
+    std::fs::remove_file(cache.join(v1.digest().to_string())).unwrap();
+    assert!(!cache.join("index").exists(), "no index of v1 kept");
+
+    fleet
+        .desire(&id, &desired(1, &v2, vec![m.url.clone()]))
+        .await;
+    let e = fleet.wait_event(&id, 1, "rebooting").await;
+    let t = e.transfer.expect("the transfer is reported");
+    assert_eq!(t.size, v2.artifact.len() as u64);
+    assert!(
+        t.fetched < t.size / 4,
+        "slot A held all but 10 kB, yet {} of {} bytes were fetched",
+        t.fetched,
+        t.size
+    );
+    assert_eq!(
+        t.saved(),
+        t.size - t.fetched,
+        "the slot's chunks count as saved"
+    );
+    wait_file(&dev.root().join("rebooted")).await;
+    assert_eq!(
+        slot_digest(&dev, Slot::B, v2.artifact.len()),
+        v2.digest(),
+        "slot B holds v2"
+    );
+    agent.kill();
+}

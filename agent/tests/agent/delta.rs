@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ota_agent::cache::Cache;
-use ota_agent::delta::index_reader;
+use ota_agent::delta::{SeedImage, index_reader};
 use ota_agent::download::{DownloadConfig, DownloadRequest, Downloader, ErrorClass};
 use ota_agent::storage::{Fault, FaultyStorage, FsStorage, SharedStorage};
-use ota_core::delta::ChunkParams;
+use ota_core::delta::{ChunkIndex, ChunkParams};
 use ota_core::digest::Digest;
 use ota_core::release::ChunkIndexRef;
 use tokio::io::AsyncWriteExt;
@@ -21,7 +21,7 @@ use crate::util::{artifact, read_head, respond, tempdir};
 
 /// How the delta server misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault18 {
+pub enum Fault18 {
     /// A well-behaved mirror.
     None,
     /// Flips a byte in every bounded range (`bytes=a-b`) response: a hostile mirror.
@@ -41,9 +41,9 @@ struct Hit {
     range: Option<String>,
 }
 
-struct Mirror {
-    url: String,
-    index_ref: ChunkIndexRef,
+pub struct Mirror {
+    pub url: String,
+    pub index_ref: ChunkIndexRef,
     sent: Arc<AtomicU64>,
     hits: Arc<Mutex<Vec<Hit>>>,
 }
@@ -59,7 +59,7 @@ impl Mirror {
 }
 
 /// Serves `body` and its chunk index (cut with `params`) on 127.0.0.1:0.
-async fn mirror(body: Vec<u8>, params: ChunkParams, fault: Fault18) -> Mirror {
+pub async fn mirror(body: Vec<u8>, params: ChunkParams, fault: Fault18) -> Mirror {
     let index = index_reader(&body[..], params, |_| {}).unwrap().to_cbor();
     let index_ref = ChunkIndexRef {
         sha256: Digest::of(&index).0,
@@ -289,6 +289,7 @@ async fn issue18_any_delta_failure_falls_back_to_a_full_download() {
 
 /// A power loss at every write of a delta (partial, index, cache), then a restart: the new
 /// downloader resumes from the verified whole chunks and the cache ends with the right bytes.
+/// The old release is in the cache, or only in the running slot (`ab` installer).
 #[tokio::test]
 async fn issue18_a_power_loss_at_any_write_of_a_delta_then_a_restart_completes_it() {
     let old = artifact(300_000, 191);
@@ -300,46 +301,185 @@ async fn issue18_a_power_loss_at_any_write_of_a_delta_then_a_restart_completes_i
         max: 32_768,
     };
     let m = mirror(new.clone(), params, Fault18::None).await;
-    let req = m.request(&new);
-    let total = {
-        let dir = tempdir();
-        cache_artifact(dir.path(), &old);
-        let faulty = Arc::new(FaultyStorage::new());
-        let done = downloader_on(faulty.clone(), dir.path())
-            .download(&req, |_| {})
-            .await
-            .unwrap();
-        assert!(done.delta.is_some());
-        faulty.mutations()
+    for in_slot in [false, true] {
+        // A device holding `old`, and the request it gets.
+        let device = || {
+            let dir = tempdir();
+            let req = if in_slot {
+                let slot = slot_image(dir.path(), &old, old.len() + 5000);
+                m.request(&new).with_running_slot(Some(slot))
+            } else {
+                cache_artifact(dir.path(), &old);
+                m.request(&new)
+            };
+            (dir, req)
+        };
+        let total = {
+            let (dir, req) = device();
+            let faulty = Arc::new(FaultyStorage::new());
+            let done = downloader_on(faulty.clone(), dir.path())
+                .download(&req, |_| {})
+                .await
+                .unwrap();
+            assert!(done.delta.is_some());
+            faulty.mutations()
+        };
+        assert!(total > 10, "a delta writes chunk by chunk ({total} writes)");
+        let opening = {
+            let faulty = Arc::new(FaultyStorage::new());
+            Cache::open(faulty.clone(), tempdir().path()).unwrap();
+            faulty.mutations()
+        };
+        for n in opening + 1..=total {
+            let (dir, req) = device();
+            let faulty = Arc::new(FaultyStorage::with_fault(
+                n,
+                Fault::PowerLoss {
+                    drop_unsynced: n % 2 == 0,
+                },
+            ));
+            let first = downloader_on(faulty.clone(), dir.path())
+                .download(&req, |_| {})
+                .await;
+            let err = first.expect_err("the power went");
+            assert_eq!(
+                err.class(),
+                ErrorClass::Local,
+                "slot {in_slot}, op {n}: {err}"
+            );
+            let dl = downloader_on(FsStorage::shared(), dir.path());
+            let done = dl.download(&req, |_| {}).await.unwrap();
+            assert_eq!(fs::read(&done.path).unwrap(), new, "slot {in_slot}, op {n}");
+            assert!(dl.cache().rehash(&req.digest).await.unwrap(), "op {n}");
+            assert!(
+                done.received < new.len() as u64 / 2,
+                "slot {in_slot}, op {n}: the restart is a delta again ({} bytes)",
+                done.received
+            );
+        }
+    }
+}
+
+/// The running slot of an `ab` device in `dir`: `image` followed by other bytes up to `len`
+/// (a partition is larger than the image it holds).
+fn slot_image(dir: &Path, image: &[u8], len: usize) -> SeedImage {
+    let mut bytes = image.to_vec();
+    bytes.extend(artifact(len - image.len(), 77));
+    let path = dir.join("slot-a.img");
+    fs::write(&path, &bytes).unwrap();
+    SeedImage {
+        path,
+        digest: Digest::of(image),
+        size: image.len() as u64,
+    }
+}
+
+#[tokio::test]
+async fn issue18_the_running_slot_is_a_chunk_source_cut_up_to_its_image() {
+    let (old, new) = pair();
+    let m = mirror(new.clone(), ChunkParams::DEFAULT, Fault18::None).await;
+    let dir = tempdir();
+    let slot = slot_image(dir.path(), &old, old.len() + (1 << 20));
+    let dl = downloader_on(FsStorage::shared(), &dir.path().join("data"));
+    let req = m.request(&new).with_running_slot(Some(slot.clone()));
+    let done = dl.download(&req, |_| {}).await.unwrap();
+    assert_eq!(fs::read(&done.path).unwrap(), new);
+    let stats = done.delta.expect("built by delta from the slot alone");
+    assert!(
+        stats.fetched_bytes < new.len() as u64 / 8,
+        "the slot held all but two changes, yet {} of {} bytes were fetched",
+        stats.fetched_bytes,
+        new.len()
+    );
+    assert_eq!(stats.fetched_bytes + stats.copied_bytes, new.len() as u64);
+    assert_eq!(done.received, stats.index_bytes + stats.fetched_bytes);
+    // The slot held the release: its index is kept under the release's digest, and it covers
+    // the image, not the partition behind it.
+    let kept = fs::read(dl.cache().index_path(&slot.digest)).unwrap();
+    let kept = ChunkIndex::from_cbor(&kept).unwrap();
+    assert_eq!(
+        kept,
+        index_reader(&old[..], ChunkParams::DEFAULT, |_| {}).unwrap()
+    );
+
+    // A slot that cannot be read, or ends before its image: the download goes on in full.
+    let missing = SeedImage {
+        path: dir.path().join("no-such-slot"),
+        ..slot.clone()
     };
-    assert!(total > 10, "a delta writes chunk by chunk ({total} writes)");
-    let opening = {
-        let faulty = Arc::new(FaultyStorage::new());
-        Cache::open(faulty.clone(), tempdir().path()).unwrap();
-        faulty.mutations()
+    let short = SeedImage {
+        size: old.len() as u64 + (2 << 20),
+        ..slot.clone()
     };
-    for n in opening + 1..=total {
-        let dir = tempdir();
-        cache_artifact(dir.path(), &old);
-        let faulty = Arc::new(FaultyStorage::with_fault(
-            n,
-            Fault::PowerLoss {
-                drop_unsynced: n % 2 == 0,
-            },
-        ));
-        let first = downloader_on(faulty.clone(), dir.path())
-            .download(&req, |_| {})
-            .await;
-        let err = first.expect_err("the power went");
-        assert_eq!(err.class(), ErrorClass::Local, "op {n}: {err}");
-        let dl = downloader_on(FsStorage::shared(), dir.path());
+    for bad in [missing, short] {
+        let data = tempdir();
+        let dl = downloader_on(FsStorage::shared(), data.path());
+        let req = m.request(&new).with_running_slot(Some(bad.clone()));
         let done = dl.download(&req, |_| {}).await.unwrap();
-        assert_eq!(fs::read(&done.path).unwrap(), new, "op {n}");
-        assert!(dl.cache().rehash(&req.digest).await.unwrap(), "op {n}");
-        assert!(
-            done.received < new.len() as u64 / 2,
-            "op {n}: the restart is a delta again ({} bytes)",
-            done.received
-        );
+        assert_eq!(fs::read(&done.path).unwrap(), new, "{bad:?}");
+        assert_eq!(done.delta, None, "{bad:?}");
+        assert!(!dl.cache().index_path(&bad.digest).exists(), "{bad:?}");
+    }
+}
+
+/// A running slot with a few bytes flipped in one chunk the new release shares: that chunk is
+/// fetched, nothing wrong is written. Whether the slot is cut anew (the damaged chunk is not
+/// offered, and the damaged slot's index is not kept) or its kept index still names the
+/// damaged chunk (the copy is re-hashed against the signed index and refused).
+#[tokio::test]
+async fn issue18_a_damaged_running_slot_costs_its_damaged_chunk_and_writes_nothing_wrong() {
+    let (old, new) = pair();
+    let params = ChunkParams::DEFAULT;
+    let m = mirror(new.clone(), params, Fault18::None).await;
+    let old_index = index_reader(&old[..], params, |_| {}).unwrap();
+    let new_index = index_reader(&new[..], params, |_| {}).unwrap();
+    let (chunk, range) = old_index
+        .chunks
+        .iter()
+        .zip(old_index.ranges())
+        .find(|(_, r)| r.contains(&(2 << 20)))
+        .unwrap();
+    assert!(new_index.chunks.iter().any(|c| c.sha256 == chunk.sha256));
+    let clean = {
+        let dir = tempdir();
+        let slot = slot_image(dir.path(), &old, old.len() + 4096);
+        let dl = downloader_on(FsStorage::shared(), &dir.path().join("data"));
+        let req = m.request(&new).with_running_slot(Some(slot));
+        let done = dl.download(&req, |_| {}).await.unwrap();
+        done.delta.unwrap().fetched_bytes
+    };
+    for kept in [false, true] {
+        let dir = tempdir();
+        let slot = slot_image(dir.path(), &old, old.len() + 4096);
+        let dl = downloader_on(FsStorage::shared(), &dir.path().join("data"));
+        if kept {
+            dl.cache()
+                .keep_index(&slot.digest, &old_index.to_cbor())
+                .unwrap();
+        }
+        let mut bytes = fs::read(&slot.path).unwrap();
+        let mid = usize::try_from((range.start + range.end) / 2).unwrap();
+        for b in &mut bytes[mid..mid + 3] {
+            *b ^= 0x5a;
+        }
+        fs::write(&slot.path, &bytes).unwrap();
+        let req = m.request(&new).with_running_slot(Some(slot.clone()));
+        let done = dl.download(&req, |_| {}).await.unwrap();
+        assert_eq!(fs::read(&done.path).unwrap(), new, "kept {kept}");
+        let stats = done.delta.expect("still a delta");
+        assert_eq!(stats.fetched_bytes + stats.copied_bytes, new.len() as u64);
+        if kept {
+            assert_eq!(
+                stats.fetched_bytes,
+                clean + u64::from(chunk.len),
+                "exactly the damaged chunk more"
+            );
+        } else {
+            assert!(stats.fetched_bytes >= clean + u64::from(chunk.len));
+            assert!(
+                !dl.cache().index_path(&slot.digest).exists(),
+                "the index of a damaged slot is not kept"
+            );
+        }
     }
 }

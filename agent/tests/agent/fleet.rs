@@ -15,7 +15,7 @@ use ota_agent::install::{FilesInstaller, InstallRequest};
 use ota_agent::mqtt::Backoff;
 use ota_agent::storage::FsStorage;
 use ota_core::digest::Digest;
-use ota_core::release::{FORMAT_VERSION, Manifest, sign};
+use ota_core::release::{ChunkIndexRef, FORMAT_VERSION, Manifest, sign};
 use ota_core::wire::{
     DesiredState, Event, ExecutionState, Heartbeat, HeartbeatAck, PROTOCOL_VERSION, ReportedState,
     Status, TopicKind, WireMessage, parse_device_topic,
@@ -474,6 +474,18 @@ impl Rel {
 /// A release of `len` deterministic bytes, signed by `keys`.
 pub fn release_signed(version: &str, security_version: u32, len: usize, keys: &[TestKey]) -> Rel {
     let artifact = artifact(len, u64::from(security_version) * 7919 + len as u64);
+    release_of(version, security_version, artifact, None, keys)
+}
+
+/// A release of `artifact`, naming the chunk index `chunk_index` (delta updates), signed by
+/// `keys`.
+pub fn release_of(
+    version: &str,
+    security_version: u32,
+    artifact: Vec<u8>,
+    chunk_index: Option<ChunkIndexRef>,
+    keys: &[TestKey],
+) -> Rel {
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         product: firmware_fixtures::PRODUCT.to_owned(),
@@ -486,7 +498,7 @@ pub fn release_signed(version: &str, security_version: u32, len: usize, keys: &[
         expires: None,
         installer: Some("files".to_owned()),
         metadata: Default::default(),
-        chunk_index: None,
+        chunk_index,
     };
     let keys: Vec<_> = keys.iter().map(|k| k.signing_key()).collect();
     Rel {
