@@ -105,7 +105,8 @@ pub use counts::{FAILURE_PHASES, STATE_NAMES, StateCounts};
 pub use error::RolloutError;
 pub use no_rollback::{NoRollback, NoRollbackCause};
 pub use planner::{
-    AbortReason, PlannerAction, ReportOutcome, Rollout, RolloutState, Status, WavePhase, WaveStatus,
+    AbortReason, PlannerAction, ReportOutcome, Rollout, RolloutState, Status, TargetView,
+    WavePhase, WaveStatus,
 };
 pub use recall::{RecallCounts, RecallState};
 pub use spec::{DEFAULT_MIN_EXECUTED, MAX_WAVES, Ratio, RolloutSpec, Target};

@@ -326,6 +326,20 @@ pub struct Status {
     pub recall: RecallCounts,
 }
 
+/// One target as the rollout sees it ([`Rollout::targets`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TargetView<'a> {
+    /// The device.
+    pub device_id: &'a DeviceId,
+    /// The first wave it is in.
+    pub wave: usize,
+    /// Its execution state in this rollout.
+    pub state: &'a ExecutionState,
+    /// After an abort that sent it back: where to, and its recall state.
+    pub recall: Option<(Digest, RecallState)>,
+}
+
 /// One target device's planner record (persisted).
 #[derive(Debug, Clone, Encode, Decode)]
 #[cbor(map)]
@@ -548,6 +562,17 @@ impl Rollout {
     /// Every target device, in the order they were added.
     pub fn devices(&self) -> impl Iterator<Item = &DeviceId> {
         self.p.devices.iter().map(|d| &d.id)
+    }
+
+    /// Every target as the rollout sees it (its execution state, its wave, its recall), in
+    /// the planner's order (by id for the targets given at creation, then the ones added).
+    pub fn targets(&self) -> impl Iterator<Item = TargetView<'_>> {
+        self.p.devices.iter().map(|d| TargetView {
+            device_id: &d.id,
+            wave: d.cohort,
+            state: &d.state,
+            recall: d.recall.map(|r| (r.to, r.state)),
+        })
     }
 
     /// A device's wave cohort (the first wave it is in), if it is a target.

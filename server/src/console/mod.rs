@@ -186,6 +186,7 @@ pub(crate) fn router(state: AppState, api: Router, secure: bool) -> Router {
             get(pages::create::form).post(pages::create::submit),
         )
         .route("/rollouts/{id}", get(pages::rollouts::detail))
+        .route("/rollouts/{id}/devices", get(pages::rollouts::targets))
         .route("/rollouts/{id}/{op}", post(actions::rollout))
         .route("/flags", get(pages::misc::flags))
         .route("/flags/{name}/{op}", post(actions::flag))

@@ -409,37 +409,6 @@ impl Db {
         })
     }
 
-    /// The full rows of the devices whose last update result (the `last_result` column, see
-    /// [`DeviceRecord::last_result`]) is set and none of `except`, by id: a rollout page's
-    /// troubled devices without reading the rows of every device that is fine.
-    pub async fn devices_with_last_result_except(
-        &self,
-        except: &[&str],
-    ) -> Result<Vec<DeviceRecord>, DbError> {
-        let placeholders = (1..=except.len())
-            .map(|n| format!("${n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let not_in = if except.is_empty() {
-            String::new()
-        } else {
-            format!(" AND devices.last_result NOT IN ({placeholders})")
-        };
-        let sql = format_device_select(&format!(
-            "WHERE devices.last_result IS NOT NULL{not_in} ORDER BY devices.id"
-        ));
-        let mut query = sqlx::query(sql);
-        for state in except {
-            query = query.bind(*state);
-        }
-        query
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(device_from_row)
-            .collect()
-    }
-
     /// The full rows of `ids`, in the order given (ids without a row are left out).
     async fn devices_by_id<'a>(
         &self,

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
 use super::generation;
 use super::outbox::{self, Outbox};
-use super::view::{RolloutView, abort_json, counts_json, no_rollback_json};
+use super::view::{RolloutView, abort_json, counts_json, insert_failure, no_rollback_json};
 use super::{
     Command, Counters, DEVICE_EVENTS_PER_MINUTE, Fleet, FleetError, LAST_SEEN_RESOLUTION_SECS,
     MAX_BATCH, Op, REJECT_EVENTS_PER_MINUTE, RolloutRequest, Shared, Snapshot, percent,
@@ -2506,26 +2506,6 @@ fn memo_of(d: &DeviceRecord) -> Memo {
 
 /// Whether a device in execution state `state` has the artifact in its cache: the states that
 /// can carry a download's cost.
-/// Adds a failed, rejected or rolled-back state's phase or cause and reason to an audit
-/// event's details.
-fn insert_failure(map: &mut serde_json::Map<String, serde_json::Value>, state: &ExecutionState) {
-    match state {
-        ExecutionState::Failed { phase, reason } => {
-            map.insert("phase".into(), json!(phase.name()));
-            map.insert("reason".into(), json!(reason));
-        }
-        ExecutionState::Rejected { cause, detail } => {
-            map.insert("cause".into(), json!(cause.name()));
-            map.insert("reason".into(), json!(detail));
-        }
-        ExecutionState::RolledBack { reason, detail } => {
-            map.insert("cause".into(), json!(reason.name()));
-            map.insert("reason".into(), json!(detail));
-        }
-        _ => {}
-    }
-}
-
 fn after_download(state: &ExecutionState) -> bool {
     matches!(
         state,

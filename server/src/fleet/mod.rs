@@ -71,7 +71,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use actor::{FleetStartError, FleetTask, start};
 pub use flags::{FlagDetail, FlagEditResult, FlagList, FlagSetRequest};
-pub use view::RolloutView;
+pub use view::{RolloutView, target_json};
 
 use crate::db::DbError;
 

@@ -2,7 +2,8 @@
 //! answer), built from its row and its planner.
 
 use ota_core::rollout::{
-    AbortReason, NoRollbackCause, RecallCounts, Rollout, RolloutState, StateCounts, WavePhase,
+    AbortReason, ExecutionState, NoRollbackCause, RecallCounts, Rollout, RolloutState, StateCounts,
+    TargetView, WavePhase,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -281,4 +282,48 @@ impl RolloutView {
             warnings: None,
         }
     }
+}
+
+/// Adds a failed, rejected or rolled-back state's phase or cause and reason to a JSON object
+/// (audit event details, a target's entry).
+pub(crate) fn insert_failure(
+    map: &mut serde_json::Map<String, serde_json::Value>,
+    state: &ExecutionState,
+) {
+    match state {
+        ExecutionState::Failed { phase, reason } => {
+            map.insert("phase".into(), json!(phase.name()));
+            map.insert("reason".into(), json!(reason));
+        }
+        ExecutionState::Rejected { cause, detail } => {
+            map.insert("cause".into(), json!(cause.name()));
+            map.insert("reason".into(), json!(detail));
+        }
+        ExecutionState::RolledBack { reason, detail } => {
+            map.insert("cause".into(), json!(reason.name()));
+            map.insert("reason".into(), json!(detail));
+        }
+        _ => {}
+    }
+}
+
+/// One target of a rollout as JSON: `device`, `wave` (0-based), `state` (kebab-case) with the
+/// failure's `phase` or `cause` and `reason`, and after an abort that sent it back
+/// `recall: { "to", "state" }`.
+pub fn target_json(t: &TargetView<'_>) -> Value {
+    let mut entry = json!({
+        "device": t.device_id.as_str(),
+        "wave": t.wave,
+        "state": t.state.name(),
+    });
+    if let Some(map) = entry.as_object_mut() {
+        insert_failure(map, t.state);
+        if let Some((to, state)) = t.recall {
+            map.insert(
+                "recall".into(),
+                json!({ "to": to.to_string(), "state": state.name() }),
+            );
+        }
+    }
+    entry
 }

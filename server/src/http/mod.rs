@@ -11,7 +11,7 @@
 //! | `GET` | `/api/v1/events?rollout=&device=&kind=&after=&limit=` | any |
 //! | `POST` | `/api/v1/rollouts` (JSON spec), `/api/v1/rollouts/{id}/pause\|resume\|abort` | operator |
 //! | `POST` | `/api/v1/rollouts/{id}/approve` | approver (not the creator) |
-//! | `GET` | `/api/v1/rollouts`, `/api/v1/rollouts/{id}` | any |
+//! | `GET` | `/api/v1/rollouts`, `/api/v1/rollouts/{id}`, `/api/v1/rollouts/{id}/devices` | any |
 //! | `GET` | `/api/v1/flags`, `/api/v1/flags/{name}?device=ID` | any |
 //! | `POST` | `/api/v1/flags/{name}/set` (JSON), `/api/v1/flags/{name}/kill\|revive` | operator |
 //! | `DELETE` | `/api/v1/flags/{name}` | operator |
@@ -179,6 +179,7 @@ pub fn router(state: AppState, https: bool) -> Router {
             post(rollouts::create).layer(leader()).get(rollouts::list),
         )
         .route("/rollouts/{id}", get(rollouts::get))
+        .route("/rollouts/{id}/devices", get(rollouts::devices))
         .route(
             "/rollouts/{id}/approve",
             post(rollouts::approve).layer(leader()),

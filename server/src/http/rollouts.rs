@@ -1,18 +1,20 @@
 //! Rollouts: `POST /api/v1/rollouts`, `GET /api/v1/rollouts[/{id}]`,
-//! `POST /api/v1/rollouts/{id}/approve|pause|resume|abort`.
+//! `GET /api/v1/rollouts/{id}/devices`, `POST /api/v1/rollouts/{id}/approve|pause|resume|abort`.
 //!
 //! Commands go to the fleet coordinator (which owns the planners) and answer once the change
 //! and its audit events are committed; reads decode the stored planner state.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Extension, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Extension, Query, State};
 use axum::http::StatusCode;
-use ota_core::rollout::Rollout;
+use ota_core::rollout::{ExecutionState, Rollout, STATE_NAMES, TargetView};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{ApiError, AppState, Operator, PathParam};
-use crate::fleet::{FleetError, Op, RolloutRequest, RolloutView};
+use crate::db::RolloutRecord;
+use crate::fleet::{FleetError, Op, RolloutRequest, RolloutView, target_json};
 
 /// `{ "rollout": RolloutView }`.
 #[derive(Debug, Serialize)]
@@ -99,8 +101,8 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(One { rollout })))
 }
 
-/// The view of a stored rollout.
-pub(super) async fn view(state: &AppState, id: i64) -> Result<RolloutView, ApiError> {
+/// A stored rollout and its planner, or 404.
+async fn stored(state: &AppState, id: i64) -> Result<(RolloutRecord, Rollout), ApiError> {
     let record = state
         .db()
         .get_rollout(id)
@@ -108,6 +110,12 @@ pub(super) async fn view(state: &AppState, id: i64) -> Result<RolloutView, ApiEr
         .ok_or_else(|| ApiError::not_found(format!("rollout {id} not found")))?;
     let planner =
         Rollout::from_cbor(&record.state).map_err(|e| ApiError::internal("rollout state", &e))?;
+    Ok((record, planner))
+}
+
+/// The view of a stored rollout.
+pub(super) async fn view(state: &AppState, id: i64) -> Result<RolloutView, ApiError> {
+    let (record, planner) = stored(state, id).await?;
     let version = state
         .db()
         .get_release(&record.release_digest)
@@ -153,6 +161,113 @@ pub(super) async fn get(
 ) -> Result<Json<One>, ApiError> {
     let rollout = view(&state, parse_id(&id)?).await?;
     Ok(Json(One { rollout }))
+}
+
+/// Query of `GET /api/v1/rollouts/{id}/devices`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TargetsQuery {
+    /// `all` (the default), `troubled`, or one execution state's name.
+    state: Option<String>,
+    /// Targets skipped (in device id order); default 0.
+    offset: Option<usize>,
+    /// At most this many listed; default [`TARGETS_DEFAULT`], at most [`TARGETS_MAX`].
+    limit: Option<usize>,
+}
+
+/// Targets a page lists when the query does not say.
+pub(crate) const TARGETS_DEFAULT: usize = 100;
+/// The most targets one page lists.
+pub(crate) const TARGETS_MAX: usize = 1000;
+
+/// `{ "total", "offset", "devices": [...] }` (see [`target_json`]).
+#[derive(Debug, Serialize)]
+pub(super) struct Targets {
+    total: usize,
+    offset: usize,
+    devices: Vec<Value>,
+}
+
+/// Which targets a page lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Selection {
+    /// Every target.
+    All,
+    /// Those that failed, were rejected, rolled back, timed out, or are deferred.
+    Troubled,
+    /// Those in the execution state of this name.
+    State(&'static str),
+}
+
+impl Selection {
+    fn parse(text: Option<&str>) -> Result<Selection, ApiError> {
+        match text.map(str::trim) {
+            None | Some("" | "all") => Ok(Selection::All),
+            Some("troubled") => Ok(Selection::Troubled),
+            Some("failed") => Ok(Selection::State("failed")),
+            Some(name) => STATE_NAMES
+                .iter()
+                .find(|n| **n == name)
+                .map(|n| Selection::State(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "bad-query",
+                        format!(
+                            "state {name:?} is none of all, troubled, failed, {}",
+                            STATE_NAMES.join(", ")
+                        ),
+                    )
+                }),
+        }
+    }
+
+    fn takes(self, state: &ExecutionState) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Troubled => matches!(
+                state,
+                ExecutionState::Rejected { .. }
+                    | ExecutionState::Failed { .. }
+                    | ExecutionState::RolledBack { .. }
+                    | ExecutionState::TimedOut
+                    | ExecutionState::DeferredPower { .. }
+                    | ExecutionState::DeferredWindow { .. }
+                    | ExecutionState::DeferredDisk { .. }
+            ),
+            Selection::State(name) => state.name() == name,
+        }
+    }
+}
+
+/// `GET /api/v1/rollouts/{id}/devices?state=&offset=&limit=`: the rollout's targets as the
+/// rollout sees them (its own execution state of each, not the device's latest result), by
+/// device id, a page at a time.
+pub(super) async fn devices(
+    State(state): State<AppState>,
+    PathParam(id): PathParam,
+    query: Result<Query<TargetsQuery>, QueryRejection>,
+) -> Result<Json<Targets>, ApiError> {
+    let Query(q) = query.map_err(super::bad_query)?;
+    let selection = Selection::parse(q.state.as_deref())?;
+    let (_, planner) = stored(&state, parse_id(&id)?).await?;
+    let mut picked: Vec<TargetView<'_>> = planner
+        .targets()
+        .filter(|t| selection.takes(t.state))
+        .collect();
+    picked.sort_unstable_by(|a, b| a.device_id.cmp(b.device_id));
+    let offset = q.offset.unwrap_or(0);
+    let limit = q.limit.unwrap_or(TARGETS_DEFAULT).clamp(1, TARGETS_MAX);
+    let devices = picked
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(target_json)
+        .collect();
+    Ok(Json(Targets {
+        total: picked.len(),
+        offset,
+        devices,
+    }))
 }
 
 async fn operate(

@@ -504,6 +504,47 @@ async fn an_abort_follows_every_device_it_sent_back(backend: Backend) {
     );
     assert!(events.iter().all(|e| e["details"]["to"] == old.as_str()));
 
+    // The rollout's own view of each target: the deferred device stays troubled in this
+    // rollout (its latest result is now the cancel's skipped-identical), with its recall.
+    let path = format!("/api/v1/rollouts/{id}/devices");
+    let troubled: Value = w.t.get_json(&format!("{path}?state=troubled")).await;
+    assert_eq!(troubled["total"], 1, "{troubled}");
+    let entry = &troubled["devices"][0];
+    assert_eq!(entry["device"], w.id(1));
+    assert_eq!(entry["state"], "deferred-power");
+    assert_eq!(entry["recall"], json!({ "to": old, "state": "back" }));
+    let all: Value = w.t.get_json(&format!("{path}?limit=2&offset=1")).await;
+    assert_eq!(
+        (all["total"].as_u64(), all["offset"].as_u64()),
+        (Some(4), Some(1))
+    );
+    let listed: Vec<&str> = all["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec![w.id(1).as_str(), w.id(2).as_str()]);
+    let (status, cause, _) = refusal(
+        w.t.get(&format!("{path}?state=broken"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, cause.as_str()),
+        (StatusCode::BAD_REQUEST, "bad-query")
+    );
+    let (status, _, _) = refusal(
+        w.t.get("/api/v1/rollouts/999999/devices")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
     // A silent device answers only after a restart: it is still counted.
     w.t = w.t.restart().await;
     w.sim.come_back(&w.id(2)).await;

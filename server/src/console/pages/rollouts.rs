@@ -1,9 +1,9 @@
 //! `GET /rollouts` and `GET /rollouts/{id}`: a rollout's waves, gate and bake countdown,
 //! failures by phase, the devices that failed, rolled back or deferred (with causes), and the
 //! actions the operator's role allows (with confirmation); kept live by
-//! `/live/rollouts/{id}`.
+//! `/live/rollouts/{id}`. `GET /rollouts/{id}/devices`: all its targets, a page at a time.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::Method;
 use axum::response::Response;
 use serde_json::Value;
@@ -201,27 +201,28 @@ pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &Troubled) -
             ],
             &waves
         ),
-        devices = troubled_table(devices),
+        devices = troubled_table(&id, devices),
     )
 }
 
-/// The troubled devices' table, with how many are not shown.
-fn troubled_table(devices: &Troubled) -> String {
+/// The troubled devices' table, with how many are not shown and a link to all of them.
+fn troubled_table(id: &str, devices: &Troubled) -> String {
     let more = devices.total.saturating_sub(devices.rows.len());
     let note = if more == 0 {
         String::new()
     } else {
         format!(
-            r#"<p class="note" id="troubled-more">{} devices in all; the first {} by id are shown.</p>"#,
+            r#"<p class="note" id="troubled-more">{} devices in all; the first {} by id are shown. <a href="/rollouts/{}/devices?state=troubled">All of them</a></p>"#,
             devices.total,
-            devices.rows.len()
+            devices.rows.len(),
+            url(id)
         )
     };
     format!(
         "{}{note}",
         table(
             "Devices that failed, rolled back, were rejected or deferred",
-            &["Device", "State", "Cause", "Detail"],
+            TARGET_COLUMNS,
             &devices.rows
         )
     )
@@ -262,28 +263,51 @@ fn actions(session: &Session, id: &str, status: &str) -> String {
     }
 }
 
-/// Update results that are not trouble: done, or still on their way (`last_result`, the
-/// device's last outcome; `failed-*` carries the phase).
-const UNTROUBLED: [&str; 8] = [
-    "succeeded",
-    "skipped-identical",
-    "queued",
-    "notified",
-    "downloading",
-    "installing",
-    "trial",
-    "rebooting",
-];
-
 /// At most this many troubled devices are listed on a rollout's page (the count says how
-/// many there are in all).
+/// many there are in all, and a link leads to all of them).
 const TROUBLED_SHOWN: usize = 100;
 
-/// A rollout's troubled devices: the first [`TROUBLED_SHOWN`] rows (by id) and how many
-/// there are.
+/// The columns of a table of targets ([`target_rows`]).
+const TARGET_COLUMNS: &[&str] = &["Device", "Wave", "State", "Cause", "Detail", "Recall"];
+
+/// A rollout's troubled devices as the rollout sees them: the first [`TROUBLED_SHOWN`] rows
+/// (by id) and how many there are.
 pub(crate) struct Troubled {
     rows: Vec<Vec<String>>,
     total: usize,
+}
+
+/// The rows of a page of targets (`GET /api/v1/rollouts/{id}/devices`'s `devices`).
+fn target_rows(page: &Value) -> Vec<Vec<String>> {
+    let Some(list) = page.get("devices").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    list.iter()
+        .map(|t| {
+            let device = field(t, "device");
+            let wave = t.get("wave").and_then(Value::as_u64).map_or(0, |w| w + 1);
+            let cause = match t.get("phase") {
+                Some(phase) => json_text(phase),
+                None => field(t, "cause"),
+            };
+            let recall = t
+                .get("recall")
+                .map(|r| field(r, "state"))
+                .unwrap_or_default();
+            vec![
+                format!(
+                    r#"<a href="/devices/{}">{}</a>"#,
+                    url(&device),
+                    esc(&device)
+                ),
+                wave.to_string(),
+                esc(&field(t, "state")).to_string(),
+                esc(&cause).to_string(),
+                esc(&field(t, "reason")).to_string(),
+                esc(&recall).to_string(),
+            ]
+        })
+        .collect()
 }
 
 /// The rollout (from the API) and its troubled devices, or the refusal.
@@ -299,33 +323,112 @@ pub(crate) async fn load(
         return Err(answer);
     }
     let rollout = answer.body.get("rollout").cloned().unwrap_or(Value::Null);
-    let devices = console
-        .state()
-        .db()
-        .devices_with_last_result_except(&UNTROUBLED)
-        .await
-        .map_err(|e| ApiAnswer::from(crate::http::ApiError::from(e)))?;
-    let troubled: Vec<_> = devices
-        .iter()
-        .filter_map(|d| {
-            let outcome = d.last_outcome.as_ref()?;
-            (outcome.get("rollout").and_then(Value::as_i64) == Some(id)).then_some((d, outcome))
-        })
-        .collect();
-    let total = troubled.len();
-    let rows = troubled
-        .into_iter()
-        .take(TROUBLED_SHOWN)
-        .map(|(d, outcome)| {
-            vec![
-                format!(r#"<a href="/devices/{}">{}</a>"#, url(&d.id), esc(&d.id)),
-                esc(&field(outcome, "state")).to_string(),
-                esc(&field(outcome, "cause")).to_string(),
-                esc(&field(outcome, "detail")).to_string(),
-            ]
-        })
-        .collect();
-    Ok((rollout, Troubled { rows, total }))
+    let page = console
+        .api(
+            session,
+            Method::GET,
+            &format!("/rollouts/{id}/devices?state=troubled&limit={TROUBLED_SHOWN}"),
+            None,
+        )
+        .await;
+    if !page.status.is_success() {
+        return Err(page);
+    }
+    let total = page
+        .body
+        .get("total")
+        .and_then(Value::as_u64)
+        .unwrap_or_default();
+    Ok((
+        rollout,
+        Troubled {
+            rows: target_rows(&page.body),
+            total: usize::try_from(total).unwrap_or(usize::MAX),
+        },
+    ))
+}
+
+/// Targets a page of `GET /rollouts/{id}/devices` lists.
+const TARGETS_PAGE: usize = 100;
+
+/// Query of `GET /rollouts/{id}/devices`: the API's `state` and the page's first target.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct TargetsPage {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    offset: usize,
+}
+
+/// `GET /rollouts/{id}/devices`: the rollout's targets in one state (or all, or the troubled
+/// ones) as the rollout sees them, [`TARGETS_PAGE`] a page, with previous and next links.
+pub(crate) async fn targets(
+    State(console): State<Console>,
+    SignedIn(session): SignedIn,
+    Path(id): Path<i64>,
+    Query(q): Query<TargetsPage>,
+) -> Response {
+    let state = if q.state.is_empty() {
+        "all"
+    } else {
+        q.state.as_str()
+    };
+    let query = format!(
+        "state={}&offset={}&limit={TARGETS_PAGE}",
+        url(state),
+        q.offset
+    );
+    let page = console
+        .api(
+            &session,
+            Method::GET,
+            &format!("/rollouts/{id}/devices?{query}"),
+            None,
+        )
+        .await;
+    if !page.status.is_success() {
+        return layout::error_page(&session, &page);
+    }
+    let total = page
+        .body
+        .get("total")
+        .and_then(Value::as_u64)
+        .map_or(0, |t| usize::try_from(t).unwrap_or(usize::MAX));
+    let rows = target_rows(&page.body);
+    let link = |offset: usize, label: &str, anchor: &str| {
+        format!(
+            r#"<a id="{anchor}" href="/rollouts/{id}/devices?state={}&amp;offset={offset}">{label}</a>"#,
+            url(state)
+        )
+    };
+    let mut nav = Vec::new();
+    if q.offset > 0 {
+        nav.push(link(
+            q.offset.saturating_sub(TARGETS_PAGE),
+            "Previous",
+            "targets-previous",
+        ));
+    }
+    if q.offset + rows.len() < total {
+        nav.push(link(q.offset + rows.len(), "Next", "targets-next"));
+    }
+    let shown = if rows.is_empty() {
+        "none".to_string()
+    } else {
+        format!("{}–{}", q.offset + 1, q.offset + rows.len())
+    };
+    let body = format!(
+        r#"<p><a href="/rollouts/{id}">Rollout #{id}</a> · state <code>{}</code> · {total} devices, {shown} shown</p>{}<p class="pager">{}</p>"#,
+        esc(state),
+        table("Targets as the rollout sees them", TARGET_COLUMNS, &rows),
+        nav.join(" · ")
+    );
+    layout::page(
+        &session,
+        &format!("Rollout #{id}: devices"),
+        "/rollouts",
+        &body,
+    )
 }
 
 /// `GET /rollouts/{id}`.
