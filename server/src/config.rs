@@ -629,6 +629,58 @@ impl MqttConfig {
         }))
     }
 
+    /// `ota server --mqtt URL` (repeatable, `docs/server.md`): an external broker at `urls[0]`
+    /// instead of the configured broker, with `urls[1..]` as its failover nodes. The TLS files
+    /// and credentials of a configured external broker are kept, and so are its
+    /// `failover_urls` when exactly one URL is given (they must then use that URL's scheme);
+    /// two or more URLs replace them. No URL changes nothing.
+    pub fn override_external(&mut self, urls: &[String]) -> Result<(), ConfigError> {
+        let Some((first, more)) = urls.split_first() else {
+            return Ok(());
+        };
+        let (host, port, tls) = broker_address(first, "mqtt.url")?;
+        let (mut client, kept) = match &self.broker {
+            MqttBroker::External {
+                client, failover, ..
+            } => (client.clone(), failover.clone()),
+            MqttBroker::Embedded { .. } => (ClientSecurity::default(), Vec::new()),
+        };
+        let failover = if more.is_empty() {
+            if !kept.is_empty() && client.tls != tls {
+                return Err(invalid(
+                    "mqtt.failover_urls",
+                    format!(
+                        "they use the scheme of mqtt.url, not that of {first:?}: give every \
+                         node with --mqtt"
+                    ),
+                ));
+            }
+            kept
+        } else {
+            more.iter()
+                .map(|url| -> Result<(String, u16), ConfigError> {
+                    let (host, port, node_tls) = broker_address(url, "mqtt.failover_urls")?;
+                    if node_tls == tls {
+                        Ok((host, port))
+                    } else {
+                        Err(invalid(
+                            "mqtt.failover_urls",
+                            format!("{url:?} must use the scheme of {first:?}"),
+                        ))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        client.tls = tls;
+        self.broker = MqttBroker::External {
+            host,
+            port,
+            client,
+            failover,
+        };
+        Ok(())
+    }
+
     fn resolve_paths(&mut self, base_dir: &Path) {
         let paths: Vec<&mut PathBuf> = match &mut self.broker {
             MqttBroker::Embedded { security: s, .. } => [
@@ -1151,6 +1203,63 @@ mod tests {
             let toml = format!("[mqtt]\n{bad}\n[trust]\nkeys=[\"a\"]\n");
             assert!(Config::from_toml(&toml, Path::new("/")).is_err(), "{bad}");
         }
+        // `ota server --mqtt`: one URL keeps the configured failover nodes, credentials and
+        // topics; several replace the nodes; a scheme the kept nodes do not use is refused.
+        let mut c = Config::from_toml(
+            "[mqtt]\nurl = \"mqtt://n1:1883\"\nfailover_urls = [\"mqtt://n2\"]\nusername = \"ota\"\ntopic_prefix = \"t/v1\"\n[trust]\nkeys=[\"a\"]\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        c.mqtt.override_external(&[]).unwrap();
+        c.mqtt
+            .override_external(&["mqtt://other:1884".to_string()])
+            .unwrap();
+        let MqttBroker::External {
+            host,
+            port,
+            client,
+            failover,
+        } = &c.mqtt.broker
+        else {
+            panic!("{:?}", c.mqtt)
+        };
+        assert_eq!((host.as_str(), *port), ("other", 1884));
+        assert_eq!(failover, &[("n2".to_string(), 1883)], "kept");
+        assert_eq!(client.username.as_deref(), Some("ota"));
+        assert_eq!(c.mqtt.topics.prefix(), "t/v1");
+        let err = c
+            .mqtt
+            .override_external(&["mqtts://other".to_string()])
+            .unwrap_err();
+        assert!(err.to_string().contains("failover_urls"), "{err}");
+        let nodes = ["mqtts://a", "mqtts://b:8884", "mqtts://c"].map(String::from);
+        c.mqtt.override_external(&nodes).unwrap();
+        let MqttBroker::External {
+            host,
+            client,
+            failover,
+            ..
+        } = &c.mqtt.broker
+        else {
+            panic!("{:?}", c.mqtt)
+        };
+        assert_eq!(host, "a");
+        assert!(client.tls);
+        assert_eq!(
+            failover,
+            &[("b".to_string(), 8884), ("c".to_string(), 8883)],
+            "replaced"
+        );
+        let mixed = ["mqtt://a", "mqtts://b"].map(String::from);
+        assert!(c.mqtt.override_external(&mixed).is_err());
+        let mut embedded = MqttConfig::default();
+        embedded
+            .override_external(&["mqtt://x".to_string()])
+            .unwrap();
+        assert!(matches!(
+            &embedded.broker,
+            MqttBroker::External { failover, .. } if failover.is_empty()
+        ));
         // Issue 15: the fleet's topic namespace.
         let c = Config::from_toml(
             "[mqtt]\ntopic_prefix = \"acme/staging/ota/v1\"\n[trust]\nkeys=[\"a\"]\n",
