@@ -142,6 +142,11 @@ pub struct HaConfig {
     /// How long the coordinator lease lasts without renewal, seconds (renewed every third).
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl_secs: u64,
+    /// The leader removes a replica from the list (`ota server status`) once its last
+    /// heartbeat is older than this, seconds (default: 10 × `lease_ttl_secs`; at least
+    /// `lease_ttl_secs`). A replica that stops cleanly removes itself at once.
+    #[serde(default)]
+    pub forget_replica_after_secs: Option<u64>,
 }
 
 impl HaConfig {
@@ -151,7 +156,16 @@ impl HaConfig {
             replica_id: None,
             advertise_url: None,
             lease_ttl_secs: DEFAULT_LEASE_TTL_SECS,
+            forget_replica_after_secs: None,
         }
+    }
+
+    /// `forget_replica_after_secs`, or its default: 10 × `lease_ttl_secs`.
+    pub fn forget_replica_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.forget_replica_after_secs
+                .unwrap_or(self.lease_ttl_secs.saturating_mul(10)),
+        )
     }
 }
 
@@ -337,6 +351,16 @@ impl Config {
             }
             if ha.lease_ttl_secs < 3 {
                 return Err(invalid("ha.lease_ttl_secs", "must be at least 3 seconds"));
+            }
+            if ha
+                .forget_replica_after_secs
+                .is_some_and(|secs| secs < ha.lease_ttl_secs)
+            {
+                return Err(invalid(
+                    "ha.forget_replica_after_secs",
+                    "must be at least ha.lease_ttl_secs (a live standby writes its heartbeat \
+                     every third of it)",
+                ));
             }
             if ha
                 .replica_id
@@ -1296,6 +1320,17 @@ mod tests {
             .unwrap();
         assert_eq!(ha.replica_id.as_deref(), Some("api-1"));
         assert_eq!(ha.lease_ttl_secs, 5);
+        assert_eq!(
+            ha.forget_replica_after().as_secs(),
+            50,
+            "10 × the TTL by default"
+        );
+        let set = Config::from_toml(
+            &format!("{full}forget_replica_after_secs = 5\n"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(set.ha.unwrap().forget_replica_after().as_secs(), 5);
         // Replicas need one external broker: the embedded one is refused.
         let anywhere = format!("[http]\nlisten = \"0.0.0.0:8080\"\n{external}[ha]\n");
         let e = Config::from_toml(&anywhere, Path::new("/")).unwrap_err();
@@ -1305,6 +1340,7 @@ mod tests {
         assert!(e.to_string().contains("external MQTT broker"), "{e}");
         for bad in [
             "lease_ttl_secs = 2",
+            "forget_replica_after_secs = 9",
             "replica_id = \" \"",
             "advertise_url = \"10.0.0.1:8080\"",
             "colour = 1",

@@ -160,6 +160,9 @@ pub enum FleetStartError {
     /// The MQTT broker did not accept the connection and subscriptions in time.
     #[error("cannot connect and subscribe to the MQTT broker at {0} (is it running?)")]
     Broker(String),
+    /// The coordinator's start, or the lease task that runs it, panicked.
+    #[error("the coordinator's start ended abnormally (a panic)")]
+    Panicked,
 }
 
 /// What the coordinator remembers of a device.
