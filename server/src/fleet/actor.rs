@@ -386,6 +386,23 @@ fn is_active(state: &RolloutState) -> bool {
     )
 }
 
+/// Device executions per state over the active rollouts as stored (the planner states the
+/// leader's last batch wrote): what a standby's `/metrics` reports, read at scrape time. A
+/// stored state that cannot be decoded is left out (the leader refuses to start with it).
+pub async fn stored_executions(db: &Db) -> Result<StateCounts, DbError> {
+    let mut executions = StateCounts::default();
+    for (id, state) in db.active_planner_states().await? {
+        match Rollout::from_cbor(&state) {
+            Ok(planner) if is_active(planner.state()) => {
+                executions.merge(&planner.status().totals);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(rollout = id, "cannot decode the stored rollout: {e}"),
+        }
+    }
+    Ok(executions)
+}
+
 impl Actor {
     fn new(
         db: Db,

@@ -504,7 +504,15 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let transfers = state.db().transfer_totals().await?;
     let shared = state.fleet().shared();
     let snapshot = shared.snapshot();
-    let c = &snapshot.executions;
+    let coordination = shared.coordination();
+    // The fleet-wide gauges are the same on every replica: a standby reads the executions
+    // from the stored planner states (a scrape through a load balancer hits any replica).
+    let executions = if coordination.leader {
+        snapshot.executions
+    } else {
+        crate::fleet::stored_executions(state.db()).await?
+    };
+    let c = &executions;
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -514,7 +522,6 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         }
     };
     let one = |v: u64| vec![(String::new(), v)];
-    let coordination = shared.coordination();
     family(
         "ota_coordinator_leader",
         "gauge",
@@ -599,7 +606,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     family(
         "ota_executions",
         "gauge",
-        "Device executions in active rollouts, by execution state.",
+        "Device executions in active rollouts, by execution state (a standby reads the stored rollouts).",
         &samples,
     );
     let phases = [
@@ -615,7 +622,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     family(
         "ota_executions_failed",
         "gauge",
-        "Failed device executions in active rollouts, by failure phase.",
+        "Failed device executions in active rollouts, by failure phase (a standby reads the stored rollouts).",
         &samples,
     );
     let downloads = [

@@ -768,3 +768,72 @@ async fn issue15_a_leader_whose_coordinator_starts_slowly_keeps_its_lease() {
     db.close().await;
     schema.drop().await;
 }
+
+/// Issue 15: a standby's `/metrics` reports the fleet-wide execution gauges from the stored
+/// rollouts, the figures the leader reported from its coordinator's memory. One running
+/// rollout (a hung device, a failed one, a succeeded one); then another replica takes the
+/// lease, so this one's coordinator is fenced and stops: it is a standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_a_standby_reports_the_execution_gauges_from_the_database() {
+    use crate::fleet::{Backend, World, count, metrics, wait_for};
+    use crate::sim::Behavior;
+    use ota_core::wire::FailurePhase;
+    let w = World::start(Backend::Embedded, Options::default()).await;
+    w.add(w.sim_devices(3, |i| match i {
+        0 => Behavior::Silent,
+        1 => Behavior::Fail(FailurePhase::Install),
+        _ => Behavior::Succeed,
+    }))
+    .await;
+    let (status, body) = w
+        .create(TOKEN, json!({ "max_failure": 60, "success_min": 10 }))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    wait_for("two finished", || async {
+        count(&w.rollout(id).await, "executed") == 2
+    })
+    .await;
+    let executions = |m: &std::collections::BTreeMap<String, f64>| {
+        m.iter()
+            .filter(|(k, _)| k.starts_with("ota_executions"))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect::<Vec<_>>()
+    };
+    wait_for("metrics updated", || async {
+        metrics(&w)
+            .await
+            .get("ota_executions{state=\"succeeded\"}")
+            .copied()
+            == Some(1.0)
+    })
+    .await;
+    let on_leader = executions(&metrics(&w).await);
+    assert!(
+        on_leader.contains(&("ota_executions{state=\"notified\"}".to_string(), 1.0)),
+        "{on_leader:?}"
+    );
+
+    let intruder = Db::connect(&w.t.database_url(), 1).await.unwrap();
+    assert!(matches!(
+        intruder
+            .acquire_lease("intruder", "http://127.0.0.1:9", TTL_MS, true)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 2 }
+    ));
+    // The coordinator's next batch is refused: it stops.
+    let refused =
+        w.t.post_as(TOKEN, "/api/v1/flags/x/set", &json!({ "on": true }))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    until_role(&w.t, false).await;
+    let on_standby = metrics(&w).await;
+    assert_eq!(on_standby["ota_coordinator_leader"], 0.0);
+    assert_eq!(executions(&on_standby), on_leader);
+    assert_eq!(w.rollout(id).await["status"], "running");
+    intruder.close().await;
+    w.finish().await;
+}
