@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ota_server::broker::credentials::DeviceSecret;
-use ota_server::config::{Config, MqttBroker, MqttConfig, TrustConfig};
+use ota_server::config::{Config, MqttBroker, TrustConfig};
 use tracing_subscriber::filter::Targets;
 
 use crate::error::CliError;
@@ -22,9 +22,11 @@ pub(crate) struct ServerArgs {
     /// The configuration file (see docs/server.md). Default: ./server.toml if it exists.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Use this external MQTT broker (mqtt://host:port) instead of the embedded one.
+    /// Use this external MQTT broker (mqtt[s]://host:port) instead of the configured one;
+    /// repeat it to give the broker cluster's failover nodes too. One --mqtt keeps
+    /// mqtt.failover_urls of server.toml; several replace them (docs/server.md).
     #[arg(long, value_name = "URL")]
-    mqtt: Option<String>,
+    mqtt: Vec<String>,
     /// Run the embedded MQTT broker on this address (default 127.0.0.1:1883; port 0 picks one).
     #[arg(long, value_name = "ADDR", conflicts_with = "mqtt")]
     mqtt_listen: Option<SocketAddr>,
@@ -106,51 +108,7 @@ pub(crate) fn run(args: ServerArgs) -> Result<(), CliError> {
         Some(ServerCommand::Status(status)) => return crate::status_cmd::run(status),
         None => {}
     }
-    let mut config = load(&args)?;
-    if let Some(url) = &args.mqtt {
-        let mut broker = MqttConfig::external(url)
-            .map_err(|e| CliError::Usage(e.to_string()))?
-            .broker;
-        // Keep the TLS files and credentials of server.toml's external broker.
-        if let (MqttBroker::External { client, .. }, MqttBroker::External { client: old, .. }) =
-            (&mut broker, &config.mqtt.broker)
-        {
-            let tls = client.tls;
-            *client = old.clone();
-            client.tls = tls;
-        }
-        config.mqtt.broker = broker;
-    }
-    if let Some(listen) = args.mqtt_listen {
-        // Keep the front door's TLS and authentication of server.toml.
-        let security = match &config.mqtt.broker {
-            MqttBroker::Embedded { security, .. } => security.clone(),
-            _ => Default::default(),
-        };
-        config.mqtt.broker = MqttBroker::Embedded { listen, security };
-    }
-    if let Some(url) = &args.database {
-        config.database.url = Some(url.clone());
-    }
-    if let Some(url) = &args.store {
-        config.store.url = Some(url.clone());
-    }
-    if let Some(listen) = args.listen {
-        config.http.listen = listen;
-    }
-    if let Some(url) = &args.public_url {
-        config.http.public_url = Some(url.clone());
-    }
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        config.http.tls_cert = Some(cert.clone());
-        config.http.tls_key = Some(key.clone());
-    }
-    if let Some(dir) = &args.data_dir {
-        config.data_dir = dir.clone();
-    }
-    config
-        .validate()
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let config = configure(&args)?;
     init_logs(
         Targets::new()
             .with_default(tracing::Level::WARN)
@@ -186,6 +144,47 @@ pub(crate) fn run(args: ServerArgs) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::Server(error_chain(&e)))
     })
+}
+
+/// The configuration of `ota server`: server.toml (or the defaults) with the command line's
+/// overrides, validated.
+fn configure(args: &ServerArgs) -> Result<Config, CliError> {
+    let mut config = load(args)?;
+    config
+        .mqtt
+        .override_external(&args.mqtt)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(listen) = args.mqtt_listen {
+        // Keep the front door's TLS and authentication of server.toml.
+        let security = match &config.mqtt.broker {
+            MqttBroker::Embedded { security, .. } => security.clone(),
+            _ => Default::default(),
+        };
+        config.mqtt.broker = MqttBroker::Embedded { listen, security };
+    }
+    if let Some(url) = &args.database {
+        config.database.url = Some(url.clone());
+    }
+    if let Some(url) = &args.store {
+        config.store.url = Some(url.clone());
+    }
+    if let Some(listen) = args.listen {
+        config.http.listen = listen;
+    }
+    if let Some(url) = &args.public_url {
+        config.http.public_url = Some(url.clone());
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.http.tls_cert = Some(cert.clone());
+        config.http.tls_key = Some(key.clone());
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    config
+        .validate()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(config)
 }
 
 fn load(args: &ServerArgs) -> Result<Config, CliError> {
@@ -253,4 +252,81 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `ota server ...` as the real command line nests it.
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(subcommand)]
+        command: Sub,
+    }
+
+    #[derive(Debug, Subcommand)]
+    enum Sub {
+        Server(ServerArgs),
+    }
+
+    fn configure_with(toml: &str, extra: &[&str]) -> Result<Config, CliError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut argv = vec!["ota", "server", "--config", path.to_str().unwrap()];
+        argv.extend_from_slice(extra);
+        let Sub::Server(args) = Cmd::try_parse_from(argv).unwrap().command;
+        configure(&args)
+    }
+
+    fn nodes(config: &Config) -> (String, Vec<(String, u16)>) {
+        match &config.mqtt.broker {
+            MqttBroker::External {
+                host,
+                port,
+                failover,
+                ..
+            } => (format!("{host}:{port}"), failover.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Issue 15: `--mqtt` used to drop mqtt.failover_urls of server.toml.
+    #[test]
+    fn issue15_mqtt_override_keeps_or_replaces_the_failover_nodes() {
+        let toml = "[mqtt]\nurl = \"mqtt://n1:1883\"\nfailover_urls = [\"mqtt://n2:1883\"]\n\
+                    [trust]\nkeys = [\"a.pem\"]\n";
+        let kept = configure_with(toml, &["--mqtt", "mqtt://local:1884"]).unwrap();
+        assert_eq!(
+            nodes(&kept),
+            ("local:1884".to_string(), vec![("n2".to_string(), 1883)])
+        );
+        let replaced = configure_with(
+            toml,
+            &[
+                "--mqtt",
+                "mqtt://a:1",
+                "--mqtt",
+                "mqtt://b:2",
+                "--mqtt",
+                "mqtt://c:3",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            nodes(&replaced),
+            (
+                "a:1".to_string(),
+                vec![("b".to_string(), 2), ("c".to_string(), 3)]
+            )
+        );
+        assert!(matches!(
+            configure_with(toml, &["--mqtt", "mqtts://tls:8883"]),
+            Err(CliError::Usage(_))
+        ));
+        let unchanged = configure_with(toml, &[]).unwrap();
+        assert_eq!(nodes(&unchanged).1, vec![("n2".to_string(), 1883)]);
+    }
 }

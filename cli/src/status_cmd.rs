@@ -10,9 +10,10 @@ use crate::output::{out, print_json};
 
 /// Help of `ota server status`.
 const STATUS_HELP: &str = "\
-Lists every replica that shares the fleet server's database: its id, role (leader, standby,
-stopped), the lease epoch it leads with or last saw, its URL and how long ago its last
-heartbeat was (database clock), then the coordinator lease itself.
+Lists every replica that shares the fleet server's database: its id, role (leader, standby),
+the lease epoch it leads with or last saw, its URL and how long ago its last heartbeat was
+(database clock), then the coordinator lease itself. A replica that stopped cleanly is not
+listed; one that died is listed until the leader forgets it ([ha] forget_replica_after_secs).
 
 Exit status: 0 a replica holds a live lease; 5 no replica does (the list is printed all the
 same); 1 the server refused the request (token); 3 the server is unreachable or failed.";

@@ -142,6 +142,11 @@ pub struct HaConfig {
     /// How long the coordinator lease lasts without renewal, seconds (renewed every third).
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl_secs: u64,
+    /// The leader removes a replica from the list (`ota server status`) once its last
+    /// heartbeat is older than this, seconds (default: 10 × `lease_ttl_secs`; at least
+    /// `lease_ttl_secs`). A replica that stops cleanly removes itself at once.
+    #[serde(default)]
+    pub forget_replica_after_secs: Option<u64>,
 }
 
 impl HaConfig {
@@ -151,7 +156,16 @@ impl HaConfig {
             replica_id: None,
             advertise_url: None,
             lease_ttl_secs: DEFAULT_LEASE_TTL_SECS,
+            forget_replica_after_secs: None,
         }
+    }
+
+    /// `forget_replica_after_secs`, or its default: 10 × `lease_ttl_secs`.
+    pub fn forget_replica_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.forget_replica_after_secs
+                .unwrap_or(self.lease_ttl_secs.saturating_mul(10)),
+        )
     }
 }
 
@@ -337,6 +351,16 @@ impl Config {
             }
             if ha.lease_ttl_secs < 3 {
                 return Err(invalid("ha.lease_ttl_secs", "must be at least 3 seconds"));
+            }
+            if ha
+                .forget_replica_after_secs
+                .is_some_and(|secs| secs < ha.lease_ttl_secs)
+            {
+                return Err(invalid(
+                    "ha.forget_replica_after_secs",
+                    "must be at least ha.lease_ttl_secs (a live standby writes its heartbeat \
+                     every third of it)",
+                ));
             }
             if ha
                 .replica_id
@@ -627,6 +651,58 @@ impl MqttConfig {
             },
             failover: Vec::new(),
         }))
+    }
+
+    /// `ota server --mqtt URL` (repeatable, `docs/server.md`): an external broker at `urls[0]`
+    /// instead of the configured broker, with `urls[1..]` as its failover nodes. The TLS files
+    /// and credentials of a configured external broker are kept, and so are its
+    /// `failover_urls` when exactly one URL is given (they must then use that URL's scheme);
+    /// two or more URLs replace them. No URL changes nothing.
+    pub fn override_external(&mut self, urls: &[String]) -> Result<(), ConfigError> {
+        let Some((first, more)) = urls.split_first() else {
+            return Ok(());
+        };
+        let (host, port, tls) = broker_address(first, "mqtt.url")?;
+        let (mut client, kept) = match &self.broker {
+            MqttBroker::External {
+                client, failover, ..
+            } => (client.clone(), failover.clone()),
+            MqttBroker::Embedded { .. } => (ClientSecurity::default(), Vec::new()),
+        };
+        let failover = if more.is_empty() {
+            if !kept.is_empty() && client.tls != tls {
+                return Err(invalid(
+                    "mqtt.failover_urls",
+                    format!(
+                        "they use the scheme of mqtt.url, not that of {first:?}: give every \
+                         node with --mqtt"
+                    ),
+                ));
+            }
+            kept
+        } else {
+            more.iter()
+                .map(|url| -> Result<(String, u16), ConfigError> {
+                    let (host, port, node_tls) = broker_address(url, "mqtt.failover_urls")?;
+                    if node_tls == tls {
+                        Ok((host, port))
+                    } else {
+                        Err(invalid(
+                            "mqtt.failover_urls",
+                            format!("{url:?} must use the scheme of {first:?}"),
+                        ))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        client.tls = tls;
+        self.broker = MqttBroker::External {
+            host,
+            port,
+            client,
+            failover,
+        };
+        Ok(())
     }
 
     fn resolve_paths(&mut self, base_dir: &Path) {
@@ -1151,6 +1227,63 @@ mod tests {
             let toml = format!("[mqtt]\n{bad}\n[trust]\nkeys=[\"a\"]\n");
             assert!(Config::from_toml(&toml, Path::new("/")).is_err(), "{bad}");
         }
+        // `ota server --mqtt`: one URL keeps the configured failover nodes, credentials and
+        // topics; several replace the nodes; a scheme the kept nodes do not use is refused.
+        let mut c = Config::from_toml(
+            "[mqtt]\nurl = \"mqtt://n1:1883\"\nfailover_urls = [\"mqtt://n2\"]\nusername = \"ota\"\ntopic_prefix = \"t/v1\"\n[trust]\nkeys=[\"a\"]\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        c.mqtt.override_external(&[]).unwrap();
+        c.mqtt
+            .override_external(&["mqtt://other:1884".to_string()])
+            .unwrap();
+        let MqttBroker::External {
+            host,
+            port,
+            client,
+            failover,
+        } = &c.mqtt.broker
+        else {
+            panic!("{:?}", c.mqtt)
+        };
+        assert_eq!((host.as_str(), *port), ("other", 1884));
+        assert_eq!(failover, &[("n2".to_string(), 1883)], "kept");
+        assert_eq!(client.username.as_deref(), Some("ota"));
+        assert_eq!(c.mqtt.topics.prefix(), "t/v1");
+        let err = c
+            .mqtt
+            .override_external(&["mqtts://other".to_string()])
+            .unwrap_err();
+        assert!(err.to_string().contains("failover_urls"), "{err}");
+        let nodes = ["mqtts://a", "mqtts://b:8884", "mqtts://c"].map(String::from);
+        c.mqtt.override_external(&nodes).unwrap();
+        let MqttBroker::External {
+            host,
+            client,
+            failover,
+            ..
+        } = &c.mqtt.broker
+        else {
+            panic!("{:?}", c.mqtt)
+        };
+        assert_eq!(host, "a");
+        assert!(client.tls);
+        assert_eq!(
+            failover,
+            &[("b".to_string(), 8884), ("c".to_string(), 8883)],
+            "replaced"
+        );
+        let mixed = ["mqtt://a", "mqtts://b"].map(String::from);
+        assert!(c.mqtt.override_external(&mixed).is_err());
+        let mut embedded = MqttConfig::default();
+        embedded
+            .override_external(&["mqtt://x".to_string()])
+            .unwrap();
+        assert!(matches!(
+            &embedded.broker,
+            MqttBroker::External { failover, .. } if failover.is_empty()
+        ));
         // Issue 15: the fleet's topic namespace.
         let c = Config::from_toml(
             "[mqtt]\ntopic_prefix = \"acme/staging/ota/v1\"\n[trust]\nkeys=[\"a\"]\n",
@@ -1187,6 +1320,17 @@ mod tests {
             .unwrap();
         assert_eq!(ha.replica_id.as_deref(), Some("api-1"));
         assert_eq!(ha.lease_ttl_secs, 5);
+        assert_eq!(
+            ha.forget_replica_after().as_secs(),
+            50,
+            "10 × the TTL by default"
+        );
+        let set = Config::from_toml(
+            &format!("{full}forget_replica_after_secs = 5\n"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(set.ha.unwrap().forget_replica_after().as_secs(), 5);
         // Replicas need one external broker: the embedded one is refused.
         let anywhere = format!("[http]\nlisten = \"0.0.0.0:8080\"\n{external}[ha]\n");
         let e = Config::from_toml(&anywhere, Path::new("/")).unwrap_err();
@@ -1196,6 +1340,7 @@ mod tests {
         assert!(e.to_string().contains("external MQTT broker"), "{e}");
         for bad in [
             "lease_ttl_secs = 2",
+            "forget_replica_after_secs = 9",
             "replica_id = \" \"",
             "advertise_url = \"10.0.0.1:8080\"",
             "colour = 1",

@@ -1271,6 +1271,19 @@ impl Db {
         Ok(out)
     }
 
+    /// The id and stored planner state of every rollout awaiting approval, running or paused.
+    pub async fn active_planner_states(&self) -> Result<Vec<(i64, Vec<u8>)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, planner_state FROM rollouts \
+             WHERE status IN ('awaiting-approval', 'running', 'paused') ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
     /// How many rollouts are in each status.
     pub async fn rollout_status_counts(&self) -> Result<StatusCounts, DbError> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM rollouts GROUP BY status")

@@ -6,12 +6,18 @@
 //! [`crate::fleet::FleetError::NotLeader`]; the HTTP layer forwards them to the leader) and try
 //! to take the lease whenever it expired. Each lease attempt or renewal also writes the
 //! replica's heartbeat (`replicas`), and the outcome goes to [`Shared::set_coordination`] for
-//! `/metrics`, status and forwarding. Time is `tokio::time::Instant` (paused-time tests drive
-//! it); the lease's expiry is the database's clock.
+//! `/metrics`, `/healthz`, status and forwarding. Time is `tokio::time::Instant` (paused-time
+//! tests drive it); the lease's expiry is the database's clock.
+//!
+//! The coordinator's start (loading every unfinished rollout, connecting to the broker) runs
+//! in a task of its own, awaited in the lease task's `select!` beside the lease's timers: a leader renews its lease from
+//! the moment it took it, however long its coordinator takes to start. The leader also forgets
+//! the `replicas` rows of replicas silent for longer than `[ha] forget_replica_after_secs`, and
+//! a replica that stops cleanly removes its own row.
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -23,7 +29,7 @@ use crate::mqtt::LinkSpec;
 use crate::trust::FleetTrust;
 
 /// What the coordinator is started with when this replica takes the lease.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct CoordinatorSpec {
     pub(crate) handle: Fleet,
     pub(crate) db: Db,
@@ -44,6 +50,9 @@ pub(crate) struct ReplicaSpec {
     pub(crate) timing: LeaseTiming,
     /// Take the lease at start whatever its state (the one-replica server, no `[ha]`).
     pub(crate) force_first: bool,
+    /// The leader removes the `replicas` rows whose last heartbeat is older than this,
+    /// milliseconds.
+    pub(crate) forget_after_ms: i64,
 }
 
 /// The running lease task: stop it with [`HaTask::stop`].
@@ -55,7 +64,7 @@ pub(crate) struct HaTask {
 
 impl HaTask {
     /// Stops the coordinator (if this replica leads), gives the lease up so a standby takes
-    /// over at once, records the replica as stopped and ends the task.
+    /// over at once, removes the replica from the list (`replicas`) and ends the task.
     pub(crate) async fn stop(self) {
         self.stop.send_replace(true);
         let _ = self.task.await;
@@ -72,57 +81,87 @@ pub(crate) fn default_replica_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// A coordinator being started, in its own task (the lease task waits for it beside its
+/// timers).
+type Starting = JoinHandle<Result<FleetTask, FleetStartError>>;
+
 struct Ha {
     spec: CoordinatorSpec,
     replica: ReplicaSpec,
     machine: LeaseMachine,
     origin: Instant,
     coordinator: Option<FleetTask>,
+    /// The coordinator's start while it runs (the lease is renewed meanwhile).
+    starting: Option<Starting>,
+    /// [`start`] waits for the first lease attempt and, if it took the lease, for the first
+    /// coordinator start.
+    first: Option<oneshot::Sender<Result<(), FleetStartError>>>,
+    /// The first coordinator start failed: the task gives the lease up and ends.
+    failed: Option<FleetStartError>,
     /// The last lease row seen (who leads, at which epoch).
     seen: Option<LeaseRecord>,
+    /// When the lease was last taken or renewed.
+    renewed_at: Option<Instant>,
+    /// When this replica's heartbeat was last written.
+    heartbeat_at: Option<Instant>,
+    /// Whether the last database call of this task succeeded.
+    db_reachable: Option<bool>,
 }
 
-/// Makes the first lease attempt now and, if it takes the lease, starts the coordinator (its
-/// failure fails the start, as for the one-replica server); then keeps the lease in a task.
+/// Starts the lease task: it makes the first lease attempt at once and, if it takes the lease,
+/// starts the coordinator (its failure fails the start, as for the one-replica server).
+/// Returns once that is done; the lease is renewed meanwhile.
 pub(crate) async fn start(
     spec: CoordinatorSpec,
     replica: ReplicaSpec,
 ) -> Result<HaTask, FleetStartError> {
     let origin = crate::clock::monotonic_now();
     let machine = LeaseMachine::new(replica.timing, 0, replica.force_first);
-    let mut ha = Ha {
+    let (first_tx, first_rx) = oneshot::channel();
+    let ha = Ha {
         spec,
         replica,
         machine,
         origin,
         coordinator: None,
+        starting: None,
+        first: Some(first_tx),
+        failed: None,
         seen: None,
+        renewed_at: None,
+        heartbeat_at: None,
+        db_reachable: None,
     };
-    if let Some(LeaseAction::Acquire { force }) = ha.machine.poll_action(ha.now()) {
-        ha.acquire(force).await;
-    }
-    if let Some(LeaseAction::StartCoordinator { epoch }) = ha.machine.poll_action(ha.now()) {
-        match ha.start_coordinator(epoch).await {
-            Ok(task) => ha.coordinator = Some(task),
-            Err(e) => {
-                ha.release(epoch).await;
-                return Err(e);
-            }
-        }
-    }
-    ha.publish_view();
     let (stop_tx, stop_rx) = watch::channel(false);
     let task = tokio::spawn(ha.run(stop_rx));
-    Ok(HaTask {
-        stop: stop_tx,
-        task,
-    })
+    match first_rx.await {
+        Ok(Ok(())) => Ok(HaTask {
+            stop: stop_tx,
+            task,
+        }),
+        Ok(Err(e)) => {
+            let _ = task.await;
+            Err(e)
+        }
+        Err(_) => {
+            let _ = task.await;
+            Err(FleetStartError::Panicked)
+        }
+    }
 }
 
 /// Waits until `task` ends by itself (fenced); never with no coordinator.
 async fn ended(task: &mut Option<FleetTask>) {
     match task {
         Some(task) => task.fenced().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until the coordinator's start in progress finishes; never with none.
+async fn started(starting: &mut Option<Starting>) -> Result<FleetTask, FleetStartError> {
+    match starting {
+        Some(start) => start.await.unwrap_or(Err(FleetStartError::Panicked)),
         None => std::future::pending().await,
     }
 }
@@ -137,11 +176,15 @@ impl Ha {
     }
 
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        loop {
+        while self.failed.is_none() {
             while let Some(action) = self.machine.poll_action(self.now()) {
                 self.perform(action).await;
             }
             self.publish_view();
+            let settled = self.starting.is_none() && self.machine.state() != LeaseState::Candidate;
+            if settled && let Some(first) = self.first.take() {
+                let _ = first.send(Ok(()));
+            }
             let now = self.now();
             let sleep = self
                 .machine
@@ -156,38 +199,80 @@ impl Ha {
                     self.coordinator = None;
                     self.machine.handle_lost();
                 }
+                result = started(&mut self.starting) => {
+                    self.starting = None;
+                    self.coordinator_started(result).await;
+                }
                 () = tokio::time::sleep(sleep) => {}
+            }
+        }
+        self.stop_coordinator().await;
+        if let LeaseState::Leader { epoch, .. } = self.machine.state() {
+            self.release(epoch).await;
+        }
+        self.forget_self().await;
+        if let Some(first) = self.first.take() {
+            let _ = first.send(self.failed.take().map_or(Ok(()), Err));
+        }
+    }
+
+    /// The coordinator's start finished: it coordinates, or the lease is given up (a failed
+    /// first start ends the task: the server does not start).
+    async fn coordinator_started(&mut self, result: Result<FleetTask, FleetStartError>) {
+        let epoch = match self.machine.state() {
+            LeaseState::Leader { epoch, .. } => epoch,
+            // Not reached: losing the lease waits for the start in progress.
+            _ => {
+                if let Ok(task) = result {
+                    task.stop().await;
+                }
+                return;
+            }
+        };
+        match result {
+            Ok(task) => self.coordinator = Some(task),
+            Err(e) => {
+                tracing::error!(
+                    epoch,
+                    "took the lease but cannot start the coordinator: {e}"
+                );
+                self.release(epoch).await;
+                self.machine.handle_lost();
+                if self.first.is_some() {
+                    self.failed = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Stops the coordinator, waiting for its start in progress first.
+    async fn stop_coordinator(&mut self) {
+        if let Some(start) = self.starting.take() {
+            match start.await {
+                Ok(Ok(task)) => task.stop().await,
+                Ok(Err(e)) => tracing::debug!("the coordinator's start failed as it stopped: {e}"),
+                Err(e) => tracing::error!("the coordinator's start panicked: {e}"),
             }
         }
         if let Some(task) = self.coordinator.take() {
             task.stop().await;
         }
-        if let LeaseState::Leader { epoch, .. } = self.machine.state() {
-            self.release(epoch).await;
-        }
-        self.heartbeat(Role::Stopped).await;
     }
 
     async fn perform(&mut self, action: LeaseAction) {
         match action {
             LeaseAction::Acquire { force } => self.acquire(force).await,
             LeaseAction::Renew { epoch } => self.renew(epoch).await,
-            LeaseAction::StartCoordinator { epoch } => match self.start_coordinator(epoch).await {
-                Ok(task) => self.coordinator = Some(task),
-                Err(e) => {
-                    tracing::error!(
-                        epoch,
-                        "took the lease but cannot start the coordinator: {e}"
-                    );
-                    self.release(epoch).await;
-                    self.machine.handle_lost();
-                }
-            },
+            LeaseAction::StartCoordinator { epoch } => {
+                self.starting = Some(tokio::spawn(start_coordinator(
+                    self.spec.clone(),
+                    self.replica.id.clone(),
+                    epoch,
+                )));
+            }
             LeaseAction::StopCoordinator { epoch, reason } => {
                 tracing::warn!(epoch, ?reason, "this replica stops coordinating");
-                if let Some(task) = self.coordinator.take() {
-                    task.stop().await;
-                }
+                self.stop_coordinator().await;
                 // The coordinator's figures (executions, MQTT link) are no longer this
                 // replica's.
                 self.spec.handle.shared().set_snapshot(Snapshot::default());
@@ -204,10 +289,12 @@ impl Ha {
                 .acquire_lease(&self.replica.id, &self.replica.url, self.ttl_ms(), force);
         let limit = Duration::from_millis(self.replica.timing.ttl_ms);
         let outcome = flatten(tokio::time::timeout(limit, attempt).await);
+        self.db_reachable = Some(outcome.is_ok());
         let now = self.now();
         match outcome {
             Ok(AcquireOutcome::Acquired { epoch }) => {
                 tracing::info!(replica = %self.replica.id, epoch, "took the coordinator lease");
+                self.renewed_at = Some(crate::clock::monotonic_now());
                 self.seen = Some(LeaseRecord {
                     holder: Some(self.replica.id.clone()),
                     epoch,
@@ -248,9 +335,13 @@ impl Ha {
             .db
             .renew_lease(&self.replica.id, epoch, self.ttl_ms());
         let outcome = flatten(tokio::time::timeout(limit, attempt).await);
+        self.db_reachable = Some(outcome.is_ok());
         let now = self.now();
         match outcome {
-            Ok(RenewOutcome::Renewed) => self.machine.handle_renewed(now),
+            Ok(RenewOutcome::Renewed) => {
+                self.renewed_at = Some(crate::clock::monotonic_now());
+                self.machine.handle_renewed(now);
+            }
             Ok(RenewOutcome::Lost(record)) => {
                 tracing::warn!(epoch, holder = ?record.holder, new_epoch = record.epoch, "the coordinator lease was taken over");
                 self.seen = Some(record);
@@ -264,41 +355,46 @@ impl Ha {
         self.heartbeat(self.machine.state().role()).await;
     }
 
-    async fn start_coordinator(&self, epoch: i64) -> Result<FleetTask, FleetStartError> {
-        let s = &self.spec;
-        // The broker's sessions are gone or stale: presence comes back with the devices'
-        // (retained) status messages.
-        s.db.set_all_offline().await?;
-        crate::fleet::start(
-            &s.handle,
-            s.db.clone(),
-            s.clock.clone(),
-            &s.link,
-            s.public_url.clone(),
-            s.keys.clone(),
-            Fence {
-                replica: self.replica.id.clone(),
-                epoch,
-            },
-        )
-        .await
-    }
-
     async fn release(&self, epoch: i64) {
         if let Err(e) = self.spec.db.release_lease(&self.replica.id, epoch).await {
             tracing::warn!("cannot give the coordinator lease up: {e}");
         }
     }
 
-    async fn heartbeat(&self, role: Role) {
+    /// Writes this replica's heartbeat; the leader then forgets the replicas silent for
+    /// longer than `forget_after_ms`.
+    async fn heartbeat(&mut self, role: Role) {
         let epoch = self.view_epoch();
         let write =
             self.spec
                 .db
                 .replica_heartbeat(&self.replica.id, role.name(), epoch, &self.replica.url);
         let limit = Duration::from_millis(self.replica.timing.retry_ms);
-        if let Err(e) = flatten(tokio::time::timeout(limit, write).await) {
-            tracing::debug!("cannot record this replica's heartbeat: {e}");
+        match flatten(tokio::time::timeout(limit, write).await) {
+            Ok(()) => self.heartbeat_at = Some(crate::clock::monotonic_now()),
+            Err(e) => {
+                self.db_reachable = Some(false);
+                tracing::debug!("cannot record this replica's heartbeat: {e}");
+                return;
+            }
+        }
+        if role != Role::Leader {
+            return;
+        }
+        let prune = self.spec.db.forget_replicas(self.replica.forget_after_ms);
+        match flatten(tokio::time::timeout(limit, prune).await) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(replicas = n, "forgot replicas silent for too long"),
+            Err(e) => tracing::debug!("cannot forget silent replicas: {e}"),
+        }
+    }
+
+    /// A clean stop: this replica's row leaves the list at once.
+    async fn forget_self(&self) {
+        let limit = Duration::from_millis(self.replica.timing.retry_ms);
+        let remove = self.spec.db.remove_replica(&self.replica.id);
+        if let Err(e) = flatten(tokio::time::timeout(limit, remove).await) {
+            tracing::debug!("cannot remove this replica from the list: {e}");
         }
     }
 
@@ -310,8 +406,8 @@ impl Ha {
     }
 
     fn publish_view(&self) {
-        let leader = matches!(self.machine.state(), LeaseState::Leader { .. });
-        let leader_url = if leader {
+        let holds_lease = matches!(self.machine.state(), LeaseState::Leader { .. });
+        let leader_url = if holds_lease {
             Some(self.replica.url.clone())
         } else {
             self.seen
@@ -322,12 +418,37 @@ impl Ha {
         };
         self.spec.handle.shared().set_coordination(Coordination {
             replica_id: self.replica.id.clone(),
-            leader,
+            leader: holds_lease && self.coordinator.is_some(),
+            holds_lease,
             epoch: self.view_epoch(),
             leader_url,
             failovers: self.machine.failovers(),
+            lease_renewed_at: self.renewed_at.filter(|_| holds_lease),
+            heartbeat_at: self.heartbeat_at,
+            database_reachable: self.db_reachable,
         });
     }
+}
+
+/// Starts the coordinator of `spec`, fenced with `replica` at `epoch`.
+async fn start_coordinator(
+    spec: CoordinatorSpec,
+    replica: String,
+    epoch: i64,
+) -> Result<FleetTask, FleetStartError> {
+    // The broker's sessions are gone or stale: presence comes back with the devices'
+    // (retained) status messages.
+    spec.db.set_all_offline().await?;
+    crate::fleet::start(
+        &spec.handle,
+        spec.db.clone(),
+        spec.clock.clone(),
+        &spec.link,
+        spec.public_url.clone(),
+        spec.keys.clone(),
+        Fence { replica, epoch },
+    )
+    .await
 }
 
 /// A timed-out database call as an unavailable one.

@@ -25,6 +25,10 @@
 //! | leader | now ≥ deadline (could not renew in time) | stepped-down | [`LeaseAction::StopCoordinator`] |
 //! | fenced, stepped-down | coordinator stopped | follower, attempt due | — |
 //!
+//! [`LeaseAction::StartCoordinator`] does not hold the machine up: the shell starts the
+//! coordinator beside the machine's timers, so a leader renews its lease (renew due →
+//! [`LeaseAction::Renew`]) however long its coordinator takes to start.
+//!
 //! The deadline counts from when the renewal was *sent*: the database set the expiry from its
 //! own now, which is later, so the leader always stops before the database lets another replica
 //! take over (clocks may drift apart by much less than a TTL; they are not compared).
@@ -104,8 +108,6 @@ pub enum Role {
     Leader,
     /// Serves the API from the database; takes over when the lease expires.
     Standby,
-    /// Stopped (its last heartbeat says so).
-    Stopped,
 }
 
 impl Role {
@@ -114,7 +116,6 @@ impl Role {
         match self {
             Role::Leader => "leader",
             Role::Standby => "standby",
-            Role::Stopped => "stopped",
         }
     }
 }

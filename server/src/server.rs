@@ -208,6 +208,8 @@ impl Server {
                 .unwrap_or_else(|| format!("{scheme}://{http_addr}")),
             timing: LeaseTiming::from_ttl_secs(ha.lease_ttl_secs),
             force_first: config.ha.is_none(),
+            forget_after_ms: i64::try_from(ha.forget_replica_after().as_millis())
+                .unwrap_or(i64::MAX),
         };
         let replica_id = replica.id.clone();
         let ha_task = crate::ha::start(

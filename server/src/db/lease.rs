@@ -9,7 +9,9 @@
 //! same row) waits for the batch in flight and every later batch of the old leader is refused
 //! with [`DbError::Fenced`]. SQLite has one writer at a time, which serializes the same way.
 //!
-//! Table `replicas` holds every replica's last heartbeat (role, epoch, URL), for status.
+//! Table `replicas` holds every replica's last heartbeat (role, epoch, URL), for status; the
+//! leader deletes the rows of replicas silent for too long, and a replica that stops cleanly
+//! deletes its own.
 //! The decisions (when to try, renew, step down) are in [`crate::lease`].
 
 use sqlx::Row;
@@ -78,7 +80,7 @@ impl LeaseRecord {
 pub struct ReplicaRecord {
     /// The replica id (`[ha] replica_id`).
     pub replica_id: String,
-    /// `leader`, `standby` or `stopped`, as it last wrote.
+    /// `leader` or `standby`, as it last wrote.
     pub role: String,
     /// The epoch it leads with (leader) or last saw.
     pub epoch: i64,
@@ -211,7 +213,29 @@ impl Db {
         Ok(())
     }
 
-    /// Every replica that ever sent a heartbeat, by id.
+    /// Removes the rows of the replicas whose last heartbeat is older than `max_age_ms`
+    /// (database clock); returns how many. The leader calls it at every renewal.
+    pub async fn forget_replicas(&self, max_age_ms: i64) -> Result<u64, DbError> {
+        let now = db_now(self.kind);
+        let sql = format!("DELETE FROM replicas WHERE heartbeat_at < {now} - $1");
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(max_age_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Removes `replica`'s row (a replica that stops cleanly).
+    pub async fn remove_replica(&self, replica: &str) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM replicas WHERE replica_id = $1")
+            .bind(replica)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every replica with a row: those that sent a heartbeat, did not stop cleanly and were
+    /// not forgotten yet ([`Db::forget_replicas`]), by id.
     pub async fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, DbError> {
         let now = db_now(self.kind);
         let sql = format!(

@@ -166,6 +166,9 @@ pub enum FleetStartError {
     /// The MQTT broker did not accept the connection and subscriptions in time.
     #[error("cannot connect and subscribe to the MQTT broker at {0} (is it running?)")]
     Broker(String),
+    /// The coordinator's start, or the lease task that runs it, panicked.
+    #[error("the coordinator's start ended abnormally (a panic)")]
+    Panicked,
 }
 
 /// What the coordinator remembers of a device.
@@ -399,6 +402,23 @@ fn needs_driving(planner: &Rollout) -> bool {
         RolloutState::Aborted { .. } => planner.status().recall.pending > 0,
         state => is_active(state),
     }
+}
+
+/// Device executions per state over the active rollouts as stored (the planner states the
+/// leader's last batch wrote): what a standby's `/metrics` reports, read at scrape time. A
+/// stored state that cannot be decoded is left out (the leader refuses to start with it).
+pub async fn stored_executions(db: &Db) -> Result<StateCounts, DbError> {
+    let mut executions = StateCounts::default();
+    for (id, state) in db.active_planner_states().await? {
+        match Rollout::from_cbor(&state) {
+            Ok(planner) if is_active(planner.state()) => {
+                executions.merge(&planner.status().totals);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(rollout = id, "cannot decode the stored rollout: {e}"),
+        }
+    }
+    Ok(executions)
 }
 
 impl Actor {

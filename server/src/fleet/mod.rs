@@ -69,7 +69,7 @@ use ota_core::rollout::{Ratio, RolloutError, StateCounts};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-pub use actor::{FleetStartError, FleetTask, start};
+pub use actor::{FleetStartError, FleetTask, start, stored_executions};
 pub use flags::{FlagDetail, FlagEditResult, FlagList, FlagSetRequest};
 pub use view::{RolloutView, target_json};
 
@@ -352,12 +352,20 @@ pub struct Coordination {
     pub replica_id: String,
     /// Whether this replica holds the lease and runs the coordinator.
     pub leader: bool,
+    /// Whether this replica holds the lease (its coordinator may still be starting).
+    pub holds_lease: bool,
     /// The epoch it leads with, or the last one it saw.
     pub epoch: i64,
     /// The replica holding the lease and its advertised URL, when known (this one too).
     pub leader_url: Option<String>,
     /// Times this replica took the lease over (not counting its first attempt at start).
     pub failovers: u64,
+    /// When this replica last took or renewed the lease (`None` while it does not hold it).
+    pub lease_renewed_at: Option<tokio::time::Instant>,
+    /// When this replica's heartbeat was last written to the database.
+    pub heartbeat_at: Option<tokio::time::Instant>,
+    /// Whether the lease task's last database call succeeded (`None` before the first).
+    pub database_reachable: Option<bool>,
 }
 
 /// State shared between the coordinator and the HTTP handlers.

@@ -231,7 +231,7 @@ pub fn router(state: AppState, https: bool) -> Router {
         .route("/artifacts/{digest}", get(artifacts::get_artifact))
         .route("/releases/{digest}", get(artifacts::get_release_bytes))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .with_state(state.clone());
     api.clone()
         .merge(public)
@@ -436,6 +436,66 @@ async fn list_events(
     Ok(Json(EventList { events, next_after }))
 }
 
+/// `GET /healthz`: this replica's part in coordination (`docs/ha.md`).
+#[derive(Debug, Serialize)]
+struct Health {
+    /// Always `ok`: the status is 200 whenever the server answers.
+    status: &'static str,
+    replica_id: String,
+    /// `leader` while this replica holds the coordinator lease, else `standby`.
+    role: &'static str,
+    /// `running`, `starting` (lease held, coordinator loading) or `none`.
+    coordinator: &'static str,
+    epoch: i64,
+    leader_url: Option<String>,
+    lease_renewed_ms_ago: Option<u64>,
+    heartbeat_ms_ago: Option<u64>,
+    database_reachable: Option<bool>,
+    mqtt_connected: Option<bool>,
+}
+
+/// Milliseconds since `at`.
+fn ms_ago(at: Option<tokio::time::Instant>) -> Option<u64> {
+    let now = crate::clock::monotonic_now();
+    at.map(|at| u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `GET /healthz`: 200 whenever the server answers (load balancers send to every replica),
+/// with this replica's role, epoch, last lease renewal and heartbeat, and what it knows of the
+/// database's and the broker's reachability, from memory (no query).
+async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    let shared = state.fleet().shared();
+    let c = shared.coordination();
+    let snapshot = shared.snapshot();
+    let role = if c.holds_lease {
+        crate::lease::Role::Leader
+    } else {
+        crate::lease::Role::Standby
+    };
+    let coordinator = match (c.leader, c.holds_lease) {
+        (true, _) => "running",
+        (false, true) => "starting",
+        (false, false) => "none",
+    };
+    let database_reachable = if c.leader && snapshot.db_unavailable {
+        Some(false)
+    } else {
+        c.database_reachable
+    };
+    Json(Health {
+        status: "ok",
+        replica_id: c.replica_id,
+        role: role.name(),
+        coordinator,
+        epoch: c.epoch,
+        leader_url: c.leader_url,
+        lease_renewed_ms_ago: ms_ago(c.lease_renewed_at),
+        heartbeat_ms_ago: ms_ago(c.heartbeat_at),
+        database_reachable,
+        mqtt_connected: c.leader.then_some(snapshot.mqtt_connected),
+    })
+}
+
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
     let devices = state.db().device_counts().await?;
@@ -445,7 +505,15 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let transfers = state.db().transfer_totals().await?;
     let shared = state.fleet().shared();
     let snapshot = shared.snapshot();
-    let c = &snapshot.executions;
+    let coordination = shared.coordination();
+    // The fleet-wide gauges are the same on every replica: a standby reads the executions
+    // from the stored planner states (a scrape through a load balancer hits any replica).
+    let executions = if coordination.leader {
+        snapshot.executions
+    } else {
+        crate::fleet::stored_executions(state.db()).await?
+    };
+    let c = &executions;
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -455,7 +523,6 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         }
     };
     let one = |v: u64| vec![(String::new(), v)];
-    let coordination = shared.coordination();
     family(
         "ota_coordinator_leader",
         "gauge",
@@ -540,7 +607,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     family(
         "ota_executions",
         "gauge",
-        "Device executions in active rollouts, by execution state.",
+        "Device executions in active rollouts, by execution state (a standby reads the stored rollouts).",
         &samples,
     );
     let phases = [
@@ -556,7 +623,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     family(
         "ota_executions_failed",
         "gauge",
-        "Failed device executions in active rollouts, by failure phase.",
+        "Failed device executions in active rollouts, by failure phase (a standby reads the stored rollouts).",
         &samples,
     );
     let downloads = [

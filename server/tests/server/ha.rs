@@ -132,6 +132,23 @@ async fn lease_rules(a: &Db, b: &Db) {
         .collect();
     assert_eq!(listed, [("a", "standby", 4), ("b", "leader", 4)]);
     assert!(replicas.iter().all(|r| r.heartbeat_age_ms >= 0));
+
+    // Forgetting: rows younger than the limit stay; older ones go; a clean stop removes its
+    // own row.
+    assert_eq!(a.forget_replicas(TTL_MS).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.replica_heartbeat("b", "leader", 4, "http://b")
+        .await
+        .unwrap();
+    let a_age = a.list_replicas().await.unwrap()[0].heartbeat_age_ms;
+    assert!(a_age >= 500, "{a_age}");
+    assert_eq!(b.forget_replicas(a_age - 1).await.unwrap(), 1);
+    let ids = |list: Vec<ota_server::db::ReplicaRecord>| {
+        list.into_iter().map(|r| r.replica_id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(a.list_replicas().await.unwrap()), ["b"]);
+    b.remove_replica("b").await.unwrap();
+    assert!(a.list_replicas().await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -216,6 +233,12 @@ fn replica(id: &str) -> HaConfig {
     ha
 }
 
+/// `GET /healthz`: its status and JSON body.
+async fn healthz(t: &TestServer) -> (reqwest::StatusCode, serde_json::Value) {
+    let r = t.client.get(t.url("/healthz")).send().await.unwrap();
+    (r.status(), r.json().await.unwrap())
+}
+
 async fn metric(t: &TestServer, name: &str) -> u64 {
     let text = t
         .client
@@ -249,6 +272,44 @@ async fn issue15_two_replicas_one_leads_the_standby_forwards_and_takes_over() {
     };
     let first = TestServer::start_opts(opts("first")).await;
     let second = TestServer::start_opts(opts("second")).await;
+    // `/healthz` of each: 200 on both, the role, epoch and what this replica knows.
+    let (status, leader) = healthz(&first).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(
+        (&leader["role"], &leader["coordinator"], &leader["epoch"]),
+        (&json!("leader"), &json!("running"), &json!(1)),
+        "{leader}"
+    );
+    assert!(leader["lease_renewed_ms_ago"].is_u64(), "{leader}");
+    let mut connected = false;
+    for _ in 0..100 {
+        if healthz(&first).await.1["mqtt_connected"] == true {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        connected,
+        "the leader's /healthz never said its MQTT client is connected"
+    );
+    let (status, standby) = healthz(&second).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(
+        (&standby["role"], &standby["coordinator"], &standby["epoch"]),
+        (&json!("standby"), &json!("none"), &json!(1)),
+        "{standby}"
+    );
+    assert_eq!(standby["replica_id"], "second");
+    assert_eq!(
+        standby["leader_url"],
+        json!(first.server.base_url()),
+        "{standby}"
+    );
+    assert!(standby["lease_renewed_ms_ago"].is_null(), "{standby}");
+    assert!(standby["heartbeat_ms_ago"].is_u64(), "{standby}");
+    assert_eq!(standby["database_reachable"], true, "{standby}");
+    assert!(standby["mqtt_connected"].is_null(), "{standby}");
     assert_eq!(metric(&first, "ota_coordinator_leader").await, 1);
     assert_eq!(metric(&second, "ota_coordinator_leader").await, 0);
     assert_eq!(metric(&first, "ota_coordinator_epoch").await, 1);
@@ -340,14 +401,14 @@ async fn issue15_two_replicas_one_leads_the_standby_forwards_and_takes_over() {
     assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
     let list: serde_json::Value = second.get_json("/api/v1/replicas").await;
     assert_eq!(list["lease"]["holder"], "second");
-    let first_row = list["replicas"]
+    // The first replica stopped cleanly: its row is gone.
+    let ids: Vec<_> = list["replicas"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["replica_id"] == "first")
-        .cloned()
-        .unwrap();
-    assert_eq!(first_row["role"], "stopped");
+        .map(|r| r["replica_id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("second")], "{list}");
     second.server.shutdown().await.unwrap();
     schema.drop().await;
 }
@@ -554,6 +615,225 @@ async fn issue15_a_fenced_leader_never_reaches_a_device() {
         let device = w.sim.device(&w.id(n)).unwrap();
         assert!(device.seen.is_empty(), "{}: {:?}", w.id(n), device.seen);
     }
+    intruder.close().await;
+    w.finish().await;
+}
+
+/// The replica ids listed by `GET /api/v1/replicas` of `t`.
+async fn listed_ids(t: &TestServer) -> Vec<String> {
+    let list: serde_json::Value = t.get_json("/api/v1/replicas").await;
+    list["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["replica_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Issue 15: `/healthz` of the one-replica server (SQLite, embedded broker): 200 with its
+/// role, epoch and heartbeat as JSON.
+#[tokio::test]
+async fn issue15_healthz_shows_the_role_epoch_and_heartbeat() {
+    let t = TestServer::start().await;
+    let (status, health) = healthz(&t).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(health["status"], "ok");
+    assert_eq!(
+        (&health["role"], &health["coordinator"], &health["epoch"]),
+        (&json!("leader"), &json!("running"), &json!(1)),
+        "{health}"
+    );
+    let id = t.server.fleet().shared().coordination().replica_id;
+    assert_eq!(health["replica_id"], json!(id));
+    assert!(health["lease_renewed_ms_ago"].is_u64(), "{health}");
+    assert!(health["heartbeat_ms_ago"].is_u64(), "{health}");
+    assert_eq!(health["database_reachable"], true, "{health}");
+    assert!(health["mqtt_connected"].is_boolean(), "{health}");
+    t.server.shutdown().await.unwrap();
+}
+
+/// Issue 15: the leader removes the rows of replicas silent for longer than
+/// `forget_replica_after_secs`, keeps the live ones, and a replica that stops cleanly removes
+/// its own row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and Mosquitto: set OTA_TEST_DATABASE_URL and OTA_TEST_MQTT_URL"]
+async fn issue15_the_leader_forgets_silent_replicas_and_a_stopped_one_leaves() {
+    let mqtt_url = std::env::var("OTA_TEST_MQTT_URL").expect("set OTA_TEST_MQTT_URL");
+    let schema = PgSchema::create().await;
+    let opts = |id: &str| {
+        let mut ha = replica(id);
+        ha.forget_replica_after_secs = Some(3);
+        Options {
+            database_url: Some(schema.url.clone()),
+            mqtt_url: Some(mqtt_url.clone()),
+            topic_prefix: Some(format!("ota-test/ha-forget-{}", std::process::id())),
+            ha: Some(ha),
+            ..Options::default()
+        }
+    };
+    let lead = TestServer::start_opts(opts("lead")).await;
+    let standby = TestServer::start_opts(opts("standby")).await;
+    let db = Db::connect(&schema.url, 1).await.unwrap();
+    // A replica that died without a clean stop: its last heartbeat is written now.
+    db.replica_heartbeat("ghost", "standby", 1, "http://127.0.0.1:9")
+        .await
+        .unwrap();
+    assert_eq!(listed_ids(&lead).await, ["ghost", "lead", "standby"]);
+    let mut forgotten = false;
+    for _ in 0..300 {
+        if !listed_ids(&lead).await.contains(&"ghost".to_string()) {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(forgotten, "the leader never forgot the silent replica");
+    assert_eq!(
+        listed_ids(&lead).await,
+        ["lead", "standby"],
+        "live replicas are kept"
+    );
+    standby.server.shutdown().await.unwrap();
+    assert_eq!(listed_ids(&lead).await, ["lead"]);
+    lead.server.shutdown().await.unwrap();
+    assert!(db.list_replicas().await.unwrap().is_empty());
+    db.close().await;
+    schema.drop().await;
+}
+
+/// Issue 15: a new leader renews its lease while its coordinator starts. The coordinator's
+/// load is held up (the `rollouts` table is locked, as a start loading many rollouts would
+/// take long) for three lease TTLs: the lease stays the leader's, at epoch 1, never expires,
+/// and no other replica can take it; once the load goes on, the coordinator runs with that
+/// epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and Mosquitto: set OTA_TEST_DATABASE_URL and OTA_TEST_MQTT_URL"]
+async fn issue15_a_leader_whose_coordinator_starts_slowly_keeps_its_lease() {
+    let mqtt_url = std::env::var("OTA_TEST_MQTT_URL").expect("set OTA_TEST_MQTT_URL");
+    let schema = PgSchema::create().await;
+    // Migrates the schema, so the table exists to be locked.
+    let db = Db::connect(&schema.url, 2).await.unwrap();
+    let locker = sqlx::postgres::PgPool::connect(&schema.url).await.unwrap();
+    let mut lock = locker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE rollouts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let slow = tokio::spawn(TestServer::start_opts(Options {
+        database_url: Some(schema.url.clone()),
+        mqtt_url: Some(mqtt_url),
+        topic_prefix: Some(format!("ota-test/ha-slow-{}", std::process::id())),
+        ha: Some(replica("slow")),
+        ..Options::default()
+    }));
+    let mut taken = false;
+    for _ in 0..300 {
+        if db.lease().await.unwrap().holder.as_deref() == Some("slow") {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(taken, "the replica never took the lease");
+    // At least three TTLs (3 s): 45 rounds of at least 200 ms.
+    for _ in 0..45 {
+        let lease = db.lease().await.unwrap();
+        assert_eq!((lease.holder.as_deref(), lease.epoch), (Some("slow"), 1));
+        assert!(
+            lease.expires_in_ms > 0,
+            "the lease expired while the coordinator started: {lease:?}"
+        );
+        assert!(matches!(
+            db.acquire_lease("other", "http://127.0.0.1:9", 3_000, false)
+                .await
+                .unwrap(),
+            AcquireOutcome::Held(_)
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!slow.is_finished(), "the lock did not hold the start up");
+    lock.rollback().await.unwrap();
+    let t = slow.await.unwrap();
+    let coordination = t.server.fleet().shared().coordination();
+    assert!(coordination.leader);
+    assert_eq!(coordination.epoch, 1);
+    let answer = t
+        .post_as(TOKEN, "/api/v1/rollouts/999/pause", &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
+    t.server.shutdown().await.unwrap();
+    locker.close().await;
+    db.close().await;
+    schema.drop().await;
+}
+
+/// Issue 15: a standby's `/metrics` reports the fleet-wide execution gauges from the stored
+/// rollouts, the figures the leader reported from its coordinator's memory. One running
+/// rollout (a hung device, a failed one, a succeeded one); then another replica takes the
+/// lease, so this one's coordinator is fenced and stops: it is a standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_a_standby_reports_the_execution_gauges_from_the_database() {
+    use crate::fleet::{Backend, World, count, metrics, wait_for};
+    use crate::sim::Behavior;
+    use ota_core::wire::FailurePhase;
+    let w = World::start(Backend::Embedded, Options::default()).await;
+    w.add(w.sim_devices(3, |i| match i {
+        0 => Behavior::Silent,
+        1 => Behavior::Fail(FailurePhase::Install),
+        _ => Behavior::Succeed,
+    }))
+    .await;
+    let (status, body) = w
+        .create(TOKEN, json!({ "max_failure": 60, "success_min": 10 }))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    wait_for("two finished", || async {
+        count(&w.rollout(id).await, "executed") == 2
+    })
+    .await;
+    let executions = |m: &std::collections::BTreeMap<String, f64>| {
+        m.iter()
+            .filter(|(k, _)| k.starts_with("ota_executions"))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect::<Vec<_>>()
+    };
+    wait_for("metrics updated", || async {
+        metrics(&w)
+            .await
+            .get("ota_executions{state=\"succeeded\"}")
+            .copied()
+            == Some(1.0)
+    })
+    .await;
+    let on_leader = executions(&metrics(&w).await);
+    assert!(
+        on_leader.contains(&("ota_executions{state=\"notified\"}".to_string(), 1.0)),
+        "{on_leader:?}"
+    );
+
+    let intruder = Db::connect(&w.t.database_url(), 1).await.unwrap();
+    assert!(matches!(
+        intruder
+            .acquire_lease("intruder", "http://127.0.0.1:9", TTL_MS, true)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 2 }
+    ));
+    // The coordinator's next batch is refused: it stops.
+    let refused =
+        w.t.post_as(TOKEN, "/api/v1/flags/x/set", &json!({ "on": true }))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    until_role(&w.t, false).await;
+    let on_standby = metrics(&w).await;
+    assert_eq!(on_standby["ota_coordinator_leader"], 0.0);
+    assert_eq!(executions(&on_standby), on_leader);
+    assert_eq!(w.rollout(id).await["status"], "running");
     intruder.close().await;
     w.finish().await;
 }
