@@ -15,7 +15,10 @@
 //!    partial. A byte past the signed size stops the download with
 //!    [`ReleaseError::ArtifactTooLong`]; nothing past the signed size is ever written.
 //! 4. At the end the verifier must accept size and digest; the partial is then fsynced and
-//!    renamed into the cache ([`Cache::insert_from_partial`]).
+//!    renamed into the cache ([`Cache::insert_from_partial`]). While the body streams in, the
+//!    partial is fsynced in the background every 16 MiB
+//!    ([`BackgroundSync`](crate::storage::BackgroundSync)), so the disk writes while the
+//!    network delivers and the final fsync has only the tail left.
 //!
 //! # HTTPS
 //!
@@ -58,7 +61,7 @@ use reqwest::header::{
 
 use crate::cache::{Cache, CacheError};
 use crate::delta::DeltaStats;
-use crate::storage::for_each_chunk;
+use crate::storage::{BackgroundSync, for_each_chunk};
 use crate::tls::{TlsError, TlsFiles};
 
 /// Settings of the downloader.
@@ -821,6 +824,7 @@ impl Downloader {
         let part = self.cache.partial_path(&req.digest);
         let mut buf: Vec<u8> = Vec::with_capacity(self.chunk_size);
         let mut window = RateWindow::start();
+        let mut sync = BackgroundSync::new(self.cache.storage().clone(), &part, cursor.offset);
         loop {
             let failure = match response.chunk().await {
                 Ok(Some(bytes)) => match window.check(self.min_rate, bytes.len() as u64) {
@@ -859,8 +863,11 @@ impl Downloader {
                     self.flush(req, &part, &mut buf, cursor, progress)?;
                 }
             }
+            sync.wrote(cursor.offset)
+                .map_err(storage_err("fsync", &part))?;
         }
-        self.flush(req, &part, &mut buf, cursor, progress)
+        self.flush(req, &part, &mut buf, cursor, progress)?;
+        sync.finish().map_err(storage_err("fsync", &part))
     }
 
     /// Hashes and appends one verified chunk of a delta.
