@@ -13,7 +13,9 @@
 //! 1. idle: waits until the agent is online and quiet, reads its peak RSS (`VmHWM`);
 //! 2. update: desired = the 1 GiB release; waits for `succeeded`; reads the peak RSS again;
 //! 3. throughput: desired = the 256 MiB release; times desired → `trial` (download, verify,
-//!    install), then `curl -s URL | openssl dgst -sha256` on the same file;
+//!    install) and, within it, desired → `installing` (download and verify, the artifact
+//!    fsynced into the cache: the part comparable with curl|openssl) and `installing` →
+//!    `trial` (the install), then `curl -s URL | openssl dgst -sha256` on the same file;
 //! 4. identical redeploy: the 256 MiB release again under a new generation; bytes served
 //!    during it and the time from publishing the desired state to the `skipped-identical`
 //!    event.
@@ -468,12 +470,19 @@ power_supply_path = "{dir}/no-power-supply"
     }
     // VmHWM is read from per-CPU cached counters: take the highest value seen.
     let update_peak = rss_kib(pid).0.max(peak_during);
+    let since = |state| {
+        event_at(1, state)
+            .map(|at| at.duration_since(t).as_secs_f64())
+            .unwrap_or(f64::NAN)
+    };
     println!(
-        "{} update to a {} MiB artifact (desired -> {done}): peak RSS {update_peak} KiB ({:.1} MB), total {:.2} s",
+        "{} update to a {} MiB artifact (desired -> {done}): peak RSS {update_peak} KiB ({:.1} MB), total {:.2} s (desired -> installing {:.2} s, installing -> {done} {:.2} s)",
         a.installer,
         a.big / MIB,
         update_peak as f64 / 1024.0,
-        t.elapsed().as_secs_f64()
+        since(done),
+        since("installing"),
+        since(done) - since("installing"),
     );
     if ab {
         stop(pid, child, &client, &device).await;
@@ -507,6 +516,11 @@ power_supply_path = "{dir}/no-power-supply"
         .expect("the medium update failed")
         .duration_since(t)
         .as_secs_f64();
+    // The `installing` event: downloaded, verified and in the cache (fsynced).
+    let fetched_s = event_at(2, "installing")
+        .expect("no installing event")
+        .duration_since(t)
+        .as_secs_f64();
     wait_for(
         "succeeded",
         Box::new(|s| {
@@ -534,6 +548,12 @@ power_supply_path = "{dir}/no-power-supply"
         a.medium / MIB,
         a.medium as f64 / MIB as f64 / agent_s,
         agent_s / curl_s
+    );
+    println!(
+        "{} MiB: of which desired->installing (download+verify, cached and fsynced) {fetched_s:.3} s, ratio {:.2}x; installing->trial (copy+verify, fsync, switch) {:.3} s",
+        a.medium / MIB,
+        fetched_s / curl_s,
+        agent_s - fetched_s
     );
 
     // Identical redeploy.

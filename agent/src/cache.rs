@@ -181,11 +181,17 @@ impl Cache {
     /// The `HashCached` check: the cached artifact `digest` exists, is `size` bytes long and
     /// hashes to `digest`. A wrong size answers `false` without reading the file.
     pub async fn verify_entry(&self, digest: &Digest, size: u64) -> Result<bool, CacheError> {
-        let path = self.path(digest);
-        match self.storage.len(&path).map_err(io_err("stat", &path))? {
-            Some(len) if len == size => self.rehash(digest).await,
-            _ => Ok(false),
+        if self.has_size(digest, size)? {
+            self.rehash(digest).await
+        } else {
+            Ok(false)
         }
+    }
+
+    /// Whether the cached artifact `digest` exists and is `size` bytes long (not read).
+    pub fn has_size(&self, digest: &Digest, size: u64) -> Result<bool, CacheError> {
+        let path = self.path(digest);
+        Ok(self.storage.len(&path).map_err(io_err("stat", &path))? == Some(size))
     }
 
     /// Moves the (verified) partial download of `digest` into the cache: fsync of the partial,

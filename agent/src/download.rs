@@ -15,7 +15,10 @@
 //!    partial. A byte past the signed size stops the download with
 //!    [`ReleaseError::ArtifactTooLong`]; nothing past the signed size is ever written.
 //! 4. At the end the verifier must accept size and digest; the partial is then fsynced and
-//!    renamed into the cache ([`Cache::insert_from_partial`]).
+//!    renamed into the cache ([`Cache::insert_from_partial`]). While the body streams in, the
+//!    partial is fsynced in the background every 16 MiB
+//!    ([`BackgroundSync`](crate::storage::BackgroundSync)), so the disk writes while the
+//!    network delivers and the final fsync has only the tail left.
 //!
 //! # HTTPS
 //!
@@ -58,7 +61,7 @@ use reqwest::header::{
 
 use crate::cache::{Cache, CacheError};
 use crate::delta::{DeltaStats, SeedImage};
-use crate::storage::for_each_chunk;
+use crate::storage::{BackgroundSync, for_each_chunk};
 use crate::tls::{TlsError, TlsFiles};
 
 /// Settings of the downloader.
@@ -305,6 +308,12 @@ pub enum DownloadError {
         /// The TLS library's cause (e.g. "invalid peer certificate: UnknownIssuer").
         reason: String,
     },
+    /// HTTPS is needed (an `https://` artifact URL, or `download.require_https`) but there is
+    /// no CA certificate to verify servers with: no `download.ca_file` and none on the system.
+    #[error(
+        "HTTPS needs CA certificates and the system has none: set download.ca_file (a PEM bundle)"
+    )]
+    NoCaCertificates,
     /// A plain `http://` URL (or a redirect to one) while `require_https` is on.
     #[error("refusing the plain-HTTP artifact URL {url}: download.require_https is on")]
     InsecureUrl {
@@ -383,6 +392,7 @@ impl DownloadError {
             DownloadError::Verify(_) => ErrorClass::Verify,
             DownloadError::Client(_)
             | DownloadError::TlsSetup(_)
+            | DownloadError::NoCaCertificates
             | DownloadError::Tls { .. }
             | DownloadError::InsecureUrl { .. }
             | DownloadError::InvalidRequest(_)
@@ -464,16 +474,65 @@ fn tls_cause(e: &reqwest::Error) -> Option<String> {
     None
 }
 
-/// Builds the downloader's HTTP client: the platform's roots by default; with any TLS file
-/// set, the shared rustls configuration ([`crate::tls`]: the CA pinned).
-/// The HTTP client of `config` (timeouts, pinned CA, client identity; reads the TLS files).
-pub fn http_client(config: &DownloadConfig) -> Result<reqwest::Client, DownloadError> {
-    // Without TLS files reqwest builds its own configuration from the process default.
+/// An HTTP client, and whether it can verify HTTPS servers.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    pub(crate) client: reqwest::Client,
+    https: bool,
+}
+
+impl HttpClient {
+    /// Whether the client has trust anchors for HTTPS (a CA file, or the system's roots):
+    /// without them it speaks plain HTTP only.
+    pub fn https(&self) -> bool {
+        self.https
+    }
+}
+
+/// Builds the client `make` describes, verifying HTTPS servers with the platform's roots. On a
+/// system without CA certificates (a minimal device image) a client is built all the same, with
+/// no trust anchor: plain HTTP works, every TLS handshake fails, and [`HttpClient::https`] is
+/// false so callers can refuse `https://` URLs with an error naming the setting.
+pub(crate) fn platform_client(
+    make: impl Fn() -> reqwest::ClientBuilder,
+) -> Result<HttpClient, reqwest::Error> {
+    // reqwest builds its TLS configuration from the process default provider.
     crate::tls::install_default_provider();
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(config.connect_timeout)
-        .read_timeout(config.read_timeout)
-        .https_only(config.require_https);
+    match make().build() {
+        Ok(client) => Ok(HttpClient {
+            client,
+            https: true,
+        }),
+        Err(e) => match (
+            crate::tls::system_roots(),
+            crate::tls::client_config_trusting_nothing(),
+        ) {
+            (Err(TlsError::NoSystemRoots), Ok(tls)) => Ok(HttpClient {
+                client: make().tls_backend_preconfigured(tls).build()?,
+                https: false,
+            }),
+            _ => Err(e),
+        },
+    }
+}
+
+/// Whether `url` starts with `https://` (any case).
+pub(crate) fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+/// The HTTP client of `config` (timeouts, pinned CA, client identity; reads the TLS files).
+/// Without TLS files it verifies with the platform's roots; on a system without any, it is a
+/// plain-HTTP client (see [`HttpClient::https`]) unless `require_https` is on
+/// ([`DownloadError::NoCaCertificates`]).
+pub fn http_client(config: &DownloadConfig) -> Result<HttpClient, DownloadError> {
+    let builder = || {
+        reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .https_only(config.require_https)
+    };
     let files = TlsFiles {
         ca_file: config.ca_file.as_deref(),
         client_cert: config.client_cert.as_deref(),
@@ -483,9 +542,20 @@ pub fn http_client(config: &DownloadConfig) -> Result<reqwest::Client, DownloadE
         let mut tls = crate::tls::client_config(files)?;
         // The artifact servers speak HTTP/1.1 (the client has no HTTP/2).
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        builder = builder.tls_backend_preconfigured(tls);
+        let client = builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .map_err(DownloadError::Client)?;
+        return Ok(HttpClient {
+            client,
+            https: true,
+        });
     }
-    builder.build().map_err(DownloadError::Client)
+    let client = platform_client(builder).map_err(DownloadError::Client)?;
+    if config.require_https && !client.https {
+        return Err(DownloadError::NoCaCertificates);
+    }
+    Ok(client)
 }
 
 /// Downloads artifacts into a [`Cache`], resuming partial downloads (see the
@@ -494,6 +564,7 @@ pub fn http_client(config: &DownloadConfig) -> Result<reqwest::Client, DownloadE
 pub struct Downloader {
     pub(crate) client: reqwest::Client,
     pub(crate) cache: Cache,
+    https: bool,
     require_https: bool,
     chunk_size: usize,
     pub(crate) min_rate: Option<MinRate>,
@@ -516,10 +587,11 @@ impl Downloader {
     /// A downloader writing into `cache` with `client` (made by [`http_client`] from the same
     /// `config`): the agent builds the client, which reads the TLS files, before it touches
     /// its data directory.
-    pub fn with_client(cache: Cache, client: reqwest::Client, config: &DownloadConfig) -> Self {
+    pub fn with_client(cache: Cache, client: HttpClient, config: &DownloadConfig) -> Self {
         Downloader {
-            client,
+            client: client.client,
             cache,
+            https: client.https,
             require_https: config.require_https,
             chunk_size: config.chunk_size.max(1),
             min_rate: config
@@ -542,15 +614,14 @@ impl Downloader {
         req: &DownloadRequest,
         mut progress: impl FnMut(Progress),
     ) -> Result<Downloaded, DownloadError> {
-        if self.require_https
-            && !req
-                .url
-                .get(..8)
-                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
-        {
+        let https = is_https(&req.url);
+        if self.require_https && !https {
             return Err(DownloadError::InsecureUrl {
                 url: req.url.clone(),
             });
+        }
+        if https && !self.https {
+            return Err(DownloadError::NoCaCertificates);
         }
         let total = req.size;
         let mut cursor = self.resume_point(req).await?;
@@ -764,6 +835,7 @@ impl Downloader {
         let part = self.cache.partial_path(&req.digest);
         let mut buf: Vec<u8> = Vec::with_capacity(self.chunk_size);
         let mut window = RateWindow::start();
+        let mut sync = BackgroundSync::new(self.cache.storage().clone(), &part, cursor.offset);
         loop {
             let failure = match response.chunk().await {
                 Ok(Some(bytes)) => match window.check(self.min_rate, bytes.len() as u64) {
@@ -802,8 +874,11 @@ impl Downloader {
                     self.flush(req, &part, &mut buf, cursor, progress)?;
                 }
             }
+            sync.wrote(cursor.offset)
+                .map_err(storage_err("fsync", &part))?;
         }
-        self.flush(req, &part, &mut buf, cursor, progress)
+        self.flush(req, &part, &mut buf, cursor, progress)?;
+        sync.finish().map_err(storage_err("fsync", &part))
     }
 
     /// Hashes and appends one verified chunk of a delta.

@@ -44,6 +44,15 @@ pub enum HealthError {
     /// The probe (command or HTTP request) did not finish within its timeout.
     #[error("health probe timed out after {0:?}")]
     TimedOut(Duration),
+    /// The probe's URL is `https://` but there is no CA certificate on the system to verify
+    /// the endpoint with (a local probe can use `http://`).
+    #[error(
+        "health.url {url} needs CA certificates and the system has none: use http:// or install a CA bundle"
+    )]
+    NoCaCertificates {
+        /// The probe's URL.
+        url: String,
+    },
     /// The HTTP client for the probe could not be built.
     #[error("cannot build the probe's HTTP client: {0}")]
     Client(#[source] reqwest::Error),
@@ -115,16 +124,17 @@ impl HealthProbe {
 
     /// An HTTP probe of `url`.
     pub fn http(url: impl Into<String>, timeout: Duration) -> Result<Self, HealthError> {
-        // reqwest builds its TLS configuration from the process default provider.
-        crate::tls::install_default_provider();
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(HealthError::Client)?;
+        let client =
+            crate::download::platform_client(|| reqwest::Client::builder().timeout(timeout))
+                .map_err(HealthError::Client)?;
+        let url = url.into();
+        if crate::download::is_https(&url) && !client.https() {
+            return Err(HealthError::NoCaCertificates { url });
+        }
         Ok(HealthProbe::Http {
-            url: url.into(),
+            url,
             timeout,
-            client,
+            client: client.client,
         })
     }
 

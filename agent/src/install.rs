@@ -2,7 +2,11 @@
 //!
 //! - [`FilesInstaller`]: the artifact is copied from the cache to `<root>/releases/<digest>`
 //!   (never hard-linked: the cache copy shares no inode with anything the application can
-//!   write, so damage to one is never damage to the other, issue 19.8), then the
+//!   write, so damage to one is never damage to the other, issue 19.8), hashed as it is
+//!   copied: the copy is renamed into place only when the bytes copied hash to the signed
+//!   digest (else [`InstallError::ArtifactMismatch`]), so the check and the copy read the
+//!   artifact once and check the very bytes installed (the copy is fsynced in the background
+//!   every 16 MiB while it is written, and once more before the rename); then the
 //!   `<root>/current` symlink is switched atomically to it (a temporary symlink renamed over
 //!   `current`, then an fsync of `<root>`), then an optional restart command runs. Rolling back
 //!   is installing the known-good digest again: its release file is kept if it still hashes to
@@ -14,6 +18,10 @@
 //! - [`AbInstaller`] (`ab.rs`): A/B root-filesystem slots and a bootloader; the install
 //!   ends in a reboot, see its documentation.
 //!
+//! The files and `ab` installers verify the artifact as they read it
+//! ([`Installer::hashes_while_installing`]); the command installer cannot (the command reads
+//! the file itself), so the artifact is re-hashed before it runs.
+//!
 //! [`Installer`] is the configured one of the three. Commands run the same way for both (and for
 //! the restart command): without a shell, stdin closed, killed after an optional timeout.
 
@@ -23,15 +31,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ota_core::digest::Digest;
+use ota_core::digest::{Digest, Hasher};
 use ota_core::update::Slot;
 
 mod ab;
 
-pub use ab::{AbInstaller, SLOT_CHUNK, SLOT_PARAMETERS, booted_slot_of};
+pub use ab::{AbInstaller, ReadBackHook, SLOT_CHUNK, SLOT_PARAMETERS, booted_slot_of};
 
 use crate::process::{self, CommandSpec, Ended};
-use crate::storage::{SharedStorage, for_each_chunk, hash_file};
+use crate::storage::{BackgroundSync, SharedStorage, for_each_chunk, hash_file};
 
 /// Why an install failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +81,17 @@ pub enum InstallError {
         /// The program.
         program: String,
     },
+    /// The artifact read from the cache does not hash to the signed digest (damaged since it
+    /// was downloaded): nothing was installed.
+    #[error("{path} does not hold the artifact: sha256 {actual}, expected {expected}")]
+    ArtifactMismatch {
+        /// The cached artifact.
+        path: PathBuf,
+        /// The signed digest.
+        expected: Digest,
+        /// What its bytes hash to.
+        actual: Digest,
+    },
     /// The `ab` installer's slot is smaller than the artifact.
     #[error("slot {path} holds {capacity} bytes, the artifact has {size}")]
     SlotTooSmall {
@@ -83,7 +102,7 @@ pub enum InstallError {
         /// The artifact's size.
         size: u64,
     },
-    /// What was written to a slot (or read back from it) does not hash to the signed digest.
+    /// What was read back from a slot after writing it does not hash to the signed digest.
     #[error("slot {path} does not hold the artifact: sha256 {actual}, expected {expected}")]
     SlotMismatch {
         /// The slot's device or file.
@@ -290,19 +309,24 @@ impl FilesInstaller {
         st.create_dir_all(&releases)
             .map_err(io_err("create directory", &releases))?;
         let dest = self.release_path(&req.digest);
-        if !self.intact(&dest, &req.digest).await? {
-            self.place(req.artifact, &dest, &releases).await?;
+        if self.intact(&dest, &req.digest).await? {
+            // The release file is reused (a rollback); the cache entry is checked all the same
+            // (issue 19.8): a damaged one is reported, and the machine evicts it. An absent one
+            // is no obstacle here.
+            match hash_file(&**st, req.artifact, COPY_CHUNK).await {
+                Ok(actual) => artifact_check(req.artifact, req.digest, actual)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("read", req.artifact)(e)),
+            }
+        } else {
+            self.place(req, &dest, &releases).await?;
         }
 
         // Switch `current`: a fresh temporary symlink renamed over it.
         let previous = self.current()?;
         let link = self.current_link();
         let tmp = self.root.join("current.tmp");
-        match st.remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("remove", &tmp)(e)),
-        }
+        remove_if_present(&**st, &tmp)?;
         let target = Path::new("releases").join(req.digest.to_string());
         st.symlink(&target, &tmp).map_err(io_err("symlink", &tmp))?;
         st.rename(&tmp, &link).map_err(io_err("rename", &tmp))?;
@@ -347,32 +371,70 @@ impl FilesInstaller {
     }
 
     /// Puts a copy of the artifact at `dest` (never a hard link, see the
-    /// [module documentation](self)): written under a temporary name, fsynced, renamed,
-    /// directory fsynced.
-    async fn place(&self, artifact: &Path, dest: &Path, dir: &Path) -> Result<(), InstallError> {
+    /// [module documentation](self)): written under a temporary name while hashed, checked
+    /// against the signed digest, fsynced, renamed, directory fsynced. A mismatch removes the
+    /// temporary copy.
+    async fn place(
+        &self,
+        req: &InstallRequest<'_>,
+        dest: &Path,
+        dir: &Path,
+    ) -> Result<(), InstallError> {
         let st = &self.storage;
+        let artifact = req.artifact;
         let tmp = dest.with_extension("tmp");
-        match st.remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("remove", &tmp)(e)),
-        }
+        remove_if_present(&**st, &tmp)?;
         st.create(&tmp).map_err(io_err("create", &tmp))?;
         let mut write_err = None;
+        let mut hasher = Hasher::new();
+        let mut sync = BackgroundSync::new(st.clone(), &tmp, 0);
+        let mut written = 0u64;
         for_each_chunk(&**st, artifact, COPY_CHUNK, None, |chunk| {
-            st.append(&tmp, chunk).inspect_err(|e| {
-                write_err = Some(io::Error::new(e.kind(), e.to_string()));
-            })
+            hasher.update(chunk);
+            written += chunk.len() as u64;
+            st.append(&tmp, chunk)
+                .and_then(|()| sync.wrote(written))
+                .inspect_err(|e| {
+                    write_err = Some(io::Error::new(e.kind(), e.to_string()));
+                })
         })
         .await
         .map_err(|e| match write_err.take() {
             Some(w) => io_err("write", &tmp)(w),
             None => io_err("read", artifact)(e),
         })?;
+        sync.finish().map_err(io_err("fsync", &tmp))?;
+        if let Err(e) = artifact_check(artifact, req.digest, hasher.finish()) {
+            remove_if_present(&**st, &tmp)?;
+            return Err(e);
+        }
         st.sync_file(&tmp).map_err(io_err("fsync", &tmp))?;
         st.rename(&tmp, dest).map_err(io_err("rename", &tmp))?;
         st.sync_dir(dir).map_err(io_err("fsync", dir))?;
         Ok(())
+    }
+}
+
+/// [`InstallError::ArtifactMismatch`] unless `actual`, the hash of the bytes read from the
+/// artifact at `path`, is its signed digest `expected`.
+fn artifact_check(path: &Path, expected: Digest, actual: Digest) -> Result<(), InstallError> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(InstallError::ArtifactMismatch {
+            path: path.to_path_buf(),
+            expected,
+            actual,
+        })
+    }
+}
+
+/// Removes `path` (nothing to do when it is absent).
+fn remove_if_present(st: &dyn crate::storage::Storage, path: &Path) -> Result<(), InstallError> {
+    match st.remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", path)(e)),
     }
 }
 
@@ -438,6 +500,13 @@ impl Installer {
             Installer::Files(i) => i.running_digest().await,
             Installer::Command(_) | Installer::Ab(_) => Ok(None),
         }
+    }
+
+    /// Whether [`install`](Self::install) hashes the artifact as it reads it and fails with
+    /// [`InstallError::ArtifactMismatch`] when it is not the signed one (the files and `ab`
+    /// installers); the command installer does not read it, so its caller re-hashes it first.
+    pub fn hashes_while_installing(&self) -> bool {
+        !matches!(self, Installer::Command(_))
     }
 
     /// Installs the artifact with the configured installer; `slot` (from the machine's

@@ -83,6 +83,15 @@ pub enum MqttError {
         #[source]
         source: std::io::Error,
     },
+    /// A broker URL is `mqtts://` but there is no CA certificate to verify the broker with:
+    /// no `broker.ca_file` and none on the system.
+    #[error(
+        "broker URL {url} uses TLS and the system has no CA certificates: set broker.ca_file (a PEM bundle)"
+    )]
+    NoCaCertificates {
+        /// The `mqtts://` URL.
+        url: String,
+    },
     /// The TLS configuration is unusable (no certificate in a PEM file, a bad key...).
     #[error("broker TLS: {0}")]
     Tls(String),
@@ -347,7 +356,7 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16, bool), MqttError> {
 
 /// The rustls client configuration for `mqtts://` ([`crate::tls`]: the CA file pinned, else
 /// the system's roots; the optional client certificate).
-fn tls_config(b: &BrokerConfig) -> Result<Arc<rustls::ClientConfig>, MqttError> {
+fn tls_config(b: &BrokerConfig, url: &str) -> Result<Arc<rustls::ClientConfig>, MqttError> {
     let files = crate::tls::TlsFiles {
         ca_file: b.ca_file.as_deref(),
         client_cert: b.client_cert.as_deref(),
@@ -358,6 +367,9 @@ fn tls_config(b: &BrokerConfig) -> Result<Arc<rustls::ClientConfig>, MqttError> 
         Err(crate::tls::TlsError::Read { path, source }) => {
             Err(MqttError::TlsFile { path, source })
         }
+        Err(crate::tls::TlsError::NoSystemRoots) => Err(MqttError::NoCaCertificates {
+            url: url.to_owned(),
+        }),
         Err(e) => Err(MqttError::Tls(e.to_string())),
     }
 }
@@ -412,7 +424,7 @@ fn broker_options(
     }
     if tls {
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls_config(broker)?,
+            tls_config(broker, url)?,
         )));
     }
     Ok(options)

@@ -25,7 +25,7 @@
 //! | `InspectPartial` | [`Cache::partial_len`] | `handle_partial` |
 //! | `Download` | [`Downloader::download`], in a task (progress fed back); with the `ab` installer the running slot is a delta's chunk source | `handle_download_*` |
 //! | `DiscardPartial` | aborts the transfer, [`Cache::remove_partial`] | — |
-//! | `Install` | [`Cache::verify_entry`] (size and SHA-256, every time, rollbacks too; a mismatch answers `CorruptArtifact`), then the configured [`Installer`], in a task | `handle_install_done` |
+//! | `Install` | the configured [`Installer`], in a task, with the artifact verified every time, rollbacks too: its size, then SHA-256 as the files and `ab` installers copy it ([`Installer::hashes_while_installing`]), or [`Cache::verify_entry`] before the command installer; a missing or mismatching artifact answers `CorruptArtifact` | `handle_install_done` |
 //! | `Commit` | the `ab` installer marks the booted slot good ([`Bootloader::boot_slot`](crate::bootloader::Bootloader::boot_slot)); nothing for the others (logged) | — |
 //! | `BootSlot` | [`Bootloader::boot_slot`](crate::bootloader::Bootloader::boot_slot) (`ab` only) | — |
 //! | `Reboot` | [`AbInstaller::reboot`](crate::install::AbInstaller::reboot), in a task | `handle_reboot_failed` if it fails; after the reboot, `handle_boot_observed` at start-up |
@@ -533,19 +533,28 @@ impl Shell {
                 let tx = self.tasks_tx.clone();
                 self.jobs.spawn(async move {
                     let digest = release.digest;
-                    // Re-verified before every install, rollbacks included (issue 19.8).
-                    let result = match cache.verify_entry(&digest, release.size).await {
+                    // Verified at every install, rollbacks included (issue 19.8): the files and
+                    // `ab` installers hash the bytes they install, the command installer's
+                    // artifact is re-hashed first.
+                    let checked = if installer.hashes_while_installing() {
+                        cache.has_size(&digest, release.size)
+                    } else {
+                        cache.verify_entry(&digest, release.size).await
+                    };
+                    let result = match checked {
                         Ok(true) => {
                             let req = InstallRequest {
                                 artifact: &artifact,
                                 digest,
                                 version: &release.version,
                             };
-                            installer
-                                .install(&req, slot)
-                                .await
-                                .map(drop)
-                                .map_err(|e| InstallError::new(e.to_string()))
+                            match installer.install(&req, slot).await {
+                                Ok(_) => Ok(()),
+                                Err(e @ crate::install::InstallError::ArtifactMismatch { .. }) => {
+                                    Err(InstallError::corrupt_artifact(e.to_string()))
+                                }
+                                Err(e) => Err(InstallError::new(e.to_string())),
+                            }
                         }
                         Ok(false) => Err(InstallError::corrupt_artifact(format!(
                             "{} is missing or does not match the signed size and SHA-256",

@@ -544,6 +544,71 @@ impl Storage for FaultyStorage {
     }
 }
 
+/// Bytes written between two background fsyncs of a long write ([`BackgroundSync`]).
+pub(crate) const SYNC_EVERY: u64 = 16 * 1024 * 1024;
+
+/// Makes a file that is being written (a download, a copy) reach the disk while it is written:
+/// after every [`SYNC_EVERY`] bytes, an fsync of it starts on a blocking thread (one at a time)
+/// and the writer goes on. The final fsync, which the writer still does before the file is
+/// renamed into place, then finds only the last part to write, instead of the whole file
+/// after the transfer. Only a speed-up: no durability decision rests on these fsyncs, and they
+/// are mutating operations of the [`Storage`] like any other.
+#[derive(Debug)]
+pub(crate) struct BackgroundSync {
+    storage: SharedStorage,
+    path: PathBuf,
+    next: u64,
+    running: Option<std::sync::mpsc::Receiver<io::Result<()>>>,
+}
+
+impl BackgroundSync {
+    /// For the file at `path`, `len` bytes long now.
+    pub(crate) fn new(storage: SharedStorage, path: &Path, len: u64) -> Self {
+        BackgroundSync {
+            storage,
+            path: path.to_path_buf(),
+            next: len.saturating_add(SYNC_EVERY),
+            running: None,
+        }
+    }
+
+    /// The file is `len` bytes long now: starts an fsync when one is due and none runs. Fails
+    /// with the error of an earlier fsync (the file's data may not reach the disk).
+    pub(crate) fn wrote(&mut self, len: u64) -> io::Result<()> {
+        if len < self.next {
+            return Ok(());
+        }
+        if let Some(rx) = &self.running {
+            match rx.try_recv() {
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+                Ok(result) => result?,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    return Err(io::Error::other("the background fsync ended abnormally"));
+                }
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (storage, path) = (self.storage.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || {
+            // The receiver may be gone (the writer stopped): nothing waits for this answer.
+            let _ = tx.send(storage.sync_file(&path));
+        });
+        self.running = Some(rx);
+        self.next = len.saturating_add(SYNC_EVERY);
+        Ok(())
+    }
+
+    /// Waits for the fsync in flight, if any, and returns its error: call it before the final
+    /// fsync (an error an earlier fsync reported is not reported again).
+    pub(crate) fn finish(mut self) -> io::Result<()> {
+        match self.running.take() {
+            None => Ok(()),
+            Some(rx) => blocking(|| rx.recv())
+                .map_err(|_| io::Error::other("the background fsync ended abnormally"))?,
+        }
+    }
+}
+
 /// Reads `path` to its end in chunks of `chunk` bytes, calling `f` on each and yielding to the
 /// runtime between chunks (constant memory; keeps the single-threaded agent responsive).
 pub(crate) async fn for_each_chunk(

@@ -173,16 +173,32 @@ pub fn install_default_provider() {
 fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
     match ca_file {
         Some(path) => load_roots(path),
-        None => {
-            let mut roots = rustls::RootCertStore::empty();
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
-            if roots.is_empty() {
-                return Err(TlsError::NoSystemRoots);
-            }
-            Ok(roots)
-        }
+        None => system_roots(),
     }
+}
+
+/// The system's root certificates (`rustls-native-certs`: the platform's store, or
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR` when set); [`TlsError::NoSystemRoots`] when there are none
+/// (a minimal device image without a CA bundle).
+pub fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if roots.is_empty() {
+        return Err(TlsError::NoSystemRoots);
+    }
+    Ok(roots)
+}
+
+/// A client configuration with no trust anchor: every TLS handshake fails
+/// (`UnknownIssuer`). For a client that needs only plain HTTP on a system without CA
+/// certificates.
+pub fn client_config_trusting_nothing() -> Result<rustls::ClientConfig, TlsError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth())
 }
 
 /// The rustls client configuration for `files` (see the [module documentation](self)).

@@ -3,12 +3,18 @@
 //!
 //! An install writes the slot the core machine names (always the one not booted):
 //!
-//! 1. the verified artifact is streamed from the cache into the slot through one fixed
+//! 1. the cached artifact is streamed into the slot through one fixed
 //!    [`SLOT_CHUNK`] buffer, hashed as it is written (memory stays flat for any slot size);
 //!    the slot must be at least as large as the artifact (its size is its length: a block
 //!    device's size or an image file's length) and is never created or truncated;
-//! 2. the slot is fsynced, then read back (`size` bytes) and hashed again: both hashes must be
-//!    the signed digest, or the install fails and the bootloader is not touched;
+//!    the bytes read must hash to the signed digest, or the install fails with
+//!    [`InstallError::ArtifactMismatch`] (the cached artifact is damaged);
+//! 2. the slot is fsynced, its written range is dropped from the page cache
+//!    (`posix_fadvise(POSIX_FADV_DONTNEED)`), and it is read back (`size` bytes) and hashed
+//!    again: both hashes must be the signed digest, or the install fails and the bootloader is
+//!    not touched. Dropping the clean pages first makes the read-back come from the device,
+//!    not from the copies the write left in memory; after the read-back the range is dropped
+//!    again, so a slot of any size does not crowd the page cache;
 //! 3. the bootloader is told to try the slot once.
 //!
 //! The shell then persists the journal (`Rebooting`) and runs [`AbInstaller::reboot`]. After
@@ -20,15 +26,18 @@
 //! power cut while writing it is harmless by construction (the bootloader still boots the old
 //! slot; the journal still says `Installing`, so the write is redone).
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ota_core::digest::{Digest, Hasher};
 use ota_core::update::Slot;
 
-use super::{InstallError, InstallRequest, Installed, io_err, run_checked};
+use super::{InstallError, InstallRequest, Installed, artifact_check, io_err, run_checked};
 use crate::bootloader::Bootloader;
 use crate::process::CommandSpec;
 
@@ -38,8 +47,12 @@ pub const SLOT_CHUNK: usize = 1024 * 1024;
 /// Kernel command line parameters that name the booted slot, in the order they are looked for.
 pub const SLOT_PARAMETERS: [&str; 2] = ["ota.slot=", "rauc.slot="];
 
+/// A function run on the slot's path after it is written and fsynced, before it is read back
+/// (see [`AbInstaller::with_read_back_hook`]).
+pub type ReadBackHook = Arc<dyn Fn(&Path) + Send + Sync>;
+
 /// Installs into A/B slots (see the [module documentation](self)).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AbInstaller {
     slot_a: PathBuf,
     slot_b: PathBuf,
@@ -47,6 +60,21 @@ pub struct AbInstaller {
     reboot: CommandSpec,
     cmdline: PathBuf,
     timeout: Option<Duration>,
+    read_back_hook: Option<ReadBackHook>,
+}
+
+impl fmt::Debug for AbInstaller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AbInstaller")
+            .field("slot_a", &self.slot_a)
+            .field("slot_b", &self.slot_b)
+            .field("bootloader", &self.bootloader)
+            .field("reboot", &self.reboot)
+            .field("cmdline", &self.cmdline)
+            .field("timeout", &self.timeout)
+            .field("read_back_hook", &self.read_back_hook.is_some())
+            .finish()
+    }
 }
 
 impl AbInstaller {
@@ -65,7 +93,15 @@ impl AbInstaller {
             reboot,
             cmdline: PathBuf::from("/proc/cmdline"),
             timeout: None,
+            read_back_hook: None,
         }
+    }
+
+    /// Runs `hook` on the slot after it is written and fsynced, before it is read back: tests
+    /// damage the slot there to prove that the read-back reads what the slot holds.
+    pub fn with_read_back_hook(mut self, hook: ReadBackHook) -> Self {
+        self.read_back_hook = Some(hook);
+        self
     }
 
     /// Reads the kernel command line from `path` instead of `/proc/cmdline`.
@@ -112,7 +148,8 @@ impl AbInstaller {
         let dest = self.slot_path(slot).to_path_buf();
         let digest = req.digest;
         let target = dest.clone();
-        tokio::task::spawn_blocking(move || write_slot(&artifact, &target, digest))
+        let hook = self.read_back_hook.clone();
+        tokio::task::spawn_blocking(move || write_slot(&artifact, &target, digest, hook))
             .await
             .map_err(|e| io_err("write", &dest)(io::Error::other(e.to_string())))??;
         self.bootloader.try_once(slot).await?;
@@ -139,9 +176,14 @@ pub fn booted_slot_of(cmdline: &str) -> Option<Slot> {
     })
 }
 
-/// Streams `artifact` into `slot` (hashing as it writes), fsyncs, reads it back and checks
-/// both hashes against `digest`.
-fn write_slot(artifact: &Path, slot: &Path, digest: Digest) -> Result<(), InstallError> {
+/// Streams `artifact` into `slot` (hashing as it writes), fsyncs, drops the written range from
+/// the page cache, reads it back and checks both hashes against `digest`.
+fn write_slot(
+    artifact: &Path,
+    slot: &Path,
+    digest: Digest,
+    hook: Option<ReadBackHook>,
+) -> Result<(), InstallError> {
     let mut src = File::open(artifact).map_err(io_err("open", artifact))?;
     let size = src.metadata().map_err(io_err("stat", artifact))?.len();
     let mut dst = OpenOptions::new()
@@ -169,9 +211,13 @@ fn write_slot(artifact: &Path, slot: &Path, digest: Digest) -> Result<(), Instal
         written.update(chunk);
         dst.write_all(chunk).map_err(io_err("write", slot))?;
     }
+    artifact_check(artifact, digest, written.finish())?;
     dst.sync_all().map_err(io_err("fsync", slot))?;
-    check(slot, digest, written.finish())?;
+    if let Some(hook) = hook {
+        hook(slot);
+    }
 
+    drop_cached(&dst, size).map_err(io_err("drop the page cache of", slot))?;
     dst.seek(SeekFrom::Start(0)).map_err(io_err("seek", slot))?;
     let mut back = Hasher::new();
     let mut left = size;
@@ -182,17 +228,23 @@ fn write_slot(artifact: &Path, slot: &Path, digest: Digest) -> Result<(), Instal
         back.update(chunk);
         left -= want as u64;
     }
-    check(slot, digest, back.finish())
+    drop_cached(&dst, size).map_err(io_err("drop the page cache of", slot))?;
+    let actual = back.finish();
+    if actual != digest {
+        return Err(InstallError::SlotMismatch {
+            path: slot.to_path_buf(),
+            expected: digest,
+            actual,
+        });
+    }
+    Ok(())
 }
 
-fn check(slot: &Path, expected: Digest, actual: Digest) -> Result<(), InstallError> {
-    if actual == expected {
-        Ok(())
-    } else {
-        Err(InstallError::SlotMismatch {
-            path: slot.to_path_buf(),
-            expected,
-            actual,
-        })
-    }
+/// Drops the first `len` bytes of `file` from the page cache (`POSIX_FADV_DONTNEED`). The
+/// pages must be clean (fsynced) to be dropped; the next read of them comes from the device.
+fn drop_cached(file: &File, len: u64) -> io::Result<()> {
+    let Some(len) = NonZeroU64::new(len) else {
+        return Ok(());
+    };
+    rustix::fs::fadvise(file, 0, Some(len), rustix::fs::Advice::DontNeed).map_err(io::Error::from)
 }

@@ -1,11 +1,12 @@
 //! The `ota-agent` binary: `status`, `check-power`, `--help`, one-line errors.
 
 use std::fs;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use ota_agent::Agent;
 
-use crate::fleet::{Device, options, release};
+use crate::fleet::{Device, PATIENCE, options, release};
 
 fn agent_bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ota-agent"))
@@ -156,4 +157,91 @@ async fn issue6_flag_and_flags_read_the_flag_file() {
     assert_eq!(v["version"], 7, "{v}");
     assert_eq!(v["flags"]["new-ui"], true, "{v}");
     assert_eq!(v["flags"]["old-ui"], false, "{v}");
+}
+
+/// `cmd` as on a device image without any CA certificate: rustls-native-certs reads only
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR` when they are set, here an empty file and directory.
+fn without_ca_certificates<'a>(cmd: &'a mut Command, dir: &Path) -> &'a mut Command {
+    let (file, certs) = (dir.join("no-ca.pem"), dir.join("no-ca.d"));
+    fs::write(&file, "").unwrap();
+    fs::create_dir_all(&certs).unwrap();
+    cmd.env("SSL_CERT_FILE", file).env("SSL_CERT_DIR", certs)
+}
+
+/// Issue 17: a gateway without a CA bundle whose broker and artifact mirrors are plain
+/// `mqtt://` and `http://` starts and runs (it used to stop: "No CA certificates were loaded
+/// from the system").
+#[tokio::test]
+async fn issue17_plain_urls_need_no_ca_certificates() {
+    let v1 = release("1.0.0", 1, 20_000);
+    // No broker listens there: the agent starts anyway and keeps trying to connect.
+    let dev = Device::new("no-ca", "mqtt://127.0.0.1:9", &v1, "").await;
+    let config = dev.root().join("config.toml");
+    let mut run = agent_bin();
+    let mut child = without_ca_certificates(&mut run, dev.root())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            let out = agent_bin()
+                .args(["status", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains("running:     1.0.0") {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if started != Ok(true) {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the agent did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Issue 17: without a CA bundle, a setting that needs TLS stops the agent at start with an
+/// error naming the setting to fill in: an `mqtts://` broker (`broker.ca_file`),
+/// `download.require_https` (`download.ca_file`).
+#[tokio::test]
+async fn issue17_tls_urls_without_ca_certificates_name_the_missing_setting() {
+    let v1 = release("1.0.0", 1, 20_000);
+    let mqtts = Device::new("no-ca", "mqtts://127.0.0.1:9", &v1, "").await;
+    let https = Device::new("no-ca", "mqtt://127.0.0.1:9", &v1, "").await;
+    let config = https.root().join("config.toml");
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(
+        &config,
+        text.replace("[download]\n", "[download]\nrequire_https = true\n"),
+    )
+    .unwrap();
+    for (dev, setting) in [(&mqtts, "broker.ca_file"), (&https, "download.ca_file")] {
+        let mut run = agent_bin();
+        let out = without_ca_certificates(&mut run, dev.root())
+            .args(["run", "--config"])
+            .arg(dev.root().join("config.toml"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{setting}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(setting), "{err}");
+        assert!(
+            !dev.config.data_dir.exists(),
+            "{setting}: the data directory was made"
+        );
+    }
 }

@@ -332,3 +332,44 @@ async fn issue12_the_files_installer_tells_what_current_points_to() {
         "a command installer cannot tell"
     );
 }
+
+/// Issue 17 (install speed): the files installer hashes the artifact as it copies it, instead
+/// of a separate re-hash before the copy. A cache entry damaged since its download is never
+/// installed: the copy is dropped, `current` stays, and the error says it is the artifact
+/// (the shell reports it as `CorruptArtifact`).
+#[tokio::test]
+async fn issue17_a_damaged_artifact_is_found_by_the_copy_and_never_installed() {
+    let dir = tempdir();
+    let root = dir.path().join("app");
+    let (a_path, a, a_bytes) = cached(dir.path(), 21);
+    let (b_path, b, mut b_bytes) = cached(dir.path(), 22);
+    let installer = FilesInstaller::new(FsStorage::shared(), &root);
+    installer
+        .install(&InstallRequest {
+            artifact: &a_path,
+            digest: a,
+            version: "a",
+        })
+        .await
+        .unwrap();
+    b_bytes[40_000] ^= 0x01;
+    fs::write(&b_path, &b_bytes).unwrap();
+    let result = installer
+        .install(&InstallRequest {
+            artifact: &b_path,
+            digest: b,
+            version: "b",
+        })
+        .await;
+    assert!(
+        matches!(&result, Err(InstallError::ArtifactMismatch { path, expected, .. })
+            if *path == b_path && *expected == b),
+        "{result:?}"
+    );
+    assert_eq!(fs::read(root.join("current")).unwrap(), a_bytes);
+    let releases: Vec<_> = fs::read_dir(root.join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(releases, [std::ffi::OsString::from(a.to_string())]);
+}
