@@ -1,40 +1,79 @@
 #!/usr/bin/env bash
-# Benchmark: a fleet simulator (server/examples/fleet_sim.rs) drives DEVICES simulated devices
-# through the `ota server`'s embedded MQTT broker (the real protocol; many devices share one
-# MQTT connection) and runs a 4-wave rollout (1%,5%,25%,100%) with zero bake to completion.
-# By default each simulator connection subscribes once (wildcard) to every device's desired and
-# heartbeat/ack topics; --per-device-subscriptions makes each device subscribe to its own topics
-# like a real agent (slow on rumqttd at this scale, see docs/server.md).
-# Prints the rollout's wall time, the server's peak RSS (VmHWM, broker included: it runs
-# in-process) and messages per second.
-# Usage: bash scripts/bench-fleet.sh [DEVICES=10000] [CONNECTIONS=4] [-- extra fleet_sim flags, e.g. --per-device-subscriptions]
-# Goal (issue 4): <= 60 s end to end and <= 200 MB server RSS on a 2-core machine.
+# Benchmark: a fleet simulator (server/examples/fleet_sim.rs) drives simulated devices through
+# an `ota server` (release build, SQLite, local files) and runs a 4-wave rollout (1%,5%,25%,100%)
+# with zero bake to completion. Two simulator modes (docs/server.md, "Scale: the benchmark"):
+#   multiplexed  many devices share one MQTT connection (CONNECTIONS of them); by default each
+#                connection subscribes once with a wildcard (--per-device-subscriptions: each
+#                device subscribes to its own topics);
+#   real-agents  every device has its own MQTT connection, client id, session, last will and
+#                subscriptions, as ota-agent does; spread over several simulator processes.
+#
+# Usage:
+#   bash scripts/bench-fleet.sh [DEVICES=10000] [CONNECTIONS=4] [-- extra fleet_sim flags]
+#       one run, multiplexed unless the extra flags say --real-agents (e.g. -- --flag-kill,
+#       -- --per-device-subscriptions, -- --real-agents)
+#   bash scripts/bench-fleet.sh table
+#       the scale table (issue 14): real-agent mode at OTA_BENCH_SIZES (default 2000 5000 10000)
+#       and multiplexed mode at OTA_BENCH_MULTIPLEXED_SIZES (default 10000 100000), each with the
+#       embedded broker and with a private Mosquitto (an empty list skips a mode); prints one
+#       row per run and the growth ratios between sizes.
+# Environment:
+#   OTA_BENCH_BROKER=embedded|mosquitto   one run: the broker (default embedded). mosquitto
+#                                         starts a private one on a free port for the run
+#                                         (max_queued_messages 0, max_connections -1).
+#   OTA_BENCH_BROKERS="embedded mosquitto" table: the brokers.
+#   OTA_BENCH_MQTT_PORT=N                 one run: use an existing broker on 127.0.0.1:N.
+#   OTA_BENCH_PROCESSES=N                 real-agents: simulator processes (default: one per
+#                                         2500 devices, at least 2).
+#   OTA_BENCH_TIMEOUT=S                   a run that has not finished after S seconds (default
+#                                         300) is stopped and reported as "did not finish in S s".
+#   OTA_BENCH_DEVICE_AUTH=1               the server requires device passwords
+#                                         (mqtt.device_secret_file); the real agents log in with
+#                                         them (embedded broker only).
+#   OTA_BENCH_ENV, OTA_BENCH_DB_CONNECTIONS  the server's environment and SQLite pool size.
+# Each figure comes with the load average at the end of its run (`/proc/loadavg`): on a shared
+# machine the figures move with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+table=false
+if [ "${1:-}" = table ]; then
+  table=true
+  shift
+fi
 devices=${1:-10000}
 connections=${2:-4}
 shift $(( $# > 2 ? 2 : $# ))
 [ "${1:-}" = "--" ] && shift
 extra=("$@")
-cargo build --release --bin ota >/dev/null 2>&1
-cargo build --release -p ota-server --example fleet_sim >/dev/null 2>&1
+timeout_s=${OTA_BENCH_TIMEOUT:-300}
+
+# One invocation: the same feature set every time, so a second run rebuilds nothing.
+cargo build --quiet --release -p ota-cli -p ota-server --bin ota --example fleet_sim
 target=${CARGO_TARGET_DIR:-$PWD/target}/release
 ota=$target/ota
 sim=$target/examples/fleet_sim
 work=$(mktemp -d "${TMPDIR:-/tmp}/ota-bench-fleet.XXXXXX")
-server_pid=""
+# Processes of the current run (server, Mosquitto, simulator shards, fd sampler).
+run_pids=()
+stop_run() {
+  local pid
+  for pid in ${run_pids[@]+"${run_pids[@]}"}; do kill "$pid" 2>/dev/null || true; done
+  for pid in ${run_pids[@]+"${run_pids[@]}"}; do wait "$pid" 2>/dev/null || true; done
+  run_pids=()
+}
 cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  stop_run
   rm -rf "$work"
 }
 trap cleanup EXIT
 cd "$work"
 
+# Every device connection costs file descriptors (in the server with the embedded broker, in
+# Mosquitto otherwise, and in the simulator): raise the soft limit to the hard one.
+ulimit -n "$(ulimit -Hn)"
+echo "open-file limit (ulimit -n) for the server, Mosquitto and the simulators: $(ulimit -n)"
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-http_port=$(free_port)
-# OTA_BENCH_MQTT_PORT=N: use an external broker on 127.0.0.1:N instead of the embedded one
-# (to tell the server's memory from the broker's).
-mqtt_port=${OTA_BENCH_MQTT_PORT:-$(free_port)}
 token=bench-operator-token-0123456789
 
 "$ota" key gen --out fleet >/dev/null
@@ -44,56 +83,212 @@ head -c 200000 /dev/urandom > new.bin
   --hw gw-a --out old.release >/dev/null
 "$ota" release sign --key fleet.key --artifact new.bin --version 2.0.0 --security-version 1 \
   --hw gw-a --out new.release >/dev/null
-cat > server.toml <<TOML
-data_dir = "./data"
+new_digest=$("$ota" release show new.release --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifest"]["artifact_sha256"])')
+
+# A private Mosquitto on a free port (as .ci/run's ensure_mosquitto): sets mosquitto_port.
+start_mosquitto() {
+  local dir=$1
+  mosquitto_port=$(free_port)
+  cat > "$dir/mosquitto.conf" <<CONF
+listener $mosquitto_port 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 0
+max_inflight_messages 0
+max_connections -1
+CONF
+  mosquitto -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
+  run_pids+=($!)
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$mosquitto_port") 2>/dev/null && return; sleep 0.1; done
+  cat "$dir/mosquitto.log"
+  echo "mosquitto did not start" >&2
+  exit 1
+}
+
+fds_of() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
+status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+
+# run_one MODE BROKER DEVICES [fleet_sim flags...]: one server, one fleet, one rollout. Prints
+# the simulator's output and ends with a line `result mode=... key=value ...`.
+run_one() {
+  local mode=$1 broker=$2 n=$3
+  shift 3
+  local dir mqtt_port server_pid mqtt_conf processes=1 rc=0 i
+  dir=$(mktemp -d "$work/run.XXXXXX")
+  local http_port
+  http_port=$(free_port)
+  if [ "$broker" = mosquitto ]; then
+    start_mosquitto "$dir"
+    mqtt_port=$mosquitto_port
+    mqtt_conf="url = \"mqtt://127.0.0.1:$mqtt_port\""
+  elif [ "$broker" = external ]; then
+    mqtt_port=$OTA_BENCH_MQTT_PORT
+    mqtt_conf="url = \"mqtt://127.0.0.1:$mqtt_port\""
+  else
+    mqtt_port=$(free_port)
+    mqtt_conf="listen = \"127.0.0.1:$mqtt_port\""
+    if [ -n "${OTA_BENCH_DEVICE_AUTH:-}" ]; then
+      mqtt_conf+=$'\n'"device_secret_file = \"$dir/device.secret\""
+    fi
+  fi
+  cat > "$dir/server.toml" <<TOML
+data_dir = "$dir/data"
 [http]
 listen = "127.0.0.1:$http_port"
 [mqtt]
-$(if [ -n "${OTA_BENCH_MQTT_PORT:-}" ]; then echo "url = \"mqtt://127.0.0.1:$OTA_BENCH_MQTT_PORT\""; else echo "listen = \"127.0.0.1:$mqtt_port\""; fi)
+$mqtt_conf
 $(if [ -n "${OTA_BENCH_DB_CONNECTIONS:-}" ]; then printf '[database]\nmax_connections = %s\n' "$OTA_BENCH_DB_CONNECTIONS"; fi)
 [trust]
-keys = ["fleet.pub"]
+keys = ["$work/fleet.pub"]
 [[operators]]
 name = "bench"
 token = "$token"
 TOML
+  # shellcheck disable=SC2086 # OTA_BENCH_ENV is a list of VAR=value words
+  env OTA_LOG=warn ${OTA_BENCH_ENV:-} "$ota" server --config "$dir/server.toml" 2> "$dir/server.log" &
+  server_pid=$!
+  run_pids+=("$server_pid")
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$http_port/healthz" >/dev/null 2>&1 && break
+    kill -0 "$server_pid" 2>/dev/null || { cat "$dir/server.log"; exit 1; }
+    sleep 0.1
+  done
+  local server=http://127.0.0.1:$http_port
+  OTA_SERVER=$server OTA_TOKEN=$token "$ota" release publish old.release --artifact old.bin >/dev/null
+  OTA_SERVER=$server OTA_TOKEN=$token "$ota" release publish new.release --artifact new.bin >/dev/null
+  local rss_idle fds_idle
+  rss_idle=$(status_kb "$server_pid" VmRSS)
+  fds_idle=$(fds_of "$server_pid")
+  # The server's peak open file descriptors, sampled every 0.5 s.
+  ( max=0; while kill -0 "$server_pid" 2>/dev/null; do
+      f=$(fds_of "$server_pid"); [ "$f" -gt "$max" ] && { max=$f; echo "$max" > "$dir/fds.max"; }
+      sleep 0.5
+    done ) &
+  run_pids+=($!)
 
-env OTA_LOG=warn ${OTA_BENCH_ENV:-} "$ota" server --config server.toml 2> server.log &
-server_pid=$!
-for _ in $(seq 1 300); do
-  curl -sf "http://127.0.0.1:$http_port/healthz" >/dev/null 2>&1 && break
-  kill -0 "$server_pid" 2>/dev/null || { cat server.log; exit 1; }
-  sleep 0.1
-done
-export OTA_SERVER="http://127.0.0.1:$http_port" OTA_TOKEN=$token
-"$ota" release publish old.release --artifact old.bin >/dev/null
-"$ota" release publish new.release --artifact new.bin >/dev/null
-new_digest=$("$ota" release show new.release --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifest"]["artifact_sha256"])')
-rss_idle=$(awk '/VmRSS/ {print $2}' "/proc/$server_pid/status")
+  local flags=(--http "$server" --token "$token" --mqtt "127.0.0.1:$mqtt_port" --old old.release
+    --new-digest "$new_digest" --devices "$n" --prefix bench-)
+  if [ "$mode" = real-agents ]; then
+    processes=${OTA_BENCH_PROCESSES:-$(( n / 2500 > 2 ? n / 2500 : 2 ))}
+    flags+=(--real-agents)
+    if [ -n "${OTA_BENCH_DEVICE_AUTH:-}" ] && [ "$broker" = embedded ]; then
+      flags+=(--device-secret-file "$dir/device.secret")
+    fi
+  fi
+  echo "== $mode, $broker broker, $n devices, $processes simulator process(es)"
+  for i in $(seq 1 $((processes - 1))); do
+    "$sim" "${flags[@]}" --shard "$i/$processes" "$@" >"$dir/shard$i.log" 2>&1 &
+    run_pids+=($!)
+  done
+  timeout "$timeout_s" "$sim" "${flags[@]}" --shard "0/$processes" "$@" > "$dir/sim.out" \
+    2> >(tee "$dir/sim.err" >&2) || rc=$?
+  cat "$dir/sim.out"
+  local load hwm fds_max
+  load=$(cut -d' ' -f1-3 /proc/loadavg)
+  hwm=$(status_kb "$server_pid" VmHWM || echo 0)
+  fds_max=$(cat "$dir/fds.max" 2>/dev/null || echo "$fds_idle")
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "the server exited; its log:"; tail -20 "$dir/server.log"
+  fi
+  if grep -qil "too many open files" "$dir"/*.log 2>/dev/null; then
+    echo "note: 'Too many open files' in $(grep -il "too many open files" "$dir"/*.log | xargs -n1 basename | tr '\n' ' ')"
+  fi
+  if grep -q flag_kill_last_device_s "$dir/sim.out"; then
+    # scripts/bench-flags.sh: the kill switch, not a rollout.
+    printf 'flag kill: REST answer after %s s; last of %s devices applied it after %s s (goal <= 2 s)\n' \
+      "$(grep flag_kill_answered_s "$dir/sim.out" | cut -d= -f2)" "$n" \
+      "$(grep flag_kill_last_device_s "$dir/sim.out" | cut -d= -f2)"
+    stop_run
+    return 0
+  fi
+  local wall reg received published
+  get() { grep "^$1=" "$dir/sim.out" | cut -d= -f2; }
+  if [ "$rc" = 124 ]; then
+    # How far it got: registered or not, and the server's peak descriptors.
+    reg=$(grep -o 'registered and online in [0-9.]*' "$dir/sim.err" | awk '{print $NF}' || true)
+    printf 'result mode=%s broker=%s devices=%s processes=%s status=timeout timeout_s=%s registered_s=%s fds_peak=%s load="%s"\n' \
+      "$mode" "$broker" "$n" "$processes" "$timeout_s" "${reg:-none}" "$fds_max" "$load"
+  elif grep -q rollout_status=completed "$dir/sim.out" && [ "$rc" = 0 ]; then
+    wall=$(get rollout_wall_s); reg=$(get registration_s)
+    received=$(get server_mqtt_received_total); published=$(get server_mqtt_published_total)
+    printf 'result mode=%s broker=%s devices=%s processes=%s status=ok registration_s=%s rollout_s=%s msgs_per_s=%.0f rss_idle_mb=%d rss_peak_mb=%d rss_per_device_kb=%.1f fds_idle=%s fds_peak=%s fds_per_device=%.2f load="%s"\n' \
+      "$mode" "$broker" "$n" "$processes" "$reg" "$wall" \
+      "$(echo "($received + $published) / $wall" | bc -l)" $((rss_idle / 1024)) $((hwm / 1024)) \
+      "$(echo "($hwm - $rss_idle) / $n" | bc -l)" "$fds_idle" "$fds_max" \
+      "$(echo "($fds_max - $fds_idle) / $n" | bc -l)" "$load"
+  else
+    printf 'result mode=%s broker=%s devices=%s processes=%s status=failed rc=%s load="%s"\n' \
+      "$mode" "$broker" "$n" "$processes" "$rc" "$load"
+    tail -5 "$dir/server.log"
+  fi
+  stop_run
+}
 
-echo "devices: $devices over $connections MQTT connections; rollout 1%,5%,25%,100%, bake 0"
-start=$(date +%s.%N)
-"$sim" --http "$OTA_SERVER" --token "$token" --mqtt "127.0.0.1:$mqtt_port" --old old.release \
-  --new-digest "$new_digest" --devices "$devices" --connections "$connections" --prefix bench- ${extra[@]+"${extra[@]}"} \
-  | tee sim.out
-end=$(date +%s.%N)
-if grep -q flag_kill_last_device_s sim.out; then
-  # scripts/bench-flags.sh: the kill switch, not a rollout.
-  printf 'flag kill: REST answer after %s s; last of %s devices applied it after %s s (goal <= 2 s)\n' \
-    "$(grep flag_kill_answered_s sim.out | cut -d= -f2)" "$devices" \
-    "$(grep flag_kill_last_device_s sim.out | cut -d= -f2)"
-  exit 0
+if ! $table; then
+  broker=${OTA_BENCH_BROKER:-embedded}
+  [ -n "${OTA_BENCH_MQTT_PORT:-}" ] && broker=external
+  mode=multiplexed
+  for f in ${extra[@]+"${extra[@]}"}; do [ "$f" = --real-agents ] && mode=real-agents; done
+  filtered=()
+  for f in ${extra[@]+"${extra[@]}"}; do [ "$f" = --real-agents ] || filtered+=("$f"); done
+  [ "$mode" = multiplexed ] && filtered+=(--connections "$connections")
+  # Not a pipe: run_one runs in this shell, so the EXIT trap stops what it started.
+  run_one "$mode" "$broker" "$devices" ${filtered[@]+"${filtered[@]}"} > >(tee results.txt)
+  wait $! 2>/dev/null || true
+  grep -q "^result .*status=ok" results.txt || grep -q "^flag kill" results.txt
+  exit
 fi
-hwm=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
-rss=$(awk '/VmRSS/ {print $2}' "/proc/$server_pid/status")
-wall=$(grep rollout_wall_s sim.out | cut -d= -f2)
-received=$(grep server_mqtt_received_total sim.out | cut -d= -f2)
-published=$(grep server_mqtt_published_total sim.out | cut -d= -f2)
+
+sizes=${OTA_BENCH_SIZES-2000 5000 10000}
+mux_sizes=${OTA_BENCH_MULTIPLEXED_SIZES-10000 100000}
+brokers=${OTA_BENCH_BROKERS:-embedded mosquitto}
+# Real-agent runs first (the mode the fleet behaves like), then the multiplexed ones.
+for broker in $brokers; do
+  for n in $sizes; do
+    run_one real-agents "$broker" "$n" > >(tee -a results.txt)
+    wait $! 2>/dev/null || true
+  done
+done
+for broker in $brokers; do
+  for n in $mux_sizes; do
+    run_one multiplexed "$broker" "$n" --connections 4 > >(tee -a results.txt)
+    wait $! 2>/dev/null || true
+  done
+done
+
 echo
-printf 'rollout wall time (create -> completed): %s s\n' "$wall"
-printf 'end to end incl. connecting %s devices: %.1f s\n' "$devices" "$(echo "$end - $start" | bc)"
-printf 'server peak RSS (VmHWM, broker included): %d MB (idle before devices: %d MB, now %d MB)\n' \
-  $((hwm / 1024)) $((rss_idle / 1024)) $((rss / 1024))
-printf 'server MQTT messages during the rollout: %s received + %s published = %.0f msg/s\n' \
-  "$received" "$published" "$(echo "($received + $published) / $wall" | bc -l)"
-grep -q rollout_status=completed sim.out
+echo "## Results ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, release build)"
+python3 - results.txt "$timeout_s" <<'PY'
+import shlex, sys
+rows = []
+for line in open(sys.argv[1]):
+    if line.startswith("result "):
+        rows.append(dict(kv.split("=", 1) for kv in shlex.split(line)[1:]))
+print("| mode | broker | devices | sim processes | registration | rollout (4 waves, no bake) | msg/s | server RSS/device above idle | server fds/device | load avg (1/5/15 min) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    head = f"| {r['mode']} | {r['broker']} | {int(r['devices']):,} | {r['processes']} |"
+    if r["status"] == "ok":
+        print(f"{head} {float(r['registration_s']):.1f} s | {float(r['rollout_s']):.1f} s | {r['msgs_per_s']} | "
+              f"{r['rss_per_device_kb']} KB | {r['fds_per_device']} | {r['load']} |")
+    elif r["status"] == "timeout":
+        got = "not registered" if r["registered_s"] == "none" else f"registered in {r['registered_s']} s"
+        print(f"{head} did not finish in {r['timeout_s']} s ({got}) | | | | peak {r['fds_peak']} fds | {r['load']} |")
+    else:
+        print(f"{head} failed (exit {r['rc']}) | | | | | {r['load']} |")
+print()
+print("Growth ratio = (time ratio) / (size ratio) between consecutive sizes (1.0: linear):")
+groups = {}
+for r in rows:
+    groups.setdefault((r["mode"], r["broker"]), []).append(r)
+for (mode, broker), rs in groups.items():
+    for a, b in zip(rs, rs[1:]):
+        size = int(b["devices"]) / int(a["devices"])
+        label = f"- {mode}, {broker}, {int(a['devices']):,} -> {int(b['devices']):,}:"
+        if a["status"] != "ok" or b["status"] != "ok":
+            print(f"{label} n/a (a run did not finish)")
+            continue
+        reg = float(b["registration_s"]) / float(a["registration_s"]) / size
+        roll = float(b["rollout_s"]) / float(a["rollout_s"]) / size
+        print(f"{label} registration {reg:.2f}, rollout {roll:.2f}")
+PY

@@ -1,22 +1,41 @@
 //! Fleet simulator for `scripts/bench-fleet.sh`: drives N simulated devices (the real MQTT
-//! protocol, many devices per connection) through a running `ota server`, creates a rollout
-//! and waits for it to finish; prints wall time and message rates.
+//! protocol) through a running `ota server`, creates a rollout and waits for it to finish;
+//! prints wall time and message rates.
 //!
 //! ```text
 //! fleet_sim --http http://127.0.0.1:8080 --token T --mqtt 127.0.0.1:1883 \
-//!           --old old.release --new-digest HEX --devices 10000 --connections 4 \
-//!           [--per-device-subscriptions] [--waves 1,5,25,100] [--prefix sim-] [--flag-kill]
+//!           --old old.release --new-digest HEX --devices 10000 \
+//!           [--connections 4 [--per-device-subscriptions] | --real-agents] \
+//!           [--shard I/N] [--device-secret-file PATH] [--keep-alive S] [--heartbeat S] \
+//!           [--connect-concurrency K] [--waves 1,5,25,100] [--prefix sim-] [--flag-kill]
 //! ```
 //!
-//! `--flag-kill` measures the feature-flag kill switch instead of a rollout
-//! (`scripts/bench-flags.sh`): a flag on for every device, then killed; prints the time from
-//! the kill request to the last device applying it.
+//! Two modes, and every run prints which one made its figures (`mode=`):
 //!
-//! By default each connection subscribes once to every device's `desired` and
-//! `heartbeat/ack` topics (wildcard) and keeps its own devices' messages;
-//! `--per-device-subscriptions` makes every simulated device subscribe to its own two topics
-//! like a real agent (20 000 filters for 10 000 devices: rumqttd matches each new topic against
-//! every filter, see docs/server.md).
+//! - **multiplexed** (default): many devices per MQTT connection (`--connections`). By default
+//!   each connection subscribes once to every device's `desired` and `heartbeat/ack` topics
+//!   (wildcard) and keeps its own devices' messages; `--per-device-subscriptions` makes every
+//!   simulated device subscribe to its own topics like a real agent (30 000 filters for
+//!   10 000 devices: rumqttd matches each new topic against every filter, see docs/server.md).
+//! - **real agents** (`--real-agents`): every device has its own MQTT connection, client id
+//!   (= device id), session, last will and subscriptions, and publishes status, reported state,
+//!   events and heartbeats on the agent's topics with the agent's QoS, retain flags and
+//!   keep-alive (`sim::AgentLink` says what is simplified). With `--device-secret-file` (the
+//!   server's `mqtt.device_secret_file`) each device logs in with username = device id and the
+//!   password `ota server device-credential` would provision. At most `--connect-concurrency`
+//!   first connection attempts (default 200) are in flight at once. Devices connect from
+//!   127.0.0.1: rumqttc 0.25 cannot bind a local address (only a device), so the connections
+//!   are not spread over several loopback source addresses; Linux picks ephemeral ports per
+//!   destination, so one process can hold about 28 000 connections to one broker port.
+//!
+//! `--shard I/N` runs only the I-th of N equal slices of the fleet, so a fleet can be spread
+//! over N processes (each within its own file-descriptor limit). Shard 0 is the driver: it
+//! waits for the whole fleet (`--devices`) to register, runs the rollout and prints the
+//! figures; the others only keep their devices running until they are killed.
+//!
+//! `--flag-kill` measures the feature-flag kill switch instead of a rollout
+//! (`scripts/bench-flags.sh`; one process only): a flag on for every device, then killed; prints
+//! the time from the kill request to the last device applying it.
 
 #![allow(
     clippy::unwrap_used,
@@ -32,10 +51,12 @@
 #[path = "../tests/server/sim.rs"]
 mod sim;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ota_server::broker::credentials::DeviceSecret;
 use serde_json::{Value, json};
-use sim::{Behavior, Sim, device, running_of};
+use sim::{AgentLink, Behavior, Sim, device, running_of};
 
 struct Args {
     http: String,
@@ -49,6 +70,13 @@ struct Args {
     prefix: String,
     per_device_subscriptions: bool,
     flag_kill: bool,
+    real_agents: bool,
+    /// (I, N): this process runs the I-th of N slices of the fleet.
+    shard: (usize, usize),
+    device_secret_file: Option<String>,
+    keep_alive: u64,
+    heartbeat: u64,
+    connect_concurrency: usize,
 }
 
 fn args() -> Args {
@@ -64,6 +92,12 @@ fn args() -> Args {
         prefix: "sim-".into(),
         per_device_subscriptions: false,
         flag_kill: false,
+        real_agents: false,
+        shard: (0, 1),
+        device_secret_file: None,
+        keep_alive: 30,
+        heartbeat: 30,
+        connect_concurrency: 200,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -79,6 +113,17 @@ fn args() -> Args {
             "--prefix" => a.prefix = value(),
             "--per-device-subscriptions" => a.per_device_subscriptions = true,
             "--flag-kill" => a.flag_kill = true,
+            "--real-agents" => a.real_agents = true,
+            "--shard" => {
+                let v = value();
+                let (i, n) = v.split_once('/').expect("--shard I/N");
+                a.shard = (i.parse().unwrap(), n.parse().unwrap());
+                assert!(a.shard.0 < a.shard.1, "--shard I/N needs I < N");
+            }
+            "--device-secret-file" => a.device_secret_file = Some(value()),
+            "--keep-alive" => a.keep_alive = value().parse().unwrap(),
+            "--heartbeat" => a.heartbeat = value().parse().unwrap(),
+            "--connect-concurrency" => a.connect_concurrency = value().parse().unwrap(),
             "--waves" => {
                 a.waves = value()
                     .split(',')
@@ -98,29 +143,52 @@ async fn main() {
     let (host, port) = a.mqtt.rsplit_once(':').unwrap();
     let port: u16 = port.parse().unwrap();
     let http = reqwest::Client::new();
+    let (shard, shards) = a.shard;
+    assert!(
+        !a.flag_kill || shards == 1,
+        "--flag-kill watches every device: one process"
+    );
 
     let t0 = Instant::now();
-    let per = a.devices.div_ceil(a.connections.max(1));
-    let mut sims = Vec::new();
-    for c in 0..a.connections.max(1) {
-        let sim = Sim::connect_with(
-            host,
-            port,
-            &format!("{}conn{c}", a.prefix),
-            !a.per_device_subscriptions,
+    let slice = a.devices.div_ceil(shards);
+    let ours = shard * slice..((shard + 1) * slice).min(a.devices);
+    let make = |i: usize| {
+        device(
+            &format!("{}{i:05}", a.prefix),
+            "gw-a",
+            Some(running_of(&old)),
+            Behavior::Succeed,
         )
-        .await;
-        let devices: Vec<sim::SimDevice> = (c * per..((c + 1) * per).min(a.devices))
-            .map(|i| {
-                device(
-                    &format!("{}{i:05}", a.prefix),
-                    "gw-a",
-                    Some(running_of(&old)),
-                    Behavior::Succeed,
-                )
-            })
-            .collect();
-        sims.push((sim, devices));
+    };
+    let mut sims = Vec::new();
+    if a.real_agents {
+        let sim = Sim::agents(AgentLink {
+            host: host.to_string(),
+            port,
+            keep_alive: Duration::from_secs(a.keep_alive),
+            heartbeat: Duration::from_secs(a.heartbeat),
+            secret: a.device_secret_file.as_ref().map(|path| {
+                DeviceSecret::load_or_create(std::path::Path::new(path)).expect("device secret")
+            }),
+            connecting: Arc::new(tokio::sync::Semaphore::new(a.connect_concurrency.max(1))),
+        });
+        sims.push((sim, ours.map(make).collect::<Vec<_>>()));
+    } else {
+        let connections = a.connections.max(1);
+        let per = ours.len().div_ceil(connections);
+        for c in 0..connections {
+            let sim = Sim::connect_with(
+                host,
+                port,
+                &format!("{}s{shard}conn{c}", a.prefix),
+                !a.per_device_subscriptions,
+            )
+            .await;
+            let start = ours.start + c * per;
+            let devices: Vec<sim::SimDevice> =
+                (start..(start + per).min(ours.end)).map(make).collect();
+            sims.push((sim, devices));
+        }
     }
     let mut joins = Vec::new();
     for (sim, devices) in &sims {
@@ -130,6 +198,10 @@ async fn main() {
     }
     for j in joins {
         j.await.unwrap();
+    }
+    if shard != 0 {
+        eprintln!("shard {shard}/{shards}: devices started; running until killed");
+        std::future::pending::<()>().await;
     }
     // Wait on the gauge (a fresh server: every device is ours) rather than listing 10 000
     // devices over and over.
@@ -244,10 +316,27 @@ async fn main() {
     );
     println!("succeeded={}", status["totals"]["succeeded"]);
     println!("failures={}", status["totals"]["failures"]);
+    println!(
+        "mode={}",
+        if a.real_agents {
+            "real-agents"
+        } else {
+            "multiplexed"
+        }
+    );
+    println!("processes={shards}");
     println!("devices={}", a.devices);
-    println!("connections={}", a.connections);
+    println!(
+        "connections={}",
+        if a.real_agents {
+            a.devices
+        } else {
+            a.connections * shards
+        }
+    );
     println!("registration_s={:.2}", registered.as_secs_f64());
     println!("rollout_wall_s={wall:.2}");
+    // This process's devices only (shard 0 of N); the server's counters below cover the fleet.
     println!("device_messages={device_msgs}");
     println!("device_messages_per_s={:.0}", device_msgs as f64 / wall);
     println!(

@@ -6,13 +6,15 @@
 //! Device ids carry a per-run prefix, so runs sharing an external broker never mix, and the
 //! simulator clears its retained messages at the end.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ota_core::wire::{DeviceId, FailurePhase, TopicKind};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
-use crate::sim::{Behavior, Sim, SimDevice, device, running_of};
+use crate::sim::{AgentLink, Behavior, Sim, SimDevice, device, running_of};
 use crate::util::{BOB_TOKEN, Options, PgSchema, TOKEN, TestServer, artifact, error_of, release};
 
 /// Where a scenario runs.
@@ -1421,4 +1423,91 @@ async fn issue17_a_rebooting_device_counts_only_once_back_on_the_new_release(bac
     .await;
     assert_eq!(count(&w.rollout(id).await, "rebooting"), 0);
     w.finish().await;
+}
+
+/// Issue 14: the benchmark's real-agent mode (`Sim::agents`) behaves like `ota-agent` on the
+/// wire: each device on its own connection, logged in with its own password, confined by the
+/// front door's ACL (any other topic, filter or last will would close its connection), is
+/// registered, gets its heartbeats acknowledged and completes a 4-wave rollout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_real_agents_with_device_passwords_complete_a_rollout() {
+    let t = TestServer::start_opts(Options {
+        device_passwords: true,
+        ..Options::default()
+    })
+    .await;
+    let old_art = artifact(3000, 1);
+    let new_art = artifact(4000, 2);
+    let old = release("1.0.0", &old_art, &[1]);
+    let new = release("2.0.0", &new_art, &[1]);
+    assert_eq!(t.publish(old.clone(), old_art).await.status(), 201);
+    assert_eq!(t.publish(new.clone(), new_art).await.status(), 201);
+    let (host, port) = t.mqtt();
+    let sim = Sim::agents(AgentLink {
+        host,
+        port,
+        keep_alive: Duration::from_secs(30),
+        heartbeat: Duration::from_secs(30),
+        secret: Some(t.device_secret()),
+        connecting: Arc::new(Semaphore::new(4)),
+    });
+    let n = 12;
+    let ids: Vec<String> = (0..n).map(|i| format!("agent-{i:02}")).collect();
+    let devices = ids
+        .iter()
+        .map(|id| device(id, "gw-a", Some(running_of(&old)), Behavior::Succeed))
+        .collect();
+    sim.add_devices(devices).await;
+    let devices = |filter: &'static str| {
+        let t = &t;
+        async move {
+            let r = t.get("/api/v1/devices").query(&[("filter", filter)]);
+            let body: Value = r.send().await.unwrap().json().await.unwrap();
+            body["devices"].as_array().unwrap().len()
+        }
+    };
+    wait_for("real agents registered and online", || async {
+        devices("id=agent-* and hw=gw-a and online").await == n
+    })
+    .await;
+    wait_for("every agent's first heartbeat acknowledged", || async {
+        ids.iter()
+            .all(|id| !sim.device(id).unwrap().acks.is_empty())
+    })
+    .await;
+
+    let body = json!({
+        "release": running_of(&new).digest.to_string(),
+        "filter": "id=agent-*",
+        "waves": [1, 5, 25, 100],
+        "bake_secs": 0,
+        "rate_per_minute": 10000,
+    });
+    let r = t
+        .post_as(TOKEN, "/api/v1/rollouts", &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["rollout"]["id"]
+        .as_i64()
+        .unwrap();
+    wait_for("the rollout completes", || async {
+        let v: Value = t.get_json(&format!("/api/v1/rollouts/{id}")).await;
+        v["rollout"]["status"] == "completed"
+    })
+    .await;
+    let v: Value = t.get_json(&format!("/api/v1/rollouts/{id}")).await;
+    assert_eq!(count(&v["rollout"], "succeeded"), n as u64);
+    for id in &ids {
+        assert_eq!(sim.device(id).unwrap().seen.len(), 1, "{id}");
+    }
+    let metrics = t.client.get(t.url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    for counter in [
+        "ota_mqtt_acl_denied_total 0",
+        "ota_mqtt_connections_refused_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == counter), "{counter}");
+    }
 }

@@ -2,9 +2,15 @@
 //! answer desired states by reporting execution states per a script. Shared by the
 //! integration tests and the fleet benchmark (`examples/fleet_sim.rs`).
 //!
-//! Many devices share one MQTT connection (each subscribes to its own `desired` and
-//! `heartbeat/ack` topics; offline is published as the retained `Status` the last will would
-//! publish), so ten thousand devices do not need ten thousand sockets.
+//! Two ways to reach the broker:
+//!
+//! - **multiplexed** ([`Sim::connect`]): many devices share one MQTT connection (each subscribes
+//!   to its own `desired` and `heartbeat/ack` topics, or the connection subscribes once with a
+//!   wildcard; offline is published as the retained `Status` the last will would publish), so
+//!   ten thousand devices do not need ten thousand sockets;
+//! - **real agents** ([`Sim::agents`]): every device has its own connection, session and
+//!   subscriptions, as `ota-agent` (agent/src/mqtt.rs) has; see [`AgentLink`] for what is the
+//!   same and what is simplified.
 
 #![allow(
     dead_code,
@@ -28,8 +34,11 @@ use ota_core::wire::{
     Inventory, PROTOCOL_VERSION, PowerReading, RejectCause, ReportedState, RollbackReason,
     RunningRelease, Status, TopicKind, Transfer, UpdateOutcome, WireMessage,
 };
-use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, SubscribeFilter};
-use tokio::sync::mpsc;
+use ota_server::broker::credentials::DeviceSecret;
+use rumqttc::{
+    AsyncClient, Event as MqttEvent, EventLoop, LastWill, MqttOptions, Packet, QoS, SubscribeFilter,
+};
+use tokio::sync::{Semaphore, mpsc};
 
 /// How a simulated device answers a desired state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,10 +110,60 @@ pub struct SimDevice {
     pub flags_applied_at: Option<Instant>,
 }
 
-/// A simulated fleet on one MQTT connection.
+/// How the devices of a [`Sim`] reach the broker.
+#[derive(Clone)]
+enum Clients {
+    /// One connection for every device ([`Sim::connect`]).
+    Shared(AsyncClient),
+    /// One connection per device, by device id ([`Sim::agents`]).
+    PerDevice(Arc<AgentLink>, Arc<Mutex<HashMap<String, AsyncClient>>>),
+}
+
+/// How each device of [`Sim::agents`] connects. Mirrors `ota-agent` (agent/src/mqtt.rs,
+/// agent/src/shell.rs): client id = device id; with a device secret, username = device id and
+/// password = the server's derived device password (what `ota server device-credential`
+/// provisions); keep-alive, packet size (256 KiB), inflight window (32), request channel (64),
+/// TCP no-delay; a retained QoS 1 last will `Status { online: false }` on `status`; the first
+/// connection clean, reconnects resuming the session; on every connect a subscription to
+/// `desired`, `heartbeat/ack`, the flags topic and `ota/v1/trust`, then the retained online
+/// `Status`, and once the subscription is acknowledged the retained reported state and a
+/// heartbeat; a heartbeat every `heartbeat` while connected; reconnects after a wait doubling
+/// from 1 s to 60 s.
+///
+/// Simplified: received messages are acknowledged at once (the agent acknowledges a desired
+/// state once its decision is journaled); the execution states come from the device's
+/// [`Behavior`] script, without the trial's heartbeat round trip; no TLS, no failover brokers;
+/// the reconnect wait has no jitter.
+pub struct AgentLink {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT keep-alive (the agent's default `broker.keep_alive`: 30 s).
+    pub keep_alive: Duration,
+    /// Pause between heartbeats (the agent's default `heartbeat_interval`: 30 s).
+    pub heartbeat: Duration,
+    /// The broker's device secret (`mqtt.device_secret_file`), when it requires device passwords.
+    pub secret: Option<DeviceSecret>,
+    /// Most first connection attempts in flight at once (a fleet does not boot in one instant).
+    pub connecting: Arc<Semaphore>,
+}
+
+/// What a real-agent device's poll task tells its shell task.
+enum LinkUp {
+    /// CONNACK: subscriptions sent.
+    Connected,
+    /// SUBACK: the subscriptions stand.
+    Subscribed,
+    /// The connection is lost.
+    Lost,
+}
+
+/// A simulated fleet on one MQTT connection, or on one per device ([`Sim::agents`]).
 #[derive(Clone)]
 pub struct Sim {
-    client: AsyncClient,
+    clients: Clients,
+    inbox: mpsc::UnboundedSender<(String, bytes::Bytes)>,
     wildcard: bool,
     devices: Arc<Mutex<HashMap<String, SimDevice>>>,
     clock: Arc<AtomicU64>,
@@ -133,8 +192,9 @@ impl Sim {
             .set_max_packet_size(256 * 1024, 256 * 1024)
             .set_inflight(500);
         let (client, mut eventloop) = AsyncClient::new(options, 64 * 1024);
-        let (tx, mut rx) = mpsc::unbounded_channel::<(String, bytes::Bytes)>();
+        let (tx, rx) = mpsc::unbounded_channel::<(String, bytes::Bytes)>();
         let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<()>();
+        let sim = Sim::start(Clients::Shared(client.clone()), tx.clone(), wildcard, rx);
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -163,8 +223,27 @@ impl Sim {
             .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce));
             client.subscribe_many(filters).await.unwrap();
         }
+        sim
+    }
+
+    /// A fleet whose devices each get their own connection, as real agents (see
+    /// [`AgentLink`]); [`add_devices`](Self::add_devices) connects them.
+    pub fn agents(link: AgentLink) -> Sim {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let clients = Clients::PerDevice(Arc::new(link), Arc::default());
+        Sim::start(clients, tx, false, rx)
+    }
+
+    /// The shared state, and the task that handles every message the devices receive.
+    fn start(
+        clients: Clients,
+        inbox: mpsc::UnboundedSender<(String, bytes::Bytes)>,
+        wildcard: bool,
+        mut rx: mpsc::UnboundedReceiver<(String, bytes::Bytes)>,
+    ) -> Sim {
         let sim = Sim {
-            client,
+            clients,
+            inbox,
             wildcard,
             devices: Arc::new(Mutex::new(HashMap::new())),
             clock: Arc::new(AtomicU64::new(1_750_000_000_000)),
@@ -181,13 +260,33 @@ impl Sim {
         sim
     }
 
+    /// The connection that carries `topic` (a device topic in per-device mode).
+    fn client(&self, topic: &str) -> AsyncClient {
+        match &self.clients {
+            Clients::Shared(client) => client.clone(),
+            Clients::PerDevice(_, clients) => {
+                let (id, _) = ota_core::wire::parse_device_topic(topic)
+                    .unwrap_or_else(|e| panic!("{topic}: not a device topic: {e:?}"));
+                clients.lock().unwrap()[id.as_str()].clone()
+            }
+        }
+    }
+
+    /// Every connection.
+    fn all_clients(&self) -> Vec<AsyncClient> {
+        match &self.clients {
+            Clients::Shared(client) => vec![client.clone()],
+            Clients::PerDevice(_, clients) => clients.lock().unwrap().values().cloned().collect(),
+        }
+    }
+
     fn now(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
     async fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
         self.published.fetch_add(1, Ordering::Relaxed);
-        self.client
+        self.client(&topic)
             .publish(topic, QoS::AtLeastOnce, retain, payload)
             .await
             .unwrap();
@@ -199,8 +298,37 @@ impl Sim {
     }
 
     /// Adds devices (subscribing to their topics) and brings them online: status online, then
-    /// the full reported state (as the agent does on connect).
+    /// the full reported state (as the agent does on connect). In per-device mode
+    /// ([`Sim::agents`]) each device connects on its own and does that itself once connected.
     pub async fn add_devices(&self, devices: Vec<SimDevice>) {
+        {
+            let mut map = self.devices.lock().unwrap();
+            for d in &devices {
+                map.insert(d.id.as_str().to_string(), d.clone());
+            }
+        }
+        if let Clients::PerDevice(link, clients) = &self.clients {
+            for d in &devices {
+                let (client, eventloop) = self.agent_connection(link, &d.id);
+                clients
+                    .lock()
+                    .unwrap()
+                    .insert(d.id.as_str().to_string(), client.clone());
+                let (up_tx, up_rx) = mpsc::unbounded_channel();
+                tokio::spawn(
+                    self.clone()
+                        .agent_shell(d.id.clone(), link.heartbeat, up_rx),
+                );
+                tokio::spawn(self.clone().agent_poll(
+                    d.id.clone(),
+                    eventloop,
+                    client,
+                    link.clone(),
+                    up_tx,
+                ));
+            }
+            return;
+        }
         let per_device: &[SimDevice] = if self.wildcard { &[] } else { &devices };
         for chunk in per_device.chunks(100) {
             let filters: Vec<SubscribeFilter> = chunk
@@ -211,13 +339,8 @@ impl Sim {
                 })
                 .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
                 .collect();
-            self.client.subscribe_many(filters).await.unwrap();
-        }
-        {
-            let mut map = self.devices.lock().unwrap();
-            for d in &devices {
-                map.insert(d.id.as_str().to_string(), d.clone());
-            }
+            // Shared mode here: any topic names the one connection.
+            self.client("").subscribe_many(filters).await.unwrap();
         }
         for d in &devices {
             self.set_online(d.id.as_str(), true).await;
@@ -227,14 +350,136 @@ impl Sim {
 
     /// Publishes the device's retained status (offline is what its last will says).
     pub async fn set_online(&self, id: &str, online: bool) {
-        let status = Status {
+        let id = DeviceId::new(id).unwrap();
+        self.publish(id.topic(TopicKind::Status), self.status(online), true)
+            .await;
+    }
+
+    /// A `Status` message, now.
+    fn status(&self, online: bool) -> Vec<u8> {
+        Status {
             v: PROTOCOL_VERSION,
             online,
             at: self.now(),
-        };
-        let id = DeviceId::new(id).unwrap();
-        self.publish(id.topic(TopicKind::Status), status.to_cbor(), true)
-            .await;
+        }
+        .to_cbor()
+    }
+
+    /// The connection of device `id` in per-device mode, set up as `ota-agent` sets up its own
+    /// (see [`AgentLink`]).
+    fn agent_connection(&self, link: &AgentLink, id: &DeviceId) -> (AsyncClient, EventLoop) {
+        let mut options = MqttOptions::new(id.as_str(), link.host.as_str(), link.port);
+        options
+            .set_clean_session(true)
+            .set_keep_alive(link.keep_alive)
+            .set_max_packet_size(256 * 1024, 256 * 1024)
+            .set_request_channel_capacity(64)
+            .set_inflight(32)
+            .set_last_will(LastWill::new(
+                id.topic(TopicKind::Status),
+                self.status(false),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        if let Some(secret) = &link.secret {
+            options.set_credentials(id.as_str(), secret.password(id));
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
+        (client, eventloop)
+    }
+
+    /// A real-agent device's poll task: owns its event loop (publishing from here could
+    /// deadlock, as in the agent), subscribes on every CONNACK, hands received messages to the
+    /// fleet's handler and connection changes to [`agent_shell`](Self::agent_shell).
+    async fn agent_poll(
+        self,
+        id: DeviceId,
+        mut eventloop: EventLoop,
+        client: AsyncClient,
+        link: Arc<AgentLink>,
+        up: mpsc::UnboundedSender<LinkUp>,
+    ) {
+        // Held until the first connection attempt ends (CONNACK or error).
+        let mut first = Some(link.connecting.clone().acquire_owned().await.unwrap());
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match eventloop.poll().await {
+                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                    drop(first.take());
+                    wait = Duration::from_secs(1);
+                    eventloop.mqtt_options.set_clean_session(false);
+                    let filters = id
+                        .subscriptions()
+                        .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce));
+                    // Queued messages may fill the request channel: then subscribe from a
+                    // task, as the agent does.
+                    if client.try_subscribe_many(filters.clone()).is_err() {
+                        let client = client.clone();
+                        tokio::spawn(async move { client.subscribe_many(filters).await });
+                    }
+                    let _ = up.send(LinkUp::Connected);
+                }
+                Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+                    let _ = up.send(LinkUp::Subscribed);
+                }
+                Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                    if self.inbox.send((p.topic, p.payload)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    drop(first.take());
+                    let _ = up.send(LinkUp::Lost);
+                    // The next attempt's last will carries a fresh time, as the agent's does.
+                    eventloop.mqtt_options.set_last_will(LastWill::new(
+                        id.topic(TopicKind::Status),
+                        self.status(false),
+                        QoS::AtLeastOnce,
+                        true,
+                    ));
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    /// A real-agent device's shell task: on connect the online status, once subscribed the
+    /// reported state and a heartbeat, then a heartbeat every `every` while connected.
+    async fn agent_shell(
+        self,
+        id: DeviceId,
+        every: Duration,
+        mut up: mpsc::UnboundedReceiver<LinkUp>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connected = false;
+        let mut seq = 0;
+        loop {
+            tokio::select! {
+                event = up.recv() => match event {
+                    None => return,
+                    Some(LinkUp::Connected) => self.set_online(id.as_str(), true).await,
+                    Some(LinkUp::Subscribed) => {
+                        connected = true;
+                        self.publish_reported(id.as_str()).await;
+                        seq += 1;
+                        self.heartbeat(id.as_str(), seq).await;
+                        tick.reset();
+                    }
+                    Some(LinkUp::Lost) => connected = false,
+                },
+                _ = tick.tick(), if connected => {
+                    seq += 1;
+                    self.heartbeat(id.as_str(), seq).await;
+                }
+            }
+        }
     }
 
     /// Publishes the device's full reported state.
@@ -332,14 +577,16 @@ impl Sim {
     /// Disconnects from the broker (the devices stop receiving; use a new [`Sim`] to bring
     /// them back).
     pub async fn disconnect(&self) {
-        let _ = self.client.disconnect().await;
+        for client in self.all_clients() {
+            let _ = client.disconnect().await;
+        }
     }
 
     /// Clears every retained message of these devices (external brokers outlive tests).
     pub async fn clear_retained(&self) {
         for id in self.ids() {
             let id = DeviceId::new(&id).unwrap();
-            self.client
+            self.client(&id.topic(TopicKind::Status))
                 .publish(
                     ota_core::flags::topic(&id),
                     QoS::AtLeastOnce,
@@ -349,7 +596,7 @@ impl Sim {
                 .await
                 .unwrap();
             for kind in [TopicKind::Desired, TopicKind::Reported, TopicKind::Status] {
-                self.client
+                self.client(&id.topic(kind))
                     .publish(id.topic(kind), QoS::AtLeastOnce, true, Vec::new())
                     .await
                     .unwrap();

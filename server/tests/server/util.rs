@@ -102,6 +102,9 @@ pub(crate) struct Options {
     pub(crate) ha: Option<ota_server::config::HaConfig>,
     /// `mqtt.topic_prefix` (default `ota/v1`).
     pub(crate) topic_prefix: Option<String>,
+    /// Device passwords and the per-device ACL on the embedded broker's front door
+    /// (`mqtt.device_secret_file` in the temp dir; [`TestServer::device_secret`]).
+    pub(crate) device_passwords: bool,
 }
 
 /// A server on 127.0.0.1:0 in a temp directory, trusting keys 1, 2 and 3.
@@ -160,6 +163,11 @@ impl TestServer {
         if let Some(url) = &opts.mqtt_url {
             config.mqtt = MqttConfig::external(url).unwrap();
         }
+        if opts.device_passwords
+            && let MqttBroker::Embedded { security, .. } = &mut config.mqtt.broker
+        {
+            security.device_secret_file = Some(dir.path().join("device.secret"));
+        }
         if let Some(prefix) = &opts.topic_prefix {
             config.mqtt.topics = ota_core::wire::Topics::new(prefix).unwrap();
         }
@@ -214,6 +222,16 @@ impl TestServer {
             (None, MqttBroker::External { host, port, .. }) => (host.clone(), *port),
             _ => panic!("no broker"),
         }
+    }
+
+    /// The secret device passwords derive from ([`Options::device_passwords`]).
+    pub(crate) fn device_secret(&self) -> ota_server::broker::credentials::DeviceSecret {
+        let path = self
+            .config
+            .mqtt
+            .device_secret_file()
+            .expect("device passwords on");
+        ota_server::broker::credentials::DeviceSecret::load_or_create(path).unwrap()
     }
 
     /// Stops the server and starts it again on the same data directory and database (and
