@@ -174,6 +174,10 @@ async fn issue12_every_json_example_of_api_md_matches_a_real_answer() {
         "rollout",
         get(format!("/api/v1/rollouts/{rollout}")).await["rollout"].clone(),
     );
+    real.insert(
+        "rollout-devices",
+        get(format!("/api/v1/rollouts/{rollout}/devices?limit=3")).await,
+    );
     // A role that does not grant the request; a release no trusted key signed.
     let (status, forbidden) = call(
         &w,
