@@ -41,6 +41,7 @@ mod output;
 mod progress;
 mod release_cmd;
 mod rollout_cmd;
+mod rollout_devices_cmd;
 mod server_cmd;
 mod status_cmd;
 mod trust_cmd;

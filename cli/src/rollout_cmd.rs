@@ -1,5 +1,5 @@
-//! `ota rollout create | status | list | approve | pause | resume | abort`: rollouts in
-//! health-gated waves, and watching them.
+//! `ota rollout create | status | list | devices | approve | pause | resume | abort`: rollouts
+//! in health-gated waves, and watching them (`devices` lives in `rollout_devices_cmd`).
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -26,6 +26,10 @@ pub(crate) enum RolloutCommand {
     Status(StatusArgs),
     /// List rollouts, newest first.
     List(ListArgs),
+    /// List a rollout's targets as the rollout sees them: state in this rollout, wave, failure
+    /// phase or cause, and after an abort whether each device got back (paged; --all for every
+    /// one).
+    Devices(crate::rollout_devices_cmd::DevicesArgs),
     /// Approve a forced reinstall (a second operator: the creator cannot approve).
     Approve(IdArgs),
     /// Pause: nobody new is notified, no gate passes.
@@ -159,6 +163,7 @@ pub(crate) fn run(cmd: RolloutCommand) -> Result<(), CliError> {
     match cmd {
         RolloutCommand::Create(args) => create(&args),
         RolloutCommand::Status(args) => status(&args),
+        RolloutCommand::Devices(args) => crate::rollout_devices_cmd::run(&args),
         RolloutCommand::List(args) => {
             let api = Api::new(&args.server)?;
             let answer = api.get("/api/v1/rollouts", &[])?;

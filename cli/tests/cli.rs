@@ -643,6 +643,9 @@ fn fleet_commands_against_a_running_server() {
     .fails(1);
     run(&["rollout", "create", "--release", "2.4.1", "--bake", "soon"]).fails(2);
     run(&["rollout", "status", "42"]).fails(1);
+    let line = run(&["rollout", "devices", "42"]).fails(1).to_string();
+    assert!(line.contains("HTTP 404"), "{line}");
+    run(&["rollout", "devices", "42", "--limit", "0"]).fails(2);
     assert!(run(&["rollout", "list"]).ok().starts_with("ID"));
 
     let events = run(&["events", "--kind", "release-published"]);
@@ -1058,6 +1061,33 @@ fn issue12_watch_exit_status_says_how_the_rollout_ended_and_waves_count_from_1()
     let env = [("OTA_SERVER", base.as_str()), ("OTA_TOKEN", TOKEN)];
     dir.ota_env(&["rollout", "status", "7", "--watch"], &env)
         .ok();
+}
+
+/// Issue 16: `ota rollout devices --all` asks for pages until it holds every target and prints
+/// them as one answer (`--json`) or one table.
+#[test]
+fn issue16_rollout_devices_all_pages_through_every_target() {
+    let dir = Dir::new();
+    let page = serde_json::json!({ "total": 2, "offset": 0, "devices": [
+        { "device": "gw-1", "wave": 0, "state": "failed", "phase": "install", "reason": "exit 1" },
+    ]})
+    .to_string();
+    let base = fake_server(page.clone(), 2);
+    let env = [("OTA_SERVER", base.as_str()), ("OTA_TOKEN", TOKEN)];
+    let json = dir.ota_env(&["rollout", "devices", "7", "--all", "--json"], &env);
+    let v: serde_json::Value = serde_json::from_str(json.ok()).unwrap();
+    assert_eq!(v["devices"].as_array().unwrap().len(), 2, "{v:#}");
+    assert_eq!(v["total"], 2);
+
+    let base = fake_server(page, 1);
+    let env = [("OTA_SERVER", base.as_str()), ("OTA_TOKEN", TOKEN)];
+    let text = dir.ota_env(&["rollout", "devices", "7", "--limit", "1"], &env);
+    let text = text.ok();
+    assert!(text.contains("install: exit 1"), "{text}");
+    assert!(
+        text.contains("1-1 of 2 target(s)\nmore: --offset 1 (or --all)"),
+        "{text}"
+    );
 }
 
 /// Issues 12.10 and 12.13 against a real server: an unknown event kind is a usage error, an
