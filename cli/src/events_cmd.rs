@@ -49,7 +49,7 @@ pub(crate) fn run(args: &EventsArgs) -> Result<(), CliError> {
     {
         return Err(CliError::Usage(format!(
             "--kind {kind:?} is not an event kind (one of: {})",
-            ota_server::event_kinds::ALL.join(", ")
+            ota_server::event_kinds::EventKind::names()
         )));
     }
     let api = Api::new(&args.server)?;

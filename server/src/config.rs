@@ -394,7 +394,7 @@ impl Config {
                     "webhooks.events",
                     format!(
                         "{kind:?} is not an event kind (see docs/api.md: {})",
-                        crate::event_kinds::ALL.join(", ")
+                        crate::event_kinds::EventKind::names()
                     ),
                 ));
             }

@@ -47,6 +47,7 @@ use std::sync::Arc;
 
 use ota_core::digest::Digest;
 use ota_core::flags::{FlagChange, FlagDefinition, FlagSet};
+use ota_core::rollout::DesiredKind;
 use ota_core::wire::{ExecutionState, ReportedState, UpdateOutcome, WireMessage};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -54,6 +55,8 @@ use sqlx::AnyConnection;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
+
+use crate::event_kinds::EventKind;
 
 mod lease;
 pub use lease::{AcquireOutcome, Fence, LeaseRecord, RenewOutcome, ReplicaRecord};
@@ -581,8 +584,8 @@ pub struct NewEvent {
     pub at: i64,
     /// Who: an operator name, `device:<id>` or `server`.
     pub actor: String,
-    /// What, kebab-case (e.g. `release-published`, `release-rejected`).
-    pub kind: String,
+    /// What.
+    pub kind: EventKind,
     /// The rollout it concerns.
     pub rollout_id: Option<i64>,
     /// The device it concerns.
@@ -593,11 +596,11 @@ pub struct NewEvent {
 
 impl NewEvent {
     /// An event with no rollout or device and empty details.
-    pub fn new(at: i64, actor: impl Into<String>, kind: impl Into<String>) -> Self {
+    pub fn new(at: i64, actor: impl Into<String>, kind: EventKind) -> Self {
         NewEvent {
             at,
             actor: actor.into(),
-            kind: kind.into(),
+            kind,
             rollout_id: None,
             device_id: None,
             details: serde_json::Value::Object(serde_json::Map::new()),
@@ -634,7 +637,7 @@ pub struct EventRecord {
     /// Who.
     pub actor: String,
     /// What.
-    pub kind: String,
+    pub kind: EventKind,
     /// The rollout it concerns.
     pub rollout_id: Option<i64>,
     /// The device it concerns.
@@ -652,7 +655,7 @@ pub struct EventFilter {
     /// Only events of this device.
     pub device: Option<String>,
     /// Only events of this kind.
-    pub kind: Option<String>,
+    pub kind: Option<EventKind>,
     /// Only events recorded by this actor (an operator's name, `server`, `mqtt`,
     /// `device:<id>`).
     pub actor: Option<String>,
@@ -678,8 +681,8 @@ pub struct DesiredRecord {
     pub rollout_id: Option<i64>,
     /// The release's artifact digest.
     pub digest: Digest,
-    /// `notify`, `rollback` or `cancel`.
-    pub kind: String,
+    /// Which planner action it carries out.
+    pub kind: DesiredKind,
     /// The `DesiredState` CBOR as published.
     pub payload: Vec<u8>,
     /// When it was published, unix seconds.
@@ -693,7 +696,7 @@ impl DesiredRecord {
         generation: u64,
         rollout_id: Option<i64>,
         digest: Digest,
-        kind: impl Into<String>,
+        kind: DesiredKind,
         payload: Vec<u8>,
         updated_at: i64,
     ) -> Self {
@@ -702,7 +705,7 @@ impl DesiredRecord {
             generation,
             rollout_id,
             digest,
-            kind: kind.into(),
+            kind,
             payload,
             updated_at,
         }
@@ -1244,7 +1247,11 @@ impl Db {
                     generation: to_u64(row.try_get("generation")?, "generation")?,
                     rollout_id: row.try_get("rollout_id")?,
                     digest: parse_digest(&row.try_get::<String, _>("digest")?, "desired digest")?,
-                    kind: row.try_get("kind")?,
+                    kind: {
+                        let name: String = row.try_get("kind")?;
+                        DesiredKind::parse(&name)
+                            .ok_or_else(|| DbError::Corrupt(format!("desired kind {name:?}")))?
+                    },
                     payload: row.try_get("payload")?,
                     updated_at: row.try_get("updated_at")?,
                 })
@@ -1346,7 +1353,7 @@ impl Db {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(filter.rollout)
             .bind(filter.device.as_deref())
-            .bind(filter.kind.as_deref())
+            .bind(filter.kind.map(EventKind::name))
             .bind(filter.after.unwrap_or(i64::MIN))
             .bind(i64::from(limit))
             .bind(filter.actor.as_deref())
@@ -1453,7 +1460,7 @@ async fn insert_event(conn: &mut AnyConnection, event: &NewEvent) -> Result<Even
     )
     .bind(event.at)
     .bind(&event.actor)
-    .bind(&event.kind)
+    .bind(event.kind.name())
     .bind(event.rollout_id)
     .bind(event.device_id.as_deref())
     .bind(to_json(&event.details))
@@ -1463,7 +1470,7 @@ async fn insert_event(conn: &mut AnyConnection, event: &NewEvent) -> Result<Even
         id,
         at: event.at,
         actor: event.actor.clone(),
-        kind: event.kind.clone(),
+        kind: event.kind,
         rollout_id: event.rollout_id,
         device_id: event.device_id.clone(),
         details: event.details.clone(),
@@ -1673,7 +1680,7 @@ impl DbTx {
         .bind(to_i64(d.generation, "generation")?)
         .bind(d.rollout_id)
         .bind(d.digest.to_string())
-        .bind(&d.kind)
+        .bind(d.kind.name())
         .bind(d.payload.as_slice())
         .bind(d.updated_at)
         .execute(&mut *self.tx)
@@ -2019,7 +2026,11 @@ fn event_from_row(row: &AnyRow) -> Result<EventRecord, DbError> {
         id: row.try_get("id")?,
         at: row.try_get("at")?,
         actor: row.try_get("actor")?,
-        kind: row.try_get("kind")?,
+        kind: {
+            let name: String = row.try_get("kind")?;
+            EventKind::parse(&name)
+                .ok_or_else(|| DbError::Corrupt(format!("event kind {name:?}")))?
+        },
         rollout_id: row.try_get("rollout_id")?,
         device_id: row.try_get("device_id")?,
         details: from_json(&row.try_get::<String, _>("details")?, "details")?,

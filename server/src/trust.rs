@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::db::{Db, DbError, NewEvent};
+use crate::event_kinds::EventKind;
 
 /// Why the trust set could not be loaded or rotated.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +141,7 @@ impl FleetTrust {
         let mut tx = db.begin().await?;
         tx.insert_trust_update(next.sequence(), bytes, now, actor)
             .await?;
-        let event = NewEvent::new(now, actor, "trust-rotated").details(json!({
+        let event = NewEvent::new(now, actor, EventKind::TrustRotated).details(json!({
             "sequence": next.sequence(),
             "previous_sequence": current.sequence(),
             "threshold": next.set().threshold(),

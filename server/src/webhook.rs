@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::WebhookConfig;
 use crate::db::{EventRecord, EventSink};
+use crate::event_kinds::EventKind;
 use crate::fleet::{Counters, Shared};
 
 /// Events waiting for delivery at most.
@@ -34,7 +35,13 @@ pub fn start(hooks: Vec<WebhookConfig>, shared: Arc<Shared>) -> (EventSink, Vec<
     let mut tasks = Vec::new();
     for hook in hooks {
         let (tx, mut rx) = mpsc::channel::<EventRecord>(QUEUE);
-        queues.push((tx, hook.events.clone()));
+        // The configuration was checked: every name is a kind (`Config::validate`).
+        let kinds: Vec<EventKind> = hook
+            .events
+            .iter()
+            .filter_map(|k| EventKind::parse(k))
+            .collect();
+        queues.push((tx, kinds));
         let shared = shared.clone();
         let client = client.clone();
         tasks.push(tokio::spawn(async move {

@@ -58,9 +58,9 @@ pub enum FlagEdit {
     Delete,
 }
 
-/// What a [`FlagChange`] did, derived from its old and new definitions.
+/// What a [`FlagChange`] did, derived from its old and new definitions. Exhaustive: the server
+/// maps every kind to an audit event kind of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum FlagChangeKind {
     /// The flag did not exist.
     Created,

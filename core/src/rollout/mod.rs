@@ -94,6 +94,7 @@
 mod codec;
 mod cohort;
 mod counts;
+mod desired_kind;
 mod error;
 mod no_rollback;
 mod planner;
@@ -102,6 +103,7 @@ mod spec;
 
 pub use cohort::{assign_cohorts, cohort_of, cohort_point, in_share};
 pub use counts::{FAILURE_PHASES, STATE_NAMES, StateCounts};
+pub use desired_kind::DesiredKind;
 pub use error::RolloutError;
 pub use no_rollback::{NoRollback, NoRollbackCause};
 pub use planner::{

@@ -18,6 +18,7 @@ use super::layout;
 use super::session::{self, Session};
 use super::{ApiAnswer, Console, SignedIn};
 use crate::db::NewEvent;
+use crate::event_kinds::EventKind;
 
 /// The sign-in form.
 #[derive(Debug, Deserialize)]
@@ -110,7 +111,7 @@ pub(crate) async fn csrf_refusal(
     let event = NewEvent::new(
         console.state().clock().now_i64(),
         &session.operator.name,
-        "access-denied",
+        EventKind::AccessDenied,
     )
     .details(json!({ "method": "POST", "path": path, "cause": "csrf" }));
     if let Err(e) = console.state().db().append_event(&event).await {

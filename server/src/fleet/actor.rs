@@ -10,7 +10,7 @@ use ota_core::digest::Digest;
 use ota_core::flags::{FlagChange, FlagEdit, FlagName};
 use ota_core::release::{Policy, SignedRelease, SignedTrustUpdate};
 use ota_core::rollout::{
-    NoRollbackCause, PlannerAction, ReportOutcome, Rollout, RolloutError, RolloutSpec,
+    DesiredKind, NoRollbackCause, PlannerAction, ReportOutcome, Rollout, RolloutError, RolloutSpec,
     RolloutState, StateCounts, Target,
 };
 use ota_core::wire::{
@@ -36,6 +36,7 @@ use crate::db::{
     Db, DbError, DbTx, DesiredRecord, DeviceRecord, DeviceReport, Fence, NewEvent, NewRollout,
     ReleaseRecord, RolloutRecord, TransferRecord,
 };
+use crate::event_kinds::EventKind;
 use crate::mqtt::{INBOUND_QUEUE, Inbound, LinkSpec, MqttLink};
 use crate::trust::FleetTrust;
 use ota_core::filter::Filter;
@@ -368,7 +369,7 @@ struct Actor {
     /// Publishes the MQTT client had no room for yet.
     outbox: Outbox,
     /// Per device and audit event kind: its budget ([`Actor::event_allowed`]).
-    event_budgets: Budgets<(String, &'static str)>,
+    event_budgets: Budgets<(String, EventKind)>,
     connected: bool,
     flags: Flags,
     /// The accepted trust-set update in force (signed bytes), republished on every connect.
@@ -530,7 +531,7 @@ impl Actor {
         }
         let release = loaded.record.release_digest;
         let force = loaded.planner.spec().force_reinstall;
-        self.publish_desired(id, rid, release, force, "notify", batch)
+        self.publish_desired(id, rid, release, force, DesiredKind::Notify, batch)
             .await;
     }
 
@@ -766,7 +767,7 @@ impl Actor {
             },
             TopicKind::Trust => match TrustReport::from_cbor(&payload) {
                 Ok(r) if r.device_id == id.as_str() => {
-                    if self.event_allowed(id.as_str(), r.outcome.name()) {
+                    if self.event_allowed(id.as_str(), trust_event_kind(&r.outcome)) {
                         on_trust_report(&id, &r, self.clock.now_i64(), batch);
                     }
                 }
@@ -806,7 +807,7 @@ impl Actor {
     /// Whether `device` may have another audit event of `kind` now: at most
     /// [`DEVICE_EVENTS_PER_MINUTE`] a minute per device and kind (bursts of as many); the rest
     /// are counted in `ota_events_suppressed_total`.
-    fn event_allowed(&mut self, device: &str, kind: &'static str) -> bool {
+    fn event_allowed(&mut self, device: &str, kind: EventKind) -> bool {
         let now = self.clock.now_millis();
         match self.event_budgets.take((device.to_owned(), kind), now) {
             Verdict::Pass => true,
@@ -833,7 +834,7 @@ impl Actor {
     ) -> Option<NewEvent> {
         Counters::inc(&self.counters().mqtt_rejected);
         tracing::debug!(topic, "MQTT message refused: {reason}");
-        if device.is_some_and(|d| !self.event_allowed(d, "mqtt-rejected")) {
+        if device.is_some_and(|d| !self.event_allowed(d, EventKind::MqttRejected)) {
             return None;
         }
         let now = self.clock.now_millis();
@@ -845,9 +846,10 @@ impl Actor {
         }
         self.reject_window.1 += 1;
         let actor = device.map_or_else(|| "mqtt".to_string(), |d| format!("device:{d}"));
-        let mut event = NewEvent::new(self.clock.now_i64(), actor, "mqtt-rejected").details(
-            json!({ "topic": ota_core::wire::truncate_text(topic, 256), "reason": reason }),
-        );
+        let mut event = NewEvent::new(self.clock.now_i64(), actor, EventKind::MqttRejected)
+            .details(
+                json!({ "topic": ota_core::wire::truncate_text(topic, 256), "reason": reason }),
+            );
         if let Some(d) = device {
             event = event.device(d);
         }
@@ -934,7 +936,7 @@ impl Actor {
         let last_committed = memo.last_committed;
         if first {
             batch.events.push(
-                NewEvent::new(now, format!("device:{id}"), "device-registered")
+                NewEvent::new(now, format!("device:{id}"), EventKind::DeviceRegistered)
                     .device(id.as_str())
                     .details(json!({
                         "hardware_class": r.hardware_class,
@@ -944,9 +946,9 @@ impl Actor {
             );
         }
         let drift_kind = if drifted {
-            "device-drifted"
+            EventKind::DeviceDrifted
         } else {
-            "device-drift-cleared"
+            EventKind::DeviceDriftCleared
         };
         if drift_changed && self.event_allowed(id.as_str(), drift_kind) {
             let kind = drift_kind;
@@ -1107,7 +1109,7 @@ impl Actor {
         let force = loaded.planner.spec().force_reinstall;
         let status = loaded.planner.status();
         let success_min = loaded.planner.spec().success_min;
-        let event = |kind: &str| NewEvent::new(now, actor, kind).rollout(rid);
+        let event = |kind: EventKind| NewEvent::new(now, actor, kind).rollout(rid);
         match action {
             PlannerAction::Notify { device_id } => {
                 if self
@@ -1118,7 +1120,7 @@ impl Actor {
                     // A late device of a completed rollout, now in a newer one.
                     return;
                 }
-                self.publish_desired(&device_id, rid, release, force, "notify", batch)
+                self.publish_desired(&device_id, rid, release, force, DesiredKind::Notify, batch)
                     .await;
             }
             PlannerAction::Rollback {
@@ -1130,12 +1132,19 @@ impl Actor {
                     return;
                 }
                 batch.events.push(
-                    event("device-rollback")
+                    event(EventKind::DeviceRollback)
                         .device(device_id.as_str())
                         .details(json!({ "to": to_digest.to_string() })),
                 );
-                self.publish_desired(&device_id, rid, to_digest, false, "rollback", batch)
-                    .await;
+                self.publish_desired(
+                    &device_id,
+                    rid,
+                    to_digest,
+                    false,
+                    DesiredKind::Rollback,
+                    batch,
+                )
+                .await;
             }
             PlannerAction::Cancel {
                 device_id,
@@ -1151,45 +1160,53 @@ impl Actor {
                 {
                     loaded.dirty = true;
                 }
-                batch
-                    .events
-                    .push(event("device-cancel").device(device_id.as_str()).details(
-                    json!({
-                        "to": null,
-                        "sent": false,
-                        "reason": "the device ran no release: there is nothing to cancel to",
-                    }),
-                ));
+                batch.events.push(
+                    event(EventKind::DeviceCancel)
+                        .device(device_id.as_str())
+                        .details(json!({
+                            "to": null,
+                            "sent": false,
+                            "reason": "the device ran no release: there is nothing to cancel to",
+                        })),
+                );
             }
             PlannerAction::Cancel {
                 device_id,
                 to_digest,
             } => {
                 batch.events.push(
-                    event("device-cancel")
+                    event(EventKind::DeviceCancel)
                         .device(device_id.as_str())
                         .details(json!({ "to": to_digest.to_string() })),
                 );
-                self.publish_desired(&device_id, rid, to_digest, false, "cancel", batch)
-                    .await;
+                self.publish_desired(
+                    &device_id,
+                    rid,
+                    to_digest,
+                    false,
+                    DesiredKind::Cancel,
+                    batch,
+                )
+                .await;
             }
             PlannerAction::WaveStarted { index } => {
                 let members = status.waves.get(index).map_or(0, |w| w.cumulative_members);
                 batch.events.push(
-                    event("wave-started").details(json!({ "wave": index, "members": members })),
+                    event(EventKind::WaveStarted)
+                        .details(json!({ "wave": index, "members": members })),
                 );
             }
             PlannerAction::WaveAdvanced { from, to } => {
-                batch
-                    .events
-                    .push(event("wave-advanced").details(json!({ "from": from, "to": to })));
+                batch.events.push(
+                    event(EventKind::WaveAdvanced).details(json!({ "from": from, "to": to })),
+                );
             }
             PlannerAction::WaveHeld {
                 index,
                 succeeded,
                 executed,
             } => {
-                batch.events.push(event("wave-held").details(json!({
+                batch.events.push(event(EventKind::WaveHeld).details(json!({
                     "wave": index, "succeeded": succeeded, "executed": executed,
                     "success_min": success_min.to_string(),
                 })));
@@ -1197,12 +1214,14 @@ impl Actor {
             PlannerAction::Completed => {
                 let totals = status.totals;
                 batch.events.push(
-                    event("rollout-completed").details(json!({ "totals": counts_json(&totals) })),
+                    event(EventKind::RolloutCompleted)
+                        .details(json!({ "totals": counts_json(&totals) })),
                 );
             }
             PlannerAction::Aborted { reason } => {
                 batch.events.push(
-                    event("rollout-aborted").details(json!({ "reason": abort_json(&reason) })),
+                    event(EventKind::RolloutAborted)
+                        .details(json!({ "reason": abort_json(&reason) })),
                 );
             }
             PlannerAction::Recalled {
@@ -1220,10 +1239,14 @@ impl Actor {
                     insert_failure(map, &report);
                 }
                 batch.events.push(
-                    NewEvent::new(now, format!("device:{device_id}"), "device-recalled")
-                        .rollout(rid)
-                        .device(device_id.as_str())
-                        .details(details),
+                    NewEvent::new(
+                        now,
+                        format!("device:{device_id}"),
+                        EventKind::DeviceRecalled,
+                    )
+                    .rollout(rid)
+                    .device(device_id.as_str())
+                    .details(details),
                 );
             }
             PlannerAction::StateChanged {
@@ -1252,7 +1275,7 @@ impl Actor {
                     map.insert("transfer".into(), transfer_json(&t));
                 }
                 batch.events.push(
-                    NewEvent::new(now, who, "device-state-changed")
+                    NewEvent::new(now, who, EventKind::DeviceStateChanged)
                         .rollout(rid)
                         .device(device_id.as_str())
                         .details(details),
@@ -1335,7 +1358,7 @@ impl Actor {
             loaded.dirty = true;
         }
         batch.events.push(
-            NewEvent::new(self.clock.now_i64(), actor, "no-rollback-target")
+            NewEvent::new(self.clock.now_i64(), actor, EventKind::NoRollbackTarget)
                 .rollout(rid)
                 .device(device.as_str())
                 .details(details),
@@ -1351,17 +1374,17 @@ impl Actor {
         rid: i64,
         digest: Digest,
         force_reinstall: bool,
-        kind: &str,
+        kind: DesiredKind,
         batch: &mut Batch,
     ) {
         let now = self.clock.now_i64();
         // Why no desired state could be issued: the device keeps the one it has.
         let unavailable = |error: String| {
-            NewEvent::new(now, "server", "desired-unavailable")
+            NewEvent::new(now, "server", EventKind::DesiredUnavailable)
                 .rollout(rid)
                 .device(device.as_str())
                 .details(json!({
-                    "kind": kind,
+                    "kind": kind.name(),
                     "digest": digest.to_string(),
                     "error": error,
                 }))
@@ -2005,7 +2028,7 @@ impl Actor {
             NewEvent::new(
                 self.clock.now_i64(),
                 operator,
-                format!("flag-{}", change.kind().name()),
+                EventKind::of_flag_change(change.kind()),
             )
             .details(json!({
                 "flag": name.as_str(),
@@ -2199,7 +2222,7 @@ impl Actor {
         let status = planner.status();
         let state = planner.state().name();
         batch.events.push(
-            NewEvent::new(now, operator, "rollout-created")
+            NewEvent::new(now, operator, EventKind::RolloutCreated)
                 .rollout(id)
                 .details(json!({
                     "release": release.digest.to_string(),
@@ -2218,7 +2241,7 @@ impl Actor {
         );
         if matches!(planner.state(), RolloutState::Running { .. }) {
             batch.events.push(
-                NewEvent::new(now, operator, "rollout-started")
+                NewEvent::new(now, operator, EventKind::RolloutStarted)
                     .rollout(id)
                     .details(json!({ "deploys": status.deploys, "redeploys": status.redeploys })),
             );
@@ -2288,15 +2311,15 @@ impl Actor {
                 loaded.planner.approve(operator, now_ts)?;
                 batch.approved.push((id, operator.to_string()));
                 loaded.record.approved_by = Some(operator.to_string());
-                "rollout-approved"
+                EventKind::RolloutApproved
             }
             Op::Pause => {
                 loaded.planner.pause(now_ts)?;
-                "rollout-paused"
+                EventKind::RolloutPaused
             }
             Op::Resume => {
                 loaded.planner.resume(now_ts)?;
-                "rollout-resumed"
+                EventKind::RolloutResumed
             }
             Op::Abort(reason) => {
                 let reason = if reason.trim().is_empty() {
@@ -2305,7 +2328,7 @@ impl Actor {
                     reason.clone()
                 };
                 loaded.planner.abort(reason, now_ts)?;
-                "rollout-abort-requested"
+                EventKind::RolloutAbortRequested
             }
         };
         if *loaded.planner.state() == before {
@@ -2324,7 +2347,7 @@ impl Actor {
         if matches!(op, Op::Approve) {
             let status = loaded.planner.status();
             batch.events.push(
-                NewEvent::new(now, operator, "rollout-started")
+                NewEvent::new(now, operator, EventKind::RolloutStarted)
                     .rollout(id)
                     .details(json!({ "deploys": status.deploys, "redeploys": status.redeploys })),
             );
@@ -2473,6 +2496,14 @@ fn strip(mut record: RolloutRecord) -> RolloutRecord {
     record
 }
 
+/// The audit event kind of a device's answer to a trust-set update.
+fn trust_event_kind(outcome: &TrustOutcome) -> EventKind {
+    match outcome {
+        TrustOutcome::Rotated { .. } => EventKind::TrustRotated,
+        TrustOutcome::Rejected { .. } => EventKind::TrustRejected,
+    }
+}
+
 /// A device's answer to a trust-set update, as a `trust-rotated` or `trust-rejected` audit
 /// event at `now` (the device's own time is in `at_ms`).
 fn on_trust_report(id: &DeviceId, r: &TrustReport, now: i64, batch: &mut Batch) {
@@ -2489,7 +2520,7 @@ fn on_trust_report(id: &DeviceId, r: &TrustReport, now: i64, batch: &mut Batch) 
         map.extend(extra);
     }
     batch.events.push(
-        NewEvent::new(now, format!("device:{id}"), r.outcome.name())
+        NewEvent::new(now, format!("device:{id}"), trust_event_kind(&r.outcome))
             .device(id.as_str())
             .details(details),
     );

@@ -12,6 +12,7 @@ use serde_json::json;
 use super::{ApiError, AppState};
 use crate::config::Role;
 use crate::db::NewEvent;
+use crate::event_kinds::EventKind;
 
 /// The operator a request was authenticated as; handlers take it as
 /// `Extension<Operator>` and record `name` as the audit `actor`.
@@ -116,9 +117,12 @@ pub(super) async fn require_role(
         path,
         "request refused: wrong role"
     );
-    let event = NewEvent::new(state.clock().now_i64(), &operator.name, "access-denied").details(
-        json!({ "method": method, "path": path, "role": operator.role, "needed": needed }),
-    );
+    let event = NewEvent::new(
+        state.clock().now_i64(),
+        &operator.name,
+        EventKind::AccessDenied,
+    )
+    .details(json!({ "method": method, "path": path, "role": operator.role, "needed": needed }));
     if let Err(e) = state.db().append_event(&event).await {
         tracing::error!("cannot record the access-denied event: {e}");
     }

@@ -62,6 +62,7 @@ pub use error::{ApiError, release_cause};
 use crate::clock::Clock;
 use crate::config::OperatorConfig;
 use crate::db::{Db, DeviceRecord, EventFilter, EventRecord};
+use crate::event_kinds::EventKind;
 use crate::fleet::Fleet;
 use crate::store::ArtifactStore;
 use crate::trust::FleetTrust;
@@ -354,10 +355,13 @@ async fn set_labels(
     // transaction is dropped, so nothing is written), and no labels change without their event.
     let mut tx = state.db().begin().await?;
     tx.set_server_labels(&id, &body.labels).await?;
-    let event =
-        crate::db::NewEvent::new(state.clock().now_i64(), &operator.name, "device-labels-set")
-            .device(&id)
-            .details(serde_json::json!({ "labels": body.labels }));
+    let event = crate::db::NewEvent::new(
+        state.clock().now_i64(),
+        &operator.name,
+        EventKind::DeviceLabelsSet,
+    )
+    .device(&id)
+    .details(serde_json::json!({ "labels": body.labels }));
     tx.append_event(&event).await?;
     tx.commit().await?;
     // Flag rules may filter on labels: the coordinator evaluates the device's flags again.
@@ -416,17 +420,12 @@ async fn list_events(
     let mut filter = EventFilter::default();
     filter.rollout = q.rollout;
     filter.device = q.device.filter(|d| !d.is_empty());
-    filter.kind = q.kind.filter(|k| !k.is_empty());
-    if let Some(kind) = filter
-        .kind
-        .as_deref()
-        .filter(|k| !crate::event_kinds::is_known(k))
-    {
-        return Err(ApiError::bad_request(
-            "unknown-kind",
-            format!("{kind:?} is not an event kind"),
-        ));
-    }
+    filter.kind = match q.kind.filter(|k| !k.is_empty()) {
+        None => None,
+        Some(name) => Some(EventKind::parse(&name).ok_or_else(|| {
+            ApiError::bad_request("unknown-kind", format!("{name:?} is not an event kind"))
+        })?),
+    };
     filter.actor = q.actor.filter(|a| !a.is_empty());
     filter.after = q.after;
     filter.before = q.before;

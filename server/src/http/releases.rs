@@ -42,6 +42,7 @@ use serde_json::json;
 use super::artifacts::parse_digest;
 use super::{ApiError, AppState, Operator, PathParam};
 use crate::db::{InsertOutcome, NewEvent, ReleaseRecord};
+use crate::event_kinds::EventKind;
 use crate::store::{PutOutcome, UploadError};
 
 /// The answer to a successful publish.
@@ -115,8 +116,12 @@ pub(super) async fn publish(
         if let (Some(d), Some(map)) = (digest, details.as_object_mut()) {
             map.insert("digest".into(), json!(d.to_string()));
         }
-        let event = NewEvent::new(state.clock().now_i64(), &operator.name, "release-rejected")
-            .details(details);
+        let event = NewEvent::new(
+            state.clock().now_i64(),
+            &operator.name,
+            EventKind::ReleaseRejected,
+        )
+        .details(details);
         if let Err(e) = state.db().append_event(&event).await {
             tracing::error!("cannot record the release-rejected event: {e}");
         }
@@ -222,7 +227,7 @@ async fn publish_inner(
     if resign {
         return resign_release(state, operator, record, &bytes).await;
     }
-    let event = NewEvent::new(now, &operator.name, "release-published").details(json!({
+    let event = NewEvent::new(now, &operator.name, EventKind::ReleasePublished).details(json!({
         "digest": digest.to_string(),
         "product": record.product,
         "version": record.version,
@@ -267,14 +272,18 @@ async fn resign_release(
     bytes: &[u8],
 ) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
     let digest = record.digest;
-    let event =
-        NewEvent::new(record.created_at, &operator.name, "release-resigned").details(json!({
-            "digest": digest.to_string(),
-            "product": record.product,
-            "version": record.version,
-            "security_version": record.security_version,
-            "signers": record.signers,
-        }));
+    let event = NewEvent::new(
+        record.created_at,
+        &operator.name,
+        EventKind::ReleaseResigned,
+    )
+    .details(json!({
+        "digest": digest.to_string(),
+        "product": record.product,
+        "version": record.version,
+        "security_version": record.security_version,
+        "signers": record.signers,
+    }));
     state.db().resign_release(&record, bytes, &event).await?;
     if let Err(e) = state.fleet().release_changed(digest).await {
         tracing::error!("cannot tell the fleet coordinator about re-signed release {digest}: {e}");

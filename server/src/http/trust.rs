@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::{ApiError, AppState, Operator};
 use crate::db::NewEvent;
+use crate::event_kinds::EventKind;
 use crate::trust::{TrustError, TrustView};
 
 /// Largest accepted body: a trust-set update is a few kilobytes at most.
@@ -53,7 +54,7 @@ pub(super) async fn rotate(
         Err(e) => {
             let error = api_error(e);
             tracing::warn!(operator = %operator.name, cause = error.cause, "trust-set update refused: {}", error.message);
-            let event = NewEvent::new(now, &operator.name, "trust-rejected")
+            let event = NewEvent::new(now, &operator.name, EventKind::TrustRejected)
                 .details(json!({ "cause": error.cause, "error": error.message }));
             if let Err(e) = state.db().append_event(&event).await {
                 tracing::error!("cannot record the trust-rejected event: {e}");

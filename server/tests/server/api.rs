@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use ota_server::db::{DeviceReport, NewEvent};
+use ota_server::event_kinds::EventKind;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -99,11 +100,13 @@ async fn events_are_filtered_and_paged() {
     let t = TestServer::start().await;
     let db = t.server.db();
     for i in 0..5 {
-        db.append_event(&NewEvent::new(i, "server", "tick").device(format!("d{}", i % 2)))
-            .await
-            .unwrap();
+        db.append_event(
+            &NewEvent::new(i, "server", EventKind::MqttRejected).device(format!("d{}", i % 2)),
+        )
+        .await
+        .unwrap();
     }
-    db.append_event(&NewEvent::new(9, "alice", "other").rollout(7))
+    db.append_event(&NewEvent::new(9, "alice", EventKind::DeviceLabelsSet).rollout(7))
         .await
         .unwrap();
 
@@ -115,7 +118,7 @@ async fn events_are_filtered_and_paged() {
     let d0: Value = t.get_json("/api/v1/events?device=d0").await;
     assert_eq!(d0["events"].as_array().unwrap().len(), 3);
     let r7: Value = t.get_json("/api/v1/events?rollout=7").await;
-    assert_eq!(r7["events"][0]["kind"], "other");
+    assert_eq!(r7["events"][0]["kind"], "device-labels-set");
     assert_eq!(r7["events"][0]["actor"], "alice");
 
     let first = all["events"][0]["id"].as_i64().unwrap();

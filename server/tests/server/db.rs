@@ -9,6 +9,7 @@ use ota_server::db::{
     Db, DbError, DbKind, DeviceReport, EventFilter, InsertOutcome, NewEvent, NewRollout,
     ReleaseRecord,
 };
+use ota_server::event_kinds::EventKind;
 use serde_json::json;
 
 use crate::util::{NOW, PgSchema, TestServer, artifact, key, release};
@@ -32,7 +33,7 @@ async fn round_trip(db: &Db) {
     // ----- releases -----
     let art = artifact(1234, 1);
     let (record, bytes) = verified("1.2.3", &art, &[1]);
-    let event = NewEvent::new(100, "alice", "release-published")
+    let event = NewEvent::new(100, "alice", EventKind::ReleasePublished)
         .details(json!({ "digest": record.digest.to_string() }));
     assert_eq!(
         db.insert_release(&record, &bytes, Some(&event))
@@ -154,7 +155,7 @@ async fn round_trip(db: &Db) {
         "pending",
         "alice",
     );
-    let created = NewEvent::new(500, "alice", "rollout-created");
+    let created = NewEvent::new(500, "alice", EventKind::RolloutCreated);
     let id = db
         .insert_rollout(&rollout, 500, Some(&created))
         .await
@@ -175,11 +176,11 @@ async fn round_trip(db: &Db) {
         id,
         "bob",
         510,
-        Some(&NewEvent::new(510, "bob", "rollout-approved").rollout(id)),
+        Some(&NewEvent::new(510, "bob", EventKind::RolloutApproved).rollout(id)),
     )
     .await
     .unwrap();
-    let wave = NewEvent::new(520, "server", "wave-started")
+    let wave = NewEvent::new(520, "server", EventKind::WaveStarted)
         .rollout(id)
         .device("dev-1");
     db.update_rollout_state(id, &[9, 9], "running", 520, &[wave])
@@ -214,7 +215,7 @@ async fn round_trip(db: &Db) {
     let mut by_rollout = EventFilter::default();
     by_rollout.rollout = Some(id);
     let events = db.list_events(&by_rollout).await.unwrap();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
     assert_eq!(
         kinds,
         ["rollout-created", "rollout-approved", "wave-started"]
@@ -224,12 +225,14 @@ async fn round_trip(db: &Db) {
     assert_eq!(db.list_events(&by_device).await.unwrap().len(), 1);
 
     for i in 0..10 {
-        db.append_event(&NewEvent::new(600 + i, "server", "tick").details(json!({ "i": i })))
-            .await
-            .unwrap();
+        db.append_event(
+            &NewEvent::new(600 + i, "server", EventKind::MqttRejected).details(json!({ "i": i })),
+        )
+        .await
+        .unwrap();
     }
     let mut ticks = EventFilter::default();
-    ticks.kind = Some("tick".into());
+    ticks.kind = Some(EventKind::MqttRejected);
     ticks.limit = 3;
     // Without a cursor: the newest three, oldest first.
     let newest = db.list_events(&ticks).await.unwrap();
@@ -242,7 +245,7 @@ async fn round_trip(db: &Db) {
     let all = db
         .list_events(&{
             let mut f = EventFilter::default();
-            f.kind = Some("tick".into());
+            f.kind = Some(EventKind::MqttRejected);
             f
         })
         .await
@@ -268,7 +271,7 @@ async fn round_trip(db: &Db) {
     ticks.after = Some(all[1].id);
     assert_eq!(db.list_events(&ticks).await.unwrap(), page);
     // By actor.
-    db.append_event(&NewEvent::new(700, "carol", "tick"))
+    db.append_event(&NewEvent::new(700, "carol", EventKind::MqttRejected))
         .await
         .unwrap();
     let mut by_actor = EventFilter::default();

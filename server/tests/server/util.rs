@@ -338,7 +338,7 @@ impl TestServer {
     /// Events of `kind`, via the repository.
     pub(crate) async fn events_of_kind(&self, kind: &str) -> Vec<ota_server::db::EventRecord> {
         let mut filter = ota_server::db::EventFilter::default();
-        filter.kind = Some(kind.into());
+        filter.kind = Some(ota_server::event_kinds::EventKind::parse(kind).expect("an event kind"));
         self.server.db().list_events(&filter).await.unwrap()
     }
 }
