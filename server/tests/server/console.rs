@@ -6,7 +6,7 @@
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 
-use crate::util::{OPERATOR_TOKEN, TOKEN, TestServer};
+use crate::util::{OPERATOR_TOKEN, PgSchema, TOKEN, TestServer};
 
 /// A client that shows redirects instead of following them.
 fn client() -> reqwest::Client {
@@ -197,9 +197,23 @@ const BENCH_DEVICES: usize = 100_000;
 /// not an assertion (docs/console.md quotes it).
 #[tokio::test]
 #[ignore = "benchmark: seeds 100,000 devices and prints the devices page times"]
-#[allow(clippy::disallowed_methods)] // A benchmark measures wall time.
 async fn issue16_devices_page_at_100k_devices() {
-    let t = TestServer::start().await;
+    devices_page_bench(TestServer::start().await, "SQLite").await;
+}
+
+/// The same on PostgreSQL (`OTA_TEST_DATABASE_URL`, a fresh schema).
+#[tokio::test]
+#[ignore = "benchmark, needs PostgreSQL: set OTA_TEST_DATABASE_URL"]
+async fn issue16_devices_page_at_100k_devices_on_postgres() {
+    let schema = PgSchema::create().await;
+    let t = TestServer::start_with(1, Some(schema.url.clone())).await;
+    devices_page_bench(t, "PostgreSQL").await;
+    schema.drop().await;
+}
+
+/// Seeds [`BENCH_DEVICES`] devices into `t`'s database and prints the devices pages' times.
+#[allow(clippy::disallowed_methods)] // A benchmark measures wall time.
+async fn devices_page_bench(t: TestServer, database: &str) {
     let db = t.server.db();
     let seeding = std::time::Instant::now();
     let mut tx = db.begin().await.unwrap();
@@ -253,7 +267,7 @@ async fn issue16_devices_page_at_100k_devices() {
         }
         times.sort_by(f64::total_cmp);
         println!(
-            "GET {path}: median {:.0} ms, min {:.0} ms, max {:.0} ms over {} requests ({BENCH_DEVICES} devices, SQLite, debug build unless --release)",
+            "GET {path}: median {:.0} ms, min {:.0} ms, max {:.0} ms over {} requests ({BENCH_DEVICES} devices, {database}, debug build unless --release)",
             times[times.len() / 2],
             times[0],
             times[times.len() - 1],

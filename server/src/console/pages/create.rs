@@ -12,11 +12,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::super::actions::csrf_refusal;
-use super::super::html::esc;
+use super::super::html::{esc, json_text};
 use super::super::layout;
 use super::super::session::Session;
 use super::super::{Console, SignedIn};
-use super::{field, json_block, table};
+use super::{device_link, field, table};
 
 /// What the form asks for.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -231,6 +231,59 @@ pub(crate) async fn form(State(console): State<Console>, SignedIn(session): Sign
     .await
 }
 
+/// What the plan warns about, as sentences and a table: warnings (e.g. the release expires
+/// before the rollout can finish), matching devices left out for their hardware class, and
+/// targets already in another active rollout (a real create is refused for them).
+fn plan_notes(plan: &Value) -> String {
+    let mut notes = String::new();
+    for warning in plan
+        .get("warnings")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        notes.push_str(&format!(
+            r#"<p class="warning" role="note">Warning: {}</p>"#,
+            esc(&json_text(warning))
+        ));
+    }
+    let left_out = plan
+        .pointer("/excluded/incompatible_hardware")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if left_out > 0 {
+        notes.push_str(&format!(
+            "<p>Left out: {left_out} matching device(s) of a hardware class the release does not list.</p>"
+        ));
+    }
+    let conflicts: Vec<Vec<String>> = plan
+        .get("conflicts")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let rollout = field(c, "rollout");
+            vec![
+                device_link(&field(c, "device")),
+                format!(r#"<a href="/rollouts/{0}">#{0}</a>"#, esc(&rollout)),
+            ]
+        })
+        .collect();
+    if !conflicts.is_empty() {
+        notes.push_str(&format!(
+            "<p>{} target(s) are already in another active rollout: starting is refused until it ends.</p>{}",
+            conflicts.len(),
+            table(
+                "Targets in another active rollout",
+                &["Device", "Rollout"],
+                &conflicts
+            )
+        ));
+    }
+    notes
+}
+
 /// The plan of a dry run, and the button that starts it.
 fn plan(session: &Session, form: &CreateForm, plan: &Value) -> String {
     let waves: Vec<Vec<String>> = plan
@@ -251,14 +304,7 @@ fn plan(session: &Session, form: &CreateForm, plan: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    let mut notes = String::new();
-    for key in ["warnings", "conflicts", "excluded"] {
-        match plan.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(a)) if a.is_empty() => {}
-            Some(v) => notes.push_str(&format!("<h3>{}</h3>{}", esc(key), json_block(v))),
-        }
-    }
+    let notes = plan_notes(plan);
     let hidden = |name: &str, value: &str| {
         format!(
             r#"<input type="hidden" name="{name}" value="{}">"#,

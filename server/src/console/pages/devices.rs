@@ -12,7 +12,7 @@ use super::super::html::{esc, json_text, time, url};
 use super::super::layout;
 use super::super::session::Session;
 use super::super::{ApiAnswer, Console, SignedIn};
-use super::{field, json_block, may, table};
+use super::{device_facts, field, may, table};
 use crate::db::{DevicePage, DevicePageQuery, DeviceSort, SortDirection};
 use ota_core::filter::Filter;
 
@@ -204,7 +204,10 @@ pub(crate) async fn detail(
         Err(refused) => return refused,
     };
     let events = match console
-        .read(&session, &format!("/events?device={}&limit=50", url(&id)))
+        .read(
+            &session,
+            &format!("/events?device={}&limit={HISTORY_EVENTS}", url(&id)),
+        )
         .await
     {
         Ok(e) => e,
@@ -304,13 +307,11 @@ pub(crate) async fn detail(
     } else {
         String::new()
     };
-    let event_rows = event_rows(&events);
-    let executions: Vec<Vec<String>> = event_rows
-        .iter()
-        .filter(|(kind, _)| kind.starts_with("device-") || kind.contains("outcome"))
-        .map(|(_, row)| row.clone())
+    let newest_events: Vec<Vec<String>> = event_rows(&events)
+        .into_iter()
+        .take(SHOWN_EVENTS)
+        .map(|(_, row)| row)
         .collect();
-    let all_events: Vec<Vec<String>> = event_rows.into_iter().map(|(_, row)| row).collect();
     let body = format!(
         r#"{dl}{edit}
 <h2>Last outcome</h2>{}
@@ -319,15 +320,21 @@ pub(crate) async fn detail(
 <h2>Flags</h2>{flags}
 <h2>Execution history</h2>{}
 <h2>Events</h2>{}<p><a href="/audit?device={}">All events of this device</a></p>"#,
-        json_block(device.get("last_outcome").unwrap_or(&Value::Null)),
-        json_block(device.get("power").unwrap_or(&Value::Null)),
-        json_block(device.get("inventory").unwrap_or(&Value::Null)),
-        table("Update reports", EVENT_HEAD, &executions),
-        table("Newest events", EVENT_HEAD, &all_events),
+        device_facts::outcome(device.get("last_outcome").unwrap_or(&Value::Null)),
+        device_facts::power(device.get("power").unwrap_or(&Value::Null)),
+        device_facts::inventory(device.get("inventory").unwrap_or(&Value::Null)),
+        device_facts::executions(&events),
+        table("Newest events", EVENT_HEAD, &newest_events),
         url(&id),
     );
     layout::page(&session, &format!("Device {id}"), "/devices", &body)
 }
+
+/// Events read for the execution history (the newest of the device's).
+const HISTORY_EVENTS: u32 = 500;
+
+/// Events listed under "Events" on a device's page (the newest).
+const SHOWN_EVENTS: usize = 50;
 
 /// The columns of an event table.
 pub(crate) const EVENT_HEAD: &[&str] = &[
@@ -411,10 +418,15 @@ async fn flags_of(console: &Console, session: &Session, id: &str) -> String {
             continue;
         }
         let explain = answer.body.get("device").cloned().unwrap_or(Value::Null);
+        let value = match explain.get("on").and_then(Value::as_bool) {
+            Some(true) => "on",
+            Some(false) => "off",
+            None => "",
+        };
         rows.push(vec![
             format!(r#"<a href="/flags">{}</a>"#, esc(&name)),
-            esc(&field(&explain, "value")).to_string(),
-            format!("<code>{}</code>", esc(&json_text(&explain))),
+            value.to_owned(),
+            esc(&field(&explain, "cause")).to_string(),
         ]);
     }
     table("Flags of this device", &["Flag", "Value", "Why"], &rows)

@@ -1,15 +1,17 @@
 //! The console's pages, one module per area.
 
 pub(crate) mod create;
+pub(crate) mod device_facts;
 pub(crate) mod devices;
 pub(crate) mod misc;
 pub(crate) mod overview;
+pub(crate) mod rollout_facts;
 pub(crate) mod rollouts;
 
 use axum::http::Method;
 use serde_json::Value;
 
-use super::html::{esc, json_text};
+use super::html::{esc, json_text, url};
 use super::session::Session;
 use crate::http::needed_role;
 
@@ -46,6 +48,11 @@ pub(crate) fn table(caption: &str, head: &[&str], rows: &[Vec<String>]) -> Strin
     }
     out.push_str("</tbody></table>");
     out
+}
+
+/// A link to a device's page, its id as the text.
+pub(crate) fn device_link(id: &str) -> String {
+    format!(r#"<a href="/devices/{}">{}</a>"#, url(id), esc(id))
 }
 
 /// A JSON value as an escaped, indented block.

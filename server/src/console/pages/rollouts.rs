@@ -12,7 +12,7 @@ use super::super::html::{esc, json_text, time, url};
 use super::super::layout;
 use super::super::session::Session;
 use super::super::{ApiAnswer, Console, SignedIn};
-use super::{field, json_block, may, table};
+use super::{device_link, field, may, rollout_facts, table};
 
 /// Whether nothing on the rollout's page changes any more: it completed, is a dry run, or
 /// aborted with no device it sent back still pending (until then the recall line moves).
@@ -158,7 +158,7 @@ pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &Troubled) -
         .unwrap_or_default();
     let reason = match rollout.get("abort_reason") {
         Some(Value::Null) | None => String::new(),
-        Some(r) => format!("<h2>Why it aborted</h2>{}", json_block(r)),
+        Some(r) => rollout_facts::abort_reason(r),
     };
     let recall = match rollout.get("recall") {
         Some(c @ Value::Object(_)) => format!(
@@ -171,13 +171,7 @@ pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &Troubled) -
         ),
         _ => String::new(),
     };
-    let stranded = match rollout.get("no_rollback_target") {
-        Some(Value::Array(list)) if !list.is_empty() => format!(
-            "<h2>Left on the release (no rollback target)</h2>{}",
-            json_block(&Value::Array(list.clone()))
-        ),
-        _ => String::new(),
-    };
+    let stranded = rollout_facts::left_on_release(rollout);
     format!(
         r#"<p class="state">Status <strong class="status" id="rollout-status">{status}</strong> {phase} {wave}</p>{bake}
 {actions}
@@ -295,11 +289,7 @@ fn target_rows(page: &Value) -> Vec<Vec<String>> {
                 .map(|r| field(r, "state"))
                 .unwrap_or_default();
             vec![
-                format!(
-                    r#"<a href="/devices/{}">{}</a>"#,
-                    url(&device),
-                    esc(&device)
-                ),
+                device_link(&device),
                 wave.to_string(),
                 esc(&field(t, "state")).to_string(),
                 esc(&cause).to_string(),
@@ -447,20 +437,33 @@ pub(crate) async fn detail(
     } else {
         format!(r#" data-live="/live/rollouts/{id}""#)
     };
+    let filter = match field(&rollout, "filter") {
+        f if f.trim().is_empty() => "every device".to_owned(),
+        f => f,
+    };
+    let forced = rollout
+        .pointer("/spec/force_reinstall")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let approved = match field(&rollout, "approved_by") {
+        by if !by.is_empty() => by,
+        _ if forced => "nobody yet (a forced reinstall waits for an approver)".to_owned(),
+        _ => "not needed (no forced reinstall)".to_owned(),
+    };
     let body = format!(
         r#"<dl class="facts"><dt>Release</dt><dd>{} <code>{}</code></dd><dt>Filter</dt><dd><code>{}</code></dd><dt>Targets</dt><dd>{} ({} deploy, {} redeploy, {} offline)</dd><dt>Created by</dt><dd>{}</dd><dt>Approved by</dt><dd>{}</dd></dl>
 <div{attr} aria-live="polite">{live}</div>
-<h2>Spec</h2>{}<p><a href="/audit?rollout={id}">Events of this rollout</a></p>"#,
+{}<p><a href="/audit?rollout={id}">Events of this rollout</a></p>"#,
         esc(&field(&rollout, "version")),
         esc(&field(&rollout, "release")),
-        esc(&field(&rollout, "filter")),
+        esc(&filter),
         esc(&field(&rollout, "targets")),
         esc(&field(&rollout, "deploys")),
         esc(&field(&rollout, "redeploys")),
         esc(&field(&rollout, "offline")),
         esc(&field(&rollout, "created_by")),
-        esc(&field(&rollout, "approved_by")),
-        json_block(rollout.get("spec").unwrap_or(&Value::Null)),
+        esc(&approved),
+        rollout_facts::spec(rollout.get("spec").unwrap_or(&Value::Null)),
     );
     layout::page(&session, &format!("Rollout #{id}"), "/rollouts", &body)
 }
