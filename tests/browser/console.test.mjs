@@ -224,6 +224,10 @@ try {
     await shot(page, name);
     await axe(page, name);
   }
+  // The overview's recent rollouts: the newest first.
+  const recentIds = await page.locator('table:has(caption:text("Recent rollouts")) tbody tr td:first-child').allInnerTexts();
+  const numbers = recentIds.map((id) => Number(id.replace("#", "")));
+  check(numbers.length > 1 && numbers.every((n, i) => i === 0 || numbers[i - 1] > n), `recent rollouts newest first (${recentIds.join(" ")})`);
 
   // Keyboard: the skip link is the first stop and leads to the content.
   await page.keyboard.press("Tab");

@@ -34,12 +34,12 @@ pub(crate) async fn fragment(console: &Console, session: &Session) -> Result<Str
         .await
         .map_err(|e| layout::error_page(session, &crate::http::ApiError::from(e).into()))?;
     let rollouts = console.read(session, "/rollouts").await?;
-    let mut recent: Vec<Vec<String>> = rollouts
+    let recent: Vec<Vec<String>> = rollouts
         .get("rollouts")
         .and_then(|r| r.as_array())
         .map(|all| {
+            // The API lists them newest first.
             all.iter()
-                .rev()
                 .take(5)
                 .map(|r| {
                     let id = field(r, "id");
@@ -56,14 +56,13 @@ pub(crate) async fn fragment(console: &Console, session: &Session) -> Result<Str
                 .collect()
         })
         .unwrap_or_default();
-    recent.truncate(5);
     let summary = format!(
         r#"<ul class="cards" aria-label="Fleet totals">
 <li><span class="n">{}</span> devices</li>
 <li><span class="n">{}</span> online</li>
-<li><span class="n">{}</span> offline</li>
+<li><a href="/devices?filter=not%20online"><span class="n">{}</span> offline</a></li>
 <li><a href="/devices?filter=drifted"><span class="n">{}</span> drifted</a></li>
-<li><span class="n">{}</span> deferred</li></ul>"#,
+<li><a href="/devices?filter=result%3Ddeferred*"><span class="n">{}</span> deferred</a></li></ul>"#,
         t.total,
         t.online,
         t.total - t.online,
