@@ -37,6 +37,13 @@ function check(condition, message) {
   console.log(`ok - ${message}`);
 }
 
+// The rollout ids ("#5") of the table captioned `caption` on the page decrease from the top.
+async function newestFirst(page, caption) {
+  const ids = await page.locator(`table:has(caption:text("${caption}")) tbody tr td:first-child`).allInnerTexts();
+  const numbers = ids.map((id) => Number(id.replace("#", "")));
+  check(numbers.length > 1 && numbers.every((n, i) => i === 0 || numbers[i - 1] > n), `${caption}: newest first (${ids.join(" ")})`);
+}
+
 async function shot(page, name) {
   await page.screenshot({ path: join(out, `${name}.png`), fullPage: true });
 }
@@ -224,10 +231,21 @@ try {
     await shot(page, name);
     await axe(page, name);
   }
-  // The overview's recent rollouts: the newest first.
-  const recentIds = await page.locator('table:has(caption:text("Recent rollouts")) tbody tr td:first-child').allInnerTexts();
-  const numbers = recentIds.map((id) => Number(id.replace("#", "")));
-  check(numbers.length > 1 && numbers.every((n, i) => i === 0 || numbers[i - 1] > n), `recent rollouts newest first (${recentIds.join(" ")})`);
+  // Releases: which devices run each one, and the link to them.
+  await page.goto(`${base}/releases`);
+  const goodRow = page.locator("tbody tr", { hasText: goodVersion }).first();
+  const runningLink = goodRow.locator('a[href^="/devices?filter=digest"]');
+  const running = Number(await runningLink.innerText());
+  check(running > 0, `releases: ${goodVersion} runs on ${running} device(s)`);
+  await runningLink.click();
+  await page.waitForURL(/\/devices\?filter=digest/);
+  const listed = await page.locator("table tbody tr").count();
+  check(listed === running, `the release's link lists those ${running} devices (listed ${listed})`);
+  await page.goto(`${base}/`);
+  // Rollouts, on the overview and on their list: the newest first.
+  await newestFirst(page, "Recent rollouts");
+  await page.goto(`${base}/rollouts`);
+  await newestFirst(page, "Rollouts, newest first");
 
   // Keyboard: the skip link is the first stop and leads to the content.
   await page.keyboard.press("Tab");

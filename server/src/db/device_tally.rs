@@ -1,4 +1,5 @@
-//! The fleet counted by running version, hardware class and last result, in the database.
+//! The fleet counted by running version and release, hardware class and last result, in the
+//! database.
 //!
 //! One `GROUP BY` over the registry: the overview of a 100,000-device fleet reads a few hundred
 //! groups, not 100,000 rows.
@@ -24,6 +25,8 @@ pub struct DeviceTally {
     pub deferred: u64,
     /// Devices by running version (`None`: not reported yet).
     pub by_version: BTreeMap<Option<String>, u64>,
+    /// Devices by the artifact digest (hex) they run (`None`: not reported yet).
+    pub by_digest: BTreeMap<Option<String>, u64>,
     /// Devices by hardware class (`None`: not reported yet).
     pub by_class: BTreeMap<Option<String>, u64>,
     /// Devices by last update result (`None`: none yet).
@@ -34,9 +37,10 @@ impl Db {
     /// Counts the registry (see [`DeviceTally`]).
     pub async fn device_tally(&self) -> Result<DeviceTally, DbError> {
         let rows = sqlx::query(
-            "SELECT running_version, hardware_class, last_result, online, drifted, \
-             COUNT(*) AS n FROM devices \
-             GROUP BY running_version, hardware_class, last_result, online, drifted",
+            "SELECT running_version, running_digest, hardware_class, last_result, online, \
+             drifted, COUNT(*) AS n FROM devices \
+             GROUP BY running_version, running_digest, hardware_class, last_result, online, \
+             drifted",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -56,6 +60,9 @@ impl Db {
             }
             *t.by_version
                 .entry(row.try_get("running_version")?)
+                .or_default() += n;
+            *t.by_digest
+                .entry(row.try_get("running_digest")?)
                 .or_default() += n;
             *t.by_class
                 .entry(row.try_get("hardware_class")?)

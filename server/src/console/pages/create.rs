@@ -166,7 +166,8 @@ async fn release_options(console: &Console, session: &Session, chosen: &str) -> 
     let answer = console.api(session, Method::GET, "/releases", None).await;
     let mut out = String::new();
     if let Some(list) = answer.body.get("releases").and_then(Value::as_array) {
-        for r in list.iter().rev() {
+        // The API lists them newest first: the newest is the default choice.
+        for r in list {
             let digest = field(r, "digest");
             let selected = if digest == chosen { " selected" } else { "" };
             out.push_str(&format!(

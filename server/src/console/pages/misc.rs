@@ -11,7 +11,7 @@ use super::super::html::{esc, json_text, time, url};
 use super::super::layout;
 use super::super::{Console, SignedIn};
 use super::devices::{EVENT_HEAD, event_rows};
-use super::{field, json_block, may, table};
+use super::{device_facts, field, json_block, may, table};
 
 /// `GET /releases`.
 pub(crate) async fn releases(
@@ -22,25 +22,48 @@ pub(crate) async fn releases(
         Ok(all) => all,
         Err(refused) => return refused,
     };
+    // Which devices run each release: one GROUP BY over the registry.
+    let tally = match console.state().db().device_tally().await {
+        Ok(t) => t,
+        Err(e) => {
+            return layout::error_page(&session, &crate::http::ApiError::from(e).into());
+        }
+    };
+    let now = console.state().clock().now_i64();
     let rows: Vec<Vec<String>> = all
         .get("releases")
         .and_then(Value::as_array)
         .map(|list| {
+            // The API lists them newest first.
             list.iter()
-                .rev()
                 .map(|r| {
+                    let digest = field(r, "digest");
+                    let running = tally
+                        .by_digest
+                        .get(&Some(digest.clone()))
+                        .copied()
+                        .unwrap_or(0);
                     vec![
                         esc(&field(r, "version")).to_string(),
                         esc(&field(r, "product")).to_string(),
-                        format!("<code>{}</code>", esc(&field(r, "digest"))),
-                        esc(&field(r, "size")).to_string(),
-                        esc(&field(r, "hardware")).to_string(),
-                        esc(&field(r, "signers")).to_string(),
+                        format!("<code>{}</code>", esc(&digest)),
+                        r.get("size")
+                            .and_then(Value::as_u64)
+                            .map(device_facts::bytes)
+                            .unwrap_or_default(),
+                        esc(&field(r, "security_version")).to_string(),
+                        esc(&text_list(r, "hardware")).to_string(),
+                        expiry(r.get("expires").and_then(Value::as_i64), now),
+                        format!("<code>{}</code>", esc(&text_list(r, "signers"))),
                         if r.get("trusted") == Some(&Value::Bool(true)) {
                             "yes".into()
                         } else {
                             "no (revoked signers)".into()
                         },
+                        format!(
+                            r#"<a href="/devices?filter={}">{running}</a>"#,
+                            url(&format!("digest={digest}"))
+                        ),
                         esc(&field(r, "published_by")).to_string(),
                         r.get("created_at")
                             .and_then(Value::as_i64)
@@ -57,16 +80,37 @@ pub(crate) async fn releases(
             "Version",
             "Product",
             "Artifact sha256",
-            "Bytes",
-            "Hardware",
-            "Signers",
+            "Size",
+            "Security version",
+            "Hardware classes",
+            "Expires",
+            "Signers (key ids)",
             "Trusted",
+            "Devices running it",
             "Published by",
             "Published",
         ],
         &rows,
     );
     layout::page(&session, "Releases", "/releases", &body)
+}
+
+/// A JSON list of strings as `a, b` (the value as text when it is not a list).
+fn text_list(r: &Value, key: &str) -> String {
+    match r.get(key) {
+        Some(Value::Array(items)) => items.iter().map(json_text).collect::<Vec<_>>().join(", "),
+        Some(other) => json_text(other),
+        None => String::new(),
+    }
+}
+
+/// When a release expires (`never` without an expiry), marked once it has (`now` unix seconds).
+fn expiry(expires: Option<i64>, now: i64) -> String {
+    match expires {
+        None => "never".to_owned(),
+        Some(at) if at <= now => format!("<strong>expired</strong> {}", time(at)),
+        Some(at) => time(at),
+    }
 }
 
 /// `GET /trust`.

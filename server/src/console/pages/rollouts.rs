@@ -38,8 +38,8 @@ pub(crate) async fn list(State(console): State<Console>, SignedIn(session): Sign
         .get("rollouts")
         .and_then(Value::as_array)
         .map(|list| {
+            // The API lists them newest first.
             list.iter()
-                .rev()
                 .map(|r| {
                     let id = field(r, "id");
                     vec![
