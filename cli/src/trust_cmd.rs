@@ -214,5 +214,28 @@ fn print_view(view: &Value, json: bool) -> Result<(), CliError> {
     for key in view["keys"].as_array().into_iter().flatten() {
         text.push_str(&format!("  {}\n", key.as_str().unwrap_or("-")));
     }
+    text.push_str(&devices_text(&view["devices"]));
     out(&text)
+}
+
+/// Which devices use the set (`GET` answers only): `devices: 4 of 5 on this set; behind: gw-2`.
+fn devices_text(d: &Value) -> String {
+    if !d.is_object() {
+        return String::new();
+    }
+    let behind: Vec<&str> = d["behind"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut text = format!(
+        "devices:   {} of {} on this set",
+        d["on_this_set"], d["total"]
+    );
+    if !behind.is_empty() {
+        text.push_str(&format!("; behind: {}", behind.join(", ")));
+    }
+    text.push('\n');
+    text
 }

@@ -845,6 +845,10 @@ fn issue7_key_rotate_writes_an_update_that_verifies_and_the_server_takes_it() {
         serde_json::from_str(dir.ota_env(&["trust", "show", "--json"], &env).ok()).unwrap();
     assert_eq!(shown["keys"].as_array().map(Vec::len), Some(3));
     assert_eq!(shown["threshold"], 2);
+    // No device yet: nobody uses it, nobody is behind.
+    assert_eq!(shown["devices"]["total"], 0, "{shown:#}");
+    let text = dir.ota_env(&["trust", "show"], &env).ok().to_owned();
+    assert!(text.contains("devices:   0 of 0 on this set"), "{text}");
     // The same update again no longer verifies (a is revoked); sequence 1 signed by current
     // keys is stale.
     let line = dir

@@ -37,9 +37,11 @@
 
 mod device_page;
 mod device_tally;
+mod device_trust;
 
 pub use device_page::{DevicePage, DevicePageQuery, DeviceSort, SortDirection};
 pub use device_tally::DeviceTally;
+pub use device_trust::{SequenceCount, TrustTally};
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -98,6 +100,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "ha",
         include_str!("../migrations/0006_ha.sql"),
         include_str!("../migrations-postgres/0006_ha.sql"),
+    ),
+    (
+        7,
+        "device_trust",
+        include_str!("../migrations/0007_device_trust.sql"),
+        include_str!("../migrations-postgres/0007_device_trust.sql"),
     ),
 ];
 

@@ -231,6 +231,10 @@ try {
     await shot(page, name);
     await axe(page, name);
   }
+  // Trust: the set in force and which devices use it (never rotated here: all of them).
+  await page.goto(`${base}/trust`);
+  const trustDevices = await page.locator("#trust-devices").innerText();
+  check(trustDevices.startsWith(`${devices} of ${devices} device(s)`), `trust: every device uses the set (${trustDevices})`);
   // Releases: which devices run each one, and the link to them.
   await page.goto(`${base}/releases`);
   const goodRow = page.locator("tbody tr", { hasText: goodVersion }).first();

@@ -214,6 +214,8 @@ struct Batch {
     events: Vec<NewEvent>,
     /// Download costs first reported in this batch (stored unless already recorded).
     transfers: Vec<TransferRecord>,
+    /// The trust-set sequence each device's last trust report of the batch named.
+    trust_sequences: BTreeMap<String, u64>,
     /// Desired states, published after the commit.
     publish: Vec<(String, Vec<u8>)>,
     /// Heartbeat acks: published whatever happens.
@@ -240,6 +242,7 @@ impl Batch {
             && self.desired.is_empty()
             && self.events.is_empty()
             && self.transfers.is_empty()
+            && self.trust_sequences.is_empty()
             && self.approved.is_empty()
             && self.flag_changes.is_empty()
             && self.flag_devices.is_empty()
@@ -767,6 +770,11 @@ impl Actor {
             },
             TopicKind::Trust => match TrustReport::from_cbor(&payload) {
                 Ok(r) if r.device_id == id.as_str() => {
+                    // The set in force on the device is state: recorded even when its event
+                    // is rate-limited.
+                    batch
+                        .trust_sequences
+                        .insert(id.as_str().to_owned(), r.sequence);
                     if self.event_allowed(id.as_str(), trust_event_kind(&r.outcome)) {
                         on_trust_report(&id, &r, self.clock.now_i64(), batch);
                     }
@@ -1609,6 +1617,9 @@ impl Actor {
         }
         for t in &batch.transfers {
             tx.insert_transfer(t, now).await?;
+        }
+        for (device, sequence) in &batch.trust_sequences {
+            tx.set_device_trust(device, *sequence, now).await?;
         }
         for (id, by) in &batch.approved {
             tx.set_rollout_approved(*id, by, now).await?;

@@ -1,5 +1,5 @@
-//! Key rotation: `GET /api/v1/trust` (the trust set in force) and `POST /api/v1/trust` (body:
-//! a signed trust-set update, as `ota key rotate` writes it).
+//! Key rotation: `GET /api/v1/trust` (the trust set in force, and which devices use it) and
+//! `POST /api/v1/trust` (body: a signed trust-set update, as `ota key rotate` writes it).
 //!
 //! A posted update is verified against the set in force (see [`crate::trust`]); accepted, it
 //! is stored with its `trust-rotated` audit event, put in force for every later release, and
@@ -13,19 +13,33 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use ota_core::wire::TrustRejectCause;
+use serde::Serialize;
 use serde_json::json;
 
 use super::{ApiError, AppState, Operator};
-use crate::db::NewEvent;
+use crate::db::{NewEvent, TrustTally};
 use crate::event_kinds::EventKind;
 use crate::trust::{TrustError, TrustView};
 
 /// Largest accepted body: a trust-set update is a few kilobytes at most.
 pub(super) const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Devices listed by id in `devices.behind` of `GET /api/v1/trust`.
+const BEHIND_LISTED: u32 = 50;
+
+/// `GET /api/v1/trust`: the set in force, and the devices counted by the set they use.
+#[derive(Debug, Serialize)]
+pub(super) struct TrustAnswer {
+    #[serde(flatten)]
+    view: TrustView,
+    devices: TrustTally,
+}
+
 /// `GET /api/v1/trust`.
-pub(super) async fn show(State(state): State<AppState>) -> Json<TrustView> {
-    Json(state.trust().view())
+pub(super) async fn show(State(state): State<AppState>) -> Result<Json<TrustAnswer>, ApiError> {
+    let view = state.trust().view();
+    let devices = state.db().trust_tally(view.sequence, BEHIND_LISTED).await?;
+    Ok(Json(TrustAnswer { view, devices }))
 }
 
 /// `POST /api/v1/trust`.

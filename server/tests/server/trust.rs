@@ -9,7 +9,7 @@ use ota_core::release::{SigningKey, TrustUpdate, VerifyingKey, sign_trust_update
 use ota_core::wire::TRUST_TOPIC;
 use reqwest::StatusCode;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::util::{Options, PgSchema, TOKEN, TestServer, artifact, error_of, key, release};
 
@@ -30,8 +30,16 @@ async fn post(t: &TestServer, body: Vec<u8>) -> reqwest::Response {
         .unwrap()
 }
 
+/// The trust set `GET /api/v1/trust` shows (as the `POST` answers it: without `devices`,
+/// which must be there and count no device: these tests have none).
 async fn shown(t: &TestServer) -> Value {
-    t.get_json("/api/v1/trust").await
+    let mut answer: Value = t.get_json("/api/v1/trust").await;
+    let devices = answer.as_object_mut().and_then(|a| a.remove("devices"));
+    assert_eq!(
+        devices,
+        Some(json!({ "total": 0, "on_this_set": 0, "by_sequence": [], "behind": [] }))
+    );
+    answer
 }
 
 /// A client of the server's broker subscribed to the trust topic (`name`: its client id).

@@ -3,6 +3,8 @@
 //! persists and uses them; rotations signed by too few or revoked keys are refused and change
 //! nothing; the rotated set survives an agent restart (`docs/security.md`, key rotation rows).
 
+use std::time::Duration;
+
 use ota_core::release::TrustSet;
 use ota_core::wire::{ExecutionState, RejectCause, TrustOutcome, TrustRejectCause};
 use ota_demo::api::ApiError;
@@ -12,7 +14,7 @@ use ota_demo::lab::unix_now;
 use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 
-use crate::world::{Backend, World, suite, wait_device};
+use crate::world::{Backend, World, patiently, suite, wait_device};
 
 suite!(
     issue7_key_rotation_rotates_revokes_and_survives_restart,
@@ -98,6 +100,19 @@ async fn issue7_key_rotation_rotates_revokes_and_survives_restart(backend: Backe
     let revoke_a = a.sign_rotation(&[&b], 2, &[b.public_key()], 1);
     assert_eq!(api.publish_trust(&revoke_a).await.unwrap()["sequence"], 2);
     trust_outcome(device, 2, rotated).await;
+    // The server knows the device took it (its trust report): nobody is behind.
+    let on_it = patiently(Duration::from_millis(100), async || {
+        let shown = api.trust().await.ok()?;
+        (shown["devices"]["on_this_set"] == 1).then_some(shown)
+    })
+    .await;
+    let shown = on_it.expect("the server never counted the device on sequence 2");
+    assert_eq!(shown["devices"]["behind"], json!([]), "{shown:#}");
+    assert_eq!(
+        shown["devices"]["by_sequence"],
+        json!([{ "sequence": 2, "devices": 1 }]),
+        "{shown:#}"
+    );
 
     // 4. The revoked A cannot rotate back (unknown key) — not through the server, not around it.
     let a_back = a.sign_rotation(&[], 3, &[a.public_key()], 1);

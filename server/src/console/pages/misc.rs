@@ -11,7 +11,7 @@ use super::super::html::{esc, json_text, time, url};
 use super::super::layout;
 use super::super::{Console, SignedIn};
 use super::devices::{EVENT_HEAD, event_rows};
-use super::{device_facts, field, json_block, may, table};
+use super::{device_facts, device_link, field, may, table};
 
 /// `GET /releases`.
 pub(crate) async fn releases(
@@ -113,20 +113,77 @@ fn expiry(expires: Option<i64>, now: i64) -> String {
     }
 }
 
-/// `GET /trust`.
+/// `GET /trust`: the set in force and which devices have taken it.
 pub(crate) async fn trust(State(console): State<Console>, SignedIn(session): SignedIn) -> Response {
     match console.read(&session, "/trust").await {
-        Ok(set) => layout::page(
-            &session,
-            "Trust set in force",
-            "/trust",
-            &format!(
-                "<p>Rotations are signed offline and published with <code>ota trust</code>.</p>{}",
-                json_block(&set)
-            ),
-        ),
+        Ok(set) => layout::page(&session, "Trust set in force", "/trust", &trust_body(&set)),
         Err(refused) => refused,
     }
+}
+
+/// The trust page's body from `GET /api/v1/trust`'s answer.
+fn trust_body(set: &Value) -> String {
+    let keys = set
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let source = if set.get("rotated") == Some(&Value::Bool(true)) {
+        "a rotation accepted by this server"
+    } else {
+        "the server's configuration (never rotated)"
+    };
+    let key_list: String = keys
+        .iter()
+        .map(|k| format!("<li><code>{}</code></li>", esc(&json_text(k))))
+        .collect();
+    let d = set.get("devices").unwrap_or(&Value::Null);
+    let by_sequence: Vec<Vec<String>> = d
+        .get("by_sequence")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            vec![
+                esc(&field(s, "sequence")).to_string(),
+                esc(&field(s, "devices")).to_string(),
+            ]
+        })
+        .collect();
+    let behind: Vec<String> = d
+        .get("behind")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|id| device_link(&json_text(id)))
+        .collect();
+    let behind = if behind.is_empty() {
+        "<p>No device is on an older set.</p>".to_owned()
+    } else {
+        format!(
+            "<p>On an older set (the first {} by id): {}</p>",
+            behind.len(),
+            behind.join(", ")
+        )
+    };
+    format!(
+        r#"<dl class="facts" id="trust-set"><dt>Sequence</dt><dd>{} — from {source}</dd><dt>Threshold</dt><dd>{} of {} key(s) must sign a release</dd></dl>
+<h2>Keys</h2><ul class="keys">{key_list}</ul>
+<h2>Devices</h2><p id="trust-devices"><strong>{}</strong> of {} device(s) use this set.</p>{}{behind}
+<p>A device counts on the set its last trust report named (taken or refused); one that never sent a report is on the set it was provisioned with (sequence 0). Rotations are signed offline (<code>ota key rotate</code>) and published with <code>ota trust publish</code>.</p>"#,
+        esc(&field(set, "sequence")),
+        esc(&field(set, "threshold")),
+        keys.len(),
+        esc(&field(d, "on_this_set")),
+        esc(&field(d, "total")),
+        table(
+            "Devices by trust-set sequence",
+            &["Sequence", "Devices"],
+            &by_sequence
+        ),
+    )
 }
 
 /// `GET /flags`.

@@ -54,10 +54,3 @@ pub(crate) fn table(caption: &str, head: &[&str], rows: &[Vec<String>]) -> Strin
 pub(crate) fn device_link(id: &str) -> String {
     format!(r#"<a href="/devices/{}">{}</a>"#, url(id), esc(id))
 }
-
-/// A JSON value as an escaped, indented block.
-pub(crate) fn json_block(value: &Value) -> String {
-    let text = serde_json::to_string_pretty(value).unwrap_or_default();
-    // Focusable: a long block scrolls, and keyboard users must reach it.
-    format!(r#"<pre tabindex="0">{}</pre>"#, esc(&text))
-}
