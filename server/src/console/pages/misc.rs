@@ -224,8 +224,8 @@ pub(crate) async fn flags(State(console): State<Console>, SignedIn(session): Sig
                         esc(&name).to_string(),
                         esc(&field(&flag, "default")).to_string(),
                         if killed { "killed".into() } else { String::new() },
-                        format!("<code>{}</code>", esc(&json_text(flag.get("rules").unwrap_or(&Value::Null)))),
-                        format!("<code>{}</code>", esc(&json_text(detail.get("counts").unwrap_or(&Value::Null)))),
+                        flag_rules(flag.get("rules").unwrap_or(&Value::Null)),
+                        flag_counts(detail.get("counts").unwrap_or(&Value::Null)),
                         button,
                     ]
                 })
@@ -248,6 +248,45 @@ pub(crate) async fn flags(State(console): State<Console>, SignedIn(session): Sig
         )
     );
     layout::page(&session, "Flags", "/flags", &body)
+}
+
+/// A flag's rules in order (the first whose filter matches a device decides):
+/// `1. on for 50% of <code>hw=gw-a</code>`; `none (the default for every device)`.
+fn flag_rules(rules: &Value) -> String {
+    let list = rules.as_array().map(Vec::as_slice).unwrap_or_default();
+    if list.is_empty() {
+        return "none (the default for every device)".to_owned();
+    }
+    let items: String = list
+        .iter()
+        .map(|rule| {
+            let on = if rule.get("on") == Some(&Value::Bool(true)) {
+                "on"
+            } else {
+                "off"
+            };
+            let filter = match field(rule, "filter") {
+                f if f.trim().is_empty() => "all".to_owned(),
+                f => f,
+            };
+            format!(
+                "<li>{on} for {}% of <code>{}</code></li>",
+                esc(&field(rule, "percent")),
+                esc(&filter)
+            )
+        })
+        .collect();
+    format!(r#"<ol class="rules">{items}</ol>"#)
+}
+
+/// How many devices have a flag on and off.
+fn flag_counts(counts: &Value) -> String {
+    format!(
+        "{} on, {} off (of {})",
+        esc(&field(counts, "on")),
+        esc(&field(counts, "off")),
+        esc(&field(counts, "devices"))
+    )
 }
 
 /// Query of `GET /audit`.
@@ -336,4 +375,34 @@ pub(crate) async fn audit(
         table("Events, newest first", EVENT_HEAD, &rows),
     );
     layout::page(&session, "Audit log", "/audit", &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn flag_rules_read_in_order_and_an_empty_filter_is_all() {
+        let html = flag_rules(&json!([
+            { "filter": "hw=gw-a", "on": true, "percent": 50.0 },
+            { "filter": "", "on": false, "percent": 100.0 },
+        ]));
+        assert_eq!(
+            html,
+            r#"<ol class="rules"><li>on for 50.0% of <code>hw=gw-a</code></li><li>off for 100.0% of <code>all</code></li></ol>"#
+        );
+        assert_eq!(flag_rules(&json!([])), "none (the default for every device)");
+        assert_eq!(
+            flag_counts(&json!({ "devices": 5, "on": 2, "off": 3 })),
+            "2 on, 3 off (of 5)"
+        );
+    }
+
+    #[test]
+    fn an_expired_release_is_marked() {
+        assert_eq!(expiry(None, 10), "never");
+        assert!(expiry(Some(5), 10).starts_with("<strong>expired</strong>"));
+        assert!(!expiry(Some(50), 10).contains("expired"));
+    }
 }
