@@ -221,8 +221,10 @@ try {
   await page.goto(`${base}/flags`);
   await page.locator(`#kill-${flag}`).click();
   await page.waitForURL(`${base}/flags`);
-  check((await page.locator("table").innerText()).includes("killed"), `flag ${flag} is killed`);
+  check((await page.locator("table").first().innerText()).includes("killed"), `flag ${flag} is killed`);
   check((await page.locator(`#revive-${flag}`).count()) === 1, "a killed flag offers Revive");
+  const trail = await page.locator('table:has(caption:text("Flag changes")) tbody tr').first().innerText();
+  check(trail.includes(flag) && trail.includes("killed") && trail.includes("alice"), `the flags' audit trail shows the kill first (${trail.replace(/\s+/g, " ")})`);
   await shot(page, "flags");
   await axe(page, "flags");
 

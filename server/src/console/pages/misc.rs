@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::super::html::{esc, json_text, time, url};
 use super::super::layout;
+use super::super::session::Session;
 use super::super::{Console, SignedIn};
 use super::devices::{EVENT_HEAD, event_rows};
 use super::{device_facts, device_link, field, may, table};
@@ -232,8 +233,17 @@ pub(crate) async fn flags(State(console): State<Console>, SignedIn(session): Sig
                 .collect()
         })
         .unwrap_or_default();
+    let names: Vec<String> = all
+        .get("flags")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|d| field(d.get("flag").unwrap_or(&Value::Null), "name"))
+        .collect();
+    let changes = flag_changes(&console, &session, &names).await;
     let body = format!(
-        r#"{}<p><a href="/audit?kind=flag-killed">Kill-switch audit</a> · <a href="/audit">All events</a></p>"#,
+        r#"{}{changes}<p><a href="/audit?kind=flag-killed">Kill-switch audit</a> · <a href="/audit">All events</a></p>"#,
         table(
             "Flags",
             &[
@@ -248,6 +258,72 @@ pub(crate) async fn flags(State(console): State<Console>, SignedIn(session): Sig
         )
     );
     layout::page(&session, "Flags", "/flags", &body)
+}
+
+/// Changes shown in the flags page's audit trail (the newest, across flags).
+const FLAG_CHANGES_SHOWN: usize = 30;
+
+/// The flags' audit trail: their newest changes (who, when, what, old → new rules), from each
+/// flag's `GET /api/v1/flags/{name}` (its last 50 changes).
+async fn flag_changes(console: &Console, session: &Session, names: &[String]) -> String {
+    let mut all: Vec<(String, Value)> = Vec::new();
+    for name in names {
+        let answer = console
+            .api(session, Method::GET, &format!("/flags/{}", url(name)), None)
+            .await;
+        for change in answer
+            .body
+            .get("changes")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            all.push((name.clone(), change.clone()));
+        }
+    }
+    let at = |c: &Value| c.get("at").and_then(Value::as_i64).unwrap_or(0);
+    all.sort_by_key(|(_, c)| std::cmp::Reverse(at(c)));
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .take(FLAG_CHANGES_SHOWN)
+        .map(|(name, c)| {
+            let rules = |side: &str| {
+                c.get(side)
+                    .filter(|v| v.is_object())
+                    .map_or_else(|| "-".to_owned(), |v| flag_state(v))
+            };
+            vec![
+                esc(name).to_string(),
+                time(at(c) / 1000),
+                esc(&field(c, "by")).to_string(),
+                esc(&field(c, "kind")).to_string(),
+                rules("old"),
+                rules("new"),
+            ]
+        })
+        .collect();
+    format!(
+        "<h2>Audit trail</h2>{}",
+        table(
+            "Flag changes, newest first",
+            &["Flag", "When", "By", "What", "Before", "After"],
+            &rows
+        )
+    )
+}
+
+/// A flag definition in one cell: default, kill switch, rules.
+fn flag_state(view: &Value) -> String {
+    let killed = if view.get("killed") == Some(&Value::Bool(true)) {
+        "killed; "
+    } else {
+        ""
+    };
+    format!(
+        "{killed}default {}; {}",
+        esc(&field(view, "default")),
+        flag_rules(view.get("rules").unwrap_or(&Value::Null))
+    )
 }
 
 /// A flag's rules in order (the first whose filter matches a device decides):
@@ -392,7 +468,10 @@ mod tests {
             html,
             r#"<ol class="rules"><li>on for 50.0% of <code>hw=gw-a</code></li><li>off for 100.0% of <code>all</code></li></ol>"#
         );
-        assert_eq!(flag_rules(&json!([])), "none (the default for every device)");
+        assert_eq!(
+            flag_rules(&json!([])),
+            "none (the default for every device)"
+        );
         assert_eq!(
             flag_counts(&json!({ "devices": 5, "on": 2, "off": 3 })),
             "2 on, 3 off (of 5)"
