@@ -266,10 +266,32 @@ pub struct Downloaded {
     /// The offset the transfer (re)started from: the length of the verified partial kept from
     /// earlier attempts (0 for a fresh download or after a restart from zero).
     pub resumed_from: u64,
+    /// Bytes of that kept prefix which a delta found in the device's own files (cached
+    /// artifacts, the running slot): the earlier attempt copied them, it did not fetch them.
+    /// 0 when no delta looked at the prefix (a full download, or a delta that failed first).
+    pub resumed_copied: u64,
     /// Body bytes received over the network by this call (a delta's index included).
     pub received: u64,
     /// What the delta cost, when the artifact was built by delta to the end.
     pub delta: Option<DeltaStats>,
+}
+
+/// The part of a partial download kept from earlier attempts, as this call found it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct KeptPrefix {
+    /// Its length: the transfer (re)started from here.
+    pub(crate) len: u64,
+    /// Bytes of it a delta found in the device's own files (copied, not fetched, back then).
+    pub(crate) copied: u64,
+}
+
+impl Downloaded {
+    /// The artifact's network cost over every attempt, as the device reports it: what this
+    /// call received, plus the kept prefix less what a delta copied into it. The prefix's own
+    /// delta index and retransmissions of earlier attempts are not known here and not counted.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.received + self.resumed_from.saturating_sub(self.resumed_copied)
+    }
 }
 
 /// The kind of a [`DownloadError`], for the core machine's retry policy.
@@ -625,7 +647,10 @@ impl Downloader {
         }
         let total = req.size;
         let mut cursor = self.resume_point(req).await?;
-        let mut resumed_from = cursor.offset;
+        let mut kept = KeptPrefix {
+            len: cursor.offset,
+            copied: 0,
+        };
         let mut received = 0u64;
         let mut restarted = false;
         progress(Progress {
@@ -639,7 +664,14 @@ impl Downloader {
             .filter(|_| self.delta && cursor.offset < total)
         {
             match self
-                .delta(req, index, &mut cursor, &mut received, &mut progress)
+                .delta(
+                    req,
+                    index,
+                    &mut cursor,
+                    &mut received,
+                    &mut kept,
+                    &mut progress,
+                )
                 .await
             {
                 Ok(stats) => delta = Some(stats),
@@ -649,7 +681,10 @@ impl Downloader {
                     "delta download stopped, going on in full: {e}"
                 ),
             }
-            resumed_from = resumed_from.min(cursor.offset);
+            // A delta that cut the partial back and then stopped kept less.
+            kept.len = kept.len.min(cursor.offset);
+        } else if self.delta && total > 0 && kept.len == total {
+            kept.copied = self.copied_in_complete_partial(req, &mut received).await;
         }
 
         while cursor.offset < total {
@@ -679,7 +714,7 @@ impl Downloader {
                         verifier: ArtifactVerifier::new(req.digest, total),
                         offset: 0,
                     };
-                    resumed_from = 0;
+                    kept = KeptPrefix::default();
                     progress(Progress { done: 0, total });
                 }
                 StatusCode::RANGE_NOT_SATISFIABLE if cursor.offset > 0 && !restarted => {
@@ -689,7 +724,7 @@ impl Downloader {
                         verifier: ArtifactVerifier::new(req.digest, total),
                         offset: 0,
                     };
-                    resumed_from = 0;
+                    kept = KeptPrefix::default();
                     restarted = true;
                     continue;
                 }
@@ -729,7 +764,8 @@ impl Downloader {
         let path = self.cache.insert_from_partial(&req.digest)?;
         Ok(Downloaded {
             path,
-            resumed_from,
+            resumed_from: kept.len,
+            resumed_copied: kept.copied,
             received,
             delta,
         })

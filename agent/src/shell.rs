@@ -701,8 +701,9 @@ impl Shell {
                         delta = ?done.delta,
                         "download complete and verified"
                     );
-                    // A prefix kept from an earlier attempt counts as fetched.
-                    Ok(done.received + done.resumed_from)
+                    // A prefix kept from an earlier attempt counts as fetched, except what a
+                    // delta copied into it from the device's own files.
+                    Ok(done.fetched_bytes())
                 }
                 Err(e) => {
                     tracing::warn!(%digest, class = ?e.class(), "download failed: {e}");

@@ -18,7 +18,8 @@ use reqwest::header::RANGE;
 
 use super::seeds::Seeds;
 use crate::download::{
-    Cursor, DownloadError, DownloadRequest, Downloader, Progress, RateWindow, check_content_range,
+    Cursor, DownloadError, DownloadRequest, Downloader, KeptPrefix, Progress, RateWindow,
+    check_content_range,
 };
 
 /// Why a delta download stopped (the downloader falls back to a full download).
@@ -103,6 +104,17 @@ pub fn index_url(artifact_url: &str, artifact: &Digest, index: &Digest) -> Optio
     Some(url.into())
 }
 
+/// Bytes of the first `chunks` chunks of `index` that `seeds` hold.
+fn held_bytes(index: &ChunkIndex, chunks: usize, seeds: &Seeds) -> u64 {
+    index
+        .chunks
+        .iter()
+        .take(chunks)
+        .filter(|chunk| seeds.contains(&chunk.sha256))
+        .map(|chunk| u64::from(chunk.len))
+        .sum()
+}
+
 impl Downloader {
     /// Builds `req`'s artifact into its partial file by delta, from `cursor` on (see the
     /// [module documentation](self)). `received` counts every body byte, index included.
@@ -112,6 +124,7 @@ impl Downloader {
         index_ref: ChunkIndexRef,
         cursor: &mut Cursor,
         received: &mut u64,
+        kept: &mut KeptPrefix,
         progress: &mut impl FnMut(Progress),
     ) -> Result<DeltaStats, DeltaError> {
         let url =
@@ -147,21 +160,11 @@ impl Downloader {
             self.start_partial(&req.digest, &reqwest::header::HeaderMap::new())?;
         }
 
-        let cache = self.cache.clone();
-        let (digest, slot, extra) = (
-            req.digest,
-            req.running_slot.clone(),
-            self.delta_seeds.clone(),
-        );
-        let new = Arc::clone(&index);
-        let mut seeds =
-            tokio::task::spawn_blocking(move || Seeds::gather(&cache, &digest, &new, slot, &extra))
-                .await
-                .map_err(|e| DownloadError::Storage {
-                    op: "index seeds",
-                    path: PathBuf::new(),
-                    source: std::io::Error::other(e),
-                })?;
+        let mut seeds = self.gather_seeds(req, &index).await?;
+        // The kept prefix was built by an earlier attempt: the chunks the device's own files
+        // hold were copied then, not fetched (reported as such: `Downloaded::fetched_bytes`).
+        kept.len = kept.len.min(start);
+        kept.copied = held_bytes(&index, done_chunks, &seeds);
         let partial = seeds.add_file(part.clone());
         for (chunk, range) in index.chunks.iter().zip(index.ranges()).take(done_chunks) {
             seeds.add(partial, range.start, chunk.len, chunk.sha256);
@@ -229,6 +232,71 @@ impl Downloader {
             }
         }
         Ok(stats)
+    }
+
+    /// The device's own files that hold chunks of `index` (cached artifacts, the running
+    /// slot, the configured extra seeds), gathered on a blocking task.
+    async fn gather_seeds(
+        &self,
+        req: &DownloadRequest,
+        index: &Arc<ChunkIndex>,
+    ) -> Result<Seeds, DownloadError> {
+        let cache = self.cache.clone();
+        let (digest, slot, extra) = (
+            req.digest,
+            req.running_slot.clone(),
+            self.delta_seeds.clone(),
+        );
+        let new = Arc::clone(index);
+        tokio::task::spawn_blocking(move || Seeds::gather(&cache, &digest, &new, slot, &extra))
+            .await
+            .map_err(|e| DownloadError::Storage {
+                op: "index seeds",
+                path: PathBuf::new(),
+                source: std::io::Error::other(e),
+            })
+    }
+
+    /// For a partial download found complete (the power went after its last write): the bytes
+    /// of it the device's own files hold — a delta copied them, it did not fetch them. The
+    /// chunk index is the one kept in the cache, else fetched again (counted in `received`).
+    /// 0 when the release names no index or it cannot be had.
+    pub(crate) async fn copied_in_complete_partial(
+        &self,
+        req: &DownloadRequest,
+        received: &mut u64,
+    ) -> u64 {
+        let Some(index_ref) = req.chunk_index else {
+            return 0;
+        };
+        let kept = self
+            .cache
+            .storage()
+            .read(&self.cache.index_path(&req.digest));
+        let index = match kept
+            .ok()
+            .and_then(|bytes| ChunkIndex::from_signed_cbor(&bytes, index_ref.digest()).ok())
+        {
+            Some(index) => index,
+            None => {
+                let Some(url) = index_url(&req.url, &req.digest, &index_ref.digest()) else {
+                    return 0;
+                };
+                let fetched = self.fetch_index(&url, index_ref.size, received).await;
+                match fetched.map(|b| ChunkIndex::from_signed_cbor(&b, index_ref.digest())) {
+                    Ok(Ok(index)) => index,
+                    _ => return 0,
+                }
+            }
+        };
+        let index = Arc::new(index);
+        match self.gather_seeds(req, &index).await {
+            Ok(seeds) => held_bytes(&index, index.chunks.len(), &seeds),
+            Err(e) => {
+                tracing::warn!("delta: {e}");
+                0
+            }
+        }
     }
 
     /// GETs the index, at most `size` bytes.

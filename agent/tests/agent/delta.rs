@@ -338,6 +338,7 @@ async fn issue18_a_power_loss_at_any_write_of_a_delta_then_a_restart_completes_i
                     drop_unsynced: n % 2 == 0,
                 },
             ));
+            let sent_before = m.sent.load(Ordering::SeqCst);
             let first = downloader_on(faulty.clone(), dir.path())
                 .download(&req, |_| {})
                 .await;
@@ -355,6 +356,16 @@ async fn issue18_a_power_loss_at_any_write_of_a_delta_then_a_restart_completes_i
                 done.received < new.len() as u64 / 2,
                 "slot {in_slot}, op {n}: the restart is a delta again ({} bytes)",
                 done.received
+            );
+            // What the device reports as fetched over both attempts is at most what the
+            // mirror sent (the kept prefix's copied chunks are not counted as fetched).
+            let sent = m.sent.load(Ordering::SeqCst) - sent_before;
+            assert!(
+                done.fetched_bytes() <= sent,
+                "slot {in_slot}, op {n}: reports {} fetched, the mirror sent {sent} (kept {}, of it copied {})",
+                done.fetched_bytes(),
+                done.resumed_from,
+                done.resumed_copied
             );
         }
     }

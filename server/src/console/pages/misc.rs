@@ -290,7 +290,7 @@ async fn flag_changes(console: &Console, session: &Session, names: &[String]) ->
             let rules = |side: &str| {
                 c.get(side)
                     .filter(|v| v.is_object())
-                    .map_or_else(|| "-".to_owned(), |v| flag_state(v))
+                    .map_or_else(|| "-".to_owned(), flag_state)
             };
             vec![
                 esc(name).to_string(),
