@@ -681,19 +681,7 @@ impl MqttConfig {
             }
             kept
         } else {
-            more.iter()
-                .map(|url| -> Result<(String, u16), ConfigError> {
-                    let (host, port, node_tls) = broker_address(url, "mqtt.failover_urls")?;
-                    if node_tls == tls {
-                        Ok((host, port))
-                    } else {
-                        Err(invalid(
-                            "mqtt.failover_urls",
-                            format!("{url:?} must use the scheme of {first:?}"),
-                        ))
-                    }
-                })
-                .collect::<Result<Vec<_>, _>>()?
+            failover_nodes(more, tls, &format!("{first:?}"))?
         };
         client.tls = tls;
         self.broker = MqttBroker::External {
@@ -800,16 +788,10 @@ impl TryFrom<RawMqtt> for MqttBroker {
                     client, failover, ..
                 } = &mut config
                 {
-                    for more in &raw.failover_urls {
-                        let (host, port, tls) = broker_address(more, "mqtt.failover_urls")
-                            .map_err(|e| e.to_string())?;
-                        if tls != client.tls {
-                            return Err(format!(
-                                "mqtt.failover_urls: {more:?} must use the scheme of mqtt.url"
-                            ));
-                        }
-                        failover.push((host, port));
-                    }
+                    failover.extend(
+                        failover_nodes(&raw.failover_urls, client.tls, "mqtt.url")
+                            .map_err(|e| e.to_string())?,
+                    );
                     if !client.tls && (raw.ca_file.is_some() || raw.client_cert.is_some()) {
                         return Err("mqtt.ca_file and client_cert need an mqtts:// URL".into());
                     }
@@ -1110,6 +1092,27 @@ impl std::fmt::Debug for WebhookConfig {
 
 /// Host, port and TLS of the broker URL `url` (`mqtt://host[:port]`, `mqtts://host[:port]`),
 /// the configuration key `key` named in errors.
+/// The failover nodes of an external broker: each of `urls` as `(host, port)`, refused unless
+/// it uses the main URL's scheme (`tls`; `main` names that URL in the error).
+fn failover_nodes(
+    urls: &[String],
+    tls: bool,
+    main: &str,
+) -> Result<Vec<(String, u16)>, ConfigError> {
+    urls.iter()
+        .map(|url| {
+            let (host, port, node_tls) = broker_address(url, "mqtt.failover_urls")?;
+            if node_tls != tls {
+                return Err(invalid(
+                    "mqtt.failover_urls",
+                    format!("{url:?} must use the scheme of {main}"),
+                ));
+            }
+            Ok((host, port))
+        })
+        .collect()
+}
+
 fn broker_address(url: &str, key: &'static str) -> Result<(String, u16, bool), ConfigError> {
     let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
         (true, rest)

@@ -424,14 +424,9 @@ async fn until_role(t: &TestServer, leader: bool) {
     panic!("the replica never became leader = {leader}");
 }
 
-/// The leader is cut from the database: it cannot renew, so it stops coordinating by its own
-/// deadline, and the standby takes over with the next epoch. Once the database is back the old
-/// leader stays a standby and forwards commands to the new one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs PostgreSQL and Mosquitto: set OTA_TEST_DATABASE_URL and OTA_TEST_MQTT_URL"]
-async fn issue15_a_leader_cut_from_the_database_steps_down_and_the_standby_takes_over() {
-    let mqtt_url = std::env::var("OTA_TEST_MQTT_URL").expect("set OTA_TEST_MQTT_URL");
-    let schema = PgSchema::create().await;
+/// A proxy in front of `schema`'s PostgreSQL (to cut the database away and give it back), and
+/// the schema's URL through it.
+async fn behind_a_proxy(schema: &PgSchema) -> (crate::proxy::Proxy, String) {
     let parsed = reqwest::Url::parse(&schema.url).unwrap();
     let upstream =
         tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(5432)))
@@ -440,11 +435,23 @@ async fn issue15_a_leader_cut_from_the_database_steps_down_and_the_standby_takes
             .next()
             .unwrap();
     let proxy = crate::proxy::Proxy::start(upstream).await;
-    let mut via_proxy = parsed.clone();
+    let mut via_proxy = parsed;
     via_proxy.set_port(Some(proxy.addr().port())).unwrap();
     via_proxy
         .set_host(Some(&proxy.addr().ip().to_string()))
         .unwrap();
+    (proxy, via_proxy.to_string())
+}
+
+/// The leader is cut from the database: it cannot renew, so it stops coordinating by its own
+/// deadline, and the standby takes over with the next epoch. Once the database is back the old
+/// leader stays a standby and forwards commands to the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and Mosquitto: set OTA_TEST_DATABASE_URL and OTA_TEST_MQTT_URL"]
+async fn issue15_a_leader_cut_from_the_database_steps_down_and_the_standby_takes_over() {
+    let mqtt_url = std::env::var("OTA_TEST_MQTT_URL").expect("set OTA_TEST_MQTT_URL");
+    let schema = PgSchema::create().await;
+    let (proxy, via_proxy) = behind_a_proxy(&schema).await;
     let prefix = format!("ota-test/ha-cut-{}", std::process::id());
     let opts = |id: &str, url: String| Options {
         database_url: Some(url),
@@ -454,7 +461,7 @@ async fn issue15_a_leader_cut_from_the_database_steps_down_and_the_standby_takes
         ha: Some(replica(id)),
         ..Options::default()
     };
-    let first = TestServer::start_opts(opts("first", via_proxy.to_string())).await;
+    let first = TestServer::start_opts(opts("first", via_proxy)).await;
     let second = TestServer::start_opts(opts("second", schema.url.clone())).await;
     assert!(first.server.fleet().shared().coordination().leader);
     assert!(!second.server.fleet().shared().coordination().leader);
@@ -541,21 +548,9 @@ async fn issue15_a_fenced_coordinator_stores_nothing_and_stops() {
 async fn issue15_a_lone_replica_outlives_an_outage_longer_than_its_lease() {
     let mqtt_url = std::env::var("OTA_TEST_MQTT_URL").expect("set OTA_TEST_MQTT_URL");
     let schema = PgSchema::create().await;
-    let parsed = reqwest::Url::parse(&schema.url).unwrap();
-    let upstream =
-        tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(5432)))
-            .await
-            .unwrap()
-            .next()
-            .unwrap();
-    let proxy = crate::proxy::Proxy::start(upstream).await;
-    let mut via_proxy = parsed.clone();
-    via_proxy.set_port(Some(proxy.addr().port())).unwrap();
-    via_proxy
-        .set_host(Some(&proxy.addr().ip().to_string()))
-        .unwrap();
+    let (proxy, via_proxy) = behind_a_proxy(&schema).await;
     let t = TestServer::start_opts(Options {
-        database_url: Some(via_proxy.to_string()),
+        database_url: Some(via_proxy),
         mqtt_url: Some(mqtt_url),
         topic_prefix: Some(format!("ota-test/ha-lone-{}", std::process::id())),
         db_acquire_timeout_secs: Some(1),
