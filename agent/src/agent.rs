@@ -6,7 +6,7 @@
 //! (the fleet demo does): each has its own data directory, device id and MQTT session.
 //!
 //! [`AgentOptions`] hold what a configuration file does not: the storage to write through
-//! (tests inject a [`FaultyStorage`](crate::storage::FaultyStorage)), the boot id, the runtime
+//! (tests inject a `FaultyStorage`, `test-support` feature), the boot id, the runtime
 //! the MQTT link runs on, shorter timers for tests. The handle offers a graceful
 //! [`shutdown`](AgentHandle::shutdown) and a [`kill`](AgentHandle::kill) that aborts the agent
 //! where it stands, without any cleanup, as a crash or power cut would.

@@ -10,7 +10,7 @@
 //!
 //! | module | executes | notes |
 //! |---|---|---|
-//! | [`storage`] | every disk write | [`storage::FsStorage`]; [`storage::FaultyStorage`] injects faults and power losses in tests |
+//! | [`storage`] | every disk write | [`storage::FsStorage`]; `storage::FaultyStorage` injects faults and power losses in tests (only with the `test-support` feature, which the agent's own tests turn on) |
 //! | [`journal`] | `Persist(bytes)` | atomic record with a `.prev` copy; boot counter |
 //! | [`cache`] | `HashCached`, `Evict` | content-addressed artifacts, partial downloads |
 //! | [`download`] | `Download` | HTTP(S) Range resume, hash while writing, error classes |
@@ -31,6 +31,7 @@
 //! | [`report`] | `ota-agent status`, `check-power` | read-only views of the journal and the power gate |
 //! | [`resync`] | `ota-agent resync` | resets the generation watermark (operator, agent stopped) |
 //! | [`term`] | both binaries | log set-up (`OTA_LOG`, colour only on a terminal) and one-line error chains, shared with `ota` |
+//! | `test_support` | tests only | deterministic test data; built with the `test-support` feature (the agent's own tests), never in the shipped agent |
 //!
 //! # Data directory
 //!
@@ -73,6 +74,8 @@ mod shell;
 mod status;
 pub mod storage;
 pub mod term;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 /// TLS configurations: the `ota-tls` crate (shared by the agent and the fleet server).
 pub use ota_tls as tls;
 pub mod trust;

@@ -153,19 +153,7 @@ mod tests {
     use super::*;
     use crate::delta::chunker::index_reader;
     use crate::storage::FsStorage;
-
-    /// `len` deterministic pseudo-random bytes.
-    fn bytes(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::test_support::pseudo_random_bytes as bytes;
 
     /// Issue 18, memory: the seed table holds the held chunks the new index names, not every
     /// chunk of every image (an unrelated cached release adds nothing).

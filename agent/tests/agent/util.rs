@@ -20,18 +20,7 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so artifacts are not all zeros.
-pub fn artifact(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+pub use ota_agent::test_support::pseudo_random_bytes as artifact;
 
 /// How the server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
