@@ -71,6 +71,17 @@ pub enum RolloutState {
 }
 
 impl RolloutState {
+    /// Every state's name ([`RolloutState::name`]), in lifecycle order: the statuses a
+    /// rollout is stored, listed and counted by (`/metrics`).
+    pub const NAMES: [&'static str; 6] = [
+        "dry-run",
+        "awaiting-approval",
+        "running",
+        "paused",
+        "completed",
+        "aborted",
+    ];
+
     /// The state's kebab-case name.
     pub fn name(&self) -> &'static str {
         match self {
@@ -1587,5 +1598,36 @@ impl Rollout {
             operation,
             state: self.p.state.name(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `RolloutState::NAMES` lists every state's name, once, in lifecycle order (`/metrics`
+    /// and the coordinator's loaded statuses read it).
+    #[test]
+    fn names_list_every_state_once() {
+        let states = [
+            RolloutState::DryRun,
+            RolloutState::AwaitingApproval,
+            RolloutState::Running {
+                wave: 0,
+                phase: WavePhase::Notifying,
+            },
+            RolloutState::Paused {
+                wave: 0,
+                phase: WavePhase::Notifying,
+            },
+            RolloutState::Completed,
+            RolloutState::Aborted {
+                reason: AbortReason::Operator {
+                    reason: String::new(),
+                },
+            },
+        ];
+        let names: Vec<&str> = states.iter().map(RolloutState::name).collect();
+        assert_eq!(names, RolloutState::NAMES);
     }
 }

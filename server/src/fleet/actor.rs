@@ -41,15 +41,12 @@ use crate::mqtt::{INBOUND_QUEUE, Inbound, LinkSpec, MqttLink};
 use crate::trust::FleetTrust;
 use ota_core::filter::Filter;
 
-/// Rollout statuses the coordinator loads at start (completed and aborted ones only while
-/// [`needs_driving`] says so).
-const LOADED_STATUSES: &[&str] = &[
-    "awaiting-approval",
-    "running",
-    "paused",
-    "completed",
-    "aborted",
-];
+/// Rollout statuses the coordinator loads at start: every one but a dry run's (completed and
+/// aborted ones are kept only while [`needs_driving`] says so).
+const LOADED_STATUSES: [&str; 5] = {
+    let [_dry_run, rest @ ..] = RolloutState::NAMES;
+    rest
+};
 /// The longest the coordinator sleeps without looking at its timers.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// How long [`start`] waits for the broker to accept the subscriptions.
@@ -311,7 +308,7 @@ impl Stored {
             flags: Flags::load(db, now).await?,
             trust: db.latest_trust_update().await?,
         };
-        for record in db.rollouts_with_status(LOADED_STATUSES).await? {
+        for record in db.rollouts_with_status(&LOADED_STATUSES).await? {
             let id = record.id;
             let planner = Rollout::from_cbor(&record.state)
                 .map_err(|error| FleetStartError::Rollout { id, error })?;

@@ -564,15 +564,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         "Releases published.",
         &one(releases),
     );
-    let statuses = [
-        "dry-run",
-        "awaiting-approval",
-        "running",
-        "paused",
-        "completed",
-        "aborted",
-    ];
-    let by_state: Vec<(String, u64)> = statuses
+    let by_state: Vec<(String, u64)> = ota_core::rollout::RolloutState::NAMES
         .iter()
         .map(|s| {
             (
@@ -582,23 +574,8 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         })
         .collect();
     family("ota_rollouts", "gauge", "Rollouts by state.", &by_state);
-    let states: [(&str, u32); 14] = [
-        ("queued", c.queued),
-        ("notified", c.notified),
-        ("deferred-power", c.deferred_power),
-        ("deferred-window", c.deferred_window),
-        ("deferred-disk", c.deferred_disk),
-        ("downloading", c.downloading),
-        ("installing", c.installing),
-        ("rebooting", c.rebooting),
-        ("trial", c.trial),
-        ("succeeded", c.succeeded),
-        ("skipped-identical", c.skipped_identical),
-        ("rejected", c.rejected),
-        ("rolled-back", c.rolled_back),
-        ("timed-out", c.timed_out),
-    ];
-    let mut samples: Vec<(String, u64)> = states
+    let mut samples: Vec<(String, u64)> = c
+        .by_state()
         .iter()
         .map(|(s, v)| (format!("{{state=\"{s}\"}}"), u64::from(*v)))
         .collect();
@@ -609,15 +586,10 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         "Device executions in active rollouts, by execution state (a standby reads the stored rollouts).",
         &samples,
     );
-    let phases = [
-        ("download", c.failed_download),
-        ("verify", c.failed_verify),
-        ("install", c.failed_install),
-        ("trial", c.failed_trial),
-    ];
-    let samples: Vec<(String, u64)> = phases
+    let samples: Vec<(String, u64)> = c
+        .failed_by_phase()
         .iter()
-        .map(|(p, v)| (format!("{{phase=\"{p}\"}}"), u64::from(*v)))
+        .map(|(p, v)| (format!("{{phase=\"{}\"}}", p.name()), u64::from(*v)))
         .collect();
     family(
         "ota_executions_failed",
