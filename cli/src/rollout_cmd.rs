@@ -444,9 +444,9 @@ fn render(r: &Value, bars: bool) -> String {
         }
     ));
     let failed = &totals["failed"];
-    let phases: Vec<String> = ["download", "verify", "install", "trial"]
+    let phases: Vec<String> = ota_core::rollout::FAILURE_PHASES
         .iter()
-        .map(|p| format!("{p}={}", failed[*p].as_u64().unwrap_or(0)))
+        .map(|p| format!("{}={}", p.name(), failed[p.name()].as_u64().unwrap_or(0)))
         .collect();
     text.push_str(&format!(
         "failed by phase: {}; rejected={} rolled-back={} timed-out={} (failures {} of {} executed)\n",
