@@ -54,8 +54,13 @@ pub enum SecretError {
 /// Random bytes as lowercase hex.
 pub(crate) fn random_hex(bytes: usize) -> Result<String, SecretError> {
     let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).map_err(|e| SecretError::Random(e.to_string()))?;
+    fill_random(&mut buf)?;
     Ok(hex::encode(buf))
+}
+
+/// Fills `buf` from the operating system's random source.
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), SecretError> {
+    getrandom::fill(buf).map_err(|e| SecretError::Random(e.to_string()))
 }
 
 /// The server-held secret the device passwords derive from (its `Debug` shows no bytes).

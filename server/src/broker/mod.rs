@@ -4,7 +4,7 @@
 //! process exits, so [`EmbeddedBroker`] only reports where it listens. It speaks MQTT 3.1.1 and
 //! keeps sessions in memory only.
 //!
-//! rumqttd itself listens on `127.0.0.1` at a private port and accepts only clients that
+//! rumqttd itself listens on a private loopback address and port and accepts only clients that
 //! present a per-process random internal secret (its `external_auth` hook): the fleet server's
 //! own client ([`EmbeddedBroker::internal`]) and the [front door](front_door). The front door
 //! is what devices reach on `mqtt.listen`: plain TCP or TLS ([`BrokerSettings::tls`]), and,
@@ -13,10 +13,17 @@
 //! the per-device topic ACL of [`acl`]. Nothing reaches rumqttd without passing it.
 //!
 //! rumqttd cannot report the port it bound, so [`EmbeddedBroker::start_with`] first binds a
-//! std listener on `127.0.0.1:0`, reads the port the OS chose, drops the listener and gives that
-//! port to rumqttd. Between the drop and rumqttd's bind another process could take the port (a
-//! tiny race); start then fails with [`BrokerError::NotListening`] rather than talking to a
-//! stranger's socket silently. The front door binds `mqtt.listen` itself (port 0 works).
+//! std listener on port 0, reads the port the OS chose, drops the listener and gives that port
+//! to rumqttd. Between the drop and rumqttd's bind another listener could take the port. On
+//! `127.0.0.1` that happened (CI, many servers in one test process): a neighbour's open front
+//! door took the port, it answers the readiness check (it swaps in its own internal secret), and
+//! this server's clients ended up on the neighbour's broker. So on Linux, where all of
+//! `127.0.0.0/8` is the loopback, the probe binds a random address `127.x.y.z` instead
+//! ([`private_loopback`]): a listener on `127.0.0.1` or another address never conflicts with
+//! it, and only a wildcard (`0.0.0.0`) listener that draws the same port in that instant can
+//! take it, in which case rumqttd's bind fails and start fails with
+//! [`BrokerError::NotListening`]. Where the probe cannot bind such an address (other systems),
+//! `127.0.0.1` is used. The front door binds `mqtt.listen` itself (port 0 works).
 
 pub mod acl;
 mod cert_name;
@@ -206,14 +213,17 @@ impl EmbeddedBroker {
         shared: Arc<Shared>,
     ) -> Result<Self, BrokerError> {
         let password = credentials::random_hex(32)?;
-        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let internal_addr = {
+            let private = SocketAddr::from((private_loopback()?, 0));
+            let probe = match TcpListener::bind(private) {
+                Ok(probe) => Ok(probe),
+                Err(_) => TcpListener::bind((Ipv4Addr::LOCALHOST, 0)),
+            };
             let pick = |source| BrokerError::PickPort {
-                addr: loopback,
+                addr: private,
                 source,
             };
-            let probe = TcpListener::bind(loopback).map_err(pick)?;
-            probe.local_addr().map_err(pick)?
+            probe.map_err(pick)?.local_addr().map_err(pick)?
         };
         let config = broker_config(
             internal_addr,
@@ -319,6 +329,15 @@ const DISCONNECT: [u8; 2] = [0xe0, 0x00];
 
 /// Whether rumqttd accepts the internal credentials at `access.addr` (a plain TCP accept is not
 /// enough: it could be another program).
+/// A random loopback address `127.x.y.z` (x in 1..=254, z in 1..=254) for rumqttd's private
+/// listener (see the [module documentation](self) for why not `127.0.0.1`).
+fn private_loopback() -> Result<Ipv4Addr, BrokerError> {
+    let mut bytes = [0u8; 3];
+    credentials::fill_random(&mut bytes)?;
+    let [x, y, z] = bytes;
+    Ok(Ipv4Addr::new(127, 1 + x % 254, y, 1 + z % 254))
+}
+
 async fn mqtt_handshake(access: &InternalAccess) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut connect = rumqttc::mqttbytes::v4::Connect::new("ota-ready-check");

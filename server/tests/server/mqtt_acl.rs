@@ -277,6 +277,17 @@ async fn embedded(
     .await
     .unwrap();
     let internal = broker.internal().clone();
+    // rumqttd's private listener is on a loopback address of its own (on Linux), where no
+    // other server's listener in this test process can take its port.
+    assert!(internal.addr.ip().is_loopback(), "{}", internal.addr);
+    if cfg!(target_os = "linux") {
+        assert_ne!(
+            internal.addr.ip(),
+            std::net::Ipv4Addr::LOCALHOST,
+            "{}",
+            internal.addr
+        );
+    }
     let mut observer = MqttOptions::new(
         "observer",
         internal.addr.ip().to_string(),
