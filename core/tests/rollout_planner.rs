@@ -750,6 +750,8 @@ fn an_aborted_rollout_follows_every_device_it_sent_back() {
     assert_eq!(sent[&id(0)], known_good());
     assert_eq!(sent[&id(2)], old_release());
     assert_eq!(r.status().recall.pending, 4);
+    assert!(!r.state().is_active(), "an aborted rollout holds no device");
+    assert!(r.needs_driving(), "but is driven while a recall is pending");
 
     // id 0's trial ends after the abort: counted as succeeded, nothing is driven.
     let t = at(mins(2));
@@ -832,6 +834,10 @@ fn an_aborted_rollout_follows_every_device_it_sent_back() {
     assert_eq!(
         (counts.pending, counts.back, counts.failed, counts.sent()),
         (0, 3, 0, 3)
+    );
+    assert!(
+        !r.needs_driving(),
+        "nothing pending: the coordinator may let it go"
     );
     // A device already back is not superseded by a newer rollout's desired state.
     assert!(!r.handle_recall_superseded(&id(0)));

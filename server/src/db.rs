@@ -507,6 +507,16 @@ impl ota_core::filter::DeviceFacts for DeviceRecord {
     }
 }
 
+/// Rollout targets are selected over the registry rows (core's `fleet::targeting`).
+impl ota_core::fleet::targeting::Candidate for DeviceRecord {
+    fn known_good(&self) -> Option<Digest> {
+        self.known_good_digest
+    }
+    fn last_committed(&self) -> Option<Digest> {
+        self.last_committed_digest
+    }
+}
+
 /// Online and total device counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -997,83 +1007,12 @@ impl Db {
 
     // ----- devices -----
 
-    /// Records a device's reported state at `now` and marks it online (creating the device on
-    /// its first report). `hardware_class` and `inventory` keep their earlier values when the
-    /// report leaves them out; every other field is replaced.
-    pub async fn upsert_device_report(
-        &self,
-        id: &str,
-        report: &DeviceReport,
-        now: i64,
-    ) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO devices (id, hardware_class, labels, running_version, running_digest, \
-             known_good_digest, last_committed_digest, last_result, power, inventory, reported, \
-             first_seen, last_seen, online) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, 1) \
-             ON CONFLICT (id) DO UPDATE SET \
-             hardware_class = COALESCE(excluded.hardware_class, devices.hardware_class), \
-             labels = excluded.labels, \
-             running_version = excluded.running_version, \
-             running_digest = excluded.running_digest, \
-             known_good_digest = excluded.known_good_digest, \
-             last_committed_digest = excluded.last_committed_digest, \
-             last_result = excluded.last_result, \
-             power = excluded.power, \
-             inventory = COALESCE(excluded.inventory, devices.inventory), \
-             reported = excluded.reported, \
-             last_seen = excluded.last_seen, \
-             online = 1",
-        )
-        .bind(id)
-        .bind(report.hardware_class.as_deref())
-        .bind(to_json(&report.labels))
-        .bind(report.running_version.as_deref())
-        .bind(report.running_digest.map(|d| d.to_string()))
-        .bind(report.known_good_digest.map(|d| d.to_string()))
-        .bind(report.last_committed_digest.map(|d| d.to_string()))
-        .bind(report.last_result.as_deref())
-        .bind(report.power.as_ref().map(to_json))
-        .bind(report.inventory.as_ref().map(to_json))
-        .bind(report.reported.as_deref())
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Marks a device online or offline at `now` (creating it if the server never heard of
-    /// it: a connect can come before the first report).
-    pub async fn set_online(&self, id: &str, online: bool, now: i64) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO devices (id, first_seen, last_seen, online) VALUES ($1, $2, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET online = excluded.online, last_seen = excluded.last_seen",
-        )
-        .bind(id)
-        .bind(now)
-        .bind(i64::from(online))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Marks every device offline (at server start: the broker's sessions are gone).
     pub async fn set_all_offline(&self) -> Result<(), DbError> {
         sqlx::query("UPDATE devices SET online = 0 WHERE online <> 0")
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// Sets whether a device runs something other than what it should.
-    pub async fn set_drifted(&self, id: &str, drifted: bool) -> Result<(), DbError> {
-        let n = sqlx::query("UPDATE devices SET drifted = $2 WHERE id = $1")
-            .bind(id)
-            .bind(i64::from(drifted))
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        not_found_if_zero(n, "device", id)
     }
 
     /// One device.
@@ -1119,40 +1058,6 @@ impl Db {
 
     // ----- rollouts -----
 
-    /// Creates a rollout at `now` and, in the same transaction, `event` (its `rollout_id` is
-    /// set to the new id). Returns the new id.
-    pub async fn insert_rollout(
-        &self,
-        rollout: &NewRollout,
-        now: i64,
-        event: Option<&NewEvent>,
-    ) -> Result<i64, DbError> {
-        let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO rollouts (release_digest, device_filter, spec, planner_state, status, \
-             created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-             RETURNING id",
-        )
-        .bind(rollout.release_digest.to_string())
-        .bind(&rollout.filter)
-        .bind(to_json(&rollout.spec))
-        .bind(rollout.state.as_slice())
-        .bind(&rollout.status)
-        .bind(&rollout.created_by)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let mut committed = Vec::new();
-        if let Some(event) = event {
-            let mut event = event.clone();
-            event.rollout_id = Some(id);
-            committed.push(insert_event(&mut tx, &event).await?);
-        }
-        tx.commit().await?;
-        self.notify(&committed);
-        Ok(id)
-    }
-
     /// One rollout.
     pub async fn get_rollout(&self, id: i64) -> Result<Option<RolloutRecord>, DbError> {
         let row = sqlx::query(format_rollout_select("WHERE id = $1"))
@@ -1168,63 +1073,6 @@ impl Db {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(rollout_from_row).collect()
-    }
-
-    /// Stores the planner's new state and status at `now`, and appends `events`, in one
-    /// transaction.
-    pub async fn update_rollout_state(
-        &self,
-        id: i64,
-        state: &[u8],
-        status: &str,
-        now: i64,
-        events: &[NewEvent],
-    ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        let n = sqlx::query(
-            "UPDATE rollouts SET planner_state = $2, status = $3, updated_at = $4 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(state)
-        .bind(status)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        not_found_if_zero(n, "rollout", &id.to_string())?;
-        let mut committed = Vec::new();
-        for event in events {
-            committed.push(insert_event(&mut tx, event).await?);
-        }
-        tx.commit().await?;
-        self.notify(&committed);
-        Ok(())
-    }
-
-    /// Records who approved a rollout, at `now`, with `event`, in one transaction.
-    pub async fn set_rollout_approved(
-        &self,
-        id: i64,
-        approved_by: &str,
-        now: i64,
-        event: Option<&NewEvent>,
-    ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        let n = sqlx::query("UPDATE rollouts SET approved_by = $2, updated_at = $3 WHERE id = $1")
-            .bind(id)
-            .bind(approved_by)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        not_found_if_zero(n, "rollout", &id.to_string())?;
-        let mut committed = Vec::new();
-        if let Some(event) = event {
-            committed.push(insert_event(&mut tx, event).await?);
-        }
-        tx.commit().await?;
-        self.notify(&committed);
-        Ok(())
     }
 
     // ----- events -----
@@ -1417,14 +1265,16 @@ impl Db {
         )
     }
 
-    /// The newest `limit` audit records of flag `name`, oldest first.
+    /// The newest `limit` audit records of flag `name` (of every flag, deleted ones included,
+    /// without a name), oldest first.
     pub async fn list_flag_changes(
         &self,
-        name: &str,
+        name: Option<&str>,
         limit: u32,
     ) -> Result<Vec<FlagChange>, DbError> {
         let rows: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT record FROM flag_changes WHERE flag = $1 ORDER BY id DESC LIMIT $2",
+            "SELECT record FROM flag_changes WHERE ($1 IS NULL OR flag = $1) \
+             ORDER BY id DESC LIMIT $2",
         )
         .bind(name)
         .bind(i64::from(limit.min(MAX_EVENT_PAGE)))

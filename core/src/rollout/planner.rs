@@ -94,6 +94,17 @@ impl RolloutState {
         }
     }
 
+    /// Whether the rollout holds its targets: awaiting approval, running or paused. A device
+    /// is held by at most one such rollout (a new rollout over it is a conflict).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self,
+            RolloutState::AwaitingApproval
+                | RolloutState::Running { .. }
+                | RolloutState::Paused { .. }
+        )
+    }
+
     /// The current wave, while running or paused.
     pub fn wave(&self) -> Option<usize> {
         match self {
@@ -563,6 +574,18 @@ impl Rollout {
     /// Where the rollout is.
     pub fn state(&self) -> &RolloutState {
         &self.p.state
+    }
+
+    /// Whether the coordinator must keep driving this rollout: an active one; a completed one
+    /// while some target is still queued (late devices are notified); an aborted one while
+    /// some device it sent back has not reported where it was sent (its reports keep the
+    /// rollout's counts and recall true).
+    pub fn needs_driving(&self) -> bool {
+        match self.state() {
+            RolloutState::Completed => self.status().totals.queued > 0,
+            RolloutState::Aborted { .. } => self.status().recall.pending > 0,
+            state => state.is_active(),
+        }
     }
 
     /// A device's execution state, if it is a target.

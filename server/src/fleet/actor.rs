@@ -8,10 +8,13 @@ use bytes::Bytes;
 use ota_core::budget::{BudgetSpec, Budgets, Verdict};
 use ota_core::digest::Digest;
 use ota_core::flags::{FlagChange, FlagEdit, FlagName};
+use ota_core::fleet::routing::{self, RolloutFacts, Route};
+use ota_core::fleet::targeting::{self, FleetKnowledge, NO_RELEASE, Selection};
+use ota_core::fleet::{DeviceMemo, DriftChange, Generations};
 use ota_core::release::{Policy, SignedRelease, SignedTrustUpdate};
 use ota_core::rollout::{
     DesiredKind, NoRollbackCause, PlannerAction, ReportOutcome, Rollout, RolloutError, RolloutSpec,
-    RolloutState, StateCounts, Target,
+    RolloutState, StateCounts,
 };
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, FailurePhase, Heartbeat, HeartbeatAck,
@@ -24,7 +27,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::flags::{FlagDetail, FlagEditResult, FlagView, Flags, Publish};
-use super::generation;
 use super::outbox::{self, Outbox};
 use super::view::{RolloutView, abort_json, counts_json, insert_failure, no_rollback_json};
 use super::{
@@ -42,7 +44,7 @@ use crate::trust::FleetTrust;
 use ota_core::filter::Filter;
 
 /// Rollout statuses the coordinator loads at start: every one but a dry run's (completed and
-/// aborted ones are kept only while [`needs_driving`] says so).
+/// aborted ones are kept only while [`Rollout::needs_driving`] says so).
 const LOADED_STATUSES: [&str; 5] = {
     let [_dry_run, rest @ ..] = RolloutState::NAMES;
     rest
@@ -51,8 +53,6 @@ const LOADED_STATUSES: [&str; 5] = {
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// How long [`start`] waits for the broker to accept the subscriptions.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
-/// The digest standing for "no release" (a device that never ran one).
-const NO_RELEASE: Digest = Digest([0; 32]);
 /// The first wait before reloading the state from an unavailable database (doubled up to
 /// [`RELOAD_MAX_WAIT`]).
 const RELOAD_FIRST_WAIT: Duration = Duration::from_millis(250);
@@ -169,28 +169,6 @@ pub enum FleetStartError {
     Panicked,
 }
 
-/// What the coordinator remembers of a device.
-#[derive(Debug, Clone, Default)]
-struct Memo {
-    online: bool,
-    drifted: bool,
-    registered: bool,
-    running: Option<Digest>,
-    last_committed: Option<Digest>,
-    on_trial: bool,
-    reported_generation: u64,
-    /// `last_seen` as stored (unix seconds).
-    last_seen: i64,
-    /// The newest (generation, device time) outcome seen.
-    last_outcome: Option<(u64, u64)>,
-    /// The security floor the device last reported (anti-rollback).
-    security_floor: u32,
-    /// The newest download cost recorded (or queued in the batch): its generation and figures.
-    transfer: Option<(u64, Transfer)>,
-    /// What its heartbeats last said about its health (agents with a probe, issue 17).
-    healthy: Option<bool>,
-}
-
 /// A rollout the coordinator drives.
 #[derive(Debug)]
 struct Loaded {
@@ -279,8 +257,8 @@ impl Degraded {
 struct Stored {
     rollouts: BTreeMap<i64, Loaded>,
     owner: HashMap<String, i64>,
-    devices: HashMap<String, Memo>,
-    generations: HashMap<String, u64>,
+    devices: HashMap<String, DeviceMemo>,
+    generations: Generations,
     flags: Flags,
     trust: Option<Vec<u8>>,
 }
@@ -288,15 +266,18 @@ struct Stored {
 impl Stored {
     /// Loads the registry and every unfinished rollout.
     async fn load(db: &Db, now: ota_core::time::Timestamp) -> Result<Stored, FleetStartError> {
-        let mut generations = HashMap::new();
+        let mut generations = Generations::new();
         for d in db.list_desired().await? {
-            generations.insert(d.device_id, d.generation);
+            // A row whose id is not a device id names no device that can report.
+            if let Ok(id) = DeviceId::new(&d.device_id) {
+                generations.restore(id, d.generation);
+            }
         }
         let mut devices = HashMap::new();
         for d in db.list_devices().await? {
             let mut memo = memo_of(&d);
             // A row stored before reports were checked may hold a generation never issued.
-            let issued = generations.get(&d.id).copied().unwrap_or(0);
+            let issued = DeviceId::new(&d.id).map_or(0, |id| generations.issued(&id));
             memo.reported_generation = memo.reported_generation.min(issued);
             devices.insert(d.id.clone(), memo);
         }
@@ -312,7 +293,7 @@ impl Stored {
             let id = record.id;
             let planner = Rollout::from_cbor(&record.state)
                 .map_err(|error| FleetStartError::Rollout { id, error })?;
-            if !needs_driving(&planner) {
+            if !planner.needs_driving() {
                 continue;
             }
             let version = db
@@ -341,7 +322,7 @@ fn insert_rollout(
     loaded: Loaded,
 ) {
     let id = loaded.record.id;
-    if is_active(loaded.planner.state()) {
+    if loaded.planner.state().is_active() {
         for d in loaded.planner.devices() {
             owner.insert(d.as_str().to_string(), id);
         }
@@ -359,11 +340,9 @@ struct Actor {
     rollouts: BTreeMap<i64, Loaded>,
     /// Device → its active rollout.
     owner: HashMap<String, i64>,
-    devices: HashMap<String, Memo>,
-    generations: HashMap<String, u64>,
-    /// Per device: a generation it acted on that this server did not issue, within one agent
-    /// step of the last one issued ([`generation::ahead`]); the next one is issued above it.
-    ahead: HashMap<String, u64>,
+    devices: HashMap<String, DeviceMemo>,
+    /// What was issued to each device, watermarks, the newest outcome of each (core's ledger).
+    generations: Generations,
     releases: HashMap<Digest, Option<Arc<Vec<u8>>>>,
     reject_window: (u64, u32),
     /// Publishes the MQTT client had no room for yet.
@@ -386,25 +365,6 @@ struct Actor {
     fenced: bool,
 }
 
-fn is_active(state: &RolloutState) -> bool {
-    matches!(
-        state,
-        RolloutState::AwaitingApproval | RolloutState::Running { .. } | RolloutState::Paused { .. }
-    )
-}
-
-/// Whether the coordinator keeps `planner` loaded: an active rollout; a completed one while
-/// some target is still queued (late devices are notified); an aborted one while some device
-/// it sent back has not reported where it was sent (its reports keep the rollout's counts
-/// and recall true).
-fn needs_driving(planner: &Rollout) -> bool {
-    match planner.state() {
-        RolloutState::Completed => planner.status().totals.queued > 0,
-        RolloutState::Aborted { .. } => planner.status().recall.pending > 0,
-        state => is_active(state),
-    }
-}
-
 /// Device executions per state over the active rollouts as stored (the planner states the
 /// leader's last batch wrote): what a standby's `/metrics` reports, read at scrape time. A
 /// stored state that cannot be decoded is left out (the leader refuses to start with it).
@@ -412,7 +372,7 @@ pub async fn stored_executions(db: &Db) -> Result<StateCounts, DbError> {
     let mut executions = StateCounts::default();
     for (id, state) in db.active_planner_states().await? {
         match Rollout::from_cbor(&state) {
-            Ok(planner) if is_active(planner.state()) => {
+            Ok(planner) if planner.state().is_active() => {
                 executions.merge(&planner.status().totals);
             }
             Ok(_) => {}
@@ -440,8 +400,7 @@ impl Actor {
             rollouts: BTreeMap::new(),
             owner: HashMap::new(),
             devices: HashMap::new(),
-            generations: HashMap::new(),
-            ahead: HashMap::new(),
+            generations: Generations::new(),
             releases: HashMap::new(),
             reject_window: (0, 0),
             outbox: Outbox::default(),
@@ -478,15 +437,10 @@ impl Actor {
         self.update_snapshot();
     }
 
-    /// The last generation issued to device `id` (0: none).
-    fn issued(&self, id: &str) -> u64 {
-        self.generations.get(id).copied().unwrap_or(0)
-    }
-
     /// Refuses (as `mqtt-rejected`) a message acknowledging `reported` unless the server
     /// issued that generation to `id`; true if accepted. A refused value within one agent
     /// step above the last one issued is kept as the device's watermark
-    /// ([`generation::ahead`]): the next generation issued to it is above it.
+    /// ([`Generations::acknowledge`]): the next generation issued to it is above it.
     fn acknowledges_issued(
         &mut self,
         id: &DeviceId,
@@ -494,14 +448,9 @@ impl Actor {
         topic: &str,
         batch: &mut Batch,
     ) -> bool {
-        let issued = self.issued(id.as_str());
-        match generation::check_acknowledged(reported, issued) {
+        match self.generations.acknowledge(id, reported) {
             Ok(()) => true,
             Err(e) => {
-                if let Some(watermark) = generation::ahead(reported, issued) {
-                    let known = self.ahead.entry(id.as_str().to_string()).or_default();
-                    *known = (*known).max(watermark);
-                }
                 self.reject(Some(id), topic, &e.to_string(), batch);
                 false
             }
@@ -509,11 +458,11 @@ impl Actor {
     }
 
     /// A device whose watermark moved above the last generation issued to it
-    /// ([`generation::ahead`]) ignores the desired state it was sent: if a rollout still waits
+    /// ([`Generations::is_ahead`]) ignores the desired state it was sent: if a rollout still waits
     /// for it (its state there is not final), the rollout's desired state is issued again,
     /// above the watermark.
     async fn reissue_above_watermark(&mut self, id: &DeviceId, batch: &mut Batch) {
-        if !self.ahead.contains_key(id.as_str()) {
+        if !self.generations.is_ahead(id) {
             return;
         }
         let Some(&rid) = self.owner.get(id.as_str()) else {
@@ -874,7 +823,7 @@ impl Actor {
         let Some(healthy) = healthy else {
             return;
         };
-        if memo.healthy.replace(healthy) == Some(healthy) {
+        if !memo.handle_health(healthy) {
             return;
         }
         let now = self.clock.timestamp();
@@ -892,7 +841,7 @@ impl Actor {
 
     fn on_status(&mut self, id: &DeviceId, online: bool, batch: &mut Batch) {
         let memo = self.devices.entry(id.as_str().to_string()).or_default();
-        memo.online = online;
+        memo.handle_presence(online);
         batch.presence.insert(id.as_str().to_string());
         // Told every time (idempotent in the planner): after a restart the planner's view of
         // presence may be older than the registry's.
@@ -917,29 +866,11 @@ impl Actor {
         let owned = self.owner.contains_key(&key);
         let now = self.clock.now_i64();
         let memo = self.devices.entry(key.clone()).or_default();
-        let first = !memo.registered;
-        memo.registered = true;
+        let seen = memo.handle_report(&r, owned);
+        let last_committed = memo.last_committed;
         let running = r.running.as_ref().map(|x| x.digest);
         let known_good = r.known_good.as_ref().map(|x| x.digest);
-        match &r.last_result {
-            Some(UpdateOutcome {
-                state: ExecutionState::Succeeded,
-                digest: Some(d),
-                ..
-            }) => memo.last_committed = Some(*d),
-            _ if memo.last_committed.is_none() => memo.last_committed = known_good.or(running),
-            _ => {}
-        }
-        memo.running = running;
-        memo.on_trial = r.trial.is_some();
-        memo.reported_generation = memo.reported_generation.max(r.generation);
-        memo.security_floor = r.security_floor;
-        let drifted =
-            !owned && !memo.on_trial && running.is_some() && running != memo.last_committed;
-        let drift_changed = drifted != memo.drifted;
-        memo.drifted = drifted;
-        let last_committed = memo.last_committed;
-        if first {
+        if seen.first {
             batch.events.push(
                 NewEvent::new(now, format!("device:{id}"), EventKind::DeviceRegistered)
                     .device(id.as_str())
@@ -950,13 +881,13 @@ impl Actor {
                     })),
             );
         }
-        let drift_kind = if drifted {
-            EventKind::DeviceDrifted
-        } else {
-            EventKind::DeviceDriftCleared
-        };
-        if drift_changed && self.event_allowed(id.as_str(), drift_kind) {
-            let kind = drift_kind;
+        let drift_kind = seen.drift.map(|change| match change {
+            DriftChange::Drifted => EventKind::DeviceDrifted,
+            DriftChange::Cleared => EventKind::DeviceDriftCleared,
+        });
+        if let Some(kind) = drift_kind
+            && self.event_allowed(id.as_str(), kind)
+        {
             batch.events.push(
                 NewEvent::new(now, "server", kind)
                     .device(id.as_str())
@@ -1017,10 +948,9 @@ impl Actor {
         let Some(memo) = self.devices.get_mut(id.as_str()) else {
             return;
         };
-        if memo.transfer.is_some_and(|(g, _)| g >= o.generation) {
+        if !memo.note_transfer(o.generation, t) {
             return;
         }
-        memo.transfer = Some((o.generation, t));
         batch.transfers.push(TransferRecord {
             device_id: id.as_str().to_string(),
             generation: o.generation,
@@ -1040,31 +970,18 @@ impl Actor {
             // A finished rollout: nothing to drive.
             return;
         };
-        let aborted = matches!(loaded.planner.state(), RolloutState::Aborted { .. });
-        // After an abort, a report on another digest is about where the device was sent
-        // back to (the planner ignores it otherwise).
-        let recall = o
-            .digest
-            .filter(|d| aborted && *d != loaded.record.release_digest);
-        let ours = match o.digest {
-            Some(digest) => digest == loaded.record.release_digest || recall.is_some(),
-            // A release the device could not decode has no digest to report: the rejection
-            // is this rollout's when it answers the desired state this rollout sent last.
-            None => {
-                matches!(o.state, ExecutionState::Rejected { .. })
-                    && self.generations.get(id.as_str()) == Some(&o.generation)
-                    && loaded.planner.device_state(id).is_some()
-            }
+        let facts = RolloutFacts {
+            release: loaded.record.release_digest,
+            aborted: matches!(loaded.planner.state(), RolloutState::Aborted { .. }),
+            holds_device: loaded.planner.device_state(id).is_some(),
         };
-        if !ours {
+        let recall = match routing::route(o, facts, self.generations.issued(id)) {
+            Route::NotOurs => return,
+            Route::Report => None,
+            Route::Recall(to) => Some(to),
+        };
+        if !self.generations.is_fresh_outcome(id, o.generation, o.at) {
             return;
-        }
-        if let Some(memo) = self.devices.get_mut(id.as_str()) {
-            let key = (o.generation, o.at);
-            if memo.last_outcome.is_some_and(|seen| key < seen) {
-                return;
-            }
-            memo.last_outcome = Some(key);
         }
         let handled = match recall {
             Some(to) => loaded.planner.handle_recall_report(id, to, o.state.clone()),
@@ -1274,7 +1191,7 @@ impl Actor {
                     .devices
                     .get(device_id.as_str())
                     .and_then(|m| m.transfer)
-                    .filter(|(g, _)| self.generations.get(device_id.as_str()) == Some(g))
+                    .filter(|(g, _)| self.generations.issued(&device_id) == *g)
                     .filter(|_| after_download(&new));
                 if let (Some((_, t)), Some(map)) = (transfer, details.as_object_mut()) {
                     map.insert("transfer".into(), transfer_json(&t));
@@ -1401,22 +1318,15 @@ impl Actor {
             ));
             return;
         };
-        // Reports acknowledge only generations issued here, so the last one issued is the
-        // highest the device knows.
-        let above = self
-            .ahead
-            .remove(device.as_str())
-            .unwrap_or(0)
-            .max(self.issued(device.as_str()));
-        let generation = match generation::next(above) {
+        // Reports acknowledge only generations issued here, so the last one issued (or the
+        // device's watermark above it) is the highest the device knows.
+        let generation = match self.generations.issue(device) {
             Ok(g) => g,
             Err(e) => {
                 batch.events.push(unavailable(e.to_string()));
                 return;
             }
         };
-        self.generations
-            .insert(device.as_str().to_string(), generation);
         self.supersede_recalls(device, rid);
         let desired = DesiredState {
             v: PROTOCOL_VERSION,
@@ -1705,7 +1615,7 @@ impl Actor {
         self.rollouts.clear();
         self.owner.clear();
         self.devices.clear();
-        self.generations.clear();
+        self.generations.forget_all();
         let degraded = self.degraded.get_or_insert_with(Degraded::default);
         for (topic, payload) in raw {
             degraded.keep(&self.topics, topic, payload);
@@ -1860,7 +1770,7 @@ impl Actor {
         let done: Vec<i64> = self
             .rollouts
             .iter()
-            .filter(|(_, l)| !needs_driving(&l.planner))
+            .filter(|(_, l)| !l.planner.needs_driving())
             .map(|(id, _)| *id)
             .collect();
         for id in &done {
@@ -1869,7 +1779,7 @@ impl Actor {
         let active: HashSet<i64> = self
             .rollouts
             .iter()
-            .filter(|(_, l)| is_active(l.planner.state()))
+            .filter(|(_, l)| l.planner.state().is_active())
             .map(|(id, _)| *id)
             .collect();
         self.owner.retain(|_, rid| active.contains(rid));
@@ -1879,7 +1789,7 @@ impl Actor {
         let mut executions = StateCounts::default();
         let mut active = 0;
         for l in self.rollouts.values() {
-            if is_active(l.planner.state()) {
+            if l.planner.state().is_active() {
                 active += 1;
                 executions.merge(&l.planner.status().totals);
             }
@@ -2151,40 +2061,21 @@ impl Actor {
         spec.dry_run = req.dry_run;
         spec.validate()?;
 
-        let mut matched = 0usize;
-        let mut incompatible = 0usize;
-        let mut targets = Vec::new();
-        let mut conflicts = Vec::new();
-        for device in self.db.list_devices().await? {
-            if !filter.matches(&device) {
-                continue;
-            }
-            matched += 1;
-            let compatible = device
-                .hardware_class
-                .as_ref()
-                .is_some_and(|hw| release.hardware.contains(hw));
-            let Ok(id) = DeviceId::new(&device.id) else {
-                continue;
-            };
-            if !compatible {
-                incompatible += 1;
-                continue;
-            }
-            if let Some(other) = self.owner.get(&device.id) {
-                conflicts.push((device.id.clone(), *other));
-            }
-            let running = device.running_digest.unwrap_or(NO_RELEASE);
-            let known_good = device
-                .known_good_digest
-                .or(device.last_committed_digest)
-                .unwrap_or(running);
-            let online = self
-                .devices
-                .get(&device.id)
-                .map_or(device.online, |m| m.online);
-            targets.push(Target::new(id, running, known_good).with_online(online));
-        }
+        let registry = self.db.list_devices().await?;
+        let known = Known {
+            owner: &self.owner,
+            devices: &self.devices,
+        };
+        let Selection {
+            targets,
+            matched,
+            incompatible,
+            conflicts,
+        } = targeting::select(&registry, &filter, &release.hardware, &known);
+        let conflicts: Vec<(String, i64)> = conflicts
+            .into_iter()
+            .map(|(device, rollout)| (device.as_str().to_string(), rollout))
+            .collect();
         if targets.is_empty() {
             return Err(FleetError::NoTargets {
                 matched,
@@ -2534,8 +2425,24 @@ fn on_trust_report(id: &DeviceId, r: &TrustReport, now: i64, batch: &mut Batch) 
     );
 }
 
-fn memo_of(d: &DeviceRecord) -> Memo {
-    Memo {
+/// What the coordinator knows of the fleet beyond the registry, for target selection: which
+/// rollout holds a device and its presence as last heard.
+struct Known<'a> {
+    owner: &'a HashMap<String, i64>,
+    devices: &'a HashMap<String, DeviceMemo>,
+}
+
+impl FleetKnowledge<i64> for Known<'_> {
+    fn holder(&self, device: &DeviceId) -> Option<i64> {
+        self.owner.get(device.as_str()).copied()
+    }
+    fn presence(&self, device: &DeviceId) -> Option<bool> {
+        self.devices.get(device.as_str()).map(|m| m.online)
+    }
+}
+
+fn memo_of(d: &DeviceRecord) -> DeviceMemo {
+    DeviceMemo {
         online: d.online,
         drifted: d.drifted,
         registered: d.hardware_class.is_some() || d.running_digest.is_some(),
@@ -2546,7 +2453,6 @@ fn memo_of(d: &DeviceRecord) -> Memo {
         healthy: None,
         reported_generation: d.reported_generation,
         last_seen: d.last_seen,
-        last_outcome: None,
         transfer: d.last_transfer.map(|t| {
             let figures = Transfer {
                 fetched: t.fetched_bytes,

@@ -39,10 +39,10 @@
 //!   ([`DEVICE_EVENTS_PER_MINUTE`]): a device toggling its running release cannot fill the
 //!   audit log; the state itself (the device row, drift flag) is still updated every time.
 //! - A report or event can only acknowledge a desired-state generation the server issued to
-//!   that device (see `generation.rs`); anything above is `mqtt-rejected`.
+//!   that device (core's [`ota_core::fleet::Generations`]); anything above is `mqtt-rejected`.
 //! - Reports are routed to a planner by the rollout id and release digest they carry; older
-//!   outcomes (by generation, then device time) than one already seen are dropped, so a
-//!   retained reported state cannot move a device backwards.
+//!   outcomes (by generation, then device time) than one already seen are dropped (the same
+//!   ledger), so a retained reported state cannot move a device backwards.
 //! - A device belongs to at most one *active* rollout (awaiting approval, running, paused):
 //!   a second rollout over it is refused (409).
 //! - `last_seen` moves with every reported state, status and heartbeat; heartbeats only
@@ -57,7 +57,6 @@
 
 mod actor;
 pub mod flags;
-mod generation;
 mod outbox;
 pub mod view;
 

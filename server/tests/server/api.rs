@@ -11,7 +11,7 @@ use crate::util::{TestServer, artifact, error_of, release};
 
 async fn with_devices() -> TestServer {
     let t = TestServer::start().await;
-    let db = t.server.db();
+    let mut tx = t.server.db().begin().await.unwrap();
     for (id, hw, region, version, online) in [
         ("gw-1", "gw-a", "eu", "2.0.0", true),
         ("gw-2", "gw-a", "us", "2.0.0", true),
@@ -22,11 +22,11 @@ async fn with_devices() -> TestServer {
         report.hardware_class = Some(hw.into());
         report.labels = BTreeMap::from([("region".into(), region.into())]);
         report.running_version = Some(version.into());
-        db.upsert_device_report(id, &report, 1000).await.unwrap();
-        if !online {
-            db.set_online(id, false, 1001).await.unwrap();
-        }
+        tx.upsert_device(id, &report, online, false, 0, 1000)
+            .await
+            .unwrap();
     }
+    tx.commit().await.unwrap();
     t
 }
 

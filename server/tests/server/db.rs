@@ -83,9 +83,12 @@ async fn round_trip(db: &Db) {
     report.power = Some(json!({ "battery": 80, "charging": true }));
     report.inventory = Some(json!({ "kernel": "6.1" }));
     report.reported = Some(vec![0xa1, 0x01, 0x02]);
-    db.upsert_device_report("dev-1", &report, 200)
+    // The coordinator is the only writer of device rows, always in a transaction.
+    let mut tx = db.begin().await.unwrap();
+    tx.upsert_device("dev-1", &report, true, false, 0, 200)
         .await
         .unwrap();
+    tx.commit().await.unwrap();
     let d = db.get_device("dev-1").await.unwrap().unwrap();
     assert_eq!(d.hardware_class.as_deref(), Some("gw-a"));
     assert_eq!(d.labels["region"], "eu");
@@ -105,7 +108,11 @@ async fn round_trip(db: &Db) {
     // A later report without hardware class or inventory keeps them; the rest is replaced.
     let mut later = DeviceReport::default();
     later.running_version = Some("1.2.4".into());
-    db.upsert_device_report("dev-1", &later, 300).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.upsert_device("dev-1", &later, true, false, 0, 300)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     let d = db.get_device("dev-1").await.unwrap().unwrap();
     assert_eq!(d.hardware_class.as_deref(), Some("gw-a"));
     assert_eq!(d.inventory, Some(json!({ "kernel": "6.1" })));
@@ -114,8 +121,10 @@ async fn round_trip(db: &Db) {
     assert!(d.labels.is_empty());
     assert_eq!((d.first_seen, d.last_seen), (200, 300));
 
-    db.set_online("dev-1", false, 400).await.unwrap();
-    db.set_online("dev-2", true, 410).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.set_online("dev-1", false, 400).await.unwrap();
+    tx.set_online("dev-2", true, 410).await.unwrap();
+    tx.commit().await.unwrap();
     let d2 = db.get_device("dev-2").await.unwrap().unwrap();
     assert!(d2.online && d2.hardware_class.is_none());
     let counts = db.device_counts().await.unwrap();
@@ -128,15 +137,13 @@ async fn round_trip(db: &Db) {
         tx.set_server_labels("nope", &BTreeMap::new()).await,
         Err(DbError::NotFound { what: "device", .. })
     ));
+    tx.set_drifted("dev-2", true).await.unwrap();
+    tx.set_drifted("nope", true).await.unwrap();
     tx.commit().await.unwrap();
-    db.set_drifted("dev-2", true).await.unwrap();
     let d2 = db.get_device("dev-2").await.unwrap().unwrap();
     assert_eq!(d2.label("region"), Some("us"));
     assert!(d2.drifted);
-    assert!(matches!(
-        db.set_drifted("nope", true).await,
-        Err(DbError::NotFound { what: "device", .. })
-    ));
+    assert_eq!(db.get_device("nope").await.unwrap(), None, "no row made");
     let ids: Vec<String> = db
         .list_devices()
         .await
@@ -155,11 +162,12 @@ async fn round_trip(db: &Db) {
         "pending",
         "alice",
     );
-    let created = NewEvent::new(500, "alice", EventKind::RolloutCreated);
-    let id = db
-        .insert_rollout(&rollout, 500, Some(&created))
+    let mut tx = db.begin().await.unwrap();
+    let id = tx.insert_rollout(&rollout, 500).await.unwrap();
+    tx.append_event(&NewEvent::new(500, "alice", EventKind::RolloutCreated).rollout(id))
         .await
         .unwrap();
+    tx.commit().await.unwrap();
     let r = db.get_rollout(id).await.unwrap().unwrap();
     assert_eq!(r.release_digest, record.digest);
     assert_eq!(r.filter, "hw=gw-a");
@@ -172,33 +180,41 @@ async fn round_trip(db: &Db) {
         (r.created_at, r.updated_at, r.approved_by.as_deref()),
         (500, 500, None)
     );
-    db.set_rollout_approved(
-        id,
-        "bob",
-        510,
-        Some(&NewEvent::new(510, "bob", EventKind::RolloutApproved).rollout(id)),
-    )
-    .await
-    .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.set_rollout_approved(id, "bob", 510).await.unwrap();
+    tx.append_event(&NewEvent::new(510, "bob", EventKind::RolloutApproved).rollout(id))
+        .await
+        .unwrap();
+    tx.update_rollout(id, &[9, 9], "running", 520)
+        .await
+        .unwrap();
     let wave = NewEvent::new(520, "server", EventKind::WaveStarted)
         .rollout(id)
         .device("dev-1");
-    db.update_rollout_state(id, &[9, 9], "running", 520, &[wave])
-        .await
-        .unwrap();
+    tx.append_event(&wave).await.unwrap();
+    tx.commit().await.unwrap();
     let r = db.get_rollout(id).await.unwrap().unwrap();
     assert_eq!(
         (r.state.as_slice(), r.status.as_str()),
         (&[9u8, 9][..], "running")
     );
     assert_eq!((r.approved_by.as_deref(), r.updated_at), (Some("bob"), 520));
+    let mut tx = db.begin().await.unwrap();
     assert!(matches!(
-        db.update_rollout_state(id + 1000, &[], "x", 1, &[]).await,
+        tx.update_rollout(id + 1000, &[], "x", 1).await,
         Err(DbError::NotFound {
             what: "rollout",
             ..
         })
     ));
+    assert!(matches!(
+        tx.set_rollout_approved(id + 1000, "bob", 1).await,
+        Err(DbError::NotFound {
+            what: "rollout",
+            ..
+        })
+    ));
+    drop(tx);
     // A rollout must name a published release.
     let orphan = NewRollout::new(
         Digest::of(b"unpublished"),
@@ -208,7 +224,9 @@ async fn round_trip(db: &Db) {
         "pending",
         "alice",
     );
-    assert!(db.insert_rollout(&orphan, 1, None).await.is_err());
+    let mut tx = db.begin().await.unwrap();
+    assert!(tx.insert_rollout(&orphan, 1).await.is_err());
+    drop(tx);
     assert_eq!(db.list_rollouts().await.unwrap().len(), 1);
 
     // ----- events -----

@@ -1,0 +1,22 @@
+//! The fleet coordinator's decisions, sans-IO (issue 13: the coordinator moves here piece by
+//! piece; today the server's `fleet/actor.rs` still holds the rest and calls these).
+//!
+//! - [`generations`]: which desired-state generation a device may acknowledge, the device's
+//!   watermark when it acted on one this server did not issue, the next one to issue, and
+//!   which of a device's outcome reports is stale. One [`Generations`] ledger per fleet,
+//!   restored from the persisted desired states.
+//! - [`device`]: what the coordinator remembers of each device ([`DeviceMemo`]) and the rules
+//!   that move it: registration, the last committed release, drift, presence, health, download
+//!   costs.
+//! - [`routing`]: whether an outcome report is a rollout's device state, the recall of an
+//!   aborted rollout, or not the rollout's at all.
+//! - [`targeting`]: which devices a new rollout targets (filter, hardware class, holders,
+//!   presence) and where an abort would send each back.
+
+pub mod device;
+pub mod generations;
+pub mod routing;
+pub mod targeting;
+
+pub use device::{DeviceMemo, DriftChange, ReportSeen};
+pub use generations::{GenerationError, Generations, MAX_GENERATION};
