@@ -25,8 +25,6 @@ pub struct DeviceTally {
     pub deferred: u64,
     /// Devices by running version (`None`: not reported yet).
     pub by_version: BTreeMap<Option<String>, u64>,
-    /// Devices by the artifact digest (hex) they run (`None`: not reported yet).
-    pub by_digest: BTreeMap<Option<String>, u64>,
     /// Devices by hardware class (`None`: not reported yet).
     pub by_class: BTreeMap<Option<String>, u64>,
     /// Devices by last update result (`None`: none yet).
@@ -37,10 +35,9 @@ impl Db {
     /// Counts the registry (see [`DeviceTally`]).
     pub async fn device_tally(&self) -> Result<DeviceTally, DbError> {
         let rows = sqlx::query(
-            "SELECT running_version, running_digest, hardware_class, last_result, online, \
-             drifted, COUNT(*) AS n FROM devices \
-             GROUP BY running_version, running_digest, hardware_class, last_result, online, \
-             drifted",
+            "SELECT running_version, hardware_class, last_result, online, drifted, \
+             COUNT(*) AS n FROM devices \
+             GROUP BY running_version, hardware_class, last_result, online, drifted",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -61,14 +58,29 @@ impl Db {
             *t.by_version
                 .entry(row.try_get("running_version")?)
                 .or_default() += n;
-            *t.by_digest
-                .entry(row.try_get("running_digest")?)
-                .or_default() += n;
             *t.by_class
                 .entry(row.try_get("hardware_class")?)
                 .or_default() += n;
             *t.by_result.entry(result).or_default() += n;
         }
         Ok(t)
+    }
+
+    /// Devices by the artifact digest (hex) they run (`None`: not reported yet), for the
+    /// releases page.
+    pub async fn devices_by_digest(&self) -> Result<BTreeMap<Option<String>, u64>, DbError> {
+        let rows = sqlx::query(
+            "SELECT running_digest, COUNT(*) AS n FROM devices GROUP BY running_digest",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_digest = BTreeMap::new();
+        for row in &rows {
+            by_digest.insert(
+                row.try_get("running_digest")?,
+                to_u64(row.try_get("n")?, "count")?,
+            );
+        }
+        Ok(by_digest)
     }
 }

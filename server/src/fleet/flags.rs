@@ -127,6 +127,8 @@ impl From<&Rule> for RuleView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct FlagChangeView {
+    /// The flag.
+    pub flag: String,
     /// The fleet flag-state version the change produced.
     pub version: u64,
     /// When, unix milliseconds.
@@ -144,6 +146,7 @@ pub struct FlagChangeView {
 impl From<&FlagChange> for FlagChangeView {
     fn from(c: &FlagChange) -> Self {
         FlagChangeView {
+            flag: c.flag.as_str().to_string(),
             version: c.version,
             at: c.at.as_unix_millis(),
             by: c.by.clone(),

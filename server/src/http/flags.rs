@@ -1,4 +1,4 @@
-//! Feature flags: `GET /api/v1/flags`, `GET /api/v1/flags/{name}[?device=ID]`,
+//! Feature flags: `GET /api/v1/flags` (with the newest changes across flags), `GET /api/v1/flags/{name}[?device=ID]`,
 //! `POST /api/v1/flags/{name}/set|kill|revive`, `DELETE /api/v1/flags/{name}`.
 //!
 //! Edits go to the fleet coordinator, which stores the change, its audit record and its
@@ -17,6 +17,9 @@ use crate::fleet::{FlagEditResult, FlagList, FlagSetRequest};
 /// Most audit records `GET /api/v1/flags/{name}` returns.
 const CHANGES_SHOWN: u32 = 50;
 
+/// Most audit records (across flags) `GET /api/v1/flags` returns.
+const RECENT_CHANGES_SHOWN: u32 = 30;
+
 /// Query of `GET /api/v1/flags/{name}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,13 +35,38 @@ pub(super) struct Shown {
     changes: Vec<FlagChangeView>,
 }
 
+/// `GET /api/v1/flags`: every flag with its counts, and the newest changes across flags.
+#[derive(Debug, Serialize)]
+pub(super) struct Listed {
+    #[serde(flatten)]
+    list: FlagList,
+    changes: Vec<FlagChangeView>,
+}
+
 fn flag_name(text: &str) -> Result<FlagName, ApiError> {
     FlagName::new(text).map_err(|e| ApiError::bad_request("bad-flag-name", e.to_string()))
 }
 
 /// `GET /api/v1/flags`.
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<FlagList>, ApiError> {
-    Ok(Json(state.fleet().list_flags().await?))
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Listed>, ApiError> {
+    let list = state.fleet().list_flags().await?;
+    let changes = changes(&state, None, RECENT_CHANGES_SHOWN).await?;
+    Ok(Json(Listed { list, changes }))
+}
+
+/// The newest `limit` changes of flag `name` (of every flag without one), oldest first.
+async fn changes(
+    state: &AppState,
+    name: Option<&FlagName>,
+    limit: u32,
+) -> Result<Vec<FlagChangeView>, ApiError> {
+    Ok(state
+        .db()
+        .list_flag_changes(name.map(FlagName::as_str), limit)
+        .await?
+        .iter()
+        .map(FlagChangeView::from)
+        .collect())
 }
 
 /// `GET /api/v1/flags/{name}`.
@@ -54,13 +82,7 @@ pub(super) async fn show(
         .fleet()
         .show_flag(name.as_str(), device.as_deref())
         .await?;
-    let changes = state
-        .db()
-        .list_flag_changes(name.as_str(), CHANGES_SHOWN)
-        .await?
-        .iter()
-        .map(FlagChangeView::from)
-        .collect();
+    let changes = changes(&state, Some(&name), CHANGES_SHOWN).await?;
     Ok(Json(Shown { detail, changes }))
 }
 

@@ -16,7 +16,7 @@ use super::super::html::{esc, json_text};
 use super::super::layout;
 use super::super::session::Session;
 use super::super::{Console, SignedIn};
-use super::{device_link, field, table};
+use super::{device_link, field, rollout_link, table};
 
 /// What the form asks for.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -265,10 +265,7 @@ fn plan_notes(plan: &Value) -> String {
         .iter()
         .map(|c| {
             let rollout = field(c, "rollout");
-            vec![
-                device_link(&field(c, "device")),
-                format!(r#"<a href="/rollouts/{0}">#{0}</a>"#, esc(&rollout)),
-            ]
+            vec![device_link(&field(c, "device")), rollout_link(&rollout)]
         })
         .collect();
     if !conflicts.is_empty() {

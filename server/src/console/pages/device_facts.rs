@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{field, table};
-use crate::console::html::{esc, time, url};
+use super::{field, rollout_link, table};
+use crate::console::html::{esc, time};
 
 /// `(name, HTML value)` pairs as a definition list; pairs with an empty value are left out.
 fn facts(id: &str, pairs: &[(&str, String)]) -> String {
@@ -55,18 +55,7 @@ pub(crate) fn outcome(o: &Value) -> String {
                     r => format!("<code>{}</code>", esc(&r)),
                 },
             ),
-            (
-                "Rollout",
-                if rollout.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        r#"<a href="/rollouts/{}">#{}</a>"#,
-                        url(&rollout),
-                        esc(&rollout)
-                    )
-                },
-            ),
+            ("Rollout", rollout_link(&rollout)),
             (
                 "Desired-state generation",
                 esc(&field(o, "generation")).to_string(),
@@ -219,7 +208,7 @@ pub(crate) fn executions(events: &Value) -> String {
         .rev()
         .map(|(id, x)| {
             vec![
-                format!(r#"<a href="/rollouts/{id}">#{id}</a>"#),
+                rollout_link(&id.to_string()),
                 time(x.from),
                 esc(&x.path.join(" → ")).to_string(),
                 esc(&x.why).to_string(),

@@ -12,7 +12,7 @@ use super::super::html::{esc, json_text, time, url};
 use super::super::layout;
 use super::super::session::Session;
 use super::super::{ApiAnswer, Console, SignedIn};
-use super::{device_facts, field, may, table};
+use super::{device_facts, field, may, rollout_link, table};
 use crate::db::{DevicePage, DevicePageQuery, DeviceSort, SortDirection};
 use ota_core::filter::Filter;
 
@@ -360,15 +360,7 @@ pub(crate) fn event_rows(events: &Value) -> Vec<(String, Vec<String>)> {
                     .unwrap_or_default(),
                 esc(&field(e, "actor")).to_string(),
                 esc(&kind).to_string(),
-                if rollout.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        r#"<a href="/rollouts/{}">#{}</a>"#,
-                        url(&rollout),
-                        esc(&rollout)
-                    )
-                },
+                rollout_link(&rollout),
                 if device.is_empty() {
                     String::new()
                 } else {

@@ -9,7 +9,6 @@ use serde_json::Value;
 
 use super::super::html::{esc, json_text, time, url};
 use super::super::layout;
-use super::super::session::Session;
 use super::super::{Console, SignedIn};
 use super::devices::{EVENT_HEAD, event_rows};
 use super::{device_facts, device_link, field, may, table};
@@ -24,7 +23,7 @@ pub(crate) async fn releases(
         Err(refused) => return refused,
     };
     // Which devices run each release: one GROUP BY over the registry.
-    let tally = match console.state().db().device_tally().await {
+    let by_digest = match console.state().db().devices_by_digest().await {
         Ok(t) => t,
         Err(e) => {
             return layout::error_page(&session, &crate::http::ApiError::from(e).into());
@@ -39,11 +38,7 @@ pub(crate) async fn releases(
             list.iter()
                 .map(|r| {
                     let digest = field(r, "digest");
-                    let running = tally
-                        .by_digest
-                        .get(&Some(digest.clone()))
-                        .copied()
-                        .unwrap_or(0);
+                    let running = by_digest.get(&Some(digest.clone())).copied().unwrap_or(0);
                     vec![
                         esc(&field(r, "version")).to_string(),
                         esc(&field(r, "product")).to_string(),
@@ -233,15 +228,7 @@ pub(crate) async fn flags(State(console): State<Console>, SignedIn(session): Sig
                 .collect()
         })
         .unwrap_or_default();
-    let names: Vec<String> = all
-        .get("flags")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|d| field(d.get("flag").unwrap_or(&Value::Null), "name"))
-        .collect();
-    let changes = flag_changes(&console, &session, &names).await;
+    let changes = flag_changes(all.get("changes").unwrap_or(&Value::Null));
     let body = format!(
         r#"{}{changes}<p><a href="/audit?kind=flag-killed">Kill-switch audit</a> · <a href="/audit">All events</a></p>"#,
         table(
@@ -260,40 +247,25 @@ pub(crate) async fn flags(State(console): State<Console>, SignedIn(session): Sig
     layout::page(&session, "Flags", "/flags", &body)
 }
 
-/// Changes shown in the flags page's audit trail (the newest, across flags).
-const FLAG_CHANGES_SHOWN: usize = 30;
-
-/// The flags' audit trail: their newest changes (who, when, what, old → new rules), from each
-/// flag's `GET /api/v1/flags/{name}` (its last 50 changes).
-async fn flag_changes(console: &Console, session: &Session, names: &[String]) -> String {
-    let mut all: Vec<(String, Value)> = Vec::new();
-    for name in names {
-        let answer = console
-            .api(session, Method::GET, &format!("/flags/{}", url(name)), None)
-            .await;
-        for change in answer
-            .body
-            .get("changes")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            all.push((name.clone(), change.clone()));
-        }
-    }
+/// The flags' audit trail, newest first: who changed which flag when, and its definition
+/// before and after (the newest changes across flags, deleted ones included, that
+/// `GET /api/v1/flags` lists oldest first).
+fn flag_changes(changes: &Value) -> String {
     let at = |c: &Value| c.get("at").and_then(Value::as_i64).unwrap_or(0);
-    all.sort_by_key(|(_, c)| std::cmp::Reverse(at(c)));
-    let rows: Vec<Vec<String>> = all
+    let rows: Vec<Vec<String>> = changes
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
         .iter()
-        .take(FLAG_CHANGES_SHOWN)
-        .map(|(name, c)| {
+        .rev()
+        .map(|c| {
             let rules = |side: &str| {
                 c.get(side)
                     .filter(|v| v.is_object())
                     .map_or_else(|| "-".to_owned(), flag_state)
             };
             vec![
-                esc(name).to_string(),
+                esc(&field(c, "flag")).to_string(),
                 time(at(c) / 1000),
                 esc(&field(c, "by")).to_string(),
                 esc(&field(c, "kind")).to_string(),

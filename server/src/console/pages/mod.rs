@@ -54,3 +54,11 @@ pub(crate) fn table(caption: &str, head: &[&str], rows: &[Vec<String>]) -> Strin
 pub(crate) fn device_link(id: &str) -> String {
     format!(r#"<a href="/devices/{}">{}</a>"#, url(id), esc(id))
 }
+
+/// A link to rollout `id`'s page (`#7`); nothing for an empty id (no rollout).
+pub(crate) fn rollout_link(id: &str) -> String {
+    if id.is_empty() {
+        return String::new();
+    }
+    format!(r#"<a href="/rollouts/{}">#{}</a>"#, url(id), esc(id))
+}

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::response::Response;
 
-use super::super::html::{esc, url};
+use super::super::html::esc;
 use super::super::layout;
 use super::super::session::Session;
 use super::super::{Console, SignedIn};
-use super::{field, table};
+use super::{field, rollout_link, table};
 
 /// The rows of a count table, largest first; `missing` names the devices without a value.
 fn count_rows(counts: &BTreeMap<Option<String>, u64>, missing: &str) -> Vec<Vec<String>> {
@@ -44,7 +44,7 @@ pub(crate) async fn fragment(console: &Console, session: &Session) -> Result<Str
                 .map(|r| {
                     let id = field(r, "id");
                     vec![
-                        format!(r#"<a href="/rollouts/{}">#{}</a>"#, url(&id), esc(&id)),
+                        rollout_link(&id),
                         esc(&field(r, "version")).to_string(),
                         format!(
                             r#"<span class="status">{}</span>"#,

@@ -12,7 +12,7 @@ use super::super::html::{esc, json_text, time, url};
 use super::super::layout;
 use super::super::session::Session;
 use super::super::{ApiAnswer, Console, SignedIn};
-use super::{device_link, field, may, rollout_facts, table};
+use super::{device_link, field, may, rollout_facts, rollout_link, table};
 
 /// Whether nothing on the rollout's page changes any more: it completed, is a dry run, or
 /// aborted with no device it sent back still pending (until then the recall line moves).
@@ -43,7 +43,7 @@ pub(crate) async fn list(State(console): State<Console>, SignedIn(session): Sign
                 .map(|r| {
                     let id = field(r, "id");
                     vec![
-                        format!(r#"<a href="/rollouts/{}">#{}</a>"#, url(&id), esc(&id)),
+                        rollout_link(&id),
                         esc(&field(r, "version")).to_string(),
                         format!("<code>{}</code>", esc(&field(r, "filter"))),
                         format!(
