@@ -28,7 +28,8 @@ use serde::Deserialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Db, DbError, DeviceRecord, device_from_row, format_device_select, from_json, to_json};
+use super::devices::{device_from_row, format_device_select};
+use super::{Db, DbError, DeviceRecord, from_json, to_json};
 
 /// A sortable column of the device list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
