@@ -11,8 +11,9 @@
 //! - [`delta`]: the signed chunk index of an artifact and the plan of a delta update (copy the
 //!   chunks a device holds, fetch the rest with Range requests).
 //! - [`digest`]: the SHA-256 digest type that names artifacts everywhere.
-//! - [`fleet`]: the fleet coordinator's decisions (desired-state generations and stale
-//!   reports so far; the rest still lives in the server's coordinator, issue 13).
+//! - [`fleet`]: the fleet coordinator's decisions: desired-state generations and stale
+//!   reports, the device memo (drift, presence), report routing and rollout targeting (the
+//!   sequencing still lives in the server's coordinator, issue 13).
 //! - [`filter`]: the device filter language (`hw=gw-a and label:region=eu`): its parser and
 //!   its evaluation over any [`filter::DeviceFacts`], for listings, rollout targets and flags.
 //! - [`release`]: the signed release format (a COSE_Sign envelope over a CBOR manifest), the trust
