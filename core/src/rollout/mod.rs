@@ -100,6 +100,7 @@ mod no_rollback;
 mod planner;
 mod recall;
 mod spec;
+mod status;
 
 pub use cohort::{assign_cohorts, cohort_of, cohort_point, in_share};
 pub use counts::{FAILURE_PHASES, STATE_NAMES, StateCounts};
@@ -112,6 +113,7 @@ pub use planner::{
 };
 pub use recall::{RecallCounts, RecallState};
 pub use spec::{DEFAULT_MIN_EXECUTED, MAX_WAVES, Ratio, RolloutSpec, Target};
+pub use status::RolloutStatus;
 
 /// The per-device execution states, shared with the wire protocol.
 pub use crate::wire::{ExecutionState, FailurePhase};

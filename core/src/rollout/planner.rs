@@ -12,6 +12,7 @@ use super::cohort::{assign_cohorts, cohort_of, cohort_point};
 use super::counts::{is_deferred, is_in_flight, took_release};
 use super::no_rollback::{NoRollback, NoRollbackCause};
 use super::recall::{Recall, RecallCounts, RecallState};
+use super::status::RolloutStatus;
 use super::{MAX_WAVES, Ratio, RolloutError, RolloutSpec, StateCounts, Target};
 use crate::digest::Digest;
 use crate::time::Timestamp;
@@ -71,38 +72,26 @@ pub enum RolloutState {
 }
 
 impl RolloutState {
-    /// Every state's name ([`RolloutState::name`]), in lifecycle order: the statuses a
-    /// rollout is stored, listed and counted by (`/metrics`).
-    pub const NAMES: [&'static str; 6] = [
-        "dry-run",
-        "awaiting-approval",
-        "running",
-        "paused",
-        "completed",
-        "aborted",
-    ];
-
-    /// The state's kebab-case name.
-    pub fn name(&self) -> &'static str {
+    /// The state without its details: what the server stores, lists and counts by.
+    pub fn status(&self) -> RolloutStatus {
         match self {
-            RolloutState::DryRun => "dry-run",
-            RolloutState::AwaitingApproval => "awaiting-approval",
-            RolloutState::Running { .. } => "running",
-            RolloutState::Paused { .. } => "paused",
-            RolloutState::Completed => "completed",
-            RolloutState::Aborted { .. } => "aborted",
+            RolloutState::DryRun => RolloutStatus::DryRun,
+            RolloutState::AwaitingApproval => RolloutStatus::AwaitingApproval,
+            RolloutState::Running { .. } => RolloutStatus::Running,
+            RolloutState::Paused { .. } => RolloutStatus::Paused,
+            RolloutState::Completed => RolloutStatus::Completed,
+            RolloutState::Aborted { .. } => RolloutStatus::Aborted,
         }
     }
 
-    /// Whether the rollout holds its targets: awaiting approval, running or paused. A device
-    /// is held by at most one such rollout (a new rollout over it is a conflict).
+    /// The state's kebab-case name ([`RolloutStatus::name`]).
+    pub fn name(&self) -> &'static str {
+        self.status().name()
+    }
+
+    /// Whether the rollout holds its targets ([`RolloutStatus::is_active`]).
     pub fn is_active(&self) -> bool {
-        matches!(
-            self,
-            RolloutState::AwaitingApproval
-                | RolloutState::Running { .. }
-                | RolloutState::Paused { .. }
-        )
+        self.status().is_active()
     }
 
     /// The current wave, while running or paused.
@@ -1628,10 +1617,10 @@ impl Rollout {
 mod tests {
     use super::*;
 
-    /// `RolloutState::NAMES` lists every state's name, once, in lifecycle order (`/metrics`
-    /// and the coordinator's loaded statuses read it).
+    /// Every state maps to its own status, in lifecycle order (`/metrics` and the
+    /// coordinator's loaded statuses read [`RolloutStatus::ALL`]).
     #[test]
-    fn names_list_every_state_once() {
+    fn every_state_has_its_own_status() {
         let states = [
             RolloutState::DryRun,
             RolloutState::AwaitingApproval,
@@ -1650,7 +1639,7 @@ mod tests {
                 },
             },
         ];
-        let names: Vec<&str> = states.iter().map(RolloutState::name).collect();
-        assert_eq!(names, RolloutState::NAMES);
+        let statuses: Vec<RolloutStatus> = states.iter().map(RolloutState::status).collect();
+        assert_eq!(statuses, RolloutStatus::ALL);
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use ota_core::digest::Digest;
+use ota_core::rollout::RolloutStatus;
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -21,8 +22,9 @@ pub struct NewRollout {
     pub spec: serde_json::Value,
     /// The planner's initial state blob.
     pub state: Vec<u8>,
-    /// Initial status.
-    pub status: String,
+    /// The status it is stored with until the planner's own is written (the planner needs the
+    /// row's id first; the coordinator writes both in one transaction).
+    pub status: RolloutStatus,
     /// The operator who created it.
     pub created_by: String,
 }
@@ -34,7 +36,7 @@ impl NewRollout {
         filter: impl Into<String>,
         spec: serde_json::Value,
         state: Vec<u8>,
-        status: impl Into<String>,
+        status: RolloutStatus,
         created_by: impl Into<String>,
     ) -> Self {
         NewRollout {
@@ -42,7 +44,7 @@ impl NewRollout {
             filter: filter.into(),
             spec,
             state,
-            status: status.into(),
+            status,
             created_by: created_by.into(),
         }
     }
@@ -65,7 +67,8 @@ pub struct RolloutRecord {
     #[serde(skip)]
     pub state: Vec<u8>,
     /// Status.
-    pub status: String,
+    #[serde(serialize_with = "ser_status")]
+    pub status: RolloutStatus,
     /// Who created it.
     pub created_by: String,
     /// Who approved it.
@@ -86,6 +89,16 @@ fn format_rollout_select(tail: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts {tail}"))
 }
 
+/// A stored status; an unknown name is a corrupt row.
+fn parse_status(name: &str) -> Result<RolloutStatus, DbError> {
+    RolloutStatus::parse(name)
+        .ok_or_else(|| DbError::Corrupt(format!("rollout status {name:?} is not a status")))
+}
+
+fn ser_status<S: serde::Serializer>(status: &RolloutStatus, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(status.name())
+}
+
 fn rollout_from_row(row: &AnyRow) -> Result<RolloutRecord, DbError> {
     Ok(RolloutRecord {
         id: row.try_get("id")?,
@@ -93,7 +106,7 @@ fn rollout_from_row(row: &AnyRow) -> Result<RolloutRecord, DbError> {
         filter: row.try_get("device_filter")?,
         spec: from_json(&row.try_get::<String, _>("spec")?, "spec")?,
         state: row.try_get("planner_state")?,
-        status: row.try_get("status")?,
+        status: parse_status(&row.try_get::<String, _>("status")?)?,
         created_by: row.try_get("created_by")?,
         approved_by: row.try_get("approved_by")?,
         created_at: row.try_get("created_at")?,
@@ -122,7 +135,7 @@ impl Db {
     /// Rollouts whose status is one of `statuses`, oldest first.
     pub async fn rollouts_with_status(
         &self,
-        statuses: &[&str],
+        statuses: &[RolloutStatus],
     ) -> Result<Vec<RolloutRecord>, DbError> {
         let all = sqlx::query(format_rollout_select("ORDER BY id ASC"))
             .fetch_all(&self.pool)
@@ -131,19 +144,26 @@ impl Db {
         let mut out = Vec::new();
         for row in &all {
             let status: String = row.try_get("status")?;
-            if statuses.contains(&status.as_str()) {
+            if RolloutStatus::parse(&status).is_some_and(|s| statuses.contains(&s)) {
                 out.push(rollout_from_row(row)?);
             }
         }
         Ok(out)
     }
 
-    /// The id and stored planner state of every rollout awaiting approval, running or paused.
+    /// The id and stored planner state of every active rollout ([`RolloutStatus::is_active`]:
+    /// awaiting approval, running or paused).
     pub async fn active_planner_states(&self) -> Result<Vec<(i64, Vec<u8>)>, DbError> {
-        let rows = sqlx::query(
-            "SELECT id, planner_state FROM rollouts \
-             WHERE status IN ('awaiting-approval', 'running', 'paused') ORDER BY id",
-        )
+        let active: Vec<String> = RolloutStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_active())
+            .map(|s| format!("'{}'", s.name()))
+            .collect();
+        // The names are core's constants (kebab-case letters), never input.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, planner_state FROM rollouts WHERE status IN ({}) ORDER BY id",
+            active.join(", ")
+        )))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -177,7 +197,7 @@ impl DbTx {
         .bind(&rollout.filter)
         .bind(to_json(&rollout.spec))
         .bind(rollout.state.as_slice())
-        .bind(&rollout.status)
+        .bind(rollout.status.name())
         .bind(&rollout.created_by)
         .bind(now)
         .fetch_one(&mut *self.tx)
@@ -203,7 +223,7 @@ impl DbTx {
         &mut self,
         id: i64,
         state: &[u8],
-        status: &str,
+        status: RolloutStatus,
         now: i64,
     ) -> Result<(), DbError> {
         let n = sqlx::query(
@@ -211,7 +231,7 @@ impl DbTx {
         )
         .bind(id)
         .bind(state)
-        .bind(status)
+        .bind(status.name())
         .bind(now)
         .execute(&mut *self.tx)
         .await?

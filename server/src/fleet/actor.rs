@@ -21,7 +21,7 @@ use ota_core::budget::{BudgetSpec, Budgets};
 use ota_core::digest::Digest;
 use ota_core::flags::FlagChange;
 use ota_core::fleet::{DeviceMemo, Generations};
-use ota_core::rollout::{DesiredKind, Rollout, RolloutError, RolloutState, StateCounts};
+use ota_core::rollout::{DesiredKind, Rollout, RolloutError, RolloutStatus, StateCounts};
 use ota_core::wire::{DeviceId, ExecutionState, TopicKind, Topics, Transfer};
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -42,8 +42,8 @@ use crate::trust::FleetTrust;
 
 /// Rollout statuses the coordinator loads at start: every one but a dry run's (completed and
 /// aborted ones are kept only while [`Rollout::needs_driving`] says so).
-const LOADED_STATUSES: [&str; 5] = {
-    let [_dry_run, rest @ ..] = RolloutState::NAMES;
+const LOADED_STATUSES: [RolloutStatus; 5] = {
+    let [_dry_run, rest @ ..] = RolloutStatus::ALL;
     rest
 };
 /// The longest the coordinator sleeps without looking at its timers.

@@ -564,12 +564,12 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         "Releases published.",
         &one(releases),
     );
-    let by_state: Vec<(String, u64)> = ota_core::rollout::RolloutState::NAMES
+    let by_state: Vec<(String, u64)> = ota_core::rollout::RolloutStatus::ALL
         .iter()
         .map(|s| {
             (
                 format!("{{state=\"{s}\"}}"),
-                rollouts.get(*s).copied().unwrap_or(0),
+                rollouts.get(s.name()).copied().unwrap_or(0),
             )
         })
         .collect();

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use ota_core::digest::Digest;
 use ota_core::release::{Policy, SignedRelease, TrustSet};
+use ota_core::rollout::RolloutStatus;
 use ota_server::db::{
     Db, DbError, DbKind, DeviceReport, EventFilter, InsertOutcome, NewEvent, NewRollout,
     ReleaseRecord,
@@ -159,7 +160,7 @@ async fn round_trip(db: &Db) {
         "hw=gw-a",
         json!({ "waves": [1, 10, 100] }),
         vec![1, 2, 3],
-        "pending",
+        RolloutStatus::AwaitingApproval,
         "alice",
     );
     let mut tx = db.begin().await.unwrap();
@@ -173,8 +174,8 @@ async fn round_trip(db: &Db) {
     assert_eq!(r.filter, "hw=gw-a");
     assert_eq!(r.spec, json!({ "waves": [1, 10, 100] }));
     assert_eq!(
-        (r.state.as_slice(), r.status.as_str()),
-        (&[1u8, 2, 3][..], "pending")
+        (r.state.as_slice(), r.status),
+        (&[1u8, 2, 3][..], RolloutStatus::AwaitingApproval)
     );
     assert_eq!(
         (r.created_at, r.updated_at, r.approved_by.as_deref()),
@@ -185,7 +186,7 @@ async fn round_trip(db: &Db) {
     tx.append_event(&NewEvent::new(510, "bob", EventKind::RolloutApproved).rollout(id))
         .await
         .unwrap();
-    tx.update_rollout(id, &[9, 9], "running", 520)
+    tx.update_rollout(id, &[9, 9], RolloutStatus::Running, 520)
         .await
         .unwrap();
     let wave = NewEvent::new(520, "server", EventKind::WaveStarted)
@@ -195,13 +196,14 @@ async fn round_trip(db: &Db) {
     tx.commit().await.unwrap();
     let r = db.get_rollout(id).await.unwrap().unwrap();
     assert_eq!(
-        (r.state.as_slice(), r.status.as_str()),
-        (&[9u8, 9][..], "running")
+        (r.state.as_slice(), r.status),
+        (&[9u8, 9][..], RolloutStatus::Running)
     );
     assert_eq!((r.approved_by.as_deref(), r.updated_at), (Some("bob"), 520));
     let mut tx = db.begin().await.unwrap();
     assert!(matches!(
-        tx.update_rollout(id + 1000, &[], "x", 1).await,
+        tx.update_rollout(id + 1000, &[], RolloutStatus::Paused, 1)
+            .await,
         Err(DbError::NotFound {
             what: "rollout",
             ..
@@ -221,7 +223,7 @@ async fn round_trip(db: &Db) {
         "all",
         json!({}),
         vec![],
-        "pending",
+        RolloutStatus::AwaitingApproval,
         "alice",
     );
     let mut tx = db.begin().await.unwrap();

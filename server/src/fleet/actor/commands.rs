@@ -11,7 +11,7 @@ use ota_core::flags::{FlagEdit, FlagName};
 use ota_core::fleet::targeting::{FleetKnowledge, Selection};
 use ota_core::fleet::{DeviceMemo, targeting};
 use ota_core::release::SignedTrustUpdate;
-use ota_core::rollout::{Rollout, RolloutSpec, RolloutState};
+use ota_core::rollout::{Rollout, RolloutSpec, RolloutState, RolloutStatus};
 use ota_core::wire::DeviceId;
 use serde_json::json;
 
@@ -334,7 +334,7 @@ impl Actor {
             filter_text,
             spec_json.clone(),
             Vec::new(),
-            "created",
+            RolloutStatus::AwaitingApproval,
             operator,
         );
         let id = tx.insert_rollout(&new, now).await?;
@@ -373,7 +373,7 @@ impl Actor {
             filter: filter_text.to_string(),
             spec: spec_json,
             state: Vec::new(),
-            status: state.to_string(),
+            status: planner.state().status(),
             created_by: operator.to_string(),
             approved_by: None,
             created_at: now,

@@ -164,10 +164,10 @@ impl Actor {
         }
         for loaded in self.rollouts.values_mut() {
             if loaded.dirty {
-                let status = loaded.planner.state().name();
+                let status = loaded.planner.state().status();
                 tx.update_rollout(loaded.record.id, &loaded.planner.to_cbor(), status, now)
                     .await?;
-                loaded.record.status = status.to_string();
+                loaded.record.status = status;
                 loaded.record.updated_at = now;
             }
         }
