@@ -20,6 +20,21 @@ use crate::event_kinds::EventKind;
 use crate::fleet::{Counters, LAST_SEEN_RESOLUTION_SECS, REJECT_EVENTS_PER_MINUTE};
 use crate::mqtt::Inbound;
 
+/// What is left to do after [`Actor::link_event`].
+pub(super) enum Link {
+    /// Connected (and subscribing): publish what devices must find retained.
+    Connected,
+    /// A message from a device.
+    Message {
+        /// Its topic.
+        topic: String,
+        /// Its payload.
+        payload: Bytes,
+    },
+    /// Nothing more.
+    Handled,
+}
+
 impl Actor {
     pub(super) async fn inbound(
         &mut self,
@@ -28,11 +43,27 @@ impl Actor {
         ready: &watch::Sender<bool>,
         batch: &mut Batch,
     ) {
+        match self.link_event(msg, client, ready).await {
+            Link::Connected => self.republish_all(client).await,
+            Link::Message { topic, payload } => self.message(&topic, payload, batch).await,
+            Link::Handled => {}
+        }
+    }
+
+    /// What the MQTT link reports, the same whether the coordinator is read-only or not:
+    /// (re)subscribes on a connect or a refused subscription, marks the coordinator ready once
+    /// subscribed, counts messages. Answers what is left to do.
+    pub(super) async fn link_event(
+        &mut self,
+        msg: Inbound,
+        client: &AsyncClient,
+        ready: &watch::Sender<bool>,
+    ) -> Link {
         match msg {
             Inbound::Connected => {
                 self.connected = true;
                 subscribe(client, &self.topics).await;
-                self.republish_all(client).await;
+                return Link::Connected;
             }
             Inbound::Subscribed => {
                 ready.send_replace(true);
@@ -45,9 +76,10 @@ impl Actor {
             }
             Inbound::Message { topic, payload } => {
                 Counters::inc(&self.counters().mqtt_received);
-                self.message(&topic, payload, batch).await;
+                return Link::Message { topic, payload };
             }
         }
+        Link::Handled
     }
 
     /// Publishes every stored desired state, the devices' flags and the trust-set update in

@@ -9,9 +9,9 @@ use ota_core::wire::TopicKind;
 use rumqttc::AsyncClient;
 use tokio::sync::{mpsc, watch};
 
-use super::inbound::heartbeat_ack;
-use super::{Actor, Batch, Degraded, RELOAD_FIRST_WAIT, RELOAD_MAX_WAIT, Stored, subscribe};
-use crate::fleet::{Command, Counters, FleetError, Snapshot};
+use super::inbound::{Link, heartbeat_ack};
+use super::{Actor, Batch, Degraded, RELOAD_FIRST_WAIT, RELOAD_MAX_WAIT, Stored};
+use crate::fleet::{Command, FleetError, Snapshot};
 use crate::mqtt::Inbound;
 
 impl Actor {
@@ -143,22 +143,10 @@ impl Actor {
         client: &AsyncClient,
         ready: &watch::Sender<bool>,
     ) {
-        match msg {
-            Inbound::Connected => {
-                // Desired states, flags and trust are republished once the database is back.
-                self.connected = true;
-                subscribe(client, &self.topics).await;
-            }
-            Inbound::Subscribed => {
-                ready.send_replace(true);
-            }
-            Inbound::SubscribeRefused => subscribe(client, &self.topics).await,
-            Inbound::Disconnected(e) => {
-                self.connected = false;
-                tracing::debug!("MQTT disconnected: {e}");
-            }
-            Inbound::Message { topic, payload } => {
-                Counters::inc(&self.counters().mqtt_received);
+        match self.link_event(msg, client, ready).await {
+            // Desired states, flags and trust are republished once the database is back.
+            Link::Connected | Link::Handled => {}
+            Link::Message { topic, payload } => {
                 let heartbeat = match self.topics.parse_device_topic(&topic) {
                     Ok((id, TopicKind::Heartbeat)) => heartbeat_ack(&self.topics, &id, &payload)
                         .ok()

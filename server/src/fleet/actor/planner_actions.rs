@@ -77,17 +77,12 @@ impl Actor {
                     self.no_rollback_target(rid, &device_id, to_digest, cause, actor, batch);
                     return;
                 }
-                batch.events.push(
-                    event(EventKind::DeviceRollback)
-                        .device(device_id.as_str())
-                        .details(json!({ "to": to_digest.to_string() })),
-                );
-                self.publish_desired(
-                    &device_id,
+                self.send_back(
                     rid,
+                    &device_id,
                     to_digest,
-                    false,
                     DesiredKind::Rollback,
+                    actor,
                     batch,
                 )
                 .await;
@@ -120,17 +115,12 @@ impl Actor {
                 device_id,
                 to_digest,
             } => {
-                batch.events.push(
-                    event(EventKind::DeviceCancel)
-                        .device(device_id.as_str())
-                        .details(json!({ "to": to_digest.to_string() })),
-                );
-                self.publish_desired(
-                    &device_id,
+                self.send_back(
                     rid,
+                    &device_id,
                     to_digest,
-                    false,
                     DesiredKind::Cancel,
+                    actor,
                     batch,
                 )
                 .await;
@@ -229,6 +219,31 @@ impl Actor {
             }
             _ => {}
         }
+    }
+
+    /// Sends `device` back to `to` after rollout `rid`'s abort (a rollback or a cancel):
+    /// its audit event, then the desired state.
+    async fn send_back(
+        &mut self,
+        rid: i64,
+        device: &DeviceId,
+        to: Digest,
+        kind: DesiredKind,
+        actor: &str,
+        batch: &mut Batch,
+    ) {
+        let event_kind = match kind {
+            DesiredKind::Rollback => EventKind::DeviceRollback,
+            DesiredKind::Cancel | DesiredKind::Notify => EventKind::DeviceCancel,
+        };
+        batch.events.push(
+            NewEvent::new(self.clock.now_i64(), actor, event_kind)
+                .rollout(rid)
+                .device(device.as_str())
+                .details(json!({ "to": to.to_string() })),
+        );
+        self.publish_desired(device, rid, to, false, kind, batch)
+            .await;
     }
 
     /// Why `device` would refuse to go back to `to` (its known-good release) after rollout
