@@ -147,6 +147,40 @@ async fn flags_percent_widen_kill(backend: Backend) {
     assert_eq!(kill["by"], "alice");
     assert_eq!(kill["old"]["killed"], false);
     assert_eq!(kill["new"]["killed"], true);
+    // The list carries the newest changes across flags, a deleted flag's included, each
+    // naming its flag (the console's audit trail reads them with the flags).
+    let (status, _) = flag_op(&w, "short-lived", "set", json!({ "on": true })).await;
+    assert_eq!(status, StatusCode::OK);
+    let status =
+        w.t.client
+            .delete(w.t.url("/api/v1/flags/short-lived"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status();
+    assert_eq!(status, StatusCode::OK);
+    let list: Value = w.t.get_json("/api/v1/flags").await;
+    let changes: Vec<(&str, &str)> = list["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["flag"].as_str().unwrap(), c["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("new-ui", "created"),
+            ("new-ui", "updated"),
+            ("new-ui", "killed"),
+            ("new-ui", "updated"),
+            ("new-ui", "revived"),
+            ("short-lived", "created"),
+            ("short-lived", "deleted"),
+        ]
+    );
+    assert_eq!(list["flags"].as_array().unwrap().len(), 1, "{list:#}");
+
     let events = w.events("kind=flag-killed").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["actor"], "alice");
