@@ -422,6 +422,25 @@ impl Lab {
         Ok(())
     }
 
+    /// Stops the lab's own server gracefully (it gives up the coordinator lease) and talks to
+    /// the server at `base_url` from now on: replicas running elsewhere (their own processes,
+    /// on the lab's database, broker and artifact store) carry the fleet on.
+    pub async fn hand_over(&mut self, base_url: &str) -> Result<(), LabError> {
+        if let Some(server) = self.server.take() {
+            server
+                .shutdown()
+                .await
+                .map_err(|e| LabError::Server(e.to_string()))?;
+        }
+        self.use_server(base_url);
+        Ok(())
+    }
+
+    /// Talks to the server at `base_url` from now on (another replica of the fleet).
+    pub fn use_server(&mut self, base_url: &str) {
+        self.api = Api::new(base_url, OPERATOR.1);
+    }
+
     /// Stops every agent, the replica and the server.
     pub async fn shutdown(&mut self) -> Result<(), LabError> {
         for device in &mut self.devices {
