@@ -9,48 +9,22 @@
 //! and no two desired states of one device and generation differ (as seen by three watchers,
 //! one per node).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ota_core::wire::{DesiredState, TopicKind, Topics, WireMessage};
+use ota_core::wire::Topics;
 use ota_demo::lab::{Lab, LabOptions, external_broker};
 use ota_server::config::HaConfig;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use serde_json::json;
 
 use crate::nats::{NODES, NatsCluster};
+use crate::seeded::{Rng, seed};
+use crate::watch;
 use crate::world::{
     converged, create_schema, drop_schema, installs_of, patiently, release, rollout, unique_prefix,
 };
 
 /// Devices per round.
 const DEVICES: usize = 21;
-
-/// A small deterministic generator (splitmix64): the same seed, the same points.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
-
-/// The seed: `OTA_TEST_SEED` when set (to replay a run), else a random one.
-fn seed() -> u64 {
-    match std::env::var("OTA_TEST_SEED") {
-        Ok(s) => s.parse().expect("OTA_TEST_SEED: a number"),
-        Err(_) => {
-            let mut b = [0u8; 8];
-            getrandom::fill(&mut b).unwrap();
-            u64::from_le_bytes(b)
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server and PostgreSQL: set OTA_TEST_NATS_SERVER and OTA_TEST_DATABASE_URL"]
@@ -108,7 +82,8 @@ async fn round_trip(cluster: &mut NatsCluster, victim: usize, installed_before_k
     ha.lease_ttl_secs = 3;
     let broker = external_broker(&urls[1], &[urls[2].clone(), urls[0].clone()]).unwrap();
     lab.start_replica_with_broker(ha, broker).await.unwrap();
-    let (seen, watchers) = watch_desired(cluster, &topics).await;
+    let brokers: Vec<_> = (0..NODES).map(|i| cluster.mqtt_addr(i)).collect();
+    let watchers = watch::watch_desired(&brokers, &topics).await;
 
     let v2 = release(&lab, "2.0.0", true).await;
     let id = rollout(&lab, &v2, &[20, 50, 100], json!({})).await;
@@ -179,101 +154,8 @@ async fn round_trip(cluster: &mut NatsCluster, victim: usize, installed_before_k
     }
     crate::ha::transitions_once(&lab, id).await;
 
-    // No conflicting desired states: per device and generation, one content (release,
-    // rollout, force flag; the mirror URLs are not compared). And every device's was seen.
-    for watcher in watchers {
-        watcher.abort();
-    }
-    let seen = seen.lock().unwrap().clone();
-    let mut states: BTreeMap<(String, u64), Vec<DesiredState>> = BTreeMap::new();
-    for (topic, payload) in seen {
-        let mut desired = DesiredState::from_cbor(&payload).unwrap();
-        desired.artifact_urls.clear();
-        let slot = states.entry((topic, desired.generation)).or_default();
-        if !slot.contains(&desired) {
-            slot.push(desired);
-        }
-    }
-    for ((topic, generation), contents) in &states {
-        assert_eq!(
-            contents.len(),
-            1,
-            "{topic} generation {generation}: {contents:#?}"
-        );
-    }
-    for d in lab.devices() {
-        let wanted = topics.device(
-            &ota_core::wire::DeviceId::new(d.id()).unwrap(),
-            TopicKind::Desired,
-        );
-        assert!(
-            states.keys().any(|(topic, _)| *topic == wanted),
-            "no desired state seen for {}",
-            d.id()
-        );
-    }
+    // No conflicting desired states, and every device's was seen.
+    watch::one_content_per_generation(watchers, &topics, &lab);
     lab.shutdown().await.unwrap();
     drop_schema(&schema).await;
-}
-
-/// What the watchers received: topic and payload of every desired state.
-type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// Starts one watcher per node of `cluster`, subscribed (QoS 1) to every device's desired
-/// state in `topics`; returns once every subscription is granted. A watcher whose node dies
-/// stops receiving; the others see everything. Abort the tasks returned to stop them.
-async fn watch_desired(
-    cluster: &NatsCluster,
-    topics: &Topics,
-) -> (Seen, Vec<tokio::task::JoinHandle<()>>) {
-    let seen: Seen = Arc::default();
-    let mut tasks = Vec::new();
-    let filter = topics.fleet_filter(TopicKind::Desired);
-    for i in 0..NODES {
-        let addr = cluster.mqtt_addr(i);
-        let options = MqttOptions::new(
-            format!("{}-watch-{i}", topics.prefix().replace('/', "-")),
-            "127.0.0.1",
-            addr.port(),
-        );
-        let (client, mut events) = AsyncClient::new(options, 64);
-        let (granted_tx, mut granted_rx) = tokio::sync::watch::channel(false);
-        let seen = seen.clone();
-        let filter = filter.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = client.subscribe(&filter, QoS::AtLeastOnce).await;
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                        if ack
-                            .return_codes
-                            .iter()
-                            .all(|c| matches!(c, SubscribeReasonCode::Success(_)))
-                        {
-                            granted_tx.send_replace(true);
-                        } else {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            let _ = client.subscribe(&filter, QoS::AtLeastOnce).await;
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        seen.lock()
-                            .unwrap()
-                            .push((p.topic.clone(), p.payload.to_vec()));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        }));
-        let granted =
-            tokio::time::timeout(crate::world::PATIENCE, granted_rx.wait_for(|g| *g)).await;
-        assert!(
-            matches!(granted, Ok(Ok(_))),
-            "watcher on node {i} not subscribed"
-        );
-    }
-    (seen, tasks)
 }
