@@ -9,6 +9,10 @@
 //! - `flags`: feature flags through restarts, deploys and offline periods (issue 6).
 //! - `ha`: two server replicas; the leader is killed mid-rollout, the standby completes it
 //!   (issue 15).
+//! - `ha_processes`: two real `ota server` processes on a PostgreSQL cluster of their own,
+//!   at seeded random points: the leader process is killed (SIGKILL), the leader is cut from
+//!   the database, PostgreSQL restarts (issue 15; `#[ignore]`d, needs Mosquitto, PostgreSQL's
+//!   binaries and the `ota` binary).
 //! - `ha_nats`: the same on a real 3-node NATS cluster (MQTT + JetStream); a broker node is
 //!   killed mid-rollout (issue 15; `#[ignore]`d, needs `nats-server` and PostgreSQL).
 //! - `nats`: the 3-node NATS cluster fixture, and its broker-level node-loss test (retained
@@ -25,6 +29,9 @@
 //!   Chromium and `tests/browser`'s packages).
 //! - `boot`: a real boot (issue 17): a gateway with A/B slots and GRUB under QEMU, updated,
 //!   rolled back by its agent and by GRUB (`#[ignore]`d, needs QEMU, a Debian kernel, GRUB).
+//! - `processes`: a private PostgreSQL cluster and `ota server` processes, to kill and restart.
+//! - `seeded`, `watch`: seeded random fault points; watchers of every desired state (the
+//!   split-brain check).
 //! - `world`, `proxy`: the fixture (a lab behind fault-injecting TCP proxies).
 
 #![allow(
@@ -43,13 +50,17 @@ mod faults;
 mod flags;
 mod ha;
 mod ha_nats;
+mod ha_processes;
 mod health;
 mod mqtt_tls;
 mod nats;
+mod processes;
 mod proxy;
 mod recall;
 mod repo;
 mod rotation;
 mod security;
+mod seeded;
 mod story;
+mod watch;
 mod world;
