@@ -212,6 +212,10 @@ fn unavailable_code(code: &str) -> bool {
 /// How long a query waits for a pooled connection by default ([`Db::connect_with`]).
 pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long PostgreSQL lets a transaction of [`Db::connect`] sit idle (the default lease TTL):
+/// see [`Db::connect_with`].
+pub const DEFAULT_IDLE_TRANSACTION_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Which database a [`Db`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -296,15 +300,27 @@ impl Db {
     /// Connects to `url` (`sqlite://path?mode=rwc`, `postgres://...`) with at most
     /// `max_connections` pooled connections, and applies the migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
-        Self::connect_with(url, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+        Self::connect_with(
+            url,
+            max_connections,
+            DEFAULT_ACQUIRE_TIMEOUT,
+            DEFAULT_IDLE_TRANSACTION_LIMIT,
+        )
+        .await
     }
 
     /// Like [`connect`](Self::connect); a query waits at most `acquire_timeout` for a pooled
-    /// connection (opening one included) before it fails as unavailable.
+    /// connection (opening one included) before it fails as unavailable. On PostgreSQL every
+    /// connection is opened with `idle_in_transaction_session_timeout = idle_transaction_limit`
+    /// (whole milliseconds, at least 1): a transaction of a process that stands still between
+    /// two statements (SIGSTOP, a paused VM) is ended by the database, so the row locks it
+    /// holds (the coordinator lease's, taken by every batch's fencing check) do not block a
+    /// takeover for longer than that. The server passes its lease TTL.
     pub async fn connect_with(
         url: &str,
         max_connections: u32,
         acquire_timeout: std::time::Duration,
+        idle_transaction_limit: std::time::Duration,
     ) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
         let kind = DbKind::from_url(url)?;
@@ -315,9 +331,19 @@ impl Db {
         } else {
             max_connections.max(1)
         };
+        let idle_ms = idle_transaction_limit.as_millis().max(1);
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(acquire_timeout)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if kind == DbKind::Postgres {
+                        let set = format!("SET idle_in_transaction_session_timeout = {idle_ms}");
+                        sqlx::query(sqlx::AssertSqlSafe(set)).execute(conn).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await
             .map_err(DbError::Connect)?;

@@ -114,10 +114,19 @@ impl Server {
             source,
         })?;
         let database_url = config.database_url()?;
+        // A transaction idle for a lease TTL is ended by PostgreSQL: a frozen leader's batch
+        // holds the lease row no longer than its lease lasts.
+        let lease_ttl = config
+            .ha
+            .as_ref()
+            .map_or(crate::config::DEFAULT_LEASE_TTL_SECS, |ha| {
+                ha.lease_ttl_secs
+            });
         let db = Db::connect_with(
             &database_url,
             config.database.pool_size(&database_url),
             config.database.acquire_timeout(),
+            std::time::Duration::from_secs(lease_ttl),
         )
         .await?;
         let trust = FleetTrust::load(configured, &db).await?;

@@ -226,6 +226,60 @@ async fn issue15_postgres_exactly_one_leads_and_a_takeover_waits_for_the_batch_i
     schema.drop().await;
 }
 
+/// A leader frozen in the middle of a batch (SIGSTOP, a paused VM: its transaction open, the
+/// lease row locked by the fencing check) blocks a takeover no longer than its connections'
+/// idle-transaction limit (the server passes its lease TTL): PostgreSQL ends the idle
+/// transaction, the standby takes the lease, and the frozen batch, woken, cannot commit.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set OTA_TEST_DATABASE_URL"]
+async fn issue15_a_leader_frozen_mid_batch_does_not_block_the_takeover() {
+    let schema = PgSchema::create().await;
+    let ttl = Duration::from_secs(3);
+    let ttl_ms = 3_000;
+    let frozen = Db::connect_with(&schema.url, 2, Duration::from_secs(10), ttl)
+        .await
+        .unwrap();
+    let standby = Db::connect(&schema.url, 2).await.unwrap();
+    assert_eq!(
+        frozen
+            .acquire_lease("frozen", "http://x", ttl_ms, false)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 1 }
+    );
+    let mut batch = frozen.begin().await.unwrap();
+    batch.check_fence(&fence("frozen", 1)).await.unwrap();
+    // The process stands still from here. The standby tries again until the lease is its own;
+    // without the limit its attempt would wait for the row lock forever (the bound below only
+    // keeps a failure from hanging the suite).
+    let takeover = async {
+        loop {
+            let outcome = standby
+                .acquire_lease("standby", "http://y", ttl_ms, false)
+                .await
+                .unwrap();
+            if let AcquireOutcome::Acquired { epoch } = outcome {
+                return epoch;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let epoch = tokio::time::timeout(Duration::from_secs(60), takeover)
+        .await
+        .expect("the frozen batch's lock on the lease row was never released");
+    assert_eq!(epoch, 2);
+    // Woken, the frozen batch writes nothing.
+    let woken = batch.commit().await;
+    assert!(woken.is_err(), "{woken:?}");
+    assert!(matches!(
+        may_write(&frozen, "frozen", 1).await,
+        Err(DbError::Fenced { epoch: 1 })
+    ));
+    frozen.close().await;
+    standby.close().await;
+    schema.drop().await;
+}
+
 fn replica(id: &str) -> HaConfig {
     let mut ha = HaConfig::new();
     ha.replica_id = Some(id.to_string());
