@@ -1,14 +1,18 @@
 //! Issue 15 with real processes, at seeded random points: two `ota server` processes (`[ha]`,
 //! 3 s lease) on a PostgreSQL cluster of their own (each replica reaches it through a proxy of
-//! its own) and Mosquitto, 20 real agents, one rollout in three waves (20 %, 50 %, 100 %,
-//! 3 s bakes). Three faults hit the rollout, each at a seeded random moment:
+//! its own) and Mosquitto, 20 real agents, one rollout in four waves (10 %, 25 %, 50 %,
+//! 100 %, 3 s bakes). Four faults hit the rollout, each at a seeded random moment:
 //!
 //! 1. 0–3 s into the rollout the leader process gets SIGKILL (`kill -9`); the standby takes the
 //!    lease over and drives the rollout on; the killed replica starts again (a standby now).
-//! 2. and 3., in a seeded order, 0–2 s into wave 1, then into wave 2:
+//! 2. to 4., in a seeded order, 0–2 s into wave 1, 2 and 3:
 //!    - the leader is cut from the database (its proxy cuts every connection and refuses new
 //!      ones): it steps down by its own deadline, the other replica takes over; the cut ends
 //!      once it has, and the cut replica stays a standby;
+//!    - the leader process is frozen (SIGSTOP) for longer than its lease: the other replica
+//!      takes over; woken (SIGCONT), the old leader still holds its state and may still
+//!      believe it leads, but its lease is gone: it must neither write nor publish, and
+//!      becomes a standby;
 //!    - PostgreSQL crashes (`pg_ctl stop -m immediate`) and starts again 5 s later (longer
 //!      than the lease): whoever leads steps down, and a replica takes the lease again once
 //!      the database is back.
@@ -51,6 +55,8 @@ const RUNS: usize = 2;
 enum Fault {
     /// The leader's database connections are cut and refused.
     CutLeaderFromDatabase,
+    /// The leader process stands still (SIGSTOP) until another replica leads, then runs on.
+    FreezeLeader,
     /// PostgreSQL crashes and starts again after [`DATABASE_DOWN`].
     RestartPostgres,
 }
@@ -94,7 +100,7 @@ async fn scenario(mut rng: Rng) {
     // Commands go through the standby: it forwards them (and the upload) to the leader.
     let v2 = w.release("2.0.0", true).await;
     let id = w
-        .rollout(&v2, &[20, 50, 100], json!({ "bake_secs": 3 }))
+        .rollout(&v2, &[10, 25, 50, 100], json!({ "bake_secs": 3 }))
         .await;
 
     // 1. The leader process is killed.
@@ -117,10 +123,15 @@ async fn scenario(mut rng: Rng) {
     );
     r.restart(1 - survivor).await;
 
-    // 2. and 3., in a seeded order.
-    let mut faults = [Fault::CutLeaderFromDatabase, Fault::RestartPostgres];
-    if rng.below(2) == 1 {
-        faults.reverse();
+    // 2. to 4., in a seeded order (Fisher–Yates).
+    let mut faults = [
+        Fault::CutLeaderFromDatabase,
+        Fault::FreezeLeader,
+        Fault::RestartPostgres,
+    ];
+    for i in (1..faults.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        faults.swap(i, j);
     }
     for (wave, fault) in (1..).zip(faults) {
         let at = w
@@ -144,6 +155,19 @@ async fn scenario(mut rng: Rng) {
                 let gap = gaps.stop();
                 r.db[cut].refuse(false);
                 r.wait_role(cut, "standby").await;
+                (other, gap)
+            }
+            Fault::FreezeLeader => {
+                let frozen = leader;
+                let other = 1 - frozen;
+                r.serve(&mut w, other);
+                let gaps = Availability::watch(r.api(other), id);
+                r.procs[frozen].freeze();
+                (leader, epoch) = r.leader(epoch + 1).await;
+                assert_eq!(leader, other, "the frozen replica leads");
+                let gap = gaps.stop();
+                r.procs[frozen].thaw();
+                r.wait_role(frozen, "standby").await;
                 (other, gap)
             }
             Fault::RestartPostgres => {
@@ -248,8 +272,10 @@ impl Replicas {
         let deadline = ota_server::clock::monotonic_now() + PATIENCE;
         loop {
             let mut leading = Vec::new();
-            for i in 0..2 {
-                let h = health(&self.api(i)).await;
+            // Both at once: a frozen replica's 2 s without an answer does not delay the other.
+            let (a, b) = (self.api(0), self.api(1));
+            let (h0, h1) = tokio::join!(health(&a), health(&b));
+            for (i, h) in [h0, h1].into_iter().enumerate() {
                 let running = h["role"] == "leader" && h["coordinator"] == "running";
                 if let Some(e) = h["epoch"].as_i64().filter(|e| running && *e >= epoch) {
                     leading.push((i, e));

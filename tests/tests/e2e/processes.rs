@@ -1,6 +1,6 @@
 //! Real processes a fault test kills or restarts: a private PostgreSQL cluster
-//! ([`PrivatePostgres`], restarted with `pg_ctl restart -m immediate`) and `ota server`
-//! processes ([`ServerProcess`], killed with SIGKILL).
+//! ([`PrivatePostgres`], crashed with `pg_ctl stop -m immediate` and started again) and
+//! `ota server` processes ([`ServerProcess`], killed with SIGKILL, frozen with SIGSTOP).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -201,6 +201,23 @@ impl ServerProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// `kill -STOP`: the process stands still (a paused VM, a long GC pause) until
+    /// [`thaw`](Self::thaw); its sockets stay open.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// `kill -CONT`: a frozen process runs on from where it stood.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        run(Command::new("kill")
+            .arg(signal)
+            .arg(self.child.id().to_string()));
     }
 
     /// What it logged so far.
