@@ -12,6 +12,11 @@
 #   bash scripts/bench-fleet.sh [DEVICES=10000] [CONNECTIONS=4] [-- extra fleet_sim flags]
 #       one run, multiplexed unless the extra flags say --real-agents (e.g. -- --flag-kill,
 #       -- --per-device-subscriptions, -- --real-agents)
+#   bash scripts/bench-fleet.sh replicas
+#       the HA table (issue 15): real agents on a private Mosquitto and PostgreSQL
+#       (OTA_BENCH_DATABASE_URL, required) at OTA_BENCH_SIZES (default 2000 5000), each size
+#       with one server and with two replicas (`[ha]`: the simulator talks to the leader, a
+#       standby runs beside it); prints the rows and the rollout-time ratio 2 replicas / 1.
 #   bash scripts/bench-fleet.sh table
 #       the scale table (issue 14): real-agent mode at OTA_BENCH_SIZES (default 2000 5000 10000)
 #       and multiplexed mode at OTA_BENCH_MULTIPLEXED_SIZES (default 10000 100000), each with the
@@ -30,14 +35,24 @@
 #   OTA_BENCH_DEVICE_AUTH=1               the server requires device passwords
 #                                         (mqtt.device_secret_file); the real agents log in with
 #                                         them (embedded broker only).
-#   OTA_BENCH_ENV, OTA_BENCH_DB_CONNECTIONS  the server's environment and SQLite pool size.
+#   OTA_BENCH_ENV, OTA_BENCH_DB_CONNECTIONS  the server's environment and database pool size.
+#   OTA_BENCH_DATABASE_URL=postgres://...  PostgreSQL instead of SQLite: each run creates a
+#                                         database of its own on that server (psql) and drops
+#                                         it afterwards.
+#   OTA_BENCH_REPLICAS=1|2                one run: 2 starts a second replica (`[ha]`, needs
+#                                         OTA_BENCH_DATABASE_URL and a broker other than the
+#                                         embedded one); the simulator talks to the leader.
 # Each figure comes with the load average at the end of its run (`/proc/loadavg`): on a shared
 # machine the figures move with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 table=false
+replicas_table=false
 if [ "${1:-}" = table ]; then
   table=true
+  shift
+elif [ "${1:-}" = replicas ]; then
+  replicas_table=true
   shift
 fi
 devices=${1:-10000}
@@ -131,28 +146,60 @@ run_one() {
       mqtt_conf+=$'\n'"device_secret_file = \"$dir/device.secret\""
     fi
   fi
-  cat > "$dir/server.toml" <<TOML
+  local replicas=${OTA_BENCH_REPLICAS:-1} database="" db_name="" db=sqlite
+  if [ -n "${OTA_BENCH_DATABASE_URL:-}" ]; then
+    db=postgres
+    db_name=ota_bench_$RANDOM$RANDOM
+    psql -q "$OTA_BENCH_DATABASE_URL" -c "CREATE DATABASE $db_name"
+    database="url = \"${OTA_BENCH_DATABASE_URL%/*}/$db_name\""
+  fi
+  if [ -n "${OTA_BENCH_DB_CONNECTIONS:-}" ]; then
+    database+=$'\n'"max_connections = $OTA_BENCH_DB_CONNECTIONS"
+  fi
+  if [ "$replicas" = 2 ] && { [ "$db" = sqlite ] || [ "$broker" = embedded ]; }; then
+    echo "OTA_BENCH_REPLICAS=2 needs OTA_BENCH_DATABASE_URL and Mosquitto or an external broker" >&2
+    exit 2
+  fi
+  # server_config NAME HTTP_PORT: the replica's configuration file ([ha] with two replicas).
+  server_config() {
+    cat > "$dir/$1.toml" <<TOML
 data_dir = "$dir/data"
 [http]
-listen = "127.0.0.1:$http_port"
+listen = "127.0.0.1:$2"
 [mqtt]
 $mqtt_conf
-$(if [ -n "${OTA_BENCH_DB_CONNECTIONS:-}" ]; then printf '[database]\nmax_connections = %s\n' "$OTA_BENCH_DB_CONNECTIONS"; fi)
+[database]
+$database
 [trust]
 keys = ["$work/fleet.pub"]
 [[operators]]
 name = "bench"
 token = "$token"
+$(if [ "$replicas" = 2 ]; then printf '[ha]\nreplica_id = "%s"\n' "$1"; fi)
 TOML
-  # shellcheck disable=SC2086 # OTA_BENCH_ENV is a list of VAR=value words
-  env OTA_LOG=warn ${OTA_BENCH_ENV:-} "$ota" server --config "$dir/server.toml" 2> "$dir/server.log" &
-  server_pid=$!
-  run_pids+=("$server_pid")
-  for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$http_port/healthz" >/dev/null 2>&1 && break
-    kill -0 "$server_pid" 2>/dev/null || { cat "$dir/server.log"; exit 1; }
-    sleep 0.1
-  done
+  }
+  # start_server NAME HTTP_PORT ROLE: starts it and waits until /healthz says ROLE (any role
+  # when ROLE is empty); sets started_pid.
+  start_server() {
+    server_config "$1" "$2"
+    # shellcheck disable=SC2086 # OTA_BENCH_ENV is a list of VAR=value words
+    env OTA_LOG=warn ${OTA_BENCH_ENV:-} "$ota" server --config "$dir/$1.toml" 2> "$dir/$1.log" &
+    started_pid=$!
+    run_pids+=("$started_pid")
+    for _ in $(seq 1 300); do
+      curl -sf "http://127.0.0.1:$2/healthz" 2>/dev/null | grep -q "\"role\":\"$3" && return
+      kill -0 "$started_pid" 2>/dev/null || { cat "$dir/$1.log"; exit 1; }
+      sleep 0.1
+    done
+    echo "$1 did not become ${3:-ready}" >&2
+    exit 1
+  }
+  local started_pid
+  start_server server "$http_port" "$([ "$replicas" = 2 ] && echo leader)"
+  server_pid=$started_pid
+  if [ "$replicas" = 2 ]; then
+    start_server standby "$(free_port)" standby
+  fi
   local server=http://127.0.0.1:$http_port
   OTA_SERVER=$server OTA_TOKEN=$token "$ota" release publish old.release --artifact old.bin >/dev/null
   OTA_SERVER=$server OTA_TOKEN=$token "$ota" release publish new.release --artifact new.bin >/dev/null
@@ -206,25 +253,28 @@ TOML
   if [ "$rc" = 124 ]; then
     # How far it got: registered or not, and the server's peak descriptors.
     reg=$(grep -o 'registered and online in [0-9.]*' "$dir/sim.err" | awk '{print $NF}' || true)
-    printf 'result mode=%s broker=%s devices=%s processes=%s status=timeout timeout_s=%s registered_s=%s fds_peak=%s load="%s"\n' \
-      "$mode" "$broker" "$n" "$processes" "$timeout_s" "${reg:-none}" "$fds_max" "$load"
+    printf 'result mode=%s broker=%s replicas=%s db=%s devices=%s processes=%s status=timeout timeout_s=%s registered_s=%s fds_peak=%s load="%s"\n' \
+      "$mode" "$broker" "$replicas" "$db" "$n" "$processes" "$timeout_s" "${reg:-none}" "$fds_max" "$load"
   elif grep -q rollout_status=completed "$dir/sim.out" && [ "$rc" = 0 ]; then
     wall=$(get rollout_wall_s); reg=$(get registration_s)
     received=$(get server_mqtt_received_total); published=$(get server_mqtt_published_total)
-    printf 'result mode=%s broker=%s devices=%s processes=%s status=ok registration_s=%s rollout_s=%s msgs_per_s=%.0f rss_idle_mb=%d rss_peak_mb=%d rss_per_device_kb=%.1f fds_idle=%s fds_peak=%s fds_per_device=%.2f load="%s"\n' \
-      "$mode" "$broker" "$n" "$processes" "$reg" "$wall" \
+    printf 'result mode=%s broker=%s replicas=%s db=%s devices=%s processes=%s status=ok registration_s=%s rollout_s=%s msgs_per_s=%.0f rss_idle_mb=%d rss_peak_mb=%d rss_per_device_kb=%.1f fds_idle=%s fds_peak=%s fds_per_device=%.2f load="%s"\n' \
+      "$mode" "$broker" "$replicas" "$db" "$n" "$processes" "$reg" "$wall" \
       "$(echo "($received + $published) / $wall" | bc -l)" $((rss_idle / 1024)) $((hwm / 1024)) \
       "$(echo "($hwm - $rss_idle) / $n" | bc -l)" "$fds_idle" "$fds_max" \
       "$(echo "($fds_max - $fds_idle) / $n" | bc -l)" "$load"
   else
-    printf 'result mode=%s broker=%s devices=%s processes=%s status=failed rc=%s load="%s"\n' \
-      "$mode" "$broker" "$n" "$processes" "$rc" "$load"
+    printf 'result mode=%s broker=%s replicas=%s db=%s devices=%s processes=%s status=failed rc=%s load="%s"\n' \
+      "$mode" "$broker" "$replicas" "$db" "$n" "$processes" "$rc" "$load"
     tail -5 "$dir/server.log"
   fi
   stop_run
+  if [ -n "$db_name" ]; then
+    psql -q "$OTA_BENCH_DATABASE_URL" -c "DROP DATABASE $db_name WITH (FORCE)"
+  fi
 }
 
-if ! $table; then
+if ! $table && ! $replicas_table; then
   broker=${OTA_BENCH_BROKER:-embedded}
   [ -n "${OTA_BENCH_MQTT_PORT:-}" ] && broker=external
   mode=multiplexed
@@ -236,6 +286,41 @@ if ! $table; then
   run_one "$mode" "$broker" "$devices" ${filtered[@]+"${filtered[@]}"} > >(tee results.txt)
   wait $! 2>/dev/null || true
   grep -q "^result .*status=ok" results.txt || grep -q "^flag kill" results.txt
+  exit
+fi
+
+if $replicas_table; then
+  [ -n "${OTA_BENCH_DATABASE_URL:-}" ] || { echo "bench-fleet.sh replicas needs OTA_BENCH_DATABASE_URL" >&2; exit 2; }
+  for n in ${OTA_BENCH_SIZES-2000 5000}; do
+    for r in 1 2; do
+      OTA_BENCH_REPLICAS=$r run_one real-agents mosquitto "$n" > >(tee -a results.txt)
+      wait $! 2>/dev/null || true
+    done
+  done
+  echo
+  echo "## Results ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, release build, real agents, Mosquitto, PostgreSQL)"
+  python3 - results.txt <<'PY'
+import shlex, sys
+rows = [dict(kv.split("=", 1) for kv in shlex.split(line)[1:])
+        for line in open(sys.argv[1]) if line.startswith("result ")]
+print("| devices | replicas | registration | rollout (4 waves, no bake) | msg/s | leader RSS/device above idle | load avg (1/5/15 min) |")
+print("|---|---|---|---|---|---|---|")
+for r in rows:
+    head = f"| {int(r['devices']):,} | {r['replicas']} |"
+    if r["status"] == "ok":
+        print(f"{head} {float(r['registration_s']):.1f} s | {float(r['rollout_s']):.1f} s | {r['msgs_per_s']} | {r['rss_per_device_kb']} KB | {r['load']} |")
+    else:
+        print(f"{head} {r['status']} | | | | {r['load']} |")
+print()
+print("Rollout time, 2 replicas / 1 (1.0: a standby costs the leader nothing):")
+by = {(r["devices"], r["replicas"]): r for r in rows}
+for n in dict.fromkeys(r["devices"] for r in rows):
+    one, two = by.get((n, "1")), by.get((n, "2"))
+    if one and two and one["status"] == two["status"] == "ok":
+        print(f"- {int(n):,} devices: {float(two['rollout_s']) / float(one['rollout_s']):.2f}")
+    else:
+        print(f"- {int(n):,} devices: n/a (a run did not finish)")
+PY
   exit
 fi
 
