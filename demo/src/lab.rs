@@ -24,7 +24,8 @@ use ota_core::wire::{DeviceId, Topics};
 use ota_server::broker::credentials::DeviceSecret;
 use ota_server::clock::Clock;
 use ota_server::config::{
-    BrokerSecurity, Config, HaConfig, MqttBroker, MqttConfig, OperatorConfig, Role, TrustConfig,
+    BrokerSecurity, Config, HaConfig, MqttBroker, MqttConfig, OperatorConfig, Role, StoreConfig,
+    TrustConfig,
 };
 use ota_server::{RunningServer, Server};
 use serde_json::Value;
@@ -70,6 +71,9 @@ pub struct LabOptions {
     pub agent_broker_cluster: Vec<String>,
     /// The database URL (default: SQLite in the lab directory).
     pub database_url: Option<String>,
+    /// Where the server keeps artifacts (`[store]`; default: `server/artifacts` in the lab
+    /// directory).
+    pub store: StoreConfig,
     /// The base URL devices download artifacts from (default: the server itself).
     pub public_url: Option<String>,
     /// The address the server's HTTP API listens on (default `127.0.0.1:0`, a free port): a
@@ -126,6 +130,7 @@ impl Default for LabOptions {
             agent_broker: None,
             agent_broker_cluster: Vec::new(),
             database_url: None,
+            store: StoreConfig::default(),
             public_url: None,
             http_listen: ([127, 0, 0, 1], 0).into(),
             id_prefix: "demo".into(),
@@ -534,6 +539,7 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
     };
     config.mqtt.topics = opts.topics.clone();
     config.database.url.clone_from(&opts.database_url);
+    config.store = opts.store.clone();
     // Every device of a lab downloads from 127.0.0.1, like a fleet behind one NAT address:
     // the per-address HTTP cap (256 by default) would refuse the 257th concurrent download
     // of a 500-device wave with 503 (docs/server.md, "Limits").

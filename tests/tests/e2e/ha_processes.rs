@@ -23,7 +23,8 @@
 //! broker sees what devices see: split brain would show there). It prints the time from each
 //! fault to a replica leading again and the longest gap between two answers of the replica
 //! expected to answer (figures, not assertions). Two runs with random seeds, or one with
-//! `OTA_TEST_SEED`.
+//! `OTA_TEST_SEED`. The artifacts are in S3 when `OTA_TEST_S3_URL` is set (as in `.ci/run`),
+//! else in the lab's directory.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 use ota_demo::api::Api;
 use ota_demo::lab::{Lab, OPERATOR};
+use ota_server::config::StoreConfig;
 use serde_json::{Value, json};
 
 use crate::ha::transitions_once;
@@ -74,22 +76,25 @@ async fn issue15_replica_processes_under_faults_at_seeded_points() {
         eprintln!(
             "issue 15 (processes): run {run}: seed {seed} (replay with OTA_TEST_SEED={seed})"
         );
-        scenario(Rng(seed)).await;
+        scenario(seed).await;
     }
 }
 
 /// One run: see the [module documentation](self).
-async fn scenario(mut rng: Rng) {
+async fn scenario(seed: u64) {
+    let mut rng = Rng(seed);
     let pg = PrivatePostgres::start();
     let database = pg.url();
+    let store = shared_store(seed);
     let mut w = World::start(Backend::Services, 20, |o| {
         o.database_url = Some(database);
+        o.store = store.clone();
         // Devices on trial wait this long for the server's heartbeat acknowledgement: longer
         // than the faults below together (docs/ha.md).
         o.trial_timeout = Duration::from_secs(60);
     })
     .await;
-    let mut r = Replicas::start(&w, &pg).await;
+    let mut r = Replicas::start(&w, &pg, &store).await;
     // The lab's own server gives the lease up; one of the two processes takes it.
     w.lab.hand_over(r.procs[0].base_url()).await.unwrap();
     let (mut leader, mut epoch) = r.leader(2).await;
@@ -224,7 +229,7 @@ struct Replicas {
 
 impl Replicas {
     /// Writes the configurations and starts both processes.
-    async fn start(w: &World, pg: &PrivatePostgres) -> Replicas {
+    async fn start(w: &World, pg: &PrivatePostgres, store: &StoreConfig) -> Replicas {
         let dir = w.lab.dir().to_path_buf();
         let db = [Proxy::start(pg.addr()).await, Proxy::start(pg.addr()).await];
         let configs = [0, 1].map(|i| {
@@ -233,6 +238,7 @@ impl Replicas {
                 &w.broker.addr(),
                 &w.http.addr(),
                 &pg.url_via(db[i].addr()),
+                store,
                 &format!("r{}", i + 1),
             )
         });
@@ -314,14 +320,31 @@ impl Replicas {
     }
 }
 
+/// The artifact store the lab's server and both replicas share: a prefix of its own in the S3
+/// bucket of `OTA_TEST_S3_URL` (endpoint `OTA_TEST_S3_ENDPOINT`, credentials in `AWS_*`, which
+/// the server processes inherit) when set, else the lab's local directory.
+fn shared_store(seed: u64) -> StoreConfig {
+    let mut store = StoreConfig::default();
+    if let Ok(url) = std::env::var("OTA_TEST_S3_URL") {
+        store.url = Some(format!("{}/ha-processes-{seed}", url.trim_end_matches('/')));
+        store.endpoint = std::env::var("OTA_TEST_S3_ENDPOINT").ok();
+        store.allow_http = store
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
+    }
+    store
+}
+
 /// Writes `NAME.toml` in the lab's directory: a replica (`[ha]`, replica id `NAME`) on the
-/// database at `database`, the lab's broker (through `broker`), artifact store, trust set,
+/// database at `database`, the lab's broker (through `broker`), `store`, trust set,
 /// operators and topic prefix; devices download from `public` (the lab's HTTP proxy).
 fn replica_config(
     lab: &Lab,
     broker: &SocketAddr,
     public: &SocketAddr,
     database: &str,
+    store: &StoreConfig,
     name: &str,
 ) -> PathBuf {
     let dir = lab.dir();
@@ -352,16 +375,32 @@ token = {token:?}
 [ha]
 replica_id = {name:?}
 lease_ttl_secs = {LEASE_TTL_SECS}
-"#,
+{store}"#,
         data = dir.join("server").display().to_string(),
         prefix = lab.topics().prefix(),
         key = dir.join("release-key.pub").display().to_string(),
         op = OPERATOR.0,
         token = OPERATOR.1,
+        store = store_toml(store),
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// `store` as a `[store]` section (empty for the default, local one).
+fn store_toml(store: &StoreConfig) -> String {
+    let Some(url) = &store.url else {
+        return String::new();
+    };
+    let mut toml = format!(
+        "\n[store]\nurl = {url:?}\nallow_http = {}\n",
+        store.allow_http
+    );
+    if let Some(endpoint) = &store.endpoint {
+        toml.push_str(&format!("endpoint = {endpoint:?}\n"));
+    }
+    toml
 }
 
 /// `GET /healthz` of `api`'s replica (`Null` while it does not answer within 2 s).
