@@ -123,6 +123,19 @@ async fn round_trip(cluster: &mut NatsCluster, victim: usize, installed_before_k
                 )
             });
             eprintln!("{}: {status:?}", d.id());
+            if installs_of(d, &v2.digest) == 0 {
+                // What the server knows of a device that never installed: its record and
+                // audit events (presence, reports).
+                let record = lab
+                    .api()
+                    .get(&format!("/api/v1/devices/{}", d.id()), &[])
+                    .await;
+                let events = lab
+                    .api()
+                    .events(&[("device", d.id()), ("limit", "100")])
+                    .await;
+                eprintln!("{}: server record {record:?}\nevents {events:#?}", d.id());
+            }
         }
         let id_text = id.to_string();
         let events = lab
@@ -137,8 +150,15 @@ async fn round_trip(cluster: &mut NatsCluster, victim: usize, installed_before_k
                 kind.contains("roll") || kind.contains("fail") || kind.contains("abort")
             })
             .collect();
+        // The rollout as each replica sees it now, and its devices' states.
+        let now = lab.api().rollout(id).await;
+        let devices = lab
+            .api()
+            .get(&format!("/api/v1/rollouts/{id}/devices"), &[])
+            .await;
+        let health = lab.api().get("/healthz", &[]).await;
         panic!(
-            "rollout {}: {r:#}\n{failures:#?}\n{}",
+            "rollout {}: {now:#?}\ndevices {devices:#?}\nhealthz {health:#?}\n{failures:#?}\n{}",
             r["status"],
             cluster.logs()
         );

@@ -17,6 +17,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use tempfile::TempDir;
 
+use crate::processes::free_port;
 use crate::world::{PATIENCE, patiently};
 
 /// Nodes in the cluster.
@@ -237,14 +238,6 @@ fn granted(codes: &[SubscribeReasonCode]) -> bool {
     codes
         .iter()
         .all(|c| matches!(c, SubscribeReasonCode::Success(_)))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A message received: topic, payload, retain flag.

@@ -133,9 +133,9 @@ fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
-/// A loopback port free right now (bound, then released: PostgreSQL cannot be told to pick
-/// one itself).
-fn free_port() -> u16 {
+/// A loopback port free right now (bound, then released), for servers that cannot be told to
+/// pick one themselves (PostgreSQL, nats-server's routes and listeners).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
