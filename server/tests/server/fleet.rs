@@ -450,12 +450,18 @@ async fn full_rollout_in_four_waves(backend: Backend) {
         .events(&format!("rollout={id}&kind=device-state-changed"))
         .await;
     assert!(changes.iter().any(|e| e["details"]["to"] == "succeeded"));
-    let devices = w.devices(&w.filter()).await;
-    assert!(
-        devices
-            .iter()
-            .all(|d| d["running_digest"] == w.new_digest() && d["drifted"] == false)
-    );
+    // A device's succeeded event and its reported state are two messages: the registry may
+    // record the running release a batch after the rollout completed.
+    wait_for(
+        "every device registered on the release, no drift",
+        || async {
+            w.devices(&w.filter())
+                .await
+                .iter()
+                .all(|d| d["running_digest"] == w.new_digest() && d["drifted"] == false)
+        },
+    )
+    .await;
     // The completed rollout frees its devices: a new one may take them.
     let (status, _) = w.create(TOKEN, json!({ "dry_run": true })).await;
     assert_eq!(status, StatusCode::CREATED);
