@@ -53,6 +53,7 @@ pub(crate) use suite;
 
 suite!(
     registry_and_heartbeats,
+    heartbeat_brings_a_device_held_offline_back,
     full_rollout_in_four_waves,
     abort_past_max_failure_rolls_back,
     inactivity_timeout,
@@ -1116,6 +1117,35 @@ async fn offline_during_bake_holds_the_wave(backend: Backend) {
     w.t.advance(Duration::from_secs(601)).await;
     let done = w.wait_status(id, "completed").await;
     assert_eq!(count(&done, "succeeded"), 4);
+    w.finish().await;
+}
+
+/// A retained `offline` will of an earlier connection can arrive after the current
+/// connection's `online` (seen on a NATS cluster after a node loss: the device stayed
+/// connected, the server held it offline and no rollout reached it). Its next heartbeat shows
+/// it is there: online again in the registry and for the rollouts.
+async fn heartbeat_brings_a_device_held_offline_back(backend: Backend) {
+    let w = World::start(backend, Options::default()).await;
+    w.add(w.sim_devices(2, |_| Behavior::Succeed)).await;
+    let online = |i: usize| {
+        let w = &w;
+        async move { w.devices(&format!("id={}", w.id(i))).await[0]["online"].clone() }
+    };
+    w.sim.set_online(&w.id(0), false).await;
+    wait_for("device 0 held offline", || async {
+        online(0).await == false
+    })
+    .await;
+    w.sim.heartbeat(&w.id(0), 1).await;
+    wait_for("device 0 online again", || async {
+        online(0).await == true
+    })
+    .await;
+    let (status, body) = w.create(TOKEN, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["rollout"]["id"].as_i64().unwrap();
+    let done = w.wait_status(id, "completed").await;
+    assert_eq!(count(&done, "succeeded"), 2);
     w.finish().await;
 }
 

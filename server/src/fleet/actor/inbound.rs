@@ -286,10 +286,15 @@ impl Actor {
         Some(event)
     }
 
-    /// A heartbeat is a sign of life: `last_seen` moves when the stored one is stale.
-    /// A heartbeat from a known device: `last_seen`, and its health (issue 17) when it
+    /// A heartbeat is a sign of life: `last_seen` moves when the stored one is stale, and a
+    /// device held offline is online again (a retained `offline` will of an earlier connection
+    /// can arrive after the current connection's `online`: without this the device would stay
+    /// offline, and unnotified by rollouts, until it reconnects). Its health (issue 17) when it
     /// changed, for the gates of the rollouts it is in.
     pub(super) fn on_heartbeat(&mut self, id: &DeviceId, healthy: Option<bool>, batch: &mut Batch) {
+        if self.devices.get(id.as_str()).is_some_and(|m| !m.online) {
+            self.on_status(id, true, batch);
+        }
         let Some(memo) = self.devices.get_mut(id.as_str()) else {
             return;
         };
