@@ -33,7 +33,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ota_demo::api::Api;
-use ota_demo::lab::{Lab, OPERATOR};
+use ota_demo::api::ApiError;
+use ota_demo::firmware::Build;
+use ota_demo::lab::{Lab, OPERATOR, unix_now};
 use ota_server::config::StoreConfig;
 use serde_json::{Value, json};
 
@@ -103,7 +105,11 @@ async fn scenario(seed: u64) {
     let watchers = watch::watch_desired(&[w.broker.addr()], &topics).await;
 
     // Commands go through the standby: it forwards them (and the upload) to the leader.
-    let v2 = w.release("2.0.0", true).await;
+    let v2 = w
+        .lab
+        .team()
+        .build("2.0.0", true, w.lab.factory().image.len(), unix_now());
+    publish_retrying(&w.lab, &v2).await;
     let id = w
         .rollout(&v2, &[10, 25, 50, 100], json!({ "bake_secs": 3 }))
         .await;
@@ -216,6 +222,25 @@ async fn scenario(seed: u64) {
         "issue 15 (processes): {received} desired states seen, one content per device and generation"
     );
     w.finish().await;
+}
+
+/// Publishes `build` through the lab's API, again while the replica answers 503: a standby
+/// learns a new leader's address at its next lease attempt (every `ttl / 3`, `docs/ha.md`);
+/// until then it forwards to the previous one (here the lab's server, gone) and answers
+/// `leader-unreachable` (retry), as any client right after a failover would see.
+async fn publish_retrying(lab: &Lab, build: &Build) {
+    let deadline = ota_server::clock::monotonic_now() + PATIENCE;
+    loop {
+        match lab.api().publish(build).await {
+            Ok(_) => return,
+            Err(ApiError::Refused { status: 503, .. })
+                if ota_server::clock::monotonic_now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("publishing {}: {e}", build.version),
+        }
+    }
 }
 
 /// The two replica processes, their configurations and their database proxies.
