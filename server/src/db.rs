@@ -214,7 +214,8 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::fr
 
 /// How long PostgreSQL lets a transaction of [`Db::connect`] sit idle (the default lease TTL):
 /// see [`Db::connect_with`].
-pub const DEFAULT_IDLE_TRANSACTION_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const DEFAULT_IDLE_TRANSACTION_LIMIT: std::time::Duration =
+    std::time::Duration::from_secs(crate::config::DEFAULT_LEASE_TTL_SECS);
 
 /// Which database a [`Db`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -116,17 +116,12 @@ impl Server {
         let database_url = config.database_url()?;
         // A transaction idle for a lease TTL is ended by PostgreSQL: a frozen leader's batch
         // holds the lease row no longer than its lease lasts.
-        let lease_ttl = config
-            .ha
-            .as_ref()
-            .map_or(crate::config::DEFAULT_LEASE_TTL_SECS, |ha| {
-                ha.lease_ttl_secs
-            });
+        let ha = config.ha.clone().unwrap_or_default();
         let db = Db::connect_with(
             &database_url,
             config.database.pool_size(&database_url),
             config.database.acquire_timeout(),
-            std::time::Duration::from_secs(lease_ttl),
+            std::time::Duration::from_secs(ha.lease_ttl_secs),
         )
         .await?;
         let trust = FleetTrust::load(configured, &db).await?;
@@ -205,7 +200,6 @@ impl Server {
             device_budget: config.limits.device_budget(),
         };
         let fleet = Fleet::detached(shared);
-        let ha = config.ha.clone().unwrap_or_default();
         let replica = ReplicaSpec {
             id: ha
                 .replica_id

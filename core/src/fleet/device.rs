@@ -13,7 +13,7 @@
 //! | | `last_committed` = the digest of a reported `succeeded` outcome; else, while unknown, the known-good release (else the running one) | |
 //! | | `drifted` = not in an active rollout, not on trial, running something, and not `last_committed` | [`ReportSeen::drift`] when `drifted` changed |
 //! | [`handle_presence`](DeviceMemo::handle_presence) | `online` as told | — |
-//! | [`handle_health`](DeviceMemo::handle_health) | `healthy` as told | whether it changed |
+//! | [`handle_heartbeat`](DeviceMemo::handle_heartbeat) | `online` = true (a device that heartbeats is connected: a stale retained offline will that overtook its online is corrected here); `healthy` as told, when told | [`HeartbeatSeen`]: whether it came online, whether its health changed |
 //! | [`note_transfer`](DeviceMemo::note_transfer)`(g, t)` | kept when `g` is above the generation of the one kept | whether it was kept (the first report per generation wins) |
 
 use crate::digest::Digest;
@@ -53,6 +53,16 @@ pub enum DriftChange {
     Drifted,
     /// It runs the last release it committed again (or is in a rollout or on trial).
     Cleared,
+}
+
+/// What a heartbeat changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatSeen {
+    /// The device was held offline: it is online now (the shell tells the rollouts, as for a
+    /// retained `online` status).
+    pub came_online: bool,
+    /// The health it reported differs from the last one.
+    pub health_changed: bool,
 }
 
 /// What a report changed that deserves an audit event.
@@ -101,9 +111,18 @@ impl DeviceMemo {
         self.online = online;
     }
 
-    /// Takes in what a heartbeat said about the device's health; true when it changed.
-    pub fn handle_health(&mut self, healthy: bool) -> bool {
-        self.healthy.replace(healthy) != Some(healthy)
+    /// Takes in a heartbeat of the device and the health it reported (agents with a probe).
+    /// A heartbeat arrives only over a live connection, so the device is online whatever the
+    /// last retained status said: presence is applied in arrival order, and an earlier
+    /// connection's retained offline will can arrive after the current connection's online.
+    pub fn handle_heartbeat(&mut self, healthy: Option<bool>) -> HeartbeatSeen {
+        let came_online = !self.online;
+        self.online = true;
+        let health_changed = healthy.is_some_and(|h| self.healthy.replace(h) != Some(h));
+        HeartbeatSeen {
+            came_online,
+            health_changed,
+        }
     }
 
     /// Keeps the download cost `t` reported for `generation` unless one was kept for it (or a
@@ -179,6 +198,18 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_brings_a_device_held_offline_back() {
+        let mut m = DeviceMemo::default();
+        m.handle_presence(true);
+        // A stale retained offline will (an earlier connection's) arrives after the online.
+        m.handle_presence(false);
+        let seen = m.handle_heartbeat(None);
+        assert!(seen.came_online);
+        assert!(m.online);
+        assert!(!m.handle_heartbeat(None).came_online, "once");
+    }
+
+    #[test]
     fn running_something_else_outside_a_rollout_is_drift() {
         let mut m = DeviceMemo::default();
         m.handle_report(&report(1, None), false);
@@ -216,9 +247,11 @@ mod tests {
         let mut m = DeviceMemo::default();
         m.handle_presence(true);
         assert!(m.online);
-        assert!(m.handle_health(true));
-        assert!(!m.handle_health(true));
-        assert!(m.handle_health(false));
+        let seen = m.handle_heartbeat(Some(true));
+        assert!(!seen.came_online && seen.health_changed);
+        assert!(!m.handle_heartbeat(Some(true)).health_changed);
+        assert!(!m.handle_heartbeat(None).health_changed, "nothing told");
+        assert!(m.handle_heartbeat(Some(false)).health_changed);
         let t = Transfer::default();
         assert!(m.note_transfer(2, t));
         assert!(!m.note_transfer(2, t), "the first per generation wins");

@@ -18,5 +18,5 @@ pub mod generations;
 pub mod routing;
 pub mod targeting;
 
-pub use device::{DeviceMemo, DriftChange, ReportSeen};
+pub use device::{DeviceMemo, DriftChange, HeartbeatSeen, ReportSeen};
 pub use generations::{GenerationError, Generations, MAX_GENERATION};

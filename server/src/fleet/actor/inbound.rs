@@ -287,26 +287,25 @@ impl Actor {
     }
 
     /// A heartbeat is a sign of life: `last_seen` moves when the stored one is stale, and a
-    /// device held offline is online again (a retained `offline` will of an earlier connection
-    /// can arrive after the current connection's `online`: without this the device would stay
-    /// offline, and unnotified by rollouts, until it reconnects). Its health (issue 17) when it
-    /// changed, for the gates of the rollouts it is in.
+    /// device held offline is online again (the rule:
+    /// [`ota_core::fleet::DeviceMemo::handle_heartbeat`]; without it a stale retained
+    /// `offline` will would keep the device offline, and unnotified by rollouts, until it
+    /// reconnects). Its health (issue 17) when it changed, for the gates of the rollouts it is
+    /// in.
     pub(super) fn on_heartbeat(&mut self, id: &DeviceId, healthy: Option<bool>, batch: &mut Batch) {
-        if self.devices.get(id.as_str()).is_some_and(|m| !m.online) {
-            self.on_status(id, true, batch);
-        }
         let Some(memo) = self.devices.get_mut(id.as_str()) else {
             return;
         };
+        let seen = memo.handle_heartbeat(healthy);
         if self.clock.now_i64().saturating_sub(memo.last_seen) >= LAST_SEEN_RESOLUTION_SECS {
             batch.seen.insert(id.as_str().to_string());
         }
-        let Some(healthy) = healthy else {
+        if seen.came_online {
+            self.presence_changed(id, true, batch);
+        }
+        let Some(healthy) = healthy.filter(|_| seen.health_changed) else {
             return;
         };
-        if !memo.handle_health(healthy) {
-            return;
-        }
         let now = self.clock.timestamp();
         for loaded in self.rollouts.values_mut() {
             if loaded.planner.device_state(id).is_some()
@@ -323,6 +322,12 @@ impl Actor {
     pub(super) fn on_status(&mut self, id: &DeviceId, online: bool, batch: &mut Batch) {
         let memo = self.devices.entry(id.as_str().to_string()).or_default();
         memo.handle_presence(online);
+        self.presence_changed(id, online, batch);
+    }
+
+    /// Stores the device's presence (as the memo holds it now) and tells every rollout that
+    /// targets it.
+    fn presence_changed(&mut self, id: &DeviceId, online: bool, batch: &mut Batch) {
         batch.presence.insert(id.as_str().to_string());
         // Told every time (idempotent in the planner): after a restart the planner's view of
         // presence may be older than the registry's.
