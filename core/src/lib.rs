@@ -48,6 +48,7 @@ pub mod digest;
 pub mod filter;
 pub mod flags;
 pub mod fleet;
+pub mod named_enum;
 pub mod release;
 pub mod rollout;
 pub mod time;

@@ -4,104 +4,80 @@
 
 use ota_core::flags::FlagChangeKind;
 
-/// Declares [`EventKind`] with each kind's stored name written once.
-macro_rules! event_kinds {
-    ($($(#[$doc:meta])* $variant:ident => $name:literal,)*) => {
-        /// An audit event's kind, stored and shown by its kebab-case name ([`EventKind::name`]).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum EventKind {
-            $($(#[$doc])* $variant,)*
-        }
-
-        impl EventKind {
-            /// Every kind.
-            pub const ALL: &[EventKind] = &[$(EventKind::$variant,)*];
-
-            /// The kind's name as stored in the event's `kind` (`release-published`, ...).
-            pub fn name(self) -> &'static str {
-                match self {
-                    $(EventKind::$variant => $name,)*
-                }
-            }
-        }
-    };
-}
-
-event_kinds! {
-    /// A release was published.
-    ReleasePublished => "release-published",
-    /// A release was refused at publish.
-    ReleaseRejected => "release-rejected",
-    /// A countersignature replaced a release's signatures.
-    ReleaseResigned => "release-resigned",
-    /// A rollout was created (dry runs too).
-    RolloutCreated => "rollout-created",
-    /// A rollout started notifying devices.
-    RolloutStarted => "rollout-started",
-    /// A second operator approved a rollout.
-    RolloutApproved => "rollout-approved",
-    /// An operator paused a rollout.
-    RolloutPaused => "rollout-paused",
-    /// An operator resumed a rollout.
-    RolloutResumed => "rollout-resumed",
-    /// An operator asked for an abort.
-    RolloutAbortRequested => "rollout-abort-requested",
-    /// A wave started.
-    WaveStarted => "wave-started",
-    /// A wave passed its gate.
-    WaveAdvanced => "wave-advanced",
-    /// A wave's gate was judged and not met.
-    WaveHeld => "wave-held",
-    /// A rollout completed.
-    RolloutCompleted => "rollout-completed",
-    /// A rollout aborted.
-    RolloutAborted => "rollout-aborted",
-    /// A target's execution state changed.
-    DeviceStateChanged => "device-state-changed",
-    /// An abort sent a device back to its known-good release.
-    DeviceRollback => "device-rollback",
-    /// An abort sent a device that never wrote the release back to what it runs.
-    DeviceCancel => "device-cancel",
-    /// A device an abort sent back got there, failed to, or was superseded.
-    DeviceRecalled => "device-recalled",
-    /// An abort had no release the device would accept to send it back to.
-    NoRollbackTarget => "no-rollback-target",
-    /// No desired state could be issued to a device (its release is not published here).
-    DesiredUnavailable => "desired-unavailable",
-    /// A device reported for the first time.
-    DeviceRegistered => "device-registered",
-    /// A device runs something other than its last committed release.
-    DeviceDrifted => "device-drifted",
-    /// A drifted device runs its last committed release again.
-    DeviceDriftCleared => "device-drift-cleared",
-    /// A device's MQTT message was refused.
-    MqttRejected => "mqtt-rejected",
-    /// An operator set or removed a device's server labels.
-    DeviceLabelsSet => "device-labels-set",
-    /// A trust-set update was accepted by the server, or taken by a device.
-    TrustRotated => "trust-rotated",
-    /// A trust-set update was refused by the server, or by a device.
-    TrustRejected => "trust-rejected",
-    /// A request was refused for its role or its CSRF token.
-    AccessDenied => "access-denied",
-    /// A feature flag was created.
-    FlagCreated => "flag-created",
-    /// A feature flag was changed.
-    FlagUpdated => "flag-updated",
-    /// A feature flag was killed.
-    FlagKilled => "flag-killed",
-    /// A killed feature flag was revived.
-    FlagRevived => "flag-revived",
-    /// A feature flag was deleted.
-    FlagDeleted => "flag-deleted",
+ota_core::named_enum! {
+    /// An audit event's kind, stored and shown by its kebab-case name ([`EventKind::name`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum EventKind {
+        /// A release was published.
+        ReleasePublished => "release-published",
+        /// A release was refused at publish.
+        ReleaseRejected => "release-rejected",
+        /// A countersignature replaced a release's signatures.
+        ReleaseResigned => "release-resigned",
+        /// A rollout was created (dry runs too).
+        RolloutCreated => "rollout-created",
+        /// A rollout started notifying devices.
+        RolloutStarted => "rollout-started",
+        /// A second operator approved a rollout.
+        RolloutApproved => "rollout-approved",
+        /// An operator paused a rollout.
+        RolloutPaused => "rollout-paused",
+        /// An operator resumed a rollout.
+        RolloutResumed => "rollout-resumed",
+        /// An operator asked for an abort.
+        RolloutAbortRequested => "rollout-abort-requested",
+        /// A wave started.
+        WaveStarted => "wave-started",
+        /// A wave passed its gate.
+        WaveAdvanced => "wave-advanced",
+        /// A wave's gate was judged and not met.
+        WaveHeld => "wave-held",
+        /// A rollout completed.
+        RolloutCompleted => "rollout-completed",
+        /// A rollout aborted.
+        RolloutAborted => "rollout-aborted",
+        /// A target's execution state changed.
+        DeviceStateChanged => "device-state-changed",
+        /// An abort sent a device back to its known-good release.
+        DeviceRollback => "device-rollback",
+        /// An abort sent a device that never wrote the release back to what it runs.
+        DeviceCancel => "device-cancel",
+        /// A device an abort sent back got there, failed to, or was superseded.
+        DeviceRecalled => "device-recalled",
+        /// An abort had no release the device would accept to send it back to.
+        NoRollbackTarget => "no-rollback-target",
+        /// No desired state could be issued to a device (its release is not published here).
+        DesiredUnavailable => "desired-unavailable",
+        /// A device reported for the first time.
+        DeviceRegistered => "device-registered",
+        /// A device runs something other than its last committed release.
+        DeviceDrifted => "device-drifted",
+        /// A drifted device runs its last committed release again.
+        DeviceDriftCleared => "device-drift-cleared",
+        /// A device's MQTT message was refused.
+        MqttRejected => "mqtt-rejected",
+        /// An operator set or removed a device's server labels.
+        DeviceLabelsSet => "device-labels-set",
+        /// A trust-set update was accepted by the server, or taken by a device.
+        TrustRotated => "trust-rotated",
+        /// A trust-set update was refused by the server, or by a device.
+        TrustRejected => "trust-rejected",
+        /// A request was refused for its role or its CSRF token.
+        AccessDenied => "access-denied",
+        /// A feature flag was created.
+        FlagCreated => "flag-created",
+        /// A feature flag was changed.
+        FlagUpdated => "flag-updated",
+        /// A feature flag was killed.
+        FlagKilled => "flag-killed",
+        /// A killed feature flag was revived.
+        FlagRevived => "flag-revived",
+        /// A feature flag was deleted.
+        FlagDeleted => "flag-deleted",
+    }
 }
 
 impl EventKind {
-    /// The kind named `name`, if the server records such events.
-    pub fn parse(name: &str) -> Option<EventKind> {
-        EventKind::ALL.iter().copied().find(|k| k.name() == name)
-    }
-
     /// The kind of the event recording a flag change of kind `change`.
     pub fn of_flag_change(change: FlagChangeKind) -> EventKind {
         match change {
@@ -117,12 +93,6 @@ impl EventKind {
     pub fn names() -> String {
         let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
         names.join(", ")
-    }
-}
-
-impl std::fmt::Display for EventKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -177,7 +147,7 @@ mod tests {
         }
         assert!(!is_known("rollout-abort"));
         for kind in EventKind::ALL {
-            assert_eq!(EventKind::parse(kind.name()), Some(*kind));
+            assert_eq!(EventKind::parse(kind.name()), Some(kind));
         }
     }
 }

@@ -58,33 +58,22 @@ pub enum FlagEdit {
     Delete,
 }
 
-/// What a [`FlagChange`] did, derived from its old and new definitions. Exhaustive: the server
-/// maps every kind to an audit event kind of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlagChangeKind {
-    /// The flag did not exist.
-    Created,
-    /// The definition changed (default or rules), the kill switch did not.
-    Updated,
-    /// The kill switch went on.
-    Killed,
-    /// The kill switch went off.
-    Revived,
-    /// The flag was removed.
-    Deleted,
-}
-
-impl FlagChangeKind {
-    /// The kind's name, in logs and the CLI (`created`, `updated`, `killed`, `revived`,
-    /// `deleted`).
-    pub fn name(self) -> &'static str {
-        match self {
-            FlagChangeKind::Created => "created",
-            FlagChangeKind::Updated => "updated",
-            FlagChangeKind::Killed => "killed",
-            FlagChangeKind::Revived => "revived",
-            FlagChangeKind::Deleted => "deleted",
-        }
+crate::named_enum! {
+    /// What a [`FlagChange`] did, derived from its old and new definitions. Exhaustive: the
+    /// server maps every kind to an audit event kind of its own. Its name appears in logs and
+    /// the CLI.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum FlagChangeKind {
+        /// The flag did not exist.
+        Created => "created",
+        /// The definition changed (default or rules), the kill switch did not.
+        Updated => "updated",
+        /// The kill switch went on.
+        Killed => "killed",
+        /// The kill switch went off.
+        Revived => "revived",
+        /// The flag was removed.
+        Deleted => "deleted",
     }
 }
 
