@@ -383,19 +383,7 @@ impl Lab {
     /// database, broker, data directory and public URL, on a runtime of its own: a standby
     /// while the lab's server holds the coordinator lease. Needs an external broker.
     pub async fn start_replica(&mut self, ha: HaConfig) -> Result<&RunningServer, LabError> {
-        let broker = self.config.mqtt.broker.clone();
-        self.start_replica_with_broker(ha, broker).await
-    }
-
-    /// [`Lab::start_replica`], the replica connecting to `broker` (another node of the lab's
-    /// broker cluster first, say).
-    pub async fn start_replica_with_broker(
-        &mut self,
-        ha: HaConfig,
-        broker: MqttBroker,
-    ) -> Result<&RunningServer, LabError> {
         let mut config = self.config.clone();
-        config.mqtt.broker = broker;
         config.http.listen = ([127, 0, 0, 1], 0).into();
         config.ha = Some(ha);
         let runtime = ServerRuntime::new()?;
@@ -554,7 +542,7 @@ fn server_config(dir: &Path, key: PathBuf, opts: &LabOptions) -> Result<Config, 
 
 /// An external broker at `url`, with more nodes of its cluster at `failover` (plain
 /// `mqtt://` or `mqtts://` URLs, no TLS files or credentials).
-pub fn external_broker(url: &str, failover: &[String]) -> Result<MqttBroker, LabError> {
+fn external_broker(url: &str, failover: &[String]) -> Result<MqttBroker, LabError> {
     let parse = |url: &str| {
         MqttConfig::external(url)
             .map(|c| c.broker)

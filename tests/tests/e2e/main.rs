@@ -9,12 +9,11 @@
 //! - `flags`: feature flags through restarts, deploys and offline periods (issue 6).
 //! - `ha`: two server replicas; the leader is killed mid-rollout, the standby completes it
 //!   (issue 15).
-//! - `ha_processes`: two real `ota server` processes on a PostgreSQL cluster of their own,
-//!   at seeded random points: the leader process is killed (SIGKILL), the leader is cut from
-//!   the database, PostgreSQL restarts (issue 15; `#[ignore]`d, needs Mosquitto, PostgreSQL's
-//!   binaries and the `ota` binary).
-//! - `ha_nats`: the same on a real 3-node NATS cluster (MQTT + JetStream); a broker node is
-//!   killed mid-rollout (issue 15; `#[ignore]`d, needs `nats-server` and PostgreSQL).
+//! - `ha_processes`: real `ota server` processes on a PostgreSQL cluster of their own (two on
+//!   Mosquitto, three on a 3-node NATS cluster), at seeded random points: the leader process
+//!   is killed (SIGKILL), frozen, cut from the database, PostgreSQL restarts, a broker node is
+//!   killed (issue 15; `#[ignore]`d, needs Mosquitto, `nats-server`, PostgreSQL's binaries
+//!   and the `ota` binary).
 //! - `nats`: the 3-node NATS cluster fixture, and its broker-level node-loss test (retained
 //!   messages, QoS 1 persistent sessions).
 //! - `mqtt_tls`: agents and server over MQTT with TLS, device passwords or client
@@ -49,7 +48,6 @@ mod drift;
 mod faults;
 mod flags;
 mod ha;
-mod ha_nats;
 mod ha_processes;
 mod health;
 mod mqtt_tls;
