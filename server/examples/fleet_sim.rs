@@ -54,6 +54,7 @@ mod sim;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ota_core::wire::Topics;
 use ota_server::broker::credentials::DeviceSecret;
 use serde_json::{Value, json};
 use sim::{AgentLink, Behavior, Sim, device, running_of};
@@ -165,6 +166,8 @@ async fn main() {
         let sim = Sim::agents(AgentLink {
             host: host.to_string(),
             port,
+            // The benchmarked server runs with the default `mqtt.topic_prefix`.
+            topics: Topics::default(),
             keep_alive: Duration::from_secs(a.keep_alive),
             heartbeat: Duration::from_secs(a.heartbeat),
             secret: a.device_secret_file.as_ref().map(|path| {
@@ -181,6 +184,7 @@ async fn main() {
                 host,
                 port,
                 &format!("{}s{shard}conn{c}", a.prefix),
+                &Topics::default(),
                 !a.per_device_subscriptions,
             )
             .await;

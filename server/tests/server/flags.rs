@@ -224,7 +224,7 @@ async fn flags_offline_device_converges(backend: Backend) {
     let (host, port) = w.t.mqtt();
     let away_id = format!("{}away", w.prefix);
     let away = crate::sim::device(&away_id, "gw-a", None, Behavior::Silent);
-    let first = Sim::connect(&host, port, &format!("{}c1", w.prefix)).await;
+    let first = Sim::connect(&host, port, &format!("{}c1", w.prefix), &w.topics).await;
     first.add_devices(vec![away.clone()]).await;
     wait_for("the away device registered", || async {
         !w.devices(&format!("id={away_id}")).await.is_empty()
@@ -241,7 +241,7 @@ async fn flags_offline_device_converges(backend: Backend) {
     flag_op(&w, "beta", "kill", json!({})).await;
 
     // Back online on a new connection: the retained flags arrive, whatever it missed.
-    let back = Sim::connect(&host, port, &format!("{}c2", w.prefix)).await;
+    let back = Sim::connect(&host, port, &format!("{}c2", w.prefix), &w.topics).await;
     back.add_devices(vec![away]).await;
     wait_for("the away device converged", || async {
         back.flag(&away_id, "dark-mode")

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ota_core::wire::{DeviceId, FailurePhase, TopicKind};
+use ota_core::wire::{DeviceId, FailurePhase, TopicKind, Topics};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -79,6 +79,8 @@ pub(crate) struct World {
     pub(crate) t: TestServer,
     pub(crate) sim: Sim,
     pub(crate) prefix: String,
+    /// The world's MQTT topics (a prefix of its own).
+    pub(crate) topics: Topics,
     pub(crate) old: Vec<u8>,
     pub(crate) new: Vec<u8>,
     pg: Option<PgSchema>,
@@ -110,10 +112,17 @@ impl World {
                     .expect("set OTA_TEST_MQTT_URL=mqtt://host:port to run the Mosquitto tests"),
             );
         }
-        let t = TestServer::start_opts(opts).await;
         let prefix = unique_prefix();
+        // A topic namespace of the world's own (issue 15): servers of other tests on a shared
+        // broker neither see its devices nor receive their messages.
+        let namespace = opts
+            .topic_prefix
+            .get_or_insert_with(|| format!("ota-test/{}", prefix.trim_end_matches('-')))
+            .clone();
+        let topics = Topics::new(&namespace).unwrap();
+        let t = TestServer::start_opts(opts).await;
         let (host, port) = t.mqtt();
-        let sim = Sim::connect(&host, port, &format!("{prefix}sim")).await;
+        let sim = Sim::connect(&host, port, &format!("{prefix}sim"), &topics).await;
         let old_art = artifact(3000, 1);
         let new_art = artifact(4000, 2);
         let old = release("1.0.0", &old_art, &[1]);
@@ -124,6 +133,7 @@ impl World {
             t,
             sim,
             prefix,
+            topics,
             old,
             new,
             pg,
@@ -777,7 +787,11 @@ async fn bad_inputs(backend: Backend) {
         TopicKind::Heartbeat,
     ] {
         w.sim
-            .publish_raw(&d0.topic(kind), b"\xff\x00garbage".to_vec(), false)
+            .publish_raw(
+                &w.topics.device(&d0, kind),
+                b"\xff\x00garbage".to_vec(),
+                false,
+            )
             .await;
     }
     let stranger = DeviceId::new(&format!("{}stranger", w.prefix)).unwrap();
@@ -793,7 +807,11 @@ async fn bad_inputs(backend: Backend) {
     };
     use ota_core::wire::WireMessage;
     w.sim
-        .publish_raw(&stranger.topic(TopicKind::Events), event.to_cbor(), false)
+        .publish_raw(
+            &w.topics.device(&stranger, TopicKind::Events),
+            event.to_cbor(),
+            false,
+        )
         .await;
     let filter = format!("kind=mqtt-rejected&device={}", w.id(0));
     wait_for("malformed payloads recorded", || async {
@@ -1482,6 +1500,7 @@ async fn issue14_real_agents_with_device_passwords_complete_a_rollout() {
     let sim = Sim::agents(AgentLink {
         host,
         port,
+        topics: Topics::default(),
         keep_alive: Duration::from_secs(30),
         heartbeat: Duration::from_secs(30),
         secret: Some(t.device_secret()),

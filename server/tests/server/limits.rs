@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use ota_core::wire::{DeviceId, Heartbeat, PROTOCOL_VERSION, TopicKind, WireMessage};
+use ota_core::wire::{DeviceId, Heartbeat, PROTOCOL_VERSION, TopicKind, Topics, WireMessage};
 use ota_server::config::LimitsConfig;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -224,7 +224,7 @@ async fn issue19_a_flooding_device_is_dropped_counted_and_disconnected_at_the_fr
     }))
     .await;
     let (host, port) = t.mqtt();
-    let sim = Sim::connect(&host, port, "issue19-calm-sim").await;
+    let sim = Sim::connect(&host, port, "issue19-calm-sim", &Topics::default()).await;
     let (flood, mut eventloop) = mqtt_connect(&t, "issue19-flood").await.unwrap();
     let topic = DeviceId::new("issue19-flood")
         .unwrap()

@@ -32,7 +32,7 @@ use ota_core::release::SignedRelease;
 use ota_core::wire::{
     DesiredState, DeviceId, Event, ExecutionState, FailurePhase, Heartbeat, HeartbeatAck,
     Inventory, PROTOCOL_VERSION, PowerReading, RejectCause, ReportedState, RollbackReason,
-    RunningRelease, Status, TopicKind, Transfer, UpdateOutcome, WireMessage,
+    RunningRelease, Status, TopicKind, Topics, Transfer, UpdateOutcome, WireMessage,
 };
 use ota_server::broker::credentials::DeviceSecret;
 use rumqttc::{
@@ -125,7 +125,7 @@ enum Clients {
 /// provisions); keep-alive, packet size (256 KiB), inflight window (32), request channel (64),
 /// TCP no-delay; a retained QoS 1 last will `Status { online: false }` on `status`; the first
 /// connection clean, reconnects resuming the session; on every connect a subscription to
-/// `desired`, `heartbeat/ack`, the flags topic and `ota/v1/trust`, then the retained online
+/// `desired`, `heartbeat/ack`, the flags topic and `trust`, then the retained online
 /// `Status`, and once the subscription is acknowledged the retained reported state and a
 /// heartbeat; a heartbeat every `heartbeat` while connected; reconnects after a wait doubling
 /// from 1 s to 60 s.
@@ -137,6 +137,8 @@ enum Clients {
 pub struct AgentLink {
     /// Broker host.
     pub host: String,
+    /// The fleet's topics (`mqtt.topic_prefix`).
+    pub topics: Topics,
     /// Broker port.
     pub port: u16,
     /// MQTT keep-alive (the agent's default `broker.keep_alive`: 30 s).
@@ -163,6 +165,7 @@ enum LinkUp {
 #[derive(Clone)]
 pub struct Sim {
     clients: Clients,
+    topics: Topics,
     inbox: mpsc::UnboundedSender<(String, bytes::Bytes)>,
     wildcard: bool,
     devices: Arc<Mutex<HashMap<String, SimDevice>>>,
@@ -174,17 +177,23 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// Connects to the broker at `host:port` as client `client_id`; each device subscribes to
-    /// its own topics.
-    pub async fn connect(host: &str, port: u16, client_id: &str) -> Sim {
-        Self::connect_with(host, port, client_id, false).await
+    /// Connects to the broker at `host:port` as client `client_id`, for a fleet on `topics`;
+    /// each device subscribes to its own topics.
+    pub async fn connect(host: &str, port: u16, client_id: &str, topics: &Topics) -> Sim {
+        Self::connect_with(host, port, client_id, topics, false).await
     }
 
     /// Like [`connect`](Self::connect); with `wildcard` the connection subscribes once to every
-    /// device's `desired` and `heartbeat/ack` (`ota/v1/devices/+/...`) and keeps what is for its
+    /// device's `desired` and `heartbeat/ack` (`PREFIX/devices/+/...`) and keeps what is for its
     /// devices, instead of two subscriptions per device (rumqttd matches every new topic against
     /// every filter, which is slow with tens of thousands of filters).
-    pub async fn connect_with(host: &str, port: u16, client_id: &str, wildcard: bool) -> Sim {
+    pub async fn connect_with(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        topics: &Topics,
+        wildcard: bool,
+    ) -> Sim {
         let mut options = MqttOptions::new(client_id, host, port);
         options
             .set_keep_alive(Duration::from_secs(60))
@@ -194,7 +203,13 @@ impl Sim {
         let (client, mut eventloop) = AsyncClient::new(options, 64 * 1024);
         let (tx, rx) = mpsc::unbounded_channel::<(String, bytes::Bytes)>();
         let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<()>();
-        let sim = Sim::start(Clients::Shared(client.clone()), tx.clone(), wildcard, rx);
+        let sim = Sim::start(
+            Clients::Shared(client.clone()),
+            topics.clone(),
+            tx.clone(),
+            wildcard,
+            rx,
+        );
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -216,9 +231,9 @@ impl Sim {
             .expect("simulator connects to the broker");
         if wildcard {
             let filters = [
-                TopicKind::Desired.fleet_filter(),
-                TopicKind::HeartbeatAck.fleet_filter(),
-                ota_core::flags::fleet_filter(),
+                topics.fleet_filter(TopicKind::Desired),
+                topics.fleet_filter(TopicKind::HeartbeatAck),
+                topics.flags_filter(),
             ]
             .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce));
             client.subscribe_many(filters).await.unwrap();
@@ -230,19 +245,22 @@ impl Sim {
     /// [`AgentLink`]); [`add_devices`](Self::add_devices) connects them.
     pub fn agents(link: AgentLink) -> Sim {
         let (tx, rx) = mpsc::unbounded_channel();
+        let topics = link.topics.clone();
         let clients = Clients::PerDevice(Arc::new(link), Arc::default());
-        Sim::start(clients, tx, false, rx)
+        Sim::start(clients, topics, tx, false, rx)
     }
 
     /// The shared state, and the task that handles every message the devices receive.
     fn start(
         clients: Clients,
+        topics: Topics,
         inbox: mpsc::UnboundedSender<(String, bytes::Bytes)>,
         wildcard: bool,
         mut rx: mpsc::UnboundedReceiver<(String, bytes::Bytes)>,
     ) -> Sim {
         let sim = Sim {
             clients,
+            topics,
             inbox,
             wildcard,
             devices: Arc::new(Mutex::new(HashMap::new())),
@@ -265,7 +283,9 @@ impl Sim {
         match &self.clients {
             Clients::Shared(client) => client.clone(),
             Clients::PerDevice(_, clients) => {
-                let (id, _) = ota_core::wire::parse_device_topic(topic)
+                let (id, _) = self
+                    .topics
+                    .parse_device_topic(topic)
                     .unwrap_or_else(|e| panic!("{topic}: not a device topic: {e:?}"));
                 clients.lock().unwrap()[id.as_str()].clone()
             }
@@ -334,7 +354,7 @@ impl Sim {
             let filters: Vec<SubscribeFilter> = chunk
                 .iter()
                 .flat_map(|d| {
-                    let [desired, ack, flags, _trust] = d.id.subscriptions();
+                    let [desired, ack, flags, _trust] = self.topics.subscriptions(&d.id);
                     [desired, ack, flags]
                 })
                 .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
@@ -351,8 +371,12 @@ impl Sim {
     /// Publishes the device's retained status (offline is what its last will says).
     pub async fn set_online(&self, id: &str, online: bool) {
         let id = DeviceId::new(id).unwrap();
-        self.publish(id.topic(TopicKind::Status), self.status(online), true)
-            .await;
+        self.publish(
+            self.topics.device(&id, TopicKind::Status),
+            self.status(online),
+            true,
+        )
+        .await;
     }
 
     /// A `Status` message, now.
@@ -376,7 +400,7 @@ impl Sim {
             .set_request_channel_capacity(64)
             .set_inflight(32)
             .set_last_will(LastWill::new(
-                id.topic(TopicKind::Status),
+                self.topics.device(id, TopicKind::Status),
                 self.status(false),
                 QoS::AtLeastOnce,
                 true,
@@ -411,8 +435,9 @@ impl Sim {
                     drop(first.take());
                     wait = Duration::from_secs(1);
                     eventloop.mqtt_options.set_clean_session(false);
-                    let filters = id
-                        .subscriptions()
+                    let filters = self
+                        .topics
+                        .subscriptions(&id)
                         .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce));
                     // Queued messages may fill the request channel: then subscribe from a
                     // task, as the agent does.
@@ -436,7 +461,7 @@ impl Sim {
                     let _ = up.send(LinkUp::Lost);
                     // The next attempt's last will carries a fresh time, as the agent's does.
                     eventloop.mqtt_options.set_last_will(LastWill::new(
-                        id.topic(TopicKind::Status),
+                        self.topics.device(&id, TopicKind::Status),
                         self.status(false),
                         QoS::AtLeastOnce,
                         true,
@@ -506,8 +531,12 @@ impl Sim {
             generation: d.generation,
             security_floor: 0,
         };
-        self.publish(d.id.topic(TopicKind::Reported), r.to_cbor(), true)
-            .await;
+        self.publish(
+            self.topics.device(&d.id, TopicKind::Reported),
+            r.to_cbor(),
+            true,
+        )
+        .await;
     }
 
     /// Sends a heartbeat with `seq` and no health (an agent without a probe).
@@ -524,8 +553,12 @@ impl Sim {
             healthy,
         };
         let id = DeviceId::new(id).unwrap();
-        self.publish(id.topic(TopicKind::Heartbeat), hb.to_cbor(), false)
-            .await;
+        self.publish(
+            self.topics.device(&id, TopicKind::Heartbeat),
+            hb.to_cbor(),
+            false,
+        )
+        .await;
     }
 
     /// A copy of a device's state.
@@ -586,18 +619,14 @@ impl Sim {
     pub async fn clear_retained(&self) {
         for id in self.ids() {
             let id = DeviceId::new(&id).unwrap();
-            self.client(&id.topic(TopicKind::Status))
-                .publish(
-                    ota_core::flags::topic(&id),
-                    QoS::AtLeastOnce,
-                    true,
-                    Vec::new(),
-                )
+            self.client(&self.topics.device(&id, TopicKind::Status))
+                .publish(self.topics.flags(&id), QoS::AtLeastOnce, true, Vec::new())
                 .await
                 .unwrap();
             for kind in [TopicKind::Desired, TopicKind::Reported, TopicKind::Status] {
-                self.client(&id.topic(kind))
-                    .publish(id.topic(kind), QoS::AtLeastOnce, true, Vec::new())
+                let topic = self.topics.device(&id, kind);
+                self.client(&topic)
+                    .publish(topic, QoS::AtLeastOnce, true, Vec::new())
                     .await
                     .unwrap();
             }
@@ -606,7 +635,7 @@ impl Sim {
     }
 
     async fn on_message(&self, topic: &str, payload: &[u8]) {
-        if let Ok(id) = ota_core::flags::parse_topic(topic) {
+        if let Ok(id) = self.topics.parse_flags_topic(topic) {
             if let Ok(flags) = DeviceFlags::from_cbor(payload)
                 && let Some(d) = self.devices.lock().unwrap().get_mut(id.as_str())
                 && let Ok(update) = d.flags.offer(flags)
@@ -619,7 +648,7 @@ impl Sim {
             }
             return;
         }
-        let Ok((id, kind)) = ota_core::wire::parse_device_topic(topic) else {
+        let Ok((id, kind)) = self.topics.parse_device_topic(topic) else {
             return;
         };
         match kind {
@@ -816,8 +845,12 @@ impl Sim {
                 transfer: if downloading { None } else { transfer },
             };
             let event = Event::from_outcome(id, &outcome);
-            self.publish(id.topic(TopicKind::Events), event.to_cbor(), false)
-                .await;
+            self.publish(
+                self.topics.device(id, TopicKind::Events),
+                event.to_cbor(),
+                false,
+            )
+            .await;
             last = Some(outcome);
         }
         {

@@ -319,12 +319,20 @@ async fn issue12_undecodable_rejection_is_counted(backend: Backend) {
     // A digest-less rejection of a generation the server did not send is not counted...
     let stray = Event::from_outcome(&dev, &outcome(desired.generation + 7));
     w.sim
-        .publish_raw(&dev.topic(TopicKind::Events), stray.to_cbor(), false)
+        .publish_raw(
+            &w.topics.device(&dev, TopicKind::Events),
+            stray.to_cbor(),
+            false,
+        )
         .await;
     // ...the one answering the desired state is.
     let event = Event::from_outcome(&dev, &outcome(desired.generation));
     w.sim
-        .publish_raw(&dev.topic(TopicKind::Events), event.to_cbor(), false)
+        .publish_raw(
+            &w.topics.device(&dev, TopicKind::Events),
+            event.to_cbor(),
+            false,
+        )
         .await;
     wait_for("the rejection counted", || async {
         count(&w.rollout(id).await, "rejected") == 1
