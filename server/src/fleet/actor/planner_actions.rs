@@ -77,12 +77,13 @@ impl Actor {
                     self.no_rollback_target(rid, &device_id, to_digest, cause, actor, batch);
                     return;
                 }
+                let audit = event(EventKind::DeviceRollback);
                 self.send_back(
                     rid,
                     &device_id,
                     to_digest,
                     DesiredKind::Rollback,
-                    actor,
+                    audit,
                     batch,
                 )
                 .await;
@@ -115,12 +116,13 @@ impl Actor {
                 device_id,
                 to_digest,
             } => {
+                let audit = event(EventKind::DeviceCancel);
                 self.send_back(
                     rid,
                     &device_id,
                     to_digest,
                     DesiredKind::Cancel,
-                    actor,
+                    audit,
                     batch,
                 )
                 .await;
@@ -222,23 +224,19 @@ impl Actor {
     }
 
     /// Sends `device` back to `to` after rollout `rid`'s abort (a rollback or a cancel):
-    /// its audit event, then the desired state.
+    /// `audit` (the batch's `device-rollback` or `device-cancel` event of the rollout) names
+    /// the device and target, then the desired state goes out.
     async fn send_back(
         &mut self,
         rid: i64,
         device: &DeviceId,
         to: Digest,
         kind: DesiredKind,
-        actor: &str,
+        audit: NewEvent,
         batch: &mut Batch,
     ) {
-        let event_kind = match kind {
-            DesiredKind::Rollback => EventKind::DeviceRollback,
-            DesiredKind::Cancel | DesiredKind::Notify => EventKind::DeviceCancel,
-        };
         batch.events.push(
-            NewEvent::new(self.clock.now_i64(), actor, event_kind)
-                .rollout(rid)
+            audit
                 .device(device.as_str())
                 .details(json!({ "to": to.to_string() })),
         );
