@@ -238,6 +238,12 @@ async fn poll(
         let inbound = match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = BACKOFF_MIN;
+                let options = eventloop.mqtt_options.broker_address();
+                tracing::info!(
+                    "connected to the MQTT broker at {}:{}",
+                    options.0,
+                    options.1
+                );
                 Inbound::Connected
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {

@@ -24,6 +24,8 @@ mod auth;
 mod broker;
 #[path = "server/console.rs"]
 mod console;
+#[path = "server/coordinator_start.rs"]
+mod coordinator_start;
 #[path = "server/db.rs"]
 mod db;
 #[path = "server/delta.rs"]

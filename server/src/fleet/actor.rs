@@ -48,8 +48,24 @@ const LOADED_STATUSES: [RolloutStatus; 5] = {
 };
 /// The longest the coordinator sleeps without looking at its timers.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
-/// How long [`start`] waits for the broker to accept the subscriptions.
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long [`start`] waits for the broker's first answer (CONNACK): a broker that does not
+/// answer at all fails the start quickly, with a clear error.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long [`start`] then waits for the broker to grant the subscriptions: a cluster that just
+/// lost a node answers but delays or refuses subscriptions for tens of seconds (docs/ha.md),
+/// and a fresh start would begin the connection over.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// How far the coordinator's broker link got ([`start`] waits on it). Only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum LinkProgress {
+    /// No answer from the broker yet.
+    Waiting,
+    /// The broker answered a connection (CONNACK).
+    Answered,
+    /// The broker granted the fleet's subscriptions: the coordinator is ready.
+    Subscribed,
+}
 /// The first wait before reloading the state from an unavailable database (doubled up to
 /// [`RELOAD_MAX_WAIT`]).
 const RELOAD_FIRST_WAIT: Duration = Duration::from_millis(250);
@@ -99,8 +115,9 @@ impl FleetTask {
 /// `db`, connects to the broker of
 /// `mqtt` (topics in its namespace, every device's messages against its budget) and starts the
 /// coordinator (counters and snapshots go to `shared`; rollback targets are checked against
-/// the trust set in force, `keys`). Returns once the broker acknowledged the subscriptions (or
-/// fails after 15 s). Every batch it writes first checks `fence` in its transaction
+/// the trust set in force, `keys`). Returns once the broker acknowledged the subscriptions;
+/// fails when the broker did not answer within [`ANSWER_TIMEOUT`] (15 s) or did not grant the
+/// subscriptions within [`SUBSCRIBE_TIMEOUT`] (45 s) more. Every batch it writes first checks `fence` in its transaction
 /// ([`DbTx::check_fence`]): once another replica took the lease the coordinator stops, and
 /// publishes nothing of the refused batch.
 pub async fn start(
@@ -124,10 +141,20 @@ pub async fn start(
     let link = MqttLink::start(mqtt, &client_id, in_tx, shared.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (ready_tx, mut ready_rx) = watch::channel(false);
+    let (ready_tx, mut ready_rx) = watch::channel(LinkProgress::Waiting);
     let client = link.client().clone();
     let task = tokio::spawn(actor.run(client, link, in_rx, cmd_rx, stop_rx, ready_tx));
-    let ready = tokio::time::timeout(READY_TIMEOUT, ready_rx.wait_for(|r| *r))
+    let answered = tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        ready_rx.wait_for(|p| *p >= LinkProgress::Answered),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let ready = answered
+        && tokio::time::timeout(
+            SUBSCRIBE_TIMEOUT,
+            ready_rx.wait_for(|p| *p == LinkProgress::Subscribed),
+        )
         .await
         .is_ok_and(|r| r.is_ok());
     if !ready {
@@ -494,7 +521,7 @@ impl Actor {
         mut inbound: mpsc::Receiver<Inbound>,
         mut commands: mpsc::Receiver<Command>,
         mut stop: watch::Receiver<bool>,
-        ready: watch::Sender<bool>,
+        ready: watch::Sender<LinkProgress>,
     ) {
         loop {
             self.outbox.flush(&client, &self.shared.counters);

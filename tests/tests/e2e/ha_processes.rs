@@ -679,7 +679,6 @@ impl Availability {
 /// [`release`](Holder::release)d: the faults of a run must all strike the rollout in
 /// progress, and a takeover may take longer than a wave.
 struct Holder {
-    paused: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
     id: i64,
 }
@@ -689,8 +688,6 @@ impl Holder {
     /// within a second is used): it is paused once its current wave is `wave` or later,
     /// while it runs. Checked every 100 ms.
     fn start(apis: Vec<Api>, id: i64, wave: i64) -> Holder {
-        let paused = Arc::new(AtomicBool::new(false));
-        let done = paused.clone();
         let task = tokio::spawn(async move {
             loop {
                 for api in &apis {
@@ -698,15 +695,17 @@ impl Holder {
                     let Ok(Ok(v)) = tokio::time::timeout(within, api.rollout(id)).await else {
                         continue;
                     };
-                    if v["status"] != "running" {
-                        // Over (the run's assertions say whether that is right), or paused.
-                        return;
+                    match v["status"].as_str() {
+                        Some("running") => {}
+                        // Paused (by the holder: a pause whose answer was lost took effect
+                        // all the same), or over (the run's assertions say whether that is
+                        // right).
+                        _ => return,
                     }
                     if v["current_wave"].as_i64() >= Some(wave)
                         && let Ok(Ok(_)) =
                             tokio::time::timeout(within, api.operate(id, "pause")).await
                     {
-                        done.store(true, Ordering::SeqCst);
                         return;
                     }
                     break;
@@ -714,22 +713,26 @@ impl Holder {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        Holder { paused, task, id }
+        Holder { task, id }
     }
 
-    /// Stops watching and resumes the rollout if it was paused (through the first of `apis`
-    /// that accepts).
+    /// Stops watching and resumes the rollout if it is paused (only the holder pauses it),
+    /// through the first of `apis` that accepts.
     async fn release(self, apis: &[Api]) {
         self.task.abort();
         let _ = self.task.await;
-        if !self.paused.load(Ordering::SeqCst) {
-            return;
-        }
         let resumed = patiently(Duration::from_millis(200), async || {
             for api in apis {
                 let within = Duration::from_secs(2);
-                if let Ok(Ok(_)) =
-                    tokio::time::timeout(within, api.operate(self.id, "resume")).await
+                let Ok(Ok(v)) = tokio::time::timeout(within, api.rollout(self.id)).await else {
+                    continue;
+                };
+                // Not paused any more: a resume whose answer was lost took effect.
+                if v["status"] != "paused"
+                    || matches!(
+                        tokio::time::timeout(within, api.operate(self.id, "resume")).await,
+                        Ok(Ok(_))
+                    )
                 {
                     return Some(());
                 }

@@ -14,7 +14,7 @@ use rumqttc::AsyncClient;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{Actor, Batch, MAX_TRANSFER_BYTES, memo_of, result_name, subscribe};
+use super::{Actor, Batch, LinkProgress, MAX_TRANSFER_BYTES, memo_of, result_name, subscribe};
 use crate::db::{DeviceReport, NewEvent, TransferRecord};
 use crate::event_kinds::EventKind;
 use crate::fleet::{Counters, LAST_SEEN_RESOLUTION_SECS, REJECT_EVENTS_PER_MINUTE};
@@ -40,7 +40,7 @@ impl Actor {
         &mut self,
         msg: Inbound,
         client: &AsyncClient,
-        ready: &watch::Sender<bool>,
+        ready: &watch::Sender<LinkProgress>,
         batch: &mut Batch,
     ) {
         match self.link_event(msg, client, ready).await {
@@ -57,16 +57,23 @@ impl Actor {
         &mut self,
         msg: Inbound,
         client: &AsyncClient,
-        ready: &watch::Sender<bool>,
+        ready: &watch::Sender<LinkProgress>,
     ) -> Link {
         match msg {
             Inbound::Connected => {
                 self.connected = true;
+                ready.send_if_modified(|p| {
+                    let first = *p < LinkProgress::Answered;
+                    if first {
+                        *p = LinkProgress::Answered;
+                    }
+                    first
+                });
                 subscribe(client, &self.topics).await;
                 return Link::Connected;
             }
             Inbound::Subscribed => {
-                ready.send_replace(true);
+                ready.send_replace(LinkProgress::Subscribed);
                 tracing::info!("subscribed to the fleet's MQTT topics");
             }
             Inbound::SubscribeRefused => subscribe(client, &self.topics).await,

@@ -10,7 +10,7 @@ use rumqttc::AsyncClient;
 use tokio::sync::{mpsc, watch};
 
 use super::inbound::{Link, heartbeat_ack};
-use super::{Actor, Batch, Degraded, RELOAD_FIRST_WAIT, RELOAD_MAX_WAIT, Stored};
+use super::{Actor, Batch, Degraded, LinkProgress, RELOAD_FIRST_WAIT, RELOAD_MAX_WAIT, Stored};
 use crate::fleet::{Command, FleetError, Snapshot};
 use crate::mqtt::Inbound;
 
@@ -45,7 +45,7 @@ impl Actor {
         inbound: &mut mpsc::Receiver<Inbound>,
         commands: &mut mpsc::Receiver<Command>,
         stop: &mut watch::Receiver<bool>,
-        ready: &watch::Sender<bool>,
+        ready: &watch::Sender<LinkProgress>,
     ) -> Option<(Stored, Degraded)> {
         let mut wait = RELOAD_FIRST_WAIT;
         loop {
@@ -141,7 +141,7 @@ impl Actor {
         &mut self,
         msg: Inbound,
         client: &AsyncClient,
-        ready: &watch::Sender<bool>,
+        ready: &watch::Sender<LinkProgress>,
     ) {
         match self.link_event(msg, client, ready).await {
             // Desired states, flags and trust are republished once the database is back.
