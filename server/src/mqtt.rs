@@ -238,12 +238,8 @@ async fn poll(
         let inbound = match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = BACKOFF_MIN;
-                let options = eventloop.mqtt_options.broker_address();
-                tracing::info!(
-                    "connected to the MQTT broker at {}:{}",
-                    options.0,
-                    options.1
-                );
+                let (host, port) = eventloop.mqtt_options.broker_address();
+                tracing::info!("connected to the MQTT broker at {host}:{port}");
                 Inbound::Connected
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {

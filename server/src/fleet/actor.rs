@@ -55,17 +55,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// lost a node answers but delays or refuses subscriptions for tens of seconds (docs/ha.md),
 /// and a fresh start would begin the connection over.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(45);
-
-/// How far the coordinator's broker link got ([`start`] waits on it). Only moves forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum LinkProgress {
-    /// No answer from the broker yet.
-    Waiting,
-    /// The broker answered a connection (CONNACK).
-    Answered,
-    /// The broker granted the fleet's subscriptions: the coordinator is ready.
-    Subscribed,
-}
 /// The first wait before reloading the state from an unavailable database (doubled up to
 /// [`RELOAD_MAX_WAIT`]).
 const RELOAD_FIRST_WAIT: Duration = Duration::from_millis(250);
@@ -111,15 +100,26 @@ impl FleetTask {
     }
 }
 
+/// How far the coordinator's broker link got ([`start`] waits on it). Only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum LinkProgress {
+    /// No answer from the broker yet.
+    Waiting,
+    /// The broker answered a connection (CONNACK).
+    Answered,
+    /// The broker granted the fleet's subscriptions: the coordinator is ready.
+    Subscribed,
+}
+
 /// Attaches to `handle` a coordinator that loads the registry and every unfinished rollout from
 /// `db`, connects to the broker of
 /// `mqtt` (topics in its namespace, every device's messages against its budget) and starts the
 /// coordinator (counters and snapshots go to `shared`; rollback targets are checked against
 /// the trust set in force, `keys`). Returns once the broker acknowledged the subscriptions;
 /// fails when the broker did not answer within [`ANSWER_TIMEOUT`] (15 s) or did not grant the
-/// subscriptions within [`SUBSCRIBE_TIMEOUT`] (45 s) more. Every batch it writes first checks `fence` in its transaction
-/// ([`DbTx::check_fence`]): once another replica took the lease the coordinator stops, and
-/// publishes nothing of the refused batch.
+/// subscriptions within [`SUBSCRIBE_TIMEOUT`] (45 s) more. Every batch it writes first checks
+/// `fence` in its transaction ([`DbTx::check_fence`]): once another replica took the lease the
+/// coordinator stops, and publishes nothing of the refused batch.
 pub async fn start(
     handle: &Fleet,
     db: Db,

@@ -55,7 +55,7 @@ use serde_json::{Value, json};
 
 use crate::ha::transitions_once;
 use crate::nats::{NODES, NatsCluster};
-use crate::processes::{PrivatePostgres, ServerProcess};
+use crate::processes::{PrivatePostgres, ServerProcess, tail};
 use crate::proxy::Proxy;
 use crate::seeded::{Rng, seed};
 use crate::watch;
@@ -426,13 +426,7 @@ impl Replicas {
     fn tails(&self, lines: usize) -> String {
         let mut out = String::new();
         for (i, p) in self.procs.iter().enumerate() {
-            let log = p.log();
-            let tail: Vec<&str> = log.lines().rev().take(lines).collect();
-            out.push_str(&format!("--- replica {} ---\n", i + 1));
-            for line in tail.iter().rev() {
-                out.push_str(line);
-                out.push('\n');
-            }
+            out.push_str(&tail(&format!("replica {}", i + 1), &p.log(), lines));
         }
         out
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use tempfile::TempDir;
 
-use crate::processes::free_port;
+use crate::processes::{free_port, tail};
 use crate::world::{PATIENCE, patiently};
 
 /// Nodes in the cluster.
@@ -132,12 +132,7 @@ impl NatsCluster {
         let mut out = String::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let log = std::fs::read_to_string(&node.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            out.push_str(&format!("--- node {i} ---\n"));
-            for line in tail.iter().rev() {
-                out.push_str(line);
-                out.push('\n');
-            }
+            out.push_str(&tail(&format!("node {i}"), &log, 30));
         }
         out
     }

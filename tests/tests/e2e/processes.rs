@@ -143,6 +143,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The last `lines` lines of `log` under a `--- label ---` header (for failure messages).
+pub fn tail(label: &str, log: &str, lines: usize) -> String {
+    let last: Vec<&str> = log.lines().rev().take(lines).collect();
+    let mut out = format!("--- {label} ---\n");
+    for line in last.iter().rev() {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// An `ota server` process (the binary of `OTA_TEST_OTA_BIN`), its log in a file; killed
 /// (SIGKILL) when dropped.
 #[derive(Debug)]
