@@ -32,7 +32,7 @@ pub(crate) struct DemoArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     bake: Duration,
     /// Size of every application image, in KiB.
-    #[arg(long, value_name = "KIB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
     image_kib: u32,
     /// Keep the demo's directory (server database, artifacts, every device's config, journal
     /// and cache) and print where it is.

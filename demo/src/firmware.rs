@@ -6,14 +6,16 @@
 //! deterministic filler up to the requested size, so downloads move real bytes. The filler is
 //! the team's, the same in every version: like a real application whose new version changes
 //! little, a new version differs in its first chunk only, and devices fetch it by delta (every
-//! release is signed with its chunk index).
+//! release is signed with its chunk index). The filler depends on the team's key, so where the
+//! chunker cuts changes from team to team: an image of at least twice the chunker's max (512 KiB
+//! by default) always has a second chunk to copy, a smaller one may be a single chunk.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::EncodePublicKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ota_core::delta::ChunkParams;
+use ota_core::delta::{ChunkIndex, ChunkParams};
 use ota_core::digest::Digest;
 use ota_core::release::{
     ChunkIndexRef, FORMAT_VERSION, Manifest, SigningKey, TrustUpdate, VerifyingKey, sign,
@@ -45,6 +47,18 @@ pub struct Build {
     pub chunk_index: Option<Vec<u8>>,
     /// The image's SHA-256.
     pub digest: Digest,
+}
+
+impl Build {
+    /// How many chunks the image's index cuts it into (0 without an index). An image of one
+    /// chunk (at most the chunker's max, 256 KiB by default, and no cut point found) shares
+    /// no chunk with another version: a delta of it saves nothing.
+    pub fn chunks(&self) -> usize {
+        self.chunk_index
+            .as_deref()
+            .and_then(|bytes| ChunkIndex::from_cbor(bytes).ok())
+            .map_or(0, |index| index.chunks.len())
+    }
 }
 
 /// The firmware team: one signing key, held only here (the server gets the public key).
@@ -229,4 +243,39 @@ fn hex_prefix(bytes: &[u8]) -> String {
 pub fn is_healthy(header: &[u8]) -> bool {
     let line = header.split(|&b| b == b'\n').next().unwrap_or_default();
     line.starts_with(b"ota-demo app ") && line.ends_with(HEALTHY.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(build: &Build) -> ChunkIndex {
+        ChunkIndex::from_cbor(build.chunk_index.as_deref().expect("an index")).expect("decodes")
+    }
+
+    /// The demo's delta story holds for any team key at the default 1 MiB: a new version
+    /// differs from the old in its first chunk only, and there are more chunks to copy.
+    #[test]
+    fn a_new_version_differs_in_its_first_chunk_only_for_any_team() {
+        for _ in 0..8 {
+            let team = FirmwareTeam::new().unwrap();
+            let v1 = team.build("1.0.0", true, 1 << 20, 0);
+            let v2 = team.build("2.0.0", true, 1 << 20, 0);
+            let (a, b) = (index(&v1), index(&v2));
+            assert!(v2.chunks() >= 4, "{} chunks", v2.chunks());
+            assert_eq!(v2.chunks(), b.chunks.len());
+            assert_ne!(a.chunks[0], b.chunks[0]);
+            assert_eq!(a.chunks[1..], b.chunks[1..]);
+        }
+    }
+
+    #[test]
+    fn a_build_without_an_index_has_no_chunks() {
+        let team = FirmwareTeam::new().unwrap();
+        let build = Build {
+            chunk_index: None,
+            ..team.build("1.0.0", true, 1024, 0)
+        };
+        assert_eq!(build.chunks(), 0);
+    }
 }

@@ -122,7 +122,7 @@ impl Default for LabOptions {
         LabOptions {
             devices: 50,
             trial_timeout: Duration::from_secs(4),
-            image_size: 256 * 1024,
+            image_size: 1024 * 1024,
             chunk_size: 64 * 1024,
             battery: |_| (80, false),
             server_mqtt: None,

@@ -12,7 +12,7 @@ suite!(demo_story);
 async fn demo_story(backend: Backend) {
     let mut w = World::start(backend, 20, |o| {
         o.battery = story::battery;
-        o.image_size = 256 * 1024;
+        o.image_size = 1024 * 1024;
     })
     .await;
     let opts = StoryOptions {
