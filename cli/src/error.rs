@@ -17,6 +17,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use ota_core::fleet::RolloutId;
 use ota_core::release::{ReleaseError, TrustSetError, TrustUpdateError};
 
 /// Exit status when the release or its artifact is refused.
@@ -132,7 +133,7 @@ pub(crate) enum CliError {
     #[error("rollout {id} aborted: {reason}")]
     RolloutAborted {
         /// The rollout.
-        id: i64,
+        id: RolloutId,
         /// The abort reason's message.
         reason: String,
     },

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
+use ota_core::fleet::RolloutId;
 
 use crate::api::{Api, ServerArgs, encode};
 use crate::error::CliError;
@@ -15,7 +16,7 @@ pub(crate) struct EventsArgs {
     server: ServerArgs,
     /// Only events of this rollout.
     #[arg(long, value_name = "ID")]
-    rollout: Option<i64>,
+    rollout: Option<RolloutId>,
     /// Only events of this device (an unknown device without events is an error).
     #[arg(long, value_name = "ID")]
     device: Option<String>,

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use ota_core::fleet::RolloutId;
 use ota_core::release::{Limits, SignedRelease};
 use ota_server::fleet::RolloutRequest;
 use serde_json::{Value, json};
@@ -94,7 +95,7 @@ pub(crate) struct StatusArgs {
     #[command(flatten)]
     server: ServerArgs,
     /// The rollout id.
-    id: i64,
+    id: RolloutId,
     /// Keep watching (refreshed every second) until the rollout completes or aborts: progress
     /// bars on a terminal, otherwise one block (or JSON line) per change. Exits 0 when it
     /// completed, 4 when it aborted.
@@ -121,7 +122,7 @@ pub(crate) struct IdArgs {
     #[command(flatten)]
     server: ServerArgs,
     /// The rollout id.
-    id: i64,
+    id: RolloutId,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -133,7 +134,7 @@ pub(crate) struct AbortArgs {
     #[command(flatten)]
     server: ServerArgs,
     /// The rollout id.
-    id: i64,
+    id: RolloutId,
     /// Why (recorded in the audit log).
     #[arg(long, value_name = "TEXT", default_value = "")]
     reason: String,
@@ -322,7 +323,7 @@ fn create(args: &CreateArgs) -> Result<(), CliError> {
 
 fn operate(
     server: &ServerArgs,
-    id: i64,
+    id: RolloutId,
     op: &str,
     body: Option<Value>,
     json: bool,
@@ -546,12 +547,12 @@ fn is_final(status: &Value) -> bool {
 
 /// How a watch ends for the rollout view `r` in a final state: completed (or a dry run) is
 /// success, aborted is [`CliError::RolloutAborted`] (exit status 4).
-fn watch_outcome(r: &Value) -> Result<(), CliError> {
+fn watch_outcome(id: RolloutId, r: &Value) -> Result<(), CliError> {
     if r["status"] != "aborted" {
         return Ok(());
     }
     Err(CliError::RolloutAborted {
-        id: r["id"].as_i64().unwrap_or(0),
+        id,
         reason: r["abort_reason"]["message"]
             .as_str()
             .unwrap_or("no reason given")
@@ -581,17 +582,17 @@ fn status(args: &StatusArgs) -> Result<(), CliError> {
                 last = block;
             }
             if is_final(&answer["rollout"]["status"]) {
-                return watch_outcome(&answer["rollout"]);
+                return watch_outcome(args.id, &answer["rollout"]);
             }
             std::thread::sleep(WATCH_EVERY);
         }
     }
-    watch_bars(&api, &path)
+    watch_bars(&api, args.id, &path)
 }
 
 /// `--watch` on a terminal: one indicatif bar per wave, the counts below, drawn on stdout
 /// (the status is the command's output; indicatif would draw on stderr by default).
-fn watch_bars(api: &Api, path: &str) -> Result<(), CliError> {
+fn watch_bars(api: &Api, id: RolloutId, path: &str) -> Result<(), CliError> {
     use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
     let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")
@@ -639,7 +640,7 @@ fn watch_bars(api: &Api, path: &str) -> Result<(), CliError> {
                 b.finish();
             }
             footer.finish();
-            return watch_outcome(r);
+            return watch_outcome(id, r);
         }
         std::thread::sleep(WATCH_EVERY);
     }

@@ -3,6 +3,7 @@
 //! `GET /api/v1/rollouts/{id}/devices`.
 
 use clap::Args;
+use ota_core::fleet::RolloutId;
 use serde_json::Value;
 
 use crate::api::{Api, ServerArgs};
@@ -18,7 +19,7 @@ pub(crate) struct DevicesArgs {
     #[command(flatten)]
     server: ServerArgs,
     /// The rollout id.
-    id: i64,
+    id: RolloutId,
     /// Which targets: `all`, `troubled` (failed, rejected, rolled back, timed out or
     /// deferred), `failed`, or one execution state (`queued`, `notified`, `deferred-power`,
     /// `succeeded`, `timed-out`, ...).

@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use ota_core::fleet::RolloutId;
 use ota_server::fleet::FlagSetRequest;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, Method, RequestBuilder};
@@ -43,6 +44,17 @@ pub enum ApiError {
     /// The CA bundle to pin is not a PEM bundle of certificates.
     #[error("{0}")]
     BadCa(String),
+    /// The server answered JSON that lacks what `docs/api.md` says it holds.
+    #[error("fleet server: unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+/// The id of rollout view `view` (a create or command answer's `rollout`).
+pub fn rollout_id(view: &Value) -> Result<RolloutId, ApiError> {
+    view["id"]
+        .as_i64()
+        .and_then(RolloutId::new)
+        .ok_or_else(|| ApiError::Unexpected(format!("a rollout view without an id: {view}")))
 }
 
 /// An operator's client of one server. Its `Debug` hides the token.
@@ -263,13 +275,13 @@ impl Api {
     }
 
     /// One rollout's view.
-    pub async fn rollout(&self, id: i64) -> Result<Value, ApiError> {
+    pub async fn rollout(&self, id: RolloutId) -> Result<Value, ApiError> {
         let v = self.get(&format!("/api/v1/rollouts/{id}"), &[]).await?;
         Ok(v["rollout"].clone())
     }
 
     /// `approve`, `pause`, `resume` or `abort` a rollout.
-    pub async fn operate(&self, id: i64, op: &str) -> Result<Value, ApiError> {
+    pub async fn operate(&self, id: RolloutId, op: &str) -> Result<Value, ApiError> {
         let v = self
             .call(self.request(Method::POST, &format!("/api/v1/rollouts/{id}/{op}")))
             .await?;

@@ -23,12 +23,14 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use ota_core::digest::Digest;
+use ota_core::fleet::RolloutId;
 use ota_core::update::Stage;
 use ota_server::clock::monotonic_now;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::LabError;
+use crate::api::rollout_id;
 use crate::firmware::Build;
 use crate::lab::{Lab, unix_now};
 use crate::watch::{LiveView, follow, is_final};
@@ -65,8 +67,8 @@ impl Default for StoryOptions {
 pub struct StepReport {
     /// The step's name.
     pub name: String,
-    /// The rollout's id.
-    pub rollout: i64,
+    /// The rollout's id (`None` before the step created one).
+    pub rollout: Option<RolloutId>,
     /// How the rollout ended (`completed`, `aborted`).
     pub status: String,
     /// Target devices.
@@ -150,7 +152,7 @@ fn report_of(name: &str, r: &Value, bytes: u64, started: Instant) -> StepReport 
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     StepReport {
         name: name.into(),
-        rollout: r["id"].as_i64().unwrap_or(0),
+        rollout: rollout_id(r).ok(),
         status: r["status"].as_str().unwrap_or("?").into(),
         devices: n(&r["targets"]),
         deploys: n(&r["deploys"]),
@@ -178,7 +180,7 @@ async fn deploy(lab: &mut Lab, opts: &StoryOptions, v2: &Build) -> Result<StepRe
         .api()
         .create_rollout(&spec(lab, v2, &[1, 5, 25, 100], opts, 10))
         .await?;
-    let id = r["id"].as_i64().unwrap_or(0);
+    let id = rollout_id(&r)?;
     let mut view = LiveView::new("1 deploy v2", opts.quiet);
     let mut deferred_since: Vec<Option<Instant>> = vec![None; lab.devices().len()];
     let deadline = monotonic_now() + opts.patience;
@@ -265,7 +267,7 @@ async fn roll_to_end(
     patience: Duration,
 ) -> Result<Value, LabError> {
     let r = lab.api().create_rollout(spec).await?;
-    let id = r["id"].as_i64().unwrap_or(0);
+    let id = rollout_id(&r)?;
     let last = follow(lab.api(), id, view, patience, |r| {
         is_final(r["status"].as_str().unwrap_or_default())
     })

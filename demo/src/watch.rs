@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ota_core::fleet::RolloutId;
 use serde_json::Value;
 
 use crate::LabError;
@@ -157,7 +158,7 @@ impl LiveView {
 /// or `patience` runs out; answers the last view.
 pub async fn follow(
     api: &Api,
-    id: i64,
+    id: RolloutId,
     view: &mut LiveView,
     patience: Duration,
     mut done: impl FnMut(&Value) -> bool,

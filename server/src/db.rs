@@ -65,6 +65,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use ota_core::digest::Digest;
+use ota_core::fleet::RolloutId;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::any::AnyPoolOptions;
@@ -500,6 +501,15 @@ fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, DbError> 
 fn parse_digest(text: &str, what: &str) -> Result<Digest, DbError> {
     text.parse()
         .map_err(|e| DbError::Corrupt(format!("{what}: {e}")))
+}
+
+/// A stored rollout id; zero or negative is a corrupt row.
+fn rollout_id(id: i64) -> Result<RolloutId, DbError> {
+    RolloutId::new(id).ok_or_else(|| DbError::Corrupt(format!("rollout id {id}")))
+}
+
+fn opt_rollout_id(id: Option<i64>) -> Result<Option<RolloutId>, DbError> {
+    id.map(rollout_id).transpose()
 }
 
 fn opt_digest(text: Option<String>, what: &str) -> Result<Option<Digest>, DbError> {

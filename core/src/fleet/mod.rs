@@ -10,13 +10,17 @@
 //!   costs.
 //! - [`routing`]: whether an outcome report is a rollout's device state, the recall of an
 //!   aborted rollout, or not the rollout's at all.
+//! - [`rollout_id`]: a rollout's id ([`RolloutId`]), as the wire, URLs and the command line
+//!   write it.
 //! - [`targeting`]: which devices a new rollout targets (filter, hardware class, holders,
 //!   presence) and where an abort would send each back.
 
 pub mod device;
 pub mod generations;
+pub mod rollout_id;
 pub mod routing;
 pub mod targeting;
 
 pub use device::{DeviceMemo, DriftChange, HeartbeatSeen, ReportSeen};
 pub use generations::{GenerationError, Generations, MAX_GENERATION};
+pub use rollout_id::{BadRolloutId, RolloutId};

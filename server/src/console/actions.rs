@@ -10,6 +10,7 @@ use axum::extract::rejection::FormRejection;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use ota_core::fleet::RolloutId;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -141,7 +142,7 @@ pub(crate) async fn rollout(
     State(console): State<Console>,
     SignedIn(session): SignedIn,
     OriginalUri(uri): OriginalUri,
-    Path((id, op)): Path<(i64, String)>,
+    Path((id, op)): Path<(RolloutId, String)>,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
     let form = form.ok();

@@ -11,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use futures_util::stream;
+use ota_core::fleet::RolloutId;
 
 use super::pages::{overview, rollouts};
 use super::session::Session;
@@ -26,7 +27,7 @@ const ROLLOUT_PERIOD: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy)]
 enum Source {
     Overview,
-    Rollout(i64),
+    Rollout(RolloutId),
 }
 
 impl Source {
@@ -127,7 +128,7 @@ pub(crate) async fn overview(
 pub(crate) async fn rollout(
     State(console): State<Console>,
     SignedIn(session): SignedIn,
-    Path(id): Path<i64>,
+    Path(id): Path<RolloutId>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     Sse::new(events(console, session, Source::Rollout(id))).keep_alive(KeepAlive::default())
 }

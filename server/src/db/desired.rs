@@ -1,10 +1,11 @@
 //! Table `desired`: the desired state last published to each device (generation, payload).
 
 use ota_core::digest::Digest;
+use ota_core::fleet::RolloutId;
 use ota_core::rollout::DesiredKind;
 use sqlx::Row;
 
-use super::{Db, DbError, DbTx, parse_digest, to_i64, to_u64};
+use super::{Db, DbError, DbTx, opt_rollout_id, parse_digest, to_i64, to_u64};
 
 /// The desired state last published to a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +16,7 @@ pub struct DesiredRecord {
     /// The desired state's generation.
     pub generation: u64,
     /// The rollout that published it.
-    pub rollout_id: Option<i64>,
+    pub rollout_id: Option<RolloutId>,
     /// The release's artifact digest.
     pub digest: Digest,
     /// Which planner action it carries out.
@@ -31,7 +32,7 @@ impl DesiredRecord {
     pub fn new(
         device_id: impl Into<String>,
         generation: u64,
-        rollout_id: Option<i64>,
+        rollout_id: Option<RolloutId>,
         digest: Digest,
         kind: DesiredKind,
         payload: Vec<u8>,
@@ -63,7 +64,7 @@ impl Db {
                 Ok(DesiredRecord {
                     device_id: row.try_get("device_id")?,
                     generation: to_u64(row.try_get("generation")?, "generation")?,
-                    rollout_id: row.try_get("rollout_id")?,
+                    rollout_id: opt_rollout_id(row.try_get("rollout_id")?)?,
                     digest: parse_digest(&row.try_get::<String, _>("digest")?, "desired digest")?,
                     kind: {
                         let name: String = row.try_get("kind")?;
@@ -90,7 +91,7 @@ impl DbTx {
         )
         .bind(&d.device_id)
         .bind(to_i64(d.generation, "generation")?)
-        .bind(d.rollout_id)
+        .bind(d.rollout_id.map(RolloutId::get))
         .bind(d.digest.to_string())
         .bind(d.kind.name())
         .bind(d.payload.as_slice())

@@ -1,10 +1,11 @@
 //! Table `events`: the append-only audit log.
 
+use ota_core::fleet::RolloutId;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::{Db, DbError, DbTx, from_json, to_json};
+use super::{Db, DbError, DbTx, from_json, opt_rollout_id, to_json};
 use crate::event_kinds::EventKind;
 
 /// Most events [`Db::list_events`] returns at once.
@@ -21,7 +22,7 @@ pub struct NewEvent {
     /// What.
     pub kind: EventKind,
     /// The rollout it concerns.
-    pub rollout_id: Option<i64>,
+    pub rollout_id: Option<RolloutId>,
     /// The device it concerns.
     pub device_id: Option<String>,
     /// Details, a JSON object.
@@ -42,7 +43,7 @@ impl NewEvent {
     }
 
     /// Sets the rollout.
-    pub fn rollout(mut self, id: i64) -> Self {
+    pub fn rollout(mut self, id: RolloutId) -> Self {
         self.rollout_id = Some(id);
         self
     }
@@ -73,7 +74,7 @@ pub struct EventRecord {
     /// What.
     pub kind: EventKind,
     /// The rollout it concerns.
-    pub rollout_id: Option<i64>,
+    pub rollout_id: Option<RolloutId>,
     /// The device it concerns.
     pub device_id: Option<String>,
     /// Details.
@@ -85,7 +86,7 @@ pub struct EventRecord {
 #[non_exhaustive]
 pub struct EventFilter {
     /// Only events of this rollout.
-    pub rollout: Option<i64>,
+    pub rollout: Option<RolloutId>,
     /// Only events of this device.
     pub device: Option<String>,
     /// Only events of this kind.
@@ -114,7 +115,7 @@ pub(super) async fn insert_event(
     .bind(event.at)
     .bind(&event.actor)
     .bind(event.kind.name())
-    .bind(event.rollout_id)
+    .bind(event.rollout_id.map(RolloutId::get))
     .bind(event.device_id.as_deref())
     .bind(to_json(&event.details))
     .fetch_one(conn)
@@ -142,7 +143,7 @@ fn event_from_row(row: &AnyRow) -> Result<EventRecord, DbError> {
             EventKind::parse(&name)
                 .ok_or_else(|| DbError::Corrupt(format!("event kind {name:?}")))?
         },
-        rollout_id: row.try_get("rollout_id")?,
+        rollout_id: opt_rollout_id(row.try_get("rollout_id")?)?,
         device_id: row.try_get("device_id")?,
         details: from_json(&row.try_get::<String, _>("details")?, "details")?,
     })
@@ -174,7 +175,7 @@ impl Db {
             format!("{EVENT_SELECT} {WHERE} ORDER BY id DESC LIMIT $5")
         };
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(filter.rollout)
+            .bind(filter.rollout.map(RolloutId::get))
             .bind(filter.device.as_deref())
             .bind(filter.kind.map(EventKind::name))
             .bind(filter.after.unwrap_or(i64::MIN))

@@ -3,12 +3,15 @@
 use std::collections::BTreeMap;
 
 use ota_core::digest::Digest;
+use ota_core::fleet::RolloutId;
 use ota_core::rollout::RolloutStatus;
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Db, DbError, DbTx, from_json, not_found_if_zero, parse_digest, ser_digest, to_json};
+use super::{
+    Db, DbError, DbTx, from_json, not_found_if_zero, parse_digest, rollout_id, ser_digest, to_json,
+};
 
 /// A rollout to create.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +58,7 @@ impl NewRollout {
 #[non_exhaustive]
 pub struct RolloutRecord {
     /// Rollout id.
-    pub id: i64,
+    pub id: RolloutId,
     /// The release rolled out.
     #[serde(serialize_with = "ser_digest")]
     pub release_digest: Digest,
@@ -101,7 +104,7 @@ fn ser_status<S: serde::Serializer>(status: &RolloutStatus, s: S) -> Result<S::O
 
 fn rollout_from_row(row: &AnyRow) -> Result<RolloutRecord, DbError> {
     Ok(RolloutRecord {
-        id: row.try_get("id")?,
+        id: rollout_id(row.try_get("id")?)?,
         release_digest: parse_digest(&row.try_get::<String, _>("release_digest")?, "release")?,
         filter: row.try_get("device_filter")?,
         spec: from_json(&row.try_get::<String, _>("spec")?, "spec")?,
@@ -116,9 +119,9 @@ fn rollout_from_row(row: &AnyRow) -> Result<RolloutRecord, DbError> {
 
 impl Db {
     /// One rollout.
-    pub async fn get_rollout(&self, id: i64) -> Result<Option<RolloutRecord>, DbError> {
+    pub async fn get_rollout(&self, id: RolloutId) -> Result<Option<RolloutRecord>, DbError> {
         let row = sqlx::query(format_rollout_select("WHERE id = $1"))
-            .bind(id)
+            .bind(id.get())
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(rollout_from_row).transpose()
@@ -153,7 +156,7 @@ impl Db {
 
     /// The id and stored planner state of every active rollout ([`RolloutStatus::is_active`]:
     /// awaiting approval, running or paused).
-    pub async fn active_planner_states(&self) -> Result<Vec<(i64, Vec<u8>)>, DbError> {
+    pub async fn active_planner_states(&self) -> Result<Vec<(RolloutId, Vec<u8>)>, DbError> {
         let active: Vec<String> = RolloutStatus::ALL
             .into_iter()
             .filter(|s| s.is_active())
@@ -167,7 +170,7 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .map(|row| Ok((rollout_id(row.try_get(0)?)?, row.try_get(1)?)))
             .collect()
     }
 
@@ -187,31 +190,37 @@ impl Db {
 
 impl DbTx {
     /// Creates a rollout row at `now`; returns its id.
-    pub async fn insert_rollout(&mut self, rollout: &NewRollout, now: i64) -> Result<i64, DbError> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO rollouts (release_digest, device_filter, spec, planner_state, status, \
+    pub async fn insert_rollout(
+        &mut self,
+        rollout: &NewRollout,
+        now: i64,
+    ) -> Result<RolloutId, DbError> {
+        rollout_id(
+            sqlx::query_scalar(
+                "INSERT INTO rollouts (release_digest, device_filter, spec, planner_state, status, \
              created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
              RETURNING id",
+            )
+            .bind(rollout.release_digest.to_string())
+            .bind(&rollout.filter)
+            .bind(to_json(&rollout.spec))
+            .bind(rollout.state.as_slice())
+            .bind(rollout.status.name())
+            .bind(&rollout.created_by)
+            .bind(now)
+            .fetch_one(&mut *self.tx)
+            .await?,
         )
-        .bind(rollout.release_digest.to_string())
-        .bind(&rollout.filter)
-        .bind(to_json(&rollout.spec))
-        .bind(rollout.state.as_slice())
-        .bind(rollout.status.name())
-        .bind(&rollout.created_by)
-        .bind(now)
-        .fetch_one(&mut *self.tx)
-        .await?)
     }
 
     /// Stores a rollout's spec JSON (after the id is known).
     pub async fn set_rollout_spec(
         &mut self,
-        id: i64,
+        id: RolloutId,
         spec: &serde_json::Value,
     ) -> Result<(), DbError> {
         sqlx::query("UPDATE rollouts SET spec = $2 WHERE id = $1")
-            .bind(id)
+            .bind(id.get())
             .bind(to_json(spec))
             .execute(&mut *self.tx)
             .await?;
@@ -221,7 +230,7 @@ impl DbTx {
     /// Stores a rollout's planner state and status at `now`.
     pub async fn update_rollout(
         &mut self,
-        id: i64,
+        id: RolloutId,
         state: &[u8],
         status: RolloutStatus,
         now: i64,
@@ -229,7 +238,7 @@ impl DbTx {
         let n = sqlx::query(
             "UPDATE rollouts SET planner_state = $2, status = $3, updated_at = $4 WHERE id = $1",
         )
-        .bind(id)
+        .bind(id.get())
         .bind(state)
         .bind(status.name())
         .bind(now)
@@ -242,12 +251,12 @@ impl DbTx {
     /// Records who approved a rollout.
     pub async fn set_rollout_approved(
         &mut self,
-        id: i64,
+        id: RolloutId,
         approved_by: &str,
         now: i64,
     ) -> Result<(), DbError> {
         let n = sqlx::query("UPDATE rollouts SET approved_by = $2, updated_at = $3 WHERE id = $1")
-            .bind(id)
+            .bind(id.get())
             .bind(approved_by)
             .bind(now)
             .execute(&mut *self.tx)

@@ -2,6 +2,7 @@
 //! per device and generation only.
 
 use ota_core::digest::Digest;
+use ota_core::fleet::RolloutId;
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -47,7 +48,7 @@ pub struct TransferRecord {
     /// The desired-state generation it was for.
     pub generation: u64,
     /// The desired state's rollout, when it had one.
-    pub rollout_id: Option<i64>,
+    pub rollout_id: Option<RolloutId>,
     /// The release's artifact digest, when the device named it.
     pub digest: Option<Digest>,
     /// Body bytes fetched.
@@ -97,13 +98,13 @@ impl Db {
     /// other releases are not counted).
     pub async fn rollout_transfers(
         &self,
-        id: i64,
+        id: RolloutId,
         digest: &Digest,
     ) -> Result<TransferTotals, DbError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{TRANSFER_TOTALS} WHERE rollout_id = $1 AND digest = $2"
         )))
-        .bind(id)
+        .bind(id.get())
         .bind(digest.to_string())
         .fetch_one(&self.pool)
         .await?;
@@ -127,7 +128,7 @@ impl DbTx {
         )
         .bind(&t.device_id)
         .bind(to_i64(t.generation, "generation")?)
-        .bind(t.rollout_id)
+        .bind(t.rollout_id.map(RolloutId::get))
         .bind(t.digest.map(|d| d.to_string()))
         .bind(to_i64(t.fetched, "fetched")?)
         .bind(to_i64(t.size, "size")?)

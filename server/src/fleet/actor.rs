@@ -20,7 +20,7 @@ use bytes::Bytes;
 use ota_core::budget::{BudgetSpec, Budgets};
 use ota_core::digest::Digest;
 use ota_core::flags::FlagChange;
-use ota_core::fleet::{DeviceMemo, Generations};
+use ota_core::fleet::{DeviceMemo, Generations, RolloutId};
 use ota_core::rollout::{DesiredKind, Rollout, RolloutError, RolloutStatus, StateCounts};
 use ota_core::wire::{DeviceId, ExecutionState, TopicKind, Topics, Transfer};
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
@@ -181,7 +181,7 @@ pub enum FleetStartError {
     #[error("cannot load rollout {id}: {error}")]
     Rollout {
         /// The rollout.
-        id: i64,
+        id: RolloutId,
         /// Why.
         error: RolloutError,
     },
@@ -219,7 +219,7 @@ struct Batch {
     publish: Vec<(String, Vec<u8>)>,
     /// Heartbeat acks: published whatever happens.
     acks: Vec<(String, Vec<u8>)>,
-    approved: Vec<(i64, String)>,
+    approved: Vec<(RolloutId, String)>,
     /// Flag audit records: their definitions, the records and the fleet flag version are
     /// stored with the batch (the devices' flags are in `publish`).
     flag_changes: Vec<FlagChange>,
@@ -279,8 +279,8 @@ impl Degraded {
 /// Everything the coordinator loads from the database: built apart, then swapped in whole,
 /// so it never acts on part of it.
 struct Stored {
-    rollouts: BTreeMap<i64, Loaded>,
-    owner: HashMap<String, i64>,
+    rollouts: BTreeMap<RolloutId, Loaded>,
+    owner: HashMap<String, RolloutId>,
     devices: HashMap<String, DeviceMemo>,
     generations: Generations,
     flags: Flags,
@@ -341,8 +341,8 @@ impl Stored {
 
 /// Adds a rollout to drive; an active one owns its devices.
 fn insert_rollout(
-    rollouts: &mut BTreeMap<i64, Loaded>,
-    owner: &mut HashMap<String, i64>,
+    rollouts: &mut BTreeMap<RolloutId, Loaded>,
+    owner: &mut HashMap<String, RolloutId>,
     loaded: Loaded,
 ) {
     let id = loaded.record.id;
@@ -361,9 +361,9 @@ struct Actor {
     topics: Topics,
     public_url: String,
     shared: Arc<Shared>,
-    rollouts: BTreeMap<i64, Loaded>,
+    rollouts: BTreeMap<RolloutId, Loaded>,
     /// Device → its active rollout.
-    owner: HashMap<String, i64>,
+    owner: HashMap<String, RolloutId>,
     devices: HashMap<String, DeviceMemo>,
     /// What was issued to each device, watermarks, the newest outcome of each (core's ledger).
     generations: Generations,
@@ -400,7 +400,7 @@ pub async fn stored_executions(db: &Db) -> Result<StateCounts, DbError> {
                 executions.merge(&planner.status().totals);
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(rollout = id, "cannot decode the stored rollout: {e}"),
+            Err(e) => tracing::warn!(rollout = %id, "cannot decode the stored rollout: {e}"),
         }
     }
     Ok(executions)

@@ -64,6 +64,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ota_core::flags::{FlagEdit, FlagName};
+use ota_core::fleet::RolloutId;
 use ota_core::rollout::{Ratio, RolloutError, StateCounts};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -127,10 +128,10 @@ pub enum FleetError {
     },
     /// Some targets are already in an active rollout.
     #[error("{} device(s) are already in an active rollout: {}", .0.len(), conflict_list(.0))]
-    Conflict(Vec<(String, i64)>),
+    Conflict(Vec<(String, RolloutId)>),
     /// No such rollout.
     #[error("rollout {0} not found")]
-    RolloutNotFound(i64),
+    RolloutNotFound(RolloutId),
     /// No such flag.
     #[error("flag {0:?} not found")]
     FlagNotFound(String),
@@ -164,7 +165,7 @@ pub enum FleetError {
     Unavailable,
 }
 
-fn conflict_list(list: &[(String, i64)]) -> String {
+fn conflict_list(list: &[(String, RolloutId)]) -> String {
     let mut s: Vec<String> = list
         .iter()
         .take(10)
@@ -412,7 +413,7 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<RolloutView, FleetError>>,
     },
     Operate {
-        id: i64,
+        id: RolloutId,
         op: Op,
         operator: String,
         reply: oneshot::Sender<Result<RolloutView, FleetError>>,
@@ -502,7 +503,7 @@ impl Fleet {
     /// Approves, pauses, resumes or aborts rollout `id` for `operator`.
     pub async fn operate(
         &self,
-        id: i64,
+        id: RolloutId,
         op: Op,
         operator: &str,
     ) -> Result<RolloutView, FleetError> {

@@ -1,6 +1,7 @@
 //! The JSON view of a rollout (`GET /api/v1/rollouts/{id}` and every rollout command's
 //! answer), built from its row and its planner.
 
+use ota_core::fleet::RolloutId;
 use ota_core::rollout::{
     AbortReason, ExecutionState, NoRollbackCause, RecallCounts, Rollout, RolloutState, StateCounts,
     TargetView, WavePhase,
@@ -15,7 +16,7 @@ use crate::db::{RolloutRecord, TransferTotals};
 #[non_exhaustive]
 pub struct RolloutView {
     /// The rollout id.
-    pub id: i64,
+    pub id: RolloutId,
     /// The release's artifact sha256.
     pub release: String,
     /// The release's version, when known.

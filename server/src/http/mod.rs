@@ -67,6 +67,7 @@ use crate::fleet::Fleet;
 use crate::store::ArtifactStore;
 use crate::trust::FleetTrust;
 use ota_core::filter::Filter;
+use ota_core::fleet::RolloutId;
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
@@ -375,7 +376,7 @@ async fn set_labels(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
-    rollout: Option<i64>,
+    rollout: Option<RolloutId>,
     device: Option<String>,
     kind: Option<String>,
     actor: Option<String>,

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Extension, Query, State};
 use axum::http::StatusCode;
+use ota_core::fleet::RolloutId;
 use ota_core::rollout::{ExecutionState, Rollout, STATE_NAMES, TargetView};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -81,9 +82,9 @@ fn bad_body(rejection: JsonRejection) -> ApiError {
     ApiError::bad_request("bad-body", rejection.body_text())
 }
 
-fn parse_id(text: &str) -> Result<i64, ApiError> {
-    text.parse::<i64>()
-        .map_err(|_| ApiError::bad_request("bad-path", format!("{text:?} is not a rollout id")))
+fn parse_id(text: &str) -> Result<RolloutId, ApiError> {
+    text.parse::<RolloutId>()
+        .map_err(|e| ApiError::bad_request("bad-path", format!("{text:?}: {e}")))
 }
 
 /// `POST /api/v1/rollouts`.
@@ -102,7 +103,7 @@ pub(super) async fn create(
 }
 
 /// A stored rollout and its planner, or 404.
-async fn stored(state: &AppState, id: i64) -> Result<(RolloutRecord, Rollout), ApiError> {
+async fn stored(state: &AppState, id: RolloutId) -> Result<(RolloutRecord, Rollout), ApiError> {
     let record = state
         .db()
         .get_rollout(id)
@@ -114,7 +115,7 @@ async fn stored(state: &AppState, id: i64) -> Result<(RolloutRecord, Rollout), A
 }
 
 /// The view of a stored rollout.
-pub(super) async fn view(state: &AppState, id: i64) -> Result<RolloutView, ApiError> {
+pub(super) async fn view(state: &AppState, id: RolloutId) -> Result<RolloutView, ApiError> {
     let (record, planner) = stored(state, id).await?;
     let version = state
         .db()

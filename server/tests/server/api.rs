@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use ota_core::fleet::RolloutId;
 use ota_server::db::{DeviceReport, NewEvent};
 use ota_server::event_kinds::EventKind;
 use reqwest::StatusCode;
@@ -95,6 +96,40 @@ async fn one_device() {
     assert_eq!(error_of(r).await.0, StatusCode::NOT_FOUND);
 }
 
+/// Rollout ids are typed (`RolloutId`): a path or query value that is not a positive decimal
+/// integer is refused as malformed before any lookup; an unknown id is 404.
+#[tokio::test]
+async fn a_rollout_id_that_is_not_one_is_refused() {
+    let t = TestServer::start().await;
+    for bad in ["0", "-1", "7a", "%2B7", "99999999999999999999"] {
+        let r = t
+            .get(&format!("/api/v1/rollouts/{bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_of(r).await,
+            (StatusCode::BAD_REQUEST, "bad-path".into()),
+            "{bad}"
+        );
+        let r = t
+            .get(&format!("/api/v1/events?rollout={bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_of(r).await,
+            (StatusCode::BAD_REQUEST, "bad-query".into()),
+            "{bad}"
+        );
+    }
+    let r = t.get("/api/v1/rollouts/7").send().await.unwrap();
+    assert_eq!(
+        error_of(r).await,
+        (StatusCode::NOT_FOUND, "not-found".into())
+    );
+}
+
 #[tokio::test]
 async fn events_are_filtered_and_paged() {
     let t = TestServer::start().await;
@@ -106,9 +141,11 @@ async fn events_are_filtered_and_paged() {
         .await
         .unwrap();
     }
-    db.append_event(&NewEvent::new(9, "alice", EventKind::DeviceLabelsSet).rollout(7))
-        .await
-        .unwrap();
+    db.append_event(
+        &NewEvent::new(9, "alice", EventKind::DeviceLabelsSet).rollout(RolloutId::new(7).unwrap()),
+    )
+    .await
+    .unwrap();
 
     let all: Value = t.get_json("/api/v1/events").await;
     assert_eq!(all["events"].as_array().unwrap().len(), 6);

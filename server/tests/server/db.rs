@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use ota_core::digest::Digest;
+use ota_core::fleet::RolloutId;
 use ota_core::release::{Policy, SignedRelease, TrustSet};
 use ota_core::rollout::RolloutStatus;
 use ota_server::db::{
@@ -202,15 +203,21 @@ async fn round_trip(db: &Db) {
     assert_eq!((r.approved_by.as_deref(), r.updated_at), (Some("bob"), 520));
     let mut tx = db.begin().await.unwrap();
     assert!(matches!(
-        tx.update_rollout(id + 1000, &[], RolloutStatus::Paused, 1)
-            .await,
+        tx.update_rollout(
+            RolloutId::new(id.get() + 1000).unwrap(),
+            &[],
+            RolloutStatus::Paused,
+            1
+        )
+        .await,
         Err(DbError::NotFound {
             what: "rollout",
             ..
         })
     ));
     assert!(matches!(
-        tx.set_rollout_approved(id + 1000, "bob", 1).await,
+        tx.set_rollout_approved(RolloutId::new(id.get() + 1000).unwrap(), "bob", 1)
+            .await,
         Err(DbError::NotFound {
             what: "rollout",
             ..

@@ -30,6 +30,8 @@ mod vm;
 
 use std::time::Duration;
 
+use ota_core::fleet::RolloutId;
+use ota_demo::api::rollout_id;
 use ota_demo::firmware::{Build, HARDWARE_CLASS};
 use ota_demo::lab::{Lab, LabOptions, unix_now};
 use ota_server::clock::monotonic_now;
@@ -123,7 +125,7 @@ impl Gateway {
     }
 
     /// Sends the release to the gateway (one wave); answers the rollout id.
-    async fn rollout(&self) -> i64 {
+    async fn rollout(&self) -> RolloutId {
         let spec = json!({
             "release": self.release.digest.to_string(),
             "filter": format!("id={DEVICE}"),
@@ -134,7 +136,7 @@ impl Gateway {
             "max_deferral_secs": 600,
         });
         let r = self.lab.api().create_rollout(&spec).await.unwrap();
-        r["id"].as_i64().unwrap()
+        rollout_id(&r).unwrap()
     }
 
     /// Waits until the server's view of the gateway satisfies `pred`; answers it.
@@ -157,7 +159,12 @@ impl Gateway {
     }
 
     /// Waits until rollout `id` satisfies `pred`; answers it.
-    async fn wait_rollout(&self, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    async fn wait_rollout(
+        &self,
+        id: RolloutId,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let api = self.lab.api();
         let found = poll(async || api.rollout(id).await.ok().filter(|r| pred(r))).await;
         match found {
@@ -216,7 +223,7 @@ async fn poll<T>(mut probe: impl AsyncFnMut() -> Option<T>) -> Option<T> {
 
 /// Waits until the gateway reported `rebooting` (from slot A); asserts that nothing counted
 /// as succeeded then and that slot B had not booted yet.
-async fn rebooting(gw: &mut Gateway, id: i64) {
+async fn rebooting(gw: &mut Gateway, id: RolloutId) {
     let r = gw
         .wait_rollout(id, "saw the gateway rebooting", |r| {
             r["totals"]["rebooting"] == 1

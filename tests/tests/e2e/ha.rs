@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use ota_core::fleet::RolloutId;
 use ota_demo::api::Api;
 use ota_demo::lab::{Lab, OPERATOR};
 use ota_server::config::HaConfig;
@@ -73,7 +74,7 @@ async fn issue15_leader_killed_mid_rollout_the_standby_completes_it() {
 
 /// Asserts that rollout `id`'s `rollout-created`, `-started` and `-completed` audit events are
 /// in `lab`'s log once each, and no `rollout-*` / `wave-*` event twice (same details).
-pub async fn transitions_once(lab: &Lab, id: i64) {
+pub async fn transitions_once(lab: &Lab, id: RolloutId) {
     let id_text = id.to_string();
     let events = lab
         .api()

@@ -46,6 +46,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use ota_core::fleet::RolloutId;
 use ota_demo::api::Api;
 use ota_demo::api::ApiError;
 use ota_demo::firmware::Build;
@@ -640,7 +641,7 @@ struct Availability {
 }
 
 impl Availability {
-    fn watch(api: Api, id: i64) -> Availability {
+    fn watch(api: Api, id: RolloutId) -> Availability {
         let stop = Arc::new(AtomicBool::new(false));
         let longest = Arc::new(AtomicU64::new(0));
         let (s, l) = (stop.clone(), longest.clone());
@@ -674,14 +675,14 @@ impl Availability {
 /// progress, and a takeover may take longer than a wave.
 struct Holder {
     task: tokio::task::JoinHandle<()>,
-    id: i64,
+    id: RolloutId,
 }
 
 impl Holder {
     /// Starts watching rollout `id` through `apis` (every replica; the first that answers
     /// within a second is used): it is paused once its current wave is `wave` or later,
     /// while it runs. Checked every 100 ms.
-    fn start(apis: Vec<Api>, id: i64, wave: i64) -> Holder {
+    fn start(apis: Vec<Api>, id: RolloutId, wave: i64) -> Holder {
         let task = tokio::spawn(async move {
             loop {
                 for api in &apis {

@@ -9,10 +9,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ota_core::digest::Digest;
+use ota_core::fleet::RolloutId;
 use ota_core::update::Stage;
 use ota_core::wire::{
     DesiredState, DeviceId, ExecutionState, PROTOCOL_VERSION, TopicKind, Topics, WireMessage,
 };
+use ota_demo::api::rollout_id;
 use ota_demo::device::Device;
 use ota_demo::firmware::Build;
 use ota_demo::lab::{Lab, LabOptions, unix_now};
@@ -154,12 +156,12 @@ impl World {
 
     /// Creates a rollout of `build` to every device of the lab in `waves`, with a 1 s bake,
     /// the demo's gates and `extra` fields of the spec; answers its id.
-    pub async fn rollout(&self, build: &Build, waves: &[u32], extra: Value) -> i64 {
+    pub async fn rollout(&self, build: &Build, waves: &[u32], extra: Value) -> RolloutId {
         rollout(&self.lab, build, waves, extra).await
     }
 
     /// Waits until rollout `id` is completed or aborted; answers its view.
-    pub async fn finished(&self, id: i64) -> Value {
+    pub async fn finished(&self, id: RolloutId) -> Value {
         self.wait_rollout(id, |r| {
             matches!(r["status"].as_str(), Some("completed" | "aborted"))
         })
@@ -167,7 +169,7 @@ impl World {
     }
 
     /// Waits until `pred` holds for rollout `id`'s view.
-    pub async fn wait_rollout(&self, id: i64, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_rollout(&self, id: RolloutId, pred: impl Fn(&Value) -> bool) -> Value {
         wait_rollout(&self.lab, id, pred).await
     }
 
@@ -296,7 +298,7 @@ pub async fn release(lab: &Lab, version: &str, healthy: bool) -> Build {
 
 /// Creates a rollout of `build` to every device of `lab` in `waves`, with a 1 s bake, the
 /// demo's gates and `extra` fields of the spec; answers its id.
-pub async fn rollout(lab: &Lab, build: &Build, waves: &[u32], extra: Value) -> i64 {
+pub async fn rollout(lab: &Lab, build: &Build, waves: &[u32], extra: Value) -> RolloutId {
     let mut spec = json!({
         "release": build.digest.to_string(),
         "filter": lab.filter(),
@@ -310,7 +312,7 @@ pub async fn rollout(lab: &Lab, build: &Build, waves: &[u32], extra: Value) -> i
         spec.extend(extra.clone());
     }
     let r = lab.api().create_rollout(&spec).await.unwrap();
-    r["id"].as_i64().unwrap()
+    rollout_id(&r).unwrap()
 }
 
 /// Runs `probe` every `every` until it answers `Some`, for at most [`PATIENCE`]; `None` when
@@ -329,7 +331,7 @@ pub async fn patiently<T>(every: Duration, mut probe: impl AsyncFnMut() -> Optio
 }
 
 /// Waits until `pred` holds for rollout `id`'s view on `lab`.
-pub async fn wait_rollout(lab: &Lab, id: i64, pred: impl Fn(&Value) -> bool) -> Value {
+pub async fn wait_rollout(lab: &Lab, id: RolloutId, pred: impl Fn(&Value) -> bool) -> Value {
     let found = patiently(Duration::from_millis(100), async || {
         // The server may be restarting: retry.
         lab.api().rollout(id).await.ok().filter(|r| pred(r))

@@ -6,6 +6,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::Method;
 use axum::response::Response;
+use ota_core::fleet::RolloutId;
 use serde_json::Value;
 
 use super::super::html::{esc, json_text, time, url};
@@ -304,7 +305,7 @@ fn target_rows(page: &Value) -> Vec<Vec<String>> {
 pub(crate) async fn load(
     console: &Console,
     session: &Session,
-    id: i64,
+    id: RolloutId,
 ) -> Result<(Value, Troubled), ApiAnswer> {
     let answer = console
         .api(session, Method::GET, &format!("/rollouts/{id}"), None)
@@ -355,7 +356,7 @@ pub(crate) struct TargetsPage {
 pub(crate) async fn targets(
     State(console): State<Console>,
     SignedIn(session): SignedIn,
-    Path(id): Path<i64>,
+    Path(id): Path<RolloutId>,
     Query(q): Query<TargetsPage>,
 ) -> Response {
     let state = if q.state.is_empty() {
@@ -425,7 +426,7 @@ pub(crate) async fn targets(
 pub(crate) async fn detail(
     State(console): State<Console>,
     SignedIn(session): SignedIn,
-    Path(id): Path<i64>,
+    Path(id): Path<RolloutId>,
 ) -> Response {
     let (rollout, devices) = match load(&console, &session, id).await {
         Ok(loaded) => loaded,

@@ -9,7 +9,7 @@ use ota_core::digest::Digest;
 use ota_core::filter::Filter;
 use ota_core::flags::{FlagEdit, FlagName};
 use ota_core::fleet::targeting::{FleetKnowledge, Selection};
-use ota_core::fleet::{DeviceMemo, targeting};
+use ota_core::fleet::{DeviceMemo, RolloutId, targeting};
 use ota_core::release::SignedTrustUpdate;
 use ota_core::rollout::{Rollout, RolloutSpec, RolloutState, RolloutStatus};
 use ota_core::wire::DeviceId;
@@ -207,7 +207,7 @@ impl Actor {
         self.flags.show(name, record.as_ref())
     }
 
-    pub(super) fn view_of(&self, id: i64, created: bool) -> Result<RolloutView, FleetError> {
+    pub(super) fn view_of(&self, id: RolloutId, created: bool) -> Result<RolloutView, FleetError> {
         let loaded = self
             .rollouts
             .get(&id)
@@ -256,7 +256,7 @@ impl Actor {
         operator: &str,
         batch: &mut Batch,
         tx_slot: &mut Option<DbTx>,
-    ) -> Result<i64, FleetError> {
+    ) -> Result<RolloutId, FleetError> {
         let (release, bytes) = self.resolve_release(&req.release).await?;
         let warnings = expiry_warnings(&release, &req, self.clock.now())?;
         let filter_text = req.filter.trim();
@@ -294,7 +294,7 @@ impl Actor {
             incompatible,
             conflicts,
         } = targeting::select(&registry, &filter, &release.hardware, &known);
-        let conflicts: Vec<(String, i64)> = conflicts
+        let conflicts: Vec<(String, RolloutId)> = conflicts
             .into_iter()
             .map(|(device, rollout)| (device.as_str().to_string(), rollout))
             .collect();
@@ -392,7 +392,7 @@ impl Actor {
 
     pub(super) async fn operate(
         &mut self,
-        id: i64,
+        id: RolloutId,
         op: &Op,
         operator: &str,
         batch: &mut Batch,
@@ -511,12 +511,12 @@ pub(super) fn expiry_warnings(
 /// What the coordinator knows of the fleet beyond the registry, for target selection: which
 /// rollout holds a device and its presence as last heard.
 struct Known<'a> {
-    owner: &'a HashMap<String, i64>,
+    owner: &'a HashMap<String, RolloutId>,
     devices: &'a HashMap<String, DeviceMemo>,
 }
 
-impl FleetKnowledge<i64> for Known<'_> {
-    fn holder(&self, device: &DeviceId) -> Option<i64> {
+impl FleetKnowledge<RolloutId> for Known<'_> {
+    fn holder(&self, device: &DeviceId) -> Option<RolloutId> {
         self.owner.get(device.as_str()).copied()
     }
     fn presence(&self, device: &DeviceId) -> Option<bool> {

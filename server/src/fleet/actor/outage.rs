@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use bytes::Bytes;
+use ota_core::fleet::RolloutId;
 use ota_core::rollout::StateCounts;
 use ota_core::wire::TopicKind;
 use rumqttc::AsyncClient;
@@ -168,7 +169,7 @@ impl Actor {
 
     /// Forgets rollouts that need no more driving, and frees their devices.
     pub(super) fn unload_finished(&mut self) {
-        let done: Vec<i64> = self
+        let done: Vec<RolloutId> = self
             .rollouts
             .iter()
             .filter(|(_, l)| !l.planner.needs_driving())
@@ -177,7 +178,7 @@ impl Actor {
         for id in &done {
             self.rollouts.remove(id);
         }
-        let active: HashSet<i64> = self
+        let active: HashSet<RolloutId> = self
             .rollouts
             .iter()
             .filter(|(_, l)| l.planner.state().is_active())

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use ota_core::digest::Digest;
+use ota_core::fleet::RolloutId;
 use ota_core::fleet::targeting::NO_RELEASE;
 use ota_core::release::{Policy, SignedRelease};
 use ota_core::rollout::{DesiredKind, NoRollbackCause, PlannerAction};
@@ -21,7 +22,7 @@ use crate::fleet::view::{abort_json, counts_json, insert_failure, no_rollback_js
 impl Actor {
     /// Drains the actions of every changed planner into `batch`.
     pub(super) async fn drain(&mut self, actor: &str, batch: &mut Batch) {
-        let dirty: Vec<i64> = self
+        let dirty: Vec<RolloutId> = self
             .rollouts
             .iter()
             .filter(|(_, l)| l.dirty)
@@ -42,7 +43,7 @@ impl Actor {
 
     pub(super) async fn act(
         &mut self,
-        rid: i64,
+        rid: RolloutId,
         action: PlannerAction,
         actor: &str,
         batch: &mut Batch,
@@ -228,7 +229,7 @@ impl Actor {
     /// the device and target, then the desired state goes out.
     async fn send_back(
         &mut self,
-        rid: i64,
+        rid: RolloutId,
         device: &DeviceId,
         to: Digest,
         kind: DesiredKind,
@@ -250,7 +251,7 @@ impl Actor {
     /// `None`: the device will accept it.
     pub(super) async fn rollback_refusal(
         &mut self,
-        rid: i64,
+        rid: RolloutId,
         device: &DeviceId,
         to: Digest,
     ) -> Option<NoRollbackCause> {
@@ -295,7 +296,7 @@ impl Actor {
     /// `no-rollback-target` event says so.
     pub(super) fn no_rollback_target(
         &mut self,
-        rid: i64,
+        rid: RolloutId,
         device: &DeviceId,
         to: Digest,
         cause: NoRollbackCause,
@@ -307,7 +308,7 @@ impl Actor {
             let to = (to != NO_RELEASE).then(|| to.to_string());
             map.insert("to".into(), json!(to));
         }
-        tracing::warn!(rollout = rid, device = %device, cause = cause.name(), "no rollback target");
+        tracing::warn!(rollout = %rid, device = %device, cause = cause.name(), "no rollback target");
         if let Some(loaded) = self.rollouts.get_mut(&rid)
             && loaded
                 .planner
@@ -330,7 +331,7 @@ impl Actor {
     pub(super) async fn publish_desired(
         &mut self,
         device: &DeviceId,
-        rid: i64,
+        rid: RolloutId,
         digest: Digest,
         force_reinstall: bool,
         kind: DesiredKind,
@@ -391,7 +392,7 @@ impl Actor {
     /// A desired state of rollout `rid` goes to `device`: an aborted rollout that sent it back
     /// and still waits for its answer will not get one (the device acts on the newer state),
     /// so that recall is superseded.
-    pub(super) fn supersede_recalls(&mut self, device: &DeviceId, rid: i64) {
+    pub(super) fn supersede_recalls(&mut self, device: &DeviceId, rid: RolloutId) {
         for (id, loaded) in self.rollouts.iter_mut() {
             if *id != rid && loaded.planner.handle_recall_superseded(device) {
                 loaded.dirty = true;
