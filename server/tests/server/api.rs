@@ -102,26 +102,18 @@ async fn one_device() {
 async fn a_rollout_id_that_is_not_one_is_refused() {
     let t = TestServer::start().await;
     for bad in ["0", "-1", "7a", "%2B7", "99999999999999999999"] {
-        let r = t
-            .get(&format!("/api/v1/rollouts/{bad}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            error_of(r).await,
-            (StatusCode::BAD_REQUEST, "bad-path".into()),
-            "{bad}"
-        );
-        let r = t
-            .get(&format!("/api/v1/events?rollout={bad}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            error_of(r).await,
-            (StatusCode::BAD_REQUEST, "bad-query".into()),
-            "{bad}"
-        );
+        let asked = [
+            (format!("/api/v1/rollouts/{bad}"), "bad-path"),
+            (format!("/api/v1/events?rollout={bad}"), "bad-query"),
+        ];
+        for (path, cause) in asked {
+            let r = t.get(&path).send().await.unwrap();
+            assert_eq!(
+                error_of(r).await,
+                (StatusCode::BAD_REQUEST, cause.into()),
+                "{path}"
+            );
+        }
     }
     let r = t.get("/api/v1/rollouts/7").send().await.unwrap();
     assert_eq!(
