@@ -53,7 +53,9 @@ pub struct LabOptions {
     pub devices: usize,
     /// The agents' trial timeout.
     pub trial_timeout: Duration,
-    /// Size of every application image, bytes.
+    /// Size of every application image, bytes (256 KiB by default, small for tests; `ota demo`
+    /// passes its `--image-kib`, 1 MiB by default, so that an image always has more than one
+    /// chunk for the delta).
     pub image_size: usize,
     /// The agents' download chunk.
     pub chunk_size: usize,
@@ -122,7 +124,7 @@ impl Default for LabOptions {
         LabOptions {
             devices: 50,
             trial_timeout: Duration::from_secs(4),
-            image_size: 1024 * 1024,
+            image_size: 256 * 1024,
             chunk_size: 64 * 1024,
             battery: |_| (80, false),
             server_mqtt: None,
