@@ -174,13 +174,9 @@ pub(crate) fn run(cmd: FlagCommand) -> Result<(), CliError> {
                 .map(Vec::as_slice)
                 .unwrap_or_default()
             {
-                let at = ch["at"]
-                    .as_u64()
-                    .map(|ms| json!(ms / 1000))
-                    .unwrap_or(Value::Null);
                 text.push_str(&format!(
                     "  {}  {:<8} by {}: {} -> {}\n",
-                    time(&at),
+                    time(&ch["at"]),
                     s(&ch["kind"]),
                     s(&ch["by"]),
                     change_side(&ch["old"]),

@@ -36,6 +36,16 @@ impl Timestamp {
         self.0
     }
 
+    /// Whole seconds since the unix epoch (rounded down: when something started).
+    pub const fn as_unix_secs(self) -> u64 {
+        self.0 / 1000
+    }
+
+    /// Seconds since the unix epoch, rounded up (when something ends: never before it does).
+    pub const fn as_unix_secs_ceil(self) -> u64 {
+        self.0.div_ceil(1000)
+    }
+
     /// `self + d`, saturating at the end of time.
     pub fn saturating_add(self, d: Duration) -> Self {
         Timestamp(self.0.saturating_add(duration_millis(d)))
@@ -72,6 +82,25 @@ impl fmt::Display for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_round_down_for_a_start_and_up_for_an_end() {
+        for (ms, floor, ceil) in [
+            (0, 0, 0),
+            (1, 0, 1),
+            (999, 0, 1),
+            (1000, 1, 1),
+            (1001, 1, 2),
+        ] {
+            let t = Timestamp(ms);
+            assert_eq!(
+                (t.as_unix_secs(), t.as_unix_secs_ceil()),
+                (floor, ceil),
+                "{ms}"
+            );
+        }
+        assert_eq!(Timestamp(u64::MAX).as_unix_secs_ceil(), u64::MAX / 1000 + 1);
+    }
 
     #[test]
     fn arithmetic_saturates() {

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use ota_core::digest::Digest;
+use ota_core::fleet::RolloutId;
+use ota_core::time::Timestamp;
 use ota_core::wire::{ExecutionState, ReportedState, UpdateOutcome, WireMessage};
 use serde::Serialize;
 use sqlx::Row;
@@ -168,7 +170,9 @@ pub(super) fn format_device_select(tail: &str) -> sqlx::AssertSqlSafe<String> {
 
 /// A reported update outcome as JSON: `state` (its kebab-case name), `cause` and `detail`
 /// (for rejections, failures — `cause` is then the phase — and rollbacks), `release` (the
-/// digest it concerns), `rollout`, `generation` and `at_ms` (device time).
+/// digest it concerns), `rollout` (the rollout id, `null` when the desired state it answered
+/// named none or not one of this server's ids), `generation` and `at` (unix seconds by the
+/// device's clock).
 pub fn last_outcome_json(o: &UpdateOutcome) -> serde_json::Value {
     let (cause, detail) = match &o.state {
         ExecutionState::Rejected { cause, detail } => (Some(cause.name()), Some(detail)),
@@ -181,9 +185,9 @@ pub fn last_outcome_json(o: &UpdateOutcome) -> serde_json::Value {
         "cause": cause,
         "detail": detail,
         "release": o.digest.map(|d| d.to_string()),
-        "rollout": o.rollout_id,
+        "rollout": o.rollout_id.as_deref().and_then(|r| r.parse::<RolloutId>().ok()),
         "generation": o.generation,
-        "at_ms": o.at,
+        "at": Timestamp::from_unix_millis(o.at).as_unix_secs(),
     })
 }
 

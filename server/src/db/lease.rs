@@ -86,10 +86,16 @@ pub struct ReplicaRecord {
     pub epoch: i64,
     /// Its advertised API URL.
     pub advertise_url: Option<String>,
-    /// Its last heartbeat, unix milliseconds (database clock).
+    /// Its last heartbeat, unix milliseconds (database clock); shown in unix seconds.
+    #[serde(serialize_with = "ser_unix_millis_as_secs")]
     pub heartbeat_at: i64,
     /// How long ago that was, milliseconds (database clock).
     pub heartbeat_age_ms: i64,
+}
+
+/// A unix-milliseconds time as the API shows times: unix seconds (rounded down).
+fn ser_unix_millis_as_secs<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_i64(ms.div_euclid(1000))
 }
 
 /// The database's now in unix milliseconds, as an SQL expression.

@@ -131,7 +131,7 @@ pub struct FlagChangeView {
     pub flag: String,
     /// The fleet flag-state version the change produced.
     pub version: u64,
-    /// When, unix milliseconds.
+    /// When, unix seconds.
     pub at: u64,
     /// The operator.
     pub by: String,
@@ -148,7 +148,7 @@ impl From<&FlagChange> for FlagChangeView {
         FlagChangeView {
             flag: c.flag.as_str().to_string(),
             version: c.version,
-            at: c.at.as_unix_millis(),
+            at: c.at.as_unix_secs(),
             by: c.by.clone(),
             kind: c.kind().name().to_string(),
             old: c.old.as_ref().map(FlagView::from),

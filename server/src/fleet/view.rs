@@ -29,7 +29,7 @@ pub struct RolloutView {
     pub current_wave: Option<usize>,
     /// `notifying`, `baking` or `held`, while running or paused.
     pub phase: Option<String>,
-    /// When the bake ends (unix ms), while baking.
+    /// When the bake ends (unix seconds, rounded up), while baking.
     pub bake_until: Option<u64>,
     /// Why it aborted.
     pub abort_reason: Option<Value>,
@@ -105,7 +105,7 @@ pub struct WaveView {
     /// Succeeded members whose heartbeats say their health probe fails now: no successes for
     /// the gate until they say healthy again.
     pub succeeded_unhealthy: u32,
-    /// When it started (unix ms).
+    /// When it started (unix seconds).
     pub started_at: Option<u64>,
     /// Counts per execution state of its members.
     pub counts: Value,
@@ -223,7 +223,7 @@ impl RolloutView {
             RolloutState::Running { phase, .. } | RolloutState::Paused { phase, .. } => match phase
             {
                 WavePhase::Notifying => (Some("notifying"), None),
-                WavePhase::Baking { until } => (Some("baking"), Some(until.as_unix_millis())),
+                WavePhase::Baking { until } => (Some("baking"), Some(until.as_unix_secs_ceil())),
                 WavePhase::Held => (Some("held"), None),
                 _ => (None, None),
             },
@@ -246,7 +246,7 @@ impl RolloutView {
                 unsettled: w.unsettled,
                 succeeded_offline: w.succeeded_offline,
                 succeeded_unhealthy: w.succeeded_unhealthy,
-                started_at: w.started_at.map(|t| t.as_unix_millis()),
+                started_at: w.started_at.map(|t| t.as_unix_secs()),
                 counts: counts_json(&w.counts),
             })
             .collect();

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::fleet::{Backend, World, suite, wait_for};
 use crate::sim::{Behavior, Sim};
-use crate::util::{Options, TOKEN};
+use crate::util::{NOW, Options, TOKEN};
 
 suite!(
     flags_percent_widen_kill,
@@ -147,6 +147,7 @@ async fn flags_percent_widen_kill(backend: Backend) {
     assert_eq!(kill["by"], "alice");
     assert_eq!(kill["old"]["killed"], false);
     assert_eq!(kill["new"]["killed"], true);
+    assert_eq!(kill["at"], NOW, "unix seconds, as every time in the API");
     // The list carries the newest changes across flags, a deleted flag's included, each
     // naming its flag (the console's audit trail reads them with the flags).
     let (status, _) = flag_op(&w, "short-lived", "set", json!({ "on": true })).await;

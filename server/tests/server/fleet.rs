@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use crate::sim::{AgentLink, Behavior, Sim, SimDevice, device, running_of};
-use crate::util::{BOB_TOKEN, Options, PgSchema, TOKEN, TestServer, artifact, error_of, release};
+use crate::util::{
+    BOB_TOKEN, NOW, Options, PgSchema, TOKEN, TestServer, artifact, error_of, release,
+};
 
 /// Where a scenario runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +67,7 @@ suite!(
     drift,
     webhooks,
     regression_during_bake_holds_the_wave,
+    times_in_the_rollout_view_are_unix_seconds,
     offline_during_bake_holds_the_wave,
     unhealthy_after_commit_holds_the_wave,
     restart_while_notifying,
@@ -1041,6 +1044,25 @@ pub(crate) fn manual_clock() -> Options {
         manual_clock: true,
         ..Options::default()
     }
+}
+
+/// Issue 13, one time unit: the rollout view's times (created, a wave's start, the end of its
+/// bake) are unix seconds, on the hand-advanced clock that starts at `NOW`.
+async fn times_in_the_rollout_view_are_unix_seconds(backend: Backend) {
+    let w = World::start(backend, manual_clock()).await;
+    let (id, _) = baking_wave0(&w).await;
+    let r = w.rollout(id).await;
+    let times = [
+        &r["created_at"],
+        &r["waves"][0]["started_at"],
+        &r["bake_until"],
+    ];
+    assert_eq!(
+        times,
+        [&json!(NOW), &json!(NOW), &json!(NOW + 600)],
+        "{r:#}"
+    );
+    w.finish().await;
 }
 
 /// Issue 4 gate, "the devices that succeeded are still healthy (not rolled back)": a device

@@ -132,6 +132,9 @@ async fn lease_rules(a: &Db, b: &Db) {
         .collect();
     assert_eq!(listed, [("a", "standby", 4), ("b", "leader", 4)]);
     assert!(replicas.iter().all(|r| r.heartbeat_age_ms >= 0));
+    // Kept in milliseconds, shown in unix seconds as every time in the API.
+    let shown = serde_json::to_value(&replicas[0]).unwrap();
+    assert_eq!(shown["heartbeat_at"], replicas[0].heartbeat_at / 1000);
 
     // Forgetting: rows younger than the limit stay; older ones go; a clean stop removes its
     // own row.

@@ -243,7 +243,7 @@ async fn issue12_own_rollback_is_kept(backend: Backend) {
     assert_eq!(outcome["state"], "rolled-back", "{outcome}");
     assert_eq!(outcome["cause"], "probe-failed", "{outcome}");
     assert_eq!(outcome["release"], digest_of(&w.new), "{outcome}");
-    assert_eq!(outcome["rollout"], id.to_string(), "{outcome}");
+    assert_eq!(outcome["rollout"], id, "{outcome}");
     w.finish().await;
 }
 

@@ -27,10 +27,10 @@ document.addEventListener("submit", (event) => {
   }
 });
 
-// <span class="countdown" data-until="UNIX_MS"> shows the time left.
+// <span class="countdown" data-until="UNIX_SECONDS"> shows the time left.
 function tick() {
   for (const span of document.querySelectorAll(".countdown[data-until]")) {
-    const left = Math.max(0, Math.round((Number(span.dataset.until) - Date.now()) / 1000));
+    const left = Math.max(0, Math.round(Number(span.dataset.until) - Date.now() / 1000));
     const minutes = Math.floor(left / 60);
     const seconds = left % 60;
     span.textContent = minutes > 0 ? `${minutes} min ${seconds} s` : `${seconds} s`;

@@ -62,9 +62,9 @@ pub(crate) fn outcome(o: &Value) -> String {
             ),
             (
                 "When (device clock)",
-                o.get("at_ms")
+                o.get("at")
                     .and_then(Value::as_i64)
-                    .map(|ms| time(ms / 1000))
+                    .map(time)
                     .unwrap_or_default(),
             ),
         ],
@@ -277,7 +277,7 @@ mod tests {
     #[test]
     fn outcome_power_and_inventory_read_as_facts() {
         let html = outcome(&json!({ "state": "rolled-back", "cause": "probe-timeout",
-            "detail": null, "release": "ab12", "rollout": "7", "generation": 3, "at_ms": 0 }));
+            "detail": null, "release": "ab12", "rollout": 7, "generation": 3, "at": 0 }));
         assert!(html.contains("<dd>probe-timeout</dd>"), "{html}");
         assert!(html.contains(r##"<a href="/rollouts/7">#7</a>"##), "{html}");
         assert!(!html.contains("Detail"), "{html}");

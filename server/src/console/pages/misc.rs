@@ -266,7 +266,7 @@ fn flag_changes(changes: &Value) -> String {
             };
             vec![
                 esc(&field(c, "flag")).to_string(),
-                time(at(c) / 1000),
+                time(at(c)),
                 esc(&field(c, "by")).to_string(),
                 esc(&field(c, "kind")).to_string(),
                 rules("old"),

@@ -150,7 +150,7 @@ pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &Troubled) -
                         esc(&field(w, "unsettled")).to_string(),
                         w.get("started_at")
                             .and_then(Value::as_i64)
-                            .map(|ms| time(ms / 1000))
+                            .map(time)
                             .unwrap_or_default(),
                     ]
                 })
