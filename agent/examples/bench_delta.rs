@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p ota-agent --example bench_delta -- \
 //!     --old OLD_FILE --new NEW_FILE [--min 16384 --avg 65536 --max 262144] [--runs 1] [--dir D] \
-//!     [--modes full,delta[,slot,slot-kept]]
+//!     [--modes full,delta[,delta-kept,slot,slot-kept]]
 //! ```
 //!
 //! It hashes both files, cuts the new one into its chunk index with the agent's own chunker
@@ -19,6 +19,10 @@
 //!   a downloaded artifact; no kept index, so the device cuts the old file during the update,
 //!   which is counted in the delta's time), and the request carries the [`ChunkIndexRef`] of
 //!   the index;
+//! - delta-kept: the same with the old release's index kept in `<data>/cache/index/`, the
+//!   device's steady state: the agent keeps the signed index of every release it downloads
+//!   (whether by delta or in full after fetching the index), so only a release that came
+//!   without one (a factory image) is cut during an update;
 //! - slot: an empty cache, the old file passed as the `ab` installer's running slot (no kept
 //!   index: the slot is cut, and hashed whole, during the update);
 //! - slot-kept: the same with the old release's index kept in `<data>/cache/index/` (as after
@@ -104,7 +108,7 @@ fn args(argv: &[String]) -> Args {
     a.params.check().unwrap();
     for m in &a.modes {
         assert!(
-            ["full", "delta", "slot", "slot-kept"].contains(&m.as_str()),
+            ["full", "delta", "delta-kept", "slot", "slot-kept"].contains(&m.as_str()),
             "unknown mode {m}"
         );
     }
@@ -165,11 +169,11 @@ fn parent(a: Args) {
     let base = server.block_on(serve_files(files, sent.clone()));
     let url = format!("{base}/artifacts/{new_digest}");
 
-    // The kept index of the old release (`slot-kept`: as if the device had it in `cache/index/`).
+    // The kept index of the old release (`*-kept`: as if the device had it in `cache/index/`).
     let old_index = a
         .modes
         .iter()
-        .any(|m| m == "slot-kept")
+        .any(|m| m.ends_with("-kept"))
         .then(|| index_file(&a.old, a.params).unwrap().to_cbor());
     let mut best: HashMap<&str, Value> = HashMap::new();
     let mut served: HashMap<&str, u64> = HashMap::new();
@@ -179,17 +183,14 @@ fn parent(a: Args) {
             let data = a.dir.join(format!("data-{mode}"));
             let _ = std::fs::remove_dir_all(&data);
             std::fs::create_dir_all(data.join("cache")).unwrap();
-            match mode {
-                "delta" => {
-                    std::fs::copy(&a.old, data.join("cache").join(old_digest.to_string())).unwrap();
-                }
-                "slot-kept" => {
-                    let cache = Cache::open(FsStorage::shared(), &data).unwrap();
-                    cache
-                        .keep_index(&old_digest, old_index.as_deref().unwrap())
-                        .unwrap();
-                }
-                _ => {}
+            if mode.starts_with("delta") {
+                std::fs::copy(&a.old, data.join("cache").join(old_digest.to_string())).unwrap();
+            }
+            if mode.ends_with("-kept") {
+                let cache = Cache::open(FsStorage::shared(), &data).unwrap();
+                cache
+                    .keep_index(&old_digest, old_index.as_deref().unwrap())
+                    .unwrap();
             }
             sent.store(0, Ordering::Relaxed);
             let out = Command::new(std::env::current_exe().unwrap())
