@@ -3,7 +3,7 @@
 
 use ota_core::digest::Digest;
 use ota_core::fleet::RolloutId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -59,7 +59,7 @@ pub struct TransferRecord {
 
 /// Download totals: of a rollout ([`Db::rollout_transfers`]) or of the fleet
 /// ([`Db::transfer_totals`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct TransferTotals {
     /// Distinct devices with a recorded download.

@@ -6,13 +6,14 @@ use ota_core::rollout::{
     AbortReason, ExecutionState, NoRollbackCause, RecallCounts, Rollout, RolloutState, StateCounts,
     TargetView, WavePhase,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::db::{RolloutRecord, TransferTotals};
 
-/// A rollout: its row, its state and its counts per wave.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A rollout: its row, its state and its counts per wave. Deserializes from the API's JSON
+/// (clients may read it typed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct RolloutView {
     /// The rollout id.
@@ -36,7 +37,7 @@ pub struct RolloutView {
     /// After an abort: the devices left on the release because no rollback target they would
     /// accept exists, as `[{ "device", "cause", "message", ... }]` (see [`no_rollback_json`]);
     /// absent when there is none.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub no_rollback_target: Vec<Value>,
     /// After an abort: the devices it sent back (rollback or cancel), as `{ "sent", "pending",
     /// "back", "failed", "superseded" }` (see [`recall_json`]); absent when it sent none back.
@@ -83,7 +84,7 @@ pub struct RolloutView {
 }
 
 /// One wave of a [`RolloutView`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct WaveView {
     /// Index, from 0.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ota_core::wire::{DeviceId, FailurePhase, TopicKind, Topics};
+use ota_server::fleet::RolloutView;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -67,7 +68,7 @@ suite!(
     drift,
     webhooks,
     regression_during_bake_holds_the_wave,
-    times_in_the_rollout_view_are_unix_seconds,
+    the_rollout_view_reads_back_typed_with_times_in_unix_seconds,
     offline_during_bake_holds_the_wave,
     unhealthy_after_commit_holds_the_wave,
     restart_while_notifying,
@@ -1046,9 +1047,10 @@ pub(crate) fn manual_clock() -> Options {
     }
 }
 
-/// Issue 13, one time unit: the rollout view's times (created, a wave's start, the end of its
-/// bake) are unix seconds, on the hand-advanced clock that starts at `NOW`.
-async fn times_in_the_rollout_view_are_unix_seconds(backend: Backend) {
+/// Issue 13, one typed domain: the API's rollout JSON reads back as the server's own
+/// `RolloutView` (and writes out the same), and its times (created, a wave's start, the end of
+/// its bake) are unix seconds, on the hand-advanced clock that starts at `NOW`.
+async fn the_rollout_view_reads_back_typed_with_times_in_unix_seconds(backend: Backend) {
     let w = World::start(backend, manual_clock()).await;
     let (id, _) = baking_wave0(&w).await;
     let r = w.rollout(id).await;
@@ -1062,6 +1064,10 @@ async fn times_in_the_rollout_view_are_unix_seconds(backend: Backend) {
         [&json!(NOW), &json!(NOW), &json!(NOW + 600)],
         "{r:#}"
     );
+    let typed: RolloutView = serde_json::from_value(r.clone()).unwrap();
+    assert_eq!(typed.id.get(), id);
+    assert_eq!(typed.bake_until, Some(NOW + 600));
+    assert_eq!(serde_json::to_value(&typed).unwrap(), r);
     w.finish().await;
 }
 
