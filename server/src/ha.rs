@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::db::{AcquireOutcome, Db, DbError, Fence, LeaseRecord, RenewOutcome};
-use crate::fleet::{Coordination, Fleet, FleetStartError, FleetTask, Snapshot};
+use crate::fleet::{Coordination, Fleet, FleetStartError, FleetTask, Snapshot, StartLease};
 use crate::lease::{LeaseAction, LeaseMachine, LeaseState, LeaseTiming, Millis, Role};
 use crate::mqtt::LinkSpec;
 use crate::trust::FleetTrust;
@@ -82,8 +82,11 @@ pub(crate) fn default_replica_id() -> String {
 }
 
 /// A coordinator being started, in its own task (the lease task waits for it beside its
-/// timers).
-type Starting = JoinHandle<Result<FleetTask, FleetStartError>>;
+/// timers), and the switch that calls it off.
+struct Starting {
+    task: JoinHandle<Result<FleetTask, FleetStartError>>,
+    cancel: watch::Sender<bool>,
+}
 
 struct Ha {
     spec: CoordinatorSpec,
@@ -161,7 +164,9 @@ async fn ended(task: &mut Option<FleetTask>) {
 /// Waits until the coordinator's start in progress finishes; never with none.
 async fn started(starting: &mut Option<Starting>) -> Result<FleetTask, FleetStartError> {
     match starting {
-        Some(start) => start.await.unwrap_or(Err(FleetStartError::Panicked)),
+        Some(start) => (&mut start.task)
+            .await
+            .unwrap_or(Err(FleetStartError::Panicked)),
         None => std::future::pending().await,
     }
 }
@@ -221,7 +226,7 @@ impl Ha {
     async fn coordinator_started(&mut self, result: Result<FleetTask, FleetStartError>) {
         let epoch = match self.machine.state() {
             LeaseState::Leader { epoch, .. } => epoch,
-            // Not reached: losing the lease waits for the start in progress.
+            // Not reached: losing the lease calls the start in progress off and waits for it.
             _ => {
                 if let Ok(task) = result {
                     task.stop().await;
@@ -245,12 +250,14 @@ impl Ha {
         }
     }
 
-    /// Stops the coordinator, waiting for its start in progress first.
+    /// Stops the coordinator; a start in progress is called off first (it stops what it had
+    /// begun), so losing the lease or stopping never waits for a slow load or broker.
     async fn stop_coordinator(&mut self) {
         if let Some(start) = self.starting.take() {
-            match start.await {
+            start.cancel.send_replace(true);
+            match start.task.await {
                 Ok(Ok(task)) => task.stop().await,
-                Ok(Err(e)) => tracing::debug!("the coordinator's start failed as it stopped: {e}"),
+                Ok(Err(e)) => tracing::debug!("the coordinator's start ended as it stopped: {e}"),
                 Err(e) => tracing::error!("the coordinator's start panicked: {e}"),
             }
         }
@@ -264,11 +271,14 @@ impl Ha {
             LeaseAction::Acquire { force } => self.acquire(force).await,
             LeaseAction::Renew { epoch } => self.renew(epoch).await,
             LeaseAction::StartCoordinator { epoch } => {
-                self.starting = Some(tokio::spawn(start_coordinator(
+                let (cancel, called_off) = watch::channel(false);
+                let task = tokio::spawn(start_coordinator(
                     self.spec.clone(),
                     self.replica.id.clone(),
                     epoch,
-                )));
+                    called_off,
+                ));
+                self.starting = Some(Starting { task, cancel });
             }
             LeaseAction::StopCoordinator { epoch, reason } => {
                 tracing::warn!(epoch, ?reason, "this replica stops coordinating");
@@ -435,6 +445,7 @@ async fn start_coordinator(
     spec: CoordinatorSpec,
     replica: String,
     epoch: i64,
+    cancel: watch::Receiver<bool>,
 ) -> Result<FleetTask, FleetStartError> {
     // The broker's sessions are gone or stale: presence comes back with the devices'
     // (retained) status messages.
@@ -446,7 +457,10 @@ async fn start_coordinator(
         &spec.link,
         spec.public_url.clone(),
         spec.keys.clone(),
-        Fence { replica, epoch },
+        StartLease {
+            fence: Fence { replica, epoch },
+            cancel,
+        },
     )
     .await
 }

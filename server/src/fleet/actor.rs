@@ -100,6 +100,15 @@ impl FleetTask {
     }
 }
 
+/// The lease a coordinator starts under ([`start`]).
+#[derive(Debug)]
+pub struct StartLease {
+    /// The fencing token every batch is checked against.
+    pub fence: Fence,
+    /// Turns true to call the start off (the lease was lost, or the replica stops).
+    pub cancel: watch::Receiver<bool>,
+}
+
 /// How far the coordinator's broker link got ([`start`] waits on it). Only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum LinkProgress {
@@ -117,9 +126,11 @@ pub(super) enum LinkProgress {
 /// coordinator (counters and snapshots go to `shared`; rollback targets are checked against
 /// the trust set in force, `keys`). Returns once the broker acknowledged the subscriptions;
 /// fails when the broker did not answer within [`ANSWER_TIMEOUT`] (15 s) or did not grant the
-/// subscriptions within [`SUBSCRIBE_TIMEOUT`] (45 s) more. Every batch it writes first checks
-/// `fence` in its transaction ([`DbTx::check_fence`]): once another replica took the lease the
-/// coordinator stops, and publishes nothing of the refused batch.
+/// subscriptions within [`SUBSCRIBE_TIMEOUT`] (45 s) more, and with
+/// [`FleetStartError::Cancelled`] as soon as `lease.cancel` turns true (the load, or the wait for the
+/// broker, is abandoned and the link and actor task it began are stopped first). Every batch it
+/// writes first checks `lease.fence` in its transaction ([`DbTx::check_fence`]): once another
+/// replica took the lease the coordinator stops, and publishes nothing of the refused batch.
 pub async fn start(
     handle: &Fleet,
     db: Db,
@@ -127,10 +138,14 @@ pub async fn start(
     mqtt: &LinkSpec,
     public_url: String,
     keys: FleetTrust,
-    fence: Fence,
+    lease: StartLease,
 ) -> Result<FleetTask, FleetStartError> {
+    let StartLease { fence, mut cancel } = lease;
     let shared = handle.shared.clone();
-    let stored = Stored::load(&db, clock.timestamp()).await?;
+    let stored = tokio::select! {
+        stored = Stored::load(&db, clock.timestamp()) => stored?,
+        true = called_off(&mut cancel) => return Err(FleetStartError::Cancelled),
+    };
     let topics = mqtt.topics.clone();
     let mut actor = Actor::new(db, clock, topics, public_url, shared.clone(), keys, fence);
     actor.apply(stored);
@@ -144,23 +159,16 @@ pub async fn start(
     let (ready_tx, mut ready_rx) = watch::channel(LinkProgress::Waiting);
     let client = link.client().clone();
     let task = tokio::spawn(actor.run(client, link, in_rx, cmd_rx, stop_rx, ready_tx));
-    let answered = tokio::time::timeout(
-        ANSWER_TIMEOUT,
-        ready_rx.wait_for(|p| *p >= LinkProgress::Answered),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
-    let ready = answered
-        && tokio::time::timeout(
-            SUBSCRIBE_TIMEOUT,
-            ready_rx.wait_for(|p| *p == LinkProgress::Subscribed),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
-    if !ready {
+    let failure = tokio::select! {
+        ready = link_ready(&mut ready_rx) => {
+            (!ready).then(|| FleetStartError::Broker(mqtt.endpoint.to_string()))
+        }
+        true = called_off(&mut cancel) => Some(FleetStartError::Cancelled),
+    };
+    if let Some(e) = failure {
         stop_tx.send_replace(true);
         let _ = task.await;
-        return Err(FleetStartError::Broker(mqtt.endpoint.to_string()));
+        return Err(e);
     }
     handle.attach(Some(cmd_tx));
     Ok(FleetTask {
@@ -168,6 +176,30 @@ pub async fn start(
         task: Some(task),
         handle: handle.clone(),
     })
+}
+
+/// Whether the broker answered within [`ANSWER_TIMEOUT`] and then granted the subscriptions
+/// within [`SUBSCRIBE_TIMEOUT`] more.
+async fn link_ready(progress: &mut watch::Receiver<LinkProgress>) -> bool {
+    let answered = tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        progress.wait_for(|p| *p >= LinkProgress::Answered),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    answered
+        && tokio::time::timeout(
+            SUBSCRIBE_TIMEOUT,
+            progress.wait_for(|p| *p == LinkProgress::Subscribed),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// Whether `cancel` turned true; `false` at once when its sender is gone (a `true = ...`
+/// branch of a `select!` is then disabled, not taken).
+async fn called_off(cancel: &mut watch::Receiver<bool>) -> bool {
+    cancel.wait_for(|c| *c).await.is_ok()
 }
 
 /// Why the coordinator could not start.
@@ -188,6 +220,10 @@ pub enum FleetStartError {
     /// The MQTT broker did not accept the connection and subscriptions in time.
     #[error("cannot connect and subscribe to the MQTT broker at {0} (is it running?)")]
     Broker(String),
+    /// The start was called off before it was ready (the replica lost the lease, or stops);
+    /// what it had begun (the broker link, the actor task) is stopped.
+    #[error("the coordinator's start was called off")]
+    Cancelled,
     /// The coordinator's start, or the lease task that runs it, panicked.
     #[error("the coordinator's start ended abnormally (a panic)")]
     Panicked,

@@ -69,7 +69,7 @@ use ota_core::rollout::{Ratio, RolloutError, StateCounts};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-pub use actor::{FleetStartError, FleetTask, start, stored_executions};
+pub use actor::{FleetStartError, FleetTask, StartLease, start, stored_executions};
 pub use flags::{FlagDetail, FlagEditResult, FlagList, FlagSetRequest};
 pub use view::{RolloutView, target_json};
 

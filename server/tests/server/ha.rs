@@ -761,6 +761,102 @@ async fn issue15_the_leader_forgets_silent_replicas_and_a_stopped_one_leaves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL and Mosquitto: set OTA_TEST_DATABASE_URL and OTA_TEST_MQTT_URL"]
 async fn issue15_a_leader_whose_coordinator_starts_slowly_keeps_its_lease() {
+    let s = slow_start("ha-slow").await;
+    let mut taken = false;
+    for _ in 0..300 {
+        if s.db.lease().await.unwrap().holder.as_deref() == Some("slow") {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(taken, "the replica never took the lease");
+    // At least three TTLs (3 s): 45 rounds of at least 200 ms.
+    for _ in 0..45 {
+        let lease = s.db.lease().await.unwrap();
+        assert_eq!((lease.holder.as_deref(), lease.epoch), (Some("slow"), 1));
+        assert!(
+            lease.expires_in_ms > 0,
+            "the lease expired while the coordinator started: {lease:?}"
+        );
+        assert!(matches!(
+            s.db.acquire_lease("other", "http://127.0.0.1:9", 3_000, false)
+                .await
+                .unwrap(),
+            AcquireOutcome::Held(_)
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!s.slow.is_finished(), "the lock did not hold the start up");
+    s.lock.rollback().await.unwrap();
+    let t = s.slow.await.unwrap();
+    let coordination = t.server.fleet().shared().coordination();
+    assert!(coordination.leader);
+    assert_eq!(coordination.epoch, 1);
+    let answer = t
+        .post_as(TOKEN, "/api/v1/rollouts/999/pause", &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
+    t.server.shutdown().await.unwrap();
+    s.locker.close().await;
+    s.db.close().await;
+    s.schema.drop().await;
+}
+
+/// Issue 15: a replica whose coordinator is still starting when it loses the lease calls the
+/// start off. The start's load is held up (the `rollouts` table is locked), another replica
+/// takes the lease by force, and the replica's start returns — as a standby, at once — while
+/// the table is still locked; before, losing the lease waited for the start in progress,
+/// which here would never end while the lock holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and Mosquitto: set OTA_TEST_DATABASE_URL and OTA_TEST_MQTT_URL"]
+async fn issue15_a_replica_that_loses_the_lease_mid_start_calls_the_start_off() {
+    let s = slow_start("ha-calloff").await;
+    let taken =
+        patiently(|| async { s.db.lease().await.unwrap().holder.as_deref() == Some("slow") }).await;
+    assert!(taken, "the replica never took the lease");
+    assert!(!s.slow.is_finished(), "the lock did not hold the start up");
+    assert!(matches!(
+        s.db.acquire_lease("intruder", "http://127.0.0.1:9", TTL_MS, true)
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { epoch: 2 }
+    ));
+    // The lock still holds: only a start called off lets the replica's start return.
+    let returned = patiently(|| async { s.slow.is_finished() }).await;
+    assert!(
+        returned,
+        "the start in progress was waited for, not called off"
+    );
+    let t = s.slow.await.unwrap();
+    assert!(!t.server.fleet().shared().coordination().leader);
+    let lease = s.db.lease().await.unwrap();
+    assert_eq!(
+        (lease.holder.as_deref(), lease.epoch),
+        (Some("intruder"), 2)
+    );
+    s.lock.rollback().await.unwrap();
+    t.server.shutdown().await.unwrap();
+    s.locker.close().await;
+    s.db.close().await;
+    s.schema.drop().await;
+}
+
+/// A replica `slow` on a fresh PostgreSQL schema whose coordinator's start is held up: the
+/// `rollouts` table is locked in a transaction of `locker` (roll `lock` back to let the load
+/// go on), so its `TestServer::start` has not returned.
+struct SlowStart {
+    schema: PgSchema,
+    db: Db,
+    locker: sqlx::postgres::PgPool,
+    lock: sqlx::Transaction<'static, sqlx::Postgres>,
+    slow: tokio::task::JoinHandle<TestServer>,
+}
+
+/// Starts [`SlowStart`] with topics under `ota-test/{topics}-{pid}`.
+async fn slow_start(topics: &str) -> SlowStart {
     let mqtt_url = std::env::var("OTA_TEST_MQTT_URL").expect("set OTA_TEST_MQTT_URL");
     let schema = PgSchema::create().await;
     // Migrates the schema, so the table exists to be locked.
@@ -774,51 +870,28 @@ async fn issue15_a_leader_whose_coordinator_starts_slowly_keeps_its_lease() {
     let slow = tokio::spawn(TestServer::start_opts(Options {
         database_url: Some(schema.url.clone()),
         mqtt_url: Some(mqtt_url),
-        topic_prefix: Some(format!("ota-test/ha-slow-{}", std::process::id())),
+        topic_prefix: Some(format!("ota-test/{topics}-{}", std::process::id())),
         ha: Some(replica("slow")),
         ..Options::default()
     }));
-    let mut taken = false;
+    SlowStart {
+        schema,
+        db,
+        locker,
+        lock,
+        slow,
+    }
+}
+
+/// Polls `probe` every 100 ms for up to 30 s; whether it ever answered true.
+async fn patiently<F: Future<Output = bool>>(mut probe: impl FnMut() -> F) -> bool {
     for _ in 0..300 {
-        if db.lease().await.unwrap().holder.as_deref() == Some("slow") {
-            taken = true;
-            break;
+        if probe().await {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(taken, "the replica never took the lease");
-    // At least three TTLs (3 s): 45 rounds of at least 200 ms.
-    for _ in 0..45 {
-        let lease = db.lease().await.unwrap();
-        assert_eq!((lease.holder.as_deref(), lease.epoch), (Some("slow"), 1));
-        assert!(
-            lease.expires_in_ms > 0,
-            "the lease expired while the coordinator started: {lease:?}"
-        );
-        assert!(matches!(
-            db.acquire_lease("other", "http://127.0.0.1:9", 3_000, false)
-                .await
-                .unwrap(),
-            AcquireOutcome::Held(_)
-        ));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(!slow.is_finished(), "the lock did not hold the start up");
-    lock.rollback().await.unwrap();
-    let t = slow.await.unwrap();
-    let coordination = t.server.fleet().shared().coordination();
-    assert!(coordination.leader);
-    assert_eq!(coordination.epoch, 1);
-    let answer = t
-        .post_as(TOKEN, "/api/v1/rollouts/999/pause", &json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
-    t.server.shutdown().await.unwrap();
-    locker.close().await;
-    db.close().await;
-    schema.drop().await;
+    false
 }
 
 /// Issue 15: a standby's `/metrics` reports the fleet-wide execution gauges from the stored
