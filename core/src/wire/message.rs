@@ -13,6 +13,7 @@ use minicbor::{Decode, Encode};
 use super::codec::{bound, name, rollout_id, text};
 use super::{DeviceId, PROTOCOL_VERSION, WireError, WireLimits, WireMessage};
 use crate::digest::Digest;
+use crate::fleet::RolloutId;
 use crate::release::ReleaseError;
 
 /// What the fleet server wants a device to run (`ota/v1/devices/{id}/desired`, retained).
@@ -520,6 +521,12 @@ impl Transfer {
 }
 
 impl UpdateOutcome {
+    /// The rollout this outcome answers, when its `rollout_id` is a fleet server's rollout id
+    /// (`None` when it carries none, or one that is not a positive decimal integer).
+    pub fn rollout(&self) -> Option<RolloutId> {
+        self.rollout_id.as_deref().and_then(|r| r.parse().ok())
+    }
+
     fn check_limits(&self) -> Result<(), WireError> {
         rollout_id(self.rollout_id.as_ref())?;
         self.state.check_limits()

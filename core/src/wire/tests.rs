@@ -10,6 +10,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::digest::Digest;
+use crate::fleet::RolloutId;
 
 fn release() -> RunningRelease {
     RunningRelease {
@@ -523,4 +524,20 @@ fn issue12_cause_names_are_protocol_kebab_case() {
     );
     assert_eq!(RollbackReason::ProbeTimeout.name(), "probe-timeout");
     assert_eq!(RejectCause::UnknownKey.name(), "unknown-key");
+}
+
+#[test]
+fn an_outcome_names_its_rollout_only_when_the_id_is_a_fleet_servers() {
+    let outcome = |id: Option<&str>| UpdateOutcome {
+        generation: 1,
+        rollout_id: id.map(Into::into),
+        digest: None,
+        state: ExecutionState::Succeeded,
+        at: 0,
+        transfer: None,
+    };
+    assert_eq!(outcome(Some("42")).rollout(), RolloutId::new(42));
+    for other in [None, Some("r-1"), Some("0"), Some("-3"), Some("")] {
+        assert_eq!(outcome(other).rollout(), None, "{other:?}");
+    }
 }

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use ota_core::digest::Digest;
-use ota_core::fleet::RolloutId;
 use ota_core::time::Timestamp;
 use ota_core::wire::{ExecutionState, ReportedState, UpdateOutcome, WireMessage};
 use serde::Serialize;
@@ -185,7 +184,7 @@ pub fn last_outcome_json(o: &UpdateOutcome) -> serde_json::Value {
         "cause": cause,
         "detail": detail,
         "release": o.digest.map(|d| d.to_string()),
-        "rollout": o.rollout_id.as_deref().and_then(|r| r.parse::<RolloutId>().ok()),
+        "rollout": o.rollout(),
         "generation": o.generation,
         "at": Timestamp::from_unix_millis(o.at).as_unix_secs(),
     })

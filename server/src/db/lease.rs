@@ -14,6 +14,7 @@
 //! deletes its own.
 //! The decisions (when to try, renew, step down) are in [`crate::lease`].
 
+use ota_core::time::Timestamp;
 use sqlx::Row;
 
 use super::{Db, DbError, DbKind, DbTx};
@@ -93,9 +94,11 @@ pub struct ReplicaRecord {
     pub heartbeat_age_ms: i64,
 }
 
-/// A unix-milliseconds time as the API shows times: unix seconds (rounded down).
+/// A unix-milliseconds time as the API shows times: unix seconds (rounded down; a time before
+/// the epoch, which the database's clock never gives, shows as 0).
 fn ser_unix_millis_as_secs<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_i64(ms.div_euclid(1000))
+    let ms = u64::try_from(*ms).unwrap_or(0);
+    s.serialize_u64(Timestamp::from_unix_millis(ms).as_unix_secs())
 }
 
 /// The database's now in unix milliseconds, as an SQL expression.

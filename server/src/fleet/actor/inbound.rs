@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use ota_core::budget::Verdict;
 use ota_core::fleet::routing::{RolloutFacts, Route};
-use ota_core::fleet::{DriftChange, RolloutId, routing};
+use ota_core::fleet::{DriftChange, routing};
 use ota_core::rollout::{ReportOutcome, RolloutState};
 use ota_core::wire::{
     DeviceId, Event, Heartbeat, HeartbeatAck, PROTOCOL_VERSION, ReportedState, Status, TopicKind,
@@ -453,7 +453,7 @@ impl Actor {
         batch.transfers.push(TransferRecord {
             device_id: id.as_str().to_string(),
             generation: o.generation,
-            rollout_id: o.rollout_id.as_deref().and_then(|r| r.parse().ok()),
+            rollout_id: o.rollout(),
             digest: o.digest,
             fetched: t.fetched,
             size: t.size,
@@ -468,11 +468,7 @@ impl Actor {
         topic: &str,
         batch: &mut Batch,
     ) {
-        let Some(rid) = o
-            .rollout_id
-            .as_deref()
-            .and_then(|s| s.parse::<RolloutId>().ok())
-        else {
+        let Some(rid) = o.rollout() else {
             return;
         };
         let Some(loaded) = self.rollouts.get_mut(&rid) else {
