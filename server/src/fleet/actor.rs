@@ -31,7 +31,7 @@ use super::flags::{FlagEditResult, Flags};
 use super::outbox::{self, Outbox};
 use super::view::RolloutView;
 use super::{Command, Counters, DEVICE_EVENTS_PER_MINUTE, Fleet, FleetError, MAX_BATCH, Shared};
-use crate::clock::Clock;
+use crate::clock::{Clock, ClockJumps};
 use crate::db::{
     Db, DbError, DbTx, DesiredRecord, DeviceRecord, DeviceReport, Fence, NewEvent, RolloutRecord,
     TransferRecord,
@@ -46,8 +46,6 @@ const LOADED_STATUSES: [RolloutStatus; 5] = {
     let [_dry_run, rest @ ..] = RolloutStatus::ALL;
     rest
 };
-/// The longest the coordinator sleeps without looking at its timers.
-const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// How long [`start`] waits for the broker's first answer (CONNACK): a broker that does not
 /// answer at all fails the start quickly, with a clear error.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -393,6 +391,8 @@ fn insert_rollout(
 struct Actor {
     db: Db,
     clock: Clock,
+    /// Wakes the coordinator when its clock is advanced by hand (tests).
+    jumps: ClockJumps,
     /// The fleet's topic namespace (`mqtt.topic_prefix`).
     topics: Topics,
     public_url: String,
@@ -476,6 +476,7 @@ impl Actor {
             keys,
             fence,
             fenced: false,
+            jumps: clock.jumps(),
             clock,
         }
     }
@@ -561,7 +562,7 @@ impl Actor {
     ) {
         loop {
             self.outbox.flush(&client, &self.shared.counters);
-            let sleep = self.next_wakeup();
+            let wakeup = self.next_wakeup();
             let mut batch = Batch::default();
             let mut replies: Vec<Reply> = Vec::new();
             let mut tx: Option<DbTx> = None;
@@ -595,15 +596,18 @@ impl Actor {
                         }
                         None => break,
                     },
-                    _ = tokio::time::sleep(sleep) => {}
+                    () = sleep_for(wakeup) => {}
+                    () = self.jumps.moved() => {}
                 }
             }
+            let seen = self.jumps.seen();
             self.fire_timers();
             self.drain("server", &mut batch).await;
             let stored = self.commit(batch, tx, &client).await;
             for reply in replies {
                 reply.send(stored, self.fenced);
             }
+            self.jumps.acted(seen);
             if self.fenced {
                 tracing::error!(
                     epoch = self.fence.epoch,
@@ -616,19 +620,19 @@ impl Actor {
         link.stop().await;
     }
 
-    fn next_wakeup(&self) -> Duration {
+    /// How long the coordinator may sleep: until the earliest planner deadline by its clock,
+    /// or the outbox's next retry; `None` when nothing is due ever (a message, a command or a
+    /// jump of the clock wakes it).
+    fn next_wakeup(&self) -> Option<Duration> {
         let now = self.clock.now_millis();
-        self.rollouts
+        let deadline = self
+            .rollouts
             .values()
             .filter_map(|l| l.planner.poll_timeout())
             .min()
-            .map(|t| Duration::from_millis(t.as_unix_millis().saturating_sub(now)).min(MAX_SLEEP))
-            .unwrap_or(Duration::from_secs(3600))
-            .min(if self.outbox.is_empty() {
-                Duration::MAX
-            } else {
-                outbox::RETRY
-            })
+            .map(|t| Duration::from_millis(t.as_unix_millis().saturating_sub(now)));
+        let retry = (!self.outbox.is_empty()).then_some(outbox::RETRY);
+        deadline.into_iter().chain(retry).min()
     }
 
     fn fire_timers(&mut self) {
@@ -642,9 +646,16 @@ impl Actor {
     }
 }
 
+/// Sleeps for `wakeup`, or for ever when it is `None`.
+async fn sleep_for(wakeup: Option<Duration>) {
+    match wakeup {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// An answer to send once the batch is stored.
 enum Reply {
-    Tick(oneshot::Sender<()>),
     View(
         oneshot::Sender<Result<RolloutView, FleetError>>,
         Box<Result<RolloutView, FleetError>>,
@@ -658,9 +669,6 @@ enum Reply {
 impl Reply {
     fn send(self, stored: bool, fenced: bool) {
         match self {
-            Reply::Tick(tx) => {
-                let _ = tx.send(());
-            }
             Reply::View(tx, result) => {
                 let _ = tx.send(stored_or(stored, fenced, *result));
             }

@@ -418,9 +418,6 @@ pub(crate) enum Command {
         operator: String,
         reply: oneshot::Sender<Result<RolloutView, FleetError>>,
     },
-    Tick {
-        reply: oneshot::Sender<()>,
-    },
     Flag {
         name: FlagName,
         edit: FlagEdit,
@@ -516,14 +513,6 @@ impl Fleet {
         })
         .await?;
         rx.await.map_err(|_| FleetError::Stopped)?
-    }
-
-    /// Fires every timer that is due by the server's clock now, and returns once done (for
-    /// clocks advanced by hand; the coordinator also checks at least once a second).
-    pub async fn tick(&self) -> Result<(), FleetError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Tick { reply }).await?;
-        rx.await.map_err(|_| FleetError::Stopped)
     }
 
     /// Applies `edit` to flag `name` for `operator`; answers once the change, its audit record

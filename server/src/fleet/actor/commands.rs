@@ -31,7 +31,6 @@ impl Actor {
         replies: &mut Vec<Reply>,
     ) {
         match cmd {
-            Command::Tick { reply } => replies.push(Reply::Tick(reply)),
             Command::Flag {
                 name,
                 edit,

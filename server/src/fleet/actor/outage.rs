@@ -38,8 +38,8 @@ impl Actor {
     }
 
     /// While read-only: loads the state again (waiting longer after each failure) until it
-    /// loads whole, answering meanwhile heartbeats (acks) and commands (503), and keeping
-    /// device messages. Returns what was kept, or `None` when the coordinator stops.
+    /// loads whole, answering meanwhile heartbeats (acks) and commands (503), keeping device
+    /// messages and taking note of the clock's jumps. Returns what was kept, or `None` when the coordinator stops.
     pub(super) async fn wait_for_db(
         &mut self,
         client: &AsyncClient,
@@ -63,6 +63,11 @@ impl Actor {
                     _ = stop.changed() => return None,
                     cmd = commands.recv() => self.command_read_only(cmd?, client).await,
                     msg = inbound.recv() => self.inbound_read_only(msg?, client, ready).await,
+                    // The timers fire once the state is back (`resume`), by the clock then.
+                    () = self.jumps.moved() => {
+                        let seen = self.jumps.seen();
+                        self.jumps.acted(seen);
+                    }
                     loaded = &mut load => break loaded,
                 }
             };
@@ -105,9 +110,6 @@ impl Actor {
     /// A command while read-only: reads served from memory, changes refused.
     pub(super) async fn command_read_only(&mut self, cmd: Command, client: &AsyncClient) {
         match cmd {
-            Command::Tick { reply } => {
-                let _ = reply.send(());
-            }
             Command::FlagList { reply } => {
                 let _ = reply.send(self.flags.list());
             }
