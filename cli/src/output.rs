@@ -34,8 +34,13 @@ pub(crate) fn s(v: &Value) -> String {
 
 /// A sha256 (hex) shortened to its first 12 characters for tables.
 pub(crate) fn short(digest: &Value) -> String {
-    let d = s(digest);
-    if d.len() > 12 { d[..12].to_string() } else { d }
+    short_text(&s(digest))
+}
+
+/// `text` shortened to its first 12 characters (a sha256 for tables; whatever the server sent,
+/// cut at a character boundary).
+pub(crate) fn short_text(text: &str) -> String {
+    text.chars().take(12).collect()
 }
 
 /// Unix seconds as RFC 3339 (`-` when absent).

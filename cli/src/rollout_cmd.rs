@@ -8,13 +8,17 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use ota_core::fleet::RolloutId;
 use ota_core::release::{Limits, SignedRelease};
-use ota_server::fleet::RolloutRequest;
+use ota_core::rollout::RolloutStatus;
+use ota_demo::api::{rollout_view, rollout_views};
+use ota_server::db::TransferTotals;
+use ota_server::fleet::view::WaveView;
+use ota_server::fleet::{RolloutRequest, RolloutView};
 use serde_json::{Value, json};
 
-use crate::api::{Api, ServerArgs};
+use crate::api::{Api, ServerArgs, cli_error};
 use crate::error::CliError;
 use crate::files;
-use crate::output::{out, percent_of, print_json, s, short, table, time};
+use crate::output::{out, percent_of, print_json, s, short_text, table, time};
 use crate::values::{parse_duration, parse_percent, parse_rate};
 
 /// `ota rollout <command>`.
@@ -171,29 +175,22 @@ pub(crate) fn run(cmd: RolloutCommand) -> Result<(), CliError> {
             if args.json {
                 return print_json(&answer);
             }
-            let rows: Vec<Vec<String>> = answer["rollouts"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
+            let rows: Vec<Vec<String>> = rollout_views(&answer)
+                .map_err(cli_error)?
                 .iter()
                 .map(|r| {
-                    let targets = r["targets"].as_u64().unwrap_or(0);
-                    let done = done_count(&r["totals"]);
                     vec![
-                        s(&r["id"]),
-                        s(&r["status"]),
-                        s(&r["version"]),
-                        short(&r["release"]),
-                        r["current_wave"]
-                            .as_u64()
-                            .map(|w| {
-                                format!("{}/{}", w + 1, r["waves"].as_array().map_or(0, Vec::len))
-                            })
+                        r.id.to_string(),
+                        r.status.to_string(),
+                        version(r),
+                        short_text(&r.release),
+                        r.current_wave
+                            .map(|w| format!("{}/{}", w + 1, r.waves.len()))
                             .unwrap_or_else(|| "-".into()),
-                        format!("{done}/{targets}"),
-                        s(&r["created_by"]),
-                        time(&r["created_at"]),
-                        s(&r["filter"]),
+                        format!("{}/{}", done_count(&r.totals), r.targets),
+                        r.created_by.clone(),
+                        time(&json!(r.created_at)),
+                        r.filter.clone(),
                     ]
                 })
                 .collect();
@@ -242,24 +239,22 @@ fn create(args: &CreateArgs) -> Result<(), CliError> {
     if args.json {
         return print_json(&answer);
     }
-    let r = &answer["rollout"];
+    let r = rollout_view(&answer).map_err(cli_error)?;
     let mut text = String::new();
-    let headline = match r["status"].as_str() {
-        Some("dry-run") => format!(
-            "dry run (rollout {} recorded, nobody notified)",
-            s(&r["id"])
-        ),
-        Some("awaiting-approval") => format!(
+    let headline = match r.status {
+        RolloutStatus::DryRun => format!("dry run (rollout {} recorded, nobody notified)", r.id),
+        RolloutStatus::AwaitingApproval => format!(
             "rollout {} created: forced reinstall, waiting for a second operator: ota rollout approve {}",
-            s(&r["id"]),
-            s(&r["id"])
+            r.id, r.id
         ),
-        _ => format!("rollout {} created and started", s(&r["id"])),
+        _ => format!("rollout {} created and started", r.id),
     };
     text.push_str(&headline);
     text.push('\n');
-    for warning in r["warnings"]
-        .as_array()
+    for warning in r
+        .warnings
+        .as_ref()
+        .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default()
     {
@@ -267,25 +262,28 @@ fn create(args: &CreateArgs) -> Result<(), CliError> {
     }
     text.push_str(&format!(
         "release {} ({})\ntargets {}: {} deploy(s) (new digest), {} redeploy(s) (already running it: {})\n",
-        s(&r["version"]),
-        s(&r["release"]),
-        s(&r["targets"]),
-        s(&r["deploys"]),
-        s(&r["redeploys"]),
+        version(&r),
+        r.release,
+        r.targets,
+        r.deploys,
+        r.redeploys,
         if args.force_reinstall {
             "reinstalled, forced"
         } else {
             "they report skipped-identical"
         },
     ));
-    if let Some(n) = r["excluded"]["incompatible_hardware"].as_u64()
+    if let Some(n) = r
+        .excluded
+        .as_ref()
+        .and_then(|e| e["incompatible_hardware"].as_u64())
         && n > 0
     {
         text.push_str(&format!(
             "left out: {n} matching device(s) of a hardware class the release does not list\n"
         ));
     }
-    if let Some(conflicts) = r["conflicts"].as_array()
+    if let Some(conflicts) = r.conflicts.as_ref().and_then(Value::as_array)
         && !conflicts.is_empty()
     {
         text.push_str(&format!(
@@ -300,17 +298,17 @@ fn create(args: &CreateArgs) -> Result<(), CliError> {
             ));
         }
     }
-    let waves = r["waves"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let rows: Vec<Vec<String>> = waves
+    let rows: Vec<Vec<String>> = r
+        .waves
         .iter()
         .map(|w| {
             vec![
                 wave_number(w),
-                format!("{}%", s(&w["share"])),
-                s(&w["members"]),
-                s(&w["cumulative_members"]),
-                s(&w["deploys"]),
-                s(&w["redeploys"]),
+                format!("{}%", share(w)),
+                w.members.to_string(),
+                w.cumulative_members.to_string(),
+                w.deploys.to_string(),
+                w.redeploys.to_string(),
             ]
         })
         .collect();
@@ -336,26 +334,48 @@ fn operate(
     if json {
         return print_json(&answer);
     }
-    let r = &answer["rollout"];
-    let mut line = format!("rollout {id}: {}", s(&r["status"]));
-    if let Some(by) = r["approved_by"].as_str() {
+    let r = rollout_view(&answer).map_err(cli_error)?;
+    let mut line = format!("rollout {id}: {}", r.status);
+    if let Some(by) = &r.approved_by {
         line.push_str(&format!(" (approved by {by})"));
     }
-    if let Some(reason) = r["abort_reason"]["message"].as_str() {
+    if let Some(reason) = abort_message(&r) {
         line.push_str(&format!(" ({reason})"));
     }
     out(&format!(
         "{line}\n{}{}",
-        recall_text(r),
-        no_rollback_text(r)
+        recall_text(&r),
+        no_rollback_text(&r)
     ))
 }
 
 /// A wave's number in human output: 1-based (the API's `index` is 0-based).
-fn wave_number(w: &Value) -> String {
-    w["index"]
-        .as_u64()
-        .map_or_else(|| "?".to_owned(), |i| (i + 1).to_string())
+fn wave_number(w: &WaveView) -> String {
+    (w.index + 1).to_string()
+}
+
+/// A wave's cumulative share as the API writes it (`1.0`, `12.5`, `0.25`).
+fn share(w: &WaveView) -> String {
+    share_text(w.share)
+}
+
+/// A percentage as JSON writes it: whole numbers with one decimal.
+fn share_text(share: f64) -> String {
+    if share.fract() == 0.0 {
+        format!("{share:.1}")
+    } else {
+        share.to_string()
+    }
+}
+
+/// The release's version, `-` when the server does not know it.
+fn version(r: &RolloutView) -> String {
+    r.version.clone().unwrap_or_else(|| "-".into())
+}
+
+/// Why the rollout aborted, in the server's words.
+fn abort_message(r: &RolloutView) -> Option<&str> {
+    r.abort_reason.as_ref().and_then(|a| a["message"].as_str())
 }
 
 /// Devices that reached a final state.
@@ -377,58 +397,54 @@ fn bar(done: u64, total: u64, width: usize) -> String {
 }
 
 /// The rollout as text: headline, a bar per wave, counts per state, failures by phase.
-fn render(r: &Value, bars: bool) -> String {
+fn render(r: &RolloutView, bars: bool) -> String {
     let mut text = format!(
         "rollout {} — {} {} ({})\nstatus: {}",
-        s(&r["id"]),
-        s(&r["version"]),
-        short(&r["release"]),
-        s(&r["filter"]),
-        s(&r["status"])
+        r.id,
+        version(r),
+        short_text(&r.release),
+        r.filter,
+        r.status
     );
-    if let Some(w) = r["current_wave"].as_u64() {
+    if let Some(w) = r.current_wave {
         text.push_str(&format!(
             ", wave {} of {}, {}",
             w + 1,
-            r["waves"].as_array().map_or(0, Vec::len),
-            s(&r["phase"])
+            r.waves.len(),
+            r.phase.as_deref().unwrap_or("-")
         ));
     }
-    if let Some(reason) = r["abort_reason"]["message"].as_str() {
+    if let Some(reason) = abort_message(r) {
         text.push_str(&format!(" — {reason}"));
     }
     text.push_str(&format!(
         "\ntargets {}: {} deploys, {} redeploys, {} offline; created by {}{}\n",
-        s(&r["targets"]),
-        s(&r["deploys"]),
-        s(&r["redeploys"]),
-        s(&r["offline"]),
-        s(&r["created_by"]),
-        r["approved_by"]
-            .as_str()
+        r.targets,
+        r.deploys,
+        r.redeploys,
+        r.offline,
+        r.created_by,
+        r.approved_by
+            .as_ref()
             .map(|a| format!(", approved by {a}"))
             .unwrap_or_default()
     ));
     if bars {
-        for w in r["waves"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            let members = w["members"].as_u64().unwrap_or(0);
-            let done = done_count(&w["counts"]);
+        for w in &r.waves {
+            let members = u64::from(w.members);
+            let done = done_count(&w.counts);
             text.push_str(&format!(
                 "wave {} {:>6}% {} {done}/{members} done, {} succeeded, {} failed{}\n",
                 wave_number(w),
-                s(&w["share"]),
+                share(w),
                 bar(done, members, 30),
-                s(&w["counts"]["succeeded"]),
-                s(&w["counts"]["failures"]),
-                if w["started_at"].is_null() {
-                    " (not started)"
-                } else {
-                    ""
-                }
+                s(&w.counts["succeeded"]),
+                s(&w.counts["failures"]),
+                not_started(w)
             ));
         }
     }
-    let totals = &r["totals"];
+    let totals = &r.totals;
     let counts: Vec<String> = ota_core::rollout::STATE_NAMES
         .iter()
         .filter_map(|k| {
@@ -458,27 +474,33 @@ fn render(r: &Value, bars: bool) -> String {
         s(&totals["failures"]),
         s(&totals["executed"])
     ));
-    text.push_str(&downloads_text(&r["downloads"]));
+    text.push_str(&downloads_text(r.downloads.as_ref()));
     text.push_str(&recall_text(r));
     text.push_str(&no_rollback_text(r));
     text
 }
 
-/// The rollout's download totals in one line (`downloads: ...`), empty when the view has none.
-fn downloads_text(d: &Value) -> String {
-    if !d.is_object() {
-        return String::new();
+/// ` (not started)` after a wave that has not started.
+fn not_started(w: &WaveView) -> &'static str {
+    if w.started_at.is_none() {
+        " (not started)"
+    } else {
+        ""
     }
-    let n = d["downloads"].as_u64().unwrap_or(0);
-    if n == 0 {
+}
+
+/// The rollout's download totals in one line (`downloads: ...`), empty when the view has none.
+fn downloads_text(d: Option<&TransferTotals>) -> String {
+    let Some(d) = d else {
+        return String::new();
+    };
+    if d.downloads == 0 {
         return "downloads: none reported yet\n".to_string();
     }
-    let fetched = d["fetched_bytes"].as_u64().unwrap_or(0);
-    let full = d["full_bytes"].as_u64().unwrap_or(0);
-    let saved = d["saved_bytes"].as_u64().unwrap_or(0);
+    let (fetched, full, saved) = (d.fetched_bytes, d.full_bytes, d.saved_bytes);
     format!(
         "downloads: {} device(s) fetched {} of {} ({fetched} of {full} bytes), saved {} ({})\n",
-        s(&d["devices"]),
+        d.devices,
         indicatif::HumanBytes(fetched),
         indicatif::HumanBytes(full),
         indicatif::HumanBytes(saved),
@@ -488,11 +510,10 @@ fn downloads_text(d: &Value) -> String {
 
 /// After an abort: where the devices it sent back are, in one line (`recall: ...`); empty when
 /// it sent none back.
-fn recall_text(r: &Value) -> String {
-    let c = &r["recall"];
-    if !c.is_object() {
+fn recall_text(r: &RolloutView) -> String {
+    let Some(c) = r.recall.as_ref().filter(|c| c.is_object()) else {
         return String::new();
-    }
+    };
     format!(
         "recall: {} device(s) sent back: {} back, {} pending, {} failed, {} superseded\n",
         s(&c["sent"]),
@@ -505,11 +526,8 @@ fn recall_text(r: &Value) -> String {
 
 /// The devices an abort left on the release (no rollback target they would accept), one
 /// line each; empty when there is none.
-fn no_rollback_text(r: &Value) -> String {
-    let list = r["no_rollback_target"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+fn no_rollback_text(r: &RolloutView) -> String {
+    let list = &r.no_rollback_target;
     if list.is_empty() {
         return String::new();
     }
@@ -533,30 +551,23 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// One `status --watch` block off a terminal: the answer as one JSON line, or the full text
 /// status with its per-wave lines.
-fn watch_block(answer: &Value, json: bool) -> String {
+fn watch_block(answer: &Value, r: &RolloutView, json: bool) -> String {
     if json {
         format!("{answer}\n")
     } else {
-        render(&answer["rollout"], true)
+        render(r, true)
     }
-}
-
-fn is_final(status: &Value) -> bool {
-    matches!(status.as_str(), Some("completed" | "aborted" | "dry-run"))
 }
 
 /// How a watch ends for the rollout view `r` in a final state: completed (or a dry run) is
 /// success, aborted is [`CliError::RolloutAborted`] (exit status 4).
-fn watch_outcome(id: RolloutId, r: &Value) -> Result<(), CliError> {
-    if r["status"] != "aborted" {
+fn watch_outcome(id: RolloutId, r: &RolloutView) -> Result<(), CliError> {
+    if r.status != RolloutStatus::Aborted {
         return Ok(());
     }
     Err(CliError::RolloutAborted {
         id,
-        reason: r["abort_reason"]["message"]
-            .as_str()
-            .unwrap_or("no reason given")
-            .to_owned(),
+        reason: abort_message(r).unwrap_or("no reason given").to_owned(),
     })
 }
 
@@ -568,7 +579,7 @@ fn status(args: &StatusArgs) -> Result<(), CliError> {
         if args.json {
             return print_json(&answer);
         }
-        return out(&render(&answer["rollout"], true));
+        return out(&render(&rollout_view(&answer).map_err(cli_error)?, true));
     }
     // The bars are drawn on stdout (see `watch_bars`), so that is the stream to check.
     if args.json || !std::io::stdout().is_terminal() {
@@ -576,13 +587,15 @@ fn status(args: &StatusArgs) -> Result<(), CliError> {
         let mut last = String::new();
         loop {
             let answer = api.get(&path, &[])?;
-            let block = watch_block(&answer, args.json);
+            let r = rollout_view(&answer).map_err(cli_error)?;
+            let block = watch_block(&answer, &r, args.json);
             if block != last {
                 out(&block)?;
                 last = block;
             }
-            if is_final(&answer["rollout"]["status"]) {
-                return watch_outcome(args.id, &answer["rollout"]);
+            // Over once it no longer holds its targets (completed, aborted, a dry run).
+            if !r.status.is_active() {
+                return watch_outcome(args.id, &r);
             }
             std::thread::sleep(WATCH_EVERY);
         }
@@ -602,14 +615,13 @@ fn watch_bars(api: &Api, id: RolloutId, path: &str) -> Result<(), CliError> {
     let mut bars: Vec<ProgressBar> = Vec::new();
     let footer = multi.add(ProgressBar::new_spinner());
     loop {
-        let answer = api.get(path, &[])?;
-        let r = &answer["rollout"];
-        let waves = r["waves"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let r = rollout_view(&api.get(path, &[])?).map_err(cli_error)?;
+        let waves = &r.waves;
         while bars.len() < waves.len() {
             let b = multi.insert_before(&footer, ProgressBar::new(0).with_style(style.clone()));
             bars.push(b);
         }
-        let text = render(r, false);
+        let text = render(&r, false);
         let mut lines = text.lines();
         header.set_message(
             [lines.next(), lines.next(), lines.next()]
@@ -619,28 +631,24 @@ fn watch_bars(api: &Api, id: RolloutId, path: &str) -> Result<(), CliError> {
                 .join(" | "),
         );
         for (b, w) in bars.iter().zip(waves) {
-            b.set_prefix(format!("wave {} {}%", wave_number(w), s(&w["share"])));
-            b.set_length(w["members"].as_u64().unwrap_or(0));
-            b.set_position(done_count(&w["counts"]));
+            b.set_prefix(format!("wave {} {}%", wave_number(w), share(w)));
+            b.set_length(u64::from(w.members));
+            b.set_position(done_count(&w.counts));
             b.set_message(format!(
                 "succeeded {} failed {}{}",
-                s(&w["counts"]["succeeded"]),
-                s(&w["counts"]["failures"]),
-                if w["started_at"].is_null() {
-                    " (not started)"
-                } else {
-                    ""
-                }
+                s(&w.counts["succeeded"]),
+                s(&w.counts["failures"]),
+                not_started(w)
             ));
         }
         footer.set_message(lines.collect::<Vec<_>>().join(" | "));
-        if is_final(&r["status"]) {
+        if !r.status.is_active() {
             header.finish();
             for b in &bars {
                 b.finish();
             }
             footer.finish();
-            return watch_outcome(id, r);
+            return watch_outcome(id, &r);
         }
         std::thread::sleep(WATCH_EVERY);
     }
@@ -655,27 +663,42 @@ mod tests {
         assert_eq!(bar(5, 10, 10), "[#####.....]");
     }
 
+    #[test]
+    fn shares_read_as_the_api_writes_them() {
+        for share in [1.0, 5.0, 12.5, 0.25, 100.0] {
+            assert_eq!(share_text(share), json!(share).to_string());
+        }
+    }
+
     /// Issue 4: `status --watch` off a terminal keeps the per-wave lines.
     #[test]
     fn watch_blocks_off_a_terminal_keep_the_waves() {
         let counts = json!({ "succeeded": 3, "failures": 1, "queued": 6 });
+        let wave = |index: usize, members: u32, counts: Value, started_at: Value| {
+            json!({ "index": index, "share": 50.0 * (index as f64 + 1.0), "members": members,
+                    "cumulative_members": members, "deploys": members, "redeploys": 0,
+                    "unsettled": 0, "succeeded_offline": 0, "succeeded_unhealthy": 0,
+                    "counts": counts, "started_at": started_at })
+        };
         let answer = json!({ "rollout": {
             "id": 7, "version": "2.0.0", "release": "ab", "filter": "all",
             "status": "running", "current_wave": 0, "phase": "baking",
             "targets": 10, "deploys": 10, "redeploys": 0, "offline": 0, "created_by": "alice",
+            "created_at": 1, "updated_at": 1, "spec": {},
             "totals": counts,
-            "waves": [
-                { "index": 0, "share": 50.0, "members": 4, "counts": counts,
-                  "started_at": 1 },
-                { "index": 1, "share": 100.0, "members": 6, "counts": { "queued": 6 },
-                  "started_at": null },
-            ],
+            "waves": [wave(0, 4, counts.clone(), json!(1)),
+                      wave(1, 6, json!({ "queued": 6 }), Value::Null)],
         }});
-        let text = watch_block(&answer, false);
+        let r = rollout_view(&answer).unwrap();
+        let text = watch_block(&answer, &r, false);
         let waves: Vec<&str> = text.lines().filter(|l| l.starts_with("wave ")).collect();
         assert_eq!(waves.len(), 2, "{text}");
         assert!(waves[1].ends_with("(not started)"), "{text}");
-        let line = watch_block(&answer, true);
+        assert!(
+            waves[0].contains(" 4/4 done, 3 succeeded, 1 failed"),
+            "{text}"
+        );
+        let line = watch_block(&answer, &r, true);
         assert_eq!(line.lines().count(), 1);
         assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), answer);
     }
@@ -687,13 +710,14 @@ mod tests {
         let answer = json!({ "rollout": {
             "id": 7, "version": "2.0.0", "release": "ab", "filter": "all",
             "status": "aborted", "targets": 1, "deploys": 1, "redeploys": 0, "offline": 0,
-            "created_by": "alice", "totals": { "succeeded": 1 }, "waves": [],
+            "created_by": "alice", "created_at": 1, "updated_at": 1, "spec": {},
+            "totals": { "succeeded": 1 }, "waves": [],
             "no_rollback_target": [
                 { "device": "gw-1", "cause": "security-floor", "message": "below the floor" },
             ],
             "recall": { "sent": 3, "pending": 1, "back": 2, "failed": 0, "superseded": 0 },
         }});
-        let text = watch_block(&answer, false);
+        let text = render(&rollout_view(&answer).unwrap(), true);
         assert!(
             text.contains("no-rollback-target: 1 device(s)")
                 && text.contains("gw-1 security-floor: below the floor"),
@@ -704,6 +728,18 @@ mod tests {
                 "recall: 3 device(s) sent back: 2 back, 1 pending, 0 failed, 0 superseded"
             ),
             "{text}"
+        );
+    }
+
+    /// A view the CLI cannot read (a status it does not know) is a typed error, not a panic
+    /// or a guess.
+    #[test]
+    fn a_view_that_does_not_read_is_refused_clearly() {
+        let answer = json!({ "rollout": { "id": 7, "status": "sideways" } });
+        let err = rollout_view(&answer).unwrap_err();
+        assert!(
+            matches!(&err, ota_demo::api::ApiError::Unexpected(why) if why.contains("rollout view")),
+            "{err}"
         );
     }
 }

@@ -1029,14 +1029,22 @@ fn rollout_view(status: &str) -> String {
         "abort_reason": if status == "aborted" {
             serde_json::json!({ "kind": "failure-threshold", "message": "3 of 4 executed devices failed" })
         } else { serde_json::Value::Null },
-        "created_by": "alice", "targets": 4, "deploys": 4, "redeploys": 0, "offline": 0,
+        "created_by": "alice", "created_at": 1, "updated_at": 2, "spec": {},
+        "targets": 4, "deploys": 4, "redeploys": 0, "offline": 0,
         "totals": { "succeeded": 1, "failures": 3, "executed": 4, "failed": {} },
-        "waves": [
-            { "index": 0, "share": 50.0, "members": 2, "started_at": 1, "counts": { "succeeded": 1, "failures": 1 } },
-            { "index": 1, "share": 100.0, "members": 2, "started_at": 2, "counts": { "succeeded": 0, "failures": 2 } }
-        ]
+        "waves": [wave(0, 50.0, 1, 1), wave(1, 100.0, 0, 2)]
     }})
     .to_string()
+}
+
+/// A wave of two members of a [`rollout_view`], as the server writes it.
+fn wave(index: u32, share: f64, succeeded: u32, started_at: u64) -> serde_json::Value {
+    serde_json::json!({
+        "index": index, "share": share, "members": 2, "cumulative_members": 2 * (index + 1),
+        "deploys": 2, "redeploys": 0, "unsettled": 0, "succeeded_offline": 0,
+        "succeeded_unhealthy": 0, "started_at": started_at,
+        "counts": { "succeeded": succeeded, "failures": 2 - succeeded }
+    })
 }
 
 /// Issues 12.9 and 12.13: `rollout status --watch` exits 4 when the rollout aborted and 0 when

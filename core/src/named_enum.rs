@@ -60,3 +60,30 @@ macro_rules! named_enum {
         }
     };
 }
+
+/// Serde for a [`named_enum!`] type, by its name: written as the name, read from a name
+/// (anything else is an error naming the type). Behind core's `serde` feature.
+#[cfg(feature = "serde")]
+macro_rules! serde_by_name {
+    ($ty:ident) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let name = <alloc::borrow::Cow<'de, str>>::deserialize(d)?;
+                $ty::parse(&name).ok_or_else(|| {
+                    serde::de::Error::custom(alloc::format!(
+                        concat!("not a ", stringify!($ty), ": {:?}"),
+                        name
+                    ))
+                })
+            }
+        }
+    };
+}
+#[cfg(feature = "serde")]
+pub(crate) use serde_by_name;

@@ -9,17 +9,18 @@
 //! calls its own API over HTTP (the console calls the router in process).
 //!
 //! Answers are the server's JSON as it sent it (`serde_json::Value`): the CLI prints them as
-//! they are with `--json`, and the server's views are not `Deserialize`.
+//! they are with `--json`. A rollout view reads typed with [`rollout_view`] (the server's own
+//! [`RolloutView`](ota_server::fleet::RolloutView)).
 //!
 //! [`RolloutRequest`]: ota_server::fleet::RolloutRequest
 
 use std::time::Duration;
 
 use ota_core::fleet::RolloutId;
-use ota_server::fleet::FlagSetRequest;
+use ota_server::fleet::{FlagSetRequest, RolloutView};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, Method, RequestBuilder};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::firmware::Build;
@@ -55,6 +56,19 @@ pub fn rollout_id(view: &Value) -> Result<RolloutId, ApiError> {
         .as_i64()
         .and_then(RolloutId::new)
         .ok_or_else(|| ApiError::Unexpected(format!("a rollout view without an id: {view}")))
+}
+
+/// The rollout view a create, status or command answer holds (`{ "rollout": RolloutView }`),
+/// typed.
+pub fn rollout_view(answer: &Value) -> Result<RolloutView, ApiError> {
+    RolloutView::deserialize(&answer["rollout"])
+        .map_err(|e| ApiError::Unexpected(format!("a rollout view that does not read: {e}")))
+}
+
+/// The rollout views a list answer holds (`{ "rollouts": [RolloutView] }`), typed.
+pub fn rollout_views(answer: &Value) -> Result<Vec<RolloutView>, ApiError> {
+    Vec::<RolloutView>::deserialize(&answer["rollouts"])
+        .map_err(|e| ApiError::Unexpected(format!("a rollout list that does not read: {e}")))
 }
 
 /// An operator's client of one server. Its `Debug` hides the token.

@@ -188,7 +188,7 @@ async fn deploy(lab: &mut Lab, opts: &StoryOptions, v2: &Build) -> Result<StepRe
         let r = lab.api().rollout(id).await?;
         view.update(&r);
         plug_in_deferred(lab, &mut deferred_since, opts.plug_in_after)?;
-        if is_final(r["status"].as_str().unwrap_or_default()) || monotonic_now() > deadline {
+        if is_final(&r) || monotonic_now() > deadline {
             break r;
         }
         tokio::time::sleep(crate::watch::POLL).await;
@@ -244,15 +244,15 @@ async fn deploy(lab: &mut Lab, opts: &StoryOptions, v2: &Build) -> Result<StepRe
     // (unless the image is one chunk, nothing to copy), and the server counts each device's
     // download once.
     let (fetched, full) = report.transfer;
+    let chunks = v2.chunks();
     report.expect(
         full == want,
         format!("the server counted downloads of {full} full bytes; expected {want}"),
     );
     report.expect(
-        fetched < full || v2.chunks() < 2,
+        fetched < full || chunks < 2,
         format!(
-            "the devices fetched {fetched} of {full} bytes: the delta saved nothing ({} chunks)",
-            v2.chunks()
+            "the devices fetched {fetched} of {full} bytes: the delta saved nothing ({chunks} chunks)"
         ),
     );
     Ok(report)
@@ -268,10 +268,7 @@ async fn roll_to_end(
 ) -> Result<Value, LabError> {
     let r = lab.api().create_rollout(spec).await?;
     let id = rollout_id(&r)?;
-    let last = follow(lab.api(), id, view, patience, |r| {
-        is_final(r["status"].as_str().unwrap_or_default())
-    })
-    .await;
+    let last = follow(lab.api(), id, view, patience, is_final).await;
     view.finish();
     last
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ota_core::fleet::RolloutId;
+use ota_core::rollout::RolloutStatus;
 use serde_json::Value;
 
 use crate::LabError;
@@ -14,9 +15,13 @@ use crate::api::Api;
 /// How often a followed rollout is read.
 pub const POLL: Duration = Duration::from_millis(200);
 
-/// Whether a rollout status is final.
-pub fn is_final(status: &str) -> bool {
-    matches!(status, "completed" | "aborted")
+/// Whether rollout view `r` is over: its status (core's [`RolloutStatus`]) no longer holds
+/// its targets (completed or aborted; a dry run never did).
+pub fn is_final(r: &Value) -> bool {
+    r["status"]
+        .as_str()
+        .and_then(RolloutStatus::parse)
+        .is_some_and(|status| !status.is_active())
 }
 
 /// The non-zero counts of `counts` (a rollout view's `totals` or a wave's `counts`), as

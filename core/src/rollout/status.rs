@@ -21,6 +21,9 @@ crate::named_enum! {
     }
 }
 
+#[cfg(feature = "serde")]
+crate::named_enum::serde_by_name!(RolloutStatus);
+
 impl RolloutStatus {
     /// Whether a rollout in this status holds its targets: awaiting approval, running or
     /// paused. A device is held by at most one such rollout (a new rollout over it is a
@@ -45,5 +48,27 @@ mod tests {
         assert_eq!(RolloutStatus::parse("Running"), None);
         assert_eq!(RolloutStatus::parse("created"), None);
         assert_eq!(RolloutStatus::parse(""), None);
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use alloc::string::ToString;
+
+    use serde::Deserialize;
+    use serde::de::IntoDeserializer;
+    use serde::de::value::Error;
+
+    use super::*;
+
+    #[test]
+    fn a_status_reads_from_its_name_only() {
+        let read =
+            |t: &str| RolloutStatus::deserialize(IntoDeserializer::<Error>::into_deserializer(t));
+        for status in RolloutStatus::ALL {
+            assert_eq!(read(status.name()), Ok(status));
+        }
+        let err = read("Running").unwrap_err().to_string();
+        assert_eq!(err, "not a RolloutStatus: \"Running\"");
     }
 }

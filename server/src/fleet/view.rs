@@ -3,8 +3,8 @@
 
 use ota_core::fleet::RolloutId;
 use ota_core::rollout::{
-    AbortReason, ExecutionState, NoRollbackCause, RecallCounts, Rollout, RolloutState, StateCounts,
-    TargetView, WavePhase,
+    AbortReason, ExecutionState, NoRollbackCause, RecallCounts, Rollout, RolloutState,
+    RolloutStatus, StateCounts, TargetView, WavePhase,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -24,8 +24,9 @@ pub struct RolloutView {
     pub version: Option<String>,
     /// The device filter.
     pub filter: String,
-    /// `dry-run`, `awaiting-approval`, `running`, `paused`, `completed` or `aborted`.
-    pub status: String,
+    /// Where it is: `dry-run`, `awaiting-approval`, `running`, `paused`, `completed` or
+    /// `aborted` on the wire.
+    pub status: RolloutStatus,
     /// The current wave, while running or paused.
     pub current_wave: Option<usize>,
     /// `notifying`, `baking` or `held`, while running or paused.
@@ -256,7 +257,7 @@ impl RolloutView {
             release: record.release_digest.to_string(),
             version,
             filter: record.filter.clone(),
-            status: status.state.name().to_string(),
+            status: status.state.status(),
             current_wave: status.current_wave,
             phase: phase.map(str::to_string),
             bake_until,

@@ -18,6 +18,7 @@ use ota_demo::api::rollout_id;
 use ota_demo::device::Device;
 use ota_demo::firmware::Build;
 use ota_demo::lab::{Lab, LabOptions, unix_now};
+use ota_demo::watch::is_final;
 use ota_server::broker::{BrokerSettings, EmbeddedBroker};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
@@ -162,10 +163,7 @@ impl World {
 
     /// Waits until rollout `id` is completed or aborted; answers its view.
     pub async fn finished(&self, id: RolloutId) -> Value {
-        self.wait_rollout(id, |r| {
-            matches!(r["status"].as_str(), Some("completed" | "aborted"))
-        })
-        .await
+        self.wait_rollout(id, is_final).await
     }
 
     /// Waits until `pred` holds for rollout `id`'s view.
