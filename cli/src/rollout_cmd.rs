@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use ota_core::fleet::RolloutId;
 use ota_core::release::{Limits, SignedRelease};
-use ota_core::rollout::RolloutStatus;
+use ota_core::rollout::{RolloutStatus, WavePhaseKind};
 use ota_demo::api::{rollout_view, rollout_views};
 use ota_server::db::TransferTotals;
 use ota_server::fleet::view::WaveView;
@@ -411,7 +411,7 @@ fn render(r: &RolloutView, bars: bool) -> String {
             ", wave {} of {}, {}",
             w + 1,
             r.waves.len(),
-            r.phase.as_deref().unwrap_or("-")
+            r.phase.map_or("-", WavePhaseKind::name)
         ));
     }
     if let Some(reason) = abort_message(r) {

@@ -113,7 +113,7 @@ pub use planner::{
 };
 pub use recall::{RecallCounts, RecallState};
 pub use spec::{DEFAULT_MIN_EXECUTED, MAX_WAVES, Ratio, RolloutSpec, Target};
-pub use status::RolloutStatus;
+pub use status::{RolloutStatus, WavePhaseKind};
 
 /// The per-device execution states, shared with the wire protocol.
 pub use crate::wire::{ExecutionState, FailurePhase};

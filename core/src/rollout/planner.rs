@@ -12,7 +12,7 @@ use super::cohort::{assign_cohorts, cohort_of, cohort_point};
 use super::counts::{is_deferred, is_in_flight, took_release};
 use super::no_rollback::{NoRollback, NoRollbackCause};
 use super::recall::{Recall, RecallCounts, RecallState};
-use super::status::RolloutStatus;
+use super::status::{RolloutStatus, WavePhaseKind};
 use super::{MAX_WAVES, Ratio, RolloutError, RolloutSpec, StateCounts, Target};
 use crate::digest::Digest;
 use crate::time::Timestamp;
@@ -123,6 +123,17 @@ pub enum WavePhase {
     /// report; an operator may abort.
     #[n(2)]
     Held,
+}
+
+impl WavePhase {
+    /// The phase without its details, by name.
+    pub fn kind(&self) -> WavePhaseKind {
+        match self {
+            WavePhase::Notifying => WavePhaseKind::Notifying,
+            WavePhase::Baking { .. } => WavePhaseKind::Baking,
+            WavePhase::Held => WavePhaseKind::Held,
+        }
+    }
 }
 
 /// Why a rollout aborted.

@@ -1,5 +1,6 @@
 //! A rollout's status: its [`RolloutState`](super::RolloutState) by name only, what the server
-//! stores in the `rollouts` table, lists and counts by (`/metrics`).
+//! stores in the `rollouts` table, lists and counts by (`/metrics`); and its current wave's
+//! phase by name ([`WavePhaseKind`]), what the rollout view shows.
 
 crate::named_enum! {
     /// Where a rollout is, without the details (wave, phase, abort reason). Its name is
@@ -23,6 +24,23 @@ crate::named_enum! {
 
 #[cfg(feature = "serde")]
 crate::named_enum::serde_by_name!(RolloutStatus);
+
+crate::named_enum! {
+    /// A [`WavePhase`](super::WavePhase) without its details (the bake's end): where the
+    /// current wave is, by name.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum WavePhaseKind {
+        /// Members are being notified and run the update.
+        Notifying => "notifying",
+        /// Every member settled; the wave is watched until the bake ends.
+        Baking => "baking",
+        /// The gate was judged and not met.
+        Held => "held",
+    }
+}
+
+#[cfg(feature = "serde")]
+crate::named_enum::serde_by_name!(WavePhaseKind);
 
 impl RolloutStatus {
     /// Whether a rollout in this status holds its targets: awaiting approval, running or
@@ -70,5 +88,15 @@ mod serde_tests {
         }
         let err = read("Running").unwrap_err().to_string();
         assert_eq!(err, "not a RolloutStatus: \"Running\"");
+    }
+
+    #[test]
+    fn a_phase_reads_from_its_name_only() {
+        let read =
+            |t: &str| WavePhaseKind::deserialize(IntoDeserializer::<Error>::into_deserializer(t));
+        for phase in WavePhaseKind::ALL {
+            assert_eq!(read(phase.name()), Ok(phase));
+        }
+        assert!(read("baked").is_err());
     }
 }

@@ -4,7 +4,7 @@
 use ota_core::fleet::RolloutId;
 use ota_core::rollout::{
     AbortReason, ExecutionState, NoRollbackCause, RecallCounts, Rollout, RolloutState,
-    RolloutStatus, StateCounts, TargetView, WavePhase,
+    RolloutStatus, StateCounts, TargetView, WavePhase, WavePhaseKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -29,8 +29,9 @@ pub struct RolloutView {
     pub status: RolloutStatus,
     /// The current wave, while running or paused.
     pub current_wave: Option<usize>,
-    /// `notifying`, `baking` or `held`, while running or paused.
-    pub phase: Option<String>,
+    /// The current wave's phase (`notifying`, `baking` or `held` on the wire), while running
+    /// or paused.
+    pub phase: Option<WavePhaseKind>,
     /// When the bake ends (unix seconds, rounded up), while baking.
     pub bake_until: Option<u64>,
     /// Why it aborted.
@@ -222,13 +223,13 @@ impl RolloutView {
     pub fn new(record: &RolloutRecord, planner: &Rollout, version: Option<String>) -> Self {
         let status = planner.status();
         let (phase, bake_until) = match &status.state {
-            RolloutState::Running { phase, .. } | RolloutState::Paused { phase, .. } => match phase
-            {
-                WavePhase::Notifying => (Some("notifying"), None),
-                WavePhase::Baking { until } => (Some("baking"), Some(until.as_unix_secs_ceil())),
-                WavePhase::Held => (Some("held"), None),
-                _ => (None, None),
-            },
+            RolloutState::Running { phase, .. } | RolloutState::Paused { phase, .. } => {
+                let until = match phase {
+                    WavePhase::Baking { until } => Some(until.as_unix_secs_ceil()),
+                    _ => None,
+                };
+                (Some(phase.kind()), until)
+            }
             _ => (None, None),
         };
         let abort_reason = match &status.state {
@@ -259,7 +260,7 @@ impl RolloutView {
             filter: record.filter.clone(),
             status: status.state.status(),
             current_wave: status.current_wave,
-            phase: phase.map(str::to_string),
+            phase,
             bake_until,
             abort_reason,
             no_rollback_target: status
