@@ -10,6 +10,8 @@
 //!   costs.
 //! - [`routing`]: whether an outcome report is a rollout's device state, the recall of an
 //!   aborted rollout, or not the rollout's at all.
+//! - [`rollback`]: whether a device would accept the release an aborted rollout sends it back
+//!   to (trust set in force, security floor, expiry), before anything is sent.
 //! - [`rollout_id`]: a rollout's id ([`RolloutId`]), as the wire, URLs and the command line
 //!   write it.
 //! - [`targeting`]: which devices a new rollout targets (filter, hardware class, holders,
@@ -17,10 +19,12 @@
 
 pub mod device;
 pub mod generations;
+pub mod rollback;
 pub mod rollout_id;
 pub mod routing;
 pub mod targeting;
 
 pub use device::{DeviceMemo, DriftChange, HeartbeatSeen, ReportSeen};
 pub use generations::{GenerationError, Generations, MAX_GENERATION};
+pub use rollback::RollbackCheck;
 pub use rollout_id::{BadRolloutId, RolloutId};

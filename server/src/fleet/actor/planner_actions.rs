@@ -4,9 +4,8 @@
 use std::sync::Arc;
 
 use ota_core::digest::Digest;
-use ota_core::fleet::RolloutId;
 use ota_core::fleet::targeting::NO_RELEASE;
-use ota_core::release::{Policy, SignedRelease};
+use ota_core::fleet::{RollbackCheck, RolloutId};
 use ota_core::rollout::{DesiredKind, NoRollbackCause, PlannerAction};
 use ota_core::wire::{
     DesiredState, DeviceId, ExecutionState, FailurePhase, PROTOCOL_VERSION, TopicKind, Transfer,
@@ -246,49 +245,38 @@ impl Actor {
     }
 
     /// Why `device` would refuse to go back to `to` (its known-good release) after rollout
-    /// `rid` aborted, judged as the device judges it: the trust set in force, the device's
-    /// security floor (raised to the rollout's release once it committed it), the expiry.
-    /// `None`: the device will accept it.
+    /// `rid` aborted: core's [`RollbackCheck`] over the releases as published here, the
+    /// device's reported floor and the trust set in force. `None`: the device will accept it.
     pub(super) async fn rollback_refusal(
         &mut self,
         rid: RolloutId,
         device: &DeviceId,
         to: Digest,
     ) -> Option<NoRollbackCause> {
-        if to == NO_RELEASE {
-            return Some(NoRollbackCause::NoKnownGood);
-        }
-        let Some(bytes) = self.release_bytes(&to).await else {
-            return Some(NoRollbackCause::Unpublished);
+        let target_release = self.release_bytes(&to).await;
+        let (committed, release) = self.rollouts.get(&rid).map_or((false, None), |loaded| {
+            let state = loaded.planner.device_state(device);
+            let committed = matches!(state, Some(ExecutionState::Succeeded));
+            (committed, Some(loaded.record.release_digest))
+        });
+        let rollout_release = match release {
+            Some(digest) if committed => self.release_bytes(&digest).await,
+            _ => None,
         };
-        let Ok(signed) = SignedRelease::decode(&bytes) else {
-            return Some(NoRollbackCause::Unusable);
-        };
-        let loaded = self.rollouts.get(&rid)?;
-        let committed = matches!(
-            loaded.planner.device_state(device),
-            Some(ExecutionState::Succeeded)
-        );
-        let release = loaded.record.release_digest;
-        let mut floor = self
-            .devices
-            .get(device.as_str())
-            .map_or(0, |m| m.security_floor);
-        if committed
-            && let Some(bytes) = self.release_bytes(&release).await
-            && let Ok(release) = SignedRelease::decode(&bytes)
-        {
-            floor = floor.max(release.manifest.security_version);
-        }
-        let policy = Policy {
-            hardware_class: None,
-            security_floor: floor,
+        let trust = self.keys.set();
+        RollbackCheck {
+            target: to,
+            target_release: target_release.as_deref().map(Vec::as_slice),
+            committed,
+            rollout_release: rollout_release.as_deref().map(Vec::as_slice),
+            reported_floor: self
+                .devices
+                .get(device.as_str())
+                .map_or(0, |m| m.security_floor),
+            trust: &trust,
             now: self.clock.now(),
-        };
-        signed
-            .verify(&self.keys.set(), &policy)
-            .err()
-            .map(|e| NoRollbackCause::from(&e))
+        }
+        .refusal()
     }
 
     /// Records that `device` stays on rollout `rid`'s release: no rollback target it would
