@@ -294,6 +294,11 @@ impl Api {
         Ok(v["rollout"].clone())
     }
 
+    /// One rollout's view, typed.
+    pub async fn view(&self, id: RolloutId) -> Result<RolloutView, ApiError> {
+        rollout_view(&self.get(&format!("/api/v1/rollouts/{id}"), &[]).await?)
+    }
+
     /// `approve`, `pause`, `resume` or `abort` a rollout.
     pub async fn operate(&self, id: RolloutId, op: &str) -> Result<Value, ApiError> {
         let v = self

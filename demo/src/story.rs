@@ -26,6 +26,7 @@ use ota_core::digest::Digest;
 use ota_core::fleet::RolloutId;
 use ota_core::update::Stage;
 use ota_server::clock::monotonic_now;
+use ota_server::fleet::RolloutView;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -147,23 +148,24 @@ fn spec(lab: &Lab, build: &Build, waves: &[u32], opts: &StoryOptions, min_execut
 }
 
 /// A report filled from the rollout's final view.
-fn report_of(name: &str, r: &Value, bytes: u64, started: Instant) -> StepReport {
-    let totals = &r["totals"];
+fn report_of(name: &str, r: &RolloutView, bytes: u64, started: Instant) -> StepReport {
+    let totals = &r.totals;
     let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let downloads = r.downloads.as_ref();
     StepReport {
         name: name.into(),
-        rollout: rollout_id(r).ok(),
-        status: r["status"].as_str().unwrap_or("?").into(),
-        devices: n(&r["targets"]),
-        deploys: n(&r["deploys"]),
+        rollout: Some(r.id),
+        status: r.status.to_string(),
+        devices: u64::from(r.targets),
+        deploys: u64::from(r.deploys),
         skipped: n(&totals["skipped-identical"]),
         deferred: 0,
         failed: n(&totals["failures"]),
         rolled_back: n(&totals["rolled-back"]),
         bytes,
         transfer: (
-            n(&r["downloads"]["fetched_bytes"]),
-            n(&r["downloads"]["full_bytes"]),
+            downloads.map_or(0, |d| d.fetched_bytes),
+            downloads.map_or(0, |d| d.full_bytes),
         ),
         elapsed: started.elapsed(),
         problems: Vec::new(),
@@ -185,7 +187,7 @@ async fn deploy(lab: &mut Lab, opts: &StoryOptions, v2: &Build) -> Result<StepRe
     let mut deferred_since: Vec<Option<Instant>> = vec![None; lab.devices().len()];
     let deadline = monotonic_now() + opts.patience;
     let last = loop {
-        let r = lab.api().rollout(id).await?;
+        let r = lab.api().view(id).await?;
         view.update(&r);
         plug_in_deferred(lab, &mut deferred_since, opts.plug_in_after)?;
         if is_final(&r) || monotonic_now() > deadline {
@@ -218,7 +220,7 @@ async fn deploy(lab: &mut Lab, opts: &StoryOptions, v2: &Build) -> Result<StepRe
             report.devices, report.deploys
         ),
     );
-    let succeeded = last["totals"]["succeeded"].as_u64().unwrap_or(0);
+    let succeeded = last.totals["succeeded"].as_u64().unwrap_or(0);
     report.expect(
         succeeded == n,
         format!("{succeeded} of {n} devices succeeded"),
@@ -265,7 +267,7 @@ async fn roll_to_end(
     spec: &Value,
     view: &mut LiveView,
     patience: Duration,
-) -> Result<Value, LabError> {
+) -> Result<RolloutView, LabError> {
     let r = lab.api().create_rollout(spec).await?;
     let id = rollout_id(&r)?;
     let last = follow(lab.api(), id, view, patience, is_final).await;
@@ -310,7 +312,7 @@ async fn redeploy(lab: &mut Lab, opts: &StoryOptions, v2: &Build) -> Result<Step
         report.status == "completed",
         format!("the rollout ended {}, not completed", report.status),
     );
-    let redeploys = last["redeploys"].as_u64().unwrap_or(0);
+    let redeploys = u64::from(last.redeploys);
     report.expect(
         redeploys == n && report.deploys == 0,
         format!(
@@ -361,18 +363,25 @@ async fn broken(
         report.status == "aborted",
         format!("the rollout ended {}, not aborted", report.status),
     );
-    let reason = last["abort_reason"]["kind"].as_str().unwrap_or_default();
+    let reason = last
+        .abort_reason
+        .as_ref()
+        .and_then(|a| a["kind"].as_str())
+        .unwrap_or_default();
     report.expect(
         reason == "failure-threshold",
         format!("abort reason {reason:?}, not failure-threshold"),
     );
-    let canary = last["waves"][0]["cumulative_members"].as_u64().unwrap_or(0);
-    let later_started = last["waves"].as_array().map_or(0, |w| {
-        w.iter()
-            .skip(1)
-            .filter(|w| !w["started_at"].is_null())
-            .count()
-    });
+    let canary = last
+        .waves
+        .first()
+        .map_or(0, |w| u64::from(w.cumulative_members));
+    let later_started = last
+        .waves
+        .iter()
+        .skip(1)
+        .filter(|w| w.started_at.is_some())
+        .count();
     report.expect(
         later_started == 0,
         format!("{later_started} waves after the canary started"),

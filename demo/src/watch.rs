@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ota_core::fleet::RolloutId;
-use ota_core::rollout::RolloutStatus;
-use serde_json::Value;
+use ota_server::fleet::RolloutView;
+use serde_json::{Value, json};
 
 use crate::LabError;
 use crate::api::Api;
@@ -15,13 +15,10 @@ use crate::api::Api;
 /// How often a followed rollout is read.
 pub const POLL: Duration = Duration::from_millis(200);
 
-/// Whether rollout view `r` is over: its status (core's [`RolloutStatus`]) no longer holds
-/// its targets (completed or aborted; a dry run never did).
-pub fn is_final(r: &Value) -> bool {
-    r["status"]
-        .as_str()
-        .and_then(RolloutStatus::parse)
-        .is_some_and(|status| !status.is_active())
+/// Whether rollout `r` is over: its status no longer holds its targets (completed or aborted;
+/// a dry run never did).
+pub fn is_final(r: &RolloutView) -> bool {
+    !r.status.is_active()
 }
 
 /// The non-zero counts of `counts` (a rollout view's `totals` or a wave's `counts`), as
@@ -77,23 +74,20 @@ impl LiveView {
     }
 
     /// Shows the rollout view `r` (`GET /api/v1/rollouts/{id}`'s `rollout`).
-    pub fn update(&mut self, r: &Value) {
-        let status = r["status"].as_str().unwrap_or("?");
-        let wave = r["current_wave"]
-            .as_u64()
+    pub fn update(&mut self, r: &RolloutView) {
+        let wave = r
+            .current_wave
             .map(|w| format!(" wave {}", w + 1))
             .unwrap_or_default();
-        let phase = r["phase"]
-            .as_str()
-            .map(|p| format!(" ({p})"))
-            .unwrap_or_default();
+        let phase = r.phase.map(|p| format!(" ({p})")).unwrap_or_default();
         let head = format!(
-            "{}: rollout {} {status}{wave}{phase}: {}",
+            "{}: rollout {} {}{wave}{phase}: {}",
             self.title,
-            r["id"],
-            summary(&r["totals"])
+            r.id,
+            r.status,
+            summary(&r.totals)
         );
-        let waves = r["waves"].as_array().cloned().unwrap_or_default();
+        let waves = &r.waves;
         match &mut self.bars {
             Some((multi, spinner, bars)) => {
                 spinner.set_message(head);
@@ -107,23 +101,18 @@ impl LiveView {
                     bar.set_style(style.clone());
                     bars.push(bar);
                 }
-                for (bar, w) in bars.iter().zip(&waves) {
-                    let members = w["cumulative_members"].as_u64().unwrap_or(0);
-                    let unsettled = w["unsettled"].as_u64().unwrap_or(0);
-                    bar.set_prefix(format!(
-                        "wave {} ({}%)",
-                        w["index"].as_u64().unwrap_or(0) + 1,
-                        w["share"]
-                    ));
+                for (bar, w) in bars.iter().zip(waves) {
+                    let members = u64::from(w.cumulative_members);
+                    bar.set_prefix(format!("wave {} ({}%)", w.index + 1, json!(w.share)));
                     bar.set_length(members);
-                    let started = !w["started_at"].is_null();
+                    let started = w.started_at.is_some();
                     bar.set_position(if started {
-                        members.saturating_sub(unsettled)
+                        members.saturating_sub(u64::from(w.unsettled))
                     } else {
                         0
                     });
                     bar.set_message(if started {
-                        summary(&w["counts"])
+                        summary(&w.counts)
                     } else {
                         "not started".into()
                     });
@@ -166,11 +155,11 @@ pub async fn follow(
     id: RolloutId,
     view: &mut LiveView,
     patience: Duration,
-    mut done: impl FnMut(&Value) -> bool,
-) -> Result<Value, LabError> {
+    mut done: impl FnMut(&RolloutView) -> bool,
+) -> Result<RolloutView, LabError> {
     let deadline = ota_server::clock::monotonic_now() + patience;
     loop {
-        let r = api.rollout(id).await?;
+        let r = api.view(id).await?;
         view.update(&r);
         if done(&r) {
             return Ok(r);
@@ -178,7 +167,7 @@ pub async fn follow(
         if ota_server::clock::monotonic_now() > deadline {
             return Err(LabError::Timeout(format!(
                 "rollout {id} is still {} after {patience:?}",
-                r["status"]
+                r.status
             )));
         }
         tokio::time::sleep(POLL).await;

@@ -8,12 +8,11 @@ use firmware_fixtures::pki::TestCa;
 use ota_core::wire::DeviceId;
 use ota_demo::device::Device;
 use ota_demo::lab::{BrokerToml, Lab, LabOptions};
-use ota_demo::watch::is_final;
 use ota_server::broker::credentials::DeviceSecret;
 use ota_server::config::BrokerSecurity;
 use serde_json::json;
 
-use crate::world::{converged, release, rollout, wait_device, wait_rollout};
+use crate::world::{converged, finished, release, rollout, wait_device, wait_rollout};
 
 /// A TOML basic string of a path.
 fn q(path: &Path) -> String {
@@ -102,7 +101,7 @@ async fn issue7_agents_update_over_tls_with_device_passwords() {
     // A whole update over TLS: desired states reach the agents, their reports the server.
     let v2 = release(&lab, "2.0.0", true).await;
     let id = rollout(&lab, &v2, &[100], json!({})).await;
-    let done = wait_rollout(&lab, id, is_final).await;
+    let done = wait_rollout(&lab, id, finished).await;
     assert_eq!(done["status"], "completed", "{done:#}");
     converged(&lab, &v2.digest).await;
 

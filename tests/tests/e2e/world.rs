@@ -20,6 +20,7 @@ use ota_demo::firmware::Build;
 use ota_demo::lab::{Lab, LabOptions, unix_now};
 use ota_demo::watch::is_final;
 use ota_server::broker::{BrokerSettings, EmbeddedBroker};
+use ota_server::fleet::RolloutView;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
@@ -163,7 +164,7 @@ impl World {
 
     /// Waits until rollout `id` is completed or aborted; answers its view.
     pub async fn finished(&self, id: RolloutId) -> Value {
-        self.wait_rollout(id, is_final).await
+        self.wait_rollout(id, finished).await
     }
 
     /// Waits until `pred` holds for rollout `id`'s view.
@@ -329,6 +330,11 @@ pub async fn patiently<T>(every: Duration, mut probe: impl AsyncFnMut() -> Optio
 }
 
 /// Waits until `pred` holds for rollout `id`'s view on `lab`.
+/// Whether rollout view `r` (as the API wrote it) is over: completed or aborted.
+pub fn finished(r: &Value) -> bool {
+    serde_json::from_value::<RolloutView>(r.clone()).is_ok_and(|r| is_final(&r))
+}
+
 pub async fn wait_rollout(lab: &Lab, id: RolloutId, pred: impl Fn(&Value) -> bool) -> Value {
     let found = patiently(Duration::from_millis(100), async || {
         // The server may be restarting: retry.
