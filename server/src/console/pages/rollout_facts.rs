@@ -48,11 +48,10 @@ pub(crate) fn abort_reason(reason: &Value) -> String {
 
 /// The devices an abort left on the release (no rollback target they would accept), as a
 /// table; empty when there is none.
-pub(crate) fn left_on_release(rollout: &Value) -> String {
-    let list = match rollout.get("no_rollback_target") {
-        Some(Value::Array(list)) if !list.is_empty() => list,
-        _ => return String::new(),
-    };
+pub(crate) fn left_on_release(list: &[Value]) -> String {
+    if list.is_empty() {
+        return String::new();
+    }
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|n| {
@@ -196,9 +195,10 @@ mod tests {
 
     #[test]
     fn devices_left_on_the_release_are_a_table_linking_each_device() {
-        assert_eq!(left_on_release(&json!({})), "");
-        let html = left_on_release(&json!({ "no_rollback_target": [
-            { "device": "gw 1", "cause": "untrusted", "message": "signed by a revoked key" } ] }));
+        assert_eq!(left_on_release(&[]), "");
+        let html = left_on_release(&[json!(
+            { "device": "gw 1", "cause": "untrusted", "message": "signed by a revoked key" }
+        )]);
         assert!(
             html.contains(r#"<a href="/devices/gw%201">gw 1</a>"#),
             "{html}"

@@ -7,21 +7,25 @@ use axum::extract::{Path, Query, State};
 use axum::http::Method;
 use axum::response::Response;
 use ota_core::fleet::RolloutId;
-use serde_json::Value;
+use ota_core::rollout::{RolloutStatus, WavePhaseKind};
+use serde::Deserialize;
+use serde_json::{Value, json};
 
 use super::super::html::{esc, json_text, time, url};
 use super::super::layout;
 use super::super::session::Session;
-use super::super::{ApiAnswer, Console, SignedIn};
+use super::super::{ApiAnswer, Console, SignedIn, internal_answer};
 use super::{device_link, field, may, rollout_facts, rollout_link, table};
+use crate::fleet::RolloutView;
 
 /// Whether nothing on the rollout's page changes any more: it completed, is a dry run, or
 /// aborted with no device it sent back still pending (until then the recall line moves).
-pub(crate) fn finished(rollout: &Value) -> bool {
-    match field(rollout, "status").as_str() {
-        "completed" | "dry-run" => true,
-        "aborted" => rollout
-            .get("recall")
+pub(crate) fn finished(rollout: &RolloutView) -> bool {
+    match rollout.status {
+        RolloutStatus::Completed | RolloutStatus::DryRun => true,
+        RolloutStatus::Aborted => rollout
+            .recall
+            .as_ref()
             .and_then(|r| r.get("pending"))
             .and_then(Value::as_u64)
             .is_none_or(|pending| pending == 0),
@@ -91,14 +95,12 @@ fn count(counts: &Value, state: &str) -> String {
 }
 
 /// The live part of a rollout's page.
-pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &Troubled) -> String {
-    let id = field(rollout, "id");
-    let status = field(rollout, "status");
-    let phase = field(rollout, "phase");
+pub(crate) fn fragment(session: &Session, rollout: &RolloutView, devices: &Troubled) -> String {
+    let id = rollout.id;
+    let phase = rollout.phase.map_or("", WavePhaseKind::name);
     let bake = rollout
-        .get("bake_until")
-        .and_then(Value::as_u64)
-        .filter(|_| phase == "baking")
+        .bake_until
+        .filter(|_| rollout.phase == Some(WavePhaseKind::Baking))
         .map(|until| {
             format!(
                 r#"<p>Baking: the gate opens in <span class="countdown" data-until="{until}">…</span>.</p>"#
@@ -106,24 +108,14 @@ pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &Troubled) -
         })
         .unwrap_or_default();
     let wave = rollout
-        .get("current_wave")
-        .and_then(Value::as_u64)
-        .map(|w| {
-            format!(
-                "wave {} of {}",
-                w + 1,
-                rollout
-                    .get("waves")
-                    .and_then(Value::as_array)
-                    .map_or(0, Vec::len)
-            )
-        })
+        .current_wave
+        .map(|w| format!("wave {} of {}", w + 1, rollout.waves.len()))
         .unwrap_or_default();
-    let totals = rollout.get("totals").cloned().unwrap_or(Value::Null);
+    let totals = &rollout.totals;
     let failed = totals.get("failed").cloned().unwrap_or(Value::Null);
     let mut totals_rows: Vec<Vec<String>> = ota_core::rollout::STATE_NAMES
         .iter()
-        .map(|s| vec![esc(s).to_string(), esc(&count(&totals, s)).to_string()])
+        .map(|s| vec![esc(s).to_string(), esc(&count(totals, s)).to_string()])
         .filter(|row| row[1] != "0")
         .collect();
     for p in ota_core::rollout::FAILURE_PHASES.map(|p| p.name()) {
@@ -133,35 +125,28 @@ pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &Troubled) -
         }
     }
     let waves: Vec<Vec<String>> = rollout
-        .get("waves")
-        .and_then(Value::as_array)
-        .map(|waves| {
-            waves
-                .iter()
-                .map(|w| {
-                    let counts = w.get("counts").cloned().unwrap_or(Value::Null);
-                    let failures = count(&counts, "failures");
-                    vec![
-                        (w.get("index").and_then(Value::as_u64).unwrap_or(0) + 1).to_string(),
-                        format!("{}%", esc(&field(w, "share"))),
-                        esc(&field(w, "members")).to_string(),
-                        esc(&count(&counts, "succeeded")).to_string(),
-                        esc(&failures).to_string(),
-                        esc(&field(w, "unsettled")).to_string(),
-                        w.get("started_at")
-                            .and_then(Value::as_i64)
-                            .map(time)
-                            .unwrap_or_default(),
-                    ]
-                })
-                .collect()
+        .waves
+        .iter()
+        .map(|w| {
+            vec![
+                (w.index + 1).to_string(),
+                format!("{}%", json_text(&json!(w.share))),
+                w.members.to_string(),
+                esc(&count(&w.counts, "succeeded")).to_string(),
+                esc(&count(&w.counts, "failures")).to_string(),
+                w.unsettled.to_string(),
+                w.started_at
+                    .and_then(|t| i64::try_from(t).ok())
+                    .map(time)
+                    .unwrap_or_default(),
+            ]
         })
-        .unwrap_or_default();
-    let reason = match rollout.get("abort_reason") {
+        .collect();
+    let reason = match &rollout.abort_reason {
         Some(Value::Null) | None => String::new(),
         Some(r) => rollout_facts::abort_reason(r),
     };
-    let recall = match rollout.get("recall") {
+    let recall = match &rollout.recall {
         Some(c @ Value::Object(_)) => format!(
             r#"<p class="recall" id="rollout-recall">Sent back by the abort: <strong>{}</strong> · back {} · pending {} · failed {} · superseded {}</p>"#,
             esc(&field(c, "sent")),
@@ -172,16 +157,16 @@ pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &Troubled) -
         ),
         _ => String::new(),
     };
-    let stranded = rollout_facts::left_on_release(rollout);
+    let stranded = rollout_facts::left_on_release(&rollout.no_rollback_target);
     format!(
         r#"<p class="state">Status <strong class="status" id="rollout-status">{status}</strong> {phase} {wave}</p>{bake}
 {actions}
 <div class="grid">{totals}{waves}</div>{reason}{recall}{stranded}
 {devices}"#,
-        status = esc(&status),
-        phase = esc(&phase),
+        status = rollout.status,
+        phase = phase,
         wave = esc(&wave),
-        actions = actions(session, &id, &status),
+        actions = actions(session, id, rollout.status),
         totals = table("Executions by state", &["State", "Devices"], &totals_rows),
         waves = table(
             "Waves",
@@ -196,7 +181,7 @@ pub(crate) fn fragment(session: &Session, rollout: &Value, devices: &Troubled) -
             ],
             &waves
         ),
-        devices = troubled_table(&id, devices),
+        devices = troubled_table(&id.to_string(), devices),
     )
 }
 
@@ -224,11 +209,13 @@ fn troubled_table(id: &str, devices: &Troubled) -> String {
 }
 
 /// The action buttons the operator's role allows in this status.
-fn actions(session: &Session, id: &str, status: &str) -> String {
+fn actions(session: &Session, id: RolloutId, status: RolloutStatus) -> String {
     let offered: &[(&str, &str, &str)] = match status {
-        "running" => &[("pause", "Pause", ""), ("abort", "Abort", "danger")],
-        "paused" => &[("resume", "Resume", ""), ("abort", "Abort", "danger")],
-        "awaiting-approval" => &[("approve", "Approve", ""), ("abort", "Abort", "danger")],
+        RolloutStatus::Running => &[("pause", "Pause", ""), ("abort", "Abort", "danger")],
+        RolloutStatus::Paused => &[("resume", "Resume", ""), ("abort", "Abort", "danger")],
+        RolloutStatus::AwaitingApproval => {
+            &[("approve", "Approve", ""), ("abort", "Abort", "danger")]
+        }
         _ => &[],
     };
     let mut out = String::new();
@@ -247,7 +234,7 @@ fn actions(session: &Session, id: &str, status: &str) -> String {
         };
         out.push_str(&format!(
             r#"<form method="post" action="/rollouts/{id}/{op}" class="action" data-confirm="{label} rollout #{id}?">{csrf}{reason}<button type="submit" class="{class}" id="{op}-button">{label}</button></form>"#,
-            id = url(id),
+            id = url(&id.to_string()),
             csrf = layout::csrf_field(session),
         ));
     }
@@ -306,14 +293,15 @@ pub(crate) async fn load(
     console: &Console,
     session: &Session,
     id: RolloutId,
-) -> Result<(Value, Troubled), ApiAnswer> {
+) -> Result<(RolloutView, Troubled), ApiAnswer> {
     let answer = console
         .api(session, Method::GET, &format!("/rollouts/{id}"), None)
         .await;
     if !answer.status.is_success() {
         return Err(answer);
     }
-    let rollout = answer.body.get("rollout").cloned().unwrap_or(Value::Null);
+    let rollout = RolloutView::deserialize(answer.body.get("rollout").unwrap_or(&Value::Null))
+        .map_err(|e| internal_answer(&format!("the rollout view does not read: {e}")))?;
     let page = console
         .api(
             session,
@@ -438,33 +426,34 @@ pub(crate) async fn detail(
     } else {
         format!(r#" data-live="/live/rollouts/{id}""#)
     };
-    let filter = match field(&rollout, "filter") {
-        f if f.trim().is_empty() => "every device".to_owned(),
+    let filter = match rollout.filter.trim() {
+        "" => "every device",
         f => f,
     };
     let forced = rollout
-        .pointer("/spec/force_reinstall")
+        .spec
+        .pointer("/force_reinstall")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let approved = match field(&rollout, "approved_by") {
-        by if !by.is_empty() => by,
-        _ if forced => "nobody yet (a forced reinstall waits for an approver)".to_owned(),
-        _ => "not needed (no forced reinstall)".to_owned(),
+    let approved = match rollout.approved_by.as_deref() {
+        Some(by) if !by.is_empty() => by,
+        _ if forced => "nobody yet (a forced reinstall waits for an approver)",
+        _ => "not needed (no forced reinstall)",
     };
     let body = format!(
         r#"<dl class="facts"><dt>Release</dt><dd>{} <code>{}</code></dd><dt>Filter</dt><dd><code>{}</code></dd><dt>Targets</dt><dd>{} ({} deploy, {} redeploy, {} offline)</dd><dt>Created by</dt><dd>{}</dd><dt>Approved by</dt><dd>{}</dd></dl>
 <div{attr} aria-live="polite">{live}</div>
 {}<p><a href="/audit?rollout={id}">Events of this rollout</a></p>"#,
-        esc(&field(&rollout, "version")),
-        esc(&field(&rollout, "release")),
-        esc(&filter),
-        esc(&field(&rollout, "targets")),
-        esc(&field(&rollout, "deploys")),
-        esc(&field(&rollout, "redeploys")),
-        esc(&field(&rollout, "offline")),
-        esc(&field(&rollout, "created_by")),
-        esc(&approved),
-        rollout_facts::spec(rollout.get("spec").unwrap_or(&Value::Null)),
+        esc(rollout.version.as_deref().unwrap_or_default()),
+        esc(&rollout.release),
+        esc(filter),
+        rollout.targets,
+        rollout.deploys,
+        rollout.redeploys,
+        rollout.offline,
+        esc(&rollout.created_by),
+        esc(approved),
+        rollout_facts::spec(&rollout.spec),
     );
     layout::page(&session, &format!("Rollout #{id}"), "/rollouts", &body)
 }
@@ -484,17 +473,32 @@ mod tests {
 
     #[test]
     fn only_the_actions_the_role_grants_are_offered() {
-        let operator = actions(&session(Role::Operator), "4", "awaiting-approval");
+        let id = RolloutId::new(4).unwrap();
+        let operator = actions(
+            &session(Role::Operator),
+            id,
+            RolloutStatus::AwaitingApproval,
+        );
         assert!(!operator.contains("approve-button"), "{operator}");
         assert!(operator.contains("abort-button"));
-        let approver = actions(&session(Role::Approver), "4", "awaiting-approval");
+        let approver = actions(
+            &session(Role::Approver),
+            id,
+            RolloutStatus::AwaitingApproval,
+        );
         assert!(approver.contains("approve-button"));
         assert!(!approver.contains("abort-button"));
-        let admin = actions(&session(Role::Admin), "4", "running");
+        let admin = actions(&session(Role::Admin), id, RolloutStatus::Running);
         assert!(admin.contains("pause-button") && admin.contains("abort-button"));
         assert!(admin.contains(r#"data-confirm="Abort rollout #4?""#));
         assert!(admin.contains(r#"value="csrf-of-the-test""#));
-        assert_eq!(actions(&session(Role::Admin), "4", "completed"), "");
-        assert_eq!(actions(&session(Role::Publisher), "4", "running"), "");
+        assert_eq!(
+            actions(&session(Role::Admin), id, RolloutStatus::Completed),
+            ""
+        );
+        assert_eq!(
+            actions(&session(Role::Publisher), id, RolloutStatus::Running),
+            ""
+        );
     }
 }
