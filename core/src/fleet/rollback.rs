@@ -2,7 +2,8 @@
 //! the device judges it, before anything is sent: a device that would refuse it stays on the
 //! rollout's release and the rollout lists it under `no-rollback-target`.
 //!
-//! The shell reads the releases' bytes (its database, its cache) and asks [`RollbackCheck::refusal`]:
+//! The shell reads the releases' bytes (its database, its cache) and asks
+//! [`RollbackCheck::refusal`]:
 //!
 //! | the rollback target | outcome |
 //! |---|---|

@@ -39,7 +39,8 @@ impl Actor {
 
     /// While read-only: loads the state again (waiting longer after each failure) until it
     /// loads whole, answering meanwhile heartbeats (acks) and commands (503), keeping device
-    /// messages and taking note of the clock's jumps. Returns what was kept, or `None` when the coordinator stops.
+    /// messages and taking note of the clock's jumps. Returns what was kept, or `None` when
+    /// the coordinator stops.
     pub(super) async fn wait_for_db(
         &mut self,
         client: &AsyncClient,
