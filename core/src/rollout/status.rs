@@ -79,24 +79,20 @@ mod serde_tests {
 
     use super::*;
 
-    #[test]
-    fn a_status_reads_from_its_name_only() {
-        let read =
-            |t: &str| RolloutStatus::deserialize(IntoDeserializer::<Error>::into_deserializer(t));
-        for status in RolloutStatus::ALL {
-            assert_eq!(read(status.name()), Ok(status));
-        }
-        let err = read("Running").unwrap_err().to_string();
-        assert_eq!(err, "not a RolloutStatus: \"Running\"");
+    fn read<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, Error> {
+        T::deserialize(IntoDeserializer::<Error>::into_deserializer(text))
     }
 
     #[test]
-    fn a_phase_reads_from_its_name_only() {
-        let read =
-            |t: &str| WavePhaseKind::deserialize(IntoDeserializer::<Error>::into_deserializer(t));
+    fn statuses_and_phases_read_from_their_names_only() {
+        for status in RolloutStatus::ALL {
+            assert_eq!(read(status.name()), Ok(status));
+        }
         for phase in WavePhaseKind::ALL {
             assert_eq!(read(phase.name()), Ok(phase));
         }
-        assert!(read("baked").is_err());
+        let err = read::<RolloutStatus>("Running").unwrap_err().to_string();
+        assert_eq!(err, "not a RolloutStatus: \"Running\"");
+        assert!(read::<WavePhaseKind>("baked").is_err());
     }
 }
