@@ -359,13 +359,10 @@ fn share(w: &WaveView) -> String {
     share_text(w.share)
 }
 
-/// A percentage as JSON writes it: whole numbers with one decimal.
+/// A percentage as JSON writes it (whole numbers with one decimal), by serde_json itself as
+/// the demo and the console do.
 fn share_text(share: f64) -> String {
-    if share.fract() == 0.0 {
-        format!("{share:.1}")
-    } else {
-        share.to_string()
-    }
+    json!(share).to_string()
 }
 
 /// The release's version, `-` when the server does not know it.
