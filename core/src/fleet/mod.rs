@@ -5,6 +5,8 @@
 //!   watermark when it acted on one this server did not issue, the next one to issue, and
 //!   which of a device's outcome reports is stale. One [`Generations`] ledger per fleet,
 //!   restored from the persisted desired states.
+//! - [`delivery`]: an outcome report's way into the rollout it names (routing, freshness,
+//!   the planner).
 //! - [`device`]: what the coordinator remembers of each device ([`DeviceMemo`]) and the rules
 //!   that move it: registration, the last committed release, drift, presence, health, download
 //!   costs.
@@ -17,6 +19,7 @@
 //! - [`targeting`]: which devices a new rollout targets (filter, hardware class, holders,
 //!   presence) and where an abort would send each back.
 
+pub mod delivery;
 pub mod device;
 pub mod generations;
 pub mod rollback;
@@ -24,6 +27,7 @@ pub mod rollout_id;
 pub mod routing;
 pub mod targeting;
 
+pub use delivery::{Delivery, deliver};
 pub use device::{DeviceMemo, DriftChange, HeartbeatSeen, ReportSeen};
 pub use generations::{GenerationError, Generations, MAX_GENERATION};
 pub use rollback::RollbackCheck;

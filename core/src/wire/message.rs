@@ -587,6 +587,17 @@ pub struct ReportedState {
     pub security_floor: u32,
 }
 
+impl ReportedState {
+    /// The highest desired-state generation this report says the device acted on: its own
+    /// generation or its last result's (a fleet server accepts the report only if it issued
+    /// that generation to the device).
+    pub fn acknowledged_generation(&self) -> u64 {
+        self.last_result
+            .as_ref()
+            .map_or(self.generation, |o| o.generation.max(self.generation))
+    }
+}
+
 impl WireMessage for ReportedState {
     const NAME: &'static str = "reported state";
 

@@ -3,9 +3,7 @@
 
 use bytes::Bytes;
 use ota_core::budget::Verdict;
-use ota_core::fleet::routing::{RolloutFacts, Route};
-use ota_core::fleet::{DriftChange, routing};
-use ota_core::rollout::{ReportOutcome, RolloutState};
+use ota_core::fleet::{Delivery, DriftChange, deliver};
 use ota_core::wire::{
     DeviceId, Event, Heartbeat, HeartbeatAck, PROTOCOL_VERSION, ReportedState, Status, TopicKind,
     Topics, TrustOutcome, TrustReport, UpdateOutcome, WireMessage,
@@ -143,11 +141,7 @@ impl Actor {
         match kind {
             TopicKind::Reported => match ReportedState::from_cbor(&payload) {
                 Ok(r) if r.device_id == id.as_str() => {
-                    let acknowledged = [r.generation]
-                        .into_iter()
-                        .chain(r.last_result.as_ref().map(|o| o.generation))
-                        .max()
-                        .unwrap_or(0);
+                    let acknowledged = r.acknowledged_generation();
                     if self.acknowledges_issued(&id, acknowledged, topic, batch) {
                         self.on_reported(&id, r, &payload, batch);
                     } else {
@@ -475,32 +469,13 @@ impl Actor {
             // A finished rollout: nothing to drive.
             return;
         };
-        let facts = RolloutFacts {
-            release: loaded.record.release_digest,
-            aborted: matches!(loaded.planner.state(), RolloutState::Aborted { .. }),
-            holds_device: loaded.planner.device_state(id).is_some(),
-        };
-        let recall = match routing::route(o, facts, self.generations.issued(id)) {
-            Route::NotOurs => return,
-            Route::Report => None,
-            Route::Recall(to) => Some(to),
-        };
-        if !self.generations.is_fresh_outcome(id, o.generation, o.at) {
-            return;
-        }
-        let handled = match recall {
-            Some(to) => loaded.planner.handle_recall_report(id, to, o.state.clone()),
-            None => loaded
-                .planner
-                .handle_report(id, o.state.clone(), self.clock.timestamp()),
-        };
-        match handled {
-            Ok(ReportOutcome::Applied | ReportOutcome::Progress) => loaded.dirty = true,
-            Ok(_) => {}
-            Err(e) => {
+        let now = self.clock.timestamp();
+        match deliver(&mut loaded.planner, &mut self.generations, id, o, now) {
+            Delivery::Refused(e) => {
                 let reason = format!("rollout {rid}: {e}");
                 self.reject(Some(id), topic, &reason, batch);
             }
+            delivery => loaded.dirty |= delivery.changed(),
         }
     }
 }
