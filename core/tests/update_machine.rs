@@ -612,6 +612,29 @@ fn an_update_goes_through_every_state_and_commits() {
     );
 }
 
+/// Issue 13 (found by the whole-fleet simulation): the steps of a job that happen in the same
+/// millisecond get event times one apart, so the server's `(generation, at)` order never takes
+/// two events that overtook each other in the wrong order.
+#[test]
+fn issue13_each_event_of_a_job_is_stamped_later_than_the_one_before() {
+    let mut sim = Sim::new(config());
+    sim.offer(desired(1, "2.0.0", 2));
+    sim.drive(MINUTE);
+    let times: Vec<u64> = sim
+        .events()
+        .into_iter()
+        .filter(|e| e.generation == 1)
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(times.len(), 7, "{times:?}");
+    assert_eq!(times[0], NOW, "the first one at the time it happened");
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    let reported = sim
+        .m
+        .reported_state("0.1.0", Inventory::default(), BTreeMap::new());
+    assert_eq!(reported.last_result.map(|o| o.at), times.last().copied());
+}
+
 #[test]
 fn issue18_the_download_cost_is_reported_with_every_later_event_of_the_job() {
     let mut sim = Sim::new(config());

@@ -405,13 +405,21 @@ impl UpdateMachine {
 
     /// Publishes an execution state unless it repeats the current one. Progress updates get an
     /// event only; every other state also republishes the reported state.
-    pub(super) fn announce(&mut self, outcome: UpdateOutcome) {
-        if self
+    ///
+    /// Within a job, each event is stamped strictly later than the one before, even when both
+    /// happen in the same millisecond (or the clock stepped back): the fleet server orders a
+    /// device's reports by (generation, time) and drops older ones, so two events of a job
+    /// that overtake each other on the way are never taken in the wrong order.
+    pub(super) fn announce(&mut self, mut outcome: UpdateOutcome) {
+        if let Some(c) = self
             .current
             .as_ref()
-            .is_some_and(|c| c.generation == outcome.generation && c.state == outcome.state)
+            .filter(|c| c.generation == outcome.generation)
         {
-            return;
+            if c.state == outcome.state {
+                return;
+            }
+            outcome.at = outcome.at.max(c.at.saturating_add(1));
         }
         let progress = matches!(outcome.state, ExecutionState::Downloading { .. });
         self.push(Action::PublishEvent(Event::from_outcome(
