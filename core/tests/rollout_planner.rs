@@ -1823,3 +1823,32 @@ fn issue17_a_rebooting_device_is_in_flight_and_never_counts_until_it_commits() {
         Some(settled0.saturating_add(mins(10)))
     );
 }
+
+/// Issue 13 (found by the whole-fleet simulation): the newest report taken from each device is
+/// stored with the rollout, so after a restart an older one still on its way is stale; reports
+/// on the release and on the recall target are told apart.
+#[test]
+fn issue13_the_newest_report_survives_a_restart() {
+    let mut r = Rollout::new(spec(&[100]), targets(2), at(mins(0))).unwrap();
+    let d = id(0);
+    assert!(r.is_fresh_report(&d, 1, 500));
+    assert!(r.is_fresh_report(&d, 1, 500), "the same one again");
+    assert!(!r.is_fresh_report(&d, 1, 499));
+    assert!(!r.is_fresh_report(&d, 0, 900), "an older generation");
+    let mut r = Rollout::from_cbor(&r.to_cbor()).unwrap();
+    assert!(
+        !r.is_fresh_report(&d, 1, 499),
+        "still stale after the restart"
+    );
+    assert!(r.is_fresh_recall_report(&d, 2, 600));
+    assert!(!r.is_fresh_recall_report(&d, 2, 599));
+    assert!(
+        r.is_fresh_report(&d, 1, 501),
+        "the release's last reports may come after the recall's first"
+    );
+    assert!(r.is_fresh_report(&id(1), 1, 1), "each device on its own");
+    assert!(
+        r.is_fresh_report(&id(7), 0, 0),
+        "no target: for the handlers to refuse"
+    );
+}

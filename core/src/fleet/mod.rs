@@ -2,11 +2,11 @@
 //! piece; today the server's `fleet/actor.rs` still holds the rest and calls these).
 //!
 //! - [`generations`]: which desired-state generation a device may acknowledge, the device's
-//!   watermark when it acted on one this server did not issue, the next one to issue, and
-//!   which of a device's outcome reports is stale. One [`Generations`] ledger per fleet,
-//!   restored from the persisted desired states.
-//! - [`delivery`]: an outcome report's way into the rollout it names (routing, freshness,
-//!   the planner).
+//!   watermark when it acted on one this server did not issue, and the next one to issue. One
+//!   [`Generations`] ledger per fleet, restored from the persisted desired states.
+//! - [`delivery`]: an outcome report's way into the rollout it names (routing, freshness as
+//!   the rollout stores it, the planner), and what to send again to a device whose watermark
+//!   moved.
 //! - [`device`]: what the coordinator remembers of each device ([`DeviceMemo`]) and the rules
 //!   that move it: registration, the last committed release, drift, presence, health, download
 //!   costs.
@@ -27,7 +27,7 @@ pub mod rollout_id;
 pub mod routing;
 pub mod targeting;
 
-pub use delivery::{Delivery, deliver};
+pub use delivery::{Delivery, deliver, reissue_above_watermark};
 pub use device::{DeviceMemo, DriftChange, HeartbeatSeen, ReportSeen};
 pub use generations::{GenerationError, Generations, MAX_GENERATION};
 pub use rollback::RollbackCheck;

@@ -9,8 +9,8 @@
 //! | none (a release the device could not decode), state `rejected` | holds the device, and the outcome answers the last generation issued to it | [`Route::Report`] |
 //! | none, otherwise | | [`Route::NotOurs`] |
 //!
-//! A routed report still goes through [`Generations::is_fresh_outcome`](super::Generations)
-//! before the planner sees it.
+//! A routed report still goes through the rollout's freshness check before the planner sees
+//! it ([`super::delivery`]).
 
 use crate::digest::Digest;
 use crate::wire::{ExecutionState, UpdateOutcome};

@@ -13,7 +13,7 @@ use super::counts::{is_deferred, is_in_flight, took_release};
 use super::no_rollback::{NoRollback, NoRollbackCause};
 use super::recall::{Recall, RecallCounts, RecallState};
 use super::status::{RolloutStatus, WavePhaseKind};
-use super::{MAX_WAVES, Ratio, RolloutError, RolloutSpec, StateCounts, Target};
+use super::{DesiredKind, MAX_WAVES, Ratio, RolloutError, RolloutSpec, StateCounts, Target};
 use crate::digest::Digest;
 use crate::time::Timestamp;
 use crate::wire::{DeviceId, ExecutionState};
@@ -409,6 +409,13 @@ struct Device {
     /// `away_since`.
     #[n(13)]
     recall: Option<Recall>,
+    /// The newest report taken from the device on the release: its generation and device
+    /// time ([`Rollout::is_fresh_report`]). Optional, like `away_since`.
+    #[n(14)]
+    newest_report: Option<(u64, u64)>,
+    /// The same for its reports on its recall target ([`Rollout::is_fresh_recall_report`]).
+    #[n(15)]
+    newest_recall_report: Option<(u64, u64)>,
 }
 
 /// Everything that is persisted; the rest of [`Rollout`] is derived from it.
@@ -539,6 +546,8 @@ impl Rollout {
                 away_since: None,
                 unhealthy_since: None,
                 recall: None,
+                newest_report: None,
+                newest_recall_report: None,
             })
             .collect();
         let state = if spec.dry_run {
@@ -769,6 +778,60 @@ impl Rollout {
         Ok(ReportOutcome::Applied)
     }
 
+    /// Where the abort sent `device` back, and how (a rollback if it took the release, a
+    /// cancel if not), while its recall is pending: what to send it again if it never acted on
+    /// the desired state that sent it back.
+    pub fn pending_recall(&self, device: &DeviceId) -> Option<(Digest, DesiredKind)> {
+        let d = self.device(device)?;
+        let recall = d.recall.filter(|r| r.state == RecallState::Pending)?;
+        let kind = if d.took_release {
+            DesiredKind::Rollback
+        } else {
+            DesiredKind::Cancel
+        };
+        Some((recall.to, kind))
+    }
+
+    /// Whether a report of `device` on this rollout's release (for [`Rollout::handle_report`]),
+    /// for `generation` and made at device time `at`, is at least as new as every one this
+    /// rollout took from it; if so it is now the newest. Stored with the rollout, so a
+    /// restarted server still drops a report older than one it took before (an event that was
+    /// still on its way). True for a device that is no target (the handlers refuse it).
+    pub fn is_fresh_report(&mut self, device: &DeviceId, generation: u64, at: u64) -> bool {
+        self.take_if_newer(device, generation, at, |d| &mut d.newest_report)
+    }
+
+    /// The same for a report on the release an abort sent `device` back to (for
+    /// [`Rollout::handle_recall_report`]). Kept apart: the device's last reports on the
+    /// release (an older generation) may arrive after its first ones on the recall, and still
+    /// tell where it got with the release.
+    pub fn is_fresh_recall_report(&mut self, device: &DeviceId, generation: u64, at: u64) -> bool {
+        self.take_if_newer(device, generation, at, |d| &mut d.newest_recall_report)
+    }
+
+    fn take_if_newer(
+        &mut self,
+        device: &DeviceId,
+        generation: u64,
+        at: u64,
+        newest: impl FnOnce(&mut Device) -> &mut Option<(u64, u64)>,
+    ) -> bool {
+        let Some(dev) = self
+            .index
+            .get(device)
+            .and_then(|idx| self.p.devices.get_mut(*idx as usize))
+        else {
+            return true;
+        };
+        let newest = newest(dev);
+        let key = (generation, at);
+        if newest.is_some_and(|seen| key < seen) {
+            return false;
+        }
+        *newest = Some(key);
+        true
+    }
+
     /// After an abort: the server sent `device` a newer desired state (another rollout's)
     /// before it answered the one that sent it back, so its recall is
     /// [`RecallState::Superseded`]. Whether anything changed (a device not sent back, or whose
@@ -928,6 +991,8 @@ impl Rollout {
             away_since: None,
             unhealthy_since: None,
             recall: None,
+            newest_report: None,
+            newest_recall_report: None,
         });
         self.index.insert(target.device_id, idx);
         self.points.push(point);

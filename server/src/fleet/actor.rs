@@ -20,7 +20,7 @@ use bytes::Bytes;
 use ota_core::budget::{BudgetSpec, Budgets};
 use ota_core::digest::Digest;
 use ota_core::flags::FlagChange;
-use ota_core::fleet::{DeviceMemo, Generations, RolloutId};
+use ota_core::fleet::{DeviceMemo, Generations, RolloutId, reissue_above_watermark};
 use ota_core::rollout::{DesiredKind, Rollout, RolloutError, RolloutStatus, StateCounts};
 use ota_core::wire::{DeviceId, ExecutionState, TopicKind, Topics, Transfer};
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
@@ -328,7 +328,7 @@ impl Stored {
         for d in db.list_desired().await? {
             // A row whose id is not a device id names no device that can report.
             if let Ok(id) = DeviceId::new(&d.device_id) {
-                generations.restore(id, d.generation);
+                generations.restore(id, d.generation, Some(d.digest));
             }
         }
         let mut devices = HashMap::new();
@@ -499,17 +499,20 @@ impl Actor {
     }
 
     /// Refuses (as `mqtt-rejected`) a message acknowledging `reported` unless the server
-    /// issued that generation to `id`; true if accepted. A refused value within one agent
-    /// step above the last one issued is kept as the device's watermark
-    /// ([`Generations::acknowledge`]): the next generation issued to it is above it.
+    /// issued that generation to `id`, or whose `outcome` answers the last generation issued
+    /// about another release than the one issued; true if accepted. A refused value within
+    /// one agent step above the last one issued, or the generation another release took, is
+    /// kept as the device's watermark ([`Generations::acknowledge`]): the next generation
+    /// issued to it is above it.
     fn acknowledges_issued(
         &mut self,
         id: &DeviceId,
         reported: u64,
+        outcome: Option<&ota_core::wire::UpdateOutcome>,
         topic: &str,
         batch: &mut Batch,
     ) -> bool {
-        match self.generations.acknowledge(id, reported) {
+        match self.generations.acknowledge(id, reported, outcome) {
             Ok(()) => true,
             Err(e) => {
                 self.reject(Some(id), topic, &e.to_string(), batch);
@@ -518,31 +521,20 @@ impl Actor {
         }
     }
 
-    /// A device whose watermark moved above the last generation issued to it
-    /// ([`Generations::is_ahead`]) ignores the desired state it was sent: if a rollout still waits
-    /// for it (its state there is not final), the rollout's desired state is issued again,
-    /// above the watermark.
+    /// A device whose watermark moved above the last generation issued to it ignores the
+    /// desired state it was sent: what a rollout still waits for from it (its release, or
+    /// after an abort where the abort sent it back: [`reissue_above_watermark`]) is issued
+    /// again, above the watermark.
     async fn reissue_above_watermark(&mut self, id: &DeviceId, batch: &mut Batch) {
-        if !self.generations.is_ahead(id) {
-            return;
+        let again = self.rollouts.iter().find_map(|(rid, loaded)| {
+            reissue_above_watermark(&self.generations, &loaded.planner, id).map(|(to, kind)| {
+                let force = kind == DesiredKind::Notify && loaded.planner.spec().force_reinstall;
+                (*rid, to, kind, force)
+            })
+        });
+        if let Some((rid, to, kind, force)) = again {
+            self.publish_desired(id, rid, to, force, kind, batch).await;
         }
-        let Some(&rid) = self.owner.get(id.as_str()) else {
-            return;
-        };
-        let Some(loaded) = self.rollouts.get(&rid) else {
-            return;
-        };
-        let waiting = loaded
-            .planner
-            .device_state(id)
-            .is_some_and(|s| !s.is_final());
-        if !waiting {
-            return;
-        }
-        let release = loaded.record.release_digest;
-        let force = loaded.planner.spec().force_reinstall;
-        self.publish_desired(id, rid, release, force, DesiredKind::Notify, batch)
-            .await;
     }
 
     fn insert_loaded(&mut self, loaded: Loaded) {

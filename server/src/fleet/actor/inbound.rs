@@ -142,7 +142,8 @@ impl Actor {
             TopicKind::Reported => match ReportedState::from_cbor(&payload) {
                 Ok(r) if r.device_id == id.as_str() => {
                     let acknowledged = r.acknowledged_generation();
-                    if self.acknowledges_issued(&id, acknowledged, topic, batch) {
+                    let outcome = r.last_result.as_ref();
+                    if self.acknowledges_issued(&id, acknowledged, outcome, topic, batch) {
                         self.on_reported(&id, r, &payload, batch);
                     } else {
                         self.reissue_above_watermark(&id, batch).await;
@@ -160,10 +161,15 @@ impl Actor {
                 Ok(e) if e.device_id == id.as_str() => {
                     if !self.is_known(&id).await {
                         self.reject(Some(&id), topic, "event from an unknown device", batch);
-                    } else if self.acknowledges_issued(&id, e.generation, topic, batch) {
+                    } else {
+                        // (A refused event moves the watermark; the reported state that
+                        // follows it sends the desired state again if need be.)
                         let outcome = e.outcome();
-                        self.note_transfer(&id, &outcome, batch);
-                        self.route(&id, &outcome, topic, batch);
+                        if self.acknowledges_issued(&id, e.generation, Some(&outcome), topic, batch)
+                        {
+                            self.note_transfer(&id, &outcome, batch);
+                            self.route(&id, &outcome, topic, batch);
+                        }
                     }
                 }
                 Ok(e) => self.reject(
@@ -470,7 +476,7 @@ impl Actor {
             return;
         };
         let now = self.clock.timestamp();
-        match deliver(&mut loaded.planner, &mut self.generations, id, o, now) {
+        match deliver(&mut loaded.planner, &self.generations, id, o, now) {
             Delivery::Refused(e) => {
                 let reason = format!("rollout {rid}: {e}");
                 self.reject(Some(id), topic, &reason, batch);

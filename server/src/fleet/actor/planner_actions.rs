@@ -346,7 +346,7 @@ impl Actor {
         };
         // Reports acknowledge only generations issued here, so the last one issued (or the
         // device's watermark above it) is the highest the device knows.
-        let generation = match self.generations.issue(device) {
+        let generation = match self.generations.issue(device, digest) {
             Ok(g) => g,
             Err(e) => {
                 batch.events.push(unavailable(e.to_string()));
