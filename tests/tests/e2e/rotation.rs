@@ -123,25 +123,26 @@ async fn issue7_key_rotation_rotates_revokes_and_survives_restart(backend: Backe
     inject_trust(&w, &attacker, a_back).await;
     trust_outcome(device, 2, rejected(TrustRejectCause::UnknownKey)).await;
 
-    // 5. Rotate: a release signed by the new key B is published and installs. (Before the
-    //    injection below: a desired state injected around the server raises the device's
-    //    generation, and a rollout created right after it races the server's view of it.)
-    let v2 = b.build("2.0.0", true, size, unix_now());
-    w.lab.api().publish(&v2).await.unwrap();
-    let id = w.rollout(&v2, &[100], json!({})).await;
-    assert_eq!(w.finished(id).await["status"], "completed");
-    w.converged(&v2.digest).await;
-
-    // 6. Revoke: a release signed only by the removed key A is refused, before any fetch.
+    // 5. Revoke: a release signed only by the removed key A is refused, before any fetch.
     let bytes_before = device.bytes_downloaded();
     let state = w
         .inject_desired(&attacker, device, a_only.release.clone())
         .await;
     assert_refused(&state, RejectCause::UnknownKey);
     assert_eq!(device.bytes_downloaded(), bytes_before);
+
+    // 6. Rotate: a release signed by the new key B is published and installs — created right
+    //    after the injection above, which raised the device's generation above the server's:
+    //    whether the server hears of it before or after it notifies the device, the desired
+    //    state goes out above it (issue 13, the generation ledger's watermark).
+    let v2 = b.build("2.0.0", true, size, unix_now());
+    w.lab.api().publish(&v2).await.unwrap();
+    let id = w.rollout(&v2, &[100], json!({})).await;
+    assert_eq!(w.finished(id).await["status"], "completed");
+    w.converged(&v2.digest).await;
     assert!(
         w.lab.api().publish(&a_only).await.is_err(),
-        "the server refuses it too"
+        "the server refuses A's release too"
     );
 
     // 7. Restart: the persisted set {B} is used from the start.
