@@ -9,7 +9,8 @@
 //! `server/src/fleet/actor` drives them (reports acknowledged against the ledger, outcomes
 //! delivered, what a rollout waits for sent again above a device's watermark, planner actions
 //! turned into desired states of a new generation, presence and heartbeats fed to the
-//! planner). What it simplifies: one rollout; downloads and installs take no time; every
+//! planner). What it simplifies: one rollout; downloads and installs take no time; heartbeats
+//! every 60 s (the agent's default is 30 s: fewer messages, the same trial rule); every
 //! message is its own batch and is stored at once (a restart restores the planner from its
 //! CBOR and the ledger from the desired states, as the server does from its tables, and loses
 //! the watermarks as it does); no audit rate limits, no flags, no database outage.
