@@ -21,7 +21,7 @@ use super::routing::{self, RolloutFacts, Route};
 use crate::digest::Digest;
 use crate::rollout::{DesiredKind, ReportOutcome, Rollout, RolloutError, RolloutState};
 use crate::time::Timestamp;
-use crate::wire::{DeviceId, UpdateOutcome};
+use crate::wire::{DeviceId, ExecutionState, UpdateOutcome};
 
 /// What became of an outcome report (see the [module documentation](self)).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +83,8 @@ pub fn deliver(
 /// What `planner`'s rollout must issue to `device` again, if anything: the device acted on a
 /// generation above the last one issued to it, or on another release under it
 /// ([`Generations::is_ahead`]: someone else's desired state reached it first), so it ignores
-/// the one it holds. While the rollout is active and waits for the device (its state there
-/// is not final): the rollout's release. After an abort, while the device's recall is
+/// the one it holds. While the rollout is active and waits for the device (it was notified,
+/// and its state there is not final): the rollout's release. After an abort, while the device's recall is
 /// pending: where the abort sent it back ([`Rollout::pending_recall`]).
 pub fn reissue_above_watermark(
     generations: &Generations,
@@ -94,8 +94,11 @@ pub fn reissue_above_watermark(
     if !generations.is_ahead(device) {
         return None;
     }
-    let waits =
-        planner.state().is_active() && planner.device_state(device).is_some_and(|s| !s.is_final());
+    // Notified and not done: a device still queued gets the release with its wave, not here.
+    let waits = planner.state().is_active()
+        && planner
+            .device_state(device)
+            .is_some_and(|s| *s != ExecutionState::Queued && !s.is_final());
     if waits {
         return Some((planner.spec().release, DesiredKind::Notify));
     }
